@@ -1,0 +1,101 @@
+//! Command-line interface (INTERFACE.md): the clap definitions.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dirsync",
+    version,
+    about = "One-way directory sync with an event log as the system of record"
+)]
+pub struct Cli {
+    /// Configuration file (else $DIRSYNC_CONFIG, else ./dirsync.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or migrate the store; idempotent.
+    Init,
+    /// Read, check and carry the event log.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// State as of a point of the log; --verify rebuilds every projection and compares.
+    Replay(ReplayArgs),
+    /// Instance lifecycle, recorded in the log.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Print events (JSON Lines with --format json).
+    Show {
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Check the hash chain; exit 5 naming the first bad sequence number.
+    Verify,
+    /// Write the whole log as JSON Lines (stdout, or --output).
+    Export {
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Append a log exported elsewhere; the chain is verified before anything is written.
+    Import { file: PathBuf },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// A sequence number or an RFC 3339 time.
+    #[arg(long, value_name = "SEQ|RFC3339", conflicts_with = "verify")]
+    pub until: Option<String>,
+    /// Rebuild every projection from seq 0 and compare with the stored ones (exit 5 on a difference).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Every instance the log knows, with its state.
+    List,
+    /// Record that the instance must stop syncing.
+    Stop { instance: String },
+    /// Record that the instance may sync again.
+    Start { instance: String },
+    /// Retire the instance for good (refused while it has a sync in progress unless --force).
+    Retire {
+        instance: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// This computer's name: the default instance name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -1,0 +1,482 @@
+//! What each command does: reads the configuration, opens the store, prints the result.
+
+use std::io::{BufRead, BufReader, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, Format, InstanceCommand, LogCommand, ReplayArgs};
+use crate::config::Config;
+use crate::error::{Error, Exit, Result};
+use crate::log::event::{stream, InstanceLifecycle};
+use crate::log::store::{Batch, Expected};
+use crate::log::{AnyStore, ChainVerifier, Event, NewEvent, OpenMode, Store, StoredEvent};
+use crate::output::{self, print, table, time};
+use crate::project::replay::{self, Until};
+use crate::project::{InstanceStatus, State};
+
+/// Replay at most this many events past the stored projections before storing them again.
+const SNAPSHOT_EVERY: u64 = 10_000;
+
+pub async fn execute(cli: Cli) -> Result<Exit> {
+    let cfg = Config::discover(cli.config.as_deref())?;
+    let fmt = cli.format;
+    match cli.command {
+        Command::Init => init(&cfg, fmt).await,
+        Command::Log(c) => {
+            let store = open(&cfg).await?;
+            match c {
+                LogCommand::Show { since, limit } => log_show(&store, since, limit, fmt).await,
+                LogCommand::Verify => log_verify(&store, fmt).await,
+                LogCommand::Export { output } => log_export(&store, output.as_deref()).await,
+                LogCommand::Import { file } => log_import(&store, &file, fmt).await,
+            }
+        }
+        Command::Replay(a) => replay_cmd(&open(&cfg).await?, a, fmt).await,
+        Command::Instance(c) => instance(&open(&cfg).await?, c, fmt).await,
+    }
+}
+
+async fn open(cfg: &Config) -> Result<AnyStore> {
+    AnyStore::open(&cfg.store.url, OpenMode::Existing).await
+}
+
+fn emit_json(v: &serde_json::Value) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(v).map_err(Error::store)?;
+    s.push('\n');
+    Ok(print(&s)?)
+}
+
+async fn init(cfg: &Config, fmt: Format) -> Result<Exit> {
+    let store = AnyStore::open(&cfg.store.url, OpenMode::Init).await?;
+    let (seq, _) = store.head().await?;
+    match fmt {
+        Format::Json => {
+            emit_json(&json!({"store": store.describe(), "events": seq, "ready": true}))?
+        }
+        Format::Table => print(&format!(
+            "store {} is ready ({seq} events)\n",
+            store.describe()
+        ))?,
+    }
+    Ok(Exit::Ok)
+}
+
+fn event_json(e: &StoredEvent) -> serde_json::Value {
+    let payload: serde_json::Value =
+        serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::String(e.payload.clone()));
+    json!({
+        "seq": e.seq,
+        "recorded_at": time(e.recorded_at_us),
+        "instance": e.instance,
+        "stream": e.stream,
+        "stream_version": e.stream_version,
+        "type": e.event_type,
+        "schema_version": e.schema_version,
+        "payload": payload,
+        "hash": hex::encode(e.hash),
+    })
+}
+
+async fn log_show(store: &AnyStore, since: u64, limit: Option<u64>, fmt: Format) -> Result<Exit> {
+    let limit = limit.unwrap_or(u64::MAX);
+    let mut n = 0u64;
+    let mut rows = Vec::new();
+    let mut out = String::new();
+    replay::scan(store, since, None, |e| {
+        if n >= limit {
+            return Ok(ControlFlow::Break(()));
+        }
+        n += 1;
+        match fmt {
+            Format::Json => {
+                out.push_str(&event_json(e).to_string());
+                out.push('\n');
+            }
+            Format::Table => {
+                let mut summary = e.payload.clone();
+                if summary.chars().count() > 90 {
+                    summary = summary.chars().take(87).collect::<String>() + "...";
+                }
+                rows.push(vec![
+                    e.seq.to_string(),
+                    time(e.recorded_at_us),
+                    e.instance.clone(),
+                    format!("{}@{}", e.stream, e.stream_version),
+                    e.event_type.clone(),
+                    summary,
+                ]);
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .await?;
+    if fmt == Format::Table {
+        out = table(
+            &["SEQ", "RECORDED", "INSTANCE", "STREAM", "TYPE", "PAYLOAD"],
+            &rows,
+        );
+    }
+    print(&out)?;
+    Ok(Exit::Ok)
+}
+
+async fn log_verify(store: &AnyStore, fmt: Format) -> Result<Exit> {
+    let (head, hash) = store.head().await?;
+    let bar = output::progress(head, "verify");
+    let r = replay::verify_chain(store, Some(&bar)).await;
+    bar.finish_and_clear();
+    let n = r?;
+    match fmt {
+        Format::Json => emit_json(&json!({"ok": true, "events": n, "head": hex::encode(hash)}))?,
+        Format::Table => print(&format!(
+            "chain verified: {n} events, head {}\n",
+            hex::encode(hash)
+        ))?,
+    }
+    Ok(Exit::Ok)
+}
+
+async fn log_export(store: &AnyStore, output: Option<&Path>) -> Result<Exit> {
+    // Export what verifies: a broken chain is reported, not carried elsewhere.
+    let (head, _) = store.head().await?;
+    let bar = output::progress(head, "export");
+    let mut buf: Vec<u8> = Vec::new();
+    let mut v = ChainVerifier::default();
+    let r = replay::scan(store, 0, Some(&bar), |e| {
+        v.check(e)
+            .map_err(|(seq, reason)| Error::ChainBroken { seq, reason })?;
+        serde_json::to_writer(&mut buf, e).map_err(Error::store)?;
+        buf.push(b'\n');
+        Ok(ControlFlow::Continue(()))
+    })
+    .await;
+    bar.finish_and_clear();
+    r?;
+    match output {
+        None => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&buf).and_then(|_| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Some(path) => {
+            // Written beside the destination, then renamed: never half a file.
+            let tmp = path.with_extension("partial");
+            std::fs::write(&tmp, &buf)?;
+            std::fs::rename(&tmp, path)?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Read and verify an export file completely; nothing is written here.
+pub fn read_export(file: &Path) -> Result<Vec<StoredEvent>> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
+    let mut events = Vec::new();
+    let mut chain = ChainVerifier::default();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line =
+            line.map_err(|e| Error::BadInput(format!("{}:{}: {e}", file.display(), i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: StoredEvent = serde_json::from_str(&line).map_err(|e| {
+            Error::BadInput(format!(
+                "{}:{}: not a dirsync log line: {e}",
+                file.display(),
+                i + 1
+            ))
+        })?;
+        chain.check(&e).map_err(|(seq, reason)| {
+            Error::BadInput(format!(
+                "{}:{}: chain broken at seq {seq}: {reason}; nothing imported",
+                file.display(),
+                i + 1
+            ))
+        })?;
+        e.decode().map_err(|err| {
+            Error::BadInput(format!(
+                "{}:{}: {err}; nothing imported",
+                file.display(),
+                i + 1
+            ))
+        })?;
+        events.push(e);
+    }
+    Ok(events)
+}
+
+async fn log_import(store: &AnyStore, file: &Path, fmt: Format) -> Result<Exit> {
+    let events = read_export(file)?;
+    let (head, head_hash) = store.head().await?;
+    // The store must hold a prefix of the file: then only the rest is appended.
+    if head > 0 {
+        let ours = events.get(head as usize - 1);
+        if ours.map(|e| e.hash) != Some(head_hash) {
+            return Err(Error::BadInput(format!(
+                "{}: the store already holds a different log (its seq {head} is not in the file); nothing imported",
+                file.display()
+            )));
+        }
+    }
+    let new = &events[(head as usize).min(events.len())..];
+    store.append_raw(new).await?;
+    let state = replay::refresh(store, 0).await?;
+    match fmt {
+        Format::Json => {
+            emit_json(&json!({"imported": new.len(), "already_present": head, "head": state.seq}))?
+        }
+        Format::Table => print(&format!(
+            "imported {} events ({} already present); log now ends at seq {}\n",
+            new.len(),
+            head,
+            state.seq
+        ))?,
+    }
+    Ok(Exit::Ok)
+}
+
+fn parse_until(s: &str) -> Result<Until> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Until::Seq(n));
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| Until::Time(t.with_timezone(&Utc)))
+        .map_err(|_| {
+            Error::BadInput(format!(
+                "--until `{s}` is neither a sequence number nor an RFC 3339 time"
+            ))
+        })
+}
+
+async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> Result<Exit> {
+    let (head, _) = store.head().await?;
+    let bar = output::progress(head, "replay");
+    if a.verify {
+        let r = replay::verify_projections(store, Some(&bar)).await;
+        bar.finish_and_clear();
+        let (n, compared) = r?;
+        match fmt {
+            Format::Json => {
+                emit_json(&json!({"ok": true, "events": n, "compared_stored": compared}))?
+            }
+            Format::Table if compared => print(&format!(
+                "replayed {n} events from seq 0: the stored projections match\n"
+            ))?,
+            Format::Table => print(&format!(
+                "replayed {n} events from seq 0: no stored projections to compare yet\n"
+            ))?,
+        }
+        return Ok(Exit::Ok);
+    }
+    let until = a
+        .until
+        .as_deref()
+        .map(parse_until)
+        .transpose()?
+        .unwrap_or(Until::Head);
+    let state = replay::fold_with(store, State::default(), until, Some(&bar)).await;
+    bar.finish_and_clear();
+    print_state(&state?, fmt)?;
+    Ok(Exit::Ok)
+}
+
+fn at(a: Option<&crate::project::At>) -> String {
+    a.map_or_else(
+        || "-".to_string(),
+        |a| format!("{} (seq {})", time(a.at_us), a.seq),
+    )
+}
+
+pub fn print_state(s: &State, fmt: Format) -> Result<()> {
+    if fmt == Format::Json {
+        return emit_json(&serde_json::to_value(s).map_err(Error::store)?);
+    }
+    let mut out = format!("state as of seq {}\n\n", s.seq);
+    let mut objs: Vec<_> = s.objects.objects.iter().collect();
+    objs.sort_by(|a, b| a.1.dn.cmp(&b.1.dn).then(a.0.cmp(b.0)));
+    let rows: Vec<Vec<String>> = objs
+        .iter()
+        .map(|(anchor, r)| {
+            vec![
+                anchor.to_string(),
+                r.kind.as_str().into(),
+                r.dn.clone(),
+                r.deletion
+                    .as_ref()
+                    .map_or("live".into(), |d| format!("gone: {}", d.evidence.label())),
+            ]
+        })
+        .collect();
+    out.push_str(&format!("source objects ({})\n", rows.len()));
+    out.push_str(&table(&["ANCHOR", "KIND", "DN", "STATE"], &rows));
+    let mut led: Vec<_> = s.ledger.entries.iter().collect();
+    led.sort_by(|a, b| a.0.cmp(b.0));
+    let rows: Vec<Vec<String>> = led
+        .iter()
+        .map(|(anchor, l)| {
+            vec![
+                anchor.to_string(),
+                l.kind.as_str().into(),
+                l.target_id.clone(),
+                format!("{:?}", l.origin).to_lowercase(),
+                if l.deleted.is_some() {
+                    "deleted".into()
+                } else {
+                    "owned".into()
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&format!("\ntarget ledger ({})\n", rows.len()));
+    out.push_str(&table(
+        &["ANCHOR", "KIND", "TARGET ID", "ORIGIN", "STATE"],
+        &rows,
+    ));
+    let rows: Vec<Vec<String>> = s
+        .cursors
+        .current
+        .iter()
+        .map(|(i, c)| vec![i.clone(), c.kind.clone(), at(Some(&c.at))])
+        .collect();
+    out.push_str("\ncursors\n");
+    out.push_str(&table(&["INSTANCE", "KIND", "ADVANCED"], &rows));
+    out.push_str(&format!(
+        "\nsync relationship: {} (epoch {}, since {})\n",
+        s.relationship.holder.as_deref().unwrap_or("none"),
+        s.relationship.epoch,
+        at(s.relationship.since.as_ref())
+    ));
+    print(&out)?;
+    Ok(())
+}
+
+async fn instance(store: &AnyStore, c: InstanceCommand, fmt: Format) -> Result<Exit> {
+    let state = replay::refresh(store, SNAPSHOT_EVERY).await?;
+    let (name, event) = match c {
+        InstanceCommand::List => {
+            return list_instances(&state, fmt);
+        }
+        InstanceCommand::Stop { instance } => {
+            let rec = state.instances.instances.get(&instance);
+            if rec.map(|r| r.status) == Some(InstanceStatus::Retired) {
+                return Err(Error::Refused(format!("instance {instance} is retired")));
+            }
+            (
+                instance,
+                Event::InstanceStopped(InstanceLifecycle::default()),
+            )
+        }
+        InstanceCommand::Start { instance } => {
+            let rec = state.instances.instances.get(&instance);
+            if rec.map(|r| r.status) == Some(InstanceStatus::Retired) {
+                return Err(Error::Refused(format!(
+                    "instance {instance} is retired; a retired instance never syncs again"
+                )));
+            }
+            (
+                instance,
+                Event::InstanceStarted(InstanceLifecycle::default()),
+            )
+        }
+        InstanceCommand::Retire { instance, force } => {
+            let rec = state.instances.instances.get(&instance).ok_or_else(|| {
+                Error::BadInput(format!("the log knows no instance named {instance}"))
+            })?;
+            if let Some((run, since)) = &rec.running {
+                if !force {
+                    return Err(Error::Refused(format!(
+                        "instance {instance} has sync run {run} in progress since {}; wait for it or use --force",
+                        time(since.at_us)
+                    )));
+                }
+            }
+            let reason = rec
+                .running
+                .as_ref()
+                .map(|(run, _)| format!("forced during run {run}"));
+            (
+                instance,
+                Event::InstanceRetired(InstanceLifecycle {
+                    reason,
+                    forced: force,
+                }),
+            )
+        }
+    };
+    let s = stream::instance(&name);
+    let version = store.stream_version(&s).await?;
+    let what = event.event_type();
+    store
+        .append(
+            Batch::new(vec![NewEvent::new(s.clone(), name.clone(), event)])
+                .expect(s, Expected::Exactly(version)),
+        )
+        .await?;
+    replay::refresh(store, SNAPSHOT_EVERY).await?;
+    match fmt {
+        Format::Json => emit_json(&json!({"instance": name, "recorded": what}))?,
+        Format::Table => print(&format!("{name}: {what}\n"))?,
+    }
+    Ok(Exit::Ok)
+}
+
+fn list_instances(state: &State, fmt: Format) -> Result<Exit> {
+    let holder = state.relationship.holder.as_deref();
+    if fmt == Format::Json {
+        let list: Vec<_> = state
+            .instances
+            .instances
+            .iter()
+            .map(|(n, r)| {
+                json!({
+                    "instance": n,
+                    "status": r.status.as_str(),
+                    "holds_relationship": Some(n.as_str()) == holder,
+                    "epoch": if Some(n.as_str()) == holder { Some(state.relationship.epoch) } else { None },
+                    "running": r.running.as_ref().map(|(id, _)| id),
+                    "last_completed": r.last_completed.as_ref().map(|(_, a)| time(a.at_us)),
+                    "cursor": state.cursors.current.get(n).map(|c| time(c.at.at_us)),
+                })
+            })
+            .collect();
+        emit_json(&serde_json::Value::Array(list))?;
+        return Ok(Exit::Ok);
+    }
+    let rows: Vec<Vec<String>> = state
+        .instances
+        .instances
+        .iter()
+        .map(|(n, r)| {
+            vec![
+                n.clone(),
+                r.status.as_str().into(),
+                if Some(n.as_str()) == holder {
+                    format!("holder (epoch {})", state.relationship.epoch)
+                } else {
+                    "-".into()
+                },
+                r.running.as_ref().map_or("-".into(), |(id, _)| id.clone()),
+                at(r.last_completed.as_ref().map(|(_, a)| a)),
+                at(state.cursors.current.get(n).map(|c| &c.at)),
+            ]
+        })
+        .collect();
+    print(&table(
+        &[
+            "INSTANCE",
+            "STATUS",
+            "RELATIONSHIP",
+            "RUNNING",
+            "LAST SYNC",
+            "CURSOR",
+        ],
+        &rows,
+    ))?;
+    Ok(Exit::Ok)
+}

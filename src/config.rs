@@ -1,0 +1,551 @@
+//! Configuration (INTERFACE.md). Secrets are never in the file: only the name of an
+//! environment variable or a file holding them, resolved when needed, redacted in Debug.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// A secret value. Its Debug and Display never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The value, for the one place that must send it (a bind, an Authorization header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// Read the secret now. `key` names the setting in errors.
+    pub fn resolve(&self, key: &str) -> Result<Secret> {
+        match self {
+            SecretRef::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Secret(v)),
+                _ => Err(Error::Config(format!(
+                    "{key}: environment variable {var} is not set"
+                ))),
+            },
+            SecretRef::File(p) => {
+                let v = std::fs::read_to_string(p).map_err(|e| {
+                    Error::Config(format!("{key}: cannot read {}: {e}", p.display()))
+                })?;
+                let v = v.trim_end_matches(['\r', '\n']).to_string();
+                if v.is_empty() {
+                    return Err(Error::Config(format!("{key}: {} is empty", p.display())));
+                }
+                Ok(Secret(v))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Ad,
+    Openldap,
+    Ldap,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    #[default]
+    None,
+    Starttls,
+    Ldaps,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Scim,
+    Graph,
+}
+
+/// Deletions per cycle exported without approval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Count(u64),
+    /// Percent of owned objects.
+    Percent(f64),
+}
+
+impl Threshold {
+    /// The largest number of deletions allowed when `owned` objects are owned.
+    pub fn limit(&self, owned: u64) -> u64 {
+        match *self {
+            Threshold::Count(n) => n,
+            Threshold::Percent(p) => ((owned as f64) * p / 100.0).floor() as u64,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// `sqlite://ABSOLUTE_PATH` or a PostgreSQL URL.
+    pub url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub url: String,
+    pub tls: Tls,
+    pub ca_file: Option<PathBuf>,
+    pub bind_dn: String,
+    pub password: SecretRef,
+    pub base_dn: String,
+    pub users: String,
+    pub groups: String,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GraphAuth {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: SecretRef,
+    pub token_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    pub kind: TargetKind,
+    pub url: String,
+    /// SCIM bearer token.
+    pub token: Option<SecretRef>,
+    pub graph: Option<GraphAuth>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub interval: Duration,
+    pub deletion_threshold: Threshold,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            interval: Duration::from_secs(30 * 60),
+            deletion_threshold: Threshold::Count(500),
+        }
+    }
+}
+
+/// A loaded, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub path: Option<PathBuf>,
+    pub store: StoreConfig,
+    pub source: Option<SourceConfig>,
+    pub target: Option<TargetConfig>,
+    pub sync: SyncConfig,
+}
+
+// ---- raw file shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: Option<RawStore>,
+    source: Option<RawSource>,
+    target: Option<RawTarget>,
+    sync: Option<RawSync>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: SourceKind,
+    url: String,
+    #[serde(default)]
+    tls: Tls,
+    ca_file: Option<PathBuf>,
+    bind_dn: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    base_dn: String,
+    users: Option<String>,
+    groups: Option<String>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: TargetKind,
+    url: String,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    token_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawThreshold {
+    Count(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    interval: Option<String>,
+    deletion_threshold: Option<RawThreshold>,
+}
+
+const DEFAULT_STORE: &str = "sqlite://dirsync.db";
+
+impl Config {
+    /// Find and load the configuration: `explicit`, else `$DIRSYNC_CONFIG`, else
+    /// `./dirsync.toml`; with none of them present, the defaults (a store in this folder).
+    pub fn discover(explicit: Option<&Path>) -> Result<Config> {
+        if let Some(p) = explicit {
+            return Config::load(p);
+        }
+        if let Some(p) = std::env::var_os("DIRSYNC_CONFIG") {
+            return Config::load(Path::new(&p));
+        }
+        let local = Path::new("dirsync.toml");
+        if local.exists() {
+            return Config::load(local);
+        }
+        Config::parse("", Path::new("."), None)
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::parse(&text, dir, Some(path))
+    }
+
+    /// Parse `text`; relative paths are relative to `dir`.
+    pub fn parse(text: &str, dir: &Path, path: Option<&Path>) -> Result<Config> {
+        let name = path.map_or("configuration".to_string(), |p| p.display().to_string());
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().replace('\n', " ");
+            match line {
+                Some(l) => Error::Config(format!("{name}:{l}: {msg}")),
+                None => Error::Config(format!("{name}: {msg}")),
+            }
+        })?;
+        let bad = |key: &str, why: String| Error::Config(format!("{name}: {key}: {why}"));
+        let rel = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        };
+
+        let url = raw
+            .store
+            .and_then(|s| s.url)
+            .unwrap_or_else(|| DEFAULT_STORE.to_string());
+        let store = StoreConfig {
+            url: if let Some(p) = url.strip_prefix("sqlite://") {
+                if p.is_empty() {
+                    return Err(bad("store.url", "sqlite:// needs a file path".into()));
+                }
+                format!("sqlite://{}", rel(Path::new(p)).display())
+            } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                url
+            } else {
+                return Err(bad(
+                    "store.url",
+                    "must start with sqlite:// or postgres://".into(),
+                ));
+            },
+        };
+
+        let secret = |key: &str,
+                      env: Option<String>,
+                      file: Option<PathBuf>|
+         -> Result<Option<SecretRef>> {
+            match (env, file) {
+                (Some(_), Some(_)) => Err(bad(key, "give either _env or _file, not both".into())),
+                (Some(v), None) => Ok(Some(SecretRef::Env(v))),
+                (None, Some(f)) => Ok(Some(SecretRef::File(rel(&f)))),
+                (None, None) => Ok(None),
+            }
+        };
+
+        let source = match raw.source {
+            None => None,
+            Some(s) => {
+                if !(s.url.starts_with("ldap://") || s.url.starts_with("ldaps://")) {
+                    return Err(bad(
+                        "source.url",
+                        format!("`{}` is not ldap:// or ldaps://", s.url),
+                    ));
+                }
+                if s.url.starts_with("ldaps://") && s.tls == Tls::Starttls {
+                    return Err(bad(
+                        "source.tls",
+                        "starttls cannot be used with ldaps://".into(),
+                    ));
+                }
+                let password = secret("source.password", s.password_env, s.password_file)?
+                    .ok_or_else(|| {
+                        bad("source", "password_env or password_file is required".into())
+                    })?;
+                let (users, groups) = match s.kind {
+                    SourceKind::Ad => (
+                        "(&(objectClass=user)(objectCategory=person))",
+                        "(objectClass=group)",
+                    ),
+                    SourceKind::Openldap | SourceKind::Ldap => (
+                        "(objectClass=inetOrgPerson)",
+                        "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))",
+                    ),
+                };
+                Some(SourceConfig {
+                    kind: s.kind,
+                    tls: if s.url.starts_with("ldaps://") {
+                        Tls::Ldaps
+                    } else {
+                        s.tls
+                    },
+                    url: s.url,
+                    ca_file: s.ca_file.map(|p| rel(&p)),
+                    bind_dn: s.bind_dn,
+                    password,
+                    base_dn: s.base_dn,
+                    users: s.users.unwrap_or_else(|| users.to_string()),
+                    groups: s.groups.unwrap_or_else(|| groups.to_string()),
+                    include: s.include,
+                    exclude: s.exclude,
+                })
+            }
+        };
+
+        let target = match raw.target {
+            None => None,
+            Some(t) => {
+                if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+                    return Err(bad("target.url", format!("`{}` is not http(s)://", t.url)));
+                }
+                let token = secret("target.token", t.token_env, t.token_file)?;
+                let client_secret = secret(
+                    "target.client_secret",
+                    t.client_secret_env,
+                    t.client_secret_file,
+                )?;
+                let graph = match t.kind {
+                    TargetKind::Scim => {
+                        if token.is_none() {
+                            return Err(bad(
+                                "target",
+                                "token_env or token_file is required for scim".into(),
+                            ));
+                        }
+                        None
+                    }
+                    TargetKind::Graph => Some(GraphAuth {
+                        tenant_id: t
+                            .tenant_id
+                            .ok_or_else(|| bad("target.tenant_id", "required for graph".into()))?,
+                        client_id: t
+                            .client_id
+                            .ok_or_else(|| bad("target.client_id", "required for graph".into()))?,
+                        client_secret: client_secret.ok_or_else(|| {
+                            bad(
+                                "target.client_secret_env",
+                                "client_secret_env or client_secret_file is required for graph"
+                                    .into(),
+                            )
+                        })?,
+                        token_url: t.token_url,
+                    }),
+                };
+                Some(TargetConfig {
+                    kind: t.kind,
+                    url: t.url.trim_end_matches('/').to_string(),
+                    token,
+                    graph,
+                })
+            }
+        };
+
+        let mut sync = SyncConfig::default();
+        if let Some(s) = raw.sync {
+            if let Some(i) = s.interval {
+                sync.interval = humantime::parse_duration(&i)
+                    .map_err(|e| bad("sync.interval", format!("`{i}`: {e}")))?;
+                if sync.interval.is_zero() {
+                    return Err(bad("sync.interval", "must be more than zero".into()));
+                }
+            }
+            if let Some(t) = s.deletion_threshold {
+                sync.deletion_threshold = match t {
+                    RawThreshold::Count(n) => Threshold::Count(n),
+                    RawThreshold::Text(s) => parse_threshold(&s).ok_or_else(|| {
+                        bad(
+                            "sync.deletion_threshold",
+                            format!("`{s}` is not a count or a percentage like \"10%\""),
+                        )
+                    })?,
+                };
+            }
+        }
+        Ok(Config {
+            path: path.map(Path::to_path_buf),
+            store,
+            source,
+            target,
+            sync,
+        })
+    }
+
+    pub fn source(&self) -> Result<&SourceConfig> {
+        self.source
+            .as_ref()
+            .ok_or_else(|| Error::Config("no [source] section in the configuration".into()))
+    }
+
+    pub fn target(&self) -> Result<&TargetConfig> {
+        self.target
+            .as_ref()
+            .ok_or_else(|| Error::Config("no [target] section in the configuration".into()))
+    }
+}
+
+fn parse_threshold(s: &str) -> Option<Threshold> {
+    let s = s.trim();
+    if let Some(p) = s.strip_suffix('%') {
+        let v: f64 = p.trim().parse().ok()?;
+        (0.0..=100.0).contains(&v).then_some(Threshold::Percent(v))
+    } else {
+        s.parse().ok().map(Threshold::Count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[store]
+url = "sqlite://state/dirsync.db"
+[source]
+kind = "ad"
+url = "ldap://127.0.0.2"
+bind_dn = "Administrator@test.lan"
+password_env = "DIRSYNC_TEST_PW"
+base_dn = "DC=test,DC=lan"
+include = ["OU=Staff,DC=test,DC=lan"]
+[target]
+kind = "scim"
+url = "http://127.0.0.1:18080/v2/"
+token_file = "token.txt"
+[sync]
+interval = "5m"
+deletion_threshold = "10%"
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::parse(FULL, Path::new("/etc/dirsync"), None).unwrap();
+        assert_eq!(c.store.url, "sqlite:///etc/dirsync/state/dirsync.db");
+        let s = c.source().unwrap();
+        assert_eq!(s.users, "(&(objectClass=user)(objectCategory=person))");
+        assert_eq!(s.password, SecretRef::Env("DIRSYNC_TEST_PW".into()));
+        let t = c.target().unwrap();
+        assert_eq!(t.url, "http://127.0.0.1:18080/v2");
+        assert_eq!(
+            t.token,
+            Some(SecretRef::File("/etc/dirsync/token.txt".into()))
+        );
+        assert_eq!(c.sync.interval, Duration::from_secs(300));
+        assert_eq!(c.sync.deletion_threshold, Threshold::Percent(10.0));
+        assert_eq!(c.sync.deletion_threshold.limit(1000), 100);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[store]\nurl = \"sqlite://x.db\"\n[sync]\nintervall = \"5m\"\n";
+        let e = Config::parse(text, Path::new("."), Some(Path::new("d.toml"))).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("d.toml:4") && m.contains("intervall"), "{m}");
+        assert_eq!(e.exit(), crate::Exit::BadInput);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            (
+                "[sync]\ndeletion_threshold = \"lots\"",
+                "sync.deletion_threshold",
+            ),
+            ("[sync]\ninterval = \"soon\"", "sync.interval"),
+            ("[store]\nurl = \"mysql://x\"", "store.url"),
+        ] {
+            let m = Config::parse(text, Path::new("."), None)
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains(key), "{m}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "hunter2\n").unwrap();
+        let r = SecretRef::File(f).resolve("k").unwrap();
+        assert_eq!(r.expose(), "hunter2");
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}

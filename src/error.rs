@@ -1,0 +1,81 @@
+//! The library's error type and its mapping to the exit codes of INTERFACE.md.
+
+use std::fmt;
+
+/// Everything that can go wrong inside dirsync. The binary maps each to one exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration: unknown key, bad value, missing secret. Nothing was written.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Bad command-line usage or a bad input file. Nothing was written.
+    #[error("{0}")]
+    BadInput(String),
+    /// The store could not be opened or used (unreachable, I/O, SQL error).
+    #[error("store: {0}")]
+    Store(String),
+    /// The store was written by a newer dirsync (a migration we do not know).
+    #[error("store schema version {found} is newer than this dirsync supports ({supported}); upgrade dirsync")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// The store exists but has not been initialised or migrated.
+    #[error("store is not initialised (schema {found}, need {needed}): run `dirsync init`")]
+    NotInitialised { found: i64, needed: i64 },
+    /// Optimistic concurrency: a stream moved on since the caller read it. Nothing was written.
+    #[error(
+        "concurrency conflict on stream `{stream}`: expected version {expected}, found {found}"
+    )]
+    Conflict {
+        stream: String,
+        expected: String,
+        found: u64,
+    },
+    /// The hash chain does not verify.
+    #[error("log chain broken at seq {seq}: {reason}")]
+    ChainBroken { seq: u64, reason: String },
+    /// A stored projection differs from the one rebuilt from the log.
+    #[error("projection mismatch: {0}")]
+    ProjectionMismatch(String),
+    /// The operation was refused by the current state (e.g. retire during a sync).
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Process exit codes (INTERFACE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Failure = 1,
+    BadInput = 2,
+    Held = 3,
+    Fenced = 4,
+    Found = 5,
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Config(_)
+            | Error::BadInput(_)
+            | Error::SchemaTooNew { .. }
+            | Error::NotInitialised { .. } => Exit::BadInput,
+            Error::ChainBroken { .. } | Error::ProjectionMismatch(_) => Exit::Found,
+            Error::Store(_) | Error::Conflict { .. } | Error::Refused(_) | Error::Io(_) => {
+                Exit::Failure
+            }
+        }
+    }
+
+    pub(crate) fn store(e: impl fmt::Display) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,431 @@
+//! Domain events: the facts dirsync records. Named in the past tense, versioned.
+//!
+//! Each variant is stored as `event_type` (the variant name), `schema_version` and a JSON
+//! payload (the variant's struct). Decoding an older schema version upcasts it here, so the
+//! rest of the code only ever sees the current shape.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Schema version written for every event type today.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Users and groups are the two kinds of object we sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    User,
+    Group,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::User => "user",
+            ObjectKind::Group => "group",
+        }
+    }
+}
+
+/// One attribute value as the source returned it: text when it is valid UTF-8, else bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    Text(String),
+    Binary {
+        #[serde(with = "b64")]
+        b64: Vec<u8>,
+    },
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Attribute name (lower case) to values.
+pub type Attrs = BTreeMap<String, Vec<AttrValue>>;
+
+/// An object as read from the source directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceObject {
+    /// Stable identity: AD objectGUID / ms-DS-ConsistencyGuid, OpenLDAP entryUUID.
+    pub anchor: String,
+    pub kind: ObjectKind,
+    pub dn: String,
+    pub attrs: Attrs,
+    /// Group members as anchors (groups only).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub members: BTreeSet<String>,
+}
+
+/// How we know an object is gone from the source (or from our scope).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum DeletionEvidence {
+    /// AD tombstone (isDeleted) seen through DirSync or the show-deleted control.
+    Tombstone {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deleted_at: Option<DateTime<Utc>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_known_parent: Option<String>,
+    },
+    /// RFC 4533: a delete state, a syncIdSet with refreshDeletes, or absent from a present phase.
+    SyncDelete { phase: String },
+    /// Not returned by a complete full import.
+    AbsentFromFullImport { run_id: String },
+    /// Still exists, but moved out of the configured scope.
+    LeftScope { dn: String },
+}
+
+impl DeletionEvidence {
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeletionEvidence::Tombstone { .. } => "tombstone",
+            DeletionEvidence::SyncDelete { .. } => "rfc4533-delete",
+            DeletionEvidence::AbsentFromFullImport { .. } => "absent-from-full-import",
+            DeletionEvidence::LeftScope { .. } => "left-scope",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectImported {
+    pub object: SourceObject,
+    /// True when the anchor was known before (deleted or out of scope) and came back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub returned: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectChanged {
+    pub anchor: String,
+    /// New DN after a rename or move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dn: Option<String>,
+    /// Attributes replaced, with all their new values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: Attrs,
+    /// Attributes that no longer have a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members_added: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members_removed: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectDeleted {
+    pub anchor: String,
+    pub evidence: DeletionEvidence,
+}
+
+/// An import of the source finished: a full import's completion is what makes absence evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportCompleted {
+    pub run_id: String,
+    pub full: bool,
+    pub seen: u64,
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub left_scope: u64,
+}
+
+/// The instance's position in the source's change stream, recorded after the changes it covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorAdvanced {
+    /// "dirsync" (AD) or "rfc4533" (OpenLDAP).
+    pub kind: String,
+    /// The opaque cookie, base64.
+    pub cookie: String,
+}
+
+/// The instance's cursor can no longer be used (expired, rejected); the reason is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorInvalidated {
+    pub reason: String,
+}
+
+/// Facts about the source that decide what a cursor can still reveal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfoRecorded {
+    pub tombstone_lifetime_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest_usn: Option<u64>,
+}
+
+/// What an export did in the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportOp {
+    Create,
+    Update,
+    Delete,
+    /// An existing target object was matched to the anchor (hard or soft match).
+    Match,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportApplied {
+    pub epoch: u64,
+    pub anchor: String,
+    pub kind: ObjectKind,
+    pub op: ExportOp,
+    pub target_id: String,
+    /// The target-side state we now own for this object (mapped attributes), absent on delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportFailed {
+    pub epoch: u64,
+    pub anchor: String,
+    pub op: ExportOp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub error: String,
+}
+
+/// An instance took the sync relationship: from now on only it may export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRelationshipEstablished {
+    pub holder: String,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRunStarted {
+    pub run_id: String,
+    pub full: bool,
+    /// "sync", "staging" or "dry-run".
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRunCompleted {
+    pub run_id: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub updated: u64,
+    #[serde(default)]
+    pub deleted: u64,
+    #[serde(default)]
+    pub matched: u64,
+    #[serde(default)]
+    pub held: u64,
+    #[serde(default)]
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRunFailed {
+    pub run_id: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceLifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionsHeld {
+    /// SHA-256 (hex) of the exact, sorted list of anchors.
+    pub plan_hash: String,
+    pub anchors: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionsApproved {
+    pub plan_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverStarted {
+    pub handover_id: String,
+    pub from: String,
+    pub to: String,
+    pub playbook: String,
+    pub steps: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverStep {
+    pub handover_id: String,
+    pub step: u32,
+    pub action: String,
+    /// Outcome figures or the error, depending on the event.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverCompleted {
+    pub handover_id: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub summary: serde_json::Value,
+}
+
+macro_rules! events {
+    ($($variant:ident($payload:ty)),+ $(,)?) => {
+        /// Every fact dirsync records.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Event { $($variant($payload)),+ }
+
+        /// Every event type name, for documentation and validation.
+        pub const EVENT_TYPES: &[&str] = &[$(stringify!($variant)),+];
+
+        impl Event {
+            /// The stored `event_type`.
+            pub fn event_type(&self) -> &'static str {
+                match self { $(Event::$variant(_) => stringify!($variant)),+ }
+            }
+
+            /// The payload as stored: compact JSON of the variant's struct.
+            pub fn payload(&self) -> String {
+                let r = match self { $(Event::$variant(p) => serde_json::to_string(p)),+ };
+                // Serialising these plain structs cannot fail (no maps with non-string keys).
+                r.unwrap_or_else(|e| format!("{{\"unserialisable\":\"{e}\"}}"))
+            }
+
+            /// Decode a stored event, upcasting older schema versions.
+            pub fn decode(event_type: &str, schema_version: u32, payload: &str) -> Result<Event> {
+                if schema_version > SCHEMA_VERSION {
+                    return Err(Error::SchemaTooNew {
+                        found: i64::from(schema_version),
+                        supported: i64::from(SCHEMA_VERSION),
+                    });
+                }
+                let bad = |e: serde_json::Error| {
+                    Error::BadInput(format!("event {event_type} v{schema_version}: {e}"))
+                };
+                match event_type {
+                    $(stringify!($variant) => Ok(Event::$variant(
+                        serde_json::from_str(payload).map_err(bad)?,
+                    )),)+
+                    other => Err(Error::BadInput(format!("unknown event type `{other}`"))),
+                }
+            }
+        }
+    };
+}
+
+events! {
+    ObjectImported(ObjectImported),
+    ObjectChanged(ObjectChanged),
+    ObjectDeleted(ObjectDeleted),
+    ImportCompleted(ImportCompleted),
+    CursorAdvanced(CursorAdvanced),
+    CursorInvalidated(CursorInvalidated),
+    SourceInfoRecorded(SourceInfoRecorded),
+    ExportApplied(ExportApplied),
+    ExportFailed(ExportFailed),
+    SyncRelationshipEstablished(SyncRelationshipEstablished),
+    SyncRunStarted(SyncRunStarted),
+    SyncRunCompleted(SyncRunCompleted),
+    SyncRunFailed(SyncRunFailed),
+    InstanceStarted(InstanceLifecycle),
+    InstanceStopped(InstanceLifecycle),
+    InstanceRetired(InstanceLifecycle),
+    DeletionsHeld(DeletionsHeld),
+    DeletionsApproved(DeletionsApproved),
+    HandoverStarted(HandoverStarted),
+    HandoverStepStarted(HandoverStep),
+    HandoverStepCompleted(HandoverStep),
+    HandoverStepFailed(HandoverStep),
+    HandoverCompleted(HandoverCompleted),
+}
+
+/// Well-known stream ids. A stream is the unit of optimistic concurrency.
+pub mod stream {
+    /// Source objects and imports: one stream, so two concurrent imports conflict.
+    pub const SOURCE: &str = "source";
+    /// The sync relationship (holder, epoch): fencing checks its version.
+    pub const RELATIONSHIP: &str = "relationship";
+    /// Exports to the target.
+    pub const TARGET: &str = "target";
+    /// Deletion guard decisions.
+    pub const GUARD: &str = "guard";
+
+    pub fn cursor(instance: &str) -> String {
+        format!("cursor/{instance}")
+    }
+    pub fn instance(instance: &str) -> String {
+        format!("instance/{instance}")
+    }
+    pub fn handover(id: &str) -> String {
+        format!("handover/{id}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_shape() {
+        let obj = SourceObject {
+            anchor: "84856553-a093-4713-b3b0-1667192003bd".into(),
+            kind: ObjectKind::User,
+            dn: "CN=Ann,OU=Staff,DC=test,DC=lan".into(),
+            attrs: BTreeMap::from([
+                ("cn".into(), vec![AttrValue::Text("Ann".into())]),
+                (
+                    "photo".into(),
+                    vec![AttrValue::Binary {
+                        b64: vec![0xff, 0, 1],
+                    }],
+                ),
+            ]),
+            members: BTreeSet::new(),
+        };
+        let e = Event::ObjectImported(ObjectImported {
+            object: obj,
+            returned: false,
+        });
+        let back = Event::decode(e.event_type(), SCHEMA_VERSION, &e.payload()).unwrap();
+        assert_eq!(e, back);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let err = Event::decode(
+            "CursorInvalidated",
+            SCHEMA_VERSION + 1,
+            "{\"reason\":\"x\"}",
+        );
+        assert!(matches!(err, Err(Error::SchemaTooNew { .. })));
+    }
+
+    #[test]
+    fn unknown_type_is_bad_input() {
+        assert!(matches!(
+            Event::decode("Nope", 1, "{}"),
+            Err(Error::BadInput(_))
+        ));
+    }
+}

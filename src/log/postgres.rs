@@ -1,0 +1,332 @@
+//! PostgreSQL backend: appends serialise on the `log_head` row (`SELECT ... FOR UPDATE`),
+//! rows go in with one `INSERT ... SELECT FROM UNNEST(...)` per chunk.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use super::migrate;
+use super::store::{self, redact_url, AppendOutcome, Batch, OpenMode, Snapshot, Store};
+use super::{hash_from_slice, Hash, StoredEvent};
+use crate::error::{Error, Result};
+
+const INSERT_CHUNK: usize = 10_000;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    url: String,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, mode: OpenMode) -> Result<PgStore> {
+        let shown = redact_url(url);
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e| Error::Config(format!("store.url `{shown}`: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|e| Error::Store(format!("cannot connect to {shown}: {e}")))?;
+        let store = PgStore { pool, url: shown };
+        let found = store.schema_version().await?;
+        match mode {
+            OpenMode::Init => store.migrate(found).await?,
+            OpenMode::Existing => migrate::check(found, migrate::POSTGRES)?,
+        }
+        Ok(store)
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('dirsync_schema')::text")
+                .fetch_one(&self.pool)
+                .await?;
+        if exists.is_none() {
+            return Ok(0);
+        }
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dirsync_schema")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn migrate(&self, found: i64) -> Result<()> {
+        let latest = migrate::latest(migrate::POSTGRES);
+        if found > latest {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: latest,
+            });
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        // Two `dirsync init` at once: the second waits here, then sees the work done.
+        sqlx::query("SELECT pg_advisory_xact_lock(7208110)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(migrate::SCHEMA_TABLE).execute(&mut *tx).await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dirsync_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+        for (v, sql) in migrate::POSTGRES {
+            if *v > current.unwrap_or(0) {
+                sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO dirsync_schema (version, applied_at_us) VALUES ($1, $2)")
+                    .bind(v)
+                    .bind(store::now_us())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lock_head(conn: &mut sqlx::PgConnection) -> Result<(u64, Hash)> {
+        let row = sqlx::query("SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *conn)
+            .await?;
+        let seq: i64 = row.try_get(0)?;
+        let hash: Vec<u8> = row.try_get(1)?;
+        Ok((seq as u64, hash_from_slice(seq as u64, &hash)?))
+    }
+
+    async fn versions(
+        conn: &mut sqlx::PgConnection,
+        streams: &[&str],
+    ) -> Result<HashMap<String, u64>> {
+        let names: Vec<String> = streams.iter().map(|s| s.to_string()).collect();
+        let rows = sqlx::query("SELECT stream, version FROM streams WHERE stream = ANY($1)")
+            .bind(&names)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut out: HashMap<String, u64> = names.into_iter().map(|n| (n, 0)).collect();
+        for r in rows {
+            let s: String = r.try_get(0)?;
+            let v: i64 = r.try_get(1)?;
+            out.insert(s, v as u64);
+        }
+        Ok(out)
+    }
+
+    async fn insert_rows(conn: &mut sqlx::PgConnection, rows: &[StoredEvent]) -> Result<()> {
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let n = chunk.len();
+            let mut seq = Vec::with_capacity(n);
+            let mut stream = Vec::with_capacity(n);
+            let mut sv = Vec::with_capacity(n);
+            let mut et = Vec::with_capacity(n);
+            let mut schema = Vec::with_capacity(n);
+            let mut inst = Vec::with_capacity(n);
+            let mut at = Vec::with_capacity(n);
+            let mut key = Vec::with_capacity(n);
+            let mut payload = Vec::with_capacity(n);
+            let mut prev = Vec::with_capacity(n);
+            let mut hash = Vec::with_capacity(n);
+            for r in chunk {
+                seq.push(r.seq as i64);
+                stream.push(r.stream.as_str());
+                sv.push(r.stream_version as i64);
+                et.push(r.event_type.as_str());
+                schema.push(r.schema_version as i32);
+                inst.push(r.instance.as_str());
+                at.push(r.recorded_at_us);
+                key.push(r.idempotency_key.as_deref());
+                payload.push(r.payload.as_str());
+                prev.push(&r.prev_hash[..]);
+                hash.push(&r.hash[..]);
+            }
+            sqlx::query(
+                "INSERT INTO events (seq, stream, stream_version, event_type, schema_version, \
+                 instance, recorded_at_us, idempotency_key, payload, prev_hash, hash) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], \
+                 $5::int[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::bytea[], $11::bytea[])",
+            )
+            .bind(&seq)
+            .bind(&stream)
+            .bind(&sv)
+            .bind(&et)
+            .bind(&schema)
+            .bind(&inst)
+            .bind(&at)
+            .bind(&key)
+            .bind(&payload)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        conn: &mut sqlx::PgConnection,
+        versions: &HashMap<String, u64>,
+        last: &StoredEvent,
+    ) -> Result<()> {
+        let (names, vs): (Vec<&str>, Vec<i64>) = versions
+            .iter()
+            .map(|(s, v)| (s.as_str(), *v as i64))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO streams (stream, version) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
+        )
+        .bind(&names)
+        .bind(&vs)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(last.seq as i64)
+            .bind(&last.hash[..])
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn row_to_event(r: &PgRow) -> Result<StoredEvent> {
+    let seq: i64 = r.try_get(0)?;
+    let prev: &[u8] = r.try_get(9)?;
+    let hash: &[u8] = r.try_get(10)?;
+    Ok(StoredEvent {
+        seq: seq as u64,
+        stream: r.try_get(1)?,
+        stream_version: r.try_get::<i64, _>(2)? as u64,
+        event_type: r.try_get(3)?,
+        schema_version: r.try_get::<i32, _>(4)? as u32,
+        instance: r.try_get(5)?,
+        recorded_at_us: r.try_get(6)?,
+        idempotency_key: r.try_get(7)?,
+        payload: r.try_get(8)?,
+        prev_hash: hash_from_slice(seq as u64, prev)?,
+        hash: hash_from_slice(seq as u64, hash)?,
+    })
+}
+
+impl Store for PgStore {
+    async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let head = Self::lock_head(&mut tx).await?;
+        if let Some(key) = &batch.idempotency_key {
+            let seen: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM events WHERE idempotency_key = $1")
+                    .bind(key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(seq) = seen {
+                tx.rollback().await?;
+                return Ok(AppendOutcome::Duplicate {
+                    first_seq: seq as u64,
+                });
+            }
+        }
+        if batch.events.is_empty() {
+            return Ok(AppendOutcome::Appended {
+                first_seq: head.0 + 1,
+                last_seq: head.0,
+            });
+        }
+        let mut versions = Self::versions(&mut tx, &batch.streams()).await?;
+        let rows = store::prepare(head, &mut versions, &batch, store::now_us())?;
+        Self::insert_rows(&mut tx, &rows).await?;
+        let last = &rows[rows.len() - 1];
+        Self::finish(&mut tx, &versions, last).await?;
+        tx.commit().await?;
+        Ok(AppendOutcome::Appended {
+            first_seq: rows[0].seq,
+            last_seq: last.seq,
+        })
+    }
+
+    async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, stream, stream_version, event_type, schema_version, instance, \
+             recorded_at_us, idempotency_key, payload, prev_hash, hash \
+             FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn head(&self) -> Result<(u64, Hash)> {
+        let row = sqlx::query("SELECT seq, hash FROM log_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let seq: i64 = row.try_get(0)?;
+        let hash: Vec<u8> = row.try_get(1)?;
+        Ok((seq as u64, hash_from_slice(seq as u64, &hash)?))
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(Self::versions(&mut conn, &[stream])
+            .await?
+            .get(stream)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    async fn append_raw(&self, events: &[StoredEvent]) -> Result<()> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let head = Self::lock_head(&mut tx).await?;
+        let mut streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let versions = Self::versions(&mut tx, &streams).await?;
+        let next = store::check_raw_continuation(head, &versions, events)?;
+        Self::insert_rows(&mut tx, events).await?;
+        Self::finish(&mut tx, &next, last).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>> {
+        let row = sqlx::query("SELECT seq, hash, body FROM snapshots WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let seq: i64 = r.try_get(0)?;
+            let hash: Vec<u8> = r.try_get(1)?;
+            Ok(Snapshot {
+                name: name.to_string(),
+                seq: seq as u64,
+                hash: hash_from_slice(seq as u64, &hash)?,
+                body: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (name, seq, hash, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, body = excluded.body",
+        )
+        .bind(snap.name.as_str())
+        .bind(snap.seq as i64)
+        .bind(&snap.hash[..])
+        .bind(&snap.body[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+}

@@ -1,0 +1,380 @@
+//! The store trait, its two backends behind one enum, and the pure part of appending
+//! (expectations, versions, hashes) that both backends share.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use super::hash::{self, Hash, HashInput};
+use super::postgres::PgStore;
+use super::sqlite::SqliteStore;
+use super::{Event, StoredEvent, SCHEMA_VERSION};
+use crate::error::{Error, Result};
+
+/// An event to append, with the stream it belongs to and the instance that observed it.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub stream: String,
+    pub instance: String,
+    pub event: Event,
+}
+
+impl NewEvent {
+    pub fn new(stream: impl Into<String>, instance: impl Into<String>, event: Event) -> Self {
+        NewEvent {
+            stream: stream.into(),
+            instance: instance.into(),
+            event,
+        }
+    }
+}
+
+/// What the caller believes a stream's version is (its number of events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    Any,
+    NoStream,
+    Exactly(u64),
+}
+
+impl Expected {
+    fn holds(self, actual: u64) -> bool {
+        match self {
+            Expected::Any => true,
+            Expected::NoStream => actual == 0,
+            Expected::Exactly(v) => actual == v,
+        }
+    }
+    fn describe(self) -> String {
+        match self {
+            Expected::Any => "any".into(),
+            Expected::NoStream => "0 (no stream)".into(),
+            Expected::Exactly(v) => v.to_string(),
+        }
+    }
+}
+
+/// One atomic append: all events are written, in order, or none.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub events: Vec<NewEvent>,
+    /// Conditions on stream versions, checked atomically with the write. A stream may be
+    /// checked without being written (fencing checks the relationship stream this way).
+    pub expect: Vec<(String, Expected)>,
+    /// A retried append with the same key writes nothing and reports the first write.
+    pub idempotency_key: Option<String>,
+}
+
+impl Batch {
+    pub fn new(events: Vec<NewEvent>) -> Self {
+        Batch {
+            events,
+            ..Batch::default()
+        }
+    }
+    pub fn expect(mut self, stream: impl Into<String>, v: Expected) -> Self {
+        self.expect.push((stream.into(), v));
+        self
+    }
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Every stream whose version the append must read.
+    pub(crate) fn streams(&self) -> Vec<&str> {
+        let mut s: Vec<&str> = self
+            .events
+            .iter()
+            .map(|e| e.stream.as_str())
+            .chain(self.expect.iter().map(|(s, _)| s.as_str()))
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended {
+        first_seq: u64,
+        last_seq: u64,
+    },
+    /// The idempotency key was seen before; nothing was written.
+    Duplicate {
+        first_seq: u64,
+    },
+}
+
+impl AppendOutcome {
+    pub fn last_seq(&self) -> u64 {
+        match *self {
+            AppendOutcome::Appended { last_seq, .. } => last_seq,
+            AppendOutcome::Duplicate { first_seq } => first_seq,
+        }
+    }
+}
+
+/// A stored projection: the state as of `seq`, whose event had hash `hash`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub name: String,
+    pub seq: u64,
+    pub hash: Hash,
+    pub body: Vec<u8>,
+}
+
+/// Whether opening may create the store (only `dirsync init` may).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the store if needed and apply migrations.
+    Init,
+    /// The store must exist and be at this dirsync's schema.
+    Existing,
+}
+
+/// Storage for the log. Implementations must make `append` atomic and serialised across
+/// processes, so the chain stays one unbroken line whoever writes.
+pub trait Store: Send + Sync {
+    fn append(&self, batch: Batch) -> impl Future<Output = Result<AppendOutcome>> + Send;
+    /// Up to `limit` events with seq > `after`, in order.
+    fn read(&self, after: u64, limit: u32)
+        -> impl Future<Output = Result<Vec<StoredEvent>>> + Send;
+    /// The last seq and its hash (0 and GENESIS when empty).
+    fn head(&self) -> impl Future<Output = Result<(u64, Hash)>> + Send;
+    fn stream_version(&self, stream: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// Append events exactly as stored elsewhere (log import). They must continue the chain.
+    fn append_raw(&self, events: &[StoredEvent]) -> impl Future<Output = Result<()>> + Send;
+    fn load_snapshot(&self, name: &str) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+    fn save_snapshot(&self, snap: &Snapshot) -> impl Future<Output = Result<()>> + Send;
+    /// A short description for messages (never contains secrets).
+    fn describe(&self) -> String;
+}
+
+/// The store selected by `[store] url`.
+#[derive(Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// Open `sqlite://PATH` or `postgres://...`.
+    pub async fn open(url: &str, mode: OpenMode) -> Result<AnyStore> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            Ok(AnyStore::Sqlite(SqliteStore::open(path, mode).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PgStore::open(url, mode).await?))
+        } else {
+            Err(Error::Config(format!(
+                "store.url: `{}` is neither sqlite://PATH nor postgres://...",
+                redact_url(url)
+            )))
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
+        delegate!(self, s => s.append(batch).await)
+    }
+    async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
+        delegate!(self, s => s.read(after, limit).await)
+    }
+    async fn head(&self) -> Result<(u64, Hash)> {
+        delegate!(self, s => s.head().await)
+    }
+    async fn stream_version(&self, stream: &str) -> Result<u64> {
+        delegate!(self, s => s.stream_version(stream).await)
+    }
+    async fn append_raw(&self, events: &[StoredEvent]) -> Result<()> {
+        delegate!(self, s => s.append_raw(events).await)
+    }
+    async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>> {
+        delegate!(self, s => s.load_snapshot(name).await)
+    }
+    async fn save_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        delegate!(self, s => s.save_snapshot(snap).await)
+    }
+    fn describe(&self) -> String {
+        delegate!(self, s => s.describe())
+    }
+}
+
+/// A URL with any password replaced, safe for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Turn a batch into stored rows after checking its expectations: the pure half of append.
+/// `versions` holds the current version of every stream in `batch.streams()` and is updated.
+pub(crate) fn prepare(
+    head: (u64, Hash),
+    versions: &mut HashMap<String, u64>,
+    batch: &Batch,
+    now_us: i64,
+) -> Result<Vec<StoredEvent>> {
+    for (stream, exp) in &batch.expect {
+        let actual = versions.get(stream).copied().unwrap_or(0);
+        if !exp.holds(actual) {
+            return Err(Error::Conflict {
+                stream: stream.clone(),
+                expected: exp.describe(),
+                found: actual,
+            });
+        }
+    }
+    let (mut seq, mut prev) = head;
+    let mut rows = Vec::with_capacity(batch.events.len());
+    for (i, e) in batch.events.iter().enumerate() {
+        seq += 1;
+        let v = versions.entry(e.stream.clone()).or_insert(0);
+        *v += 1;
+        let payload = e.event.payload();
+        let key = if i == 0 {
+            batch.idempotency_key.clone()
+        } else {
+            None
+        };
+        let event_type = e.event.event_type();
+        let h = hash::compute(
+            &prev,
+            &HashInput {
+                seq,
+                stream: &e.stream,
+                stream_version: *v,
+                event_type,
+                schema_version: SCHEMA_VERSION,
+                instance: &e.instance,
+                recorded_at_us: now_us,
+                idempotency_key: key.as_deref(),
+                payload: &payload,
+            },
+        );
+        rows.push(StoredEvent {
+            seq,
+            stream: e.stream.clone(),
+            stream_version: *v,
+            event_type: event_type.to_string(),
+            schema_version: SCHEMA_VERSION,
+            instance: e.instance.clone(),
+            recorded_at_us: now_us,
+            idempotency_key: key,
+            payload,
+            prev_hash: prev,
+            hash: h,
+        });
+        prev = h;
+    }
+    Ok(rows)
+}
+
+/// Check that raw rows (already chain-verified among themselves) continue this store's log
+/// and its streams; returns the streams' new versions.
+pub(crate) fn check_raw_continuation(
+    head: (u64, Hash),
+    versions: &HashMap<String, u64>,
+    events: &[StoredEvent],
+) -> Result<HashMap<String, u64>> {
+    let Some(first) = events.first() else {
+        return Ok(HashMap::new());
+    };
+    if first.seq != head.0 + 1 || first.prev_hash != head.1 {
+        return Err(Error::BadInput(format!(
+            "the events do not continue this store's log (store head is seq {}, first event is seq {})",
+            head.0, first.seq
+        )));
+    }
+    let mut next = versions.clone();
+    for e in events {
+        let v = next.entry(e.stream.clone()).or_insert(0);
+        if e.stream_version != *v + 1 {
+            return Err(Error::BadInput(format!(
+                "seq {}: stream `{}` version {} does not follow {}",
+                e.seq, e.stream, e.stream_version, v
+            )));
+        }
+        *v += 1;
+    }
+    Ok(next)
+}
+
+/// The current time in microseconds, the resolution the log keeps.
+pub(crate) fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::event::{CursorInvalidated, Event};
+    use crate::log::GENESIS;
+
+    fn ev(stream: &str) -> NewEvent {
+        NewEvent::new(
+            stream,
+            "a",
+            Event::CursorInvalidated(CursorInvalidated { reason: "r".into() }),
+        )
+    }
+
+    #[test]
+    fn prepare_assigns_versions_and_chains() {
+        let mut v = HashMap::new();
+        let b = Batch::new(vec![ev("s"), ev("t"), ev("s")]);
+        let rows = prepare((0, GENESIS), &mut v, &b, 1).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.stream_version).collect::<Vec<_>>(),
+            [1, 1, 2]
+        );
+        assert_eq!(rows[1].prev_hash, rows[0].hash);
+        let mut c = crate::log::ChainVerifier::default();
+        for r in &rows {
+            c.check(r).unwrap();
+        }
+    }
+
+    #[test]
+    fn prepare_refuses_a_stale_expectation() {
+        let mut v = HashMap::from([("s".to_string(), 3)]);
+        let b = Batch::new(vec![ev("s")]).expect("s", Expected::Exactly(2));
+        assert!(matches!(
+            prepare((9, GENESIS), &mut v, &b, 1),
+            Err(Error::Conflict { found: 3, .. })
+        ));
+        let b = Batch::new(vec![ev("x")]).expect("s", Expected::NoStream);
+        assert!(prepare((9, GENESIS), &mut v, &b, 1).is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

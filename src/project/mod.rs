@@ -1,0 +1,601 @@
+//! Projections: everything but the log is a fold of the log.
+//!
+//! Each projection has a pure `apply(&mut self, &Meta, &Event)`; [`State`] holds them all and
+//! is what replay rebuilds, snapshots store, and commands read.
+
+pub mod replay;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::event::{Attrs, DeletionEvidence, Event, ExportOp, ObjectKind, SourceObject};
+
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Where an event sits in the log: what `apply` may use besides the event itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta<'a> {
+    pub seq: u64,
+    pub instance: &'a str,
+    pub recorded_at_us: i64,
+}
+
+/// A point in the log: a sequence number and when it was recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct At {
+    pub seq: u64,
+    pub at_us: i64,
+}
+
+impl From<&Meta<'_>> for At {
+    fn from(m: &Meta<'_>) -> At {
+        At {
+            seq: m.seq,
+            at_us: m.recorded_at_us,
+        }
+    }
+}
+
+/// Why and when an object stopped being live in scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub evidence: DeletionEvidence,
+    pub at: At,
+    pub instance: String,
+}
+
+/// One source object as the log knows it; deleted objects are kept, marked, for audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub kind: ObjectKind,
+    pub dn: String,
+    pub attrs: Attrs,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub members: BTreeSet<String>,
+    pub first_seen: At,
+    pub last_changed: At,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<Deletion>,
+}
+
+impl ObjectRecord {
+    pub fn live(&self) -> bool {
+        self.deletion.is_none()
+    }
+    fn from_source(o: &SourceObject, at: At, first_seen: At) -> ObjectRecord {
+        ObjectRecord {
+            kind: o.kind,
+            dn: o.dn.clone(),
+            attrs: o.attrs.clone(),
+            members: o.members.clone(),
+            first_seen,
+            last_changed: at,
+            deletion: None,
+        }
+    }
+}
+
+/// Current source objects (and the deleted ones, marked).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceObjects {
+    pub objects: FastMap<String, ObjectRecord>,
+    /// The last complete full import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_full_import: Option<At>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstone_lifetime_days: Option<u32>,
+}
+
+impl SourceObjects {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::ObjectImported(i) => {
+                let first = self
+                    .objects
+                    .get(&i.object.anchor)
+                    .map_or(At::from(m), |r| r.first_seen);
+                self.objects.insert(
+                    i.object.anchor.clone(),
+                    ObjectRecord::from_source(&i.object, m.into(), first),
+                );
+            }
+            Event::ObjectChanged(c) => {
+                if let Some(r) = self.objects.get_mut(&c.anchor) {
+                    if let Some(dn) = &c.dn {
+                        r.dn.clone_from(dn);
+                    }
+                    for (k, v) in &c.set {
+                        r.attrs.insert(k.clone(), v.clone());
+                    }
+                    for k in &c.removed {
+                        r.attrs.remove(k);
+                    }
+                    for a in &c.members_added {
+                        r.members.insert(a.clone());
+                    }
+                    for a in &c.members_removed {
+                        r.members.remove(a);
+                    }
+                    r.last_changed = m.into();
+                }
+            }
+            Event::ObjectDeleted(d) => {
+                if let Some(r) = self.objects.get_mut(&d.anchor) {
+                    r.deletion = Some(Deletion {
+                        evidence: d.evidence.clone(),
+                        at: m.into(),
+                        instance: m.instance.to_string(),
+                    });
+                }
+            }
+            Event::ImportCompleted(i) if i.full => self.last_full_import = Some(m.into()),
+            Event::SourceInfoRecorded(s) if s.tombstone_lifetime_days.is_some() => {
+                self.tombstone_lifetime_days = s.tombstone_lifetime_days;
+            }
+            _ => {}
+        }
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = (&String, &ObjectRecord)> {
+        self.objects.iter().filter(|(_, r)| r.live())
+    }
+}
+
+/// How we came to own a target object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Created,
+    Matched,
+}
+
+/// One target object this deployment owns (or owned: `deleted` says when it was removed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub kind: ObjectKind,
+    pub target_id: String,
+    pub origin: Origin,
+    /// The mapped state we last exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+    pub owned_since: At,
+    pub last_export: At,
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<At>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportFailure {
+    pub op: ExportOp,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub at: At,
+}
+
+/// The ownership ledger: what we created or matched in the target, by anchor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub entries: FastMap<String, LedgerEntry>,
+    /// The last failed export per anchor, cleared by the next success.
+    #[serde(default)]
+    pub failures: BTreeMap<String, ExportFailure>,
+}
+
+impl Ledger {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::ExportApplied(x) => {
+                self.failures.remove(&x.anchor);
+                match x.op {
+                    ExportOp::Create | ExportOp::Match => {
+                        self.entries.insert(
+                            x.anchor.clone(),
+                            LedgerEntry {
+                                kind: x.kind,
+                                target_id: x.target_id.clone(),
+                                origin: if x.op == ExportOp::Create {
+                                    Origin::Created
+                                } else {
+                                    Origin::Matched
+                                },
+                                state: x.state.clone(),
+                                owned_since: m.into(),
+                                last_export: m.into(),
+                                epoch: x.epoch,
+                                deleted: None,
+                            },
+                        );
+                    }
+                    ExportOp::Update => {
+                        if let Some(l) = self.entries.get_mut(&x.anchor) {
+                            l.state.clone_from(&x.state);
+                            l.last_export = m.into();
+                            l.epoch = x.epoch;
+                        }
+                    }
+                    ExportOp::Delete => {
+                        if let Some(l) = self.entries.get_mut(&x.anchor) {
+                            l.state = None;
+                            l.last_export = m.into();
+                            l.epoch = x.epoch;
+                            l.deleted = Some(m.into());
+                        }
+                    }
+                }
+            }
+            Event::ExportFailed(f) => {
+                self.failures.insert(
+                    f.anchor.clone(),
+                    ExportFailure {
+                        op: f.op,
+                        error: f.error.clone(),
+                        status: f.status,
+                        at: m.into(),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Entries we own now (not deleted from the target).
+    pub fn owned(&self) -> impl Iterator<Item = (&String, &LedgerEntry)> {
+        self.entries.iter().filter(|(_, l)| l.deleted.is_none())
+    }
+}
+
+/// An instance's position in the source's change stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub kind: String,
+    pub cookie: String,
+    pub at: At,
+}
+
+/// Cursors per instance, and why a cursor was last invalidated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursors {
+    pub current: BTreeMap<String, Cursor>,
+    #[serde(default)]
+    pub invalidated: BTreeMap<String, (String, At)>,
+}
+
+impl Cursors {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::CursorAdvanced(c) => {
+                self.current.insert(
+                    m.instance.to_string(),
+                    Cursor {
+                        kind: c.kind.clone(),
+                        cookie: c.cookie.clone(),
+                        at: m.into(),
+                    },
+                );
+            }
+            Event::CursorInvalidated(c) => {
+                self.current.remove(m.instance);
+                self.invalidated
+                    .insert(m.instance.to_string(), (c.reason.clone(), m.into()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Who may export: the holder of the current epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relationship {
+    pub holder: Option<String>,
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<At>,
+}
+
+impl Relationship {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        if let Event::SyncRelationshipEstablished(r) = e {
+            self.holder = Some(r.holder.clone());
+            self.epoch = r.epoch;
+            self.since = Some(m.into());
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    #[default]
+    Active,
+    Stopped,
+    Retired,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Active => "active",
+            InstanceStatus::Stopped => "stopped",
+            InstanceStatus::Retired => "retired",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub status: InstanceStatus,
+    /// The run in progress, if a SyncRunStarted has no completion yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<(String, At)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completed: Option<(String, At)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed: Option<(String, At)>,
+    pub first_seen: At,
+}
+
+/// Every instance the log has heard of.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instances {
+    pub instances: BTreeMap<String, InstanceRecord>,
+}
+
+impl Instances {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        let touches = matches!(
+            e,
+            Event::SyncRunStarted(_)
+                | Event::SyncRunCompleted(_)
+                | Event::SyncRunFailed(_)
+                | Event::InstanceStarted(_)
+                | Event::InstanceStopped(_)
+                | Event::InstanceRetired(_)
+                | Event::CursorAdvanced(_)
+                | Event::SyncRelationshipEstablished(_)
+        );
+        if !touches {
+            return;
+        }
+        let name = match e {
+            Event::SyncRelationshipEstablished(r) => r.holder.as_str(),
+            _ => m.instance,
+        };
+        let rec = self
+            .instances
+            .entry(name.to_string())
+            .or_insert_with(|| InstanceRecord {
+                first_seen: m.into(),
+                ..Default::default()
+            });
+        match e {
+            Event::SyncRunStarted(s) => rec.running = Some((s.run_id.clone(), m.into())),
+            Event::SyncRunCompleted(s) => {
+                rec.running = None;
+                rec.last_completed = Some((s.run_id.clone(), m.into()));
+            }
+            Event::SyncRunFailed(s) => {
+                rec.running = None;
+                rec.last_failed = Some((s.run_id.clone(), m.into()));
+            }
+            Event::InstanceStarted(_) => rec.status = InstanceStatus::Active,
+            Event::InstanceStopped(_) => rec.status = InstanceStatus::Stopped,
+            Event::InstanceRetired(_) => {
+                rec.status = InstanceStatus::Retired;
+                rec.running = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Deletions the guard held, by the hash of their exact list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldDeletions {
+    pub anchors: Vec<String>,
+    pub reason: String,
+    pub held: At,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<At>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub plans: BTreeMap<String, HeldDeletions>,
+}
+
+impl Guard {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::DeletionsHeld(h) => {
+                self.plans.insert(
+                    h.plan_hash.clone(),
+                    HeldDeletions {
+                        anchors: h.anchors.clone(),
+                        reason: h.reason.clone(),
+                        held: m.into(),
+                        approved: None,
+                    },
+                );
+            }
+            Event::DeletionsApproved(a) => {
+                if let Some(p) = self.plans.get_mut(&a.plan_hash) {
+                    p.approved = Some(m.into());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub action: String,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<At>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<At>,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRecord {
+    pub from: String,
+    pub to: String,
+    pub playbook: String,
+    pub steps: Vec<StepRecord>,
+    pub started: At,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<At>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handovers {
+    pub handovers: BTreeMap<String, HandoverRecord>,
+    /// The most recently started handover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+}
+
+impl Handovers {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::HandoverStarted(h) => {
+                self.handovers.insert(
+                    h.handover_id.clone(),
+                    HandoverRecord {
+                        from: h.from.clone(),
+                        to: h.to.clone(),
+                        playbook: h.playbook.clone(),
+                        steps: h
+                            .steps
+                            .iter()
+                            .map(|a| StepRecord {
+                                action: a.clone(),
+                                state: StepState::Pending,
+                                started: None,
+                                finished: None,
+                                detail: serde_json::Value::Null,
+                            })
+                            .collect(),
+                        started: m.into(),
+                        completed: None,
+                    },
+                );
+                self.last = Some(h.handover_id.clone());
+            }
+            Event::HandoverStepStarted(s)
+            | Event::HandoverStepCompleted(s)
+            | Event::HandoverStepFailed(s) => {
+                let step = self
+                    .handovers
+                    .get_mut(&s.handover_id)
+                    .and_then(|h| h.steps.get_mut(s.step as usize));
+                if let Some(step) = step {
+                    match e {
+                        Event::HandoverStepStarted(_) => {
+                            step.state = StepState::Running;
+                            step.started = Some(m.into());
+                            step.finished = None;
+                        }
+                        Event::HandoverStepCompleted(_) => {
+                            step.state = StepState::Done;
+                            step.finished = Some(m.into());
+                        }
+                        _ => {
+                            step.state = StepState::Failed;
+                            step.finished = Some(m.into());
+                        }
+                    }
+                    step.detail.clone_from(&s.detail);
+                }
+            }
+            Event::HandoverCompleted(c) => {
+                if let Some(h) = self.handovers.get_mut(&c.handover_id) {
+                    h.completed = Some(m.into());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every projection, as of `seq`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub seq: u64,
+    pub objects: SourceObjects,
+    pub ledger: Ledger,
+    pub cursors: Cursors,
+    pub relationship: Relationship,
+    pub instances: Instances,
+    pub guard: Guard,
+    pub handovers: Handovers,
+}
+
+impl State {
+    /// The fold step: apply one event to every projection.
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        self.objects.apply(m, e);
+        self.ledger.apply(m, e);
+        self.cursors.apply(m, e);
+        self.relationship.apply(m, e);
+        self.instances.apply(m, e);
+        self.guard.apply(m, e);
+        self.handovers.apply(m, e);
+        self.seq = m.seq;
+    }
+
+    /// Names the projections that differ from `other`, with the first differing key.
+    pub fn differences(&self, other: &State) -> Vec<String> {
+        fn first_key<V: PartialEq>(
+            a: &FastMap<String, V>,
+            b: &FastMap<String, V>,
+        ) -> Option<String> {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.into_iter().find(|k| a.get(*k) != b.get(*k)).cloned()
+        }
+        let mut out = Vec::new();
+        if self.seq != other.seq {
+            out.push(format!("seq: {} vs {}", self.seq, other.seq));
+        }
+        if self.objects != other.objects {
+            let k = first_key(&self.objects.objects, &other.objects.objects);
+            out.push(format!(
+                "objects (first differing anchor: {})",
+                k.unwrap_or_default()
+            ));
+        }
+        if self.ledger != other.ledger {
+            let k = first_key(&self.ledger.entries, &other.ledger.entries);
+            out.push(format!(
+                "ledger (first differing anchor: {})",
+                k.unwrap_or_default()
+            ));
+        }
+        let named: [(&str, bool); 5] = [
+            ("cursors", self.cursors != other.cursors),
+            ("relationship", self.relationship != other.relationship),
+            ("instances", self.instances != other.instances),
+            ("guard", self.guard != other.guard),
+            ("handovers", self.handovers != other.handovers),
+        ];
+        out.extend(named.iter().filter(|(_, d)| *d).map(|(n, _)| n.to_string()));
+        out
+    }
+}
