@@ -1,0 +1,27 @@
+//! Test lab: fixtures that start real servers for the integration tests.
+//!
+//! * [`pg_database`]: a fresh database on one PostgreSQL server per test process.
+//! * [`Slapd::start`]: an OpenLDAP server per test (RFC 4533 source), optionally
+//!   with a session log.
+//! * [`Samba::start`]: a Samba AD DC per test (DirSync source), copied from a
+//!   template provisioned once per machine.
+//! * [`Scim::start`] / [`Scim::tenant`]: scim2-server, per test or a tenant of a
+//!   shared one.
+//!
+//! Every server dies with the test process, whatever ends it (see `proc.rs`), and
+//! per-test servers die when their fixture is dropped. A missing binary panics
+//! with "run scripts/install-deps". Measured start times are at the top of each
+//! module.
+// Fixtures are a library for every test module: not all of it is used by all.
+#![allow(dead_code, unused_imports)]
+
+pub mod postgres;
+pub mod proc;
+pub mod samba;
+pub mod scim;
+pub mod slapd;
+
+pub use postgres::{pg_database, pg_server_pid, pg_server_url};
+pub use samba::Samba;
+pub use scim::{Scim, ScimTenant};
+pub use slapd::{Slapd, SlapdOptions};
