@@ -155,6 +155,16 @@ async fn log_export(store: &AnyStore, output: Option<&Path>) -> Result<Exit> {
     .await;
     bar.finish_and_clear();
     r?;
+    let (head_seq, head_hash) = store.head().await?;
+    if (head_seq, head_hash) != (v.last_seq(), v.last_hash()) {
+        return Err(Error::ChainBroken {
+            seq: v.last_seq() + 1,
+            reason: format!(
+                "the log ends at seq {} but its head says {head_seq} (rows removed)",
+                v.last_seq()
+            ),
+        });
+    }
     match output {
         None => {
             let mut out = std::io::stdout().lock();

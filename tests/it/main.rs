@@ -1,2 +1,7 @@
+//! Integration tests: one binary, so real servers and builds are shared.
+
+mod common;
 mod lab;
 mod lab_smoke;
+mod log_store;
+mod replay;

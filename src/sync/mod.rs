@@ -1,0 +1,5 @@
+//! The sync engine: import -> plan -> guard -> export. Decisions are pure functions of the
+//! projections; only the runners talk to servers and the log.
+
+pub mod import;
+pub mod scope;
