@@ -140,23 +140,39 @@ async fn log_verify(store: &AnyStore, fmt: Format) -> Result<Exit> {
 }
 
 async fn log_export(store: &AnyStore, output: Option<&Path>) -> Result<Exit> {
-    // Export what verifies: a broken chain is reported, not carried elsewhere.
+    // Streamed into a temporary file beside the destination, checked against the chain and
+    // its head as it goes, and only then renamed (or copied to stdout): a broken log is
+    // reported, never carried elsewhere, and no half file is left behind.
+    let dir = match output.and_then(Path::parent) {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        Some(_) => std::path::PathBuf::from("."),
+        None => std::env::temp_dir(),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(&dir)?;
     let (head, _) = store.head().await?;
     let bar = output::progress(head, "export");
-    let mut buf: Vec<u8> = Vec::new();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     let mut v = ChainVerifier::default();
     let r = replay::scan(store, 0, Some(&bar), |e| {
         v.check(e)
             .map_err(|(seq, reason)| Error::ChainBroken { seq, reason })?;
-        serde_json::to_writer(&mut buf, e).map_err(Error::store)?;
-        buf.push(b'\n');
+        serde_json::to_writer(&mut w, e).map_err(Error::store)?;
+        w.write_all(b"\n")?;
         Ok(ControlFlow::Continue(()))
     })
     .await;
     bar.finish_and_clear();
     r?;
+    w.flush()?;
+    drop(w);
     let (head_seq, head_hash) = store.head().await?;
-    if (head_seq, head_hash) != (v.last_seq(), v.last_hash()) {
+    if head_seq < v.last_seq() || (head_seq == v.last_seq() && head_hash != v.last_hash()) {
+        return Err(Error::ChainBroken {
+            seq: head_seq.min(v.last_seq()),
+            reason: "the head does not match the last event".into(),
+        });
+    }
+    if head_seq > v.last_seq() && head == head_seq {
         return Err(Error::ChainBroken {
             seq: v.last_seq() + 1,
             reason: format!(
@@ -166,18 +182,16 @@ async fn log_export(store: &AnyStore, output: Option<&Path>) -> Result<Exit> {
         });
     }
     match output {
+        Some(path) => {
+            tmp.persist(path).map_err(|e| Error::Io(e.error))?;
+        }
         None => {
+            let mut f = std::fs::File::open(tmp.path())?;
             let mut out = std::io::stdout().lock();
-            match out.write_all(&buf).and_then(|_| out.flush()) {
+            match std::io::copy(&mut f, &mut out).and_then(|_| out.flush()) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
                 _ => {}
             }
-        }
-        Some(path) => {
-            // Written beside the destination, then renamed: never half a file.
-            let tmp = path.with_extension("partial");
-            std::fs::write(&tmp, &buf)?;
-            std::fs::rename(&tmp, path)?;
         }
     }
     Ok(Exit::Ok)
