@@ -94,6 +94,190 @@ pub fn full_import_events(
     events
 }
 
+/// One change a delta import reported, whatever the source (DirSync, RFC 4533).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// An object created, changed, renamed or moved. `whole` says `object.attrs` (and
+    /// `members`) are the complete object; otherwise they are only the changed attributes.
+    Upsert { object: SourceObject, whole: bool },
+    Deleted {
+        anchor: String,
+        evidence: DeletionEvidence,
+    },
+    /// Incremental member values of a group (anchors).
+    Members {
+        anchor: String,
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+}
+
+/// The result of planning a delta: the events, or the anchors whose whole object the caller
+/// must fetch first (a partial change to an object the log does not hold in full).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeltaPlan {
+    Events(Vec<Event>),
+    NeedWhole(Vec<String>),
+}
+
+/// The events a delta import implies, ending with its `ImportCompleted`.
+pub fn delta_events(
+    current: &SourceObjects,
+    changes: &[Change],
+    scope: &Scope,
+    run_id: &str,
+) -> DeltaPlan {
+    let need: Vec<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert {
+                object,
+                whole: false,
+            } if scope.contains(&object.dn) => {
+                let held = current.objects.get(&object.anchor);
+                // Partial data is enough for an object we hold, live or returning.
+                held.is_none().then(|| object.anchor.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    if !need.is_empty() {
+        return DeltaPlan::NeedWhole(need);
+    }
+    // Later changes to the same object see the earlier ones: plan against a working copy.
+    let mut work = SourceObjects::default();
+    let mut events = Vec::new();
+    let mut s = ImportCompleted {
+        run_id: run_id.to_string(),
+        full: false,
+        seen: 0,
+        added: 0,
+        changed: 0,
+        deleted: 0,
+        left_scope: 0,
+    };
+    for c in changes {
+        let anchor = match c {
+            Change::Upsert { object, .. } => &object.anchor,
+            Change::Deleted { anchor, .. } | Change::Members { anchor, .. } => anchor,
+        };
+        if !work.objects.contains_key(anchor) {
+            if let Some(r) = current.objects.get(anchor) {
+                work.objects.insert(anchor.clone(), r.clone());
+            }
+        }
+        let before = events.len();
+        match c {
+            Change::Upsert { object, whole } => {
+                s.seen += 1;
+                let in_scope = scope.contains(&object.dn);
+                match work.objects.get(anchor) {
+                    None => {
+                        if in_scope {
+                            s.added += 1;
+                            events.push(Event::ObjectImported(ObjectImported {
+                                object: object.clone(),
+                                returned: false,
+                            }));
+                        }
+                    }
+                    Some(r) => {
+                        // The whole object as it is now.
+                        let mut now = object.clone();
+                        if !whole {
+                            let mut attrs = r.attrs.clone();
+                            attrs.extend(object.attrs.clone());
+                            now.attrs = attrs;
+                            now.members = r.members.clone();
+                        }
+                        now.kind = r.kind;
+                        let live = r.live();
+                        if live && !in_scope {
+                            s.left_scope += 1;
+                            if let Some(ch) = diff(anchor, &r.dn, &r.attrs, &r.members, &now) {
+                                events.push(Event::ObjectChanged(ch));
+                            }
+                            events.push(Event::ObjectDeleted(ObjectDeleted {
+                                anchor: anchor.clone(),
+                                evidence: DeletionEvidence::LeftScope { dn: now.dn.clone() },
+                            }));
+                        } else if !live && in_scope {
+                            s.added += 1;
+                            events.push(Event::ObjectImported(ObjectImported {
+                                object: now,
+                                returned: true,
+                            }));
+                        } else if let Some(ch) = diff(anchor, &r.dn, &r.attrs, &r.members, &now) {
+                            // Out of scope and staying out: keep the record current anyway, so
+                            // a later return carries today's attributes.
+                            if live {
+                                s.changed += 1;
+                            }
+                            events.push(Event::ObjectChanged(ch));
+                        }
+                    }
+                }
+            }
+            Change::Deleted { evidence, .. } => {
+                let known = work.objects.get(anchor);
+                let record = match known {
+                    Some(r) if r.live() => true,
+                    // Gone from scope earlier, now really deleted: keep the stronger evidence.
+                    Some(r) => matches!(
+                        r.deletion.as_ref().map(|d| &d.evidence),
+                        Some(DeletionEvidence::LeftScope { .. })
+                    ),
+                    None => false,
+                };
+                if record {
+                    if known.is_some_and(|r| r.live()) {
+                        s.deleted += 1;
+                    }
+                    events.push(Event::ObjectDeleted(ObjectDeleted {
+                        anchor: anchor.clone(),
+                        evidence: evidence.clone(),
+                    }));
+                }
+            }
+            Change::Members { added, removed, .. } => {
+                if let Some(r) = work.objects.get(anchor) {
+                    let ch = ObjectChanged {
+                        anchor: anchor.clone(),
+                        members_added: added
+                            .iter()
+                            .filter(|a| !r.members.contains(*a))
+                            .cloned()
+                            .collect(),
+                        members_removed: removed
+                            .iter()
+                            .filter(|a| r.members.contains(*a))
+                            .cloned()
+                            .collect(),
+                        ..Default::default()
+                    };
+                    if !ch.members_added.is_empty() || !ch.members_removed.is_empty() {
+                        if r.live() {
+                            s.changed += 1;
+                        }
+                        events.push(Event::ObjectChanged(ch));
+                    }
+                }
+            }
+        }
+        // Fold this change's events into the working copy for the next change.
+        for (k, e) in events[before..].iter().enumerate() {
+            let m = crate::project::Meta {
+                seq: (before + k) as u64,
+                instance: "",
+                recorded_at_us: 0,
+            };
+            work.apply(&m, e);
+        }
+    }
+    events.push(Event::ImportCompleted(s));
+    DeltaPlan::Events(events)
+}
+
 /// What changed between the recorded object and what the source shows now, if anything.
 pub fn diff(
     anchor: &str,
@@ -234,5 +418,118 @@ mod tests {
             e => panic!("{e:?}"),
         }
         assert_eq!(ev.len(), 2);
+    }
+
+    #[test]
+    fn deltas_move_objects_in_and_out_of_scope() {
+        let scope = Scope::new("DC=test,DC=lan", &["OU=Staff,DC=test,DC=lan".into()], &[]);
+        let mut state = State::default();
+        let dir: Vec<SourceObject> = (0..3).map(|i| user(i, "Staff", "t")).collect();
+        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        apply_all(&mut state, &first);
+        let partial = |i: u32, ou: &str, title: Option<&str>| {
+            let mut o = user(i, ou, title.unwrap_or("t"));
+            if title.is_none() {
+                o.attrs.clear();
+            }
+            Change::Upsert {
+                object: o,
+                whole: false,
+            }
+        };
+        // a0 retitled, a1 moved out, a2 deleted, a7 unknown partial -> must be fetched.
+        let changes = vec![
+            partial(0, "Staff", Some("boss")),
+            partial(1, "Out", None),
+            partial(7, "Staff", None),
+        ];
+        assert_eq!(
+            delta_events(&state.objects, &changes, &scope, "d1"),
+            DeltaPlan::NeedWhole(vec!["a7".into()])
+        );
+        let changes = vec![
+            partial(0, "Staff", Some("boss")),
+            partial(1, "Out", None),
+            Change::Deleted {
+                anchor: "a2".into(),
+                evidence: DeletionEvidence::Tombstone {
+                    deleted_at: None,
+                    last_known_parent: None,
+                },
+            },
+            Change::Upsert {
+                object: user(7, "Staff", "new"),
+                whole: true,
+            },
+        ];
+        let DeltaPlan::Events(ev) = delta_events(&state.objects, &changes, &scope, "d1") else {
+            panic!()
+        };
+        let kinds: Vec<&str> = ev.iter().map(|e| e.event_type()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "ObjectChanged",
+                "ObjectChanged",
+                "ObjectDeleted",
+                "ObjectDeleted",
+                "ObjectImported",
+                "ImportCompleted"
+            ]
+        );
+        apply_all(&mut state, &ev);
+        assert!(!state.objects.objects["a1"].live());
+        assert_eq!(
+            state.objects.objects["a1"].attrs["title"],
+            vec![AttrValue::Text("t".into())],
+            "attrs kept"
+        );
+        // a1 comes back with only its DN changed: a return carrying the kept attributes.
+        let DeltaPlan::Events(ev) =
+            delta_events(&state.objects, &[partial(1, "Staff", None)], &scope, "d2")
+        else {
+            panic!()
+        };
+        match &ev[0] {
+            Event::ObjectImported(i) => {
+                assert!(i.returned);
+                assert_eq!(i.object.attrs["title"], vec![AttrValue::Text("t".into())]);
+            }
+            e => panic!("{e:?}"),
+        }
+        // Replaying the same delta again changes nothing but the completion marker.
+        apply_all(&mut state, &ev);
+        let DeltaPlan::Events(again) =
+            delta_events(&state.objects, &[partial(1, "Staff", None)], &scope, "d3")
+        else {
+            panic!()
+        };
+        assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn incremental_members() {
+        let scope = Scope::new("DC=test,DC=lan", &[], &[]);
+        let mut state = State::default();
+        let mut g = user(5, "Groups", "g");
+        g.kind = ObjectKind::Group;
+        g.members = BTreeSet::from(["a1".to_string()]);
+        let first = full_import_events(&state.objects, &[g], &scope, "r1");
+        apply_all(&mut state, &first);
+        let ch = Change::Members {
+            anchor: "a5".into(),
+            added: vec!["a2".into(), "a1".into()],
+            removed: vec!["a1".into(), "a9".into()],
+        };
+        let DeltaPlan::Events(ev) = delta_events(&state.objects, &[ch], &scope, "d") else {
+            panic!()
+        };
+        match &ev[0] {
+            Event::ObjectChanged(c) => {
+                assert_eq!(c.members_added, ["a2"]);
+                assert_eq!(c.members_removed, ["a1"]);
+            }
+            e => panic!("{e:?}"),
+        }
     }
 }
