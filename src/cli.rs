@@ -40,6 +40,24 @@ pub enum Command {
     /// Instance lifecycle, recorded in the log.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// One sync cycle: import (delta from the instance's cursor, or full) into the log.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// The instance (computer) running the sync; default: this host's name.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// A full import instead of a delta from the cursor.
+    #[arg(long)]
+    pub full: bool,
+    /// Import (and plan) only; export nothing. Required until the export side lands.
+    #[arg(long)]
+    pub staging: bool,
+    /// Read the source and print what would be recorded; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,9 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::cli::{Cli, Command, Format, InstanceCommand, LogCommand, ReplayArgs};
+use crate::cli::{
+    host_name, Cli, Command, Format, InstanceCommand, LogCommand, ReplayArgs, SyncArgs,
+};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{stream, InstanceLifecycle};
@@ -36,6 +38,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Replay(a) => replay_cmd(&open(&cfg).await?, a, fmt).await,
         Command::Instance(c) => instance(&open(&cfg).await?, c, fmt).await,
+        Command::Sync(a) => sync(&cfg, a, fmt).await,
     }
 }
 
@@ -502,5 +505,67 @@ fn list_instances(state: &State, fmt: Format) -> Result<Exit> {
         ],
         &rows,
     ))?;
+    Ok(Exit::Ok)
+}
+
+async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
+    if !a.staging && !a.dry_run {
+        return Err(Error::BadInput(
+            "exporting to the target is not built yet: run `dirsync sync --staging` (import only) or --dry-run".into(),
+        ));
+    }
+    cfg.source()?;
+    let store = open(cfg).await?;
+    let opts = crate::sync::run::ImportOptions {
+        instance: a.instance.unwrap_or_else(host_name),
+        full: a.full,
+        dry_run: a.dry_run,
+    };
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let r = crate::sync::run::import(cfg, &store, &opts, &bar).await;
+    bar.finish_and_clear();
+    let r = r?;
+    match fmt {
+        Format::Json => emit_json(&serde_json::to_value(&r).map_err(Error::store)?)?,
+        Format::Table => {
+            let mut out = format!(
+                "{} import for {} (run {}){}\n",
+                r.mode,
+                r.instance,
+                r.run_id,
+                if r.dry_run {
+                    ", dry run: nothing recorded"
+                } else {
+                    ""
+                }
+            );
+            if let Some(f) = &r.fallback {
+                out.push_str(&format!("full import because {f}\n"));
+            }
+            out.push_str(&table(
+                &[
+                    "SEEN",
+                    "ADDED",
+                    "CHANGED",
+                    "DELETED",
+                    "LEFT SCOPE",
+                    "REFERRALS SKIPPED",
+                    "EVENTS",
+                ],
+                &[vec![
+                    r.seen.to_string(),
+                    r.added.to_string(),
+                    r.changed.to_string(),
+                    r.deleted.to_string(),
+                    r.left_scope.to_string(),
+                    r.referrals_skipped.to_string(),
+                    r.events.to_string(),
+                ]],
+            ));
+            print(&out)?;
+        }
+    }
     Ok(Exit::Ok)
 }

@@ -40,6 +40,14 @@ pub enum Error {
     Refused(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The source directory failed: unreachable, bind refused, a search error, a malformed
+    /// response.
+    #[error("source: {0}")]
+    Source(String),
+    /// The source refused our change-tracking cookie (DirSync): the cursor is unusable and
+    /// the caller must fall back to a full import. Nothing was imported.
+    #[error("source rejected the sync cookie (a full import is needed): {0}")]
+    SourceCookieRejected(String),
 }
 
 /// Process exit codes (INTERFACE.md).
@@ -61,9 +69,12 @@ impl Error {
             | Error::SchemaTooNew { .. }
             | Error::NotInitialised { .. } => Exit::BadInput,
             Error::ChainBroken { .. } | Error::ProjectionMismatch(_) => Exit::Found,
-            Error::Store(_) | Error::Conflict { .. } | Error::Refused(_) | Error::Io(_) => {
-                Exit::Failure
-            }
+            Error::Store(_)
+            | Error::Conflict { .. }
+            | Error::Refused(_)
+            | Error::Io(_)
+            | Error::Source(_)
+            | Error::SourceCookieRejected(_) => Exit::Failure,
         }
     }
 

@@ -4,6 +4,7 @@ pub mod config;
 pub mod error;
 pub mod log;
 pub mod project;
+pub mod source;
 pub mod sync;
 
 pub use error::{Error, Exit, Result};

@@ -238,6 +238,34 @@ pub fn delta_events(
                         evidence: evidence.clone(),
                     }));
                 }
+                // A deleted object is no member of anything any more. Some servers (Samba)
+                // do not report that link removal, so it is derived here; a full import
+                // would find the same.
+                if matches!(
+                    evidence,
+                    DeletionEvidence::Tombstone { .. } | DeletionEvidence::SyncDelete { .. }
+                ) {
+                    let mut groups: Vec<&String> = current
+                        .objects
+                        .iter()
+                        .filter(|(_, r)| r.members.contains(anchor))
+                        .map(|(g, _)| g)
+                        .collect();
+                    groups.sort();
+                    for g in groups {
+                        let still = work
+                            .objects
+                            .get(g)
+                            .is_none_or(|r| r.members.contains(anchor));
+                        if still {
+                            events.push(Event::ObjectChanged(ObjectChanged {
+                                anchor: g.clone(),
+                                members_removed: vec![anchor.clone()],
+                                ..Default::default()
+                            }));
+                        }
+                    }
+                }
             }
             Change::Members { added, removed, .. } => {
                 if let Some(r) = work.objects.get(anchor) {
@@ -516,6 +544,24 @@ mod tests {
         g.members = BTreeSet::from(["a1".to_string()]);
         let first = full_import_events(&state.objects, &[g], &scope, "r1");
         apply_all(&mut state, &first);
+        // Deleting a member takes it out of its groups even when the server does not say so.
+        let del = Change::Deleted {
+            anchor: "a1".into(),
+            evidence: DeletionEvidence::Tombstone {
+                deleted_at: None,
+                last_known_parent: None,
+            },
+        };
+        let DeltaPlan::Events(ev) = delta_events(&state.objects, &[del], &scope, "d0") else {
+            panic!()
+        };
+        match &ev[0] {
+            Event::ObjectChanged(c) => {
+                assert_eq!(c.anchor, "a5");
+                assert_eq!(c.members_removed, ["a1"]);
+            }
+            e => panic!("{e:?}"),
+        }
         let ch = Change::Members {
             anchor: "a5".into(),
             added: vec!["a2".into(), "a1".into()],

@@ -2,4 +2,5 @@
 //! projections; only the runners talk to servers and the log.
 
 pub mod import;
+pub mod run;
 pub mod scope;

@@ -5,3 +5,5 @@ mod lab;
 mod lab_smoke;
 mod log_store;
 mod replay;
+mod source_ad;
+mod sync_ad;

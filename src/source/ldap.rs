@@ -1,0 +1,595 @@
+//! Shared LDAP plumbing for the directory sources: connecting from a [`SourceConfig`]
+//! (ldap://, StartTLS, ldaps://), a simple bind with the resolved secret, per-operation
+//! timeouts, and searches (one-shot and simple-paged) that never trust the server.
+//!
+//! ldap3's own response helpers (`SearchEntry::construct`, `RawControl::parse`,
+//! `parse_controls`) panic on malformed input, so server data is read here with a small
+//! BER reader and non-panicking walks over `StructureTag`s that return errors instead.
+//! (ldap3's connection task itself decodes the response envelope; a panic there ends that
+//! spawned task only, and the pending operation then fails with an error.)
+//!
+//! TLS: certificate verification is on by default (the system roots, through ldap3's
+//! rustls configuration). [`ConnectOptions::danger_skip_tls_verify`] turns it off and is
+//! meant for tests against self-signed lab servers only; it is not reachable from the
+//! configuration file. `ca_file` needs a custom rustls `ClientConfig`, which this crate
+//! cannot build without a direct `rustls` dependency: until one is added, a `ca_file`
+//! is refused with a configuration error rather than silently ignored.
+
+use std::time::Duration;
+
+use ldap3::asn1::{StructureTag, TagClass, PL};
+use ldap3::controls::RawControl;
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchOptions};
+
+use crate::config::{SourceConfig, Tls};
+use crate::error::{Error, Result};
+
+/// OID of the simple paged results control (RFC 2696).
+pub const PAGED_RESULTS_OID: &str = "1.2.840.113556.1.4.319";
+
+/// How to connect. Not part of the configuration file.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Limit for the TCP connect and for each LDAP operation (each page of a search).
+    pub timeout: Duration,
+    /// Accept any server certificate. For tests against self-signed lab servers only.
+    pub danger_skip_tls_verify: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: Duration::from_secs(30),
+            danger_skip_tls_verify: false,
+        }
+    }
+}
+
+/// One attribute of an entry as the server sent it: its name (as sent, options included,
+/// e.g. `member;range=0-1499`) and raw values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawAttr {
+    pub name: String,
+    pub values: Vec<Vec<u8>>,
+}
+
+/// A search result entry, decoded without trusting the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    pub dn: String,
+    pub attrs: Vec<RawAttr>,
+}
+
+impl RawEntry {
+    /// Values of the attribute named `name` (case-insensitive, exact: no options).
+    pub fn values(&self, name: &str) -> Option<&[Vec<u8>]> {
+        self.attrs
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+            .map(|a| a.values.as_slice())
+    }
+
+    /// The first value of `name` as text.
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.values(name)
+            .and_then(|v| v.first())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// What a search returned.
+#[derive(Debug, Default)]
+pub struct SearchOutcome {
+    pub entries: Vec<RawEntry>,
+    /// Search result references (continuation referrals) skipped.
+    pub referrals: u64,
+    /// Response controls of the final result (OID, value).
+    pub controls: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// An LDAP error result, kept so callers can tell them apart.
+#[derive(Clone, Debug)]
+pub struct LdapFailure {
+    pub rc: u32,
+    pub text: String,
+}
+
+/// A bound connection to a source directory.
+pub struct LdapClient {
+    ldap: Ldap,
+    timeout: Duration,
+    url: String,
+}
+
+impl std::fmt::Debug for LdapClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapClient")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl LdapClient {
+    /// Connect as the configuration says and bind with its secret.
+    pub async fn connect(cfg: &SourceConfig, opts: &ConnectOptions) -> Result<LdapClient> {
+        if let Some(ca) = &cfg.ca_file {
+            return Err(Error::Config(format!(
+                "source.ca_file ({}): a custom CA is not supported by this build yet; \
+                 install the CA in the system trust store instead",
+                ca.display()
+            )));
+        }
+        let password = cfg.password.resolve("source.password")?;
+        let mut settings = LdapConnSettings::new().set_conn_timeout(opts.timeout);
+        if cfg.tls == Tls::Starttls {
+            settings = settings.set_starttls(true);
+        }
+        if opts.danger_skip_tls_verify {
+            settings = settings.set_no_tls_verify(true);
+        }
+        let url = cfg.url.clone();
+        let (conn, mut ldap) =
+            match tokio::time::timeout(opts.timeout, LdapConnAsync::with_settings(settings, &url))
+                .await
+            {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    return Err(Error::Source(format!("cannot connect to {url}: {e}")));
+                }
+                Err(_) => {
+                    return Err(Error::Source(format!(
+                        "cannot connect to {url}: timed out after {:?}",
+                        opts.timeout
+                    )));
+                }
+            };
+        let drive_url = url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(url = %drive_url, error = %e, "ldap connection ended");
+            }
+        });
+        let res = ldap
+            .with_timeout(opts.timeout)
+            .simple_bind(&cfg.bind_dn, password.expose())
+            .await
+            .map_err(|e| Error::Source(format!("bind to {url} as {}: {e}", cfg.bind_dn)))?;
+        if res.rc != 0 {
+            let why = match res.rc {
+                49 => "invalid credentials".to_string(),
+                8 => "the server requires a stronger authentication (TLS or signing)".to_string(),
+                rc => format!("result code {rc}"),
+            };
+            return Err(Error::Source(format!(
+                "bind to {url} as {} refused: {why} ({}: {})",
+                cfg.bind_dn,
+                res.rc,
+                res.text.trim_end_matches('\0').trim()
+            )));
+        }
+        tracing::debug!(url = %url, bind_dn = %cfg.bind_dn, "bound to the source");
+        Ok(LdapClient {
+            ldap,
+            timeout: opts.timeout,
+            url,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// One search (no paging). `Err(Ok(failure))`-style results are flattened: an LDAP
+    /// error result comes back as `Ok(Err(LdapFailure))` so callers can inspect the code.
+    pub async fn search_raw(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        controls: Vec<RawControl>,
+    ) -> Result<std::result::Result<SearchOutcome, LdapFailure>> {
+        let attrs: Vec<String> = attrs.iter().map(|s| (*s).to_string()).collect();
+        if !controls.is_empty() {
+            self.ldap.with_controls(controls);
+        }
+        let timeout = self.timeout;
+        let started = self
+            .ldap
+            .with_timeout(timeout)
+            .streaming_search(base, scope, filter, attrs)
+            .await;
+        let mut stream = started.map_err(|e| self.err(base, e))?;
+        let mut out = SearchOutcome::default();
+        loop {
+            let next = stream.next().await;
+            match next {
+                Ok(Some(re)) => {
+                    if re.is_ref() {
+                        out.referrals += 1;
+                        continue;
+                    }
+                    if re.is_intermediate() {
+                        continue;
+                    }
+                    out.entries.push(decode_entry(re.0)?);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = stream.finish().await;
+                    return Err(self.err(base, e));
+                }
+            }
+        }
+        let res: LdapResult = stream.finish().await;
+        if res.rc != 0 {
+            return Ok(Err(LdapFailure {
+                rc: res.rc,
+                text: res.text.trim_end_matches('\0').trim().to_string(),
+            }));
+        }
+        out.controls = res
+            .ctrls
+            .into_iter()
+            .map(|c| (c.1.ctype, c.1.val))
+            .collect();
+        Ok(Ok(out))
+    }
+
+    /// One search that must succeed.
+    pub async fn search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        controls: Vec<RawControl>,
+    ) -> Result<SearchOutcome> {
+        match self
+            .search_raw(base, scope, filter, attrs, controls)
+            .await?
+        {
+            Ok(o) => Ok(o),
+            Err(f) => Err(Error::Source(format!(
+                "search {filter} under {base} on {}: {} ({})",
+                self.url,
+                result_name(f.rc),
+                f.text
+            ))),
+        }
+    }
+
+    /// A subtree search in pages of `page_size` (simple paged results), with `controls`
+    /// added to every page. Referrals are skipped and counted.
+    pub async fn paged_search(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+        controls: &[RawControl],
+        page_size: i32,
+    ) -> Result<SearchOutcome> {
+        let mut all = SearchOutcome::default();
+        let mut cookie: Vec<u8> = Vec::new();
+        let mut pages = 0u64;
+        loop {
+            let mut ctrls = controls.to_vec();
+            ctrls.push(RawControl {
+                ctype: PAGED_RESULTS_OID.to_string(),
+                crit: false,
+                val: Some(ber::paged_request(page_size, &cookie)),
+            });
+            let page = self
+                .search(base, Scope::Subtree, filter, attrs, ctrls)
+                .await?;
+            pages += 1;
+            all.entries.extend(page.entries);
+            all.referrals += page.referrals;
+            let resp = page
+                .controls
+                .iter()
+                .find(|(oid, _)| oid == PAGED_RESULTS_OID);
+            cookie = match resp {
+                // A server that ignores the (non-critical) control returns everything at once.
+                None => Vec::new(),
+                Some((_, None)) => {
+                    return Err(Error::Source(format!(
+                        "{}: paged results response without a value",
+                        self.url
+                    )))
+                }
+                Some((_, Some(v))) => ber::paged_response(v)
+                    .map_err(|e| Error::Source(format!("{}: paged results: {e}", self.url)))?,
+            };
+            if cookie.is_empty() {
+                break;
+            }
+            if pages > 1_000_000 {
+                return Err(Error::Source(format!(
+                    "{}: paged search did not end after {pages} pages",
+                    self.url
+                )));
+            }
+        }
+        Ok(all)
+    }
+
+    /// True when at least one entry under `base` matches `filter` (asks for one entry).
+    pub async fn exists(&mut self, base: &str, filter: &str) -> Result<bool> {
+        self.ldap
+            .with_search_options(SearchOptions::new().sizelimit(1));
+        match self
+            .search_raw(base, Scope::Subtree, filter, &["1.1"], Vec::new())
+            .await?
+        {
+            Ok(o) => Ok(!o.entries.is_empty()),
+            // sizeLimitExceeded: more than the one entry we asked for.
+            Err(f) if f.rc == 4 => Ok(true),
+            Err(f) => Err(Error::Source(format!(
+                "search {filter} under {base} on {}: {} ({})",
+                self.url,
+                result_name(f.rc),
+                f.text
+            ))),
+        }
+    }
+
+    /// The rootDSE with the given attributes.
+    pub async fn root_dse(&mut self, attrs: &[&str]) -> Result<RawEntry> {
+        let out = self
+            .search("", Scope::Base, "(objectClass=*)", attrs, Vec::new())
+            .await?;
+        out.entries
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Source(format!("{}: the rootDSE is not readable", self.url)))
+    }
+
+    /// Unbind and close. Errors are ignored: the connection is going away anyway.
+    pub async fn close(mut self) {
+        let _ = self.ldap.unbind().await;
+    }
+
+    fn err(&self, base: &str, e: LdapError) -> Error {
+        match e {
+            LdapError::Timeout { .. } => Error::Source(format!(
+                "{}: search under {base} timed out after {:?}",
+                self.url, self.timeout
+            )),
+            e => Error::Source(format!("{}: search under {base}: {e}", self.url)),
+        }
+    }
+}
+
+/// A readable name for common LDAP result codes.
+pub fn result_name(rc: u32) -> String {
+    let name = match rc {
+        1 => "operationsError",
+        2 => "protocolError",
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        12 => "unavailableCriticalExtension",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        80 => "other",
+        _ => "error",
+    };
+    format!("{name} ({rc})")
+}
+
+/// Decode a SearchResultEntry (`[APPLICATION 4] SEQUENCE { objectName, attributes }`).
+fn decode_entry(t: StructureTag) -> Result<RawEntry> {
+    let bad = |why: &str| Error::Source(format!("malformed search entry from the server: {why}"));
+    if t.class != TagClass::Application || t.id != 4 {
+        return Err(bad("not a SearchResultEntry"));
+    }
+    let PL::C(parts) = t.payload else {
+        return Err(bad("entry is not constructed"));
+    };
+    let mut parts = parts.into_iter();
+    let dn = match parts.next().map(|p| p.payload) {
+        Some(PL::P(b)) => String::from_utf8(b).map_err(|_| bad("DN is not UTF-8"))?,
+        _ => return Err(bad("no DN")),
+    };
+    let list = match parts.next().map(|p| p.payload) {
+        Some(PL::C(l)) => l,
+        None => Vec::new(),
+        Some(PL::P(b)) if b.is_empty() => Vec::new(),
+        Some(PL::P(_)) => return Err(bad("attribute list is not a sequence")),
+    };
+    let mut attrs = Vec::with_capacity(list.len());
+    for a in list {
+        let PL::C(pa) = a.payload else {
+            return Err(bad("attribute is not a sequence"));
+        };
+        let mut pa = pa.into_iter();
+        let name = match pa.next().map(|p| p.payload) {
+            Some(PL::P(b)) => String::from_utf8(b).map_err(|_| bad("attribute name"))?,
+            _ => return Err(bad("attribute without a name")),
+        };
+        let values = match pa.next().map(|p| p.payload) {
+            Some(PL::C(vs)) => {
+                let mut out = Vec::with_capacity(vs.len());
+                for v in vs {
+                    match v.payload {
+                        PL::P(b) => out.push(b),
+                        PL::C(_) => return Err(bad("attribute value is constructed")),
+                    }
+                }
+                out
+            }
+            Some(PL::P(b)) if b.is_empty() => Vec::new(),
+            None => Vec::new(),
+            Some(PL::P(_)) => return Err(bad("attribute values are not a set")),
+        };
+        attrs.push(RawAttr { name, values });
+    }
+    Ok(RawEntry { dn, attrs })
+}
+
+/// A minimal BER reader and writer for control values: definite lengths only, every
+/// malformation an error.
+pub mod ber {
+    pub const SEQUENCE: u8 = 0x30;
+    pub const INTEGER: u8 = 0x02;
+    pub const OCTET_STRING: u8 = 0x04;
+    pub const BOOLEAN: u8 = 0x01;
+
+    /// Reads one TLV: (tag, content, rest).
+    pub fn read_tlv(buf: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
+        let (&tag, rest) = buf.split_first().ok_or("truncated: no tag")?;
+        if tag & 0x1f == 0x1f {
+            return Err("multi-byte tags are not supported".into());
+        }
+        let (&first, rest) = rest.split_first().ok_or("truncated: no length")?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 {
+                return Err("indefinite length".into());
+            }
+            if n > 4 || rest.len() < n {
+                return Err("bad length".into());
+            }
+            let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return Err(format!("truncated: need {len} bytes, have {}", rest.len()));
+        }
+        Ok((tag, &rest[..len], &rest[len..]))
+    }
+
+    /// Reads one TLV that must have `tag`.
+    pub fn expect(buf: &[u8], tag: u8) -> Result<(&[u8], &[u8]), String> {
+        let (t, content, rest) = read_tlv(buf)?;
+        if t != tag {
+            return Err(format!("expected tag {tag:#04x}, found {t:#04x}"));
+        }
+        Ok((content, rest))
+    }
+
+    /// A two's complement INTEGER content of at most 8 bytes.
+    pub fn int(content: &[u8]) -> Result<i64, String> {
+        if content.is_empty() || content.len() > 8 {
+            return Err(format!("bad INTEGER length {}", content.len()));
+        }
+        let neg = content[0] & 0x80 != 0;
+        let mut v: i64 = if neg { -1 } else { 0 };
+        for &b in content {
+            v = (v << 8) | i64::from(b);
+        }
+        Ok(v)
+    }
+
+    fn push_len(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = (len as u64).to_be_bytes();
+            let skip = bytes.iter().take_while(|&&b| b == 0).count();
+            out.push(0x80 | (8 - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+
+    pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(content.len() + 6);
+        out.push(tag);
+        push_len(&mut out, content.len());
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// INTEGER in the fewest two's complement bytes (so i32 0x80000000 is 4 bytes).
+    pub fn integer(v: i64) -> Vec<u8> {
+        let bytes = v.to_be_bytes();
+        let mut start = 0;
+        while start < 7 {
+            let (b, next) = (bytes[start], bytes[start + 1]);
+            if (b == 0 && next & 0x80 == 0) || (b == 0xff && next & 0x80 != 0) {
+                start += 1;
+            } else {
+                break;
+            }
+        }
+        tlv(INTEGER, &bytes[start..])
+    }
+
+    pub fn sequence(items: &[Vec<u8>]) -> Vec<u8> {
+        tlv(SEQUENCE, &items.concat())
+    }
+
+    /// Paged results request value: SEQUENCE { INTEGER size, OCTET STRING cookie }.
+    pub fn paged_request(size: i32, cookie: &[u8]) -> Vec<u8> {
+        sequence(&[integer(i64::from(size)), tlv(OCTET_STRING, cookie)])
+    }
+
+    /// Paged results response value: the cookie.
+    pub fn paged_response(v: &[u8]) -> Result<Vec<u8>, String> {
+        let (seq, _) = expect(v, SEQUENCE)?;
+        let (_size, rest) = expect(seq, INTEGER)?;
+        let (cookie, _) = expect(rest, OCTET_STRING)?;
+        Ok(cookie.to_vec())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn integers_are_minimal() {
+            assert_eq!(integer(0), vec![2, 1, 0]);
+            assert_eq!(integer(1), vec![2, 1, 1]);
+            assert_eq!(integer(128), vec![2, 2, 0, 0x80]);
+            assert_eq!(integer(-1), vec![2, 1, 0xff]);
+            assert_eq!(
+                integer(i64::from(0x8000_0000u32 as i32)),
+                vec![2, 4, 0x80, 0, 0, 0]
+            );
+            for v in [0i64, 1, 127, 128, 255, 256, -128, -129, 1 << 40, i64::MIN] {
+                let enc = integer(v);
+                let (c, rest) = expect(&enc, INTEGER).unwrap();
+                assert!(rest.is_empty());
+                assert_eq!(int(c).unwrap(), v);
+            }
+        }
+
+        #[test]
+        fn long_lengths_round_trip() {
+            let big = vec![7u8; 300];
+            let enc = tlv(OCTET_STRING, &big);
+            assert_eq!(&enc[..4], &[4, 0x82, 1, 44]);
+            let (c, rest) = expect(&enc, OCTET_STRING).unwrap();
+            assert_eq!(c, &big[..]);
+            assert!(rest.is_empty());
+        }
+
+        #[test]
+        fn malformed_is_an_error_not_a_panic() {
+            for bad in [
+                &[][..],
+                &[0x30][..],
+                &[0x30, 0x05, 1][..],
+                &[0x30, 0x80][..],
+                &[0x30, 0x85, 1, 1, 1, 1, 1][..],
+                &[0x1f, 1, 1][..],
+            ] {
+                assert!(read_tlv(bad).is_err(), "{bad:?}");
+            }
+            assert!(paged_response(&[0x30, 0x03, 0x02, 0x01, 0x00]).is_err());
+            assert!(int(&[]).is_err());
+            let p = paged_request(500, b"abc");
+            assert_eq!(paged_response(&p).unwrap(), b"abc");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Directory sources: reading users and groups (full import) and their changes (delta
+//! import) from the source directory.
+//!
+//! * [`ldap`]: connecting, binding and searching, shared by every source kind.
+//! * [`ad`]: Active Directory (and Samba AD): paged full import with extended DNs and
+//!   ranged member retrieval, DirSync deltas, tombstone lifetime.
+
+pub mod ad;
+pub mod ldap;
+
+pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport};
+pub use ldap::{ConnectOptions, LdapClient};

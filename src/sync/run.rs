@@ -1,0 +1,515 @@
+//! The import runner: the side-effecting half of importing. It reads the source (full or
+//! delta from the instance's cursor), plans the events with the pure functions in
+//! [`super::import`], and appends them together with the new cursor in one atomic batch,
+//! guarded by the source stream's version, so a concurrent import or a crash never records
+//! half an import or a cursor ahead of its changes.
+
+use std::time::Duration;
+
+use base64::Engine;
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::import::{delta_events, full_import_events, Change, DeltaPlan};
+use super::scope::Scope;
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::error::{Error, Result};
+use crate::log::event::{
+    stream, CursorAdvanced, CursorInvalidated, Event, ImportCompleted, ObjectKind,
+    SourceInfoRecorded, SourceObject, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
+};
+use crate::log::store::{Batch, Expected};
+use crate::log::{AnyStore, NewEvent, Store};
+use crate::project::replay;
+use crate::project::{InstanceStatus, State};
+use crate::source::{AdOptions, AdSource, ConnectOptions, DeltaItem};
+
+/// Re-plan at most this many times when another writer moved the source stream on.
+const CONFLICT_RETRIES: u32 = 3;
+/// Attempts at reading the source when the connection fails.
+const SOURCE_ATTEMPTS: u32 = 3;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    pub instance: String,
+    pub full: bool,
+    /// Plan only: append nothing.
+    pub dry_run: bool,
+}
+
+/// What an import did, for the summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    pub run_id: String,
+    pub instance: String,
+    /// "full" or "delta".
+    pub mode: String,
+    /// Why a delta became a full import, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    pub seen: u64,
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub left_scope: u64,
+    pub referrals_skipped: u64,
+    pub events: u64,
+    pub dry_run: bool,
+    /// The log's last seq after the import.
+    pub seq: u64,
+}
+
+/// A connected source directory.
+enum Source {
+    Ad(Box<AdSource>),
+}
+
+/// What one read of the source produced, before planning.
+enum Read {
+    Full {
+        objects: Vec<SourceObject>,
+        cookie: Vec<u8>,
+        referrals: u64,
+    },
+    Delta {
+        changes: Vec<Change>,
+        cookie: Vec<u8>,
+        referrals: u64,
+    },
+}
+
+impl Source {
+    async fn connect(cfg: &SourceConfig) -> Result<Source> {
+        match cfg.kind {
+            SourceKind::Ad => Ok(Source::Ad(Box::new(
+                AdSource::connect(cfg, &ConnectOptions::default(), AdOptions::default()).await?,
+            ))),
+            other => Err(Error::Config(format!(
+                "source.kind = {other:?}: this kind of source is not supported yet"
+            ))),
+        }
+    }
+
+    fn cursor_kind(&self) -> &'static str {
+        match self {
+            Source::Ad(_) => "dirsync",
+        }
+    }
+
+    async fn info(&mut self) -> Result<Option<SourceInfoRecorded>> {
+        match self {
+            Source::Ad(s) => s.source_info().await.map(Some),
+        }
+    }
+
+    /// A full import, with a cookie taken before it so that nothing changed during the
+    /// import is missed by the next delta (it is seen again, and the diff makes that a no-op).
+    async fn full(&mut self) -> Result<Read> {
+        match self {
+            Source::Ad(s) => {
+                let baseline = s.delta(&[]).await?;
+                let full = s.full_import().await?;
+                Ok(Read::Full {
+                    objects: full.objects,
+                    cookie: baseline.cookie,
+                    referrals: full.referrals_skipped + baseline.referrals_skipped,
+                })
+            }
+        }
+    }
+
+    async fn delta(&mut self, cookie: &[u8]) -> Result<Read> {
+        match self {
+            Source::Ad(s) => {
+                let d = s.delta(cookie).await?;
+                let changes = d.changes.into_iter().map(ad_change).collect();
+                Ok(Read::Delta {
+                    changes,
+                    cookie: d.cookie,
+                    referrals: d.referrals_skipped,
+                })
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Source::Ad(s) => s.close().await,
+        }
+    }
+}
+
+/// The attributes dirsync keeps for AD objects: what the mapping reads (INTERFACE.md) and a
+/// few that identify an object to people. Full and delta imports keep exactly these, so both
+/// paths agree and the log grows only with change that matters to the target.
+pub const AD_ATTRIBUTES: &[&str] = &[
+    "cn",
+    "samaccountname",
+    "userprincipalname",
+    "displayname",
+    "givenname",
+    "sn",
+    "mail",
+    "title",
+    "department",
+    "useraccountcontrol",
+    "description",
+    "employeeid",
+    "telephonenumber",
+    "ms-ds-consistencyguid",
+];
+
+fn keep_attributes(o: &mut SourceObject, kind: SourceKind) {
+    let keep: &[&str] = match kind {
+        SourceKind::Ad => AD_ATTRIBUTES,
+        _ => return,
+    };
+    o.attrs.retain(|k, _| keep.contains(&k.as_str()));
+}
+
+fn keep_in_read(read: &mut Read, kind: SourceKind) {
+    match read {
+        Read::Full { objects, .. } => objects.iter_mut().for_each(|o| keep_attributes(o, kind)),
+        Read::Delta { changes, .. } => {
+            for c in changes.iter_mut() {
+                if let Change::Upsert { object, .. } = c {
+                    keep_attributes(object, kind);
+                }
+            }
+        }
+    }
+}
+
+fn ad_change(item: DeltaItem) -> Change {
+    match item {
+        DeltaItem::Upsert(o) => Change::Upsert {
+            whole: o.new && o.kind.is_some(),
+            object: SourceObject {
+                anchor: o.anchor,
+                kind: o.kind.unwrap_or(ObjectKind::User),
+                dn: o.dn,
+                attrs: o.attrs,
+                members: Default::default(),
+            },
+        },
+        DeltaItem::Deleted {
+            anchor, evidence, ..
+        } => Change::Deleted { anchor, evidence },
+        DeltaItem::Members {
+            anchor,
+            added,
+            removed,
+            ..
+        } => Change::Members {
+            anchor,
+            added,
+            removed,
+        },
+    }
+}
+
+/// Is this error worth another attempt (the connection, not our input)?
+fn transient(e: &Error) -> bool {
+    matches!(e, Error::Source(_) | Error::Io(_))
+}
+
+/// Read the source, retrying with backoff when the connection fails. A delta whose cookie
+/// the server rejects comes back as `Err(SourceCookieRejected)` for the caller to handle.
+async fn read_source(
+    cfg: &SourceConfig,
+    cookie: Option<&[u8]>,
+    progress: &ProgressBar,
+) -> Result<(Read, Option<SourceInfoRecorded>, &'static str)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let r = async {
+            let mut src = Source::connect(cfg).await?;
+            let info = src.info().await?;
+            progress.set_message(if cookie.is_some() {
+                "delta"
+            } else {
+                "full import"
+            });
+            let read = match cookie {
+                Some(c) => src.delta(c).await,
+                None => src.full().await,
+            };
+            let kind = src.cursor_kind();
+            src.close().await;
+            let mut read = read?;
+            keep_in_read(&mut read, cfg.kind);
+            Ok::<_, Error>((read, info, kind))
+        }
+        .await;
+        match r {
+            Err(e) if transient(&e) && attempt < SOURCE_ATTEMPTS => {
+                let wait = Duration::from_millis(500 * 2u64.pow(attempt));
+                tracing::warn!("reading the source failed ({e}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Why the instance's cursor cannot be used for a delta, if it cannot.
+fn cursor_unusable(state: &State, instance: &str, kind: &str, now_us: i64) -> Option<String> {
+    let c = state.cursors.current.get(instance)?;
+    if c.kind != kind {
+        return Some(format!(
+            "the cursor is a {} cursor, the source needs {kind}",
+            c.kind
+        ));
+    }
+    let days = state.objects.tombstone_lifetime_days?;
+    let age_days = (now_us - c.at.at_us) / 86_400_000_000;
+    (age_days >= i64::from(days)).then(|| {
+        format!("the cursor is {age_days} days old, past the {days}-day tombstone lifetime: deletions older than that are no longer visible to it")
+    })
+}
+
+/// One import for `opts.instance`: full, or delta from its cursor.
+pub async fn import(
+    cfg: &Config,
+    store: &AnyStore,
+    opts: &ImportOptions,
+    progress: &ProgressBar,
+) -> Result<ImportReport> {
+    let src_cfg = cfg.source()?.clone();
+    let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
+    let state = replay::refresh(store, 10_000).await?;
+    if let Some(r) = state.instances.instances.get(&opts.instance) {
+        if r.status == InstanceStatus::Retired {
+            return Err(Error::Refused(format!(
+                "instance {} is retired",
+                opts.instance
+            )));
+        }
+    }
+    // Reach and bind before recording anything: a wrong password or an unreachable server
+    // leaves the log untouched.
+    Source::connect(&src_cfg).await?.close().await;
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let inst_stream = stream::instance(&opts.instance);
+    if !opts.dry_run {
+        store
+            .append(Batch::new(vec![NewEvent::new(
+                inst_stream.clone(),
+                opts.instance.clone(),
+                Event::SyncRunStarted(SyncRunStarted {
+                    run_id: run_id.clone(),
+                    full: opts.full,
+                    mode: "staging".into(),
+                }),
+            )]))
+            .await?;
+    }
+    let result = import_run(store, &src_cfg, &scope, opts, &run_id, progress).await;
+    if !opts.dry_run {
+        let end = match &result {
+            Ok(_) => Event::SyncRunCompleted(SyncRunCompleted {
+                run_id: run_id.clone(),
+                ..Default::default()
+            }),
+            Err(e) => Event::SyncRunFailed(SyncRunFailed {
+                run_id: run_id.clone(),
+                error: e.to_string(),
+            }),
+        };
+        store
+            .append(Batch::new(vec![NewEvent::new(
+                inst_stream,
+                opts.instance.clone(),
+                end,
+            )]))
+            .await?;
+        replay::refresh(store, 10_000).await?;
+    }
+    result
+}
+
+async fn import_run(
+    store: &AnyStore,
+    src_cfg: &SourceConfig,
+    scope: &Scope,
+    opts: &ImportOptions,
+    run_id: &str,
+    progress: &ProgressBar,
+) -> Result<ImportReport> {
+    let kind = match src_cfg.kind {
+        SourceKind::Ad => "dirsync",
+        _ => "rfc4533",
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        // Read the version before the state: a write in between makes the append conflict
+        // (and re-plan), never slip through.
+        let version = store.stream_version(stream::SOURCE).await?;
+        let state = replay::refresh(store, 10_000).await?;
+        let mut report = ImportReport {
+            run_id: run_id.to_string(),
+            instance: opts.instance.clone(),
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        let mut invalidated = None;
+        let cursor = if opts.full {
+            None
+        } else if let Some(why) = cursor_unusable(
+            &state,
+            &opts.instance,
+            kind,
+            chrono::Utc::now().timestamp_micros(),
+        ) {
+            invalidated = Some(why);
+            None
+        } else {
+            state
+                .cursors
+                .current
+                .get(&opts.instance)
+                .map(|c| B64.decode(&c.cookie))
+                .transpose()
+                .map_err(|e| {
+                    Error::Store(format!(
+                        "the cursor of {} in the log is not base64: {e}",
+                        opts.instance
+                    ))
+                })?
+        };
+        if cursor.is_none() && !opts.full && invalidated.is_none() {
+            report.fallback = Some("no cursor for this instance yet".into());
+        }
+        let (mut read, info, cursor_kind) =
+            match read_source(src_cfg, cursor.as_deref(), progress).await {
+                Err(Error::SourceCookieRejected(why)) => {
+                    invalidated = Some(format!("the source rejected the cursor: {why}"));
+                    read_source(src_cfg, None, progress).await?
+                }
+                other => other?,
+            };
+        let mut planned = None;
+        if let Read::Delta {
+            changes,
+            cookie,
+            referrals,
+        } = &read
+        {
+            match delta_events(&state.objects, changes, scope, run_id) {
+                DeltaPlan::Events(ev) => planned = Some((ev, cookie.clone(), *referrals)),
+                DeltaPlan::NeedWhole(anchors) => {
+                    report.fallback = Some(format!(
+                        "{} object(s) came into scope without their full data (e.g. {}): full import",
+                        anchors.len(),
+                        anchors[0]
+                    ));
+                    read = read_source(src_cfg, None, progress).await?.0;
+                }
+            }
+        }
+        if let Some(why) = &invalidated {
+            report.fallback = Some(why.clone());
+        }
+        let (events, cookie, referrals) = match (planned, read) {
+            (Some(p), _) => {
+                report.mode = "delta".into();
+                p
+            }
+            (
+                None,
+                Read::Full {
+                    objects,
+                    cookie,
+                    referrals,
+                },
+            ) => {
+                report.mode = "full".into();
+                (
+                    full_import_events(&state.objects, &objects, scope, run_id),
+                    cookie,
+                    referrals,
+                )
+            }
+            (None, Read::Delta { .. }) => {
+                return Err(Error::Store(
+                    "internal: a delta was read but not planned".into(),
+                ));
+            }
+        };
+        report.referrals_skipped = referrals;
+        if let Some(Event::ImportCompleted(ImportCompleted {
+            seen,
+            added,
+            changed,
+            deleted,
+            left_scope,
+            ..
+        })) = events.last()
+        {
+            (
+                report.seen,
+                report.added,
+                report.changed,
+                report.deleted,
+                report.left_scope,
+            ) = (*seen, *added, *changed, *deleted, *left_scope);
+        }
+        let inst = opts.instance.clone();
+        let mut batch: Vec<NewEvent> = Vec::with_capacity(events.len() + 3);
+        if let Some(info) = info {
+            if info.tombstone_lifetime_days.is_some()
+                && info.tombstone_lifetime_days != state.objects.tombstone_lifetime_days
+            {
+                batch.push(NewEvent::new(
+                    stream::SOURCE,
+                    inst.clone(),
+                    Event::SourceInfoRecorded(info),
+                ));
+            }
+        }
+        if let Some(reason) = invalidated {
+            batch.push(NewEvent::new(
+                stream::cursor(&inst),
+                inst.clone(),
+                Event::CursorInvalidated(CursorInvalidated { reason }),
+            ));
+        }
+        batch.extend(
+            events
+                .into_iter()
+                .map(|e| NewEvent::new(stream::SOURCE, inst.clone(), e)),
+        );
+        batch.push(NewEvent::new(
+            stream::cursor(&inst),
+            inst.clone(),
+            Event::CursorAdvanced(CursorAdvanced {
+                kind: cursor_kind.into(),
+                cookie: B64.encode(&cookie),
+            }),
+        ));
+        report.events = batch.len() as u64;
+        if opts.dry_run {
+            report.seq = state.seq;
+            return Ok(report);
+        }
+        match store
+            .append(Batch::new(batch).expect(stream::SOURCE, Expected::Exactly(version)))
+            .await
+        {
+            Ok(out) => {
+                report.seq = out.last_seq();
+                return Ok(report);
+            }
+            Err(Error::Conflict { .. }) if tries < CONFLICT_RETRIES => {
+                tracing::info!(
+                    "another writer changed the source stream; planning the import again"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
