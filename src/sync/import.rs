@@ -104,6 +104,9 @@ pub enum Change {
         anchor: String,
         evidence: DeletionEvidence,
     },
+    /// RFC 4533 present phase: every object still in the source that was not sent as an
+    /// add or modify. Live objects neither here nor upserted in this delta are deleted.
+    Present { anchors: Vec<String> },
     /// Incremental member values of a group (anchors).
     Members {
         anchor: String,
@@ -160,6 +163,46 @@ pub fn delta_events(
         let anchor = match c {
             Change::Upsert { object, .. } => &object.anchor,
             Change::Deleted { anchor, .. } | Change::Members { anchor, .. } => anchor,
+            Change::Present { anchors } => {
+                let before = events.len();
+                let mut still: HashSet<&str> = anchors.iter().map(String::as_str).collect();
+                for other in changes {
+                    if let Change::Upsert { object, .. } = other {
+                        still.insert(object.anchor.as_str());
+                    }
+                }
+                let mut gone: Vec<&String> = current
+                    .live()
+                    .filter(|(a, _)| !still.contains(a.as_str()))
+                    .map(|(a, _)| a)
+                    .collect();
+                gone.sort();
+                for a in gone {
+                    s.deleted += 1;
+                    events.push(Event::ObjectDeleted(ObjectDeleted {
+                        anchor: a.clone(),
+                        evidence: DeletionEvidence::SyncDelete {
+                            phase: "present".into(),
+                        },
+                    }));
+                }
+                for (k, e) in events[before..].iter().enumerate() {
+                    let m = crate::project::Meta {
+                        seq: (before + k) as u64,
+                        instance: "",
+                        recorded_at_us: 0,
+                    };
+                    if let Event::ObjectDeleted(d) = e {
+                        if let Some(r) = current.objects.get(&d.anchor) {
+                            work.objects
+                                .entry(d.anchor.clone())
+                                .or_insert_with(|| r.clone());
+                        }
+                    }
+                    work.apply(&m, e);
+                }
+                continue;
+            }
         };
         if !work.objects.contains_key(anchor) {
             if let Some(r) = current.objects.get(anchor) {
@@ -267,6 +310,7 @@ pub fn delta_events(
                     }
                 }
             }
+            Change::Present { .. } => {}
             Change::Members { added, removed, .. } => {
                 if let Some(r) = work.objects.get(anchor) {
                     let ch = ObjectChanged {
@@ -577,5 +621,36 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn a_present_phase_reveals_deletions() {
+        let scope = Scope::new("DC=test,DC=lan", &[], &[]);
+        let mut state = State::default();
+        let dir: Vec<SourceObject> = (0..4).map(|i| user(i, "Staff", "t")).collect();
+        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        apply_all(&mut state, &first);
+        // a0 unchanged (present), a1 modified (sent whole), a2 and a3 gone.
+        let changes = vec![
+            Change::Upsert {
+                object: user(1, "Staff", "boss"),
+                whole: true,
+            },
+            Change::Present {
+                anchors: vec!["a0".into()],
+            },
+        ];
+        let DeltaPlan::Events(ev) = delta_events(&state.objects, &changes, &scope, "d") else {
+            panic!()
+        };
+        let deleted: Vec<&str> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::ObjectDeleted(d) => Some(d.anchor.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, ["a2", "a3"]);
+        assert_eq!(ev.len(), 4, "{ev:?}");
     }
 }
