@@ -566,3 +566,23 @@ fn servers_die_with_a_killed_test_process() {
     }
     std::fs::remove_dir_all(dirs[1]).expect("remove the samba dir");
 }
+
+/// A large LDIF goes through `ldapadd` without the pipes deadlocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_ldif_does_not_deadlock_the_ldap_tools() {
+    let slapd = crate::lab::Slapd::start(crate::lab::SlapdOptions::default()).await;
+    let mut ldif = String::new();
+    for i in 0..3000 {
+        ldif.push_str(&format!(
+            "dn: uid=bulk{i},{}\nobjectClass: inetOrgPerson\nuid: bulk{i}\ncn: Bulk {i}\nsn: {i}\n\n",
+            slapd.people_dn()
+        ));
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), slapd.ldapadd(&ldif))
+        .await
+        .expect("ldapadd of 3000 entries must not hang");
+    let found = slapd
+        .ldapsearch(&["-b", slapd.people_dn(), "-LLL", "(uid=bulk2999)", "uid"])
+        .await;
+    assert!(found.contains("uid: bulk2999"), "{found}");
+}

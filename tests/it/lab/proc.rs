@@ -376,17 +376,26 @@ pub async fn ldap_tool(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("lab: cannot run {tool}: {e}"));
-    if let Some(input) = input {
+    // Feed stdin from its own task while the output is drained: writing a large LDIF first
+    // would block once the tool's stdout pipe is full.
+    let writer = input.map(|input| {
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("lab: {tool}: writing stdin: {e}"));
-    }
+        let input = input.to_string();
+        let tool = tool.to_string();
+        tokio::spawn(async move {
+            stdin
+                .write_all(input.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("lab: {tool}: writing stdin: {e}"));
+        })
+    });
     let out = child
         .wait_with_output()
         .await
         .unwrap_or_else(|e| panic!("lab: {tool}: {e}"));
+    if let Some(w) = writer {
+        w.await.expect("stdin writer");
+    }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         panic!(
