@@ -400,17 +400,17 @@ impl AdSource {
         )
     }
 
-    /// Changes since `cookie` (empty: everything, as a baseline) and the new cookie.
-    /// A cookie the server refuses is `Error::SourceCookieRejected`.
-    pub async fn delta(&mut self, cookie: &[u8]) -> Result<Delta> {
-        let nc = self.naming_context().await?;
-        let filter = self.dirsync_filter();
-        let incremental = !cookie.is_empty();
-        let mut out = Delta {
-            cookie: cookie.to_vec(),
-            ..Delta::default()
-        };
+    /// DirSync from `cookie` with `filter`, looping while the server has more: the entries,
+    /// the new cookie and the referrals skipped.
+    async fn dirsync_rounds(
+        &mut self,
+        nc: &str,
+        filter: &str,
+        cookie: &[u8],
+    ) -> Result<(Vec<RawEntry>, Vec<u8>, u64)> {
         let mut entries: Vec<RawEntry> = Vec::new();
+        let mut cookie = cookie.to_vec();
+        let mut referrals = 0u64;
         let mut rounds = 0u32;
         loop {
             rounds += 1;
@@ -418,20 +418,20 @@ impl AdSource {
                 dirsync_control(
                     LDAP_DIRSYNC_INCREMENTAL_VALUES,
                     self.opts.dirsync_max_bytes,
-                    &out.cookie,
+                    &cookie,
                 ),
                 extended_dn_control(),
             ];
             let res = self
                 .client
-                .search_raw(&nc, Scope::Subtree, &filter, &["*"], ctrls)
+                .search_raw(nc, Scope::Subtree, filter, &["*"], ctrls)
                 .await?;
             let page = match res {
                 Ok(p) => p,
                 Err(f) => {
-                    if !out.cookie.is_empty()
+                    if !cookie.is_empty()
                         && matches!(f.rc, 1 | 2 | 12 | 53)
-                        && self.dirsync_works(&nc).await
+                        && self.dirsync_works(nc).await
                     {
                         return Err(Error::SourceCookieRejected(format!(
                             "{}: {} ({})",
@@ -448,7 +448,7 @@ impl AdSource {
                     )));
                 }
             };
-            out.referrals_skipped += page.referrals;
+            referrals += page.referrals;
             entries.extend(page.entries);
             let resp = page
                 .controls
@@ -463,7 +463,7 @@ impl AdSource {
                 })?;
             let (more, new_cookie) = parse_dirsync_response(resp)
                 .map_err(|e| Error::Source(format!("{}: DirSync: {e}", self.client.url())))?;
-            out.cookie = new_cookie;
+            cookie = new_cookie;
             if !more {
                 break;
             }
@@ -471,6 +471,32 @@ impl AdSource {
                 return Err(Error::Source("DirSync did not end".into()));
             }
         }
+
+        Ok((entries, cookie, referrals))
+    }
+
+    /// A cookie for "now" without reading the directory: DirSync with a filter that matches
+    /// nothing still returns a cookie. Taken just before a full import, it makes the next
+    /// delta report exactly what changed since (changes during the import come again, and
+    /// the diff against the log makes them no-ops).
+    pub async fn baseline_cookie(&mut self) -> Result<Vec<u8>> {
+        let nc = self.naming_context().await?;
+        let (_, cookie, _) = self
+            .dirsync_rounds(&nc, "(&(objectClass=user)(!(objectClass=user)))", &[])
+            .await?;
+        Ok(cookie)
+    }
+
+    /// Changes since `cookie` (empty: everything, as a baseline) and the new cookie.
+    /// A cookie the server refuses is `Error::SourceCookieRejected`.
+    pub async fn delta(&mut self, cookie: &[u8]) -> Result<Delta> {
+        let nc = self.naming_context().await?;
+        let filter = self.dirsync_filter();
+        let incremental = !cookie.is_empty();
+        let mut out = Delta::default();
+        let (entries, next, referrals) = self.dirsync_rounds(&nc, &filter, cookie).await?;
+        out.cookie = next;
+        out.referrals_skipped = referrals;
 
         // Anchors differ from objectGUIDs only for objects with mS-DS-ConsistencyGuid.
         let uses_consistency = self.client.exists(&nc, "(mS-DS-ConsistencyGuid=*)").await?;

@@ -55,6 +55,8 @@ pub struct ImportReport {
     pub deleted: u64,
     pub left_scope: u64,
     pub referrals_skipped: u64,
+    /// Objects (full) or changes (delta) the source sent.
+    pub received: u64,
     pub events: u64,
     pub dry_run: bool,
     /// The log's last seq after the import.
@@ -109,12 +111,12 @@ impl Source {
     async fn full(&mut self) -> Result<Read> {
         match self {
             Source::Ad(s) => {
-                let baseline = s.delta(&[]).await?;
+                let cookie = s.baseline_cookie().await?;
                 let full = s.full_import().await?;
                 Ok(Read::Full {
                     objects: full.objects,
-                    cookie: baseline.cookie,
-                    referrals: full.referrals_skipped + baseline.referrals_skipped,
+                    cookie,
+                    referrals: full.referrals_skipped,
                 })
             }
         }
@@ -393,6 +395,10 @@ async fn import_run(
                 other => other?,
             };
         let mut planned = None;
+        let mut received = match &read {
+            Read::Full { objects, .. } => objects.len() as u64,
+            Read::Delta { changes, .. } => changes.len() as u64,
+        };
         if let Read::Delta {
             changes,
             cookie,
@@ -408,6 +414,9 @@ async fn import_run(
                         anchors[0]
                     ));
                     read = read_source(src_cfg, None, progress).await?.0;
+                    if let Read::Full { objects, .. } = &read {
+                        received = objects.len() as u64;
+                    }
                 }
             }
         }
@@ -441,6 +450,7 @@ async fn import_run(
             }
         };
         report.referrals_skipped = referrals;
+        report.received = received;
         if let Some(Event::ImportCompleted(ImportCompleted {
             seen,
             added,

@@ -100,6 +100,10 @@ async fn staging_imports_follow_the_directory() {
     let (_, v) = lab.sync(&[]);
     assert_eq!(v["mode"], "delta", "{v}");
     assert_eq!(counts(&v)[1..], [0, 0, 0, 0], "{v}");
+    assert_eq!(
+        v["received"], 0,
+        "the cursor taken at the full import is current: {v}"
+    );
     let after = lab.store().await.head().await.unwrap().0;
     assert!(
         after - before <= 4,
