@@ -87,6 +87,35 @@ pub struct SearchOutcome {
     pub controls: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// A response control as the server sent it: OID and raw value.
+pub type RawResponseControl = (String, Option<Vec<u8>>);
+
+/// One message of a search, in the order the server sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SearchItem {
+    /// A SearchResultEntry and its response controls.
+    Entry {
+        entry: RawEntry,
+        controls: Vec<RawResponseControl>,
+    },
+    /// An IntermediateResponse (`[APPLICATION 25]`): responseName and responseValue.
+    Intermediate {
+        name: Option<String>,
+        value: Option<Vec<u8>>,
+        controls: Vec<RawResponseControl>,
+    },
+}
+
+/// What [`LdapClient::search_items`] returned.
+#[derive(Debug, Default)]
+pub struct ItemsOutcome {
+    pub items: Vec<SearchItem>,
+    /// Search result references (continuation referrals) skipped.
+    pub referrals: u64,
+    /// Response controls of the final result.
+    pub controls: Vec<RawResponseControl>,
+}
+
 /// An LDAP error result, kept so callers can tell them apart.
 #[derive(Clone, Debug)]
 pub struct LdapFailure {
@@ -181,6 +210,7 @@ impl LdapClient {
 
     /// One search (no paging). `Err(Ok(failure))`-style results are flattened: an LDAP
     /// error result comes back as `Ok(Err(LdapFailure))` so callers can inspect the code.
+    /// Intermediate responses and per-entry controls are dropped: see [`Self::search_items`].
     pub async fn search_raw(
         &mut self,
         base: &str,
@@ -189,6 +219,38 @@ impl LdapClient {
         attrs: &[&str],
         controls: Vec<RawControl>,
     ) -> Result<std::result::Result<SearchOutcome, LdapFailure>> {
+        let items = match self
+            .search_items(base, scope, filter, attrs, controls)
+            .await?
+        {
+            Ok(i) => i,
+            Err(f) => return Ok(Err(f)),
+        };
+        let mut out = SearchOutcome {
+            entries: Vec::with_capacity(items.items.len()),
+            referrals: items.referrals,
+            controls: items.controls,
+        };
+        for item in items.items {
+            if let SearchItem::Entry { entry, .. } = item {
+                out.entries.push(entry);
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// One search (no paging) keeping everything the server sent, in order: entries with
+    /// their own response controls (e.g. RFC 4533 Sync State) and intermediate responses
+    /// (e.g. RFC 4533 Sync Info). Referrals are skipped and counted. An LDAP error result
+    /// comes back as `Ok(Err(LdapFailure))`.
+    pub async fn search_items(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        controls: Vec<RawControl>,
+    ) -> Result<std::result::Result<ItemsOutcome, LdapFailure>> {
         let attrs: Vec<String> = attrs.iter().map(|s| (*s).to_string()).collect();
         if !controls.is_empty() {
             self.ldap.with_controls(controls);
@@ -200,7 +262,7 @@ impl LdapClient {
             .streaming_search(base, scope, filter, attrs)
             .await;
         let mut stream = started.map_err(|e| self.err(base, e))?;
-        let mut out = SearchOutcome::default();
+        let mut out = ItemsOutcome::default();
         loop {
             let next = stream.next().await;
             match next {
@@ -209,10 +271,20 @@ impl LdapClient {
                         out.referrals += 1;
                         continue;
                     }
-                    if re.is_intermediate() {
+                    let controls = re.1.into_iter().map(|c| (c.1.ctype, c.1.val)).collect();
+                    if re.0.id == 25 {
+                        let (name, value) = decode_intermediate(re.0)?;
+                        out.items.push(SearchItem::Intermediate {
+                            name,
+                            value,
+                            controls,
+                        });
                         continue;
                     }
-                    out.entries.push(decode_entry(re.0)?);
+                    out.items.push(SearchItem::Entry {
+                        entry: decode_entry(re.0)?,
+                        controls,
+                    });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -385,6 +457,39 @@ pub fn result_name(rc: u32) -> String {
     format!("{name} ({rc})")
 }
 
+/// Decode an IntermediateResponse: `[APPLICATION 25] SEQUENCE { responseName [0] LDAPOID
+/// OPTIONAL, responseValue [1] OCTET STRING OPTIONAL }`.
+fn decode_intermediate(t: StructureTag) -> Result<(Option<String>, Option<Vec<u8>>)> {
+    let bad = |why: &str| {
+        Error::Source(format!(
+            "malformed intermediate response from the server: {why}"
+        ))
+    };
+    if t.class != TagClass::Application || t.id != 25 {
+        return Err(bad("not an IntermediateResponse"));
+    }
+    let parts = match t.payload {
+        PL::C(parts) => parts,
+        PL::P(b) if b.is_empty() => Vec::new(),
+        PL::P(_) => return Err(bad("not constructed")),
+    };
+    let (mut name, mut value) = (None, None);
+    for p in parts {
+        if p.class != TagClass::Context {
+            return Err(bad("unexpected element"));
+        }
+        let PL::P(b) = p.payload else {
+            return Err(bad("constructed element"));
+        };
+        match p.id {
+            0 => name = Some(String::from_utf8(b).map_err(|_| bad("name is not UTF-8"))?),
+            1 => value = Some(b),
+            _ => return Err(bad("unknown element")),
+        }
+    }
+    Ok((name, value))
+}
+
 /// Decode a SearchResultEntry (`[APPLICATION 4] SEQUENCE { objectName, attributes }`).
 fn decode_entry(t: StructureTag) -> Result<RawEntry> {
     let bad = |why: &str| Error::Source(format!("malformed search entry from the server: {why}"));
@@ -442,6 +547,42 @@ pub mod ber {
     pub const INTEGER: u8 = 0x02;
     pub const OCTET_STRING: u8 = 0x04;
     pub const BOOLEAN: u8 = 0x01;
+    pub const ENUMERATED: u8 = 0x0a;
+    pub const SET: u8 = 0x31;
+
+    /// The tag of the next TLV, if any.
+    pub fn peek_tag(buf: &[u8]) -> Option<u8> {
+        buf.first().copied()
+    }
+
+    /// Reads one TLV with `tag` if the next TLV has that tag: (content, rest).
+    pub fn optional(buf: &[u8], tag: u8) -> Result<(Option<&[u8]>, &[u8]), String> {
+        if peek_tag(buf) == Some(tag) {
+            let (c, rest) = expect(buf, tag)?;
+            Ok((Some(c), rest))
+        } else {
+            Ok((None, buf))
+        }
+    }
+
+    /// A BOOLEAN content: exactly one byte, any non-zero is TRUE.
+    pub fn boolean(content: &[u8]) -> Result<bool, String> {
+        match content {
+            [b] => Ok(*b != 0),
+            _ => Err(format!("bad BOOLEAN length {}", content.len())),
+        }
+    }
+
+    /// An ENUMERATED (or INTEGER) content as a small non-negative value.
+    pub fn enumerated(content: &[u8]) -> Result<u32, String> {
+        let v = int(content)?;
+        u32::try_from(v).map_err(|_| format!("ENUMERATED value {v} out of range"))
+    }
+
+    /// BOOLEAN TRUE/FALSE encoded (DER form).
+    pub fn encode_boolean(v: bool) -> Vec<u8> {
+        tlv(BOOLEAN, &[if v { 0xff } else { 0 }])
+    }
 
     /// Reads one TLV: (tag, content, rest).
     pub fn read_tlv(buf: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {

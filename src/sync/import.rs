@@ -174,17 +174,50 @@ pub fn delta_events(
                 let mut gone: Vec<&String> = current
                     .live()
                     .filter(|(a, _)| !still.contains(a.as_str()))
+                    // Already deleted by an earlier change of this delta.
+                    .filter(|(a, _)| work.objects.get(*a).is_none_or(|r| r.live()))
                     .map(|(a, _)| a)
                     .collect();
                 gone.sort();
-                for a in gone {
+                let gone_set: HashSet<&String> = gone.iter().copied().collect();
+                for a in &gone {
                     s.deleted += 1;
                     events.push(Event::ObjectDeleted(ObjectDeleted {
-                        anchor: a.clone(),
+                        anchor: (*a).clone(),
                         evidence: DeletionEvidence::SyncDelete {
                             phase: "present".into(),
                         },
                     }));
+                }
+                // As for a reported deletion: a deleted object is no member of anything any
+                // more (a group that still lists it, without refint, is not re-sent).
+                let mut groups: Vec<&String> = current
+                    .objects
+                    .iter()
+                    .filter(|(g, r)| {
+                        !gone_set.contains(g) && r.members.iter().any(|m| gone_set.contains(m))
+                    })
+                    .map(|(g, _)| g)
+                    .collect();
+                groups.sort();
+                for g in groups {
+                    let Some(r) = current.objects.get(g) else {
+                        continue;
+                    };
+                    let removed: Vec<String> = r
+                        .members
+                        .iter()
+                        .filter(|a| gone_set.contains(a))
+                        .filter(|a| work.objects.get(g).is_none_or(|w| w.members.contains(*a)))
+                        .cloned()
+                        .collect();
+                    if !removed.is_empty() {
+                        events.push(Event::ObjectChanged(ObjectChanged {
+                            anchor: g.clone(),
+                            members_removed: removed,
+                            ..Default::default()
+                        }));
+                    }
                 }
                 for (k, e) in events[before..].iter().enumerate() {
                     let m = crate::project::Meta {
@@ -652,5 +685,63 @@ mod tests {
             .collect();
         assert_eq!(deleted, ["a2", "a3"]);
         assert_eq!(ev.len(), 4, "{ev:?}");
+    }
+
+    #[test]
+    fn a_present_phase_removes_deleted_members_from_groups() {
+        let scope = Scope::new("DC=test,DC=lan", &[], &[]);
+        let mut state = State::default();
+        let mut dir: Vec<SourceObject> = (0..3).map(|i| user(i, "Staff", "t")).collect();
+        let mut g = user(5, "Staff", "t");
+        g.kind = ObjectKind::Group;
+        g.members = BTreeSet::from(["a1".to_string(), "a2".to_string()]);
+        let mut g2 = user(6, "Staff", "t");
+        g2.kind = ObjectKind::Group;
+        g2.members = BTreeSet::from(["a2".to_string()]);
+        dir.push(g.clone());
+        dir.push(g2.clone());
+        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        apply_all(&mut state, &first);
+        // a2 is gone (not present); a6 is re-sent whole without it; a5 still lists it (the
+        // server has no referential integrity) and is not re-sent.
+        g2.members.clear();
+        let changes = vec![
+            Change::Upsert {
+                object: g2,
+                whole: true,
+            },
+            Change::Present {
+                anchors: vec!["a0".into(), "a1".into(), "a5".into()],
+            },
+        ];
+        let DeltaPlan::Events(ev) = delta_events(&state.objects, &changes, &scope, "d") else {
+            panic!()
+        };
+        apply_all(&mut state, &ev);
+        assert!(!state.objects.objects["a2"].live());
+        assert_eq!(
+            state.objects.objects["a5"].members,
+            BTreeSet::from(["a1".to_string()])
+        );
+        assert!(state.objects.objects["a6"].members.is_empty());
+        let removals = ev
+            .iter()
+            .filter(|e| matches!(e, Event::ObjectChanged(c) if !c.members_removed.is_empty()))
+            .count();
+        assert_eq!(removals, 2, "one for a6 (upsert), one for a5: {ev:?}");
+        // The same full import now finds nothing to change.
+        let mut now: Vec<SourceObject> = dir
+            .into_iter()
+            .filter(|o| o.anchor != "a2")
+            .map(|mut o| {
+                o.members.remove("a2");
+                o
+            })
+            .collect();
+        now.sort_by(|a, b| a.anchor.cmp(&b.anchor));
+        assert_eq!(
+            full_import_events(&state.objects, &now, &scope, "r2").len(),
+            1
+        );
     }
 }

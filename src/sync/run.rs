@@ -22,7 +22,9 @@ use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay;
 use crate::project::{InstanceStatus, State};
-use crate::source::{AdOptions, AdSource, ConnectOptions, DeltaItem};
+use crate::source::{
+    AdOptions, AdSource, ConnectOptions, DeltaItem, LdapFullImport, OpenLdapOptions, OpenLdapSource,
+};
 
 /// Re-plan at most this many times when another writer moved the source stream on.
 const CONFLICT_RETRIES: u32 = 3;
@@ -66,6 +68,25 @@ pub struct ImportReport {
 /// A connected source directory.
 enum Source {
     Ad(Box<AdSource>),
+    /// OpenLDAP: full imports and RFC 4533 refreshOnly deltas.
+    OpenLdap(Box<OpenLdapSource>),
+    /// A generic LDAPv3 server: full imports only. It has no change tracking, so every
+    /// import is full ([`ALWAYS_FULL_CURSOR`]): changes and deletions are derived by
+    /// `full_import_events` from the projection, and no cursor is recorded for it.
+    Ldap(Box<OpenLdapSource>),
+}
+
+/// The cursor kind of a source without change tracking (`kind = "ldap"`): no cursor is
+/// ever recorded with it, and the runner never asks such a source for a delta.
+pub const ALWAYS_FULL_CURSOR: &str = "none";
+
+/// The cursor kind each source kind records.
+fn cursor_kind_of(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Ad => "dirsync",
+        SourceKind::Openldap => "rfc4533",
+        SourceKind::Ldap => ALWAYS_FULL_CURSOR,
+    }
 }
 
 /// What one read of the source produced, before planning.
@@ -88,21 +109,38 @@ impl Source {
             SourceKind::Ad => Ok(Source::Ad(Box::new(
                 AdSource::connect(cfg, &ConnectOptions::default(), AdOptions::default()).await?,
             ))),
-            other => Err(Error::Config(format!(
-                "source.kind = {other:?}: this kind of source is not supported yet"
+            SourceKind::Openldap => Ok(Source::OpenLdap(Box::new(
+                OpenLdapSource::connect(
+                    cfg,
+                    &ConnectOptions::default(),
+                    OpenLdapOptions::default(),
+                )
+                .await?,
+            ))),
+            SourceKind::Ldap => Ok(Source::Ldap(Box::new(
+                OpenLdapSource::connect(
+                    cfg,
+                    &ConnectOptions::default(),
+                    OpenLdapOptions::default(),
+                )
+                .await?,
             ))),
         }
     }
 
     fn cursor_kind(&self) -> &'static str {
         match self {
-            Source::Ad(_) => "dirsync",
+            Source::Ad(_) => cursor_kind_of(SourceKind::Ad),
+            Source::OpenLdap(_) => cursor_kind_of(SourceKind::Openldap),
+            Source::Ldap(_) => cursor_kind_of(SourceKind::Ldap),
         }
     }
 
     async fn info(&mut self) -> Result<Option<SourceInfoRecorded>> {
         match self {
             Source::Ad(s) => s.source_info().await.map(Some),
+            // No tombstone lifetime or USN: nothing to record.
+            Source::OpenLdap(_) | Source::Ldap(_) => Ok(None),
         }
     }
 
@@ -116,6 +154,25 @@ impl Source {
                 Ok(Read::Full {
                     objects: full.objects,
                     cookie,
+                    referrals: full.referrals_skipped,
+                })
+            }
+            Source::OpenLdap(s) => {
+                let cookie = s.baseline_cookie().await?;
+                let full = s.full_import().await?;
+                log_ldap_full(&full);
+                Ok(Read::Full {
+                    objects: full.objects,
+                    cookie,
+                    referrals: full.referrals_skipped,
+                })
+            }
+            Source::Ldap(s) => {
+                let full = s.full_import().await?;
+                log_ldap_full(&full);
+                Ok(Read::Full {
+                    objects: full.objects,
+                    cookie: Vec::new(),
                     referrals: full.referrals_skipped,
                 })
             }
@@ -133,13 +190,47 @@ impl Source {
                     referrals: d.referrals_skipped,
                 })
             }
+            Source::OpenLdap(s) => {
+                let d = s.delta(cookie).await?;
+                if d.dangling_members > 0 {
+                    tracing::info!(
+                        dangling = d.dangling_members,
+                        "member DNs naming no entry dropped"
+                    );
+                }
+                Ok(Read::Delta {
+                    changes: d.changes,
+                    cookie: d.cookie,
+                    referrals: d.referrals_skipped,
+                })
+            }
+            Source::Ldap(_) => Err(Error::Store(
+                "internal: a delta was asked of a source without change tracking (kind = ldap)"
+                    .into(),
+            )),
         }
     }
 
     async fn close(self) {
         match self {
             Source::Ad(s) => s.close().await,
+            Source::OpenLdap(s) | Source::Ldap(s) => s.close().await,
         }
+    }
+}
+
+fn log_ldap_full(full: &LdapFullImport) {
+    if full.dangling_members > 0 {
+        tracing::info!(
+            dangling = full.dangling_members,
+            "member DNs naming no entry dropped"
+        );
+    }
+    if full.without_anchor > 0 {
+        tracing::warn!(
+            skipped = full.without_anchor,
+            "entries without an anchor attribute skipped"
+        );
     }
 }
 
@@ -163,10 +254,32 @@ pub const AD_ATTRIBUTES: &[&str] = &[
     "ms-ds-consistencyguid",
 ];
 
+/// The attributes dirsync keeps for OpenLDAP and generic LDAP objects (inetOrgPerson and
+/// groupOfNames): what the mapping reads (INTERFACE.md: userName from mail or uid, names,
+/// title, department) and a few that identify an object to people.
+pub const LDAP_ATTRIBUTES: &[&str] = &[
+    "cn",
+    "uid",
+    "mail",
+    "givenname",
+    "sn",
+    "displayname",
+    "title",
+    "departmentnumber",
+    "ou",
+    "o",
+    "employeenumber",
+    "employeetype",
+    "telephonenumber",
+    "mobile",
+    "description",
+    "preferredlanguage",
+];
+
 fn keep_attributes(o: &mut SourceObject, kind: SourceKind) {
     let keep: &[&str] = match kind {
         SourceKind::Ad => AD_ATTRIBUTES,
-        _ => return,
+        SourceKind::Openldap | SourceKind::Ldap => LDAP_ATTRIBUTES,
     };
     o.attrs.retain(|k, _| keep.contains(&k.as_str()));
 }
@@ -341,10 +454,9 @@ async fn import_run(
     run_id: &str,
     progress: &ProgressBar,
 ) -> Result<ImportReport> {
-    let kind = match src_cfg.kind {
-        SourceKind::Ad => "dirsync",
-        _ => "rfc4533",
-    };
+    let kind = cursor_kind_of(src_cfg.kind);
+    // A source without change tracking is read in full every time.
+    let always_full = kind == ALWAYS_FULL_CURSOR;
     let mut tries = 0;
     loop {
         tries += 1;
@@ -359,7 +471,7 @@ async fn import_run(
             ..Default::default()
         };
         let mut invalidated = None;
-        let cursor = if opts.full {
+        let cursor = if opts.full || always_full {
             None
         } else if let Some(why) = cursor_unusable(
             &state,
@@ -383,7 +495,7 @@ async fn import_run(
                     ))
                 })?
         };
-        if cursor.is_none() && !opts.full && invalidated.is_none() {
+        if cursor.is_none() && !opts.full && !always_full && invalidated.is_none() {
             report.fallback = Some("no cursor for this instance yet".into());
         }
         let (mut read, info, cursor_kind) =
@@ -493,14 +605,17 @@ async fn import_run(
                 .into_iter()
                 .map(|e| NewEvent::new(stream::SOURCE, inst.clone(), e)),
         );
-        batch.push(NewEvent::new(
-            stream::cursor(&inst),
-            inst.clone(),
-            Event::CursorAdvanced(CursorAdvanced {
-                kind: cursor_kind.into(),
-                cookie: B64.encode(&cookie),
-            }),
-        ));
+        // No cursor for a source without change tracking: there is nothing to continue from.
+        if cursor_kind != ALWAYS_FULL_CURSOR {
+            batch.push(NewEvent::new(
+                stream::cursor(&inst),
+                inst.clone(),
+                Event::CursorAdvanced(CursorAdvanced {
+                    kind: cursor_kind.into(),
+                    cookie: B64.encode(&cookie),
+                }),
+            ));
+        }
         report.events = batch.len() as u64;
         if opts.dry_run {
             report.seq = state.seq;

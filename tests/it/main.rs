@@ -6,4 +6,6 @@ mod lab_smoke;
 mod log_store;
 mod replay;
 mod source_ad;
+mod source_openldap;
 mod sync_ad;
+mod sync_openldap;

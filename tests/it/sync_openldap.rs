@@ -1,0 +1,322 @@
+//! `dirsync sync --staging` against a real slapd, end to end through the binary: full
+//! import, RFC 4533 deltas from the cursor (with and without a session log), scope moves,
+//! deletions, cursor trouble; and `kind = "ldap"`, which is read in full every time.
+
+use dirsync::log::event::{stream, AttrValue, CursorAdvanced, Event};
+use dirsync::log::store::Batch;
+use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
+use dirsync::project::{replay, ObjectRecord, State};
+use serde_json::Value;
+
+use crate::common::{dirsync, Run};
+use crate::lab::{Slapd, SlapdOptions};
+
+const PEOPLE: &str = "ou=people,dc=example,dc=org";
+const GROUPS: &str = "ou=groups,dc=example,dc=org";
+const OTHER: &str = "ou=other,dc=example,dc=org";
+
+struct Lab {
+    slapd: Slapd,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn start(session_log: bool, kind: &str) -> Lab {
+        let slapd = Slapd::start(SlapdOptions { session_log }).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), format!("{}\n", slapd.password())).unwrap();
+        Lab::write_config(&dir, &slapd, kind, "pw");
+        let run = dirsync(dir.path(), &["init"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let mut ldif = format!("dn: {OTHER}\nobjectClass: organizationalUnit\nou: other\n\n");
+        for i in 1..=4 {
+            ldif.push_str(&user(i, PEOPLE));
+        }
+        ldif.push_str(&format!(
+            "dn: cn=team,{GROUPS}\nobjectClass: groupOfNames\ncn: team\n\
+             member: uid=u1,{PEOPLE}\nmember: uid=u2,{PEOPLE}\n\n\
+             dn: cn=crew,{GROUPS}\nobjectClass: groupOfNames\ncn: crew\n\
+             member: uid=u1,{PEOPLE}\nmember: uid=u2,{PEOPLE}\n\n"
+        ));
+        ldif.push_str(&user(9, OTHER));
+        slapd.ldapadd(&ldif).await;
+        Lab { slapd, dir }
+    }
+
+    fn write_config(dir: &tempfile::TempDir, slapd: &Slapd, kind: &str, pw_file: &str) {
+        std::fs::write(
+            dir.path().join("dirsync.toml"),
+            format!(
+                "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"{kind}\"\nurl = \"{}\"\n\
+                 bind_dn = \"{}\"\npassword_file = \"{pw_file}\"\nbase_dn = \"{}\"\n\
+                 include = [\"{PEOPLE}\", \"{GROUPS}\"]\n",
+                slapd.url(),
+                slapd.bind_dn(),
+                slapd.base_dn()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn sync(&self, extra: &[&str]) -> (Run, Value) {
+        let mut args = vec!["sync", "--instance", "old", "--staging", "--format", "json"];
+        args.extend_from_slice(extra);
+        let run = dirsync(self.dir.path(), &args);
+        assert_eq!(run.code, 0, "{run:?}");
+        let v: Value = serde_json::from_str(&run.stdout).unwrap();
+        (run, v)
+    }
+
+    async fn store(&self) -> AnyStore {
+        let url = format!("sqlite://{}", self.dir.path().join("log.db").display());
+        AnyStore::open(&url, OpenMode::Existing).await.unwrap()
+    }
+
+    async fn state(&self) -> State {
+        replay::current(&self.store().await).await.unwrap()
+    }
+
+    async fn head(&self) -> u64 {
+        self.store().await.head().await.unwrap().0
+    }
+}
+
+fn user(i: u32, ou: &str) -> String {
+    format!(
+        "dn: uid=u{i},{ou}\nobjectClass: inetOrgPerson\nuid: u{i}\ncn: User {i}\nsn: N{i}\n\
+         givenName: User\nmail: u{i}@example.org\ntitle: Clerk\nuserPassword: pw{i}\n\n"
+    )
+}
+
+fn counts(v: &Value) -> [u64; 5] {
+    ["seen", "added", "changed", "deleted", "left_scope"].map(|k| v[k].as_u64().unwrap())
+}
+
+/// The record whose DN starts with `rdn,` (any state), and its anchor.
+fn by_rdn<'a>(state: &'a State, rdn: &str) -> (&'a String, &'a ObjectRecord) {
+    state
+        .objects
+        .objects
+        .iter()
+        .find(|(_, r)| r.dn.starts_with(&format!("{rdn},")))
+        .unwrap_or_else(|| panic!("no {rdn}"))
+}
+
+async fn staging_imports_follow_the_directory(session_log: bool) {
+    let lab = Lab::start(session_log, "openldap").await;
+
+    // First run: no cursor, so a full import. 4 users + 2 groups in scope; u9 is outside.
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "full", "{v}");
+    assert_eq!(counts(&v), [6, 6, 0, 0, 0], "{v}");
+    let state = lab.state().await;
+    assert_eq!(by_rdn(&state, "cn=team").1.members.len(), 2);
+    assert!(state.cursors.current.contains_key("old"));
+    let u1 = by_rdn(&state, "uid=u1").1;
+    assert!(!u1.attrs.contains_key("userpassword"), "{:?}", u1.attrs);
+    assert!(u1.attrs.contains_key("mail"));
+
+    // Nothing changed: a delta records its completion and the cursor, nothing more.
+    let before = lab.head().await;
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "delta", "{v}");
+    assert_eq!(counts(&v)[1..], [0, 0, 0, 0], "{v}");
+    let after = lab.head().await;
+    assert!(
+        after - before <= 4,
+        "an unchanged delta appended {} events",
+        after - before
+    );
+
+    // Change, delete (u2 stays listed in crew: no refint), move out of scope, add,
+    // change membership.
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n\
+             dn: cn=team,{GROUPS}\nchangetype: modify\nadd: member\nmember: uid=u4,{PEOPLE}\n-\n\
+             delete: member\nmember: uid=u2,{PEOPLE}\n\n\
+             dn: uid=u4,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Chief\n\n"
+        ))
+        .await;
+    lab.slapd.ldapdelete(&format!("uid=u2,{PEOPLE}")).await;
+    lab.slapd
+        .ldapmodrdn(&format!("uid=u3,{PEOPLE}"), "uid=u3", Some(OTHER))
+        .await;
+    lab.slapd.ldapadd(&user(5, PEOPLE)).await;
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "delta", "{v}");
+    let [_, added, changed, deleted, left] = counts(&v);
+    assert_eq!((added, deleted, left), (1, 1, 1), "{v}");
+    assert!(changed >= 3, "u1 title, team members, u4 title: {v}");
+    let state = lab.state().await;
+    assert_eq!(
+        by_rdn(&state, "uid=u1").1.attrs["title"][0],
+        AttrValue::Text("Boss".into())
+    );
+    let (u2, u2r) = by_rdn(&state, "uid=u2");
+    assert_eq!(
+        u2r.deletion.as_ref().unwrap().evidence.label(),
+        "rfc4533-delete"
+    );
+    let (u3, u3r) = by_rdn(&state, "uid=u3");
+    let u3 = u3.clone();
+    assert_eq!(
+        u3r.deletion.as_ref().unwrap().evidence.label(),
+        "left-scope"
+    );
+    let (u4, u4r) = by_rdn(&state, "uid=u4");
+    assert_eq!(u4r.attrs["title"][0], AttrValue::Text("Chief".into()));
+    let team = by_rdn(&state, "cn=team").1;
+    assert!(team.members.contains(u4));
+    assert_eq!(team.members.len(), 2);
+    assert!(
+        !by_rdn(&state, "cn=crew").1.members.contains(u2),
+        "a deleted member leaves the groups that were not re-sent"
+    );
+    assert!(by_rdn(&state, "uid=u5").1.live());
+
+    // u3 comes back into scope: the same object returns.
+    lab.slapd
+        .ldapmodrdn(&format!("uid=u3,{OTHER}"), "uid=u3", Some(PEOPLE))
+        .await;
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "delta", "{v}");
+    assert_eq!(counts(&v)[1], 1, "{v}");
+    assert!(lab.state().await.objects.objects[&u3].live());
+
+    // A full import of the unchanged directory agrees with the deltas: nothing to record.
+    let before = lab.head().await;
+    let (_, v) = lab.sync(&["--full"]);
+    assert_eq!(v["mode"], "full", "{v}");
+    assert_eq!(
+        counts(&v)[1..],
+        [0, 0, 0, 0],
+        "deltas and full import agree: {v}"
+    );
+    let after = lab.head().await;
+    assert!(
+        after - before <= 4,
+        "a full import of an unchanged directory appended {} events",
+        after - before
+    );
+    // And a delta after the full import (from its baseline cookie) finds nothing either.
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "delta", "{v}");
+    assert_eq!(counts(&v)[1..], [0, 0, 0, 0], "{v}");
+
+    // A cursor the server cannot use falls back to a full import, and says why.
+    lab.store()
+        .await
+        .append(Batch::new(vec![NewEvent::new(
+            stream::cursor("old"),
+            "old",
+            Event::CursorAdvanced(CursorAdvanced {
+                kind: "rfc4533".into(),
+                cookie: "bm90IGEgY29va2ll".into(),
+            }),
+        )]))
+        .await
+        .unwrap();
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "full", "{v}");
+    assert!(v["fallback"].as_str().unwrap().contains("rejected"), "{v}");
+    assert_eq!(counts(&v)[1..], [0, 0, 0, 0], "{v}");
+    let state = lab.state().await;
+    assert!(state.cursors.invalidated.contains_key("old"));
+    assert_eq!(
+        replay::verify_chain(&lab.store().await, None)
+            .await
+            .unwrap(),
+        state.seq
+    );
+    // The new cursor works again.
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "delta", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_imports_follow_the_directory_with_a_session_log() {
+    staging_imports_follow_the_directory(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_imports_follow_the_directory_without_a_session_log() {
+    staging_imports_follow_the_directory(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_ldap_is_imported_in_full_every_time() {
+    let lab = Lab::start(false, "ldap").await;
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "full", "{v}");
+    assert_eq!(counts(&v), [6, 6, 0, 0, 0], "{v}");
+    assert!(v.get("fallback").is_none(), "{v}");
+    let state = lab.state().await;
+    assert!(
+        !state.cursors.current.contains_key("old"),
+        "no cursor for a source without change tracking"
+    );
+    let u1 = by_rdn(&state, "uid=u1").0.clone();
+    let out = lab
+        .slapd
+        .ldapsearch(&[
+            "-LLL",
+            "-b",
+            &format!("uid=u1,{PEOPLE}"),
+            "-s",
+            "base",
+            "entryUUID",
+        ])
+        .await;
+    assert!(out.contains(&format!("entryUUID: {u1}")), "{out}");
+
+    // Unchanged: a full import again, nothing recorded but its completion.
+    let before = lab.head().await;
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "full", "{v}");
+    assert_eq!(counts(&v)[1..], [0, 0, 0, 0], "{v}");
+    assert!(lab.head().await - before <= 3, "{v}");
+
+    // A deletion and a change are found by the next full import.
+    lab.slapd.ldapdelete(&format!("uid=u2,{PEOPLE}")).await;
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    let (_, v) = lab.sync(&[]);
+    assert_eq!(v["mode"], "full", "{v}");
+    let [_, added, changed, deleted, left] = counts(&v);
+    assert_eq!((added, deleted, left), (0, 1, 0), "{v}");
+    assert!(changed >= 3, "u1 title, team and crew lose u2: {v}");
+    let state = lab.state().await;
+    assert_eq!(
+        by_rdn(&state, "uid=u2")
+            .1
+            .deletion
+            .as_ref()
+            .unwrap()
+            .evidence
+            .label(),
+        "absent-from-full-import"
+    );
+    assert!(state.objects.objects[&u1].live());
+    assert!(state.cursors.current.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_writes_nothing() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad"), "not-the-password\n").unwrap();
+    Lab::write_config(&dir, &slapd, "openldap", "bad");
+    assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+    let run = dirsync(dir.path(), &["sync", "--instance", "old", "--staging"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    assert!(run.stderr.contains("invalid credentials"), "{run:?}");
+    assert!(!run.stderr.contains("not-the-password"), "{run:?}");
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
+    assert_eq!(store.head().await.unwrap().0, 0, "nothing written");
+}
