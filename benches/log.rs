@@ -1,6 +1,8 @@
 //! `scripts/bench log`: append N events in batches, replay them into the projections, verify
-//! the chain; events/s for each. Usage: `cargo bench --bench log -- [--url URL] [--events N]
-//! [--batch B]` (default: a temporary SQLite file, 1,000,000 events, batches of 10,000).
+//! the chain; events/s for each. Usage: `cargo bench --bench log -- [--url URL | --db PATH]
+//! [--events N] [--batch B] [--reuse]` (default: a temporary SQLite file, 1,000,000 events,
+//! batches of 10,000; `--reuse` measures only replay and verify on a store kept from an
+//! earlier run with `--db PATH` or `--url`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -82,6 +84,18 @@ fn event(i: u64, objects: u64) -> NewEvent {
     NewEvent::new(s, "bench", ev)
 }
 
+/// CPU time (user + system, all threads) this process has used, in seconds: beside the
+/// wall-clock rates it shows how much of the machine each phase kept busy.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -93,42 +107,60 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 = arg(&args, "--events").map_or(Ok(1_000_000), |s| s.parse())?;
     let batch: u64 = arg(&args, "--batch").map_or(Ok(10_000), |s| s.parse())?;
+    // `--reuse`: the store already holds the N events of an earlier run (kept with `--db`
+    // or `--url`); only replay and verify are measured.
+    let reuse = args.iter().any(|a| a == "--reuse");
     let dir = tempfile::tempdir()?;
-    let url = arg(&args, "--url")
-        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let db =
+        arg(&args, "--db").unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
+    let url = arg(&args, "--url").unwrap_or_else(|| format!("sqlite://{db}"));
     let backend = if url.starts_with("sqlite") {
         "sqlite"
     } else {
         "postgres"
     };
     let store = AnyStore::open(&url, OpenMode::Init).await?;
-    if store.head().await?.0 != 0 {
+    let head = store.head().await?.0;
+    if reuse && head != n {
+        return Err(format!("--reuse needs a store with exactly {n} events, found {head}").into());
+    }
+    if !reuse && head != 0 {
         return Err("the bench needs an empty store".into());
     }
 
-    let mut append_secs = 0.0;
-    let mut i = 0u64;
+    let (mut append_secs, mut append_cpu) = (f64::NAN, f64::NAN);
+    let mut i = if reuse { n } else { 0 };
+    if !reuse {
+        (append_secs, append_cpu) = (0.0, 0.0);
+    }
     while i < n {
         let events: Vec<NewEvent> = (i..(i + batch).min(n))
             .map(|j| event(j, j.max(1)))
             .collect();
         i += events.len() as u64;
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_secs());
         store.append(Batch::new(events)).await?;
         append_secs += t.elapsed().as_secs_f64();
+        append_cpu += cpu_secs() - c;
     }
 
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_secs());
     let state = replay::rebuild(&store, Until::Head).await?;
-    let replay_secs = t.elapsed().as_secs_f64();
+    let (replay_secs, replay_cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
     assert_eq!(state.seq, n);
 
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_secs());
     let verified = replay::verify_chain(&store, None).await?;
-    let verify_secs = t.elapsed().as_secs_f64();
+    let (verify_secs, verify_cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
     assert_eq!(verified, n);
 
-    let rate = |s: f64| (n as f64 / s).round() as u64;
+    let rate = |s: f64| {
+        if s.is_nan() {
+            0
+        } else {
+            (n as f64 / s).round() as u64
+        }
+    };
     println!(
         "backend   events    batch   append ev/s  replay ev/s  verify ev/s  (live objects {})",
         state.objects.live().count()
@@ -143,7 +175,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}",
         serde_json::json!({"bench": "log", "backend": backend, "events": n, "batch": batch,
             "append_per_s": rate(append_secs), "replay_per_s": rate(replay_secs), "verify_per_s": rate(verify_secs),
-            "append_s": append_secs, "replay_s": replay_secs, "verify_s": verify_secs})
+            "append_s": append_secs, "replay_s": replay_secs, "verify_s": verify_secs,
+            "append_cpu_s": append_cpu, "replay_cpu_s": replay_cpu, "verify_cpu_s": verify_cpu})
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
+use super::hash::EventRef;
 use super::migrate;
 use super::store::{self, redact_url, AppendOutcome, Batch, OpenMode, Snapshot, Store};
 use super::{hash_from_slice, Hash, StoredEvent};
@@ -190,12 +191,15 @@ impl PgStore {
     }
 }
 
-fn row_to_event(r: &PgRow) -> Result<StoredEvent> {
-    let seq: i64 = r.try_get(0)?;
-    let prev: &[u8] = r.try_get(9)?;
-    let hash: &[u8] = r.try_get(10)?;
-    Ok(StoredEvent {
-        seq: seq as u64,
+const SELECT_EVENTS: &str = "SELECT seq, stream, stream_version, event_type, schema_version, \
+     instance, recorded_at_us, idempotency_key, payload, prev_hash, hash \
+     FROM events WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+/// One row of `SELECT_EVENTS`, borrowed from the row's buffer.
+fn row_ref(r: &PgRow) -> Result<EventRef<'_>> {
+    let seq = r.try_get::<i64, _>(0)? as u64;
+    Ok(EventRef {
+        seq,
         stream: r.try_get(1)?,
         stream_version: r.try_get::<i64, _>(2)? as u64,
         event_type: r.try_get(3)?,
@@ -204,9 +208,45 @@ fn row_to_event(r: &PgRow) -> Result<StoredEvent> {
         recorded_at_us: r.try_get(6)?,
         idempotency_key: r.try_get(7)?,
         payload: r.try_get(8)?,
-        prev_hash: hash_from_slice(seq as u64, prev)?,
-        hash: hash_from_slice(seq as u64, hash)?,
+        prev_hash: hash_from_slice(seq, r.try_get(9)?)?,
+        hash: hash_from_slice(seq, r.try_get(10)?)?,
     })
+}
+
+impl PgStore {
+    /// Visit up to `limit` events with seq > `after`, in order: the page is fetched here and
+    /// `f` adds each event, borrowed from the rows, to `page` on a blocking thread. Returns
+    /// the page, the number of events visited and the last one's seq. A row that cannot be
+    /// read fails the whole page.
+    pub async fn read_each<P, F>(
+        &self,
+        after: u64,
+        limit: u32,
+        page: P,
+        mut f: F,
+    ) -> Result<(P, usize, Option<u64>)>
+    where
+        P: Send + 'static,
+        F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Send + 'static,
+    {
+        let rows = sqlx::query(SELECT_EVENTS)
+            .bind(after as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        tokio::task::spawn_blocking(move || {
+            let mut page = page;
+            let mut last = None;
+            for r in &rows {
+                let e = row_ref(r)?;
+                f(&mut page, &e)?;
+                last = Some(e.seq);
+            }
+            Ok((page, rows.len(), last))
+        })
+        .await
+        .map_err(Error::store)?
+    }
 }
 
 impl Store for PgStore {
@@ -246,16 +286,12 @@ impl Store for PgStore {
     }
 
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT seq, stream, stream_version, event_type, schema_version, instance, \
-             recorded_at_us, idempotency_key, payload, prev_hash, hash \
-             FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after as i64)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row_to_event).collect()
+        let rows = sqlx::query(SELECT_EVENTS)
+            .bind(after as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(row_ref(r)?.to_owned())).collect()
     }
 
     async fn head(&self) -> Result<(u64, Hash)> {

@@ -1,34 +1,364 @@
 //! SQLite backend: one file, WAL, appends serialised by `BEGIN IMMEDIATE`.
+//!
+//! SQLite is called directly (rusqlite) on tokio's blocking threads: one writer connection
+//! behind a mutex for appends, and a small pool of reader connections, so reads run beside
+//! an append (WAL) and a page of rows costs no more than SQLite's own work. `BEGIN
+//! IMMEDIATE` plus a 60 s busy timeout serialise appends across processes too, so the chain
+//! stays one line whoever writes.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, Connection, Row};
+use rusqlite::ffi::ErrorCode;
+use rusqlite::hooks::Wal;
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+use super::hash::EventRef;
 use super::migrate;
 use super::store::{self, AppendOutcome, Batch, OpenMode, Snapshot, Store};
 use super::{hash_from_slice, Hash, StoredEvent};
 use crate::error::{Error, Result};
 
-/// Rows per multi-row INSERT (11 parameters each, well under SQLite's 32766 limit).
-const INSERT_CHUNK: usize = 1000;
+/// How long an append waits for another writer (this or another process) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Page cache per connection, in KiB (SQLite's negative `cache_size`).
+const CACHE_KIB: i64 = 65_536;
+/// Idle reader connections kept open for the next read.
+const IDLE_READERS: usize = 4;
+/// Batches at least this large are prepared on a second thread while rows go in.
+const PIPELINE_MIN: usize = 2_048;
+/// Events per chunk handed from the preparing thread to the inserting one.
+const PREPARE_CHUNK: usize = 1_000;
 
+const SELECT_EVENTS: &str = "SELECT seq, stream, stream_version, event_type, schema_version, \
+     instance, recorded_at_us, idempotency_key, payload, prev_hash, hash \
+     FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 const COLUMNS: &str = "seq, stream, stream_version, event_type, schema_version, instance, \
-                       recorded_at_us, idempotency_key, payload, prev_hash, hash";
+     recorded_at_us, idempotency_key, payload, prev_hash, hash";
+const INSERT_EVENT: &str = "INSERT INTO events (seq, stream, stream_version, event_type, \
+     schema_version, instance, recorded_at_us, idempotency_key, payload, prev_hash, hash) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+/// Rows per multi-row INSERT (11 parameters each).
+const INSERT_ROWS: usize = 50;
+const SELECT_VERSION: &str = "SELECT version FROM streams WHERE stream = ?1";
+const UPSERT_VERSION: &str = "INSERT INTO streams (stream, version) VALUES (?1, ?2) \
+     ON CONFLICT (stream) DO UPDATE SET version = excluded.version";
+const SELECT_HEAD: &str = "SELECT seq, hash FROM log_head WHERE id = 1";
+const UPDATE_HEAD: &str = "UPDATE log_head SET seq = ?1, hash = ?2 WHERE id = 1";
+const SELECT_KEY: &str = "SELECT seq FROM events WHERE idempotency_key = ?1";
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
-    path: PathBuf,
-    insert_full_chunk: String,
+    inner: Arc<Inner>,
 }
 
+struct Inner {
+    path: PathBuf,
+    /// The one connection that writes (in this process).
+    writer: Mutex<Connection>,
+    /// Idle read connections.
+    readers: Mutex<Vec<Connection>>,
+    /// A checkpoint is scheduled and has not started yet.
+    checkpoint_due: AtomicBool,
+}
+
+/// Checkpoint the WAL once a commit leaves it with at least this many frames (pages):
+/// SQLite's own auto-checkpoint threshold.
+const CHECKPOINT_FRAMES: i32 = 1_000;
+
+thread_local! {
+    /// The WAL's size in frames after the last commit on this thread's writer connection.
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The writer's WAL hook, in place of SQLite's auto-checkpoint (which runs inside the
+/// commit): it notes the WAL's size so that [`SqliteStore::with_writer`] can checkpoint
+/// after the append has returned.
+fn note_wal_frames(_: &Wal, frames: c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|c| c.set(frames));
+    Ok(())
+}
+
+/// An SQL error with no better name: `Error::Store` with SQLite's message.
+fn sql(e: rusqlite::Error) -> Error {
+    Error::Store(e.to_string())
+}
+
+/// Errors SQLite gives for a file that is not a usable database, as one clear message.
+fn classify(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => Error::BadInput(format!(
+            "{} is not a dirsync store (not an SQLite database)",
+            path.display()
+        )),
+        Some(ErrorCode::DatabaseCorrupt) => Error::BadInput(format!(
+            "{} is corrupt (SQLite: database disk image is malformed)",
+            path.display()
+        )),
+        Some(ErrorCode::CannotOpen) => Error::BadInput(format!(
+            "store {} cannot be opened (missing? run `dirsync init`)",
+            path.display()
+        )),
+        _ => Error::Store(format!("{}: {e}", path.display())),
+    }
+}
+
+/// A mutex whose holder panicked still guards a usable connection (an open transaction
+/// was rolled back when it was dropped), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Open one connection with the store's settings. Only `create` may create the file; a
+/// reader leaves the journal settings to the writer, which applied them at open.
+fn connect(path: &Path, create: bool, writer: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
+    let setup = |conn: &Connection| -> rusqlite::Result<()> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // The first statement reads the file's header: a file that is not a database fails
+        // here, before anything is written to it.
+        if writer {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            if let Ok(v) = std::env::var("DS_PAGE") {
+                conn.pragma_update(None, "page_size", v.parse::<i64>().unwrap_or(4096))?;
+            }
+            conn.wal_hook(Some(note_wal_frames));
+        } else {
+            conn.pragma_update(None, "query_only", true)?;
+        }
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)
+    };
+    setup(&conn).map_err(|e| classify(path, e))?;
+    Ok(conn)
+}
+
+/// Run blocking SQLite work on tokio's blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(Error::store)?
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str, mode: OpenMode) -> Result<SqliteStore> {
+        let path = PathBuf::from(path);
+        if mode == OpenMode::Existing && !path.exists() {
+            return Err(Error::BadInput(format!(
+                "store {} does not exist: run `dirsync init`",
+                path.display()
+            )));
+        }
+        blocking(move || Self::open_blocking(path, mode)).await
+    }
+
+    fn open_blocking(path: PathBuf, mode: OpenMode) -> Result<SqliteStore> {
+        let mut writer = connect(&path, mode == OpenMode::Init, true)?;
+        let found = schema_version(&path, &writer).map_err(|e| match e {
+            Error::Store(_) => {
+                Error::BadInput(format!("{} is not a dirsync store", path.display()))
+            }
+            other => other,
+        })?;
+        match mode {
+            OpenMode::Init => migrate_to_latest(&mut writer, found)?,
+            OpenMode::Existing => migrate::check(found, migrate::SQLITE)?,
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                checkpoint_due: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Run `f` on the writer connection, on a blocking thread. When its commit left the WAL
+    /// large, a checkpoint follows on the same connection once `f`'s result is returned, so
+    /// the caller does not wait for it (the next append may).
+    async fn with_writer<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let (out, frames) = blocking(move || {
+            let mut conn = lock(&inner.writer);
+            WAL_FRAMES.with(|c| c.set(0));
+            let out = f(&mut conn);
+            Ok((out, WAL_FRAMES.with(|c| c.replace(0))))
+        })
+        .await?;
+        if frames >= CHECKPOINT_FRAMES && !self.inner.checkpoint_due.swap(true, Ordering::AcqRel) {
+            let inner = Arc::clone(&self.inner);
+            // Fire and forget: like SQLite's auto-checkpoint, a failed checkpoint only leaves
+            // the WAL for the next one.
+            drop(tokio::task::spawn_blocking(move || {
+                let conn = lock(&inner.writer);
+                inner.checkpoint_due.store(false, Ordering::Release);
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }));
+        }
+        out
+    }
+
+    /// Run `f` on an idle reader connection (opened if none is idle), on a blocking thread.
+    async fn with_reader<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let idle = lock(&inner.readers).pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => connect(&inner.path, false, false)?,
+            };
+            let out = f(&conn);
+            let mut idle = lock(&inner.readers);
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+    }
+
+    /// Visit up to `limit` events with seq > `after`, in order, borrowed from SQLite's
+    /// buffers, on a reader thread: `f` adds each to `page`. Returns the page, the number of
+    /// events visited and the last one's seq. A row that cannot be read fails the whole page.
+    pub async fn read_each<P, F>(
+        &self,
+        after: u64,
+        limit: u32,
+        page: P,
+        f: F,
+    ) -> Result<(P, usize, Option<u64>)>
+    where
+        P: Send + 'static,
+        F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Send + 'static,
+    {
+        self.with_reader(move |conn| read_rows(conn, after, limit, page, f))
+            .await
+    }
+}
+
+fn read_rows<P, F>(
+    conn: &Connection,
+    after: u64,
+    limit: u32,
+    mut page: P,
+    mut f: F,
+) -> Result<(P, usize, Option<u64>)>
+where
+    F: FnMut(&mut P, &EventRef<'_>) -> Result<()>,
+{
+    let mut stmt = conn.prepare_cached(SELECT_EVENTS).map_err(sql)?;
+    let mut rows = stmt
+        .query(params![after as i64, i64::from(limit)])
+        .map_err(sql)?;
+    let (mut n, mut last) = (0, None);
+    while let Some(r) = rows.next().map_err(sql)? {
+        let e = row_ref(r)?;
+        f(&mut page, &e)?;
+        n += 1;
+        last = Some(e.seq);
+    }
+    Ok((page, n, last))
+}
+
+/// The schema version recorded in the file (0 for an empty database).
+fn schema_version(path: &Path, conn: &Connection) -> Result<i64> {
+    let has_table: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'dirsync_schema'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| classify(path, e))?;
+    if has_table.is_none() {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+        if tables > 0 {
+            return Err(Error::BadInput(format!(
+                "{} is an SQLite database but not a dirsync store",
+                path.display()
+            )));
+        }
+        return Ok(0);
+    }
+    let v: Option<i64> = conn
+        .query_row("SELECT max(version) FROM dirsync_schema", [], |r| r.get(0))
+        .map_err(|e| classify(path, e))?;
+    Ok(v.unwrap_or(0))
+}
+
+fn migrate_to_latest(conn: &mut Connection, found: i64) -> Result<()> {
+    let latest = migrate::latest(migrate::SQLITE);
+    if found > latest {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: latest,
+        });
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    tx.execute_batch(migrate::SCHEMA_TABLE).map_err(sql)?;
+    let current: Option<i64> = tx
+        .query_row("SELECT max(version) FROM dirsync_schema", [], |r| r.get(0))
+        .map_err(sql)?;
+    for (v, script) in migrate::SQLITE {
+        if *v > current.unwrap_or(0) {
+            tx.execute_batch(script).map_err(sql)?;
+            tx.execute(
+                "INSERT INTO dirsync_schema (version, applied_at_us) VALUES (?1, ?2)",
+                params![v, store::now_us()],
+            )
+            .map_err(sql)?;
+        }
+    }
+    tx.commit().map_err(sql)
+}
+
+fn head_on(conn: &Connection) -> Result<(u64, Hash)> {
+    let mut stmt = conn.prepare_cached(SELECT_HEAD).map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    let Some(r) = rows.next().map_err(sql)? else {
+        return Err(Error::Store("the log head row is missing".into()));
+    };
+    let seq = r.get::<_, i64>(0).map_err(sql)? as u64;
+    let hash = hash_from_slice(seq, blob(r, 1)?)?;
+    Ok((seq, hash))
+}
+
+fn versions(conn: &Connection, streams: &[&str]) -> Result<HashMap<String, u64>> {
+    let mut stmt = conn.prepare_cached(SELECT_VERSION).map_err(sql)?;
+    let mut out = HashMap::with_capacity(streams.len());
+    for s in streams {
+        let v: Option<i64> = stmt.query_row([*s], |r| r.get(0)).optional().map_err(sql)?;
+        out.insert((*s).to_string(), v.unwrap_or(0) as u64);
+    }
+    Ok(out)
+}
+
+/// `INSERT INTO events` with `rows` rows of parameters.
 fn insert_sql(rows: usize) -> String {
     let one = "(?,?,?,?,?,?,?,?,?,?,?)";
     let mut s = format!("INSERT INTO events ({COLUMNS}) VALUES ");
@@ -42,341 +372,352 @@ fn insert_sql(rows: usize) -> String {
     s
 }
 
-/// Errors SQLite gives for a file that is not a usable database, as one clear message.
-fn classify(path: &Path, e: sqlx::Error) -> Error {
-    if let sqlx::Error::Database(db) = &e {
-        match db.code().as_deref() {
-            Some("26") => {
-                return Error::BadInput(format!(
-                    "{} is not a dirsync store (not an SQLite database)",
-                    path.display()
-                ))
-            }
-            Some("11") => {
-                return Error::BadInput(format!(
-                    "{} is corrupt (SQLite: database disk image is malformed)",
-                    path.display()
-                ))
-            }
-            Some("14") => {
-                return Error::BadInput(format!(
-                    "store {} cannot be opened (missing? run `dirsync init`)",
-                    path.display()
-                ))
-            }
-            _ => {}
-        }
-    }
-    Error::Store(format!("{}: {e}", path.display()))
+/// Bind `r` as the `n`th row (from 0) of a multi-row INSERT.
+fn bind_row(stmt: &mut rusqlite::Statement<'_>, n: usize, r: &StoredEvent) -> Result<()> {
+    let b = n * 11;
+    let mut bind = |i: usize, v: &dyn rusqlite::ToSql| stmt.raw_bind_parameter(b + i, v);
+    bind(1, &(r.seq as i64))
+        .and_then(|()| bind(2, &r.stream))
+        .and_then(|()| bind(3, &(r.stream_version as i64)))
+        .and_then(|()| bind(4, &r.event_type))
+        .and_then(|()| bind(5, &i64::from(r.schema_version)))
+        .and_then(|()| bind(6, &r.instance))
+        .and_then(|()| bind(7, &r.recorded_at_us))
+        .and_then(|()| bind(8, &r.idempotency_key))
+        .and_then(|()| bind(9, &r.payload))
+        .and_then(|()| bind(10, &&r.prev_hash[..]))
+        .and_then(|()| bind(11, &&r.hash[..]))
+        .map_err(sql)
 }
 
-impl SqliteStore {
-    pub async fn open(path: &str, mode: OpenMode) -> Result<SqliteStore> {
-        let path = PathBuf::from(path);
-        if mode == OpenMode::Existing && !path.exists() {
-            return Err(Error::BadInput(format!(
-                "store {} does not exist: run `dirsync init`",
-                path.display()
-            )));
-        }
-        let opts = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(Error::store)?
-            .filename(&path)
-            .create_if_missing(mode == OpenMode::Init)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(60))
-            .pragma("cache_size", "-65536");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(|e| classify(&path, e))?;
-        let store = SqliteStore {
-            pool,
-            path: path.clone(),
-            insert_full_chunk: insert_sql(INSERT_CHUNK),
-        };
-        let found = store.schema_version().await.map_err(|e| match e {
-            Error::Store(_) => {
-                Error::BadInput(format!("{} is not a dirsync store", path.display()))
+/// Insert rows, `INSERT_ROWS` per statement: per-statement work is a good part of
+/// SQLite's cost for one row.
+fn insert_rows(conn: &Connection, rows: &[StoredEvent]) -> Result<()> {
+    static MANY: OnceLock<String> = OnceLock::new();
+    let mut chunks = rows.chunks_exact(INSERT_ROWS);
+    if rows.len() >= INSERT_ROWS {
+        let mut stmt = conn
+            .prepare_cached(MANY.get_or_init(|| insert_sql(INSERT_ROWS)))
+            .map_err(sql)?;
+        for chunk in &mut chunks {
+            for (n, r) in chunk.iter().enumerate() {
+                bind_row(&mut stmt, n, r)?;
             }
-            other => other,
-        })?;
-        match mode {
-            OpenMode::Init => store.migrate(found).await?,
-            OpenMode::Existing => migrate::check(found, migrate::SQLITE)?,
+            stmt.raw_execute().map_err(sql)?;
         }
-        Ok(store)
     }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = conn.prepare_cached(INSERT_EVENT).map_err(sql)?;
+        for r in rest {
+            bind_row(&mut stmt, 0, r)?;
+            stmt.raw_execute().map_err(sql)?;
+        }
+    }
+    Ok(())
+}
 
-    async fn schema_version(&self) -> Result<i64> {
-        let has_table: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'dirsync_schema'",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| classify(&self.path, e))?;
-        if has_table.is_none() {
-            let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| classify(&self.path, e))?;
-            if tables > 0 {
-                return Err(Error::BadInput(format!(
-                    "{} is an SQLite database but not a dirsync store",
-                    self.path.display()
-                )));
+/// Record the streams' new versions and the new head.
+fn finish(conn: &Connection, versions: &HashMap<String, u64>, seq: u64, hash: &Hash) -> Result<()> {
+    let mut stmt = conn.prepare_cached(UPSERT_VERSION).map_err(sql)?;
+    for (s, v) in versions {
+        stmt.execute(params![s, *v as i64]).map_err(sql)?;
+    }
+    conn.prepare_cached(UPDATE_HEAD)
+        .map_err(sql)?
+        .execute(params![seq as i64, &hash[..]])
+        .map_err(sql)?;
+    Ok(())
+}
+
+/// The first and last seq written, and the last hash.
+type Written = (u64, u64, Hash);
+
+/// Prepare and insert a batch's rows in one go (small batches).
+fn insert_batch(
+    conn: &Connection,
+    head: (u64, Hash),
+    versions: &mut HashMap<String, u64>,
+    batch: &Batch,
+    now_us: i64,
+) -> Result<Written> {
+    let rows = store::prepare(head, versions, batch, now_us)?;
+    insert_rows(conn, &rows)?;
+    match (rows.first(), rows.last()) {
+        (Some(first), Some(last)) => Ok((first.seq, last.seq, last.hash)),
+        _ => Err(Error::Store("an append prepared no rows".into())),
+    }
+}
+
+/// Prepare a large batch on a second thread, chunk by chunk, while this one inserts the
+/// chunks already prepared: serialising payloads and hashing overlap SQLite's work. The
+/// rows are exactly those one `prepare` of the whole batch gives: expectations are checked
+/// with the first chunk, the idempotency key goes on the first event, and every chunk
+/// continues the chain and the stream versions where the previous one ended.
+fn insert_pipelined(
+    conn: &Connection,
+    head: (u64, Hash),
+    versions: &mut HashMap<String, u64>,
+    batch: Batch,
+    now_us: i64,
+) -> Result<Written> {
+    let Batch {
+        events,
+        mut expect,
+        mut idempotency_key,
+    } = batch;
+    let mut owned_versions = std::mem::take(versions);
+    std::thread::scope(|s| {
+        let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredEvent>>>(2);
+        // Inserted rows go back to the preparing thread to be freed there.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<StoredEvent>>();
+        let preparer = s.spawn(move || {
+            let mut head = head;
+            let mut events = events.into_iter();
+            loop {
+                let chunk: Vec<_> = events.by_ref().take(PREPARE_CHUNK).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let part = Batch {
+                    events: chunk,
+                    expect: std::mem::take(&mut expect),
+                    idempotency_key: idempotency_key.take(),
+                };
+                let rows = store::prepare(head, &mut owned_versions, &part, now_us);
+                if let Ok(rows) = &rows {
+                    if let Some(last) = rows.last() {
+                        head = (last.seq, last.hash);
+                    }
+                }
+                let failed = rows.is_err();
+                if rows_tx.send(rows).is_err() || failed {
+                    break;
+                }
+                drop(part);
+                while let Ok(done) = done_rx.try_recv() {
+                    drop(done);
+                }
             }
-            return Ok(0);
-        }
-        let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dirsync_schema")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| classify(&self.path, e))?;
-        Ok(v.unwrap_or(0))
-    }
-
-    async fn migrate(&self, found: i64) -> Result<()> {
-        let latest = migrate::latest(migrate::SQLITE);
-        if found > latest {
-            return Err(Error::SchemaTooNew {
-                found,
-                supported: latest,
+            drop(rows_tx);
+            // Free the rest of the inserted rows as they come back.
+            for done in done_rx {
+                drop(done);
+            }
+            owned_versions
+        });
+        let mut written: Option<Written> = None;
+        let mut result = Ok(());
+        for rows in rows_rx.iter() {
+            let step = rows.and_then(|rows| {
+                insert_rows(conn, &rows)?;
+                if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+                    let first_seq = written.map_or(first.seq, |w| w.0);
+                    written = Some((first_seq, last.seq, last.hash));
+                }
+                // The preparer is gone only if it failed, and then this result is moot.
+                let _ = done_tx.send(rows);
+                Ok(())
             });
-        }
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(migrate::SCHEMA_TABLE).execute(&mut *tx).await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dirsync_schema")
-            .fetch_one(&mut *tx)
-            .await?;
-        for (v, sql) in migrate::SQLITE {
-            if *v > current.unwrap_or(0) {
-                sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO dirsync_schema (version, applied_at_us) VALUES (?, ?)")
-                    .bind(v)
-                    .bind(store::now_us())
-                    .execute(&mut *tx)
-                    .await?;
+            if step.is_err() {
+                result = step;
+                break;
             }
         }
-        tx.commit().await?;
-        Ok(())
-    }
+        drop(rows_rx);
+        drop(done_tx);
+        let final_versions = preparer
+            .join()
+            .map_err(|_| Error::Store("preparing the append panicked".into()))?;
+        result?;
+        *versions = final_versions;
+        written.ok_or_else(|| Error::Store("an append prepared no rows".into()))
+    })
+}
 
-    async fn insert_rows(
-        conn: &mut sqlx::SqliteConnection,
-        full_chunk_sql: &str,
-        rows: &[StoredEvent],
-    ) -> Result<()> {
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let sql = if chunk.len() == INSERT_CHUNK {
-                full_chunk_sql.to_string()
-            } else {
-                insert_sql(chunk.len())
-            };
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q
-                    .bind(r.seq as i64)
-                    .bind(r.stream.as_str())
-                    .bind(r.stream_version as i64)
-                    .bind(r.event_type.as_str())
-                    .bind(r.schema_version as i64)
-                    .bind(r.instance.as_str())
-                    .bind(r.recorded_at_us)
-                    .bind(r.idempotency_key.as_deref())
-                    .bind(r.payload.as_str())
-                    .bind(&r.prev_hash[..])
-                    .bind(&r.hash[..]);
-            }
-            q.execute(&mut *conn).await?;
-        }
-        Ok(())
-    }
-
-    async fn versions(
-        conn: &mut sqlx::SqliteConnection,
-        streams: &[&str],
-    ) -> Result<HashMap<String, u64>> {
-        let mut out = HashMap::with_capacity(streams.len());
-        for s in streams {
-            let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream = ?")
-                .bind(*s)
-                .fetch_optional(&mut *conn)
-                .await?;
-            out.insert((*s).to_string(), v.unwrap_or(0) as u64);
-        }
-        Ok(out)
-    }
-
-    async fn finish(
-        conn: &mut sqlx::SqliteConnection,
-        versions: &HashMap<String, u64>,
-        last: &StoredEvent,
-    ) -> Result<()> {
-        for (s, v) in versions {
-            sqlx::query(
-                "INSERT INTO streams (stream, version) VALUES (?, ?) \
-                 ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
-            )
-            .bind(s.as_str())
-            .bind(*v as i64)
-            .execute(&mut *conn)
-            .await?;
-        }
-        sqlx::query("UPDATE log_head SET seq = ?, hash = ? WHERE id = 1")
-            .bind(last.seq as i64)
-            .bind(&last.hash[..])
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn head_on(conn: &mut sqlx::SqliteConnection) -> Result<(u64, Hash)> {
-        let row = sqlx::query("SELECT seq, hash FROM log_head WHERE id = 1")
-            .fetch_one(&mut *conn)
-            .await?;
-        let seq: i64 = row.try_get(0)?;
-        let hash: Vec<u8> = row.try_get(1)?;
-        Ok((seq as u64, hash_from_slice(seq as u64, &hash)?))
+fn blob<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r [u8]> {
+    match r.get_ref(i).map_err(sql)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b),
+        other => Err(Error::Store(format!(
+            "column {i}: expected a blob, found {:?}",
+            other.data_type()
+        ))),
     }
 }
 
-pub(crate) fn row_to_event(r: &SqliteRow) -> Result<StoredEvent> {
-    let seq: i64 = r.try_get(0)?;
-    let prev: &[u8] = r.try_get(9)?;
-    let hash: &[u8] = r.try_get(10)?;
-    Ok(StoredEvent {
-        seq: seq as u64,
-        stream: r.try_get(1)?,
-        stream_version: r.try_get::<i64, _>(2)? as u64,
-        event_type: r.try_get(3)?,
-        schema_version: r.try_get::<i64, _>(4)? as u32,
-        instance: r.try_get(5)?,
-        recorded_at_us: r.try_get(6)?,
-        idempotency_key: r.try_get(7)?,
-        payload: r.try_get(8)?,
-        prev_hash: hash_from_slice(seq as u64, prev)?,
-        hash: hash_from_slice(seq as u64, hash)?,
+fn int(r: &Row<'_>, i: usize) -> Result<i64> {
+    r.get_ref(i)
+        .map_err(sql)?
+        .as_i64()
+        .map_err(|e| Error::Store(format!("column {i}: {e}")))
+}
+
+fn text<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r str> {
+    r.get_ref(i)
+        .map_err(sql)?
+        .as_str()
+        .map_err(|e| Error::Store(format!("column {i}: {e}")))
+}
+
+/// One row of `SELECT_EVENTS`, borrowed from SQLite's buffers.
+fn row_ref<'r>(r: &'r Row<'_>) -> Result<EventRef<'r>> {
+    let seq = int(r, 0)? as u64;
+    Ok(EventRef {
+        seq,
+        stream: text(r, 1)?,
+        stream_version: int(r, 2)? as u64,
+        event_type: text(r, 3)?,
+        schema_version: int(r, 4)? as u32,
+        instance: text(r, 5)?,
+        recorded_at_us: int(r, 6)?,
+        idempotency_key: r
+            .get_ref(7)
+            .map_err(sql)?
+            .as_str_or_null()
+            .map_err(|e| Error::Store(format!("column 7: {e}")))?,
+        payload: text(r, 8)?,
+        prev_hash: hash_from_slice(seq, blob(r, 9)?)?,
+        hash: hash_from_slice(seq, blob(r, 10)?)?,
     })
 }
 
 impl Store for SqliteStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(key) = &batch.idempotency_key {
-            let seen: Option<i64> =
-                sqlx::query_scalar("SELECT seq FROM events WHERE idempotency_key = ?")
-                    .bind(key.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(seq) = seen {
-                tx.rollback().await?;
-                return Ok(AppendOutcome::Duplicate {
-                    first_seq: seq as u64,
+        self.with_writer(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            if let Some(key) = &batch.idempotency_key {
+                let seen: Option<i64> = tx
+                    .prepare_cached(SELECT_KEY)
+                    .map_err(sql)?
+                    .query_row([key.as_str()], |r| r.get(0))
+                    .optional()
+                    .map_err(sql)?;
+                if let Some(seq) = seen {
+                    tx.rollback().map_err(sql)?;
+                    return Ok(AppendOutcome::Duplicate {
+                        first_seq: seq as u64,
+                    });
+                }
+            }
+            let head = head_on(&tx)?;
+            if batch.events.is_empty() {
+                return Ok(AppendOutcome::Appended {
+                    first_seq: head.0 + 1,
+                    last_seq: head.0,
                 });
             }
-        }
-        let head = Self::head_on(&mut tx).await?;
-        if batch.events.is_empty() {
-            return Ok(AppendOutcome::Appended {
-                first_seq: head.0 + 1,
-                last_seq: head.0,
-            });
-        }
-        let mut versions = Self::versions(&mut tx, &batch.streams()).await?;
-        let rows = store::prepare(head, &mut versions, &batch, store::now_us())?;
-        Self::insert_rows(&mut tx, &self.insert_full_chunk, &rows).await?;
-        let last = &rows[rows.len() - 1];
-        Self::finish(&mut tx, &versions, last).await?;
-        tx.commit().await?;
-        Ok(AppendOutcome::Appended {
-            first_seq: rows[0].seq,
-            last_seq: last.seq,
+            let mut versions = versions(&tx, &batch.streams())?;
+            let now = store::now_us();
+            let (first_seq, last_seq, last_hash) = if batch.events.len() < PIPELINE_MIN {
+                insert_batch(&tx, head, &mut versions, &batch, now)?
+            } else {
+                insert_pipelined(&tx, head, &mut versions, batch, now)?
+            };
+            finish(&tx, &versions, last_seq, &last_hash)?;
+            tx.commit().map_err(sql)?;
+            Ok(AppendOutcome::Appended {
+                first_seq,
+                last_seq,
+            })
         })
+        .await
     }
 
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT seq, stream, stream_version, event_type, schema_version, instance, \
-             recorded_at_us, idempotency_key, payload, prev_hash, hash \
-             FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after as i64)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row_to_event).collect()
+        let page = Vec::with_capacity(limit.min(65_536) as usize);
+        let (page, _, _) = self
+            .read_each(after, limit, page, |p: &mut Vec<StoredEvent>, e| {
+                p.push(e.to_owned());
+                Ok(())
+            })
+            .await?;
+        Ok(page)
     }
 
     async fn head(&self) -> Result<(u64, Hash)> {
-        let mut conn = self.pool.acquire().await?;
-        Self::head_on(&mut conn).await
+        self.with_reader(head_on).await
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(Self::versions(&mut conn, &[stream])
-            .await?
-            .get(stream)
-            .copied()
-            .unwrap_or(0))
+        let stream = stream.to_string();
+        self.with_reader(move |conn| {
+            Ok(versions(conn, &[stream.as_str()])?
+                .get(stream.as_str())
+                .copied()
+                .unwrap_or(0))
+        })
+        .await
     }
 
     async fn append_raw(&self, events: &[StoredEvent]) -> Result<()> {
-        let Some(last) = events.last() else {
+        if events.is_empty() {
             return Ok(());
-        };
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let head = Self::head_on(&mut tx).await?;
-        let mut streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
-        streams.sort_unstable();
-        streams.dedup();
-        let versions = Self::versions(&mut tx, &streams).await?;
-        let next = store::check_raw_continuation(head, &versions, events)?;
-        Self::insert_rows(&mut tx, &self.insert_full_chunk, events).await?;
-        Self::finish(&mut tx, &next, last).await?;
-        tx.commit().await?;
-        Ok(())
+        }
+        let events = events.to_vec();
+        self.with_writer(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let head = head_on(&tx)?;
+            let mut streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+            streams.sort_unstable();
+            streams.dedup();
+            let versions = versions(&tx, &streams)?;
+            let next = store::check_raw_continuation(head, &versions, &events)?;
+            insert_rows(&tx, &events)?;
+            if let Some(last) = events.last() {
+                finish(&tx, &next, last.seq, &last.hash)?;
+            }
+            tx.commit().map_err(sql)
+        })
+        .await
     }
 
     async fn load_snapshot(&self, name: &str) -> Result<Option<Snapshot>> {
-        let row = sqlx::query("SELECT seq, hash, body FROM snapshots WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            let seq: i64 = r.try_get(0)?;
-            let hash: Vec<u8> = r.try_get(1)?;
-            Ok(Snapshot {
-                name: name.to_string(),
-                seq: seq as u64,
-                hash: hash_from_slice(seq as u64, &hash)?,
-                body: r.try_get(2)?,
-            })
+        let name = name.to_string();
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, hash, body FROM snapshots WHERE name = ?1")
+                .map_err(sql)?;
+            let mut rows = stmt.query([name.as_str()]).map_err(sql)?;
+            let Some(r) = rows.next().map_err(sql)? else {
+                return Ok(None);
+            };
+            let seq = r.get::<_, i64>(0).map_err(sql)? as u64;
+            Ok(Some(Snapshot {
+                name: name.clone(),
+                seq,
+                hash: hash_from_slice(seq, blob(r, 1)?)?,
+                body: blob(r, 2)?.to_vec(),
+            }))
         })
-        .transpose()
+        .await
     }
 
     async fn save_snapshot(&self, snap: &Snapshot) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO snapshots (name, seq, hash, body) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, body = excluded.body",
-        )
-        .bind(snap.name.as_str())
-        .bind(snap.seq as i64)
-        .bind(&snap.hash[..])
-        .bind(&snap.body[..])
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let snap = snap.clone();
+        self.with_writer(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO snapshots (name, seq, hash, body) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+                 body = excluded.body",
+            )
+            .map_err(sql)?
+            .execute(params![
+                snap.name,
+                snap.seq as i64,
+                &snap.hash[..],
+                &snap.body[..]
+            ])
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
     }
 
     fn describe(&self) -> String {
-        format!("sqlite://{}", self.path.display())
+        format!("sqlite://{}", self.inner.path.display())
     }
 }

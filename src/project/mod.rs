@@ -137,6 +137,68 @@ impl SourceObjects {
         }
     }
 
+    /// [`apply`](Self::apply) for an event the caller gives up: its values move into the
+    /// projection instead of being cloned. The result is the same.
+    pub fn apply_owned(&mut self, m: &Meta<'_>, e: Event) {
+        match e {
+            Event::ObjectImported(i) => {
+                let first = self
+                    .objects
+                    .get(&i.object.anchor)
+                    .map_or(At::from(m), |r| r.first_seen);
+                let SourceObject {
+                    anchor,
+                    kind,
+                    dn,
+                    attrs,
+                    members,
+                } = i.object;
+                self.objects.insert(
+                    anchor,
+                    ObjectRecord {
+                        kind,
+                        dn,
+                        attrs,
+                        members,
+                        first_seen: first,
+                        last_changed: m.into(),
+                        deletion: None,
+                    },
+                );
+            }
+            Event::ObjectChanged(c) => {
+                if let Some(r) = self.objects.get_mut(&c.anchor) {
+                    if let Some(dn) = c.dn {
+                        r.dn = dn;
+                    }
+                    for (k, v) in c.set {
+                        r.attrs.insert(k, v);
+                    }
+                    for k in &c.removed {
+                        r.attrs.remove(k);
+                    }
+                    for a in c.members_added {
+                        r.members.insert(a);
+                    }
+                    for a in &c.members_removed {
+                        r.members.remove(a);
+                    }
+                    r.last_changed = m.into();
+                }
+            }
+            Event::ObjectDeleted(d) => {
+                if let Some(r) = self.objects.get_mut(&d.anchor) {
+                    r.deletion = Some(Deletion {
+                        evidence: d.evidence,
+                        at: m.into(),
+                        instance: m.instance.to_string(),
+                    });
+                }
+            }
+            other => self.apply(m, &other),
+        }
+    }
+
     pub fn live(&self) -> impl Iterator<Item = (&String, &ObjectRecord)> {
         self.objects.iter().filter(|(_, r)| r.live())
     }
@@ -556,6 +618,21 @@ impl State {
         self.instances.apply(m, e);
         self.guard.apply(m, e);
         self.handovers.apply(m, e);
+        self.seq = m.seq;
+    }
+
+    /// [`apply`](Self::apply) for an event the caller gives up (replay): source objects take
+    /// the event's values instead of cloning them. The result is the same.
+    pub fn apply_owned(&mut self, m: &Meta<'_>, e: Event) {
+        // Each projection reads only the event and changes only itself, so the order of
+        // the calls does not matter: the one that takes the event goes last.
+        self.ledger.apply(m, &e);
+        self.cursors.apply(m, &e);
+        self.relationship.apply(m, &e);
+        self.instances.apply(m, &e);
+        self.guard.apply(m, &e);
+        self.handovers.apply(m, &e);
+        self.objects.apply_owned(m, e);
         self.seq = m.seq;
     }
 

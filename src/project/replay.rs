@@ -1,17 +1,24 @@
 //! Replay: folding the log into [`State`], checking the chain, and stored snapshots.
 //!
-//! Everything reads the log through [`scan`], which keeps one page in flight ahead of the
-//! consumer so reading the store and decoding/applying overlap.
+//! Everything reads the log through one pipeline: a reader task fetches pages from the
+//! store while the consumer works through the previous one. Readers turn each event into
+//! what the consumer needs while it is still in the backend's buffers: for a chain check
+//! they also recompute its hash (two pages are read at once, as hashing is most of that
+//! work); for a fold they copy the few fields it uses into a reused buffer, and the
+//! consumer decodes and applies.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
+use tokio::task::JoinHandle;
 
 use super::{Meta, State};
 use crate::error::{Error, Result};
+use crate::log::hash::{EventRef, Link};
 use crate::log::store::Snapshot;
-use crate::log::{AnyStore, ChainVerifier, Store, StoredEvent};
+use crate::log::{AnyStore, ChainVerifier, Event, Store, StoredEvent};
 
 /// Events per page read from the store.
 const PAGE: u32 = 20_000;
@@ -27,13 +34,146 @@ pub enum Until {
 }
 
 impl Until {
-    fn includes(&self, e: &StoredEvent) -> bool {
+    fn includes(&self, seq: u64, recorded_at_us: i64) -> bool {
         match self {
             Until::Head => true,
-            Until::Seq(n) => e.seq <= *n,
-            Until::Time(t) => e.recorded_at_us <= t.timestamp_micros(),
+            Until::Seq(n) => seq <= *n,
+            Until::Time(t) => recorded_at_us <= t.timestamp_micros(),
         }
     }
+}
+
+/// What a reader makes of one page: the consumer's input, the number of events in it and
+/// the last one's seq.
+type Page<P> = (P, usize, Option<u64>);
+
+/// Read up to `limit` events after `after`, handing each to `f` on the backend's reader side.
+async fn read_each<P, F>(store: &AnyStore, after: u64, limit: u32, page: P, f: F) -> Result<Page<P>>
+where
+    P: Send + 'static,
+    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Send + 'static,
+{
+    match store {
+        AnyStore::Sqlite(s) => s.read_each(after, limit, page, f).await,
+        AnyStore::Postgres(s) => s.read_each(after, limit, page, f).await,
+    }
+}
+
+/// How a pipeline builds its pages on the reader side and hands them to its consumer.
+struct Pages<P, F> {
+    /// Reads in flight at once: more than one reads ahead speculatively (see [`pipeline`]).
+    depth: usize,
+    new_page: fn() -> P,
+    /// Empty a consumed page so that a reader can fill it again.
+    clear: fn(&mut P),
+    /// Add one event to a page, on the reader side.
+    add: F,
+}
+
+/// Visit every page of events with seq > `after`, in order, until `consume` breaks or the
+/// log ends. Readers build the pages (see [`Pages`]); `consume` gets them here, in order,
+/// and the pages go back to the readers to be filled again.
+///
+/// With `depth` 2, the page after `a` is read while the one at `a` is: it starts at
+/// `a + PAGE`, which is right when seqs are dense (always, unless the log was tampered
+/// with). If the page at `a` does not end exactly there, the speculative read is dropped and
+/// the next page is read after the real last seq, so the pages are always those one reader
+/// would have read.
+async fn pipeline<P, F, C>(
+    store: &AnyStore,
+    after: u64,
+    progress: Option<&ProgressBar>,
+    pages: Pages<P, F>,
+    mut consume: C,
+) -> Result<()>
+where
+    P: Send + 'static,
+    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Clone + Send + 'static,
+    C: FnMut(&mut P) -> Result<ControlFlow<()>>,
+{
+    let Pages {
+        depth,
+        new_page,
+        clear,
+        add,
+    } = pages;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(P, usize)>>(2);
+    let (recycle_tx, mut recycle_rx) = tokio::sync::mpsc::unbounded_channel::<P>();
+    let reader_store = store.clone();
+    let reader = tokio::spawn(async move {
+        let mut spawn = move |after: u64| -> (u64, JoinHandle<Result<Page<P>>>) {
+            let store = reader_store.clone();
+            let add = add.clone();
+            let page = recycle_rx.try_recv().unwrap_or_else(|_| new_page());
+            (
+                after,
+                tokio::spawn(async move { read_each(&store, after, PAGE, page, add).await }),
+            )
+        };
+        let mut inflight: VecDeque<(u64, JoinHandle<Result<Page<P>>>)> = VecDeque::new();
+        inflight.push_back(spawn(after));
+        while inflight.len() < depth {
+            let next = after + (inflight.len() as u64) * u64::from(PAGE);
+            inflight.push_back(spawn(next));
+        }
+        while let Some((_, read)) = inflight.pop_front() {
+            let page = match read.await {
+                Ok(page) => page,
+                Err(e) => Err(Error::store(e)),
+            };
+            let (msg, last, full) = match page {
+                Ok((p, n, last)) => (Ok((p, n)), last, n == PAGE as usize),
+                Err(e) => (Err(e), None, false),
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+            // An empty page (or an error) ends the log.
+            let Some(last) = last else { break };
+            if inflight.front().map(|(a, _)| *a) != Some(last) {
+                for (_, r) in inflight.drain(..) {
+                    r.abort();
+                }
+                inflight.push_back(spawn(last));
+            }
+            while full && inflight.len() < depth {
+                let Some(&(a, _)) = inflight.back() else {
+                    break;
+                };
+                inflight.push_back(spawn(a + u64::from(PAGE)));
+            }
+        }
+        for (_, r) in inflight {
+            r.abort();
+        }
+    });
+    let mut result = Ok(());
+    while let Some(page) = rx.recv().await {
+        let (mut page, n) = match page {
+            Ok(p) => p,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        if let Some(p) = progress {
+            p.inc(n as u64);
+        }
+        match consume(&mut page) {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(())) => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        clear(&mut page);
+        // The reader may be done already; then the page is simply dropped.
+        let _ = recycle_tx.send(page);
+    }
+    drop(rx);
+    reader.await.map_err(Error::store)?;
+    result
 }
 
 /// Visit every event with seq > `after`, in order, until `f` breaks or the log ends.
@@ -46,49 +186,80 @@ pub async fn scan<F>(
 where
     F: FnMut(&StoredEvent) -> Result<ControlFlow<()>>,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<StoredEvent>>>(2);
-    let reader_store = store.clone();
-    let reader = tokio::spawn(async move {
-        let mut after = after;
-        loop {
-            let page = reader_store.read(after, PAGE).await;
-            let last = match &page {
-                Ok(p) => p.last().map(|e| e.seq),
-                Err(_) => None,
-            };
-            let more = last.is_some();
-            if tx.send(page).await.is_err() || !more {
-                break;
+    let pages = Pages {
+        depth: 1,
+        new_page: || Vec::with_capacity(PAGE as usize),
+        clear: Vec::clear,
+        add: |p: &mut Vec<StoredEvent>, e: &EventRef<'_>| {
+            p.push(e.to_owned());
+            Ok(())
+        },
+    };
+    pipeline(store, after, progress, pages, |page| {
+        for e in page.iter() {
+            if f(e)?.is_break() {
+                return Ok(ControlFlow::Break(()));
             }
-            after = last.unwrap_or(after);
         }
-    });
-    let mut result = Ok(());
-    'pages: while let Some(page) = rx.recv().await {
-        let page = match page {
-            Ok(p) => p,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        };
-        if let Some(p) = progress {
-            p.inc(page.len() as u64);
-        }
-        for e in &page {
-            match f(e) {
-                Ok(ControlFlow::Continue(())) => {}
-                Ok(ControlFlow::Break(())) => break 'pages,
-                Err(err) => {
-                    result = Err(err);
-                    break 'pages;
-                }
-            }
+        Ok(ControlFlow::Continue(()))
+    })
+    .await
+}
+
+/// A page of events as a fold needs them, their strings copied into one buffer that is
+/// reused from page to page: the reader side allocates nothing, and decoding (which does)
+/// happens on the consumer's thread with the fold, so memory is allocated and freed by one
+/// thread.
+struct RawPage {
+    text: String,
+    events: Vec<RawEvent>,
+}
+
+struct RawEvent {
+    seq: u64,
+    recorded_at_us: i64,
+    schema_version: u32,
+    /// Ends of `event_type`, `instance` and `payload` in `text`, which follow each other.
+    ends: [usize; 3],
+    start: usize,
+}
+
+impl RawPage {
+    fn new() -> RawPage {
+        RawPage {
+            text: String::new(),
+            events: Vec::with_capacity(PAGE as usize),
         }
     }
-    drop(rx);
-    reader.await.map_err(Error::store)?;
-    result
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.events.clear();
+    }
+
+    fn push(&mut self, e: &EventRef<'_>) -> Result<()> {
+        let start = self.text.len();
+        let mut ends = [0; 3];
+        for (end, s) in ends.iter_mut().zip([e.event_type, e.instance, e.payload]) {
+            self.text.push_str(s);
+            *end = self.text.len();
+        }
+        self.events.push(RawEvent {
+            seq: e.seq,
+            recorded_at_us: e.recorded_at_us,
+            schema_version: e.schema_version,
+            ends,
+            start,
+        });
+        Ok(())
+    }
+
+    /// Event `e`'s type, instance and payload.
+    fn strs(&self, e: &RawEvent) -> (&str, &str, &str) {
+        let [a, b, c] = e.ends;
+        let s = |from: usize, to: usize| self.text.get(from..to).unwrap_or_default();
+        (s(e.start, a), s(a, b), s(b, c))
+    }
 }
 
 /// Apply the events after `state.seq` up to `until`.
@@ -108,19 +279,26 @@ pub async fn fold_with(
             return Ok(state);
         }
     }
-    scan(store, state.seq, progress, |e| {
-        if !until.includes(e) {
-            return Ok(ControlFlow::Break(()));
-        }
-        let ev = e.decode()?;
-        state.apply(
-            &Meta {
+    let pages = Pages {
+        depth: 1,
+        new_page: RawPage::new,
+        clear: RawPage::clear,
+        add: |p: &mut RawPage, e: &EventRef<'_>| p.push(e),
+    };
+    pipeline(store, state.seq, progress, pages, |page| {
+        for e in &page.events {
+            if !until.includes(e.seq, e.recorded_at_us) {
+                return Ok(ControlFlow::Break(()));
+            }
+            let (event_type, instance, payload) = page.strs(e);
+            let event = Event::decode(event_type, e.schema_version, payload)?;
+            let meta = Meta {
                 seq: e.seq,
-                instance: &e.instance,
+                instance,
                 recorded_at_us: e.recorded_at_us,
-            },
-            &ev,
-        );
+            };
+            state.apply_owned(&meta, event);
+        }
         Ok(ControlFlow::Continue(()))
     })
     .await?;
@@ -135,9 +313,21 @@ pub async fn rebuild(store: &AnyStore, until: Until) -> Result<State> {
 /// Verify the whole chain; returns the number of events checked.
 pub async fn verify_chain(store: &AnyStore, progress: Option<&ProgressBar>) -> Result<u64> {
     let mut v = ChainVerifier::default();
-    scan(store, 0, progress, |e| {
-        v.check(e)
-            .map_err(|(seq, reason)| Error::ChainBroken { seq, reason })?;
+    // Hashing is most of the work and is done by the readers, two at once.
+    let pages = Pages {
+        depth: 2,
+        new_page: || Vec::with_capacity(PAGE as usize),
+        clear: Vec::clear,
+        add: |p: &mut Vec<Link>, e: &EventRef<'_>| {
+            p.push(Link::of(e));
+            Ok(())
+        },
+    };
+    pipeline(store, 0, progress, pages, |page| {
+        for l in page.iter() {
+            v.check_link(l)
+                .map_err(|(seq, reason)| Error::ChainBroken { seq, reason })?;
+        }
         Ok(ControlFlow::Continue(()))
     })
     .await?;

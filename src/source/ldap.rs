@@ -11,9 +11,9 @@
 //! TLS: certificate verification is on by default (the system roots, through ldap3's
 //! rustls configuration). [`ConnectOptions::danger_skip_tls_verify`] turns it off and is
 //! meant for tests against self-signed lab servers only; it is not reachable from the
-//! configuration file. `ca_file` needs a custom rustls `ClientConfig`, which this crate
-//! cannot build without a direct `rustls` dependency: until one is added, a `ca_file`
-//! is refused with a configuration error rather than silently ignored.
+//! configuration file. `ca_file` adds the certificates of a PEM file to the system roots
+//! ([`tls_config`]); verification stays on, and an unreadable or empty file is a
+//! configuration error.
 
 use std::time::Duration;
 
@@ -138,18 +138,43 @@ impl std::fmt::Debug for LdapClient {
     }
 }
 
+/// TLS settings that trust the system's roots and the certificates in `ca_file` (PEM).
+/// Verification stays on: this only widens what is trusted.
+pub fn tls_config(ca_file: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |why: String| Error::Config(format!("source.ca_file {}: {why}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system root rustls cannot use is skipped, as ldap3 itself does.
+        let _ = roots.add(cert);
+    }
+    let mut added = 0;
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 impl LdapClient {
     /// Connect as the configuration says and bind with its secret.
     pub async fn connect(cfg: &SourceConfig, opts: &ConnectOptions) -> Result<LdapClient> {
-        if let Some(ca) = &cfg.ca_file {
-            return Err(Error::Config(format!(
-                "source.ca_file ({}): a custom CA is not supported by this build yet; \
-                 install the CA in the system trust store instead",
-                ca.display()
-            )));
-        }
         let password = cfg.password.resolve("source.password")?;
         let mut settings = LdapConnSettings::new().set_conn_timeout(opts.timeout);
+        if let Some(ca) = &cfg.ca_file {
+            settings = settings.set_config(tls_config(ca)?);
+        }
         if cfg.tls == Tls::Starttls {
             settings = settings.set_starttls(true);
         }

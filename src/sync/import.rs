@@ -36,6 +36,16 @@ pub fn full_import_events(
         present.insert(o.anchor.as_str());
         let known = current.objects.get(&o.anchor);
         if !scope.contains(&o.dn) {
+            // Keep the record of a known object current even out of scope, as a delta does:
+            // a later return reported by a delta with only the changed attributes builds on
+            // it, and would otherwise bring back stale values.
+            if let Some(r) = known {
+                if r.kind == o.kind {
+                    if let Some(c) = diff(&o.anchor, &r.dn, &r.attrs, &r.members, o) {
+                        events.push(Event::ObjectChanged(c));
+                    }
+                }
+            }
             if known.is_some_and(|r| r.live()) {
                 summary.left_scope += 1;
                 events.push(Event::ObjectDeleted(ObjectDeleted {
@@ -251,8 +261,10 @@ pub fn delta_events(
                     None => {
                         if in_scope {
                             s.added += 1;
+                            let mut object = object.clone();
+                            object.attrs.retain(|_, v| !v.is_empty());
                             events.push(Event::ObjectImported(ObjectImported {
-                                object: object.clone(),
+                                object,
                                 returned: false,
                             }));
                         }
@@ -266,6 +278,9 @@ pub fn delta_events(
                             now.attrs = attrs;
                             now.members = r.members.clone();
                         }
+                        // An attribute without values is one the change removed (DirSync
+                        // reports a cleared attribute so).
+                        now.attrs.retain(|_, v| !v.is_empty());
                         now.kind = r.kind;
                         let live = r.live();
                         if live && !in_scope {
@@ -486,19 +501,28 @@ mod tests {
             kinds,
             [
                 "ObjectChanged",
+                "ObjectChanged",
                 "ObjectDeleted",
                 "ObjectImported",
                 "ObjectDeleted",
                 "ImportCompleted"
             ]
         );
+        // a2's record follows it out of scope (its new DN), then it leaves scope.
         match &ev[1] {
+            Event::ObjectChanged(c) => {
+                assert_eq!(c.anchor, "a2");
+                assert_eq!(c.dn.as_deref(), Some("CN=u2,OU=Elsewhere,DC=test,DC=lan"));
+            }
+            e => panic!("{e:?}"),
+        }
+        match &ev[2] {
             Event::ObjectDeleted(d) => {
                 assert!(matches!(d.evidence, DeletionEvidence::LeftScope { .. }))
             }
             e => panic!("{e:?}"),
         }
-        match &ev[3] {
+        match &ev[4] {
             Event::ObjectDeleted(d) => {
                 assert_eq!(d.anchor, "a3");
                 assert!(matches!(
@@ -743,5 +767,53 @@ mod tests {
             full_import_events(&state.objects, &now, &scope, "r2").len(),
             1
         );
+    }
+    #[test]
+    fn a_cleared_attribute_is_removed_and_out_of_scope_records_stay_current() {
+        let scope = Scope::new("DC=test,DC=lan", &["OU=Staff,DC=test,DC=lan".into()], &[]);
+        let mut state = State::default();
+        let first = full_import_events(&state.objects, &[user(0, "Staff", "t")], &scope, "r1");
+        apply_all(&mut state, &first);
+        // A partial change whose attribute has no values: the attribute was cleared.
+        let mut cleared = user(0, "Staff", "t");
+        cleared.attrs.insert("title".into(), vec![]);
+        let DeltaPlan::Events(ev) = delta_events(
+            &state.objects,
+            &[Change::Upsert {
+                object: cleared,
+                whole: false,
+            }],
+            &scope,
+            "d1",
+        ) else {
+            panic!()
+        };
+        apply_all(&mut state, &ev);
+        assert!(!state.objects.objects["a0"].attrs.contains_key("title"));
+        // A full import that sees the object out of scope with a new title keeps the record
+        // current, so a return reported with partial data carries today's title.
+        let out = user(0, "Elsewhere", "moved");
+        let ev = full_import_events(&state.objects, &[out], &scope, "r2");
+        apply_all(&mut state, &ev);
+        let r = &state.objects.objects["a0"];
+        assert!(!r.live());
+        assert_eq!(r.attrs["title"], vec![AttrValue::Text("moved".into())]);
+        let mut back = user(0, "Staff", "t");
+        back.attrs.clear();
+        let DeltaPlan::Events(ev) = delta_events(
+            &state.objects,
+            &[Change::Upsert {
+                object: back,
+                whole: false,
+            }],
+            &scope,
+            "d2",
+        ) else {
+            panic!()
+        };
+        apply_all(&mut state, &ev);
+        let r = &state.objects.objects["a0"];
+        assert!(r.live());
+        assert_eq!(r.attrs["title"], vec![AttrValue::Text("moved".into())]);
     }
 }

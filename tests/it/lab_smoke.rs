@@ -206,7 +206,11 @@ async fn sync_refresh_only(ldap: &mut Ldap, base: &str, cookie: Option<Vec<u8>>)
 #[tokio::test]
 async fn slapd_session_log_reports_deletions() {
     let t0 = Instant::now();
-    let mut slapd = Slapd::start(SlapdOptions { session_log: true }).await;
+    let mut slapd = Slapd::start(SlapdOptions {
+        session_log: true,
+        ..Default::default()
+    })
+    .await;
     eprintln!("lab-timing: Slapd::start(session_log) {:?}", t0.elapsed());
     let dn = format!("uid=carol,{}", slapd.people_dn());
     slapd.ldapadd(&user_ldif(&dn, "carol")).await;
@@ -490,7 +494,11 @@ async fn hold_servers_until_killed() {
         .status();
     assert_eq!(status, reqwest::StatusCode::OK);
 
-    let slapd = Slapd::start(SlapdOptions { session_log: true }).await;
+    let slapd = Slapd::start(SlapdOptions {
+        session_log: true,
+        ..Default::default()
+    })
+    .await;
     let samba = Samba::start().await;
     let scim = Scim::start().await;
     let pids = [

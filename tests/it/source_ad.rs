@@ -468,7 +468,7 @@ async fn tls_verifies_certificates_unless_told_not_to() {
         assert!(src.source_info().await.unwrap().highest_usn.is_some());
         src.close().await;
     }
-    // A ca_file is refused clearly rather than ignored.
+    // A ca_file that cannot be read is a configuration error, not ignored.
     let mut cfg = f.cfg.clone();
     cfg.ca_file = Some("/nonexistent/ca.pem".into());
     let e = AdSource::connect(&cfg, &conn(), AdOptions::default())

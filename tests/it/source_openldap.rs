@@ -22,7 +22,11 @@ struct Fixture {
 const OTHER: &str = "ou=other,dc=example,dc=org";
 
 async fn fixture(session_log: bool) -> Fixture {
-    let slapd = Slapd::start(SlapdOptions { session_log }).await;
+    let slapd = Slapd::start(SlapdOptions {
+        session_log,
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();

@@ -22,7 +22,11 @@ struct Lab {
 
 impl Lab {
     async fn start(session_log: bool, kind: &str) -> Lab {
-        let slapd = Slapd::start(SlapdOptions { session_log }).await;
+        let slapd = Slapd::start(SlapdOptions {
+            session_log,
+            ..Default::default()
+        })
+        .await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), format!("{}\n", slapd.password())).unwrap();
         Lab::write_config(&dir, &slapd, kind, "pw");

@@ -27,6 +27,9 @@ use super::proc::{self, ServerProcess, SpawnOpts};
 pub struct SlapdOptions {
     /// Add the accesslog db and use it as syncprov's session log.
     pub session_log: bool,
+    /// Serve StartTLS with a certificate for 127.0.0.1 from a throwaway CA
+    /// ([`Slapd::ca_file`]).
+    pub tls: bool,
 }
 
 const BASE_DN: &str = "dc=example,dc=org";
@@ -69,6 +72,9 @@ impl Slapd {
         let dir = proc::instance_dir("slapd");
         fs::create_dir(dir.path().join("db")).expect("lab: slapd: mkdir db");
         fs::create_dir(dir.path().join("accesslog")).expect("lab: slapd: mkdir accesslog");
+        if opts.tls {
+            make_certificates(dir.path());
+        }
         fs::write(dir.path().join("slapd.conf"), config(dir.path(), &opts))
             .expect("lab: slapd: write slapd.conf");
         let mut server = Slapd {
@@ -94,6 +100,11 @@ impl Slapd {
     /// `ldap://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA that signed the server's certificate (with `tls`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     pub fn port(&self) -> u16 {
@@ -276,6 +287,71 @@ impl Slapd {
     }
 }
 
+/// A CA and a server certificate for IP 127.0.0.1 signed by it, made with openssl.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("lab: slapd: run openssl");
+        assert!(
+            out.status.success(),
+            "lab: slapd: openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .expect("lab: slapd: write ext.cnf");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dirsync lab CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
 fn config(dir: &Path, opts: &SlapdOptions) -> String {
     let dir = dir.display();
     let mut conf = String::new();
@@ -294,6 +370,14 @@ argsfile \"{dir}/slapd.args\"
 sizelimit unlimited
 "
     ));
+    if opts.tls {
+        conf.push_str(&format!(
+            "TLSCACertificateFile \"{dir}/ca.pem\"
+TLSCertificateFile \"{dir}/server.pem\"
+TLSCertificateKeyFile \"{dir}/server.key\"
+"
+        ));
+    }
     if opts.session_log {
         conf.push_str(&format!(
             "

@@ -1,0 +1,172 @@
+//! `scripts/bench import`: load users into a real directory, then time dirsync's full
+//! `sync --staging --full` import into the SQLite log against `ldapsearch -E pr=1000/noprompt`
+//! dumping the same entries and attributes in the same run, and a delta of `--changes`
+//! modifications. Usage: `cargo bench --bench import -- [--ad-users N] [--changes N]`.
+
+#[path = "../tests/it/lab/mod.rs"]
+mod lab;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const OU: &str = "OU=Bench,DC=test,DC=lan";
+const FILTER: &str = "(|(&(objectClass=user)(objectCategory=person))(objectClass=group))";
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn dirsync(dir: &Path, args: &[&str]) -> f64 {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_dirsync"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run dirsync");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "dirsync {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "  {}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
+    secs
+}
+
+fn ldapsearch(url: &str, bind: &str, pw: &str, base: &str) -> (f64, usize) {
+    let t = Instant::now();
+    let out = Command::new("ldapsearch")
+        .args([
+            "-x",
+            "-LLL",
+            "-H",
+            url,
+            "-D",
+            bind,
+            "-w",
+            pw,
+            "-E",
+            "pr=1000/noprompt",
+            "-b",
+            base,
+            FILTER,
+            "*",
+        ])
+        .env("LDAPNOINIT", "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run ldapsearch");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success());
+    let entries = String::from_utf8_lossy(&out.stdout)
+        .matches("\ndn: ")
+        .count()
+        + 1;
+    (secs, entries)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let users = arg(&args, "--ad-users", 20_000);
+    let changes = arg(&args, "--changes", 1_000).min(users);
+
+    eprintln!("AD (Samba): loading {users} users ...");
+    let samba = lab::Samba::start().await;
+    samba
+        .ldapadd(&format!("dn: {OU}\nobjectClass: organizationalUnit\n\n"))
+        .await;
+    let mut i = 0;
+    while i < users {
+        let mut ldif = String::new();
+        for j in i..(i + 2000).min(users) {
+            ldif.push_str(&format!(
+                "dn: CN=user{j},{OU}\nobjectClass: user\nsAMAccountName: user{j}\nuserPrincipalName: user{j}@test.lan\n\
+                 givenName: User\nsn: N{j}\nmail: user{j}@test.lan\ntitle: Clerk\ndepartment: Sales\nuserAccountControl: 512\n\n"
+            ));
+        }
+        samba.ldapadd(&ldif).await;
+        i += 2000;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw"), samba.password()).expect("pw");
+    std::fs::write(
+        dir.path().join("dirsync.toml"),
+        format!(
+            "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"ad\"\nurl = \"{}\"\nbind_dn = \"{}\"\n\
+             password_file = \"pw\"\nbase_dn = \"DC=test,DC=lan\"\ninclude = [\"{OU}\"]\n",
+            samba.url(),
+            samba.bind_dn()
+        ),
+    )
+    .expect("config");
+    dirsync(dir.path(), &["init"]);
+
+    // Same run, same server: the baseline first (warms the server's caches for both).
+    let (t_ls, n_ls) = ldapsearch(
+        &samba.url(),
+        samba.bind_dn(),
+        samba.password(),
+        "DC=test,DC=lan",
+    );
+    let t_full = dirsync(
+        dir.path(),
+        &[
+            "sync",
+            "--instance",
+            "bench",
+            "--staging",
+            "--full",
+            "--format",
+            "json",
+        ],
+    );
+    let (t_ls2, _) = ldapsearch(
+        &samba.url(),
+        samba.bind_dn(),
+        samba.password(),
+        "DC=test,DC=lan",
+    );
+    let t_ls = t_ls.min(t_ls2);
+
+    let mut ldif = String::new();
+    for j in 0..changes {
+        ldif.push_str(&format!(
+            "dn: CN=user{j},{OU}\nchangetype: modify\nreplace: title\ntitle: Boss {j}\n\n"
+        ));
+    }
+    samba.ldapmodify(&ldif).await;
+    let t_delta = dirsync(
+        dir.path(),
+        &[
+            "sync",
+            "--instance",
+            "bench",
+            "--staging",
+            "--format",
+            "json",
+        ],
+    );
+
+    println!("source      entries  ldapsearch s  dirsync full s  ratio  delta({changes}) s");
+    println!(
+        "ad(samba)   {n_ls:<8} {t_ls:<13.3} {t_full:<15.3} {:<6.2} {t_delta:.3}",
+        t_full / t_ls
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "import", "source": "ad", "entries": n_ls, "ldapsearch_s": t_ls,
+            "full_s": t_full, "ratio": t_full / t_ls, "changes": changes, "delta_s": t_delta})
+    );
+}
