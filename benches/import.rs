@@ -1,7 +1,8 @@
 //! `scripts/bench import`: load users into a real directory, then time dirsync's full
 //! `sync --staging --full` import into the SQLite log against `ldapsearch -E pr=1000/noprompt`
 //! dumping the same entries and attributes in the same run, and a delta of `--changes`
-//! modifications. Usage: `cargo bench --bench import -- [--ad-users N] [--changes N]`.
+//! modifications. Usage: `cargo bench --bench import -- [--ad-users N] [--ldap-users N]
+//! [--changes N] [--only ad|openldap]`.
 
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
@@ -12,6 +13,8 @@ use std::time::Instant;
 
 const OU: &str = "OU=Bench,DC=test,DC=lan";
 const FILTER: &str = "(|(&(objectClass=user)(objectCategory=person))(objectClass=group))";
+const LDAP_FILTER: &str =
+    "(|(objectClass=inetOrgPerson)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))";
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
@@ -45,6 +48,10 @@ fn dirsync(dir: &Path, args: &[&str]) -> f64 {
 }
 
 fn ldapsearch(url: &str, bind: &str, pw: &str, base: &str) -> (f64, usize) {
+    ldapsearch_filter(url, bind, pw, base, FILTER)
+}
+
+fn ldapsearch_filter(url: &str, bind: &str, pw: &str, base: &str, filter: &str) -> (f64, usize) {
     let t = Instant::now();
     let out = Command::new("ldapsearch")
         .args([
@@ -60,8 +67,9 @@ fn ldapsearch(url: &str, bind: &str, pw: &str, base: &str) -> (f64, usize) {
             "pr=1000/noprompt",
             "-b",
             base,
-            FILTER,
+            filter,
             "*",
+            "entryUUID",
         ])
         .env("LDAPNOINIT", "1")
         .stderr(Stdio::inherit())
@@ -80,8 +88,109 @@ fn ldapsearch(url: &str, bind: &str, pw: &str, base: &str) -> (f64, usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let users = arg(&args, "--ad-users", 20_000);
-    let changes = arg(&args, "--changes", 1_000).min(users);
+    let ldap_users = arg(&args, "--ldap-users", 100_000);
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let changes = arg(&args, "--changes", 1_000);
+    println!("source      entries  ldapsearch s  dirsync full s  ratio  delta({changes}) s");
+    if only.as_deref() != Some("openldap") {
+        ad(users, changes.min(users)).await;
+    }
+    if only.as_deref() != Some("ad") {
+        openldap(ldap_users, changes.min(ldap_users)).await;
+    }
+}
 
+async fn openldap(users: u64, changes: u64) {
+    eprintln!("OpenLDAP (slapd, session log): loading {users} users ...");
+    let mut slapd = lab::Slapd::start(lab::SlapdOptions {
+        session_log: true,
+        ..Default::default()
+    })
+    .await;
+    slapd.stop().await;
+    let mut ldif = String::with_capacity(users as usize * 300);
+    for j in 0..users {
+        ldif.push_str(&format!(
+            "dn: uid=user{j},{people}\nobjectClass: inetOrgPerson\nuid: user{j}\ncn: User {j}\n\
+             givenName: User\nsn: N{j}\nmail: user{j}@example.org\ntitle: Clerk\n\n",
+            people = slapd.people_dn()
+        ));
+    }
+    slapd.slapadd(&ldif).await;
+    slapd.restart().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw"), slapd.password()).expect("pw");
+    std::fs::write(
+        dir.path().join("dirsync.toml"),
+        format!(
+            "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"openldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\n\
+             password_file = \"pw\"\nbase_dn = \"{}\"\n",
+            slapd.url(),
+            slapd.bind_dn(),
+            slapd.base_dn()
+        ),
+    )
+    .expect("config");
+    dirsync(dir.path(), &["init"]);
+    let search = || {
+        ldapsearch_filter(
+            &slapd.url(),
+            slapd.bind_dn(),
+            slapd.password(),
+            slapd.base_dn(),
+            LDAP_FILTER,
+        )
+    };
+    let (t_ls, n_ls) = search();
+    let t_full = dirsync(
+        dir.path(),
+        &[
+            "sync",
+            "--instance",
+            "bench",
+            "--staging",
+            "--full",
+            "--format",
+            "json",
+        ],
+    );
+    let (t_ls2, _) = search();
+    let t_ls = t_ls.min(t_ls2);
+    let mut ldif = String::new();
+    for j in 0..changes {
+        ldif.push_str(&format!(
+            "dn: uid=user{j},{}\nchangetype: modify\nreplace: title\ntitle: Boss {j}\n\n",
+            slapd.people_dn()
+        ));
+    }
+    slapd.ldapmodify(&ldif).await;
+    let t_delta = dirsync(
+        dir.path(),
+        &[
+            "sync",
+            "--instance",
+            "bench",
+            "--staging",
+            "--format",
+            "json",
+        ],
+    );
+    println!(
+        "openldap    {n_ls:<8} {t_ls:<13.3} {t_full:<15.3} {:<6.2} {t_delta:.3}",
+        t_full / t_ls
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "import", "source": "openldap", "entries": n_ls, "ldapsearch_s": t_ls,
+            "full_s": t_full, "ratio": t_full / t_ls, "changes": changes, "delta_s": t_delta})
+    );
+}
+
+async fn ad(users: u64, changes: u64) {
     eprintln!("AD (Samba): loading {users} users ...");
     let samba = lab::Samba::start().await;
     samba
