@@ -130,9 +130,6 @@ fn connect(path: &Path, create: bool, writer: bool) -> Result<Connection> {
         if writer {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
-            if let Ok(v) = std::env::var("DS_PAGE") {
-                conn.pragma_update(None, "page_size", v.parse::<i64>().unwrap_or(4096))?;
-            }
             conn.wal_hook(Some(note_wal_frames));
         } else {
             conn.pragma_update(None, "query_only", true)?;
