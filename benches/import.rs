@@ -104,6 +104,65 @@ async fn main() {
     }
 }
 
+/// A store folder with this source configuration and an initialised log.
+fn store_dir(source_toml: &str, password: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw"), password).expect("pw");
+    std::fs::write(
+        dir.path().join("dirsync.toml"),
+        format!(
+            "[store]\nurl = \"sqlite://log.db\"\n[source]\n{source_toml}password_file = \"pw\"\n"
+        ),
+    )
+    .expect("config");
+    dirsync(dir.path(), &["init"]);
+    dir
+}
+
+/// Our full import, timed between two baseline dumps of the same server (the best of the two
+/// counts, so a cold cache never favours us): (ldapsearch s, entries, full import s).
+fn full_vs_ldapsearch(dir: &Path, search: impl Fn() -> (f64, usize)) -> (f64, usize, f64) {
+    let (t_ls, n) = search();
+    let sync = [
+        "sync",
+        "--instance",
+        "bench",
+        "--staging",
+        "--full",
+        "--format",
+        "json",
+    ];
+    let t_full = dirsync(dir, &sync);
+    let (t_ls2, _) = search();
+    (t_ls.min(t_ls2), n, t_full)
+}
+
+fn delta(dir: &Path) -> f64 {
+    dirsync(
+        dir,
+        &[
+            "sync",
+            "--instance",
+            "bench",
+            "--staging",
+            "--format",
+            "json",
+        ],
+    )
+}
+
+fn report(source: &str, n: usize, t_ls: f64, t_full: f64, changes: u64, t_delta: f64) {
+    println!(
+        "{source:<11} {n:<8} {t_ls:<13.3} {t_full:<15.3} {:<6.2} {t_delta:.3}",
+        t_full / t_ls
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "import", "source": source, "entries": n, "ldapsearch_s": t_ls,
+            "full_s": t_full, "ratio": t_full / t_ls, "changes": changes, "delta_s": t_delta})
+    );
+}
+
 async fn openldap(users: u64, changes: u64) {
     eprintln!("OpenLDAP (slapd, session log): loading {users} users ...");
     let mut slapd = lab::Slapd::start(lab::SlapdOptions {
@@ -122,21 +181,16 @@ async fn openldap(users: u64, changes: u64) {
     }
     slapd.slapadd(&ldif).await;
     slapd.restart().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("pw"), slapd.password()).expect("pw");
-    std::fs::write(
-        dir.path().join("dirsync.toml"),
-        format!(
-            "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"openldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\n\
-             password_file = \"pw\"\nbase_dn = \"{}\"\n",
+    let dir = store_dir(
+        &format!(
+            "kind = \"openldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\nbase_dn = \"{}\"\n",
             slapd.url(),
             slapd.bind_dn(),
             slapd.base_dn()
         ),
-    )
-    .expect("config");
-    dirsync(dir.path(), &["init"]);
-    let search = || {
+        slapd.password(),
+    );
+    let (t_ls, n, t_full) = full_vs_ldapsearch(dir.path(), || {
         ldapsearch_filter(
             &slapd.url(),
             slapd.bind_dn(),
@@ -144,22 +198,7 @@ async fn openldap(users: u64, changes: u64) {
             slapd.base_dn(),
             LDAP_FILTER,
         )
-    };
-    let (t_ls, n_ls) = search();
-    let t_full = dirsync(
-        dir.path(),
-        &[
-            "sync",
-            "--instance",
-            "bench",
-            "--staging",
-            "--full",
-            "--format",
-            "json",
-        ],
-    );
-    let (t_ls2, _) = search();
-    let t_ls = t_ls.min(t_ls2);
+    });
     let mut ldif = String::new();
     for j in 0..changes {
         ldif.push_str(&format!(
@@ -168,26 +207,7 @@ async fn openldap(users: u64, changes: u64) {
         ));
     }
     slapd.ldapmodify(&ldif).await;
-    let t_delta = dirsync(
-        dir.path(),
-        &[
-            "sync",
-            "--instance",
-            "bench",
-            "--staging",
-            "--format",
-            "json",
-        ],
-    );
-    println!(
-        "openldap    {n_ls:<8} {t_ls:<13.3} {t_full:<15.3} {:<6.2} {t_delta:.3}",
-        t_full / t_ls
-    );
-    println!(
-        "{}",
-        serde_json::json!({"bench": "import", "source": "openldap", "entries": n_ls, "ldapsearch_s": t_ls,
-            "full_s": t_full, "ratio": t_full / t_ls, "changes": changes, "delta_s": t_delta})
-    );
+    report("openldap", n, t_ls, t_full, changes, delta(dir.path()));
 }
 
 async fn ad(users: u64, changes: u64) {
@@ -208,47 +228,22 @@ async fn ad(users: u64, changes: u64) {
         samba.ldapadd(&ldif).await;
         i += 2000;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("pw"), samba.password()).expect("pw");
-    std::fs::write(
-        dir.path().join("dirsync.toml"),
-        format!(
-            "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"ad\"\nurl = \"{}\"\nbind_dn = \"{}\"\n\
-             password_file = \"pw\"\nbase_dn = \"DC=test,DC=lan\"\ninclude = [\"{OU}\"]\n",
+    let dir = store_dir(
+        &format!(
+            "kind = \"ad\"\nurl = \"{}\"\nbind_dn = \"{}\"\nbase_dn = \"DC=test,DC=lan\"\ninclude = [\"{OU}\"]\n",
             samba.url(),
             samba.bind_dn()
         ),
-    )
-    .expect("config");
-    dirsync(dir.path(), &["init"]);
-
-    // Same run, same server: the baseline first (warms the server's caches for both).
-    let (t_ls, n_ls) = ldapsearch(
-        &samba.url(),
-        samba.bind_dn(),
         samba.password(),
-        "DC=test,DC=lan",
     );
-    let t_full = dirsync(
-        dir.path(),
-        &[
-            "sync",
-            "--instance",
-            "bench",
-            "--staging",
-            "--full",
-            "--format",
-            "json",
-        ],
-    );
-    let (t_ls2, _) = ldapsearch(
-        &samba.url(),
-        samba.bind_dn(),
-        samba.password(),
-        "DC=test,DC=lan",
-    );
-    let t_ls = t_ls.min(t_ls2);
-
+    let (t_ls, n, t_full) = full_vs_ldapsearch(dir.path(), || {
+        ldapsearch(
+            &samba.url(),
+            samba.bind_dn(),
+            samba.password(),
+            "DC=test,DC=lan",
+        )
+    });
     let mut ldif = String::new();
     for j in 0..changes {
         ldif.push_str(&format!(
@@ -256,26 +251,5 @@ async fn ad(users: u64, changes: u64) {
         ));
     }
     samba.ldapmodify(&ldif).await;
-    let t_delta = dirsync(
-        dir.path(),
-        &[
-            "sync",
-            "--instance",
-            "bench",
-            "--staging",
-            "--format",
-            "json",
-        ],
-    );
-
-    println!("source      entries  ldapsearch s  dirsync full s  ratio  delta({changes}) s");
-    println!(
-        "ad(samba)   {n_ls:<8} {t_ls:<13.3} {t_full:<15.3} {:<6.2} {t_delta:.3}",
-        t_full / t_ls
-    );
-    println!(
-        "{}",
-        serde_json::json!({"bench": "import", "source": "ad", "entries": n_ls, "ldapsearch_s": t_ls,
-            "full_s": t_full, "ratio": t_full / t_ls, "changes": changes, "delta_s": t_delta})
-    );
+    report("ad(samba)", n, t_ls, t_full, changes, delta(dir.path()));
 }
