@@ -70,6 +70,7 @@ fn event(i: u64, objects: u64) -> NewEvent {
             state: Some(
                 serde_json::json!({"userName": format!("user{obj}@test.lan"), "active": true}),
             ),
+            etag: None,
         }),
         _ => Event::CursorAdvanced(CursorAdvanced {
             kind: "dirsync".into(),

@@ -48,6 +48,15 @@ pub enum Error {
     /// the caller must fall back to a full import. Nothing was imported.
     #[error("source rejected the sync cookie (a full import is needed): {0}")]
     SourceCookieRejected(String),
+    /// The target failed: unreachable, credentials refused (401), errors after retries.
+    #[error("target: {0}")]
+    Target(String),
+    /// The deletion guard held this cycle's deletions; nothing was deleted.
+    #[error("deletions held: {0}")]
+    Held(String),
+    /// Another instance holds the sync relationship; nothing was exported.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// Process exit codes (INTERFACE.md).
@@ -74,7 +83,10 @@ impl Error {
             | Error::Refused(_)
             | Error::Io(_)
             | Error::Source(_)
-            | Error::SourceCookieRejected(_) => Exit::Failure,
+            | Error::SourceCookieRejected(_)
+            | Error::Target(_) => Exit::Failure,
+            Error::Held(_) => Exit::Held,
+            Error::Fenced(_) => Exit::Fenced,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod log;
 pub mod project;
 pub mod source;
 pub mod sync;
+pub mod target;
 
 pub use error::{Error, Exit, Result};
 

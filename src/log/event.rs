@@ -191,6 +191,21 @@ pub struct ExportApplied {
     /// The target-side state we now own for this object (mapped attributes), absent on delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<serde_json::Value>,
+    /// The object's version after the export, when the target told (SCIM ETag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+/// An instance checked that it holds the sync relationship and claimed the right to send
+/// one chunk of export operations until `lease_until`. Appended only while the instance's
+/// epoch is current (the append expects the relationship stream's version), so the check
+/// and this record are one atomic step. No request of the chunk is sent after the lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportBatchStarted {
+    pub batch_id: String,
+    pub epoch: u64,
+    pub ops: u64,
+    pub lease_until: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +358,7 @@ events! {
     CursorInvalidated(CursorInvalidated),
     SourceInfoRecorded(SourceInfoRecorded),
     ExportApplied(ExportApplied),
+    ExportBatchStarted(ExportBatchStarted),
     ExportFailed(ExportFailed),
     SyncRelationshipEstablished(SyncRelationshipEstablished),
     SyncRunStarted(SyncRunStarted),

@@ -224,6 +224,9 @@ pub struct LedgerEntry {
     pub owned_since: At,
     pub last_export: At,
     pub epoch: u64,
+    /// The target's version of the object after our last export (SCIM ETag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<At>,
 }
@@ -267,6 +270,7 @@ impl Ledger {
                                 owned_since: m.into(),
                                 last_export: m.into(),
                                 epoch: x.epoch,
+                                etag: x.etag.clone(),
                                 deleted: None,
                             },
                         );
@@ -274,6 +278,7 @@ impl Ledger {
                     ExportOp::Update => {
                         if let Some(l) = self.entries.get_mut(&x.anchor) {
                             l.state.clone_from(&x.state);
+                            l.etag.clone_from(&x.etag);
                             l.last_export = m.into();
                             l.epoch = x.epoch;
                         }
@@ -348,6 +353,14 @@ impl Cursors {
     }
 }
 
+/// An export lease: `instance` may send requests of one chunk until `until_us`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub instance: String,
+    pub epoch: u64,
+    pub until_us: i64,
+}
+
 /// Who may export: the holder of the current epoch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relationship {
@@ -355,15 +368,33 @@ pub struct Relationship {
     pub epoch: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<At>,
+    /// The last export lease taken, by any instance: a new holder waits for it to end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
 }
 
 impl Relationship {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
-        if let Event::SyncRelationshipEstablished(r) = e {
-            self.holder = Some(r.holder.clone());
-            self.epoch = r.epoch;
-            self.since = Some(m.into());
+        match e {
+            Event::SyncRelationshipEstablished(r) => {
+                self.holder = Some(r.holder.clone());
+                self.epoch = r.epoch;
+                self.since = Some(m.into());
+            }
+            Event::ExportBatchStarted(b) => {
+                self.lease = Some(Lease {
+                    instance: m.instance.to_string(),
+                    epoch: b.epoch,
+                    until_us: b.lease_until.timestamp_micros(),
+                });
+            }
+            _ => {}
         }
+    }
+
+    /// May `instance` export now (it holds the current epoch)?
+    pub fn held_by(&self, instance: &str) -> bool {
+        self.holder.as_deref() == Some(instance)
     }
 }
 

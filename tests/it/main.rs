@@ -12,3 +12,5 @@ mod source_props;
 mod source_tls;
 mod sync_ad;
 mod sync_openldap;
+mod target_graph;
+mod target_scim;

@@ -94,6 +94,7 @@ fn random_event(rng: &mut StdRng) -> NewEvent {
             ][rng.gen_range(0..4)],
             target_id: format!("t{}", rng.gen_range(0..100)),
             state: Some(serde_json::json!({"userName": format!("u{}", rng.gen_range(0..9))})),
+            etag: None,
         }),
         16 => Event::ExportFailed(ExportFailed {
             epoch: 1,

@@ -15,12 +15,14 @@
 // Fixtures are a library for every test module: not all of it is used by all.
 #![allow(dead_code, unused_imports)]
 
+pub mod graph;
 pub mod postgres;
 pub mod proc;
 pub mod samba;
 pub mod scim;
 pub mod slapd;
 
+pub use graph::GraphFake;
 pub use postgres::{pg_database, pg_server_pid, pg_server_url};
 pub use samba::Samba;
 pub use scim::{Scim, ScimTenant};

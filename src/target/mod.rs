@@ -1,0 +1,263 @@
+//! Cloud targets: SCIM 2.0 ([`scim`]) and Microsoft Graph ([`graph`]) behind one interface.
+//!
+//! The sync engine never speaks HTTP itself. It hands a target a chunk of planned
+//! [`Op`]s and gets one [`Outcome`] per op back; how the target sends them (concurrent
+//! connections, `$batch` of 20, retries on 429 / 5xx) is the target's business. What the
+//! engine needs for matching it gets from [`Target::list`] and [`Target::candidates`] as
+//! [`RemoteObject`]s. Decisions (what to create, update, delete, match) are pure and live in
+//! [`matching`] and `sync::plan`.
+
+pub mod graph;
+pub mod matching;
+pub mod scim;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{TargetConfig, TargetKind};
+use crate::error::Result;
+use crate::log::event::ObjectKind;
+
+/// A user as the target should hold it (INTERFACE.md mapping).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedUser {
+    /// SCIM `userName` / Graph `userPrincipalName`.
+    pub user_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    /// The work (primary) e-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    pub active: bool,
+}
+
+/// A group as the target should hold it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedGroup {
+    pub display_name: String,
+    /// Target ids of the members (users and groups) that are synced.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub members: BTreeSet<String>,
+}
+
+/// The target-side state of one object: what the plan wants, and what the ledger records
+/// we last exported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Mapped {
+    User(MappedUser),
+    Group(MappedGroup),
+}
+
+impl Mapped {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Mapped::User(_) => ObjectKind::User,
+            Mapped::Group(_) => ObjectKind::Group,
+        }
+    }
+
+    /// The name people know it by: userName for users, displayName for groups.
+    pub fn name(&self) -> &str {
+        match self {
+            Mapped::User(u) => &u.user_name,
+            Mapped::Group(g) => &g.display_name,
+        }
+    }
+}
+
+/// One object found in the target, with what matching needs to know about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteObject {
+    pub kind: ObjectKind,
+    /// The target's id (SCIM `id`, Graph object id).
+    pub id: String,
+    /// The anchor it carries, in dirsync's form (lowercase hyphenated UUID): SCIM
+    /// `externalId` as is, Graph `onPremisesImmutableId` decoded from base64. None when the
+    /// object carries none (a cloud-only object).
+    pub anchor: Option<String>,
+    /// userName (users) or displayName (groups).
+    pub name: String,
+    /// The user's e-mail addresses (empty for groups).
+    pub emails: Vec<String>,
+    /// Its version, when the target offers one (SCIM `meta.version`, for If-Match).
+    pub etag: Option<String>,
+    /// Its current state in the mapped form, when the response carried enough to tell (a
+    /// group listed without its members has `None`). Used to PATCH only what differs after
+    /// a match.
+    pub state: Option<Mapped>,
+}
+
+/// One planned change to the target. Members are target ids, resolved by the planner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create the object carrying `anchor` (SCIM `externalId`, Graph `onPremisesImmutableId`).
+    Create { anchor: String, object: Mapped },
+    /// Change the object from what we last exported (`from`, None when unknown, e.g. right
+    /// after a match without state: then every attribute of `to` is written) to `to`.
+    /// Only the differences are sent.
+    Update {
+        anchor: String,
+        target_id: String,
+        from: Option<Mapped>,
+        to: Mapped,
+        /// The version we last saw, for If-Match.
+        etag: Option<String>,
+    },
+    Delete {
+        anchor: String,
+        kind: ObjectKind,
+        target_id: String,
+    },
+}
+
+impl Op {
+    pub fn anchor(&self) -> &str {
+        match self {
+            Op::Create { anchor, .. } | Op::Update { anchor, .. } | Op::Delete { anchor, .. } => {
+                anchor
+            }
+        }
+    }
+
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Op::Create { object, .. } => object.kind(),
+            Op::Update { to, .. } => to.kind(),
+            Op::Delete { kind, .. } => *kind,
+        }
+    }
+}
+
+/// Why an operation (or a read) failed, after the target's own retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetError {
+    /// The HTTP status, if the target answered.
+    pub status: Option<u16>,
+    /// One line, for the log and the operator; never a secret.
+    pub message: String,
+    /// The whole cycle must stop (401: the token was revoked or is wrong). Everything not
+    /// yet sent is [`Outcome::NotAttempted`].
+    pub fatal: bool,
+}
+
+impl TargetError {
+    pub fn new(status: Option<u16>, message: impl Into<String>) -> TargetError {
+        TargetError {
+            status,
+            message: message.into(),
+            fatal: status == Some(401),
+        }
+    }
+}
+
+impl std::fmt::Display for TargetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "HTTP {s}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl From<TargetError> for crate::error::Error {
+    fn from(e: TargetError) -> Self {
+        crate::error::Error::Target(e.to_string())
+    }
+}
+
+/// What happened to one [`Op`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done in the target. `target_id` is the created object's id (for updates and deletes,
+    /// the op's own); `etag` its new version when the response told.
+    Applied {
+        target_id: String,
+        etag: Option<String>,
+    },
+    /// The target refused it or kept failing; recorded as ExportFailed, retried next cycle.
+    Failed(TargetError),
+    /// Never sent: the deadline passed or a fatal error stopped the chunk. Not recorded.
+    NotAttempted,
+}
+
+/// What every target does. `apply` returns exactly one outcome per op, in order.
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    /// Reach the target and check the credentials (a cheap authenticated GET).
+    async fn probe(&self) -> Result<(), TargetError>;
+    /// Every object of `kind` in the target (all pages).
+    async fn list(&self, kind: ObjectKind) -> Result<Vec<RemoteObject>, TargetError>;
+    /// The objects that could match `object`: those carrying `anchor`, and (users) those
+    /// whose userName or an e-mail equals the object's userName or e-mail, (groups) whose
+    /// displayName equals it. Used instead of [`list`](Self::list) when few objects are new.
+    async fn candidates(
+        &self,
+        anchor: &str,
+        object: &Mapped,
+    ) -> Result<Vec<RemoteObject>, TargetError>;
+    /// Send `ops`. An op not started before `deadline` is [`Outcome::NotAttempted`] (the
+    /// fencing lease, see `sync::export`).
+    async fn apply(&self, ops: &[Op], deadline: Instant) -> Vec<Outcome>;
+}
+
+/// How long one HTTP request may take before it counts as failed (and may be retried).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The configured target.
+pub enum AnyTarget {
+    Scim(scim::ScimTarget),
+    Graph(graph::GraphTarget),
+}
+
+impl AnyTarget {
+    /// Build the client from the configuration (secrets are resolved here). No request is
+    /// made: call [`Target::probe`] for that.
+    pub fn from_config(cfg: &TargetConfig) -> Result<AnyTarget> {
+        Ok(match cfg.kind {
+            TargetKind::Scim => AnyTarget::Scim(scim::ScimTarget::from_config(cfg)?),
+            TargetKind::Graph => AnyTarget::Graph(graph::GraphTarget::from_config(cfg)?),
+        })
+    }
+}
+
+impl Target for AnyTarget {
+    async fn probe(&self) -> Result<(), TargetError> {
+        match self {
+            AnyTarget::Scim(t) => t.probe().await,
+            AnyTarget::Graph(t) => t.probe().await,
+        }
+    }
+    async fn list(&self, kind: ObjectKind) -> Result<Vec<RemoteObject>, TargetError> {
+        match self {
+            AnyTarget::Scim(t) => t.list(kind).await,
+            AnyTarget::Graph(t) => t.list(kind).await,
+        }
+    }
+    async fn candidates(
+        &self,
+        anchor: &str,
+        object: &Mapped,
+    ) -> Result<Vec<RemoteObject>, TargetError> {
+        match self {
+            AnyTarget::Scim(t) => t.candidates(anchor, object).await,
+            AnyTarget::Graph(t) => t.candidates(anchor, object).await,
+        }
+    }
+    async fn apply(&self, ops: &[Op], deadline: Instant) -> Vec<Outcome> {
+        match self {
+            AnyTarget::Scim(t) => t.apply(ops, deadline).await,
+            AnyTarget::Graph(t) => t.apply(ops, deadline).await,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Graph target against the fake Graph server (issue 4): being written.

@@ -1,0 +1,1 @@
+//! SCIM target against scim2-server (issue 4): being written.
