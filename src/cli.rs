@@ -40,8 +40,23 @@ pub enum Command {
     /// Instance lifecycle, recorded in the log.
     #[command(subcommand)]
     Instance(InstanceCommand),
-    /// One sync cycle: import (delta from the instance's cursor, or full) into the log.
+    /// One sync cycle: import (delta from the instance's cursor, or full) -> plan -> guard
+    /// -> export.
     Sync(SyncArgs),
+    /// Deletions held by the guard, and their approval.
+    #[command(subcommand)]
+    Deletions(DeletionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeletionsCommand {
+    /// Held deletion lists, each with its plan hash and anchors.
+    Show,
+    /// Release exactly the list with this hash (a different list needs its own approval).
+    Approve {
+        #[arg(long, value_name = "HASH")]
+        plan: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,12 +67,15 @@ pub struct SyncArgs {
     /// A full import instead of a delta from the cursor.
     #[arg(long)]
     pub full: bool,
-    /// Import (and plan) only; export nothing. Required until the export side lands.
+    /// Import and plan only; export nothing.
     #[arg(long)]
     pub staging: bool,
-    /// Read the source and print what would be recorded; write nothing.
+    /// Read the source (and the target, for matching) and print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Establish a new sync relationship epoch for this instance first (fences the holder).
+    #[arg(long, conflicts_with_all = ["staging", "dry_run"])]
+    pub take_over: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::cli::{
-    host_name, Cli, Command, Format, InstanceCommand, LogCommand, ReplayArgs, SyncArgs,
+    host_name, Cli, Command, DeletionsCommand, Format, InstanceCommand, LogCommand, ReplayArgs,
+    SyncArgs,
 };
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
@@ -39,6 +40,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Replay(a) => replay_cmd(&open(&cfg).await?, a, fmt).await,
         Command::Instance(c) => instance(&open(&cfg).await?, c, fmt).await,
         Command::Sync(a) => sync(&cfg, a, fmt).await,
+        Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
     }
 }
 
@@ -509,63 +511,233 @@ fn list_instances(state: &State, fmt: Format) -> Result<Exit> {
 }
 
 async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
-    if !a.staging && !a.dry_run {
-        return Err(Error::BadInput(
-            "exporting to the target is not built yet: run `dirsync sync --staging` (import only) or --dry-run".into(),
-        ));
-    }
     cfg.source()?;
     let store = open(cfg).await?;
-    let opts = crate::sync::run::ImportOptions {
+    let opts = crate::sync::export::SyncOptions {
         instance: a.instance.unwrap_or_else(host_name),
         full: a.full,
+        staging: a.staging,
         dry_run: a.dry_run,
+        take_over: a.take_over,
     };
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let r = crate::sync::run::import(cfg, &store, &opts, &bar).await;
+    let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
     bar.finish_and_clear();
     let r = r?;
     match fmt {
         Format::Json => emit_json(&serde_json::to_value(&r).map_err(Error::store)?)?,
-        Format::Table => {
-            let mut out = format!(
-                "{} import for {} (run {}){}\n",
-                r.mode,
-                r.instance,
-                r.run_id,
-                if r.dry_run {
-                    ", dry run: nothing recorded"
-                } else {
-                    ""
+        Format::Table => print(&sync_table(&r))?,
+    }
+    if let (Some(h), Some(why)) = (&r.held_plan, &r.held_reason) {
+        eprintln!(
+            "dirsync: {} deletion(s) held: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {h}`",
+            r.held
+        );
+    }
+    Ok(r.exit())
+}
+
+fn sync_table(r: &crate::sync::export::SyncReport) -> String {
+    let i = &r.import;
+    let mut out = format!(
+        "{} for {} (run {}): {} import{}\n",
+        r.mode,
+        r.instance,
+        r.run_id,
+        i.mode,
+        match r.epoch {
+            Some(e) => format!(", relationship epoch {e}"),
+            None => String::new(),
+        }
+    );
+    if let Some(f) = &i.fallback {
+        out.push_str(&format!("full import because {f}\n"));
+    }
+    out.push_str(&table(
+        &[
+            "SEEN",
+            "ADDED",
+            "CHANGED",
+            "DELETED",
+            "LEFT SCOPE",
+            "REFERRALS SKIPPED",
+            "EVENTS",
+        ],
+        &[vec![
+            i.seen.to_string(),
+            i.added.to_string(),
+            i.changed.to_string(),
+            i.deleted.to_string(),
+            i.left_scope.to_string(),
+            i.referrals_skipped.to_string(),
+            i.events.to_string(),
+        ]],
+    ));
+    if !r.plan.is_empty() {
+        out.push_str("\nplan:\n");
+        let rows: Vec<Vec<String>> = r
+            .plan
+            .iter()
+            .map(|p| {
+                vec![
+                    p.op.to_string(),
+                    p.kind.as_str().to_string(),
+                    p.anchor.clone(),
+                    p.name.clone(),
+                    p.target_id.clone().unwrap_or_default(),
+                    p.detail.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["OP", "KIND", "ANCHOR", "NAME", "TARGET ID", "DETAIL"],
+            &rows,
+        ));
+    } else if r.mode != "sync" {
+        out.push_str("\nplan: nothing to export\n");
+    }
+    if r.mode == "sync" || r.held > 0 {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "CREATED",
+                "UPDATED",
+                "DELETED",
+                "MATCHED",
+                "HELD",
+                "CONFLICTS",
+                "FAILURES",
+                "UNMAPPABLE",
+            ],
+            &[vec![
+                r.created.to_string(),
+                r.updated.to_string(),
+                r.deleted.to_string(),
+                r.matched.to_string(),
+                r.held.to_string(),
+                r.conflicts.to_string(),
+                r.failures.to_string(),
+                r.unmappable.to_string(),
+            ]],
+        ));
+    }
+    if !r.problems.is_empty() {
+        out.push_str("\nproblems:\n");
+        let rows: Vec<Vec<String>> = r
+            .problems
+            .iter()
+            .map(|p| vec![p.problem.to_string(), p.anchor.clone(), p.detail.clone()])
+            .collect();
+        out.push_str(&table(&["PROBLEM", "ANCHOR", "DETAIL"], &rows));
+    }
+    out
+}
+
+async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result<Exit> {
+    let state = crate::project::replay::refresh(store, 10_000).await?;
+    match c {
+        DeletionsCommand::Show => {
+            let names = |anchor: &str| {
+                state
+                    .ledger
+                    .entries
+                    .get(anchor)
+                    .and_then(|l| l.state.as_ref())
+                    .and_then(|v| serde_json::from_value::<crate::target::Mapped>(v.clone()).ok())
+                    .map(|m| m.name().to_string())
+                    .unwrap_or_default()
+            };
+            let plans: Vec<serde_json::Value> = state
+                .guard
+                .plans
+                .iter()
+                .map(|(h, p)| {
+                    json!({
+                        "plan_hash": h,
+                        "reason": p.reason,
+                        "held_at": crate::output::time(p.held.at_us),
+                        "approved": p.approved.map(|a| crate::output::time(a.at_us)),
+                        "count": p.anchors.len(),
+                        "deletions": p.anchors.iter().map(|a| json!({
+                            "anchor": a,
+                            "name": names(a),
+                            "kind": state.ledger.entries.get(a).map(|l| l.kind.as_str()),
+                            "target_id": state.ledger.entries.get(a).map(|l| l.target_id.clone()),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            match fmt {
+                Format::Json => emit_json(&json!(plans))?,
+                Format::Table => {
+                    let mut out = String::new();
+                    if plans.is_empty() {
+                        out.push_str("no deletions held\n");
+                    }
+                    for (h, p) in &state.guard.plans {
+                        out.push_str(&format!(
+                            "plan {h}: {} deletion(s), held {} ({}){}\n",
+                            p.anchors.len(),
+                            crate::output::time(p.held.at_us),
+                            p.reason,
+                            match p.approved {
+                                Some(a) => format!(", approved {}", crate::output::time(a.at_us)),
+                                None => String::new(),
+                            }
+                        ));
+                        let rows: Vec<Vec<String>> = p
+                            .anchors
+                            .iter()
+                            .map(|a| {
+                                let l = state.ledger.entries.get(a);
+                                vec![
+                                    a.clone(),
+                                    l.map(|l| l.kind.as_str().to_string()).unwrap_or_default(),
+                                    names(a),
+                                    l.map(|l| l.target_id.clone()).unwrap_or_default(),
+                                ]
+                            })
+                            .collect();
+                        out.push_str(&table(&["ANCHOR", "KIND", "NAME", "TARGET ID"], &rows));
+                    }
+                    print(&out)?;
                 }
-            );
-            if let Some(f) = &r.fallback {
-                out.push_str(&format!("full import because {f}\n"));
             }
-            out.push_str(&table(
-                &[
-                    "SEEN",
-                    "ADDED",
-                    "CHANGED",
-                    "DELETED",
-                    "LEFT SCOPE",
-                    "REFERRALS SKIPPED",
-                    "EVENTS",
-                ],
-                &[vec![
-                    r.seen.to_string(),
-                    r.added.to_string(),
-                    r.changed.to_string(),
-                    r.deleted.to_string(),
-                    r.left_scope.to_string(),
-                    r.referrals_skipped.to_string(),
-                    r.events.to_string(),
-                ]],
-            ));
-            print(&out)?;
+            Ok(Exit::Ok)
+        }
+        DeletionsCommand::Approve { plan } => {
+            let Some(p) = state.guard.plans.get(&plan) else {
+                return Err(Error::BadInput(format!(
+                    "no held deletions with plan hash {plan}: see `dirsync deletions show`"
+                )));
+            };
+            if p.approved.is_none() {
+                store
+                    .append(
+                        crate::log::store::Batch::new(vec![crate::log::NewEvent::new(
+                            stream::GUARD,
+                            host_name(),
+                            crate::log::event::Event::DeletionsApproved(
+                                crate::log::event::DeletionsApproved {
+                                    plan_hash: plan.clone(),
+                                    approved_by: std::env::var("USER").ok(),
+                                },
+                            ),
+                        )])
+                        .idempotency_key(format!("approve/{plan}")),
+                    )
+                    .await?;
+            }
+            match fmt {
+                Format::Json => emit_json(&json!({"approved": plan, "count": p.anchors.len()}))?,
+                Format::Table => print(&format!(
+                    "approved {} deletion(s) of plan {plan}: the next sync exports exactly these\n",
+                    p.anchors.len()
+                ))?,
+            }
+            Ok(Exit::Ok)
         }
     }
-    Ok(Exit::Ok)
 }

@@ -9,6 +9,7 @@
 
 pub mod ad;
 pub mod ldap;
+pub mod mapping;
 pub mod openldap;
 
 pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport};

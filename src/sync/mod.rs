@@ -1,6 +1,8 @@
 //! The sync engine: import -> plan -> guard -> export. Decisions are pure functions of the
 //! projections; only the runners talk to servers and the log.
 
+pub mod export;
 pub mod import;
+pub mod plan;
 pub mod run;
 pub mod scope;

@@ -63,6 +63,9 @@ pub struct ImportReport {
     pub dry_run: bool,
     /// The log's last seq after the import.
     pub seq: u64,
+    /// On a dry run, the events that would have been recorded (for planning on top).
+    #[serde(skip)]
+    pub planned: Vec<Event>,
 }
 
 /// A connected source directory.
@@ -386,6 +389,12 @@ fn cursor_unusable(state: &State, instance: &str, kind: &str, now_us: i64) -> Op
     })
 }
 
+/// Connect and bind to the source, then hang up: the check made before anything is recorded.
+pub(crate) async fn probe_source(cfg: &SourceConfig) -> Result<()> {
+    Source::connect(cfg).await?.close().await;
+    Ok(())
+}
+
 /// One import for `opts.instance`: full, or delta from its cursor.
 pub async fn import(
     cfg: &Config,
@@ -406,7 +415,7 @@ pub async fn import(
     }
     // Reach and bind before recording anything: a wrong password or an unreachable server
     // leaves the log untouched.
-    Source::connect(&src_cfg).await?.close().await;
+    probe_source(&src_cfg).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let inst_stream = stream::instance(&opts.instance);
     if !opts.dry_run {
@@ -446,7 +455,8 @@ pub async fn import(
     result
 }
 
-async fn import_run(
+/// The import itself, without the run's start and end events (the caller records them).
+pub(crate) async fn import_run(
     store: &AnyStore,
     src_cfg: &SourceConfig,
     scope: &Scope,
@@ -619,6 +629,7 @@ async fn import_run(
         report.events = batch.len() as u64;
         if opts.dry_run {
             report.seq = state.seq;
+            report.planned = batch.into_iter().map(|e| e.event).collect();
             return Ok(report);
         }
         match store

@@ -99,6 +99,8 @@ pub struct RemoteObject {
 }
 
 /// One planned change to the target. Members are target ids, resolved by the planner.
+// Ops live only for one chunk; boxing the update's states would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Create the object carrying `anchor` (SCIM `externalId`, Graph `onPremisesImmutableId`).

@@ -55,7 +55,8 @@ fn sync_run(dir: &Path, extra: &[&str]) -> Run {
 fn sync(dir: &Path, extra: &[&str]) -> Value {
     let run = sync_run(dir, extra);
     assert_eq!(run.code, 0, "{run:?}");
-    serde_json::from_str(&run.stdout).unwrap()
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    v["import"].clone()
 }
 
 async fn store(dir: &Path) -> AnyStore {

@@ -386,7 +386,8 @@ fn sync(dir: &Path, extra: &[&str]) -> Value {
     args.extend_from_slice(extra);
     let run = dirsync(dir, &args);
     assert_eq!(run.code, 0, "{run:?}");
-    serde_json::from_str(&run.stdout).unwrap()
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    v["import"].clone()
 }
 
 async fn state(dir: &Path) -> State {

@@ -68,7 +68,7 @@ impl Lab {
         let run = dirsync(self.dir.path(), &args);
         assert_eq!(run.code, 0, "{run:?}");
         let v: Value = serde_json::from_str(&run.stdout).unwrap();
-        (run, v)
+        (run, v["import"].clone())
     }
 
     async fn store(&self) -> AnyStore {

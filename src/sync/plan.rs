@@ -1,0 +1,461 @@
+//! The plan and the deletion guard (pure): what the target must receive for it to equal
+//! the source projection, mapped, given the ownership ledger; and whether this cycle's
+//! deletions may go out.
+//!
+//! Inputs are projections only (no I/O), so `--dry-run`, `--staging`, the export runner and
+//! the tests all compute exactly the same plan from the same log.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{SourceKind, Threshold};
+use crate::log::event::ObjectKind;
+use crate::project::State;
+use crate::source::mapping::{map_object, resolve_group, Desired};
+use crate::target::{Mapped, Op};
+
+/// The deletion guard's rolling window: deletions exported within it count together.
+pub const GUARD_WINDOW_US: i64 = 24 * 3600 * 1_000_000;
+
+/// Deletions are held when the source holds fewer than this share of what we own: a source
+/// that suddenly returns little (an emptied OU, a wrong base DN) is not "delete everything".
+pub const SHRUNK_SOURCE_RATIO: f64 = 0.5;
+
+/// What the target needs, as operations; new objects still need matching.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Anchors the ledger does not own: matched against the target first, created if
+    /// nothing matches. Sorted by anchor.
+    pub new: Vec<(String, Mapped)>,
+    /// Owned objects whose mapped state differs from what we last exported.
+    pub updates: Vec<Op>,
+    /// Owned objects no longer live in scope in the source.
+    pub deletes: Vec<Op>,
+    /// Source objects that cannot be exported, and why (e.g. no userName).
+    pub unmappable: Vec<(String, String)>,
+    /// Group members not (yet) in the target, left out of their groups for now.
+    pub unresolved_members: usize,
+    /// Live, in-scope source objects of the kinds planned.
+    pub live: u64,
+    /// Objects the ledger owns (all kinds).
+    pub owned: u64,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.new.is_empty() && self.updates.is_empty() && self.deletes.is_empty()
+    }
+
+    /// The anchors of the planned deletions, sorted: what the guard and approvals hash.
+    pub fn delete_anchors(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .deletes
+            .iter()
+            .map(|d| d.anchor().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// The plan for objects of `only` (all kinds when None). Deletions are always planned for
+/// every kind, since the guard must see them all.
+pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) -> Plan {
+    let ledger = &state.ledger;
+    let mut out = Plan {
+        owned: ledger.owned().count() as u64,
+        ..Default::default()
+    };
+    // Sorted, so the plan (and what dry-run prints) is the same every time.
+    let live: BTreeMap<&String, _> = state.objects.live().collect();
+    // A member is in its group in the target when it is live in the source and owned.
+    let resolve = |anchor: &str| {
+        if !live.contains_key(&anchor.to_string()) {
+            return None;
+        }
+        ledger
+            .entries
+            .get(anchor)
+            .filter(|l| l.deleted.is_none())
+            .map(|l| l.target_id.clone())
+    };
+    for (anchor, rec) in &live {
+        if only.is_some_and(|k| k != rec.kind) {
+            continue;
+        }
+        out.live += 1;
+        let desired = match map_object(source_kind, rec) {
+            Ok(d) => d,
+            Err(why) => {
+                out.unmappable.push(((*anchor).clone(), why.0));
+                continue;
+            }
+        };
+        let mapped = match desired {
+            Desired::User(u) => Mapped::User(u),
+            Desired::Group {
+                display_name,
+                members,
+            } => {
+                let (g, unresolved) = resolve_group(&display_name, &members, resolve);
+                out.unresolved_members += unresolved;
+                Mapped::Group(g)
+            }
+        };
+        match ledger.entries.get(*anchor).filter(|l| l.deleted.is_none()) {
+            None => out.new.push(((*anchor).clone(), mapped)),
+            Some(l) => {
+                let last: Option<Mapped> = l
+                    .state
+                    .as_ref()
+                    .and_then(|v| serde_json::from_value(v.clone()).ok());
+                if last.as_ref() != Some(&mapped) {
+                    out.updates.push(Op::Update {
+                        anchor: (*anchor).clone(),
+                        target_id: l.target_id.clone(),
+                        from: last,
+                        to: mapped,
+                        etag: l.etag.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let mut deletes: Vec<Op> = ledger
+        .owned()
+        .filter(|(a, _)| !live.contains_key(a))
+        .map(|(a, l)| Op::Delete {
+            anchor: a.clone(),
+            kind: l.kind,
+            target_id: l.target_id.clone(),
+        })
+        .collect();
+    // Groups first: members are removed with the group, not one by one.
+    deletes.sort_by(|a, b| (b.kind(), a.anchor()).cmp(&(a.kind(), b.anchor())));
+    out.deletes = deletes;
+    out
+}
+
+/// SHA-256 (hex) of the exact, sorted list of anchors: what `deletions approve` names.
+pub fn plan_hash(sorted_anchors: &[String]) -> String {
+    let mut h = Sha256::new();
+    for a in sorted_anchors {
+        h.update(a.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
+/// What the guard decided about a cycle's deletions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to delete, or within every limit.
+    Allow,
+    /// This exact list was approved.
+    Approved { plan_hash: String },
+    /// Hold every deletion of the cycle.
+    Hold { plan_hash: String, reason: String },
+}
+
+/// The guard's inputs, all from projections and the clock.
+#[derive(Clone, Debug)]
+pub struct GuardInput<'a> {
+    /// This cycle's deletions, sorted.
+    pub deletes: &'a [String],
+    /// Objects the ledger owns now.
+    pub owned: u64,
+    /// Live in-scope source objects (all kinds).
+    pub live: u64,
+    /// Deletions exported within the rolling window before now.
+    pub recent: u64,
+    pub threshold: Threshold,
+}
+
+/// Decide (pure). `approved(hash)` tells whether that exact list was approved.
+pub fn guard(i: &GuardInput<'_>, approved: impl Fn(&str) -> bool) -> Verdict {
+    let n = i.deletes.len() as u64;
+    if n == 0 {
+        return Verdict::Allow;
+    }
+    let plan_hash = plan_hash(i.deletes);
+    if approved(&plan_hash) {
+        return Verdict::Approved { plan_hash };
+    }
+    let limit = i.threshold.limit(i.owned);
+    let hold = |reason: String| Verdict::Hold {
+        plan_hash: plan_hash.clone(),
+        reason,
+    };
+    if i.live == 0 {
+        return hold(format!(
+            "the source returned no objects while {} are owned in the target: an empty source is never \"delete everything\"",
+            i.owned
+        ));
+    }
+    if (i.live as f64) < (i.owned as f64) * SHRUNK_SOURCE_RATIO {
+        return hold(format!(
+            "the source holds {} objects, far fewer than the {} owned in the target",
+            i.live, i.owned
+        ));
+    }
+    if n > limit {
+        return hold(format!(
+            "{n} deletions exceed the deletion threshold of {limit} per cycle"
+        ));
+    }
+    if i.recent + n > limit {
+        return hold(format!(
+            "{n} deletions after {} in the last 24 hours exceed the deletion threshold of {limit}",
+            i.recent
+        ));
+    }
+    Verdict::Allow
+}
+
+/// Deletions exported in the rolling window before `now_us` (from the ledger).
+pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
+    state
+        .ledger
+        .entries
+        .values()
+        .filter(|l| {
+            l.deleted
+                .is_some_and(|d| d.at_us > now_us - GUARD_WINDOW_US)
+        })
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::event::{
+        AttrValue, DeletionEvidence, Event, ExportApplied, ExportOp, ObjectDeleted, ObjectImported,
+        SourceObject,
+    };
+    use crate::project::Meta;
+    use std::collections::BTreeSet;
+
+    struct Given {
+        state: State,
+        seq: u64,
+    }
+
+    impl Given {
+        fn new() -> Given {
+            Given {
+                state: State::default(),
+                seq: 0,
+            }
+        }
+        fn event(mut self, e: Event) -> Given {
+            self.seq += 1;
+            let m = Meta {
+                seq: self.seq,
+                instance: "a",
+                recorded_at_us: self.seq as i64,
+            };
+            self.state.apply(&m, &e);
+            self
+        }
+        fn user(self, anchor: &str, upn: &str) -> Given {
+            self.event(Event::ObjectImported(ObjectImported {
+                object: SourceObject {
+                    anchor: anchor.into(),
+                    kind: ObjectKind::User,
+                    dn: format!("CN={anchor},DC=t"),
+                    attrs: [(
+                        "userprincipalname".to_string(),
+                        vec![AttrValue::Text(upn.into())],
+                    )]
+                    .into_iter()
+                    .collect(),
+                    members: BTreeSet::new(),
+                },
+                returned: false,
+            }))
+        }
+        fn group(self, anchor: &str, cn: &str, members: &[&str]) -> Given {
+            self.event(Event::ObjectImported(ObjectImported {
+                object: SourceObject {
+                    anchor: anchor.into(),
+                    kind: ObjectKind::Group,
+                    dn: format!("CN={cn},DC=t"),
+                    attrs: [("cn".to_string(), vec![AttrValue::Text(cn.into())])]
+                        .into_iter()
+                        .collect(),
+                    members: members.iter().map(|s| s.to_string()).collect(),
+                },
+                returned: false,
+            }))
+        }
+        fn exported(self, anchor: &str, id: &str, state: &Mapped) -> Given {
+            let kind = state.kind();
+            self.event(Event::ExportApplied(ExportApplied {
+                epoch: 1,
+                anchor: anchor.into(),
+                kind,
+                op: ExportOp::Create,
+                target_id: id.into(),
+                state: Some(serde_json::to_value(state).unwrap()),
+                etag: None,
+            }))
+        }
+        fn deleted(self, anchor: &str) -> Given {
+            self.event(Event::ObjectDeleted(ObjectDeleted {
+                anchor: anchor.into(),
+                evidence: DeletionEvidence::SyncDelete {
+                    phase: "delete".into(),
+                },
+            }))
+        }
+    }
+
+    fn u(upn: &str) -> Mapped {
+        Mapped::User(crate::target::MappedUser {
+            user_name: upn.into(),
+            active: true,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn new_objects_then_nothing_once_exported() {
+        let g = Given::new().user("a1", "ann@t").user("a2", "bob@t");
+        let p = plan(&g.state, SourceKind::Ad, None);
+        assert_eq!(p.new.len(), 2);
+        assert_eq!(p.new[0].0, "a1");
+        let g = g
+            .exported("a1", "T1", &u("ann@t"))
+            .exported("a2", "T2", &u("bob@t"));
+        let p = plan(&g.state, SourceKind::Ad, None);
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn changes_become_updates_from_the_ledger_state() {
+        let g = Given::new()
+            .user("a1", "ann@t")
+            .exported("a1", "T1", &u("old@t"));
+        let p = plan(&g.state, SourceKind::Ad, None);
+        assert_eq!(
+            p.updates,
+            vec![Op::Update {
+                anchor: "a1".into(),
+                target_id: "T1".into(),
+                from: Some(u("old@t")),
+                to: u("ann@t"),
+                etag: None
+            }]
+        );
+    }
+
+    #[test]
+    fn deletions_and_group_members_resolve_through_the_ledger() {
+        let g = Given::new()
+            .user("a1", "ann@t")
+            .user("a2", "bob@t")
+            .group("g1", "Staff", &["a1", "a2"])
+            .exported("a1", "T1", &u("ann@t"));
+        let p = plan(&g.state, SourceKind::Ad, Some(ObjectKind::Group));
+        assert_eq!(p.unresolved_members, 1);
+        let Mapped::Group(gr) = &p.new[0].1 else {
+            panic!()
+        };
+        assert_eq!(gr.members, BTreeSet::from(["T1".to_string()]));
+        let g = g.deleted("a1");
+        let p = plan(&g.state, SourceKind::Ad, None);
+        assert_eq!(p.delete_anchors(), vec!["a1".to_string()]);
+        let Mapped::Group(gr) = &p.new.iter().find(|(a, _)| a == "g1").unwrap().1 else {
+            panic!()
+        };
+        assert!(gr.members.is_empty(), "a deleted member is not resolved");
+    }
+
+    #[test]
+    fn unmappable_users_are_reported() {
+        let g = Given::new().user("a1", "  ");
+        let p = plan(&g.state, SourceKind::Ad, None);
+        assert!(p.new.is_empty());
+        assert_eq!(p.unmappable.len(), 1);
+    }
+
+    fn anchors(n: usize) -> Vec<String> {
+        let mut v: Vec<String> = (0..n).map(|i| format!("a{i:05}")).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn guard_holds_over_threshold_until_exactly_that_list_is_approved() {
+        let d = anchors(600);
+        let input = GuardInput {
+            deletes: &d,
+            owned: 2000,
+            live: 1400,
+            recent: 0,
+            threshold: Threshold::Count(500),
+        };
+        let Verdict::Hold { plan_hash, .. } = guard(&input, |_| false) else {
+            panic!("600 > 500 must hold")
+        };
+        assert_eq!(plan_hash, super::plan_hash(&d));
+        assert_eq!(
+            guard(&input, |h| h == plan_hash),
+            Verdict::Approved {
+                plan_hash: plan_hash.clone()
+            }
+        );
+        let d2 = anchors(601);
+        let input2 = GuardInput {
+            deletes: &d2,
+            ..input.clone()
+        };
+        assert!(matches!(
+            guard(&input2, |h| h == plan_hash),
+            Verdict::Hold { .. }
+        ));
+    }
+
+    #[test]
+    fn guard_counts_percent_window_and_empty_or_shrunk_sources() {
+        let d = anchors(10);
+        let base = GuardInput {
+            deletes: &d,
+            owned: 200,
+            live: 190,
+            recent: 0,
+            threshold: Threshold::Percent(10.0),
+        };
+        assert_eq!(guard(&base, |_| false), Verdict::Allow);
+        let windowed = GuardInput {
+            recent: 15,
+            ..base.clone()
+        };
+        assert!(matches!(guard(&windowed, |_| false), Verdict::Hold { .. }));
+        let empty = GuardInput {
+            live: 0,
+            threshold: Threshold::Count(1000),
+            ..base.clone()
+        };
+        assert!(
+            matches!(guard(&empty, |_| false), Verdict::Hold { reason, .. } if reason.contains("no objects"))
+        );
+        let shrunk = GuardInput {
+            live: 60,
+            threshold: Threshold::Count(1000),
+            ..base.clone()
+        };
+        assert!(matches!(guard(&shrunk, |_| false), Verdict::Hold { .. }));
+        assert_eq!(
+            guard(
+                &GuardInput {
+                    deletes: &[],
+                    ..base
+                },
+                |_| false
+            ),
+            Verdict::Allow
+        );
+    }
+}
