@@ -692,9 +692,16 @@ impl Cycle<'_> {
                             anchor,
                             kind,
                             remote,
-                            ..
+                            soft,
                         } => {
                             report.matched += 1;
+                            // A soft match records no state: the next update writes every
+                            // attribute and the anchor, making it a hard match from then on.
+                            let state = if soft {
+                                None
+                            } else {
+                                remote.state.as_ref().and_then(to_value)
+                            };
                             taken.push(NewEvent::new(
                                 stream::TARGET,
                                 self.instance,
@@ -704,7 +711,7 @@ impl Cycle<'_> {
                                     kind,
                                     op: ExportOp::Match,
                                     target_id: remote.id,
-                                    state: remote.state.as_ref().and_then(to_value),
+                                    state,
                                     etag: remote.etag,
                                 }),
                             ));

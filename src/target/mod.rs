@@ -107,7 +107,9 @@ pub enum Op {
     Create { anchor: String, object: Mapped },
     /// Change the object from what we last exported (`from`, None when unknown, e.g. right
     /// after a match without state: then every attribute of `to` is written) to `to`.
-    /// Only the differences are sent.
+    /// Only the differences are sent. When `from` is None the anchor is written too (SCIM
+    /// `externalId`, Graph `onPremisesImmutableId` / the group anchor): that is how a soft
+    /// match becomes a hard one for every later cycle.
     Update {
         anchor: String,
         target_id: String,
