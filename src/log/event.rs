@@ -208,6 +208,15 @@ pub struct ExportBatchStarted {
     pub lease_until: DateTime<Utc>,
 }
 
+/// The requests of a claimed chunk are all answered (or abandoned) and their outcomes are
+/// recorded with this event: the lease ends early.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportBatchCompleted {
+    pub batch_id: String,
+    pub applied: u64,
+    pub failed: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportFailed {
     pub epoch: u64,
@@ -359,6 +368,7 @@ events! {
     SourceInfoRecorded(SourceInfoRecorded),
     ExportApplied(ExportApplied),
     ExportBatchStarted(ExportBatchStarted),
+    ExportBatchCompleted(ExportBatchCompleted),
     ExportFailed(ExportFailed),
     SyncRelationshipEstablished(SyncRelationshipEstablished),
     SyncRunStarted(SyncRunStarted),

@@ -356,6 +356,7 @@ impl Cursors {
 /// An export lease: `instance` may send requests of one chunk until `until_us`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    pub batch_id: String,
     pub instance: String,
     pub epoch: u64,
     pub until_us: i64,
@@ -383,10 +384,16 @@ impl Relationship {
             }
             Event::ExportBatchStarted(b) => {
                 self.lease = Some(Lease {
+                    batch_id: b.batch_id.clone(),
                     instance: m.instance.to_string(),
                     epoch: b.epoch,
                     until_us: b.lease_until.timestamp_micros(),
                 });
+            }
+            Event::ExportBatchCompleted(b) => {
+                if self.lease.as_ref().is_some_and(|l| l.batch_id == b.batch_id) {
+                    self.lease = None;
+                }
             }
             _ => {}
         }

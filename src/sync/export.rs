@@ -34,7 +34,7 @@ use super::scope::Scope;
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, DeletionsHeld, Event, ExportApplied, ExportBatchStarted, ExportFailed, ExportOp,
+    stream, DeletionsHeld, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp,
     ObjectKind, SyncRelationshipEstablished, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
 };
 use crate::log::store::{Batch, Expected};
@@ -299,19 +299,8 @@ pub async fn sync(
         epoch: fence.map(|f| f.epoch),
         ..Default::default()
     };
-    let inst_stream = stream::instance(&opts.instance);
     if !opts.dry_run {
-        store
-            .append(Batch::new(vec![NewEvent::new(
-                inst_stream.clone(),
-                opts.instance.clone(),
-                Event::SyncRunStarted(SyncRunStarted {
-                    run_id: report.run_id.clone(),
-                    full: opts.full,
-                    mode: mode.into(),
-                }),
-            )]))
-            .await?;
+        run_started(store, &report, opts.full).await?;
     }
     let run = Cycle {
         store,
@@ -348,30 +337,93 @@ pub async fn sync(
     }
     .await;
     if !opts.dry_run {
-        let end = match &result {
-            Ok(()) => Event::SyncRunCompleted(SyncRunCompleted {
-                run_id: report.run_id.clone(),
-                created: report.created,
-                updated: report.updated,
-                deleted: report.deleted,
-                matched: report.matched,
-                held: report.held,
-                failed: report.failures,
-            }),
-            Err(e) => Event::SyncRunFailed(SyncRunFailed {
-                run_id: report.run_id.clone(),
-                error: e.to_string(),
-            }),
-        };
-        store
-            .append(Batch::new(vec![NewEvent::new(
-                inst_stream,
-                opts.instance.clone(),
-                end,
-            )]))
-            .await?;
-        replay::refresh(store, 10_000).await?;
+        run_ended(store, &report, &result).await?;
     }
+    result.map(|()| report)
+}
+
+async fn run_started(store: &AnyStore, report: &SyncReport, full: bool) -> Result<()> {
+    store
+        .append(Batch::new(vec![NewEvent::new(
+            stream::instance(&report.instance),
+            report.instance.clone(),
+            Event::SyncRunStarted(SyncRunStarted {
+                run_id: report.run_id.clone(),
+                full,
+                mode: report.mode.clone(),
+            }),
+        )]))
+        .await?;
+    Ok(())
+}
+
+async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -> Result<()> {
+    let end = match result {
+        Ok(()) => Event::SyncRunCompleted(SyncRunCompleted {
+            run_id: report.run_id.clone(),
+            created: report.created,
+            updated: report.updated,
+            deleted: report.deleted,
+            matched: report.matched,
+            held: report.held,
+            failed: report.failures,
+        }),
+        Err(e) => Event::SyncRunFailed(SyncRunFailed {
+            run_id: report.run_id.clone(),
+            error: e.to_string(),
+        }),
+    };
+    store
+        .append(Batch::new(vec![NewEvent::new(
+            stream::instance(&report.instance),
+            report.instance.clone(),
+            end,
+        )]))
+        .await?;
+    replay::refresh(store, 10_000).await?;
+    Ok(())
+}
+
+/// What [`export_log`] needs besides the store and the target.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub instance: String,
+    /// How source objects map (INTERFACE.md differs per kind).
+    pub source_kind: SourceKind,
+    pub threshold: crate::config::Threshold,
+    pub take_over: bool,
+}
+
+/// Export what the log already holds, without reading the source: plan -> guard -> export,
+/// under the relationship like any sync. (Benchmarks; rebuilding a target from the log.)
+pub async fn export_log(
+    store: &AnyStore,
+    target: &AnyTarget,
+    opts: &ExportOptions,
+    progress: &ProgressBar,
+) -> Result<SyncReport> {
+    let state = replay::refresh(store, 10_000).await?;
+    target.probe().await?;
+    let (fence, state) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+    let mut report = SyncReport {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        instance: opts.instance.clone(),
+        mode: "export".into(),
+        epoch: Some(fence.epoch),
+        ..Default::default()
+    };
+    run_started(store, &report, false).await?;
+    let run = Cycle {
+        store,
+        target: Some(target),
+        source_kind: opts.source_kind,
+        threshold: opts.threshold,
+        instance: &opts.instance,
+        fence: Some(fence),
+        progress,
+    };
+    let result = run.cycle(state, &mut report).await;
+    run_ended(store, &report, &result).await?;
     result.map(|()| report)
 }
 
@@ -792,12 +844,13 @@ impl Cycle<'_> {
             let deadline = Instant::now() + LEASE - LEASE_MARGIN;
             let lease_until = chrono::Utc::now()
                 + chrono::Duration::from_std(LEASE).unwrap_or_else(|_| chrono::Duration::zero());
+            let batch_id = uuid::Uuid::new_v4().to_string();
             self.append_fenced(
                 vec![NewEvent::new(
                     stream::TARGET,
                     self.instance,
                     Event::ExportBatchStarted(ExportBatchStarted {
-                        batch_id: uuid::Uuid::new_v4().to_string(),
+                        batch_id: batch_id.clone(),
                         epoch: fence.epoch,
                         ops: n as u64,
                         lease_until,
@@ -809,7 +862,7 @@ impl Cycle<'_> {
             let outcomes = t.apply(&chunk, deadline).await;
             let mut events = Vec::with_capacity(n);
             let mut fatal = None;
-            let mut sent = 0;
+            let (mut sent, mut failed) = (0, 0);
             for (i, op) in chunk.into_iter().enumerate() {
                 let outcome = outcomes.get(i).cloned().unwrap_or(Outcome::NotAttempted);
                 match outcome {
@@ -845,6 +898,7 @@ impl Cycle<'_> {
                     }
                     Outcome::Failed(e) => {
                         sent += 1;
+                        failed += 1;
                         bar.inc(1);
                         report.failures += 1;
                         report.problem(
@@ -867,10 +921,18 @@ impl Cycle<'_> {
                     Outcome::NotAttempted => queue.push_back(op),
                 }
             }
-            if !events.is_empty() {
-                // Facts about the target: recorded even if the relationship moved meanwhile.
-                self.store.append(Batch::new(events)).await?;
-            }
+            // Facts about the target: recorded even if the relationship moved meanwhile.
+            // The completion ends the lease, so a take-over need not wait for it.
+            events.push(NewEvent::new(
+                stream::TARGET,
+                self.instance,
+                Event::ExportBatchCompleted(ExportBatchCompleted {
+                    batch_id,
+                    applied: sent - failed,
+                    failed,
+                }),
+            ));
+            self.store.append(Batch::new(events)).await?;
             if let Some(e) = fatal {
                 bar.finish_and_clear();
                 return Err(Error::Target(format!(

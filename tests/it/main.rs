@@ -11,6 +11,7 @@ mod source_openldap;
 mod source_props;
 mod source_tls;
 mod sync_ad;
+mod sync_export;
 mod sync_openldap;
 mod target_graph;
 mod target_scim;
