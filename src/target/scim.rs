@@ -20,11 +20,10 @@
 //! The pure parts (resource JSON, PATCH operations, parsing a resource, filters,
 //! `Retry-After`) are free functions with unit tests below.
 //!
-//! Known limits: a create retried after an ambiguous failure (timeout, 5xx) may have been
-//! done by the first attempt; for users the retry then gets 409 (userName is unique) and
-//! the engine finds the object through `candidates` next cycle, for groups a duplicate is
-//! possible when the server allows duplicate displayNames. Updating the e-mail replaces the
-//! whole `emails` list with the one work address dirsync manages.
+//! A create that failed ambiguously (5xx, timeout, connection lost: the server may have done
+//! it) is never re-sent blindly: the object is looked up by its anchor first and taken if
+//! it is there. Updating the e-mail replaces the whole `emails` list with the one work
+//! address dirsync manages.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -238,7 +237,9 @@ impl ScimTarget {
                 ),
             };
             let too_late = gate.deadline.is_some_and(|d| Instant::now() + wait >= d);
-            if attempt == self.attempts || wait > MAX_RETRY_AFTER || too_late {
+            // 429 means "not done": only that may be repeated blindly for a POST.
+            let ambiguous = req.once_if_ambiguous && err.status != Some(429);
+            if attempt == self.attempts || wait > MAX_RETRY_AFTER || too_late || ambiguous {
                 return Err(SendError::Failed(err));
             }
             tracing::warn!(
@@ -335,8 +336,32 @@ impl ScimTarget {
         let kind = object.kind();
         let body = resource_json(anchor, object);
         let what = format!("create {} {anchor}", kind.as_str());
-        let req = Req::new(Method::POST, self.url(&[endpoint(kind)]), what).json(&body);
-        let reply = self.send(&req, gate).await?;
+        let mut req = Req::new(Method::POST, self.url(&[endpoint(kind)]), what).json(&body);
+        req.once_if_ambiguous = true;
+        let mut tries = 1;
+        let reply = loop {
+            match self.send(&req, gate).await {
+                Err(SendError::Failed(e))
+                    if e.status.is_none_or(|s| s >= 500) && tries < self.attempts =>
+                {
+                    // The server may have created it: look before creating again.
+                    let filter = format!("externalId eq {}", filter_string(anchor));
+                    if let Ok(found) = self.query(kind, Some(&filter)).await {
+                        if let [one] = found.as_slice() {
+                            return Ok((one.id.clone(), one.etag.clone()));
+                        }
+                    }
+                    let wait = backoff(self.base_delay, tries);
+                    if gate.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                        return Err(SendError::Failed(e));
+                    }
+                    tracing::warn!("scim: {e}; not created, trying again");
+                    tokio::time::sleep(wait).await;
+                    tries += 1;
+                }
+                other => break other?,
+            }
+        };
         if !reply.status.is_success() {
             return Err(SendError::Failed(reply_error(&req.what, &reply)));
         }
@@ -525,6 +550,9 @@ struct Req {
     if_match: Option<String>,
     /// What it is for, in messages: "create user ANCHOR".
     what: String,
+    /// Not safe to send again blindly (a POST): after a 5xx or a transport error the server
+    /// may have done it, so `send` gives up at once and the caller looks before retrying.
+    once_if_ambiguous: bool,
 }
 
 impl Req {
@@ -535,6 +563,7 @@ impl Req {
             body: None,
             if_match: None,
             what,
+            once_if_ambiguous: false,
         }
     }
 
