@@ -900,8 +900,12 @@ async fn stub_429_waits_for_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stub_5xx_is_retried_then_fails() {
+    // A create that failed with 503 may have been done: the target looks it up by its
+    // anchor, finds nothing, and creates it again.
+    let empty = r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":0,"Resources":[]}"#;
     let stub = Stub::start(vec![
         resp(503, &[], ""),
+        resp(200, &[], empty),
         resp(201, &[("ETag", "W/\"9\"")], CREATED),
     ])
     .await;
@@ -910,7 +914,31 @@ async fn stub_5xx_is_retried_then_fails() {
         .apply(&[create(&anchor(), minimal_user("u"))], later())
         .await;
     assert_eq!(applied(&out[0]), ("new-id".into(), Some("W/\"9\"".into())));
-    assert_eq!(stub.requests().len(), 2);
+    let reqs = stub.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert!(
+        reqs[0].starts_with("POST") && reqs[2].starts_with("POST"),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs[1].starts_with("GET") && reqs[1].contains("externalId"),
+        "{reqs:?}"
+    );
+
+    // The lookup finds it: it was created after all, and is not created twice.
+    let found = r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":1,"Resources":[{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"id":"new-id","userName":"u","meta":{"version":"W/\"5\""}}]}"#;
+    let stub = Stub::start(vec![resp(502, &[], ""), resp(200, &[], found)]).await;
+    let out = stub
+        .target()
+        .apply(&[create(&anchor(), minimal_user("u"))], later())
+        .await;
+    assert_eq!(applied(&out[0]).0, "new-id");
+    let posts = stub
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "not created twice");
 
     let stub = Stub::start(vec![resp(500, &[], r#"{"detail":"boom"}"#)]).await;
     let out = stub
@@ -924,7 +952,12 @@ async fn stub_5xx_is_retried_then_fails() {
         }
         o => panic!("{o:?}"),
     }
-    assert_eq!(stub.requests().len(), 3, "three tries");
+    let posts = stub
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 3, "three tries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
