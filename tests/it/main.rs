@@ -12,6 +12,7 @@ mod source_props;
 mod source_tls;
 mod sync_ad;
 mod sync_export;
+mod sync_graph;
 mod sync_openldap;
 mod target_graph;
 mod target_scim;

@@ -1,0 +1,243 @@
+//! `dirsync sync` from slapd into the fake Microsoft Graph (`lab::graph`), through the
+//! binary, with throttling on: the same flows as `sync_export` against scim2-server.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use dirsync::target::graph::immutable_id;
+use serde_json::{json, Value};
+
+use crate::common::{dirsync, Run};
+use crate::lab::graph::GraphFakeOptions;
+use crate::lab::{GraphFake, Slapd, SlapdOptions};
+use crate::sync_export::ldap_user;
+
+const PEOPLE: &str = "ou=people,dc=example,dc=org";
+const GROUPS: &str = "ou=groups,dc=example,dc=org";
+
+struct Lab {
+    slapd: Slapd,
+    graph: GraphFake,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// slapd with u1..u`users`, team (u1, u2); the fake allows `writes` per second.
+    async fn start(users: u32, writes: u32, threshold: u32) -> Lab {
+        let slapd = Slapd::start(SlapdOptions {
+            session_log: true,
+            ..Default::default()
+        })
+        .await;
+        let mut ldif = String::new();
+        for i in 1..=users {
+            ldif.push_str(&ldap_user(i));
+        }
+        ldif.push_str(&format!(
+            "dn: cn=team,{GROUPS}\nobjectClass: groupOfNames\ncn: team\n\
+             member: uid=u1,{PEOPLE}\nmember: uid=u2,{PEOPLE}\n\n"
+        ));
+        slapd.ldapadd(&ldif).await;
+        let graph = GraphFake::start_with(GraphFakeOptions {
+            writes_per_window: writes,
+            window: Duration::from_secs(1),
+            page_size: 10,
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), format!("{}\n", slapd.password())).unwrap();
+        std::fs::write(
+            dir.path().join("secret"),
+            format!("{}\n", graph.client_secret()),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("dirsync.toml"),
+            format!(
+                "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"openldap\"\nurl = \"{}\"\n\
+                 bind_dn = \"{}\"\npassword_file = \"pw\"\nbase_dn = \"{}\"\n\
+                 include = [\"{PEOPLE}\", \"{GROUPS}\"]\n\
+                 [target]\nkind = \"graph\"\nurl = \"{}\"\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
+                 client_secret_file = \"secret\"\ntoken_url = \"{}\"\n\
+                 [sync]\ndeletion_threshold = {threshold}\n",
+                slapd.url(),
+                slapd.bind_dn(),
+                slapd.base_dn(),
+                graph.base_url(),
+                graph.tenant_id(),
+                graph.client_id(),
+                graph.token_url(),
+            ),
+        )
+        .unwrap();
+        assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+        Lab { slapd, graph, dir }
+    }
+
+    fn run(&self, instance: &str, extra: &[&str]) -> (Run, Value) {
+        let mut args = vec!["sync", "--instance", instance, "--format", "json"];
+        args.extend_from_slice(extra);
+        let run = dirsync(self.dir.path(), &args);
+        let v = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+        (run, v)
+    }
+
+    fn sync(&self, instance: &str, extra: &[&str]) -> Value {
+        let (run, v) = self.run(instance, extra);
+        assert_eq!(run.code, 0, "{run:?}");
+        v
+    }
+
+    fn upns(&self) -> BTreeSet<String> {
+        self.graph
+            .users()
+            .iter()
+            .map(|u| u["userPrincipalName"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn counts(v: &Value) -> [u64; 7] {
+    [
+        "created",
+        "updated",
+        "deleted",
+        "matched",
+        "held",
+        "conflicts",
+        "failures",
+    ]
+    .map(|k| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openldap_into_graph_under_throttling() {
+    // 40 users and a group at 15 writes a second: throttled for certain.
+    let lab = Lab::start(40, 15, 500).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [41, 0, 0, 0, 0, 0, 0], "{v}");
+    assert!(!lab.graph.throttled().is_empty(), "the fake throttled");
+    assert!(lab.graph.max_batch() <= 20);
+    assert_eq!(lab.graph.users().len(), 40);
+    let u1 = lab.graph.user_by_upn("u1@example.org").unwrap();
+    assert_eq!(u1["jobTitle"], "Clerk");
+    assert_eq!(u1["accountEnabled"], true);
+    let state = dirsync::project::replay::current(
+        &dirsync::log::AnyStore::open(
+            &format!("sqlite://{}", lab.dir.path().join("log.db").display()),
+            dirsync::log::OpenMode::Existing,
+        )
+        .await
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let (a1, _) = state
+        .objects
+        .objects
+        .iter()
+        .find(|(_, r)| r.dn == format!("uid=u1,{PEOPLE}"))
+        .unwrap();
+    assert_eq!(
+        u1["onPremisesImmutableId"].as_str(),
+        immutable_id(a1).as_deref(),
+        "anchored as AD Connect does"
+    );
+    let team = lab.graph.group_by_name("team").unwrap();
+    let u2 = lab.graph.user_by_upn("u2@example.org").unwrap();
+    let members: BTreeSet<&str> = team["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        members,
+        BTreeSet::from([u1["id"].as_str().unwrap(), u2["id"].as_str().unwrap()])
+    );
+
+    // Changes, a member removed, a deletion; then an identical sync does nothing.
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n\
+             dn: cn=team,{GROUPS}\nchangetype: modify\ndelete: member\nmember: uid=u2,{PEOPLE}\n\n"
+        ))
+        .await;
+    lab.slapd.ldapdelete(&format!("uid=u3,{PEOPLE}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 2, 1, 0, 0, 0, 0], "{v}");
+    assert_eq!(
+        lab.graph.user_by_upn("u1@example.org").unwrap()["jobTitle"],
+        "Boss"
+    );
+    assert!(lab.graph.user_by_upn("u3@example.org").is_none());
+    let team = lab.graph.group_by_name("team").unwrap();
+    assert_eq!(team["members"].as_array().unwrap().len(), 1);
+    let writes = lab.graph.writes();
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+    assert_eq!(lab.graph.writes(), writes, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_matching_guard_fencing_and_revoked_consent() {
+    let lab = Lab::start(6, 1000, 2).await;
+    // Existing cloud users: u1 by UPN (soft), u2 twice over (ambiguous: UPN and mail).
+    let c1 = lab
+        .graph
+        .add_user(json!({"userPrincipalName": "u1@example.org", "displayName": "Old"}));
+    lab.graph
+        .add_user(json!({"userPrincipalName": "u2@example.org"}));
+    lab.graph
+        .add_user(json!({"userPrincipalName": "other@example.org", "mail": "u2@example.org"}));
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 1, "a conflict needs the operator: {run:?}");
+    assert_eq!(
+        counts(&v),
+        [5, 1, 0, 1, 0, 1, 0],
+        "u3..u6 and team created: {v}"
+    );
+    assert_eq!(lab.graph.users().len(), 3 + 4, "nothing duplicated");
+    let u1 = lab.graph.user_by_upn("u1@example.org").unwrap();
+    assert_eq!(u1["id"], c1.as_str());
+    assert!(
+        u1["onPremisesImmutableId"].is_string(),
+        "soft match anchored"
+    );
+
+    // Three deletions over a threshold of two: held until approved.
+    for i in 4..=6 {
+        lab.slapd.ldapdelete(&format!("uid=u{i},{PEOPLE}")).await;
+    }
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(lab.graph.users().len(), 7, "target unchanged");
+    let plan = v["held_plan"].as_str().unwrap().to_string();
+    let approve = dirsync(lab.dir.path(), &["deletions", "approve", "--plan", &plan]);
+    assert_eq!(approve.code, 0, "{approve:?}");
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 1, "u2's conflict still stands: {run:?}");
+    assert_eq!(v["deleted"], 3, "{v}");
+    assert_eq!(lab.upns().len(), 4);
+
+    // Fencing: b takes over, a exports nothing.
+    let (_, v) = lab.run("b", &["--take-over"]);
+    assert_eq!(v["epoch"], 2, "{v}");
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    let writes = lab.graph.writes();
+    let (run, _) = lab.run("a", &[]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(lab.graph.writes(), writes);
+
+    // The app's consent is withdrawn: one clear line, exit 1.
+    lab.graph.reject_all_tokens(true);
+    let (run, _) = lab.run("b", &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    assert!(!run.stderr.contains(lab.graph.client_secret()));
+    assert_eq!(lab.graph.writes(), writes);
+}
