@@ -46,6 +46,41 @@ pub enum Command {
     /// Deletions held by the guard, and their approval.
     #[command(subcommand)]
     Deletions(DeletionsCommand),
+    /// Run or resume a handover playbook (default playbooks/new-computer.toml); `handover
+    /// status` shows the current or last one.
+    Handover(HandoverArgs),
+    /// The sync service: a sync every [sync] interval; obeys stop and retire recorded in the
+    /// log; SIGTERM finishes the current batch and exits.
+    Run {
+        /// The instance this computer runs as; default: this host's name.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HandoverArgs {
+    #[command(subcommand)]
+    pub command: Option<HandoverCommand>,
+    /// The old instance.
+    #[arg(long, required = true)]
+    pub from: Option<String>,
+    /// The new instance.
+    #[arg(long, required = true)]
+    pub to: Option<String>,
+    /// The playbook file.
+    #[arg(long, value_name = "FILE")]
+    pub playbook: Option<PathBuf>,
+    /// Print the steps; run and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HandoverCommand {
+    /// The current or last handover: each step, its state and times.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

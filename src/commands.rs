@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::cli::{
-    host_name, Cli, Command, DeletionsCommand, Format, InstanceCommand, LogCommand, ReplayArgs,
-    SyncArgs,
+    host_name, Cli, Command, DeletionsCommand, Format, HandoverArgs, HandoverCommand,
+    InstanceCommand, LogCommand, ReplayArgs, SyncArgs,
 };
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
@@ -41,6 +41,13 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Instance(c) => instance(&open(&cfg).await?, c, fmt).await,
         Command::Sync(a) => sync(&cfg, a, fmt).await,
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
+        Command::Handover(a) => handover(&cfg, a, fmt).await,
+        Command::Run { instance } => {
+            let instance = instance.unwrap_or_else(host_name);
+            let store = open(&cfg).await?;
+            crate::sync::service::serve(&cfg, &store, &instance, &|l| eprintln!("dirsync run: {l}"))
+                .await
+        }
     }
 }
 
@@ -519,6 +526,7 @@ async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
         staging: a.staging,
         dry_run: a.dry_run,
         take_over: a.take_over,
+        stop: None,
     };
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
@@ -738,6 +746,88 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
                 ))?,
             }
             Ok(Exit::Ok)
+        }
+    }
+}
+
+async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Result<Exit> {
+    use crate::playbook::runner;
+    let store = open(cfg).await?;
+    if let Some(HandoverCommand::Status) = a.command {
+        let state = crate::project::replay::refresh(&store, 10_000).await?;
+        let Some((id, h)) = state
+            .handovers
+            .last
+            .as_ref()
+            .and_then(|id| state.handovers.handovers.get(id).map(|h| (id, h)))
+        else {
+            return match fmt {
+                Format::Json => emit_json(&json!(null)).map(|()| Exit::Ok),
+                Format::Table => print("no handover recorded\n")
+                    .map(|()| Exit::Ok)
+                    .map_err(Error::from),
+            };
+        };
+        print_handover(&runner::report(id, h), fmt)?;
+        return Ok(Exit::Ok);
+    }
+    let opts = runner::HandoverOptions {
+        from: a.from.unwrap_or_default(),
+        to: a.to.unwrap_or_default(),
+        playbook: a.playbook.unwrap_or_else(|| runner::default_playbook(cfg)),
+        dry_run: a.dry_run,
+    };
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let say = |l: &str| {
+        if fmt == Format::Table {
+            bar.suspend(|| println!("{l}"));
+        } else {
+            bar.suspend(|| eprintln!("{l}"));
+        }
+    };
+    let r = runner::handover(cfg, &store, &opts, &bar, &say).await;
+    bar.finish_and_clear();
+    print_handover(&r?, fmt)?;
+    Ok(Exit::Ok)
+}
+
+fn print_handover(r: &crate::playbook::runner::HandoverReport, fmt: Format) -> Result<()> {
+    match fmt {
+        Format::Json => emit_json(&serde_json::to_value(r).map_err(Error::store)?),
+        Format::Table => {
+            let mut out = format!(
+                "handover {} ({} -> {}, playbook {}): {}\n",
+                r.handover_id, r.from, r.to, r.playbook, r.status
+            );
+            let rows: Vec<Vec<String>> = r
+                .steps
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.step.to_string(),
+                        s.action.clone(),
+                        s.state.clone(),
+                        s.started.clone().unwrap_or_default(),
+                        s.finished.clone().unwrap_or_default(),
+                        match &s.detail {
+                            serde_json::Value::Null => String::new(),
+                            serde_json::Value::String(t) => t.clone(),
+                            d => d.to_string(),
+                        },
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &["STEP", "ACTION", "STATE", "STARTED", "FINISHED", "DETAIL"],
+                &rows,
+            ));
+            let s = &r.summary;
+            out.push_str(&format!(
+                "\nobjects matched: {}  duplicates avoided: {}  deletions caught by the old cursor: {}  deletions caught by reconciliation: {}\n",
+                s.matched, s.duplicates_avoided, s.deletions_by_old_cursor, s.deletions_by_reconciliation
+            ));
+            print(&out).map_err(Error::from)
         }
     }
 }

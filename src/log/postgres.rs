@@ -366,3 +366,17 @@ impl Store for PgStore {
         self.url.clone()
     }
 }
+
+impl PgStore {
+    /// Take the session-level advisory lock `name` on a connection of its own, or None when
+    /// another session holds it. The server releases it when that connection ends, so a
+    /// crashed holder never leaves it taken.
+    pub async fn try_lock(&self, name: &str) -> Result<Option<sqlx::PgConnection>> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(format!("dirsync/{name}"))
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then_some(conn))
+    }
+}

@@ -718,3 +718,23 @@ impl Store for SqliteStore {
         format!("sqlite://{}", self.inner.path.display())
     }
 }
+
+impl SqliteStore {
+    /// Take the advisory lock `name` (a `flock` on `DB.NAME.lock` beside the database), or
+    /// None when another process holds it. The operating system releases it when the
+    /// holder dies, so a crashed holder never leaves it taken.
+    pub fn try_lock(&self, name: &str) -> Result<Option<std::fs::File>> {
+        let mut p = self.inner.path.clone().into_os_string();
+        p.push(format!(".{name}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+}

@@ -174,6 +174,23 @@ impl AnyStore {
     }
 }
 
+/// An advisory lock held across processes (and hosts, on PostgreSQL); released on drop
+/// or when the holder dies.
+pub enum StoreLock {
+    Sqlite(#[allow(dead_code)] std::fs::File),
+    Postgres(#[allow(dead_code)] sqlx::PgConnection),
+}
+
+impl AnyStore {
+    /// Take the advisory lock `name`, or None when another process holds it.
+    pub async fn try_lock(&self, name: &str) -> Result<Option<StoreLock>> {
+        Ok(match self {
+            AnyStore::Sqlite(s) => s.try_lock(name)?.map(StoreLock::Sqlite),
+            AnyStore::Postgres(s) => s.try_lock(name).await?.map(StoreLock::Postgres),
+        })
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {

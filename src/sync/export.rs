@@ -65,6 +65,9 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Establish a new sync relationship epoch for this instance first.
     pub take_over: bool,
+    /// Set (by SIGTERM) to end the export after the chunk in flight; the rest waits for
+    /// the next cycle.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One line of a printed plan.
@@ -258,20 +261,14 @@ pub async fn sync(
     };
     let mut state = replay::refresh(store, 10_000).await?;
     if let Some(r) = state.instances.instances.get(&opts.instance) {
-        match r.status {
-            InstanceStatus::Retired => {
-                return Err(Error::Refused(format!(
-                    "instance {} is retired",
-                    opts.instance
-                )))
-            }
-            InstanceStatus::Stopped if exporting => {
-                return Err(Error::Refused(format!(
-                    "instance {} is stopped: `dirsync instance start {}` first",
-                    opts.instance, opts.instance
-                )))
-            }
-            _ => {}
+        // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand
+        // (or by a handover step, as the documented "force synchronization") still runs:
+        // fencing, not the stop, decides who may export.
+        if r.status == InstanceStatus::Retired {
+            return Err(Error::Refused(format!(
+                "instance {} is retired",
+                opts.instance
+            )));
         }
     }
     // Checks before anything is recorded: the source bind, the target's credentials, and
@@ -311,6 +308,7 @@ pub async fn sync(
         instance: &opts.instance,
         fence,
         progress,
+        stop: opts.stop.as_deref(),
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -422,6 +420,7 @@ pub async fn export_log(
         instance: &opts.instance,
         fence: Some(fence),
         progress,
+        stop: None,
     };
     let result = run.cycle(state, &mut report).await;
     run_ended(store, &report, &result).await?;
@@ -541,6 +540,7 @@ struct Cycle<'a> {
     /// Present when exporting.
     fence: Option<Fence>,
     progress: &'a ProgressBar,
+    stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl Cycle<'_> {
@@ -840,6 +840,16 @@ impl Cycle<'_> {
         let mut queue: VecDeque<Op> = ops.into();
         let mut stalls = 0;
         while !queue.is_empty() {
+            if self
+                .stop
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                tracing::info!(
+                    "stopping after the chunk in flight: {} operations left for the next cycle",
+                    queue.len()
+                );
+                break;
+            }
             let n = queue.len().min(CHUNK);
             let chunk: Vec<Op> = queue.drain(..n).collect();
             let deadline = Instant::now() + LEASE - LEASE_MARGIN;

@@ -6,3 +6,4 @@ pub mod import;
 pub mod plan;
 pub mod run;
 pub mod scope;
+pub mod service;

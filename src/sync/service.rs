@@ -1,0 +1,114 @@
+//! `dirsync run --instance I`: the sync service. A sync every `[sync] interval`; it obeys
+//! what the log says about the instance (stopped: idle until started; retired: exit), and
+//! SIGTERM (or Ctrl-C) ends it after the export chunk in flight.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+
+use super::export::{sync, SyncOptions};
+use crate::config::Config;
+use crate::error::{Error, Exit, Result};
+use crate::log::AnyStore;
+use crate::project::replay;
+use crate::project::InstanceStatus;
+
+/// How often a stopped instance looks at the log for a start.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Run the service until retired, fenced or terminated. `say` gets one line per cycle.
+pub async fn serve(
+    cfg: &Config,
+    store: &AnyStore,
+    instance: &str,
+    say: &dyn Fn(&str),
+) -> Result<Exit> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            terminated().await;
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let stopping = || stop.load(Ordering::SeqCst);
+    let nap = |d: Duration| {
+        let stop = stop.clone();
+        async move {
+            let end = tokio::time::Instant::now() + d;
+            while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(200).min(d)).await;
+            }
+        }
+    };
+    let mut idle_said = false;
+    let result = loop {
+        if stopping() {
+            say("terminated: exiting");
+            break Ok(Exit::Ok);
+        }
+        let state = replay::refresh(store, 10_000).await?;
+        match state.instances.instances.get(instance).map(|r| r.status) {
+            Some(InstanceStatus::Retired) => {
+                say(&format!("{instance} is retired: exiting"));
+                break Ok(Exit::Ok);
+            }
+            Some(InstanceStatus::Stopped) => {
+                if !idle_said {
+                    say(&format!(
+                        "{instance} is stopped: idle until `dirsync instance start {instance}`"
+                    ));
+                    idle_said = true;
+                }
+                nap(IDLE_POLL).await;
+                continue;
+            }
+            _ => idle_said = false,
+        }
+        let opts = SyncOptions {
+            instance: instance.to_string(),
+            full: false,
+            staging: false,
+            dry_run: false,
+            take_over: false,
+            stop: Some(stop.clone()),
+        };
+        match sync(cfg, store, &opts, &ProgressBar::hidden()).await {
+            Ok(r) => say(&format!(
+                "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}",
+                r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures
+            )),
+            Err(e @ Error::Fenced(_)) => break Err(e),
+            Err(e @ (Error::Config(_) | Error::BadInput(_))) => break Err(e),
+            Err(e) => say(&format!("sync failed: {e}; trying again in {}", humantime::format_duration(cfg.sync.interval))),
+        }
+        nap(cfg.sync.interval).await;
+    };
+    watcher.abort();
+    result
+}
