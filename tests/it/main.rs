@@ -1,6 +1,7 @@
 //! Integration tests: one binary, so real servers and builds are shared.
 
 mod common;
+mod handover;
 mod lab;
 mod lab_smoke;
 mod log_store;
