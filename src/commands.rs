@@ -810,11 +810,11 @@ fn print_handover(r: &crate::playbook::runner::HandoverReport, fmt: Format) -> R
                         s.state.clone(),
                         s.started.clone().unwrap_or_default(),
                         s.finished.clone().unwrap_or_default(),
-                        match &s.detail {
-                            serde_json::Value::Null => String::new(),
-                            serde_json::Value::String(t) => t.clone(),
-                            d => d.to_string(),
-                        },
+                        crate::playbook::runner::brief(&s.detail)
+                            .trim()
+                            .trim_start_matches('(')
+                            .trim_end_matches(')')
+                            .to_string(),
                     ]
                 })
                 .collect();
@@ -823,6 +823,9 @@ fn print_handover(r: &crate::playbook::runner::HandoverReport, fmt: Format) -> R
                 &rows,
             ));
             let s = &r.summary;
+            if r.status == "dry-run" {
+                return print(&out).map_err(Error::from);
+            }
             out.push_str(&format!(
                 "\nobjects matched: {}  duplicates avoided: {}  deletions caught by the old cursor: {}  deletions caught by reconciliation: {}\n",
                 s.matched, s.duplicates_avoided, s.deletions_by_old_cursor, s.deletions_by_reconciliation

@@ -395,13 +395,29 @@ async fn run_step(
     }
 }
 
-/// "(created 3, matched 500, ...)" for the non-zero figures of a detail.
-fn brief(d: &serde_json::Value) -> String {
+/// " (full import, epoch 2, created 3, ...)": a step's detail for people ("" when empty).
+pub fn brief(d: &serde_json::Value) -> String {
     let Some(o) = d.as_object() else {
-        return String::new();
+        return match d.as_str() {
+            Some(s) => format!(" ({s})"),
+            None => String::new(),
+        };
     };
     if let Some(s) = o.get("skipped").and_then(|v| v.as_str()) {
-        return format!("(skipped: {s})");
+        return format!(" (skipped: {s})");
+    }
+    if let Some(s) = o.get("error").and_then(|v| v.as_str()) {
+        return format!(" ({s})");
+    }
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(m) = o.get("import_mode").and_then(|v| v.as_str()) {
+        parts.push(format!("{m} import"));
+    }
+    if let Some(c) = o.get("replayed_cursor_of").and_then(|v| v.as_str()) {
+        parts.push(format!("from {c}'s cursor"));
+    }
+    if let Some(e) = o.get("epoch").and_then(|v| v.as_u64()) {
+        parts.push(format!("epoch {e}"));
     }
     let parts: Vec<String> = ["source_deleted", "created", "updated", "deleted", "matched"]
         .iter()
