@@ -9,7 +9,6 @@
 //! passed here as `DIRSYNC_BIN`).
 
 #[path = "../tests/it/lab/mod.rs"]
-#[allow(dead_code)]
 mod lab;
 
 use std::path::Path;
