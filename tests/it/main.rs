@@ -6,6 +6,7 @@ mod lab;
 mod lab_smoke;
 mod log_store;
 mod replay;
+mod service;
 mod source_ad;
 mod source_bad_input;
 mod source_openldap;

@@ -1,0 +1,110 @@
+//! `dirsync run`: the service syncs every interval, idles while stopped, exits when retired,
+//! and SIGTERM ends it cleanly.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::bin;
+use crate::sync_export::E2e;
+
+const PEOPLE: &str = "ou=people,dc=example,dc=org";
+
+fn spawn(lab: &E2e) -> Child {
+    Command::new(bin())
+        .args(["run", "--instance", "a"])
+        .current_dir(lab.dir.path())
+        .env_remove("DIRSYNC_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until `f` holds (polling), at most `secs`.
+async fn until<F, Fut>(secs: u64, what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn title(lab: &E2e, anchor: &str) -> String {
+    lab.view.users_by_anchor().await[anchor]["title"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn set_title(uid: &str, t: &str) -> String {
+    format!("dn: uid={uid},{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: {t}\n\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_obeys_the_log_and_sigterm() {
+    let lab = E2e::ldap(3, "500\ninterval = \"300ms\"").await;
+    let mut child = spawn(&lab);
+    until(30, "the first cycle", || async {
+        lab.view.count("Users").await == 3
+    })
+    .await;
+    let a1 = lab.anchor(&format!("uid=u1,{PEOPLE}")).await;
+    let a2 = lab.anchor(&format!("uid=u2,{PEOPLE}")).await;
+    lab.slapd().ldapmodify(&set_title("u1", "Boss")).await;
+    until(30, "a change to arrive", || async {
+        title(&lab, &a1).await == "Boss"
+    })
+    .await;
+
+    // Stopped: it idles.
+    assert_eq!(lab.cli(&["instance", "stop", "a"]).code, 0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lab.slapd().ldapmodify(&set_title("u2", "Chief")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        title(&lab, &a2).await,
+        "Clerk",
+        "a stopped instance exports nothing"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "still running, idle");
+    // Started again: it catches up.
+    assert_eq!(lab.cli(&["instance", "start", "a"]).code, 0);
+    until(30, "catching up", || async {
+        title(&lab, &a2).await == "Chief"
+    })
+    .await;
+
+    // SIGTERM: it ends cleanly, exit 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "SIGTERM did not end the service");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(lab.cli(&["log", "verify"]).code, 0);
+
+    // Retired: it exits by itself.
+    let mut child = spawn(&lab);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(lab.cli(&["instance", "retire", "a", "--force"]).code, 0);
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "a retired instance's service kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
