@@ -32,6 +32,13 @@ pub struct Cli {
 pub enum Command {
     /// Create or migrate the store; idempotent.
     Init,
+    /// Check the store, the source bind, the target, the tombstone lifetime and duplicate
+    /// userNames / mails; exit 0 only if all pass.
+    Preflight {
+        /// The instance whose view is checked; default: this host's name.
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Read, check and carry the event log.
     #[command(subcommand)]
     Log(LogCommand),

@@ -42,6 +42,36 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Sync(a) => sync(&cfg, a, fmt).await,
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
         Command::Handover(a) => handover(&cfg, a, fmt).await,
+        Command::Preflight { instance } => {
+            let instance = instance.unwrap_or_else(host_name);
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            let checks = crate::sync::preflight::preflight(&cfg, &instance, &bar).await;
+            bar.finish_and_clear();
+            match fmt {
+                Format::Json => emit_json(&json!(checks))?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = checks
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.check.to_string(),
+                                if c.ok { "ok" } else { "FAIL" }.to_string(),
+                                c.detail.clone(),
+                            ]
+                        })
+                        .collect();
+                    print(&table(&["CHECK", "RESULT", "DETAIL"], &rows))?;
+                }
+            }
+            Ok(if checks.iter().all(|c| c.ok) {
+                Exit::Ok
+            } else {
+                Exit::Failure
+            })
+        }
         Command::Run { instance } => {
             let instance = instance.unwrap_or_else(host_name);
             let store = open(&cfg).await?;

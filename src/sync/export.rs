@@ -428,7 +428,7 @@ pub async fn export_log(
 }
 
 /// The state as it would be after a dry-run import's events.
-fn with_planned(mut state: State, imported: &ImportReport, instance: &str) -> State {
+pub(crate) fn with_planned(mut state: State, imported: &ImportReport, instance: &str) -> State {
     let now = chrono::Utc::now().timestamp_micros();
     for (seq, e) in (state.seq + 1..).zip(imported.planned.iter()) {
         state.apply(

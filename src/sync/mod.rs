@@ -4,6 +4,7 @@
 pub mod export;
 pub mod import;
 pub mod plan;
+pub mod preflight;
 pub mod run;
 pub mod scope;
 pub mod service;

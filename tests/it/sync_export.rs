@@ -765,3 +765,48 @@ async fn bad_target_credentials_and_unmappable_users() {
     );
     assert_eq!(lab.view.count("Users").await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_checks_reach_bind_and_duplicates() {
+    let lab = E2e::ldap(3, "500").await;
+    let run = lab.cli(&["preflight", "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let checks: Value = serde_json::from_str(&run.stdout).unwrap();
+    let names: Vec<&str> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "store",
+            "source bind",
+            "source read",
+            "duplicates",
+            "userName",
+            "target"
+        ]
+    );
+    assert_eq!(lab.head().await, 0, "preflight records nothing");
+    // A second user with u1's mail, and a wrong token: both fail, exit 1.
+    lab.slapd()
+        .ldapadd(&format!(
+            "dn: uid=twin,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: twin\ncn: Twin\nsn: T\nmail: u1@example.org\n\n"
+        ))
+        .await;
+    std::fs::write(lab.dir.path().join("token"), "wrong\n").unwrap();
+    let run = lab.cli(&["preflight", "--format", "json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let checks: Value = serde_json::from_str(&run.stdout).unwrap();
+    let failed: Vec<&str> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["duplicates", "target"], "{checks}");
+    assert!(checks.to_string().contains("u1@example.org"));
+}
