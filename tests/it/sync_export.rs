@@ -677,7 +677,9 @@ async fn a_fenced_instance_exports_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_an_export_then_rerun_duplicates_nothing() {
-    let lab = E2e::ldap(1500, "500").await;
+    // scim2-server slows down as it fills (about 25 creates/s past 1,000 users here), so
+    // the directory is kept small enough for a quick test and large enough to span chunks.
+    let lab = E2e::ldap(600, "500").await;
     let mut child = std::process::Command::new(bin())
         .args(["sync", "--instance", "a"])
         .current_dir(lab.dir.path())
@@ -689,21 +691,21 @@ async fn kill_9_during_an_export_then_rerun_duplicates_nothing() {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let c = lab.view.count("Users").await;
-        if c >= 150 {
+        if c >= 120 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no export started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let before = lab.view.count("Users").await;
-    assert!(before < 1500, "killed before the end ({before})");
+    assert!(before < 600, "killed before the end ({before})");
 
     let (run, v) = lab.run("a", &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let users = lab.view.all("Users").await;
-    assert_eq!(users.len(), 1500, "{v}");
+    assert_eq!(users.len(), 600, "{v}");
     let names: BTreeSet<&str> = users
         .iter()
         .map(|u| u["userName"].as_str().unwrap())
@@ -712,10 +714,10 @@ async fn kill_9_during_an_export_then_rerun_duplicates_nothing() {
         .iter()
         .map(|u| u["externalId"].as_str().unwrap())
         .collect();
-    assert_eq!((names.len(), anchors.len()), (1500, 1500), "no duplicates");
+    assert_eq!((names.len(), anchors.len()), (600, 600), "no duplicates");
     assert_eq!(lab.view.count("Groups").await, 2);
     let state = lab.state().await;
-    assert_eq!(state.ledger.owned().count(), 1502);
+    assert_eq!(state.ledger.owned().count(), 602);
     let v = lab.sync("a", &[]);
     assert_eq!(export_counts(&v), [0; 7], "{v}");
 }

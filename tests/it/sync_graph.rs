@@ -241,3 +241,27 @@ async fn graph_matching_guard_fencing_and_revoked_consent() {
     assert!(!run.stderr.contains(lab.graph.client_secret()));
     assert_eq!(lab.graph.writes(), writes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_object_is_recorded_and_the_rest_goes_on() {
+    let lab = Lab::start(8, 1000, 500).await;
+    // Graph refuses u5 (400 inside its batch) and answers 503 twice on the way.
+    lab.graph
+        .inject(crate::lab::graph::Fault::request(400, 1).matching("u5@example.org"));
+    lab.graph.inject(crate::lab::graph::Fault::http(503, 2));
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 1, "a failed export is not success: {run:?}");
+    assert_eq!(counts(&v), [8, 0, 0, 0, 0, 0, 1], "{v}");
+    assert!(
+        v["problems"][0]["detail"].as_str().unwrap().contains("400"),
+        "{v}"
+    );
+    assert!(lab.graph.user_by_upn("u5@example.org").is_none());
+    assert_eq!(lab.graph.users().len(), 7, "the rest went on");
+    // Nothing was marked exported that was not: the next cycle creates exactly u5.
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [1, 0, 0, 0, 0, 0, 0], "{v}");
+    assert!(lab.graph.user_by_upn("u5@example.org").is_some());
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+}
