@@ -663,3 +663,73 @@ async fn killed_at_every_step_and_inside_steps_the_handover_resumes() {
     assert_eq!(lab.cli(&["log", "verify"]).code, 0);
     assert_eq!(count(&evs, "HandoverStarted"), 1, "one handover, resumed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_concurrent_handover_is_refused_and_stop_waits_for_a_sync() {
+    let lab = Lab::ldap(8, None).await;
+    lab.ok(&["sync", "--instance", "old"]);
+    // A sync in progress on old (its end not recorded yet): stopping old must wait for it.
+    let store = lab.store().await;
+    store
+        .append(dirsync::log::store::Batch::new(vec![
+            dirsync::log::NewEvent::new(
+                dirsync::log::event::stream::instance("old"),
+                "old",
+                Event::SyncRunStarted(dirsync::log::event::SyncRunStarted {
+                    run_id: "r-busy".into(),
+                    full: false,
+                    mode: "sync".into(),
+                }),
+            ),
+        ]))
+        .await
+        .unwrap();
+    let mut first = Command::new(bin())
+        .args(["handover", "--from", "old", "--to", "new"])
+        .current_dir(lab.dir.path())
+        .env_remove("DIRSYNC_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // It starts, and waits at step 1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let evs = store.read(0, 100_000).await.unwrap();
+        if evs.iter().any(|e| e.event_type == "HandoverStepStarted") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the handover did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = lab.cli(&["handover", "--from", "old", "--to", "new"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stderr.contains("another handover is running"),
+        "{second:?}"
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "still waiting for old's sync"
+    );
+    // The sync ends: the first handover goes on to the end.
+    store
+        .append(dirsync::log::store::Batch::new(vec![
+            dirsync::log::NewEvent::new(
+                dirsync::log::event::stream::instance("old"),
+                "old",
+                Event::SyncRunCompleted(dirsync::log::event::SyncRunCompleted {
+                    run_id: "r-busy".into(),
+                    ..Default::default()
+                }),
+            ),
+        ]))
+        .await
+        .unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("a sync is in progress on old"), "{text}");
+    assert!(text.contains("completed"), "{text}");
+    lab.assert_target_equals_source().await;
+}
