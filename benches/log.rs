@@ -1,8 +1,8 @@
 //! `scripts/bench log`: append N events in batches, replay them into the projections, verify
 //! the chain; events/s for each. Usage: `cargo bench --bench log -- [--url URL | --db PATH]
-//! [--events N] [--batch B] [--reuse]` (default: a temporary SQLite file, 1,000,000 events,
-//! batches of 10,000; `--reuse` measures only replay and verify on a store kept from an
-//! earlier run with `--db PATH` or `--url`).
+//! [--events N] [--batch B] [--keyed] [--reuse]`. Default: a temporary SQLite file, 1,000,000
+//! events, batches of 10,000. `--keyed` gives every batch an idempotency key; `--reuse`
+//! measures only replay and verify on a store kept from an earlier run (`--db` or `--url`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -111,6 +111,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `--reuse`: the store already holds the N events of an earlier run (kept with `--db`
     // or `--url`); only replay and verify are measured.
     let reuse = args.iter().any(|a| a == "--reuse");
+    // `--keyed`: every batch carries an idempotency key (on its first event).
+    let keyed = args.iter().any(|a| a == "--keyed");
     let dir = tempfile::tempdir()?;
     let db =
         arg(&args, "--db").unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
@@ -140,7 +142,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         i += events.len() as u64;
         let (t, c) = (Instant::now(), cpu_secs());
-        store.append(Batch::new(events)).await?;
+        let mut b = Batch::new(events);
+        if keyed {
+            b = b.idempotency_key(format!("bench-{i}"));
+        }
+        store.append(b).await?;
         append_secs += t.elapsed().as_secs_f64();
         append_cpu += cpu_secs() - c;
     }

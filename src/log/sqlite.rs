@@ -4,7 +4,12 @@
 //! behind a mutex for appends, and a small pool of reader connections, so reads run beside
 //! an append (WAL) and a page of rows costs no more than SQLite's own work. `BEGIN
 //! IMMEDIATE` plus a 60 s busy timeout serialise appends across processes too, so the chain
-//! stays one line whoever writes.
+//! stays one line whoever writes; `synchronous = FULL` makes every commit durable.
+//!
+//! An append is one transaction. A large one is prepared (payloads serialised, hashes
+//! chained) on a second thread, chunk by chunk, while the writer inserts the chunks already
+//! prepared, 50 rows per statement. The WAL is checkpointed in the background after the
+//! append returns rather than inside its commit (see [`SqliteStore::with_writer`]).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -64,6 +69,8 @@ struct Inner {
     writer: Mutex<Connection>,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
+    /// The background checkpoint's connection, opened when first needed.
+    checkpointer: Mutex<Option<Connection>>,
     /// A checkpoint is scheduled and has not started yet.
     checkpoint_due: AtomicBool,
 }
@@ -71,6 +78,8 @@ struct Inner {
 /// Checkpoint the WAL once a commit leaves it with at least this many frames (pages):
 /// SQLite's own auto-checkpoint threshold.
 const CHECKPOINT_FRAMES: i32 = 1_000;
+/// A WAL this large is checkpointed by the writer itself, before the append returns.
+const CHECKPOINT_CAP: i32 = 16_000;
 
 thread_local! {
     /// The WAL's size in frames after the last commit on this thread's writer connection.
@@ -78,8 +87,7 @@ thread_local! {
 }
 
 /// The writer's WAL hook, in place of SQLite's auto-checkpoint (which runs inside the
-/// commit): it notes the WAL's size so that [`SqliteStore::with_writer`] can checkpoint
-/// after the append has returned.
+/// commit): it notes the WAL's size for [`SqliteStore::with_writer`].
 fn note_wal_frames(_: &Wal, frames: c_int) -> rusqlite::Result<()> {
     WAL_FRAMES.with(|c| c.set(frames));
     Ok(())
@@ -115,9 +123,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Open one connection with the store's settings. Only `create` may create the file; a
-/// reader leaves the journal settings to the writer, which applied them at open.
-fn connect(path: &Path, create: bool, writer: bool) -> Result<Connection> {
+/// What a connection is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Appends: sets the journal mode and durability, and checkpoints as described at
+    /// [`SqliteStore::with_writer`].
+    Writer,
+    /// Reads only.
+    Reader,
+    /// Checkpoints the WAL in the background.
+    Checkpointer,
+}
+
+/// Open one connection with the store's settings. Only `create` may create the file; other
+/// connections than the writer leave the journal settings to it (it applied them at open).
+fn connect(path: &Path, create: bool, role: Role) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -127,17 +147,28 @@ fn connect(path: &Path, create: bool, writer: bool) -> Result<Connection> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // The first statement reads the file's header: a file that is not a database fails
         // here, before anything is written to it.
-        if writer {
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.wal_hook(Some(note_wal_frames));
-        } else {
-            conn.pragma_update(None, "query_only", true)?;
+        match role {
+            Role::Writer => {
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.wal_hook(Some(note_wal_frames));
+                conn.pragma_update(None, "cache_size", -CACHE_KIB)
+            }
+            Role::Reader => {
+                conn.pragma_update(None, "query_only", true)?;
+                conn.pragma_update(None, "cache_size", -CACHE_KIB)
+            }
+            Role::Checkpointer => conn.pragma_update(None, "synchronous", "FULL"),
         }
-        conn.pragma_update(None, "cache_size", -CACHE_KIB)
     };
     setup(&conn).map_err(|e| classify(path, e))?;
     Ok(conn)
+}
+
+/// Checkpoint the WAL (PASSIVE, as SQLite's auto-checkpoint does). Failing is harmless:
+/// the WAL keeps the frames for the next checkpoint.
+fn checkpoint(conn: &Connection) {
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 /// Run blocking SQLite work on tokio's blocking pool.
@@ -162,7 +193,7 @@ impl SqliteStore {
     }
 
     fn open_blocking(path: PathBuf, mode: OpenMode) -> Result<SqliteStore> {
-        let mut writer = connect(&path, mode == OpenMode::Init, true)?;
+        let mut writer = connect(&path, mode == OpenMode::Init, Role::Writer)?;
         let found = schema_version(&path, &writer).map_err(|e| match e {
             Error::Store(_) => {
                 Error::BadInput(format!("{} is not a dirsync store", path.display()))
@@ -178,14 +209,19 @@ impl SqliteStore {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                checkpointer: Mutex::new(None),
                 checkpoint_due: AtomicBool::new(false),
             }),
         })
     }
 
-    /// Run `f` on the writer connection, on a blocking thread. When its commit left the WAL
-    /// large, a checkpoint follows on the same connection once `f`'s result is returned, so
-    /// the caller does not wait for it (the next append may).
+    /// Run `f` on the writer connection, on a blocking thread.
+    ///
+    /// SQLite's auto-checkpoint would copy the WAL into the database inside every commit
+    /// that leaves the WAL past 1000 frames. Instead the writer notes the WAL's size, and a
+    /// background connection checkpoints once `f`'s result is returned, beside the next
+    /// append; only a WAL that grew past `CHECKPOINT_CAP` frames (the background checkpoints
+    /// did not get it reset, as appends never paused) is checkpointed here, before returning.
     async fn with_writer<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -196,17 +232,25 @@ impl SqliteStore {
             let mut conn = lock(&inner.writer);
             WAL_FRAMES.with(|c| c.set(0));
             let out = f(&mut conn);
-            Ok((out, WAL_FRAMES.with(|c| c.replace(0))))
+            let frames = WAL_FRAMES.with(|c| c.replace(0));
+            if frames >= CHECKPOINT_CAP {
+                checkpoint(&conn);
+            }
+            Ok((out, frames))
         })
         .await?;
         if frames >= CHECKPOINT_FRAMES && !self.inner.checkpoint_due.swap(true, Ordering::AcqRel) {
             let inner = Arc::clone(&self.inner);
-            // Fire and forget: like SQLite's auto-checkpoint, a failed checkpoint only leaves
-            // the WAL for the next one.
+            // Fire and forget.
             drop(tokio::task::spawn_blocking(move || {
-                let conn = lock(&inner.writer);
+                let mut slot = lock(&inner.checkpointer);
                 inner.checkpoint_due.store(false, Ordering::Release);
-                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                if slot.is_none() {
+                    *slot = connect(&inner.path, false, Role::Checkpointer).ok();
+                }
+                if let Some(conn) = slot.as_ref() {
+                    checkpoint(conn);
+                }
             }));
         }
         out
@@ -223,7 +267,7 @@ impl SqliteStore {
             let idle = lock(&inner.readers).pop();
             let conn = match idle {
                 Some(c) => c,
-                None => connect(&inner.path, false, false)?,
+                None => connect(&inner.path, false, Role::Reader)?,
             };
             let out = f(&conn);
             let mut idle = lock(&inner.readers);
@@ -471,8 +515,11 @@ fn insert_pipelined(
         let preparer = s.spawn(move || {
             let mut head = head;
             let mut events = events.into_iter();
+            // A short first chunk lets the inserting thread start sooner.
+            let mut size = PREPARE_CHUNK / 4;
             loop {
-                let chunk: Vec<_> = events.by_ref().take(PREPARE_CHUNK).collect();
+                let chunk: Vec<_> = events.by_ref().take(size).collect();
+                size = PREPARE_CHUNK;
                 if chunk.is_empty() {
                     break;
                 }

@@ -280,7 +280,12 @@ pub async fn fold_with(
         }
     }
     let pages = Pages {
-        depth: 1,
+        // SQLite reads a page faster than it is folded; PostgreSQL's client decodes every
+        // row once more, so two readers keep the fold busy.
+        depth: match store {
+            AnyStore::Sqlite(_) => 1,
+            AnyStore::Postgres(_) => 2,
+        },
         new_page: RawPage::new,
         clear: RawPage::clear,
         add: |p: &mut RawPage, e: &EventRef<'_>| p.push(e),
