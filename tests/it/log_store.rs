@@ -129,6 +129,62 @@ async fn retried_append_with_the_same_key_writes_once(b: Backend) {
     assert_eq!(replay::verify_chain(&f.store, None).await.unwrap(), 2);
 }
 
+/// Large batches take the bulk paths (PostgreSQL binary COPY from 256 rows, SQLite's
+/// pipelined insert): the same chain, the same expectations and idempotency as small ones.
+async fn large_batches_keep_the_chain_expectations_and_keys(b: Backend) {
+    let f = Fresh::new(b).await;
+    f.store
+        .append(Batch::new(vec![cursor("z", "0")]))
+        .await
+        .unwrap();
+    let big = |tag: &str| {
+        Batch::new(
+            (0..3000)
+                .map(|i| cursor("a", &format!("{tag}{i}")))
+                .collect(),
+        )
+        .idempotency_key(format!("bulk/{tag}"))
+    };
+    let out = f
+        .store
+        .append(big("x").expect(stream::cursor("a"), Expected::NoStream))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome::Appended {
+            first_seq: 2,
+            last_seq: 3001
+        }
+    );
+    assert_eq!(
+        f.store.append(big("x")).await.unwrap(),
+        AppendOutcome::Duplicate { first_seq: 2 }
+    );
+    // A stale expectation on a large batch writes nothing.
+    let stale = f
+        .store
+        .append(big("y").expect(stream::cursor("a"), Expected::Exactly(5)))
+        .await;
+    assert!(
+        matches!(stale, Err(dirsync::Error::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(f.store.head().await.unwrap().0, 3001);
+    assert_eq!(
+        f.store.stream_version(&stream::cursor("a")).await.unwrap(),
+        3000
+    );
+    f.store.append(big("y")).await.unwrap();
+    assert_eq!(replay::verify_chain(&f.store, None).await.unwrap(), 6001);
+    let evs = f.store.read(3000, 3).await.unwrap();
+    assert_eq!(
+        evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [3001, 3002, 3003]
+    );
+    assert_eq!(evs[1].stream_version, 3001);
+}
+
 async fn concurrent_writers_keep_one_chain(b: Backend) {
     let f = Fresh::new(b).await;
     let mut tasks = Vec::new();
@@ -341,6 +397,7 @@ both_backends!(
     append_reads_back_in_order,
     stale_expectation_is_a_conflict_and_writes_nothing,
     retried_append_with_the_same_key_writes_once,
+    large_batches_keep_the_chain_expectations_and_keys,
     concurrent_writers_keep_one_chain,
     concurrent_processes_keep_one_chain,
     tampering_is_detected,
