@@ -59,8 +59,11 @@ const SCIM_JSON: &str = "application/scim+json";
 const ACCEPT_JSON: &str = "application/scim+json, application/json";
 /// Resources per page when listing (scim2-server and many providers cap it at 1000).
 const PAGE_SIZE: usize = 1000;
-/// Ops in flight at once in [`Target::apply`].
-const DEFAULT_CONCURRENCY: usize = 8;
+/// Ops in flight at once in [`Target::apply`]. Measured against scim2-server (500 creates,
+/// release build): 1 in flight 327/s, 3: 315/s, 4: 280/s, 8: 17/s, because a Python
+/// `socketserver` listens with a backlog of 5 and more connections at once get their SYN
+/// dropped and retried a second later. Four stays under such small backlogs.
+const DEFAULT_CONCURRENCY: usize = 4;
 /// Tries per request (the first one included) on 429, 5xx, timeouts, connection errors.
 const DEFAULT_ATTEMPTS: u32 = 3;
 /// First backoff; doubled per retry, jittered to 50–100 %.
