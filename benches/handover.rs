@@ -1,0 +1,121 @@
+//! `scripts/bench handover`: a Samba AD DC with `--users` (20,000) users synced into
+//! scim2-server by an "old" instance; the old instance is stopped and `--deleted-pct` (1 %)
+//! of the users are deleted; then the whole `new-computer` handover is timed against one
+//! plain full sync of the same directory (`sync --full` afterwards, nothing left to export),
+//! in the same run. Release build. Goal: the handover under 2x the full sync.
+
+#[path = "../tests/it/lab/mod.rs"]
+mod lab;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+const OU: &str = "OU=Bench,DC=test,DC=lan";
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Run dirsync in `dir`; must succeed. Returns the seconds it took.
+fn dirsync(dir: &Path, args: &[&str]) -> f64 {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_dirsync"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DIRSYNC_CONFIG")
+        .output()
+        .expect("run dirsync");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "dirsync {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secs
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let users = arg(&args, "--users", 20_000);
+    let pct = arg(&args, "--deleted-pct", 1);
+    eprintln!("loading {users} users into Samba ...");
+    let samba = lab::Samba::start().await;
+    let scim = lab::Scim::start().await;
+    samba
+        .ldapadd(&format!("dn: {OU}\nobjectClass: organizationalUnit\n\n"))
+        .await;
+    let mut i = 0;
+    while i < users {
+        let mut ldif = String::new();
+        for j in i..(i + 2000).min(users) {
+            ldif.push_str(&format!(
+                "dn: CN=user{j},{OU}\nobjectClass: user\nsAMAccountName: user{j}\nuserPrincipalName: user{j}@test.lan\n\
+                 givenName: User\nsn: N{j}\nmail: user{j}@test.lan\ntitle: Clerk\ndepartment: Sales\nuserAccountControl: 512\n\n"
+            ));
+        }
+        samba.ldapadd(&ldif).await;
+        i += 2000;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let dir = work.path();
+    std::fs::write(dir.join("pw"), samba.password()).expect("pw");
+    std::fs::write(dir.join("token"), scim.token()).expect("token");
+    std::fs::write(
+        dir.join("dirsync.toml"),
+        format!(
+            "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"ad\"\nurl = \"{}\"\n\
+             bind_dn = \"{}\"\npassword_file = \"pw\"\nbase_dn = \"DC=test,DC=lan\"\n\
+             include = [\"{OU}\"]\n[target]\nkind = \"scim\"\nurl = \"{}\"\n\
+             token_file = \"token\"\n[sync]\ndeletion_threshold = \"5%\"\n",
+            samba.url(),
+            samba.bind_dn(),
+            scim.base_url()
+        ),
+    )
+    .expect("config");
+    let playbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/new-computer.toml");
+    let playbook = playbook.to_string_lossy().to_string();
+    dirsync(dir, &["init"]);
+    eprintln!("the old instance's first sync (creates {users} users) ...");
+    let t_first = dirsync(dir, &["sync", "--instance", "old"]);
+    dirsync(dir, &["instance", "stop", "old"]);
+    let deleted = users * pct / 100;
+    let mut ldif = String::new();
+    for j in 0..deleted {
+        ldif.push_str(&format!("dn: CN=user{j},{OU}\nchangetype: delete\n\n"));
+    }
+    samba.ldapmodify(&ldif).await;
+    eprintln!("handover (new-computer) ...");
+    let t_handover = dirsync(
+        dir,
+        &[
+            "handover",
+            "--from",
+            "old",
+            "--to",
+            "new",
+            "--playbook",
+            &playbook,
+        ],
+    );
+    eprintln!("one plain full sync of the same directory ...");
+    let t_full = dirsync(dir, &["sync", "--instance", "new", "--full"]);
+    println!("users  deleted  first sync s  handover s  full sync s  ratio (goal < 2)");
+    println!(
+        "{users:<6} {deleted:<8} {t_first:<13.2} {t_handover:<11.2} {t_full:<12.2} {:.2}",
+        t_handover / t_full
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "handover", "users": users, "deleted": deleted,
+            "first_sync_s": t_first, "handover_s": t_handover, "full_sync_s": t_full,
+            "ratio": t_handover / t_full})
+    );
+}
