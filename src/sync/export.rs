@@ -29,7 +29,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
-use super::run::{import_run, probe_source, ImportOptions, ImportReport};
+use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Exit, Result};
@@ -41,7 +41,7 @@ use crate::log::event::{
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay::{self, Until};
-use crate::project::{InstanceStatus, Meta, State};
+use crate::project::{Meta, State};
 use crate::target::matching::{Index, Match};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target};
 
@@ -260,17 +260,10 @@ pub async fn sync(
         (None, false) => None,
     };
     let mut state = replay::refresh(store, 10_000).await?;
-    if let Some(r) = state.instances.instances.get(&opts.instance) {
-        // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand
-        // (or by a handover step, as the documented "force synchronization") still runs:
-        // fencing, not the stop, decides who may export.
-        if r.status == InstanceStatus::Retired {
-            return Err(Error::Refused(format!(
-                "instance {} is retired",
-                opts.instance
-            )));
-        }
-    }
+    // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand (or
+    // by a handover step, as the documented "force synchronization") still runs: fencing,
+    // not the stop, decides who may export.
+    refuse_retired(&state, &opts.instance)?;
     // Checks before anything is recorded: the source bind, the target's credentials, and
     // (exporting) the relationship.
     probe_source(&src_cfg).await?;

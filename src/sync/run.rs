@@ -389,6 +389,16 @@ fn cursor_unusable(state: &State, instance: &str, kind: &str, now_us: i64) -> Op
     })
 }
 
+/// A retired instance neither imports nor exports.
+pub(crate) fn refuse_retired(state: &State, instance: &str) -> Result<()> {
+    match state.instances.instances.get(instance) {
+        Some(r) if r.status == InstanceStatus::Retired => {
+            Err(Error::Refused(format!("instance {instance} is retired")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Connect and bind to the source, then hang up: the check made before anything is recorded.
 pub(crate) async fn probe_source(cfg: &SourceConfig) -> Result<()> {
     Source::connect(cfg).await?.close().await;
@@ -405,14 +415,7 @@ pub async fn import(
     let src_cfg = cfg.source()?.clone();
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let state = replay::refresh(store, 10_000).await?;
-    if let Some(r) = state.instances.instances.get(&opts.instance) {
-        if r.status == InstanceStatus::Retired {
-            return Err(Error::Refused(format!(
-                "instance {} is retired",
-                opts.instance
-            )));
-        }
-    }
+    refuse_retired(&state, &opts.instance)?;
     // Reach and bind before recording anything: a wrong password or an unreachable server
     // leaves the log untouched.
     probe_source(&src_cfg).await?;

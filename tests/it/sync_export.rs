@@ -34,6 +34,18 @@ impl ScimView {
         }
     }
 
+    async fn get(&self, url: &str) -> Value {
+        self.http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Every resource of `Users` or `Groups`.
     pub async fn all(&self, res: &str) -> Vec<Value> {
         let mut out = Vec::new();
@@ -43,16 +55,7 @@ impl ScimView {
                 self.base,
                 out.len() + 1
             );
-            let v: Value = self
-                .http
-                .get(&url)
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = self.get(&url).await;
             let page = v["Resources"].as_array().cloned().unwrap_or_default();
             let total = v["totalResults"].as_u64().unwrap_or(0) as usize;
             let empty = page.is_empty();
@@ -64,17 +67,7 @@ impl ScimView {
     }
 
     pub async fn count(&self, res: &str) -> u64 {
-        let url = format!("{}/{res}?count=1", self.base);
-        let v: Value = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.get(&format!("{}/{res}?count=1", self.base)).await;
         v["totalResults"].as_u64().unwrap_or(0)
     }
 
