@@ -10,6 +10,7 @@ pub mod target;
 
 pub use error::{Error, Exit, Result};
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod output;

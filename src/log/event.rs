@@ -314,6 +314,13 @@ pub struct HandoverCompleted {
     pub summary: serde_json::Value,
 }
 
+/// The target was found (or made) empty: what we owned there is gone, so the ledger starts
+/// afresh and the next export rebuilds the target from the log (`replay --to-target`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetReset {
+    pub reason: String,
+}
+
 macro_rules! events {
     ($($variant:ident($payload:ty)),+ $(,)?) => {
         /// Every fact dirsync records.
@@ -384,6 +391,7 @@ events! {
     HandoverStepCompleted(HandoverStep),
     HandoverStepFailed(HandoverStep),
     HandoverCompleted(HandoverCompleted),
+    TargetReset(TargetReset),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.

@@ -34,8 +34,9 @@ use super::scope::Scope;
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, DeletionsHeld, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp,
-    ObjectKind, SyncRelationshipEstablished, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
+    stream, DeletionsHeld, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
+    ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
+    SyncRunFailed, SyncRunStarted,
 };
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};

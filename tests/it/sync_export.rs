@@ -12,7 +12,7 @@ use dirsync::project::{replay, State};
 use serde_json::{json, Value};
 
 use crate::common::{bin, dirsync, Run};
-use crate::lab::{Samba, ScimTenant, Slapd, SlapdOptions, Scim};
+use crate::lab::{Samba, Scim, ScimTenant, Slapd, SlapdOptions};
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 const GROUPS: &str = "ou=groups,dc=example,dc=org";
@@ -38,7 +38,11 @@ impl ScimView {
     pub async fn all(&self, res: &str) -> Vec<Value> {
         let mut out = Vec::new();
         loop {
-            let url = format!("{}/{res}?startIndex={}&count=1000", self.base, out.len() + 1);
+            let url = format!(
+                "{}/{res}?startIndex={}&count=1000",
+                self.base,
+                out.len() + 1
+            );
             let v: Value = self
                 .http
                 .get(&url)
@@ -326,12 +330,19 @@ async fn openldap_into_scim_follows_the_directory() {
     let lab = E2e::ldap(4, "500").await;
     let v = lab.sync("a", &[]);
     assert_eq!(export_counts(&v), [6, 0, 0, 0, 0, 0, 0], "{v}");
-    assert_eq!(v["epoch"], 1, "the first instance establishes the relationship");
+    assert_eq!(
+        v["epoch"], 1,
+        "the first instance establishes the relationship"
+    );
     let users = lab.view.users_by_anchor().await;
     let groups = lab.view.groups_by_anchor().await;
     assert_eq!(users.len(), 4);
     assert_eq!(groups.len(), 2);
-    assert_eq!(lab.view.count("Users").await, 4, "nothing without an anchor");
+    assert_eq!(
+        lab.view.count("Users").await,
+        4,
+        "nothing without an anchor"
+    );
     let u1 = &users[&lab.anchor(&format!("uid=u1,{PEOPLE}")).await];
     assert_eq!(u1["userName"], "u1@example.org");
     assert_eq!(u1["name"]["familyName"], "N1");
@@ -343,7 +354,10 @@ async fn openldap_into_scim_follows_the_directory() {
     let team = lab.anchor(&format!("cn=team,{GROUPS}")).await;
     let crew = lab.anchor(&format!("cn=crew,{GROUPS}")).await;
     assert_eq!(groups[&team]["displayName"], "team");
-    assert_eq!(member_ids(&groups[&team]), BTreeSet::from([id(&a1), id(&a2)]));
+    assert_eq!(
+        member_ids(&groups[&team]),
+        BTreeSet::from([id(&a1), id(&a2)])
+    );
 
     // The same sync again exports nothing, and records no export.
     let head = lab.head().await;
@@ -366,11 +380,17 @@ async fn openldap_into_scim_follows_the_directory() {
     let groups = lab.view.groups_by_anchor().await;
     assert_eq!(users.len(), 3);
     assert_eq!(users[&a1]["title"], "Boss");
-    assert_eq!(users[&a1]["name"]["familyName"], "N1", "untouched attributes stay");
+    assert_eq!(
+        users[&a1]["name"]["familyName"], "N1",
+        "untouched attributes stay"
+    );
     let a3 = lab.anchor(&format!("uid=u3,{PEOPLE}")).await;
     assert_eq!(users[&a3]["userName"], "u3new@example.org");
     assert_eq!(member_ids(&groups[&team]), BTreeSet::from([id(&a1)]));
-    assert_eq!(member_ids(&groups[&crew]), BTreeSet::from([id(&a1), id(&a2)]));
+    assert_eq!(
+        member_ids(&groups[&crew]),
+        BTreeSet::from([id(&a1), id(&a2)])
+    );
 
     let head = lab.head().await;
     let v = lab.sync("a", &[]);
@@ -387,7 +407,11 @@ async fn openldap_into_scim_follows_the_directory() {
         .values()
         .map(|u| u["id"].as_str().unwrap().to_string())
         .collect();
-    in_target.extend(groups.values().map(|g| g["id"].as_str().unwrap().to_string()));
+    in_target.extend(
+        groups
+            .values()
+            .map(|g| g["id"].as_str().unwrap().to_string()),
+    );
     assert_eq!(owned, in_target);
 }
 
@@ -410,7 +434,10 @@ async fn active_directory_into_scim_follows_the_directory() {
     let id = |a: &str| users[a]["id"].as_str().unwrap().to_string();
     let groups = lab.view.groups_by_anchor().await;
     assert_eq!(groups[&team]["displayName"], "Team");
-    assert_eq!(member_ids(&groups[&team]), BTreeSet::from([id(&a1), id(&a2)]));
+    assert_eq!(
+        member_ids(&groups[&team]),
+        BTreeSet::from([id(&a1), id(&a2)])
+    );
 
     // Disable u1, rename u2 (new CN and UPN), take u2 out of Team, delete u4.
     let s = lab.samba();
@@ -420,7 +447,8 @@ async fn active_directory_into_scim_follows_the_directory() {
          dn: CN=Team,{STAFF}\nchangetype: modify\ndelete: member\nmember: CN=u2,{STAFF}\n\n"
     ))
     .await;
-    s.ldapmodrdn(&format!("CN=u2,{STAFF}"), "CN=u2b", None).await;
+    s.ldapmodrdn(&format!("CN=u2,{STAFF}"), "CN=u2b", None)
+        .await;
     s.ldapmodify(&format!(
         "dn: CN=u3,{STAFF}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
     ))
@@ -433,7 +461,10 @@ async fn active_directory_into_scim_follows_the_directory() {
     let users = lab.view.users_by_anchor().await;
     assert_eq!(users.len(), 3);
     assert_eq!(users[&a1]["active"], false, "disabled");
-    assert_eq!(users[&a2]["userName"], "u2b@test.lan", "renamed, same anchor");
+    assert_eq!(
+        users[&a2]["userName"], "u2b@test.lan",
+        "renamed, same anchor"
+    );
     assert_eq!(users[&a3]["title"], "Boss");
     let groups = lab.view.groups_by_anchor().await;
     assert_eq!(member_ids(&groups[&team]), BTreeSet::from([id(&a1)]));
@@ -459,21 +490,33 @@ async fn existing_cloud_objects_are_matched_and_ambiguity_is_held() {
     );
     let view = &lab.view;
     // u1: a cloud user with its userName (soft match).
-    let c1 = view.post("Users", scim_user("U1@example.org", json!({"title": "Old"}))).await;
+    let c1 = view
+        .post(
+            "Users",
+            scim_user("U1@example.org", json!({"title": "Old"})),
+        )
+        .await;
     // u2: a cloud user carrying its anchor under another name (hard match).
     let c2 = view
         .post("Users", scim_user("legacy-u2", json!({"externalId": a2})))
         .await;
     // u3: two unanchored candidates, by userName and by mail: ambiguous.
-    view.post("Users", scim_user("u3@example.org", json!({}))).await;
+    view.post("Users", scim_user("u3@example.org", json!({})))
+        .await;
     view.post(
         "Users",
-        scim_user("u3-other", json!({"emails": [{"value": "u3@example.org", "type": "work"}]})),
+        scim_user(
+            "u3-other",
+            json!({"emails": [{"value": "u3@example.org", "type": "work"}]}),
+        ),
     )
     .await;
     // u4: its userName is taken by an object anchored to something else.
-    view.post("Users", scim_user("u4@example.org", json!({"externalId": "someone-else"})))
-        .await;
+    view.post(
+        "Users",
+        scim_user("u4@example.org", json!({"externalId": "someone-else"})),
+    )
+    .await;
     // team: an unanchored group of that name (soft match).
     let cteam = view
         .post(
@@ -485,7 +528,11 @@ async fn existing_cloud_objects_are_matched_and_ambiguity_is_held() {
     let (run, v) = lab.run("a", &[]);
     assert_eq!(run.code, 1, "conflicts need the operator: {run:?}");
     let [created, _, deleted, matched, held, conflicts, failures] = export_counts(&v);
-    assert_eq!((matched, conflicts, deleted, held, failures), (3, 2, 0, 0, 0), "{v}");
+    assert_eq!(
+        (matched, conflicts, deleted, held, failures),
+        (3, 2, 0, 0, 0),
+        "{v}"
+    );
     assert_eq!(created, 2, "u5 and crew: {v}");
     let problems: Vec<&str> = v["problems"]
         .as_array()
@@ -500,9 +547,16 @@ async fn existing_cloud_objects_are_matched_and_ambiguity_is_held() {
     let all = view.all("Users").await;
     assert_eq!(all.len(), 6, "5 pre-existing + u5: nothing duplicated");
     let users = view.users_by_anchor().await;
-    assert_eq!(users[&a1]["id"], c1["id"], "soft match took the existing user");
+    assert_eq!(
+        users[&a1]["id"], c1["id"],
+        "soft match took the existing user"
+    );
     assert_eq!(users[&a1]["title"], "Clerk");
-    assert_eq!(users[&a1]["externalId"], a1.as_str(), "the anchor was written");
+    assert_eq!(
+        users[&a1]["externalId"],
+        a1.as_str(),
+        "the anchor was written"
+    );
     assert_eq!(users[&a2]["id"], c2["id"]);
     assert_eq!(users[&a2]["userName"], "u2@example.org");
     assert!(!users.contains_key(&a3) && !users.contains_key(&a4));
@@ -511,7 +565,10 @@ async fn existing_cloud_objects_are_matched_and_ambiguity_is_held() {
     assert_eq!(groups[&team]["id"], cteam["id"]);
     assert_eq!(
         member_ids(&groups[&team]),
-        BTreeSet::from([c1["id"].as_str().unwrap().into(), c2["id"].as_str().unwrap().into()])
+        BTreeSet::from([
+            c1["id"].as_str().unwrap().into(),
+            c2["id"].as_str().unwrap().into()
+        ])
     );
 
     // Again: the conflicts are still held, nothing is created, and they are not re-recorded.
@@ -551,13 +608,19 @@ async fn six_hundred_deletions_wait_for_an_approval_of_exactly_that_list() {
     let plans: Value = serde_json::from_str(&shown.stdout).unwrap();
     assert_eq!(plans[0]["plan_hash"], first.as_str());
     assert_eq!(plans[0]["count"], 600);
-    assert!(plans[0]["deletions"][0]["name"].as_str().unwrap().ends_with("@example.org"));
+    assert!(plans[0]["deletions"][0]["name"]
+        .as_str()
+        .unwrap()
+        .ends_with("@example.org"));
 
     // Held again without a second record; an unknown hash is bad input.
     let head = lab.head().await;
     let (run, _) = lab.run("a", &[]);
     assert_eq!(run.code, 3);
-    assert!(!lab.events_after(head).await.contains(&"DeletionsHeld".to_string()));
+    assert!(!lab
+        .events_after(head)
+        .await
+        .contains(&"DeletionsHeld".to_string()));
     assert_eq!(lab.cli(&["deletions", "approve", "--plan", "abc"]).code, 2);
 
     // One more deletion: a different list, a different hash; approving the first does not
@@ -572,7 +635,10 @@ async fn six_hundred_deletions_wait_for_an_approval_of_exactly_that_list() {
     assert_eq!(run.code, 3, "{run:?}");
     assert_eq!(lab.view.count("Users").await, 700);
 
-    assert_eq!(lab.cli(&["deletions", "approve", "--plan", &second]).code, 0);
+    assert_eq!(
+        lab.cli(&["deletions", "approve", "--plan", &second]).code,
+        0
+    );
     let v = lab.sync("a", &[]);
     assert_eq!(n(&v, "deleted"), 601, "{v}");
     assert_eq!(lab.view.count("Users").await, 99);
@@ -598,7 +664,10 @@ async fn a_fenced_instance_exports_nothing() {
     let head = lab.head().await;
     let (run, _) = lab.run("old", &[]);
     assert_eq!(run.code, 4, "{run:?}");
-    assert!(run.stderr.contains("new holds the sync relationship"), "{run:?}");
+    assert!(
+        run.stderr.contains("new holds the sync relationship"),
+        "{run:?}"
+    );
     assert_eq!(lab.head().await, head);
     let a1 = lab.anchor(&format!("uid=u1,{PEOPLE}")).await;
     assert_eq!(lab.view.users_by_anchor().await[&a1]["title"], "Clerk");
@@ -636,8 +705,14 @@ async fn kill_9_during_an_export_then_rerun_duplicates_nothing() {
     assert_eq!(run.code, 0, "{run:?}");
     let users = lab.view.all("Users").await;
     assert_eq!(users.len(), 1500, "{v}");
-    let names: BTreeSet<&str> = users.iter().map(|u| u["userName"].as_str().unwrap()).collect();
-    let anchors: BTreeSet<&str> = users.iter().map(|u| u["externalId"].as_str().unwrap()).collect();
+    let names: BTreeSet<&str> = users
+        .iter()
+        .map(|u| u["userName"].as_str().unwrap())
+        .collect();
+    let anchors: BTreeSet<&str> = users
+        .iter()
+        .map(|u| u["externalId"].as_str().unwrap())
+        .collect();
     assert_eq!((names.len(), anchors.len()), (1500, 1500), "no duplicates");
     assert_eq!(lab.view.count("Groups").await, 2);
     let state = lab.state().await;
@@ -682,6 +757,12 @@ async fn bad_target_credentials_and_unmappable_users() {
     let v = lab.sync("a", &[]);
     assert_eq!(n(&v, "created"), 4, "{v}");
     assert_eq!(n(&v, "unmappable"), 1, "{v}");
-    assert!(v["problems"][0]["detail"].as_str().unwrap().contains("userName"), "{v}");
+    assert!(
+        v["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("userName"),
+        "{v}"
+    );
     assert_eq!(lab.view.count("Users").await, 2);
 }
