@@ -395,14 +395,13 @@ impl Relationship {
                     until_us: b.lease_until.timestamp_micros(),
                 });
             }
-            Event::ExportBatchCompleted(b) => {
+            Event::ExportBatchCompleted(b)
                 if self
                     .lease
                     .as_ref()
-                    .is_some_and(|l| l.batch_id == b.batch_id)
-                {
-                    self.lease = None;
-                }
+                    .is_some_and(|l| l.batch_id == b.batch_id) =>
+            {
+                self.lease = None;
             }
             _ => {}
         }

@@ -261,17 +261,16 @@ impl E2e {
         self.store().await.head().await.unwrap().0
     }
 
-    /// The anchor of the source object whose DN starts with `rdn,`.
-    pub async fn anchor(&self, rdn: &str) -> String {
+    /// The anchor of the source object with this DN (any case).
+    pub async fn anchor(&self, dn: &str) -> String {
         let state = self.state().await;
-        let prefix = format!("{},", rdn.to_lowercase());
         state
             .objects
             .objects
             .iter()
-            .find(|(_, r)| r.dn.to_lowercase().starts_with(&prefix))
+            .find(|(_, r)| r.dn.eq_ignore_ascii_case(dn))
             .map(|(a, _)| a.clone())
-            .unwrap_or_else(|| panic!("no {rdn}"))
+            .unwrap_or_else(|| panic!("no {dn}"))
     }
 
     /// Event types appended after `seq`.
