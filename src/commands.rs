@@ -324,7 +324,10 @@ async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> Result<Exit
         .unwrap_or(Until::Head);
     let state = replay::state_at(store, until, Some(&bar)).await;
     bar.finish_and_clear();
-    print_state(&state?, fmt)?;
+    let state = state?;
+    print_state(&state, fmt)?;
+    // The process ends now: freeing a large state piece by piece would only cost time.
+    std::mem::forget(state);
     Ok(Exit::Ok)
 }
 
@@ -337,7 +340,10 @@ fn at(a: Option<&crate::project::At>) -> String {
 
 pub fn print_state(s: &State, fmt: Format) -> Result<()> {
     if fmt == Format::Json {
-        return emit_json(&serde_json::to_value(s).map_err(Error::store)?);
+        // Straight to text: a large state is not built again as a JSON tree first.
+        let mut out = serde_json::to_string_pretty(s).map_err(Error::store)?;
+        out.push('\n');
+        return Ok(print(&out)?);
     }
     let mut out = format!("state as of seq {}\n\n", s.seq);
     let mut objs: Vec<_> = s.objects.objects.iter().collect();
@@ -821,6 +827,9 @@ async fn audit_cmd(cfg: &Config, c: crate::cli::AuditCommand, fmt: Format) -> Re
                 replay::refresh(&store, SNAPSHOT_EVERY).await?
             };
             let list = missed::missed_deletes(&state, &cursors, now);
+            // The process ends after printing: freeing a large state piece by piece would
+            // only cost time (seconds for a million objects).
+            let state = std::mem::ManuallyDrop::new(state);
             let rows: Vec<Vec<String>> = list.iter().map(|m| m.row()).collect();
             let v = json!({
                 "seq": state.seq,
@@ -972,6 +981,18 @@ async fn to_target(
         return Ok(Exit::Ok);
     }
     target.probe().await?;
+    let mut remote = target.list(crate::log::event::ObjectKind::User).await?;
+    remote.extend(target.list(crate::log::event::ObjectKind::Group).await?);
+    let foreign = crate::audit::history::foreign_objects(&remote, &state);
+    if !foreign.is_empty() {
+        let names: Vec<&str> = foreign.iter().take(5).map(|r| r.name.as_str()).collect();
+        return Err(Error::Refused(format!(
+            "the target is not a fresh one: {} object(s) carry anchors the source no longer has ({}{}); a rebuild would leave them there unowned. `dirsync sync` keeps an existing target in step",
+            foreign.len(),
+            names.join(", "),
+            if foreign.len() > 5 { ", ..." } else { "" }
+        )));
+    }
     // The reset is recorded only by the relationship's holder (or when nobody holds it):
     // the append expects the relationship stream's version it checked.
     let version = store.stream_version(stream::RELATIONSHIP).await?;

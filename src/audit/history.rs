@@ -101,8 +101,12 @@ fn deletion_detail(d: Option<&Deletion>) -> Vec<String> {
 fn mapped_changes(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> Vec<String> {
     let obj = |v: Option<&serde_json::Value>| {
         v.and_then(|v| v.as_object())
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_else(BTreeMap::new)
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default()
     };
     let (a, b) = (obj(a), obj(b));
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -331,6 +335,24 @@ pub fn what_if(state: &State, scope: &Scope, kind: SourceKind) -> WhatIf {
     out
 }
 
+/// Target objects that stop `replay --to-target`: they carry an anchor that is not live in
+/// the source projection. Rebuilding would take the others back (hard match) but leave
+/// these in the target unowned, never to be deleted. Cloud-only objects (no anchor) are
+/// never ours and do not count; objects of an interrupted rebuild carry live anchors.
+pub fn foreign_objects<'a>(
+    remote: &'a [crate::target::RemoteObject],
+    state: &State,
+) -> Vec<&'a crate::target::RemoteObject> {
+    remote
+        .iter()
+        .filter(|r| {
+            r.anchor
+                .as_ref()
+                .is_some_and(|a| !state.objects.objects.get(a).is_some_and(|o| o.live()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +402,32 @@ mod tests {
         assert_eq!(d.ledger.deleted[0].name, "u2");
         assert!(diff(&l.state, &l.state).objects.is_empty());
         assert_eq!(d.rows().len(), 6);
+    }
+
+    #[test]
+    fn only_anchors_gone_from_the_source_stop_a_rebuild() {
+        let mut l = Log::new();
+        l.import("a1", "uid=u1,dc=t", "u1");
+        l.import("a2", "uid=u2,dc=t", "u2");
+        l.delete(
+            "a2",
+            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
+        );
+        let r = |anchor: Option<&str>| crate::target::RemoteObject {
+            kind: crate::log::event::ObjectKind::User,
+            id: format!("id-{anchor:?}"),
+            anchor: anchor.map(String::from),
+            name: "n".into(),
+            emails: vec![],
+            etag: None,
+            state: None,
+        };
+        let remote = [r(None), r(Some("a1")), r(Some("a2")), r(Some("zz"))];
+        let f: Vec<_> = foreign_objects(&remote, &l.state)
+            .into_iter()
+            .map(|o| o.anchor.clone().unwrap())
+            .collect();
+        assert_eq!(f, ["a2", "zz"]);
     }
 
     #[test]

@@ -358,9 +358,18 @@ pub async fn stored(store: &AnyStore) -> Result<Option<State>> {
 
 /// The snapshot stored under `name`, if it still matches the log.
 async fn stored_named(store: &AnyStore, name: &str) -> Result<Option<State>> {
+    stored_below(store, name, u64::MAX).await
+}
+
+/// The snapshot stored under `name`, if it is at or below seq `n` and still matches the log
+/// (one above `n` is not decoded).
+async fn stored_below(store: &AnyStore, name: &str, n: u64) -> Result<Option<State>> {
     let Some(snap) = store.load_snapshot(name).await? else {
         return Ok(None);
     };
+    if snap.seq > n {
+        return Ok(None);
+    }
     let at = store.read(snap.seq.saturating_sub(1), 1).await?;
     let matches = match at.first() {
         Some(e) => e.seq == snap.seq && e.hash == snap.hash,
@@ -524,12 +533,7 @@ pub async fn state_at_every(
         Until::Seq(n) => n,
         Until::Time(t) => seq_at_time(store, t).await?,
     };
-    let mut base = State::default();
-    if let Some(s) = stored(store).await? {
-        if s.seq <= n {
-            base = s;
-        }
-    }
+    let mut base = stored_below(store, SNAPSHOT, n).await?.unwrap_or_default();
     // Grid points from the highest at or below n down to the base: the first stored wins.
     let mut g = n / every * every;
     while g > base.seq {

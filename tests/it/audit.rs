@@ -361,6 +361,17 @@ async fn to_target_rebuilds_an_empty_tenant_like_the_live_one() {
     let state = lab.state().await;
     let owned: BTreeSet<String> = state.ledger.owned().map(|(a, _)| a.clone()).collect();
     assert_eq!(owned, live.keys().cloned().collect());
+
+    // A target holding an object whose anchor the source no longer has is not a fresh
+    // one: the old tenant still has u4, now deleted in the source. Refused, nothing written.
+    s.ldapdelete(&format!("uid=u4,{PEOPLE}")).await;
+    let run = dr(&["sync", "--instance", "a", "--staging"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let head = lab.head().await;
+    let run = lab.cli(&["replay", "--to-target", "--instance", "a"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("not a fresh one"), "{run:?}");
+    assert_eq!(lab.head().await, head);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
