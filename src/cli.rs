@@ -9,6 +9,8 @@ pub enum Format {
     #[default]
     Table,
     Json,
+    /// Comma-separated values (audits and replay --diff/--what-if only).
+    Csv,
 }
 
 #[derive(Debug, Parser)]
@@ -63,6 +65,9 @@ pub enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Audits over the log: missed deletions, sync gaps.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +93,33 @@ pub struct HandoverArgs {
 pub enum HandoverCommand {
     /// The current or last handover: each step, its state and times.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Objects we own in the target that are gone (or out of scope) in the source and whose
+    /// deletion has not reached the target, with the evidence.
+    MissedDeletes {
+        /// Exit 5 when anything is listed.
+        #[arg(long)]
+        fail_if_any: bool,
+        /// The log's view only: no full import of the source first.
+        #[arg(long)]
+        from_log: bool,
+        /// The instance whose full import (in staging) gathers fresh evidence; default:
+        /// this host's name.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Per instance, the windows in which no sync completed, against the tombstone
+    /// lifetime and the cursor's age (exit 5 with --fail-if-any when one is past it).
+    Gaps {
+        /// Leave out closed windows shorter than this (default: twice the sync interval).
+        #[arg(long, value_name = "DURATION")]
+        longer_than: Option<String>,
+        #[arg(long)]
+        fail_if_any: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +182,30 @@ pub struct ReplayArgs {
     /// Rebuild every projection from seq 0 and compare with the stored ones (exit 5 on a difference).
     #[arg(long)]
     pub verify: bool,
+    /// What changed between two points (SEQ or RFC 3339 each): added, changed, deleted.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["until", "verify"])]
+    pub diff: Option<Vec<String>>,
+    /// Rebuild a fresh, empty target from the log through the normal plan, guard and
+    /// fencing (needs --instance).
+    #[arg(long, requires = "instance", conflicts_with_all = ["until", "verify", "diff"])]
+    pub to_target: bool,
+    /// The instance exporting with --to-target.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// With --to-target: print the plan, write nothing.
+    #[arg(long, requires = "to_target")]
+    pub dry_run: bool,
+    /// Replay the recorded source history under this configuration's scope and mapping and
+    /// print how the target would differ from today's.
+    #[arg(long, value_name = "CONFIG", conflicts_with_all = ["until", "verify", "diff", "to_target"])]
+    pub what_if: Option<PathBuf>,
+}
+
+impl ReplayArgs {
+    /// --diff, --to-target or --what-if: the history commands.
+    pub fn is_history(&self) -> bool {
+        self.diff.is_some() || self.to_target || self.what_if.is_some()
+    }
 }
 
 #[derive(Debug, Subcommand)]

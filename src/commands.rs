@@ -26,7 +26,20 @@ const SNAPSHOT_EVERY: u64 = 10_000;
 pub async fn execute(cli: Cli) -> Result<Exit> {
     let cfg = Config::discover(cli.config.as_deref())?;
     let fmt = cli.format;
+    let csv_ok = match &cli.command {
+        Command::Audit(_) => true,
+        Command::Replay(a) => a.diff.is_some() || a.what_if.is_some(),
+        _ => false,
+    };
+    if fmt == Format::Csv && !csv_ok {
+        return Err(Error::BadInput(
+            "--format csv is for `audit` and `replay --diff/--what-if`; use table or json here"
+                .into(),
+        ));
+    }
     match cli.command {
+        Command::Audit(c) => audit_cmd(&cfg, c, fmt).await,
+        Command::Replay(a) if a.is_history() => history_cmd(&cfg, a, fmt).await,
         Command::Init => init(&cfg, fmt).await,
         Command::Log(c) => {
             let store = open(&cfg).await?;
@@ -52,7 +65,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
             bar.finish_and_clear();
             match fmt {
                 Format::Json => emit_json(&json!(checks))?,
-                Format::Table => {
+                Format::Table | Format::Csv => {
                     let rows: Vec<Vec<String>> = checks
                         .iter()
                         .map(|c| {
@@ -98,7 +111,7 @@ async fn init(cfg: &Config, fmt: Format) -> Result<Exit> {
         Format::Json => {
             emit_json(&json!({"store": store.describe(), "events": seq, "ready": true}))?
         }
-        Format::Table => print(&format!(
+        Format::Table | Format::Csv => print(&format!(
             "store {} is ready ({seq} events)\n",
             store.describe()
         ))?,
@@ -137,7 +150,7 @@ async fn log_show(store: &AnyStore, since: u64, limit: Option<u64>, fmt: Format)
                 out.push_str(&event_json(e).to_string());
                 out.push('\n');
             }
-            Format::Table => {
+            Format::Table | Format::Csv => {
                 let mut summary = e.payload.clone();
                 if summary.chars().count() > 90 {
                     summary = summary.chars().take(87).collect::<String>() + "...";
@@ -173,7 +186,7 @@ async fn log_verify(store: &AnyStore, fmt: Format) -> Result<Exit> {
     let n = r?;
     match fmt {
         Format::Json => emit_json(&json!({"ok": true, "events": n, "head": hex::encode(hash)}))?,
-        Format::Table => print(&format!(
+        Format::Table | Format::Csv => print(&format!(
             "chain verified: {n} events, head {}\n",
             hex::encode(hash)
         ))?,
@@ -297,7 +310,7 @@ async fn log_import(store: &AnyStore, file: &Path, fmt: Format) -> Result<Exit> 
         Format::Json => {
             emit_json(&json!({"imported": new.len(), "already_present": head, "head": state.seq}))?
         }
-        Format::Table => print(&format!(
+        Format::Table | Format::Csv => print(&format!(
             "imported {} events ({} already present); log now ends at seq {}\n",
             new.len(),
             head,
@@ -331,10 +344,10 @@ async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> Result<Exit
             Format::Json => {
                 emit_json(&json!({"ok": true, "events": n, "compared_stored": compared}))?
             }
-            Format::Table if compared => print(&format!(
+            Format::Table | Format::Csv if compared => print(&format!(
                 "replayed {n} events from seq 0: the stored projections match\n"
             ))?,
-            Format::Table => print(&format!(
+            Format::Table | Format::Csv => print(&format!(
                 "replayed {n} events from seq 0: no stored projections to compare yet\n"
             ))?,
         }
@@ -346,9 +359,12 @@ async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> Result<Exit
         .map(parse_until)
         .transpose()?
         .unwrap_or(Until::Head);
-    let state = replay::fold_with(store, State::default(), until, Some(&bar)).await;
+    let state = replay::state_at(store, until, Some(&bar)).await;
     bar.finish_and_clear();
-    print_state(&state?, fmt)?;
+    let state = state?;
+    print_state(&state, fmt)?;
+    // The process ends now: freeing a large state piece by piece would only cost time.
+    std::mem::forget(state);
     Ok(Exit::Ok)
 }
 
@@ -361,7 +377,10 @@ fn at(a: Option<&crate::project::At>) -> String {
 
 pub fn print_state(s: &State, fmt: Format) -> Result<()> {
     if fmt == Format::Json {
-        return emit_json(&serde_json::to_value(s).map_err(Error::store)?);
+        // Straight to text: a large state is not built again as a JSON tree first.
+        let mut out = serde_json::to_string_pretty(s).map_err(Error::store)?;
+        out.push('\n');
+        return Ok(print(&out)?);
     }
     let mut out = format!("state as of seq {}\n\n", s.seq);
     let mut objs: Vec<_> = s.objects.objects.iter().collect();
@@ -487,7 +506,7 @@ async fn instance(store: &AnyStore, c: InstanceCommand, fmt: Format) -> Result<E
     replay::refresh(store, SNAPSHOT_EVERY).await?;
     match fmt {
         Format::Json => emit_json(&json!({"instance": name, "recorded": what}))?,
-        Format::Table => print(&format!("{name}: {what}\n"))?,
+        Format::Table | Format::Csv => print(&format!("{name}: {what}\n"))?,
     }
     Ok(Exit::Ok)
 }
@@ -566,7 +585,7 @@ async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
     let r = r?;
     match fmt {
         Format::Json => emit_json(&serde_json::to_value(&r).map_err(Error::store)?)?,
-        Format::Table => print(&sync_table(&r))?,
+        Format::Table | Format::Csv => print(&sync_table(&r))?,
     }
     if let (Some(h), Some(why)) = (&r.held_plan, &r.held_reason) {
         eprintln!(
@@ -709,7 +728,7 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
                 .collect();
             match fmt {
                 Format::Json => emit_json(&json!(plans))?,
-                Format::Table => {
+                Format::Table | Format::Csv => {
                     let mut out = String::new();
                     if plans.is_empty() {
                         out.push_str("no deletions held\n");
@@ -770,7 +789,7 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
             }
             match fmt {
                 Format::Json => emit_json(&json!({"approved": plan, "count": p.anchors.len()}))?,
-                Format::Table => print(&format!(
+                Format::Table | Format::Csv => print(&format!(
                     "approved {} deletion(s) of plan {plan}: the next sync exports exactly these\n",
                     p.anchors.len()
                 ))?,
@@ -793,7 +812,7 @@ async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Result<Exit> {
         else {
             return match fmt {
                 Format::Json => emit_json(&json!(null)).map(|()| Exit::Ok),
-                Format::Table => print("no handover recorded\n")
+                Format::Table | Format::Csv => print("no handover recorded\n")
                     .map(|()| Exit::Ok)
                     .map_err(Error::from),
             };
@@ -825,7 +844,7 @@ async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Result<Exit> {
 fn print_handover(r: &crate::playbook::runner::HandoverReport, fmt: Format) -> Result<()> {
     match fmt {
         Format::Json => emit_json(&serde_json::to_value(r).map_err(Error::store)?),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             let mut out = format!(
                 "handover {} ({} -> {}, playbook {}): {}\n",
                 r.handover_id, r.from, r.to, r.playbook, r.status
@@ -863,4 +882,277 @@ fn print_handover(r: &crate::playbook::runner::HandoverReport, fmt: Format) -> R
             print(&out).map_err(Error::from)
         }
     }
+}
+
+// ---- audit and replay history (issue 6) ----
+
+/// Print rows as a table or CSV, or `json` as JSON.
+fn emit_rows(
+    fmt: Format,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    json: &serde_json::Value,
+) -> Result<()> {
+    match fmt {
+        Format::Json => emit_json(json),
+        Format::Csv => Ok(print(&output::csv(headers, rows))?),
+        Format::Table => Ok(print(&table(headers, rows))?),
+    }
+}
+
+async fn audit_cmd(cfg: &Config, c: crate::cli::AuditCommand, fmt: Format) -> Result<Exit> {
+    use crate::audit::{gaps, missed};
+    use crate::cli::AuditCommand;
+    let store = open(cfg).await?;
+    let now = Utc::now().timestamp_micros();
+    match c {
+        AuditCommand::MissedDeletes {
+            fail_if_any,
+            from_log,
+            instance,
+        } => {
+            let before = replay::refresh(&store, SNAPSHOT_EVERY).await?;
+            // What could reveal a deletion is judged on the cursors as they were before the
+            // fresh import moved one of them.
+            let cursors = before.cursors.clone();
+            let mut fresh = serde_json::Value::Null;
+            let state = if from_log {
+                before
+            } else {
+                if cfg.source.is_none() {
+                    return Err(Error::Config(
+                        "no [source] section to read fresh evidence from: use --from-log for the log's view"
+                            .into(),
+                    ));
+                }
+                let opts = crate::sync::export::SyncOptions {
+                    instance: instance.unwrap_or_else(host_name),
+                    full: true,
+                    staging: true,
+                    dry_run: false,
+                    take_over: false,
+                    stop: None,
+                };
+                let bar = indicatif::ProgressBar::with_draw_target(
+                    None,
+                    indicatif::ProgressDrawTarget::stderr(),
+                );
+                let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
+                bar.finish_and_clear();
+                let r = r?;
+                fresh = json!({"instance": r.instance, "run_id": r.run_id, "seen": r.import.seen,
+                    "deleted": r.import.deleted, "left_scope": r.import.left_scope});
+                if fmt != Format::Json {
+                    eprintln!(
+                        "dirsync: fresh evidence: full import by {} (run {}): {} seen, {} deleted, {} left scope",
+                        r.instance, r.run_id, r.import.seen, r.import.deleted, r.import.left_scope
+                    );
+                }
+                replay::refresh(&store, SNAPSHOT_EVERY).await?
+            };
+            let list = missed::missed_deletes(&state, &cursors, now);
+            // The process ends after printing: freeing a large state piece by piece would
+            // only cost time (seconds for a million objects).
+            let state = std::mem::ManuallyDrop::new(state);
+            let rows: Vec<Vec<String>> = list.iter().map(|m| m.row()).collect();
+            let v = json!({
+                "seq": state.seq,
+                "evidence": if from_log { "log" } else { "full-import" },
+                "fresh_import": fresh,
+                "count": list.len(),
+                "missed": list.iter().map(|m| m.json()).collect::<Vec<_>>(),
+            });
+            if fmt == Format::Table && list.is_empty() {
+                print(&format!(
+                    "no missed deletions as of seq {}: every deletion seen in the source has reached the target\n",
+                    state.seq
+                ))?;
+            } else {
+                emit_rows(fmt, &missed::HEADERS, &rows, &v)?;
+            }
+            Ok(if fail_if_any && !list.is_empty() {
+                Exit::Found
+            } else {
+                Exit::Ok
+            })
+        }
+        AuditCommand::Gaps {
+            longer_than,
+            fail_if_any,
+        } => {
+            let min = match longer_than {
+                Some(s) => humantime::parse_duration(&s)
+                    .map_err(|e| Error::BadInput(format!("--longer-than `{s}`: {e}")))?,
+                None => cfg.sync.interval * 2,
+            };
+            let state = replay::refresh(&store, SNAPSHOT_EVERY).await?;
+            let min_us = i64::try_from(min.as_micros()).unwrap_or(i64::MAX);
+            let report = gaps::gaps(&state, now, min_us);
+            let v = serde_json::to_value(&report).map_err(Error::store)?;
+            emit_rows(fmt, &gaps::HEADERS, &report.rows(), &v)?;
+            if fmt == Format::Table {
+                print(&match report.tombstone_lifetime_days {
+                    Some(d) => format!("\ntombstone lifetime: {d} days\n"),
+                    None => "\ntombstone lifetime: unknown (the source did not say)\n".into(),
+                })?;
+            }
+            Ok(if fail_if_any && report.flagged() {
+                Exit::Found
+            } else {
+                Exit::Ok
+            })
+        }
+    }
+}
+
+async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Result<Exit> {
+    use crate::audit::history;
+    let store = open(cfg).await?;
+    if let Some(points) = &a.diff {
+        let [from, to] = points.as_slice() else {
+            return Err(Error::BadInput("--diff takes two points: A B".into()));
+        };
+        let (from, to) = (parse_until(from)?, parse_until(to)?);
+        let sa = replay::state_at(&store, from, None).await?;
+        let sb = replay::state_at(&store, to, None).await?;
+        let d = history::diff(&sa, &sb);
+        let v = serde_json::to_value(&d).map_err(Error::store)?;
+        if fmt == Format::Table {
+            print(&format!(
+                "changes from seq {} to seq {}\n",
+                d.from_seq, d.to_seq
+            ))?;
+        }
+        emit_rows(fmt, &history::DIFF_HEADERS, &d.rows(), &v)?;
+        return Ok(Exit::Ok);
+    }
+    if let Some(path) = &a.what_if {
+        let other = Config::load(path)?;
+        let src = other.source()?;
+        let scope = crate::sync::scope::Scope::new(&src.base_dn, &src.include, &src.exclude);
+        let state = replay::refresh(&store, SNAPSHOT_EVERY).await?;
+        let w = history::what_if(&state, &scope, src.kind);
+        let v = serde_json::to_value(&w).map_err(Error::store)?;
+        if fmt == Format::Table {
+            print(&format!(
+                "under {}: {} would leave the target, {} join, {} change, {} unmappable (log as of seq {})\n",
+                path.display(),
+                w.leave.len(),
+                w.join.len(),
+                w.change.len(),
+                w.unmappable.len(),
+                state.seq
+            ))?;
+        }
+        emit_rows(fmt, &history::WHAT_IF_HEADERS, &w.rows(), &v)?;
+        return Ok(Exit::Ok);
+    }
+    let instance = a.instance.clone().unwrap_or_else(host_name);
+    to_target(cfg, &store, &instance, a.dry_run, fmt).await
+}
+
+/// `replay --to-target`: record that the target is empty (fenced like an export), then
+/// export what the log holds through the normal plan, guard and fencing.
+async fn to_target(
+    cfg: &Config,
+    store: &AnyStore,
+    instance: &str,
+    dry_run: bool,
+    fmt: Format,
+) -> Result<Exit> {
+    use crate::log::event::{stream, TargetReset};
+    use crate::target::Target;
+    let target = crate::target::AnyTarget::from_config(cfg.target()?)?;
+    let source_kind = cfg.source()?.kind;
+    let reset = Event::TargetReset(TargetReset {
+        reason: format!("replay --to-target by {instance}: rebuild an empty target from the log"),
+    });
+    let state = replay::refresh(store, SNAPSHOT_EVERY).await?;
+    if dry_run {
+        let mut s = state;
+        let meta = crate::project::Meta {
+            seq: s.seq + 1,
+            instance,
+            recorded_at_us: Utc::now().timestamp_micros(),
+        };
+        s.apply(&meta, &reset);
+        let p = crate::sync::plan::plan(&s, source_kind, None);
+        let mut rows: Vec<Vec<String>> = p
+            .new
+            .iter()
+            .map(|(a, m)| {
+                vec![
+                    "create".into(),
+                    m.kind().as_str().into(),
+                    a.clone(),
+                    m.name().into(),
+                    String::new(),
+                ]
+            })
+            .collect();
+        rows.extend(p.unmappable.iter().map(|(a, why)| {
+            vec![
+                "unmappable".into(),
+                String::new(),
+                a.clone(),
+                String::new(),
+                why.clone(),
+            ]
+        }));
+        let v = json!({"dry_run": true, "create": p.new.len(), "unmappable": p.unmappable.len(),
+            "plan": rows.iter().map(|r| json!({"op": r[0], "kind": r[1], "anchor": r[2], "name": r[3], "detail": r[4]})).collect::<Vec<_>>()});
+        emit_rows(fmt, &["OP", "KIND", "ANCHOR", "NAME", "DETAIL"], &rows, &v)?;
+        return Ok(Exit::Ok);
+    }
+    target.probe().await?;
+    let mut remote = target.list(crate::log::event::ObjectKind::User).await?;
+    remote.extend(target.list(crate::log::event::ObjectKind::Group).await?);
+    let foreign = crate::audit::history::foreign_objects(&remote, &state);
+    if !foreign.is_empty() {
+        let names: Vec<&str> = foreign.iter().take(5).map(|r| r.name.as_str()).collect();
+        return Err(Error::Refused(format!(
+            "the target is not a fresh one: {} object(s) carry anchors the source no longer has ({}{}); a rebuild would leave them there unowned. `dirsync sync` keeps an existing target in step",
+            foreign.len(),
+            names.join(", "),
+            if foreign.len() > 5 { ", ..." } else { "" }
+        )));
+    }
+    // The reset is recorded only by the relationship's holder (or when nobody holds it):
+    // the append expects the relationship stream's version it checked.
+    let version = store.stream_version(stream::RELATIONSHIP).await?;
+    let state = replay::fold(store, state, Until::Head).await?;
+    if let Some(h) = &state.relationship.holder {
+        if h != instance {
+            return Err(Error::Fenced(format!(
+                "{h} holds the sync relationship (epoch {}); {instance} may not rebuild the target",
+                state.relationship.epoch
+            )));
+        }
+    }
+    let batch = Batch::new(vec![NewEvent::new(stream::TARGET, instance, reset)])
+        .expect(stream::RELATIONSHIP, Expected::Exactly(version));
+    match store.append(batch).await {
+        Err(Error::Conflict { .. }) => {
+            return Err(Error::Fenced(
+                "the sync relationship changed while recording the reset; nothing exported".into(),
+            ))
+        }
+        r => r?,
+    };
+    let opts = crate::sync::export::ExportOptions {
+        instance: instance.to_string(),
+        source_kind,
+        threshold: cfg.sync.deletion_threshold,
+        take_over: false,
+    };
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let r = crate::sync::export::export_log(store, &target, &opts, &bar).await;
+    bar.finish_and_clear();
+    let r = r?;
+    match fmt {
+        Format::Json => emit_json(&serde_json::to_value(&r).map_err(Error::store)?)?,
+        _ => print(&sync_table(&r))?,
+    }
+    Ok(r.exit())
 }

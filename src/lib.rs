@@ -11,6 +11,7 @@ pub mod target;
 
 pub use error::{Error, Exit, Result};
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod output;

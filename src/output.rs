@@ -70,3 +70,46 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+/// Render rows as CSV (RFC 4180: fields with commas, quotes or line breaks are quoted).
+pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
+    fn field(out: &mut String, s: &str) {
+        if s.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            out.push_str(&s.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(s);
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        for (i, c) in cells.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            field(&mut out, c);
+        }
+        out.push_str("\r\n");
+    };
+    line(&mut headers.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let s = super::csv(
+            &["A", "B"],
+            &[
+                vec!["CN=Smith, Ann".into(), "say \"hi\"".into()],
+                vec!["x".into(), String::new()],
+            ],
+        );
+        assert_eq!(s, "A,B\r\n\"CN=Smith, Ann\",\"say \"\"hi\"\"\"\r\nx,\r\n");
+    }
+}

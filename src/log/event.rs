@@ -32,28 +32,70 @@ impl ObjectKind {
 }
 
 /// One attribute value as the source returned it: text when it is valid UTF-8, else bytes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// JSON: a string, or `{"b64": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(untagged)]
 pub enum AttrValue {
     Text(String),
     Binary {
-        #[serde(with = "b64")]
+        #[serde(serialize_with = "b64::serialize")]
         b64: Vec<u8>,
     },
 }
 
+// Written out rather than derived: serde's untagged enums buffer every value and try each
+// variant in turn, which made loading a snapshot of a million objects (six or so values
+// each) several times slower than reading the JSON. Same format both ways.
+impl<'de> Deserialize<'de> for AttrValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AttrValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or {\"b64\": \"...\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<AttrValue, E> {
+                Ok(AttrValue::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(
+                self,
+                v: String,
+            ) -> std::result::Result<AttrValue, E> {
+                Ok(AttrValue::Text(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<AttrValue, A::Error> {
+                use base64::Engine;
+                let mut bytes = None;
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if k == "b64" {
+                        let s: std::borrow::Cow<'de, str> = m.next_value()?;
+                        bytes = Some(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(s.as_bytes())
+                                .map_err(serde::de::Error::custom)?,
+                        );
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                bytes
+                    .map(|b64| AttrValue::Binary { b64 })
+                    .ok_or_else(|| serde::de::Error::missing_field("b64"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 mod b64 {
     use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::Serializer;
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s.as_bytes())
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -314,6 +356,13 @@ pub struct HandoverCompleted {
     pub summary: serde_json::Value,
 }
 
+/// The target was found (or made) empty: what we owned there is gone, so the ledger starts
+/// afresh and the next export rebuilds the target from the log (`replay --to-target`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetReset {
+    pub reason: String,
+}
+
 macro_rules! events {
     ($($variant:ident($payload:ty)),+ $(,)?) => {
         /// Every fact dirsync records.
@@ -384,6 +433,7 @@ events! {
     HandoverStepCompleted(HandoverStep),
     HandoverStepFailed(HandoverStep),
     HandoverCompleted(HandoverCompleted),
+    TargetReset(TargetReset),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.

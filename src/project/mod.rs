@@ -293,6 +293,11 @@ impl Ledger {
                     }
                 }
             }
+            // The target was emptied: nothing there is ours any more.
+            Event::TargetReset(_) => {
+                self.entries.clear();
+                self.failures.clear();
+            }
             Event::ExportFailed(f) => {
                 self.failures.insert(
                     f.anchor.clone(),
@@ -438,7 +443,17 @@ pub struct InstanceRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed: Option<(String, At)>,
     pub first_seen: At,
+    /// The mode of the run in progress (sync, staging, export, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_mode: Option<String>,
+    /// When each completed run that exported (mode sync or export) ended, oldest first:
+    /// the audit's sync gaps are the windows between them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub syncs: Vec<At>,
 }
+
+/// Run modes that export to the target: their completions close a sync gap.
+pub const EXPORTING_MODES: &[&str] = &["sync", "export"];
 
 /// Every instance the log has heard of.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,13 +489,27 @@ impl Instances {
                 ..Default::default()
             });
         match e {
-            Event::SyncRunStarted(s) => rec.running = Some((s.run_id.clone(), m.into())),
+            Event::SyncRunStarted(s) => {
+                rec.running = Some((s.run_id.clone(), m.into()));
+                rec.running_mode = Some(s.mode.clone());
+            }
             Event::SyncRunCompleted(s) => {
+                let same = rec.running.as_ref().is_some_and(|(id, _)| *id == s.run_id);
+                if same
+                    && rec
+                        .running_mode
+                        .as_deref()
+                        .is_some_and(|md| EXPORTING_MODES.contains(&md))
+                {
+                    rec.syncs.push(m.into());
+                }
                 rec.running = None;
+                rec.running_mode = None;
                 rec.last_completed = Some((s.run_id.clone(), m.into()));
             }
             Event::SyncRunFailed(s) => {
                 rec.running = None;
+                rec.running_mode = None;
                 rec.last_failed = Some((s.run_id.clone(), m.into()));
             }
             Event::InstanceStarted(_) => rec.status = InstanceStatus::Active,
@@ -488,6 +517,7 @@ impl Instances {
             Event::InstanceRetired(_) => {
                 rec.status = InstanceStatus::Retired;
                 rec.running = None;
+                rec.running_mode = None;
             }
             _ => {}
         }

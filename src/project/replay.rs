@@ -358,9 +358,23 @@ pub async fn verify_chain(store: &AnyStore, progress: Option<&ProgressBar>) -> R
 
 /// The stored snapshot, if it still matches the log (its seq's hash is the one it recorded).
 pub async fn stored(store: &AnyStore) -> Result<Option<State>> {
-    let Some(snap) = store.load_snapshot(SNAPSHOT).await? else {
+    stored_named(store, SNAPSHOT).await
+}
+
+/// The snapshot stored under `name`, if it still matches the log.
+async fn stored_named(store: &AnyStore, name: &str) -> Result<Option<State>> {
+    stored_below(store, name, u64::MAX).await
+}
+
+/// The snapshot stored under `name`, if it is at or below seq `n` and still matches the log
+/// (one above `n` is not decoded).
+async fn stored_below(store: &AnyStore, name: &str, n: u64) -> Result<Option<State>> {
+    let Some(snap) = store.load_snapshot(name).await? else {
         return Ok(None);
     };
+    if snap.seq > n {
+        return Ok(None);
+    }
     let at = store.read(snap.seq.saturating_sub(1), 1).await?;
     let matches = match at.first() {
         Some(e) => e.seq == snap.seq && e.hash == snap.hash,
@@ -384,6 +398,10 @@ pub async fn current(store: &AnyStore) -> Result<State> {
 
 /// Store `state` as the snapshot.
 pub async fn save(store: &AnyStore, state: &State) -> Result<()> {
+    save_named(store, SNAPSHOT, state).await
+}
+
+async fn save_named(store: &AnyStore, name: &str, state: &State) -> Result<()> {
     let hash = if state.seq == 0 {
         crate::log::GENESIS
     } else {
@@ -401,7 +419,7 @@ pub async fn save(store: &AnyStore, state: &State) -> Result<()> {
     let body = serde_json::to_vec(state).map_err(Error::store)?;
     store
         .save_snapshot(&Snapshot {
-            name: SNAPSHOT.into(),
+            name: name.into(),
             seq: state.seq,
             hash,
             body,
@@ -410,18 +428,131 @@ pub async fn save(store: &AnyStore, state: &State) -> Result<()> {
 }
 
 /// The current state, saving it as the snapshot when more than `threshold` events were
-/// replayed on top of the stored one.
+/// replayed on top of the stored one. Checkpoints are kept on the way (see
+/// [`CHECKPOINT_EVERY`]).
 pub async fn refresh(store: &AnyStore, threshold: u64) -> Result<State> {
+    refresh_every(store, threshold, CHECKPOINT_EVERY).await
+}
+
+/// [`refresh`] with checkpoints on a grid of `every` events (tests use a small one).
+pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Result<State> {
     let base = stored(store).await?;
     let had = base.is_some();
     let base = base.unwrap_or_default();
     let from = base.seq;
-    let state = fold(store, base, Until::Head).await?;
+    let state = fold_checkpointed(store, base, every).await?;
     let tail = state.seq - from;
     if tail > 0 && (!had || tail > threshold || threshold == 0) {
         save(store, &state).await?;
     }
     Ok(state)
+}
+
+/// Events between the grid points where checkpoints may be kept: `replay --until` starts
+/// from the nearest checkpoint at or below its point instead of seq 0.
+pub const CHECKPOINT_EVERY: u64 = 100_000;
+
+/// The name of the checkpoint at `seq`.
+pub fn checkpoint_name(seq: u64) -> String {
+    format!("{SNAPSHOT}@{seq}")
+}
+
+/// Checkpoints are kept at grid points that are multiples of a stride of at least the
+/// state's size (source objects and ledger entries), so that writing them costs about one
+/// stored object per event replayed, however large the directory: the stride is `every`
+/// doubled until it is that large.
+pub fn checkpoint_stride(state: &State, every: u64) -> u64 {
+    let size = (state.objects.objects.len() + state.ledger.entries.len()) as u64;
+    let mut stride = every.max(1);
+    while stride < size {
+        stride = stride.saturating_mul(2);
+    }
+    stride
+}
+
+/// Fold to the head, stopping at each grid point to store a checkpoint where
+/// [`checkpoint_stride`] says one belongs.
+async fn fold_checkpointed(store: &AnyStore, mut state: State, every: u64) -> Result<State> {
+    let every = every.max(1);
+    loop {
+        let next = (state.seq / every + 1) * every;
+        state = fold(store, state, Until::Seq(next)).await?;
+        if state.seq < next {
+            return Ok(state);
+        }
+        if next.is_multiple_of(checkpoint_stride(&state, every)) {
+            save_named(store, &checkpoint_name(next), &state).await?;
+        }
+    }
+}
+
+/// The last seq recorded at or before `t`: the point a fold `Until::Time(t)` from seq 0 stops
+/// at (the first event recorded after `t` ends it, even if later ones were recorded earlier,
+/// as can happen between computers whose clocks differ). Reads only seq and time.
+pub async fn seq_at_time(store: &AnyStore, t: DateTime<Utc>) -> Result<u64> {
+    let t = t.timestamp_micros();
+    let mut last = 0u64;
+    let pages = Pages {
+        depth: 1,
+        new_page: || Vec::with_capacity(PAGE as usize),
+        clear: Vec::clear,
+        add: |p: &mut Vec<(u64, i64)>, e: &EventRef<'_>| {
+            p.push((e.seq, e.recorded_at_us));
+            Ok(())
+        },
+    };
+    pipeline(store, 0, None, pages, |page| {
+        for &(seq, at) in page.iter() {
+            if at > t {
+                return Ok(ControlFlow::Break(()));
+            }
+            last = seq;
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .await?;
+    Ok(last)
+}
+
+/// The state as of `until`, starting from the nearest stored state at or below it (the
+/// stored snapshot or a checkpoint) instead of seq 0. Equal to
+/// `rebuild(store, until)`.
+pub async fn state_at(
+    store: &AnyStore,
+    until: Until,
+    progress: Option<&ProgressBar>,
+) -> Result<State> {
+    state_at_every(store, until, CHECKPOINT_EVERY, progress).await
+}
+
+/// [`state_at`] with checkpoints on a grid of `every` events (as [`refresh_every`]).
+pub async fn state_at_every(
+    store: &AnyStore,
+    until: Until,
+    every: u64,
+    progress: Option<&ProgressBar>,
+) -> Result<State> {
+    let every = every.max(1);
+    let n = match until {
+        Until::Head => return fold_with(store, current_base(store).await?, until, progress).await,
+        Until::Seq(n) => n,
+        Until::Time(t) => seq_at_time(store, t).await?,
+    };
+    let mut base = stored_below(store, SNAPSHOT, n).await?.unwrap_or_default();
+    // Grid points from the highest at or below n down to the base: the first stored wins.
+    let mut g = n / every * every;
+    while g > base.seq {
+        if let Some(s) = stored_named(store, &checkpoint_name(g)).await? {
+            base = s;
+            break;
+        }
+        g -= every;
+    }
+    fold_with(store, base, Until::Seq(n), progress).await
+}
+
+async fn current_base(store: &AnyStore) -> Result<State> {
+    Ok(stored(store).await?.unwrap_or_default())
 }
 
 /// `replay --verify`: rebuild from seq 0 and compare with the stored projections at the

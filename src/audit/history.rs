@@ -1,0 +1,472 @@
+//! History: what changed between two points of the log (`replay --diff`), and how the
+//! target would differ under another configuration (`replay --what-if`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::{ledger_name, Item};
+use crate::config::SourceKind;
+use crate::log::event::DeletionEvidence;
+use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
+use crate::sync::plan::plan;
+use crate::sync::scope::Scope;
+use crate::target::{Mapped, Op};
+
+/// Added, changed and deleted items of one projection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub added: Vec<Item>,
+    pub changed: Vec<Item>,
+    pub deleted: Vec<Item>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.deleted.is_empty()
+    }
+
+    /// Rows of (what, kind, anchor, name, detail) for a table or CSV, prefixed by `section`.
+    pub fn rows(&self, section: &str) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for (what, items) in [
+            ("added", &self.added),
+            ("changed", &self.changed),
+            ("deleted", &self.deleted),
+        ] {
+            for i in items {
+                let mut r = vec![section.to_string()];
+                r.extend(i.row(what));
+                rows.push(r);
+            }
+        }
+        rows
+    }
+}
+
+/// What changed between two states of the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Diff {
+    pub from_seq: u64,
+    pub to_seq: u64,
+    /// Source objects: live in scope at one point and not the other, or changed.
+    pub objects: Changes,
+    /// The ownership ledger: objects we owned in the target.
+    pub ledger: Changes,
+}
+
+pub const DIFF_HEADERS: [&str; 6] = ["PROJECTION", "CHANGE", "KIND", "ANCHOR", "NAME", "DETAIL"];
+
+impl Diff {
+    pub fn rows(&self) -> Vec<Vec<String>> {
+        let mut rows = self.objects.rows("source");
+        rows.extend(self.ledger.rows("ledger"));
+        rows
+    }
+}
+
+fn live(r: Option<&ObjectRecord>) -> Option<&ObjectRecord> {
+    r.filter(|r| r.live())
+}
+
+/// Attribute-level differences between two live records.
+fn object_changes(a: &ObjectRecord, b: &ObjectRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.dn != b.dn {
+        out.push(format!("dn: {}", b.dn));
+    }
+    let names: BTreeSet<&String> = a.attrs.keys().chain(b.attrs.keys()).collect();
+    for n in names {
+        if a.attrs.get(n) != b.attrs.get(n) {
+            out.push(n.clone());
+        }
+    }
+    if a.members != b.members {
+        let added = b.members.difference(&a.members).count();
+        let removed = a.members.difference(&b.members).count();
+        out.push(format!("members +{added} -{removed}"));
+    }
+    out
+}
+
+fn deletion_detail(d: Option<&Deletion>) -> Vec<String> {
+    match d.map(|d| &d.evidence) {
+        Some(DeletionEvidence::LeftScope { dn }) => vec![format!("left-scope: {dn}")],
+        Some(e) => vec![e.label().to_string()],
+        None => vec![],
+    }
+}
+
+/// Top-level fields of two mapped states that differ.
+fn mapped_changes(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> Vec<String> {
+    let obj = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.as_object())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default()
+    };
+    let (a, b) = (obj(a), obj(b));
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+fn owned(l: Option<&LedgerEntry>) -> Option<&LedgerEntry> {
+    l.filter(|l| l.deleted.is_none())
+}
+
+/// What changed from `a` to `b` (pure). Items are sorted by anchor.
+pub fn diff(a: &State, b: &State) -> Diff {
+    let mut out = Diff {
+        from_seq: a.seq,
+        to_seq: b.seq,
+        ..Default::default()
+    };
+    let anchors: BTreeSet<&String> = a
+        .objects
+        .objects
+        .keys()
+        .chain(b.objects.objects.keys())
+        .collect();
+    for anchor in anchors {
+        let (ra, rb) = (a.objects.objects.get(anchor), b.objects.objects.get(anchor));
+        let item = |r: &ObjectRecord, detail: Vec<String>| Item {
+            anchor: anchor.clone(),
+            kind: r.kind,
+            name: r.dn.clone(),
+            detail,
+        };
+        match (live(ra), live(rb)) {
+            (None, Some(r)) => out.objects.added.push(item(r, vec![])),
+            (Some(r), None) => out.objects.deleted.push(item(
+                r,
+                deletion_detail(rb.and_then(|r| r.deletion.as_ref())),
+            )),
+            (Some(x), Some(y)) if x != y => {
+                let d = object_changes(x, y);
+                if !d.is_empty() {
+                    out.objects.changed.push(item(y, d));
+                }
+            }
+            _ => {}
+        }
+    }
+    let anchors: BTreeSet<&String> = a
+        .ledger
+        .entries
+        .keys()
+        .chain(b.ledger.entries.keys())
+        .collect();
+    for anchor in anchors {
+        let (la, lb) = (
+            owned(a.ledger.entries.get(anchor)),
+            owned(b.ledger.entries.get(anchor)),
+        );
+        let item = |s: &State, l: &LedgerEntry, detail: Vec<String>| Item {
+            anchor: anchor.clone(),
+            kind: l.kind,
+            name: ledger_name(s, anchor),
+            detail,
+        };
+        match (la, lb) {
+            (None, Some(l)) => {
+                out.ledger
+                    .added
+                    .push(item(b, l, vec![format!("target id {}", l.target_id)]))
+            }
+            (Some(l), None) => {
+                out.ledger
+                    .deleted
+                    .push(item(a, l, vec![format!("target id {}", l.target_id)]))
+            }
+            (Some(x), Some(y)) => {
+                let mut d = mapped_changes(x.state.as_ref(), y.state.as_ref());
+                if x.target_id != y.target_id {
+                    d.push(format!("target id {}", y.target_id));
+                }
+                if !d.is_empty() {
+                    out.ledger.changed.push(item(b, y, d));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// How the target would differ from today's under another scope and mapping.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WhatIf {
+    /// Owned today, out of the other scope: would be deleted from the target.
+    pub leave: Vec<Item>,
+    /// In the other scope and not in the target today: would be created (or matched).
+    pub join: Vec<Item>,
+    /// Owned today and kept, but mapped differently: would be updated.
+    pub change: Vec<Item>,
+    /// In the other scope but not exportable under its mapping.
+    pub unmappable: Vec<Item>,
+}
+
+pub const WHAT_IF_HEADERS: [&str; 5] = ["CHANGE", "KIND", "ANCHOR", "NAME", "DETAIL"];
+
+impl WhatIf {
+    pub fn rows(&self) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for (what, items) in [
+            ("leave", &self.leave),
+            ("join", &self.join),
+            ("change", &self.change),
+            ("unmappable", &self.unmappable),
+        ] {
+            rows.extend(items.iter().map(|i| i.row(what)));
+        }
+        rows
+    }
+}
+
+/// Replay the recorded source history under `scope` and the mapping of `kind`, and compare
+/// with the target as the ledger holds it today (pure).
+///
+/// The log records only what was in the scope it was imported under: a wider scope can
+/// bring back objects that moved out of it (with their last known attributes) but not
+/// objects the log never saw. Group members that would only join are not in the target
+/// yet, so they are not counted as a group's change.
+pub fn what_if(state: &State, scope: &Scope, kind: SourceKind) -> WhatIf {
+    let mut sim = State {
+        seq: state.seq,
+        ledger: state.ledger.clone(),
+        ..Default::default()
+    };
+    let mut came_back = BTreeSet::new();
+    for (anchor, r) in &state.objects.objects {
+        let mut r = r.clone();
+        match &r.deletion {
+            None if !scope.contains(&r.dn) => {
+                r.deletion = Some(Deletion {
+                    evidence: DeletionEvidence::LeftScope { dn: r.dn.clone() },
+                    at: r.last_changed,
+                    instance: "what-if".into(),
+                });
+            }
+            Some(Deletion {
+                evidence: DeletionEvidence::LeftScope { dn },
+                ..
+            }) if scope.contains(dn) => {
+                r.dn = dn.clone();
+                r.deletion = None;
+                came_back.insert(anchor.clone());
+            }
+            _ => {}
+        }
+        sim.objects.objects.insert(anchor.clone(), r);
+    }
+    let p = plan(&sim, kind, None);
+    let dn = |a: &str| {
+        sim.objects
+            .objects
+            .get(a)
+            .map(|r| r.dn.clone())
+            .unwrap_or_default()
+    };
+    let mut out = WhatIf::default();
+    for op in &p.deletes {
+        let a = op.anchor();
+        out.leave.push(Item {
+            anchor: a.to_string(),
+            kind: op.kind(),
+            name: ledger_name(state, a),
+            detail: vec![format!("out of scope: {}", dn(a))],
+        });
+    }
+    for (a, m) in &p.new {
+        let mut detail = vec![dn(a)];
+        if came_back.contains(a) {
+            detail.push("back in scope (last known attributes)".into());
+        }
+        out.join.push(Item {
+            anchor: a.clone(),
+            kind: m.kind(),
+            name: m.name().to_string(),
+            detail,
+        });
+    }
+    for op in &p.updates {
+        if let Op::Update {
+            anchor, from, to, ..
+        } = op
+        {
+            let as_value = |m: Option<&Mapped>| m.and_then(|m| serde_json::to_value(m).ok());
+            out.change.push(Item {
+                anchor: anchor.clone(),
+                kind: to.kind(),
+                name: to.name().to_string(),
+                detail: mapped_changes(
+                    as_value(from.as_ref()).as_ref(),
+                    as_value(Some(to)).as_ref(),
+                ),
+            });
+        }
+    }
+    for (a, why) in &p.unmappable {
+        out.unmappable.push(Item {
+            anchor: a.clone(),
+            kind: sim
+                .objects
+                .objects
+                .get(a)
+                .map_or(crate::log::event::ObjectKind::User, |r| r.kind),
+            name: dn(a),
+            detail: vec![why.clone()],
+        });
+    }
+    for v in [
+        &mut out.leave,
+        &mut out.join,
+        &mut out.change,
+        &mut out.unmappable,
+    ] {
+        v.sort_by(|x, y| x.anchor.cmp(&y.anchor));
+    }
+    out
+}
+
+/// Target objects that stop `replay --to-target`: they carry an anchor that is not live in
+/// the source projection. Rebuilding would take the others back (hard match) but leave
+/// these in the target unowned, never to be deleted. Cloud-only objects (no anchor) are
+/// never ours and do not count; objects of an interrupted rebuild carry live anchors.
+pub fn foreign_objects<'a>(
+    remote: &'a [crate::target::RemoteObject],
+    state: &State,
+) -> Vec<&'a crate::target::RemoteObject> {
+    remote
+        .iter()
+        .filter(|r| {
+            r.anchor
+                .as_ref()
+                .is_some_and(|a| !state.objects.objects.get(a).is_some_and(|o| o.live()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::testkit::Log;
+    use crate::log::event::{AttrValue, Event, ExportOp, ObjectChanged};
+
+    #[test]
+    fn diff_names_added_changed_and_deleted() {
+        let mut l = Log::new();
+        l.import("a1", "uid=u1,ou=p,dc=t", "u1");
+        l.import("a2", "uid=u2,ou=p,dc=t", "u2");
+        l.export("a1", ExportOp::Create, "u1");
+        l.export("a2", ExportOp::Create, "u2");
+        let before = l.state.clone();
+        l.import("a3", "uid=u3,ou=p,dc=t", "u3");
+        l.at(
+            "a",
+            Event::ObjectChanged(ObjectChanged {
+                anchor: "a1".into(),
+                set: [("title".to_string(), vec![AttrValue::Text("Boss".into())])].into(),
+                ..Default::default()
+            }),
+        );
+        l.delete(
+            "a2",
+            DeletionEvidence::LeftScope {
+                dn: "uid=u2,ou=x,dc=t".into(),
+            },
+        );
+        l.export("a2", ExportOp::Delete, "");
+        l.export("a1", ExportOp::Update, "u1-renamed");
+        l.export("a3", ExportOp::Create, "u3");
+        let d = diff(&before, &l.state);
+        let names = |v: &[Item]| v.iter().map(|i| i.anchor.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&d.objects.added), ["a3"]);
+        assert_eq!(names(&d.objects.changed), ["a1"]);
+        assert_eq!(d.objects.changed[0].detail, ["title"]);
+        assert_eq!(names(&d.objects.deleted), ["a2"]);
+        assert_eq!(
+            d.objects.deleted[0].detail,
+            ["left-scope: uid=u2,ou=x,dc=t"]
+        );
+        assert_eq!(names(&d.ledger.added), ["a3"]);
+        assert_eq!(names(&d.ledger.changed), ["a1"]);
+        assert_eq!(d.ledger.changed[0].detail, ["display_name", "user_name"]);
+        assert_eq!(names(&d.ledger.deleted), ["a2"]);
+        assert_eq!(d.ledger.deleted[0].name, "u2");
+        assert!(diff(&l.state, &l.state).objects.is_empty());
+        assert_eq!(d.rows().len(), 6);
+    }
+
+    #[test]
+    fn only_anchors_gone_from_the_source_stop_a_rebuild() {
+        let mut l = Log::new();
+        l.import("a1", "uid=u1,dc=t", "u1");
+        l.import("a2", "uid=u2,dc=t", "u2");
+        l.delete(
+            "a2",
+            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
+        );
+        let r = |anchor: Option<&str>| crate::target::RemoteObject {
+            kind: crate::log::event::ObjectKind::User,
+            id: format!("id-{anchor:?}"),
+            anchor: anchor.map(String::from),
+            name: "n".into(),
+            emails: vec![],
+            etag: None,
+            state: None,
+        };
+        let remote = [r(None), r(Some("a1")), r(Some("a2")), r(Some("zz"))];
+        let f: Vec<_> = foreign_objects(&remote, &l.state)
+            .into_iter()
+            .map(|o| o.anchor.clone().unwrap())
+            .collect();
+        assert_eq!(f, ["a2", "zz"]);
+    }
+
+    #[test]
+    fn what_if_a_narrower_scope_lists_the_objects_outside_it() {
+        let mut l = Log::new();
+        for (a, ou) in [("a1", "p"), ("a2", "p"), ("a3", "q"), ("a4", "q")] {
+            l.import(a, &format!("uid={a},ou={ou},dc=t"), a);
+            l.export(a, ExportOp::Create, &format!("{a}@t"));
+        }
+        // a5 moved out of scope before; a wider scope would bring it back.
+        l.import("a5", "uid=a5,ou=p,dc=t", "a5");
+        l.delete(
+            "a5",
+            DeletionEvidence::LeftScope {
+                dn: "uid=a5,ou=r,dc=t".into(),
+            },
+        );
+        // The ledger's state is as the mapping of ldap users makes it: nothing to change.
+        let kind = SourceKind::Openldap;
+        let same = what_if(
+            &l.state,
+            &Scope::new("dc=t", &["ou=p,dc=t".into(), "ou=q,dc=t".into()], &[]),
+            kind,
+        );
+        assert!(same.leave.is_empty() && same.join.is_empty(), "{same:?}");
+        let narrow = what_if(
+            &l.state,
+            &Scope::new("dc=t", &["ou=p,dc=t".into()], &[]),
+            kind,
+        );
+        let names = |v: &[Item]| v.iter().map(|i| i.anchor.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&narrow.leave), ["a3", "a4"]);
+        assert!(narrow.join.is_empty());
+        let wide = what_if(&l.state, &Scope::new("dc=t", &[], &[]), kind);
+        assert_eq!(names(&wide.join), ["a5"]);
+        assert!(wide.join[0].detail[1].contains("back in scope"));
+        assert_eq!(
+            wide.rows().len(),
+            wide.join.len() + wide.change.len() + wide.leave.len()
+        );
+    }
+}
