@@ -182,7 +182,9 @@ async fn main() {
     let cloud = count_scim(scim.base_url(), scim.token(), "Users").await;
     println!("users in scope in AD: {ad_users}; users in the cloud: {cloud}");
     assert_eq!(ad_users as u64, cloud, "the target must equal the source");
-    must(dir, &["sync", "--instance", "new"]);
+    step("the audit: a fresh full read of AD against what we own in the cloud; nothing missed");
+    must(dir, &["audit", "missed-deletes", "--instance", "new", "--fail-if-any"]);
+    must(dir, &["audit", "gaps"]);
     must(dir, &["instance", "list"]);
     must(dir, &["log", "verify"]);
     step("done: the lab is stopped and its files removed");
