@@ -183,7 +183,16 @@ async fn main() {
     println!("users in scope in AD: {ad_users}; users in the cloud: {cloud}");
     assert_eq!(ad_users as u64, cloud, "the target must equal the source");
     step("the audit: a fresh full read of AD against what we own in the cloud; nothing missed");
-    must(dir, &["audit", "missed-deletes", "--instance", "new", "--fail-if-any"]);
+    must(
+        dir,
+        &[
+            "audit",
+            "missed-deletes",
+            "--instance",
+            "new",
+            "--fail-if-any",
+        ],
+    );
     must(dir, &["audit", "gaps"]);
     must(dir, &["instance", "list"]);
     must(dir, &["log", "verify"]);

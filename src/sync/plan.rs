@@ -213,15 +213,24 @@ pub fn guard(i: &GuardInput<'_>, approved: impl Fn(&str) -> bool) -> Verdict {
     Verdict::Allow
 }
 
-/// Deletions exported in the rolling window before `now_us` (from the ledger).
+/// Deletions exported in the rolling window before `now_us` (from the ledger). Deletions an
+/// operator approved do not count against later cycles: they were looked at.
 pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
+    let approved: std::collections::HashSet<&str> = state
+        .guard
+        .plans
+        .values()
+        .filter(|p| p.approved.is_some())
+        .flat_map(|p| p.anchors.iter().map(String::as_str))
+        .collect();
     state
         .ledger
         .entries
-        .values()
-        .filter(|l| {
+        .iter()
+        .filter(|(a, l)| {
             l.deleted
                 .is_some_and(|d| d.at_us > now_us - GUARD_WINDOW_US)
+                && !approved.contains(a.as_str())
         })
         .count() as u64
 }
@@ -378,6 +387,43 @@ mod tests {
         let p = plan(&g.state, SourceKind::Ad, None);
         assert!(p.new.is_empty());
         assert_eq!(p.unmappable.len(), 1);
+    }
+
+    #[test]
+    fn approved_deletions_do_not_count_in_the_window() {
+        use crate::log::event::{DeletionsApproved, DeletionsHeld};
+        let g = Given::new()
+            .user("a1", "ann@t")
+            .exported("a1", "T1", &u("ann@t"))
+            .user("a2", "bob@t")
+            .exported("a2", "T2", &u("bob@t"))
+            .event(Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "h".into(),
+                anchors: vec!["a1".into()],
+                reason: "test".into(),
+            }))
+            .event(Event::DeletionsApproved(DeletionsApproved {
+                plan_hash: "h".into(),
+                approved_by: None,
+            }));
+        let del = |g: Given, a: &str| {
+            g.event(Event::ExportApplied(ExportApplied {
+                epoch: 1,
+                anchor: a.into(),
+                kind: ObjectKind::User,
+                op: ExportOp::Delete,
+                target_id: "x".into(),
+                state: None,
+                etag: None,
+            }))
+        };
+        let g = del(del(g, "a1"), "a2");
+        assert_eq!(recent_deletions(&g.state, 100), 1, "a1 was approved");
+        assert_eq!(
+            recent_deletions(&g.state, GUARD_WINDOW_US + 100),
+            0,
+            "out of the window"
+        );
     }
 
     fn anchors(n: usize) -> Vec<String> {
