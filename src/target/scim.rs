@@ -494,10 +494,18 @@ impl Target for ScimTarget {
             deadline: Some(deadline),
             stop: Some(&stop),
         };
-        stream::iter(ops.iter().map(|op| self.apply_one(op, gate)))
-            .buffered(self.concurrency)
-            .collect()
-            .await
+        // Unordered, so one slow request does not hold the slots behind it; the outcomes
+        // are put back in op order.
+        let mut out: Vec<(usize, Outcome)> = stream::iter(
+            ops.iter()
+                .enumerate()
+                .map(|(i, op)| async move { (i, self.apply_one(op, gate).await) }),
+        )
+        .buffer_unordered(self.concurrency)
+        .collect()
+        .await;
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, o)| o).collect()
     }
 }
 
