@@ -106,6 +106,15 @@ pub fn report(id: &str, h: &HandoverRecord) -> HandoverReport {
     }
 }
 
+/// The recorded handover `id` (the log is the only source of ids, so a miss is a store fault).
+fn recorded<'a>(state: &'a State, id: &str) -> Result<&'a HandoverRecord> {
+    state
+        .handovers
+        .handovers
+        .get(id)
+        .ok_or_else(|| Error::Store(format!("handover {id} is not in the log")))
+}
+
 /// Run or resume a handover to completion. `say` receives one line per step as it runs.
 pub async fn handover(
     cfg: &Config,
@@ -128,12 +137,12 @@ pub async fn handover(
         Begin::Refuse(why) => return Err(Error::Refused(why)),
         Begin::AlreadyDone(id) => {
             say(&format!("handover {id} is already complete: nothing to do"));
-            let mut r = report(&id, &state.handovers.handovers[&id]);
+            let mut r = report(&id, recorded(&state, &id)?);
             r.status = "already-completed".into();
             return Ok(r);
         }
         Begin::Resume(id) => {
-            let recorded: Vec<&String> = state.handovers.handovers[&id]
+            let recorded: Vec<&String> = recorded(&state, &id)?
                 .steps
                 .iter()
                 .map(|s| &s.action)
@@ -182,7 +191,7 @@ pub async fn handover(
         }
     };
     if opts.dry_run {
-        let mut r = report(&id, &state.handovers.handovers[&id]);
+        let mut r = report(&id, recorded(&state, &id)?);
         r.status = "dry-run".into();
         return Ok(r);
     }
@@ -340,7 +349,7 @@ async fn run_step(
     let mut said = None;
     let outcome: Result<serde_json::Value> = loop {
         state = replay::fold(store, state, Until::Head).await?;
-        let h = &state.handovers.handovers[id];
+        let h = recorded(&state, id)?;
         match machine::ready(&state, h, i, step) {
             Ready::Go => break run_action(cfg, store, &state, h, step, &name, progress).await,
             Ready::Skip(why) => break Ok(json!({ "skipped": why })),
