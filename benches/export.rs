@@ -15,8 +15,11 @@
 //! Usage: `cargo bench --bench export -- [--users N] [--graph-users N] [--rounds R]
 //! [--only scim|graph]` (defaults 10,000, 1,000, 1).
 
+mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
+
+use common::arg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -44,14 +47,6 @@ const APPEND_BATCH: u64 = 1_000;
 /// Graph's documented limit (3,000 writes per 150 s), scaled down in time, not in rate.
 const GRAPH_WRITES_PER_WINDOW: u32 = 300;
 const GRAPH_WINDOW: Duration = Duration::from_secs(15);
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A random-looking but reproducible entryUUID for user `i`. (Anchors differing only in
 /// their last bits make immutable ids that differ only in letter case, which Graph's

@@ -4,22 +4,17 @@
 //! plain full sync of the same directory (`sync --full` afterwards, nothing left to export),
 //! in the same run. Release build. Goal: the handover under 2x the full sync.
 
+mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
+
+use common::arg;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 const OU: &str = "OU=Bench,DC=test,DC=lan";
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Run dirsync in `dir`; must succeed. Returns the seconds it took.
 fn dirsync(dir: &Path, args: &[&str]) -> f64 {
@@ -48,21 +43,7 @@ async fn main() {
     eprintln!("loading {users} users into Samba ...");
     let samba = lab::Samba::start().await;
     let scim = lab::Scim::start().await;
-    samba
-        .ldapadd(&format!("dn: {OU}\nobjectClass: organizationalUnit\n\n"))
-        .await;
-    let mut i = 0;
-    while i < users {
-        let mut ldif = String::new();
-        for j in i..(i + 2000).min(users) {
-            ldif.push_str(&format!(
-                "dn: CN=user{j},{OU}\nobjectClass: user\nsAMAccountName: user{j}\nuserPrincipalName: user{j}@test.lan\n\
-                 givenName: User\nsn: N{j}\nmail: user{j}@test.lan\ntitle: Clerk\ndepartment: Sales\nuserAccountControl: 512\n\n"
-            ));
-        }
-        samba.ldapadd(&ldif).await;
-        i += 2000;
-    }
+    common::load_ad_users(&samba, OU, users).await;
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     std::fs::write(dir.join("pw"), samba.password()).expect("pw");

@@ -4,8 +4,11 @@
 //! modifications. Usage: `cargo bench --bench import -- [--ad-users N] [--ldap-users N]
 //! [--changes N] [--only ad|openldap]`.
 
+mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
+
+use common::arg;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,14 +18,6 @@ const OU: &str = "OU=Bench,DC=test,DC=lan";
 const FILTER: &str = "(|(&(objectClass=user)(objectCategory=person))(objectClass=group))";
 const LDAP_FILTER: &str =
     "(|(objectClass=inetOrgPerson)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))";
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn dirsync(dir: &Path, args: &[&str]) -> f64 {
     let t = Instant::now();
@@ -213,21 +208,7 @@ async fn openldap(users: u64, changes: u64) {
 async fn ad(users: u64, changes: u64) {
     eprintln!("AD (Samba): loading {users} users ...");
     let samba = lab::Samba::start().await;
-    samba
-        .ldapadd(&format!("dn: {OU}\nobjectClass: organizationalUnit\n\n"))
-        .await;
-    let mut i = 0;
-    while i < users {
-        let mut ldif = String::new();
-        for j in i..(i + 2000).min(users) {
-            ldif.push_str(&format!(
-                "dn: CN=user{j},{OU}\nobjectClass: user\nsAMAccountName: user{j}\nuserPrincipalName: user{j}@test.lan\n\
-                 givenName: User\nsn: N{j}\nmail: user{j}@test.lan\ntitle: Clerk\ndepartment: Sales\nuserAccountControl: 512\n\n"
-            ));
-        }
-        samba.ldapadd(&ldif).await;
-        i += 2000;
-    }
+    common::load_ad_users(&samba, OU, users).await;
     let dir = store_dir(
         &format!(
             "kind = \"ad\"\nurl = \"{}\"\nbind_dn = \"{}\"\nbase_dn = \"DC=test,DC=lan\"\ninclude = [\"{OU}\"]\n",
