@@ -144,6 +144,8 @@ pub struct TargetConfig {
     /// SCIM bearer token.
     pub token: Option<SecretRef>,
     pub graph: Option<GraphAuth>,
+    /// SCIM requests in flight at once (default 4; small servers drop more).
+    pub concurrency: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -221,6 +223,7 @@ struct RawTarget {
     client_secret_env: Option<String>,
     client_secret_file: Option<PathBuf>,
     token_url: Option<String>,
+    concurrency: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -408,11 +411,15 @@ impl Config {
                         token_url: t.token_url,
                     }),
                 };
+                if t.concurrency.is_some_and(|c| !(1..=64).contains(&c)) {
+                    return Err(bad("target.concurrency", "must be between 1 and 64".into()));
+                }
                 Some(TargetConfig {
                     kind: t.kind,
                     url: t.url.trim_end_matches('/').to_string(),
                     token,
                     graph,
+                    concurrency: t.concurrency,
                 })
             }
         };
@@ -517,6 +524,20 @@ deletion_threshold = "10%"
         let e = Config::parse(text, Path::new("."), Some(Path::new("d.toml"))).unwrap_err();
         let m = e.to_string();
         assert!(m.contains("d.toml:4") && m.contains("intervall"), "{m}");
+        assert_eq!(e.exit(), crate::Exit::BadInput);
+    }
+
+    #[test]
+    fn target_concurrency_is_bounded() {
+        let t = |c: &str| {
+            format!("[target]\nkind = \"scim\"\nurl = \"http://x/v2\"\ntoken_env = \"T\"\n{c}")
+        };
+        let c = Config::parse(&t("concurrency = 8"), Path::new("."), None).unwrap();
+        assert_eq!(c.target().unwrap().concurrency, Some(8));
+        let c = Config::parse(&t(""), Path::new("."), None).unwrap();
+        assert_eq!(c.target().unwrap().concurrency, None);
+        let e = Config::parse(&t("concurrency = 0"), Path::new("."), None).unwrap_err();
+        assert!(e.to_string().contains("target.concurrency"), "{e}");
         assert_eq!(e.exit(), crate::Exit::BadInput);
     }
 

@@ -105,7 +105,11 @@ impl ScimTarget {
                 Error::Config("target: token_env or token_file is required for scim".into())
             })?
             .resolve("target.token")?;
-        ScimTarget::new(&cfg.url, token)
+        let t = ScimTarget::new(&cfg.url, token)?;
+        Ok(match cfg.concurrency {
+            Some(n) => t.with_concurrency(n),
+            None => t,
+        })
     }
 
     /// A target at `base_url` (the SCIM base, e.g. `http://127.0.0.1:8080/v2`) with a bearer

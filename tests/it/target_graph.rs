@@ -141,6 +141,7 @@ async fn from_config_reads_the_secret_and_never_shows_it() {
             client_secret: SecretRef::File(secret_file),
             token_url: Some(fake.token_url()),
         }),
+        concurrency: None,
     };
     let t = GraphTarget::from_config(&cfg).unwrap();
     assert!(!format!("{t:?}").contains(fake.client_secret()));

@@ -760,6 +760,7 @@ async fn from_config_resolves_the_token_and_hides_it() {
         url: t.base_url().to_string(),
         token: Some(SecretRef::File(file)),
         graph: None,
+        concurrency: Some(2),
     };
     let s = ScimTarget::from_config(&cfg).unwrap();
     s.probe().await.unwrap();
