@@ -436,16 +436,71 @@ pub async fn refresh(store: &AnyStore, threshold: u64) -> Result<State> {
 
 /// [`refresh`] with checkpoints on a grid of `every` events (tests use a small one).
 pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Result<State> {
-    let base = stored(store).await?;
-    let had = base.is_some();
-    let base = base.unwrap_or_default();
-    let from = base.seq;
+    // Within one process (a sync reads the state several times), fold on from the state
+    // the last refresh returned rather than decoding the stored snapshot again.
+    let (base, had, from) = match cached(store).await? {
+        Some((state, snap_seq)) => (state, true, snap_seq),
+        None => {
+            let base = stored(store).await?;
+            let had = base.is_some();
+            let base = base.unwrap_or_default();
+            let from = base.seq;
+            (base, had, from)
+        }
+    };
     let state = fold_checkpointed(store, base, every).await?;
     let tail = state.seq - from;
+    let mut snap_seq = from;
     if tail > 0 && (!had || tail > threshold || threshold == 0) {
         save(store, &state).await?;
+        snap_seq = state.seq;
     }
+    remember(store, &state, snap_seq).await?;
     Ok(state)
+}
+
+/// The state the last [`refresh`] of this process returned for a store: its key, the seq
+/// of the stored snapshot then, the hash of its last event, and the state.
+type Remembered = (String, u64, crate::log::Hash, State);
+static LAST: std::sync::Mutex<Option<Remembered>> = std::sync::Mutex::new(None);
+
+/// The remembered state of `store`, if the log still holds the event it was built up to
+/// (same seq, same hash: the store was not replaced or rewritten meanwhile).
+async fn cached(store: &AnyStore) -> Result<Option<(State, u64)>> {
+    let key = store.describe();
+    let hit = {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        match last.take() {
+            Some((k, snap, hash, state)) if k == key => Some((snap, hash, state)),
+            other => {
+                *last = other;
+                None
+            }
+        }
+    };
+    let Some((snap, hash, state)) = hit else {
+        return Ok(None);
+    };
+    if state.seq == 0 {
+        return Ok(None);
+    }
+    let at = store.read(state.seq - 1, 1).await?;
+    Ok(match at.first() {
+        Some(e) if e.seq == state.seq && e.hash == hash => Some((state, snap)),
+        _ => None,
+    })
+}
+
+async fn remember(store: &AnyStore, state: &State, snap_seq: u64) -> Result<()> {
+    if state.seq == 0 {
+        return Ok(());
+    }
+    let at = store.read(state.seq - 1, 1).await?;
+    if let Some(e) = at.first().filter(|e| e.seq == state.seq) {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some((store.describe(), snap_seq, e.hash, state.clone()));
+    }
+    Ok(())
 }
 
 /// Events between the grid points where checkpoints may be kept: `replay --until` starts
