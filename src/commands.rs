@@ -696,16 +696,7 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
     let state = crate::project::replay::refresh(store, 10_000).await?;
     match c {
         DeletionsCommand::Show => {
-            let names = |anchor: &str| {
-                state
-                    .ledger
-                    .entries
-                    .get(anchor)
-                    .and_then(|l| l.state.as_ref())
-                    .and_then(|v| serde_json::from_value::<crate::target::Mapped>(v.clone()).ok())
-                    .map(|m| m.name().to_string())
-                    .unwrap_or_default()
-            };
+            let names = |anchor: &str| crate::target::ledger_name(&state.ledger, anchor);
             let plans: Vec<serde_json::Value> = state
                 .guard
                 .plans

@@ -12,18 +12,10 @@ pub mod missed;
 use crate::log::event::ObjectKind;
 use crate::output::time;
 use crate::project::{At, State};
-use crate::target::Mapped;
 
 /// The name people know a ledger entry by: its mapped state's userName or displayName.
 pub fn ledger_name(state: &State, anchor: &str) -> String {
-    state
-        .ledger
-        .entries
-        .get(anchor)
-        .and_then(|l| l.state.as_ref())
-        .and_then(|v| serde_json::from_value::<Mapped>(v.clone()).ok())
-        .map(|m| m.name().to_string())
-        .unwrap_or_default()
+    crate::target::ledger_name(&state.ledger, anchor)
 }
 
 /// A point of the log as people read it: "TIME (seq N)".

@@ -661,14 +661,7 @@ impl Cycle<'_> {
         let name = match op {
             Op::Create { object, .. } => object.name().to_string(),
             Op::Update { to, .. } => to.name().to_string(),
-            Op::Delete { anchor, .. } => state
-                .ledger
-                .entries
-                .get(anchor)
-                .and_then(|l| l.state.as_ref())
-                .and_then(|v| serde_json::from_value::<Mapped>(v.clone()).ok())
-                .map(|m| m.name().to_string())
-                .unwrap_or_default(),
+            Op::Delete { anchor, .. } => crate::target::ledger_name(&state.ledger, anchor),
         };
         PlannedOp {
             op: op_name(op),

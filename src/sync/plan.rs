@@ -70,8 +70,9 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     // Sorted, so the plan (and what dry-run prints) is the same every time.
     let live: BTreeMap<&String, _> = state.objects.live().collect();
     // A member is in its group in the target when it is live in the source and owned.
+    let live_anchors: std::collections::HashSet<&str> = live.keys().map(|a| a.as_str()).collect();
     let resolve = |anchor: &str| {
-        if !live.contains_key(&anchor.to_string()) {
+        if !live_anchors.contains(anchor) {
             return None;
         }
         ledger
@@ -106,10 +107,7 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
         match ledger.entries.get(*anchor).filter(|l| l.deleted.is_none()) {
             None => out.new.push(((*anchor).clone(), mapped)),
             Some(l) => {
-                let last: Option<Mapped> = l
-                    .state
-                    .as_ref()
-                    .and_then(|v| serde_json::from_value(v.clone()).ok());
+                let last = l.state.as_ref().and_then(Mapped::from_state);
                 if last.as_ref() != Some(&mapped) {
                     out.updates.push(Op::Update {
                         anchor: (*anchor).clone(),

@@ -74,6 +74,23 @@ impl Mapped {
             Mapped::Group(g) => &g.display_name,
         }
     }
+
+    /// The mapped state a ledger entry recorded (None when it has another shape). Read in
+    /// place: no copy of the JSON value.
+    pub fn from_state(v: &serde_json::Value) -> Option<Mapped> {
+        Mapped::deserialize(v).ok()
+    }
+}
+
+/// The name a ledger entry is known by (its recorded userName or displayName), or "".
+pub fn ledger_name(ledger: &crate::project::Ledger, anchor: &str) -> String {
+    ledger
+        .entries
+        .get(anchor)
+        .and_then(|l| l.state.as_ref())
+        .and_then(Mapped::from_state)
+        .map(|m| m.name().to_string())
+        .unwrap_or_default()
 }
 
 /// One object found in the target, with what matching needs to know about it.

@@ -137,29 +137,7 @@ pub struct E2e {
 impl E2e {
     /// slapd with u1..u`users` under people, groups team (u1, u2) and crew (u1, u2).
     pub async fn ldap(users: u32, threshold: &str) -> E2e {
-        let slapd = Slapd::start(SlapdOptions {
-            session_log: true,
-            ..Default::default()
-        })
-        .await;
-        let mut ldif = String::new();
-        for i in 1..=users {
-            ldif.push_str(&ldap_user(i));
-        }
-        ldif.push_str(&format!(
-            "dn: cn=team,{GROUPS}\nobjectClass: groupOfNames\ncn: team\n\
-             member: uid=u1,{PEOPLE}\nmember: uid=u2,{PEOPLE}\n\n\
-             dn: cn=crew,{GROUPS}\nobjectClass: groupOfNames\ncn: crew\n\
-             member: uid=u1,{PEOPLE}\nmember: uid=u2,{PEOPLE}\n\n"
-        ));
-        slapd.ldapadd(&ldif).await;
-        let source = format!(
-            "kind = \"openldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"pw\"\n\
-             base_dn = \"{}\"\ninclude = [\"{PEOPLE}\", \"{GROUPS}\"]\n",
-            slapd.url(),
-            slapd.bind_dn(),
-            slapd.base_dn()
-        );
+        let (slapd, source) = ldap_source(users, &["team", "crew"]).await;
         let pw = slapd.password().to_string();
         E2e::new(Source::Ldap(slapd), &source, &pw, threshold).await
     }
@@ -277,6 +255,35 @@ impl E2e {
             .map(|e| e.event_type)
             .collect()
     }
+}
+
+/// A slapd (with a session log) holding u1..u`users` under people and each of `groups`
+/// with members u1 and u2; and the `[source]` keys that read it (password in file `pw`).
+pub async fn ldap_source(users: u32, groups: &[&str]) -> (Slapd, String) {
+    let slapd = Slapd::start(SlapdOptions {
+        session_log: true,
+        ..Default::default()
+    })
+    .await;
+    let mut ldif = String::new();
+    for i in 1..=users {
+        ldif.push_str(&ldap_user(i));
+    }
+    for g in groups {
+        ldif.push_str(&format!(
+            "dn: cn={g},{GROUPS}\nobjectClass: groupOfNames\ncn: {g}\n\
+             member: uid=u1,{PEOPLE}\nmember: uid=u2,{PEOPLE}\n\n"
+        ));
+    }
+    slapd.ldapadd(&ldif).await;
+    let source = format!(
+        "kind = \"openldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"pw\"\n\
+         base_dn = \"{}\"\ninclude = [\"{PEOPLE}\", \"{GROUPS}\"]\n",
+        slapd.url(),
+        slapd.bind_dn(),
+        slapd.base_dn()
+    );
+    (slapd, source)
 }
 
 pub fn ldap_user(i: u32) -> String {

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use crate::common::{dirsync, Run};
 use crate::lab::graph::GraphFakeOptions;
-use crate::lab::{GraphFake, Slapd, SlapdOptions};
-use crate::sync_export::ldap_user;
+use crate::lab::{GraphFake, Slapd};
+use crate::sync_export::ldap_source;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 const GROUPS: &str = "ou=groups,dc=example,dc=org";
@@ -24,20 +24,7 @@ struct Lab {
 impl Lab {
     /// slapd with u1..u`users`, team (u1, u2); the fake allows `writes` per second.
     async fn start(users: u32, writes: u32, threshold: u32) -> Lab {
-        let slapd = Slapd::start(SlapdOptions {
-            session_log: true,
-            ..Default::default()
-        })
-        .await;
-        let mut ldif = String::new();
-        for i in 1..=users {
-            ldif.push_str(&ldap_user(i));
-        }
-        ldif.push_str(&format!(
-            "dn: cn=team,{GROUPS}\nobjectClass: groupOfNames\ncn: team\n\
-             member: uid=u1,{PEOPLE}\nmember: uid=u2,{PEOPLE}\n\n"
-        ));
-        slapd.ldapadd(&ldif).await;
+        let (slapd, source) = ldap_source(users, &["team"]).await;
         let graph = GraphFake::start_with(GraphFakeOptions {
             writes_per_window: writes,
             window: Duration::from_secs(1),
@@ -54,15 +41,10 @@ impl Lab {
         std::fs::write(
             dir.path().join("dirsync.toml"),
             format!(
-                "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"openldap\"\nurl = \"{}\"\n\
-                 bind_dn = \"{}\"\npassword_file = \"pw\"\nbase_dn = \"{}\"\n\
-                 include = [\"{PEOPLE}\", \"{GROUPS}\"]\n\
+                "[store]\nurl = \"sqlite://log.db\"\n[source]\n{source}\
                  [target]\nkind = \"graph\"\nurl = \"{}\"\ntenant_id = \"{}\"\nclient_id = \"{}\"\n\
                  client_secret_file = \"secret\"\ntoken_url = \"{}\"\n\
                  [sync]\ndeletion_threshold = {threshold}\n",
-                slapd.url(),
-                slapd.bind_dn(),
-                slapd.base_dn(),
                 graph.base_url(),
                 graph.tenant_id(),
                 graph.client_id(),
