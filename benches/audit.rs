@@ -218,7 +218,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let body = snap.map(|s| s.body).unwrap_or_default();
         let snap_mb = body.len() as f64 / 1e6;
         let t = Instant::now();
-        let state: dirsync::project::State = serde_json::from_slice(&body)?;
+        let state = dirsync::project::snapshot::decode(&body)?;
         let decode_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let n = dirsync::audit::missed::missed_deletes(&state, &state.cursors, 0).len();

@@ -1060,7 +1060,7 @@ async fn to_target(
     });
     let state = replay::refresh(store, SNAPSHOT_EVERY).await?;
     if dry_run {
-        let mut s = state;
+        let mut s = std::sync::Arc::unwrap_or_clone(state);
         let meta = crate::project::Meta {
             seq: s.seq + 1,
             instance,
@@ -1111,7 +1111,7 @@ async fn to_target(
     // The reset is recorded only by the relationship's holder (or when nobody holds it):
     // the append expects the relationship stream's version it checked.
     let version = store.stream_version(stream::RELATIONSHIP).await?;
-    let state = replay::fold(store, state, Until::Head).await?;
+    let state = replay::advance(store, state).await?;
     if let Some(h) = &state.relationship.holder {
         if h != instance {
             return Err(Error::Fenced(format!(

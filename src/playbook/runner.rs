@@ -131,7 +131,8 @@ pub async fn handover(
         .try_lock("handover")
         .await?
         .ok_or_else(|| Error::Refused("another handover is running on this store".into()))?;
-    let mut state = replay::refresh(store, 10_000).await?;
+    // The runner folds its own copy forward (the sync steps share the remembered one).
+    let mut state = std::sync::Arc::unwrap_or_clone(replay::refresh(store, 10_000).await?);
     let described: Vec<String> = pb.steps.iter().map(|s| s.describe()).collect();
     let id = match machine::begin(&state.handovers, &opts.from, &opts.to, &pb.name) {
         Begin::Refuse(why) => return Err(Error::Refused(why)),

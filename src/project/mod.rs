@@ -4,6 +4,7 @@
 //! is what replay rebuilds, snapshots store, and commands read.
 
 pub mod replay;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 

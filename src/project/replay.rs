@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
@@ -383,7 +384,7 @@ async fn stored_below(store: &AnyStore, name: &str, n: u64) -> Result<Option<Sta
     if !matches {
         return Ok(None);
     }
-    match serde_json::from_slice::<State>(&snap.body) {
+    match super::snapshot::decode(&snap.body) {
         Ok(s) if s.seq == snap.seq => Ok(Some(s)),
         // Written by another version of the projections: rebuild instead.
         _ => Ok(None),
@@ -416,7 +417,7 @@ async fn save_named(store: &AnyStore, name: &str, state: &State) -> Result<()> {
             }
         }
     };
-    let body = serde_json::to_vec(state).map_err(Error::store)?;
+    let body = super::snapshot::encode(state).map_err(Error::store)?;
     store
         .save_snapshot(&Snapshot {
             name: name.into(),
@@ -430,14 +431,16 @@ async fn save_named(store: &AnyStore, name: &str, state: &State) -> Result<()> {
 /// The current state, saving it as the snapshot when more than `threshold` events were
 /// replayed on top of the stored one. Checkpoints are kept on the way (see
 /// [`CHECKPOINT_EVERY`]).
-pub async fn refresh(store: &AnyStore, threshold: u64) -> Result<State> {
+///
+/// The state is shared with this process's next refresh of the same store, which folds on
+/// from it instead of decoding the stored snapshot again: it is folded in place when the
+/// caller has let go of it by then (see [`advance`]) and copied only when it has not.
+pub async fn refresh(store: &AnyStore, threshold: u64) -> Result<Arc<State>> {
     refresh_every(store, threshold, CHECKPOINT_EVERY).await
 }
 
 /// [`refresh`] with checkpoints on a grid of `every` events (tests use a small one).
-pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Result<State> {
-    // Within one process (a sync reads the state several times), fold on from the state
-    // the last refresh returned rather than decoding the stored snapshot again.
+pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Result<Arc<State>> {
     let (base, had, from) = match cached(store).await? {
         Some((state, snap_seq)) => (state, true, snap_seq),
         None => {
@@ -445,10 +448,14 @@ pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Resu
             let had = base.is_some();
             let base = base.unwrap_or_default();
             let from = base.seq;
-            (base, had, from)
+            (Arc::new(base), had, from)
         }
     };
-    let state = fold_checkpointed(store, base, every).await?;
+    let state = if store.head().await?.0 == base.seq {
+        base
+    } else {
+        Arc::new(fold_checkpointed(store, Arc::unwrap_or_clone(base), every).await?)
+    };
     let tail = state.seq - from;
     let mut snap_seq = from;
     if tail > 0 && (!had || tail > threshold || threshold == 0) {
@@ -459,14 +466,26 @@ pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Resu
     Ok(state)
 }
 
+/// `state` (returned by [`refresh`]) brought up to the head: it is given up first, so that
+/// the copy this process remembers is folded on in place rather than copied.
+pub async fn advance(store: &AnyStore, state: Arc<State>) -> Result<Arc<State>> {
+    drop(state);
+    refresh(store, REFRESH_THRESHOLD).await
+}
+
+/// Events replayed on top of the stored snapshot before [`advance`] (and the sync engine)
+/// store a new one.
+pub const REFRESH_THRESHOLD: u64 = 10_000;
+
 /// The state the last [`refresh`] of this process returned for a store: its key, the seq
 /// of the stored snapshot then, the hash of its last event, and the state.
-type Remembered = (String, u64, crate::log::Hash, State);
+type Remembered = (String, u64, crate::log::Hash, Arc<State>);
 static LAST: std::sync::Mutex<Option<Remembered>> = std::sync::Mutex::new(None);
 
 /// The remembered state of `store`, if the log still holds the event it was built up to
-/// (same seq, same hash: the store was not replaced or rewritten meanwhile).
-async fn cached(store: &AnyStore) -> Result<Option<(State, u64)>> {
+/// (same seq, same hash: the store was not replaced or rewritten meanwhile). It is taken
+/// out, so that if the caller let go of its share the state can be folded in place.
+async fn cached(store: &AnyStore) -> Result<Option<(Arc<State>, u64)>> {
     let key = store.describe();
     let hit = {
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
@@ -491,14 +510,14 @@ async fn cached(store: &AnyStore) -> Result<Option<(State, u64)>> {
     })
 }
 
-async fn remember(store: &AnyStore, state: &State, snap_seq: u64) -> Result<()> {
+async fn remember(store: &AnyStore, state: &Arc<State>, snap_seq: u64) -> Result<()> {
     if state.seq == 0 {
         return Ok(());
     }
     let at = store.read(state.seq - 1, 1).await?;
     if let Some(e) = at.first().filter(|e| e.seq == state.seq) {
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        *last = Some((store.describe(), snap_seq, e.hash, state.clone()));
+        *last = Some((store.describe(), snap_seq, e.hash, Arc::clone(state)));
     }
     Ok(())
 }
@@ -621,7 +640,7 @@ pub async fn verify_projections(
         let rebuilt = fold_with(store, State::default(), Until::Head, progress).await?;
         return Ok((rebuilt.seq, false));
     };
-    let stored_state: State = serde_json::from_slice(&snap.body).map_err(|e| {
+    let stored_state = super::snapshot::decode(&snap.body).map_err(|e| {
         Error::ProjectionMismatch(format!("stored projections cannot be read: {e}"))
     })?;
     if stored_state.seq != snap.seq {

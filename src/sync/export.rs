@@ -23,6 +23,7 @@
 //! takes it, so nothing is created twice.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -40,7 +41,7 @@ use crate::log::event::{
 };
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
-use crate::project::replay::{self, Until};
+use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{Meta, State};
 use crate::target::matching::{Index, Match};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target};
@@ -163,16 +164,16 @@ fn fenced_message(state: &State, instance: &str) -> String {
 /// Verify (or, with `take_over` or when nobody holds it yet, establish) the relationship.
 async fn acquire(
     store: &AnyStore,
-    state: State,
+    state: Arc<State>,
     instance: &str,
     take_over: bool,
     progress: &ProgressBar,
-) -> Result<(Fence, State)> {
+) -> Result<(Fence, Arc<State>)> {
     let mut state = state;
     for _ in 0..3 {
         // The version first, then the state: a change in between fails the append below.
         let version = store.stream_version(stream::RELATIONSHIP).await?;
-        state = replay::fold(store, state, Until::Head).await?;
+        state = replay::advance(store, state).await?;
         let rel = &state.relationship;
         if !take_over && rel.holder.is_some() {
             if rel.held_by(instance) {
@@ -194,7 +195,7 @@ async fn acquire(
         match store.append(batch).await {
             Ok(_) => {
                 // Leases claimed before our epoch are in the log now: wait out another's.
-                state = replay::fold(store, state, Until::Head).await?;
+                state = replay::advance(store, state).await?;
                 wait_for_lease(&state, instance, progress).await;
                 return Ok((
                     Fence {
@@ -259,7 +260,7 @@ pub async fn sync(
         }
         (None, false) => None,
     };
-    let mut state = replay::refresh(store, 10_000).await?;
+    let mut state = replay::refresh(store, REFRESH_THRESHOLD).await?;
     // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand (or
     // by a handover step, as the documented "force synchronization") still runs: fencing,
     // not the stop, decides who may export.
@@ -320,9 +321,9 @@ pub async fn sync(
         )
         .await?;
         let state = if opts.dry_run {
-            with_planned(state, &imported, &opts.instance)
+            Arc::new(with_planned(&state, &imported, &opts.instance))
         } else {
-            replay::fold(store, state, Until::Head).await?
+            replay::advance(store, state).await?
         };
         report.import = imported;
         run.cycle(state, &mut report).await
@@ -372,7 +373,7 @@ async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -
             end,
         )]))
         .await?;
-    replay::refresh(store, 10_000).await?;
+    replay::refresh(store, REFRESH_THRESHOLD).await?;
     Ok(())
 }
 
@@ -394,7 +395,7 @@ pub async fn export_log(
     opts: &ExportOptions,
     progress: &ProgressBar,
 ) -> Result<SyncReport> {
-    let state = replay::refresh(store, 10_000).await?;
+    let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
     target.probe().await?;
     let (fence, state) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
     let mut report = SyncReport {
@@ -421,7 +422,8 @@ pub async fn export_log(
 }
 
 /// The state as it would be after a dry-run import's events.
-pub(crate) fn with_planned(mut state: State, imported: &ImportReport, instance: &str) -> State {
+pub(crate) fn with_planned(state: &State, imported: &ImportReport, instance: &str) -> State {
+    let mut state = state.clone();
     let now = chrono::Utc::now().timestamp_micros();
     for (seq, e) in (state.seq + 1..).zip(imported.planned.iter()) {
         state.apply(
@@ -537,7 +539,7 @@ struct Cycle<'a> {
 }
 
 impl Cycle<'_> {
-    async fn cycle(&self, state: State, report: &mut SyncReport) -> Result<()> {
+    async fn cycle(&self, state: Arc<State>, report: &mut SyncReport) -> Result<()> {
         let whole = plan(&state, self.source_kind, None);
         for (anchor, why) in &whole.unmappable {
             report.unmappable += 1;
@@ -708,7 +710,12 @@ impl Cycle<'_> {
 
     /// Export: users, then groups (whose members are users' target ids), then groups again
     /// when nested groups were created, then deletions.
-    async fn export(&self, mut state: State, fence: Fence, report: &mut SyncReport) -> Result<()> {
+    async fn export(
+        &self,
+        mut state: Arc<State>,
+        fence: Fence,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let Some(t) = self.target else {
             return Err(Error::Config("no [target] section".into()));
         };
@@ -716,7 +723,7 @@ impl Cycle<'_> {
             .into_iter()
             .enumerate()
         {
-            state = replay::fold(self.store, state, Until::Head).await?;
+            state = replay::advance(self.store, state).await?;
             let p = plan(&state, self.source_kind, Some(kind));
             if pass == 2 && p.new.is_empty() && p.updates.is_empty() {
                 break;
@@ -784,7 +791,7 @@ impl Cycle<'_> {
                 if !taken.is_empty() {
                     // Matches write nothing to the target but are exports all the same.
                     self.append_fenced(taken, fence).await?;
-                    state = replay::fold(self.store, state, Until::Head).await?;
+                    state = replay::advance(self.store, state).await?;
                 }
             }
             // Matched objects now have a ledger state: their differences are updates.
@@ -792,7 +799,7 @@ impl Cycle<'_> {
             creates.extend(updates);
             self.run_ops(creates, fence, report).await?;
         }
-        state = replay::fold(self.store, state, Until::Head).await?;
+        state = replay::advance(self.store, state).await?;
         let deletes = plan(&state, self.source_kind, None).deletes;
         self.run_ops(deletes, fence, report).await
     }
@@ -807,7 +814,7 @@ impl Cycle<'_> {
         {
             Ok(o) => Ok(o.last_seq()),
             Err(Error::Conflict { .. }) => {
-                let state = replay::refresh(self.store, 10_000).await?;
+                let state = replay::refresh(self.store, REFRESH_THRESHOLD).await?;
                 Err(Error::Fenced(fenced_message(&state, self.instance)))
             }
             Err(e) => Err(e),

@@ -113,7 +113,7 @@ async fn source_checks(
         "source read",
         Ok(format!("{} objects in scope", imported.seen)),
     ));
-    let state = with_planned(state, &imported, instance);
+    let state = with_planned(&state, &imported, instance);
     if src.kind == SourceKind::Ad {
         out.push(check(
             "tombstone lifetime",

@@ -520,7 +520,7 @@ async fn replay_at_every_tenth_seq_equals_the_recorded_projections(backend: Back
         }
         // What commands do: refresh the stored projections (and the checkpoints).
         let stored = replay::refresh_every(&f.store, 25, GRID).await.unwrap();
-        assert_eq!(stored, live, "stored projections at seq {}", live.seq);
+        assert_eq!(*stored, live, "stored projections at seq {}", live.seq);
     }
     let head = live.seq;
     for n in (0..=head).step_by(10) {

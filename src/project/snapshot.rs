@@ -1,0 +1,659 @@
+//! The stored form of [`State`]: a compact binary encoding of the two projections that grow
+//! with the directory (source objects and the ledger), and JSON for the rest.
+//!
+//! A million-object state is most of a gigabyte as JSON, and decoding it took longer than
+//! the commands that read it had. Here every string is a length and its bytes, every
+//! number a varint, so a decoder sizes each map and string once, and the two large maps are
+//! decoded on two threads at once.
+//!
+//! Layout: `MAGIC`, then three sections, each a little-endian `u64` byte length and its
+//! bytes: the rest of the state as JSON (the two maps empty), the source objects, the
+//! ledger entries. A map section is a varint count and that many entries. Each codec below
+//! destructures its struct, so a field added to a projection fails to compile here until it
+//! is encoded; a change of layout changes `MAGIC`, and a snapshot written by another
+//! version is not read (the state is rebuilt from the log instead).
+
+use serde_json::Value;
+
+use super::{At, Deletion, FastMap, LedgerEntry, ObjectRecord, Origin, State};
+use crate::log::event::{AttrValue, ObjectKind};
+
+/// Format and version: a different layout is a different magic.
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x01";
+
+/// Why a snapshot body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a snapshot of this version")]
+    Version,
+    #[error("truncated or malformed snapshot ({0})")]
+    Malformed(&'static str),
+    #[error("snapshot JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+type Res<T> = std::result::Result<T, SnapshotError>;
+
+/// Encode `state`.
+pub fn encode(state: &State) -> Res<Vec<u8>> {
+    let mut rest = State {
+        seq: state.seq,
+        objects: super::SourceObjects {
+            objects: FastMap::default(),
+            last_full_import: state.objects.last_full_import,
+            tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+        },
+        ledger: super::Ledger {
+            entries: FastMap::default(),
+            failures: state.ledger.failures.clone(),
+        },
+        ..State::default()
+    };
+    rest.cursors.clone_from(&state.cursors);
+    rest.relationship.clone_from(&state.relationship);
+    rest.instances.clone_from(&state.instances);
+    rest.guard.clone_from(&state.guard);
+    rest.handovers.clone_from(&state.handovers);
+    let rest = serde_json::to_vec(&rest)?;
+
+    let (objects, ledger) = std::thread::scope(|s| {
+        let objects = s.spawn(|| {
+            let mut w = Writer::default();
+            w.map(&state.objects.objects, Writer::object)?;
+            Ok::<_, SnapshotError>(w.0)
+        });
+        let mut w = Writer::default();
+        let ledger = w
+            .map(&state.ledger.entries, Writer::ledger_entry)
+            .map(|()| w.0);
+        let objects = objects
+            .join()
+            .unwrap_or(Err(SnapshotError::Malformed("encoder thread failed")));
+        (objects, ledger)
+    });
+    let (objects, ledger) = (objects?, ledger?);
+    let mut out = Vec::with_capacity(MAGIC.len() + 24 + rest.len() + objects.len() + ledger.len());
+    out.extend_from_slice(MAGIC);
+    for section in [&rest, &objects, &ledger] {
+        out.extend_from_slice(&(section.len() as u64).to_le_bytes());
+        out.extend_from_slice(section);
+    }
+    Ok(out)
+}
+
+/// Decode a body written by [`encode`].
+pub fn decode(body: &[u8]) -> Res<State> {
+    let body = body.strip_prefix(MAGIC).ok_or(SnapshotError::Version)?;
+    let mut sections = Reader(body);
+    let rest = sections.section()?;
+    let objects = sections.section()?;
+    let ledger = sections.section()?;
+    if !sections.0.is_empty() {
+        return Err(SnapshotError::Malformed("trailing bytes"));
+    }
+    let mut state: State = serde_json::from_slice(rest)?;
+    let (objects, ledger) = std::thread::scope(|s| {
+        let objects = s.spawn(|| Reader(objects).map(Reader::object));
+        let ledger = Reader(ledger).map(Reader::ledger_entry);
+        let objects = objects
+            .join()
+            .unwrap_or(Err(SnapshotError::Malformed("decoder thread failed")));
+        (objects, ledger)
+    });
+    state.objects.objects = objects?;
+    state.ledger.entries = ledger?;
+    Ok(state)
+}
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn uint(&mut self, mut n: u64) {
+        while n >= 0x80 {
+            self.0.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.0.push(n as u8);
+    }
+
+    fn int(&mut self, n: i64) {
+        self.uint(((n << 1) ^ (n >> 63)) as u64);
+    }
+
+    fn len(&mut self, n: usize) {
+        self.uint(n as u64);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.len(b.len());
+        self.0.extend_from_slice(b);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+
+    fn flag(&mut self, b: bool) {
+        self.0.push(u8::from(b));
+    }
+
+    fn at(&mut self, a: &At) {
+        self.uint(a.seq);
+        self.int(a.at_us);
+    }
+
+    fn kind(&mut self, k: ObjectKind) {
+        self.0.push(match k {
+            ObjectKind::User => 0,
+            ObjectKind::Group => 1,
+        });
+    }
+
+    fn map<V>(&mut self, m: &FastMap<String, V>, entry: fn(&mut Self, &V) -> Res<()>) -> Res<()> {
+        self.len(m.len());
+        for (k, v) in m {
+            self.str(k);
+            entry(self, v)?;
+        }
+        Ok(())
+    }
+
+    fn object(&mut self, r: &ObjectRecord) -> Res<()> {
+        let ObjectRecord {
+            kind,
+            dn,
+            attrs,
+            members,
+            first_seen,
+            last_changed,
+            deletion,
+        } = r;
+        self.kind(*kind);
+        self.str(dn);
+        self.len(attrs.len());
+        for (name, values) in attrs {
+            self.str(name);
+            self.len(values.len());
+            for v in values {
+                match v {
+                    AttrValue::Text(t) => {
+                        self.0.push(0);
+                        self.str(t);
+                    }
+                    AttrValue::Binary { b64 } => {
+                        self.0.push(1);
+                        self.bytes(b64);
+                    }
+                }
+            }
+        }
+        self.len(members.len());
+        for m in members {
+            self.str(m);
+        }
+        self.at(first_seen);
+        self.at(last_changed);
+        self.flag(deletion.is_some());
+        if let Some(Deletion {
+            evidence,
+            at,
+            instance,
+        }) = deletion
+        {
+            // Rare (deleted objects only) and a nested enum: JSON.
+            self.bytes(&serde_json::to_vec(evidence)?);
+            self.at(at);
+            self.str(instance);
+        }
+        Ok(())
+    }
+
+    fn ledger_entry(&mut self, l: &LedgerEntry) -> Res<()> {
+        let LedgerEntry {
+            kind,
+            target_id,
+            origin,
+            state,
+            owned_since,
+            last_export,
+            epoch,
+            etag,
+            deleted,
+        } = l;
+        self.kind(*kind);
+        self.str(target_id);
+        self.0.push(match origin {
+            Origin::Created => 0,
+            Origin::Matched => 1,
+        });
+        self.flag(state.is_some());
+        if let Some(v) = state {
+            self.value(v);
+        }
+        self.at(owned_since);
+        self.at(last_export);
+        self.uint(*epoch);
+        self.flag(etag.is_some());
+        if let Some(e) = etag {
+            self.str(e);
+        }
+        self.flag(deleted.is_some());
+        if let Some(d) = deleted {
+            self.at(d);
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.0.push(0),
+            Value::Bool(false) => self.0.push(1),
+            Value::Bool(true) => self.0.push(2),
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    self.0.push(3);
+                    self.uint(u);
+                } else if let Some(i) = n.as_i64() {
+                    self.0.push(4);
+                    self.int(i);
+                } else {
+                    self.0.push(5);
+                    let f = n.as_f64().unwrap_or_default();
+                    self.0.extend_from_slice(&f.to_le_bytes());
+                }
+            }
+            Value::String(s) => {
+                self.0.push(6);
+                self.str(s);
+            }
+            Value::Array(a) => {
+                self.0.push(7);
+                self.len(a.len());
+                for v in a {
+                    self.value(v);
+                }
+            }
+            Value::Object(o) => {
+                self.0.push(8);
+                self.len(o.len());
+                for (k, v) in o {
+                    self.str(k);
+                    self.value(v);
+                }
+            }
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+const BAD: SnapshotError = SnapshotError::Malformed("unexpected end or bad value");
+
+impl<'a> Reader<'a> {
+    fn section(&mut self) -> Res<&'a [u8]> {
+        let (n, rest) = self.0.split_first_chunk::<8>().ok_or(BAD)?;
+        let n = usize::try_from(u64::from_le_bytes(*n)).map_err(|_| BAD)?;
+        if rest.len() < n {
+            return Err(BAD);
+        }
+        let (s, rest) = rest.split_at(n);
+        self.0 = rest;
+        Ok(s)
+    }
+
+    fn byte(&mut self) -> Res<u8> {
+        let (b, rest) = self.0.split_first().ok_or(BAD)?;
+        self.0 = rest;
+        Ok(*b)
+    }
+
+    fn uint(&mut self) -> Res<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(BAD)
+    }
+
+    fn int(&mut self) -> Res<i64> {
+        let u = self.uint()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    /// A count of items that each take at least one byte: never more than are left, so a
+    /// corrupt count cannot make a decoder reserve memory it will not fill.
+    fn len(&mut self) -> Res<usize> {
+        let n = usize::try_from(self.uint()?).map_err(|_| BAD)?;
+        if n > self.0.len() {
+            return Err(BAD);
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self) -> Res<&'a [u8]> {
+        let n = self.len()?;
+        let (b, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn str(&mut self) -> Res<&'a str> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| SnapshotError::Malformed("not UTF-8"))
+    }
+
+    fn string(&mut self) -> Res<String> {
+        self.str().map(str::to_owned)
+    }
+
+    fn flag(&mut self) -> Res<bool> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(BAD),
+        }
+    }
+
+    fn at(&mut self) -> Res<At> {
+        Ok(At {
+            seq: self.uint()?,
+            at_us: self.int()?,
+        })
+    }
+
+    fn kind(&mut self) -> Res<ObjectKind> {
+        match self.byte()? {
+            0 => Ok(ObjectKind::User),
+            1 => Ok(ObjectKind::Group),
+            _ => Err(BAD),
+        }
+    }
+
+    fn map<V>(mut self, entry: fn(&mut Self) -> Res<V>) -> Res<FastMap<String, V>> {
+        let n = self.len()?;
+        let mut m = FastMap::with_capacity_and_hasher(n, Default::default());
+        for _ in 0..n {
+            let k = self.string()?;
+            let v = entry(&mut self)?;
+            m.insert(k, v);
+        }
+        if !self.0.is_empty() {
+            return Err(SnapshotError::Malformed("trailing bytes in a map"));
+        }
+        Ok(m)
+    }
+
+    fn object(&mut self) -> Res<ObjectRecord> {
+        let kind = self.kind()?;
+        let dn = self.string()?;
+        let n = self.len()?;
+        let mut attrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.string()?;
+            let k = self.len()?;
+            let mut values = Vec::with_capacity(k);
+            for _ in 0..k {
+                values.push(match self.byte()? {
+                    0 => AttrValue::Text(self.string()?),
+                    1 => AttrValue::Binary {
+                        b64: self.bytes()?.to_vec(),
+                    },
+                    _ => return Err(BAD),
+                });
+            }
+            attrs.push((name, values));
+        }
+        let n = self.len()?;
+        let mut members = Vec::with_capacity(n);
+        for _ in 0..n {
+            members.push(self.string()?);
+        }
+        let first_seen = self.at()?;
+        let last_changed = self.at()?;
+        let deletion = if self.flag()? {
+            Some(Deletion {
+                evidence: serde_json::from_slice(self.bytes()?)?,
+                at: self.at()?,
+                instance: self.string()?,
+            })
+        } else {
+            None
+        };
+        Ok(ObjectRecord {
+            kind,
+            dn,
+            // Written in key order: collecting sorted pairs builds the tree in one pass.
+            attrs: attrs.into_iter().collect(),
+            members: members.into_iter().collect(),
+            first_seen,
+            last_changed,
+            deletion,
+        })
+    }
+
+    fn ledger_entry(&mut self) -> Res<LedgerEntry> {
+        let kind = self.kind()?;
+        let target_id = self.string()?;
+        let origin = match self.byte()? {
+            0 => Origin::Created,
+            1 => Origin::Matched,
+            _ => return Err(BAD),
+        };
+        let state = if self.flag()? {
+            Some(self.value(0)?)
+        } else {
+            None
+        };
+        let owned_since = self.at()?;
+        let last_export = self.at()?;
+        let epoch = self.uint()?;
+        let etag = if self.flag()? {
+            Some(self.string()?)
+        } else {
+            None
+        };
+        let deleted = if self.flag()? { Some(self.at()?) } else { None };
+        Ok(LedgerEntry {
+            kind,
+            target_id,
+            origin,
+            state,
+            owned_since,
+            last_export,
+            epoch,
+            etag,
+            deleted,
+        })
+    }
+
+    fn value(&mut self, depth: u32) -> Res<Value> {
+        // As deep as serde_json itself accepts.
+        if depth > 128 {
+            return Err(SnapshotError::Malformed("value nested too deeply"));
+        }
+        Ok(match self.byte()? {
+            0 => Value::Null,
+            1 => Value::Bool(false),
+            2 => Value::Bool(true),
+            3 => Value::from(self.uint()?),
+            4 => Value::from(self.int()?),
+            5 => {
+                let (f, rest) = self.0.split_first_chunk::<8>().ok_or(BAD)?;
+                self.0 = rest;
+                serde_json::Number::from_f64(f64::from_le_bytes(*f))
+                    .map_or(Value::Null, Value::Number)
+            }
+            6 => Value::String(self.string()?),
+            7 => {
+                let n = self.len()?;
+                let mut a = Vec::with_capacity(n);
+                for _ in 0..n {
+                    a.push(self.value(depth + 1)?);
+                }
+                Value::Array(a)
+            }
+            8 => {
+                let n = self.len()?;
+                let mut o = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = self.string()?;
+                    o.push((k, self.value(depth + 1)?));
+                }
+                Value::Object(o.into_iter().collect())
+            }
+            _ => return Err(BAD),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::log::event::DeletionEvidence;
+
+    fn at(seq: u64, at_us: i64) -> At {
+        At { seq, at_us }
+    }
+
+    fn sample() -> State {
+        let mut s = State {
+            seq: 42,
+            ..State::default()
+        };
+        s.objects.last_full_import = Some(at(7, -3));
+        s.objects.tombstone_lifetime_days = Some(180);
+        s.objects.objects.insert(
+            "a".into(),
+            ObjectRecord {
+                kind: ObjectKind::User,
+                dn: "CN=Zoë\\, Ann,OU=x".into(),
+                attrs: BTreeMap::from([
+                    ("cn".into(), vec![AttrValue::Text("Zoë".into())]),
+                    (
+                        "photo".into(),
+                        vec![AttrValue::Binary {
+                            b64: vec![0, 255, 1],
+                        }],
+                    ),
+                    ("empty".into(), vec![]),
+                ]),
+                members: BTreeSet::new(),
+                first_seen: at(1, 1_700_000_000_000_000),
+                last_changed: at(9, i64::MIN),
+                deletion: Some(Deletion {
+                    evidence: DeletionEvidence::LeftScope { dn: "CN=y".into() },
+                    at: at(10, i64::MAX),
+                    instance: "old".into(),
+                }),
+            },
+        );
+        s.objects.objects.insert(
+            "g".into(),
+            ObjectRecord {
+                kind: ObjectKind::Group,
+                dn: "CN=g".into(),
+                attrs: Attrs::new(),
+                members: BTreeSet::from(["a".into(), "b".into()]),
+                first_seen: at(2, 0),
+                last_changed: at(2, 0),
+                deletion: None,
+            },
+        );
+        s.ledger.entries.insert(
+            "a".into(),
+            LedgerEntry {
+                kind: ObjectKind::User,
+                target_id: "t1".into(),
+                origin: Origin::Matched,
+                state: Some(
+                    json!({"user_name": "ann", "active": true, "n": -5, "u": u64::MAX,
+                    "f": 1.5, "none": null, "list": [1, "x", {"k": []}], "off": false}),
+                ),
+                owned_since: at(3, 3),
+                last_export: at(4, 4),
+                epoch: 2,
+                etag: Some("W/\"1\"".into()),
+                deleted: Some(at(11, 11)),
+            },
+        );
+        s.ledger.entries.insert(
+            "g".into(),
+            LedgerEntry {
+                kind: ObjectKind::Group,
+                target_id: "t2".into(),
+                origin: Origin::Created,
+                state: None,
+                owned_since: at(5, 5),
+                last_export: at(5, 5),
+                epoch: 1,
+                etag: None,
+                deleted: None,
+            },
+        );
+        s.relationship.holder = Some("new".into());
+        s.relationship.epoch = 2;
+        s
+    }
+
+    use crate::log::event::Attrs;
+
+    #[test]
+    fn round_trips_every_field() {
+        let s = sample();
+        let body = encode(&s).unwrap();
+        assert_eq!(decode(&body).unwrap(), s);
+        assert_eq!(
+            decode(&encode(&State::default()).unwrap()).unwrap(),
+            State::default()
+        );
+    }
+
+    #[test]
+    fn refuses_other_versions_and_damage() {
+        let body = encode(&sample()).unwrap();
+        assert!(matches!(
+            decode(b"{\"seq\":1}"),
+            Err(SnapshotError::Version)
+        ));
+        let mut other = body.clone();
+        other[7] = 2;
+        assert!(matches!(decode(&other), Err(SnapshotError::Version)));
+        // Every truncation, and every single-byte change, is an error or a different state:
+        // never a panic.
+        for n in 0..body.len() {
+            assert!(decode(&body[..n]).is_err(), "truncated at {n}");
+        }
+        for i in 8..body.len() {
+            let mut b = body.clone();
+            b[i] ^= 0xa5;
+            let _ = decode(&b);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_random_values(
+            v in any::<i64>(), u in any::<u64>(), s in ".{0,8}", f in -1e9f64..1e9,
+            bytes in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut st = sample();
+            if let Some(l) = st.ledger.entries.get_mut("g") {
+                l.state = Some(json!({"i": v, "u": u, "s": s.clone(), "f": f}));
+                l.owned_since = at(u, v);
+            }
+            if let Some(o) = st.objects.objects.get_mut("g") {
+                o.attrs.insert(s, vec![AttrValue::Binary { b64: bytes }]);
+            }
+            prop_assert_eq!(decode(&encode(&st).unwrap()).unwrap(), st);
+        }
+    }
+}
