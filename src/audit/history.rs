@@ -98,9 +98,11 @@ fn deletion_detail(d: Option<&Deletion>) -> Vec<String> {
 }
 
 /// Top-level fields of two mapped states that differ.
-fn mapped_changes(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> Vec<String> {
-    let obj = |v: Option<&serde_json::Value>| {
-        v.and_then(|v| v.as_object())
+fn mapped_changes(a: Option<&Mapped>, b: Option<&Mapped>) -> Vec<String> {
+    let obj = |v: Option<&Mapped>| {
+        v.and_then(|m| serde_json::to_value(m).ok())
+            .as_ref()
+            .and_then(|v| v.as_object())
             .map(|o| {
                 o.iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -300,15 +302,11 @@ pub fn what_if(state: &State, scope: &Scope, kind: SourceKind) -> WhatIf {
             anchor, from, to, ..
         } = op
         {
-            let as_value = |m: Option<&Mapped>| m.and_then(|m| serde_json::to_value(m).ok());
             out.change.push(Item {
                 anchor: anchor.clone(),
                 kind: to.kind(),
                 name: to.name().to_string(),
-                detail: mapped_changes(
-                    as_value(from.as_ref()).as_ref(),
-                    as_value(Some(to)).as_ref(),
-                ),
+                detail: mapped_changes(from.as_ref(), Some(to)),
             });
         }
     }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::log::event::{Attrs, DeletionEvidence, Event, ExportOp, ObjectKind, SourceObject};
+use crate::target::Mapped;
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -219,9 +220,10 @@ pub struct LedgerEntry {
     pub kind: ObjectKind,
     pub target_id: String,
     pub origin: Origin,
-    /// The mapped state we last exported.
+    /// The mapped state we last exported (None when the recorded one had another shape:
+    /// the next update then writes every attribute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<serde_json::Value>,
+    pub state: Option<Mapped>,
     pub owned_since: At,
     pub last_export: At,
     pub epoch: u64,
@@ -267,7 +269,7 @@ impl Ledger {
                                 } else {
                                     Origin::Matched
                                 },
-                                state: x.state.clone(),
+                                state: x.state.as_ref().and_then(Mapped::from_state),
                                 owned_since: m.into(),
                                 last_export: m.into(),
                                 epoch: x.epoch,
@@ -278,7 +280,7 @@ impl Ledger {
                     }
                     ExportOp::Update => {
                         if let Some(l) = self.entries.get_mut(&x.anchor) {
-                            l.state.clone_from(&x.state);
+                            l.state = x.state.as_ref().and_then(Mapped::from_state);
                             l.etag.clone_from(&x.etag);
                             l.last_export = m.into();
                             l.epoch = x.epoch;

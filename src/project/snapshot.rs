@@ -13,13 +13,12 @@
 //! is encoded; a change of layout changes `MAGIC`, and a snapshot written by another
 //! version is not read (the state is rebuilt from the log instead).
 
-use serde_json::Value;
-
 use super::{At, Deletion, FastMap, LedgerEntry, ObjectRecord, Origin, State};
 use crate::log::event::{AttrValue, ObjectKind};
+use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
-const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x01";
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x02";
 
 /// Why a snapshot body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -228,8 +227,8 @@ impl Writer {
             Origin::Matched => 1,
         });
         self.flag(state.is_some());
-        if let Some(v) = state {
-            self.value(v);
+        if let Some(m) = state {
+            self.mapped(m);
         }
         self.at(owned_since);
         self.at(last_export);
@@ -245,41 +244,48 @@ impl Writer {
         Ok(())
     }
 
-    fn value(&mut self, v: &Value) {
-        match v {
-            Value::Null => self.0.push(0),
-            Value::Bool(false) => self.0.push(1),
-            Value::Bool(true) => self.0.push(2),
-            Value::Number(n) => {
-                if let Some(u) = n.as_u64() {
-                    self.0.push(3);
-                    self.uint(u);
-                } else if let Some(i) = n.as_i64() {
-                    self.0.push(4);
-                    self.int(i);
-                } else {
-                    self.0.push(5);
-                    let f = n.as_f64().unwrap_or_default();
-                    self.0.extend_from_slice(&f.to_le_bytes());
+    fn opt_str(&mut self, s: &Option<String>) {
+        self.flag(s.is_some());
+        if let Some(s) = s {
+            self.str(s);
+        }
+    }
+
+    fn mapped(&mut self, m: &Mapped) {
+        match m {
+            Mapped::User(MappedUser {
+                user_name,
+                display_name,
+                given_name,
+                family_name,
+                email,
+                title,
+                department,
+                active,
+            }) => {
+                self.0.push(0);
+                self.str(user_name);
+                for s in [
+                    display_name,
+                    given_name,
+                    family_name,
+                    email,
+                    title,
+                    department,
+                ] {
+                    self.opt_str(s);
                 }
+                self.flag(*active);
             }
-            Value::String(s) => {
-                self.0.push(6);
-                self.str(s);
-            }
-            Value::Array(a) => {
-                self.0.push(7);
-                self.len(a.len());
-                for v in a {
-                    self.value(v);
-                }
-            }
-            Value::Object(o) => {
-                self.0.push(8);
-                self.len(o.len());
-                for (k, v) in o {
-                    self.str(k);
-                    self.value(v);
+            Mapped::Group(MappedGroup {
+                display_name,
+                members,
+            }) => {
+                self.0.push(1);
+                self.str(display_name);
+                self.len(members.len());
+                for m in members {
+                    self.str(m);
                 }
             }
         }
@@ -444,7 +450,7 @@ impl<'a> Reader<'a> {
             _ => return Err(BAD),
         };
         let state = if self.flag()? {
-            Some(self.value(0)?)
+            Some(self.mapped()?)
         } else {
             None
         };
@@ -470,40 +476,37 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn value(&mut self, depth: u32) -> Res<Value> {
-        // As deep as serde_json itself accepts.
-        if depth > 128 {
-            return Err(SnapshotError::Malformed("value nested too deeply"));
-        }
+    fn opt_string(&mut self) -> Res<Option<String>> {
+        Ok(if self.flag()? {
+            Some(self.string()?)
+        } else {
+            None
+        })
+    }
+
+    fn mapped(&mut self) -> Res<Mapped> {
         Ok(match self.byte()? {
-            0 => Value::Null,
-            1 => Value::Bool(false),
-            2 => Value::Bool(true),
-            3 => Value::from(self.uint()?),
-            4 => Value::from(self.int()?),
-            5 => {
-                let (f, rest) = self.0.split_first_chunk::<8>().ok_or(BAD)?;
-                self.0 = rest;
-                serde_json::Number::from_f64(f64::from_le_bytes(*f))
-                    .map_or(Value::Null, Value::Number)
-            }
-            6 => Value::String(self.string()?),
-            7 => {
+            0 => Mapped::User(MappedUser {
+                user_name: self.string()?,
+                display_name: self.opt_string()?,
+                given_name: self.opt_string()?,
+                family_name: self.opt_string()?,
+                email: self.opt_string()?,
+                title: self.opt_string()?,
+                department: self.opt_string()?,
+                active: self.flag()?,
+            }),
+            1 => {
+                let display_name = self.string()?;
                 let n = self.len()?;
-                let mut a = Vec::with_capacity(n);
+                let mut members = Vec::with_capacity(n);
                 for _ in 0..n {
-                    a.push(self.value(depth + 1)?);
+                    members.push(self.string()?);
                 }
-                Value::Array(a)
-            }
-            8 => {
-                let n = self.len()?;
-                let mut o = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let k = self.string()?;
-                    o.push((k, self.value(depth + 1)?));
-                }
-                Value::Object(o.into_iter().collect())
+                Mapped::Group(MappedGroup {
+                    display_name,
+                    members: members.into_iter().collect(),
+                })
             }
             _ => return Err(BAD),
         })
@@ -515,7 +518,6 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
-    use serde_json::json;
 
     use super::*;
     use crate::log::event::DeletionEvidence;
@@ -574,10 +576,14 @@ mod tests {
                 kind: ObjectKind::User,
                 target_id: "t1".into(),
                 origin: Origin::Matched,
-                state: Some(
-                    json!({"user_name": "ann", "active": true, "n": -5, "u": u64::MAX,
-                    "f": 1.5, "none": null, "list": [1, "x", {"k": []}], "off": false}),
-                ),
+                state: Some(Mapped::User(MappedUser {
+                    user_name: "ann".into(),
+                    display_name: Some("Ann Zoë".into()),
+                    email: Some(String::new()),
+                    department: Some("x".into()),
+                    active: true,
+                    ..MappedUser::default()
+                })),
                 owned_since: at(3, 3),
                 last_export: at(4, 4),
                 epoch: 2,
@@ -591,7 +597,10 @@ mod tests {
                 kind: ObjectKind::Group,
                 target_id: "t2".into(),
                 origin: Origin::Created,
-                state: None,
+                state: Some(Mapped::Group(MappedGroup {
+                    display_name: "G".into(),
+                    members: BTreeSet::from(["t1".into()]),
+                })),
                 owned_since: at(5, 5),
                 last_export: at(5, 5),
                 epoch: 1,
@@ -625,7 +634,7 @@ mod tests {
             Err(SnapshotError::Version)
         ));
         let mut other = body.clone();
-        other[7] = 2;
+        other[7] ^= 0xff;
         assert!(matches!(decode(&other), Err(SnapshotError::Version)));
         // Every truncation, and every single-byte change, is an error or a different state:
         // never a panic.
@@ -642,13 +651,19 @@ mod tests {
     proptest! {
         #[test]
         fn round_trips_random_values(
-            v in any::<i64>(), u in any::<u64>(), s in ".{0,8}", f in -1e9f64..1e9,
+            v in any::<i64>(), u in any::<u64>(), s in ".{0,8}", t in proptest::option::of(".{0,8}"),
             bytes in proptest::collection::vec(any::<u8>(), 0..8),
         ) {
             let mut st = sample();
-            if let Some(l) = st.ledger.entries.get_mut("g") {
-                l.state = Some(json!({"i": v, "u": u, "s": s.clone(), "f": f}));
+            if let Some(l) = st.ledger.entries.get_mut("a") {
+                l.state = Some(Mapped::User(MappedUser {
+                    user_name: s.clone(),
+                    title: t,
+                    active: v % 2 == 0,
+                    ..MappedUser::default()
+                }));
                 l.owned_since = at(u, v);
+                l.epoch = u;
             }
             if let Some(o) = st.objects.objects.get_mut("g") {
                 o.attrs.insert(s, vec![AttrValue::Binary { b64: bytes }]);

@@ -107,12 +107,11 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
         match ledger.entries.get(*anchor).filter(|l| l.deleted.is_none()) {
             None => out.new.push(((*anchor).clone(), mapped)),
             Some(l) => {
-                let last = l.state.as_ref().and_then(Mapped::from_state);
-                if last.as_ref() != Some(&mapped) {
+                if l.state.as_ref() != Some(&mapped) {
                     out.updates.push(Op::Update {
                         anchor: (*anchor).clone(),
                         target_id: l.target_id.clone(),
-                        from: last,
+                        from: l.state.clone(),
                         to: mapped,
                         etag: l.etag.clone(),
                     });

@@ -75,10 +75,14 @@ impl Mapped {
         }
     }
 
-    /// The mapped state a ledger entry recorded (None when it has another shape). Read in
-    /// place: no copy of the JSON value.
+    /// The mapped state an export recorded (None when it has another shape). Read in
+    /// place, by its `kind` first: no copy of the JSON value.
     pub fn from_state(v: &serde_json::Value) -> Option<Mapped> {
-        Mapped::deserialize(v).ok()
+        match v.get("kind")?.as_str()? {
+            "user" => MappedUser::deserialize(v).ok().map(Mapped::User),
+            "group" => MappedGroup::deserialize(v).ok().map(Mapped::Group),
+            _ => None,
+        }
     }
 }
 
@@ -88,7 +92,6 @@ pub fn ledger_name(ledger: &crate::project::Ledger, anchor: &str) -> String {
         .entries
         .get(anchor)
         .and_then(|l| l.state.as_ref())
-        .and_then(Mapped::from_state)
         .map(|m| m.name().to_string())
         .unwrap_or_default()
 }
