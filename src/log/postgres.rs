@@ -426,6 +426,7 @@ impl Store for PgStore {
             return Ok(AppendOutcome::Appended {
                 first_seq: head.0 + 1,
                 last_seq: head.0,
+                recorded_at_us: store::now_us(),
             });
         }
         let mut versions = Self::versions(&mut tx, &batch.streams()).await?;
@@ -447,6 +448,7 @@ impl Store for PgStore {
         Ok(AppendOutcome::Appended {
             first_seq,
             last_seq,
+            recorded_at_us: now,
         })
     }
 

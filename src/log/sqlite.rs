@@ -650,6 +650,7 @@ impl Store for SqliteStore {
                 return Ok(AppendOutcome::Appended {
                     first_seq: head.0 + 1,
                     last_seq: head.0,
+                    recorded_at_us: store::now_us(),
                 });
             }
             let mut versions = versions(&tx, &batch.streams())?;
@@ -664,6 +665,7 @@ impl Store for SqliteStore {
             Ok(AppendOutcome::Appended {
                 first_seq,
                 last_seq,
+                recorded_at_us: now,
             })
         })
         .await

@@ -99,11 +99,11 @@ pub enum AppendOutcome {
     Appended {
         first_seq: u64,
         last_seq: u64,
+        /// When the batch was recorded (one time for all its events).
+        recorded_at_us: i64,
     },
     /// The idempotency key was seen before; nothing was written.
-    Duplicate {
-        first_seq: u64,
-    },
+    Duplicate { first_seq: u64 },
 }
 
 impl AppendOutcome {

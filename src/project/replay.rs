@@ -7,7 +7,7 @@
 //! work); for a fold they copy the few fields it uses into a reused buffer, and the
 //! consumer decodes and applies.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -477,25 +477,60 @@ pub async fn advance(store: &AnyStore, state: Arc<State>) -> Result<Arc<State>> 
 /// store a new one.
 pub const REFRESH_THRESHOLD: u64 = 10_000;
 
-/// The state the last [`refresh`] of this process returned for a store: its key, the seq
-/// of the stored snapshot then, the hash of its last event, and the state.
-type Remembered = (String, u64, crate::log::Hash, Arc<State>);
-static LAST: std::sync::Mutex<Option<Remembered>> = std::sync::Mutex::new(None);
+/// Write-through after an append: `base` is the state the last [`refresh`] returned, at
+/// the seq just before `events`, which were appended by `instance` as seqs `first_seq..`
+/// recorded at `recorded_at_us`. Applying them is the fold of those events without reading
+/// them back and decoding them; the result is what the next refresh starts from, and is
+/// returned. When anything else was appended in between, or `base` is no longer the
+/// remembered state, nothing is done (None) and the next refresh folds from the log.
+pub async fn appended(
+    store: &AnyStore,
+    base: Arc<State>,
+    first_seq: u64,
+    instance: &str,
+    recorded_at_us: i64,
+    events: Vec<Event>,
+) -> Result<Option<Arc<State>>> {
+    if base.seq + 1 != first_seq {
+        return Ok(None);
+    }
+    let snap_seq = {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        match last.remove(&store.describe()) {
+            Some((snap, _, remembered)) if Arc::ptr_eq(&remembered, &base) => snap,
+            _ => return Ok(None),
+        }
+    };
+    let mut state = Arc::unwrap_or_clone(base);
+    for (seq, e) in (first_seq..).zip(events) {
+        let meta = Meta {
+            seq,
+            instance,
+            recorded_at_us,
+        };
+        state.apply_owned(&meta, e);
+    }
+    let state = Arc::new(state);
+    remember(store, &state, snap_seq).await?;
+    Ok(Some(state))
+}
+
+/// What the last [`refresh`] of this process returned for each store (by its description,
+/// a handful at most): the seq of the stored snapshot then, the hash of the state's last
+/// event, and the state.
+type Remembered = (u64, crate::log::Hash, Arc<State>);
+static LAST: std::sync::Mutex<BTreeMap<String, Remembered>> =
+    std::sync::Mutex::new(BTreeMap::new());
+/// Stores remembered at once (a process normally uses one; tests use many).
+const REMEMBERED_STORES: usize = 8;
 
 /// The remembered state of `store`, if the log still holds the event it was built up to
 /// (same seq, same hash: the store was not replaced or rewritten meanwhile). It is taken
 /// out, so that if the caller let go of its share the state can be folded in place.
 async fn cached(store: &AnyStore) -> Result<Option<(Arc<State>, u64)>> {
-    let key = store.describe();
     let hit = {
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        match last.take() {
-            Some((k, snap, hash, state)) if k == key => Some((snap, hash, state)),
-            other => {
-                *last = other;
-                None
-            }
-        }
+        last.remove(&store.describe())
     };
     let Some((snap, hash, state)) = hit else {
         return Ok(None);
@@ -517,7 +552,11 @@ async fn remember(store: &AnyStore, state: &Arc<State>, snap_seq: u64) -> Result
     let at = store.read(state.seq - 1, 1).await?;
     if let Some(e) = at.first().filter(|e| e.seq == state.seq) {
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        *last = Some((store.describe(), snap_seq, e.hash, Arc::clone(state)));
+        let key = store.describe();
+        if last.len() >= REMEMBERED_STORES && !last.contains_key(&key) {
+            last.clear();
+        }
+        last.insert(key, (snap_seq, e.hash, Arc::clone(state)));
     }
     Ok(())
 }

@@ -3,22 +3,30 @@
 //!
 //! A million-object state is most of a gigabyte as JSON, and decoding it took longer than
 //! the commands that read it had. Here every string is a length and its bytes, every
-//! number a varint, so a decoder sizes each map and string once, and the two large maps are
-//! decoded on two threads at once.
+//! number a varint, so a decoder sizes each map and string once; and the large maps are
+//! stored in chunks that are decoded on every core at once.
 //!
 //! Layout: `MAGIC`, then three sections, each a little-endian `u64` byte length and its
 //! bytes: the rest of the state as JSON (the two maps empty), the source objects, the
-//! ledger entries. A map section is a varint count and that many entries. Each codec below
+//! ledger entries. A map section is a varint count of entries and one of chunks, then the
+//! chunks, each a `u64` byte length and its bytes: a varint count and that many entries
+//! (key, then value). Each codec below
 //! destructures its struct, so a field added to a projection fails to compile here until it
 //! is encoded; a change of layout changes `MAGIC`, and a snapshot written by another
 //! version is not read (the state is rebuilt from the log instead).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{At, Deletion, FastMap, LedgerEntry, ObjectRecord, Origin, State};
 use crate::log::event::{AttrValue, ObjectKind};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
-const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x02";
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x03";
+
+/// Entries per chunk of a map section: enough that a chunk is worth a thread's time, few
+/// enough that a 100,000-object directory keeps two cores busy.
+const CHUNK: usize = 8_192;
 
 /// Why a snapshot body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -91,9 +99,53 @@ pub fn decode(body: &[u8]) -> Res<State> {
         return Err(SnapshotError::Malformed("trailing bytes"));
     }
     let mut state: State = serde_json::from_slice(rest)?;
+    let (n_objects, object_chunks) = Reader(objects).chunks()?;
+    let (n_ledger, ledger_chunks) = Reader(ledger).chunks()?;
+    let mut jobs: Vec<(bool, &[u8])> = object_chunks.into_iter().map(|c| (true, c)).collect();
+    jobs.extend(ledger_chunks.into_iter().map(|c| (false, c)));
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+        .min(jobs.len().max(1));
+    let decoded = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(is_object, bytes)) = jobs.get(i) else {
+                            return Ok(out);
+                        };
+                        out.push(if is_object {
+                            Part::Objects(Reader(bytes).entries(Reader::object)?)
+                        } else {
+                            Part::Ledger(Reader(bytes).entries(Reader::ledger_entry)?)
+                        });
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or(Err(SnapshotError::Malformed("decoder thread failed")))
+            })
+            .collect::<Res<Vec<Vec<Part>>>>()
+    })?;
+    let (mut objects, mut ledger) = (Vec::new(), Vec::new());
+    for part in decoded.into_iter().flatten() {
+        match part {
+            Part::Objects(v) => objects.push(v),
+            Part::Ledger(v) => ledger.push(v),
+        }
+    }
+    // The two maps are filled at once too.
     let (objects, ledger) = std::thread::scope(|s| {
-        let objects = s.spawn(|| Reader(objects).map(Reader::object));
-        let ledger = Reader(ledger).map(Reader::ledger_entry);
+        let objects = s.spawn(|| collect(n_objects, objects));
+        let ledger = collect(n_ledger, ledger);
         let objects = objects
             .join()
             .unwrap_or(Err(SnapshotError::Malformed("decoder thread failed")));
@@ -102,6 +154,26 @@ pub fn decode(body: &[u8]) -> Res<State> {
     state.objects.objects = objects?;
     state.ledger.entries = ledger?;
     Ok(state)
+}
+
+/// A decoded chunk of one of the maps.
+enum Part {
+    Objects(Vec<(String, ObjectRecord)>),
+    Ledger(Vec<(String, LedgerEntry)>),
+}
+
+/// The chunks' entries as one map of the `n` entries the section said it holds.
+fn collect<V>(n: usize, chunks: Vec<Vec<(String, V)>>) -> Res<FastMap<String, V>> {
+    let mut m = FastMap::with_capacity_and_hasher(n, Default::default());
+    for (k, v) in chunks.into_iter().flatten() {
+        m.insert(k, v);
+    }
+    if m.len() != n {
+        return Err(SnapshotError::Malformed(
+            "a map holds another number of entries",
+        ));
+    }
+    Ok(m)
 }
 
 #[derive(Default)]
@@ -151,9 +223,23 @@ impl Writer {
 
     fn map<V>(&mut self, m: &FastMap<String, V>, entry: fn(&mut Self, &V) -> Res<()>) -> Res<()> {
         self.len(m.len());
-        for (k, v) in m {
-            self.str(k);
-            entry(self, v)?;
+        self.len(m.len().div_ceil(CHUNK));
+        let mut chunk = Writer::default();
+        let mut in_chunk = 0;
+        let mut entries = m.iter().peekable();
+        while let Some((k, v)) = entries.next() {
+            chunk.str(k);
+            entry(&mut chunk, v)?;
+            in_chunk += 1;
+            if in_chunk == CHUNK || entries.peek().is_none() {
+                let mut counted = Writer::default();
+                counted.len(in_chunk);
+                self.0
+                    .extend_from_slice(&((counted.0.len() + chunk.0.len()) as u64).to_le_bytes());
+                self.0.extend_from_slice(&counted.0);
+                self.0.append(&mut chunk.0);
+                in_chunk = 0;
+            }
         }
         Ok(())
     }
@@ -379,18 +465,29 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn map<V>(mut self, entry: fn(&mut Self) -> Res<V>) -> Res<FastMap<String, V>> {
-        let n = self.len()?;
-        let mut m = FastMap::with_capacity_and_hasher(n, Default::default());
-        for _ in 0..n {
-            let k = self.string()?;
-            let v = entry(&mut self)?;
-            m.insert(k, v);
-        }
+    /// A map section: its number of entries and its chunks.
+    fn chunks(mut self) -> Res<(usize, Vec<&'a [u8]>)> {
+        let n = usize::try_from(self.uint()?).map_err(|_| BAD)?;
+        let k = self.len()?;
+        let chunks = (0..k).map(|_| self.section()).collect::<Res<Vec<_>>>()?;
         if !self.0.is_empty() {
             return Err(SnapshotError::Malformed("trailing bytes in a map"));
         }
-        Ok(m)
+        Ok((n, chunks))
+    }
+
+    /// One chunk's entries.
+    fn entries<V>(mut self, entry: fn(&mut Self) -> Res<V>) -> Res<Vec<(String, V)>> {
+        let n = self.len()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = self.string()?;
+            out.push((k, entry(&mut self)?));
+        }
+        if !self.0.is_empty() {
+            return Err(SnapshotError::Malformed("trailing bytes in a chunk"));
+        }
+        Ok(out)
     }
 
     fn object(&mut self) -> Res<ObjectRecord> {
@@ -624,6 +721,23 @@ mod tests {
             decode(&encode(&State::default()).unwrap()).unwrap(),
             State::default()
         );
+    }
+
+    #[test]
+    fn round_trips_maps_of_many_chunks() {
+        let mut s = sample();
+        let proto = s.objects.objects["g"].clone();
+        let entry = s.ledger.entries["g"].clone();
+        for i in 0..(2 * CHUNK + 5) {
+            let mut o = proto.clone();
+            o.dn = format!("CN=g{i}");
+            s.objects.objects.insert(format!("g{i}"), o);
+            if i % 3 == 0 {
+                s.ledger.entries.insert(format!("g{i}"), entry.clone());
+            }
+        }
+        let body = encode(&s).unwrap();
+        assert_eq!(decode(&body).unwrap(), s);
     }
 
     #[test]

@@ -260,7 +260,11 @@ pub async fn sync(
         }
         (None, false) => None,
     };
+    let began = Instant::now();
+    let phase =
+        |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "sync");
     let mut state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+    phase("projections read");
     // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand (or
     // by a handover step, as the documented "force synchronization") still runs: fencing,
     // not the stop, decides who may export.
@@ -311,6 +315,9 @@ pub async fn sync(
         dry_run: opts.dry_run,
     };
     let result = async {
+        // Let go of the state while importing: the import then brings the copy this process
+        // remembers up to date in place instead of copying it.
+        drop(state);
         let imported = import_run(
             store,
             &src_cfg,
@@ -320,18 +327,24 @@ pub async fn sync(
             progress,
         )
         .await?;
+        phase("imported");
+        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
         let state = if opts.dry_run {
             Arc::new(with_planned(&state, &imported, &opts.instance))
         } else {
-            replay::advance(store, state).await?
+            state
         };
+        phase("projections brought up to date");
         report.import = imported;
-        run.cycle(state, &mut report).await
+        let r = run.cycle(state, &mut report).await;
+        phase("planned and exported");
+        r
     }
     .await;
     if !opts.dry_run {
         run_ended(store, &report, &result).await?;
     }
+    phase("run recorded");
     result.map(|()| report)
 }
 

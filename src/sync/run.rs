@@ -19,7 +19,7 @@ use crate::log::event::{
     SourceInfoRecorded, SourceObject, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
 };
 use crate::log::store::{Batch, Expected};
-use crate::log::{AnyStore, NewEvent, Store};
+use crate::log::{AnyStore, AppendOutcome, NewEvent, Store};
 use crate::project::replay;
 use crate::project::{InstanceStatus, State};
 use crate::source::{
@@ -471,6 +471,9 @@ pub(crate) async fn import_run(
     // A source without change tracking is read in full every time.
     let always_full = kind == ALWAYS_FULL_CURSOR;
     let mut tries = 0;
+    let began = std::time::Instant::now();
+    let phase =
+        |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "import");
     loop {
         tries += 1;
         // Read the version before the state: a write in between makes the append conflict
@@ -519,6 +522,7 @@ pub(crate) async fn import_run(
                 }
                 other => other?,
             };
+        phase("source read");
         let mut planned = None;
         let mut received = match &read {
             Read::Full { objects, .. } => objects.len() as u64,
@@ -574,6 +578,7 @@ pub(crate) async fn import_run(
                 ));
             }
         };
+        phase("events planned");
         report.referrals_skipped = referrals;
         report.received = received;
         if let Some(Event::ImportCompleted(ImportCompleted {
@@ -635,12 +640,24 @@ pub(crate) async fn import_run(
             report.planned = batch.into_iter().map(|e| e.event).collect();
             return Ok(report);
         }
+        // Kept to bring the projections up to date without reading the events back.
+        let written: Vec<Event> = batch.iter().map(|e| e.event.clone()).collect();
         match store
             .append(Batch::new(batch).expect(stream::SOURCE, Expected::Exactly(version)))
             .await
         {
             Ok(out) => {
+                phase("events appended");
                 report.seq = out.last_seq();
+                if let AppendOutcome::Appended {
+                    first_seq,
+                    recorded_at_us,
+                    ..
+                } = out
+                {
+                    replay::appended(store, state, first_seq, &inst, recorded_at_us, written)
+                        .await?;
+                }
                 return Ok(report);
             }
             Err(Error::Conflict { .. }) if tries < CONFLICT_RETRIES => {
