@@ -98,7 +98,7 @@ async fn open(cfg: &Config) -> Result<AnyStore> {
     AnyStore::open(&cfg.store.url, OpenMode::Existing).await
 }
 
-fn emit_json(v: &serde_json::Value) -> Result<()> {
+fn emit_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
     let mut s = serde_json::to_string_pretty(v).map_err(Error::store)?;
     s.push('\n');
     Ok(print(&s)?)
@@ -584,7 +584,7 @@ async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
     bar.finish_and_clear();
     let r = r?;
     match fmt {
-        Format::Json => emit_json(&serde_json::to_value(&r).map_err(Error::store)?)?,
+        Format::Json => emit_json(&r)?,
         Format::Table | Format::Csv => print(&sync_table(&r))?,
     }
     if let (Some(h), Some(why)) = (&r.held_plan, &r.held_reason) {
@@ -1142,7 +1142,7 @@ async fn to_target(
     bar.finish_and_clear();
     let r = r?;
     match fmt {
-        Format::Json => emit_json(&serde_json::to_value(&r).map_err(Error::store)?)?,
+        Format::Json => emit_json(&r)?,
         _ => print(&sync_table(&r))?,
     }
     Ok(r.exit())

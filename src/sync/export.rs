@@ -596,19 +596,19 @@ impl Cycle<'_> {
                     .await?;
             }
             if report.mode == "dry-run" || report.mode == "staging" {
-                self.print_plan(&state, &whole, report).await?;
+                self.print_plan(&state, whole, report).await?;
             }
             return Ok(());
         }
         match self.fence {
-            None => self.print_plan(&state, &whole, report).await,
+            None => self.print_plan(&state, whole, report).await,
             Some(fence) => self.export(state, fence, report).await,
         }
     }
 
     /// --dry-run and --staging: the plan as lines (matching is asked of the target when one
     /// is configured, read-only).
-    async fn print_plan(&self, state: &State, p: &Plan, report: &mut SyncReport) -> Result<()> {
+    async fn print_plan(&self, state: &State, p: Plan, report: &mut SyncReport) -> Result<()> {
         let mut lines = Vec::new();
         let decisions = match self.target {
             Some(t) if !p.new.is_empty() => {
@@ -626,13 +626,8 @@ impl Cycle<'_> {
             }
             _ => p
                 .new
-                .iter()
-                .map(|(a, m)| {
-                    NewDecision::Create(Op::Create {
-                        anchor: a.clone(),
-                        object: m.clone(),
-                    })
-                })
+                .into_iter()
+                .map(|(anchor, object)| NewDecision::Create(Op::Create { anchor, object }))
                 .collect(),
         };
         for d in decisions {
