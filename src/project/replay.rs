@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use tokio::task::JoinHandle;
 
-use super::{Meta, State};
+use super::{At, Meta, SourceObjects, State};
 use crate::error::{Error, Result};
+use crate::log::event::{AttrValue, AttrValueRef, ObjectChangedRef};
 use crate::log::hash::{EventRef, Link};
 use crate::log::store::Snapshot;
 use crate::log::{AnyStore, ChainVerifier, Event, Store, StoredEvent};
@@ -263,6 +264,62 @@ impl RawPage {
     }
 }
 
+/// [`SourceObjects::apply_owned`] of an `ObjectChanged` (the only projection it concerns),
+/// from the borrowed event: values are copied into the object's existing strings where it has
+/// them, so that a change allocates only what the object gains. The result is the same.
+fn apply_changed(objects: &mut SourceObjects, seq: u64, at_us: i64, c: ObjectChangedRef<'_>) {
+    let Some(r) = objects.objects.get_mut(c.anchor.as_str()) else {
+        return;
+    };
+    if let Some(dn) = c.dn {
+        r.dn.clear();
+        r.dn.push_str(dn.as_str());
+    }
+    for (k, v) in c.set.0 {
+        match r.attrs.get_mut(k.as_str()) {
+            Some(old) => assign_values(old, v),
+            None => {
+                r.attrs.insert(
+                    k.into_owned(),
+                    v.into_iter().map(AttrValueRef::into_owned).collect(),
+                );
+            }
+        }
+    }
+    for k in &c.removed {
+        r.attrs.remove(k.as_str());
+    }
+    for a in c.members_added {
+        if !r.members.contains(a.as_str()) {
+            r.members.insert(a.into_owned());
+        }
+    }
+    for a in &c.members_removed {
+        r.members.remove(a.as_str());
+    }
+    r.last_changed = At { seq, at_us };
+}
+
+/// `*old = new` (made owned), reusing `old`'s strings for text values.
+fn assign_values(old: &mut Vec<AttrValue>, new: Vec<AttrValueRef<'_>>) {
+    old.truncate(new.len());
+    let kept = old.len();
+    let mut new = new.into_iter();
+    for (o, n) in old.iter_mut().zip(new.by_ref().take(kept)) {
+        match (o, n) {
+            (AttrValue::Text(o), AttrValueRef::Text(n)) => {
+                o.clear();
+                o.push_str(&n);
+            }
+            (o, n) => *o = n.into_owned(),
+        }
+    }
+    old.extend(new.map(AttrValueRef::into_owned));
+}
+
+/// The event type [`fold_with`] decodes borrowing.
+const CHANGED: &str = "ObjectChanged";
+
 /// Apply the events after `state.seq` up to `until`.
 pub async fn fold(store: &AnyStore, state: State, until: Until) -> Result<State> {
     fold_with(store, state, until, None).await
@@ -297,7 +354,16 @@ pub async fn fold_with(
                 return Ok(ControlFlow::Break(()));
             }
             let (event_type, instance, payload) = page.strs(e);
-            let event = Event::decode(event_type, e.schema_version, payload)?;
+            let event = if event_type == CHANGED {
+                // Decoded borrowing its strings, which are copied into the object's own
+                // (`ObjectChanged` concerns no other projection).
+                let c = ObjectChangedRef::decode(e.schema_version, payload)?;
+                apply_changed(&mut state.objects, e.seq, e.recorded_at_us, c);
+                state.seq = e.seq;
+                continue;
+            } else {
+                Event::decode(event_type, e.schema_version, payload)?
+            };
             let meta = Meta {
                 seq: e.seq,
                 instance,
@@ -666,4 +732,91 @@ pub async fn verify_projections(
     }
     let rebuilt = fold_with(store, at, Until::Head, progress).await?;
     Ok((rebuilt.seq, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::log::event::{ObjectChanged, ObjectImported, ObjectKind, SourceObject};
+
+    fn text(v: &str) -> AttrValue {
+        AttrValue::Text(v.into())
+    }
+
+    /// The fold's borrowed `ObjectChanged` gives the state `State::apply_owned` gives.
+    #[test]
+    fn borrowed_change_applies_as_the_owned_one() {
+        let mut base = State::default();
+        let m = Meta {
+            seq: 1,
+            instance: "i",
+            recorded_at_us: 10,
+        };
+        base.apply_owned(
+            &m,
+            Event::ObjectImported(ObjectImported {
+                object: SourceObject {
+                    anchor: "a".into(),
+                    kind: ObjectKind::Group,
+                    dn: "CN=a".into(),
+                    attrs: BTreeMap::from([
+                        ("cn".into(), vec![text("a")]),
+                        ("mail".into(), vec![text("x"), text("y"), text("z")]),
+                        ("photo".into(), vec![AttrValue::Binary { b64: vec![1, 2] }]),
+                        ("sn".into(), vec![text("s")]),
+                    ]),
+                    members: BTreeSet::from(["m1".into(), "m2".into()]),
+                },
+                returned: false,
+            }),
+        );
+        let changes = [
+            ObjectChanged {
+                anchor: "a".into(),
+                dn: Some("CN=b, a longer name".into()),
+                set: BTreeMap::from([
+                    ("cn".into(), vec![text("b")]),
+                    (
+                        "mail".into(),
+                        vec![AttrValue::Binary { b64: vec![3] }, text("w")],
+                    ),
+                    ("photo".into(), vec![text("p"), text("q")]),
+                    ("new".into(), vec![text("n")]),
+                    ("sn".into(), vec![]),
+                ]),
+                removed: vec!["sn".into(), "cn".into(), "none".into()],
+                members_added: vec!["m2".into(), "m3".into()],
+                members_removed: vec!["m1".into(), "m9".into()],
+            },
+            ObjectChanged {
+                anchor: "a".into(),
+                set: BTreeMap::from([("mail".into(), vec![text("1"), text("2"), text("3")])]),
+                ..Default::default()
+            },
+            ObjectChanged {
+                anchor: "unknown".into(),
+                dn: Some("x".into()),
+                set: BTreeMap::from([("cn".into(), vec![text("b")])]),
+                ..Default::default()
+            },
+        ];
+        for c in changes {
+            let event = Event::ObjectChanged(c);
+            let payload = event.payload();
+            let m = Meta {
+                seq: 2,
+                instance: "j",
+                recorded_at_us: 20,
+            };
+            let mut want = base.clone();
+            want.apply_owned(&m, event);
+            let mut got = base.clone();
+            let c = ObjectChangedRef::decode(1, &payload).unwrap();
+            apply_changed(&mut got.objects, m.seq, m.recorded_at_us, c);
+            got.seq = m.seq;
+            assert_eq!(got, want, "{payload}");
+        }
+    }
 }
