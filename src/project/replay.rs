@@ -4,8 +4,8 @@
 //! store while the consumer works through the previous one. Readers turn each event into
 //! what the consumer needs while it is still in the backend's buffers: for a chain check
 //! they also recompute its hash (two pages are read at once, as hashing is most of that
-//! work); for a fold they copy the few fields it uses into a reused buffer, and the
-//! consumer decodes and applies.
+//! work); for a fold they copy the few fields it uses (the only columns SQLite reads) into
+//! a reused buffer, and the consumer decodes and applies.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::{At, Meta, SourceObjects, State};
 use crate::error::{Error, Result};
 use crate::log::event::{AttrValue, AttrValueRef, ObjectChangedRef};
-use crate::log::hash::{EventRef, Link};
+use crate::log::hash::{EventRef, FoldRef, Link};
 use crate::log::store::Snapshot;
 use crate::log::{AnyStore, ChainVerifier, Event, Store, StoredEvent};
 
@@ -49,15 +49,54 @@ impl Until {
 /// the last one's seq.
 type Page<P> = (P, usize, Option<u64>);
 
-/// Read up to `limit` events after `after`, handing each to `f` on the backend's reader side.
-async fn read_each<P, F>(store: &AnyStore, after: u64, limit: u32, page: P, f: F) -> Result<Page<P>>
+/// How the readers of a pipeline read a page: `read` fills `page` with up to [`PAGE`]
+/// events after `after`.
+trait Reader<P>: Clone + Send + 'static {
+    fn read(
+        self,
+        store: AnyStore,
+        after: u64,
+        page: P,
+    ) -> impl std::future::Future<Output = Result<Page<P>>> + Send;
+}
+
+/// Adds every event, as stored, to the page on the backend's reader side.
+#[derive(Clone)]
+struct Each<F>(F);
+
+impl<P, F> Reader<P> for Each<F>
 where
     P: Send + 'static,
-    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Send + 'static,
+    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Clone + Send + 'static,
 {
-    match store {
-        AnyStore::Sqlite(s) => s.read_each(after, limit, page, f).await,
-        AnyStore::Postgres(s) => s.read_each(after, limit, page, f).await,
+    async fn read(self, store: AnyStore, after: u64, page: P) -> Result<Page<P>> {
+        match &store {
+            AnyStore::Sqlite(s) => s.read_each(after, PAGE, page, self.0).await,
+            AnyStore::Postgres(s) => s.read_each(after, PAGE, page, self.0).await,
+        }
+    }
+}
+
+/// Adds what a fold uses of every event to the page: SQLite reads only those columns.
+#[derive(Clone)]
+struct FoldEach<F>(F);
+
+impl<P, F> Reader<P> for FoldEach<F>
+where
+    P: Send + 'static,
+    F: FnMut(&mut P, &FoldRef<'_>) -> Result<()> + Clone + Send + 'static,
+{
+    async fn read(self, store: AnyStore, after: u64, page: P) -> Result<Page<P>> {
+        let mut f = self.0;
+        match &store {
+            AnyStore::Sqlite(s) => s.read_fold_each(after, PAGE, page, f).await,
+            AnyStore::Postgres(s) => {
+                s.read_each(after, PAGE, page, move |p: &mut P, e: &EventRef<'_>| {
+                    f(p, &FoldRef::from(e))
+                })
+                .await
+            }
+        }
     }
 }
 
@@ -68,7 +107,7 @@ struct Pages<P, F> {
     new_page: fn() -> P,
     /// Empty a consumed page so that a reader can fill it again.
     clear: fn(&mut P),
-    /// Add one event to a page, on the reader side.
+    /// Add the events to a page, on the reader side.
     add: F,
 }
 
@@ -90,7 +129,7 @@ async fn pipeline<P, F, C>(
 ) -> Result<()>
 where
     P: Send + 'static,
-    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Clone + Send + 'static,
+    F: Reader<P>,
     C: FnMut(&mut P) -> Result<ControlFlow<()>>,
 {
     let Pages {
@@ -107,10 +146,7 @@ where
             let store = reader_store.clone();
             let add = add.clone();
             let page = recycle_rx.try_recv().unwrap_or_else(|_| new_page());
-            (
-                after,
-                tokio::spawn(async move { read_each(&store, after, PAGE, page, add).await }),
-            )
+            (after, tokio::spawn(add.read(store, after, page)))
         };
         let mut inflight: VecDeque<(u64, JoinHandle<Result<Page<P>>>)> = VecDeque::new();
         inflight.push_back(spawn(after));
@@ -192,10 +228,10 @@ where
         depth: 1,
         new_page: || Vec::with_capacity(PAGE as usize),
         clear: Vec::clear,
-        add: |p: &mut Vec<StoredEvent>, e: &EventRef<'_>| {
+        add: Each(|p: &mut Vec<StoredEvent>, e: &EventRef<'_>| {
             p.push(e.to_owned());
             Ok(())
-        },
+        }),
     };
     pipeline(store, after, progress, pages, |page| {
         for e in page.iter() {
@@ -239,7 +275,7 @@ impl RawPage {
         self.events.clear();
     }
 
-    fn push(&mut self, e: &EventRef<'_>) -> Result<()> {
+    fn push(&mut self, e: &FoldRef<'_>) -> Result<()> {
         let start = self.text.len();
         let mut ends = [0; 3];
         for (end, s) in ends.iter_mut().zip([e.event_type, e.instance, e.payload]) {
@@ -346,7 +382,7 @@ pub async fn fold_with(
         },
         new_page: RawPage::new,
         clear: RawPage::clear,
-        add: |p: &mut RawPage, e: &EventRef<'_>| p.push(e),
+        add: FoldEach(|p: &mut RawPage, e: &FoldRef<'_>| p.push(e)),
     };
     pipeline(store, state.seq, progress, pages, |page| {
         for e in &page.events {
@@ -390,10 +426,10 @@ pub async fn verify_chain(store: &AnyStore, progress: Option<&ProgressBar>) -> R
         depth: 2,
         new_page: || Vec::with_capacity(PAGE as usize),
         clear: Vec::clear,
-        add: |p: &mut Vec<Link>, e: &EventRef<'_>| {
+        add: Each(|p: &mut Vec<Link>, e: &EventRef<'_>| {
             p.push(Link::of(e));
             Ok(())
-        },
+        }),
     };
     pipeline(store, 0, progress, pages, |page| {
         for l in page.iter() {
@@ -636,10 +672,10 @@ pub async fn seq_at_time(store: &AnyStore, t: DateTime<Utc>) -> Result<u64> {
         depth: 1,
         new_page: || Vec::with_capacity(PAGE as usize),
         clear: Vec::clear,
-        add: |p: &mut Vec<(u64, i64)>, e: &EventRef<'_>| {
+        add: FoldEach(|p: &mut Vec<(u64, i64)>, e: &FoldRef<'_>| {
             p.push((e.seq, e.recorded_at_us));
             Ok(())
-        },
+        }),
     };
     pipeline(store, 0, None, pages, |page| {
         for &(seq, at) in page.iter() {
