@@ -4,6 +4,7 @@
 //! payload (the variant's struct). Decoding an older schema version upcasts it here, so the
 //! rest of the code only ever sees the current shape.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
@@ -90,6 +91,201 @@ impl<'de> Deserialize<'de> for AttrValue {
     }
 }
 
+/// A string of a payload, borrowed from it when it holds no escapes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Text<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> std::result::Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(
+                self,
+                v: String,
+            ) -> std::result::Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// [`AttrValue`] with its text borrowed from the payload: same format, same errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttrValueRef<'a> {
+    Text(Cow<'a, str>),
+    Binary(Vec<u8>),
+}
+
+impl AttrValueRef<'_> {
+    pub fn into_owned(self) -> AttrValue {
+        match self {
+            AttrValueRef::Text(t) => AttrValue::Text(t.into_owned()),
+            AttrValueRef::Binary(b64) => AttrValue::Binary { b64 },
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for AttrValueRef<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AttrValueRef<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or {\"b64\": \"...\"}")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> std::result::Result<AttrValueRef<'de>, E> {
+                Ok(AttrValueRef::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<AttrValueRef<'de>, E> {
+                Ok(AttrValueRef::Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(
+                self,
+                v: String,
+            ) -> std::result::Result<AttrValueRef<'de>, E> {
+                Ok(AttrValueRef::Text(Cow::Owned(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> std::result::Result<AttrValueRef<'de>, A::Error> {
+                let v = AttrValue::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(match v {
+                    AttrValue::Text(t) => AttrValueRef::Text(Cow::Owned(t)),
+                    AttrValue::Binary { b64 } => AttrValueRef::Binary(b64),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// [`Attrs`] as a payload lists them, borrowed from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttrsRef<'a>(pub Vec<(Text<'a>, Vec<AttrValueRef<'a>>)>);
+
+impl AttrsRef<'_> {
+    /// The attributes as [`Attrs`]: a name listed twice keeps its last values, as when
+    /// [`Attrs`] is decoded.
+    pub fn into_owned(self) -> Attrs {
+        self.0
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.into_owned(),
+                    v.into_iter().map(AttrValueRef::into_owned).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for AttrsRef<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AttrsRef<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<AttrsRef<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(kv) = m.next_entry()? {
+                    out.push(kv);
+                }
+                Ok(AttrsRef(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// [`Attrs`] decoded as serde would, but with each list of values allocated at its size:
+/// most attributes have one value, for which a `Vec` decoded element by element reserves
+/// four. Replay keeps every imported object, so this is most of the memory it allocates.
+mod attrs {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+
+    use super::{AttrValue, Attrs};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Attrs, D::Error> {
+        struct M;
+        impl<'de> Visitor<'de> for M {
+            type Value = Attrs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Attrs, A::Error> {
+                let mut out = Attrs::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    let Values(v) = m.next_value()?;
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(M)
+    }
+
+    struct Values(Vec<AttrValue>);
+
+    impl<'de> serde::Deserialize<'de> for Values {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Values, D::Error> {
+            struct S;
+            impl<'de> Visitor<'de> for S {
+                type Value = Values;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a sequence")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Values, A::Error> {
+                    let Some(first) = s.next_element::<AttrValue>()? else {
+                        return Ok(Values(Vec::new()));
+                    };
+                    let mut v = Vec::with_capacity(1);
+                    v.push(first);
+                    while let Some(x) = s.next_element()? {
+                        v.push(x);
+                    }
+                    Ok(Values(v))
+                }
+            }
+            d.deserialize_seq(S)
+        }
+    }
+}
+
 mod b64 {
     use base64::Engine;
     use serde::Serializer;
@@ -109,6 +305,7 @@ pub struct SourceObject {
     pub anchor: String,
     pub kind: ObjectKind,
     pub dn: String,
+    #[serde(deserialize_with = "attrs::deserialize")]
     pub attrs: Attrs,
     /// Group members as anchors (groups only).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -160,7 +357,11 @@ pub struct ObjectChanged {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dn: Option<String>,
     /// Attributes replaced, with all their new values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "attrs::deserialize"
+    )]
     pub set: Attrs,
     /// Attributes that no longer have a value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -169,6 +370,69 @@ pub struct ObjectChanged {
     pub members_added: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members_removed: Vec<String>,
+}
+
+/// [`ObjectChanged`] with its strings borrowed from the payload where they have no escapes:
+/// replay decodes it without allocating, and makes it owned only when it applies (see
+/// [`ObjectChangedRef::decode`]).
+pub use borrowed::ObjectChanged as ObjectChangedRef;
+
+/// Named as the owned struct, so that its decoding errors read the same.
+mod borrowed {
+    use serde::Deserialize;
+
+    use super::{AttrsRef, Text};
+
+    #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+    pub struct ObjectChanged<'a> {
+        #[serde(borrow)]
+        pub anchor: Text<'a>,
+        #[serde(default, borrow)]
+        pub dn: Option<Text<'a>>,
+        #[serde(default, borrow)]
+        pub set: AttrsRef<'a>,
+        #[serde(default, borrow)]
+        pub removed: Vec<Text<'a>>,
+        #[serde(default, borrow)]
+        pub members_added: Vec<Text<'a>>,
+        #[serde(default, borrow)]
+        pub members_removed: Vec<Text<'a>>,
+    }
+}
+
+impl<'a> ObjectChangedRef<'a> {
+    /// Decode a stored `ObjectChanged` payload: accepts and refuses exactly what
+    /// [`Event::decode`] does, with the same errors.
+    pub fn decode(schema_version: u32, payload: &'a str) -> Result<ObjectChangedRef<'a>> {
+        check_schema_version(schema_version)?;
+        serde_json::from_str(payload).map_err(|e| bad_payload("ObjectChanged", schema_version, e))
+    }
+
+    pub fn into_owned(self) -> ObjectChanged {
+        let strings = |v: Vec<Text<'_>>| v.into_iter().map(Text::into_owned).collect();
+        ObjectChanged {
+            anchor: self.anchor.into_owned(),
+            dn: self.dn.map(Text::into_owned),
+            set: self.set.into_owned(),
+            removed: strings(self.removed),
+            members_added: strings(self.members_added),
+            members_removed: strings(self.members_removed),
+        }
+    }
+}
+
+fn check_schema_version(schema_version: u32) -> Result<()> {
+    if schema_version > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found: i64::from(schema_version),
+            supported: i64::from(SCHEMA_VERSION),
+        });
+    }
+    Ok(())
+}
+
+fn bad_payload(event_type: &str, schema_version: u32, e: serde_json::Error) -> Error {
+    Error::BadInput(format!("event {event_type} v{schema_version}: {e}"))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,15 +651,8 @@ macro_rules! events {
 
             /// Decode a stored event, upcasting older schema versions.
             pub fn decode(event_type: &str, schema_version: u32, payload: &str) -> Result<Event> {
-                if schema_version > SCHEMA_VERSION {
-                    return Err(Error::SchemaTooNew {
-                        found: i64::from(schema_version),
-                        supported: i64::from(SCHEMA_VERSION),
-                    });
-                }
-                let bad = |e: serde_json::Error| {
-                    Error::BadInput(format!("event {event_type} v{schema_version}: {e}"))
-                };
+                check_schema_version(schema_version)?;
+                let bad = |e| bad_payload(event_type, schema_version, e);
                 match event_type {
                     $(stringify!($variant) => Ok(Event::$variant(
                         serde_json::from_str(payload).map_err(bad)?,
@@ -503,5 +760,55 @@ mod tests {
             Event::decode("Nope", 1, "{}"),
             Err(Error::BadInput(_))
         ));
+    }
+
+    #[test]
+    fn borrowed_change_decodes_as_the_owned_one() {
+        let payloads = [
+            r#"{"anchor":"a"}"#,
+            r#"{"anchor":"a\u00e9b","dn":"CN=\"x\",DC=y"}"#,
+            r#"{"anchor":"a","dn":null,"set":{}}"#,
+            r#"{"anchor":"a","set":{"cn":["x","y"],"photo":[{"b64":"/wAB"}],"e":[]}}"#,
+            r#"{"anchor":"a","set":{"cn":["x"],"cn":["z\n"]},"removed":["sn","sn"]}"#,
+            r#"{"anchor":"a","members_added":["b","c"],"members_removed":["d"],"x":1}"#,
+            r#"{"anchor":"a","set":{"cn":"x"}}"#,
+            r#"{"anchor":"a","set":{"cn":[1]}}"#,
+            r#"{"anchor":"a","set":{"p":[{"b64":"!!"}]}}"#,
+            r#"{"anchor":"a","set":{"p":[{"c":"x"}]}}"#,
+            r#"{"anchor":"a","set":null}"#,
+            r#"{"anchor":"a","anchor":"b"}"#,
+            r#"{"dn":"x"}"#,
+            r#"{"anchor":7}"#,
+            r#"{"anchor":"a""#,
+            r#"[]"#,
+            r#"["a",null,{"cn":["x"]}]"#,
+        ];
+        for p in payloads {
+            let owned = Event::decode("ObjectChanged", SCHEMA_VERSION, p);
+            let borrowed = ObjectChangedRef::decode(SCHEMA_VERSION, p)
+                .map(|c| Event::ObjectChanged(c.into_owned()));
+            match (owned, borrowed) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{p}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{p}"),
+                (a, b) => panic!("{p}: {a:?} vs {b:?}"),
+            }
+        }
+        assert!(matches!(
+            ObjectChangedRef::decode(SCHEMA_VERSION + 1, r#"{"anchor":"a"}"#),
+            Err(Error::SchemaTooNew { .. })
+        ));
+    }
+
+    #[test]
+    fn attribute_values_are_decoded_at_their_size() {
+        let p = r#"{"object":{"anchor":"a","kind":"user","dn":"d",
+            "attrs":{"cn":["x"],"mail":["a","b"],"e":[]}}}"#;
+        let Ok(Event::ObjectImported(i)) = Event::decode("ObjectImported", 1, p) else {
+            panic!("decode");
+        };
+        let caps: Vec<usize> = i.object.attrs.values().map(Vec::capacity).collect();
+        assert_eq!(caps[0], 1); // cn
+        assert_eq!(caps[1], 0); // e
+        assert_eq!(i.object.attrs["mail"].len(), 2);
     }
 }

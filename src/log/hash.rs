@@ -94,6 +94,31 @@ pub struct EventRef<'a> {
     pub hash: Hash,
 }
 
+/// What a fold reads of a stored event (no stream, idempotency key or hashes): backends
+/// that can read fewer columns for it do.
+#[derive(Clone, Copy, Debug)]
+pub struct FoldRef<'a> {
+    pub seq: u64,
+    pub event_type: &'a str,
+    pub schema_version: u32,
+    pub instance: &'a str,
+    pub recorded_at_us: i64,
+    pub payload: &'a str,
+}
+
+impl<'a> From<&EventRef<'a>> for FoldRef<'a> {
+    fn from(e: &EventRef<'a>) -> FoldRef<'a> {
+        FoldRef {
+            seq: e.seq,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            instance: e.instance,
+            recorded_at_us: e.recorded_at_us,
+            payload: e.payload,
+        }
+    }
+}
+
 impl EventRef<'_> {
     pub fn hash_input(&self) -> HashInput<'_> {
         HashInput {

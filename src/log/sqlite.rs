@@ -24,7 +24,7 @@ use rusqlite::hooks::Wal;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
-use super::hash::EventRef;
+use super::hash::{EventRef, FoldRef};
 use super::migrate;
 use super::store::{self, AppendOutcome, Batch, OpenMode, Snapshot, Store};
 use super::{hash_from_slice, Hash, StoredEvent};
@@ -44,6 +44,9 @@ const PREPARE_CHUNK: usize = 1_000;
 const SELECT_EVENTS: &str = "SELECT seq, stream, stream_version, event_type, schema_version, \
      instance, recorded_at_us, idempotency_key, payload, prev_hash, hash \
      FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+/// [`SELECT_EVENTS`] with only the columns of a [`FoldRef`].
+const SELECT_FOLD: &str = "SELECT seq, event_type, schema_version, instance, recorded_at_us, \
+     payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 const COLUMNS: &str = "seq, stream, stream_version, event_type, schema_version, instance, \
      recorded_at_us, idempotency_key, payload, prev_hash, hash";
 const INSERT_EVENT: &str = "INSERT INTO events (seq, stream, stream_version, event_type, \
@@ -295,6 +298,43 @@ impl SqliteStore {
     {
         self.with_reader(move |conn| read_rows(conn, after, limit, page, f))
             .await
+    }
+
+    /// [`read_each`](Self::read_each) reading only what a fold uses.
+    pub async fn read_fold_each<P, F>(
+        &self,
+        after: u64,
+        limit: u32,
+        page: P,
+        mut f: F,
+    ) -> Result<(P, usize, Option<u64>)>
+    where
+        P: Send + 'static,
+        F: FnMut(&mut P, &FoldRef<'_>) -> Result<()> + Send + 'static,
+    {
+        self.with_reader(move |conn| {
+            let mut page = page;
+            let mut stmt = conn.prepare_cached(SELECT_FOLD).map_err(sql)?;
+            let mut rows = stmt
+                .query(params![after as i64, i64::from(limit)])
+                .map_err(sql)?;
+            let (mut n, mut last) = (0, None);
+            while let Some(r) = rows.next().map_err(sql)? {
+                let e = FoldRef {
+                    seq: int(r, 0)? as u64,
+                    event_type: text(r, 1)?,
+                    schema_version: int(r, 2)? as u32,
+                    instance: text(r, 3)?,
+                    recorded_at_us: int(r, 4)?,
+                    payload: text(r, 5)?,
+                };
+                f(&mut page, &e)?;
+                n += 1;
+                last = Some(e.seq);
+            }
+            Ok((page, n, last))
+        })
+        .await
     }
 }
 

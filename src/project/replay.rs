@@ -4,8 +4,8 @@
 //! store while the consumer works through the previous one. Readers turn each event into
 //! what the consumer needs while it is still in the backend's buffers: for a chain check
 //! they also recompute its hash (two pages are read at once, as hashing is most of that
-//! work); for a fold they copy the few fields it uses into a reused buffer, and the
-//! consumer decodes and applies.
+//! work); for a fold they copy the few fields it uses (the only columns SQLite reads) into
+//! a reused buffer, and the consumer decodes and applies.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
@@ -15,9 +15,10 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use tokio::task::JoinHandle;
 
-use super::{Meta, State};
+use super::{At, Meta, SourceObjects, State};
 use crate::error::{Error, Result};
-use crate::log::hash::{EventRef, Link};
+use crate::log::event::{AttrValue, AttrValueRef, ObjectChangedRef};
+use crate::log::hash::{EventRef, FoldRef, Link};
 use crate::log::store::Snapshot;
 use crate::log::{AnyStore, ChainVerifier, Event, Store, StoredEvent};
 
@@ -48,15 +49,54 @@ impl Until {
 /// the last one's seq.
 type Page<P> = (P, usize, Option<u64>);
 
-/// Read up to `limit` events after `after`, handing each to `f` on the backend's reader side.
-async fn read_each<P, F>(store: &AnyStore, after: u64, limit: u32, page: P, f: F) -> Result<Page<P>>
+/// How the readers of a pipeline read a page: `read` fills `page` with up to [`PAGE`]
+/// events after `after`.
+trait Reader<P>: Clone + Send + 'static {
+    fn read(
+        self,
+        store: AnyStore,
+        after: u64,
+        page: P,
+    ) -> impl std::future::Future<Output = Result<Page<P>>> + Send;
+}
+
+/// Adds every event, as stored, to the page on the backend's reader side.
+#[derive(Clone)]
+struct Each<F>(F);
+
+impl<P, F> Reader<P> for Each<F>
 where
     P: Send + 'static,
-    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Send + 'static,
+    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Clone + Send + 'static,
 {
-    match store {
-        AnyStore::Sqlite(s) => s.read_each(after, limit, page, f).await,
-        AnyStore::Postgres(s) => s.read_each(after, limit, page, f).await,
+    async fn read(self, store: AnyStore, after: u64, page: P) -> Result<Page<P>> {
+        match &store {
+            AnyStore::Sqlite(s) => s.read_each(after, PAGE, page, self.0).await,
+            AnyStore::Postgres(s) => s.read_each(after, PAGE, page, self.0).await,
+        }
+    }
+}
+
+/// Adds what a fold uses of every event to the page: SQLite reads only those columns.
+#[derive(Clone)]
+struct FoldEach<F>(F);
+
+impl<P, F> Reader<P> for FoldEach<F>
+where
+    P: Send + 'static,
+    F: FnMut(&mut P, &FoldRef<'_>) -> Result<()> + Clone + Send + 'static,
+{
+    async fn read(self, store: AnyStore, after: u64, page: P) -> Result<Page<P>> {
+        let mut f = self.0;
+        match &store {
+            AnyStore::Sqlite(s) => s.read_fold_each(after, PAGE, page, f).await,
+            AnyStore::Postgres(s) => {
+                s.read_each(after, PAGE, page, move |p: &mut P, e: &EventRef<'_>| {
+                    f(p, &FoldRef::from(e))
+                })
+                .await
+            }
+        }
     }
 }
 
@@ -67,7 +107,7 @@ struct Pages<P, F> {
     new_page: fn() -> P,
     /// Empty a consumed page so that a reader can fill it again.
     clear: fn(&mut P),
-    /// Add one event to a page, on the reader side.
+    /// Add the events to a page, on the reader side.
     add: F,
 }
 
@@ -89,7 +129,7 @@ async fn pipeline<P, F, C>(
 ) -> Result<()>
 where
     P: Send + 'static,
-    F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Clone + Send + 'static,
+    F: Reader<P>,
     C: FnMut(&mut P) -> Result<ControlFlow<()>>,
 {
     let Pages {
@@ -106,10 +146,7 @@ where
             let store = reader_store.clone();
             let add = add.clone();
             let page = recycle_rx.try_recv().unwrap_or_else(|_| new_page());
-            (
-                after,
-                tokio::spawn(async move { read_each(&store, after, PAGE, page, add).await }),
-            )
+            (after, tokio::spawn(add.read(store, after, page)))
         };
         let mut inflight: VecDeque<(u64, JoinHandle<Result<Page<P>>>)> = VecDeque::new();
         inflight.push_back(spawn(after));
@@ -191,10 +228,10 @@ where
         depth: 1,
         new_page: || Vec::with_capacity(PAGE as usize),
         clear: Vec::clear,
-        add: |p: &mut Vec<StoredEvent>, e: &EventRef<'_>| {
+        add: Each(|p: &mut Vec<StoredEvent>, e: &EventRef<'_>| {
             p.push(e.to_owned());
             Ok(())
-        },
+        }),
     };
     pipeline(store, after, progress, pages, |page| {
         for e in page.iter() {
@@ -238,7 +275,7 @@ impl RawPage {
         self.events.clear();
     }
 
-    fn push(&mut self, e: &EventRef<'_>) -> Result<()> {
+    fn push(&mut self, e: &FoldRef<'_>) -> Result<()> {
         let start = self.text.len();
         let mut ends = [0; 3];
         for (end, s) in ends.iter_mut().zip([e.event_type, e.instance, e.payload]) {
@@ -262,6 +299,62 @@ impl RawPage {
         (s(e.start, a), s(a, b), s(b, c))
     }
 }
+
+/// [`SourceObjects::apply_owned`] of an `ObjectChanged` (the only projection it concerns),
+/// from the borrowed event: values are copied into the object's existing strings where it has
+/// them, so that a change allocates only what the object gains. The result is the same.
+fn apply_changed(objects: &mut SourceObjects, seq: u64, at_us: i64, c: ObjectChangedRef<'_>) {
+    let Some(r) = objects.objects.get_mut(c.anchor.as_str()) else {
+        return;
+    };
+    if let Some(dn) = c.dn {
+        r.dn.clear();
+        r.dn.push_str(dn.as_str());
+    }
+    for (k, v) in c.set.0 {
+        match r.attrs.get_mut(k.as_str()) {
+            Some(old) => assign_values(old, v),
+            None => {
+                r.attrs.insert(
+                    k.into_owned(),
+                    v.into_iter().map(AttrValueRef::into_owned).collect(),
+                );
+            }
+        }
+    }
+    for k in &c.removed {
+        r.attrs.remove(k.as_str());
+    }
+    for a in c.members_added {
+        if !r.members.contains(a.as_str()) {
+            r.members.insert(a.into_owned());
+        }
+    }
+    for a in &c.members_removed {
+        r.members.remove(a.as_str());
+    }
+    r.last_changed = At { seq, at_us };
+}
+
+/// `*old = new` (made owned), reusing `old`'s strings for text values.
+fn assign_values(old: &mut Vec<AttrValue>, new: Vec<AttrValueRef<'_>>) {
+    old.truncate(new.len());
+    let kept = old.len();
+    let mut new = new.into_iter();
+    for (o, n) in old.iter_mut().zip(new.by_ref().take(kept)) {
+        match (o, n) {
+            (AttrValue::Text(o), AttrValueRef::Text(n)) => {
+                o.clear();
+                o.push_str(&n);
+            }
+            (o, n) => *o = n.into_owned(),
+        }
+    }
+    old.extend(new.map(AttrValueRef::into_owned));
+}
+
+/// The event type [`fold_with`] decodes borrowing.
+const CHANGED: &str = "ObjectChanged";
 
 /// Apply the events after `state.seq` up to `until`.
 pub async fn fold(store: &AnyStore, state: State, until: Until) -> Result<State> {
@@ -289,7 +382,7 @@ pub async fn fold_with(
         },
         new_page: RawPage::new,
         clear: RawPage::clear,
-        add: |p: &mut RawPage, e: &EventRef<'_>| p.push(e),
+        add: FoldEach(|p: &mut RawPage, e: &FoldRef<'_>| p.push(e)),
     };
     pipeline(store, state.seq, progress, pages, |page| {
         for e in &page.events {
@@ -297,7 +390,16 @@ pub async fn fold_with(
                 return Ok(ControlFlow::Break(()));
             }
             let (event_type, instance, payload) = page.strs(e);
-            let event = Event::decode(event_type, e.schema_version, payload)?;
+            let event = if event_type == CHANGED {
+                // Decoded borrowing its strings, which are copied into the object's own
+                // (`ObjectChanged` concerns no other projection).
+                let c = ObjectChangedRef::decode(e.schema_version, payload)?;
+                apply_changed(&mut state.objects, e.seq, e.recorded_at_us, c);
+                state.seq = e.seq;
+                continue;
+            } else {
+                Event::decode(event_type, e.schema_version, payload)?
+            };
             let meta = Meta {
                 seq: e.seq,
                 instance,
@@ -324,10 +426,10 @@ pub async fn verify_chain(store: &AnyStore, progress: Option<&ProgressBar>) -> R
         depth: 2,
         new_page: || Vec::with_capacity(PAGE as usize),
         clear: Vec::clear,
-        add: |p: &mut Vec<Link>, e: &EventRef<'_>| {
+        add: Each(|p: &mut Vec<Link>, e: &EventRef<'_>| {
             p.push(Link::of(e));
             Ok(())
-        },
+        }),
     };
     pipeline(store, 0, progress, pages, |page| {
         for l in page.iter() {
@@ -609,10 +711,10 @@ pub async fn seq_at_time(store: &AnyStore, t: DateTime<Utc>) -> Result<u64> {
         depth: 1,
         new_page: || Vec::with_capacity(PAGE as usize),
         clear: Vec::clear,
-        add: |p: &mut Vec<(u64, i64)>, e: &EventRef<'_>| {
+        add: FoldEach(|p: &mut Vec<(u64, i64)>, e: &FoldRef<'_>| {
             p.push((e.seq, e.recorded_at_us));
             Ok(())
-        },
+        }),
     };
     pipeline(store, 0, None, pages, |page| {
         for &(seq, at) in page.iter() {
@@ -705,4 +807,91 @@ pub async fn verify_projections(
     }
     let rebuilt = fold_with(store, at, Until::Head, progress).await?;
     Ok((rebuilt.seq, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::log::event::{ObjectChanged, ObjectImported, ObjectKind, SourceObject};
+
+    fn text(v: &str) -> AttrValue {
+        AttrValue::Text(v.into())
+    }
+
+    /// The fold's borrowed `ObjectChanged` gives the state `State::apply_owned` gives.
+    #[test]
+    fn borrowed_change_applies_as_the_owned_one() {
+        let mut base = State::default();
+        let m = Meta {
+            seq: 1,
+            instance: "i",
+            recorded_at_us: 10,
+        };
+        base.apply_owned(
+            &m,
+            Event::ObjectImported(ObjectImported {
+                object: SourceObject {
+                    anchor: "a".into(),
+                    kind: ObjectKind::Group,
+                    dn: "CN=a".into(),
+                    attrs: BTreeMap::from([
+                        ("cn".into(), vec![text("a")]),
+                        ("mail".into(), vec![text("x"), text("y"), text("z")]),
+                        ("photo".into(), vec![AttrValue::Binary { b64: vec![1, 2] }]),
+                        ("sn".into(), vec![text("s")]),
+                    ]),
+                    members: BTreeSet::from(["m1".into(), "m2".into()]),
+                },
+                returned: false,
+            }),
+        );
+        let changes = [
+            ObjectChanged {
+                anchor: "a".into(),
+                dn: Some("CN=b, a longer name".into()),
+                set: BTreeMap::from([
+                    ("cn".into(), vec![text("b")]),
+                    (
+                        "mail".into(),
+                        vec![AttrValue::Binary { b64: vec![3] }, text("w")],
+                    ),
+                    ("photo".into(), vec![text("p"), text("q")]),
+                    ("new".into(), vec![text("n")]),
+                    ("sn".into(), vec![]),
+                ]),
+                removed: vec!["sn".into(), "cn".into(), "none".into()],
+                members_added: vec!["m2".into(), "m3".into()],
+                members_removed: vec!["m1".into(), "m9".into()],
+            },
+            ObjectChanged {
+                anchor: "a".into(),
+                set: BTreeMap::from([("mail".into(), vec![text("1"), text("2"), text("3")])]),
+                ..Default::default()
+            },
+            ObjectChanged {
+                anchor: "unknown".into(),
+                dn: Some("x".into()),
+                set: BTreeMap::from([("cn".into(), vec![text("b")])]),
+                ..Default::default()
+            },
+        ];
+        for c in changes {
+            let event = Event::ObjectChanged(c);
+            let payload = event.payload();
+            let m = Meta {
+                seq: 2,
+                instance: "j",
+                recorded_at_us: 20,
+            };
+            let mut want = base.clone();
+            want.apply_owned(&m, event);
+            let mut got = base.clone();
+            let c = ObjectChangedRef::decode(1, &payload).unwrap();
+            apply_changed(&mut got.objects, m.seq, m.recorded_at_us, c);
+            got.seq = m.seq;
+            assert_eq!(got, want, "{payload}");
+        }
+    }
 }
