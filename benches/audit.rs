@@ -69,7 +69,10 @@ fn export(i: u64) -> Event {
 
 /// The `log` bench's mix: imports, attribute changes, deletions, exports, cursors.
 fn mixed(i: u64) -> NewEvent {
-    let obj = (i * 7919) % i.max(1);
+    let pick = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16) % i.max(1);
+    // An object imported earlier (imports are the events at multiples of 20, among others),
+    // spread over all of them.
+    let obj = pick - pick % 20;
     let ev = match i % 20 {
         0..=3 => Event::ObjectImported(ObjectImported {
             object: user(i),

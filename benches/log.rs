@@ -26,7 +26,10 @@ fn anchor(i: u64) -> String {
 /// A realistic mix: imports of users, attribute changes, deletions, exports, cursors.
 fn event(i: u64, objects: u64) -> NewEvent {
     let k = i % 20;
-    let obj = (i * 7919) % objects.max(1);
+    let pick = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16) % objects.max(1);
+    // An object imported earlier (imports are the events at multiples of 20, among others),
+    // spread over all of them.
+    let obj = pick - pick % 20;
     let ev = match k {
         0..=3 => Event::ObjectImported(ObjectImported {
             object: SourceObject {

@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::event::{Attrs, DeletionEvidence, Event, ExportOp, ObjectKind, SourceObject};
+use crate::log::event::{
+    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, ObjectChangedRef,
+    ObjectKind, SourceObject,
+};
 use crate::target::Mapped;
 
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -204,6 +207,59 @@ impl SourceObjects {
     pub fn live(&self) -> impl Iterator<Item = (&String, &ObjectRecord)> {
         self.objects.iter().filter(|(_, r)| r.live())
     }
+
+    /// [`apply_owned`](Self::apply_owned) of an `ObjectChanged` (the only projection it concerns),
+    /// from the borrowed event: values are copied into the object's existing strings where it has
+    /// them, so that a change allocates only what the object gains. The result is the same.
+    pub(crate) fn apply_changed(&mut self, at: At, c: ObjectChangedRef<'_>) {
+        let Some(r) = self.objects.get_mut(c.anchor.as_str()) else {
+            return;
+        };
+        if let Some(dn) = c.dn {
+            r.dn.clear();
+            r.dn.push_str(dn.as_str());
+        }
+        for (k, v) in c.set.0 {
+            match r.attrs.get_mut(k.as_str()) {
+                Some(old) => assign_values(old, v),
+                None => {
+                    r.attrs.insert(
+                        k.into_owned(),
+                        v.into_iter().map(AttrValueRef::into_owned).collect(),
+                    );
+                }
+            }
+        }
+        for k in &c.removed {
+            r.attrs.remove(k.as_str());
+        }
+        for a in c.members_added {
+            if !r.members.contains(a.as_str()) {
+                r.members.insert(a.into_owned());
+            }
+        }
+        for a in &c.members_removed {
+            r.members.remove(a.as_str());
+        }
+        r.last_changed = at;
+    }
+}
+
+/// `*old = new` (made owned), reusing `old`'s strings for text values.
+fn assign_values(old: &mut Vec<AttrValue>, new: Vec<AttrValueRef<'_>>) {
+    old.truncate(new.len());
+    let kept = old.len();
+    let mut new = new.into_iter();
+    for (o, n) in old.iter_mut().zip(new.by_ref().take(kept)) {
+        match (o, n) {
+            (AttrValue::Text(o), AttrValueRef::Text(n)) => {
+                o.clear();
+                o.push_str(&n);
+            }
+            (o, n) => *o = n.into_owned(),
+        }
+    }
+    old.extend(new.map(AttrValueRef::into_owned));
 }
 
 /// How we came to own a target object.

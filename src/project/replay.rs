@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use tokio::task::JoinHandle;
 
-use super::{At, Meta, SourceObjects, State};
+use super::{At, Meta, State};
 use crate::error::{Error, Result};
-use crate::log::event::{AttrValue, AttrValueRef, ObjectChangedRef};
+use crate::log::event::ObjectChangedRef;
 use crate::log::hash::{EventRef, FoldRef, Link};
 use crate::log::store::Snapshot;
 use crate::log::{AnyStore, ChainVerifier, Event, Store, StoredEvent};
@@ -300,59 +300,6 @@ impl RawPage {
     }
 }
 
-/// [`SourceObjects::apply_owned`] of an `ObjectChanged` (the only projection it concerns),
-/// from the borrowed event: values are copied into the object's existing strings where it has
-/// them, so that a change allocates only what the object gains. The result is the same.
-fn apply_changed(objects: &mut SourceObjects, seq: u64, at_us: i64, c: ObjectChangedRef<'_>) {
-    let Some(r) = objects.objects.get_mut(c.anchor.as_str()) else {
-        return;
-    };
-    if let Some(dn) = c.dn {
-        r.dn.clear();
-        r.dn.push_str(dn.as_str());
-    }
-    for (k, v) in c.set.0 {
-        match r.attrs.get_mut(k.as_str()) {
-            Some(old) => assign_values(old, v),
-            None => {
-                r.attrs.insert(
-                    k.into_owned(),
-                    v.into_iter().map(AttrValueRef::into_owned).collect(),
-                );
-            }
-        }
-    }
-    for k in &c.removed {
-        r.attrs.remove(k.as_str());
-    }
-    for a in c.members_added {
-        if !r.members.contains(a.as_str()) {
-            r.members.insert(a.into_owned());
-        }
-    }
-    for a in &c.members_removed {
-        r.members.remove(a.as_str());
-    }
-    r.last_changed = At { seq, at_us };
-}
-
-/// `*old = new` (made owned), reusing `old`'s strings for text values.
-fn assign_values(old: &mut Vec<AttrValue>, new: Vec<AttrValueRef<'_>>) {
-    old.truncate(new.len());
-    let kept = old.len();
-    let mut new = new.into_iter();
-    for (o, n) in old.iter_mut().zip(new.by_ref().take(kept)) {
-        match (o, n) {
-            (AttrValue::Text(o), AttrValueRef::Text(n)) => {
-                o.clear();
-                o.push_str(&n);
-            }
-            (o, n) => *o = n.into_owned(),
-        }
-    }
-    old.extend(new.map(AttrValueRef::into_owned));
-}
-
 /// The event type [`fold_with`] decodes borrowing.
 const CHANGED: &str = "ObjectChanged";
 
@@ -394,7 +341,13 @@ pub async fn fold_with(
                 // Decoded borrowing its strings, which are copied into the object's own
                 // (`ObjectChanged` concerns no other projection).
                 let c = ObjectChangedRef::decode(e.schema_version, payload)?;
-                apply_changed(&mut state.objects, e.seq, e.recorded_at_us, c);
+                state.objects.apply_changed(
+                    At {
+                        seq: e.seq,
+                        at_us: e.recorded_at_us,
+                    },
+                    c,
+                );
                 state.seq = e.seq;
                 continue;
             } else {
@@ -814,7 +767,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-    use crate::log::event::{ObjectChanged, ObjectImported, ObjectKind, SourceObject};
+    use crate::log::event::{AttrValue, ObjectChanged, ObjectImported, ObjectKind, SourceObject};
 
     fn text(v: &str) -> AttrValue {
         AttrValue::Text(v.into())
@@ -889,7 +842,13 @@ mod tests {
             want.apply_owned(&m, event);
             let mut got = base.clone();
             let c = ObjectChangedRef::decode(1, &payload).unwrap();
-            apply_changed(&mut got.objects, m.seq, m.recorded_at_us, c);
+            got.objects.apply_changed(
+                At {
+                    seq: m.seq,
+                    at_us: m.recorded_at_us,
+                },
+                c,
+            );
             got.seq = m.seq;
             assert_eq!(got, want, "{payload}");
         }
