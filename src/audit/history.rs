@@ -143,7 +143,7 @@ pub fn diff(a: &State, b: &State) -> Diff {
             name: r.dn.clone(),
             detail,
         };
-        match (live(ra), live(rb)) {
+        match (live(ra.map(|r| &**r)), live(rb.map(|r| &**r))) {
             (None, Some(r)) => out.objects.added.push(item(r, vec![])),
             (Some(r), None) => out.objects.deleted.push(item(
                 r,
@@ -166,8 +166,8 @@ pub fn diff(a: &State, b: &State) -> Diff {
         .collect();
     for anchor in anchors {
         let (la, lb) = (
-            owned(a.ledger.entries.get(anchor)),
-            owned(b.ledger.entries.get(anchor)),
+            owned(a.ledger.entries.get(anchor).map(|l| &**l)),
+            owned(b.ledger.entries.get(anchor).map(|l| &**l)),
         );
         let item = |s: &State, l: &LedgerEntry, detail: Vec<String>| Item {
             anchor: anchor.clone(),

@@ -84,7 +84,9 @@ impl ObjectRecord {
 /// Current source objects (and the deleted ones, marked).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceObjects {
-    pub objects: FastMap<String, ObjectRecord>,
+    /// Boxed: the map's slots stay small, so a million-object map wastes little on its
+    /// spare capacity and moves little when it grows.
+    pub objects: FastMap<String, Box<ObjectRecord>>,
     /// The last complete full import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_full_import: Option<At>,
@@ -102,7 +104,7 @@ impl SourceObjects {
                     .map_or(At::from(m), |r| r.first_seen);
                 self.objects.insert(
                     i.object.anchor.clone(),
-                    ObjectRecord::from_source(&i.object, m.into(), first),
+                    Box::new(ObjectRecord::from_source(&i.object, m.into(), first)),
                 );
             }
             Event::ObjectChanged(c) => {
@@ -160,7 +162,7 @@ impl SourceObjects {
                 } = i.object;
                 self.objects.insert(
                     anchor,
-                    ObjectRecord {
+                    Box::new(ObjectRecord {
                         kind,
                         dn,
                         attrs,
@@ -168,7 +170,7 @@ impl SourceObjects {
                         first_seen: first,
                         last_changed: m.into(),
                         deletion: None,
-                    },
+                    }),
                 );
             }
             Event::ObjectChanged(c) => {
@@ -205,7 +207,10 @@ impl SourceObjects {
     }
 
     pub fn live(&self) -> impl Iterator<Item = (&String, &ObjectRecord)> {
-        self.objects.iter().filter(|(_, r)| r.live())
+        self.objects
+            .iter()
+            .filter(|(_, r)| r.live())
+            .map(|(a, r)| (a, &**r))
     }
 
     /// [`apply_owned`](Self::apply_owned) of an `ObjectChanged` (the only projection it concerns),
@@ -302,7 +307,8 @@ pub struct ExportFailure {
 /// The ownership ledger: what we created or matched in the target, by anchor.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
-    pub entries: FastMap<String, LedgerEntry>,
+    /// Boxed, as [`SourceObjects::objects`].
+    pub entries: FastMap<String, Box<LedgerEntry>>,
     /// The last failed export per anchor, cleared by the next success.
     #[serde(default)]
     pub failures: BTreeMap<String, ExportFailure>,
@@ -317,7 +323,7 @@ impl Ledger {
                     ExportOp::Create | ExportOp::Match => {
                         self.entries.insert(
                             x.anchor.clone(),
-                            LedgerEntry {
+                            Box::new(LedgerEntry {
                                 kind: x.kind,
                                 target_id: x.target_id.clone(),
                                 origin: if x.op == ExportOp::Create {
@@ -331,7 +337,7 @@ impl Ledger {
                                 epoch: x.epoch,
                                 etag: x.etag.clone(),
                                 deleted: None,
-                            },
+                            }),
                         );
                     }
                     ExportOp::Update => {
@@ -374,7 +380,10 @@ impl Ledger {
 
     /// Entries we own now (not deleted from the target).
     pub fn owned(&self) -> impl Iterator<Item = (&String, &LedgerEntry)> {
-        self.entries.iter().filter(|(_, l)| l.deleted.is_none())
+        self.entries
+            .iter()
+            .filter(|(_, l)| l.deleted.is_none())
+            .map(|(a, l)| (a, &**l))
     }
 }
 

@@ -158,12 +158,12 @@ pub fn decode(body: &[u8]) -> Res<State> {
 
 /// A decoded chunk of one of the maps.
 enum Part {
-    Objects(Vec<(String, ObjectRecord)>),
-    Ledger(Vec<(String, LedgerEntry)>),
+    Objects(Vec<(String, Box<ObjectRecord>)>),
+    Ledger(Vec<(String, Box<LedgerEntry>)>),
 }
 
 /// The chunks' entries as one map of the `n` entries the section said it holds.
-fn collect<V>(n: usize, chunks: Vec<Vec<(String, V)>>) -> Res<FastMap<String, V>> {
+fn collect<V>(n: usize, chunks: Vec<Vec<(String, Box<V>)>>) -> Res<FastMap<String, Box<V>>> {
     let mut m = FastMap::with_capacity_and_hasher(n, Default::default());
     for (k, v) in chunks.into_iter().flatten() {
         m.insert(k, v);
@@ -221,7 +221,11 @@ impl Writer {
         });
     }
 
-    fn map<V>(&mut self, m: &FastMap<String, V>, entry: fn(&mut Self, &V) -> Res<()>) -> Res<()> {
+    fn map<V>(
+        &mut self,
+        m: &FastMap<String, Box<V>>,
+        entry: fn(&mut Self, &V) -> Res<()>,
+    ) -> Res<()> {
         self.len(m.len());
         self.len(m.len().div_ceil(CHUNK));
         let mut chunk = Writer::default();
@@ -477,12 +481,12 @@ impl<'a> Reader<'a> {
     }
 
     /// One chunk's entries.
-    fn entries<V>(mut self, entry: fn(&mut Self) -> Res<V>) -> Res<Vec<(String, V)>> {
+    fn entries<V>(mut self, entry: fn(&mut Self) -> Res<V>) -> Res<Vec<(String, Box<V>)>> {
         let n = self.len()?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let k = self.string()?;
-            out.push((k, entry(&mut self)?));
+            out.push((k, Box::new(entry(&mut self)?)));
         }
         if !self.0.is_empty() {
             return Err(SnapshotError::Malformed("trailing bytes in a chunk"));
@@ -632,7 +636,7 @@ mod tests {
         s.objects.tombstone_lifetime_days = Some(180);
         s.objects.objects.insert(
             "a".into(),
-            ObjectRecord {
+            Box::new(ObjectRecord {
                 kind: ObjectKind::User,
                 dn: "CN=Zoë\\, Ann,OU=x".into(),
                 attrs: BTreeMap::from([
@@ -653,11 +657,11 @@ mod tests {
                     at: at(10, i64::MAX),
                     instance: "old".into(),
                 }),
-            },
+            }),
         );
         s.objects.objects.insert(
             "g".into(),
-            ObjectRecord {
+            Box::new(ObjectRecord {
                 kind: ObjectKind::Group,
                 dn: "CN=g".into(),
                 attrs: Attrs::new(),
@@ -665,11 +669,11 @@ mod tests {
                 first_seen: at(2, 0),
                 last_changed: at(2, 0),
                 deletion: None,
-            },
+            }),
         );
         s.ledger.entries.insert(
             "a".into(),
-            LedgerEntry {
+            Box::new(LedgerEntry {
                 kind: ObjectKind::User,
                 target_id: "t1".into(),
                 origin: Origin::Matched,
@@ -686,11 +690,11 @@ mod tests {
                 epoch: 2,
                 etag: Some("W/\"1\"".into()),
                 deleted: Some(at(11, 11)),
-            },
+            }),
         );
         s.ledger.entries.insert(
             "g".into(),
-            LedgerEntry {
+            Box::new(LedgerEntry {
                 kind: ObjectKind::Group,
                 target_id: "t2".into(),
                 origin: Origin::Created,
@@ -703,7 +707,7 @@ mod tests {
                 epoch: 1,
                 etag: None,
                 deleted: None,
-            },
+            }),
         );
         s.relationship.holder = Some("new".into());
         s.relationship.epoch = 2;

@@ -74,6 +74,7 @@ fn by_rdn<'a>(state: &'a State, rdn: &str) -> (&'a String, &'a ObjectRecord) {
         .objects
         .objects
         .iter()
+        .map(|(a, r)| (a, &**r))
         .find(|(_, r)| {
             unhex(&r.dn)
                 .to_lowercase()

@@ -102,6 +102,7 @@ fn by_rdn<'a>(state: &'a State, rdn: &str) -> (&'a String, &'a ObjectRecord) {
         .objects
         .objects
         .iter()
+        .map(|(a, r)| (a, &**r))
         .find(|(_, r)| r.dn.starts_with(&format!("{rdn},")))
         .unwrap_or_else(|| panic!("no {rdn}"))
 }
