@@ -18,8 +18,6 @@ const INSERT_CHUNK: usize = 10_000;
 /// Batches at least this large go in with binary `COPY` rather than `INSERT`: two round
 /// trips instead of one, but the server's fastest way in.
 const COPY_MIN: usize = 256;
-/// Events per chunk prepared on a blocking thread while earlier chunks stream to the server.
-const PREPARE_CHUNK: usize = 1_000;
 const COPY_EVENTS: &str = "COPY events (seq, stream, stream_version, event_type, schema_version, \
      instance, recorded_at_us, idempotency_key, payload, prev_hash, hash) FROM STDIN (FORMAT binary)";
 
@@ -81,33 +79,16 @@ async fn copy_finish(mut copy: sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>
 async fn copy_batch(
     conn: &mut sqlx::PgConnection,
     head: (u64, Hash),
-    mut versions: HashMap<String, u64>,
+    versions: HashMap<String, u64>,
     batch: Batch,
     now_us: i64,
 ) -> Result<(Written, HashMap<String, u64>)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Vec<u8>, Written)>>(2);
     let preparer = tokio::task::spawn_blocking(move || {
-        let Batch {
-            events,
-            mut expect,
-            mut idempotency_key,
-        } = batch;
-        let mut head = head;
-        let mut events = events.into_iter();
-        // A short first chunk lets the COPY start sooner.
-        let mut size = PREPARE_CHUNK / 4;
-        loop {
-            let chunk: Vec<_> = events.by_ref().take(size).collect();
-            size = PREPARE_CHUNK;
-            if chunk.is_empty() {
-                break;
-            }
-            let part = Batch {
-                events: chunk,
-                expect: std::mem::take(&mut expect),
-                idempotency_key: idempotency_key.take(),
-            };
-            let msg = store::prepare(head, &mut versions, &part, now_us).and_then(|rows| {
+        // A short first part lets the COPY start sooner.
+        let mut parts = store::Parts::new(head, versions, batch, now_us);
+        for rows in parts.by_ref() {
+            let msg = rows.and_then(|rows| {
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                     return Err(Error::Store("an append prepared no rows".into()));
                 };
@@ -115,7 +96,6 @@ async fn copy_batch(
                 for r in &rows {
                     copy_row(&mut buf, r);
                 }
-                head = (last.seq, last.hash);
                 Ok((buf, (first.seq, last.seq, last.hash)))
             });
             let failed = msg.is_err();
@@ -123,7 +103,7 @@ async fn copy_batch(
                 break;
             }
         }
-        versions
+        parts.into_versions()
     });
     // A conflict comes with the first chunk: see it before the COPY starts.
     let (first_buf, mut written) = match rx.recv().await {

@@ -38,8 +38,6 @@ const CACHE_KIB: i64 = 65_536;
 const IDLE_READERS: usize = 4;
 /// Batches at least this large are prepared on a second thread while rows go in.
 const PIPELINE_MIN: usize = 2_048;
-/// Events per chunk handed from the preparing thread to the inserting one.
-const PREPARE_CHUNK: usize = 1_000;
 
 const SELECT_EVENTS: &str = "SELECT seq, stream, stream_version, event_type, schema_version, \
      instance, recorded_at_us, idempotency_key, payload, prev_hash, hash \
@@ -530,11 +528,9 @@ fn insert_batch(
     }
 }
 
-/// Prepare a large batch on a second thread, chunk by chunk, while this one inserts the
-/// chunks already prepared: serialising payloads and hashing overlap SQLite's work. The
-/// rows are exactly those one `prepare` of the whole batch gives: expectations are checked
-/// with the first chunk, the idempotency key goes on the first event, and every chunk
-/// continues the chain and the stream versions where the previous one ended.
+/// Prepare a large batch on a second thread, part by part ([`store::Parts`]), while this one
+/// inserts the parts already prepared: serialising payloads and hashing overlap SQLite's
+/// work, and the rows are exactly those one `prepare` of the whole batch gives.
 fn insert_pipelined(
     conn: &Connection,
     head: (u64, Hash),
@@ -542,43 +538,19 @@ fn insert_pipelined(
     batch: Batch,
     now_us: i64,
 ) -> Result<Written> {
-    let Batch {
-        events,
-        mut expect,
-        mut idempotency_key,
-    } = batch;
-    let mut owned_versions = std::mem::take(versions);
+    let owned_versions = std::mem::take(versions);
     std::thread::scope(|s| {
         let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredEvent>>>(2);
         // Inserted rows go back to the preparing thread to be freed there.
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<StoredEvent>>();
         let preparer = s.spawn(move || {
-            let mut head = head;
-            let mut events = events.into_iter();
-            // A short first chunk lets the inserting thread start sooner.
-            let mut size = PREPARE_CHUNK / 4;
-            loop {
-                let chunk: Vec<_> = events.by_ref().take(size).collect();
-                size = PREPARE_CHUNK;
-                if chunk.is_empty() {
-                    break;
-                }
-                let part = Batch {
-                    events: chunk,
-                    expect: std::mem::take(&mut expect),
-                    idempotency_key: idempotency_key.take(),
-                };
-                let rows = store::prepare(head, &mut owned_versions, &part, now_us);
-                if let Ok(rows) = &rows {
-                    if let Some(last) = rows.last() {
-                        head = (last.seq, last.hash);
-                    }
-                }
+            // A short first part lets the inserting thread start sooner.
+            let mut parts = store::Parts::new(head, owned_versions, batch, now_us);
+            for rows in parts.by_ref() {
                 let failed = rows.is_err();
                 if rows_tx.send(rows).is_err() || failed {
                     break;
                 }
-                drop(part);
                 while let Ok(done) = done_rx.try_recv() {
                     drop(done);
                 }
@@ -588,7 +560,7 @@ fn insert_pipelined(
             for done in done_rx {
                 drop(done);
             }
-            owned_versions
+            parts.into_versions()
         });
         let mut written: Option<Written> = None;
         let mut result = Ok(());

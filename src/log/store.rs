@@ -246,6 +246,85 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Events per part when a large batch is prepared part by part (see [`Parts`]).
+const PREPARE_CHUNK: usize = 1_000;
+
+/// A large batch prepared part by part, so that writing can start with the first part: a
+/// short one, then [`PREPARE_CHUNK`] events each. The rows are exactly those one [`prepare`]
+/// of the whole batch gives: the first part checks the expectations and carries the
+/// idempotency key, and each continues the chain and the stream versions where the previous
+/// one ended. A part that fails ends the parts.
+pub(crate) struct Parts {
+    events: std::vec::IntoIter<NewEvent>,
+    expect: Vec<(String, Expected)>,
+    idempotency_key: Option<String>,
+    head: (u64, Hash),
+    versions: HashMap<String, u64>,
+    now_us: i64,
+    size: usize,
+    failed: bool,
+}
+
+impl Parts {
+    pub(crate) fn new(
+        head: (u64, Hash),
+        versions: HashMap<String, u64>,
+        batch: Batch,
+        now_us: i64,
+    ) -> Parts {
+        let Batch {
+            events,
+            expect,
+            idempotency_key,
+        } = batch;
+        Parts {
+            events: events.into_iter(),
+            expect,
+            idempotency_key,
+            head,
+            versions,
+            now_us,
+            size: PREPARE_CHUNK / 4,
+            failed: false,
+        }
+    }
+
+    /// The streams' versions after the parts prepared so far.
+    pub(crate) fn into_versions(self) -> HashMap<String, u64> {
+        self.versions
+    }
+}
+
+impl Iterator for Parts {
+    type Item = Result<Vec<StoredEvent>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let chunk: Vec<NewEvent> = self.events.by_ref().take(self.size).collect();
+        self.size = PREPARE_CHUNK;
+        if chunk.is_empty() {
+            return None;
+        }
+        let part = Batch {
+            events: chunk,
+            expect: std::mem::take(&mut self.expect),
+            idempotency_key: self.idempotency_key.take(),
+        };
+        let rows = prepare(self.head, &mut self.versions, &part, self.now_us);
+        match &rows {
+            Ok(r) => {
+                if let Some(last) = r.last() {
+                    self.head = (last.seq, last.hash);
+                }
+            }
+            Err(_) => self.failed = true,
+        }
+        Some(rows)
+    }
+}
+
 /// Turn a batch into stored rows after checking its expectations: the pure half of append.
 /// `versions` holds the current version of every stream in `batch.streams()` and is updated.
 pub(crate) fn prepare(
