@@ -12,46 +12,19 @@
 //! (default: temporary SQLite files). With `--url`, the database must be empty and is used
 //! for the audit part; the replay part needs `--url2` (another empty database).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod mix;
+
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use dirsync::log::event::{
-    stream, AttrValue, CursorAdvanced, DeletionEvidence, Event, ExportApplied, ExportOp,
-    ObjectChanged, ObjectDeleted, ObjectImported, ObjectKind, SourceObject, SyncRunCompleted,
-    SyncRunStarted,
+    stream, DeletionEvidence, Event, ExportApplied, ExportOp, ObjectDeleted, ObjectImported,
+    ObjectKind, SyncRunCompleted, SyncRunStarted,
 };
 use dirsync::log::store::Batch;
 use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
 use dirsync::project::replay::{self, Until};
-
-fn text(v: impl Into<String>) -> Vec<AttrValue> {
-    vec![AttrValue::Text(v.into())]
-}
-
-fn anchor(i: u64) -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", i / 7, i)
-}
-
-fn user(i: u64) -> SourceObject {
-    SourceObject {
-        anchor: anchor(i),
-        kind: ObjectKind::User,
-        dn: format!("CN=User {i},OU=Staff,DC=test,DC=lan"),
-        attrs: BTreeMap::from([
-            ("cn".into(), text(format!("User {i}"))),
-            ("givenname".into(), text("User")),
-            ("sn".into(), text(format!("{i}"))),
-            ("mail".into(), text(format!("user{i}@test.lan"))),
-            (
-                "userprincipalname".into(),
-                text(format!("user{i}@test.lan")),
-            ),
-            ("useraccountcontrol".into(), text("512")),
-        ]),
-        members: BTreeSet::new(),
-    }
-}
+use mix::{anchor, mixed, opt, user};
 
 fn export(i: u64) -> Event {
     Event::ExportApplied(ExportApplied {
@@ -67,49 +40,6 @@ fn export(i: u64) -> Event {
         ),
         etag: None,
     })
-}
-
-/// The `log` bench's mix: imports, attribute changes, deletions, exports, cursors.
-fn mixed(i: u64) -> NewEvent {
-    let pick = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16) % i.max(1);
-    // An object imported earlier (imports are the events at multiples of 20, among others),
-    // spread over all of them.
-    let obj = pick - pick % 20;
-    let ev = match i % 20 {
-        0..=3 => Event::ObjectImported(ObjectImported {
-            object: user(i),
-            returned: false,
-        }),
-        4..=16 => Event::ObjectChanged(ObjectChanged {
-            anchor: anchor(obj),
-            set: BTreeMap::from([("title".into(), text(format!("Title {i}")))]),
-            ..Default::default()
-        }),
-        17 => Event::ObjectDeleted(ObjectDeleted {
-            anchor: anchor(obj),
-            evidence: DeletionEvidence::Tombstone {
-                deleted_at: None,
-                last_known_parent: None,
-            },
-        }),
-        18 => export(obj),
-        _ => Event::CursorAdvanced(CursorAdvanced {
-            kind: "dirsync".into(),
-            cookie: "TVNEUwMAAAAAAAAAAAAAAA==".into(),
-        }),
-    };
-    let s = match &ev {
-        Event::ExportApplied(_) => stream::TARGET.to_string(),
-        Event::CursorAdvanced(_) => stream::cursor("bench"),
-        _ => stream::SOURCE.to_string(),
-    };
-    NewEvent::new(s, "bench", ev)
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
 }
 
 async fn append_all(
@@ -178,17 +108,17 @@ fn timed_cli(
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let objects: u64 = arg(&args, "--objects").map_or(Ok(1_000_000), |s| s.parse())?;
-    let events: u64 = arg(&args, "--events").map_or(Ok(1_000_000), |s| s.parse())?;
-    let only = arg(&args, "--only");
+    let objects: u64 = opt(&args, "--objects").map_or(Ok(1_000_000), |s| s.parse())?;
+    let events: u64 = opt(&args, "--events").map_or(Ok(1_000_000), |s| s.parse())?;
+    let only = opt(&args, "--only");
     let dir = tempfile::tempdir()?;
-    let backend = match arg(&args, "--url") {
+    let backend = match opt(&args, "--url") {
         Some(u) if u.starts_with("postgres") => "postgres",
         _ => "sqlite",
     };
 
     if only.as_deref() != Some("replay") {
-        let url = arg(&args, "--url")
+        let url = opt(&args, "--url")
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("audit.db").display()));
         let store = AnyStore::open(&url, OpenMode::Init).await?;
         if store.head().await?.0 != 0 {
@@ -279,13 +209,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     if only.as_deref() != Some("audit") {
-        let url = arg(&args, "--url2")
+        let url = opt(&args, "--url2")
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("replay.db").display()));
         let store = AnyStore::open(&url, OpenMode::Init).await?;
         if store.head().await?.0 != 0 {
             return Err("the replay bench needs an empty store".into());
         }
-        let append_s = append_all(&store, (0..events).map(mixed)).await?;
+        let append_s = append_all(&store, (0..events).map(|i| mixed(i, i, user, export))).await?;
         let t = Instant::now();
         replay::refresh(&store, 10_000).await?;
         let refresh_s = t.elapsed().as_secs_f64();

@@ -4,67 +4,26 @@
 //! events, batches of 10,000. `--keyed` gives every batch an idempotency key; `--reuse`
 //! measures only replay and verify on a store kept from an earlier run (`--db` or `--url`).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod mix;
+
 use std::time::Instant;
 
-use dirsync::log::event::{
-    stream, AttrValue, CursorAdvanced, DeletionEvidence, Event, ExportApplied, ExportOp,
-    ObjectChanged, ObjectDeleted, ObjectImported, ObjectKind, SourceObject,
-};
+use dirsync::log::event::{Event, ExportApplied, ExportOp, ObjectKind};
 use dirsync::log::store::Batch;
 use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
 use dirsync::project::replay::{self, Until};
+use mix::{anchor, mixed, opt, text, user};
 
-fn text(v: impl Into<String>) -> Vec<AttrValue> {
-    vec![AttrValue::Text(v.into())]
-}
-
-fn anchor(i: u64) -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", i / 7, i)
-}
-
-/// A realistic mix: imports of users, attribute changes, deletions, exports, cursors.
+/// Event `i` of the mix: users carry a department too; exports record a state of another
+/// shape than the mapped one (the ledger keeps none for it).
 fn event(i: u64, objects: u64) -> NewEvent {
-    let k = i % 20;
-    let pick = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16) % objects.max(1);
-    // An object imported earlier (imports are the events at multiples of 20, among others),
-    // spread over all of them.
-    let obj = pick - pick % 20;
-    let ev = match k {
-        0..=3 => Event::ObjectImported(ObjectImported {
-            object: SourceObject {
-                anchor: anchor(i),
-                kind: ObjectKind::User,
-                dn: format!("CN=User {i},OU=Staff,DC=test,DC=lan"),
-                attrs: BTreeMap::from([
-                    ("cn".into(), text(format!("User {i}"))),
-                    ("givenname".into(), text("User")),
-                    ("sn".into(), text(format!("{i}"))),
-                    ("mail".into(), text(format!("user{i}@test.lan"))),
-                    (
-                        "userprincipalname".into(),
-                        text(format!("user{i}@test.lan")),
-                    ),
-                    ("department".into(), text("Engineering")),
-                    ("useraccountcontrol".into(), text("512")),
-                ]),
-                members: BTreeSet::new(),
-            },
-            returned: false,
-        }),
-        4..=16 => Event::ObjectChanged(ObjectChanged {
-            anchor: anchor(obj),
-            set: BTreeMap::from([("title".into(), text(format!("Title {i}")))]),
-            ..Default::default()
-        }),
-        17 => Event::ObjectDeleted(ObjectDeleted {
-            anchor: anchor(obj),
-            evidence: DeletionEvidence::Tombstone {
-                deleted_at: None,
-                last_known_parent: None,
-            },
-        }),
-        18 => Event::ExportApplied(ExportApplied {
+    let import = |i: u64| {
+        let mut u = user(i);
+        u.attrs.insert("department".into(), text("Engineering"));
+        u
+    };
+    let export = |obj: u64| {
+        Event::ExportApplied(ExportApplied {
             epoch: 1,
             anchor: anchor(obj),
             kind: ObjectKind::User,
@@ -74,18 +33,9 @@ fn event(i: u64, objects: u64) -> NewEvent {
                 serde_json::json!({"userName": format!("user{obj}@test.lan"), "active": true}),
             ),
             etag: None,
-        }),
-        _ => Event::CursorAdvanced(CursorAdvanced {
-            kind: "dirsync".into(),
-            cookie: "TVNEUwMAAAAAAAAAAAAAAA==".into(),
-        }),
+        })
     };
-    let s = match &ev {
-        Event::ExportApplied(_) => stream::TARGET.to_string(),
-        Event::CursorAdvanced(_) => stream::cursor("bench"),
-        _ => stream::SOURCE.to_string(),
-    };
-    NewEvent::new(s, "bench", ev)
+    mixed(i, objects, import, export)
 }
 
 /// CPU time (user + system, all threads) this process has used, in seconds: beside the
@@ -100,17 +50,11 @@ fn cpu_secs() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let n: u64 = arg(&args, "--events").map_or(Ok(1_000_000), |s| s.parse())?;
-    let batch: u64 = arg(&args, "--batch").map_or(Ok(10_000), |s| s.parse())?;
+    let n: u64 = opt(&args, "--events").map_or(Ok(1_000_000), |s| s.parse())?;
+    let batch: u64 = opt(&args, "--batch").map_or(Ok(10_000), |s| s.parse())?;
     // `--reuse`: the store already holds the N events of an earlier run (kept with `--db`
     // or `--url`); only replay and verify are measured.
     let reuse = args.iter().any(|a| a == "--reuse");
@@ -118,8 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keyed = args.iter().any(|a| a == "--keyed");
     let dir = tempfile::tempdir()?;
     let db =
-        arg(&args, "--db").unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
-    let url = arg(&args, "--url").unwrap_or_else(|| format!("sqlite://{db}"));
+        opt(&args, "--db").unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
+    let url = opt(&args, "--url").unwrap_or_else(|| format!("sqlite://{db}"));
     let backend = if url.starts_with("sqlite") {
         "sqlite"
     } else {
