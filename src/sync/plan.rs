@@ -5,13 +5,11 @@
 //! Inputs are projections only (no I/O), so `--dry-run`, `--staging`, the export runner and
 //! the tests all compute exactly the same plan from the same log.
 
-use std::collections::BTreeMap;
-
 use sha2::{Digest, Sha256};
 
 use crate::config::{SourceKind, Threshold};
 use crate::log::event::ObjectKind;
-use crate::project::State;
+use crate::project::{ObjectRecord, State};
 use crate::source::mapping::{map_object, resolve_group, Desired};
 use crate::target::{Mapped, Op};
 
@@ -67,12 +65,14 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
         owned: ledger.owned().count() as u64,
         ..Default::default()
     };
+    let objects = &state.objects.objects;
+    let is_live = |anchor: &str| objects.get(anchor).is_some_and(|r| r.live());
     // Sorted, so the plan (and what dry-run prints) is the same every time.
-    let live: BTreeMap<&String, _> = state.objects.live().collect();
+    let mut live: Vec<(&String, &ObjectRecord)> = state.objects.live().collect();
+    live.sort_unstable_by(|a, b| a.0.cmp(b.0));
     // A member is in its group in the target when it is live in the source and owned.
-    let live_anchors: std::collections::HashSet<&str> = live.keys().map(|a| a.as_str()).collect();
     let resolve = |anchor: &str| {
-        if !live_anchors.contains(anchor) {
+        if !is_live(anchor) {
             return None;
         }
         ledger
@@ -104,7 +104,11 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
                 Mapped::Group(g)
             }
         };
-        match ledger.entries.get(*anchor).filter(|l| l.deleted.is_none()) {
+        match ledger
+            .entries
+            .get(anchor.as_str())
+            .filter(|l| l.deleted.is_none())
+        {
             None => out.new.push(((*anchor).clone(), mapped)),
             Some(l) => {
                 if l.state.as_ref() != Some(&mapped) {
@@ -121,7 +125,7 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     }
     let mut deletes: Vec<Op> = ledger
         .owned()
-        .filter(|(a, _)| !live.contains_key(a))
+        .filter(|(a, _)| !is_live(a))
         .map(|(a, l)| Op::Delete {
             anchor: a.clone(),
             kind: l.kind,
