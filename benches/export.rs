@@ -21,12 +21,14 @@ mod lab;
 
 use common::arg;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dirsync::config::{Secret, SourceKind, Threshold};
-use dirsync::log::event::{stream, AttrValue, Event, ObjectImported, ObjectKind, SourceObject};
+use dirsync::log::event::{
+    stream, AttrValue, Attrs, Event, ObjectImported, ObjectKind, SourceObject,
+};
 use dirsync::log::store::Batch;
 use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
 use dirsync::sync::export::{export_log, ExportOptions, SyncReport};
@@ -65,7 +67,7 @@ fn anchor(i: u64) -> String {
 }
 
 fn text(v: String) -> Vec<AttrValue> {
-    vec![AttrValue::Text(v)]
+    vec![AttrValue::Text(v.into())]
 }
 
 /// User `i` as slapd would hand it over (OpenLDAP inetOrgPerson; userName is `mail`).
@@ -74,7 +76,7 @@ fn user_object(i: u64) -> SourceObject {
         anchor: anchor(i),
         kind: ObjectKind::User,
         dn: format!("uid=user{i},ou=people,dc=example,dc=org"),
-        attrs: BTreeMap::from([
+        attrs: Attrs::from([
             ("uid".into(), text(format!("user{i}"))),
             ("cn".into(), text(format!("User {i}"))),
             ("sn".into(), text(format!("N{i}"))),

@@ -19,7 +19,7 @@ use mix::{anchor, mixed, opt, text, user};
 fn event(i: u64, objects: u64) -> NewEvent {
     let import = |i: u64| {
         let mut u = user(i);
-        u.attrs.insert("department".into(), text("Engineering"));
+        u.attrs.insert("department", text("Engineering"));
         u
     };
     let export = |obj: u64| {

@@ -3,11 +3,11 @@
 // Each bench uses the part it needs.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use dirsync::log::event::{
-    stream, AttrValue, CursorAdvanced, DeletionEvidence, Event, ObjectChanged, ObjectDeleted,
-    ObjectImported, ObjectKind, SourceObject,
+    stream, AttrValue, Attrs, CursorAdvanced, DeletionEvidence, Event, ObjectChanged,
+    ObjectDeleted, ObjectImported, ObjectKind, SourceObject,
 };
 use dirsync::log::NewEvent;
 
@@ -19,7 +19,7 @@ pub fn opt(args: &[String], name: &str) -> Option<String> {
 }
 
 pub fn text(v: impl Into<String>) -> Vec<AttrValue> {
-    vec![AttrValue::Text(v.into())]
+    vec![AttrValue::Text(v.into().into())]
 }
 
 pub fn anchor(i: u64) -> String {
@@ -32,7 +32,7 @@ pub fn user(i: u64) -> SourceObject {
         anchor: anchor(i),
         kind: ObjectKind::User,
         dn: format!("CN=User {i},OU=Staff,DC=test,DC=lan"),
-        attrs: BTreeMap::from([
+        attrs: Attrs::from([
             ("cn".into(), text(format!("User {i}"))),
             ("givenname".into(), text("User")),
             ("sn".into(), text(format!("{i}"))),
@@ -66,7 +66,7 @@ pub fn mixed(
         }),
         4..=16 => Event::ObjectChanged(ObjectChanged {
             anchor: anchor(obj),
-            set: BTreeMap::from([("title".into(), text(format!("Title {i}")))]),
+            set: Attrs::from([("title".into(), text(format!("Title {i}")))]),
             ..Default::default()
         }),
         17 => Event::ObjectDeleted(ObjectDeleted {

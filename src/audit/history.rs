@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{ledger_name, Item};
 use crate::config::SourceKind;
-use crate::log::event::DeletionEvidence;
+use crate::log::event::{AttrName, DeletionEvidence};
 use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
 use crate::sync::plan::plan;
 use crate::sync::scope::Scope;
@@ -75,10 +75,10 @@ fn object_changes(a: &ObjectRecord, b: &ObjectRecord) -> Vec<String> {
     if a.dn != b.dn {
         out.push(format!("dn: {}", b.dn));
     }
-    let names: BTreeSet<&String> = a.attrs.keys().chain(b.attrs.keys()).collect();
+    let names: BTreeSet<&AttrName> = a.attrs.keys().chain(b.attrs.keys()).collect();
     for n in names {
         if a.attrs.get(n) != b.attrs.get(n) {
-            out.push(n.clone());
+            out.push(n.to_string());
         }
     }
     if a.members != b.members {
@@ -355,7 +355,7 @@ pub fn foreign_objects<'a>(
 mod tests {
     use super::*;
     use crate::audit::testkit::Log;
-    use crate::log::event::{AttrValue, Event, ExportOp, ObjectChanged};
+    use crate::log::event::{AttrValue, Attrs, Event, ExportOp, ObjectChanged};
 
     #[test]
     fn diff_names_added_changed_and_deleted() {
@@ -370,7 +370,7 @@ mod tests {
             "a",
             Event::ObjectChanged(ObjectChanged {
                 anchor: "a1".into(),
-                set: [("title".to_string(), vec![AttrValue::Text("Boss".into())])].into(),
+                set: Attrs::from([("title".into(), vec![AttrValue::Text("Boss".into())])]),
                 ..Default::default()
             }),
         );

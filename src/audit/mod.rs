@@ -67,7 +67,7 @@ impl Item {
 /// Building states from events, for the unit tests of this module.
 #[cfg(test)]
 pub(crate) mod testkit {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use crate::log::event::*;
     use crate::project::{Meta, State};
@@ -114,10 +114,7 @@ pub(crate) mod testkit {
                         anchor: anchor.into(),
                         kind: ObjectKind::User,
                         dn: dn.into(),
-                        attrs: BTreeMap::from([
-                            ("uid".into(), text(uid)),
-                            ("cn".into(), text(uid)),
-                        ]),
+                        attrs: Attrs::from([("uid".into(), text(uid)), ("cn".into(), text(uid))]),
                         members: BTreeSet::new(),
                     },
                     returned: false,

@@ -5,9 +5,10 @@
 //! rest of the code only ever sees the current shape.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -37,7 +38,7 @@ impl ObjectKind {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(untagged)]
 pub enum AttrValue {
-    Text(String),
+    Text(CompactString),
     Binary {
         #[serde(serialize_with = "b64::serialize")]
         b64: Vec<u8>,
@@ -56,13 +57,13 @@ impl<'de> Deserialize<'de> for AttrValue {
                 f.write_str("a string or {\"b64\": \"...\"}")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<AttrValue, E> {
-                Ok(AttrValue::Text(v.to_string()))
+                Ok(AttrValue::Text(CompactString::new(v)))
             }
             fn visit_string<E: serde::de::Error>(
                 self,
                 v: String,
             ) -> std::result::Result<AttrValue, E> {
-                Ok(AttrValue::Text(v))
+                Ok(AttrValue::Text(CompactString::from(v)))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
@@ -142,7 +143,7 @@ pub enum AttrValueRef<'a> {
 impl AttrValueRef<'_> {
     pub fn into_owned(self) -> AttrValue {
         match self {
-            AttrValueRef::Text(t) => AttrValue::Text(t.into_owned()),
+            AttrValueRef::Text(t) => AttrValue::Text(CompactString::new(&t)),
             AttrValueRef::Binary(b64) => AttrValue::Binary { b64 },
         }
     }
@@ -180,7 +181,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for AttrValueRef<'a> {
             ) -> std::result::Result<AttrValueRef<'de>, A::Error> {
                 let v = AttrValue::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
                 Ok(match v {
-                    AttrValue::Text(t) => AttrValueRef::Text(Cow::Owned(t)),
+                    AttrValue::Text(t) => AttrValueRef::Text(Cow::Owned(t.into_string())),
                     AttrValue::Binary { b64 } => AttrValueRef::Binary(b64),
                 })
             }
@@ -202,7 +203,9 @@ impl AttrsRef<'_> {
             .map(|(k, v)| {
                 (
                     k.into_owned(),
-                    v.into_iter().map(AttrValueRef::into_owned).collect(),
+                    v.into_iter()
+                        .map(AttrValueRef::into_owned)
+                        .collect::<Values>(),
                 )
             })
             .collect()
@@ -232,60 +235,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for AttrsRef<'a> {
     }
 }
 
-/// [`Attrs`] decoded as serde would, but with each list of values allocated at its size:
-/// most attributes have one value, for which a `Vec` decoded element by element reserves
-/// four. Replay keeps every imported object, so this is most of the memory it allocates.
-mod attrs {
-    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
-
-    use super::{AttrValue, Attrs};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Attrs, D::Error> {
-        struct M;
-        impl<'de> Visitor<'de> for M {
-            type Value = Attrs;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Attrs, A::Error> {
-                let mut out = Attrs::new();
-                while let Some(k) = m.next_key::<String>()? {
-                    let Values(v) = m.next_value()?;
-                    out.insert(k, v);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(M)
-    }
-
-    struct Values(Vec<AttrValue>);
-
-    impl<'de> serde::Deserialize<'de> for Values {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Values, D::Error> {
-            struct S;
-            impl<'de> Visitor<'de> for S {
-                type Value = Values;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a sequence")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Values, A::Error> {
-                    let Some(first) = s.next_element::<AttrValue>()? else {
-                        return Ok(Values(Vec::new()));
-                    };
-                    let mut v = Vec::with_capacity(1);
-                    v.push(first);
-                    while let Some(x) = s.next_element()? {
-                        v.push(x);
-                    }
-                    Ok(Values(v))
-                }
-            }
-            d.deserialize_seq(S)
-        }
-    }
-}
-
 mod b64 {
     use base64::Engine;
     use serde::Serializer;
@@ -295,8 +244,7 @@ mod b64 {
     }
 }
 
-/// Attribute name (lower case) to values.
-pub type Attrs = BTreeMap<String, Vec<AttrValue>>;
+pub use super::attrs::{AttrName, Attrs, Values};
 
 /// An object as read from the source directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,7 +253,6 @@ pub struct SourceObject {
     pub anchor: String,
     pub kind: ObjectKind,
     pub dn: String,
-    #[serde(deserialize_with = "attrs::deserialize")]
     pub attrs: Attrs,
     /// Group members as anchors (groups only).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -357,11 +304,7 @@ pub struct ObjectChanged {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dn: Option<String>,
     /// Attributes replaced, with all their new values.
-    #[serde(
-        default,
-        skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "attrs::deserialize"
-    )]
+    #[serde(default, skip_serializing_if = "Attrs::is_empty")]
     pub set: Attrs,
     /// Attributes that no longer have a value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -725,7 +668,7 @@ mod tests {
             anchor: "84856553-a093-4713-b3b0-1667192003bd".into(),
             kind: ObjectKind::User,
             dn: "CN=Ann,OU=Staff,DC=test,DC=lan".into(),
-            attrs: BTreeMap::from([
+            attrs: Attrs::from([
                 ("cn".into(), vec![AttrValue::Text("Ann".into())]),
                 (
                     "photo".into(),
@@ -800,15 +743,16 @@ mod tests {
     }
 
     #[test]
-    fn attribute_values_are_decoded_at_their_size() {
+    fn attribute_values_are_decoded_in_place() {
         let p = r#"{"object":{"anchor":"a","kind":"user","dn":"d",
             "attrs":{"cn":["x"],"mail":["a","b"],"e":[]}}}"#;
         let Ok(Event::ObjectImported(i)) = Event::decode("ObjectImported", 1, p) else {
             panic!("decode");
         };
-        let caps: Vec<usize> = i.object.attrs.values().map(Vec::capacity).collect();
-        assert_eq!(caps[0], 1); // cn
-        assert_eq!(caps[1], 0); // e
-        assert_eq!(i.object.attrs["mail"].len(), 2);
+        let a = &i.object.attrs;
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["cn", "e", "mail"]);
+        assert_eq!(a["cn"], vec![AttrValue::Text("x".into())]);
+        assert!(a["e"].is_empty());
+        assert_eq!(a["mail"].len(), 2);
     }
 }

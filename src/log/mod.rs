@@ -1,5 +1,6 @@
 //! The event log: the system of record. Append-only, hash-chained, on SQLite or PostgreSQL.
 
+mod attrs;
 pub mod event;
 pub mod hash;
 mod migrate;

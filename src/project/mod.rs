@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::event::{
     AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, ObjectChangedRef,
-    ObjectKind, SourceObject,
+    ObjectKind, SourceObject, Values,
 };
 use crate::target::Mapped;
 
@@ -229,8 +229,10 @@ impl SourceObjects {
                 Some(old) => assign_values(old, v),
                 None => {
                     r.attrs.insert(
-                        k.into_owned(),
-                        v.into_iter().map(AttrValueRef::into_owned).collect(),
+                        k.as_str(),
+                        v.into_iter()
+                            .map(AttrValueRef::into_owned)
+                            .collect::<Values>(),
                     );
                 }
             }
@@ -251,17 +253,17 @@ impl SourceObjects {
 }
 
 /// `*old = new` (made owned), reusing `old`'s strings for text values.
-fn assign_values(old: &mut Vec<AttrValue>, new: Vec<AttrValueRef<'_>>) {
+fn assign_values(old: &mut Values, new: Vec<AttrValueRef<'_>>) {
     old.truncate(new.len());
     let kept = old.len();
     let mut new = new.into_iter();
     for (o, n) in old.iter_mut().zip(new.by_ref().take(kept)) {
-        match (o, n) {
-            (AttrValue::Text(o), AttrValueRef::Text(n)) => {
-                o.clear();
-                o.push_str(&n);
+        match (&mut *o, &n) {
+            (AttrValue::Text(t), AttrValueRef::Text(s)) => {
+                t.clear();
+                t.push_str(s);
             }
-            (o, n) => *o = n.into_owned(),
+            _ => *o = n.into_owned(),
         }
     }
     old.extend(new.map(AttrValueRef::into_owned));

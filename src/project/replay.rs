@@ -764,10 +764,12 @@ pub async fn verify_projections(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use super::*;
-    use crate::log::event::{AttrValue, ObjectChanged, ObjectImported, ObjectKind, SourceObject};
+    use crate::log::event::{
+        AttrValue, Attrs, ObjectChanged, ObjectImported, ObjectKind, SourceObject,
+    };
 
     fn text(v: &str) -> AttrValue {
         AttrValue::Text(v.into())
@@ -789,7 +791,7 @@ mod tests {
                     anchor: "a".into(),
                     kind: ObjectKind::Group,
                     dn: "CN=a".into(),
-                    attrs: BTreeMap::from([
+                    attrs: Attrs::from([
                         ("cn".into(), vec![text("a")]),
                         ("mail".into(), vec![text("x"), text("y"), text("z")]),
                         ("photo".into(), vec![AttrValue::Binary { b64: vec![1, 2] }]),
@@ -804,7 +806,7 @@ mod tests {
             ObjectChanged {
                 anchor: "a".into(),
                 dn: Some("CN=b, a longer name".into()),
-                set: BTreeMap::from([
+                set: Attrs::from([
                     ("cn".into(), vec![text("b")]),
                     (
                         "mail".into(),
@@ -820,13 +822,13 @@ mod tests {
             },
             ObjectChanged {
                 anchor: "a".into(),
-                set: BTreeMap::from([("mail".into(), vec![text("1"), text("2"), text("3")])]),
+                set: Attrs::from([("mail".into(), vec![text("1"), text("2"), text("3")])]),
                 ..Default::default()
             },
             ObjectChanged {
                 anchor: "unknown".into(),
                 dn: Some("x".into()),
-                set: BTreeMap::from([("cn".into(), vec![text("b")])]),
+                set: Attrs::from([("cn".into(), vec![text("b")])]),
                 ..Default::default()
             },
         ];

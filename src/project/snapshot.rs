@@ -18,7 +18,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{At, Deletion, FastMap, LedgerEntry, ObjectRecord, Origin, State};
-use crate::log::event::{AttrValue, ObjectKind};
+use compact_str::CompactString;
+
+use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
@@ -446,6 +448,11 @@ impl<'a> Reader<'a> {
         self.str().map(str::to_owned)
     }
 
+    /// A string stored inline when it is short.
+    fn compact(&mut self) -> Res<CompactString> {
+        self.str().map(CompactString::new)
+    }
+
     fn flag(&mut self) -> Res<bool> {
         match self.byte()? {
             0 => Ok(false),
@@ -498,21 +505,21 @@ impl<'a> Reader<'a> {
         let kind = self.kind()?;
         let dn = self.string()?;
         let n = self.len()?;
-        let mut attrs = Vec::with_capacity(n);
+        let mut attrs = Attrs::with_capacity(n);
         for _ in 0..n {
-            let name = self.string()?;
+            let name = self.compact()?;
             let k = self.len()?;
-            let mut values = Vec::with_capacity(k);
+            let mut values = Values::new();
             for _ in 0..k {
                 values.push(match self.byte()? {
-                    0 => AttrValue::Text(self.string()?),
+                    0 => AttrValue::Text(self.compact()?),
                     1 => AttrValue::Binary {
                         b64: self.bytes()?.to_vec(),
                     },
                     _ => return Err(BAD),
                 });
             }
-            attrs.push((name, values));
+            attrs.insert(name, values);
         }
         let n = self.len()?;
         let mut members = Vec::with_capacity(n);
@@ -533,8 +540,7 @@ impl<'a> Reader<'a> {
         Ok(ObjectRecord {
             kind,
             dn,
-            // Written in key order: collecting sorted pairs builds the tree in one pass.
-            attrs: attrs.into_iter().collect(),
+            attrs,
             members: members.into_iter().collect(),
             first_seen,
             last_changed,
@@ -616,7 +622,7 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use proptest::prelude::*;
 
@@ -639,7 +645,7 @@ mod tests {
             Box::new(ObjectRecord {
                 kind: ObjectKind::User,
                 dn: "CN=Zoë\\, Ann,OU=x".into(),
-                attrs: BTreeMap::from([
+                attrs: Attrs::from([
                     ("cn".into(), vec![AttrValue::Text("Zoë".into())]),
                     (
                         "photo".into(),

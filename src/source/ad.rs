@@ -25,7 +25,7 @@
 //!   "dN is not one of the naming context"), so the delta reads the whole naming context;
 //!   the caller's scope decides what is in scope.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ldap3::controls::RawControl;
@@ -36,7 +36,7 @@ use super::ldap::{ber, result_name, ConnectOptions, LdapClient, RawAttr, RawEntr
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 use crate::log::event::{
-    AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject,
+    AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject, Values,
 };
 
 pub const DIRSYNC_OID: &str = "1.2.840.113556.1.4.841";
@@ -934,7 +934,7 @@ fn member_range(name: &str) -> Option<MemberRange> {
 /// left out, binary attributes as bytes, extended DN values reduced to their DN, and `cn`
 /// derived from `name` when the server left it out (Samba's DirSync does).
 fn to_attrs(raw: &[RawAttr], dn: &str, keep_identity: bool) -> Attrs {
-    let mut out: Attrs = BTreeMap::new();
+    let mut out = Attrs::new();
     for a in raw {
         let name = a.name.to_ascii_lowercase();
         if member_range(&name).is_some() || VOLATILE_ATTRS.contains(&name.as_str()) {
@@ -950,14 +950,14 @@ fn to_attrs(raw: &[RawAttr], dn: &str, keep_identity: bool) -> Attrs {
             .map(|v| match std::str::from_utf8(v) {
                 Ok(s) if !binary => {
                     if s.starts_with("<GUID=") {
-                        AttrValue::Text(ExtendedDn::parse(s).dn)
+                        AttrValue::Text(ExtendedDn::parse(s).dn.into())
                     } else {
-                        AttrValue::Text(s.to_string())
+                        AttrValue::Text(s.into())
                     }
                 }
                 _ => AttrValue::Binary { b64: v.clone() },
             })
-            .collect();
+            .collect::<Values>();
         out.insert(name, values);
     }
     if !out.contains_key("cn") {

@@ -128,13 +128,12 @@ pub fn resolve_group(
 mod tests {
     use super::*;
     use crate::project::At;
-    use std::collections::BTreeMap;
 
     fn rec(kind: ObjectKind, attrs: &[(&str, &str)]) -> ObjectRecord {
         let attrs: Attrs = attrs
             .iter()
-            .map(|(k, v)| (k.to_string(), vec![AttrValue::Text(v.to_string())]))
-            .collect::<BTreeMap<_, _>>();
+            .map(|(k, v)| (*k, vec![AttrValue::Text((*v).into())]))
+            .collect();
         ObjectRecord {
             kind,
             dn: "CN=x,DC=test,DC=lan".into(),

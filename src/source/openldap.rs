@@ -41,7 +41,7 @@
 //!   4096 e-syncRefreshRequired, or a protocol error confirmed by a probe) is
 //!   `SourceCookieRejected` too.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use ldap3::controls::RawControl;
 use ldap3::Scope;
@@ -54,7 +54,7 @@ use super::ldap::{
 use crate::config::{SourceConfig, SourceKind};
 use crate::error::{Error, Result};
 use crate::log::event::{
-    AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject,
+    AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject, Values,
 };
 use crate::sync::import::Change;
 use crate::sync::scope::normalise_dn;
@@ -793,7 +793,7 @@ fn kind_from_classes(entry: &RawEntry) -> ObjectKind {
 /// Server attributes to `Attrs`: lower-case names, secrets and member values left out,
 /// binary attributes (and values that are not UTF-8) as bytes.
 fn to_attrs(raw: &[RawAttr]) -> Attrs {
-    let mut out: Attrs = BTreeMap::new();
+    let mut out = Attrs::new();
     for a in raw {
         let name = a.name.to_ascii_lowercase();
         if DROPPED_ATTRS.contains(&name.as_str()) {
@@ -806,10 +806,10 @@ fn to_attrs(raw: &[RawAttr]) -> Attrs {
             .values
             .iter()
             .map(|v| match std::str::from_utf8(v) {
-                Ok(s) if !binary => AttrValue::Text(s.to_string()),
+                Ok(s) if !binary => AttrValue::Text(s.into()),
                 _ => AttrValue::Binary { b64: v.clone() },
             })
-            .collect();
+            .collect::<Values>();
         out.insert(name, values);
     }
     out

@@ -420,8 +420,8 @@ pub fn diff(
     }
     c.removed = attrs
         .keys()
-        .filter(|k| !now.attrs.contains_key(*k))
-        .cloned()
+        .filter(|k| !now.attrs.contains_key(k))
+        .map(|k| k.to_string())
         .collect();
     c.members_added = now.members.difference(members).cloned().collect();
     c.members_removed = members.difference(&now.members).cloned().collect();
@@ -435,10 +435,10 @@ pub fn diff(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use super::*;
-    use crate::log::event::{AttrValue, ObjectKind};
+    use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
     use crate::project::{Meta, State};
 
     fn user(i: u32, ou: &str, title: &str) -> SourceObject {
@@ -446,7 +446,7 @@ mod tests {
             anchor: format!("a{i}"),
             kind: ObjectKind::User,
             dn: format!("CN=u{i},OU={ou},DC=test,DC=lan"),
-            attrs: BTreeMap::from([("title".into(), vec![AttrValue::Text(title.into())])]),
+            attrs: Attrs::from([("title".into(), vec![AttrValue::Text(title.into())])]),
             members: BTreeSet::new(),
         }
     }
@@ -776,7 +776,7 @@ mod tests {
         apply_all(&mut state, &first);
         // A partial change whose attribute has no values: the attribute was cleared.
         let mut cleared = user(0, "Staff", "t");
-        cleared.attrs.insert("title".into(), vec![]);
+        cleared.attrs.insert("title", Values::new());
         let DeltaPlan::Events(ev) = delta_events(
             &state.objects,
             &[Change::Upsert {

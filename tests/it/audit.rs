@@ -423,21 +423,21 @@ async fn what_if_a_narrower_scope_lists_exactly_the_objects_outside_it() {
 fn random_event(rng: &mut StdRng) -> NewEvent {
     let anchor = format!("a{}", rng.gen_range(0..25));
     let inst = ["old", "new"][rng.gen_range(0..2)];
-    let text = |rng: &mut StdRng| vec![AttrValue::Text(format!("v{}", rng.gen_range(0..4)))];
+    let text = |rng: &mut StdRng| vec![AttrValue::Text(format!("v{}", rng.gen_range(0..4)).into())];
     let ev = match rng.gen_range(0..20) {
         0..=4 => Event::ObjectImported(ObjectImported {
             object: SourceObject {
                 anchor: anchor.clone(),
                 kind: ObjectKind::User,
                 dn: format!("uid={anchor},ou=p,dc=t"),
-                attrs: BTreeMap::from([("uid".into(), text(rng)), ("title".into(), text(rng))]),
+                attrs: Attrs::from([("uid".into(), text(rng)), ("title".into(), text(rng))]),
                 members: BTreeSet::new(),
             },
             returned: false,
         }),
         5..=7 => Event::ObjectChanged(ObjectChanged {
             anchor,
-            set: BTreeMap::from([("title".into(), text(rng))]),
+            set: Attrs::from([("title".into(), text(rng))]),
             ..Default::default()
         }),
         8 | 9 => Event::ObjectDeleted(ObjectDeleted {

@@ -1,7 +1,7 @@
 //! Replay equivalence: the projections rebuilt from seq 0 equal those maintained along the
 //! way, at every point, after thousands of random events of every type.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use dirsync::log::event::*;
 use dirsync::log::store::Batch;
@@ -17,7 +17,7 @@ use crate::common::{Backend, Fresh};
 fn random_event(rng: &mut StdRng) -> NewEvent {
     let anchor = format!("00000000-0000-4000-8000-{:012}", rng.gen_range(0..60));
     let inst = ["old", "new", "spare"][rng.gen_range(0..3)].to_string();
-    let text = |rng: &mut StdRng| vec![AttrValue::Text(format!("v{}", rng.gen_range(0..5)))];
+    let text = |rng: &mut StdRng| vec![AttrValue::Text(format!("v{}", rng.gen_range(0..5)).into())];
     let kind = if rng.gen_bool(0.8) {
         ObjectKind::User
     } else {
@@ -29,7 +29,7 @@ fn random_event(rng: &mut StdRng) -> NewEvent {
                 anchor: anchor.clone(),
                 kind,
                 dn: format!("CN={anchor},OU=O{},DC=test,DC=lan", rng.gen_range(0..3)),
-                attrs: BTreeMap::from([("cn".into(), text(rng)), ("title".into(), text(rng))]),
+                attrs: Attrs::from([("cn".into(), text(rng)), ("title".into(), text(rng))]),
                 members: (0..rng.gen_range(0..3))
                     .map(|i| format!("m{i}"))
                     .collect::<BTreeSet<_>>(),
@@ -41,7 +41,7 @@ fn random_event(rng: &mut StdRng) -> NewEvent {
             dn: rng
                 .gen_bool(0.2)
                 .then(|| "CN=moved,DC=test,DC=lan".to_string()),
-            set: BTreeMap::from([("title".into(), text(rng))]),
+            set: Attrs::from([("title".into(), text(rng))]),
             removed: if rng.gen_bool(0.2) {
                 vec!["cn".into()]
             } else {

@@ -92,7 +92,7 @@ async fn guid_of(samba: &Samba, dn: &str) -> String {
 
 fn text(o: &SourceObject, attr: &str) -> Option<String> {
     match o.attrs.get(attr)?.first()? {
-        AttrValue::Text(t) => Some(t.clone()),
+        AttrValue::Text(t) => Some(t.to_string()),
         AttrValue::Binary { .. } => None,
     }
 }
@@ -340,7 +340,7 @@ async fn dirsync_reports_exactly_the_changes() {
             DeltaItem::Upsert(o) => {
                 assert!(!o.new, "{o:?}");
                 seen.insert(o.anchor.clone());
-                let keys: Vec<&str> = o.attrs.keys().map(String::as_str).collect();
+                let keys: Vec<&str> = o.attrs.keys().map(|k| k.as_str()).collect();
                 if o.anchor == u1 {
                     assert_eq!(keys, ["title"]);
                     assert_eq!(o.attrs["title"], vec![AttrValue::Text("Boss".into())]);

@@ -101,7 +101,7 @@ async fn uuid_of(slapd: &Slapd, dn: &str) -> String {
 
 fn text(o: &SourceObject, attr: &str) -> String {
     match o.attrs.get(attr).and_then(|v| v.first()) {
-        Some(AttrValue::Text(t)) => t.clone(),
+        Some(AttrValue::Text(t)) => t.to_string(),
         other => panic!("{attr} of {}: {other:?}", o.dn),
     }
 }
