@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod output;
+mod par;
 
 /// Run a parsed command line to an exit code. Errors are printed as one line on stderr.
 pub fn run(cli: cli::Cli) -> Exit {

@@ -168,6 +168,15 @@ impl Attrs {
     }
 
     fn find(&self, name: &str) -> Result<usize, usize> {
+        // An object has a handful of attributes: comparing lengths first finds a name
+        // sooner than a binary search of string comparisons.
+        if self.0.len() <= 16 {
+            return self
+                .0
+                .iter()
+                .position(|(k, _)| k.as_str() == name)
+                .ok_or_else(|| self.0.partition_point(|(k, _)| k.as_str() < name));
+        }
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
     }
 
