@@ -17,12 +17,16 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use ldap3::asn1::{StructureTag, TagClass, PL};
 use ldap3::controls::RawControl;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchOptions};
 
 use crate::config::{SourceConfig, Tls};
 use crate::error::{Error, Result};
+
+/// Base searches [`LdapClient::base_matches`] keeps in flight at once.
+pub const CONCURRENT_LOOKUPS: usize = 32;
 
 /// OID of the simple paged results control (RFC 2696).
 pub const PAGED_RESULTS_OID: &str = "1.2.840.113556.1.4.319";
@@ -409,6 +413,46 @@ impl LdapClient {
             }
         }
         Ok(all)
+    }
+
+    /// For each of `dns`, whether the entry there matches `filter`, or the server's refusal
+    /// (noSuchObject for an entry gone since). One base search each, up to
+    /// [`CONCURRENT_LOOKUPS`] at once on this connection: a thousand entries cost a few
+    /// round trips, not a thousand.
+    pub async fn base_matches(
+        &self,
+        dns: &[&str],
+        filter: &str,
+    ) -> Result<Vec<std::result::Result<bool, LdapFailure>>> {
+        let timeout = self.timeout;
+        let searches = dns.iter().map(|dn| {
+            let mut ldap = self.ldap.clone();
+            async move {
+                let res = ldap
+                    .with_timeout(timeout)
+                    .search(dn, Scope::Base, filter, vec!["1.1"])
+                    .await;
+                (*dn, res)
+            }
+        });
+        let results: Vec<_> = futures_util::stream::iter(searches)
+            .buffered(CONCURRENT_LOOKUPS)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .map(|(dn, res)| {
+                let ldap3::SearchResult(entries, res) = res.map_err(|e| self.err(dn, e))?;
+                Ok(if res.rc == 0 {
+                    Ok(entries.iter().any(|e| !e.is_ref()))
+                } else {
+                    Err(LdapFailure {
+                        rc: res.rc,
+                        text: res.text.trim_end_matches('\0').trim().to_string(),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// True when at least one entry under `base` matches `filter` (asks for one entry).

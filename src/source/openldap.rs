@@ -364,20 +364,21 @@ impl OpenLdapSource {
         }
     }
 
-    /// The kind of an entry sent by a refresh: a user when it matches the users filter
+    /// The kind of each entry sent by a refresh: a user when it matches the users filter
     /// (as the full import, which reads users first), else a group.
-    async fn kind_of(&mut self, entry: &RawEntry) -> Result<ObjectKind> {
-        let users = self.cfg.users.clone();
-        let res = self
-            .client
-            .search_raw(&entry.dn, Scope::Base, &users, &["1.1"], vec![])
-            .await?;
-        Ok(match res {
-            Ok(o) if !o.entries.is_empty() => ObjectKind::User,
-            Ok(_) => ObjectKind::Group,
-            // Gone again since the refresh: guess from the object classes.
-            Err(_) => kind_from_classes(entry),
-        })
+    async fn kinds_of(&self, entries: &[&RawEntry]) -> Result<Vec<ObjectKind>> {
+        let dns: Vec<&str> = entries.iter().map(|e| e.dn.as_str()).collect();
+        let matches = self.client.base_matches(&dns, &self.cfg.users).await?;
+        Ok(entries
+            .iter()
+            .zip(matches)
+            .map(|(entry, m)| match m {
+                Ok(true) => ObjectKind::User,
+                Ok(false) => ObjectKind::Group,
+                // Gone again since the refresh: guess from the object classes.
+                Err(_) => kind_from_classes(entry),
+            })
+            .collect())
     }
 
     /// The filter of the refresh: the configured users and groups.
@@ -535,8 +536,9 @@ impl OpenLdapSource {
             .iter()
             .map(|(u, e)| (normalise_dn(&e.dn), Some(u.clone())))
             .collect();
-        for (uuid, entry) in upserts {
-            let kind = self.kind_of(&entry).await?;
+        let entries: Vec<&RawEntry> = upserts.iter().map(|(_, e)| e).collect();
+        let kinds = self.kinds_of(&entries).await?;
+        for ((uuid, entry), kind) in upserts.into_iter().zip(kinds) {
             let mut members = BTreeSet::new();
             if kind == ObjectKind::Group {
                 let dns = member_dns(&entry);
