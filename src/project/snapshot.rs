@@ -336,10 +336,10 @@ impl Writer {
         Ok(())
     }
 
-    fn opt_str(&mut self, s: &Option<String>) {
+    fn opt_str(&mut self, s: &Option<impl AsRef<str>>) {
         self.flag(s.is_some());
         if let Some(s) = s {
-            self.str(s);
+            self.str(s.as_ref());
         }
     }
 
@@ -583,9 +583,9 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn opt_string(&mut self) -> Res<Option<String>> {
+    fn opt_compact(&mut self) -> Res<Option<CompactString>> {
         Ok(if self.flag()? {
-            Some(self.string()?)
+            Some(self.compact()?)
         } else {
             None
         })
@@ -594,17 +594,17 @@ impl<'a> Reader<'a> {
     fn mapped(&mut self) -> Res<Mapped> {
         Ok(match self.byte()? {
             0 => Mapped::User(MappedUser {
-                user_name: self.string()?,
-                display_name: self.opt_string()?,
-                given_name: self.opt_string()?,
-                family_name: self.opt_string()?,
-                email: self.opt_string()?,
-                title: self.opt_string()?,
-                department: self.opt_string()?,
+                user_name: self.compact()?,
+                display_name: self.opt_compact()?,
+                given_name: self.opt_compact()?,
+                family_name: self.opt_compact()?,
+                email: self.opt_compact()?,
+                title: self.opt_compact()?,
+                department: self.opt_compact()?,
                 active: self.flag()?,
             }),
             1 => {
-                let display_name = self.string()?;
+                let display_name = self.compact()?;
                 let n = self.len()?;
                 let mut members = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -686,7 +686,7 @@ mod tests {
                 state: Some(Mapped::User(MappedUser {
                     user_name: "ann".into(),
                     display_name: Some("Ann Zoë".into()),
-                    email: Some(String::new()),
+                    email: Some(Default::default()),
                     department: Some("x".into()),
                     active: true,
                     ..MappedUser::default()
@@ -781,8 +781,8 @@ mod tests {
             let mut st = sample();
             if let Some(l) = st.ledger.entries.get_mut("a") {
                 l.state = Some(Mapped::User(MappedUser {
-                    user_name: s.clone(),
-                    title: t,
+                    user_name: s.as_str().into(),
+                    title: t.map(Into::into),
                     active: v % 2 == 0,
                     ..MappedUser::default()
                 }));

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use compact_str::CompactString;
+
 use crate::config::SourceKind;
 use crate::log::event::{AttrValue, Attrs, ObjectKind};
 use crate::project::ObjectRecord;
@@ -22,7 +24,7 @@ const UAC_DISABLED: u64 = 0x2;
 pub enum Desired {
     User(MappedUser),
     Group {
-        display_name: String,
+        display_name: CompactString,
         /// Member anchors.
         members: BTreeSet<String>,
     },
@@ -41,9 +43,9 @@ impl Desired {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unmappable(pub String);
 
-fn first(attrs: &Attrs, name: &str) -> Option<String> {
+fn first(attrs: &Attrs, name: &str) -> Option<CompactString> {
     attrs.get(name)?.iter().find_map(|v| match v {
-        AttrValue::Text(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        AttrValue::Text(s) if !s.trim().is_empty() => Some(CompactString::new(s.trim())),
         _ => None,
     })
 }
@@ -117,7 +119,7 @@ pub fn resolve_group(
     }
     (
         MappedGroup {
-            display_name: display_name.to_string(),
+            display_name: CompactString::new(display_name),
             members: ids,
         },
         unresolved,

@@ -133,9 +133,9 @@ async fn source_checks(
         }
         match map_object(src.kind, rec) {
             Ok(Desired::User(u)) => {
-                let mut keys = vec![u.user_name.to_lowercase()];
+                let mut keys = vec![u.user_name.as_str().to_lowercase()];
                 if let Some(m) = &u.email {
-                    keys.push(m.to_lowercase());
+                    keys.push(m.as_str().to_lowercase());
                 }
                 keys.sort();
                 keys.dedup();

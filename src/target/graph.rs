@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use compact_str::CompactString;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use reqwest::{Method, Url};
@@ -1198,9 +1199,9 @@ fn display_name(u: &MappedUser) -> &str {
 
 /// The user's writable attributes, Graph names; `None` is JSON null.
 fn user_attrs(u: &MappedUser) -> Vec<(&'static str, Value)> {
-    let s = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+    let s = |v: &Option<CompactString>| v.as_ref().map_or(Value::Null, |v| Value::from(v.as_str()));
     vec![
-        ("userPrincipalName", Value::String(u.user_name.clone())),
+        ("userPrincipalName", Value::from(u.user_name.as_str())),
         ("displayName", Value::String(display_name(u).to_string())),
         ("givenName", s(&u.given_name)),
         ("surname", s(&u.family_name)),
@@ -1266,7 +1267,7 @@ pub fn user_patch(
 /// Members are added afterwards with `$ref`.
 pub fn group_create_body(anchor_attr: &str, anchor: &str, g: &MappedGroup) -> Value {
     let mut o = Map::new();
-    o.insert("displayName".into(), Value::String(g.display_name.clone()));
+    o.insert("displayName".into(), Value::from(g.display_name.as_str()));
     o.insert("mailEnabled".into(), Value::Bool(false));
     o.insert("securityEnabled".into(), Value::Bool(true));
     o.insert(
@@ -1298,7 +1299,7 @@ pub fn group_diff(
     let mut patch = Map::new();
     match from {
         None => {
-            patch.insert("displayName".into(), Value::String(to.display_name.clone()));
+            patch.insert("displayName".into(), Value::from(to.display_name.as_str()));
             patch.insert(anchor_attr.into(), Value::String(anchor.to_string()));
             GroupDiff {
                 patch,
@@ -1308,7 +1309,7 @@ pub fn group_diff(
         }
         Some(f) => {
             if f.display_name != to.display_name {
-                patch.insert("displayName".into(), Value::String(to.display_name.clone()));
+                patch.insert("displayName".into(), Value::from(to.display_name.as_str()));
             }
             GroupDiff {
                 patch,
@@ -1455,6 +1456,10 @@ fn opt_str(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
+fn opt_compact(v: &Value, key: &str) -> Option<CompactString> {
+    v.get(key).and_then(Value::as_str).map(CompactString::new)
+}
+
 /// A user as [`Target::list`] returns it.
 fn remote_user(v: &Value) -> Result<RemoteObject, String> {
     let id = opt_str(v, "id").ok_or("no id")?;
@@ -1469,13 +1474,13 @@ fn remote_user(v: &Value) -> Result<RemoteObject, String> {
         .and_then(Value::as_bool)
         .map(|active| {
             Mapped::User(MappedUser {
-                user_name: upn.clone(),
-                display_name: opt_str(v, "displayName"),
-                given_name: opt_str(v, "givenName"),
-                family_name: opt_str(v, "surname"),
-                email: mail.clone(),
-                title: opt_str(v, "jobTitle"),
-                department: opt_str(v, "department"),
+                user_name: upn.as_str().into(),
+                display_name: opt_compact(v, "displayName"),
+                given_name: opt_compact(v, "givenName"),
+                family_name: opt_compact(v, "surname"),
+                email: mail.as_deref().map(CompactString::new),
+                title: opt_compact(v, "jobTitle"),
+                department: opt_compact(v, "department"),
                 active,
             })
         });
@@ -1514,7 +1519,7 @@ fn remote_group(v: &Value, anchor_attr: &str) -> Result<(RemoteObject, bool), St
             emails: Vec::new(),
             etag: None,
             state: Some(Mapped::Group(MappedGroup {
-                display_name: name,
+                display_name: name.into(),
                 members,
             })),
         },

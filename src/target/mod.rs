@@ -14,37 +14,39 @@ pub mod scim;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TargetConfig, TargetKind};
 use crate::error::Result;
 use crate::log::event::ObjectKind;
 
-/// A user as the target should hold it (INTERFACE.md mapping).
+/// A user as the target should hold it (INTERFACE.md mapping). Its strings are mostly short
+/// and held inline: a ledger of a million users keeps one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappedUser {
     /// SCIM `userName` / Graph `userPrincipalName`.
-    pub user_name: String,
+    pub user_name: CompactString,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
+    pub display_name: Option<CompactString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub given_name: Option<String>,
+    pub given_name: Option<CompactString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub family_name: Option<String>,
+    pub family_name: Option<CompactString>,
     /// The work (primary) e-mail address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
+    pub email: Option<CompactString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
+    pub title: Option<CompactString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub department: Option<String>,
+    pub department: Option<CompactString>,
     pub active: bool,
 }
 
 /// A group as the target should hold it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappedGroup {
-    pub display_name: String,
+    pub display_name: CompactString,
     /// Target ids of the members (users and groups) that are synced.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub members: BTreeSet<String>,

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use futures_util::stream::{self, StreamExt};
 use rand::Rng;
 use reqwest::header::{
@@ -760,7 +761,7 @@ fn member_values<'a>(ids: impl Iterator<Item = &'a String>) -> Value {
 
 /// A user's attributes as (PATCH path, value), None when absent.
 fn user_attributes(u: &MappedUser) -> [(&'static str, Option<Value>); 8] {
-    let s = |v: &Option<String>| v.as_ref().map(|s| json!(s));
+    let s = |v: &Option<CompactString>| v.as_ref().map(|s| json!(s));
     [
         ("userName", Some(json!(u.user_name))),
         ("displayName", s(&u.display_name)),
@@ -943,17 +944,17 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                 .or_else(|| emails.first())
                 .and_then(value);
             let user = MappedUser {
-                user_name: user_name.clone(),
-                display_name: text(v, "/displayName"),
-                given_name: text(v, "/name/givenName"),
-                family_name: text(v, "/name/familyName"),
-                email,
-                title: text(v, "/title"),
+                user_name: user_name.as_str().into(),
+                display_name: text(v, "/displayName").map(Into::into),
+                given_name: text(v, "/name/givenName").map(Into::into),
+                family_name: text(v, "/name/familyName").map(Into::into),
+                email: email.map(Into::into),
+                title: text(v, "/title").map(Into::into),
                 department: v
                     .get(ENTERPRISE_SCHEMA)
                     .and_then(|e| e.get("department"))
                     .and_then(Value::as_str)
-                    .map(str::to_string),
+                    .map(CompactString::new),
                 active: v.get("active").and_then(Value::as_bool).unwrap_or(true),
             };
             Ok(RemoteObject {
@@ -986,7 +987,7 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                 emails: Vec::new(),
                 etag,
                 state: Some(Mapped::Group(MappedGroup {
-                    display_name,
+                    display_name: display_name.into(),
                     members,
                 })),
             })

@@ -47,11 +47,11 @@ fn anchor() -> String {
 
 fn user(name: &str) -> MappedUser {
     MappedUser {
-        user_name: format!("{name}@test.lan"),
-        display_name: Some(format!("User {name}")),
+        user_name: format!("{name}@test.lan").into(),
+        display_name: Some(format!("User {name}").into()),
         given_name: Some("Given".into()),
         family_name: Some(name.into()),
-        email: Some(format!("{name}@mail.test.lan")),
+        email: Some(format!("{name}@mail.test.lan").into()),
         title: None,
         department: Some("Ops".into()),
         active: true,

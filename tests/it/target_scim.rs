@@ -32,11 +32,11 @@ fn anchor() -> String {
 
 fn full_user(name: &str) -> MappedUser {
     MappedUser {
-        user_name: format!("{name}@example.org"),
-        display_name: Some(format!("{name} Example")),
-        given_name: Some(name.to_string()),
+        user_name: format!("{name}@example.org").into(),
+        display_name: Some(format!("{name} Example").into()),
+        given_name: Some(name.to_string().into()),
         family_name: Some("Example".into()),
-        email: Some(format!("{name}.mail@example.org")),
+        email: Some(format!("{name}.mail@example.org").into()),
         title: Some("Engineer".into()),
         department: Some("R&D".into()),
         active: true,
@@ -45,7 +45,7 @@ fn full_user(name: &str) -> MappedUser {
 
 fn minimal_user(name: &str) -> MappedUser {
     MappedUser {
-        user_name: name.to_string(),
+        user_name: name.to_string().into(),
         active: true,
         ..Default::default()
     }
@@ -53,7 +53,7 @@ fn minimal_user(name: &str) -> MappedUser {
 
 fn group(name: &str, members: &[&str]) -> MappedGroup {
     MappedGroup {
-        display_name: name.to_string(),
+        display_name: name.to_string().into(),
         members: members.iter().map(|s| s.to_string()).collect(),
     }
 }
