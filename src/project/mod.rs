@@ -6,6 +6,7 @@
 pub mod replay;
 pub mod snapshot;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -149,10 +150,6 @@ impl SourceObjects {
     pub fn apply_owned(&mut self, m: &Meta<'_>, e: Event) {
         match e {
             Event::ObjectImported(i) => {
-                let first = self
-                    .objects
-                    .get(&i.object.anchor)
-                    .map_or(At::from(m), |r| r.first_seen);
                 let SourceObject {
                     anchor,
                     kind,
@@ -160,18 +157,27 @@ impl SourceObjects {
                     attrs,
                     members,
                 } = i.object;
-                self.objects.insert(
-                    anchor,
+                let record = |first_seen| {
                     Box::new(ObjectRecord {
                         kind,
                         dn,
                         attrs,
                         members,
-                        first_seen: first,
+                        first_seen,
                         last_changed: m.into(),
                         deletion: None,
-                    }),
-                );
+                    })
+                };
+                // One lookup: a returning object keeps when it was first seen.
+                match self.objects.entry(anchor) {
+                    Entry::Occupied(mut o) => {
+                        let first = o.get().first_seen;
+                        *o.get_mut() = record(first);
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(record(m.into()));
+                    }
+                }
             }
             Event::ObjectChanged(c) => {
                 if let Some(r) = self.objects.get_mut(&c.anchor) {
