@@ -9,8 +9,11 @@
 //! Layout: `MAGIC`, then three sections, each a little-endian `u64` byte length and its
 //! bytes: the rest of the state as JSON (the two maps empty), the source objects, the
 //! ledger entries. A map section is a varint count of entries and one of chunks, then the
-//! chunks, each a `u64` byte length and its bytes: a varint count and that many entries
-//! (key, then value). Each codec below
+//! chunks, each a `u64` byte length and its bytes: the `u32` length of the chunk unpacked,
+//! then the chunk packed as an LZ4 block; unpacked, a varint count and that many entries
+//! (key, then value). Packed, a snapshot is a third of the size, which is what a snapshot
+//! read from PostgreSQL waits for; each chunk is unpacked by the thread that decodes it.
+//! Each codec below
 //! destructures its struct, so a field added to a projection fails to compile here until it
 //! is encoded; a change of layout changes `MAGIC`, and a snapshot written by another
 //! version is not read (the state is rebuilt from the log instead).
@@ -24,7 +27,7 @@ use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
-const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x03";
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x04";
 
 /// Entries per chunk of a map section: enough that a chunk is worth a thread's time, few
 /// enough that a 100,000-object directory keeps two cores busy.
@@ -90,6 +93,21 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
     Ok(out)
 }
 
+/// A chunk as [`Writer::map`] packed it, unpacked.
+fn unpack(chunk: &[u8]) -> Res<Vec<u8>> {
+    let (size, packed) = chunk.split_first_chunk::<4>().ok_or(BAD)?;
+    let size = u32::from_le_bytes(*size) as usize;
+    // An LZ4 block unpacks to at most 255 times its size: a larger length is damage, not
+    // an allocation to attempt.
+    if size > packed.len().saturating_mul(255) {
+        return Err(SnapshotError::Malformed("chunk length"));
+    }
+    match lz4_flex::block::decompress(packed, size) {
+        Ok(raw) if raw.len() == size => Ok(raw),
+        _ => Err(SnapshotError::Malformed("chunk does not unpack")),
+    }
+}
+
 /// Decode a body written by [`encode`].
 pub fn decode(body: &[u8]) -> Res<State> {
     let body = body.strip_prefix(MAGIC).ok_or(SnapshotError::Version)?;
@@ -120,10 +138,11 @@ pub fn decode(body: &[u8]) -> Res<State> {
                         let Some(&(is_object, bytes)) = jobs.get(i) else {
                             return Ok(out);
                         };
+                        let raw = unpack(bytes)?;
                         out.push(if is_object {
-                            Part::Objects(Reader(bytes).entries(Reader::object)?)
+                            Part::Objects(Reader(&raw).entries(Reader::object)?)
                         } else {
-                            Part::Ledger(Reader(bytes).entries(Reader::ledger_entry)?)
+                            Part::Ledger(Reader(&raw).entries(Reader::ledger_entry)?)
                         });
                     }
                 })
@@ -238,12 +257,16 @@ impl Writer {
             entry(&mut chunk, v)?;
             in_chunk += 1;
             if in_chunk == CHUNK || entries.peek().is_none() {
-                let mut counted = Writer::default();
-                counted.len(in_chunk);
+                let mut raw = Writer::default();
+                raw.len(in_chunk);
+                raw.0.append(&mut chunk.0);
+                let size = u32::try_from(raw.0.len())
+                    .map_err(|_| SnapshotError::Malformed("a chunk of more than 4 GiB"))?;
+                let packed = lz4_flex::block::compress(&raw.0);
                 self.0
-                    .extend_from_slice(&((counted.0.len() + chunk.0.len()) as u64).to_le_bytes());
-                self.0.extend_from_slice(&counted.0);
-                self.0.append(&mut chunk.0);
+                    .extend_from_slice(&((4 + packed.len()) as u64).to_le_bytes());
+                self.0.extend_from_slice(&size.to_le_bytes());
+                self.0.extend_from_slice(&packed);
                 in_chunk = 0;
             }
         }
