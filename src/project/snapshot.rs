@@ -13,16 +13,16 @@
 //! then the chunk packed as an LZ4 block; unpacked, a varint count and that many entries
 //! (key, then value). Packed, a snapshot is a third of the size, which is what a snapshot
 //! read from PostgreSQL waits for; each chunk is unpacked by the thread that decodes it.
-//! Each codec below
-//! destructures its struct, so a field added to a projection fails to compile here until it
-//! is encoded; a change of layout changes `MAGIC`, and a snapshot written by another
-//! version is not read (the state is rebuilt from the log instead).
+//!
+//! Each codec below destructures its struct, so a field added to a projection fails to
+//! compile here until it is encoded; a change of layout changes `MAGIC`, and a snapshot
+//! written by another version is not read (the state is rebuilt from the log instead).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{At, Deletion, FastMap, LedgerEntry, ObjectRecord, Origin, State};
 use compact_str::CompactString;
 
+use super::{At, Deletion, FastMap, LedgerEntry, ObjectRecord, Origin, State};
 use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 

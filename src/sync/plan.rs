@@ -348,6 +348,36 @@ mod tests {
     }
 
     #[test]
+    fn anchors_sort_as_strings_do() {
+        let names = [
+            "",
+            "a",
+            "a\0",
+            "a\0\0",
+            "abcdefgh",
+            "abcdefgh",
+            "abcdefgh0",
+            "abcdefgi",
+            "abcdefg",
+            "zz",
+            "é",
+            "e\u{301}",
+            "0123456789abcdef",
+            "0123456789abcdee",
+            "\u{ff}",
+        ];
+        let strings: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut items: Vec<(&String, usize)> = strings.iter().rev().map(|s| (s, s.len())).collect();
+        sort_by_anchor(&mut items);
+        let mut want = strings.clone();
+        want.sort();
+        assert_eq!(
+            items.iter().map(|(s, _)| (*s).clone()).collect::<Vec<_>>(),
+            want
+        );
+    }
+
+    #[test]
     fn new_objects_then_nothing_once_exported() {
         let g = Given::new().user("a1", "ann@t").user("a2", "bob@t");
         let p = plan(&g.state, SourceKind::Ad, None);
