@@ -288,14 +288,20 @@ impl SqliteStore {
         after: u64,
         limit: u32,
         page: P,
-        f: F,
+        mut f: F,
     ) -> Result<(P, usize, Option<u64>)>
     where
         P: Send + 'static,
         F: FnMut(&mut P, &EventRef<'_>) -> Result<()> + Send + 'static,
     {
-        self.with_reader(move |conn| read_rows(conn, after, limit, page, f))
-            .await
+        self.with_reader(move |conn| {
+            read_rows(conn, SELECT_EVENTS, after, limit, page, |p, r| {
+                let e = row_ref(r)?;
+                f(p, &e)?;
+                Ok(e.seq)
+            })
+        })
+        .await
     }
 
     /// [`read_each`](Self::read_each) reading only what a fold uses.
@@ -311,13 +317,7 @@ impl SqliteStore {
         F: FnMut(&mut P, &FoldRef<'_>) -> Result<()> + Send + 'static,
     {
         self.with_reader(move |conn| {
-            let mut page = page;
-            let mut stmt = conn.prepare_cached(SELECT_FOLD).map_err(sql)?;
-            let mut rows = stmt
-                .query(params![after as i64, i64::from(limit)])
-                .map_err(sql)?;
-            let (mut n, mut last) = (0, None);
-            while let Some(r) = rows.next().map_err(sql)? {
+            read_rows(conn, SELECT_FOLD, after, limit, page, |p, r| {
                 let e = FoldRef {
                     seq: int(r, 0)? as u64,
                     event_type: text(r, 1)?,
@@ -326,36 +326,32 @@ impl SqliteStore {
                     recorded_at_us: int(r, 4)?,
                     payload: text(r, 5)?,
                 };
-                f(&mut page, &e)?;
-                n += 1;
-                last = Some(e.seq);
-            }
-            Ok((page, n, last))
+                f(p, &e)?;
+                Ok(e.seq)
+            })
         })
         .await
     }
 }
 
-fn read_rows<P, F>(
+/// Run `query` (seq > ?1, LIMIT ?2) and hand each row to `each`, which adds it to `page` and
+/// returns its seq: the page, the number of rows and the last seq.
+fn read_rows<P>(
     conn: &Connection,
+    query: &str,
     after: u64,
     limit: u32,
     mut page: P,
-    mut f: F,
-) -> Result<(P, usize, Option<u64>)>
-where
-    F: FnMut(&mut P, &EventRef<'_>) -> Result<()>,
-{
-    let mut stmt = conn.prepare_cached(SELECT_EVENTS).map_err(sql)?;
+    mut each: impl FnMut(&mut P, &Row<'_>) -> Result<u64>,
+) -> Result<(P, usize, Option<u64>)> {
+    let mut stmt = conn.prepare_cached(query).map_err(sql)?;
     let mut rows = stmt
         .query(params![after as i64, i64::from(limit)])
         .map_err(sql)?;
     let (mut n, mut last) = (0, None);
     while let Some(r) = rows.next().map_err(sql)? {
-        let e = row_ref(r)?;
-        f(&mut page, &e)?;
+        last = Some(each(&mut page, r)?);
         n += 1;
-        last = Some(e.seq);
     }
     Ok((page, n, last))
 }

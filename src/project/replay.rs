@@ -337,7 +337,7 @@ pub async fn fold_with(
                 return Ok(ControlFlow::Break(()));
             }
             let (event_type, instance, payload) = page.strs(e);
-            let event = if event_type == CHANGED {
+            if event_type == CHANGED {
                 // Decoded borrowing its strings, which are copied into the object's own
                 // (`ObjectChanged` concerns no other projection).
                 let c = ObjectChangedRef::decode(e.schema_version, payload)?;
@@ -350,9 +350,8 @@ pub async fn fold_with(
                 );
                 state.seq = e.seq;
                 continue;
-            } else {
-                Event::decode(event_type, e.schema_version, payload)?
-            };
+            }
+            let event = Event::decode(event_type, e.schema_version, payload)?;
             let meta = Meta {
                 seq: e.seq,
                 instance,
