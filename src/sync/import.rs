@@ -17,11 +17,21 @@ use crate::project::SourceObjects;
 /// (they are how a move out of scope is told apart from a deletion).
 pub fn full_import_events(
     current: &SourceObjects,
-    seen: &[SourceObject],
+    seen: Vec<SourceObject>,
     scope: &Scope,
     run_id: &str,
 ) -> Vec<Event> {
-    let mut events = Vec::new();
+    // Known live objects the source no longer returns: deleted (in the log's order).
+    let mut gone: Vec<&String> = {
+        let present: HashSet<&str> = seen.iter().map(|o| o.anchor.as_str()).collect();
+        current
+            .live()
+            .filter(|(a, _)| !present.contains(a.as_str()))
+            .map(|(a, _)| a)
+            .collect()
+    };
+    gone.sort();
+    let mut events = Vec::with_capacity(seen.len() + gone.len() + 1);
     let mut summary = ImportCompleted {
         run_id: run_id.to_string(),
         full: true,
@@ -31,9 +41,7 @@ pub fn full_import_events(
         deleted: 0,
         left_scope: 0,
     };
-    let mut present: HashSet<&str> = HashSet::with_capacity(seen.len());
     for o in seen {
-        present.insert(o.anchor.as_str());
         let known = current.objects.get(&o.anchor);
         if !scope.contains(&o.dn) {
             // Keep the record of a known object current even out of scope, as a delta does:
@@ -41,7 +49,7 @@ pub fn full_import_events(
             // it, and would otherwise bring back stale values.
             if let Some(r) = known {
                 if r.kind == o.kind {
-                    if let Some(c) = diff(&o.anchor, &r.dn, &r.attrs, &r.members, o) {
+                    if let Some(c) = diff(&o.anchor, &r.dn, &r.attrs, &r.members, &o) {
                         events.push(Event::ObjectChanged(c));
                     }
                 }
@@ -60,14 +68,14 @@ pub fn full_import_events(
             None => {
                 summary.added += 1;
                 events.push(Event::ObjectImported(ObjectImported {
-                    object: o.clone(),
+                    object: o,
                     returned: false,
                 }));
             }
             Some(r) if !r.live() => {
                 summary.added += 1;
                 events.push(Event::ObjectImported(ObjectImported {
-                    object: o.clone(),
+                    object: o,
                     returned: true,
                 }));
             }
@@ -75,22 +83,16 @@ pub fn full_import_events(
                 if r.kind != o.kind {
                     summary.changed += 1;
                     events.push(Event::ObjectImported(ObjectImported {
-                        object: o.clone(),
+                        object: o,
                         returned: false,
                     }));
-                } else if let Some(c) = diff(&o.anchor, &r.dn, &r.attrs, &r.members, o) {
+                } else if let Some(c) = diff(&o.anchor, &r.dn, &r.attrs, &r.members, &o) {
                     summary.changed += 1;
                     events.push(Event::ObjectChanged(c));
                 }
             }
         }
     }
-    let mut gone: Vec<&String> = current
-        .live()
-        .filter(|(a, _)| !present.contains(a.as_str()))
-        .map(|(a, _)| a)
-        .collect();
-    gone.sort();
     for anchor in gone {
         summary.deleted += 1;
         events.push(Event::ObjectDeleted(ObjectDeleted {
@@ -470,11 +472,11 @@ mod tests {
         let scope = Scope::new("DC=test,DC=lan", &["OU=Staff,DC=test,DC=lan".into()], &[]);
         let dir: Vec<SourceObject> = (0..1000).map(|i| user(i, "Staff", "t")).collect();
         let mut state = State::default();
-        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        let first = full_import_events(&state.objects, dir.clone(), &scope, "r1");
         assert_eq!(first.len(), 1001);
         apply_all(&mut state, &first);
         for run in 0..3 {
-            let again = full_import_events(&state.objects, &dir, &scope, &format!("r{run}"));
+            let again = full_import_events(&state.objects, dir.clone(), &scope, &format!("r{run}"));
             assert_eq!(again.len(), 1, "{again:?}");
             apply_all(&mut state, &again);
         }
@@ -485,7 +487,7 @@ mod tests {
         let scope = Scope::new("DC=test,DC=lan", &["OU=Staff,DC=test,DC=lan".into()], &[]);
         let mut state = State::default();
         let dir: Vec<SourceObject> = (0..5).map(|i| user(i, "Staff", "t")).collect();
-        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        let first = full_import_events(&state.objects, dir.clone(), &scope, "r1");
         apply_all(&mut state, &first);
         // a1 changes title, a2 moves out of scope, a3 is deleted, a9 is new.
         let now = vec![
@@ -495,7 +497,7 @@ mod tests {
             user(4, "Staff", "t"),
             user(9, "Staff", "t"),
         ];
-        let ev = full_import_events(&state.objects, &now, &scope, "r2");
+        let ev = full_import_events(&state.objects, now.clone(), &scope, "r2");
         let kinds: Vec<String> = ev.iter().map(|e| e.event_type().to_string()).collect();
         assert_eq!(
             kinds,
@@ -541,7 +543,7 @@ mod tests {
             user(4, "Staff", "t"),
             user(9, "Staff", "t"),
         ];
-        let ev = full_import_events(&state.objects, &back, &scope, "r3");
+        let ev = full_import_events(&state.objects, back.clone(), &scope, "r3");
         match &ev[0] {
             Event::ObjectImported(i) => assert!(i.returned && i.object.anchor == "a2"),
             e => panic!("{e:?}"),
@@ -554,7 +556,7 @@ mod tests {
         let scope = Scope::new("DC=test,DC=lan", &["OU=Staff,DC=test,DC=lan".into()], &[]);
         let mut state = State::default();
         let dir: Vec<SourceObject> = (0..3).map(|i| user(i, "Staff", "t")).collect();
-        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        let first = full_import_events(&state.objects, dir.clone(), &scope, "r1");
         apply_all(&mut state, &first);
         let partial = |i: u32, ou: &str, title: Option<&str>| {
             let mut o = user(i, ou, title.unwrap_or("t"));
@@ -643,7 +645,7 @@ mod tests {
         let mut g = user(5, "Groups", "g");
         g.kind = ObjectKind::Group;
         g.members = BTreeSet::from(["a1".to_string()]);
-        let first = full_import_events(&state.objects, &[g], &scope, "r1");
+        let first = full_import_events(&state.objects, vec![g], &scope, "r1");
         apply_all(&mut state, &first);
         // Deleting a member takes it out of its groups even when the server does not say so.
         let del = Change::Deleted {
@@ -685,7 +687,7 @@ mod tests {
         let scope = Scope::new("DC=test,DC=lan", &[], &[]);
         let mut state = State::default();
         let dir: Vec<SourceObject> = (0..4).map(|i| user(i, "Staff", "t")).collect();
-        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        let first = full_import_events(&state.objects, dir.clone(), &scope, "r1");
         apply_all(&mut state, &first);
         // a0 unchanged (present), a1 modified (sent whole), a2 and a3 gone.
         let changes = vec![
@@ -724,7 +726,7 @@ mod tests {
         g2.members = BTreeSet::from(["a2".to_string()]);
         dir.push(g.clone());
         dir.push(g2.clone());
-        let first = full_import_events(&state.objects, &dir, &scope, "r1");
+        let first = full_import_events(&state.objects, dir.clone(), &scope, "r1");
         apply_all(&mut state, &first);
         // a2 is gone (not present); a6 is re-sent whole without it; a5 still lists it (the
         // server has no referential integrity) and is not re-sent.
@@ -764,7 +766,7 @@ mod tests {
             .collect();
         now.sort_by(|a, b| a.anchor.cmp(&b.anchor));
         assert_eq!(
-            full_import_events(&state.objects, &now, &scope, "r2").len(),
+            full_import_events(&state.objects, now.clone(), &scope, "r2").len(),
             1
         );
     }
@@ -772,7 +774,7 @@ mod tests {
     fn a_cleared_attribute_is_removed_and_out_of_scope_records_stay_current() {
         let scope = Scope::new("DC=test,DC=lan", &["OU=Staff,DC=test,DC=lan".into()], &[]);
         let mut state = State::default();
-        let first = full_import_events(&state.objects, &[user(0, "Staff", "t")], &scope, "r1");
+        let first = full_import_events(&state.objects, vec![user(0, "Staff", "t")], &scope, "r1");
         apply_all(&mut state, &first);
         // A partial change whose attribute has no values: the attribute was cleared.
         let mut cleared = user(0, "Staff", "t");
@@ -793,7 +795,7 @@ mod tests {
         // A full import that sees the object out of scope with a new title keeps the record
         // current, so a return reported with partial data carries today's title.
         let out = user(0, "Elsewhere", "moved");
-        let ev = full_import_events(&state.objects, &[out], &scope, "r2");
+        let ev = full_import_events(&state.objects, vec![out], &scope, "r2");
         apply_all(&mut state, &ev);
         let r = &state.objects.objects["a0"];
         assert!(!r.live());

@@ -567,7 +567,7 @@ pub(crate) async fn import_run(
             ) => {
                 report.mode = "full".into();
                 (
-                    full_import_events(&state.objects, &objects, scope, run_id),
+                    full_import_events(&state.objects, objects, scope, run_id),
                     cookie,
                     referrals,
                 )
