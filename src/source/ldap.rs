@@ -22,6 +22,7 @@ use ldap3::asn1::{StructureTag, TagClass, PL};
 use ldap3::controls::RawControl;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchOptions};
 
+use super::wire::Wire;
 use crate::config::{SourceConfig, Tls};
 use crate::error::{Error, Result};
 
@@ -132,6 +133,11 @@ pub struct LdapClient {
     ldap: Ldap,
     timeout: Duration,
     url: String,
+    /// How to open [`Self::bulk`], kept for the first paged search.
+    cfg: SourceConfig,
+    opts: ConnectOptions,
+    /// A second connection for paged searches, read by the lean [`Wire`] reader.
+    bulk: Option<Wire>,
 }
 
 impl std::fmt::Debug for LdapClient {
@@ -145,30 +151,51 @@ impl std::fmt::Debug for LdapClient {
 /// TLS settings that trust the system's roots and the certificates in `ca_file` (PEM).
 /// Verification stays on: this only widens what is trusted.
 pub fn tls_config(ca_file: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    client_tls(Some(ca_file), false)
+}
+
+/// TLS settings for a source connection: the system's roots plus those of `ca_file`, or no
+/// certificate check at all when `skip_verify` (tests against self-signed lab servers).
+pub(crate) fn client_tls(
+    ca_file: Option<&std::path::Path>,
+    skip_verify: bool,
+) -> Result<std::sync::Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let bad = |why: String| Error::Config(format!("source.ca_file {}: {why}", ca_file.display()));
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Source(format!("TLS: {e}")))?;
+    if skip_verify {
+        let any = super::wire::AnyCertificate(provider);
+        return Ok(std::sync::Arc::new(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(any))
+                .with_no_client_auth(),
+        ));
+    }
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         // A system root rustls cannot use is skipped, as ldap3 itself does.
         let _ = roots.add(cert);
     }
-    let mut added = 0;
-    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
-        let cert = cert.map_err(|e| bad(e.to_string()))?;
-        roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        added += 1;
+    if let Some(ca_file) = ca_file {
+        let bad =
+            |why: String| Error::Config(format!("source.ca_file {}: {why}", ca_file.display()));
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad("no PEM certificate in the file".into()));
+        }
     }
-    if added == 0 {
-        return Err(bad("no PEM certificate in the file".into()));
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
+    Ok(std::sync::Arc::new(
+        builder.with_root_certificates(roots).with_no_client_auth(),
+    ))
 }
 
 impl LdapClient {
@@ -230,6 +257,9 @@ impl LdapClient {
             ldap,
             timeout: opts.timeout,
             url,
+            cfg: cfg.clone(),
+            opts: opts.clone(),
+            bulk: None,
         })
     }
 
@@ -361,7 +391,7 @@ impl LdapClient {
     }
 
     /// A subtree search in pages of `page_size` (simple paged results), with `controls`
-    /// added to every page. Referrals are skipped and counted.
+    /// added to every page. Referrals are skipped and counted. See [`Self::paged_each`].
     pub async fn paged_search(
         &mut self,
         base: &str,
@@ -370,49 +400,52 @@ impl LdapClient {
         controls: &[RawControl],
         page_size: i32,
     ) -> Result<SearchOutcome> {
-        let mut all = SearchOutcome::default();
-        let mut cookie: Vec<u8> = Vec::new();
-        let mut pages = 0u64;
-        loop {
-            let mut ctrls = controls.to_vec();
-            ctrls.push(RawControl {
-                ctype: PAGED_RESULTS_OID.to_string(),
-                crit: false,
-                val: Some(ber::paged_request(page_size, &cookie)),
-            });
-            let page = self
-                .search(base, Scope::Subtree, filter, attrs, ctrls)
-                .await?;
-            pages += 1;
-            all.entries.extend(page.entries);
-            all.referrals += page.referrals;
-            let resp = page
-                .controls
-                .iter()
-                .find(|(oid, _)| oid == PAGED_RESULTS_OID);
-            cookie = match resp {
-                // A server that ignores the (non-critical) control returns everything at once.
-                None => Vec::new(),
-                Some((_, None)) => {
-                    return Err(Error::Source(format!(
-                        "{}: paged results response without a value",
-                        self.url
-                    )))
-                }
-                Some((_, Some(v))) => ber::paged_response(v)
-                    .map_err(|e| Error::Source(format!("{}: paged results: {e}", self.url)))?,
-            };
-            if cookie.is_empty() {
-                break;
-            }
-            if pages > 1_000_000 {
-                return Err(Error::Source(format!(
-                    "{}: paged search did not end after {pages} pages",
-                    self.url
-                )));
+        let mut entries = Vec::new();
+        let mut out = self
+            .paged_each(base, filter, attrs, controls, page_size, &mut |e| {
+                entries.push(e);
+                Ok(())
+            })
+            .await?;
+        out.entries = entries;
+        Ok(out)
+    }
+
+    /// [`Self::paged_search`] handing each entry to `each` as it arrives (the outcome's
+    /// `entries` stay empty). It runs on a second connection read by [`Wire`], opened and
+    /// bound on first use.
+    pub async fn paged_each(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+        controls: &[RawControl],
+        page_size: i32,
+        each: &mut (dyn FnMut(RawEntry) -> Result<()> + Send),
+    ) -> Result<SearchOutcome> {
+        let bulk = match &mut self.bulk {
+            Some(b) => b,
+            None => self
+                .bulk
+                .insert(Wire::connect(&self.cfg, &self.opts).await?),
+        };
+        let res = bulk
+            .paged_search(base, filter, attrs, controls, page_size, each)
+            .await;
+        match res {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(f)) => Err(Error::Source(format!(
+                "search {filter} under {base} on {}: {} ({})",
+                self.url,
+                result_name(f.rc),
+                f.text
+            ))),
+            Err(e) => {
+                // The connection's state is unknown after an error: the next search reconnects.
+                self.bulk = None;
+                Err(e)
             }
         }
-        Ok(all)
     }
 
     /// For each of `dns`, whether the entry there matches `filter`, or the server's refusal
@@ -488,6 +521,9 @@ impl LdapClient {
 
     /// Unbind and close. Errors are ignored: the connection is going away anyway.
     pub async fn close(mut self) {
+        if let Some(bulk) = self.bulk.take() {
+            bulk.close().await;
+        }
         let _ = self.ldap.unbind().await;
     }
 

@@ -2,6 +2,8 @@
 //! import) from the source directory.
 //!
 //! * [`ldap`]: connecting, binding and searching, shared by every source kind.
+//! * `wire`: the lean reader behind paged searches (full imports): its own socket, entries
+//!   decoded in place from one buffer.
 //! * [`ad`]: Active Directory (and Samba AD): paged full import with extended DNs and
 //!   ranged member retrieval, DirSync deltas, tombstone lifetime.
 //! * [`openldap`]: OpenLDAP (paged full import, RFC 4533 refreshOnly deltas) and generic
@@ -11,6 +13,7 @@ pub mod ad;
 pub mod ldap;
 pub mod mapping;
 pub mod openldap;
+mod wire;
 
 pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport};
 pub use ldap::{ConnectOptions, LdapClient};

@@ -255,43 +255,60 @@ impl OpenLdapSource {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut raw_members: Vec<(usize, Vec<String>)> = Vec::new();
         let base = self.cfg.base_dn.clone();
+        let flavour = self.flavour;
         for (kind, filter) in [
             (ObjectKind::User, self.cfg.users.clone()),
             (ObjectKind::Group, self.cfg.groups.clone()),
         ] {
-            let res = self
-                .client
-                .paged_search(&base, &filter, &attrs, &[], self.opts.page_size)
-                .await?;
-            out.referrals_skipped += res.referrals;
-            for entry in res.entries {
-                let Some(anchor) = entry_anchor(&entry, self.flavour) else {
-                    out.without_anchor += 1;
+            let started = std::time::Instant::now();
+            // Entries become objects as they arrive, while the server sends the next ones.
+            let (mut without_anchor, objects) = (0u64, &mut out.objects);
+            let mut each = |entry: RawEntry| {
+                let Some(anchor) = entry_anchor(&entry, flavour) else {
+                    without_anchor += 1;
                     tracing::warn!(dn = %entry.dn, "entry without an anchor attribute skipped");
-                    continue;
+                    return Ok(());
                 };
                 if seen.contains_key(&anchor) {
-                    continue;
+                    return Ok(());
                 }
-                let idx = out.objects.len();
+                let idx = objects.len();
                 seen.insert(anchor.clone(), idx);
                 if kind == ObjectKind::Group {
                     raw_members.push((idx, member_dns(&entry)));
                 }
-                out.objects.push(SourceObject {
+                let attrs = to_attrs(&entry.attrs);
+                objects.push(SourceObject {
                     anchor,
                     kind,
-                    dn: entry.dn.clone(),
-                    attrs: to_attrs(&entry.attrs),
+                    dn: entry.dn,
+                    attrs,
                     members: BTreeSet::new(),
                 });
-            }
+                Ok(())
+            };
+            let res = self
+                .client
+                .paged_each(&base, &filter, &attrs, &[], self.opts.page_size, &mut each)
+                .await?;
+            out.without_anchor += without_anchor;
+            out.referrals_skipped += res.referrals;
+            tracing::debug!(
+                ?kind,
+                objects = out.objects.len(),
+                ms = started.elapsed().as_millis(),
+                "paged search"
+            );
         }
-        let mut cache: HashMap<String, Option<String>> = out
-            .objects
-            .iter()
-            .map(|o| (normalise_dn(&o.dn), Some(o.anchor.clone())))
-            .collect();
+        // Member DNs resolve through the imported objects first; no groups, no index.
+        let mut cache: HashMap<String, Option<String>> = if raw_members.is_empty() {
+            HashMap::new()
+        } else {
+            out.objects
+                .iter()
+                .map(|o| (normalise_dn(&o.dn), Some(o.anchor.clone())))
+                .collect()
+        };
         for (idx, dns) in raw_members {
             let (members, dangling) = self.resolve_members(&dns, &mut cache).await?;
             out.dangling_members += dangling;
@@ -386,8 +403,11 @@ impl OpenLdapSource {
         format!("(|{}{})", paren(&self.cfg.users), paren(&self.cfg.groups))
     }
 
-    /// A cookie for "now", from a refresh with an empty cookie that asks for no attributes
-    /// (taken before a full import, so nothing changed during the import is missed).
+    /// A cookie for "now", from a refresh with an empty cookie (taken before a full import,
+    /// so nothing changed during the import is missed). The refresh is of the base entry
+    /// alone and asks for no attributes: the cookie names the database's state (its
+    /// contextCSN), not the entries sent, so a subtree refresh would send every entry for
+    /// nothing.
     pub async fn baseline_cookie(&mut self) -> Result<Vec<u8>> {
         let filter = self.sync_filter();
         let base = self.cfg.base_dn.clone();
@@ -395,7 +415,7 @@ impl OpenLdapSource {
             .client
             .search_items(
                 &base,
-                Scope::Subtree,
+                Scope::Base,
                 &filter,
                 &["1.1"],
                 vec![sync_request(&[])],

@@ -448,6 +448,20 @@ async fn bad_cookie_wrong_password_and_unreachable_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verifies_certificates_unless_told_not_to() {
     let f = fixture().await;
+    let mut ldif = format!("dn: {OU}\nobjectClass: organizationalUnit\n\n");
+    ldif.push_str(&user_ldif("tls", OU, ""));
+    ldif.push_str(&format!(
+        "dn: CN=tlsgroup,{OU}\nobjectClass: group\nmember: CN=tls,{OU}\n\n"
+    ));
+    f.samba.ldapadd(&ldif).await;
+    let plain = source(&f, AdOptions::default())
+        .await
+        .full_import()
+        .await
+        .unwrap()
+        .objects;
+    by_dn(&plain, &format!("CN=tls,{OU}"));
+    by_dn(&plain, &format!("CN=tlsgroup,{OU}"));
     for (url, tls) in [
         (f.samba.ldaps_url(), Tls::Ldaps),
         (f.samba.url(), Tls::Starttls),
@@ -466,6 +480,10 @@ async fn tls_verifies_certificates_unless_told_not_to() {
             .await
             .unwrap_or_else(|e| panic!("{url} {tls:?}: {e}"));
         assert!(src.source_info().await.unwrap().highest_usn.is_some());
+        // The full import's paged searches run on a connection of their own: the same
+        // transport, and the same objects as over plain LDAP.
+        let full = src.full_import().await.unwrap();
+        assert_eq!(full.objects, plain, "{url}");
         src.close().await;
     }
     // A ca_file that cannot be read is a configuration error, not ignored.

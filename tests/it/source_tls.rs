@@ -54,6 +54,12 @@ async fn starttls_verifies_the_server_and_ca_file_adds_a_ca() {
         root.text("namingContexts").as_deref(),
         Some(slapd.base_dn())
     );
+    // A paged search runs on a second connection: it too starts TLS and trusts the CA.
+    let paged = client
+        .paged_search(slapd.base_dn(), "(objectClass=*)", &["1.1"], &[], 1)
+        .await
+        .unwrap();
+    assert!(paged.entries.iter().any(|e| e.dn == slapd.base_dn()));
     client.close().await;
 
     // A CA file that holds no certificate is a configuration error, named.
