@@ -325,3 +325,83 @@ async fn a_wrong_password_writes_nothing() {
     let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
     assert_eq!(store.head().await.unwrap().0, 0, "nothing written");
 }
+
+/// A TCP proxy to `upstream` that cuts the first connection through which the server has sent
+/// more than `after` bytes (once); every other connection is passed through untouched.
+/// Returns its port and whether the cut happened.
+async fn cutting_proxy(
+    upstream: u16,
+    after: usize,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                .await
+                .unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let up = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                let _ = sw.shutdown().await;
+            });
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let (mut sent, mut buf) = (0usize, vec![0u8; 16 << 10]);
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if sent > after && !flag.swap(true, Ordering::SeqCst) {
+                        // Mid-stream: both directions go away at once.
+                        up.abort();
+                        return;
+                    }
+                }
+                let _ = cw.shutdown().await;
+            });
+        }
+    });
+    (port, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_import_is_retried_and_recorded_once() {
+    let lab = Lab::start(true, "openldap").await;
+    let mut ldif = String::new();
+    for i in 100..2100 {
+        ldif.push_str(&user(i, PEOPLE));
+    }
+    lab.slapd.ldapadd(&ldif).await;
+    let (port, cut) = cutting_proxy(lab.slapd.port(), 100_000).await;
+    let config = lab.dir.path().join("dirsync.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(&lab.slapd.url(), &format!("ldap://127.0.0.1:{port}"));
+    std::fs::write(&config, text).unwrap();
+
+    let (run, v) = lab.sync(&[]);
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy cut a connection"
+    );
+    assert!(run.stderr.contains("retrying"), "{run:?}");
+    assert_eq!(v["mode"], "full", "{v}");
+    // Users u1-u4 and u100-u2099, and the two groups: each recorded once.
+    assert_eq!(counts(&v), [2006, 2006, 0, 0, 0], "{v}");
+    let store = lab.store().await;
+    let events = store.read(0, 100_000).await.unwrap();
+    let of = |t: &str| events.iter().filter(|e| e.event_type == t).count();
+    assert_eq!(of("ObjectImported"), 2006);
+    assert_eq!(of("ImportCompleted"), 1);
+    assert_eq!(of("CursorAdvanced"), 1);
+}
