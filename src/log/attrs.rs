@@ -228,7 +228,7 @@ impl Attrs {
     pub fn iter(
         &self,
     ) -> impl DoubleEndedIterator<Item = (&AttrName, &Values)> + ExactSizeIterator {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.into_iter()
     }
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &AttrName> + ExactSizeIterator {

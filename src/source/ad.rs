@@ -936,7 +936,7 @@ fn member_range(name: &str) -> Option<MemberRange> {
 fn to_attrs(raw: &[RawAttr], dn: &str, keep_identity: bool) -> Attrs {
     let mut out = Attrs::new();
     for a in raw {
-        let name = a.name.to_ascii_lowercase();
+        let name = a.lower_name();
         if member_range(&name).is_some() || VOLATILE_ATTRS.contains(&name.as_str()) {
             continue;
         }

@@ -58,6 +58,15 @@ pub struct RawAttr {
     pub values: Vec<Vec<u8>>,
 }
 
+impl RawAttr {
+    /// The name lower-cased, as `Attrs` keys it (inline when short: no allocation).
+    pub fn lower_name(&self) -> crate::log::event::AttrName {
+        let mut name = crate::log::event::AttrName::new(&self.name);
+        name.as_mut_str().make_ascii_lowercase();
+        name
+    }
+}
+
 /// A search result entry, decoded without trusting the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawEntry {

@@ -774,9 +774,8 @@ pub fn anchor_from_value(v: &[u8]) -> Option<String> {
 fn member_dns(entry: &RawEntry) -> Vec<String> {
     let mut out = Vec::new();
     for a in &entry.attrs {
-        let name = a.name.to_ascii_lowercase();
-        let unique = name == "uniquemember";
-        if name != "member" && !unique {
+        let unique = a.name.eq_ignore_ascii_case("uniquemember");
+        if !unique && !a.name.eq_ignore_ascii_case("member") {
             continue;
         }
         for v in &a.values {
@@ -817,7 +816,7 @@ fn kind_from_classes(entry: &RawEntry) -> ObjectKind {
 fn to_attrs(raw: &[RawAttr]) -> Attrs {
     let mut out = Attrs::new();
     for a in raw {
-        let name = a.name.to_ascii_lowercase();
+        let name = a.lower_name();
         if DROPPED_ATTRS.contains(&name.as_str()) {
             continue;
         }

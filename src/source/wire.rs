@@ -187,8 +187,9 @@ impl Wire {
         let mut all = SearchOutcome::default();
         let mut cookie: Vec<u8> = Vec::new();
         let mut pages = 0u64;
+        let fixed: Vec<Vec<u8>> = controls.iter().map(encode_control).collect();
         loop {
-            let mut ctrls: Vec<Vec<u8>> = controls.iter().map(encode_control).collect();
+            let mut ctrls = fixed.clone();
             ctrls.push(encode_control(&RawControl {
                 ctype: super::ldap::PAGED_RESULTS_OID.to_string(),
                 crit: false,
@@ -196,8 +197,8 @@ impl Wire {
             }));
             let id = self.send(&search, &ctrls).await?;
             let (rc, text, controls) = loop {
-                let m = self.next(id).await?;
-                let msg = self.decode(m)?;
+                let m = self.next().await?;
+                let msg = self.decode(m, id)?;
                 let done = match msg.op {
                     op::SEARCH_ENTRY => {
                         let entry = decode_entry(msg.body).map_err(|why| self.bad(&why))?;
@@ -296,8 +297,8 @@ impl Wire {
     /// A request answered by one LDAPResult-shaped response with tag `want`: (rc, text).
     async fn request(&mut self, op: Vec<u8>, want: u8) -> Result<(u32, String)> {
         let id = self.send(&op, &[]).await?;
-        let m = self.next(id).await?;
-        let msg = self.decode(m)?;
+        let m = self.next().await?;
+        let msg = self.decode(m, id)?;
         if msg.op != want {
             let why = format!("expected message {want:#04x}, got {:#04x}", msg.op);
             return Err(self.bad(&why));
@@ -314,10 +315,9 @@ impl Wire {
         ))
     }
 
-    /// The length of the next complete message for request `id` in the buffer, reading
-    /// from the socket until it is there. A notice of disconnection (ID 0) or a response
-    /// to another request is an error.
-    async fn next(&mut self, id: i64) -> Result<usize> {
+    /// The length of the next complete message in the buffer, reading from the socket
+    /// until it is all there.
+    async fn next(&mut self) -> Result<usize> {
         loop {
             let avail = &self.buf[self.pos..];
             let need = frame_len(avail).map_err(|why| self.bad(&why))?;
@@ -326,29 +326,31 @@ impl Wire {
                     return Err(self.bad(&format!("a message of {len} bytes")));
                 }
                 if avail.len() >= len {
-                    let msg = parse_message(&avail[..len]).map_err(|why| self.bad(&why))?;
-                    let got = msg.id;
-                    if got == id {
-                        return Ok(len);
-                    }
-                    if got == 0 {
-                        let text = decode_result(msg.body)
-                            .map(|(rc, text)| format!("{} ({text})", super::ldap::result_name(rc)))
-                            .unwrap_or_default();
-                        return Err(Error::Source(format!(
-                            "{}: the server ended the connection: {text}",
-                            self.url
-                        )));
-                    }
-                    return Err(self.bad(&format!("a response to request {got}, not {id}")));
+                    return Ok(len);
                 }
             }
             self.fill(need.unwrap_or(0)).await?;
         }
     }
 
-    fn decode(&self, len: usize) -> Result<Message<'_>> {
-        parse_message(&self.buf[self.pos..self.pos + len]).map_err(|why| self.bad(&why))
+    /// The message of `len` bytes [`Self::next`] found, which must answer request `id`: a
+    /// notice of disconnection (ID 0) or a response to another request is an error.
+    fn decode(&self, len: usize, id: i64) -> Result<Message<'_>> {
+        let msg =
+            parse_message(&self.buf[self.pos..self.pos + len]).map_err(|why| self.bad(&why))?;
+        match msg.id {
+            got if got == id => Ok(msg),
+            0 => {
+                let text = decode_result(msg.body)
+                    .map(|(rc, text)| format!("{} ({text})", super::ldap::result_name(rc)))
+                    .unwrap_or_default();
+                Err(Error::Source(format!(
+                    "{}: the server ended the connection: {text}",
+                    self.url
+                )))
+            }
+            got => Err(self.bad(&format!("a response to request {got}, not {id}"))),
+        }
     }
 
     fn consume(&mut self, len: usize) {
