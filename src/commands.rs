@@ -442,35 +442,68 @@ pub fn print_state(s: &State, fmt: Format) -> Result<()> {
 }
 
 async fn instance(store: &AnyStore, c: InstanceCommand, fmt: Format) -> Result<Exit> {
-    let state = replay::refresh(store, SNAPSHOT_EVERY).await?;
-    let (name, event) = match c {
+    let name = match &c {
         InstanceCommand::List => {
-            return list_instances(&state, fmt);
+            return list_instances(&*replay::refresh(store, SNAPSHOT_EVERY).await?, fmt);
+        }
+        InstanceCommand::Stop { instance }
+        | InstanceCommand::Start { instance }
+        | InstanceCommand::Retire { instance, .. } => instance.clone(),
+    };
+    let s = stream::instance(&name);
+    let mut tries = 0;
+    let what = loop {
+        tries += 1;
+        // The version before the state: an event that lands in between (the instance's own
+        // service starting a run, say) makes the append conflict, and the command is decided
+        // again on the newer state rather than failing.
+        let version = store.stream_version(&s).await?;
+        let state = replay::refresh(store, SNAPSHOT_EVERY).await?;
+        let event = instance_event(&state, &c)?;
+        let what = event.event_type();
+        let batch = Batch::new(vec![NewEvent::new(s.clone(), name.clone(), event)])
+            .expect(s.clone(), Expected::Exactly(version));
+        match store.append(batch).await {
+            Err(Error::Conflict { .. }) if tries < CONFLICT_RETRIES => continue,
+            r => r?,
+        };
+        break what;
+    };
+    replay::refresh(store, SNAPSHOT_EVERY).await?;
+    match fmt {
+        Format::Json => emit_json(&json!({"instance": name, "recorded": what}))?,
+        Format::Table | Format::Csv => print(&format!("{name}: {what}\n"))?,
+    }
+    Ok(Exit::Ok)
+}
+
+/// Attempts at recording an instance command when other writers keep changing its stream.
+const CONFLICT_RETRIES: u32 = 10;
+
+/// What an instance command records, decided on `state` (pure).
+fn instance_event(state: &State, c: &InstanceCommand) -> Result<Event> {
+    Ok(match c {
+        InstanceCommand::List => {
+            return Err(Error::BadInput("listing instances records nothing".into()));
         }
         InstanceCommand::Stop { instance } => {
-            let rec = state.instances.instances.get(&instance);
+            let rec = state.instances.instances.get(instance);
             if rec.map(|r| r.status) == Some(InstanceStatus::Retired) {
                 return Err(Error::Refused(format!("instance {instance} is retired")));
             }
-            (
-                instance,
-                Event::InstanceStopped(InstanceLifecycle::default()),
-            )
+            Event::InstanceStopped(InstanceLifecycle::default())
         }
         InstanceCommand::Start { instance } => {
-            let rec = state.instances.instances.get(&instance);
+            let rec = state.instances.instances.get(instance);
             if rec.map(|r| r.status) == Some(InstanceStatus::Retired) {
                 return Err(Error::Refused(format!(
                     "instance {instance} is retired; a retired instance never syncs again"
                 )));
             }
-            (
-                instance,
-                Event::InstanceStarted(InstanceLifecycle::default()),
-            )
+            Event::InstanceStarted(InstanceLifecycle::default())
         }
         InstanceCommand::Retire { instance, force } => {
-            let rec = state.instances.instances.get(&instance).ok_or_else(|| {
+            let rec = state.instances.instances.get(instance).ok_or_else(|| {
                 Error::BadInput(format!("the log knows no instance named {instance}"))
             })?;
             if let Some((run, since)) = &rec.running {
@@ -485,30 +518,12 @@ async fn instance(store: &AnyStore, c: InstanceCommand, fmt: Format) -> Result<E
                 .running
                 .as_ref()
                 .map(|(run, _)| format!("forced during run {run}"));
-            (
-                instance,
-                Event::InstanceRetired(InstanceLifecycle {
-                    reason,
-                    forced: force,
-                }),
-            )
+            Event::InstanceRetired(InstanceLifecycle {
+                reason,
+                forced: *force,
+            })
         }
-    };
-    let s = stream::instance(&name);
-    let version = store.stream_version(&s).await?;
-    let what = event.event_type();
-    store
-        .append(
-            Batch::new(vec![NewEvent::new(s.clone(), name.clone(), event)])
-                .expect(s, Expected::Exactly(version)),
-        )
-        .await?;
-    replay::refresh(store, SNAPSHOT_EVERY).await?;
-    match fmt {
-        Format::Json => emit_json(&json!({"instance": name, "recorded": what}))?,
-        Format::Table | Format::Csv => print(&format!("{name}: {what}\n"))?,
-    }
-    Ok(Exit::Ok)
+    })
 }
 
 fn list_instances(state: &State, fmt: Format) -> Result<Exit> {

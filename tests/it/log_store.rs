@@ -409,6 +409,38 @@ async fn a_store_from_a_newer_dirsync_is_refused(b: Backend) {
     assert_eq!(f.store.head().await.unwrap().0, 2, "nothing written");
 }
 
+/// Processes recording commands on one instance at once all succeed: each append expects
+/// the instance stream's version, and one that lost the race is decided again, not refused.
+async fn commands_on_one_instance_at_once_all_land(b: Backend) {
+    let f = Fresh::new(b).await;
+    let cfg = f.config();
+    let script = format!(
+        "for i in 1 2 3 4 5 6 7 8; do {bin} --config {cfg} instance $1 shared >/dev/null || exit 1; done",
+        bin = crate::common::bin(),
+        cfg = cfg.display()
+    );
+    let children: Vec<_> = ["stop", "start", "stop", "start"]
+        .iter()
+        .map(|cmd| {
+            std::process::Command::new("bash")
+                .args(["-c", &script, "loop", cmd])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(replay::verify_chain(&f.store, None).await.unwrap(), 32);
+    assert_eq!(f.store.stream_version("instance/shared").await.unwrap(), 32);
+}
+
 both_backends!(
     append_reads_back_in_order,
     stale_expectation_is_a_conflict_and_writes_nothing,
@@ -416,6 +448,7 @@ both_backends!(
     large_batches_keep_the_chain_expectations_and_keys,
     concurrent_writers_keep_one_chain,
     concurrent_processes_keep_one_chain,
+    commands_on_one_instance_at_once_all_land,
     tampering_is_detected,
     the_store_refuses_to_rewrite_history,
     export_import_round_trip_to_the_other_backend,

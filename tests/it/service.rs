@@ -61,7 +61,8 @@ async fn the_service_obeys_the_log_and_sigterm() {
     .await;
 
     // Stopped: it idles.
-    assert_eq!(lab.cli(&["instance", "stop", "a"]).code, 0);
+    let r = lab.cli(&["instance", "stop", "a"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     tokio::time::sleep(Duration::from_secs(1)).await;
     lab.slapd().ldapmodify(&set_title("u2", "Chief")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -72,7 +73,8 @@ async fn the_service_obeys_the_log_and_sigterm() {
     );
     assert!(child.try_wait().unwrap().is_none(), "still running, idle");
     // Started again: it catches up.
-    assert_eq!(lab.cli(&["instance", "start", "a"]).code, 0);
+    let r = lab.cli(&["instance", "start", "a"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     until(30, "catching up", || async {
         title(&lab, &a2).await == "Chief"
     })
@@ -89,12 +91,14 @@ async fn the_service_obeys_the_log_and_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0));
-    assert_eq!(lab.cli(&["log", "verify"]).code, 0);
+    let r = lab.cli(&["log", "verify"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
 
     // Retired: it exits by itself.
     let mut child = spawn(&lab);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(lab.cli(&["instance", "retire", "a", "--force"]).code, 0);
+    let r = lab.cli(&["instance", "retire", "a", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let end = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
