@@ -99,9 +99,7 @@ async fn open(cfg: &Config) -> Result<AnyStore> {
 }
 
 fn emit_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v).map_err(Error::store)?;
-    s.push('\n');
-    Ok(print(&s)?)
+    Ok(crate::output::print_json(v)?)
 }
 
 async fn init(cfg: &Config, fmt: Format) -> Result<Exit> {
@@ -378,9 +376,7 @@ fn at(a: Option<&crate::project::At>) -> String {
 pub fn print_state(s: &State, fmt: Format) -> Result<()> {
     if fmt == Format::Json {
         // Straight to text: a large state is not built again as a JSON tree first.
-        let mut out = serde_json::to_string_pretty(s).map_err(Error::store)?;
-        out.push('\n');
-        return Ok(print(&out)?);
+        return emit_json(s);
     }
     let mut out = format!("state as of seq {}\n\n", s.seq);
     let mut objs: Vec<_> = s.objects.objects.iter().collect();

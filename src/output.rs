@@ -58,6 +58,20 @@ pub fn print(s: &str) -> io::Result<()> {
     }
 }
 
+/// `v` as indented JSON and a newline on stdout, written as it is serialised (a report
+/// listing a plan of 100,000 operations is not built up as one string first).
+pub fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, v)
+        .map_err(io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
 /// A progress bar on stderr for `len` items; hidden when stderr is not a terminal.
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());

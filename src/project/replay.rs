@@ -495,6 +495,51 @@ pub async fn refresh(store: &AnyStore, threshold: u64) -> Result<Arc<State>> {
 
 /// [`refresh`] with checkpoints on a grid of `every` events (tests use a small one).
 pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Result<Arc<State>> {
+    let (state, saving) = refresh_with(store, threshold, every, false).await?;
+    if let Some(saving) = saving {
+        saving.finish().await?;
+    }
+    Ok(state)
+}
+
+/// [`refresh`], storing the snapshot (when one is due) on another thread while the caller
+/// goes on with the state: the caller ends it with [`Saving::finish`] before it gives up the
+/// state or exits. (The sync engine plans beside it.)
+pub async fn refresh_saving_beside(
+    store: &AnyStore,
+    threshold: u64,
+) -> Result<(Arc<State>, Option<Saving>)> {
+    refresh_with(store, threshold, CHECKPOINT_EVERY, true).await
+}
+
+/// A snapshot due after a refresh: being stored on another thread
+/// ([`refresh_saving_beside`]), or still to store.
+#[must_use = "a snapshot being stored must be waited for"]
+pub struct Saving(Job);
+
+enum Job {
+    Beside(tokio::task::JoinHandle<Result<()>>),
+    Due(AnyStore, Arc<State>),
+}
+
+impl Saving {
+    /// Wait until the snapshot is stored (or store it now, when it was not sent off).
+    pub async fn finish(self) -> Result<()> {
+        match self.0 {
+            Job::Beside(handle) => handle
+                .await
+                .map_err(|e| Error::Store(format!("storing the snapshot: {e}")))?,
+            Job::Due(store, state) => save(&store, &state).await,
+        }
+    }
+}
+
+async fn refresh_with(
+    store: &AnyStore,
+    threshold: u64,
+    every: u64,
+    beside: bool,
+) -> Result<(Arc<State>, Option<Saving>)> {
     let (base, had, from) = match cached(store).await? {
         Some((state, snap_seq)) => (state, true, snap_seq),
         None => {
@@ -512,12 +557,18 @@ pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Resu
     };
     let tail = state.seq - from;
     let mut snap_seq = from;
+    let mut saving = None;
     if tail > 0 && (!had || tail > threshold || threshold == 0) {
-        save(store, &state).await?;
+        let (store, shared) = (store.clone(), Arc::clone(&state));
+        saving = Some(Saving(if beside {
+            Job::Beside(tokio::spawn(async move { save(&store, &shared).await }))
+        } else {
+            Job::Due(store, shared)
+        }));
         snap_seq = state.seq;
     }
     remember(store, &state, snap_seq).await?;
-    Ok(state)
+    Ok((state, saving))
 }
 
 /// `state` (returned by [`refresh`]) brought up to the head: it is given up first, so that

@@ -252,7 +252,7 @@ impl OpenLdapSource {
     pub async fn full_import(&mut self) -> Result<LdapFullImport> {
         let attrs = self.entry_attrs();
         let mut out = LdapFullImport::default();
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut seen: foldhash::HashMap<String, usize> = Default::default();
         let mut raw_members: Vec<(usize, Vec<String>)> = Vec::new();
         let base = self.cfg.base_dn.clone();
         let flavour = self.flavour;

@@ -328,7 +328,8 @@ pub async fn sync(
         )
         .await?;
         phase("imported");
-        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+        // The snapshot of the imported state is stored while the plan is made.
+        let (state, saving) = replay::refresh_saving_beside(store, REFRESH_THRESHOLD).await?;
         let state = if opts.dry_run {
             Arc::new(with_planned(&state, &imported, &opts.instance))
         } else {
@@ -336,7 +337,7 @@ pub async fn sync(
         };
         phase("projections brought up to date");
         report.import = imported;
-        let r = run.cycle(state, &mut report).await;
+        let r = run.cycle(state, &mut report, saving).await;
         phase("planned and exported");
         r
     }
@@ -429,7 +430,7 @@ pub async fn export_log(
         progress,
         stop: None,
     };
-    let result = run.cycle(state, &mut report).await;
+    let result = run.cycle(state, &mut report, None).await;
     run_ended(store, &report, &result).await?;
     result.map(|()| report)
 }
@@ -552,8 +553,18 @@ struct Cycle<'a> {
 }
 
 impl Cycle<'_> {
-    async fn cycle(&self, state: Arc<State>, report: &mut SyncReport) -> Result<()> {
+    /// Plan, guard, then print the plan or export it. `saving` (the snapshot of `state`
+    /// being stored) is waited for once the plan is made, before anything is exported.
+    async fn cycle(
+        &self,
+        state: Arc<State>,
+        report: &mut SyncReport,
+        saving: Option<replay::Saving>,
+    ) -> Result<()> {
         let whole = plan(&state, self.source_kind, None);
+        if let Some(saving) = saving {
+            saving.finish().await?;
+        }
         for (anchor, why) in &whole.unmappable {
             report.unmappable += 1;
             report.problem(anchor, "unmappable", why.clone());

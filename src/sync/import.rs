@@ -23,7 +23,7 @@ pub fn full_import_events(
 ) -> Vec<Event> {
     // Known live objects the source no longer returns: deleted (in the log's order).
     let mut gone: Vec<&String> = {
-        let present: HashSet<&str> = seen.iter().map(|o| o.anchor.as_str()).collect();
+        let present: foldhash::HashSet<&str> = seen.iter().map(|o| o.anchor.as_str()).collect();
         current
             .live()
             .filter(|(a, _)| !present.contains(a.as_str()))

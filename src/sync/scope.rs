@@ -8,7 +8,7 @@ pub fn normalise_dn(dn: &str) -> String {
     let mut pending_space = false;
     for c in dn.chars() {
         if escaped {
-            out.extend(c.to_lowercase());
+            push_lower(&mut out, c);
             escaped = false;
             continue;
         }
@@ -28,15 +28,26 @@ pub fn normalise_dn(dn: &str) -> String {
                 // Spaces after a separator are not part of the value.
             }
             _ => {
-                if pending_space && !matches!(out.chars().last(), Some(',' | '=' | '+') | None) {
+                if pending_space
+                    && !matches!(out.as_bytes().last(), Some(b',' | b'=' | b'+') | None)
+                {
                     out.push(' ');
                 }
                 pending_space = false;
-                out.extend(c.to_lowercase());
+                push_lower(&mut out, c);
             }
         }
     }
     out
+}
+
+/// `c` in lower case (ASCII without a look-up in the Unicode tables).
+fn push_lower(out: &mut String, c: char) {
+    if c.is_ascii() {
+        out.push(c.to_ascii_lowercase());
+    } else {
+        out.extend(c.to_lowercase());
+    }
 }
 
 /// True when `dn` is `base` or lies under it (both normalised).
@@ -91,5 +102,15 @@ mod tests {
         // An escaped comma is part of a value, not a separator.
         assert!(s.contains("CN=Smith\\, Ann,OU=Staff,DC=test,DC=lan"));
         assert!(!Scope::new("DC=test,DC=lan", &[], &[]).contains("CN=x,DC=xtest,DC=lan"));
+    }
+
+    #[test]
+    fn normalised_dns_are_lower_case_without_separator_spaces() {
+        assert_eq!(
+            normalise_dn("CN=Ann  Lee , OU=Staff,DC=Test"),
+            "cn=ann lee,ou=staff,dc=test"
+        );
+        assert_eq!(normalise_dn("CN=ÄRGER,OU=Größe"), "cn=ärger,ou=größe");
+        assert_eq!(normalise_dn("CN=İ"), "cn=i\u{307}");
     }
 }
