@@ -230,19 +230,19 @@ async fn concurrent_writers_keep_one_chain(b: Backend) {
     }
 }
 
-async fn concurrent_processes_keep_one_chain(b: Backend) {
-    let f = Fresh::new(b).await;
-    let cfg = f.config();
-    // Four shell loops, each running the binary 8 times, all at once.
+/// Run the binary 8 times in each of several shell loops at once, all against `f`'s store:
+/// loop `i` runs `dirsync --config CFG instance {command}` with `$1` set to `args[i]`.
+fn loops_at_once(f: &Fresh, command: &str, args: &[&str]) {
     let script = format!(
-        "for i in 1 2 3 4 5 6 7 8; do {bin} --config {cfg} instance stop \"p$1-$i\" >/dev/null || exit 1; done",
+        "for i in 1 2 3 4 5 6 7 8; do {bin} --config {cfg} instance {command} >/dev/null || exit 1; done",
         bin = crate::common::bin(),
-        cfg = cfg.display()
+        cfg = f.config().display()
     );
-    let children: Vec<_> = (0..4)
-        .map(|p| {
+    let children: Vec<_> = args
+        .iter()
+        .map(|arg| {
             std::process::Command::new("bash")
-                .args(["-c", &script, "loop", &p.to_string()])
+                .args(["-c", &script, "loop", arg])
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -256,6 +256,12 @@ async fn concurrent_processes_keep_one_chain(b: Backend) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+async fn concurrent_processes_keep_one_chain(b: Backend) {
+    let f = Fresh::new(b).await;
+    // Four loops, each stopping 8 instances of its own.
+    loops_at_once(&f, "stop \"p$1-$i\"", &["0", "1", "2", "3"]);
     assert_eq!(replay::verify_chain(&f.store, None).await.unwrap(), 32);
     let run = f.cli(&["instance", "list", "--format", "json"]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -413,30 +419,7 @@ async fn a_store_from_a_newer_dirsync_is_refused(b: Backend) {
 /// the instance stream's version, and one that lost the race is decided again, not refused.
 async fn commands_on_one_instance_at_once_all_land(b: Backend) {
     let f = Fresh::new(b).await;
-    let cfg = f.config();
-    let script = format!(
-        "for i in 1 2 3 4 5 6 7 8; do {bin} --config {cfg} instance $1 shared >/dev/null || exit 1; done",
-        bin = crate::common::bin(),
-        cfg = cfg.display()
-    );
-    let children: Vec<_> = ["stop", "start", "stop", "start"]
-        .iter()
-        .map(|cmd| {
-            std::process::Command::new("bash")
-                .args(["-c", &script, "loop", cmd])
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    loops_at_once(&f, "$1 shared", &["stop", "start", "stop", "start"]);
     assert_eq!(replay::verify_chain(&f.store, None).await.unwrap(), 32);
     assert_eq!(f.store.stream_version("instance/shared").await.unwrap(), 32);
 }
