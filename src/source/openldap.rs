@@ -252,7 +252,7 @@ impl OpenLdapSource {
     pub async fn full_import(&mut self) -> Result<LdapFullImport> {
         let attrs = self.entry_attrs();
         let mut out = LdapFullImport::default();
-        let mut seen: foldhash::HashMap<String, usize> = Default::default();
+        let mut seen: foldhash::HashSet<String> = Default::default();
         let mut raw_members: Vec<(usize, Vec<String>)> = Vec::new();
         let base = self.cfg.base_dn.clone();
         let flavour = self.flavour;
@@ -269,11 +269,10 @@ impl OpenLdapSource {
                     tracing::warn!(dn = %entry.dn, "entry without an anchor attribute skipped");
                     return Ok(());
                 };
-                if seen.contains_key(&anchor) {
+                if !seen.insert(anchor.clone()) {
                     return Ok(());
                 }
                 let idx = objects.len();
-                seen.insert(anchor.clone(), idx);
                 if kind == ObjectKind::Group {
                     raw_members.push((idx, member_dns(&entry)));
                 }

@@ -187,15 +187,16 @@ impl Wire {
         let mut all = SearchOutcome::default();
         let mut cookie: Vec<u8> = Vec::new();
         let mut pages = 0u64;
-        let fixed: Vec<Vec<u8>> = controls.iter().map(encode_control).collect();
+        // The caller's controls, then this page's paged-results control (replaced per page).
+        let mut ctrls: Vec<Vec<u8>> = controls.iter().map(encode_control).collect();
         loop {
-            let mut ctrls = fixed.clone();
             ctrls.push(encode_control(&RawControl {
                 ctype: super::ldap::PAGED_RESULTS_OID.to_string(),
                 crit: false,
                 val: Some(ber::paged_request(page_size, &cookie)),
             }));
             let id = self.send(&search, &ctrls).await?;
+            ctrls.pop();
             let (rc, text, controls) = loop {
                 let m = self.next().await?;
                 let msg = self.decode(m, id)?;
@@ -250,8 +251,7 @@ impl Wire {
 
     /// Unbind and close. Errors are ignored: the connection is going away anyway.
     pub(crate) async fn close(mut self) {
-        let unbind = [ber::tlv(op::UNBIND_REQUEST, &[])];
-        let _ = self.send(&unbind.concat(), &[]).await;
+        let _ = self.send(&ber::tlv(op::UNBIND_REQUEST, &[]), &[]).await;
         let _ = match &mut self.io {
             Io::Plain(s) => s.shutdown().await,
             Io::Tls(s) => s.shutdown().await,
@@ -443,10 +443,9 @@ fn decode_controls(mut b: &[u8]) -> std::result::Result<Vec<RawResponseControl>,
     while !b.is_empty() {
         let (c, rest) = ber::expect(b, SEQUENCE)?;
         b = rest;
-        let (oid, c) = ber::expect(c, OCTET_STRING)?;
+        let (oid, c) = text(c, "a control OID")?;
         let (_critical, c) = ber::optional(c, BOOLEAN)?;
         let (value, _) = ber::optional(c, OCTET_STRING)?;
-        let oid = std::str::from_utf8(oid).map_err(|_| "a control OID is not UTF-8")?;
         out.push((oid.to_string(), value.map(<[u8]>::to_vec)));
     }
     Ok(out)
@@ -455,35 +454,42 @@ fn decode_controls(mut b: &[u8]) -> std::result::Result<Vec<RawResponseControl>,
 /// `SearchResultEntry ::= [APPLICATION 4] SEQUENCE { objectName, attributes
 /// PartialAttributeList }` with `PartialAttribute ::= SEQUENCE { type, vals SET OF value }`.
 fn decode_entry(b: &[u8]) -> std::result::Result<RawEntry, String> {
-    let (dn, rest) = ber::expect(b, OCTET_STRING)?;
-    let dn = std::str::from_utf8(dn)
-        .map_err(|_| "DN is not UTF-8")?
-        .to_string();
-    let mut list = match ber::optional(rest, SEQUENCE)? {
-        (Some(l), _) => l,
-        (None, _) => &[],
-    };
+    let (dn, rest) = text(b, "DN")?;
+    let mut list = contents_or_empty(rest, SEQUENCE)?;
     let mut attrs = Vec::new();
     while !list.is_empty() {
         let (a, rest) = ber::expect(list, SEQUENCE)?;
         list = rest;
-        let (name, a) = ber::expect(a, OCTET_STRING)?;
-        let name = std::str::from_utf8(name)
-            .map_err(|_| "an attribute name is not UTF-8")?
-            .to_string();
-        let mut vals = match ber::optional(a, SET)? {
-            (Some(v), _) => v,
-            (None, _) => &[],
-        };
+        let (name, a) = text(a, "an attribute name")?;
+        let mut vals = contents_or_empty(a, SET)?;
         let mut values = Vec::new();
         while !vals.is_empty() {
             let (v, rest) = ber::expect(vals, OCTET_STRING)?;
             vals = rest;
             values.push(v.to_vec());
         }
-        attrs.push(RawAttr { name, values });
+        attrs.push(RawAttr {
+            name: name.to_string(),
+            values,
+        });
     }
-    Ok(RawEntry { dn, attrs })
+    Ok(RawEntry {
+        dn: dn.to_string(),
+        attrs,
+    })
+}
+
+/// The OCTET STRING at the start of `b` as UTF-8 text (`what` names it in the error), and
+/// what follows it.
+fn text<'a>(b: &'a [u8], what: &str) -> std::result::Result<(&'a str, &'a [u8]), String> {
+    let (t, rest) = ber::expect(b, OCTET_STRING)?;
+    let t = std::str::from_utf8(t).map_err(|_| format!("{what} is not UTF-8"))?;
+    Ok((t, rest))
+}
+
+/// The contents of an optional `tag` at the start of `b`: empty when it is absent.
+fn contents_or_empty(b: &[u8], tag: u8) -> std::result::Result<&[u8], String> {
+    Ok(ber::optional(b, tag)?.0.unwrap_or(&[]))
 }
 
 /// `Control ::= SEQUENCE { controlType, criticality BOOLEAN DEFAULT FALSE, controlValue }`.
