@@ -17,7 +17,7 @@ use crate::log::event::{
 };
 use crate::target::Mapped;
 
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Where an event sits in the log: what `apply` may use besides the event itself.
 #[derive(Clone, Copy, Debug)]

@@ -5,7 +5,9 @@
 //! what the consumer needs while it is still in the backend's buffers: for a chain check
 //! they also recompute its hash (two pages are read at once, as hashing is most of that
 //! work); for a fold they copy the few fields it uses (the only columns SQLite reads) into
-//! a reused buffer, and the consumer decodes and applies.
+//! a reused buffer, and the consumer decodes and applies. A long fold splits the events
+//! of source objects by anchor as it reads them, and a second thread folds one half of
+//! the objects (see [`fold_split`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
@@ -15,7 +17,7 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use tokio::task::JoinHandle;
 
-use super::{At, Meta, State};
+use super::{At, FastMap, Meta, ObjectRecord, SourceObjects, State};
 use crate::error::{Error, Result};
 use crate::log::event::ObjectChangedRef;
 use crate::log::hash::{EventRef, FoldRef, Link};
@@ -262,6 +264,23 @@ struct RawEvent {
     start: usize,
 }
 
+impl RawEvent {
+    fn at(&self) -> At {
+        At {
+            seq: self.seq,
+            at_us: self.recorded_at_us,
+        }
+    }
+
+    fn meta<'a>(&self, instance: &'a str) -> Meta<'a> {
+        Meta {
+            seq: self.seq,
+            instance,
+            recorded_at_us: self.recorded_at_us,
+        }
+    }
+}
+
 impl RawPage {
     fn new() -> RawPage {
         RawPage {
@@ -302,6 +321,8 @@ impl RawPage {
 
 /// The event type [`fold_with`] decodes borrowing.
 const CHANGED: &str = "ObjectChanged";
+const IMPORTED: &str = "ObjectImported";
+const DELETED: &str = "ObjectDeleted";
 
 /// Apply the events after `state.seq` up to `until`.
 pub async fn fold(store: &AnyStore, state: State, until: Until) -> Result<State> {
@@ -311,58 +332,235 @@ pub async fn fold(store: &AnyStore, state: State, until: Until) -> Result<State>
 /// [`fold`], reporting progress.
 pub async fn fold_with(
     store: &AnyStore,
+    state: State,
+    until: Until,
+    progress: Option<&ProgressBar>,
+) -> Result<State> {
+    fold_split_from(store, state, until, progress, SPLIT_FROM).await
+}
+
+/// [`fold_with`], on two threads when at least `split_from` events are to be folded (see
+/// [`fold_split`]). Tests choose `split_from`; everything else folds through `fold_with`.
+#[doc(hidden)]
+pub async fn fold_split_from(
+    store: &AnyStore,
+    state: State,
+    until: Until,
+    progress: Option<&ProgressBar>,
+    split_from: u64,
+) -> Result<State> {
+    let last = match until {
+        Until::Seq(n) if n <= state.seq => return Ok(state),
+        Until::Seq(n) => n,
+        Until::Head => u64::MAX,
+        // Times need not rise with seqs: where to stop is found by one thread in order.
+        Until::Time(_) => return fold_whole(store, state, until, progress).await,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || store.head().await?.0.min(last) < state.seq.saturating_add(split_from) {
+        return fold_whole(store, state, until, progress).await;
+    }
+    fold_split(store, state, last, progress).await
+}
+
+/// Read depth for a fold: SQLite reads a page faster than it is folded; PostgreSQL's
+/// client decodes every row once more, so two readers keep the fold busy.
+fn fold_depth(store: &AnyStore) -> usize {
+    match store {
+        AnyStore::Sqlite(_) => 1,
+        AnyStore::Postgres(_) => 2,
+    }
+}
+
+/// Fold every event of `page` up to `until` into `state`.
+fn fold_page(state: &mut State, page: &RawPage, until: Until) -> Result<ControlFlow<()>> {
+    for e in &page.events {
+        if !until.includes(e.seq, e.recorded_at_us) {
+            return Ok(ControlFlow::Break(()));
+        }
+        let (event_type, instance, payload) = page.strs(e);
+        if event_type == CHANGED {
+            // Decoded borrowing its strings, which are copied into the object's own
+            // (`ObjectChanged` concerns no other projection).
+            let c = ObjectChangedRef::decode(e.schema_version, payload)?;
+            state.objects.apply_changed(e.at(), c);
+        } else {
+            let event = Event::decode(event_type, e.schema_version, payload)?;
+            state.apply_owned(&e.meta(instance), event);
+        }
+        state.seq = e.seq;
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// The fold on one thread.
+async fn fold_whole(
+    store: &AnyStore,
     mut state: State,
     until: Until,
     progress: Option<&ProgressBar>,
 ) -> Result<State> {
-    if let Until::Seq(n) = until {
-        if n <= state.seq {
-            return Ok(state);
-        }
-    }
     let pages = Pages {
-        // SQLite reads a page faster than it is folded; PostgreSQL's client decodes every
-        // row once more, so two readers keep the fold busy.
-        depth: match store {
-            AnyStore::Sqlite(_) => 1,
-            AnyStore::Postgres(_) => 2,
-        },
+        depth: fold_depth(store),
         new_page: RawPage::new,
         clear: RawPage::clear,
         add: FoldEach(|p: &mut RawPage, e: &FoldRef<'_>| p.push(e)),
     };
     pipeline(store, state.seq, progress, pages, |page| {
-        for e in &page.events {
-            if !until.includes(e.seq, e.recorded_at_us) {
-                return Ok(ControlFlow::Break(()));
-            }
-            let (event_type, instance, payload) = page.strs(e);
-            if event_type == CHANGED {
-                // Decoded borrowing its strings, which are copied into the object's own
-                // (`ObjectChanged` concerns no other projection).
-                let c = ObjectChangedRef::decode(e.schema_version, payload)?;
-                state.objects.apply_changed(
-                    At {
-                        seq: e.seq,
-                        at_us: e.recorded_at_us,
-                    },
-                    c,
-                );
-                state.seq = e.seq;
-                continue;
-            }
-            let event = Event::decode(event_type, e.schema_version, payload)?;
-            let meta = Meta {
-                seq: e.seq,
-                instance,
-                recorded_at_us: e.recorded_at_us,
-            };
-            state.apply_owned(&meta, event);
-        }
-        Ok(ControlFlow::Continue(()))
+        fold_page(&mut state, page, until)
     })
     .await?;
     Ok(state)
+}
+
+/// Folds at least this long go on two threads (see [`fold_split`]).
+const SPLIT_FROM: u64 = 2 * PAGE as u64;
+
+/// A fold page split by source object: the events of the objects whose anchors fall in
+/// the second half (see [`second_half`]) go to a thread of their own.
+struct SplitPage {
+    first: RawPage,
+    second: RawPage,
+}
+
+impl SplitPage {
+    fn new() -> SplitPage {
+        SplitPage {
+            first: RawPage::new(),
+            second: RawPage::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.first.clear();
+        self.second.clear();
+    }
+
+    fn push(&mut self, e: &FoldRef<'_>) -> Result<()> {
+        if second_half(e)? {
+            self.second.push(e)
+        } else {
+            self.first.push(e)
+        }
+    }
+}
+
+/// Whether `e` is an event of one source object (imported, changed, deleted) whose anchor
+/// falls in the second half. Payloads as dirsync writes them begin with the anchor; any
+/// other spelling is decoded to find it.
+fn second_half(e: &FoldRef<'_>) -> Result<bool> {
+    let prefix = match e.event_type {
+        IMPORTED => r#"{"object":{"anchor":""#,
+        CHANGED | DELETED => r#"{"anchor":""#,
+        _ => return Ok(false),
+    };
+    let plain = e.payload.strip_prefix(prefix).and_then(|rest| {
+        let end = rest.find(['"', '\\'])?;
+        rest[end..].starts_with('"').then(|| &rest[..end])
+    });
+    if let Some(anchor) = plain {
+        return Ok(in_second_half(anchor));
+    }
+    Ok(
+        match Event::decode(e.event_type, e.schema_version, e.payload)? {
+            Event::ObjectImported(i) => in_second_half(&i.object.anchor),
+            Event::ObjectChanged(c) => in_second_half(&c.anchor),
+            Event::ObjectDeleted(d) => in_second_half(&d.anchor),
+            _ => false,
+        },
+    )
+}
+
+/// Whether the object with `anchor` is folded by the second thread: by a fixed hash, so
+/// that the page's reader and the fold agree.
+fn in_second_half(anchor: &str) -> bool {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one(anchor) & 1 == 1
+}
+
+/// The fold on two threads. Events of one source object concern that object alone, so the
+/// objects split by anchor fold apart: this thread folds every other event and the first
+/// half's objects into `state`; a second thread folds the second half's into a map of its
+/// own (what `state` holds of them moves there first), which joins `state` at the end.
+/// The page's reader does the split, so this thread reads no payload twice.
+async fn fold_split(
+    store: &AnyStore,
+    mut state: State,
+    last: u64,
+    progress: Option<&ProgressBar>,
+) -> Result<State> {
+    let until = Until::Seq(last);
+    let theirs: FastMap<String, Box<ObjectRecord>> = state
+        .objects
+        .objects
+        .extract_if(|anchor, _| in_second_half(anchor))
+        .collect();
+    let (to_half, pages) = std::sync::mpsc::sync_channel::<RawPage>(2);
+    let (recycle, back) = std::sync::mpsc::channel::<RawPage>();
+    let half = std::thread::spawn(move || fold_second_half(pages, recycle, theirs, until));
+    let pages = Pages {
+        depth: fold_depth(store),
+        new_page: SplitPage::new,
+        clear: SplitPage::clear,
+        add: FoldEach(|p: &mut SplitPage, e: &FoldRef<'_>| p.push(e)),
+    };
+    let folded = pipeline(store, state.seq, progress, pages, |page| {
+        let second = std::mem::replace(
+            &mut page.second,
+            back.try_recv().unwrap_or_else(|_| RawPage::new()),
+        );
+        // The second thread stops early only when it failed; joining it tells why.
+        if to_half.send(second).is_err() {
+            return Ok(ControlFlow::Break(()));
+        }
+        fold_page(&mut state, &page.first, until)
+    })
+    .await;
+    drop(to_half);
+    let (objects, seq) = half
+        .join()
+        .map_err(|_| Error::Store("the second fold thread panicked".into()))??;
+    folded?;
+    state.objects.objects.extend(objects.objects);
+    state.seq = state.seq.max(seq);
+    Ok(state)
+}
+
+/// The second thread of [`fold_split`]: folds the pages it is sent into `objects` and sends
+/// them back emptied. Returns the objects and the last seq it folded.
+fn fold_second_half(
+    pages: std::sync::mpsc::Receiver<RawPage>,
+    recycle: std::sync::mpsc::Sender<RawPage>,
+    objects: FastMap<String, Box<ObjectRecord>>,
+    until: Until,
+) -> Result<(SourceObjects, u64)> {
+    let mut objects = SourceObjects {
+        objects,
+        ..SourceObjects::default()
+    };
+    let mut seq = 0;
+    for mut page in pages {
+        for e in page
+            .events
+            .iter()
+            .take_while(|e| until.includes(e.seq, e.recorded_at_us))
+        {
+            let (event_type, instance, payload) = page.strs(e);
+            // Only events of one source object come here: they concern no other projection.
+            if event_type == CHANGED {
+                let c = ObjectChangedRef::decode(e.schema_version, payload)?;
+                objects.apply_changed(e.at(), c);
+            } else {
+                let event = Event::decode(event_type, e.schema_version, payload)?;
+                objects.apply_owned(&e.meta(instance), event);
+            }
+            seq = e.seq;
+        }
+        page.clear();
+        // The fold has stopped reading pages back only if it failed.
+        let _ = recycle.send(page);
+    }
+    Ok((objects, seq))
 }
 
 /// Rebuild every projection from seq 0.
@@ -823,6 +1021,46 @@ mod tests {
 
     fn text(v: &str) -> AttrValue {
         AttrValue::Text(v.into())
+    }
+
+    /// The page reader finds an object event's anchor without decoding when the payload
+    /// is spelled as dirsync writes it, and by decoding otherwise: both split alike.
+    #[test]
+    fn events_split_by_their_anchor_however_spelled() {
+        let split = |event_type: &str, payload: &str| {
+            second_half(&FoldRef {
+                seq: 1,
+                event_type,
+                schema_version: 1,
+                instance: "i",
+                recorded_at_us: 0,
+                payload,
+            })
+        };
+        let anchors: Vec<String> = (0..64).map(|i| format!("a-{i}")).collect();
+        let halves: BTreeSet<bool> = anchors.iter().map(|a| in_second_half(a)).collect();
+        assert_eq!(halves.len(), 2, "both halves get anchors");
+        for a in &anchors {
+            let want = in_second_half(a);
+            let changed = format!(r#"{{"anchor":"{a}","set":{{}}}}"#);
+            let spaced = format!(r#"{{ "set": {{}}, "anchor" : "{a}" }}"#);
+            let imported = format!(
+                r#"{{"object":{{"anchor":"{a}","kind":"user","dn":"CN=x","attrs":{{}}}}}}"#
+            );
+            let deleted = format!(r#"{{"anchor":"{a}","evidence":{{"how":"tombstone"}}}}"#);
+            assert_eq!(split(CHANGED, &changed).unwrap(), want, "{changed}");
+            assert_eq!(split(CHANGED, &spaced).unwrap(), want, "{spaced}");
+            assert_eq!(split(IMPORTED, &imported).unwrap(), want, "{imported}");
+            assert_eq!(split(DELETED, &deleted).unwrap(), want, "{deleted}");
+        }
+        // An escaped quote in the anchor: decoded, and hashed as the anchor it spells.
+        let odd = "q\"uote";
+        let escaped = r#"{"anchor":"q\"uote","evidence":{"how":"tombstone"}}"#;
+        assert_eq!(split(DELETED, escaped).unwrap(), in_second_half(odd));
+        // Events of no one object stay with the first thread; a bad payload is an error.
+        let cursor = r#"{"kind":"dirsync","cookie":"x"}"#;
+        assert!(!split("CursorAdvanced", cursor).unwrap());
+        assert!(split(CHANGED, r#"{"anchor":"unterminated"#).is_err());
     }
 
     /// The fold's borrowed `ObjectChanged` gives the state `State::apply_owned` gives.

@@ -224,6 +224,17 @@ async fn replay_equals_the_projections_kept_along_the_way(b: Backend) {
             .unwrap();
         assert_eq!(&then, snap, "state at seq {}", snap.seq);
     }
+    // The fold split by object over two threads (long folds take it) gives the same
+    // states: from seq 0 to every tenth and to the head, and from every tenth (whose
+    // objects it splits first) to the head.
+    let split = |state: State, until| replay::fold_split_from(&f.store, state, until, None, 1);
+    assert_eq!(split(State::default(), Until::Head).await.unwrap(), live);
+    for snap in &at_tenths {
+        let then = split(State::default(), Until::Seq(snap.seq)).await.unwrap();
+        assert_eq!(&then, snap, "split state at seq {}", snap.seq);
+        let now = split(snap.clone(), Until::Head).await.unwrap();
+        assert_eq!(now, live, "split fold from seq {}", snap.seq);
+    }
     let run = f.cli(&["replay", "--verify", "--format", "json"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("\"compared_stored\": true"), "{run:?}");
