@@ -319,7 +319,8 @@ impl RawPage {
     }
 }
 
-/// The event type [`fold_with`] decodes borrowing.
+/// The event types of one source object: the split fold routes all three by anchor, and
+/// `CHANGED` is decoded borrowing.
 const CHANGED: &str = "ObjectChanged";
 const IMPORTED: &str = "ObjectImported";
 const DELETED: &str = "ObjectDeleted";
