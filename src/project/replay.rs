@@ -340,8 +340,9 @@ pub async fn fold_with(
     fold_split_from(store, state, until, progress, SPLIT_FROM).await
 }
 
-/// [`fold_with`], on two threads when at least `split_from` events are to be folded (see
-/// [`fold_split`]). Tests choose `split_from`; everything else folds through `fold_with`.
+/// [`fold_with`], on two threads when at least `split_from` events, and more than the
+/// objects the state holds, are to be folded (see [`fold_split`]). Tests choose
+/// `split_from`; everything else folds through `fold_with`.
 #[doc(hidden)]
 pub async fn fold_split_from(
     store: &AnyStore,
@@ -357,8 +358,12 @@ pub async fn fold_split_from(
         // Times need not rise with seqs: where to stop is found by one thread in order.
         Until::Time(_) => return fold_whole(store, state, until, progress).await,
     };
+    // The split moves what the state holds of half the objects to the second thread and
+    // back: it pays for a fold longer than that as well as than `split_from`.
+    let held = state.objects.objects.len() as u64;
+    let enough = state.seq.saturating_add(split_from.max(held));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 || store.head().await?.0.min(last) < state.seq.saturating_add(split_from) {
+    if cores < 2 || last < enough || store.head().await?.0 < enough {
         return fold_whole(store, state, until, progress).await;
     }
     fold_split(store, state, last, progress).await
