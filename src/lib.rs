@@ -35,7 +35,19 @@ pub fn run(cli: cli::Cli) -> Exit {
             return Exit::Failure;
         }
     };
-    match rt.block_on(commands::execute(cli)) {
+    // On a worker, not this thread: a task woken by the I/O driver then runs on the worker
+    // that saw the readiness instead of waiting for this thread to be unparked.
+    let outcome = match rt.block_on(async { tokio::spawn(commands::execute(cli)).await }) {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => {
+                eprintln!("dirsync: {e}");
+                return Exit::Failure;
+            }
+        },
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dirsync: {}", e.to_string().replace('\n', " "));

@@ -121,7 +121,7 @@ pub async fn handover(
     store: &AnyStore,
     opts: &HandoverOptions,
     progress: &ProgressBar,
-    say: &dyn Fn(&str),
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<HandoverReport> {
     let pb = Playbook::load(&opts.playbook)?;
     if opts.from.is_empty() || opts.to.is_empty() {
@@ -303,7 +303,7 @@ async fn run_step(
     pb: &Playbook,
     i: usize,
     progress: &ProgressBar,
-    say: &dyn Fn(&str),
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<State> {
     let step = pb
         .steps

@@ -510,16 +510,19 @@ async fn fold_split(
         clear: SplitPage::clear,
         add: FoldEach(|p: &mut SplitPage, e: &FoldRef<'_>| p.push(e)),
     };
-    let folded = pipeline(store, state.seq, progress, pages, |page| {
+    let (mine, to_half_ref) = (&mut state, &to_half);
+    let from = mine.seq;
+    // The closure owns the receiver (which is not `Sync`), so the fold's future is `Send`.
+    let folded = pipeline(store, from, progress, pages, move |page| {
         let second = std::mem::replace(
             &mut page.second,
             back.try_recv().unwrap_or_else(|_| RawPage::new()),
         );
         // The second thread stops early only when it failed; joining it tells why.
-        if to_half.send(second).is_err() {
+        if to_half_ref.send(second).is_err() {
             return Ok(ControlFlow::Break(()));
         }
-        fold_page(&mut state, &page.first, until)
+        fold_page(mine, &page.first, until)
     })
     .await;
     drop(to_half);

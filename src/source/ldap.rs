@@ -467,16 +467,21 @@ impl LdapClient {
         filter: &str,
     ) -> Result<Vec<std::result::Result<bool, LdapFailure>>> {
         let timeout = self.timeout;
-        let searches = dns.iter().map(|dn| {
-            let mut ldap = self.ldap.clone();
-            async move {
-                let res = ldap
-                    .with_timeout(timeout)
-                    .search(dn, Scope::Base, filter, vec!["1.1"])
-                    .await;
-                (*dn, res)
-            }
-        });
+        // Collected first: a lazy `map` here makes the future not `Send` for every lifetime.
+        let searches: Vec<_> = dns
+            .iter()
+            .copied()
+            .map(|dn| {
+                let mut ldap = self.ldap.clone();
+                async move {
+                    let res = ldap
+                        .with_timeout(timeout)
+                        .search(dn, Scope::Base, filter, vec!["1.1"])
+                        .await;
+                    (dn, res)
+                }
+            })
+            .collect();
         let results: Vec<_> = futures_util::stream::iter(searches)
             .buffered(CONCURRENT_LOOKUPS)
             .collect()

@@ -46,7 +46,7 @@ pub async fn serve(
     cfg: &Config,
     store: &AnyStore,
     instance: &str,
-    say: &dyn Fn(&str),
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<Exit> {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {

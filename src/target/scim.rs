@@ -501,14 +501,16 @@ impl Target for ScimTarget {
         };
         // Unordered, so one slow request does not hold the slots behind it; the outcomes
         // are put back in op order.
-        let mut out: Vec<(usize, Outcome)> = stream::iter(
-            ops.iter()
-                .enumerate()
-                .map(|(i, op)| async move { (i, self.apply_one(op, gate).await) }),
-        )
-        .buffer_unordered(self.concurrency)
-        .collect()
-        .await;
+        // Collected first: a lazy `map` here makes the future not `Send` for every lifetime.
+        let requests: Vec<_> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| async move { (i, self.apply_one(op, gate).await) })
+            .collect();
+        let mut out: Vec<(usize, Outcome)> = stream::iter(requests)
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, o)| o).collect()
     }
