@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use super::hash::EventRef;
 use super::migrate;
 use super::store::{self, redact_url, AppendOutcome, Batch, OpenMode, Snapshot, Store};
-use super::{hash_from_slice, Hash, StoredEvent};
+use super::{hash_from_slice, Event, Hash, StoredEvent};
 use crate::error::{Error, Result};
 
 const INSERT_CHUNK: usize = 10_000;
@@ -82,7 +82,7 @@ async fn copy_batch(
     versions: HashMap<String, u64>,
     batch: Batch,
     now_us: i64,
-) -> Result<(Written, HashMap<String, u64>)> {
+) -> Result<(Written, HashMap<String, u64>, Vec<Event>)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Vec<u8>, Written)>>(2);
     let preparer = tokio::task::spawn_blocking(move || {
         // A short first part lets the COPY start sooner.
@@ -103,7 +103,7 @@ async fn copy_batch(
                 break;
             }
         }
-        parts.into_versions()
+        parts.finish()
     });
     // A conflict comes with the first chunk: see it before the COPY starts.
     let (first_buf, mut written) = match rx.recv().await {
@@ -130,8 +130,8 @@ async fn copy_batch(
         return Err(e);
     }
     copy_finish(copy).await?;
-    let versions = preparer.await.map_err(Error::store)?;
-    Ok((written, versions))
+    let (versions, kept) = preparer.await.map_err(Error::store)?;
+    Ok((written, versions, kept))
 }
 
 #[derive(Clone)]
@@ -386,6 +386,10 @@ impl PgStore {
 
 impl Store for PgStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
+        Ok(self.append_keeping(batch).await?.0)
+    }
+
+    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let head = Self::lock_head(&mut tx).await?;
@@ -397,39 +401,44 @@ impl Store for PgStore {
                     .await?;
             if let Some(seq) = seen {
                 tx.rollback().await?;
-                return Ok(AppendOutcome::Duplicate {
+                let outcome = AppendOutcome::Duplicate {
                     first_seq: seq as u64,
-                });
+                };
+                return Ok((outcome, batch.into_events()));
             }
         }
         if batch.events.is_empty() {
-            return Ok(AppendOutcome::Appended {
+            let outcome = AppendOutcome::Appended {
                 first_seq: head.0 + 1,
                 last_seq: head.0,
                 recorded_at_us: store::now_us(),
-            });
+            };
+            return Ok((outcome, Vec::new()));
         }
         let mut versions = Self::versions(&mut tx, &batch.streams()).await?;
         let now = store::now_us();
-        let (first_seq, last_seq, last_hash) = if batch.events.len() < COPY_MIN {
+        let ((first_seq, last_seq, last_hash), kept) = if batch.events.len() < COPY_MIN {
             let rows = store::prepare(head, &mut versions, &batch, now)?;
             Self::insert_rows(&mut tx, &rows).await?;
             match (rows.first(), rows.last()) {
-                (Some(first), Some(last)) => (first.seq, last.seq, last.hash),
+                (Some(first), Some(last)) => {
+                    ((first.seq, last.seq, last.hash), batch.into_events())
+                }
                 _ => return Err(Error::Store("an append prepared no rows".into())),
             }
         } else {
-            let (written, next) = copy_batch(&mut tx, head, versions, batch, now).await?;
+            let (written, next, kept) = copy_batch(&mut tx, head, versions, batch, now).await?;
             versions = next;
-            written
+            (written, kept)
         };
         Self::finish(&mut tx, &versions, last_seq, &last_hash).await?;
         tx.commit().await?;
-        Ok(AppendOutcome::Appended {
+        let outcome = AppendOutcome::Appended {
             first_seq,
             last_seq,
             recorded_at_us: now,
-        })
+        };
+        Ok((outcome, kept))
     }
 
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {

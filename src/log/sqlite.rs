@@ -27,7 +27,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 use super::hash::{EventRef, FoldRef};
 use super::migrate;
 use super::store::{self, AppendOutcome, Batch, OpenMode, Snapshot, Store};
-use super::{hash_from_slice, Hash, StoredEvent};
+use super::{hash_from_slice, Event, Hash, StoredEvent};
 use crate::error::{Error, Result};
 
 /// How long an append waits for another writer (this or another process) before failing.
@@ -533,7 +533,7 @@ fn insert_pipelined(
     versions: &mut HashMap<String, u64>,
     batch: Batch,
     now_us: i64,
-) -> Result<Written> {
+) -> Result<(Written, Vec<Event>)> {
     let owned_versions = std::mem::take(versions);
     std::thread::scope(|s| {
         let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredEvent>>>(2);
@@ -556,7 +556,7 @@ fn insert_pipelined(
             for done in done_rx {
                 drop(done);
             }
-            parts.into_versions()
+            parts.finish()
         });
         let mut written: Option<Written> = None;
         let mut result = Ok(());
@@ -578,12 +578,13 @@ fn insert_pipelined(
         }
         drop(rows_rx);
         drop(done_tx);
-        let final_versions = preparer
+        let (final_versions, kept) = preparer
             .join()
             .map_err(|_| Error::Store("preparing the append panicked".into()))?;
         result?;
         *versions = final_versions;
-        written.ok_or_else(|| Error::Store("an append prepared no rows".into()))
+        let written = written.ok_or_else(|| Error::Store("an append prepared no rows".into()))?;
+        Ok((written, kept))
     })
 }
 
@@ -635,6 +636,10 @@ fn row_ref<'r>(r: &'r Row<'_>) -> Result<EventRef<'r>> {
 
 impl Store for SqliteStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
+        Ok(self.append_keeping(batch).await?.0)
+    }
+
+    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
         self.with_writer(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -648,33 +653,37 @@ impl Store for SqliteStore {
                     .map_err(sql)?;
                 if let Some(seq) = seen {
                     tx.rollback().map_err(sql)?;
-                    return Ok(AppendOutcome::Duplicate {
+                    let outcome = AppendOutcome::Duplicate {
                         first_seq: seq as u64,
-                    });
+                    };
+                    return Ok((outcome, batch.into_events()));
                 }
             }
             let head = head_on(&tx)?;
             if batch.events.is_empty() {
-                return Ok(AppendOutcome::Appended {
+                let outcome = AppendOutcome::Appended {
                     first_seq: head.0 + 1,
                     last_seq: head.0,
                     recorded_at_us: store::now_us(),
-                });
+                };
+                return Ok((outcome, Vec::new()));
             }
             let mut versions = versions(&tx, &batch.streams())?;
             let now = store::now_us();
-            let (first_seq, last_seq, last_hash) = if batch.events.len() < PIPELINE_MIN {
-                insert_batch(&tx, head, &mut versions, &batch, now)?
+            let ((first_seq, last_seq, last_hash), kept) = if batch.events.len() < PIPELINE_MIN {
+                let written = insert_batch(&tx, head, &mut versions, &batch, now)?;
+                (written, batch.into_events())
             } else {
                 insert_pipelined(&tx, head, &mut versions, batch, now)?
             };
             finish(&tx, &versions, last_seq, &last_hash)?;
             tx.commit().map_err(sql)?;
-            Ok(AppendOutcome::Appended {
+            let outcome = AppendOutcome::Appended {
                 first_seq,
                 last_seq,
                 recorded_at_us: now,
-            })
+            };
+            Ok((outcome, kept))
         })
         .await
     }

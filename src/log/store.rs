@@ -80,6 +80,11 @@ impl Batch {
         self
     }
 
+    /// The batch's events, without their streams and instances.
+    pub(crate) fn into_events(self) -> Vec<Event> {
+        self.events.into_iter().map(|e| e.event).collect()
+    }
+
     /// Every stream whose version the append must read.
     pub(crate) fn streams(&self) -> Vec<&str> {
         let mut s: Vec<&str> = self
@@ -137,6 +142,12 @@ pub enum OpenMode {
 /// processes, so the chain stays one unbroken line whoever writes.
 pub trait Store: Send + Sync {
     fn append(&self, batch: Batch) -> impl Future<Output = Result<AppendOutcome>> + Send;
+    /// [`Store::append`] that hands the batch's events back once they are stored, so a
+    /// caller that folds them into its projections need not keep a copy. An error drops them.
+    fn append_keeping(
+        &self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<(AppendOutcome, Vec<Event>)>> + Send;
     /// Up to `limit` events with seq > `after`, in order.
     fn read(&self, after: u64, limit: u32)
         -> impl Future<Output = Result<Vec<StoredEvent>>> + Send;
@@ -204,6 +215,9 @@ impl Store for AnyStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
         delegate!(self, s => s.append(batch).await)
     }
+    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
+        delegate!(self, s => s.append_keeping(batch).await)
+    }
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
         delegate!(self, s => s.read(after, limit).await)
     }
@@ -263,6 +277,8 @@ pub(crate) struct Parts {
     now_us: i64,
     size: usize,
     failed: bool,
+    /// The events of the parts prepared so far, handed back by [`Parts::finish`].
+    kept: Vec<Event>,
 }
 
 impl Parts {
@@ -277,6 +293,7 @@ impl Parts {
             expect,
             idempotency_key,
         } = batch;
+        let kept = Vec::with_capacity(events.len());
         Parts {
             events: events.into_iter(),
             expect,
@@ -286,12 +303,13 @@ impl Parts {
             now_us,
             size: PREPARE_CHUNK / 4,
             failed: false,
+            kept,
         }
     }
 
-    /// The streams' versions after the parts prepared so far.
-    pub(crate) fn into_versions(self) -> HashMap<String, u64> {
-        self.versions
+    /// The streams' versions after the parts prepared so far, and those parts' events.
+    pub(crate) fn finish(self) -> (HashMap<String, u64>, Vec<Event>) {
+        (self.versions, self.kept)
     }
 }
 
@@ -313,6 +331,8 @@ impl Iterator for Parts {
             idempotency_key: self.idempotency_key.take(),
         };
         let rows = prepare(self.head, &mut self.versions, &part, self.now_us);
+        // The stream and instance names are freed here, on the preparing thread.
+        self.kept.extend(part.events.into_iter().map(|e| e.event));
         match &rows {
             Ok(r) => {
                 if let Some(last) = r.last() {

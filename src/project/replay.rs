@@ -814,6 +814,12 @@ pub async fn appended(
         }
     };
     let mut state = Arc::unwrap_or_clone(base);
+    // Room for the new objects at once rather than growing the map step by step.
+    let new_objects = events
+        .iter()
+        .filter(|e| matches!(e, Event::ObjectImported(_)))
+        .count();
+    state.objects.objects.reserve(new_objects);
     for (seq, e) in (first_seq..).zip(events) {
         let meta = Meta {
             seq,

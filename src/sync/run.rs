@@ -640,13 +640,12 @@ pub(crate) async fn import_run(
             report.planned = batch.into_iter().map(|e| e.event).collect();
             return Ok(report);
         }
-        // Kept to bring the projections up to date without reading the events back.
-        let written: Vec<Event> = batch.iter().map(|e| e.event.clone()).collect();
+        // Handed back to bring the projections up to date without reading them back.
         match store
-            .append(Batch::new(batch).expect(stream::SOURCE, Expected::Exactly(version)))
+            .append_keeping(Batch::new(batch).expect(stream::SOURCE, Expected::Exactly(version)))
             .await
         {
-            Ok(out) => {
+            Ok((out, kept)) => {
                 phase("events appended");
                 report.seq = out.last_seq();
                 if let AppendOutcome::Appended {
@@ -655,8 +654,7 @@ pub(crate) async fn import_run(
                     ..
                 } = out
                 {
-                    replay::appended(store, state, first_seq, &inst, recorded_at_us, written)
-                        .await?;
+                    replay::appended(store, state, first_seq, &inst, recorded_at_us, kept).await?;
                 }
                 return Ok(report);
             }
