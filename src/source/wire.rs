@@ -187,6 +187,7 @@ impl Wire {
         let mut all = SearchOutcome::default();
         let mut cookie: Vec<u8> = Vec::new();
         let mut pages = 0u64;
+        let mut page_size = page_size;
         // The caller's controls, then this page's paged-results control (replaced per page).
         let mut ctrls: Vec<Vec<u8>> = controls.iter().map(encode_control).collect();
         loop {
@@ -197,16 +198,19 @@ impl Wire {
             }));
             let id = self.send(&search, &ctrls).await?;
             ctrls.pop();
+            let mut received = 0u64;
             let (rc, text, controls) = loop {
                 let m = self.next().await?;
                 let msg = self.decode(m, id)?;
                 let done = match msg.op {
                     op::SEARCH_ENTRY => {
                         let entry = decode_entry(msg.body).map_err(|why| self.bad(&why))?;
+                        received += 1;
                         each(entry)?;
                         None
                     }
                     op::SEARCH_REFERENCE => {
+                        received += 1;
                         all.referrals += 1;
                         None
                     }
@@ -223,6 +227,16 @@ impl Wire {
                     break done;
                 }
             };
+            if let Some(smaller) = smaller_page(rc, pages, received, page_size) {
+                // OpenLDAP refuses a page larger than its `size.pr` limit before sending
+                // anything (adminLimitExceeded): ask again with a smaller one.
+                tracing::info!(
+                    "{}: the server refused pages of {page_size} entries ({text}); asking for {smaller}",
+                    self.url
+                );
+                page_size = smaller;
+                continue;
+            }
             pages += 1;
             if rc != 0 {
                 return Ok(Err(LdapFailure { rc, text }));
@@ -382,6 +396,18 @@ impl Wire {
             Err(_) => Err(self.timed_out()),
         }
     }
+}
+
+/// The smallest page [`Wire::paged_search`] falls back to.
+const MIN_PAGE: i32 = 50;
+
+/// The page size to ask for instead, when the first page (`pages` done before it) ended
+/// with `rc` after `received` entries and references: only adminLimitExceeded with
+/// nothing sent, which is how a server refuses the page size itself.
+fn smaller_page(rc: u32, pages: u64, received: u64, page_size: i32) -> Option<i32> {
+    const ADMIN_LIMIT_EXCEEDED: u32 = 11;
+    (rc == ADMIN_LIMIT_EXCEEDED && pages == 0 && received == 0 && page_size > MIN_PAGE)
+        .then(|| (page_size / 2).max(MIN_PAGE))
 }
 
 /// The total length of the LDAPMessage at the start of `b`, once its header is there.
@@ -682,6 +708,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_refused_first_page_is_asked_again_smaller() {
+        assert_eq!(smaller_page(11, 0, 0, 1000), Some(500));
+        assert_eq!(smaller_page(11, 0, 0, 80), Some(MIN_PAGE));
+        assert_eq!(smaller_page(11, 0, 0, MIN_PAGE), None);
+        // Entries already sent, a later page, or another error: the failure stands.
+        assert_eq!(smaller_page(11, 0, 3, 1000), None);
+        assert_eq!(smaller_page(11, 2, 0, 1000), None);
+        assert_eq!(smaller_page(4, 0, 0, 1000), None);
+        assert_eq!(smaller_page(0, 0, 0, 1000), None);
     }
 
     #[test]

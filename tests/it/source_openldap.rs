@@ -371,3 +371,74 @@ async fn a_wrong_password_is_a_clear_error() {
         Err(Error::Source(_))
     ));
 }
+
+/// A server that limits the page size (`size.pr`) refuses a larger page before sending
+/// anything; the full import asks again with smaller pages and still sees every entry.
+#[tokio::test]
+async fn a_page_larger_than_the_servers_limit_is_asked_again_smaller() {
+    let slapd = Slapd::start(SlapdOptions {
+        page_limit: Some(100),
+        ..Default::default()
+    })
+    .await;
+    let people = slapd.people_dn();
+    let mut ldif = String::new();
+    for i in 1..=3 {
+        ldif.push_str(&user(i, people));
+    }
+    slapd.ldapadd(&ldif).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw1\n").unwrap();
+    let bind_dn = format!("uid=u1,{people}");
+    // The limit is real: ldapsearch asking for pages of 1000 as that user is refused.
+    let refused = std::process::Command::new("ldapsearch")
+        .args([
+            "-x",
+            "-LLL",
+            "-H",
+            &slapd.url(),
+            "-D",
+            &bind_dn,
+            "-w",
+            "pw1",
+        ])
+        .args([
+            "-E",
+            "pr=1000/noprompt",
+            "-b",
+            slapd.base_dn(),
+            "(uid=*)",
+            "1.1",
+        ])
+        .env("LDAPNOINIT", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("Administrative limit exceeded"),
+        "{said}"
+    );
+    let cfg = SourceConfig {
+        kind: SourceKind::Openldap,
+        url: slapd.url(),
+        tls: Tls::None,
+        ca_file: None,
+        bind_dn,
+        password: SecretRef::File(pw),
+        base_dn: slapd.base_dn().to_string(),
+        users: "(objectClass=inetOrgPerson)".into(),
+        groups: "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))".into(),
+        include: vec![],
+        exclude: vec![],
+    };
+    let mut src = OpenLdapSource::connect(&cfg, &conn(), OpenLdapOptions { page_size: 1000 })
+        .await
+        .unwrap();
+    let full = src.full_import().await.unwrap();
+    let mut dns: Vec<&str> = full.objects.iter().map(|o| o.dn.as_str()).collect();
+    dns.sort_unstable();
+    let want: Vec<String> = (1..=3).map(|i| format!("uid=u{i},{people}")).collect();
+    assert_eq!(dns, want);
+}

@@ -30,6 +30,9 @@ pub struct SlapdOptions {
     /// Serve StartTLS with a certificate for 127.0.0.1 from a throwaway CA
     /// ([`Slapd::ca_file`]).
     pub tls: bool,
+    /// Limit the paged-results page size of authenticated users other than the rootdn
+    /// (`size.pr`), as a server's administrator may.
+    pub page_limit: Option<u32>,
 }
 
 const BASE_DN: &str = "dc=example,dc=org";
@@ -405,6 +408,11 @@ index uid,cn,member,memberUid eq
 overlay syncprov
 "
     ));
+    if let Some(n) = opts.page_limit {
+        conf.push_str(&format!(
+            "limits users size.soft=unlimited size.hard=unlimited size.pr={n} size.prtotal=unlimited\n"
+        ));
+    }
     if opts.session_log {
         conf.push_str(
             "syncprov-sessionlog-source cn=accesslog
