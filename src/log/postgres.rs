@@ -82,11 +82,12 @@ async fn copy_batch(
     versions: HashMap<String, u64>,
     batch: Batch,
     now_us: i64,
+    keep: bool,
 ) -> Result<(Written, HashMap<String, u64>, Vec<Event>)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Vec<u8>, Written)>>(2);
     let preparer = tokio::task::spawn_blocking(move || {
         // A short first part lets the COPY start sooner.
-        let mut parts = store::Parts::new(head, versions, batch, now_us);
+        let mut parts = store::Parts::new(head, versions, batch, now_us, keep);
         for rows in parts.by_ref() {
             let msg = rows.and_then(|rows| {
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -384,12 +385,9 @@ impl PgStore {
     }
 }
 
-impl Store for PgStore {
-    async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
-        Ok(self.append_keeping(batch).await?.0)
-    }
-
-    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
+impl PgStore {
+    /// An append; with `keep`, the batch's events come back once stored.
+    async fn append_with(&self, batch: Batch, keep: bool) -> Result<(AppendOutcome, Vec<Event>)> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let head = Self::lock_head(&mut tx).await?;
@@ -404,7 +402,7 @@ impl Store for PgStore {
                 let outcome = AppendOutcome::Duplicate {
                     first_seq: seq as u64,
                 };
-                return Ok((outcome, batch.into_events()));
+                return Ok((outcome, batch.into_events(keep)));
             }
         }
         if batch.events.is_empty() {
@@ -422,12 +420,14 @@ impl Store for PgStore {
             Self::insert_rows(&mut tx, &rows).await?;
             match (rows.first(), rows.last()) {
                 (Some(first), Some(last)) => {
-                    ((first.seq, last.seq, last.hash), batch.into_events())
+                    let kept = batch.into_events(keep);
+                    ((first.seq, last.seq, last.hash), kept)
                 }
                 _ => return Err(Error::Store("an append prepared no rows".into())),
             }
         } else {
-            let (written, next, kept) = copy_batch(&mut tx, head, versions, batch, now).await?;
+            let (written, next, kept) =
+                copy_batch(&mut tx, head, versions, batch, now, keep).await?;
             versions = next;
             (written, kept)
         };
@@ -439,6 +439,16 @@ impl Store for PgStore {
             recorded_at_us: now,
         };
         Ok((outcome, kept))
+    }
+}
+
+impl Store for PgStore {
+    async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
+        Ok(self.append_with(batch, false).await?.0)
+    }
+
+    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
+        self.append_with(batch, true).await
     }
 
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {

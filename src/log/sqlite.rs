@@ -216,6 +216,56 @@ impl SqliteStore {
         })
     }
 
+    /// An append; with `keep`, the batch's events come back once stored.
+    async fn append_with(&self, batch: Batch, keep: bool) -> Result<(AppendOutcome, Vec<Event>)> {
+        self.with_writer(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            if let Some(key) = &batch.idempotency_key {
+                let seen: Option<i64> = tx
+                    .prepare_cached(SELECT_KEY)
+                    .map_err(sql)?
+                    .query_row([key.as_str()], |r| r.get(0))
+                    .optional()
+                    .map_err(sql)?;
+                if let Some(seq) = seen {
+                    tx.rollback().map_err(sql)?;
+                    let outcome = AppendOutcome::Duplicate {
+                        first_seq: seq as u64,
+                    };
+                    return Ok((outcome, batch.into_events(keep)));
+                }
+            }
+            let head = head_on(&tx)?;
+            if batch.events.is_empty() {
+                let outcome = AppendOutcome::Appended {
+                    first_seq: head.0 + 1,
+                    last_seq: head.0,
+                    recorded_at_us: store::now_us(),
+                };
+                return Ok((outcome, Vec::new()));
+            }
+            let mut versions = versions(&tx, &batch.streams())?;
+            let now = store::now_us();
+            let ((first_seq, last_seq, last_hash), kept) = if batch.events.len() < PIPELINE_MIN {
+                let written = insert_batch(&tx, head, &mut versions, &batch, now)?;
+                (written, batch.into_events(keep))
+            } else {
+                insert_pipelined(&tx, head, &mut versions, batch, now, keep)?
+            };
+            finish(&tx, &versions, last_seq, &last_hash)?;
+            tx.commit().map_err(sql)?;
+            let outcome = AppendOutcome::Appended {
+                first_seq,
+                last_seq,
+                recorded_at_us: now,
+            };
+            Ok((outcome, kept))
+        })
+        .await
+    }
+
     /// Run `f` on the writer connection, on a blocking thread.
     ///
     /// SQLite's auto-checkpoint would copy the WAL into the database inside every commit
@@ -533,6 +583,7 @@ fn insert_pipelined(
     versions: &mut HashMap<String, u64>,
     batch: Batch,
     now_us: i64,
+    keep: bool,
 ) -> Result<(Written, Vec<Event>)> {
     let owned_versions = std::mem::take(versions);
     std::thread::scope(|s| {
@@ -541,7 +592,7 @@ fn insert_pipelined(
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<StoredEvent>>();
         let preparer = s.spawn(move || {
             // A short first part lets the inserting thread start sooner.
-            let mut parts = store::Parts::new(head, owned_versions, batch, now_us);
+            let mut parts = store::Parts::new(head, owned_versions, batch, now_us, keep);
             for rows in parts.by_ref() {
                 let failed = rows.is_err();
                 if rows_tx.send(rows).is_err() || failed {
@@ -636,56 +687,11 @@ fn row_ref<'r>(r: &'r Row<'_>) -> Result<EventRef<'r>> {
 
 impl Store for SqliteStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
-        Ok(self.append_keeping(batch).await?.0)
+        Ok(self.append_with(batch, false).await?.0)
     }
 
     async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
-        self.with_writer(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
-            if let Some(key) = &batch.idempotency_key {
-                let seen: Option<i64> = tx
-                    .prepare_cached(SELECT_KEY)
-                    .map_err(sql)?
-                    .query_row([key.as_str()], |r| r.get(0))
-                    .optional()
-                    .map_err(sql)?;
-                if let Some(seq) = seen {
-                    tx.rollback().map_err(sql)?;
-                    let outcome = AppendOutcome::Duplicate {
-                        first_seq: seq as u64,
-                    };
-                    return Ok((outcome, batch.into_events()));
-                }
-            }
-            let head = head_on(&tx)?;
-            if batch.events.is_empty() {
-                let outcome = AppendOutcome::Appended {
-                    first_seq: head.0 + 1,
-                    last_seq: head.0,
-                    recorded_at_us: store::now_us(),
-                };
-                return Ok((outcome, Vec::new()));
-            }
-            let mut versions = versions(&tx, &batch.streams())?;
-            let now = store::now_us();
-            let ((first_seq, last_seq, last_hash), kept) = if batch.events.len() < PIPELINE_MIN {
-                let written = insert_batch(&tx, head, &mut versions, &batch, now)?;
-                (written, batch.into_events())
-            } else {
-                insert_pipelined(&tx, head, &mut versions, batch, now)?
-            };
-            finish(&tx, &versions, last_seq, &last_hash)?;
-            tx.commit().map_err(sql)?;
-            let outcome = AppendOutcome::Appended {
-                first_seq,
-                last_seq,
-                recorded_at_us: now,
-            };
-            Ok((outcome, kept))
-        })
-        .await
+        self.append_with(batch, true).await
     }
 
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {

@@ -80,8 +80,11 @@ impl Batch {
         self
     }
 
-    /// The batch's events, without their streams and instances.
-    pub(crate) fn into_events(self) -> Vec<Event> {
+    /// The batch's events without their streams and instances when `keep`, else none.
+    pub(crate) fn into_events(self, keep: bool) -> Vec<Event> {
+        if !keep {
+            return Vec::new();
+        }
         self.events.into_iter().map(|e| e.event).collect()
     }
 
@@ -277,8 +280,9 @@ pub(crate) struct Parts {
     now_us: i64,
     size: usize,
     failed: bool,
-    /// The events of the parts prepared so far, handed back by [`Parts::finish`].
-    kept: Vec<Event>,
+    /// The events of the parts prepared so far, handed back by [`Parts::finish`] when
+    /// asked to keep them (otherwise each part's are freed once prepared).
+    kept: Option<Vec<Event>>,
 }
 
 impl Parts {
@@ -287,13 +291,14 @@ impl Parts {
         versions: HashMap<String, u64>,
         batch: Batch,
         now_us: i64,
+        keep: bool,
     ) -> Parts {
         let Batch {
             events,
             expect,
             idempotency_key,
         } = batch;
-        let kept = Vec::with_capacity(events.len());
+        let kept = keep.then(|| Vec::with_capacity(events.len()));
         Parts {
             events: events.into_iter(),
             expect,
@@ -307,9 +312,10 @@ impl Parts {
         }
     }
 
-    /// The streams' versions after the parts prepared so far, and those parts' events.
+    /// The streams' versions after the parts prepared so far, and those parts' events
+    /// (none unless kept).
     pub(crate) fn finish(self) -> (HashMap<String, u64>, Vec<Event>) {
-        (self.versions, self.kept)
+        (self.versions, self.kept.unwrap_or_default())
     }
 }
 
@@ -331,8 +337,10 @@ impl Iterator for Parts {
             idempotency_key: self.idempotency_key.take(),
         };
         let rows = prepare(self.head, &mut self.versions, &part, self.now_us);
-        // The stream and instance names are freed here, on the preparing thread.
-        self.kept.extend(part.events.into_iter().map(|e| e.event));
+        // What is freed is freed here, on the preparing thread.
+        if let Some(kept) = &mut self.kept {
+            kept.extend(part.events.into_iter().map(|e| e.event));
+        }
         match &rows {
             Ok(r) => {
                 if let Some(last) = r.last() {
