@@ -30,19 +30,7 @@ async fn fixture(session_log: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{}\n", slapd.password())).unwrap();
-    let cfg = SourceConfig {
-        kind: SourceKind::Openldap,
-        url: slapd.url(),
-        tls: Tls::None,
-        ca_file: None,
-        bind_dn: slapd.bind_dn().to_string(),
-        password: SecretRef::File(pw),
-        base_dn: slapd.base_dn().to_string(),
-        users: "(objectClass=inetOrgPerson)".into(),
-        groups: "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))".into(),
-        include: vec![],
-        exclude: vec![],
-    };
+    let cfg = source_config(&slapd, slapd.bind_dn().to_string(), pw);
     let f = Fixture {
         slapd,
         cfg,
@@ -65,6 +53,23 @@ async fn fixture(session_log: bool) -> Fixture {
     ));
     f.slapd.ldapadd(&ldif).await;
     f
+}
+
+/// The source section for `slapd`, binding as `bind_dn` with the password in file `pw`.
+fn source_config(slapd: &Slapd, bind_dn: String, pw: std::path::PathBuf) -> SourceConfig {
+    SourceConfig {
+        kind: SourceKind::Openldap,
+        url: slapd.url(),
+        tls: Tls::None,
+        ca_file: None,
+        bind_dn,
+        password: SecretRef::File(pw),
+        base_dn: slapd.base_dn().to_string(),
+        users: "(objectClass=inetOrgPerson)".into(),
+        groups: "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))".into(),
+        include: vec![],
+        exclude: vec![],
+    }
 }
 
 fn user(i: u32, ou: &str) -> String {
@@ -420,19 +425,7 @@ async fn a_page_larger_than_the_servers_limit_is_asked_again_smaller() {
         !refused.status.success() && said.contains("Administrative limit exceeded"),
         "{said}"
     );
-    let cfg = SourceConfig {
-        kind: SourceKind::Openldap,
-        url: slapd.url(),
-        tls: Tls::None,
-        ca_file: None,
-        bind_dn,
-        password: SecretRef::File(pw),
-        base_dn: slapd.base_dn().to_string(),
-        users: "(objectClass=inetOrgPerson)".into(),
-        groups: "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))".into(),
-        include: vec![],
-        exclude: vec![],
-    };
+    let cfg = source_config(&slapd, bind_dn, pw);
     let mut src = OpenLdapSource::connect(&cfg, &conn(), OpenLdapOptions { page_size: 1000 })
         .await
         .unwrap();
