@@ -399,19 +399,11 @@ impl PgStore {
                     .await?;
             if let Some(seq) = seen {
                 tx.rollback().await?;
-                let outcome = AppendOutcome::Duplicate {
-                    first_seq: seq as u64,
-                };
-                return Ok((outcome, batch.into_events(keep)));
+                return Ok(AppendOutcome::duplicate(seq as u64, batch, keep));
             }
         }
         if batch.events.is_empty() {
-            let outcome = AppendOutcome::Appended {
-                first_seq: head.0 + 1,
-                last_seq: head.0,
-                recorded_at_us: store::now_us(),
-            };
-            return Ok((outcome, Vec::new()));
+            return Ok(AppendOutcome::nothing_after(head.0));
         }
         let mut versions = Self::versions(&mut tx, &batch.streams()).await?;
         let now = store::now_us();

@@ -231,20 +231,12 @@ impl SqliteStore {
                     .map_err(sql)?;
                 if let Some(seq) = seen {
                     tx.rollback().map_err(sql)?;
-                    let outcome = AppendOutcome::Duplicate {
-                        first_seq: seq as u64,
-                    };
-                    return Ok((outcome, batch.into_events(keep)));
+                    return Ok(AppendOutcome::duplicate(seq as u64, batch, keep));
                 }
             }
             let head = head_on(&tx)?;
             if batch.events.is_empty() {
-                let outcome = AppendOutcome::Appended {
-                    first_seq: head.0 + 1,
-                    last_seq: head.0,
-                    recorded_at_us: store::now_us(),
-                };
-                return Ok((outcome, Vec::new()));
+                return Ok(AppendOutcome::nothing_after(head.0));
             }
             let mut versions = versions(&tx, &batch.streams())?;
             let now = store::now_us();

@@ -115,6 +115,25 @@ pub enum AppendOutcome {
 }
 
 impl AppendOutcome {
+    /// An empty batch after the event `head_seq`: nothing written.
+    pub(crate) fn nothing_after(head_seq: u64) -> (AppendOutcome, Vec<Event>) {
+        let outcome = AppendOutcome::Appended {
+            first_seq: head_seq + 1,
+            last_seq: head_seq,
+            recorded_at_us: now_us(),
+        };
+        (outcome, Vec::new())
+    }
+
+    /// A batch whose idempotency key the event `seq` already carries: nothing written, and
+    /// the events handed back when `keep`.
+    pub(crate) fn duplicate(seq: u64, batch: Batch, keep: bool) -> (AppendOutcome, Vec<Event>) {
+        (
+            AppendOutcome::Duplicate { first_seq: seq },
+            batch.into_events(keep),
+        )
+    }
+
     pub fn last_seq(&self) -> u64 {
         match *self {
             AppendOutcome::Appended { last_seq, .. } => last_seq,
