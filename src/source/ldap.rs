@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use ldap3::asn1::{StructureTag, TagClass, PL};
 use ldap3::controls::RawControl;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchOptions};
+use smallvec::SmallVec;
 
 use super::wire::Wire;
 use crate::config::{SourceConfig, Tls};
@@ -61,9 +62,62 @@ pub struct RawAttr {
 impl RawAttr {
     /// The name lower-cased, as `Attrs` keys it (inline when short: no allocation).
     pub fn lower_name(&self) -> crate::log::event::AttrName {
-        let mut name = crate::log::event::AttrName::new(&self.name);
-        name.as_mut_str().make_ascii_lowercase();
-        name
+        lower_name(&self.name)
+    }
+}
+
+/// An attribute name lower-cased, as `Attrs` keys it (inline when short: no allocation).
+pub fn lower_name(name: &str) -> crate::log::event::AttrName {
+    let mut name = crate::log::event::AttrName::new(name);
+    name.as_mut_str().make_ascii_lowercase();
+    name
+}
+
+/// One attribute of an entry, borrowed from the message it came in (or from a
+/// [`RawAttr`]): its name as sent and its values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrRef<'a> {
+    pub name: &'a str,
+    pub values: SmallVec<[&'a [u8]; 2]>,
+}
+
+impl AttrRef<'_> {
+    /// The name lower-cased, as `Attrs` keys it.
+    pub fn lower_name(&self) -> crate::log::event::AttrName {
+        lower_name(self.name)
+    }
+}
+
+/// A search result entry, borrowed: a paged search hands each entry over this way, so an
+/// entry costs no allocation until the caller keeps something of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub dn: &'a str,
+    pub attrs: SmallVec<[AttrRef<'a>; 10]>,
+}
+
+impl EntryRef<'_> {
+    /// Values of the attribute named `name` (case-insensitive, exact: no options).
+    pub fn values(&self, name: &str) -> Option<&[&[u8]]> {
+        self.attrs
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+            .map(|a| a.values.as_slice())
+    }
+
+    /// The entry with its own copies of everything.
+    pub fn to_owned_entry(&self) -> RawEntry {
+        RawEntry {
+            dn: self.dn.to_string(),
+            attrs: self
+                .attrs
+                .iter()
+                .map(|a| RawAttr {
+                    name: a.name.to_string(),
+                    values: a.values.iter().map(|v| v.to_vec()).collect(),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -75,6 +129,21 @@ pub struct RawEntry {
 }
 
 impl RawEntry {
+    /// The entry borrowed, as a paged search hands it over.
+    pub fn borrow(&self) -> EntryRef<'_> {
+        EntryRef {
+            dn: &self.dn,
+            attrs: self
+                .attrs
+                .iter()
+                .map(|a| AttrRef {
+                    name: &a.name,
+                    values: a.values.iter().map(Vec::as_slice).collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// Values of the attribute named `name` (case-insensitive, exact: no options).
     pub fn values(&self, name: &str) -> Option<&[Vec<u8>]> {
         self.attrs
@@ -412,7 +481,7 @@ impl LdapClient {
         let mut entries = Vec::new();
         let mut out = self
             .paged_each(base, filter, attrs, controls, page_size, &mut |e| {
-                entries.push(e);
+                entries.push(e.to_owned_entry());
                 Ok(())
             })
             .await?;
@@ -430,7 +499,7 @@ impl LdapClient {
         attrs: &[&str],
         controls: &[RawControl],
         page_size: i32,
-        each: &mut (dyn FnMut(RawEntry) -> Result<()> + Send),
+        each: &mut (dyn FnMut(&EntryRef<'_>) -> Result<()> + Send),
     ) -> Result<SearchOutcome> {
         let bulk = match &mut self.bulk {
             Some(b) => b,

@@ -48,7 +48,7 @@ use ldap3::Scope;
 use uuid::Uuid;
 
 use super::ldap::{
-    ber, result_name, ConnectOptions, LdapClient, LdapFailure, RawAttr, RawEntry,
+    ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, LdapFailure, RawEntry,
     RawResponseControl, SearchItem,
 };
 use crate::config::{SourceConfig, SourceKind};
@@ -266,8 +266,8 @@ impl OpenLdapSource {
             let started = std::time::Instant::now();
             // Entries become objects as they arrive, while the server sends the next ones.
             let (mut without_anchor, objects) = (0u64, &mut out.objects);
-            let mut each = |entry: RawEntry| {
-                let Some(anchor) = entry_anchor(&entry, flavour) else {
+            let mut each = |entry: &EntryRef<'_>| {
+                let Some(anchor) = entry_anchor(entry, flavour) else {
                     without_anchor += 1;
                     tracing::warn!(dn = %entry.dn, "entry without an anchor attribute skipped");
                     return Ok(());
@@ -277,13 +277,13 @@ impl OpenLdapSource {
                 }
                 let idx = objects.len();
                 if kind == ObjectKind::Group {
-                    raw_members.push((idx, member_dns(&entry)));
+                    raw_members.push((idx, member_dns(entry)));
                 }
                 let attrs = to_attrs(&entry.attrs);
                 objects.push(SourceObject {
                     anchor,
                     kind,
-                    dn: entry.dn,
+                    dn: entry.dn.to_string(),
                     attrs,
                     members: BTreeSet::new(),
                 });
@@ -371,7 +371,7 @@ impl OpenLdapSource {
             Ok(o) => Ok(o
                 .entries
                 .first()
-                .and_then(|e| entry_anchor(e, self.flavour))),
+                .and_then(|e| entry_anchor(&e.borrow(), self.flavour))),
             // noSuchObject; invalidDNSyntax for a member value that is not a DN at all.
             Err(f) if f.rc == 32 || f.rc == 34 => Ok(None),
             Err(f) => Err(Error::Source(format!(
@@ -395,7 +395,7 @@ impl OpenLdapSource {
                 Ok(true) => ObjectKind::User,
                 Ok(false) => ObjectKind::Group,
                 // Gone again since the refresh: guess from the object classes.
-                Err(_) => kind_from_classes(entry),
+                Err(_) => kind_from_classes(&entry.borrow()),
             })
             .collect())
     }
@@ -562,6 +562,7 @@ impl OpenLdapSource {
         let kinds = self.kinds_of(&entries).await?;
         for ((uuid, entry), kind) in upserts.into_iter().zip(kinds) {
             let mut members = BTreeSet::new();
+            let entry = entry.borrow();
             if kind == ObjectKind::Group {
                 let dns = member_dns(&entry);
                 let (m, dangling) = self.resolve_members(&dns, &mut cache).await?;
@@ -572,7 +573,7 @@ impl OpenLdapSource {
                 object: SourceObject {
                     anchor: uuid,
                     kind,
-                    dn: entry.dn.clone(),
+                    dn: entry.dn.to_string(),
                     attrs: to_attrs(&entry.attrs),
                     members,
                 },
@@ -744,7 +745,7 @@ fn info_cookie(info: &SyncInfo) -> Option<&[u8]> {
 }
 
 /// The anchor of an entry: the first anchor attribute of the flavour that it has.
-pub fn entry_anchor(entry: &RawEntry, flavour: Flavour) -> Option<String> {
+pub fn entry_anchor(entry: &EntryRef<'_>, flavour: Flavour) -> Option<String> {
     flavour.anchor_attrs().iter().find_map(|a| {
         let v = entry.values(a)?.first()?;
         anchor_from_value(v)
@@ -757,23 +758,39 @@ pub fn entry_anchor(entry: &RawEntry, flavour: Flavour) -> Option<String> {
 pub fn anchor_from_value(v: &[u8]) -> Option<String> {
     if let Ok(text) = std::str::from_utf8(v) {
         let text = text.trim();
-        let hex: String = text.chars().filter(|c| *c != '-').collect();
-        if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Uuid::parse_str(&hex)
-                .ok()
-                .map(|u| u.hyphenated().to_string());
+        if let Some(u) = hex_uuid(text) {
+            return Some(hyphenated(u));
         }
         if !text.is_empty() && v.len() != 16 {
             return Some(text.to_ascii_lowercase());
         }
     }
     let arr: [u8; 16] = v.try_into().ok()?;
-    Some(Uuid::from_bytes(arr).hyphenated().to_string())
+    Some(hyphenated(Uuid::from_bytes(arr)))
+}
+
+/// `text` as a UUID when, hyphens left out, it is exactly 32 hex digits.
+fn hex_uuid(text: &str) -> Option<Uuid> {
+    let mut hex = [0u8; 32];
+    let mut n = 0;
+    for b in text.bytes().filter(|b| *b != b'-') {
+        *hex.get_mut(n).filter(|_| b.is_ascii_hexdigit())? = b;
+        n += 1;
+    }
+    (n == 32)
+        .then(|| Uuid::try_parse_ascii(&hex).ok())
+        .flatten()
+}
+
+fn hyphenated(u: Uuid) -> String {
+    u.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_string()
 }
 
 /// The member DNs of a group entry (`member`, `uniqueMember` without its optional
 /// `#'...'B` UID).
-fn member_dns(entry: &RawEntry) -> Vec<String> {
+fn member_dns(entry: &EntryRef<'_>) -> Vec<String> {
     let mut out = Vec::new();
     for a in &entry.attrs {
         let unique = a.name.eq_ignore_ascii_case("uniquemember");
@@ -796,7 +813,7 @@ fn member_dns(entry: &RawEntry) -> Vec<String> {
     out
 }
 
-fn kind_from_classes(entry: &RawEntry) -> ObjectKind {
+fn kind_from_classes(entry: &EntryRef<'_>) -> ObjectKind {
     let group = entry.values("objectClass").is_some_and(|vs| {
         vs.iter().any(|v| {
             let c = String::from_utf8_lossy(v).to_ascii_lowercase();
@@ -815,8 +832,9 @@ fn kind_from_classes(entry: &RawEntry) -> ObjectKind {
 
 /// Server attributes to `Attrs`: lower-case names, secrets and member values left out,
 /// binary attributes (and values that are not UTF-8) as bytes.
-fn to_attrs(raw: &[RawAttr]) -> Attrs {
-    let mut out = Attrs::new();
+fn to_attrs(raw: &[AttrRef<'_>]) -> Attrs {
+    // Room for every attribute at once: growing the list step by step moved it twice.
+    let mut out = Attrs::with_capacity(raw.len());
     for a in raw {
         let name = a.lower_name();
         if DROPPED_ATTRS.contains(&name.as_str()) {
@@ -830,7 +848,7 @@ fn to_attrs(raw: &[RawAttr]) -> Attrs {
             .iter()
             .map(|v| match std::str::from_utf8(v) {
                 Ok(s) if !binary => AttrValue::Text(s.into()),
-                _ => AttrValue::Binary { b64: v.clone() },
+                _ => AttrValue::Binary { b64: v.to_vec() },
             })
             .collect::<Values>();
         out.insert(name, values);
@@ -949,6 +967,7 @@ pub fn parse_sync_info(v: &[u8]) -> std::result::Result<SyncInfo, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::ldap::RawAttr;
 
     const U1: [u8; 16] = [
         0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0x4d, 0xef, 0x80, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06,
@@ -1141,12 +1160,21 @@ mod tests {
             Some("12345678-9abc-4def-8001-020304050607")
         );
         assert_eq!(anchor_from_value(b"Opaque-1").as_deref(), Some("opaque-1"));
+        // One hex digit too many, or one that is not hex: text, not a UUID.
+        assert_eq!(
+            anchor_from_value(b"0C6F1A30-4A5B-103F-8E3E-C7B4D1E4F5A6F").as_deref(),
+            Some("0c6f1a30-4a5b-103f-8e3e-c7b4d1e4f5a6f")
+        );
+        assert_eq!(
+            anchor_from_value(b"0C6F1A30-4A5B-103F-8E3E-C7B4D1E4F5AG").as_deref(),
+            Some("0c6f1a30-4a5b-103f-8e3e-c7b4d1e4f5ag")
+        );
         assert_eq!(anchor_from_value(b""), None);
     }
 
     #[test]
     fn members_and_attrs() {
-        let e = RawEntry {
+        let owned = RawEntry {
             dn: "cn=g,dc=x".into(),
             attrs: vec![
                 RawAttr {
@@ -1175,6 +1203,8 @@ mod tests {
                 },
             ],
         };
+        let e = owned.borrow();
+        assert_eq!(e.to_owned_entry(), owned);
         assert_eq!(
             member_dns(&e),
             vec!["uid=a,dc=x", "uid=b,dc=x", "uid=c,dc=x"]

@@ -5,7 +5,7 @@
 //! several allocations per value and a wake-up of another thread per entry, which cost
 //! more CPU than the server spends producing the entries. This reader owns its socket: it
 //! reads into one buffer, walks each complete message in place with [`ber`], and builds
-//! [`RawEntry`]s directly. It speaks only what a paged search needs (simple bind,
+//! borrowed [`EntryRef`]s directly. It speaks only what a paged search needs (simple bind,
 //! StartTLS, SearchRequest with controls, unbind); everything else stays on ldap3.
 //!
 //! Nothing the server sends is trusted: a malformed message, an oversized length or a
@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::controls::RawControl;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::ldap::ber::{self, BOOLEAN, ENUMERATED, INTEGER, OCTET_STRING, SEQUENCE, SET};
 use super::ldap::{
-    ConnectOptions, LdapFailure, RawAttr, RawEntry, RawResponseControl, SearchOutcome,
+    AttrRef, ConnectOptions, EntryRef, LdapFailure, RawResponseControl, SearchOutcome,
 };
 use crate::config::{SourceConfig, Tls};
 use crate::error::{Error, Result};
@@ -164,7 +165,7 @@ impl Wire {
         attrs: &[&str],
         controls: &[RawControl],
         page_size: i32,
-        each: &mut (dyn FnMut(RawEntry) -> Result<()> + Send),
+        each: &mut (dyn FnMut(&EntryRef<'_>) -> Result<()> + Send),
     ) -> Result<std::result::Result<SearchOutcome, LdapFailure>> {
         let filter_ber = encode_filter(filter)
             .map_err(|why| Error::Source(format!("search filter {filter}: {why}")))?;
@@ -206,7 +207,7 @@ impl Wire {
                     op::SEARCH_ENTRY => {
                         let entry = decode_entry(msg.body).map_err(|why| self.bad(&why))?;
                         received += 1;
-                        each(entry)?;
+                        each(&entry)?;
                         None
                     }
                     op::SEARCH_REFERENCE => {
@@ -479,30 +480,25 @@ fn decode_controls(mut b: &[u8]) -> std::result::Result<Vec<RawResponseControl>,
 
 /// `SearchResultEntry ::= [APPLICATION 4] SEQUENCE { objectName, attributes
 /// PartialAttributeList }` with `PartialAttribute ::= SEQUENCE { type, vals SET OF value }`.
-fn decode_entry(b: &[u8]) -> std::result::Result<RawEntry, String> {
+/// Decoded in place: the entry borrows the message.
+fn decode_entry(b: &[u8]) -> std::result::Result<EntryRef<'_>, String> {
     let (dn, rest) = text(b, "DN")?;
     let mut list = contents_or_empty(rest, SEQUENCE)?;
-    let mut attrs = Vec::new();
+    let mut attrs = SmallVec::new();
     while !list.is_empty() {
         let (a, rest) = ber::expect(list, SEQUENCE)?;
         list = rest;
         let (name, a) = text(a, "an attribute name")?;
         let mut vals = contents_or_empty(a, SET)?;
-        let mut values = Vec::new();
+        let mut values = SmallVec::new();
         while !vals.is_empty() {
             let (v, rest) = ber::expect(vals, OCTET_STRING)?;
             vals = rest;
-            values.push(v.to_vec());
+            values.push(v);
         }
-        attrs.push(RawAttr {
-            name: name.to_string(),
-            values,
-        });
+        attrs.push(AttrRef { name, values });
     }
-    Ok(RawEntry {
-        dn: dn.to_string(),
-        attrs,
-    })
+    Ok(EntryRef { dn, attrs })
 }
 
 /// The OCTET STRING at the start of `b` as UTF-8 text (`what` names it in the error), and
@@ -625,9 +621,10 @@ mod tests {
         );
         let e = decode_entry(&body).unwrap();
         assert_eq!(e.dn, "cn=Zoë\\2C Smith,dc=example,dc=org");
-        assert_eq!(e.values("OBJECTGUID").unwrap(), &[vec![0xff, 0, 0x80]]);
+        assert_eq!(e.values("OBJECTGUID").unwrap(), &[&[0xff, 0, 0x80][..]]);
         assert_eq!(e.values("member").unwrap().len(), 0);
-        let bare = decode_entry(&ber::tlv(OCTET_STRING, b"dc=x")).unwrap();
+        let bare = ber::tlv(OCTET_STRING, b"dc=x");
+        let bare = decode_entry(&bare).unwrap();
         assert!(bare.attrs.is_empty());
     }
 
