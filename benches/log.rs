@@ -6,6 +6,10 @@
 
 mod mix;
 
+/// The binary's allocator, so the rates are the ones `dirsync` gets.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Instant;
 
 use dirsync::log::event::{Event, ExportApplied, ExportOp, ObjectKind};

@@ -2,6 +2,10 @@
 // Each bench uses the part it needs.
 #![allow(dead_code)]
 
+/// The binary's allocator, for the benches that time the library itself.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// `--name N` from the arguments, else `default`.
 pub fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
