@@ -620,7 +620,7 @@ impl Cycle<'_> {
     /// --dry-run and --staging: the plan as lines (matching is asked of the target when one
     /// is configured, read-only).
     async fn print_plan(&self, state: &State, p: Plan, report: &mut SyncReport) -> Result<()> {
-        let mut lines = Vec::new();
+        let mut lines = Vec::with_capacity(p.new.len() + p.updates.len() + p.deletes.len());
         let decisions = match self.target {
             Some(t) if !p.new.is_empty() => {
                 let mut remote = Vec::new();
@@ -656,7 +656,7 @@ impl Cycle<'_> {
                     target_id: Some(remote.id),
                     detail: Some(if soft { "soft" } else { "hard" }.into()),
                 },
-                NewDecision::Create(op) => self.line(state, &op),
+                NewDecision::Create(op) => Self::line(state, op),
                 NewDecision::Conflict {
                     anchor,
                     kind,
@@ -672,29 +672,37 @@ impl Cycle<'_> {
                 },
             });
         }
-        lines.extend(p.updates.iter().map(|op| self.line(state, op)));
-        lines.extend(p.deletes.iter().map(|op| self.line(state, op)));
+        lines.extend(p.updates.into_iter().map(|op| Self::line(state, op)));
+        lines.extend(p.deletes.into_iter().map(|op| Self::line(state, op)));
         report.plan = lines;
         Ok(())
     }
 
-    fn line(&self, state: &State, op: &Op) -> PlannedOp {
-        let name = match op {
-            Op::Create { object, .. } => object.name().to_string(),
-            Op::Update { to, .. } => to.name().to_string(),
-            Op::Delete { anchor, .. } => crate::target::ledger_name(&state.ledger, anchor),
+    /// The plan line of `op`, taking its strings rather than copying them (a staging plan
+    /// of a whole directory is a line per object).
+    fn line(state: &State, op: Op) -> PlannedOp {
+        let (op_name, kind) = (op_name(&op), op.kind());
+        let (anchor, name, target_id) = match op {
+            Op::Create { anchor, object } => (anchor, object.name().to_string(), None),
+            Op::Update {
+                anchor,
+                target_id,
+                to,
+                ..
+            } => (anchor, to.name().to_string(), Some(target_id)),
+            Op::Delete {
+                anchor, target_id, ..
+            } => {
+                let name = crate::target::ledger_name(&state.ledger, &anchor);
+                (anchor, name, Some(target_id))
+            }
         };
         PlannedOp {
-            op: op_name(op),
-            kind: op.kind(),
-            anchor: op.anchor().to_string(),
+            op: op_name,
+            kind,
+            anchor,
             name,
-            target_id: match op {
-                Op::Create { .. } => None,
-                Op::Update { target_id, .. } | Op::Delete { target_id, .. } => {
-                    Some(target_id.clone())
-                }
-            },
+            target_id,
             detail: None,
         }
     }
