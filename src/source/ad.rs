@@ -32,7 +32,7 @@ use ldap3::controls::RawControl;
 use ldap3::Scope;
 use uuid::Uuid;
 
-use super::ldap::{ber, result_name, ConnectOptions, LdapClient, RawAttr, RawEntry};
+use super::ldap::{ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, RawEntry};
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 use crate::log::event::{
@@ -205,41 +205,46 @@ impl AdSource {
         let controls = [extended_dn_control()];
         let mut out = FullImport::default();
         let mut seen: HashMap<String, usize> = HashMap::new();
-        // (object index, member values still as extended DNs)
-        let mut pending: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
+        // (object index, DN, the member values its entry came with)
+        let mut groups: Vec<(usize, String, FirstMembers)> = Vec::new();
         let base = self.cfg.base_dn.clone();
+        let page_size = self.opts.page_size;
         for (kind, filter) in [
             (ObjectKind::User, self.cfg.users.clone()),
             (ObjectKind::Group, self.cfg.groups.clone()),
         ] {
-            let res = self
-                .client
-                .paged_search(&base, &filter, &attrs, &controls, self.opts.page_size)
-                .await?;
-            out.referrals_skipped += res.referrals;
-            for entry in res.entries {
-                let ext = ExtendedDn::parse(&entry.dn);
-                let ids = identity(&entry, &ext)?;
+            // Entries become objects as they arrive, while the server sends the next ones.
+            let objects = &mut out.objects;
+            let mut each = |entry: &EntryRef<'_>| {
+                let ext = ExtendedDn::parse(entry.dn);
+                let ids = identity(entry, &ext)?;
                 if seen.contains_key(&ids.anchor) {
-                    continue;
+                    return Ok(());
                 }
-                let mut members = Vec::new();
+                let idx = objects.len();
                 if kind == ObjectKind::Group {
-                    members = self.all_member_values(&entry, &ext.dn).await?;
+                    groups.push((idx, ext.dn.clone(), first_member_values(entry)));
                 }
-                let object = SourceObject {
+                objects.push(SourceObject {
                     anchor: ids.anchor.clone(),
                     kind,
-                    dn: ext.dn.clone(),
                     attrs: to_attrs(&entry.attrs, &ext.dn, true),
+                    dn: ext.dn,
                     members: BTreeSet::new(),
-                };
-                seen.insert(ids.anchor, out.objects.len());
-                if kind == ObjectKind::Group {
-                    pending.push((out.objects.len(), members));
-                }
-                out.objects.push(object);
-            }
+                });
+                seen.insert(ids.anchor, idx);
+                Ok(())
+            };
+            let res = self
+                .client
+                .paged_each(&base, &filter, &attrs, &controls, page_size, &mut each)
+                .await?;
+            out.referrals_skipped += res.referrals;
+        }
+        // Groups larger than the server's range limit: the rest of their members.
+        let mut pending: Vec<(usize, Vec<Vec<u8>>)> = Vec::with_capacity(groups.len());
+        for (idx, dn, (values, next_low)) in groups {
+            pending.push((idx, self.more_member_values(values, next_low, &dn).await?));
         }
         // objectGUID -> anchor for imported objects (they differ under ConsistencyGuid).
         let by_guid: HashMap<String, String> = out
@@ -268,20 +273,14 @@ impl AdSource {
         Ok(out)
     }
 
-    /// All `member` values of a group entry, following ranged retrieval.
-    async fn all_member_values(&mut self, entry: &RawEntry, dn: &str) -> Result<Vec<Vec<u8>>> {
-        let mut values = Vec::new();
-        let mut next_low: Option<u64> = None;
-        for a in &entry.attrs {
-            match member_range(&a.name) {
-                Some(MemberRange::Plain) => values.extend(a.values.iter().cloned()),
-                Some(MemberRange::Range { high, .. }) => {
-                    values.extend(a.values.iter().cloned());
-                    next_low = high.map(|h| h + 1);
-                }
-                _ => {}
-            }
-        }
+    /// `values`, the member values a group's entry came with, and the rest of them by
+    /// ranged retrieval from `next_low` on (see [`first_member_values`]).
+    async fn more_member_values(
+        &mut self,
+        mut values: Vec<Vec<u8>>,
+        mut next_low: Option<u64>,
+        dn: &str,
+    ) -> Result<Vec<Vec<u8>>> {
         let mut rounds = 0u32;
         while let Some(low) = next_low.take() {
             rounds += 1;
@@ -505,7 +504,7 @@ impl AdSource {
         let mut items: Vec<PendingItem> = Vec::new();
         for entry in entries {
             let ext = ExtendedDn::parse(&entry.dn);
-            let ids = identity(&entry, &ext)?;
+            let ids = identity(&entry.borrow(), &ext)?;
             let deleted = entry
                 .text("isDeleted")
                 .is_some_and(|v| v.eq_ignore_ascii_case("TRUE"));
@@ -566,7 +565,7 @@ impl AdSource {
                     None
                 }
             });
-            let mut attrs = to_attrs(&entry.attrs, &ext.dn, is_new);
+            let mut attrs = to_attrs(&entry.borrow().attrs, &ext.dn, is_new);
             attrs.remove("parentguid");
             guids.push(ids.object_guid.clone());
             let has_attr_change = !attrs.is_empty();
@@ -738,7 +737,7 @@ impl AdSource {
                 .await?;
             for e in res.entries {
                 let ext = ExtendedDn::parse(&e.dn);
-                if let Ok(ids) = identity(&e, &ext) {
+                if let Ok(ids) = identity(&e.borrow(), &ext) {
                     out.insert(ids.object_guid, ids.anchor);
                 }
             }
@@ -809,7 +808,28 @@ struct Identity {
 
 /// Anchor and objectGUID of an entry: objectGUID from the attribute, else from the
 /// extended DN; mS-DS-ConsistencyGuid wins for the anchor.
-fn identity(entry: &RawEntry, ext: &ExtendedDn) -> Result<Identity> {
+/// The `member` values (extended DNs) a group's entry came with, and where ranged
+/// retrieval goes on when the server sent only a first range.
+type FirstMembers = (Vec<Vec<u8>>, Option<u64>);
+
+/// The [`FirstMembers`] of a group's entry.
+fn first_member_values(entry: &EntryRef<'_>) -> FirstMembers {
+    let mut values = Vec::new();
+    let mut next_low = None;
+    for a in &entry.attrs {
+        match member_range(a.name) {
+            Some(MemberRange::Plain) => values.extend(a.values.iter().map(|v| v.to_vec())),
+            Some(MemberRange::Range { high, .. }) => {
+                values.extend(a.values.iter().map(|v| v.to_vec()));
+                next_low = high.map(|h| h + 1);
+            }
+            _ => {}
+        }
+    }
+    (values, next_low)
+}
+
+fn identity(entry: &EntryRef<'_>, ext: &ExtendedDn) -> Result<Identity> {
     let from_attr = entry
         .values("objectGUID")
         .and_then(|v| v.first())
@@ -933,8 +953,8 @@ fn member_range(name: &str) -> Option<MemberRange> {
 /// Server attributes to `Attrs`: lower-case names, member values and volatile attributes
 /// left out, binary attributes as bytes, extended DN values reduced to their DN, and `cn`
 /// derived from `name` when the server left it out (Samba's DirSync does).
-fn to_attrs(raw: &[RawAttr], dn: &str, keep_identity: bool) -> Attrs {
-    let mut out = Attrs::new();
+fn to_attrs(raw: &[AttrRef<'_>], dn: &str, keep_identity: bool) -> Attrs {
+    let mut out = Attrs::with_capacity(raw.len());
     for a in raw {
         let name = a.lower_name();
         if member_range(&name).is_some() || VOLATILE_ATTRS.contains(&name.as_str()) {
@@ -955,7 +975,7 @@ fn to_attrs(raw: &[RawAttr], dn: &str, keep_identity: bool) -> Attrs {
                         AttrValue::Text(s.into())
                     }
                 }
-                _ => AttrValue::Binary { b64: v.clone() },
+                _ => AttrValue::Binary { b64: v.to_vec() },
             })
             .collect::<Values>();
         out.insert(name, values);
@@ -1028,6 +1048,7 @@ pub fn parse_dirsync_response(v: &[u8]) -> std::result::Result<(bool, Vec<u8>), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::ldap::RawAttr;
 
     #[test]
     fn guid_is_mixed_endian() {
@@ -1109,29 +1130,58 @@ mod tests {
     }
 
     #[test]
+    fn a_groups_first_member_values_tell_where_ranged_retrieval_goes_on() {
+        let entry = |name: &str| RawEntry {
+            dn: "CN=G,DC=a".into(),
+            attrs: vec![
+                RawAttr {
+                    name: "cn".into(),
+                    values: vec![b"G".to_vec()],
+                },
+                RawAttr {
+                    name: name.into(),
+                    values: vec![b"<GUID=1>;CN=A".to_vec(), b"<GUID=2>;CN=B".to_vec()],
+                },
+            ],
+        };
+        let (values, next) = first_member_values(&entry("member;range=0-1").borrow());
+        assert_eq!((values.len(), next), (2, Some(2)));
+        assert_eq!(
+            first_member_values(&entry("member;range=2-*").borrow()).1,
+            None
+        );
+        let (values, next) = first_member_values(&entry("member").borrow());
+        assert_eq!((values[1].as_slice(), next), (&b"<GUID=2>;CN=B"[..], None));
+    }
+
+    #[test]
     fn attrs_conversion() {
-        let raw = vec![
-            RawAttr {
-                name: "objectGUID".into(),
-                values: vec![b"0123456789abcdef".to_vec()],
-            },
-            RawAttr {
-                name: "name".into(),
-                values: vec![b"Ann".to_vec()],
-            },
-            RawAttr {
-                name: "manager".into(),
-                values: vec![b"<GUID=7f0aaa17-c04d-4927-bf6c-71fb6f1a5985>;CN=B,DC=a".to_vec()],
-            },
-            RawAttr {
-                name: "member;range=1-1".into(),
-                values: vec![b"x".to_vec()],
-            },
-            RawAttr {
-                name: "uSNChanged".into(),
-                values: vec![b"5".to_vec()],
-            },
-        ];
+        let owned = RawEntry {
+            dn: "CN=Ann,DC=a".into(),
+            attrs: vec![
+                RawAttr {
+                    name: "objectGUID".into(),
+                    values: vec![b"0123456789abcdef".to_vec()],
+                },
+                RawAttr {
+                    name: "name".into(),
+                    values: vec![b"Ann".to_vec()],
+                },
+                RawAttr {
+                    name: "manager".into(),
+                    values: vec![b"<GUID=7f0aaa17-c04d-4927-bf6c-71fb6f1a5985>;CN=B,DC=a".to_vec()],
+                },
+                RawAttr {
+                    name: "member;range=1-1".into(),
+                    values: vec![b"x".to_vec()],
+                },
+                RawAttr {
+                    name: "uSNChanged".into(),
+                    values: vec![b"5".to_vec()],
+                },
+            ],
+        };
+        let raw = owned.borrow().attrs;
         let a = to_attrs(&raw, "CN=Ann,DC=a", true);
         assert!(matches!(a["objectguid"][0], AttrValue::Binary { .. }));
         assert_eq!(a["manager"], vec![AttrValue::Text("CN=B,DC=a".into())]);

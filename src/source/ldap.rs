@@ -59,20 +59,6 @@ pub struct RawAttr {
     pub values: Vec<Vec<u8>>,
 }
 
-impl RawAttr {
-    /// The name lower-cased, as `Attrs` keys it (inline when short: no allocation).
-    pub fn lower_name(&self) -> crate::log::event::AttrName {
-        lower_name(&self.name)
-    }
-}
-
-/// An attribute name lower-cased, as `Attrs` keys it (inline when short: no allocation).
-pub fn lower_name(name: &str) -> crate::log::event::AttrName {
-    let mut name = crate::log::event::AttrName::new(name);
-    name.as_mut_str().make_ascii_lowercase();
-    name
-}
-
 /// One attribute of an entry, borrowed from the message it came in (or from a
 /// [`RawAttr`]): its name as sent and its values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,9 +68,11 @@ pub struct AttrRef<'a> {
 }
 
 impl AttrRef<'_> {
-    /// The name lower-cased, as `Attrs` keys it.
+    /// The name lower-cased, as `Attrs` keys it (inline when short: no allocation).
     pub fn lower_name(&self) -> crate::log::event::AttrName {
-        lower_name(self.name)
+        let mut name = crate::log::event::AttrName::new(self.name);
+        name.as_mut_str().make_ascii_lowercase();
+        name
     }
 }
 
