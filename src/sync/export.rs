@@ -621,7 +621,7 @@ impl Cycle<'_> {
     /// is configured, read-only).
     async fn print_plan(&self, state: &State, p: Plan, report: &mut SyncReport) -> Result<()> {
         let mut lines = Vec::with_capacity(p.new.len() + p.updates.len() + p.deletes.len());
-        let decisions = match self.target {
+        match self.target {
             Some(t) if !p.new.is_empty() => {
                 let mut remote = Vec::new();
                 for kind in [ObjectKind::User, ObjectKind::Group] {
@@ -633,49 +633,54 @@ impl Cycle<'_> {
                         .collect();
                     remote.extend(self.lookup(t, kind, &new).await?);
                 }
-                decide_new(&remote, &p.new, state)
+                let decisions = decide_new(&remote, &p.new, state);
+                lines.extend(decisions.into_iter().map(|d| Self::decision_line(state, d)));
             }
-            _ => p
-                .new
-                .into_iter()
-                .map(|(anchor, object)| NewDecision::Create(Op::Create { anchor, object }))
-                .collect(),
-        };
-        for d in decisions {
-            lines.push(match d {
-                NewDecision::Take {
-                    anchor,
-                    kind,
-                    remote,
-                    soft,
-                } => PlannedOp {
-                    op: "match",
-                    kind,
-                    anchor,
-                    name: remote.name.clone(),
-                    target_id: Some(remote.id),
-                    detail: Some(if soft { "soft" } else { "hard" }.into()),
-                },
-                NewDecision::Create(op) => Self::line(state, op),
-                NewDecision::Conflict {
-                    anchor,
-                    kind,
-                    name,
-                    why,
-                } => PlannedOp {
-                    op: "conflict",
-                    kind,
-                    anchor,
-                    name,
-                    target_id: None,
-                    detail: Some(why),
-                },
-            });
+            // Nothing to match against: every new object is a creation, its line made
+            // straight from the plan.
+            _ => lines.extend(
+                p.new
+                    .into_iter()
+                    .map(|(anchor, object)| Self::line(state, Op::Create { anchor, object })),
+            ),
         }
         lines.extend(p.updates.into_iter().map(|op| Self::line(state, op)));
         lines.extend(p.deletes.into_iter().map(|op| Self::line(state, op)));
         report.plan = lines;
         Ok(())
+    }
+
+    /// The plan line of a new object's decision.
+    fn decision_line(state: &State, d: NewDecision) -> PlannedOp {
+        match d {
+            NewDecision::Take {
+                anchor,
+                kind,
+                remote,
+                soft,
+            } => PlannedOp {
+                op: "match",
+                kind,
+                anchor,
+                name: remote.name.clone(),
+                target_id: Some(remote.id),
+                detail: Some(if soft { "soft" } else { "hard" }.into()),
+            },
+            NewDecision::Create(op) => Self::line(state, op),
+            NewDecision::Conflict {
+                anchor,
+                kind,
+                name,
+                why,
+            } => PlannedOp {
+                op: "conflict",
+                kind,
+                anchor,
+                name,
+                target_id: None,
+                detail: Some(why),
+            },
+        }
     }
 
     /// The plan line of `op`, taking its strings rather than copying them (a staging plan

@@ -5,11 +5,13 @@
 //! Inputs are projections only (no I/O), so `--dry-run`, `--staging`, the export runner and
 //! the tests all compute exactly the same plan from the same log.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use sha2::{Digest, Sha256};
 
 use crate::config::{SourceKind, Threshold};
 use crate::log::event::ObjectKind;
-use crate::project::{ObjectRecord, State};
+use crate::project::{LedgerEntry, ObjectRecord, State};
 use crate::source::mapping::{map_object, resolve_group, Desired};
 use crate::target::{Mapped, Op};
 
@@ -57,6 +59,13 @@ impl Plan {
     }
 }
 
+/// What one live object needs, as the worker that mapped it found.
+enum Need<'a> {
+    New(&'a String, Mapped),
+    Update(&'a String, &'a LedgerEntry, Mapped),
+    Unmappable(&'a String, String),
+}
+
 /// The plan for objects of `only` (all kinds when None). Deletions are always planned for
 /// every kind, since the guard must see them all.
 pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) -> Plan {
@@ -83,47 +92,47 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     };
     live.retain(|(_, rec)| only.is_none_or(|k| k == rec.kind));
     out.live = live.len() as u64;
-    // Mapping is most of the work, and each object's is its own: on every core.
-    let mapped = crate::par::map(&live, 4096, |(_, rec)| {
-        map_object(source_kind, rec).map(|desired| match desired {
-            Desired::User(u) => (Mapped::User(u), 0),
-            Desired::Group {
+    // Mapping and comparing are most of the work, and each object's are its own: on every
+    // core. Objects that need nothing are dropped there.
+    let unresolved = AtomicUsize::new(0);
+    let needs = crate::par::filter_map(&live, 4096, |&(anchor, rec)| {
+        let mapped = match map_object(source_kind, rec) {
+            Ok(Desired::User(u)) => Mapped::User(u),
+            Ok(Desired::Group {
                 display_name,
                 members,
-            } => {
-                let (g, unresolved) = resolve_group(&display_name, &members, resolve);
-                (Mapped::Group(g), unresolved)
+            }) => {
+                let (g, missing) = resolve_group(&display_name, &members, resolve);
+                unresolved.fetch_add(missing, Ordering::Relaxed);
+                Mapped::Group(g)
             }
-        })
-    });
-    for ((anchor, _), mapped) in live.iter().zip(mapped) {
-        let mapped = match mapped {
-            Ok((m, unresolved)) => {
-                out.unresolved_members += unresolved;
-                m
-            }
-            Err(why) => {
-                out.unmappable.push(((*anchor).clone(), why.0));
-                continue;
-            }
+            Err(why) => return Some(Need::Unmappable(anchor, why.0)),
         };
         match ledger
             .entries
             .get(anchor.as_str())
             .filter(|l| l.deleted.is_none())
         {
-            None => out.new.push(((*anchor).clone(), mapped)),
-            Some(l) => {
-                if l.state.as_ref() != Some(&mapped) {
-                    out.updates.push(Op::Update {
-                        anchor: (*anchor).clone(),
-                        target_id: l.target_id.clone(),
-                        from: l.state.clone(),
-                        to: mapped,
-                        etag: l.etag.clone(),
-                    });
-                }
-            }
+            None => Some(Need::New(anchor, mapped)),
+            Some(l) if l.state.as_ref() != Some(&mapped) => Some(Need::Update(anchor, l, mapped)),
+            Some(_) => None,
+        }
+    });
+    out.unresolved_members = unresolved.into_inner();
+    // Sized once: for a first sync that is every object, a list of tens of megabytes.
+    out.new
+        .reserve_exact(needs.iter().filter(|n| matches!(n, Need::New(..))).count());
+    for need in needs {
+        match need {
+            Need::New(anchor, mapped) => out.new.push((anchor.clone(), mapped)),
+            Need::Update(anchor, l, to) => out.updates.push(Op::Update {
+                anchor: anchor.clone(),
+                target_id: l.target_id.clone(),
+                from: l.state.clone(),
+                to,
+                etag: l.etag.clone(),
+            }),
+            Need::Unmappable(anchor, why) => out.unmappable.push((anchor.clone(), why)),
         }
     }
     let mut deletes: Vec<Op> = ledger
