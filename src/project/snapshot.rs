@@ -250,25 +250,25 @@ impl Writer {
         self.len(m.len());
         self.len(m.len().div_ceil(CHUNK));
         let mut chunk = Writer::default();
-        let mut in_chunk = 0;
-        let mut entries = m.iter().peekable();
-        while let Some((k, v)) = entries.next() {
-            chunk.str(k);
-            entry(&mut chunk, v)?;
-            in_chunk += 1;
-            if in_chunk == CHUNK || entries.peek().is_none() {
-                let mut raw = Writer::default();
-                raw.len(in_chunk);
-                raw.0.append(&mut chunk.0);
-                let size = u32::try_from(raw.0.len())
-                    .map_err(|_| SnapshotError::Malformed("a chunk of more than 4 GiB"))?;
-                let packed = lz4_flex::block::compress(&raw.0);
-                self.0
-                    .extend_from_slice(&((4 + packed.len()) as u64).to_le_bytes());
-                self.0.extend_from_slice(&size.to_le_bytes());
-                self.0.extend_from_slice(&packed);
-                in_chunk = 0;
+        let mut entries = m.iter();
+        let mut left = m.len();
+        while left > 0 {
+            let n = left.min(CHUNK);
+            left -= n;
+            // The count first, so the chunk is packed from where it was written.
+            chunk.0.clear();
+            chunk.len(n);
+            for (k, v) in entries.by_ref().take(n) {
+                chunk.str(k);
+                entry(&mut chunk, v)?;
             }
+            let size = u32::try_from(chunk.0.len())
+                .map_err(|_| SnapshotError::Malformed("a chunk of more than 4 GiB"))?;
+            let packed = lz4_flex::block::compress(&chunk.0);
+            self.0
+                .extend_from_slice(&((4 + packed.len()) as u64).to_le_bytes());
+            self.0.extend_from_slice(&size.to_le_bytes());
+            self.0.extend_from_slice(&packed);
         }
         Ok(())
     }
