@@ -10,7 +10,7 @@ pub mod store;
 
 pub use event::{Event, SCHEMA_VERSION};
 pub use hash::{ChainVerifier, Hash, GENESIS};
-pub use store::{AnyStore, AppendOutcome, Expected, NewEvent, OpenMode, Store};
+pub use store::{AnyStore, AppendOutcome, Expected, Keep, KeptPart, NewEvent, OpenMode, Store};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};

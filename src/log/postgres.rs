@@ -9,8 +9,8 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::hash::EventRef;
 use super::migrate;
-use super::store::{self, redact_url, AppendOutcome, Batch, OpenMode, Snapshot, Store};
-use super::{hash_from_slice, Event, Hash, StoredEvent};
+use super::store::{self, redact_url, AppendOutcome, Batch, Keep, OpenMode, Snapshot, Store};
+use super::{hash_from_slice, Hash, StoredEvent};
 use crate::error::{Error, Result};
 
 const INSERT_CHUNK: usize = 10_000;
@@ -82,8 +82,8 @@ async fn copy_batch(
     versions: HashMap<String, u64>,
     batch: Batch,
     now_us: i64,
-    keep: bool,
-) -> Result<(Written, HashMap<String, u64>, Vec<Event>)> {
+    keep: Option<Keep>,
+) -> Result<(Written, HashMap<String, u64>)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Vec<u8>, Written)>>(2);
     let preparer = tokio::task::spawn_blocking(move || {
         // A short first part lets the COPY start sooner.
@@ -131,8 +131,8 @@ async fn copy_batch(
         return Err(e);
     }
     copy_finish(copy).await?;
-    let (versions, kept) = preparer.await.map_err(Error::store)?;
-    Ok((written, versions, kept))
+    let versions = preparer.await.map_err(Error::store)?;
+    Ok((written, versions))
 }
 
 #[derive(Clone)]
@@ -386,8 +386,8 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// An append; with `keep`, the batch's events come back once stored.
-    async fn append_with(&self, batch: Batch, keep: bool) -> Result<(AppendOutcome, Vec<Event>)> {
+    /// An append; with `keep`, the batch's events are handed over as they are prepared.
+    async fn append_with(&self, batch: Batch, keep: Option<Keep>) -> Result<AppendOutcome> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let head = Self::lock_head(&mut tx).await?;
@@ -399,7 +399,9 @@ impl PgStore {
                     .await?;
             if let Some(seq) = seen {
                 tx.rollback().await?;
-                return Ok(AppendOutcome::duplicate(seq as u64, batch, keep));
+                return Ok(AppendOutcome::Duplicate {
+                    first_seq: seq as u64,
+                });
             }
         }
         if batch.events.is_empty() {
@@ -407,40 +409,39 @@ impl PgStore {
         }
         let mut versions = Self::versions(&mut tx, &batch.streams()).await?;
         let now = store::now_us();
-        let ((first_seq, last_seq, last_hash), kept) = if batch.events.len() < COPY_MIN {
+        let (first_seq, last_seq, last_hash) = if batch.events.len() < COPY_MIN {
             let rows = store::prepare(head, &mut versions, &batch, now)?;
             Self::insert_rows(&mut tx, &rows).await?;
             match (rows.first(), rows.last()) {
                 (Some(first), Some(last)) => {
-                    let kept = batch.into_events(keep);
-                    ((first.seq, last.seq, last.hash), kept)
+                    let written = (first.seq, last.seq, last.hash);
+                    batch.hand_over(first.seq, now, keep);
+                    written
                 }
                 _ => return Err(Error::Store("an append prepared no rows".into())),
             }
         } else {
-            let (written, next, kept) =
-                copy_batch(&mut tx, head, versions, batch, now, keep).await?;
+            let (written, next) = copy_batch(&mut tx, head, versions, batch, now, keep).await?;
             versions = next;
-            (written, kept)
+            written
         };
         Self::finish(&mut tx, &versions, last_seq, &last_hash).await?;
         tx.commit().await?;
-        let outcome = AppendOutcome::Appended {
+        Ok(AppendOutcome::Appended {
             first_seq,
             last_seq,
             recorded_at_us: now,
-        };
-        Ok((outcome, kept))
+        })
     }
 }
 
 impl Store for PgStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
-        Ok(self.append_with(batch, false).await?.0)
+        self.append_with(batch, None).await
     }
 
-    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
-        self.append_with(batch, true).await
+    async fn append_keeping(&self, batch: Batch, keep: Keep) -> Result<AppendOutcome> {
+        self.append_with(batch, Some(keep)).await
     }
 
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {

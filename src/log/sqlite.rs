@@ -26,8 +26,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 
 use super::hash::{EventRef, FoldRef};
 use super::migrate;
-use super::store::{self, AppendOutcome, Batch, OpenMode, Snapshot, Store};
-use super::{hash_from_slice, Event, Hash, StoredEvent};
+use super::store::{self, AppendOutcome, Batch, Keep, OpenMode, Snapshot, Store};
+use super::{hash_from_slice, Hash, StoredEvent};
 use crate::error::{Error, Result};
 
 /// How long an append waits for another writer (this or another process) before failing.
@@ -216,8 +216,8 @@ impl SqliteStore {
         })
     }
 
-    /// An append; with `keep`, the batch's events come back once stored.
-    async fn append_with(&self, batch: Batch, keep: bool) -> Result<(AppendOutcome, Vec<Event>)> {
+    /// An append; with `keep`, the batch's events are handed over as they are prepared.
+    async fn append_with(&self, batch: Batch, keep: Option<Keep>) -> Result<AppendOutcome> {
         self.with_writer(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -231,7 +231,9 @@ impl SqliteStore {
                     .map_err(sql)?;
                 if let Some(seq) = seen {
                     tx.rollback().map_err(sql)?;
-                    return Ok(AppendOutcome::duplicate(seq as u64, batch, keep));
+                    return Ok(AppendOutcome::Duplicate {
+                        first_seq: seq as u64,
+                    });
                 }
             }
             let head = head_on(&tx)?;
@@ -240,20 +242,20 @@ impl SqliteStore {
             }
             let mut versions = versions(&tx, &batch.streams())?;
             let now = store::now_us();
-            let ((first_seq, last_seq, last_hash), kept) = if batch.events.len() < PIPELINE_MIN {
+            let (first_seq, last_seq, last_hash) = if batch.events.len() < PIPELINE_MIN {
                 let written = insert_batch(&tx, head, &mut versions, &batch, now)?;
-                (written, batch.into_events(keep))
+                batch.hand_over(written.0, now, keep);
+                written
             } else {
                 insert_pipelined(&tx, head, &mut versions, batch, now, keep)?
             };
             finish(&tx, &versions, last_seq, &last_hash)?;
             tx.commit().map_err(sql)?;
-            let outcome = AppendOutcome::Appended {
+            Ok(AppendOutcome::Appended {
                 first_seq,
                 last_seq,
                 recorded_at_us: now,
-            };
-            Ok((outcome, kept))
+            })
         })
         .await
     }
@@ -575,8 +577,8 @@ fn insert_pipelined(
     versions: &mut HashMap<String, u64>,
     batch: Batch,
     now_us: i64,
-    keep: bool,
-) -> Result<(Written, Vec<Event>)> {
+    keep: Option<Keep>,
+) -> Result<Written> {
     let owned_versions = std::mem::take(versions);
     std::thread::scope(|s| {
         let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredEvent>>>(2);
@@ -621,13 +623,12 @@ fn insert_pipelined(
         }
         drop(rows_rx);
         drop(done_tx);
-        let (final_versions, kept) = preparer
+        let final_versions = preparer
             .join()
             .map_err(|_| Error::Store("preparing the append panicked".into()))?;
         result?;
         *versions = final_versions;
-        let written = written.ok_or_else(|| Error::Store("an append prepared no rows".into()))?;
-        Ok((written, kept))
+        written.ok_or_else(|| Error::Store("an append prepared no rows".into()))
     })
 }
 
@@ -679,11 +680,11 @@ fn row_ref<'r>(r: &'r Row<'_>) -> Result<EventRef<'r>> {
 
 impl Store for SqliteStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
-        Ok(self.append_with(batch, false).await?.0)
+        self.append_with(batch, None).await
     }
 
-    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
-        self.append_with(batch, true).await
+    async fn append_keeping(&self, batch: Batch, keep: Keep) -> Result<AppendOutcome> {
+        self.append_with(batch, Some(keep)).await
     }
 
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {

@@ -80,12 +80,17 @@ impl Batch {
         self
     }
 
-    /// The batch's events without their streams and instances when `keep`, else none.
-    pub(crate) fn into_events(self, keep: bool) -> Vec<Event> {
-        if !keep {
-            return Vec::new();
+    /// Hand the batch's events, stored as seqs `first_seq..` at `recorded_at_us`, to `keep`
+    /// (see [`Store::append_keeping`]).
+    pub(crate) fn hand_over(self, first_seq: u64, recorded_at_us: i64, keep: Option<Keep>) {
+        if let Some(keep) = keep {
+            // A folder that is gone does not want them.
+            let _ = keep.send(KeptPart {
+                first_seq,
+                recorded_at_us,
+                events: self.events.into_iter().map(|e| e.event).collect(),
+            });
         }
-        self.events.into_iter().map(|e| e.event).collect()
     }
 
     /// Every stream whose version the append must read.
@@ -116,22 +121,12 @@ pub enum AppendOutcome {
 
 impl AppendOutcome {
     /// An empty batch after the event `head_seq`: nothing written.
-    pub(crate) fn nothing_after(head_seq: u64) -> (AppendOutcome, Vec<Event>) {
-        let outcome = AppendOutcome::Appended {
+    pub(crate) fn nothing_after(head_seq: u64) -> AppendOutcome {
+        AppendOutcome::Appended {
             first_seq: head_seq + 1,
             last_seq: head_seq,
             recorded_at_us: now_us(),
-        };
-        (outcome, Vec::new())
-    }
-
-    /// A batch whose idempotency key the event `seq` already carries: nothing written, and
-    /// the events handed back when `keep`.
-    pub(crate) fn duplicate(seq: u64, batch: Batch, keep: bool) -> (AppendOutcome, Vec<Event>) {
-        (
-            AppendOutcome::Duplicate { first_seq: seq },
-            batch.into_events(keep),
-        )
+        }
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -141,6 +136,18 @@ impl AppendOutcome {
         }
     }
 }
+
+/// A part of a batch handed over by [`Store::append_keeping`]: its events, stored as seqs
+/// `first_seq..` at `recorded_at_us`.
+#[derive(Debug)]
+pub struct KeptPart {
+    pub first_seq: u64,
+    pub recorded_at_us: i64,
+    pub events: Vec<Event>,
+}
+
+/// Where [`Store::append_keeping`] hands a batch's events.
+pub type Keep = std::sync::mpsc::Sender<KeptPart>;
 
 /// A stored projection: the state as of `seq`, whose event had hash `hash`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,12 +171,16 @@ pub enum OpenMode {
 /// processes, so the chain stays one unbroken line whoever writes.
 pub trait Store: Send + Sync {
     fn append(&self, batch: Batch) -> impl Future<Output = Result<AppendOutcome>> + Send;
-    /// [`Store::append`] that hands the batch's events back once they are stored, so a
-    /// caller that folds them into its projections need not keep a copy. An error drops them.
+    /// [`Store::append`] that hands the batch's events to `keep`, part by part and in
+    /// order, as soon as each part's rows are prepared: a caller that folds them into its
+    /// projections does so while the rows are written, and needs no copy of them. They go
+    /// over before the append commits, so if it fails, whatever was made of them must be
+    /// thrown away. A duplicate (a known idempotency key) hands over nothing.
     fn append_keeping(
         &self,
         batch: Batch,
-    ) -> impl Future<Output = Result<(AppendOutcome, Vec<Event>)>> + Send;
+        keep: Keep,
+    ) -> impl Future<Output = Result<AppendOutcome>> + Send;
     /// Up to `limit` events with seq > `after`, in order.
     fn read(&self, after: u64, limit: u32)
         -> impl Future<Output = Result<Vec<StoredEvent>>> + Send;
@@ -237,8 +248,8 @@ impl Store for AnyStore {
     async fn append(&self, batch: Batch) -> Result<AppendOutcome> {
         delegate!(self, s => s.append(batch).await)
     }
-    async fn append_keeping(&self, batch: Batch) -> Result<(AppendOutcome, Vec<Event>)> {
-        delegate!(self, s => s.append_keeping(batch).await)
+    async fn append_keeping(&self, batch: Batch, keep: Keep) -> Result<AppendOutcome> {
+        delegate!(self, s => s.append_keeping(batch, keep).await)
     }
     async fn read(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
         delegate!(self, s => s.read(after, limit).await)
@@ -299,9 +310,8 @@ pub(crate) struct Parts {
     now_us: i64,
     size: usize,
     failed: bool,
-    /// The events of the parts prepared so far, handed back by [`Parts::finish`] when
-    /// asked to keep them (otherwise each part's are freed once prepared).
-    kept: Option<Vec<Event>>,
+    /// Where each part's events go once it is prepared (otherwise they are freed).
+    keep: Option<Keep>,
 }
 
 impl Parts {
@@ -310,14 +320,13 @@ impl Parts {
         versions: HashMap<String, u64>,
         batch: Batch,
         now_us: i64,
-        keep: bool,
+        keep: Option<Keep>,
     ) -> Parts {
         let Batch {
             events,
             expect,
             idempotency_key,
         } = batch;
-        let kept = keep.then(|| Vec::with_capacity(events.len()));
         Parts {
             events: events.into_iter(),
             expect,
@@ -327,14 +336,13 @@ impl Parts {
             now_us,
             size: PREPARE_CHUNK / 4,
             failed: false,
-            kept,
+            keep,
         }
     }
 
-    /// The streams' versions after the parts prepared so far, and those parts' events
-    /// (none unless kept).
-    pub(crate) fn finish(self) -> (HashMap<String, u64>, Vec<Event>) {
-        (self.versions, self.kept.unwrap_or_default())
+    /// The streams' versions after the parts prepared so far.
+    pub(crate) fn finish(self) -> HashMap<String, u64> {
+        self.versions
     }
 }
 
@@ -356,14 +364,12 @@ impl Iterator for Parts {
             idempotency_key: self.idempotency_key.take(),
         };
         let rows = prepare(self.head, &mut self.versions, &part, self.now_us);
-        // What is freed is freed here, on the preparing thread.
-        if let Some(kept) = &mut self.kept {
-            kept.extend(part.events.into_iter().map(|e| e.event));
-        }
         match &rows {
             Ok(r) => {
-                if let Some(last) = r.last() {
+                if let (Some(first), Some(last)) = (r.first(), r.last()) {
                     self.head = (last.seq, last.hash);
+                    // What is not kept is freed here, on the preparing thread.
+                    part.hand_over(first.seq, self.now_us, self.keep.clone());
                 }
             }
             Err(_) => self.failed = true,

@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::log::event::ObjectChangedRef;
 use crate::log::hash::{EventRef, FoldRef, Link};
 use crate::log::store::Snapshot;
-use crate::log::{AnyStore, ChainVerifier, Event, Store, StoredEvent};
+use crate::log::{
+    AnyStore, AppendOutcome, ChainVerifier, Event, Keep, KeptPart, Store, StoredEvent,
+};
 
 /// Events per page read from the store.
 const PAGE: u32 = 20_000;
@@ -789,48 +791,86 @@ pub async fn advance(store: &AnyStore, state: Arc<State>) -> Result<Arc<State>> 
 /// store a new one.
 pub const REFRESH_THRESHOLD: u64 = 10_000;
 
-/// Write-through after an append: `base` is the state the last [`refresh`] returned, at
-/// the seq just before `events`, which were appended by `instance` as seqs `first_seq..`
-/// recorded at `recorded_at_us`. Applying them is the fold of those events without reading
-/// them back and decoding them; the result is what the next refresh starts from, and is
-/// returned. When anything else was appended in between, or `base` is no longer the
-/// remembered state, nothing is done (None) and the next refresh folds from the log.
-pub async fn appended(
-    store: &AnyStore,
-    base: Arc<State>,
-    first_seq: u64,
-    instance: &str,
-    recorded_at_us: i64,
-    events: Vec<Event>,
-) -> Result<Option<Arc<State>>> {
-    if base.seq + 1 != first_seq {
-        return Ok(None);
-    }
-    let snap_seq = {
-        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        match last.remove(&store.describe()) {
-            Some((snap, _, remembered)) if Arc::ptr_eq(&remembered, &base) => snap,
-            _ => return Ok(None),
+/// Write-through of an append: its events, as the store hands them over
+/// ([`Store::append_keeping`]), folded into `base` on a thread of their own while the rows
+/// are written. `base` is the state the last [`refresh`] returned, and the events are
+/// appended by `instance`. The fold is the fold of those events without reading them back
+/// and decoding them; [`Folding::finish`] makes it what the next refresh starts from.
+/// When anything else was appended in between, or `base` is no longer the remembered
+/// state, nothing is folded and the next refresh folds from the log.
+pub fn fold_appended(store: &AnyStore, base: Arc<State>, instance: &str) -> (Keep, Folding) {
+    let (keep, parts) = std::sync::mpsc::channel::<KeptPart>();
+    let (key, instance) = (store.describe(), instance.to_string());
+    let task = tokio::task::spawn_blocking(move || {
+        let mut parts = parts.into_iter().peekable();
+        // Nothing handed over (the append failed before its first part): the remembered
+        // state stays as it is.
+        let first = parts.peek()?;
+        if base.seq + 1 != first.first_seq {
+            return None;
         }
-    };
-    let mut state = Arc::unwrap_or_clone(base);
-    // Room for the new objects at once rather than growing the map step by step.
-    let new_objects = events
-        .iter()
-        .filter(|e| matches!(e, Event::ObjectImported(_)))
-        .count();
-    state.objects.objects.reserve(new_objects);
-    for (seq, e) in (first_seq..).zip(events) {
-        let meta = Meta {
-            seq,
-            instance,
-            recorded_at_us,
+        let snap_seq = {
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            match last.remove(&key) {
+                Some((snap, _, remembered)) if Arc::ptr_eq(&remembered, &base) => snap,
+                _ => return None,
+            }
         };
-        state.apply_owned(&meta, e);
+        let mut state = Arc::unwrap_or_clone(base);
+        for part in parts {
+            if part.first_seq != state.seq + 1 {
+                return None;
+            }
+            // Room for the new objects at once rather than growing the map step by step.
+            let new_objects = part
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::ObjectImported(_)))
+                .count();
+            state.objects.objects.reserve(new_objects);
+            for (seq, e) in (part.first_seq..).zip(part.events) {
+                let meta = Meta {
+                    seq,
+                    instance: &instance,
+                    recorded_at_us: part.recorded_at_us,
+                };
+                state.apply_owned(&meta, e);
+            }
+        }
+        Some((state, snap_seq))
+    });
+    (keep, Folding(task))
+}
+
+/// A fold begun by [`fold_appended`].
+pub struct Folding(JoinHandle<Option<(State, u64)>>);
+
+impl Folding {
+    /// After the append succeeded with `outcome`: the folded state, remembered for the
+    /// next refresh; None when there was nothing to fold onto (see [`fold_appended`]).
+    pub async fn finish(
+        self,
+        store: &AnyStore,
+        outcome: &AppendOutcome,
+    ) -> Result<Option<Arc<State>>> {
+        let folded = self.0.await.map_err(Error::store)?;
+        let AppendOutcome::Appended { last_seq, .. } = *outcome else {
+            return Ok(None);
+        };
+        match folded {
+            Some((state, snap_seq)) if state.seq == last_seq => {
+                let state = Arc::new(state);
+                remember(store, &state, snap_seq).await?;
+                Ok(Some(state))
+            }
+            _ => Ok(None),
+        }
     }
-    let state = Arc::new(state);
-    remember(store, &state, snap_seq).await?;
-    Ok(Some(state))
+
+    /// After the append failed: what was folded is thrown away.
+    pub async fn abandon(self) {
+        let _ = self.0.await;
+    }
 }
 
 /// What the last [`refresh`] of this process returned for each store (by its description,

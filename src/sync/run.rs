@@ -19,7 +19,7 @@ use crate::log::event::{
     SourceInfoRecorded, SourceObject, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
 };
 use crate::log::store::{Batch, Expected};
-use crate::log::{AnyStore, AppendOutcome, NewEvent, Store};
+use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay;
 use crate::project::{InstanceStatus, State};
 use crate::source::{
@@ -640,30 +640,31 @@ pub(crate) async fn import_run(
             report.planned = batch.into_iter().map(|e| e.event).collect();
             return Ok(report);
         }
-        // Handed back to bring the projections up to date without reading them back.
-        match store
-            .append_keeping(Batch::new(batch).expect(stream::SOURCE, Expected::Exactly(version)))
-            .await
-        {
-            Ok((out, kept)) => {
-                phase("events appended");
-                report.seq = out.last_seq();
-                if let AppendOutcome::Appended {
-                    first_seq,
-                    recorded_at_us,
-                    ..
-                } = out
-                {
-                    replay::appended(store, state, first_seq, &inst, recorded_at_us, kept).await?;
+        // Handed over to bring the projections up to date while the rows are written,
+        // without reading them back.
+        let (keep, folding) = replay::fold_appended(store, state, &inst);
+        let appended = store
+            .append_keeping(
+                Batch::new(batch).expect(stream::SOURCE, Expected::Exactly(version)),
+                keep,
+            )
+            .await;
+        let appended = match appended {
+            Ok(out) => out,
+            Err(e) => {
+                folding.abandon().await;
+                if matches!(e, Error::Conflict { .. }) && tries < CONFLICT_RETRIES {
+                    tracing::info!(
+                        "another writer changed the source stream; planning the import again"
+                    );
+                    continue;
                 }
-                return Ok(report);
+                return Err(e);
             }
-            Err(Error::Conflict { .. }) if tries < CONFLICT_RETRIES => {
-                tracing::info!(
-                    "another writer changed the source stream; planning the import again"
-                );
-            }
-            Err(e) => return Err(e),
-        }
+        };
+        phase("events appended");
+        report.seq = appended.last_seq();
+        folding.finish(store, &appended).await?;
+        return Ok(report);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use dirsync::log::event::*;
 use dirsync::log::store::Batch;
-use dirsync::log::{AppendOutcome, NewEvent, Store};
+use dirsync::log::{Expected, NewEvent, Store};
 use dirsync::project::replay::{self, Until};
 use dirsync::project::State;
 use rand::rngs::StdRng;
@@ -256,8 +256,9 @@ async fn replay_equals_the_projections_kept_along_the_way(b: Backend) {
     assert!(run.stderr.contains(&some), "names the anchor: {run:?}");
 }
 
-/// An import applies what it appended to the state it holds instead of reading it back
-/// (`replay::appended`): the result must be the fold of the log, every time.
+/// An import folds what it appends into the state it holds, as the store hands the events
+/// over, instead of reading them back (`replay::fold_appended`): the result must be the fold
+/// of the log, every time, for small batches and for batches prepared part by part.
 async fn appends_written_through_equal_the_log(b: Backend) {
     let mut rng = StdRng::seed_from_u64(0xa11ed);
     let f = Fresh::new(b).await;
@@ -266,28 +267,28 @@ async fn appends_written_through_equal_the_log(b: Backend) {
         .await
         .unwrap();
     let mut applied = 0;
-    for _ in 0..40 {
+    for round in 0..40 {
         let base = replay::refresh(&f.store, u64::MAX).await.unwrap();
         let inst = ["old", "new"][rng.gen_range(0..2)];
-        let batch: Vec<NewEvent> = (0..rng.gen_range(1..60))
+        // Every tenth batch is large enough to be prepared and handed over in parts.
+        let n = if round % 10 == 9 {
+            2_500
+        } else {
+            rng.gen_range(1..60)
+        };
+        let batch: Vec<NewEvent> = (0..n)
             .map(|_| {
                 let e = random_event(&mut rng);
                 NewEvent::new(e.stream, inst, e.event)
             })
             .collect();
-        let events = batch.iter().map(|e| e.event.clone()).collect();
-        let out = f.store.append(Batch::new(batch)).await.unwrap();
-        let AppendOutcome::Appended {
-            first_seq,
-            recorded_at_us,
-            ..
-        } = out
-        else {
-            panic!("{out:?}")
-        };
-        let through = replay::appended(&f.store, base, first_seq, inst, recorded_at_us, events)
+        let (keep, folding) = replay::fold_appended(&f.store, base, inst);
+        let out = f
+            .store
+            .append_keeping(Batch::new(batch), keep)
             .await
             .unwrap();
+        let through = folding.finish(&f.store, &out).await.unwrap();
         // Another test may have pushed this store out of the process's memory meanwhile.
         if let Some(through) = through {
             applied += 1;
@@ -297,10 +298,40 @@ async fn appends_written_through_equal_the_log(b: Backend) {
         }
     }
     assert!(applied > 20, "written through {applied} times of 40");
-    // Not the state before the last append: nothing is written through.
+    // Not the state before the append: nothing is written through.
     let stale = std::sync::Arc::new(replay::rebuild(&f.store, Until::Seq(1)).await.unwrap());
-    let none = replay::appended(&f.store, stale, 99, "old", 0, vec![]).await;
-    assert!(none.unwrap().is_none());
+    let (keep, folding) = replay::fold_appended(&f.store, stale, "old");
+    let e = random_event(&mut rng);
+    let out = f
+        .store
+        .append_keeping(
+            Batch::new(vec![NewEvent::new(e.stream, "old", e.event)]),
+            keep,
+        )
+        .await
+        .unwrap();
+    assert!(folding.finish(&f.store, &out).await.unwrap().is_none());
+    // A refused append hands nothing over: what the next refresh starts from is still the
+    // fold of the log.
+    let base = replay::refresh(&f.store, u64::MAX).await.unwrap();
+    let (keep, folding) = replay::fold_appended(&f.store, base, "old");
+    let e = random_event(&mut rng);
+    let refused = f
+        .store
+        .append_keeping(
+            Batch::new(vec![NewEvent::new(e.stream, "old", e.event)])
+                .expect("no-such-stream", Expected::Exactly(7)),
+            keep,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(dirsync::Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    folding.abandon().await;
+    let now = replay::refresh(&f.store, u64::MAX).await.unwrap();
+    let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    assert_eq!(*now, rebuilt);
 }
 
 both_backends!(
