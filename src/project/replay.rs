@@ -666,25 +666,29 @@ pub async fn save(store: &AnyStore, state: &State) -> Result<()> {
 }
 
 async fn save_named(store: &AnyStore, name: &str, state: &State) -> Result<()> {
-    let hash = if state.seq == 0 {
+    let body = super::snapshot::encode(state).map_err(Error::store)?;
+    save_body(store, name, state.seq, body).await
+}
+
+/// Store `body`, the snapshot of the state at `seq`, as `name`.
+async fn save_body(store: &AnyStore, name: &str, seq: u64, body: Vec<u8>) -> Result<()> {
+    let hash = if seq == 0 {
         crate::log::GENESIS
     } else {
-        let e = store.read(state.seq - 1, 1).await?;
+        let e = store.read(seq - 1, 1).await?;
         match e.first() {
-            Some(e) if e.seq == state.seq => e.hash,
+            Some(e) if e.seq == seq => e.hash,
             _ => {
                 return Err(Error::Store(format!(
-                    "cannot snapshot at seq {}: no such event",
-                    state.seq
+                    "cannot snapshot at seq {seq}: no such event"
                 )))
             }
         }
     };
-    let body = super::snapshot::encode(state).map_err(Error::store)?;
     store
         .save_snapshot(&Snapshot {
             name: name.into(),
-            seq: state.seq,
+            seq,
             hash,
             body,
         })
@@ -728,7 +732,8 @@ pub struct Saving(Job);
 
 enum Job {
     Beside(tokio::task::JoinHandle<Result<()>>),
-    Due(AnyStore, Arc<State>),
+    /// The state, and its snapshot body when it was encoded ahead.
+    Due(AnyStore, Arc<State>, Option<Vec<u8>>),
 }
 
 impl Saving {
@@ -738,7 +743,7 @@ impl Saving {
             Job::Beside(handle) => handle
                 .await
                 .map_err(|e| Error::Store(format!("storing the snapshot: {e}")))?,
-            Job::Due(store, state) => save(&store, &state).await,
+            Job::Due(store, state, encoded) => save_state(&store, &state, encoded).await,
         }
     }
 }
@@ -749,19 +754,21 @@ async fn refresh_with(
     every: u64,
     beside: bool,
 ) -> Result<(Arc<State>, Option<Saving>)> {
-    let (base, had, from) = match cached(store).await? {
-        Some((state, snap_seq)) => (state, true, snap_seq),
+    let (base, had, from, mut encoded) = match cached(store).await? {
+        Some(r) => (r.state, true, r.snap_seq, r.encoded),
         None => {
             let base = stored(store).await?;
             let had = base.is_some();
             let base = base.unwrap_or_default();
             let from = base.seq;
-            (Arc::new(base), had, from)
+            (Arc::new(base), had, from, None)
         }
     };
     let state = if store.head().await?.0 == base.seq {
         base
     } else {
+        // Folded on: a snapshot encoded ahead is of an older state.
+        encoded = None;
         Arc::new(fold_checkpointed(store, Arc::unwrap_or_clone(base), every).await?)
     };
     let tail = state.seq - from;
@@ -769,15 +776,26 @@ async fn refresh_with(
     let mut saving = None;
     if tail > 0 && (!had || tail > threshold || threshold == 0) {
         let (store, shared) = (store.clone(), Arc::clone(&state));
+        let encoded = encoded.take();
         saving = Some(Saving(if beside {
-            Job::Beside(tokio::spawn(async move { save(&store, &shared).await }))
+            Job::Beside(tokio::spawn(async move {
+                save_state(&store, &shared, encoded).await
+            }))
         } else {
-            Job::Due(store, shared)
+            Job::Due(store, shared, encoded)
         }));
         snap_seq = state.seq;
     }
-    remember(store, &state, snap_seq).await?;
+    remember(store, &state, snap_seq, encoded).await?;
     Ok((state, saving))
+}
+
+/// Store `state` as the snapshot, from `encoded` when it was encoded ahead.
+async fn save_state(store: &AnyStore, state: &State, encoded: Option<Vec<u8>>) -> Result<()> {
+    match encoded {
+        Some(body) => save_body(store, SNAPSHOT, state.seq, body).await,
+        None => save(store, state).await,
+    }
 }
 
 /// `state` (returned by [`refresh`]) brought up to the head: it is given up first, so that
@@ -812,7 +830,7 @@ pub fn fold_appended(store: &AnyStore, base: Arc<State>, instance: &str) -> (Kee
         let snap_seq = {
             let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
             match last.remove(&key) {
-                Some((snap, _, remembered)) if Arc::ptr_eq(&remembered, &base) => snap,
+                Some(r) if Arc::ptr_eq(&r.state, &base) => r.snap_seq,
                 _ => return None,
             }
         };
@@ -837,13 +855,30 @@ pub fn fold_appended(store: &AnyStore, base: Arc<State>, instance: &str) -> (Kee
                 state.apply_owned(&meta, e);
             }
         }
-        Some((state, snap_seq))
+        // The refresh after a large import stores a snapshot: it is encoded here, while
+        // the append still commits. (A failed append throws it away with the fold.)
+        let encoded = (state.seq - snap_seq > REFRESH_THRESHOLD)
+            .then(|| super::snapshot::encode(&state).ok())
+            .flatten();
+        Some(Folded {
+            state,
+            snap_seq,
+            encoded,
+        })
     });
     (keep, Folding(task))
 }
 
+/// What [`fold_appended`] made: the state, the seq of the snapshot stored when its base
+/// was remembered, and the state's snapshot when one will be due.
+struct Folded {
+    state: State,
+    snap_seq: u64,
+    encoded: Option<Vec<u8>>,
+}
+
 /// A fold begun by [`fold_appended`].
-pub struct Folding(JoinHandle<Option<(State, u64)>>);
+pub struct Folding(JoinHandle<Option<Folded>>);
 
 impl Folding {
     /// After the append succeeded with `outcome`: the folded state, remembered for the
@@ -858,9 +893,9 @@ impl Folding {
             return Ok(None);
         };
         match folded {
-            Some((state, snap_seq)) if state.seq == last_seq => {
-                let state = Arc::new(state);
-                remember(store, &state, snap_seq).await?;
+            Some(f) if f.state.seq == last_seq => {
+                let state = Arc::new(f.state);
+                remember(store, &state, f.snap_seq, f.encoded).await?;
                 Ok(Some(state))
             }
             _ => Ok(None),
@@ -873,10 +908,18 @@ impl Folding {
     }
 }
 
-/// What the last [`refresh`] of this process returned for each store (by its description,
-/// a handful at most): the seq of the stored snapshot then, the hash of the state's last
-/// event, and the state.
-type Remembered = (u64, crate::log::Hash, Arc<State>);
+/// What the last [`refresh`] of this process returned for a store.
+struct Remembered {
+    /// The seq of the stored snapshot then.
+    snap_seq: u64,
+    /// The hash of the state's last event.
+    hash: crate::log::Hash,
+    state: Arc<State>,
+    /// The state's snapshot, when it was encoded ahead of the refresh that stores it (see
+    /// [`fold_appended`]).
+    encoded: Option<Vec<u8>>,
+}
+/// The remembered state of each store (by its description, a handful at most).
 static LAST: std::sync::Mutex<BTreeMap<String, Remembered>> =
     std::sync::Mutex::new(BTreeMap::new());
 /// Stores remembered at once (a process normally uses one; tests use many).
@@ -885,25 +928,30 @@ const REMEMBERED_STORES: usize = 8;
 /// The remembered state of `store`, if the log still holds the event it was built up to
 /// (same seq, same hash: the store was not replaced or rewritten meanwhile). It is taken
 /// out, so that if the caller let go of its share the state can be folded in place.
-async fn cached(store: &AnyStore) -> Result<Option<(Arc<State>, u64)>> {
+async fn cached(store: &AnyStore) -> Result<Option<Remembered>> {
     let hit = {
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
         last.remove(&store.describe())
     };
-    let Some((snap, hash, state)) = hit else {
+    let Some(r) = hit else {
         return Ok(None);
     };
-    if state.seq == 0 {
+    if r.state.seq == 0 {
         return Ok(None);
     }
-    let at = store.read(state.seq - 1, 1).await?;
+    let at = store.read(r.state.seq - 1, 1).await?;
     Ok(match at.first() {
-        Some(e) if e.seq == state.seq && e.hash == hash => Some((state, snap)),
+        Some(e) if e.seq == r.state.seq && e.hash == r.hash => Some(r),
         _ => None,
     })
 }
 
-async fn remember(store: &AnyStore, state: &Arc<State>, snap_seq: u64) -> Result<()> {
+async fn remember(
+    store: &AnyStore,
+    state: &Arc<State>,
+    snap_seq: u64,
+    encoded: Option<Vec<u8>>,
+) -> Result<()> {
     if state.seq == 0 {
         return Ok(());
     }
@@ -914,7 +962,15 @@ async fn remember(store: &AnyStore, state: &Arc<State>, snap_seq: u64) -> Result
         if last.len() >= REMEMBERED_STORES && !last.contains_key(&key) {
             last.clear();
         }
-        last.insert(key, (snap_seq, e.hash, Arc::clone(state)));
+        last.insert(
+            key,
+            Remembered {
+                snap_seq,
+                hash: e.hash,
+                state: Arc::clone(state),
+                encoded,
+            },
+        );
     }
     Ok(())
 }

@@ -298,6 +298,30 @@ async fn appends_written_through_equal_the_log(b: Backend) {
         }
     }
     assert!(applied > 20, "written through {applied} times of 40");
+    // A batch past the refresh threshold: its snapshot is encoded while the append commits,
+    // and the refresh after it stores that one. It must be the fold of the log.
+    let base = replay::refresh(&f.store, u64::MAX).await.unwrap();
+    let batch: Vec<NewEvent> = (0..replay::REFRESH_THRESHOLD + 500)
+        .map(|_| {
+            let e = random_event(&mut rng);
+            NewEvent::new(e.stream, "new", e.event)
+        })
+        .collect();
+    let (keep, folding) = replay::fold_appended(&f.store, base, "new");
+    let out = f
+        .store
+        .append_keeping(Batch::new(batch), keep)
+        .await
+        .unwrap();
+    folding.finish(&f.store, &out).await.unwrap();
+    let refreshed = replay::refresh(&f.store, replay::REFRESH_THRESHOLD)
+        .await
+        .unwrap();
+    let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    let stored = replay::stored(&f.store).await.unwrap().expect("a snapshot");
+    assert_eq!(stored.seq, out.last_seq());
+    assert_eq!(stored.differences(&rebuilt), Vec::<String>::new());
+    assert_eq!(*refreshed, rebuilt);
     // Not the state before the append: nothing is written through.
     let stale = std::sync::Arc::new(replay::rebuild(&f.store, Until::Seq(1)).await.unwrap());
     let (keep, folding) = replay::fold_appended(&f.store, stale, "old");
