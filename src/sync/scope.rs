@@ -3,6 +3,27 @@
 
 /// A DN in a comparable form: lower case, no spaces around separators.
 pub fn normalise_dn(dn: &str) -> String {
+    if only_case(dn) {
+        return dn.to_ascii_lowercase();
+    }
+    normalise_slowly(dn)
+}
+
+/// True when normalising `dn` changes nothing but its (ASCII) case: it is ASCII, has no
+/// escapes, and each space is inside a value (not at either end, not beside a separator or
+/// another space). Most DNs are; they are compared without being copied.
+fn only_case(dn: &str) -> bool {
+    let b = dn.as_bytes();
+    let plain = |c: u8| !matches!(c, b',' | b'=' | b'+' | b' ');
+    b.iter().enumerate().all(|(i, &c)| match c {
+        b'\\' => false,
+        b' ' => i > 0 && i + 1 < b.len() && plain(b[i - 1]) && plain(b[i + 1]),
+        c => c.is_ascii(),
+    })
+}
+
+/// [`normalise_dn`] character by character.
+fn normalise_slowly(dn: &str) -> String {
     let mut out = String::with_capacity(dn.len());
     let mut escaped = false;
     let mut pending_space = false;
@@ -58,6 +79,14 @@ fn under(dn: &str, base: &str) -> bool {
             && dn.as_bytes()[dn.len() - base.len() - 1] == b',')
 }
 
+/// [`under`] for a `dn` normalised but for its case ([`only_case`]).
+fn under_any_case(dn: &str, base: &str) -> bool {
+    let (d, b) = (dn.as_bytes(), base.as_bytes());
+    d.len() >= b.len()
+        && d[d.len() - b.len()..].eq_ignore_ascii_case(b)
+        && (d.len() == b.len() || d[d.len() - b.len() - 1] == b',')
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
     base: String,
@@ -75,10 +104,16 @@ impl Scope {
     }
 
     pub fn contains(&self, dn: &str) -> bool {
-        let dn = normalise_dn(dn);
-        under(&dn, &self.base)
-            && (self.include.is_empty() || self.include.iter().any(|i| under(&dn, i)))
-            && !self.exclude.iter().any(|x| under(&dn, x))
+        if only_case(dn) {
+            return self.holds(dn, under_any_case);
+        }
+        self.holds(&normalise_slowly(dn), under)
+    }
+
+    fn holds(&self, dn: &str, under: fn(&str, &str) -> bool) -> bool {
+        under(dn, &self.base)
+            && (self.include.is_empty() || self.include.iter().any(|i| under(dn, i)))
+            && !self.exclude.iter().any(|x| under(dn, x))
     }
 }
 
@@ -112,5 +147,27 @@ mod tests {
         );
         assert_eq!(normalise_dn("CN=ÄRGER,OU=Größe"), "cn=ärger,ou=größe");
         assert_eq!(normalise_dn("CN=İ"), "cn=i\u{307}");
+    }
+
+    proptest::proptest! {
+        /// The shortcut for DNs that differ from their normal form only in case gives what
+        /// normalising character by character gives, and so does the scope test.
+        #[test]
+        fn the_case_only_shortcut_agrees(
+            head in "[A-Za-z0-9 ,=+\\\\Äé]{0,16}",
+            tail in proptest::sample::select(vec![
+                "", "dc=lan", ",DC=LAN", ",ou=X,dc=Lan", ",DC=test,DC=lan", "xdc=lan",
+                ", OU=A B , dc=lan", ",ou=a  b,dc=lan", ",dc=É", ",dc=e",
+            ]),
+            base in proptest::sample::select(vec!["dc=lan", "DC=test,DC=lan", "ou=a b,dc=lan", "dc=é"]),
+        ) {
+            let dn = format!("{head}{tail}");
+            proptest::prop_assert_eq!(normalise_dn(&dn), normalise_slowly(&dn));
+            let scope = Scope::new(base, &[], &["OU=X,DC=lan".into()]);
+            let slow = scope.holds(&normalise_slowly(&dn), under);
+            proptest::prop_assert_eq!(scope.contains(&dn), slow);
+            let under_base = format!("cn=Q,{}", base.to_uppercase());
+            proptest::prop_assert!(scope.contains(&under_base));
+        }
     }
 }
