@@ -21,8 +21,11 @@ pub fn full_import_events(
     scope: &Scope,
     run_id: &str,
 ) -> Vec<Event> {
-    // Known live objects the source no longer returns: deleted (in the log's order).
-    let mut gone: Vec<&String> = {
+    // Known live objects the source no longer returns: deleted (in the log's order). With
+    // none known (a first import), there is nothing to look up.
+    let mut gone: Vec<&String> = if current.live().next().is_none() {
+        Vec::new()
+    } else {
         let present: foldhash::HashSet<&str> = seen.iter().map(|o| o.anchor.as_str()).collect();
         current
             .live()
