@@ -483,6 +483,13 @@ fn a_missing_store_is_not_created_by_reading_commands() {
     let run = crate::common::dirsync(dir.path(), &["init"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(dir.path().join("dirsync.db").exists());
+    // A new store is made with 16 KiB pages, in WAL mode.
+    let db = rusqlite::Connection::open(dir.path().join("dirsync.db")).unwrap();
+    let page: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((page, mode.as_str()), (16_384, "wal"));
 }
 
 #[test]
