@@ -839,13 +839,6 @@ pub fn fold_appended(store: &AnyStore, base: Arc<State>, instance: &str) -> (Kee
             if part.first_seq != state.seq + 1 {
                 return None;
             }
-            // Room for the new objects at once rather than growing the map step by step.
-            let new_objects = part
-                .events
-                .iter()
-                .filter(|e| matches!(e, Event::ObjectImported(_)))
-                .count();
-            state.objects.objects.reserve(new_objects);
             for (seq, e) in (part.first_seq..).zip(part.events) {
                 let meta = Meta {
                     seq,

@@ -818,13 +818,11 @@ fn first_member_values(entry: &EntryRef<'_>) -> FirstMembers {
     let mut next_low = None;
     for a in &entry.attrs {
         match member_range(a.name) {
-            Some(MemberRange::Plain) => values.extend(a.values.iter().map(|v| v.to_vec())),
-            Some(MemberRange::Range { high, .. }) => {
-                values.extend(a.values.iter().map(|v| v.to_vec()));
-                next_low = high.map(|h| h + 1);
-            }
-            _ => {}
+            Some(MemberRange::Plain) => {}
+            Some(MemberRange::Range { high, .. }) => next_low = high.map(|h| h + 1),
+            _ => continue,
         }
+        values.extend(a.values.iter().map(|v| v.to_vec()));
     }
     (values, next_low)
 }
@@ -1048,7 +1046,6 @@ pub fn parse_dirsync_response(v: &[u8]) -> std::result::Result<(bool, Vec<u8>), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::ldap::RawAttr;
 
     #[test]
     fn guid_is_mixed_endian() {
@@ -1131,18 +1128,14 @@ mod tests {
 
     #[test]
     fn a_groups_first_member_values_tell_where_ranged_retrieval_goes_on() {
-        let entry = |name: &str| RawEntry {
-            dn: "CN=G,DC=a".into(),
-            attrs: vec![
-                RawAttr {
-                    name: "cn".into(),
-                    values: vec![b"G".to_vec()],
-                },
-                RawAttr {
-                    name: name.into(),
-                    values: vec![b"<GUID=1>;CN=A".to_vec(), b"<GUID=2>;CN=B".to_vec()],
-                },
-            ],
+        let entry = |name: &str| {
+            RawEntry::of(
+                "CN=G,DC=a",
+                &[
+                    ("cn", &[b"G"]),
+                    (name, &[b"<GUID=1>;CN=A", b"<GUID=2>;CN=B"]),
+                ],
+            )
         };
         let (values, next) = first_member_values(&entry("member;range=0-1").borrow());
         assert_eq!((values.len(), next), (2, Some(2)));
@@ -1156,31 +1149,19 @@ mod tests {
 
     #[test]
     fn attrs_conversion() {
-        let owned = RawEntry {
-            dn: "CN=Ann,DC=a".into(),
-            attrs: vec![
-                RawAttr {
-                    name: "objectGUID".into(),
-                    values: vec![b"0123456789abcdef".to_vec()],
-                },
-                RawAttr {
-                    name: "name".into(),
-                    values: vec![b"Ann".to_vec()],
-                },
-                RawAttr {
-                    name: "manager".into(),
-                    values: vec![b"<GUID=7f0aaa17-c04d-4927-bf6c-71fb6f1a5985>;CN=B,DC=a".to_vec()],
-                },
-                RawAttr {
-                    name: "member;range=1-1".into(),
-                    values: vec![b"x".to_vec()],
-                },
-                RawAttr {
-                    name: "uSNChanged".into(),
-                    values: vec![b"5".to_vec()],
-                },
+        let owned = RawEntry::of(
+            "CN=Ann,DC=a",
+            &[
+                ("objectGUID", &[b"0123456789abcdef"]),
+                ("name", &[b"Ann"]),
+                (
+                    "manager",
+                    &[b"<GUID=7f0aaa17-c04d-4927-bf6c-71fb6f1a5985>;CN=B,DC=a"],
+                ),
+                ("member;range=1-1", &[b"x"]),
+                ("uSNChanged", &[b"5"]),
             ],
-        };
+        );
         let raw = owned.borrow().attrs;
         let a = to_attrs(&raw, "CN=Ann,DC=a", true);
         assert!(matches!(a["objectguid"][0], AttrValue::Binary { .. }));

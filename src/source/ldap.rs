@@ -132,6 +132,21 @@ impl RawEntry {
         }
     }
 
+    /// An entry of `dn` with `attrs` (name, values): test fixtures.
+    #[cfg(test)]
+    pub(crate) fn of(dn: &str, attrs: &[(&str, &[&[u8]])]) -> RawEntry {
+        RawEntry {
+            dn: dn.into(),
+            attrs: attrs
+                .iter()
+                .map(|(name, values)| RawAttr {
+                    name: (*name).into(),
+                    values: values.iter().map(|v| v.to_vec()).collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// Values of the attribute named `name` (case-insensitive, exact: no options).
     pub fn values(&self, name: &str) -> Option<&[Vec<u8>]> {
         self.attrs

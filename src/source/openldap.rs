@@ -967,7 +967,6 @@ pub fn parse_sync_info(v: &[u8]) -> std::result::Result<SyncInfo, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::ldap::RawAttr;
 
     const U1: [u8; 16] = [
         0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0x4d, 0xef, 0x80, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06,
@@ -1174,35 +1173,17 @@ mod tests {
 
     #[test]
     fn members_and_attrs() {
-        let owned = RawEntry {
-            dn: "cn=g,dc=x".into(),
-            attrs: vec![
-                RawAttr {
-                    name: "member".into(),
-                    values: vec![b"uid=a,dc=x".to_vec()],
-                },
-                RawAttr {
-                    name: "uniqueMember".into(),
-                    values: vec![b"uid=b,dc=x#'0101'B".to_vec(), b"uid=c,dc=x".to_vec()],
-                },
-                RawAttr {
-                    name: "userPassword".into(),
-                    values: vec![b"secret".to_vec()],
-                },
-                RawAttr {
-                    name: "CN".into(),
-                    values: vec![b"g".to_vec()],
-                },
-                RawAttr {
-                    name: "jpegPhoto".into(),
-                    values: vec![b"abc".to_vec()],
-                },
-                RawAttr {
-                    name: "objectClass".into(),
-                    values: vec![b"groupOfUniqueNames".to_vec()],
-                },
+        let owned = RawEntry::of(
+            "cn=g,dc=x",
+            &[
+                ("member", &[b"uid=a,dc=x"]),
+                ("uniqueMember", &[b"uid=b,dc=x#'0101'B", b"uid=c,dc=x"]),
+                ("userPassword", &[b"secret"]),
+                ("CN", &[b"g"]),
+                ("jpegPhoto", &[b"abc"]),
+                ("objectClass", &[b"groupOfUniqueNames"]),
             ],
-        };
+        );
         let e = owned.borrow();
         assert_eq!(e.to_owned_entry(), owned);
         assert_eq!(
