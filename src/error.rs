@@ -57,6 +57,10 @@ pub enum Error {
     /// Another instance holds the sync relationship; nothing was exported.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// dirsync itself refused the cursor's sync cookie before sending it (it is not of the
+    /// form the source speaks): the source never saw it. A full import is needed.
+    #[error("the cursor's sync cookie is unusable (a full import is needed): {0}")]
+    CookieUnusable(String),
 }
 
 /// Process exit codes (INTERFACE.md).
@@ -84,6 +88,7 @@ impl Error {
             | Error::Io(_)
             | Error::Source(_)
             | Error::SourceCookieRejected(_)
+            | Error::CookieUnusable(_)
             | Error::Target(_) => Exit::Failure,
             Error::Held(_) => Exit::Held,
             Error::Fenced(_) => Exit::Fenced,

@@ -3,8 +3,9 @@
 //! Users: `userName` = AD `userPrincipalName` (OpenLDAP / generic LDAP: `mail`, else
 //! `uid`); `displayName`; given and family name from `givenName` / `sn`; the work e-mail
 //! from `mail`; `title`; `department` (AD `department`, LDAP `departmentNumber`, else
-//! `ou`); `active` = the AD account is not disabled (userAccountControl bit 0x2; LDAP
-//! accounts are always active). Groups: `displayName` = `cn`; members are anchors here and
+//! `ou`); `active` = the AD account is not disabled (userAccountControl bit 0x2); an LDAP
+//! account is active unless 389 DS's `nsAccountLock` is TRUE (case-insensitive, as 389
+//! compares it). Groups: `displayName` = `cn`; members are anchors here and
 //! become target ids in the plan.
 
 use std::collections::BTreeSet;
@@ -75,7 +76,7 @@ pub fn map_object(kind: SourceKind, o: &ObjectRecord) -> Result<Desired, Unmappa
                 SourceKind::Ad => first(a, "useraccountcontrol")
                     .and_then(|v| v.parse::<i64>().ok())
                     .is_none_or(|uac| (uac as u64) & UAC_DISABLED == 0),
-                _ => true,
+                _ => !first(a, "nsaccountlock").is_some_and(|v| v.eq_ignore_ascii_case("true")),
             };
             Ok(Desired::User(MappedUser {
                 user_name,
@@ -199,6 +200,29 @@ mod tests {
         assert!(map_object(SourceKind::Openldap, &r).is_err());
         let r = rec(ObjectKind::User, &[("samaccountname", "nobody")]);
         assert!(map_object(SourceKind::Ad, &r).is_err());
+    }
+
+    #[test]
+    fn ldap_user_locked_by_ns_account_lock_is_inactive() {
+        for (lock, active) in [
+            (Some("TRUE"), false),
+            (Some("true"), false),
+            (Some("FALSE"), true),
+            (Some(""), true),
+            (None, true),
+        ] {
+            let mut attrs = vec![("uid", "bob")];
+            if let Some(l) = lock {
+                attrs.push(("nsaccountlock", l));
+            }
+            for kind in [SourceKind::Openldap, SourceKind::Ldap] {
+                let Desired::User(u) = map_object(kind, &rec(ObjectKind::User, &attrs)).unwrap()
+                else {
+                    panic!("not a user")
+                };
+                assert_eq!(u.active, active, "{kind:?} nsAccountLock {lock:?}");
+            }
+        }
     }
 
     #[test]

@@ -248,6 +248,9 @@ impl OpenLdapSource {
     fn entry_attrs(&self) -> Vec<&'static str> {
         let mut a = vec!["*"];
         a.extend_from_slice(self.flavour.anchor_attrs());
+        // 389 DS's account lock is operational: `*` leaves it out. Servers that do not know
+        // it ignore it (RFC 4511 4.5.1.8).
+        a.push("nsAccountLock");
         a
     }
 
@@ -454,6 +457,10 @@ impl OpenLdapSource {
                 self.cfg.base_dn
             )));
         }
+        // Refuse before the full import records a cursor no delta could use.
+        if is_389_native_cookie(&cookie) {
+            return Err(self.native_389_error());
+        }
         Ok(cookie)
     }
 
@@ -465,8 +472,12 @@ impl OpenLdapSource {
     /// every deletion since the cursor.
     pub async fn delta(&mut self, cookie: &[u8]) -> Result<SyncDelta> {
         if !cookie.is_empty() {
+            if is_389_native_cookie(cookie) {
+                return Err(self.native_389_error());
+            }
+            // Refused here, not by the server: the error must not say the source refused it.
             check_cookie(cookie).map_err(|why| {
-                Error::SourceCookieRejected(format!(
+                Error::CookieUnusable(format!(
                     "{}: not an OpenLDAP sync cookie: {why}",
                     self.client.url()
                 ))
@@ -674,6 +685,43 @@ impl OpenLdapSource {
             Some((_, Some(v))) => self.parse(parse_sync_done(v)),
         }
     }
+}
+
+/// The error for a 389 Directory Server whose Content Sync plugin answers in its own mode.
+impl OpenLdapSource {
+    fn native_389_error(&self) -> Error {
+        Error::Config(format!(
+            "source {} is a 389 Directory Server whose Content Sync plugin is in its native mode \
+             (nsUniqueId sync UUIDs, `host:port#binddn:base:filter#changenumber` cookies), which \
+             kind = \"openldap\" does not support: run `dsconf INSTANCE plugin contentsync set \
+             --allow-openldap on` and restart the server",
+            self.client.url()
+        ))
+    }
+}
+
+/// True when `cookie` is a 389 DS Content Sync cookie of its native mode:
+/// `host:port#binddn:base:filter#changenumber` (three `#`-separated parts, the first a
+/// `host:port`, the last a decimal change number). No OpenLDAP cookie has that form (its
+/// `#` appear only inside CSNs, after `csn=`).
+pub fn is_389_native_cookie(cookie: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(cookie) else {
+        return false;
+    };
+    if text.contains("csn=") {
+        return false;
+    }
+    let Some((head, rest)) = text.split_once('#') else {
+        return false;
+    };
+    let Some((_middle, change)) = rest.rsplit_once('#') else {
+        return false;
+    };
+    let port_ok = head
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && (change == "-1" || (!change.is_empty() && change.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// Checks that `cookie` has OpenLDAP's form: comma-separated `key=value` items (`rid`,
@@ -1140,6 +1188,28 @@ mod tests {
             &[0xff, 0xfe][..],
         ] {
             assert!(check_cookie(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_of_389_native_mode() {
+        for native in [
+            &b"localhost:38901#cn=directory manager:dc=example,dc=com:(|(objectclass=inetorgperson)(objectclass=groupofnames))#7"[..],
+            b"ds.example.com:389#uid=sync,ou=people,dc=x:dc=x:(objectClass=*)#0",
+            b"h:1#::#-1",
+        ] {
+            assert!(is_389_native_cookie(native), "{native:?}");
+            assert!(check_cookie(native).is_err());
+        }
+        for other in [
+            &b"rid=000,csn=20261124013615.123456Z#000000#000#000000"[..],
+            b"h#x#7",
+            b"h:p#x#7",
+            b"h:1#x#",
+            b"not a cookie",
+            &[0xff, 0xfe][..],
+        ] {
+            assert!(!is_389_native_cookie(other), "{other:?}");
         }
     }
 

@@ -277,6 +277,8 @@ pub const LDAP_ATTRIBUTES: &[&str] = &[
     "mobile",
     "description",
     "preferredlanguage",
+    // 389 DS account lock (operational there, requested explicitly): the mapping's `active`.
+    "nsaccountlock",
 ];
 
 fn keep_attributes(o: &mut SourceObject, kind: SourceKind) {
@@ -518,6 +520,10 @@ pub(crate) async fn import_run(
             match read_source(src_cfg, cursor.as_deref(), progress).await {
                 Err(Error::SourceCookieRejected(why)) => {
                     invalidated = Some(format!("the source rejected the cursor: {why}"));
+                    read_source(src_cfg, None, progress).await?
+                }
+                Err(Error::CookieUnusable(why)) => {
+                    invalidated = Some(format!("dirsync cannot use the cursor: {why}"));
                     read_source(src_cfg, None, progress).await?
                 }
                 other => other?,

@@ -343,8 +343,13 @@ async fn a_garbage_cookie_is_rejected() {
         let f = fixture(session_log).await;
         let mut src = source(&f).await;
         for bad in [&b"not a cookie"[..], b"rid=000,csn=garbage"] {
+            // dirsync refuses it before sending it: the message must not blame the source.
             match src.delta(bad).await {
-                Err(Error::SourceCookieRejected(why)) => assert!(!why.is_empty()),
+                Err(e @ Error::CookieUnusable(_)) => {
+                    let line = e.to_string();
+                    assert!(!line.contains("source rejected"), "{line}");
+                    assert!(line.contains("not an OpenLDAP sync cookie"), "{line}");
+                }
                 other => panic!("session_log={session_log} cookie {bad:?}: {other:?}"),
             }
         }
@@ -352,6 +357,29 @@ async fn a_garbage_cookie_is_rejected() {
         assert!(!src.baseline_cookie().await.unwrap().is_empty());
         src.close().await;
     }
+}
+
+/// A 389 DS native-mode cookie (issue 17, finding 1) gets one line naming the dsconf
+/// command that switches Content Sync to its OpenLDAP-compatible mode, as a configuration
+/// error (exit 2), not a silent full import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_389_native_cookie_names_the_setting_to_change() {
+    let f = fixture(true).await;
+    let mut src = source(&f).await;
+    let native = b"localhost:38901#cn=directory manager:dc=example,dc=org:(objectClass=*)#7";
+    match src.delta(native).await {
+        Err(e @ Error::Config(_)) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n'), "{line}");
+            assert!(
+                line.contains("plugin contentsync set --allow-openldap on"),
+                "{line}"
+            );
+            assert_eq!(e.exit() as i32, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    src.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
