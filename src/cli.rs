@@ -38,7 +38,7 @@ pub enum Command {
     /// userNames / mails; exit 0 only if all pass.
     Preflight {
         /// The instance whose view is checked; default: this host's name.
-        #[arg(long)]
+        #[arg(long, value_parser = check_instance)]
         instance: Option<String>,
     },
     /// Read, check and carry the event log.
@@ -62,7 +62,7 @@ pub enum Command {
     /// log; SIGTERM finishes the current batch and exits.
     Run {
         /// The instance this computer runs as; default: this host's name.
-        #[arg(long)]
+        #[arg(long, value_parser = check_instance)]
         instance: Option<String>,
     },
     /// Audits over the log: missed deletions, sync gaps.
@@ -76,10 +76,10 @@ pub struct HandoverArgs {
     #[command(subcommand)]
     pub command: Option<HandoverCommand>,
     /// The old instance.
-    #[arg(long, required = true)]
+    #[arg(long, required = true, value_parser = check_instance)]
     pub from: Option<String>,
     /// The new instance.
-    #[arg(long, required = true)]
+    #[arg(long, required = true, value_parser = check_instance)]
     pub to: Option<String>,
     /// The playbook file.
     #[arg(long, value_name = "FILE")]
@@ -108,7 +108,7 @@ pub enum AuditCommand {
         from_log: bool,
         /// The instance whose full import (in staging) gathers fresh evidence; default:
         /// this host's name.
-        #[arg(long)]
+        #[arg(long, value_parser = check_instance)]
         instance: Option<String>,
     },
     /// Per instance, the windows in which no sync completed, against the tombstone
@@ -136,7 +136,7 @@ pub enum DeletionsCommand {
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
     /// The instance (computer) running the sync; default: this host's name.
-    #[arg(long)]
+    #[arg(long, value_parser = check_instance)]
     pub instance: Option<String>,
     /// A full import instead of a delta from the cursor.
     #[arg(long)]
@@ -190,7 +190,7 @@ pub struct ReplayArgs {
     #[arg(long, requires = "instance", conflicts_with_all = ["until", "verify", "diff"])]
     pub to_target: bool,
     /// The instance exporting with --to-target.
-    #[arg(long)]
+    #[arg(long, value_parser = check_instance)]
     pub instance: Option<String>,
     /// With --to-target: print the plan, write nothing.
     #[arg(long, requires = "to_target")]
@@ -213,11 +213,18 @@ pub enum InstanceCommand {
     /// Every instance the log knows, with its state.
     List,
     /// Record that the instance must stop syncing.
-    Stop { instance: String },
+    Stop {
+        #[arg(value_parser = check_instance)]
+        instance: String,
+    },
     /// Record that the instance may sync again.
-    Start { instance: String },
+    Start {
+        #[arg(value_parser = check_instance)]
+        instance: String,
+    },
     /// Retire the instance for good (refused while it has a sync in progress unless --force).
     Retire {
+        #[arg(value_parser = check_instance)]
         instance: String,
         #[arg(long)]
         force: bool,
@@ -232,4 +239,48 @@ pub fn host_name() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The longest instance name: it appears in stream names, table columns and lock keys.
+pub const INSTANCE_MAX: usize = 64;
+
+/// An instance name is 1 to 64 ASCII letters, digits, `.`, `-` or `_`: it is printed in
+/// tables and error lines and names log streams, so nothing in it may need escaping.
+pub fn check_instance(name: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("an instance name may not be empty".into());
+    }
+    if name.len() > INSTANCE_MAX {
+        return Err(format!(
+            "an instance name has at most {INSTANCE_MAX} characters (this one has {})",
+            name.chars().count()
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(format!(
+            "`{}` is not an instance name: use letters, digits, `.`, `-` and `_`",
+            name.escape_default()
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// The instance named on the command line, or else this host's name. A host name that is
+/// not a valid instance name (longer than 64 characters, say) is refused rather than
+/// shortened or rewritten: two hosts must never end up as the same instance.
+pub fn instance_or_host(instance: Option<String>) -> crate::Result<String> {
+    match instance {
+        Some(i) => Ok(i),
+        None => {
+            let h = host_name();
+            check_instance(&h).map_err(|e| {
+                crate::Error::BadInput(format!(
+                    "this host's name cannot be the default instance ({e}); pass --instance NAME"
+                ))
+            })
+        }
+    }
 }

@@ -56,7 +56,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
         Command::Handover(a) => handover(&cfg, a, fmt).await,
         Command::Preflight { instance } => {
-            let instance = instance.unwrap_or_else(host_name);
+            let instance = crate::cli::instance_or_host(instance)?;
             let bar = indicatif::ProgressBar::with_draw_target(
                 None,
                 indicatif::ProgressDrawTarget::stderr(),
@@ -86,7 +86,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
             })
         }
         Command::Run { instance } => {
-            let instance = instance.unwrap_or_else(host_name);
+            let instance = crate::cli::instance_or_host(instance)?;
             let store = open(&cfg).await?;
             crate::sync::service::serve(&cfg, &store, &instance, &|l| eprintln!("dirsync run: {l}"))
                 .await
@@ -581,7 +581,7 @@ async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
     cfg.source()?;
     let store = open(cfg).await?;
     let opts = crate::sync::export::SyncOptions {
-        instance: a.instance.unwrap_or_else(host_name),
+        instance: crate::cli::instance_or_host(a.instance)?,
         full: a.full,
         staging: a.staging,
         dry_run: a.dry_run,
@@ -928,7 +928,7 @@ async fn audit_cmd(cfg: &Config, c: crate::cli::AuditCommand, fmt: Format) -> Re
                     ));
                 }
                 let opts = crate::sync::export::SyncOptions {
-                    instance: instance.unwrap_or_else(host_name),
+                    instance: crate::cli::instance_or_host(instance)?,
                     full: true,
                     staging: true,
                     dry_run: false,
@@ -1049,7 +1049,7 @@ async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Result<Exit> {
         emit_rows(fmt, &history::WHAT_IF_HEADERS, &w.rows(), &v)?;
         return Ok(Exit::Ok);
     }
-    let instance = a.instance.clone().unwrap_or_else(host_name);
+    let instance = crate::cli::instance_or_host(a.instance.clone())?;
     to_target(cfg, &store, &instance, a.dry_run, fmt).await
 }
 

@@ -48,6 +48,12 @@ impl SecretRef {
         match self {
             SecretRef::Env(var) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Ok(Secret(v)),
+                // A value that cannot be a variable name is probably the secret itself,
+                // typed into `*_env` by mistake: it must not be echoed (issue 18).
+                _ if !plausible_env_name(var) => Err(Error::Config(format!(
+                    "{key}_env: the value is not an environment variable name (letters, digits \
+                     and `_`); did you put the secret itself there? It is not shown"
+                ))),
                 _ => Err(Error::Config(format!(
                     "{key}: environment variable {var} is not set"
                 ))),
@@ -317,6 +323,12 @@ impl Config {
          -> Result<Option<SecretRef>> {
             match (env, file) {
                 (Some(_), Some(_)) => Err(bad(key, "give either _env or _file, not both".into())),
+                (Some(v), None) if !plausible_env_name(&v) => Err(bad(
+                    &format!("{key}_env"),
+                    "is not an environment variable name (letters, digits and `_`); did you \
+                     put the secret itself there? The value is not shown"
+                        .into(),
+                )),
                 (Some(v), None) => Ok(Some(SecretRef::Env(v))),
                 (None, Some(f)) => Ok(Some(SecretRef::File(rel(&f)))),
                 (None, None) => Ok(None),
@@ -475,6 +487,15 @@ fn parse_threshold(s: &str) -> Option<Threshold> {
     } else {
         s.parse().ok().map(Threshold::Count)
     }
+}
+
+/// Whether `s` looks like an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most
+/// 128 characters.
+pub fn plausible_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && s.len() <= 128
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 #[cfg(test)]

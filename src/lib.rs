@@ -24,6 +24,9 @@ pub fn run(cli: cli::Cli) -> Exit {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: redirected to a file or a journal
+        // they are noise (issue 17).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,13 @@ use clap::Parser;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // Everything dirsync creates (the SQLite store, its WAL and shared memory, snapshots,
+    // `log export` files) holds directory data: readable by its owner only (issue 18).
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail and touches
+    // no memory. No other thread exists yet.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = dirsync::cli::Cli::parse();
     ExitCode::from(dirsync::run(cli) as u8)
 }

@@ -3,6 +3,7 @@
 mod audit;
 mod common;
 mod handover;
+mod hardening;
 mod lab;
 mod lab_smoke;
 mod log_store;
