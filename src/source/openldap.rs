@@ -445,7 +445,15 @@ impl OpenLdapSource {
                 vec![sync_request(start)],
             )
             .await?;
-        let out = res.map_err(|f| self.search_failure(&f, "the baseline refresh"))?;
+        let out = match res {
+            Ok(o) => o,
+            // 389 DS with Content Sync in native mode only refuses the `rid=` cookie with
+            // e-syncRefreshRequired ("Invalid session cookie"), measured on 389-ds-base 2.3.
+            Err(f) if f.rc == E_SYNC_REFRESH_REQUIRED && !start.is_empty() => {
+                return Err(self.native_389_error())
+            }
+            Err(f) => return Err(self.search_failure(&f, "the baseline refresh")),
+        };
         let mut cookie = Vec::new();
         for item in &out.items {
             match item {
