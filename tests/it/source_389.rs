@@ -84,3 +84,44 @@ async fn native_content_sync_mode_is_one_line_exit_2() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--allow-openldap on"), "{err}");
 }
+
+/// A locked 389 account (nsAccountLock: TRUE) reaches a real SCIM server inactive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_389_account_is_inactive_in_the_target() {
+    let (_ds, dir) = lab(true).await;
+    let scim = crate::lab::Scim::start().await;
+    std::fs::write(dir.path().join("token"), scim.token()).unwrap();
+    let toml = std::fs::read_to_string(dir.path().join("dirsync.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("dirsync.toml"),
+        format!(
+            "{toml}[target]\nkind = \"scim\"\nurl = \"{}\"\ntoken_file = \"token\"\n",
+            scim.base_url()
+        ),
+    )
+    .unwrap();
+    let run = dirsync(
+        dir.path(),
+        &["sync", "--instance", "old", "--format", "json"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let users: Value = reqwest::Client::new()
+        .get(format!("{}/Users", scim.base_url()))
+        .bearer_auth(scim.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let active = |name: &str| {
+        users["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(|u| u["active"].clone())
+    };
+    assert_eq!(active("bob"), Some(Value::Bool(false)), "{users}");
+    assert_eq!(active("ann"), Some(Value::Bool(true)), "{users}");
+}
