@@ -414,6 +414,25 @@ impl OpenLdapSource {
     /// contextCSN), not the entries sent, so a subtree refresh would send every entry for
     /// nothing.
     pub async fn baseline_cookie(&mut self) -> Result<Vec<u8>> {
+        let cookie = self.baseline_from(&[]).await?;
+        if !is_389_native_cookie(&cookie) {
+            return Ok(cookie);
+        }
+        // 389 DS answers a request without a cookie in its native mode (entries named by
+        // nsUniqueId, cookies `host:port#binddn:base:filter#changenumber`), and a request
+        // whose cookie starts with `rid=` in its OpenLDAP-compatible mode, when the Content
+        // Sync plugin allows it (`--allow-openldap on`): entryUUIDs, the anchors of the full
+        // import, and OpenLDAP-form cookies. dirsync supports that mode only, so full and
+        // delta imports agree on every anchor; it asks for it here and refuses the native one
+        // with the setting to change.
+        let compat = self.baseline_from(b"rid=000").await?;
+        if check_cookie(&compat).is_ok() {
+            return Ok(compat);
+        }
+        Err(self.native_389_error())
+    }
+
+    async fn baseline_from(&mut self, start: &[u8]) -> Result<Vec<u8>> {
         let filter = self.sync_filter();
         let base = self.cfg.base_dn.clone();
         let res = self
@@ -423,10 +442,18 @@ impl OpenLdapSource {
                 Scope::Base,
                 &filter,
                 &["1.1"],
-                vec![sync_request(&[])],
+                vec![sync_request(start)],
             )
             .await?;
-        let out = res.map_err(|f| self.search_failure(&f, "the baseline refresh"))?;
+        let out = match res {
+            Ok(o) => o,
+            // 389 DS with Content Sync in native mode only refuses the `rid=` cookie with
+            // e-syncRefreshRequired ("Invalid session cookie"), measured on 389-ds-base 2.3.
+            Err(f) if f.rc == E_SYNC_REFRESH_REQUIRED && !start.is_empty() => {
+                return Err(self.native_389_error())
+            }
+            Err(f) => return Err(self.search_failure(&f, "the baseline refresh")),
+        };
         let mut cookie = Vec::new();
         for item in &out.items {
             match item {
@@ -456,10 +483,6 @@ impl OpenLdapSource {
                 self.client.url(),
                 self.cfg.base_dn
             )));
-        }
-        // Refuse before the full import records a cursor no delta could use.
-        if is_389_native_cookie(&cookie) {
-            return Err(self.native_389_error());
         }
         Ok(cookie)
     }

@@ -9,6 +9,7 @@ mod lab_smoke;
 mod log_store;
 mod replay;
 mod service;
+mod source_389;
 mod source_ad;
 mod source_bad_input;
 mod source_openldap;

@@ -27,3 +27,4 @@ pub use postgres::{pg_database, pg_server_pid, pg_server_url};
 pub use samba::Samba;
 pub use scim::{Scim, ScimTenant};
 pub use slapd::{Slapd, SlapdOptions};
+pub mod ds389;
