@@ -731,9 +731,27 @@ impl Cycle<'_> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (anchor, m) in new {
-            for r in t.candidates(anchor, m).await? {
-                if seen.insert(r.id.clone()) {
-                    out.push(r);
+            match t.candidates(anchor, m).await {
+                Ok(found) => {
+                    for r in found {
+                        if seen.insert(r.id.clone()) {
+                            out.push(r);
+                        }
+                    }
+                }
+                Err(e) if e.fatal => return Err(e.into()),
+                // Issue 17: a server may refuse the filter of one object (400 on
+                // `emails.value eq ...`, say). That must not stop the whole export: fall
+                // back to one listing, matched by dirsync itself (case-insensitively,
+                // `target::matching`), for every new object of this kind.
+                Err(e) => {
+                    tracing::warn!(
+                        "target: looking up candidates for {anchor} failed ({e}); listing the target's {}s instead",
+                        kind.as_str()
+                    );
+                    self.progress
+                        .set_message(format!("listing target {}s", kind.as_str()));
+                    return Ok(t.list(kind).await?);
                 }
             }
         }

@@ -21,3 +21,4 @@ mod sync_graph;
 mod sync_openldap;
 mod target_graph;
 mod target_scim;
+mod target_scim_differ;

@@ -20,11 +20,13 @@ pub mod postgres;
 pub mod proc;
 pub mod samba;
 pub mod scim;
+pub mod scim_proxy;
 pub mod slapd;
 
 pub use graph::GraphFake;
 pub use postgres::{pg_database, pg_server_pid, pg_server_url};
 pub use samba::Samba;
 pub use scim::{Scim, ScimTenant};
+pub use scim_proxy::{ProxyRules, ScimProxy};
 pub use slapd::{Slapd, SlapdOptions};
 pub mod ds389;
