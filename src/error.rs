@@ -57,6 +57,10 @@ pub enum Error {
     /// Another instance holds the sync relationship; nothing was exported.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The source refused in a way no retry can fix (bad credentials, no such base DN, an
+    /// unsupported control): see `source::result`.
+    #[error("source: {0}")]
+    SourceRefused(String),
 }
 
 /// Process exit codes (INTERFACE.md).
@@ -84,6 +88,7 @@ impl Error {
             | Error::Io(_)
             | Error::Source(_)
             | Error::SourceCookieRejected(_)
+            | Error::SourceRefused(_)
             | Error::Target(_) => Exit::Failure,
             Error::Held(_) => Exit::Held,
             Error::Fenced(_) => Exit::Fenced,
