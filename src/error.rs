@@ -61,6 +61,10 @@ pub enum Error {
     /// form the source speaks): the source never saw it. A full import is needed.
     #[error("the cursor's sync cookie is unusable (a full import is needed): {0}")]
     CookieUnusable(String),
+    /// The source refused in a way no retry can fix (bad credentials, no such base DN, an
+    /// unsupported control): see `source::result`.
+    #[error("source: {0}")]
+    SourceRefused(String),
 }
 
 /// Process exit codes (INTERFACE.md).
@@ -89,6 +93,7 @@ impl Error {
             | Error::Source(_)
             | Error::SourceCookieRejected(_)
             | Error::CookieUnusable(_)
+            | Error::SourceRefused(_)
             | Error::Target(_) => Exit::Failure,
             Error::Held(_) => Exit::Held,
             Error::Fenced(_) => Exit::Fenced,

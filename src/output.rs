@@ -8,6 +8,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Render rows as an aligned table with a header.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    // A control character from the directory (an escape sequence in a display name, a
+    // newline in a description) would drive the terminal or break the row: escape it.
+    let escaped: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_controls(c)).collect())
+        .collect();
+    let rows = &escaped;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -113,6 +120,22 @@ pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `s` with each control character written as a Rust escape (`\u{1b}`, `\n`).
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -125,5 +148,15 @@ mod tests {
             ],
         );
         assert_eq!(s, "A,B\r\n\"CN=Smith, Ann\",\"say \"\"hi\"\"\"\r\nx,\r\n");
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    #[test]
+    fn control_characters_are_escaped_in_tables() {
+        let t = super::table(&["A"], &[vec!["x\u{1b}[31my\nz\u{7}".into()]]);
+        assert_eq!(t, "A\nx\\u{1b}[31my\\nz\\u{7}\n");
+        assert_eq!(super::escape_controls("Zoë"), "Zoë");
     }
 }

@@ -439,12 +439,11 @@ impl AdSource {
                             f.text
                         )));
                     }
-                    return Err(Error::Source(format!(
-                        "{}: DirSync search under {nc}: {} ({})",
-                        self.client.url(),
-                        result_name(f.rc),
-                        f.text
-                    )));
+                    return Err(super::result::failure(
+                        &format!("{}: DirSync search under {nc}", self.client.url()),
+                        f.rc,
+                        &f.text,
+                    ));
                 }
             };
             referrals += page.referrals;

@@ -321,17 +321,11 @@ impl LdapClient {
             .await
             .map_err(|e| Error::Source(format!("bind to {url} as {}: {e}", cfg.bind_dn)))?;
         if res.rc != 0 {
-            let why = match res.rc {
-                49 => "invalid credentials".to_string(),
-                8 => "the server requires a stronger authentication (TLS or signing)".to_string(),
-                rc => format!("result code {rc}"),
-            };
-            return Err(Error::Source(format!(
-                "bind to {url} as {} refused: {why} ({}: {})",
-                cfg.bind_dn,
+            return Err(super::result::failure(
+                &format!("bind to {url} as {} refused", cfg.bind_dn),
                 res.rc,
-                res.text.trim_end_matches('\0').trim()
-            )));
+                &res.text,
+            ));
         }
         tracing::debug!(url = %url, bind_dn = %cfg.bind_dn, "bound to the source");
         Ok(LdapClient {
@@ -462,12 +456,11 @@ impl LdapClient {
             .await?
         {
             Ok(o) => Ok(o),
-            Err(f) => Err(Error::Source(format!(
-                "search {filter} under {base} on {}: {} ({})",
-                self.url,
-                result_name(f.rc),
-                f.text
-            ))),
+            Err(f) => Err(super::result::failure(
+                &format!("search {filter} under {base} on {}", self.url),
+                f.rc,
+                &f.text,
+            )),
         }
     }
 
@@ -515,12 +508,11 @@ impl LdapClient {
             .await;
         match res {
             Ok(Ok(o)) => Ok(o),
-            Ok(Err(f)) => Err(Error::Source(format!(
-                "search {filter} under {base} on {}: {} ({})",
-                self.url,
-                result_name(f.rc),
-                f.text
-            ))),
+            Ok(Err(f)) => Err(super::result::failure(
+                &format!("search {filter} under {base} on {}", self.url),
+                f.rc,
+                &f.text,
+            )),
             Err(e) => {
                 // The connection's state is unknown after an error: the next search reconnects.
                 self.bulk = None;
@@ -585,12 +577,11 @@ impl LdapClient {
             Ok(o) => Ok(!o.entries.is_empty()),
             // sizeLimitExceeded: more than the one entry we asked for.
             Err(f) if f.rc == 4 => Ok(true),
-            Err(f) => Err(Error::Source(format!(
-                "search {filter} under {base} on {}: {} ({})",
-                self.url,
-                result_name(f.rc),
-                f.text
-            ))),
+            Err(f) => Err(super::result::failure(
+                &format!("search {filter} under {base} on {}", self.url),
+                f.rc,
+                &f.text,
+            )),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod ad;
 pub mod ldap;
 pub mod mapping;
 pub mod openldap;
+pub mod result;
 mod wire;
 
 pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport};

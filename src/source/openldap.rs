@@ -665,13 +665,11 @@ impl OpenLdapSource {
     }
 
     fn search_failure(&self, f: &LdapFailure, what: &str) -> Error {
-        Error::Source(format!(
-            "{what} under {} on {}: {} ({})",
-            self.cfg.base_dn,
-            self.client.url(),
-            result_name(f.rc),
-            f.text
-        ))
+        super::result::failure(
+            &format!("{what} under {} on {}", self.cfg.base_dn, self.client.url()),
+            f.rc,
+            &f.text,
+        )
     }
 
     fn parse<T>(&self, r: std::result::Result<T, String>) -> Result<T> {

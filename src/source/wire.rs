@@ -144,11 +144,11 @@ impl Wire {
             .request(ber::tlv(op::BIND_REQUEST, &bind), op::BIND_RESPONSE)
             .await?;
         if rc != 0 {
-            return Err(Error::Source(format!(
-                "bind to {url} as {} refused: {} ({text})",
-                cfg.bind_dn,
-                super::ldap::result_name(rc)
-            )));
+            return Err(super::result::failure(
+                &format!("bind to {url} as {} refused", cfg.bind_dn),
+                rc,
+                &text,
+            ));
         }
         Ok(wire)
     }

@@ -113,3 +113,40 @@ fn no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(!run.stderr.is_empty(), "expected log lines: {run:?}");
     assert!(!run.stderr.contains('\u{1b}'), "{run:?}");
 }
+
+/// Issue 17.4: a wrong password and a wrong base DN against a real slapd are one line with
+/// a hint, and are not retried (a retry waits a second first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_refusals_say_what_to_do_and_are_not_retried() {
+    let slapd = crate::lab::Slapd::start(crate::lab::SlapdOptions::default()).await;
+    for (password, base, words) in [
+        (
+            "wrong",
+            slapd.base_dn().to_string(),
+            "check bind_dn and the password",
+        ),
+        (
+            slapd.password(),
+            format!("ou=nowhere,{}", slapd.base_dn()),
+            "naming contexts",
+        ),
+    ] {
+        let dir = sqlite_dir(&format!(
+            "[source]\nkind = \"openldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\n\
+             password_file = \"pw\"\nbase_dn = \"{base}\"\n",
+            slapd.url(),
+            slapd.bind_dn()
+        ));
+        std::fs::write(dir.path().join("pw"), format!("{password}\n")).unwrap();
+        assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+        let began = std::time::Instant::now();
+        let run = dirsync(dir.path(), &["sync", "--instance", "a", "--staging"]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            began.elapsed() < std::time::Duration::from_millis(900),
+            "{run:?}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        assert!(run.stderr.contains(words), "{run:?}");
+    }
+}

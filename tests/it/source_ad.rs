@@ -425,7 +425,12 @@ async fn bad_cookie_wrong_password_and_unreachable_are_clear_errors() {
         .await
         .unwrap_err();
     let m = e.to_string();
-    assert!(matches!(e, Error::Source(_)), "{e:?}");
+    // Permanent: not retried (issue 17.4); Samba names the reason as AD does (data 52e).
+    assert!(matches!(e, Error::SourceRefused(_)), "{e:?}");
+    assert!(
+        m.contains("wrong password (or unknown user) (AD 52e)"),
+        "{m}"
+    );
     assert!(
         m.contains("invalid credentials") && m.contains("Administrator"),
         "{m}"

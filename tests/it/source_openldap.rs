@@ -390,7 +390,7 @@ async fn a_wrong_password_is_a_clear_error() {
     let mut cfg = f.cfg.clone();
     cfg.password = SecretRef::File(pw);
     match OpenLdapSource::connect(&cfg, &conn(), OpenLdapOptions::default()).await {
-        Err(Error::Source(msg)) => {
+        Err(Error::SourceRefused(msg)) => {
             assert!(msg.contains("invalid credentials"), "{msg}");
             assert!(!msg.contains("wrong"), "{msg}");
         }
