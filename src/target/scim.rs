@@ -374,8 +374,7 @@ impl ScimTarget {
             return Err(SendError::Failed(reply_error(&req.what, &reply)));
         }
         let v = reply_json(&req.what, &reply).map_err(SendError::Failed)?;
-        let id = v
-            .get("id")
+        let id = attr(&v, "id")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| {
@@ -658,8 +657,8 @@ fn reply_error(what: &str, reply: &Reply) -> TargetError {
 fn describe_error_body(status: StatusCode, body: &[u8]) -> String {
     let reason = status.canonical_reason().unwrap_or("error").to_string();
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        let detail = v.get("detail").and_then(Value::as_str);
-        let kind = v.get("scimType").and_then(Value::as_str);
+        let detail = attr(&v, "detail").and_then(Value::as_str);
+        let kind = attr(&v, "scimType").and_then(Value::as_str);
         match (kind, detail) {
             (Some(k), Some(d)) => return format!("{k}: {d}"),
             (None, Some(d)) => return d.to_string(),
@@ -699,7 +698,7 @@ fn header_etag(h: &HeaderMap) -> Option<String> {
 }
 
 fn meta_version(v: &Value) -> Option<String> {
-    v.pointer("/meta/version")
+    path(v, &["meta", "version"])
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
@@ -890,11 +889,10 @@ pub fn candidates_filter(anchor: &str, object: &Mapped) -> String {
 
 /// The resources and `totalResults` of a ListResponse.
 fn parse_list_response(v: &Value) -> std::result::Result<(&[Value], Option<usize>), String> {
-    let total = v
-        .get("totalResults")
+    let total = attr(v, "totalResults")
         .and_then(Value::as_u64)
         .map(|t| t as usize);
-    let resources = match v.get("Resources") {
+    let resources = match attr(v, "Resources") {
         Some(Value::Array(a)) => a.as_slice(),
         None | Some(Value::Null) => &[],
         Some(_) => return Err("`Resources` is not a list".into()),
@@ -905,22 +903,35 @@ fn parse_list_response(v: &Value) -> std::result::Result<(&[Value], Option<usize
     Ok((resources, total))
 }
 
-fn text(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_string)
+fn text(v: &Value, names: &[&str]) -> Option<String> {
+    path(v, names).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The attribute `name` of a JSON object, its name compared case-insensitively (RFC 7643
+/// §2.1: "attribute names are case insensitive"; schema URNs too, RFC 8141). The exact
+/// spelling is tried first, so a server that writes names as the RFC does costs one lookup.
+fn attr<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    let o = v.as_object()?;
+    o.get(name).or_else(|| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+/// The sub-attribute at `names` (`["name", "givenName"]`), each step by [`attr`].
+fn path<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
+    names.iter().try_fold(v, |v, n| attr(v, n))
 }
 
 /// A SCIM User or Group resource as a [`RemoteObject`] with its mapped state.
 pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<RemoteObject, String> {
-    let id = v
-        .get("id")
+    let id = attr(v, "id")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or("a resource without an id")?
         .to_string();
-    let anchor = v
-        .get("externalId")
+    let anchor = attr(v, "externalId")
         .and_then(Value::as_str)
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty());
@@ -928,14 +939,19 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
     match kind {
         ObjectKind::User => {
             let user_name =
-                text(v, "/userName").ok_or_else(|| format!("user {id} has no userName"))?;
-            let emails: Vec<&Value> = match v.get("emails") {
+                text(v, &["userName"]).ok_or_else(|| format!("user {id} has no userName"))?;
+            let emails: Vec<&Value> = match attr(v, "emails") {
                 Some(Value::Array(a)) => a.iter().collect(),
                 _ => Vec::new(),
             };
-            let value = |e: &&Value| e.get("value").and_then(Value::as_str).map(str::to_string);
-            let is = |e: &&Value, k: &str| e.get("type").and_then(Value::as_str) == Some(k);
-            let primary = |e: &&Value| e.get("primary").and_then(Value::as_bool) == Some(true);
+            let value = |e: &&Value| attr(e, "value").and_then(Value::as_str).map(str::to_string);
+            // `type` is caseExact false (RFC 7643 §4.1.2).
+            let is = |e: &&Value, k: &str| {
+                attr(e, "type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(k))
+            };
+            let primary = |e: &&Value| attr(e, "primary").and_then(Value::as_bool) == Some(true);
             // The work address dirsync manages: work+primary, else work, else primary, else
             // the first.
             let email = emails
@@ -947,17 +963,15 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                 .and_then(value);
             let user = MappedUser {
                 user_name: user_name.as_str().into(),
-                display_name: text(v, "/displayName").map(Into::into),
-                given_name: text(v, "/name/givenName").map(Into::into),
-                family_name: text(v, "/name/familyName").map(Into::into),
+                display_name: text(v, &["displayName"]).map(Into::into),
+                given_name: text(v, &["name", "givenName"]).map(Into::into),
+                family_name: text(v, &["name", "familyName"]).map(Into::into),
                 email: email.map(Into::into),
-                title: text(v, "/title").map(Into::into),
-                department: v
-                    .get(ENTERPRISE_SCHEMA)
-                    .and_then(|e| e.get("department"))
+                title: text(v, &["title"]).map(Into::into),
+                department: path(v, &[ENTERPRISE_SCHEMA, "department"])
                     .and_then(Value::as_str)
                     .map(CompactString::new),
-                active: v.get("active").and_then(Value::as_bool).unwrap_or(true),
+                active: attr(v, "active").and_then(Value::as_bool).unwrap_or(true),
             };
             Ok(RemoteObject {
                 kind,
@@ -970,13 +984,13 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
             })
         }
         ObjectKind::Group => {
-            let display_name =
-                text(v, "/displayName").ok_or_else(|| format!("group {id} has no displayName"))?;
+            let display_name = text(v, &["displayName"])
+                .ok_or_else(|| format!("group {id} has no displayName"))?;
             // An empty group has no `members` at all (we never exclude the attribute).
-            let members: BTreeSet<String> = match v.get("members") {
+            let members: BTreeSet<String> = match attr(v, "members") {
                 Some(Value::Array(a)) => a
                     .iter()
-                    .filter_map(|m| m.get("value").and_then(Value::as_str))
+                    .filter_map(|m| attr(m, "value").and_then(Value::as_str))
                     .map(str::to_string)
                     .collect(),
                 _ => BTreeSet::new(),
@@ -1116,6 +1130,43 @@ mod tests {
         assert!(u.active, "active defaults to true");
         assert_eq!(r.anchor, None);
         assert_eq!(r.etag, None);
+    }
+
+    #[test]
+    fn attribute_names_are_read_case_insensitively() {
+        let m = Mapped::User(full_user());
+        let exact = parse_resource(ObjectKind::User, &served("ab", &m)).unwrap();
+        let v = json!({
+            "ID": "id-1",
+            "EXTERNALID": "AB",
+            "UserName": "alice@example.org",
+            "displayname": "Alice Liddell",
+            "Name": { "GivenName": "Alice", "FAMILYNAME": "Liddell" },
+            "Emails": [{ "Value": "alice@example.org", "Type": "Work", "Primary": true }],
+            "Title": "Engineer",
+            "URN:IETF:PARAMS:SCIM:SCHEMAS:EXTENSION:ENTERPRISE:2.0:USER": { "Department": "R&D" },
+            "Active": true,
+            "Meta": { "Version": "W/\"7\"" },
+        });
+        assert_eq!(parse_resource(ObjectKind::User, &v).unwrap(), exact);
+        let g = Mapped::Group(group("team", &["u1", "u2"]));
+        let exact = parse_resource(ObjectKind::Group, &served("ab", &g)).unwrap();
+        let v = json!({
+            "Id": "id-1", "ExternalId": "ab", "DisplayName": "team",
+            "Members": [{ "Value": "u1" }, { "VALUE": "u2" }],
+            "META": { "VERSION": "W/\"7\"" },
+        });
+        assert_eq!(parse_resource(ObjectKind::Group, &v).unwrap(), exact);
+        let list = json!({ "TotalResults": 3, "resources": [{ "id": "a" }] });
+        let (r, t) = parse_list_response(&list).unwrap();
+        assert_eq!((r.len(), t), (1, Some(3)));
+        assert_eq!(
+            describe_error_body(
+                StatusCode::CONFLICT,
+                br#"{"ScimType":"uniqueness","Detail":"taken"}"#
+            ),
+            "uniqueness: taken"
+        );
     }
 
     #[test]

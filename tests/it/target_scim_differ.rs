@@ -1,7 +1,9 @@
 //! SCIM service providers that differ within the RFC (issue 17), each behaviour put in
 //! front of a real scim2-server by the proxy of `lab::scim_proxy`.
 
-use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
 
 use crate::lab::{ProxyRules, ScimProxy};
 use crate::sync_export::{ldap_user, E2e};
@@ -38,6 +40,7 @@ async fn a_refused_candidate_filter_does_not_stop_the_export() {
         &lab,
         ProxyRules {
             refuse_filters_containing: vec!["u3@example.org".into()],
+            ..Default::default()
         },
     )
     .await;
@@ -71,4 +74,105 @@ async fn a_refused_candidate_filter_does_not_stop_the_export() {
     // And the next cycle has nothing left to do.
     let v = lab.sync("a", &[]);
     assert_eq!([count(&v, "created"), count(&v, "updated")], [0, 0], "{v}");
+}
+
+/// What the target must hold after a sync of the lab's u1..u`users` and groups team and
+/// crew (members u1, u2), read from scim2-server directly: each user by its anchor with
+/// userName and title, each group with the users' target ids as members.
+async fn assert_exact(lab: &E2e, users: u32, titles: &[(u32, &str)]) {
+    let found = lab.view.users_by_anchor().await;
+    let mut ids = BTreeMap::new();
+    let mut want = BTreeMap::new();
+    let mut got = BTreeMap::new();
+    for i in 1..=users {
+        let a = lab.anchor(&format!("uid=u{i},{PEOPLE}")).await;
+        let title = titles
+            .iter()
+            .find(|(n, _)| *n == i)
+            .map_or("Clerk", |(_, t)| *t);
+        want.insert(a.clone(), (format!("u{i}@example.org"), title.to_string()));
+        let u = &found[&a];
+        got.insert(
+            a.clone(),
+            (
+                u["userName"].as_str().unwrap_or_default().to_string(),
+                u["title"].as_str().unwrap_or_default().to_string(),
+            ),
+        );
+        ids.insert(i, u["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, want);
+    assert_eq!(found.len() as u32, users, "{found:?}");
+    let all = lab.view.all("Groups").await;
+    let groups: BTreeMap<String, BTreeSet<String>> = all
+        .iter()
+        .map(|g| {
+            let members = g["members"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|x| x["value"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (g["displayName"].as_str().unwrap().to_string(), members)
+        })
+        .collect();
+    let pair: BTreeSet<String> = [ids[&1].clone(), ids[&2].clone()].into();
+    assert_eq!(
+        groups,
+        BTreeMap::from([
+            ("crew".to_string(), pair.clone()),
+            ("team".to_string(), pair)
+        ]),
+        "{all:?}"
+    );
+    assert_eq!(all.len(), 2, "{all:?}");
+}
+
+fn counts(v: &Value) -> [u64; 5] {
+    ["created", "updated", "matched", "conflicts", "failures"].map(|k| count(v, k))
+}
+
+/// Finding 3 (RFC 7643 §2.1): attribute names are case-insensitive. A server answering
+/// `ID`, `UserName`, `Members`, `DisplayName`... made every create "carry no id" and every
+/// listing unreadable. Now the sync is as exact as against scim2-server itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_names_in_responses_are_read_case_insensitively() {
+    let lab = E2e::ldap(2, "500").await;
+    // A cloud user already there, found (soft match) by a name it answers as `UserName`.
+    lab.view
+        .post(
+            "Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "u2@example.org",
+            }),
+        )
+        .await;
+    let proxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            rename_attributes: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // u1, team, crew created; u2 matched and then written whole.
+    assert_eq!(counts(&v), [3, 1, 1, 0, 0], "{v}");
+    assert_exact(&lab, 2, &[]).await;
+
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 1, 0, 0, 0], "{v}");
+    assert_exact(&lab, 2, &[(1, "Boss")]).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
+    assert!(proxy.requests().len() > 5);
 }

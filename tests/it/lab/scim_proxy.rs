@@ -1,14 +1,18 @@
 //! A small HTTP proxy in front of a real scim2-server, for SCIM behaviours the server lacks
 //! but service providers in the field have (issue 17): a filter refused with 400
-//! `invalidFilter` for some values only.
+//! `invalidFilter` for some values only, attribute names spelt in another case, `eq`
+//! compared case-exactly, no ETag support, and writes refused for chosen objects.
 //!
 //! One request per connection: the request is read whole (headers and a `Content-Length`
 //! body), answered by the proxy itself when a rule says so, else written to the upstream
 //! server unchanged and its whole answer (scim2-server speaks HTTP/1.0 and closes) copied
-//! back. The proxy task is aborted when the [`ScimProxy`] is dropped.
+//! back, its JSON body rewritten when a rule says so. The rules can be changed while the
+//! proxy runs ([`ScimProxy::set_rules`]), and every request is remembered
+//! ([`ScimProxy::requests`]). The proxy task is aborted when the [`ScimProxy`] is dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,10 +22,36 @@ pub struct ProxyRules {
     /// A GET whose `filter` query parameter contains one of these strings is answered
     /// `400 invalidFilter` (as a server that cannot filter on some attribute or value).
     pub refuse_filters_containing: Vec<String>,
+    /// Every attribute name in a JSON response is spelt otherwise: `id` as `ID`, every other
+    /// name with its first letter upper-cased (`UserName`, `Members`, `Value`, `Urn:...`),
+    /// as RFC 7643 §2.1 allows (attribute names are case-insensitive).
+    pub rename_attributes: bool,
+    /// `attr eq "value"` compares case-exactly: a filtered GET keeps only the resources
+    /// that some `eq` term of the filter matches exactly (userName, displayName,
+    /// externalId, emails.value), as servers in the field do.
+    pub case_exact_eq: bool,
+    /// The ServiceProviderConfig says `etag.supported = false`, and any request carrying
+    /// `If-Match` is answered `412` (a server without versions that cannot honour it).
+    pub no_etags: bool,
+    /// A POST, PATCH or PUT whose path or body contains one of these strings is answered
+    /// `400 invalidValue` (the target refuses that one object).
+    pub refuse_writes_containing: Vec<String>,
+}
+
+/// One request the proxy saw.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub if_match: bool,
+    pub body: String,
 }
 
 pub struct ScimProxy {
     base_url: String,
+    rules: Arc<Mutex<ProxyRules>>,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,17 +74,21 @@ impl ScimProxy {
         let port = listener.local_addr().unwrap().port();
         let mut base = up.clone();
         base.set_port(Some(port)).unwrap();
-        let rules = Arc::new(rules);
+        let rules = Arc::new(Mutex::new(rules));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (r, s) = (rules.clone(), seen.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (rules, upstream) = (rules.clone(), upstream.clone());
+                let (rules, seen, upstream) = (r.clone(), s.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &rules).await;
+                    let _ = serve(client, &upstream, &rules, &seen).await;
                 });
             }
         });
         ScimProxy {
             base_url: base.as_str().trim_end_matches('/').to_string(),
+            rules,
+            seen,
             task,
         }
     }
@@ -63,10 +97,42 @@ impl ScimProxy {
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
+
+    /// Replace the rules (for requests from now on).
+    pub fn set_rules(&self, rules: ProxyRules) {
+        *self.rules.lock().unwrap() = rules;
+    }
+
+    /// Every request seen so far, oldest first.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn reply(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/scim+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn scim_error(status: u16, scim_type: &str, detail: &str) -> String {
+    serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+        "status": status.to_string(),
+        "scimType": scim_type,
+        "detail": detail,
+    })
+    .to_string()
 }
 
 /// One request: read it, answer or forward it.
-async fn serve(mut client: TcpStream, upstream: &str, rules: &ProxyRules) -> std::io::Result<()> {
+async fn serve(
+    mut client: TcpStream,
+    upstream: &str,
+    rules: &Mutex<ProxyRules>,
+    seen: &Mutex<Vec<SeenRequest>>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let head_end = loop {
         let mut chunk = [0u8; 8192];
@@ -80,11 +146,14 @@ async fn serve(mut client: TcpStream, upstream: &str, rules: &ProxyRules) -> std
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let length: usize = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     while buf.len() < head_end + length {
         let mut chunk = [0u8; 8192];
@@ -94,34 +163,154 @@ async fn serve(mut client: TcpStream, upstream: &str, rules: &ProxyRules) -> std
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let rules = rules.lock().unwrap().clone();
+    let method = head.split_whitespace().next().unwrap_or("GET").to_string();
+    let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    let if_match = header("if-match").is_some();
+    seen.lock().unwrap().push(SeenRequest {
+        method: method.clone(),
+        target: target.clone(),
+        if_match,
+        body: body.clone(),
+    });
     let url = reqwest::Url::parse(&format!("http://proxy{target}")).ok();
     let filter = url
         .as_ref()
         .and_then(|u| u.query_pairs().find(|(k, _)| k == "filter"))
         .map(|(_, v)| v.into_owned());
-    if let Some(f) = filter {
-        if rules
+    let refused = if let Some(f) = filter.as_deref().filter(|f| {
+        rules
             .refuse_filters_containing
             .iter()
             .any(|s| f.contains(s.as_str()))
-        {
-            let body = format!(
-                "{{\"schemas\":[\"urn:ietf:params:scim:api:messages:2.0:Error\"],\"status\":\"400\",\"scimType\":\"invalidFilter\",\"detail\":\"cannot filter: {}\"}}",
-                f.replace('\\', "\\\\").replace('"', "\\\"")
-            );
-            let reply = format!(
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/scim+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            client.write_all(reply.as_bytes()).await?;
-            return client.shutdown().await;
-        }
+    }) {
+        Some(reply(
+            "400 Bad Request",
+            &scim_error(400, "invalidFilter", &format!("cannot filter: {f}")),
+        ))
+    } else if rules.no_etags && if_match {
+        Some(reply(
+            "412 Precondition Failed",
+            &scim_error(412, "", "versions are not supported"),
+        ))
+    } else if matches!(method.as_str(), "POST" | "PATCH" | "PUT")
+        && rules
+            .refuse_writes_containing
+            .iter()
+            .any(|s| target.contains(s.as_str()) || body.contains(s.as_str()))
+    {
+        Some(reply(
+            "400 Bad Request",
+            &scim_error(400, "invalidValue", "this object is refused"),
+        ))
+    } else {
+        None
+    };
+    if let Some(r) = refused {
+        client.write_all(r.as_bytes()).await?;
+        return client.shutdown().await;
     }
     let mut up = TcpStream::connect(upstream).await?;
     up.write_all(&buf).await?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer).await?;
+    let rewrites = rules.rename_attributes || rules.case_exact_eq || rules.no_etags;
+    if rewrites {
+        if let Some(a) = rewrite(&answer, &target, filter.as_deref(), &rules) {
+            answer = a;
+        }
+    }
     client.write_all(&answer).await?;
     client.shutdown().await
+}
+
+/// The upstream answer with its JSON body altered by the rules (None: left as it is).
+fn rewrite(
+    answer: &[u8],
+    target: &str,
+    filter: Option<&str>,
+    rules: &ProxyRules,
+) -> Option<Vec<u8>> {
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&answer[..end]).to_string();
+    let mut v: Value = serde_json::from_slice(&answer[end..]).ok()?;
+    if rules.no_etags && target.contains("/ServiceProviderConfig") {
+        v["etag"] = serde_json::json!({ "supported": false });
+    }
+    if let (true, Some(f)) = (rules.case_exact_eq, filter) {
+        let terms = eq_terms(f);
+        if let Some(Value::Array(resources)) = v.get_mut("Resources") {
+            resources.retain(|r| terms.iter().any(|(a, val)| values_of(r, a).contains(val)));
+            let n = resources.len();
+            v["totalResults"] = Value::from(n);
+        }
+    }
+    if rules.rename_attributes {
+        v = renamed(v);
+    }
+    let body = v.to_string();
+    let mut out = String::new();
+    for line in head.trim_end().lines() {
+        if !line.to_ascii_lowercase().starts_with("content-length:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    Some(bytes)
+}
+
+/// The `attr eq "value"` terms of a filter of `or`ed terms.
+fn eq_terms(filter: &str) -> Vec<(String, String)> {
+    filter
+        .split(" or ")
+        .filter_map(|t| {
+            let (attr, rest) = t.trim().split_once(" eq ")?;
+            let quoted = rest.trim().strip_prefix('"')?.strip_suffix('"')?;
+            let value = quoted.replace("\\\"", "\"").replace("\\\\", "\\");
+            Some((attr.trim().to_string(), value))
+        })
+        .collect()
+}
+
+/// The string values of `attr` (a name, or `emails.value`) in a resource.
+fn values_of(r: &Value, attr: &str) -> Vec<String> {
+    match attr.split_once('.') {
+        Some((multi, sub)) => r[multi]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x[sub].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => r[attr].as_str().map(String::from).into_iter().collect(),
+    }
+}
+
+/// Every object key spelt otherwise (see [`ProxyRules::rename_attributes`]).
+fn renamed(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let k = if k == "id" {
+                        "ID".to_string()
+                    } else {
+                        let mut c = k.chars();
+                        match c.next() {
+                            Some(f) => f.to_uppercase().chain(c).collect(),
+                            None => k,
+                        }
+                    };
+                    (k, renamed(v))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(renamed).collect()),
+        other => other,
+    }
 }
