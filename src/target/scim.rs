@@ -12,7 +12,8 @@
 //! * [`Target::apply`] runs a chunk of ops with bounded concurrency. Creates POST the whole
 //!   resource; updates PATCH only the differences between `from` and `to` (without
 //!   `from`: everything, and `externalId` = the anchor, turning a soft match into a hard
-//!   one), with `If-Match` when the op carries an etag, re-read and retried once on 412;
+//!   one), with `If-Match` when the op carries an etag and the server advertises ETags
+//!   (ServiceProviderConfig `etag.supported`, read once), re-read and retried once on 412;
 //!   deletes DELETE (404 counts as done). 429 (honouring `Retry-After`), 5xx, timeouts and
 //!   connection errors are retried with jittered exponential backoff; no request is sent
 //!   after the deadline or after a 401.
@@ -83,6 +84,9 @@ pub struct ScimTarget {
     concurrency: usize,
     attempts: u32,
     base_delay: Duration,
+    /// Whether the server advertises ETags (ServiceProviderConfig `etag.supported`), read
+    /// once, on the first update that could carry `If-Match`.
+    etags: Box<tokio::sync::OnceCell<bool>>,
 }
 
 impl fmt::Debug for ScimTarget {
@@ -144,6 +148,7 @@ impl ScimTarget {
             concurrency: DEFAULT_CONCURRENCY,
             attempts: DEFAULT_ATTEMPTS,
             base_delay: DEFAULT_BASE_DELAY,
+            etags: Box::default(),
         })
     }
 
@@ -405,7 +410,9 @@ impl ScimTarget {
         let body = json!({ "schemas": [PATCH_SCHEMA], "Operations": operations });
         let what = format!("update {} {target_id}", kind.as_str());
         let mut req = Req::new(Method::PATCH, url.clone(), what).json(&body);
-        req.if_match = etag.map(str::to_string);
+        if etag.is_some() && self.etags_supported(gate).await {
+            req.if_match = etag.map(str::to_string);
+        }
         let mut reply = self.send(&req, gate).await?;
         if reply.status == StatusCode::PRECONDITION_FAILED && req.if_match.is_some() {
             // Someone else changed it since we saw it. Our PATCH only touches our
@@ -445,6 +452,34 @@ impl ScimTarget {
             None => meta_version(&reply_json(&req.what, &reply).map_err(SendError::Failed)?),
         };
         Ok((target_id.to_string(), new_etag))
+    }
+
+    /// Whether the server advertises ETags: `etag.supported` of its ServiceProviderConfig
+    /// (RFC 7643 §5), read once. A server that does not say so, or whose configuration
+    /// cannot be read, gets no `If-Match` (it may refuse or misread one).
+    async fn etags_supported(&self, gate: Gate<'_>) -> bool {
+        *self
+            .etags
+            .get_or_init(|| async {
+                let req = Req::new(
+                    Method::GET,
+                    self.url(&["ServiceProviderConfig"]),
+                    "read ServiceProviderConfig".to_string(),
+                );
+                let advertised = match self.send(&req, gate).await {
+                    Ok(reply) if reply.status.is_success() => reply_json(&req.what, &reply)
+                        .ok()
+                        .and_then(|v| etag_supported(&v)),
+                    _ => None,
+                };
+                if advertised.is_none() {
+                    tracing::warn!(
+                        "scim: the ServiceProviderConfig does not say whether ETags are supported; updates are sent without If-Match"
+                    );
+                }
+                advertised.unwrap_or(false)
+            })
+            .await
     }
 
     async fn delete(&self, kind: ObjectKind, target_id: &str, gate: Gate<'_>) -> Done {
@@ -903,6 +938,11 @@ fn parse_list_response(v: &Value) -> std::result::Result<(&[Value], Option<usize
     Ok((resources, total))
 }
 
+/// `etag.supported` of a ServiceProviderConfig.
+fn etag_supported(config: &Value) -> Option<bool> {
+    path(config, &["etag", "supported"]).and_then(Value::as_bool)
+}
+
 fn text(v: &Value, names: &[&str]) -> Option<String> {
     path(v, names).and_then(Value::as_str).map(str::to_string)
 }
@@ -1166,6 +1206,26 @@ mod tests {
                 br#"{"ScimType":"uniqueness","Detail":"taken"}"#
             ),
             "uniqueness: taken"
+        );
+    }
+
+    #[test]
+    fn etag_support_is_read_from_the_service_provider_config() {
+        assert_eq!(
+            etag_supported(&json!({ "etag": { "supported": true } })),
+            Some(true)
+        );
+        assert_eq!(
+            etag_supported(&json!({ "ETag": { "Supported": false } })),
+            Some(false)
+        );
+        assert_eq!(
+            etag_supported(&json!({ "patch": { "supported": true } })),
+            None
+        );
+        assert_eq!(
+            etag_supported(&json!({ "etag": { "supported": "yes" } })),
+            None
         );
     }
 

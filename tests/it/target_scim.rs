@@ -1037,8 +1037,10 @@ async fn stub_an_update_without_differences_sends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stub_if_match_and_a_second_412() {
-    // 412, the re-read, 412 again: a per-op failure after one refresh.
+    // The configuration (ETags advertised), 412, the re-read, 412 again: a per-op failure
+    // after one refresh.
     let stub = Stub::start(vec![
+        resp(200, &[], r#"{"etag":{"supported":true}}"#),
         resp(412, &[], r#"{"detail":"changed"}"#),
         resp(
             200,
@@ -1065,10 +1067,11 @@ async fn stub_if_match_and_a_second_412() {
         o => panic!("{o:?}"),
     }
     let reqs = stub.requests();
-    assert_eq!(reqs.len(), 3, "{reqs:?}");
-    assert!(reqs[0].starts_with("PATCH /v2/Users/id-7 ") && reqs[0].contains("W/\"3\""));
-    assert!(reqs[1].starts_with("GET /v2/Users/id-7 "));
-    assert!(reqs[2].starts_with("PATCH /v2/Users/id-7 ") && reqs[2].contains("W/\"8\""));
+    assert_eq!(reqs.len(), 4, "{reqs:?}");
+    assert!(reqs[0].starts_with("GET /v2/ServiceProviderConfig "));
+    assert!(reqs[1].starts_with("PATCH /v2/Users/id-7 ") && reqs[1].contains("W/\"3\""));
+    assert!(reqs[2].starts_with("GET /v2/Users/id-7 "));
+    assert!(reqs[3].starts_with("PATCH /v2/Users/id-7 ") && reqs[3].contains("W/\"8\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

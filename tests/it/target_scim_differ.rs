@@ -176,3 +176,35 @@ async fn attribute_names_in_responses_are_read_case_insensitively() {
     assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
     assert!(proxy.requests().len() > 5);
 }
+
+/// Finding 3: `If-Match` only when the server advertises ETags. A server whose
+/// ServiceProviderConfig says `etag.supported = false` (and that answers 412 to any
+/// `If-Match`, as it cannot honour one) had every update fail after one re-read. Now no
+/// `If-Match` is sent to it, and updates arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_only_when_the_server_advertises_etags() {
+    let lab = E2e::ldap(2, "500").await;
+    let proxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            no_etags: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [4, 0, 0, 0, 0], "{v}");
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(counts(&v), [0, 1, 0, 0, 0], "{v}");
+    assert_exact(&lab, 2, &[(1, "Boss")]).await;
+    let seen = proxy.requests();
+    assert!(seen.iter().any(|r| r.method == "PATCH"), "{seen:?}");
+    let with: Vec<_> = seen.iter().filter(|r| r.if_match).collect();
+    assert!(with.is_empty(), "{with:?}");
+}
