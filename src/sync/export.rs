@@ -112,6 +112,9 @@ pub struct SyncReport {
     pub held: u64,
     pub conflicts: u64,
     pub failures: u64,
+    /// Objects deleted from the target out of band and created again (an update answered
+    /// 404); not counted in `created`.
+    pub recreated: u64,
     pub unmappable: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_plan: Option<String>,
@@ -881,6 +884,8 @@ impl Cycle<'_> {
         }
         let bar = crate::output::progress(ops.len() as u64, "export");
         let mut queue: VecDeque<Op> = ops.into();
+        // Anchors whose update found the object gone: their creation is a re-creation.
+        let mut recreating: HashSet<String> = HashSet::new();
         let mut stalls = 0;
         while !queue.is_empty() {
             if self
@@ -924,6 +929,9 @@ impl Cycle<'_> {
                         sent += 1;
                         bar.inc(1);
                         match &op {
+                            Op::Create { anchor, .. } if recreating.remove(anchor) => {
+                                report.recreated += 1
+                            }
                             Op::Create { .. } => report.created += 1,
                             Op::Update { .. } => report.updated += 1,
                             Op::Delete { .. } => report.deleted += 1,
@@ -949,6 +957,34 @@ impl Cycle<'_> {
                     }
                     Outcome::Failed(e) if e.fatal => {
                         fatal.get_or_insert(e);
+                    }
+                    // Issue 18.2: deleted in the target out of band. Recorded as the
+                    // failed update it is, then created again (next chunk) with the whole
+                    // state; its creation records the new target id.
+                    Outcome::Failed(e) if e.gone && matches!(op, Op::Update { .. }) => {
+                        if let Op::Update { anchor, to, .. } = op {
+                            tracing::warn!(
+                                "target: {anchor} is gone from the target ({e}); creating it again"
+                            );
+                            sent += 1;
+                            failed += 1;
+                            events.push(NewEvent::new(
+                                stream::TARGET,
+                                self.instance,
+                                Event::ExportFailed(ExportFailed {
+                                    epoch: fence.epoch,
+                                    anchor: anchor.clone(),
+                                    op: ExportOp::Update,
+                                    status: e.status,
+                                    error: format!(
+                                        "{}; gone from the target: created again",
+                                        e.message
+                                    ),
+                                }),
+                            ));
+                            recreating.insert(anchor.clone());
+                            queue.push_front(Op::Create { anchor, object: to });
+                        }
                     }
                     Outcome::Failed(e) => {
                         sent += 1;

@@ -719,6 +719,10 @@ impl Inner {
                 run.fail(r.op, e.clone());
                 run.fatal = Some(e);
             }
+            // A PATCH of the object itself answered 404: it was deleted out of band.
+            Verdict::Failed if r.step == Step::Patch && a.status == 404 => {
+                run.fail(r.op, sub_error(&a).gone())
+            }
             Verdict::Failed => run.fail(r.op, sub_error(&a)),
         }
     }
@@ -1572,6 +1576,7 @@ fn token_error(status: u16, body: &[u8]) -> TargetError {
         status: Some(status),
         message: format!("token endpoint refused the client credentials: {code}{desc}"),
         fatal: !(status == 429 || status >= 500),
+        gone: false,
     }
 }
 

@@ -175,6 +175,9 @@ pub struct TargetError {
     /// The whole cycle must stop (401: the token was revoked or is wrong). Everything not
     /// yet sent is [`Outcome::NotAttempted`].
     pub fatal: bool,
+    /// The object the op was about is no longer in the target (deleted out of band: 404 on
+    /// the object itself). An update answered so is re-created by the export.
+    pub gone: bool,
 }
 
 impl TargetError {
@@ -183,7 +186,14 @@ impl TargetError {
             status,
             message: message.into(),
             fatal: status == Some(401),
+            gone: false,
         }
+    }
+
+    /// The same error, saying the object itself is gone from the target.
+    pub fn gone(mut self) -> TargetError {
+        self.gone = true;
+        self
     }
 }
 

@@ -14,7 +14,8 @@
 //!   `from`: everything, and `externalId` = the anchor, turning a soft match into a hard
 //!   one), with `If-Match` when the op carries an etag and the server advertises ETags
 //!   (ServiceProviderConfig `etag.supported`, read once), re-read and retried once on 412;
-//!   deletes DELETE (404 counts as done). 429 (honouring `Retry-After`), 5xx, timeouts and
+//!   an update answered 404 whose object a GET also finds gone is a `gone` failure (the
+//!   export re-creates it); deletes DELETE (404 counts as done). 429 (honouring `Retry-After`), 5xx, timeouts and
 //!   connection errors are retried with jittered exponential backoff; no request is sent
 //!   after the deadline or after a 401.
 //!
@@ -420,7 +421,7 @@ impl ScimTarget {
             let stale = reply_error(&req.what, &reply);
             let get = Req::new(
                 Method::GET,
-                url,
+                url.clone(),
                 format!("read {} {target_id}", kind.as_str()),
             );
             let current = match self.send(&get, gate).await {
@@ -442,6 +443,20 @@ impl ScimTarget {
                 Err(SendError::NotSent) => return Err(SendError::Failed(stale)),
                 Err(e) => return Err(e),
             };
+        }
+        if reply.status == StatusCode::NOT_FOUND {
+            // Gone, or a 404 about something else (a member, say)? Only the object's own
+            // 404 may lead to a re-creation: ask for it.
+            let failed = reply_error(&req.what, &reply);
+            let get = Req::new(
+                Method::GET,
+                url,
+                format!("read {} {target_id}", kind.as_str()),
+            );
+            return Err(SendError::Failed(match self.send(&get, gate).await {
+                Ok(r) if r.status == StatusCode::NOT_FOUND => failed.gone(),
+                _ => failed,
+            }));
         }
         if !reply.status.is_success() {
             return Err(SendError::Failed(reply_error(&req.what, &reply)));

@@ -84,6 +84,18 @@ impl ScimView {
         r.json().await.unwrap()
     }
 
+    /// DELETE `res/id` behind dirsync's back; the status.
+    pub async fn delete(&self, res: &str, id: &str) -> u16 {
+        self.http
+            .delete(format!("{}/{res}/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Users by externalId.
     pub async fn users_by_anchor(&self) -> BTreeMap<String, Value> {
         by_anchor(self.all("Users").await)

@@ -247,3 +247,44 @@ async fn a_refused_object_is_recorded_and_the_rest_goes_on() {
     let v = lab.sync("a", &[]);
     assert_eq!(counts(&v), [0; 7], "{v}");
 }
+
+/// Issue 18.2 through the Graph export: a user deleted in the target out of band is
+/// created again when its update is answered 404, and its group gets the new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_out_of_band_is_created_again() {
+    let lab = Lab::start(2, 1000, 500).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [3, 0, 0, 0, 0, 0, 0], "{v}");
+    let old = lab.graph.user_by_upn("u1@example.org").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.graph.remove_user(&old);
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 1, 0, 0, 0, 0, 0], "{v}");
+    assert_eq!(v["recreated"], 1, "{v}");
+    let u1 = lab.graph.user_by_upn("u1@example.org").unwrap();
+    assert_eq!(u1["jobTitle"], "Boss");
+    let new = u1["id"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    let u2 = lab.graph.user_by_upn("u2@example.org").unwrap()["id"].clone();
+    let team = lab.graph.group_by_name("team").unwrap();
+    let members: BTreeSet<&str> = team["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        members,
+        BTreeSet::from([new.as_str(), u2.as_str().unwrap()])
+    );
+    assert_eq!(lab.upns().len(), 2);
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+}

@@ -208,3 +208,78 @@ async fn if_match_only_when_the_server_advertises_etags() {
     let with: Vec<_> = seen.iter().filter(|r| r.if_match).collect();
     assert!(with.is_empty(), "{with:?}");
 }
+
+/// Issue 18.2: objects deleted in the target out of band (through scim2-server's API).
+/// An update answered 404 re-creates the object (recorded: the ledger holds its new id,
+/// and the groups get it as a member); a deletion answered 404 counts as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_deleted_out_of_band_are_recreated_on_update_and_count_as_deleted() {
+    let lab = E2e::ldap(3, "500").await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [5, 0, 0, 0, 0], "{v}");
+    let a1 = lab.anchor(&format!("uid=u1,{PEOPLE}")).await;
+    let a3 = lab.anchor(&format!("uid=u3,{PEOPLE}")).await;
+    let before = lab.view.users_by_anchor().await;
+    let old1 = before[&a1]["id"].as_str().unwrap().to_string();
+    let old3 = before[&a3]["id"].as_str().unwrap().to_string();
+    assert_eq!(lab.view.delete("Users", &old1).await, 204);
+    assert_eq!(lab.view.delete("Users", &old3).await, 204);
+
+    let s = lab.slapd();
+    s.ldapmodify(&format!(
+        "dn: uid=u1,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+    ))
+    .await;
+    s.ldapdelete(&format!("uid=u3,{PEOPLE}")).await;
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // u1 re-created, both groups given its new id, u3's deletion done.
+    assert_eq!(counts(&v), [0, 2, 0, 0, 0], "{v}");
+    assert_eq!(
+        [count(&v, "recreated"), count(&v, "deleted")],
+        [1, 1],
+        "{v}"
+    );
+    assert_exact(&lab, 2, &[(1, "Boss")]).await;
+    let users = lab.view.users_by_anchor().await;
+    let new1 = users[&a1]["id"].as_str().unwrap().to_string();
+    assert_ne!(new1, old1);
+    let state = lab.state().await;
+    assert_eq!(state.ledger.entries[&a1].target_id, new1);
+    assert!(state.ledger.entries[&a3].deleted.is_some());
+    assert!(
+        state.ledger.failures.is_empty(),
+        "{:?}",
+        state.ledger.failures
+    );
+    // Recorded: the update answered 404, then the creation with the new id.
+    let store = lab.store().await;
+    let events = dirsync::log::Store::read(&store, 0, 100_000).await.unwrap();
+    let about_u1: Vec<(String, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_type.clone(),
+                serde_json::from_str::<Value>(&e.payload).unwrap(),
+            )
+        })
+        .filter(|(t, p)| t.starts_with("Export") && p["anchor"] == a1.as_str())
+        .collect();
+    let kinds: Vec<(&str, &str)> = about_u1
+        .iter()
+        .map(|(t, p)| (t.as_str(), p["op"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ExportApplied", "create"),
+            ("ExportFailed", "update"),
+            ("ExportApplied", "create")
+        ],
+        "{about_u1:?}"
+    );
+    assert_eq!(about_u1[1].1["status"], 404);
+    assert_eq!(about_u1[2].1["target_id"], new1.as_str());
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
+}

@@ -1373,6 +1373,10 @@ impl GraphFake {
         );
         id
     }
+    /// Remove a user directly (out of band); group memberships of it stay, as in scim2-server.
+    pub fn remove_user(&self, id: &str) {
+        self.s().users.remove(id);
+    }
     /// Change a user directly (out of band).
     pub fn set_user_attr(&self, id: &str, key: &str, value: Value) {
         if let Some(u) = self.s().users.get_mut(id) {
