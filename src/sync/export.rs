@@ -43,7 +43,7 @@ use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{Meta, State};
-use crate::target::matching::{Index, Match};
+use crate::target::matching::{swap_case, Index, Match};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target};
 
 /// Operations per claimed chunk.
@@ -455,6 +455,51 @@ pub(crate) fn with_planned(state: &State, imported: &ImportReport, instance: &st
     state
 }
 
+/// How the target objects that could match a pass's new objects are found.
+#[derive(Debug, PartialEq)]
+enum LookUp<'a> {
+    /// List every object of the kind.
+    List,
+    /// Ask the target's filters for each new object's candidates, once it proved that its
+    /// `eq` ignores case by finding `known` (the object `id`, which we own) by its name
+    /// spelt in the other case.
+    Filter { id: &'a str, known: &'a Mapped },
+}
+
+/// How to look up `new` objects of `kind` (pure). Filters only when few are new (at most
+/// [`LIST_ABOVE`]), none of them had its creation refused as a duplicate (409: the target
+/// holds something its filters did not find, so a listing is matched instead of failing
+/// again), and we own an object of the kind with letters in its name to probe the filters'
+/// case with. Otherwise a listing: what dirsync matches itself is then complete, whatever
+/// the target's `eq` does.
+fn how_to_look_up<'a>(new: &[(String, Mapped)], state: &'a State, kind: ObjectKind) -> LookUp<'a> {
+    if new.len() > LIST_ABOVE {
+        return LookUp::List;
+    }
+    let refused = new.iter().any(|(anchor, _)| {
+        state
+            .ledger
+            .failures
+            .get(anchor)
+            .is_some_and(|f| f.op == ExportOp::Create && f.status == Some(409))
+    });
+    if refused {
+        return LookUp::List;
+    }
+    state
+        .ledger
+        .owned()
+        .filter(|(_, l)| l.kind == kind)
+        .find_map(|(_, l)| {
+            let known = l.state.as_ref()?;
+            (swap_case(known.name()) != known.name()).then_some(LookUp::Filter {
+                id: l.target_id.as_str(),
+                known,
+            })
+        })
+        .unwrap_or(LookUp::List)
+}
+
 /// What matching decided for one new object.
 enum NewDecision {
     Take {
@@ -634,7 +679,7 @@ impl Cycle<'_> {
                         .filter(|(_, m)| m.kind() == kind)
                         .cloned()
                         .collect();
-                    remote.extend(self.lookup(t, kind, &new).await?);
+                    remote.extend(self.lookup(t, kind, &new, state).await?);
                 }
                 let decisions = decide_new(&remote, &p.new, state);
                 lines.extend(decisions.into_iter().map(|d| Self::decision_line(state, d)));
@@ -715,18 +760,35 @@ impl Cycle<'_> {
         }
     }
 
-    /// Target objects that could match `new`: the whole listing when many are new, else
-    /// the candidates of each.
+    /// Target objects that could match `new`, which dirsync then matches itself
+    /// (case-insensitively, `target::matching`): the whole listing of the kind, or, when
+    /// [`how_to_look_up`] allows and the target's `eq` proves to ignore case, the
+    /// candidates of each.
     async fn lookup(
         &self,
         t: &AnyTarget,
         kind: ObjectKind,
         new: &[(String, Mapped)],
+        state: &State,
     ) -> Result<Vec<RemoteObject>> {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        if new.len() > LIST_ABOVE {
+        let by_filter = match how_to_look_up(new, state, kind) {
+            LookUp::List => false,
+            LookUp::Filter { id, known } => match t.eq_ignores_case(id, known).await {
+                Ok(yes) => yes,
+                Err(e) if e.fatal => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(
+                        "target: could not tell whether its filters ignore case ({e}); listing the target's {}s",
+                        kind.as_str()
+                    );
+                    false
+                }
+            },
+        };
+        if !by_filter {
             self.progress
                 .set_message(format!("listing target {}s", kind.as_str()));
             return Ok(t.list(kind).await?);
@@ -783,7 +845,7 @@ impl Cycle<'_> {
             }
             let mut creates = Vec::new();
             if !p.new.is_empty() {
-                let remote = self.lookup(t, kind, &p.new).await?;
+                let remote = self.lookup(t, kind, &p.new, &state).await?;
                 let mut taken = Vec::new();
                 for d in decide_new(&remote, &p.new, &state) {
                     match d {
@@ -1039,5 +1101,98 @@ impl Cycle<'_> {
         }
         bar.finish_and_clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::{At, ExportFailure, LedgerEntry, Origin};
+    use crate::target::{MappedGroup, MappedUser};
+
+    fn user(name: &str) -> Mapped {
+        Mapped::User(MappedUser {
+            user_name: name.into(),
+            active: true,
+            ..Default::default()
+        })
+    }
+
+    fn own(state: &mut State, anchor: &str, id: &str, m: Option<Mapped>) {
+        state.ledger.entries.insert(
+            anchor.into(),
+            Box::new(LedgerEntry {
+                kind: m.as_ref().map_or(ObjectKind::User, Mapped::kind),
+                target_id: id.into(),
+                origin: Origin::Created,
+                state: m,
+                owned_since: At::default(),
+                last_export: At::default(),
+                epoch: 1,
+                etag: None,
+                deleted: None,
+            }),
+        );
+    }
+
+    #[test]
+    fn filters_only_for_few_new_objects_after_a_case_probe() {
+        let new = vec![("n1".to_string(), user("new@x"))];
+        let mut state = State::default();
+        // Nothing owned to probe with: list.
+        assert_eq!(how_to_look_up(&new, &state, ObjectKind::User), LookUp::List);
+        // Owned, but no letter to swap, or no recorded state, or another kind: list.
+        own(&mut state, "a1", "id1", Some(user("1234")));
+        own(&mut state, "a2", "id2", None);
+        let g = Mapped::Group(MappedGroup {
+            display_name: "Staff".into(),
+            members: Default::default(),
+        });
+        own(&mut state, "a3", "id3", Some(g.clone()));
+        assert_eq!(how_to_look_up(&new, &state, ObjectKind::User), LookUp::List);
+        assert_eq!(
+            how_to_look_up(&new, &state, ObjectKind::Group),
+            LookUp::Filter {
+                id: "id3",
+                known: &g
+            }
+        );
+        let bob = user("bob@x");
+        own(&mut state, "a4", "id4", Some(bob.clone()));
+        assert_eq!(
+            how_to_look_up(&new, &state, ObjectKind::User),
+            LookUp::Filter {
+                id: "id4",
+                known: &bob
+            }
+        );
+        // More than LIST_ABOVE new: list.
+        let many: Vec<(String, Mapped)> = (0..=LIST_ABOVE)
+            .map(|i| (format!("n{i}"), user(&format!("u{i}@x"))))
+            .collect();
+        assert_eq!(
+            how_to_look_up(&many, &state, ObjectKind::User),
+            LookUp::List
+        );
+        // A new object whose creation was refused as a duplicate: list.
+        let failure = |op, status| ExportFailure {
+            op,
+            error: "uniqueness".into(),
+            status,
+            at: At::default(),
+        };
+        state
+            .ledger
+            .failures
+            .insert("n1".into(), failure(ExportOp::Update, Some(409)));
+        assert!(matches!(
+            how_to_look_up(&new, &state, ObjectKind::User),
+            LookUp::Filter { .. }
+        ));
+        state
+            .ledger
+            .failures
+            .insert("n1".into(), failure(ExportOp::Create, Some(409)));
+        assert_eq!(how_to_look_up(&new, &state, ObjectKind::User), LookUp::List);
     }
 }

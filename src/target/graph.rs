@@ -778,6 +778,12 @@ impl Target for GraphTarget {
         }
     }
 
+    /// Graph documents its `$filter` string comparisons (`eq` on userPrincipalName, mail,
+    /// displayName) as case-insensitive: nothing to ask.
+    async fn eq_ignores_case(&self, _id: &str, _known: &Mapped) -> Result<bool, TargetError> {
+        Ok(true)
+    }
+
     async fn apply(&self, ops: &[Op], deadline: Instant) -> Vec<Outcome> {
         self.inner.apply_all(ops, deadline).await
     }

@@ -14,6 +14,20 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Mapped, RemoteObject};
 
+/// `s` with the case of each ASCII letter swapped (`Grp03` -> `gRP03`): a spelling that a
+/// case-insensitive comparison takes as `s` and a case-exact one does not.
+pub fn swap_case(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
 /// What matching decided for one anchor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Match<'a> {

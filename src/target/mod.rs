@@ -242,6 +242,12 @@ pub trait Target {
         anchor: &str,
         object: &Mapped,
     ) -> Result<Vec<RemoteObject>, TargetError>;
+    /// Whether the target's `eq` filters compare names case-insensitively, as RFC 7643
+    /// says for userName, displayName and emails.value (`caseExact: false`): asked by
+    /// looking up `known`, the object `id` holds, by its name (and e-mail) spelt in the
+    /// other case (see [`matching::swap_case`]). Only then are [`candidates`](Self::candidates)
+    /// complete enough to match by.
+    async fn eq_ignores_case(&self, id: &str, known: &Mapped) -> Result<bool, TargetError>;
     /// Send `ops`. An op not started before `deadline` is [`Outcome::NotAttempted`] (the
     /// fencing lease, see `sync::export`).
     async fn apply(&self, ops: &[Op], deadline: Instant) -> Vec<Outcome>;
@@ -288,6 +294,12 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Scim(t) => t.candidates(anchor, object).await,
             AnyTarget::Graph(t) => t.candidates(anchor, object).await,
+        }
+    }
+    async fn eq_ignores_case(&self, id: &str, known: &Mapped) -> Result<bool, TargetError> {
+        match self {
+            AnyTarget::Scim(t) => t.eq_ignores_case(id, known).await,
+            AnyTarget::Graph(t) => t.eq_ignores_case(id, known).await,
         }
     }
     async fn apply(&self, ops: &[Op], deadline: Instant) -> Vec<Outcome> {

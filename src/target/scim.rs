@@ -542,6 +542,23 @@ impl Target for ScimTarget {
             .await
     }
 
+    async fn eq_ignores_case(
+        &self,
+        id: &str,
+        known: &Mapped,
+    ) -> std::result::Result<bool, TargetError> {
+        for filter in case_probe_filters(known) {
+            let found = self.query(known.kind(), Some(&filter)).await?;
+            if !found.iter().any(|r| r.id == id) {
+                tracing::info!(
+                    "scim: the target's `{filter}` does not find {id}: its eq compares case-exactly; matching reads the whole listing"
+                );
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     async fn apply(&self, ops: &[Op], deadline: Instant) -> Vec<Outcome> {
         let stop = AtomicBool::new(false);
         let gate = Gate {
@@ -935,6 +952,28 @@ pub fn candidates_filter(anchor: &str, object: &Mapped) -> String {
         }
     }
     terms.join(" or ")
+}
+
+/// The filters that find `known` by its name (users: also its e-mail) spelt in the other
+/// case, one per attribute (a value with no letter to swap is left out).
+pub fn case_probe_filters(known: &Mapped) -> Vec<String> {
+    let mut probes = Vec::new();
+    match known {
+        Mapped::User(u) => {
+            probes.push(("userName", u.user_name.as_str()));
+            if let Some(e) = u.email.as_deref() {
+                probes.push(("emails.value", e));
+            }
+        }
+        Mapped::Group(g) => probes.push(("displayName", g.display_name.as_str())),
+    }
+    probes
+        .into_iter()
+        .filter_map(|(attr, value)| {
+            let swapped = super::matching::swap_case(value);
+            (swapped != value).then(|| format!("{attr} eq {}", filter_string(&swapped)))
+        })
+        .collect()
 }
 
 /// The resources and `totalResults` of a ListResponse.
@@ -1385,6 +1424,26 @@ mod tests {
             candidates_filter("123", &g),
             r#"externalId eq "123" or displayName eq "say \"hi\"""#
         );
+    }
+
+    #[test]
+    fn case_probes_swap_the_case_of_names_and_mail() {
+        let u = Mapped::User(MappedUser {
+            user_name: "Bob@x.org".into(),
+            email: Some("bob.smith@x.org".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            case_probe_filters(&u),
+            [
+                "userName eq \"bOB@X.ORG\"",
+                "emails.value eq \"BOB.SMITH@X.ORG\""
+            ]
+        );
+        let g = Mapped::Group(group("123", &[]));
+        assert!(case_probe_filters(&g).is_empty());
+        let g = Mapped::Group(group("Grp03", &[]));
+        assert_eq!(case_probe_filters(&g), ["displayName eq \"gRP03\""]);
     }
 
     #[test]

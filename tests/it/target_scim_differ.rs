@@ -283,3 +283,121 @@ async fn objects_deleted_out_of_band_are_recreated_on_update_and_count_as_delete
     let v = lab.sync("a", &[]);
     assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
 }
+
+/// Finding 3: a server whose `eq` compares case-exactly. A pre-existing user differing
+/// from the source's userName only in case was not found by the candidate filter, its
+/// create answered 409 (userName is unique case-insensitively) on every run; a
+/// pre-existing group `TEAM` got a duplicate `team`. Matching is dirsync's own,
+/// case-insensitive where RFC 7643 says caseExact false, whatever the cycle's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_exact_eq_does_not_hide_case_different_objects() {
+    let lab = E2e::ldap(2, "500").await;
+    lab.view
+        .post(
+            "Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "U2@Example.ORG",
+            }),
+        )
+        .await;
+    lab.view
+        .post(
+            "Groups",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "TEAM",
+            }),
+        )
+        .await;
+    let proxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            case_exact_eq: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Four new objects: few enough that candidates were asked of the server's filter.
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // u1 and crew created; U2 and TEAM matched (soft) and written whole.
+    assert_eq!(counts(&v), [2, 2, 2, 0, 0], "{v}");
+    assert_exact(&lab, 2, &[]).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
+
+    // Later, with objects owned: the same again for a user and a group `GRP03` / `grp03`.
+    let u3 = lab
+        .view
+        .post(
+            "Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "U3@EXAMPLE.org",
+            }),
+        )
+        .await;
+    let grp03 = lab
+        .view
+        .post(
+            "Groups",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "GRP03",
+            }),
+        )
+        .await;
+    let s = lab.slapd();
+    s.ldapadd(&ldap_user(3)).await;
+    s.ldapadd(&format!(
+        "dn: cn=grp03,ou=groups,dc=example,dc=org\nobjectClass: groupOfNames\ncn: grp03\n\
+         member: uid=u3,{PEOPLE}\n\n"
+    ))
+    .await;
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(counts(&v), [0, 2, 2, 0, 0], "{v}");
+    let users = lab.view.all("Users").await;
+    let groups = lab.view.all("Groups").await;
+    assert_eq!([users.len(), groups.len()], [3, 3], "{users:?} {groups:?}");
+    let a3 = lab.anchor(&format!("uid=u3,{PEOPLE}")).await;
+    let g3 = lab.anchor("cn=grp03,ou=groups,dc=example,dc=org").await;
+    let ledger = lab.state().await.ledger;
+    assert_eq!(ledger.entries[&a3].target_id, u3["id"].as_str().unwrap());
+    assert_eq!(ledger.entries[&g3].target_id, grp03["id"].as_str().unwrap());
+    let g = groups.iter().find(|g| g["id"] == grp03["id"]).unwrap();
+    assert_eq!(g["displayName"], "grp03");
+    assert_eq!(g["members"][0]["value"], u3["id"]);
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
+
+    // A server whose eq ignores case, as the RFC says, is trusted with the lookup of a few
+    // new objects (once it found an owned object by its name spelt in the other case).
+    proxy.set_rules(ProxyRules::default());
+    lab.view
+        .post(
+            "Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "u4@EXAMPLE.ORG",
+            }),
+        )
+        .await;
+    s.ldapadd(&ldap_user(4)).await;
+    let seen = proxy.requests().len();
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 1, 1, 0, 0], "{v}");
+    let gets: Vec<String> = proxy.requests()[seen..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.target.contains("/Users?"))
+        // Not the credentials probe (count=1) at the start.
+        .filter(|r| r.target.contains("count=1000"))
+        .map(|r| r.target.clone())
+        .collect();
+    assert!(
+        gets.iter().all(|t| t.contains("filter=")),
+        "no listing: {gets:?}"
+    );
+    assert_eq!(gets.len(), 3, "two probes and one lookup: {gets:?}");
+}
