@@ -677,6 +677,8 @@ fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                 "HELD",
                 "CONFLICTS",
                 "FAILURES",
+                "RECREATED",
+                "QUARANTINED",
                 "UNMAPPABLE",
             ],
             &[vec![
@@ -687,6 +689,8 @@ fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                 r.held.to_string(),
                 r.conflicts.to_string(),
                 r.failures.to_string(),
+                r.recreated.to_string(),
+                r.quarantined.to_string(),
                 r.unmappable.to_string(),
             ]],
         ));

@@ -310,6 +310,14 @@ pub struct ExportFailure {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub at: At,
+    /// Failures of this anchor in a row (since its last success); `sync::export`
+    /// quarantines it after `QUARANTINE_AFTER`.
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The ownership ledger: what we created or matched in the target, by anchor.
@@ -372,6 +380,7 @@ impl Ledger {
                 self.failures.clear();
             }
             Event::ExportFailed(f) => {
+                let count = self.failures.get(&f.anchor).map_or(0, |p| p.count) + 1;
                 self.failures.insert(
                     f.anchor.clone(),
                     ExportFailure {
@@ -379,6 +388,7 @@ impl Ledger {
                         error: f.error.clone(),
                         status: f.status,
                         at: m.into(),
+                        count,
                     },
                 );
             }

@@ -42,7 +42,7 @@ use crate::log::event::{
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
-use crate::project::{Meta, State};
+use crate::project::{ExportFailure, Meta, State};
 use crate::target::matching::{swap_case, Index, Match};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target};
 
@@ -52,6 +52,9 @@ pub const CHUNK: usize = 100;
 pub const LEASE: Duration = Duration::from_secs(30);
 /// Kept off the lease for the local deadline: clock differences between computers.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Failed exports in a row after which an object is quarantined: skipped by every cycle
+/// until its source changes (then tried once more) or a `sync --full` tries it again.
+pub const QUARANTINE_AFTER: u32 = 5;
 /// With more new objects than this, the target is listed once for matching instead of
 /// being asked about each new object.
 pub const LIST_ABOVE: usize = 20;
@@ -89,7 +92,7 @@ pub struct PlannedOp {
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
     pub anchor: String,
-    /// conflict, failure or unmappable.
+    /// conflict, failure, quarantined or unmappable.
     pub problem: &'static str,
     pub detail: String,
 }
@@ -115,6 +118,8 @@ pub struct SyncReport {
     /// Objects deleted from the target out of band and created again (an update answered
     /// 404); not counted in `created`.
     pub recreated: u64,
+    /// Objects skipped because their exports kept failing (see [`QUARANTINE_AFTER`]).
+    pub quarantined: u64,
     pub unmappable: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_plan: Option<String>,
@@ -310,6 +315,7 @@ pub async fn sync(
         fence,
         progress,
         stop: opts.stop.as_deref(),
+        retry_quarantined: opts.full,
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -432,6 +438,7 @@ pub async fn export_log(
         fence: Some(fence),
         progress,
         stop: None,
+        retry_quarantined: false,
     };
     let result = run.cycle(state, &mut report, None).await;
     run_ended(store, &report, &result).await?;
@@ -498,6 +505,23 @@ fn how_to_look_up<'a>(new: &[(String, Mapped)], state: &'a State, kind: ObjectKi
             })
         })
         .unwrap_or(LookUp::List)
+}
+
+/// The last failure of `anchor` when that makes it quarantined (pure): at least
+/// [`QUARANTINE_AFTER`] exports of it failed in a row (a matching conflict is never sent
+/// and does not count) and its source object has not changed (nor been deleted) since the
+/// last one.
+pub fn quarantined<'a>(state: &'a State, anchor: &str) -> Option<&'a ExportFailure> {
+    let f = state.ledger.failures.get(anchor)?;
+    if f.op == ExportOp::Match || f.count < QUARANTINE_AFTER {
+        return None;
+    }
+    let changed = state.objects.objects.get(anchor).map_or(0, |r| {
+        r.last_changed
+            .seq
+            .max(r.deletion.as_ref().map_or(0, |d| d.at.seq))
+    });
+    (changed < f.at.seq).then_some(f)
 }
 
 /// What matching decided for one new object.
@@ -598,6 +622,8 @@ struct Cycle<'a> {
     fence: Option<Fence>,
     progress: &'a ProgressBar,
     stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// Send quarantined objects' operations too (`sync --full`).
+    retry_quarantined: bool,
 }
 
 impl Cycle<'_> {
@@ -834,12 +860,15 @@ impl Cycle<'_> {
         let Some(t) = self.target else {
             return Err(Error::Config("no [target] section".into()));
         };
+        let mut skipped = HashSet::new();
         for (pass, kind) in [ObjectKind::User, ObjectKind::Group, ObjectKind::Group]
             .into_iter()
             .enumerate()
         {
             state = replay::advance(self.store, state).await?;
-            let p = plan(&state, self.source_kind, Some(kind));
+            let mut p = plan(&state, self.source_kind, Some(kind));
+            p.new
+                .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
             if pass == 2 && p.new.is_empty() && p.updates.is_empty() {
                 break;
             }
@@ -910,13 +939,44 @@ impl Cycle<'_> {
                 }
             }
             // Matched objects now have a ledger state: their differences are updates.
-            let updates = plan(&state, self.source_kind, Some(kind)).updates;
+            let mut updates = plan(&state, self.source_kind, Some(kind)).updates;
+            updates.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
             creates.extend(updates);
             self.run_ops(creates, fence, report).await?;
         }
         state = replay::advance(self.store, state).await?;
-        let deletes = plan(&state, self.source_kind, None).deletes;
+        let mut deletes = plan(&state, self.source_kind, None).deletes;
+        deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         self.run_ops(deletes, fence, report).await
+    }
+
+    /// Whether to leave `anchor` out of this cycle's export because it is quarantined
+    /// (counted and reported once per cycle, in `skipped`).
+    fn skip_quarantined(
+        &self,
+        state: &State,
+        anchor: &str,
+        skipped: &mut HashSet<String>,
+        report: &mut SyncReport,
+    ) -> bool {
+        if self.retry_quarantined {
+            return false;
+        }
+        let Some(f) = quarantined(state, anchor) else {
+            return false;
+        };
+        if skipped.insert(anchor.to_string()) {
+            report.quarantined += 1;
+            report.problem(
+                anchor,
+                "quarantined",
+                format!(
+                    "{} failed exports in a row, the last: {}; tried again when its source changes or by `sync --full`",
+                    f.count, f.error
+                ),
+            );
+        }
+        true
     }
 
     async fn append_fenced(&self, events: Vec<NewEvent>, fence: Fence) -> Result<u64> {
@@ -1107,7 +1167,7 @@ impl Cycle<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::project::{At, ExportFailure, LedgerEntry, Origin};
+    use crate::project::{At, LedgerEntry, Origin};
     use crate::target::{MappedGroup, MappedUser};
 
     fn user(name: &str) -> Mapped {
@@ -1133,6 +1193,57 @@ mod tests {
                 deleted: None,
             }),
         );
+    }
+
+    #[test]
+    fn quarantine_after_five_failures_until_the_source_changes() {
+        let at = |seq| At { seq, at_us: 0 };
+        let mut state = State::default();
+        state.objects.objects.insert(
+            "a".into(),
+            Box::new(crate::project::ObjectRecord {
+                kind: ObjectKind::User,
+                dn: "uid=a".into(),
+                attrs: Default::default(),
+                members: Default::default(),
+                first_seen: at(1),
+                last_changed: at(5),
+                deletion: None,
+            }),
+        );
+        let fail = |op, count, seq| ExportFailure {
+            op,
+            error: "refused".into(),
+            status: Some(400),
+            at: at(seq),
+            count,
+        };
+        let with = |f: ExportFailure| {
+            let mut s = state.clone();
+            s.ledger.failures.insert("a".into(), f);
+            s
+        };
+        let s = with(fail(ExportOp::Create, QUARANTINE_AFTER, 10));
+        assert_eq!(
+            quarantined(&s, "a").map(|f| f.count),
+            Some(QUARANTINE_AFTER)
+        );
+        assert!(quarantined(&s, "b").is_none());
+        assert!(
+            quarantined(&with(fail(ExportOp::Update, QUARANTINE_AFTER - 1, 10)), "a").is_none()
+        );
+        assert!(quarantined(&with(fail(ExportOp::Match, 9, 10)), "a").is_none());
+        // The source changed (or was deleted) after the last failure: tried again.
+        let mut s = with(fail(ExportOp::Update, 7, 4));
+        assert!(quarantined(&s, "a").is_none());
+        s.ledger.failures.get_mut("a").unwrap().at = at(6);
+        assert!(quarantined(&s, "a").is_some());
+        s.objects.objects.get_mut("a").unwrap().deletion = Some(crate::project::Deletion {
+            evidence: crate::log::event::DeletionEvidence::SyncDelete { phase: "x".into() },
+            at: at(8),
+            instance: "i".into(),
+        });
+        assert!(quarantined(&s, "a").is_none());
     }
 
     #[test]
@@ -1180,6 +1291,7 @@ mod tests {
             error: "uniqueness".into(),
             status,
             at: At::default(),
+            count: 1,
         };
         state
             .ledger

@@ -100,8 +100,8 @@ pub async fn serve(
         };
         match sync(cfg, store, &opts, &ProgressBar::hidden()).await {
             Ok(r) => say(&format!(
-                "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}",
-                r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures
+                "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}",
+                r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures, r.recreated, r.quarantined
             )),
             Err(e @ Error::Fenced(_)) => break Err(e),
             Err(e @ (Error::Config(_) | Error::BadInput(_))) => break Err(e),

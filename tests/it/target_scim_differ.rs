@@ -401,3 +401,107 @@ async fn a_case_exact_eq_does_not_hide_case_different_objects() {
     );
     assert_eq!(gets.len(), 3, "two probes and one lookup: {gets:?}");
 }
+
+/// Finding 3: per-object failures. A target that refuses one object's write fails that
+/// object alone: the rest of the cycle is exported, the failure is recorded
+/// (`ExportFailed`) and retried next cycle; after 5 failures in a row the object is
+/// quarantined (skipped, shown by `sync`) until its source changes or `sync --full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_object_fails_alone_then_is_quarantined() {
+    let lab = E2e::ldap(2, "500").await;
+    let proxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            refuse_writes_containing: vec!["u2@example.org".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let a2 = lab.anchor_after_sync_of(&proxy).await;
+    let posts_of_u2 = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.body.contains("u2@example.org"))
+            .count()
+    };
+    // Cycles 2 to 5: retried, failing again.
+    for cycle in 2..=5 {
+        let (run, v) = lab.run("a", &[]);
+        assert_eq!(run.code, 1, "cycle {cycle}: {run:?}");
+        assert_eq!(counts(&v), [0, 0, 0, 0, 1], "cycle {cycle}: {v}");
+        assert_eq!(count(&v, "quarantined"), 0, "{v}");
+        assert_eq!(posts_of_u2(), cycle);
+    }
+    let state = lab.state().await;
+    assert_eq!(state.ledger.failures[&a2].count, 5);
+    // Cycle 6: quarantined, not sent; the cycle is a success that says so.
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
+    assert_eq!(count(&v, "quarantined"), 1, "{v}");
+    assert_eq!(v["problems"][0]["problem"], "quarantined", "{v}");
+    assert_eq!(v["problems"][0]["anchor"], a2.as_str(), "{v}");
+    assert_eq!(posts_of_u2(), 5);
+    let table = lab.cli(&["sync", "--instance", "a"]);
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.contains("QUARANTINED"), "{}", table.stdout);
+    assert!(table.stdout.contains("quarantined"), "{}", table.stdout);
+    assert_eq!(posts_of_u2(), 5);
+
+    // Its source changes: tried once more (failing: quarantined again at once).
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=u2,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(counts(&v), [0, 0, 0, 0, 1], "{v}");
+    assert_eq!(posts_of_u2(), 6);
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(count(&v, "quarantined"), 1, "{v}");
+    assert_eq!(posts_of_u2(), 6);
+
+    // The target accepts it now; the operator releases it with a full sync.
+    proxy.set_rules(ProxyRules::default());
+    let v = lab.sync("a", &[]);
+    assert_eq!(count(&v, "quarantined"), 1, "{v}");
+    let v = lab.sync("a", &["--full"]);
+    // u2 created, both groups given it as a member.
+    assert_eq!(counts(&v), [1, 2, 0, 0, 0], "{v}");
+    assert_eq!(count(&v, "quarantined"), 0, "{v}");
+    assert_exact(&lab, 2, &[(2, "Boss")]).await;
+    assert!(lab.state().await.ledger.failures.is_empty());
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
+}
+
+impl E2e {
+    /// The first sync, with u2 refused: the rest is exported, u2's failure recorded.
+    /// Returns u2's anchor.
+    async fn anchor_after_sync_of(&self, proxy: &ScimProxy) -> String {
+        let (run, v) = self.run("a", &[]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert_eq!(counts(&v), [3, 0, 0, 0, 1], "{v}");
+        let a2 = self.anchor(&format!("uid=u2,{PEOPLE}")).await;
+        assert_eq!(v["problems"][0]["problem"], "failure", "{v}");
+        assert_eq!(v["problems"][0]["anchor"], a2.as_str(), "{v}");
+        let failure = &self.state().await.ledger.failures[&a2];
+        assert_eq!((failure.status, failure.count), (Some(400), 1));
+        assert!(
+            failure.error.contains("this object is refused"),
+            "{failure:?}"
+        );
+        let groups = self.view.all("Groups").await;
+        assert!(
+            groups
+                .iter()
+                .all(|g| g["members"].as_array().unwrap().len() == 1),
+            "{groups:?}"
+        );
+        assert!(proxy.requests().iter().any(|r| r.method == "POST"));
+        a2
+    }
+}
