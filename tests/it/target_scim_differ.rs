@@ -505,3 +505,46 @@ impl E2e {
         a2
     }
 }
+
+/// Finding 3: a create refused as a duplicate (409) must not fail forever. Here the target's
+/// filters miss an existing user (its search index lags), so the candidates lookup finds
+/// nothing and the create is answered 409; the next cycle matches against a listing
+/// instead and takes the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_refused_as_a_duplicate_is_matched_by_a_listing_next() {
+    let lab = E2e::ldap(2, "500").await;
+    let proxy = behind_proxy(&lab, ProxyRules::default()).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [4, 0, 0, 0, 0], "{v}");
+    let u3 = lab
+        .view
+        .post(
+            "Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "u3@example.org",
+            }),
+        )
+        .await;
+    proxy.set_rules(ProxyRules {
+        hide_from_filters: vec!["u3@example.org".into()],
+        ..Default::default()
+    });
+    lab.slapd().ldapadd(&ldap_user(3)).await;
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(counts(&v), [0, 0, 0, 0, 1], "{v}");
+    let a3 = lab.anchor(&format!("uid=u3,{PEOPLE}")).await;
+    let failure = lab.state().await.ledger.failures[&a3].clone();
+    assert_eq!(failure.status, Some(409), "{failure:?}");
+
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(counts(&v), [0, 1, 1, 0, 0], "{v}");
+    let ledger = lab.state().await.ledger;
+    assert_eq!(ledger.entries[&a3].target_id, u3["id"].as_str().unwrap());
+    assert!(ledger.failures.is_empty(), "{:?}", ledger.failures);
+    assert_eq!(lab.view.all("Users").await.len(), 3);
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
+}

@@ -33,6 +33,9 @@ pub struct ProxyRules {
     /// The ServiceProviderConfig says `etag.supported = false`, and any request carrying
     /// `If-Match` is answered `412` (a server without versions that cannot honour it).
     pub no_etags: bool,
+    /// A filtered GET leaves out the resources whose JSON contains one of these strings
+    /// (a search index that lags behind the store); plain listings still show them.
+    pub hide_from_filters: Vec<String>,
     /// A POST, PATCH or PUT whose path or body contains one of these strings is answered
     /// `400 invalidValue` (the target refuses that one object).
     pub refuse_writes_containing: Vec<String>,
@@ -215,7 +218,10 @@ async fn serve(
     up.write_all(&buf).await?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer).await?;
-    let rewrites = rules.rename_attributes || rules.case_exact_eq || rules.no_etags;
+    let rewrites = rules.rename_attributes
+        || rules.case_exact_eq
+        || rules.no_etags
+        || !rules.hide_from_filters.is_empty();
     if rewrites {
         if let Some(a) = rewrite(&answer, &target, filter.as_deref(), &rules) {
             answer = a;
@@ -245,6 +251,20 @@ fn rewrite(
             let n = resources.len();
             v["totalResults"] = Value::from(n);
         }
+    }
+    if let (false, Some(Value::Array(resources))) = (
+        rules.hide_from_filters.is_empty() || filter.is_none(),
+        v.get_mut("Resources"),
+    ) {
+        resources.retain(|r| {
+            let text = r.to_string();
+            !rules
+                .hide_from_filters
+                .iter()
+                .any(|h| text.contains(h.as_str()))
+        });
+        let n = resources.len();
+        v["totalResults"] = Value::from(n);
     }
     if rules.rename_attributes {
         v = renamed(v);
