@@ -93,6 +93,9 @@ pub struct SourceObjects {
     pub last_full_import: Option<At>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tombstone_lifetime_days: Option<u32>,
+    /// The attribute the anchors come from, as recorded (`AnchorRecorded`, `AnchorsMigrated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_attribute: Option<String>,
 }
 
 impl SourceObjects {
@@ -141,6 +144,8 @@ impl SourceObjects {
             Event::SourceInfoRecorded(s) if s.tombstone_lifetime_days.is_some() => {
                 self.tombstone_lifetime_days = s.tombstone_lifetime_days;
             }
+            Event::AnchorRecorded(a) => self.anchor_attribute = Some(a.attribute.clone()),
+            Event::AnchorsMigrated(m) => self.anchor_attribute = Some(m.to.clone()),
             _ => {}
         }
     }
@@ -363,6 +368,17 @@ impl Ledger {
                             l.epoch = x.epoch;
                             l.deleted = Some(m.into());
                         }
+                    }
+                }
+            }
+            // The same target objects, owned under their source entries' new anchors.
+            Event::AnchorsMigrated(m) => {
+                for r in &m.rekeyed {
+                    if let Some(l) = self.entries.remove(&r.old) {
+                        self.entries.insert(r.new.clone(), l);
+                    }
+                    if let Some(f) = self.failures.remove(&r.old) {
+                        self.failures.insert(r.new.clone(), f);
                     }
                 }
             }

@@ -54,6 +54,7 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
             objects: FastMap::default(),
             last_full_import: state.objects.last_full_import,
             tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+            anchor_attribute: state.objects.anchor_attribute.clone(),
         },
         ledger: super::Ledger {
             entries: FastMap::default(),
@@ -663,6 +664,7 @@ mod tests {
         };
         s.objects.last_full_import = Some(at(7, -3));
         s.objects.tombstone_lifetime_days = Some(180);
+        s.objects.anchor_attribute = Some("entryUUID".into());
         s.objects.objects.insert(
             "a".into(),
             Box::new(ObjectRecord {
