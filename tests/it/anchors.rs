@@ -1,0 +1,239 @@
+//! Anchors that cannot flip (issue 17, finding 2): the anchor attribute is recorded at the
+//! first import; an import that would take anchors from another attribute is refused with
+//! one exit-2 line and nothing written; `dirsync anchors migrate --to ATTR` re-keys the
+//! ledger in place, and the next sync creates and deletes nothing in a real scim2-server,
+//! whose objects keep their ids.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::common::{dirsync, Run};
+use crate::lab::{Scim, Slapd, SlapdOptions};
+
+fn write_config(dir: &tempfile::TempDir, source: &str, anchor: Option<&str>, scim: &str) {
+    let pin = anchor.map_or(String::new(), |a| format!("anchor = \"{a}\"\n"));
+    std::fs::write(
+        dir.path().join("dirsync.toml"),
+        format!(
+            "[store]\nurl = \"sqlite://log.db\"\n[source]\n{source}{pin}\
+             [target]\nkind = \"scim\"\nurl = \"{scim}\"\ntoken_file = \"token\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn sync(dir: &tempfile::TempDir) -> Run {
+    dirsync(
+        dir.path(),
+        &["sync", "--instance", "old", "--format", "json"],
+    )
+}
+
+fn sync_ok(dir: &tempfile::TempDir) -> Value {
+    let run = sync(dir);
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+/// The whole log as `log show` prints it.
+fn log(dir: &tempfile::TempDir) -> String {
+    let run = dirsync(dir.path(), &["log", "show", "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.stdout
+}
+
+fn recorded(dir: &tempfile::TempDir) -> Value {
+    let run = dirsync(dir.path(), &["anchors", "show", "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str::<Value>(&run.stdout).unwrap()["recorded"].clone()
+}
+
+/// Every user (by userName) and group (by displayName) in the target, with its id and
+/// members.
+async fn target(base: &str, token: &str) -> BTreeMap<String, (String, Vec<String>)> {
+    let mut out = BTreeMap::new();
+    for (kind, name) in [("Users", "userName"), ("Groups", "displayName")] {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{base}/{kind}?count=1000"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for r in v["Resources"].as_array().cloned().unwrap_or_default() {
+            let mut members: Vec<String> = r["members"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|x| x["value"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            members.sort();
+            out.insert(
+                format!("{kind}/{}", r[name].as_str().unwrap()),
+                (r["id"].as_str().unwrap().to_string(), members),
+            );
+        }
+    }
+    out
+}
+
+/// The refusal: exit 2, one line naming the change and the command, nothing written.
+fn assert_refused(dir: &tempfile::TempDir, from: &str, to: &str) {
+    let before = log(dir);
+    let run = sync(dir);
+    assert_eq!(run.code, 2, "{run:?}");
+    let err = run.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("from {from} to {to}")), "{err}");
+    assert!(
+        err.contains(&format!("`dirsync anchors migrate --to {to}`")),
+        "{err}"
+    );
+    assert_eq!(log(dir), before, "the refused sync wrote to the log");
+}
+
+/// slapd read as `kind = "ldap"`: entryUUID is recorded; pinning `uid`, then `cn`, is
+/// refused; a migration to `uid` is refused naming the group that has no uid; a migration
+/// to `cn` re-keys every owned object and the next sync neither creates nor deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_other_than_the_recorded_anchor_is_refused_until_migrated() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    let people = slapd.people_dn();
+    let mut ldif = String::new();
+    for i in 1..=3 {
+        ldif.push_str(&format!(
+            "dn: uid=u{i},{people}\nobjectClass: inetOrgPerson\nuid: u{i}\ncn: User {i}\n\
+             sn: U{i}\nmail: u{i}@example.org\n\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: cn=team,{}\nobjectClass: groupOfNames\ncn: team\n\
+         member: uid=u1,{people}\nmember: uid=u2,{people}\n\n",
+        slapd.groups_dn()
+    ));
+    slapd.ldapadd(&ldif).await;
+    let scim = Scim::tenant().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), slapd.password()).unwrap();
+    std::fs::write(dir.path().join("token"), scim.token()).unwrap();
+    let source = format!(
+        "kind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"pw\"\n\
+         base_dn = \"{}\"\n",
+        slapd.url(),
+        slapd.bind_dn(),
+        slapd.base_dn()
+    );
+    let config = |pin: Option<&str>| write_config(&dir, &source, pin, scim.base_url());
+    config(None);
+    assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+    assert_eq!(recorded(&dir), Value::Null);
+
+    let v = sync_ok(&dir);
+    assert_eq!(v["created"], 4, "{v}");
+    assert_eq!(recorded(&dir), "entryUUID");
+    let before = target(scim.base_url(), scim.token()).await;
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    config(Some("uid"));
+    assert_refused(&dir, "entryUUID", "uid");
+    // The group has no uid: the migration names it, and records nothing.
+    let head = log(&dir);
+    let run = dirsync(dir.path(), &["anchors", "migrate", "--to", "uid"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("cn=team"), "{run:?}");
+    assert!(
+        run.stderr.contains("no value of the new attribute"),
+        "{run:?}"
+    );
+    assert_eq!(log(&dir), head);
+
+    config(Some("cn"));
+    assert_refused(&dir, "entryUUID", "cn");
+    let run = dirsync(
+        dir.path(),
+        &[
+            "anchors",
+            "migrate",
+            "--to",
+            "cn",
+            "--instance",
+            "old",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let m: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(m["from"], "entryUUID", "{m}");
+    assert_eq!(m["to"], "cn", "{m}");
+    assert_eq!(m["rekeyed"], 4, "{m}");
+    assert_eq!(m["unpaired"], Value::Array(vec![]), "{m}");
+    assert_eq!(recorded(&dir), "cn");
+    // Recorded and shown: the attribute change and each object's old -> new anchor.
+    let shown = log(&dir);
+    let migrated: Vec<Value> = shown
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "AnchorsMigrated")
+        .collect();
+    assert_eq!(migrated.len(), 1, "{shown}");
+    let p = &migrated[0]["payload"];
+    assert_eq!(
+        (p["from"].clone(), p["to"].clone()),
+        ("entryUUID".into(), "cn".into())
+    );
+    let mut news: Vec<&str> = p["rekeyed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["new"].as_str().unwrap())
+        .collect();
+    news.sort();
+    assert_eq!(news, ["team", "user 1", "user 2", "user 3"], "{p}");
+
+    let v = sync_ok(&dir);
+    assert_eq!(
+        (v["created"].clone(), v["deleted"].clone()),
+        (0.into(), 0.into()),
+        "{v}"
+    );
+    assert_eq!(v["import"]["mode"], "full", "{v}");
+    assert_eq!(target(scim.base_url(), scim.token()).await, before);
+    // And it stays that way.
+    let v = sync_ok(&dir);
+    assert_eq!(
+        (
+            v["created"].clone(),
+            v["updated"].clone(),
+            v["deleted"].clone()
+        ),
+        (0.into(), 0.into(), 0.into()),
+        "{v}"
+    );
+    assert_eq!(target(scim.base_url(), scim.token()).await, before);
+}
+
+/// A `kind = "openldap"` pin other than entryUUID is a configuration error: its deltas name
+/// entries by entryUUID.
+#[test]
+fn an_openldap_pin_other_than_entry_uuid_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "x").unwrap();
+    std::fs::write(dir.path().join("token"), "x").unwrap();
+    write_config(
+        &dir,
+        "kind = \"openldap\"\nurl = \"ldap://127.0.0.1:1\"\nbind_dn = \"cn=x\"\n\
+         password_file = \"pw\"\nbase_dn = \"dc=x\"\n",
+        Some("nsUniqueId"),
+        "http://127.0.0.1:1/v2",
+    );
+    let run = dirsync(dir.path(), &["sync", "--instance", "old"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    assert!(run.stderr.contains("source.anchor"), "{run:?}");
+}
