@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::common::{dirsync, Run};
+use crate::lab::ds389::{Ds389, Ds389Options, BASE_DN as DS_BASE, BIND_DN as DS_BIND};
 use crate::lab::{Scim, Slapd, SlapdOptions};
 
 fn write_config(dir: &tempfile::TempDir, source: &str, anchor: Option<&str>, scim: &str) {
@@ -236,4 +237,99 @@ fn an_openldap_pin_other_than_entry_uuid_is_exit_2() {
     assert_eq!(run.code, 2, "{run:?}");
     assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
     assert!(run.stderr.contains("source.anchor"), "{run:?}");
+}
+
+/// A 389 DS without entryUUID (as one upgraded from 1.4) read as `kind = "ldap"` anchors on
+/// nsUniqueId. After the documented `dsconf NAME plugin entryuuid fixup`, the next sync is
+/// refused (exit 2, one line, nothing written) instead of deleting and recreating every
+/// object; `anchors migrate --to entryUUID` pairs each entry's nsUniqueId with its new
+/// entryUUID, and the next sync creates and deletes nothing: same SCIM ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_389_instance_gaining_entry_uuid_is_refused_then_migrated() {
+    let ds = Ds389::start(Ds389Options::default()).await;
+    ds.dsconf(&["plugin", "entryuuid", "disable"]);
+    ds.restart().await;
+    let people = format!("ou=people,{DS_BASE}");
+    let mut ldif = format!("dn: {people}\nobjectClass: organizationalUnit\nou: people\n\n");
+    for i in 1..=3 {
+        ldif.push_str(&format!(
+            "dn: uid=u{i},{people}\nobjectClass: inetOrgPerson\nuid: u{i}\ncn: User {i}\n\
+             sn: U{i}\nmail: u{i}@example.com\n\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: cn=team,{DS_BASE}\nobjectClass: groupOfNames\ncn: team\n\
+         member: uid=u1,{people}\nmember: uid=u3,{people}\n\n"
+    ));
+    ds.ldapadd(&ldif).await;
+    let uuids = |out: String| out.lines().filter(|l| l.starts_with("entryUUID:")).count();
+    let search = [
+        "-b",
+        DS_BASE,
+        "(|(objectClass=inetOrgPerson)(objectClass=groupOfNames))",
+    ];
+    let mut args = search.to_vec();
+    args.push("entryUUID");
+    assert_eq!(
+        uuids(ds.ldapsearch(&args).await),
+        0,
+        "entries already have entryUUID"
+    );
+
+    let scim = Scim::tenant().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), crate::lab::ds389::PASSWORD).unwrap();
+    std::fs::write(dir.path().join("token"), scim.token()).unwrap();
+    let source = format!(
+        "kind = \"ldap\"\nurl = \"{}\"\nbind_dn = \"{DS_BIND}\"\npassword_file = \"pw\"\n\
+         base_dn = \"{DS_BASE}\"\n",
+        ds.url()
+    );
+    write_config(&dir, &source, None, scim.base_url());
+    assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+    let v = sync_ok(&dir);
+    assert_eq!(v["created"], 4, "{v}");
+    assert_eq!(recorded(&dir), "nsUniqueId");
+    let before = target(scim.base_url(), scim.token()).await;
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    ds.dsconf(&["plugin", "entryuuid", "enable"]);
+    ds.restart().await;
+    ds.dsconf(&["plugin", "entryuuid", "fixup", "--wait", DS_BASE]);
+    assert_eq!(
+        uuids(ds.ldapsearch(&args).await),
+        4,
+        "fixup left entries out"
+    );
+
+    assert_refused(&dir, "nsUniqueId", "entryUUID");
+    let run = dirsync(
+        dir.path(),
+        &[
+            "anchors",
+            "migrate",
+            "--to",
+            "entryUUID",
+            "--instance",
+            "old",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let m: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(m["rekeyed"], 4, "{m}");
+    assert_eq!(recorded(&dir), "entryUUID");
+
+    let v = sync_ok(&dir);
+    assert_eq!(
+        (
+            v["created"].clone(),
+            v["deleted"].clone(),
+            v["held"].clone()
+        ),
+        (0.into(), 0.into(), 0.into()),
+        "{v}"
+    );
+    assert_eq!(target(scim.base_url(), scim.token()).await, before);
 }
