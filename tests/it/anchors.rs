@@ -333,3 +333,78 @@ async fn a_389_instance_gaining_entry_uuid_is_refused_then_migrated() {
     );
     assert_eq!(target(scim.base_url(), scim.token()).await, before);
 }
+
+/// The same attribute with every value changed (a directory restored from LDIF without its
+/// entryUUIDs): the sync is refused naming the command, which pairs the entries by DN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_owned_anchor_changing_is_refused_until_migrated_by_dn() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    let people = slapd.people_dn();
+    let users: String = (1..=3)
+        .map(|i| {
+            format!(
+                "dn: uid=u{i},{people}\nobjectClass: inetOrgPerson\nuid: u{i}\ncn: User {i}\n\
+                 sn: U{i}\n\n"
+            )
+        })
+        .collect();
+    slapd.ldapadd(&users).await;
+    let scim = Scim::tenant().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), slapd.password()).unwrap();
+    std::fs::write(dir.path().join("token"), scim.token()).unwrap();
+    let source = format!(
+        "kind = \"openldap\"\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"pw\"\n\
+         base_dn = \"{}\"\n",
+        slapd.url(),
+        slapd.bind_dn(),
+        slapd.base_dn()
+    );
+    write_config(&dir, &source, None, scim.base_url());
+    assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+    assert_eq!(sync_ok(&dir)["created"], 3);
+    let before = target(scim.base_url(), scim.token()).await;
+
+    // Restored: the same entries under the same DNs, each with a new entryUUID.
+    for i in 1..=3 {
+        slapd.ldapdelete(&format!("uid=u{i},{people}")).await;
+    }
+    slapd.ldapadd(&users).await;
+    let head = log(&dir);
+    let run = sync(&dir);
+    assert_eq!(run.code, 2, "{run:?}");
+    let err = run.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("another entryUUID"), "{err}");
+    assert!(
+        err.contains("`dirsync anchors migrate --to entryUUID`"),
+        "{err}"
+    );
+    assert_eq!(log(&dir), head, "the refused sync wrote to the log");
+
+    let run = dirsync(
+        dir.path(),
+        &[
+            "anchors",
+            "migrate",
+            "--to",
+            "entryUUID",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let m: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(m["rekeyed"], 3, "{m}");
+    let v = sync_ok(&dir);
+    assert_eq!(
+        (
+            v["created"].clone(),
+            v["deleted"].clone(),
+            v["held"].clone()
+        ),
+        (0.into(), 0.into(), 0.into()),
+        "{v}"
+    );
+    assert_eq!(target(scim.base_url(), scim.token()).await, before);
+}
