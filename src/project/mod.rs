@@ -371,10 +371,13 @@ impl Ledger {
                     }
                 }
             }
-            // The same target objects, owned under their source entries' new anchors.
+            // The same target objects, owned under their source entries' new anchors. Their
+            // exported state is forgotten, so that the next update writes every attribute
+            // and the target's copy of the anchor (`externalId`, `onPremisesImmutableId`).
             Event::AnchorsMigrated(m) => {
                 for r in &m.rekeyed {
-                    if let Some(l) = self.entries.remove(&r.old) {
+                    if let Some(mut l) = self.entries.remove(&r.old) {
+                        l.state = None;
                         self.entries.insert(r.new.clone(), l);
                     }
                     if let Some(f) = self.failures.remove(&r.old) {

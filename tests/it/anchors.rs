@@ -83,6 +83,27 @@ async fn target(base: &str, token: &str) -> BTreeMap<String, (String, Vec<String
     out
 }
 
+/// Every externalId in the target, sorted.
+async fn external_ids(base: &str, token: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for kind in ["Users", "Groups"] {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{base}/{kind}?count=1000"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for r in v["Resources"].as_array().cloned().unwrap_or_default() {
+            out.push(r["externalId"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The refusal: exit 2, one line naming the change and the command, nothing written.
 fn assert_refused(dir: &tempfile::TempDir, from: &str, to: &str) {
     let before = log(dir);
@@ -205,6 +226,8 @@ async fn a_pin_other_than_the_recorded_anchor_is_refused_until_migrated() {
     );
     assert_eq!(v["import"]["mode"], "full", "{v}");
     assert_eq!(target(scim.base_url(), scim.token()).await, before);
+    // The target's copy of the anchor follows: a hard match finds them under the new one.
+    assert_eq!(external_ids(scim.base_url(), scim.token()).await, news);
     // And it stays that way.
     let v = sync_ok(&dir);
     assert_eq!(
