@@ -712,15 +712,56 @@ async fn anchors(cfg: &Config, c: AnchorsCommand, fmt: Format) -> Result<Exit> {
             let recorded = state.objects.anchor_attribute.clone();
             let pinned = cfg.source.as_ref().and_then(|s| s.anchor.clone());
             let owned = state.ledger.owned().count();
+            let history = &state.objects.anchor_history;
             match fmt {
-                Format::Json => emit_json(
-                    &json!({"recorded": recorded, "pinned": pinned, "owned": owned}),
-                )?,
-                Format::Table | Format::Csv => print(&format!(
-                    "anchor attribute recorded: {}\npinned by [source] anchor: {}\nowned objects: {owned}\n",
-                    recorded.as_deref().unwrap_or("none yet (the first import records it)"),
-                    pinned.as_deref().unwrap_or("no"),
-                ))?,
+                Format::Json => emit_json(&json!({
+                    "recorded": recorded,
+                    "pinned": pinned,
+                    "owned": owned,
+                    "history": history.iter().map(|h| json!({
+                        "seq": h.at.seq,
+                        "recorded_at": time(h.at.at_us),
+                        "instance": h.instance,
+                        "from": h.from,
+                        "to": h.to,
+                        "migrated": h.migrated,
+                        "rekeyed": h.rekeyed,
+                        "unpaired": h.unpaired,
+                    })).collect::<Vec<_>>(),
+                }))?,
+                Format::Table | Format::Csv => {
+                    let mut out = format!(
+                        "anchor attribute recorded: {}\npinned by [source] anchor: {}\nowned objects: {owned}\n",
+                        recorded.as_deref().unwrap_or("none yet (the first import records it)"),
+                        pinned.as_deref().unwrap_or("no"),
+                    );
+                    if !history.is_empty() {
+                        let rows: Vec<Vec<String>> = history
+                            .iter()
+                            .map(|h| {
+                                vec![
+                                    h.at.seq.to_string(),
+                                    time(h.at.at_us),
+                                    h.instance.clone(),
+                                    match (&h.from, h.migrated) {
+                                        (Some(f), _) => format!("migrated {f} -> {}", h.to),
+                                        (None, true) => format!("migrated -> {} (by DN)", h.to),
+                                        (None, false) => format!("recorded {}", h.to),
+                                    },
+                                    h.rekeyed.to_string(),
+                                    h.unpaired.to_string(),
+                                ]
+                            })
+                            .collect();
+                        out.push_str(&table(
+                            &[
+                                "SEQ", "RECORDED", "INSTANCE", "CHANGE", "RE-KEYED", "UNPAIRED",
+                            ],
+                            &rows,
+                        ));
+                    }
+                    print(&out)?;
+                }
             }
             Ok(Exit::Ok)
         }

@@ -196,6 +196,29 @@ async fn a_pin_other_than_the_recorded_anchor_is_refused_until_migrated() {
     assert_eq!(m["rekeyed"], 4, "{m}");
     assert_eq!(m["unpaired"], Value::Array(vec![]), "{m}");
     assert_eq!(recorded(&dir), "cn");
+    let run = dirsync(dir.path(), &["anchors", "show", "--format", "json"]);
+    let h: Value = serde_json::from_str(&run.stdout).unwrap();
+    let changes: Vec<(Value, Value, Value, Value)> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["from"].clone(),
+                c["to"].clone(),
+                c["migrated"].clone(),
+                c["rekeyed"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (Value::Null, "entryUUID".into(), false.into(), 0.into()),
+            ("entryUUID".into(), "cn".into(), true.into(), 4.into()),
+        ],
+        "{h}"
+    );
     // Recorded and shown: the attribute change and each object's old -> new anchor.
     let shown = log(&dir);
     let migrated: Vec<Value> = shown
