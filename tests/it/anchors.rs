@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::common::{dirsync, Run};
 use crate::lab::ds389::{Ds389, Ds389Options, BASE_DN as DS_BASE, BIND_DN as DS_BIND};
-use crate::lab::{Scim, Slapd, SlapdOptions};
+use crate::lab::{Samba, Scim, Slapd, SlapdOptions};
 
 fn write_config(dir: &tempfile::TempDir, source: &str, anchor: Option<&str>, scim: &str) {
     let pin = anchor.map_or(String::new(), |a| format!("anchor = \"{a}\"\n"));
@@ -453,4 +453,99 @@ async fn every_owned_anchor_changing_is_refused_until_migrated_by_dn() {
         "{v}"
     );
     assert_eq!(target(scim.base_url(), scim.token()).await, before);
+}
+
+/// Active Directory: a consistency GUID set on one user after the first import (objectGUID
+/// recorded) is refused, as is pinning objectGUID while the source anchors on the
+/// consistency GUID; `anchors migrate --to ms-DS-ConsistencyGuid` re-keys that user alone
+/// and the next sync creates and deletes nothing in scim2-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ad_consistency_guid_appearing_is_refused_then_migrated() {
+    let samba = Samba::start().await;
+    let staff = "OU=Staff,DC=test,DC=lan";
+    let mut ldif = format!("dn: {staff}\nobjectClass: organizationalUnit\n\n");
+    for i in 1..=3 {
+        ldif.push_str(&format!(
+            "dn: CN=u{i},{staff}\nobjectClass: user\nsAMAccountName: u{i}\n\
+             userPrincipalName: u{i}@test.lan\ngivenName: User\nsn: N{i}\n\
+             userAccountControl: 512\n\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: CN=Team,{staff}\nobjectClass: group\nsAMAccountName: team\n\
+         member: CN=u1,{staff}\nmember: CN=u2,{staff}\n\n"
+    ));
+    samba.ldapadd(&ldif).await;
+    let scim = Scim::tenant().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), samba.password()).unwrap();
+    std::fs::write(dir.path().join("token"), scim.token()).unwrap();
+    let source = format!(
+        "kind = \"ad\"\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"pw\"\n\
+         base_dn = \"DC=test,DC=lan\"\ninclude = [\"{staff}\"]\n",
+        samba.url(),
+        samba.bind_dn()
+    );
+    let config = |pin: Option<&str>| write_config(&dir, &source, pin, scim.base_url());
+    config(None);
+    assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+    assert_eq!(sync_ok(&dir)["created"], 4);
+    assert_eq!(recorded(&dir), "objectGUID");
+    let before = target(scim.base_url(), scim.token()).await;
+
+    let cg = uuid::Uuid::new_v4();
+    use base64::Engine;
+    samba
+        .ldapmodify(&format!(
+            "dn: CN=u2,{staff}\nchangetype: modify\nreplace: mS-DS-ConsistencyGuid\n\
+             mS-DS-ConsistencyGuid:: {}\n-\n",
+            base64::engine::general_purpose::STANDARD.encode(cg.to_bytes_le())
+        ))
+        .await;
+    assert_refused(&dir, "objectGUID", "ms-DS-ConsistencyGuid");
+    config(Some("objectGUID"));
+    let head = log(&dir);
+    let run = sync(&dir);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("pins objectGUID, but the source anchors on ms-DS-ConsistencyGuid"),
+        "{run:?}"
+    );
+    assert_eq!(log(&dir), head);
+
+    config(None);
+    let run = dirsync(
+        dir.path(),
+        &[
+            "anchors",
+            "migrate",
+            "--to",
+            "ms-ds-consistencyguid",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let m: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        (m["rekeyed"].clone(), m["unchanged"].clone()),
+        (1.into(), 3.into()),
+        "{m}"
+    );
+    let v = sync_ok(&dir);
+    assert_eq!(
+        (
+            v["created"].clone(),
+            v["deleted"].clone(),
+            v["held"].clone()
+        ),
+        (0.into(), 0.into(), 0.into()),
+        "{v}"
+    );
+    assert_eq!(target(scim.base_url(), scim.token()).await, before);
+    assert!(external_ids(scim.base_url(), scim.token())
+        .await
+        .contains(&cg.hyphenated().to_string()));
 }
