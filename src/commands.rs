@@ -776,6 +776,10 @@ async fn anchors(cfg: &Config, c: AnchorsCommand, fmt: Format) -> Result<Exit> {
                     .await?;
             match fmt {
                 Format::Json => emit_json(&r)?,
+                Format::Table | Format::Csv if r.seq == 0 => print(&format!(
+                    "the ledger is already keyed by {} ({} owned object(s)): nothing recorded\n",
+                    r.to, r.unchanged
+                ))?,
                 Format::Table | Format::Csv => {
                     let mut out = format!(
                         "anchors migrated from {} to {} (seq {}): {} owned object(s) re-keyed, {} \

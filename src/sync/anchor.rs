@@ -11,7 +11,7 @@
 //! ATTR` re-keys the ledger in place ([`pair`], pure; [`migrate`] reads the source and
 //! records `AnchorsMigrated`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use ldap3::Scope;
 use serde::Serialize;
@@ -510,6 +510,10 @@ pub async fn migrate(
             }
         )));
     }
+    // Already keyed by `to`, every one: nothing to record.
+    if from.as_deref().is_some_and(|f| same(f, &to)) && pairing.rekeyed.is_empty() {
+        return Ok(report);
+    }
     let mut batch = vec![NewEvent::new(
         stream::SOURCE,
         instance.to_string(),
@@ -522,8 +526,7 @@ pub async fn migrate(
     )];
     // The source projection still holds the old anchors: the next import is full, and
     // brings every object in under its new anchor.
-    let cursors: BTreeMap<&String, ()> = state.cursors.current.keys().map(|k| (k, ())).collect();
-    for inst in cursors.keys() {
+    for inst in state.cursors.current.keys() {
         batch.push(NewEvent::new(
             stream::cursor(inst),
             inst.to_string(),

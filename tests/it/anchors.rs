@@ -251,6 +251,20 @@ async fn a_pin_other_than_the_recorded_anchor_is_refused_until_migrated() {
     assert_eq!(target(scim.base_url(), scim.token()).await, before);
     // The target's copy of the anchor follows: a hard match finds them under the new one.
     assert_eq!(external_ids(scim.base_url(), scim.token()).await, news);
+    // Migrating again to the same attribute has nothing to re-key, and records nothing.
+    let head = log(&dir);
+    let run = dirsync(
+        dir.path(),
+        &["anchors", "migrate", "--to", "cn", "--format", "json"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let again: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        (again["seq"].clone(), again["rekeyed"].clone()),
+        (0.into(), 0.into()),
+        "{again}"
+    );
+    assert_eq!(log(&dir), head);
     // And it stays that way.
     let v = sync_ok(&dir);
     assert_eq!(
