@@ -848,4 +848,48 @@ mod tests {
         // The source objects keep their anchors until the next full import.
         assert!(s.objects.objects.contains_key("a"));
     }
+
+    #[test]
+    fn a_taken_new_anchor_is_unpaired_and_a_deleted_object_keeps_its_anchor() {
+        let mut s = state_with(
+            &[
+                ("a", "uid=a,dc=x"),
+                ("b", "uid=b,dc=x"),
+                ("c", "uid=c,dc=x"),
+            ],
+            &["a", "b", "c"],
+        );
+        s.apply(
+            &Meta {
+                seq: 50,
+                instance: "i",
+                recorded_at_us: 0,
+            },
+            &Event::ObjectDeleted(crate::log::event::ObjectDeleted {
+                anchor: "c".into(),
+                evidence: crate::log::event::DeletionEvidence::AbsentFromFullImport {
+                    run_id: "r".into(),
+                },
+            }),
+        );
+        let p = pair(
+            &s,
+            &[
+                entry("uid=a,dc=x", Some("a"), Some("X")),
+                entry("uid=b,dc=x", Some("b"), Some("X")),
+            ],
+            true,
+        );
+        assert_eq!(
+            p.rekeyed,
+            vec![Rekey {
+                old: "a".into(),
+                new: "X".into()
+            }]
+        );
+        assert_eq!(p.unpaired.len(), 1, "{p:?}");
+        assert_eq!(p.unpaired[0].anchor, "b");
+        assert_eq!(p.unpaired[0].why, "its new anchor X is already in use");
+        assert_eq!(p.deleted_in_source, 1);
+    }
 }
