@@ -68,6 +68,30 @@ pub enum Command {
     /// Audits over the log: missed deletions, sync gaps.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The source anchor: the attribute recorded, and moving the ledger to another one.
+    #[command(subcommand)]
+    Anchors(AnchorsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnchorsCommand {
+    /// The anchor attribute recorded in the log, the pinned one, and the owned objects.
+    Show,
+    /// Re-key the ledger in place to the anchors under ATTR: each owned object's old anchor
+    /// is paired with the same source entry's new one (same target objects: no delete, no
+    /// create). Owned objects that cannot be paired refuse it (exit 1), listed.
+    Migrate {
+        /// The new anchor attribute (as `[source] anchor` takes it).
+        #[arg(long, value_name = "ATTR")]
+        to: String,
+        /// The instance recording the migration; default: this host's name.
+        #[arg(long, value_parser = check_instance)]
+        instance: Option<String>,
+        /// Leave owned objects that cannot be paired under their old anchors (the next sync
+        /// deletes and creates them again, under the deletion guard).
+        #[arg(long)]
+        allow_unpaired: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

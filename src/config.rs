@@ -133,6 +133,9 @@ pub struct SourceConfig {
     pub groups: String,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// `[source] anchor`: the attribute pinned as the anchor (INTERFACE.md "Source anchor
+    /// and scope"), spelled as documented; `None`: the kind's default.
+    pub anchor: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -215,6 +218,7 @@ struct RawSource {
     include: Vec<String>,
     #[serde(default)]
     exclude: Vec<String>,
+    anchor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -364,7 +368,13 @@ impl Config {
                         "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))",
                     ),
                 };
+                let anchor = s
+                    .anchor
+                    .map(|a| crate::sync::anchor::pin_for(s.kind, &a))
+                    .transpose()
+                    .map_err(|why| bad("source.anchor", why))?;
                 Some(SourceConfig {
+                    anchor,
                     kind: s.kind,
                     tls: if s.url.starts_with("ldaps://") {
                         Tls::Ldaps

@@ -570,6 +570,35 @@ pub struct TargetReset {
     pub reason: String,
 }
 
+/// The attribute the source's anchors come from, recorded with the first import: an import
+/// that would take them from another attribute is refused (`dirsync anchors migrate`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorRecorded {
+    pub attribute: String,
+}
+
+/// One ledger entry re-keyed: the same source entry, the same target object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rekey {
+    pub old: String,
+    pub new: String,
+}
+
+/// `dirsync anchors migrate`: the anchor attribute changed from `from` (`None`: none was
+/// recorded) to `to`, and the ledger entries were re-keyed in place, their target ids
+/// kept. The source objects keep their old anchors until the next (full) import brings
+/// them in under the new ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorsMigrated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    pub rekeyed: Vec<Rekey>,
+    /// Owned objects left under their old anchor (`--allow-unpaired`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpaired: Vec<String>,
+}
+
 macro_rules! events {
     ($($variant:ident($payload:ty)),+ $(,)?) => {
         /// Every fact dirsync records.
@@ -634,6 +663,8 @@ events! {
     HandoverStepFailed(HandoverStep),
     HandoverCompleted(HandoverCompleted),
     TargetReset(TargetReset),
+    AnchorRecorded(AnchorRecorded),
+    AnchorsMigrated(AnchorsMigrated),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.

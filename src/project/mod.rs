@@ -93,6 +93,26 @@ pub struct SourceObjects {
     pub last_full_import: Option<At>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tombstone_lifetime_days: Option<u32>,
+    /// The attribute the anchors come from, as recorded (`AnchorRecorded`, `AnchorsMigrated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_attribute: Option<String>,
+    /// Every record and migration of the anchor attribute, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anchor_history: Vec<AnchorChange>,
+}
+
+/// The anchor attribute recorded (`from` None, nothing re-keyed) or migrated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorChange {
+    pub at: At,
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    /// A migration (`anchors migrate`), not the first import's record.
+    pub migrated: bool,
+    pub rekeyed: u64,
+    pub unpaired: u64,
 }
 
 impl SourceObjects {
@@ -140,6 +160,30 @@ impl SourceObjects {
             Event::ImportCompleted(i) if i.full => self.last_full_import = Some(m.into()),
             Event::SourceInfoRecorded(s) if s.tombstone_lifetime_days.is_some() => {
                 self.tombstone_lifetime_days = s.tombstone_lifetime_days;
+            }
+            Event::AnchorRecorded(a) => {
+                self.anchor_attribute = Some(a.attribute.clone());
+                self.anchor_history.push(AnchorChange {
+                    at: m.into(),
+                    instance: m.instance.to_string(),
+                    from: None,
+                    to: a.attribute.clone(),
+                    migrated: false,
+                    rekeyed: 0,
+                    unpaired: 0,
+                });
+            }
+            Event::AnchorsMigrated(a) => {
+                self.anchor_attribute = Some(a.to.clone());
+                self.anchor_history.push(AnchorChange {
+                    at: m.into(),
+                    instance: m.instance.to_string(),
+                    from: a.from.clone(),
+                    to: a.to.clone(),
+                    migrated: true,
+                    rekeyed: a.rekeyed.len() as u64,
+                    unpaired: a.unpaired.len() as u64,
+                });
             }
             _ => {}
         }
@@ -371,6 +415,20 @@ impl Ledger {
                             l.epoch = x.epoch;
                             l.deleted = Some(m.into());
                         }
+                    }
+                }
+            }
+            // The same target objects, owned under their source entries' new anchors. Their
+            // exported state is forgotten, so that the next update writes every attribute
+            // and the target's copy of the anchor (`externalId`, `onPremisesImmutableId`).
+            Event::AnchorsMigrated(m) => {
+                for r in &m.rekeyed {
+                    if let Some(mut l) = self.entries.remove(&r.old) {
+                        l.state = None;
+                        self.entries.insert(r.new.clone(), l);
+                    }
+                    if let Some(f) = self.failures.remove(&r.old) {
+                        self.failures.insert(r.new.clone(), f);
                     }
                 }
             }

@@ -54,6 +54,8 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
             objects: FastMap::default(),
             last_full_import: state.objects.last_full_import,
             tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+            anchor_attribute: state.objects.anchor_attribute.clone(),
+            anchor_history: state.objects.anchor_history.clone(),
         },
         ledger: super::Ledger {
             entries: FastMap::default(),
@@ -663,6 +665,16 @@ mod tests {
         };
         s.objects.last_full_import = Some(at(7, -3));
         s.objects.tombstone_lifetime_days = Some(180);
+        s.objects.anchor_attribute = Some("entryUUID".into());
+        s.objects.anchor_history.push(super::super::AnchorChange {
+            at: at(8, 1),
+            instance: "old".into(),
+            from: Some("nsUniqueId".into()),
+            to: "entryUUID".into(),
+            migrated: true,
+            rekeyed: 3,
+            unpaired: 1,
+        });
         s.objects.objects.insert(
             "a".into(),
             Box::new(ObjectRecord {

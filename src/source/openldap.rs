@@ -202,6 +202,9 @@ pub struct OpenLdapSource {
     cfg: SourceConfig,
     opts: OpenLdapOptions,
     flavour: Flavour,
+    /// The anchor attributes, in order: the pinned one (`[source] anchor`) alone, else the
+    /// flavour's.
+    anchors: Vec<String>,
 }
 
 impl OpenLdapSource {
@@ -216,11 +219,20 @@ impl OpenLdapSource {
             SourceKind::Ldap => Flavour::Generic,
             _ => Flavour::OpenLdap,
         };
+        let anchors = match &cfg.anchor {
+            Some(a) => vec![a.clone()],
+            None => flavour
+                .anchor_attrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        };
         Ok(OpenLdapSource {
             client,
             cfg: cfg.clone(),
             opts,
             flavour,
+            anchors,
         })
     }
 
@@ -245,23 +257,24 @@ impl OpenLdapSource {
         })
     }
 
-    fn entry_attrs(&self) -> Vec<&'static str> {
-        let mut a = vec!["*"];
-        a.extend_from_slice(self.flavour.anchor_attrs());
+    fn entry_attrs(&self) -> Vec<String> {
+        let mut a = vec!["*".to_string()];
+        a.extend(self.anchors.iter().cloned());
         // 389 DS's account lock is operational: `*` leaves it out. Servers that do not know
         // it ignore it (RFC 4511 4.5.1.8).
-        a.push("nsAccountLock");
+        a.push("nsAccountLock".into());
         a
     }
 
     /// Every user and group matching the configured filters under `base_dn`.
     pub async fn full_import(&mut self) -> Result<LdapFullImport> {
         let attrs = self.entry_attrs();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let mut out = LdapFullImport::default();
         let mut seen: foldhash::HashSet<String> = Default::default();
         let mut raw_members: Vec<(usize, Vec<String>)> = Vec::new();
         let base = self.cfg.base_dn.clone();
-        let flavour = self.flavour;
+        let anchors = self.anchors.clone();
         for (kind, filter) in [
             (ObjectKind::User, self.cfg.users.clone()),
             (ObjectKind::Group, self.cfg.groups.clone()),
@@ -270,7 +283,7 @@ impl OpenLdapSource {
             // Entries become objects as they arrive, while the server sends the next ones.
             let (mut without_anchor, objects) = (0u64, &mut out.objects);
             let mut each = |entry: &EntryRef<'_>| {
-                let Some(anchor) = entry_anchor(entry, flavour) else {
+                let Some(anchor) = anchor_in(entry, &anchors) else {
                     without_anchor += 1;
                     tracing::warn!(dn = %entry.dn, "entry without an anchor attribute skipped");
                     return Ok(());
@@ -360,21 +373,16 @@ impl OpenLdapSource {
     /// The anchor of the entry at `dn`; `None` when there is no such entry (or it has no
     /// anchor attribute).
     async fn lookup_anchor(&mut self, dn: &str) -> Result<Option<String>> {
+        let attrs: Vec<&str> = self.anchors.iter().map(String::as_str).collect();
         let res = self
             .client
-            .search_raw(
-                dn,
-                Scope::Base,
-                "(objectClass=*)",
-                self.flavour.anchor_attrs(),
-                vec![],
-            )
+            .search_raw(dn, Scope::Base, "(objectClass=*)", &attrs, vec![])
             .await?;
         match res {
             Ok(o) => Ok(o
                 .entries
                 .first()
-                .and_then(|e| entry_anchor(&e.borrow(), self.flavour))),
+                .and_then(|e| anchor_in(&e.borrow(), &self.anchors))),
             // noSuchObject; invalidDNSyntax for a member value that is not a DN at all.
             Err(f) if f.rc == 32 || f.rc == 34 => Ok(None),
             Err(f) => Err(Error::Source(format!(
@@ -509,6 +517,7 @@ impl OpenLdapSource {
         let filter = self.sync_filter();
         let base = self.cfg.base_dn.clone();
         let attrs = self.entry_attrs();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let res = self
             .client
             .search_items(
@@ -816,6 +825,14 @@ fn info_cookie(info: &SyncInfo) -> Option<&[u8]> {
 /// The anchor of an entry: the first anchor attribute of the flavour that it has.
 pub fn entry_anchor(entry: &EntryRef<'_>, flavour: Flavour) -> Option<String> {
     flavour.anchor_attrs().iter().find_map(|a| {
+        let v = entry.values(a)?.first()?;
+        anchor_from_value(v)
+    })
+}
+
+/// The anchor of an entry: the first of `attrs` that it has.
+fn anchor_in(entry: &EntryRef<'_>, attrs: &[String]) -> Option<String> {
+    attrs.iter().find_map(|a| {
         let v = entry.values(a)?.first()?;
         anchor_from_value(v)
     })

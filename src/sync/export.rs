@@ -280,6 +280,7 @@ pub async fn sync(
     // Checks before anything is recorded: the source bind, the target's credentials, and
     // (exporting) the relationship.
     probe_source(&src_cfg).await?;
+    super::anchor::check(&src_cfg, &state).await?;
     if let Some(t) = &target {
         t.probe().await?;
     }

@@ -1,6 +1,7 @@
 //! The sync engine: import -> plan -> guard -> export. Decisions are pure functions of the
 //! projections; only the runners talk to servers and the log.
 
+pub mod anchor;
 pub mod export;
 pub mod import;
 pub mod plan;

@@ -15,7 +15,7 @@ use super::scope::Scope;
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::error::{Error, Result};
 use crate::log::event::{
-    stream, CursorAdvanced, CursorInvalidated, Event, ImportCompleted, ObjectKind,
+    stream, AnchorRecorded, CursorAdvanced, CursorInvalidated, Event, ImportCompleted, ObjectKind,
     SourceInfoRecorded, SourceObject, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
 };
 use crate::log::store::{Batch, Expected};
@@ -421,6 +421,8 @@ pub async fn import(
     // Reach and bind before recording anything: a wrong password or an unreachable server
     // leaves the log untouched.
     probe_source(&src_cfg).await?;
+    // An import that would re-key the objects is refused before anything is recorded.
+    super::anchor::check(&src_cfg, &state).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let inst_stream = stream::instance(&opts.instance);
     if !opts.dry_run {
@@ -482,6 +484,8 @@ pub(crate) async fn import_run(
         // (and re-plan), never slip through.
         let version = store.stream_version(stream::SOURCE).await?;
         let state = replay::refresh(store, 10_000).await?;
+        // Checked again against this state: the attribute to record with a first import.
+        let anchor = super::anchor::check(src_cfg, &state).await?;
         let mut report = ImportReport {
             run_id: run_id.to_string(),
             instance: opts.instance.clone(),
@@ -616,6 +620,13 @@ pub(crate) async fn import_run(
                     Event::SourceInfoRecorded(info),
                 ));
             }
+        }
+        if let Some(attribute) = anchor {
+            batch.push(NewEvent::new(
+                stream::SOURCE,
+                inst.clone(),
+                Event::AnchorRecorded(AnchorRecorded { attribute }),
+            ));
         }
         if let Some(reason) = invalidated {
             batch.push(NewEvent::new(

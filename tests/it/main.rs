@@ -1,5 +1,6 @@
 //! Integration tests: one binary, so real servers and builds are shared.
 
+mod anchors;
 mod audit;
 mod common;
 mod handover;

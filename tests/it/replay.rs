@@ -154,7 +154,16 @@ fn random_event(rng: &mut StdRng) -> NewEvent {
         }
         _ => {
             let id = format!("h{}", rng.gen_range(0..2));
-            match rng.gen_range(0..5) {
+            match rng.gen_range(0..6) {
+                5 => Event::AnchorsMigrated(AnchorsMigrated {
+                    from: Some("nsUniqueId".into()),
+                    to: "entryUUID".into(),
+                    rekeyed: vec![Rekey {
+                        new: format!("00000000-0000-4000-8000-{:012}", rng.gen_range(0..60)),
+                        old: anchor,
+                    }],
+                    unpaired: vec![],
+                }),
                 0 => Event::HandoverStarted(HandoverStarted {
                     handover_id: id,
                     from: "old".into(),

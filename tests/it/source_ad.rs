@@ -38,6 +38,7 @@ async fn fixture() -> Fixture {
         groups: "(objectClass=group)".into(),
         include: vec![OU.into()],
         exclude: vec![],
+        anchor: None,
     };
     Fixture {
         samba,

@@ -69,6 +69,7 @@ fn source_config(slapd: &Slapd, bind_dn: String, pw: std::path::PathBuf) -> Sour
         groups: "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))".into(),
         include: vec![],
         exclude: vec![],
+        anchor: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn cfg(slapd: &Slapd, pw: &std::path::Path, ca_file: Option<std::path::PathBuf>)
         groups: "(objectClass=groupOfNames)".into(),
         include: vec![],
         exclude: vec![],
+        anchor: None,
     }
 }
 

@@ -182,6 +182,24 @@ impl Ds389 {
     pub async fn ldapdelete(&self, dn: &str) {
         proc::ldap_tool("ldapdelete", &self.url(), BIND_DN, PASSWORD, &[dn], None).await;
     }
+
+    pub async fn ldapsearch(&self, args: &[&str]) -> String {
+        proc::ldap_tool("ldapsearch", &self.url(), BIND_DN, PASSWORD, args, None).await
+    }
+
+    /// `dsconf NAME ARGS...` (LDAPI, as root).
+    pub fn dsconf(&self, args: &[&str]) {
+        run(
+            Command::new("dsconf").arg(&self.name).args(args),
+            &format!("dsconf {args:?}"),
+        );
+    }
+
+    /// Stop and start again (plugin changes take effect).
+    pub async fn restart(&self) {
+        self.kill();
+        self.launch().await;
+    }
 }
 
 impl Drop for Ds389 {
