@@ -39,7 +39,7 @@ use crate::log::event::{
     ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
     SyncRunFailed, SyncRunStarted,
 };
-use crate::log::store::{Batch, Expected};
+use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{Meta, State};
@@ -235,6 +235,21 @@ async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
     }
 }
 
+/// One cycle of an instance at a time, across processes (and hosts, on PostgreSQL): a
+/// cycle holds the store's advisory lock `sync.INSTANCE` (a 0600 file lock beside SQLite, a
+/// session lock on PostgreSQL) until it ends; the operating system or the server releases
+/// it when the process dies. A second cycle is refused before it reads or records anything.
+pub async fn lock_instance(store: &AnyStore, instance: &str) -> Result<StoreLock> {
+    store
+        .try_lock(&format!("sync.{instance}"))
+        .await?
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "a sync of instance `{instance}` is already running (`dirsync sync` or `dirsync run`); this one did nothing"
+            ))
+        })
+}
+
 /// One sync cycle for `opts.instance`.
 pub async fn sync(
     cfg: &Config,
@@ -260,6 +275,26 @@ pub async fn sync(
         }
         (None, false) => None,
     };
+    // A dry run records nothing and may run beside a cycle.
+    if opts.dry_run {
+        return sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
+    }
+    let lock = lock_instance(store, &opts.instance).await?;
+    let r = sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
+    lock.release().await;
+    r
+}
+
+/// [`sync`] once the instance is ours (or in a dry run).
+async fn sync_cycle(
+    cfg: &Config,
+    store: &AnyStore,
+    opts: &SyncOptions,
+    src_cfg: crate::config::SourceConfig,
+    target: Option<AnyTarget>,
+    progress: &ProgressBar,
+) -> Result<SyncReport> {
+    let exporting = !opts.staging && !opts.dry_run;
     let began = Instant::now();
     let phase =
         |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "sync");
@@ -404,6 +439,18 @@ pub struct ExportOptions {
 /// Export what the log already holds, without reading the source: plan -> guard -> export,
 /// under the relationship like any sync. (Benchmarks; rebuilding a target from the log.)
 pub async fn export_log(
+    store: &AnyStore,
+    target: &AnyTarget,
+    opts: &ExportOptions,
+    progress: &ProgressBar,
+) -> Result<SyncReport> {
+    let lock = lock_instance(store, &opts.instance).await?;
+    let r = export_log_locked(store, target, opts, progress).await;
+    lock.release().await;
+    r
+}
+
+async fn export_log_locked(
     store: &AnyStore,
     target: &AnyTarget,
     opts: &ExportOptions,

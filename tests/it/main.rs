@@ -2,6 +2,7 @@
 
 mod audit;
 mod common;
+mod cycle;
 mod handover;
 mod hardening;
 mod lab;

@@ -18,10 +18,20 @@ pub struct ProxyRules {
     /// A GET whose `filter` query parameter contains one of these strings is answered
     /// `400 invalidFilter` (as a server that cannot filter on some attribute or value).
     pub refuse_filters_containing: Vec<String>,
+    /// Writes (POST, PUT, PATCH, DELETE) are done upstream at once but answered only after
+    /// this delay (a slow network or a slow server: the write is applied, its answer late).
+    pub delay_writes: Option<std::time::Duration>,
+    /// After this many requests the proxy stops listening: every later connection is
+    /// refused (the target went down mid-cycle).
+    pub down_after: Option<usize>,
 }
+
+/// What the proxy saw: one (method, status) per request answered, in order.
+pub type Seen = Arc<std::sync::Mutex<Vec<(String, u16)>>>;
 
 pub struct ScimProxy {
     base_url: String,
+    seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,18 +55,32 @@ impl ScimProxy {
         let mut base = up.clone();
         base.set_port(Some(port)).unwrap();
         let rules = Arc::new(rules);
+        let seen = Seen::default();
+        let log = seen.clone();
         let task = tokio::spawn(async move {
+            let mut accepted = 0;
             while let Ok((client, _)) = listener.accept().await {
-                let (rules, upstream) = (rules.clone(), upstream.clone());
+                let (r, up, log) = (rules.clone(), upstream.clone(), log.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &rules).await;
+                    let _ = serve(client, &up, &r, &log).await;
                 });
+                accepted += 1;
+                if rules.down_after.is_some_and(|n| accepted >= n) {
+                    // Dropping the listener closes the port: connections are refused.
+                    return;
+                }
             }
         });
         ScimProxy {
             base_url: base.as_str().trim_end_matches('/').to_string(),
+            seen,
             task,
         }
+    }
+
+    /// Every (method, status) answered so far, in order.
+    pub fn seen(&self) -> Vec<(String, u16)> {
+        self.seen.lock().unwrap().clone()
     }
 
     /// The SCIM base URL to give dirsync.
@@ -66,7 +90,12 @@ impl ScimProxy {
 }
 
 /// One request: read it, answer or forward it.
-async fn serve(mut client: TcpStream, upstream: &str, rules: &ProxyRules) -> std::io::Result<()> {
+async fn serve(
+    mut client: TcpStream,
+    upstream: &str,
+    rules: &ProxyRules,
+    seen: &Seen,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let head_end = loop {
         let mut chunk = [0u8; 8192];
@@ -94,6 +123,7 @@ async fn serve(mut client: TcpStream, upstream: &str, rules: &ProxyRules) -> std
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+    let method = head.split_whitespace().next().unwrap_or("").to_string();
     let target = head.split_whitespace().nth(1).unwrap_or("/");
     let url = reqwest::Url::parse(&format!("http://proxy{target}")).ok();
     let filter = url
@@ -114,6 +144,7 @@ async fn serve(mut client: TcpStream, upstream: &str, rules: &ProxyRules) -> std
                 "HTTP/1.1 400 Bad Request\r\nContent-Type: application/scim+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
+            seen.lock().unwrap().push((method, 400));
             client.write_all(reply.as_bytes()).await?;
             return client.shutdown().await;
         }
@@ -122,6 +153,17 @@ async fn serve(mut client: TcpStream, upstream: &str, rules: &ProxyRules) -> std
     up.write_all(&buf).await?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer).await?;
+    if let Some(d) = rules.delay_writes {
+        if matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+            tokio::time::sleep(d).await;
+        }
+    }
+    let status = String::from_utf8_lossy(answer.get(..12).unwrap_or_default())
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    seen.lock().unwrap().push((method, status));
     client.write_all(&answer).await?;
     client.shutdown().await
 }
