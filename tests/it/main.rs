@@ -8,6 +8,7 @@ mod hardening;
 mod lab;
 mod lab_smoke;
 mod log_store;
+mod preflight;
 mod replay;
 mod service;
 mod source_389;
