@@ -342,6 +342,7 @@ async fn sync_cycle(
         fence,
         progress,
         stop: opts.stop.as_deref(),
+        deadline: Deadline::after(cfg.sync.cycle_timeout),
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -476,6 +477,7 @@ async fn export_log_locked(
         fence: Some(fence),
         progress,
         stop: None,
+        deadline: Deadline::after(crate::config::SyncConfig::default().cycle_timeout),
     };
     let result = run.cycle(state, &mut report, None).await;
     run_ended(store, &report, &result).await?;
@@ -597,6 +599,36 @@ struct Cycle<'a> {
     fence: Option<Fence>,
     progress: &'a ProgressBar,
     stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// `[sync] cycle_timeout` from the cycle's start: no request starts after it.
+    deadline: Deadline,
+}
+
+/// When a cycle must end (`[sync] cycle_timeout` after it began).
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn after(timeout: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    /// The one check: past the deadline, the cycle ends here with `left` operations for
+    /// the next one (requests in flight have finished and are recorded by then).
+    fn check(&self, left: usize) -> Result<()> {
+        if Instant::now() < self.at {
+            return Ok(());
+        }
+        Err(Error::CycleTimeout(format!(
+            "the cycle ran past [sync] cycle_timeout ({}): {left} operation(s) left for the next cycle; what was exported is recorded",
+            humantime::format_duration(self.timeout)
+        )))
+    }
 }
 
 impl Cycle<'_> {
@@ -826,6 +858,8 @@ impl Cycle<'_> {
                 break;
             }
             let mut creates = Vec::new();
+            self.deadline
+                .check(p.new.len() + p.updates.len() + p.deletes.len())?;
             if !p.new.is_empty() {
                 let remote = self.lookup(t, kind, &p.new).await?;
                 let mut taken = Vec::new();
@@ -940,9 +974,13 @@ impl Cycle<'_> {
                 );
                 break;
             }
+            if let Err(e) = self.deadline.check(queue.len()) {
+                bar.finish_and_clear();
+                return Err(e);
+            }
             let n = queue.len().min(CHUNK);
             let chunk: Vec<Op> = queue.drain(..n).collect();
-            let deadline = Instant::now() + LEASE - LEASE_MARGIN;
+            let deadline = (Instant::now() + LEASE - LEASE_MARGIN).min(self.deadline.at);
             let lease_until = chrono::Utc::now()
                 + chrono::Duration::from_std(LEASE).unwrap_or_else(|_| chrono::Duration::zero());
             let batch_id = uuid::Uuid::new_v4().to_string();
@@ -961,6 +999,11 @@ impl Cycle<'_> {
             )
             .await?;
             let outcomes = t.apply(&chunk, deadline).await;
+            // A fatal error (a 401, the target down) stops the cycle: requests that got no
+            // answer are then not the objects' failures and wait for the next cycle.
+            let stopping = outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Failed(e) if e.fatal));
             let mut events = Vec::with_capacity(n);
             let mut fatal = None;
             let (mut sent, mut failed) = (0, 0);
@@ -997,6 +1040,7 @@ impl Cycle<'_> {
                     Outcome::Failed(e) if e.fatal => {
                         fatal.get_or_insert(e);
                     }
+                    Outcome::Failed(e) if stopping && e.status.is_none() => {}
                     Outcome::Failed(e) => {
                         sent += 1;
                         failed += 1;

@@ -177,3 +177,150 @@ async fn one_cycle_lock_per_instance(backend: Backend) {
 }
 
 crate::both_backends!(one_cycle_lock_per_instance);
+
+/// Run `dirsync ARGS` in the lab's dir, killed after `limit`; and how long it took.
+async fn run_within(lab: &E2e, args: &[&str], limit: Duration) -> (Run, Duration) {
+    let began = Instant::now();
+    let out = tokio::process::Command::new(bin())
+        .args(args)
+        .current_dir(lab.dir.path())
+        .env_remove("DIRSYNC_CONFIG")
+        .kill_on_drop(true)
+        .output();
+    let run: Run = tokio::time::timeout(limit, out)
+        .await
+        .unwrap_or_else(|_| panic!("dirsync {args:?} still ran after {limit:?}"))
+        .unwrap()
+        .into();
+    (run, began.elapsed())
+}
+
+/// Append `[sync]` keys (the lab's dirsync.toml ends with its `[sync]` section).
+fn add_sync_keys(lab: &E2e, keys: &str) {
+    let path = lab.dir.path().join("dirsync.toml");
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    assert!(toml.contains("[sync]\n"));
+    toml.push_str(keys);
+    std::fs::write(&path, toml).unwrap();
+}
+
+/// The ledger's target ids are exactly the target's users and groups.
+async fn assert_ledger_is_target(lab: &E2e) -> usize {
+    let state = lab.state().await;
+    let mut owned: Vec<String> = state
+        .ledger
+        .owned()
+        .map(|(_, l)| l.target_id.clone())
+        .collect();
+    owned.sort();
+    let mut there: Vec<String> = lab
+        .view
+        .all("Users")
+        .await
+        .into_iter()
+        .chain(lab.view.all("Groups").await)
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    there.sort();
+    assert_eq!(owned, there, "ledger and target differ");
+    owned.len()
+}
+
+/// Issue 18.4: a SCIM server that is down cost 23 minutes of retries, every operation
+/// retried in turn. The target goes down mid-cycle here (the proxy stops listening after
+/// 15 requests: probe, listing, 13 creates): the cycle ends within a minute with one line
+/// naming the first cause, the creates that were answered are recorded, and nothing is
+/// recorded as the objects' failure (the rest waits for the next cycle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_goes_down_ends_the_cycle_soon_naming_the_first_cause() {
+    let lab = E2e::ldap(100, "500").await;
+    let _proxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            down_after: Some(15),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (run, took) = run_within(
+        &lab,
+        &["sync", "--instance", "a", "--format", "json"],
+        Duration::from_secs(150),
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(took < Duration::from_secs(60), "took {took:?}: {run:?}");
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("dirsync: target: create user ")
+            && last.contains("Connection refused")
+            && last.contains("(the target is down: ")
+            && last.ends_with("the cycle stopped; what was exported before is recorded"),
+        "{run:?}"
+    );
+    let events = lab.events_after(0).await;
+    assert!(!events.iter().any(|t| t == "ExportFailed"), "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("SyncRunFailed"));
+    let owned = assert_ledger_is_target(&lab).await;
+    assert!((1..=13).contains(&owned), "{owned} exported");
+}
+
+/// Issue 18.4: with a target answering writes late, a cycle ran past 15 minutes and
+/// recorded as failed creates that had been applied. `[sync] cycle_timeout` ends it: no
+/// request starts after it, those in flight finish and are recorded as applied (their
+/// answers came after the timeout), and the next cycle goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_ends_at_its_timeout_with_late_answers_recorded() {
+    let lab = E2e::ldap(10, "500").await;
+    let proxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            delay_writes: Some(Duration::from_secs(2)),
+            ..Default::default()
+        },
+    )
+    .await;
+    add_sync_keys(&lab, "cycle_timeout = \"3s\"\n");
+    let (run, _) = run_within(
+        &lab,
+        &["sync", "--instance", "a", "--format", "json"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("dirsync: cycle timeout: the cycle ran past [sync] cycle_timeout (3s): ")
+            && last
+                .ends_with("operation(s) left for the next cycle; what was exported is recorded"),
+        "{run:?}"
+    );
+    let events = lab.events_after(0).await;
+    assert!(!events.iter().any(|t| t == "ExportFailed"), "{events:?}");
+    let first = assert_ledger_is_target(&lab).await;
+    assert!((1..12).contains(&first), "{first} exported");
+    // Each next cycle goes on where the last stopped, until everything is there.
+    for _ in 0..10 {
+        let (run, _) = run_within(
+            &lab,
+            &["sync", "--instance", "a", "--format", "json"],
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(run.code == 0 || run.code == 1, "{run:?}");
+        if run.code == 0 {
+            break;
+        }
+    }
+    assert_eq!(assert_ledger_is_target(&lab).await, 12);
+    assert!(
+        proxy.seen().iter().all(|(_, s)| *s != 409),
+        "{:?}",
+        proxy.seen()
+    );
+    assert!(!lab
+        .events_after(0)
+        .await
+        .iter()
+        .any(|t| t == "ExportFailed"));
+}
