@@ -72,7 +72,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
                         .map(|c| {
                             vec![
                                 c.check.to_string(),
-                                if c.ok { "ok" } else { "FAIL" }.to_string(),
+                                c.result().to_string(),
                                 c.detail.clone(),
                             ]
                         })

@@ -161,6 +161,9 @@ pub struct TargetConfig {
 pub struct SyncConfig {
     pub interval: Duration,
     pub deletion_threshold: Threshold,
+    /// How long a cycle may run: after it no new request is sent (those in flight finish
+    /// and are recorded) and the rest waits for the next cycle.
+    pub cycle_timeout: Duration,
 }
 
 impl Default for SyncConfig {
@@ -168,6 +171,7 @@ impl Default for SyncConfig {
         SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
+            cycle_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -248,6 +252,7 @@ enum RawThreshold {
 struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
+    cycle_timeout: Option<String>,
 }
 
 const DEFAULT_STORE: &str = "sqlite://dirsync.db";
@@ -455,6 +460,13 @@ impl Config {
                     return Err(bad("sync.interval", "must be more than zero".into()));
                 }
             }
+            if let Some(t) = s.cycle_timeout {
+                sync.cycle_timeout = humantime::parse_duration(&t)
+                    .map_err(|e| bad("sync.cycle_timeout", format!("`{t}`: {e}")))?;
+                if sync.cycle_timeout.is_zero() {
+                    return Err(bad("sync.cycle_timeout", "must be more than zero".into()));
+                }
+            }
             if let Some(t) = s.deletion_threshold {
                 sync.deletion_threshold = match t {
                     RawThreshold::Count(n) => Threshold::Count(n),
@@ -529,6 +541,7 @@ token_file = "token.txt"
 [sync]
 interval = "5m"
 deletion_threshold = "10%"
+cycle_timeout = "10m"
 "#;
 
     #[test]
@@ -547,6 +560,9 @@ deletion_threshold = "10%"
         assert_eq!(c.sync.interval, Duration::from_secs(300));
         assert_eq!(c.sync.deletion_threshold, Threshold::Percent(10.0));
         assert_eq!(c.sync.deletion_threshold.limit(1000), 100);
+        assert_eq!(c.sync.cycle_timeout, Duration::from_secs(600));
+        let d = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(d.sync.cycle_timeout, Duration::from_secs(30 * 60));
     }
 
     #[test]
@@ -580,6 +596,8 @@ deletion_threshold = "10%"
                 "sync.deletion_threshold",
             ),
             ("[sync]\ninterval = \"soon\"", "sync.interval"),
+            ("[sync]\ncycle_timeout = \"0s\"", "sync.cycle_timeout"),
+            ("[sync]\ncycle_timeout = \"later\"", "sync.cycle_timeout"),
             ("[store]\nurl = \"mysql://x\"", "store.url"),
         ] {
             let m = Config::parse(text, Path::new("."), None)

@@ -800,11 +800,12 @@ impl SqliteStore {
     pub fn try_lock(&self, name: &str) -> Result<Option<std::fs::File>> {
         let mut p = self.inner.path.clone().into_os_string();
         p.push(format!(".{name}.lock"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)?;
+        let mut open = std::fs::OpenOptions::new();
+        open.create(true).truncate(false).write(true);
+        // Owner only, whatever the process umask: it sits beside the store's data.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let f = open.open(&p)?;
         match f.try_lock() {
             Ok(()) => Ok(Some(f)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

@@ -225,6 +225,23 @@ pub enum StoreLock {
     Postgres(#[allow(dead_code)] sqlx::PgConnection),
 }
 
+impl StoreLock {
+    /// Let go of it now. Dropping it also does, but on PostgreSQL only once the server has
+    /// noticed the closed connection, a moment later: a caller that takes the same lock
+    /// again right away (one cycle after another) releases it this way.
+    pub async fn release(self) {
+        match self {
+            StoreLock::Sqlite(f) => drop(f),
+            StoreLock::Postgres(mut c) => {
+                let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+                    .execute(&mut c)
+                    .await;
+                let _ = sqlx::Connection::close(c).await;
+            }
+        }
+    }
+}
+
 impl AnyStore {
     /// Take the advisory lock `name`, or None when another process holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<StoreLock>> {

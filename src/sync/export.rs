@@ -39,7 +39,7 @@ use crate::log::event::{
     ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
     SyncRunFailed, SyncRunStarted,
 };
-use crate::log::store::{Batch, Expected};
+use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Meta, State};
@@ -243,6 +243,21 @@ async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
     }
 }
 
+/// One cycle of an instance at a time, across processes (and hosts, on PostgreSQL): a
+/// cycle holds the store's advisory lock `sync.INSTANCE` (a 0600 file lock beside SQLite, a
+/// session lock on PostgreSQL) until it ends; the operating system or the server releases
+/// it when the process dies. A second cycle is refused before it reads or records anything.
+pub async fn lock_instance(store: &AnyStore, instance: &str) -> Result<StoreLock> {
+    store
+        .try_lock(&format!("sync.{instance}"))
+        .await?
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "a sync of instance `{instance}` is already running (`dirsync sync` or `dirsync run`); this one did nothing"
+            ))
+        })
+}
+
 /// One sync cycle for `opts.instance`.
 pub async fn sync(
     cfg: &Config,
@@ -268,6 +283,26 @@ pub async fn sync(
         }
         (None, false) => None,
     };
+    // A dry run records nothing and may run beside a cycle.
+    if opts.dry_run {
+        return sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
+    }
+    let lock = lock_instance(store, &opts.instance).await?;
+    let r = sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
+    lock.release().await;
+    r
+}
+
+/// [`sync`] once the instance is ours (or in a dry run).
+async fn sync_cycle(
+    cfg: &Config,
+    store: &AnyStore,
+    opts: &SyncOptions,
+    src_cfg: crate::config::SourceConfig,
+    target: Option<AnyTarget>,
+    progress: &ProgressBar,
+) -> Result<SyncReport> {
+    let exporting = !opts.staging && !opts.dry_run;
     let began = Instant::now();
     let phase =
         |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "sync");
@@ -317,6 +352,7 @@ pub async fn sync(
         progress,
         stop: opts.stop.as_deref(),
         retry_quarantined: opts.full,
+        deadline: Deadline::after(cfg.sync.cycle_timeout),
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -419,6 +455,18 @@ pub async fn export_log(
     opts: &ExportOptions,
     progress: &ProgressBar,
 ) -> Result<SyncReport> {
+    let lock = lock_instance(store, &opts.instance).await?;
+    let r = export_log_locked(store, target, opts, progress).await;
+    lock.release().await;
+    r
+}
+
+async fn export_log_locked(
+    store: &AnyStore,
+    target: &AnyTarget,
+    opts: &ExportOptions,
+    progress: &ProgressBar,
+) -> Result<SyncReport> {
     let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
     target.probe().await?;
     let (fence, state) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
@@ -440,6 +488,7 @@ pub async fn export_log(
         progress,
         stop: None,
         retry_quarantined: false,
+        deadline: Deadline::after(crate::config::SyncConfig::default().cycle_timeout),
     };
     let result = run.cycle(state, &mut report, None).await;
     run_ended(store, &report, &result).await?;
@@ -625,6 +674,36 @@ struct Cycle<'a> {
     stop: Option<&'a std::sync::atomic::AtomicBool>,
     /// Send quarantined objects' operations too (`sync --full`).
     retry_quarantined: bool,
+    /// `[sync] cycle_timeout` from the cycle's start: no request starts after it.
+    deadline: Deadline,
+}
+
+/// When a cycle must end (`[sync] cycle_timeout` after it began).
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn after(timeout: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    /// The one check: past the deadline, the cycle ends here with `left` operations for
+    /// the next one (requests in flight have finished and are recorded by then).
+    fn check(&self, left: usize) -> Result<()> {
+        if Instant::now() < self.at {
+            return Ok(());
+        }
+        Err(Error::CycleTimeout(format!(
+            "the cycle ran past [sync] cycle_timeout ({}): {left} operation(s) left for the next cycle; what was exported is recorded",
+            humantime::format_duration(self.timeout)
+        )))
+    }
 }
 
 impl Cycle<'_> {
@@ -874,6 +953,8 @@ impl Cycle<'_> {
                 break;
             }
             let mut creates = Vec::new();
+            self.deadline
+                .check(p.new.len() + p.updates.len() + p.deletes.len())?;
             if !p.new.is_empty() {
                 let remote = self.lookup(t, kind, &p.new, &state).await?;
                 let mut taken = Vec::new();
@@ -1021,9 +1102,13 @@ impl Cycle<'_> {
                 );
                 break;
             }
+            if let Err(e) = self.deadline.check(queue.len()) {
+                bar.finish_and_clear();
+                return Err(e);
+            }
             let n = queue.len().min(CHUNK);
             let chunk: Vec<Op> = queue.drain(..n).collect();
-            let deadline = Instant::now() + LEASE - LEASE_MARGIN;
+            let deadline = (Instant::now() + LEASE - LEASE_MARGIN).min(self.deadline.at);
             let lease_until = chrono::Utc::now()
                 + chrono::Duration::from_std(LEASE).unwrap_or_else(|_| chrono::Duration::zero());
             let batch_id = uuid::Uuid::new_v4().to_string();
@@ -1042,6 +1127,11 @@ impl Cycle<'_> {
             )
             .await?;
             let outcomes = t.apply(&chunk, deadline).await;
+            // A fatal error (a 401, the target down) stops the cycle: requests that got no
+            // answer are then not the objects' failures and wait for the next cycle.
+            let stopping = outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Failed(e) if e.fatal));
             let mut events = Vec::with_capacity(n);
             let mut fatal = None;
             let (mut sent, mut failed) = (0, 0);
@@ -1109,6 +1199,7 @@ impl Cycle<'_> {
                             queue.push_front(Op::Create { anchor, object: to });
                         }
                     }
+                    Outcome::Failed(e) if stopping && e.status.is_none() => {}
                     Outcome::Failed(e) => {
                         sent += 1;
                         failed += 1;

@@ -48,6 +48,15 @@ pub async fn serve(
     instance: &str,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Exit> {
+    // One service per instance; its cycles (and a `sync` by hand) take the cycle lock too.
+    let _service = store
+        .try_lock(&format!("run.{instance}"))
+        .await?
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "`dirsync run --instance {instance}` is already running on this store; this one exits"
+            ))
+        })?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();

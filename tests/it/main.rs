@@ -3,11 +3,13 @@
 mod anchors;
 mod audit;
 mod common;
+mod cycle;
 mod handover;
 mod hardening;
 mod lab;
 mod lab_smoke;
 mod log_store;
+mod preflight;
 mod replay;
 mod service;
 mod source_389;

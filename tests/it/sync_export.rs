@@ -176,7 +176,7 @@ impl E2e {
         E2e::new(Source::Ad(samba), &source, &pw, "500").await
     }
 
-    async fn new(source: Source, source_toml: &str, pw: &str, threshold: &str) -> E2e {
+    pub async fn new(source: Source, source_toml: &str, pw: &str, threshold: &str) -> E2e {
         let scim = Scim::tenant().await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), format!("{pw}\n")).unwrap();
@@ -797,9 +797,11 @@ async fn preflight_checks_reach_bind_and_duplicates() {
         [
             "store",
             "source bind",
+            "sync control",
             "source read",
             "duplicates",
             "userName",
+            "attributes",
             "target"
         ]
     );
