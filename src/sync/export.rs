@@ -352,7 +352,7 @@ async fn sync_cycle(
         progress,
         stop: opts.stop.as_deref(),
         retry_quarantined: opts.full,
-        deadline: Deadline::after(cfg.sync.cycle_timeout),
+        deadline: Deadline::after(began, cfg.sync.cycle_timeout),
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -488,7 +488,10 @@ async fn export_log_locked(
         progress,
         stop: None,
         retry_quarantined: false,
-        deadline: Deadline::after(crate::config::SyncConfig::default().cycle_timeout),
+        deadline: Deadline::after(
+            Instant::now(),
+            crate::config::SyncConfig::default().cycle_timeout,
+        ),
     };
     let result = run.cycle(state, &mut report, None).await;
     run_ended(store, &report, &result).await?;
@@ -686,9 +689,9 @@ struct Deadline {
 }
 
 impl Deadline {
-    fn after(timeout: Duration) -> Deadline {
+    fn after(began: Instant, timeout: Duration) -> Deadline {
         Deadline {
-            at: Instant::now() + timeout,
+            at: began + timeout,
             timeout,
         }
     }

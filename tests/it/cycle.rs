@@ -30,24 +30,14 @@ fn spawn_sync(lab: &E2e, instance: &str) -> tokio::process::Child {
         .unwrap()
 }
 
-/// Target ids the ledger owns, and the target's user and group ids: they must agree.
+/// The ledger owns exactly the target's objects, `users` users and `groups` groups.
 async fn assert_target_exact(lab: &E2e, users: usize, groups: usize) {
-    let state = lab.state().await;
-    let mut owned: Vec<String> = state
-        .ledger
-        .owned()
-        .map(|(_, l)| l.target_id.clone())
-        .collect();
-    owned.sort();
-    let (u, g) = (lab.view.all("Users").await, lab.view.all("Groups").await);
-    let mut there: Vec<String> = u
-        .iter()
-        .chain(g.iter())
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
-    there.sort();
-    assert_eq!((u.len(), g.len()), (users, groups));
-    assert_eq!(owned, there, "ledger and target differ");
+    assert_ledger_is_target(lab).await;
+    let (u, g) = (
+        lab.view.count("Users").await,
+        lab.view.count("Groups").await,
+    );
+    assert_eq!((u, g), (users as u64, groups as u64));
 }
 
 /// Issue 18.5: two `sync --instance a` at once both exported (thousands of 409s). The
@@ -323,4 +313,58 @@ async fn a_cycle_ends_at_its_timeout_with_late_answers_recorded() {
         .await
         .iter()
         .any(|t| t == "ExportFailed"));
+}
+
+/// The Graph client shares the policy: with Graph refusing connections (its token endpoint
+/// still answering), a chunk of creates ends within a minute, the first cause named and
+/// fatal, instead of every `$batch` spending six tries with backoff up to 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_that_is_down_ends_the_chunk_soon() {
+    use dirsync::config::Secret;
+    use dirsync::target::graph::{GraphOptions, GraphTarget};
+    use dirsync::target::{Mapped, MappedUser, Op, Outcome, Target};
+
+    let fake = crate::lab::GraphFake::start();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let t = GraphTarget::new(
+        &format!("http://127.0.0.1:{closed}/v1.0"),
+        &fake.token_url(),
+        fake.client_id(),
+        Secret::new(fake.client_secret()),
+        GraphOptions::default(),
+    )
+    .unwrap();
+    let ops: Vec<Op> = (0..200)
+        .map(|i| Op::Create {
+            anchor: uuid::Uuid::new_v4().to_string(),
+            object: Mapped::User(MappedUser {
+                user_name: format!("u{i}@test.lan").into(),
+                active: true,
+                ..Default::default()
+            }),
+        })
+        .collect();
+    let began = Instant::now();
+    let out = t
+        .apply(&ops, Instant::now() + Duration::from_secs(600))
+        .await;
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(!out.iter().any(|o| matches!(o, Outcome::Applied { .. })));
+    let fatal: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Failed(e) if e.fatal => Some(e.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!fatal.is_empty(), "{out:?}");
+    assert!(
+        fatal[0].contains("Connection refused") && fatal[0].contains("(the target is down: "),
+        "{}",
+        fatal[0]
+    );
 }

@@ -243,3 +243,40 @@ async fn preflight_checks_the_attributes_the_mapping_reads() {
         "{run:?}"
     );
 }
+
+/// 389 DS with Content Sync offers RFC 4533: the check passes for `kind = "openldap"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_finds_content_sync_on_389() {
+    use crate::lab::ds389::{Ds389, Ds389Options, BASE_DN, BIND_DN, PASSWORD};
+    let ds = Ds389::start(Ds389Options {
+        allow_openldap: true,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+    std::fs::write(
+        dir.path().join("dirsync.toml"),
+        format!(
+            "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"openldap\"\nurl = \"{}\"\n\
+             bind_dn = \"{BIND_DN}\"\npassword_file = \"pw\"\nbase_dn = \"{BASE_DN}\"\n",
+            ds.url()
+        ),
+    )
+    .unwrap();
+    assert_eq!(crate::common::dirsync(dir.path(), &["init"]).code, 0);
+    let run = crate::common::dirsync(dir.path(), &["preflight", "--format", "json"]);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+    let control = v
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["check"] == "sync control"))
+        .cloned();
+    assert_eq!(
+        control,
+        Some(serde_json::json!({
+            "check": "sync control",
+            "ok": true,
+            "detail": "RFC 4533 content synchronisation (1.3.6.1.4.1.4203.1.9.1.1) is offered"
+        })),
+        "{run:?}"
+    );
+}
