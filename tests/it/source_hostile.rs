@@ -4,6 +4,7 @@
 //! in bounded time, and records nothing of what the server sent: the log holds at most the
 //! run's start and its failure.
 
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use crate::lab::hostile_ldap::{HostileLdap, Mode, Trigger};
 const LIMITS: &str = "operation_timeout = \"2s\"\nimport_timeout = \"12s\"\nmax_entries = 20000\n";
 /// Longest a case may take: the import deadline, and room for the process around it.
 const BOUND: Duration = Duration::from_secs(30);
+/// Most memory a case may take: the process with a message of at most 64 MiB in its buffer.
+const MEMORY_BOUND: u64 = 200 << 20;
 /// A run still going after this is killed (and the case fails).
 const KILL_AFTER: Duration = Duration::from_secs(90);
 
@@ -54,8 +57,10 @@ fn store_dir(trigger: Trigger, url: &str) -> tempfile::TempDir {
     dir
 }
 
-/// `dirsync sync --staging`, killed if it outlives [`KILL_AFTER`].
-fn sync_with_deadline(dir: &Path) -> (Run, Duration) {
+/// `dirsync sync --staging`, killed if it outlives [`KILL_AFTER`]: what it printed, how
+/// long it took, and its peak resident memory in bytes.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below
+fn sync_with_deadline(dir: &Path) -> (Run, Duration, u64) {
     let t0 = Instant::now();
     let mut child = Command::new(bin())
         .args(["sync", "--instance", "x", "--staging"])
@@ -65,18 +70,47 @@ fn sync_with_deadline(dir: &Path) -> (Run, Duration) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read the pipes while it runs, so that it never blocks on a full one.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    // wait4 rather than Child::wait: it reports this child's own peak memory.
+    let pid = child.id() as libc::pid_t;
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     loop {
-        if child.try_wait().unwrap().is_some() {
+        // SAFETY: plain out-parameters; the pid is our unreaped child.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if r == pid {
             break;
         }
         if t0.elapsed() > KILL_AFTER {
-            child.kill().unwrap();
-            break;
+            // SAFETY: sends a signal to our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    (out.into(), t0.elapsed())
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let run = Run {
+        code,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    // ru_maxrss is in kilobytes on Linux.
+    (run, t0.elapsed(), usage.ru_maxrss as u64 * 1024)
 }
 
 fn events(dir: &Path) -> Vec<Value> {
@@ -91,9 +125,14 @@ fn events(dir: &Path) -> Vec<Value> {
 fn hostile(mode: Mode, trigger: Trigger) {
     let server = HostileLdap::start(mode, trigger, base(trigger));
     let dir = store_dir(trigger, &server.url());
-    let (run, took) = sync_with_deadline(dir.path());
+    let (run, took, rss) = sync_with_deadline(dir.path());
     assert_eq!(run.code, 1, "{mode:?} {trigger:?} after {took:?}: {run:?}");
     assert!(took < BOUND, "{mode:?} {trigger:?} took {took:?}: {run:?}");
+    assert!(
+        rss < MEMORY_BOUND,
+        "{mode:?} {trigger:?}: {} MB: {run:?}",
+        rss >> 20
+    );
     let line = run.stderr.trim();
     assert_eq!(line.lines().count(), 1, "{mode:?} {trigger:?}: {run:?}");
     assert!(line.len() < 1000, "{mode:?} {trigger:?}: {run:?}");
@@ -119,7 +158,7 @@ fn hostile(mode: Mode, trigger: Trigger) {
         let reason = failed["payload"]["error"].as_str().unwrap();
         assert!(line.contains(reason), "{line} vs {reason}");
     }
-    eprintln!("{mode:?} {trigger:?}: {took:?}: {line}");
+    eprintln!("{mode:?} {trigger:?}: {took:?}, {} MB: {line}", rss >> 20);
 }
 
 macro_rules! cases {
@@ -139,4 +178,10 @@ cases! {
     slow_loris_bytes: SlowLoris,
     endless_pages_with_new_cookies: EndlessPages,
     the_same_cookie_forever: SameCookie,
+}
+
+/// Empty pages with ever new cookies: the paged search calls it endless after 100.
+#[test]
+fn paged_empty_pages_with_new_cookies() {
+    hostile(Mode::EmptyPages, Trigger::Paged)
 }

@@ -39,6 +39,8 @@ pub enum Mode {
     /// Page after page (DirSync: round after round) with the same cookie and no entries.
     /// RFC 4533: Sync Info messages with the same cookie, without end.
     SameCookie,
+    /// Page after page with a new cookie and no entries (paged searches only).
+    EmptyPages,
 }
 
 /// Which search misbehaves: the one carrying this control.
@@ -390,7 +392,7 @@ fn misbehave(
                 }
             }
         }
-        Mode::EndlessPages | Mode::SameCookie => {
+        Mode::EndlessPages | Mode::SameCookie | Mode::EmptyPages => {
             let cookie = |n: u64| match mode {
                 Mode::SameCookie => b"the-same-cookie".to_vec(),
                 _ => format!("cookie-{n}").into_bytes(),
