@@ -38,14 +38,14 @@ fn kind(trigger: Trigger) -> &'static str {
     }
 }
 
-fn store_dir(trigger: Trigger, url: &str) -> tempfile::TempDir {
+fn store_dir(trigger: Trigger, url: &str, limits: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
     std::fs::write(
         dir.path().join("dirsync.toml"),
         format!(
             "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"{}\"\nurl = \"{url}\"\n\
-             bind_dn = \"cn=admin,{}\"\npassword_file = \"pw\"\nbase_dn = \"{}\"\n{LIMITS}",
+             bind_dn = \"cn=admin,{}\"\npassword_file = \"pw\"\nbase_dn = \"{}\"\n{limits}",
             kind(trigger),
             base(trigger),
             base(trigger)
@@ -123,8 +123,12 @@ fn events(dir: &Path) -> Vec<Value> {
 }
 
 fn hostile(mode: Mode, trigger: Trigger) {
+    hostile_with(mode, trigger, LIMITS)
+}
+
+fn hostile_with(mode: Mode, trigger: Trigger, limits: &str) {
     let server = HostileLdap::start(mode, trigger, base(trigger));
-    let dir = store_dir(trigger, &server.url());
+    let dir = store_dir(trigger, &server.url(), limits);
     let (run, took, rss) = sync_with_deadline(dir.path());
     assert_eq!(run.code, 1, "{mode:?} {trigger:?} after {took:?}: {run:?}");
     assert!(took < BOUND, "{mode:?} {trigger:?} took {took:?}: {run:?}");
@@ -184,4 +188,23 @@ cases! {
 #[test]
 fn paged_empty_pages_with_new_cookies() {
     hostile(Mode::EmptyPages, Trigger::Paged)
+}
+
+/// What no count or clock decides ends as soon under the default limits.
+#[test]
+fn the_default_limits_end_the_malformed_cases_at_once() {
+    for trigger in [Trigger::SyncRequest, Trigger::DirSync, Trigger::Paged] {
+        for mode in [
+            Mode::NestedBer,
+            Mode::HugeLength,
+            Mode::WrongOp,
+            Mode::IndefiniteLength,
+            Mode::SameCookie,
+        ] {
+            if mode == Mode::SameCookie && trigger == Trigger::SyncRequest {
+                continue; // no cookie loop there: an endless stream, for max_entries
+            }
+            hostile_with(mode, trigger, "");
+        }
+    }
 }
