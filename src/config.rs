@@ -120,12 +120,41 @@ pub struct StoreConfig {
     pub url: String,
 }
 
+/// What dirsync accepts from a source server before it gives up on it: a server that
+/// breaks one of these costs one error (exit 1), never unbounded time or memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// `max_message_bytes`: the largest LDAP message read (one entry with all its values).
+    pub max_message_bytes: usize,
+    /// `max_entries`: entries (and references and intermediate messages) one search may
+    /// return, all its pages or DirSync rounds together.
+    pub max_entries: u64,
+    /// `operation_timeout`: one LDAP operation (a bind, a search, one page of a paged
+    /// search), from the request to its last response byte.
+    pub operation_timeout: Duration,
+    /// `import_timeout`: one read of the source (every operation of an import, retries
+    /// included).
+    pub import_timeout: Duration,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            max_message_bytes: 64 << 20,
+            max_entries: 2_000_000,
+            operation_timeout: Duration::from_secs(120),
+            import_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
     pub kind: SourceKind,
     pub url: String,
     pub tls: Tls,
     pub ca_file: Option<PathBuf>,
+    pub limits: SourceLimits,
     pub bind_dn: String,
     pub password: SecretRef,
     pub base_dn: String,
@@ -223,6 +252,10 @@ struct RawSource {
     #[serde(default)]
     exclude: Vec<String>,
     anchor: Option<String>,
+    max_message_bytes: Option<u64>,
+    max_entries: Option<u64>,
+    operation_timeout: Option<String>,
+    import_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -378,9 +411,48 @@ impl Config {
                     .map(|a| crate::sync::anchor::pin_for(s.kind, &a))
                     .transpose()
                     .map_err(|why| bad("source.anchor", why))?;
+                let mut limits = SourceLimits::default();
+                if let Some(n) = s.max_message_bytes {
+                    if !(1024..=(1 << 31)).contains(&n) {
+                        return Err(bad(
+                            "source.max_message_bytes",
+                            "must be between 1024 and 2147483648".into(),
+                        ));
+                    }
+                    limits.max_message_bytes = usize::try_from(n)
+                        .map_err(|_| bad("source.max_message_bytes", "too large here".into()))?;
+                }
+                if let Some(n) = s.max_entries {
+                    if n == 0 {
+                        return Err(bad("source.max_entries", "must be more than zero".into()));
+                    }
+                    limits.max_entries = n;
+                }
+                for (key, text, slot) in [
+                    (
+                        "source.operation_timeout",
+                        s.operation_timeout,
+                        &mut limits.operation_timeout,
+                    ),
+                    (
+                        "source.import_timeout",
+                        s.import_timeout,
+                        &mut limits.import_timeout,
+                    ),
+                ] {
+                    if let Some(t) = text {
+                        let d = humantime::parse_duration(&t)
+                            .map_err(|e| bad(key, format!("`{t}`: {e}")))?;
+                        if d.is_zero() {
+                            return Err(bad(key, "must be more than zero".into()));
+                        }
+                        *slot = d;
+                    }
+                }
                 Some(SourceConfig {
                     anchor,
                     kind: s.kind,
+                    limits,
                     tls: if s.url.starts_with("ldaps://") {
                         Tls::Ldaps
                     } else {
@@ -563,6 +635,40 @@ cycle_timeout = "10m"
         assert_eq!(c.sync.cycle_timeout, Duration::from_secs(600));
         let d = Config::parse("", Path::new("."), None).unwrap();
         assert_eq!(d.sync.cycle_timeout, Duration::from_secs(30 * 60));
+    }
+
+    #[test]
+    fn source_limits_have_defaults_and_are_checked() {
+        let c = Config::parse(FULL, Path::new("/etc/dirsync"), None).unwrap();
+        assert_eq!(c.source().unwrap().limits, SourceLimits::default());
+        let with = |extra: &str| {
+            let text = FULL.replace("[target]", &format!("{extra}\n[target]"));
+            Config::parse(&text, Path::new("."), Some(Path::new("d.toml")))
+        };
+        let c = with(
+            "max_message_bytes = 1048576\nmax_entries = 10\noperation_timeout = \"5s\"\n\
+             import_timeout = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.source().unwrap().limits,
+            SourceLimits {
+                max_message_bytes: 1 << 20,
+                max_entries: 10,
+                operation_timeout: Duration::from_secs(5),
+                import_timeout: Duration::from_secs(60),
+            }
+        );
+        for (bad, key) in [
+            ("max_message_bytes = 10", "source.max_message_bytes"),
+            ("max_entries = 0", "source.max_entries"),
+            ("operation_timeout = \"0s\"", "source.operation_timeout"),
+            ("import_timeout = \"soon\"", "source.import_timeout"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+            assert_eq!(e.exit(), crate::Exit::BadInput);
+        }
     }
 
     #[test]

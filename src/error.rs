@@ -69,6 +69,11 @@ pub enum Error {
     /// unsupported control): see `source::result`.
     #[error("source: {0}")]
     SourceRefused(String),
+    /// The source broke the protocol or one of `[source]`'s limits (a malformed or oversized
+    /// response, endless paging, a repeated cookie, the import's deadline): nothing it sent
+    /// was recorded, and trying again would only cost the same again.
+    #[error("source: {0}")]
+    SourceMisbehaved(String),
 }
 
 /// Process exit codes (INTERFACE.md).
@@ -99,6 +104,7 @@ impl Error {
             | Error::CookieUnusable(_)
             | Error::SourceRefused(_)
             | Error::Target(_)
+            | Error::SourceMisbehaved(_)
             | Error::CycleTimeout(_) => Exit::Failure,
             Error::Held(_) => Exit::Held,
             Error::Fenced(_) => Exit::Fenced,

@@ -350,6 +350,7 @@ mod tests {
             include: Vec::new(),
             exclude: Vec::new(),
             anchor: None,
+            limits: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ mod service;
 mod source_389;
 mod source_ad;
 mod source_bad_input;
+mod source_hostile;
 mod source_openldap;
 mod source_props;
 mod source_tls;
