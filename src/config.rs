@@ -241,6 +241,10 @@ struct RawSource {
     #[serde(default)]
     tls: Tls,
     ca_file: Option<PathBuf>,
+    max_message_bytes: Option<u64>,
+    max_entries: Option<u64>,
+    operation_timeout: Option<String>,
+    import_timeout: Option<String>,
     bind_dn: String,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
@@ -252,10 +256,6 @@ struct RawSource {
     #[serde(default)]
     exclude: Vec<String>,
     anchor: Option<String>,
-    max_message_bytes: Option<u64>,
-    max_entries: Option<u64>,
-    operation_timeout: Option<String>,
-    import_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
