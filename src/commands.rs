@@ -695,6 +695,12 @@ fn sync_table(r: &crate::sync::export::SyncReport) -> String {
             ]],
         ));
     }
+    if let Some(d) = &r.reconcile {
+        out.push_str(&format!(
+            "\ntarget reconciled: {} objects read; drift found: {} missing, {} changed, {} duplicates; repaired: {} recreated, {} restored, {} removed; {} failed\n",
+            d.listed, d.missing, d.changed, d.duplicates, d.recreated, d.restored, d.removed, d.failed
+        ));
+    }
     if !r.problems.is_empty() {
         out.push_str("\nproblems:\n");
         let rows: Vec<Vec<String>> = r
@@ -1003,6 +1009,26 @@ async fn audit_cmd(cfg: &Config, c: crate::cli::AuditCommand, fmt: Format) -> Re
                 })?;
             }
             Ok(if fail_if_any && report.flagged() {
+                Exit::Found
+            } else {
+                Exit::Ok
+            })
+        }
+        AuditCommand::Drift { fail_if_any } => {
+            let state = replay::refresh(&store, SNAPSHOT_EVERY).await?;
+            let report = crate::audit::drift::drift(&state, cfg.sync.reconcile_target);
+            let v = serde_json::to_value(&report).map_err(Error::store)?;
+            if fmt == Format::Table && report.reconciles.is_empty() {
+                print("the target was never reconciled: `dirsync sync --full` reads it whole\n")?;
+            } else {
+                emit_rows(fmt, &crate::audit::drift::HEADERS, &report.rows(), &v)?;
+            }
+            if fmt == Format::Table {
+                if let Some(due) = &report.next_due {
+                    print(&format!("\nnext reconcile due: {due}\n"))?;
+                }
+            }
+            Ok(if fail_if_any && report.found_any() {
                 Exit::Found
             } else {
                 Exit::Ok

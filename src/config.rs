@@ -158,6 +158,9 @@ pub struct TargetConfig {
 pub struct SyncConfig {
     pub interval: Duration,
     pub deletion_threshold: Threshold,
+    /// How often a plain `sync` reads the whole target and repairs drift (`sync --full`
+    /// always does): `[sync] reconcile_target`, default 24 h.
+    pub reconcile_target: Duration,
 }
 
 impl Default for SyncConfig {
@@ -165,6 +168,7 @@ impl Default for SyncConfig {
         SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
+            reconcile_target: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -244,6 +248,7 @@ enum RawThreshold {
 struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
+    reconcile_target: Option<String>,
 }
 
 const DEFAULT_STORE: &str = "sqlite://dirsync.db";
@@ -445,6 +450,16 @@ impl Config {
                     return Err(bad("sync.interval", "must be more than zero".into()));
                 }
             }
+            if let Some(r) = s.reconcile_target {
+                sync.reconcile_target = humantime::parse_duration(&r)
+                    .map_err(|e| bad("sync.reconcile_target", format!("`{r}`: {e}")))?;
+                if sync.reconcile_target.is_zero() {
+                    return Err(bad(
+                        "sync.reconcile_target",
+                        "must be more than zero".into(),
+                    ));
+                }
+            }
             if let Some(t) = s.deletion_threshold {
                 sync.deletion_threshold = match t {
                     RawThreshold::Count(n) => Threshold::Count(n),
@@ -519,6 +534,7 @@ token_file = "token.txt"
 [sync]
 interval = "5m"
 deletion_threshold = "10%"
+reconcile_target = "12h"
 "#;
 
     #[test]
@@ -537,6 +553,9 @@ deletion_threshold = "10%"
         assert_eq!(c.sync.interval, Duration::from_secs(300));
         assert_eq!(c.sync.deletion_threshold, Threshold::Percent(10.0));
         assert_eq!(c.sync.deletion_threshold.limit(1000), 100);
+        assert_eq!(c.sync.reconcile_target, Duration::from_secs(12 * 3600));
+        let d = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(d.sync.reconcile_target, Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -570,6 +589,7 @@ deletion_threshold = "10%"
                 "sync.deletion_threshold",
             ),
             ("[sync]\ninterval = \"soon\"", "sync.interval"),
+            ("[sync]\nreconcile_target = \"0s\"", "sync.reconcile_target"),
             ("[store]\nurl = \"mysql://x\"", "store.url"),
         ] {
             let m = Config::parse(text, Path::new("."), None)

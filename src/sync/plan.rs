@@ -79,34 +79,18 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     // Sorted, so the plan (and what dry-run prints) is the same every time.
     let mut live: Vec<(&String, &ObjectRecord)> = state.objects.live().collect();
     sort_by_anchor(&mut live);
-    // A member is in its group in the target when it is live in the source and owned.
-    let resolve = |anchor: &str| {
-        if !is_live(anchor) {
-            return None;
-        }
-        ledger
-            .entries
-            .get(anchor)
-            .filter(|l| l.deleted.is_none())
-            .map(|l| l.target_id.clone())
-    };
     live.retain(|(_, rec)| only.is_none_or(|k| k == rec.kind));
     out.live = live.len() as u64;
     // Mapping and comparing are most of the work, and each object's are its own: on every
     // core. Objects that need nothing are dropped there.
     let unresolved = AtomicUsize::new(0);
     let needs = crate::par::filter_map(&live, 4096, |&(anchor, rec)| {
-        let mapped = match map_object(source_kind, rec) {
-            Ok(Desired::User(u)) => Mapped::User(u),
-            Ok(Desired::Group {
-                display_name,
-                members,
-            }) => {
-                let (g, missing) = resolve_group(&display_name, &members, resolve);
+        let mapped = match desired(state, source_kind, rec) {
+            Ok((m, missing)) => {
                 unresolved.fetch_add(missing, Ordering::Relaxed);
-                Mapped::Group(g)
+                m
             }
-            Err(why) => return Some(Need::Unmappable(anchor, why.0)),
+            Err(why) => return Some(Need::Unmappable(anchor, why)),
         };
         match ledger
             .entries
@@ -148,6 +132,39 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     deletes.sort_by(|a, b| (b.kind(), a.anchor()).cmp(&(a.kind(), b.anchor())));
     out.deletes = deletes;
     out
+}
+
+/// What the target should hold for the live source object `rec`: its mapped form, with a
+/// group's members resolved to the target ids of members that are live and owned (and how
+/// many members were left out for now); or why it cannot be mapped.
+pub fn desired(
+    state: &State,
+    source_kind: SourceKind,
+    rec: &ObjectRecord,
+) -> Result<(Mapped, usize), String> {
+    // A member is in its group in the target when it is live in the source and owned.
+    let resolve = |anchor: &str| {
+        if !state.objects.objects.get(anchor).is_some_and(|r| r.live()) {
+            return None;
+        }
+        state
+            .ledger
+            .entries
+            .get(anchor)
+            .filter(|l| l.deleted.is_none())
+            .map(|l| l.target_id.clone())
+    };
+    match map_object(source_kind, rec) {
+        Ok(Desired::User(u)) => Ok((Mapped::User(u), 0)),
+        Ok(Desired::Group {
+            display_name,
+            members,
+        }) => {
+            let (g, missing) = resolve_group(&display_name, &members, resolve);
+            Ok((Mapped::Group(g), missing))
+        }
+        Err(why) => Err(why.0),
+    }
 }
 
 /// Sorts by anchor: by the anchors' first eight bytes, kept beside them so that most
