@@ -24,7 +24,7 @@ use crate::config::SourceKind;
 use crate::log::event::ObjectKind;
 use crate::project::{At, LedgerEntry, State};
 use crate::sync::plan::desired;
-use crate::target::{Op, RemoteObject};
+use crate::target::{Mapped, Op, RemoteObject};
 
 /// Whether this cycle reconciles: always with `--full`, else when `every` has passed since
 /// the last reconcile (`last`, from the log), or none was ever recorded.
@@ -148,9 +148,15 @@ pub fn repairs(
                     out.adopt.push((anchor.clone(), r.clone()));
                 }
                 // An object that lost our anchor gets every attribute and the anchor
-                // written again.
+                // written again. Otherwise only what differs from what we last exported
+                // changed out of band: a difference from the source alone is the plan's
+                // update, and a ledger without state writes everything anyway.
                 let lost_anchor = r.anchor.as_deref() != Some(anchor.as_str());
-                if let Some(to) = want.filter(|w| lost_anchor || r.state.as_ref() != Some(w)) {
+                let out_of_band =
+                    adopted || (l.state.is_some() && r.state.as_ref() != l.state.as_ref());
+                let drifted =
+                    |w: &Mapped| lost_anchor || (out_of_band && r.state.as_ref() != Some(w));
+                if let Some(to) = want.filter(drifted) {
                     out.changed += u64::from(!adopted);
                     let from = r.state.clone().filter(|_| !lost_anchor);
                     out.restore.push(Op::Update {
@@ -236,7 +242,7 @@ mod tests {
         SourceObject,
     };
     use crate::project::Meta;
-    use crate::target::{Mapped, MappedGroup, MappedUser};
+    use crate::target::{MappedGroup, MappedUser};
     use std::collections::BTreeSet;
 
     /// A log of source users and groups and their exports, folded.
@@ -457,6 +463,15 @@ mod tests {
             })
         );
         assert!(from.is_some());
+        // The source changed and its update is pending: the target holds what we last
+        // exported, no drift (the plan's update sends the change).
+        let s2 = Given { state: s.clone() }
+            .user("u1", "u1@x", "Manager")
+            .state;
+        assert_eq!(
+            repairs(&s2, SourceKind::Openldap, ObjectKind::User, &exact(&s)),
+            Repairs::default()
+        );
         // The anchor removed out of band: everything is written again, anchor too.
         let mut l = exact(&s);
         l.objects[0].anchor = None;
