@@ -4,8 +4,9 @@
 
 use serde_json::{json, Value};
 
+use crate::lab::{ProxyRules, ScimProxy};
 use crate::sync_export::E2e;
-use crate::target_scim_differ::assert_exact;
+use crate::target_scim_differ::{assert_exact, behind_proxy};
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 
@@ -206,13 +207,33 @@ async fn user_anchors(lab: &E2e) -> Vec<String> {
     out
 }
 
+/// Listings of the whole target (a GET of Users or Groups without a filter, not the
+/// probe's single resource) among the
+/// requests the proxy saw from index `from` on.
+fn listings(proxy: &ScimProxy, from: usize) -> usize {
+    proxy.requests()[from..]
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && (r.target.contains("/Users?") || r.target.contains("/Groups?"))
+                && !r.target.contains("filter=")
+                // The probe asks for one resource.
+                && !r.target.ends_with("count=1")
+        })
+        .count()
+}
+
 /// `[sync] reconcile_target`: once it has passed since the last reconcile recorded in the
-/// log, a plain sync reads the target and repairs; before, it does not.
+/// log (by any instance: a take-over does not start it again), a plain sync reads the
+/// target and repairs; before, it reads no listing at all (its cost stays independent of
+/// the directory's size).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_sync_reconciles_once_the_interval_has_passed() {
     let lab = E2e::ldap(2, "500").await;
-    sync_keys(&lab, "reconcile_target = \"3s\"");
+    let proxy = behind_proxy(&lab, ProxyRules::default()).await;
+    sync_keys(&lab, "reconcile_target = \"10s\"");
     lab.sync("a", &[]);
+    assert!(listings(&proxy, 0) >= 2);
     let a1 = lab.anchor(&format!("uid=u1,{PEOPLE}")).await;
     let id1 = lab.view.users_by_anchor().await[&a1]["id"]
         .as_str()
@@ -227,10 +248,20 @@ async fn a_plain_sync_reconciles_once_the_interval_has_passed() {
         )
         .await;
     assert_eq!(status / 100, 2);
+    let seen = proxy.requests().len();
     let v = lab.sync("a", &[]);
     assert!(v.get("reconcile").is_none(), "{v}");
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let v = lab.sync("a", &[]);
+    let v = lab.sync("b", &["--take-over"]);
+    assert!(v.get("reconcile").is_none(), "{v}");
+    assert_eq!(listings(&proxy, seen), 0, "{:?}", &proxy.requests()[seen..]);
+    assert_eq!(lab.view.users_by_anchor().await[&a1]["title"], "Chief");
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    let v = lab.sync("b", &[]);
     assert_eq!(drift(&v), [0, 1, 0, 0, 1, 0, 0], "{v}");
     assert_exact(&lab, 2, &[]).await;
+    // Reconciled: the interval starts again.
+    let seen = proxy.requests().len();
+    let v = lab.sync("b", &[]);
+    assert!(v.get("reconcile").is_none(), "{v}");
+    assert_eq!(listings(&proxy, seen), 0);
 }
