@@ -36,11 +36,11 @@ pub struct DriftReport {
 }
 
 impl DriftReport {
-    /// Any drift found (the operator may want to know who changes the target).
+    /// The last reconcile found drift (someone changes the target behind dirsync's back).
     pub fn found_any(&self) -> bool {
         self.reconciles
-            .iter()
-            .any(|r| r.missing + r.changed + r.duplicates > 0)
+            .last()
+            .is_some_and(|r| r.missing + r.changed + r.duplicates > 0)
     }
 
     pub fn rows(&self) -> Vec<Vec<String>> {

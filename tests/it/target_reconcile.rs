@@ -144,8 +144,10 @@ async fn a_wiped_target_is_restored_by_sync_full() {
     );
     let run = lab.cli(&["audit", "drift"]);
     assert!(run.stdout.contains("52"), "{run:?}");
+    assert_eq!(lab.cli(&["audit", "drift", "--fail-if-any"]).code, 5);
     let v = lab.sync("a", &["--full"]);
     assert_eq!(drift(&v), [0; 7], "{v}");
+    assert_eq!(lab.cli(&["audit", "drift", "--fail-if-any"]).code, 0);
 }
 
 /// Objects carrying one of our anchors that the ledger does not know (a create delayed
