@@ -1057,7 +1057,15 @@ impl Cycle<'_> {
                 let repaired = r.anchors();
                 updates.retain(|op| !repaired.contains(op.anchor()));
                 repairing.recreate = r.recreate.iter().map(|o| o.anchor().to_string()).collect();
-                repairing.restore = r.restore.iter().map(|o| o.anchor().to_string()).collect();
+                // An object taken back is repaired by the record; its update is an update.
+                let adopted: HashSet<&str> = r.adopt.iter().map(|(a, _)| a.as_str()).collect();
+                repairing.restore = r
+                    .restore
+                    .iter()
+                    .map(Op::anchor)
+                    .filter(|a| !adopted.contains(a))
+                    .map(str::to_string)
+                    .collect();
                 creates.extend(r.recreate);
                 creates.extend(r.restore);
             }

@@ -267,3 +267,53 @@ async fn a_plain_sync_reconciles_once_the_interval_has_passed() {
     assert!(v.get("reconcile").is_none(), "{v}");
     assert_eq!(listings(&proxy, seen), 0);
 }
+
+/// An owned user deleted out of band while a copy carrying its anchor is in the target
+/// (say, restored from a backup under another userName): the copy is taken back (recorded
+/// as a match with its id) and given the source's attributes, instead of a second copy
+/// being created beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_carrying_the_anchor_of_a_missing_object_is_taken_back() {
+    let lab = E2e::ldap(3, "500").await;
+    lab.sync("a", &[]);
+    let a1 = lab.anchor(&format!("uid=u1,{PEOPLE}")).await;
+    let old = lab.view.users_by_anchor().await[&a1]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(lab.view.delete("Users", &old).await / 100, 2);
+    let copy = lab
+        .view
+        .post(
+            "Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "restored@example.org",
+                "externalId": a1,
+                "title": "Temp",
+            }),
+        )
+        .await;
+    let copy_id = copy["id"].as_str().unwrap().to_string();
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(drift(&v), [1, 0, 0, 1, 0, 0, 0], "{v}");
+    // The copy's attributes, and both groups' member (the copy's id), are updates.
+    assert_eq!(
+        [
+            count(&v, "created"),
+            count(&v, "updated"),
+            count(&v, "matched"),
+            count(&v, "failures")
+        ],
+        [0, 3, 0, 0],
+        "{v}"
+    );
+    assert_exact(&lab, 3, &[]).await;
+    assert_eq!(
+        lab.view.users_by_anchor().await[&a1]["id"],
+        copy_id.as_str()
+    );
+    assert_eq!(lab.state().await.ledger.entries[&a1].target_id, copy_id);
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(drift(&v), [0; 7], "{v}");
+}
