@@ -650,6 +650,10 @@ pub struct HeldDeletions {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     pub plans: BTreeMap<String, HeldDeletions>,
+    /// Duplicates deleted from the target (by the key the guard lists them under,
+    /// `ANCHOR@TARGET_ID`), and when: they count in the guard's rolling window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates_removed: Vec<(String, At)>,
 }
 
 impl Guard {
@@ -671,6 +675,9 @@ impl Guard {
                     p.approved = Some(m.into());
                 }
             }
+            Event::DuplicateRemoved(d) => self
+                .duplicates_removed
+                .push((format!("{}@{}", d.anchor, d.target_id), m.into())),
             _ => {}
         }
     }

@@ -268,7 +268,7 @@ pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
         .filter(|p| p.approved.is_some())
         .flat_map(|p| p.anchors.iter().map(String::as_str))
         .collect();
-    state
+    let owned = state
         .ledger
         .entries
         .iter()
@@ -277,7 +277,15 @@ pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
                 .is_some_and(|d| d.at_us > now_us - GUARD_WINDOW_US)
                 && !approved.contains(a.as_str())
         })
-        .count() as u64
+        .count();
+    // Duplicates removed from the target (sync::reconcile) are deletions too.
+    let duplicates = state
+        .guard
+        .duplicates_removed
+        .iter()
+        .filter(|(key, at)| at.at_us > now_us - GUARD_WINDOW_US && !approved.contains(key.as_str()))
+        .count();
+    (owned + duplicates) as u64
 }
 
 #[cfg(test)]
@@ -499,6 +507,28 @@ mod tests {
             0,
             "out of the window"
         );
+        // Duplicates removed count too, unless their list was approved.
+        let dup = |g: Given, id: &str| {
+            g.event(Event::DuplicateRemoved(
+                crate::log::event::DuplicateRemoved {
+                    epoch: 1,
+                    anchor: "a2".into(),
+                    kind: ObjectKind::User,
+                    target_id: id.into(),
+                },
+            ))
+        };
+        let g = dup(dup(g, "D1"), "D2")
+            .event(Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "h2".into(),
+                anchors: vec!["a2@D2".into()],
+                reason: "test".into(),
+            }))
+            .event(Event::DeletionsApproved(DeletionsApproved {
+                plan_hash: "h2".into(),
+                approved_by: None,
+            }));
+        assert_eq!(recent_deletions(&g.state, 100), 2, "a2 and a2@D1");
     }
 
     fn anchors(n: usize) -> Vec<String> {

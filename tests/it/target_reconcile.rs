@@ -198,6 +198,16 @@ async fn duplicates_carrying_our_anchor_are_removed_within_the_guard() {
         events.iter().filter(|e| *e == "DuplicateRemoved").count(),
         4
     );
+    // The rolling 24 hours count it: two more (within the threshold alone) are held.
+    lab.view.post("Users", dup(1, "more1@example.org")).await;
+    lab.view.post("Users", dup(2, "more2@example.org")).await;
+    let (run, v) = lab.run("a", &["--full"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        v["held_reason"].as_str().unwrap().contains("last 24 hours"),
+        "{v}"
+    );
+    assert_eq!(lab.view.count("Users").await, 5);
 }
 
 /// u1..u3's anchors.
