@@ -717,7 +717,25 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
     let state = crate::project::replay::refresh(store, 10_000).await?;
     match c {
         DeletionsCommand::Show => {
-            let names = |anchor: &str| crate::target::ledger_name(&state.ledger, anchor);
+            // A held entry is an owned anchor, or a duplicate `ANCHOR@TARGET_ID` (reconcile):
+            // its kind, name and target id.
+            let about = |key: &str| -> (Option<&'static str>, String, Option<String>) {
+                if let Some(l) = state.ledger.entries.get(key) {
+                    let name = crate::target::ledger_name(&state.ledger, key);
+                    return (Some(l.kind.as_str()), name, Some(l.target_id.clone()));
+                }
+                match key.split_once('@') {
+                    Some((anchor, id)) => (
+                        state.ledger.entries.get(anchor).map(|l| l.kind.as_str()),
+                        format!(
+                            "duplicate of {}",
+                            crate::target::ledger_name(&state.ledger, anchor)
+                        ),
+                        Some(id.to_string()),
+                    ),
+                    None => (None, String::new(), None),
+                }
+            };
             let plans: Vec<serde_json::Value> = state
                 .guard
                 .plans
@@ -729,12 +747,15 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
                         "held_at": crate::output::time(p.held.at_us),
                         "approved": p.approved.map(|a| crate::output::time(a.at_us)),
                         "count": p.anchors.len(),
-                        "deletions": p.anchors.iter().map(|a| json!({
-                            "anchor": a,
-                            "name": names(a),
-                            "kind": state.ledger.entries.get(a).map(|l| l.kind.as_str()),
-                            "target_id": state.ledger.entries.get(a).map(|l| l.target_id.clone()),
-                        })).collect::<Vec<_>>(),
+                        "deletions": p.anchors.iter().map(|a| {
+                            let (kind, name, target_id) = about(a);
+                            json!({
+                                "anchor": a,
+                                "name": name,
+                                "kind": kind,
+                                "target_id": target_id,
+                            })
+                        }).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -760,12 +781,12 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
                             .anchors
                             .iter()
                             .map(|a| {
-                                let l = state.ledger.entries.get(a);
+                                let (kind, name, target_id) = about(a);
                                 vec![
                                     a.clone(),
-                                    l.map(|l| l.kind.as_str().to_string()).unwrap_or_default(),
-                                    names(a),
-                                    l.map(|l| l.target_id.clone()).unwrap_or_default(),
+                                    kind.unwrap_or_default().to_string(),
+                                    name,
+                                    target_id.unwrap_or_default(),
                                 ]
                             })
                             .collect();

@@ -180,6 +180,26 @@ async fn duplicates_carrying_our_anchor_are_removed_within_the_guard() {
     let plans: Value = serde_json::from_str(&shown.stdout).unwrap();
     let hash = plans[0]["plan_hash"].as_str().unwrap().to_string();
     assert_eq!(plans[0]["count"], 3, "{plans}");
+    let first = &plans[0]["deletions"][0];
+    assert_eq!(first["kind"], "user", "{plans}");
+    assert!(
+        first["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("duplicate of u"),
+        "{plans}"
+    );
+    let copy = lab
+        .view
+        .all("Users")
+        .await
+        .into_iter()
+        .find(|u| u["id"] == first["target_id"])
+        .unwrap();
+    assert!(
+        copy["userName"].as_str().unwrap().starts_with("copy"),
+        "{copy}"
+    );
     assert_eq!(lab.cli(&["deletions", "approve", "--plan", &hash]).code, 0);
     let v = lab.sync("a", &["--full"]);
     assert_eq!(drift(&v), [0, 0, 3, 0, 0, 3, 0], "{v}");
