@@ -1087,6 +1087,13 @@ impl Cycle<'_> {
             ..Default::default()
         };
         self.run_ops(dups, fence, report, &removing).await?;
+        if self
+            .stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            // Stopped with repairs left: not a reconcile done, the next cycle reads again.
+            return Ok(());
+        }
         let found = report.reconcile.clone().unwrap_or(found);
         tracing::info!(
             "target reconciled: {} listed; {} missing, {} changed, {} duplicates; {} recreated, {} restored, {} removed, {} failed",
