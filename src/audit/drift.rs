@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::point;
 use crate::output::time;
-use crate::project::State;
+use crate::project::{Reconcile, State};
 
 /// One reconcile, flat, as printed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -23,6 +23,33 @@ pub struct Row {
     pub restored: u64,
     pub removed: u64,
     pub failed: u64,
+}
+
+impl Row {
+    pub fn of(r: &Reconcile) -> Row {
+        Row {
+            seq: r.at.seq,
+            at: time(r.at.at_us),
+            instance: r.instance.clone(),
+            listed: r.found.listed,
+            missing: r.found.missing,
+            changed: r.found.changed,
+            duplicates: r.found.duplicates,
+            recreated: r.found.recreated,
+            restored: r.found.restored,
+            removed: r.found.removed,
+            failed: r.found.failed,
+        }
+    }
+
+    /// One line: what was found and repaired.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} (seq {}): {} read; found {} missing, {} changed, {} duplicates; {} recreated, {} restored, {} removed, {} failed",
+            self.at, self.seq, self.listed, self.missing, self.changed, self.duplicates,
+            self.recreated, self.restored, self.removed, self.failed
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -82,24 +109,7 @@ pub fn drift(state: &State, every: std::time::Duration) -> DriftReport {
     let last = state.relationship.last_reconcile();
     let every_us = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
     DriftReport {
-        reconciles: state
-            .relationship
-            .reconciles
-            .iter()
-            .map(|r| Row {
-                seq: r.at.seq,
-                at: time(r.at.at_us),
-                instance: r.instance.clone(),
-                listed: r.found.listed,
-                missing: r.found.missing,
-                changed: r.found.changed,
-                duplicates: r.found.duplicates,
-                recreated: r.found.recreated,
-                restored: r.found.restored,
-                removed: r.found.removed,
-                failed: r.found.failed,
-            })
-            .collect(),
+        reconciles: state.relationship.reconciles.iter().map(Row::of).collect(),
         last_complete: last.as_ref().map(point),
         next_due: last.map(|a| time(a.at_us.saturating_add(every_us))),
     }
