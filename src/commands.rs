@@ -588,6 +588,7 @@ async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
         dry_run: a.dry_run,
         take_over: a.take_over,
         stop: None,
+        wait_for_cycle: None,
     };
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
@@ -1071,6 +1072,7 @@ async fn audit_cmd(cfg: &Config, c: crate::cli::AuditCommand, fmt: Format) -> Re
                     dry_run: false,
                     take_over: false,
                     stop: None,
+                    wait_for_cycle: None,
                 };
                 let bar = indicatif::ProgressBar::with_draw_target(
                     None,

@@ -73,6 +73,9 @@ pub struct SyncOptions {
     /// Set (by SIGTERM) to end the export after the chunk in flight; the rest waits for
     /// the next cycle.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// How long to wait for another cycle of the instance to end (a handover step waits
+    /// out a cycle in flight); `None`: refuse at once (`sync`, `run`).
+    pub wait_for_cycle: Option<Duration>,
 }
 
 /// One line of a printed plan.
@@ -253,12 +256,26 @@ async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
 /// session lock on PostgreSQL) until it ends; the operating system or the server releases
 /// it when the process dies. A second cycle is refused before it reads or records anything.
 pub async fn lock_instance(store: &AnyStore, instance: &str) -> Result<StoreLock> {
+    lock_instance_within(store, instance, Duration::ZERO).await
+}
+
+/// [`lock_instance`], waiting up to `wait` for a cycle in flight to end.
+pub async fn lock_instance_within(
+    store: &AnyStore,
+    instance: &str,
+    wait: Duration,
+) -> Result<StoreLock> {
     store
-        .try_lock(&format!("sync.{instance}"))
+        .lock_within(&format!("sync.{instance}"), wait)
         .await?
         .ok_or_else(|| {
             Error::Refused(format!(
-                "a sync of instance `{instance}` is already running (`dirsync sync` or `dirsync run`); this one did nothing"
+                "a sync of instance `{instance}` is already running (`dirsync sync` or `dirsync run`); this one did nothing{}",
+                if wait.is_zero() {
+                    String::new()
+                } else {
+                    format!(" (waited {})", humantime::format_duration(wait))
+                }
             ))
         })
 }
@@ -292,7 +309,12 @@ pub async fn sync(
     if opts.dry_run {
         return sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
     }
-    let lock = lock_instance(store, &opts.instance).await?;
+    let lock = lock_instance_within(
+        store,
+        &opts.instance,
+        opts.wait_for_cycle.unwrap_or(Duration::ZERO),
+    )
+    .await?;
     let r = sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
     lock.release().await;
     r

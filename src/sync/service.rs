@@ -106,6 +106,7 @@ pub async fn serve(
             dry_run: false,
             take_over: false,
             stop: Some(stop.clone()),
+            wait_for_cycle: None,
         };
         match sync(cfg, store, &opts, &ProgressBar::hidden()).await {
             Ok(r) => say(&format!(
