@@ -37,6 +37,8 @@ pub struct SlapdOptions {
     pub no_syncprov: bool,
     /// `access` directives for the main database (without them everyone reads all).
     pub acl: Option<String>,
+    /// mdb `maxsize` of the main database in bytes (default 1 GiB; large bulk loads need more).
+    pub map_size: Option<u64>,
 }
 
 const BASE_DN: &str = "dc=example,dc=org";
@@ -407,11 +409,12 @@ suffix \"{BASE_DN}\"
 rootdn \"{BIND_DN}\"
 rootpw {PASSWORD}
 directory \"{dir}/db\"
-maxsize 1073741824
+maxsize {map_size}
 index objectClass eq
 index entryUUID,entryCSN eq
 index uid,cn,member,memberUid eq
-"
+",
+        map_size = opts.map_size.unwrap_or(1 << 30)
     ));
     if !opts.no_syncprov {
         conf.push_str("overlay syncprov\n");
