@@ -32,6 +32,8 @@ const LDAP_FILTER: &str =
 struct Run {
     secs: f64,
     rss_mb: f64,
+    /// A sync's import counts.
+    import: Option<serde_json::Value>,
 }
 
 /// `dirsync ARGS` in `dir` under GNU time; panics if it fails.
@@ -62,18 +64,29 @@ fn dirsync(dir: &Path, args: &[&str]) -> Run {
         .filter_map(|l| l.trim().parse().ok())
         .next_back()
         .expect("time printed the peak RSS");
+    // What a sync imported ({"mode", "changed", ...} of its report), so that a delta which
+    // fell back to a full import, or saw other than the changes made, shows.
+    let import = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.get("import").cloned())
+        .map(|i| {
+            serde_json::json!({"mode": i["mode"], "fallback": i.get("fallback"),
+                "received": i["received"], "added": i["added"], "changed": i["changed"],
+                "deleted": i["deleted"]})
+        });
     eprintln!(
-        "  dirsync {} {secs:.3} s {:.0} MB: {}",
+        "  dirsync {} {secs:.3} s {:.0} MB{}",
         args[0],
         kb / 1024.0,
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or("")
+        import
+            .as_ref()
+            .map(|i| format!(": {i}"))
+            .unwrap_or_default()
     );
     Run {
         secs,
         rss_mb: kb / 1024.0,
+        import,
     }
 }
 
@@ -303,6 +316,8 @@ struct Row {
     /// Time against the baseline's median.
     vs_baseline: bool,
     goal: &'static str,
+    /// What each sync run imported.
+    imports: Vec<serde_json::Value>,
 }
 
 /// Every row of issue 19's table for one source and store.
@@ -324,6 +339,7 @@ async fn measure(
     let mut baseline = Vec::new();
     let mut full = Vec::new();
     let mut full_rss = Vec::new();
+    let mut full_imports = Vec::new();
     let mut dir = None;
     // Baseline and full import alternate, so that load from elsewhere hits both alike; each
     // full import goes into a fresh store.
@@ -338,24 +354,29 @@ async fn measure(
         let r = dirsync(d.path(), SYNC_FULL);
         full.push(r.secs);
         full_rss.push(r.rss_mb);
+        full_imports.extend(r.import);
         dir = Some(d);
     }
     let dir = dir.expect("at least one run");
     let dir = dir.path();
     let mut delta = Vec::new();
+    let mut imports = Vec::new();
     for run in 0..opts.runs {
         directory
             .change(opts.changes, &format!("{}-{run}", store.name()))
             .await;
-        delta.push(dirsync(dir, SYNC).secs);
+        let r = dirsync(dir, SYNC);
+        delta.push(r.secs);
+        imports.extend(r.import);
     }
-    let (mut idle, mut idle_rss) = (Vec::new(), Vec::new());
+    let (mut idle, mut idle_rss, mut idle_imports) = (Vec::new(), Vec::new(), Vec::new());
     let (mut list, mut list_rss) = (Vec::new(), Vec::new());
     let (mut verify, mut verify_rss) = (Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let r = dirsync(dir, SYNC);
         idle.push(r.secs);
         idle_rss.push(r.rss_mb);
+        idle_imports.extend(r.import);
         let r = dirsync(dir, &["instance", "list", "--format", "json"]);
         list.push(r.secs);
         list_rss.push(r.rss_mb);
@@ -372,6 +393,7 @@ async fn measure(
             rss_mb: None,
             vs_baseline: false,
             goal: "",
+            imports: Vec::new(),
         },
         Row {
             name: "full import",
@@ -379,6 +401,7 @@ async fn measure(
             rss_mb: Some(full_rss.clone()),
             vs_baseline: true,
             goal: "<= 1.5x, peak RSS <= 1 GB",
+            imports: full_imports,
         },
         Row {
             name: "delta of changes",
@@ -386,6 +409,7 @@ async fn measure(
             rss_mb: None,
             vs_baseline: false,
             goal: "< 1 s",
+            imports,
         },
         Row {
             name: "delta with no change",
@@ -393,6 +417,7 @@ async fn measure(
             rss_mb: Some(idle_rss),
             vs_baseline: false,
             goal: "< 0.5 s",
+            imports: idle_imports,
         },
         Row {
             name: "instance list",
@@ -400,6 +425,7 @@ async fn measure(
             rss_mb: Some(list_rss),
             vs_baseline: false,
             goal: "< 0.1 s, < 50 MB",
+            imports: Vec::new(),
         },
         Row {
             name: "log verify",
@@ -407,6 +433,7 @@ async fn measure(
             rss_mb: Some(verify_rss),
             vs_baseline: false,
             goal: "keep",
+            imports: Vec::new(),
         },
     ];
     println!(
@@ -444,7 +471,7 @@ async fn measure(
             serde_json::json!({"bench": "import", "row": row.name, "source": source,
                 "store": store.name(), "entries": n, "changes": opts.changes,
                 "median_s": secs, "runs_s": row.runs, "ratio": ratio, "peak_rss_mb": rss,
-                "goal": row.goal, "load_avg": load_after})
+                "goal": row.goal, "load_avg": load_after, "imports": row.imports})
         );
     }
     // The summary line other notes compare (fields kept; the baseline is now the median of
