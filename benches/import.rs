@@ -277,10 +277,10 @@ fn fresh_store(store: Store, opts: &Opts, source: &str, run: usize) -> String {
                 source.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
             );
             let status = Command::new("psql")
-                .args(["-q", &format!("{server}/postgres"), "-c"])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
-                ))
+                .args(["-q", &format!("{server}/postgres")])
+                // Two -c: DROP DATABASE cannot run in the transaction of a multi-statement -c.
+                .args(["-c", &format!("DROP DATABASE IF EXISTS {db}")])
+                .args(["-c", &format!("CREATE DATABASE {db}")])
                 .status()
                 .expect("run psql");
             assert!(status.success(), "psql create database {db}: {status}");
