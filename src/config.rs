@@ -161,6 +161,8 @@ pub struct TargetConfig {
 pub struct SyncConfig {
     pub interval: Duration,
     pub deletion_threshold: Threshold,
+    /// The export lease: how long one claimed chunk may send requests (README, Fencing).
+    pub lease: Duration,
 }
 
 impl Default for SyncConfig {
@@ -168,9 +170,13 @@ impl Default for SyncConfig {
         SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
+            lease: crate::sync::export::LEASE,
         }
     }
 }
+
+/// The shortest and longest `[sync] lease`.
+pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(600));
 
 /// A loaded, validated configuration.
 #[derive(Clone, Debug)]
@@ -248,6 +254,7 @@ enum RawThreshold {
 struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
+    lease: Option<String>,
 }
 
 const DEFAULT_STORE: &str = "sqlite://dirsync.db";
@@ -455,6 +462,21 @@ impl Config {
                     return Err(bad("sync.interval", "must be more than zero".into()));
                 }
             }
+            if let Some(l) = s.lease {
+                sync.lease = humantime::parse_duration(&l)
+                    .map_err(|e| bad("sync.lease", format!("`{l}`: {e}")))?;
+                let (min, max) = LEASE_RANGE;
+                if sync.lease < min || sync.lease > max {
+                    return Err(bad(
+                        "sync.lease",
+                        format!(
+                            "`{l}`: must be from {} to {}",
+                            humantime::format_duration(min),
+                            humantime::format_duration(max)
+                        ),
+                    ));
+                }
+            }
             if let Some(t) = s.deletion_threshold {
                 sync.deletion_threshold = match t {
                     RawThreshold::Count(n) => Threshold::Count(n),
@@ -545,6 +567,7 @@ deletion_threshold = "10%"
             Some(SecretRef::File("/etc/dirsync/token.txt".into()))
         );
         assert_eq!(c.sync.interval, Duration::from_secs(300));
+        assert_eq!(c.sync.lease, Duration::from_secs(30), "the default lease");
         assert_eq!(c.sync.deletion_threshold, Threshold::Percent(10.0));
         assert_eq!(c.sync.deletion_threshold.limit(1000), 100);
     }
@@ -580,6 +603,8 @@ deletion_threshold = "10%"
                 "sync.deletion_threshold",
             ),
             ("[sync]\ninterval = \"soon\"", "sync.interval"),
+            ("[sync]\nlease = \"1s\"", "sync.lease"),
+            ("[sync]\nlease = \"1h\"", "sync.lease"),
             ("[store]\nurl = \"mysql://x\"", "store.url"),
         ] {
             let m = Config::parse(text, Path::new("."), None)

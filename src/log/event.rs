@@ -466,6 +466,20 @@ pub struct ExportBatchCompleted {
     pub failed: u64,
 }
 
+/// A target object carrying the anchor of an object we own, besides the one we own, was
+/// deleted from the target (`sync::duplicates`: a create of an earlier holder that reached
+/// the target late). The ledger is unchanged: `kept` is still the anchor's object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetDuplicateRemoved {
+    pub epoch: u64,
+    pub anchor: String,
+    pub kind: ObjectKind,
+    /// The object deleted.
+    pub target_id: String,
+    /// The object kept, the ledger's.
+    pub kept: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportFailed {
     pub epoch: u64,
@@ -648,6 +662,7 @@ events! {
     ExportBatchStarted(ExportBatchStarted),
     ExportBatchCompleted(ExportBatchCompleted),
     ExportFailed(ExportFailed),
+    TargetDuplicateRemoved(TargetDuplicateRemoved),
     SyncRelationshipEstablished(SyncRelationshipEstablished),
     SyncRunStarted(SyncRunStarted),
     SyncRunCompleted(SyncRunCompleted),

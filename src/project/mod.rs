@@ -509,6 +509,10 @@ pub struct Lease {
     pub instance: String,
     pub epoch: u64,
     pub until_us: i64,
+    /// When the claim was recorded (0 in projections stored before it was kept): the
+    /// lease's length is `until_us - from_us`.
+    #[serde(default)]
+    pub from_us: i64,
 }
 
 /// Who may export: the holder of the current epoch.
@@ -537,6 +541,7 @@ impl Relationship {
                     instance: m.instance.to_string(),
                     epoch: b.epoch,
                     until_us: b.lease_until.timestamp_micros(),
+                    from_us: m.recorded_at_us,
                 });
             }
             Event::ExportBatchCompleted(b)

@@ -7,14 +7,17 @@
 //! relationship stream's version it verified*: the check and the record are one atomic
 //! append, and a take-over by another instance in between makes the claim fail (exit 4).
 //!
-//! The claim carries a lease ([`LEASE`]). No request of the chunk, first attempt or retry,
-//! is sent after the lease ends (the targets take the deadline). So the window between the
-//! check and an HTTP call is bounded by the lease: an instance that lost the relationship
-//! a moment after its claim may still send requests of that one chunk for at most
-//! [`LEASE`]. `--take-over` closes that window from the other side: after recording the new
-//! epoch it waits until the last lease taken by another instance has ended, so the old and
+//! The claim carries a lease (`[sync] lease`, default [`LEASE`]). No request of the chunk,
+//! first attempt or retry, is sent after the lease's end less a margin
+//! ([`lease_margin`]), and every request's own timeout (connecting, sending, the whole
+//! answer) is cut to end by then too (`target::request_timeout`). So an instance that lost
+//! the relationship a moment after its claim has given up on every request of that chunk
+//! within the lease. `--take-over` closes the window from the other side: after recording
+//! the new epoch it waits until the last lease taken by another instance has ended, plus
+//! the longest deadline a request of it could have had ([`takeover_wait`]), so the old and
 //! new holder never send at the same time (assuming their clocks agree to within the
-//! margin kept on the deadline, [`LEASE_MARGIN`]).
+//! margin). What no wait can bound, a request held up in the network after its sender
+//! gave up, is handled by the new holder: see `sync::duplicates`.
 //!
 //! # Exactly once
 //! Every applied operation is recorded (`ExportApplied`, with the target's id) right after
@@ -37,20 +40,21 @@ use crate::error::{Error, Exit, Result};
 use crate::log::event::{
     stream, DeletionsHeld, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
     ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
-    SyncRunFailed, SyncRunStarted,
+    SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved,
 };
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
-use crate::project::{ExportFailure, Meta, State};
+use crate::project::{ExportFailure, Lease, Meta, State};
 use crate::target::matching::{swap_case, Index, Match};
-use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target};
+use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
 
 /// Operations per claimed chunk.
 pub const CHUNK: usize = 100;
 /// How long a claim lets an instance send the requests of its chunk.
 pub const LEASE: Duration = Duration::from_secs(30);
-/// Kept off the lease for the local deadline: clock differences between computers.
+/// Kept off the lease for the local deadline: clock differences between computers. A
+/// shorter lease keeps a sixth of itself ([`lease_margin`]).
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Failed exports in a row after which an object is quarantined: skipped by every cycle
 /// until its source changes (then tried once more) or a `sync --full` tries it again.
@@ -120,6 +124,9 @@ pub struct SyncReport {
     pub recreated: u64,
     /// Objects skipped because their exports kept failing (see [`QUARANTINE_AFTER`]).
     pub quarantined: u64,
+    /// Target objects removed because they carried the anchor of an object we own besides
+    /// the one we own (late creates of an earlier holder, `sync::duplicates`).
+    pub duplicates_removed: u64,
     pub unmappable: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_plan: Option<String>,
@@ -222,7 +229,32 @@ async fn acquire(
     ))
 }
 
-/// Sleep until the last export lease of another instance has ended.
+/// The margin kept off a lease of length `lease` for the local deadline: [`LEASE_MARGIN`],
+/// or a sixth of a shorter lease.
+pub fn lease_margin(lease: Duration) -> Duration {
+    LEASE_MARGIN.min(lease / 6)
+}
+
+/// How long a new holder waits, at `now_us`, for another instance's open `lease` (pure):
+/// until the lease's end plus the longest deadline a request sent under it could have had
+/// (its whole length, at most [`REQUEST_TIMEOUT`]: a request sent just before the end has
+/// then certainly been answered or given up on by its sender, even one that did not cut
+/// its timeouts to the lease). A lease ending far in the future (a clock ahead) is waited
+/// for at most its length twice and the margin.
+pub fn takeover_wait(lease: &Lease, now_us: i64) -> Duration {
+    let length = if lease.from_us > 0 && lease.from_us < lease.until_us {
+        Duration::from_micros((lease.until_us - lease.from_us) as u64)
+            .min(crate::config::LEASE_RANGE.1)
+    } else {
+        LEASE
+    };
+    let request = length.min(REQUEST_TIMEOUT);
+    let end = lease.until_us.saturating_add(request.as_micros() as i64);
+    let left = Duration::from_micros(end.saturating_sub(now_us).max(0) as u64);
+    left.min(length + request + LEASE_MARGIN)
+}
+
+/// Sleep until the last export lease of another instance and its requests have ended.
 async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
     let Some(lease) = &state.relationship.lease else {
         return;
@@ -230,15 +262,18 @@ async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
     if lease.instance == instance {
         return;
     }
-    let now = chrono::Utc::now().timestamp_micros();
-    let left = lease.until_us.saturating_sub(now);
-    if left > 0 {
-        let wait = Duration::from_micros(left as u64).min(LEASE + LEASE_MARGIN);
+    let wait = takeover_wait(lease, chrono::Utc::now().timestamp_micros());
+    if !wait.is_zero() {
         progress.set_message(format!(
-            "waiting {:.0}s for {}'s export lease to end",
+            "waiting {:.0}s for {}'s export lease and its requests to end",
             wait.as_secs_f64(),
             lease.instance
         ));
+        tracing::info!(
+            "waiting {:.1}s for {}'s export lease and its requests to end",
+            wait.as_secs_f64(),
+            lease.instance
+        );
         tokio::time::sleep(wait).await;
     }
 }
@@ -307,6 +342,7 @@ pub async fn sync(
     if !opts.dry_run {
         run_started(store, &report, opts.full).await?;
     }
+    let now_us = chrono::Utc::now().timestamp_micros();
     let run = Cycle {
         store,
         target: target.as_ref(),
@@ -317,6 +353,9 @@ pub async fn sync(
         progress,
         stop: opts.stop.as_deref(),
         retry_quarantined: opts.full,
+        lease: cfg.sync.lease,
+        watch: exporting
+            && super::duplicates::watching(&state, &opts.instance, opts.take_over, now_us),
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -440,6 +479,13 @@ pub async fn export_log(
         progress,
         stop: None,
         retry_quarantined: false,
+        lease: LEASE,
+        watch: super::duplicates::watching(
+            &state,
+            &opts.instance,
+            opts.take_over,
+            chrono::Utc::now().timestamp_micros(),
+        ),
     };
     let result = run.cycle(state, &mut report, None).await;
     run_ended(store, &report, &result).await?;
@@ -592,6 +638,14 @@ fn decide_new(
     out
 }
 
+/// Whether an export of `anchor` failed earlier in this cycle.
+fn failed_in(report: &SyncReport, anchor: &str) -> bool {
+    report
+        .problems
+        .iter()
+        .any(|p| p.problem == "failure" && p.anchor == anchor)
+}
+
 fn export_op(op: &Op) -> ExportOp {
     match op {
         Op::Create { .. } => ExportOp::Create,
@@ -625,6 +679,11 @@ struct Cycle<'a> {
     stop: Option<&'a std::sync::atomic::AtomicBool>,
     /// Send quarantined objects' operations too (`sync --full`).
     retry_quarantined: bool,
+    /// The export lease of each claim (`[sync] lease`).
+    lease: Duration,
+    /// List the target and remove duplicates by anchor before creating (after a take-over,
+    /// `sync::duplicates`).
+    watch: bool,
 }
 
 impl Cycle<'_> {
@@ -870,12 +929,30 @@ impl Cycle<'_> {
             let mut p = plan(&state, self.source_kind, Some(kind));
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
+            if pass == 2 {
+                // A group whose creation failed in the first pass is not sent again in this
+                // cycle: a create that timed out may still reach the target, and the next
+                // cycle looks for it before creating.
+                p.new.retain(|(a, _)| !failed_in(report, a));
+            }
             if pass == 2 && p.new.is_empty() && p.updates.is_empty() {
                 break;
             }
             let mut creates = Vec::new();
+            // After a take-over: the listing, without the duplicates it removed.
+            let listed = if self.watch && pass < 2 {
+                Some(
+                    self.remove_duplicates(t, kind, &state, fence, report)
+                        .await?,
+                )
+            } else {
+                None
+            };
             if !p.new.is_empty() {
-                let remote = self.lookup(t, kind, &p.new, &state).await?;
+                let remote = match listed {
+                    Some(l) => l,
+                    None => self.lookup(t, kind, &p.new, &state).await?,
+                };
                 let mut taken = Vec::new();
                 for d in decide_new(&remote, &p.new, &state) {
                     match d {
@@ -997,6 +1074,123 @@ impl Cycle<'_> {
         }
     }
 
+    /// After a take-over (`sync::duplicates`): list the target's objects of `kind`, delete
+    /// the duplicates by anchor of objects we own (under a claim, each recorded as
+    /// `TargetDuplicateRemoved`), and return the listing without them, for matching.
+    async fn remove_duplicates(
+        &self,
+        t: &AnyTarget,
+        kind: ObjectKind,
+        state: &State,
+        fence: Fence,
+        report: &mut SyncReport,
+    ) -> Result<Vec<RemoteObject>> {
+        self.progress.set_message(format!(
+            "listing target {}s for duplicates after the take-over",
+            kind.as_str()
+        ));
+        let mut remote = t.list(kind).await?;
+        let found = super::duplicates::duplicates(&remote, state);
+        let ops: Vec<(Op, &super::duplicates::Duplicate)> = found
+            .iter()
+            .flat_map(|d| {
+                d.remove.iter().map(move |id| {
+                    (
+                        Op::Delete {
+                            anchor: d.anchor.clone(),
+                            kind: d.kind,
+                            target_id: id.clone(),
+                        },
+                        d,
+                    )
+                })
+            })
+            .collect();
+        if ops.is_empty() {
+            return Ok(remote);
+        }
+        for chunk in ops.chunks(CHUNK) {
+            let deadline = Instant::now() + self.lease - lease_margin(self.lease);
+            let lease_until = chrono::Utc::now()
+                + chrono::Duration::from_std(self.lease)
+                    .unwrap_or_else(|_| chrono::Duration::zero());
+            let batch_id = uuid::Uuid::new_v4().to_string();
+            self.append_fenced(
+                vec![NewEvent::new(
+                    stream::TARGET,
+                    self.instance,
+                    Event::ExportBatchStarted(ExportBatchStarted {
+                        batch_id: batch_id.clone(),
+                        epoch: fence.epoch,
+                        ops: chunk.len() as u64,
+                        lease_until,
+                    }),
+                )],
+                fence,
+            )
+            .await?;
+            let deletes: Vec<Op> = chunk.iter().map(|(op, _)| op.clone()).collect();
+            let outcomes = t.apply(&deletes, deadline).await;
+            let mut events = Vec::new();
+            let (mut applied, mut failed) = (0, 0);
+            for ((op, d), outcome) in chunk.iter().zip(outcomes) {
+                let Op::Delete { target_id, .. } = op else {
+                    continue;
+                };
+                match outcome {
+                    Outcome::Applied { .. } => {
+                        applied += 1;
+                        report.duplicates_removed += 1;
+                        tracing::warn!(
+                            "target: {} {target_id} carried the anchor {} of {}, which we own: a duplicate (a late create of an earlier holder), removed",
+                            d.kind.as_str(),
+                            d.anchor,
+                            d.kept
+                        );
+                        remote.retain(|r| &r.id != target_id);
+                        events.push(NewEvent::new(
+                            stream::TARGET,
+                            self.instance,
+                            Event::TargetDuplicateRemoved(TargetDuplicateRemoved {
+                                epoch: fence.epoch,
+                                anchor: d.anchor.clone(),
+                                kind: d.kind,
+                                target_id: target_id.clone(),
+                                kept: d.kept.clone(),
+                            }),
+                        ));
+                    }
+                    Outcome::Failed(e) => {
+                        failed += 1;
+                        report.failures += 1;
+                        report.problem(
+                            &d.anchor,
+                            "failure",
+                            format!(
+                                "removing the duplicate {} {target_id} (we own {}): {e}",
+                                d.kind.as_str(),
+                                d.kept
+                            ),
+                        );
+                    }
+                    // Not sent before the lease's end: looked for again next cycle.
+                    Outcome::NotAttempted => {}
+                }
+            }
+            events.push(NewEvent::new(
+                stream::TARGET,
+                self.instance,
+                Event::ExportBatchCompleted(ExportBatchCompleted {
+                    batch_id,
+                    applied,
+                    failed,
+                }),
+            ));
+            self.store.append(Batch::new(events)).await?;
+        }
+        Ok(remote)
+    }
+
     /// Send `ops` chunk by chunk, each under a claim, recording every outcome.
     async fn run_ops(&self, ops: Vec<Op>, fence: Fence, report: &mut SyncReport) -> Result<()> {
         let Some(t) = self.target else {
@@ -1023,9 +1217,10 @@ impl Cycle<'_> {
             }
             let n = queue.len().min(CHUNK);
             let chunk: Vec<Op> = queue.drain(..n).collect();
-            let deadline = Instant::now() + LEASE - LEASE_MARGIN;
+            let deadline = Instant::now() + self.lease - lease_margin(self.lease);
             let lease_until = chrono::Utc::now()
-                + chrono::Duration::from_std(LEASE).unwrap_or_else(|_| chrono::Duration::zero());
+                + chrono::Duration::from_std(self.lease)
+                    .unwrap_or_else(|_| chrono::Duration::zero());
             let batch_id = uuid::Uuid::new_v4().to_string();
             self.append_fenced(
                 vec![NewEvent::new(
@@ -1193,6 +1388,46 @@ mod tests {
                 etag: None,
                 deleted: None,
             }),
+        );
+    }
+
+    #[test]
+    fn a_take_over_waits_the_lease_and_the_longest_request_deadline() {
+        let s = 1_000_000i64;
+        let lease = |from_us: i64, until_us: i64| Lease {
+            batch_id: "b".into(),
+            instance: "old".into(),
+            epoch: 1,
+            until_us,
+            from_us,
+        };
+        // A 30 s lease claimed at 100 s: its requests end by 130 s, or (a sender that did
+        // not cut its timeouts) 30 s later: the new holder waits until 160 s.
+        let l = lease(100 * s, 130 * s);
+        assert_eq!(takeover_wait(&l, 100 * s), Duration::from_secs(60));
+        assert_eq!(takeover_wait(&l, 150 * s), Duration::from_secs(10));
+        assert_eq!(takeover_wait(&l, 161 * s), Duration::ZERO);
+        // A 3 s lease (tests): 3 s more, the longest deadline a request of it could have.
+        assert_eq!(
+            takeover_wait(&lease(100 * s, 103 * s), 101 * s),
+            Duration::from_secs(5)
+        );
+        // A 10 minute lease: the requests' deadline is still at most REQUEST_TIMEOUT.
+        assert_eq!(
+            takeover_wait(&lease(100 * s, 700 * s), 700 * s),
+            REQUEST_TIMEOUT
+        );
+        // Recorded before claims kept their start: the default lease is assumed.
+        assert_eq!(takeover_wait(&lease(0, 130 * s), 130 * s), REQUEST_TIMEOUT);
+        // A lease ending far in the future (the old computer's clock ahead): bounded.
+        assert_eq!(
+            takeover_wait(&lease(100 * s, 130 * s), -10_000 * s),
+            Duration::from_secs(30) + REQUEST_TIMEOUT + LEASE_MARGIN
+        );
+        assert_eq!(lease_margin(LEASE), LEASE_MARGIN);
+        assert_eq!(
+            lease_margin(Duration::from_secs(3)),
+            Duration::from_millis(500)
         );
     }
 

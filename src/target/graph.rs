@@ -69,8 +69,8 @@ use reqwest::{Method, Url};
 use serde_json::{json, Map, Value};
 
 use super::{
-    Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target, TargetError,
-    REQUEST_TIMEOUT,
+    request_timeout, Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target,
+    TargetError, REQUEST_TIMEOUT,
 };
 use crate::config::{Secret, TargetConfig};
 use crate::error::{Error, Result};
@@ -343,12 +343,14 @@ impl Inner {
         let mut renewed = false;
         loop {
             let (token, serial) = self.token().await?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Under a deadline (the export lease) the request must also end by it.
+            let Some(timeout) = request_timeout(deadline) else {
                 return Ok(None);
-            }
+            };
             let mut req = self
                 .http
                 .request(method.clone(), url)
+                .timeout(timeout)
                 .bearer_auth(token.expose())
                 .header(reqwest::header::ACCEPT, "application/json");
             if let Some(b) = body {

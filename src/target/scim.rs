@@ -43,8 +43,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
 use super::{
-    Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target, TargetError,
-    REQUEST_TIMEOUT,
+    request_timeout, Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target,
+    TargetError, REQUEST_TIMEOUT,
 };
 use crate::config::{Secret, TargetConfig};
 use crate::error::{Error, Result};
@@ -180,11 +180,16 @@ impl ScimTarget {
         u
     }
 
-    /// One try of `req`, the whole body read.
-    async fn once(&self, req: &Req) -> std::result::Result<Reply, reqwest::Error> {
+    /// One try of `req`, the whole body read within `timeout`.
+    async fn once(
+        &self,
+        req: &Req,
+        timeout: Duration,
+    ) -> std::result::Result<Reply, reqwest::Error> {
         let mut b = self
             .client
             .request(req.method.clone(), req.url.clone())
+            .timeout(timeout)
             .header(AUTHORIZATION, self.auth.clone())
             .header(ACCEPT, ACCEPT_JSON);
         if let Some(body) = &req.body {
@@ -210,14 +215,15 @@ impl ScimTarget {
     async fn send(&self, req: &Req, gate: Gate<'_>) -> std::result::Result<Reply, SendError> {
         let mut last: Option<TargetError> = None;
         for attempt in 1..=self.attempts {
-            if !gate.open() {
+            // Under a deadline (the export lease) the request must also end by it.
+            let Some(timeout) = request_timeout(gate.deadline).filter(|_| gate.open()) else {
                 return Err(match last {
                     None => SendError::NotSent,
                     Some(e) => SendError::Failed(e),
                 });
-            }
+            };
             let backoff = backoff(self.base_delay, attempt);
-            let (err, wait) = match self.once(req).await {
+            let (err, wait) = match self.once(req, timeout).await {
                 Ok(reply) if reply.status == StatusCode::UNAUTHORIZED => {
                     gate.trip();
                     return Ok(reply);
@@ -276,6 +282,17 @@ impl ScimTarget {
         kind: ObjectKind,
         filter: Option<&str>,
     ) -> std::result::Result<Vec<RemoteObject>, TargetError> {
+        self.query_within(kind, filter, Gate::NONE).await
+    }
+
+    /// [`query`](Self::query), each page's request sent only while `gate` is open and ended
+    /// by its deadline.
+    async fn query_within(
+        &self,
+        kind: ObjectKind,
+        filter: Option<&str>,
+        gate: Gate<'_>,
+    ) -> std::result::Result<Vec<RemoteObject>, TargetError> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut start = 1usize;
@@ -291,10 +308,7 @@ impl ScimTarget {
             }
             let what = format!("list {} from {start}", endpoint(kind));
             let req = Req::new(Method::GET, url, what);
-            let reply = self
-                .send(&req, Gate::NONE)
-                .await
-                .map_err(SendError::into_error)?;
+            let reply = self.send(&req, gate).await.map_err(SendError::into_error)?;
             if !reply.status.is_success() {
                 return Err(reply_error(&req.what, &reply));
             }
@@ -360,7 +374,7 @@ impl ScimTarget {
                 {
                     // The server may have created it: look before creating again.
                     let filter = format!("externalId eq {}", filter_string(anchor));
-                    if let Ok(found) = self.query(kind, Some(&filter)).await {
+                    if let Ok(found) = self.query_within(kind, Some(&filter), gate).await {
                         if let [one] = found.as_slice() {
                             return Ok((one.id.clone(), one.etag.clone()));
                         }

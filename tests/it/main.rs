@@ -3,6 +3,7 @@
 mod anchors;
 mod audit;
 mod common;
+mod fencing;
 mod handover;
 mod hardening;
 mod lab;

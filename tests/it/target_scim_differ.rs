@@ -11,7 +11,7 @@ use crate::sync_export::{ldap_user, E2e};
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
 
 /// Point the lab's dirsync at a proxy in front of its SCIM tenant.
-async fn behind_proxy(lab: &E2e, rules: ProxyRules) -> ScimProxy {
+pub(crate) async fn behind_proxy(lab: &E2e, rules: ProxyRules) -> ScimProxy {
     let path = lab.dir.path().join("dirsync.toml");
     let toml = std::fs::read_to_string(&path).unwrap();
     let upstream = toml

@@ -9,6 +9,10 @@
 //! back, its JSON body rewritten when a rule says so. The rules can be changed while the
 //! proxy runs ([`ScimProxy::set_rules`]), and every request is remembered
 //! ([`ScimProxy::requests`]). The proxy task is aborted when the [`ScimProxy`] is dropped.
+//!
+//! A slow network (issue 18.3): POSTs can be held ([`ProxyRules::hold_posts_to`]) and
+//! forwarded only when the test releases them ([`ScimProxy::release`]), after the client
+//! gave up on them, so the server applies a create its sender recorded as failed.
 
 use std::sync::{Arc, Mutex};
 
@@ -39,11 +43,17 @@ pub struct ProxyRules {
     /// A POST, PATCH or PUT whose path or body contains one of these strings is answered
     /// `400 invalidValue` (the target refuses that one object).
     pub refuse_writes_containing: Vec<String>,
+    /// A POST whose path contains one of these strings is held, read whole, until
+    /// [`ScimProxy::release`]; then it is forwarded whether or not its client is still
+    /// waiting (a network that delays a request past its sender's timeout).
+    pub hold_posts_to: Vec<String>,
 }
 
 /// One request the proxy saw.
 #[derive(Clone, Debug)]
 pub struct SeenRequest {
+    /// When the request arrived whole.
+    pub at: chrono::DateTime<chrono::Utc>,
     pub method: String,
     /// Path and query.
     pub target: String,
@@ -51,10 +61,14 @@ pub struct SeenRequest {
     pub body: String,
 }
 
+/// Requests held by [`ProxyRules::hold_posts_to`]: their path, and what lets them go on.
+type Held = Mutex<Vec<(String, tokio::sync::oneshot::Sender<()>)>>;
+
 pub struct ScimProxy {
     base_url: String,
     rules: Arc<Mutex<ProxyRules>>,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
+    held: Arc<Held>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -79,12 +93,14 @@ impl ScimProxy {
         base.set_port(Some(port)).unwrap();
         let rules = Arc::new(Mutex::new(rules));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (r, s) = (rules.clone(), seen.clone());
+        let held: Arc<Held> = Arc::default();
+        let (r, s, h) = (rules.clone(), seen.clone(), held.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (rules, seen, upstream) = (r.clone(), s.clone(), upstream.clone());
+                let (rules, seen, held, upstream) =
+                    (r.clone(), s.clone(), h.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &rules, &seen).await;
+                    let _ = serve(client, &upstream, &rules, &seen, &held).await;
                 });
             }
         });
@@ -92,6 +108,7 @@ impl ScimProxy {
             base_url: base.as_str().trim_end_matches('/').to_string(),
             rules,
             seen,
+            held,
             task,
         }
     }
@@ -104,6 +121,23 @@ impl ScimProxy {
     /// Replace the rules (for requests from now on).
     pub fn set_rules(&self, rules: ProxyRules) {
         *self.rules.lock().unwrap() = rules;
+    }
+
+    /// How many requests are held now.
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Forward the held requests whose path contains `path`; how many there were.
+    pub fn release(&self, path: &str) -> usize {
+        let mut held = self.held.lock().unwrap();
+        let (go, stay): (Vec<_>, Vec<_>) = held.drain(..).partition(|(p, _)| p.contains(path));
+        *held = stay;
+        let n = go.len();
+        for (_, tx) in go {
+            let _ = tx.send(());
+        }
+        n
     }
 
     /// Every request seen so far, oldest first.
@@ -135,6 +169,7 @@ async fn serve(
     upstream: &str,
     rules: &Mutex<ProxyRules>,
     seen: &Mutex<Vec<SeenRequest>>,
+    held: &Held,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let head_end = loop {
@@ -172,6 +207,7 @@ async fn serve(
     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
     let if_match = header("if-match").is_some();
     seen.lock().unwrap().push(SeenRequest {
+        at: chrono::Utc::now(),
         method: method.clone(),
         target: target.clone(),
         if_match,
@@ -213,6 +249,17 @@ async fn serve(
     if let Some(r) = refused {
         client.write_all(r.as_bytes()).await?;
         return client.shutdown().await;
+    }
+    if method == "POST"
+        && rules
+            .hold_posts_to
+            .iter()
+            .any(|p| target.contains(p.as_str()))
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        held.lock().unwrap().push((target.clone(), tx));
+        // Released (or the proxy dropped); the client may have gone meanwhile.
+        let _ = rx.await;
     }
     let mut up = TcpStream::connect(upstream).await?;
     up.write_all(&buf).await?;

@@ -1,0 +1,195 @@
+//! Duplicates by anchor after a take-over (issue 18.3): pure decisions.
+//!
+//! The lease bounds when an old holder's requests *leave* it and when its client gives up
+//! on them, not when they reach the target: a create held up in the network (a proxy, a
+//! load balancer, a retransmitting TCP stack) can be applied after the old holder recorded
+//! it as failed and after the new holder created the same object. The new holder then finds
+//! two target objects carrying one anchor. For [`WATCH`] after a take-over (and in the
+//! cycle that takes over, whenever it runs) every cycle of the new holder lists the target
+//! and removes such duplicates before it creates anything: the object the ledger knows is
+//! kept, the others are deleted and each deletion is recorded (`TargetDuplicateRemoved`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::log::event::ObjectKind;
+use crate::project::State;
+use crate::target::RemoteObject;
+
+/// How long after a take-over the new holder looks for duplicates in every cycle. Longer
+/// than Linux's default TCP retransmission limit (`tcp_retries2` = 15, about 924 s), after
+/// which a connection still carrying an old holder's request is given up by the kernel.
+pub const WATCH: Duration = Duration::from_secs(20 * 60);
+
+/// Whether this cycle of `instance` looks for duplicates (pure): the cycle that takes the
+/// relationship over, and every cycle of the holder of an epoch established after another
+/// one (epoch above 1) less than [`WATCH`] ago.
+pub fn watching(state: &State, instance: &str, took_over: bool, now_us: i64) -> bool {
+    let rel = &state.relationship;
+    if took_over {
+        return true;
+    }
+    let Some(since) = &rel.since else {
+        return false;
+    };
+    rel.held_by(instance)
+        && rel.epoch > 1
+        && now_us.saturating_sub(since.at_us) < WATCH.as_micros() as i64
+}
+
+/// Target objects carrying the anchor of an object we own besides the one we own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Duplicate {
+    pub anchor: String,
+    pub kind: ObjectKind,
+    /// The object the ledger knows, kept.
+    pub kept: String,
+    /// The others, to remove.
+    pub remove: Vec<String>,
+}
+
+/// The duplicates in a listing of the target (pure): for every anchor the ledger owns that
+/// more than one listed object carries, the ledger's object is kept and the others are
+/// removed. An object the ledger gives to any anchor is never removed, nor anything when
+/// the ledger's own object is not among them (that is drift, for the target's repair), nor
+/// objects carrying an anchor we do not own (matching reports those as conflicts).
+pub fn duplicates(remote: &[RemoteObject], state: &State) -> Vec<Duplicate> {
+    let mut by_anchor: HashMap<String, Vec<&RemoteObject>> = HashMap::new();
+    for r in remote {
+        if let Some(a) = &r.anchor {
+            by_anchor.entry(a.to_lowercase()).or_default().push(r);
+        }
+    }
+    let owned_ids: std::collections::HashSet<&str> = state
+        .ledger
+        .owned()
+        .map(|(_, l)| l.target_id.as_str())
+        .collect();
+    let mut out: Vec<Duplicate> = state
+        .ledger
+        .owned()
+        .filter_map(|(anchor, l)| {
+            let carrying = by_anchor.get(&anchor.to_lowercase())?;
+            if carrying.len() < 2 || !carrying.iter().any(|r| r.id == l.target_id) {
+                return None;
+            }
+            let mut remove: Vec<String> = carrying
+                .iter()
+                .filter(|r| r.kind == l.kind && !owned_ids.contains(r.id.as_str()))
+                .map(|r| r.id.clone())
+                .collect();
+            remove.sort();
+            (!remove.is_empty()).then(|| Duplicate {
+                anchor: anchor.clone(),
+                kind: l.kind,
+                kept: l.target_id.clone(),
+                remove,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.anchor.cmp(&b.anchor));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::{At, LedgerEntry, Origin};
+
+    fn remote(id: &str, anchor: Option<&str>, kind: ObjectKind) -> RemoteObject {
+        RemoteObject {
+            kind,
+            id: id.into(),
+            anchor: anchor.map(str::to_string),
+            name: id.into(),
+            emails: vec![],
+            etag: None,
+            state: None,
+        }
+    }
+
+    fn own(state: &mut State, anchor: &str, id: &str, kind: ObjectKind) {
+        state.ledger.entries.insert(
+            anchor.into(),
+            Box::new(LedgerEntry {
+                kind,
+                target_id: id.into(),
+                origin: Origin::Created,
+                state: None,
+                owned_since: At::default(),
+                last_export: At::default(),
+                epoch: 2,
+                etag: None,
+                deleted: None,
+            }),
+        );
+    }
+
+    #[test]
+    fn the_ledgers_object_is_kept_and_only_unowned_copies_go() {
+        let g = ObjectKind::Group;
+        let mut state = State::default();
+        own(&mut state, "a", "ga", g);
+        own(&mut state, "b", "gb", g);
+        own(&mut state, "c", "gc", g);
+        own(&mut state, "d", "gd", g);
+        let listing = vec![
+            remote("ga", Some("a"), g),
+            // A late create of the old holder: same anchor (spelt in capitals), removed.
+            remote("ga2", Some("A"), g),
+            remote("ga3", Some("a"), g),
+            // One object only: nothing to do.
+            remote("gb", Some("b"), g),
+            // Another copy, but the ledger gives it to d: kept.
+            remote("gc", Some("c"), g),
+            remote("gd", Some("c"), g),
+            // The ledger's own object is missing: drift, not ours to decide here.
+            remote("gx", Some("d"), g),
+            remote("gy", Some("d"), g),
+            // Anchors we do not own, and objects without an anchor: left alone.
+            remote("gz1", Some("z"), g),
+            remote("gz2", Some("z"), g),
+            remote("gn", None, g),
+        ];
+        assert_eq!(
+            duplicates(&listing, &state),
+            vec![Duplicate {
+                anchor: "a".into(),
+                kind: g,
+                kept: "ga".into(),
+                remove: vec!["ga2".into(), "ga3".into()],
+            }]
+        );
+        assert!(duplicates(&listing, &State::default()).is_empty());
+    }
+
+    #[test]
+    fn watching_in_the_take_over_and_for_a_while_after() {
+        let mut state = State::default();
+        let min = 60_000_000;
+        assert!(!watching(&state, "new", false, 0));
+        assert!(
+            watching(&state, "new", true, 0),
+            "the cycle that takes over"
+        );
+        state.relationship.holder = Some("new".into());
+        state.relationship.epoch = 2;
+        state.relationship.since = Some(At {
+            seq: 5,
+            at_us: 100 * min,
+        });
+        assert!(watching(&state, "new", false, 101 * min));
+        assert!(!watching(
+            &state,
+            "new",
+            false,
+            100 * min + WATCH.as_micros() as i64
+        ));
+        assert!(!watching(&state, "old", false, 101 * min), "not the holder");
+        state.relationship.epoch = 1;
+        assert!(
+            !watching(&state, "new", false, 101 * min),
+            "the first epoch follows nobody"
+        );
+    }
+}
