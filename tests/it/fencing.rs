@@ -240,4 +240,7 @@ async fn late_creates_of_the_old_holder_are_taken_or_removed_by_the_new_one() {
         [0; 6],
         "{v}"
     );
+    let table = lab.cli(&["sync", "--instance", "b"]);
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.contains("DUPLICATES REMOVED"), "{table:?}");
 }
