@@ -244,3 +244,78 @@ async fn late_creates_of_the_old_holder_are_taken_or_removed_by_the_new_one() {
     assert_eq!(table.code, 0, "{table:?}");
     assert!(table.stdout.contains("DUPLICATES REMOVED"), "{table:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_waits_out_a_killed_holders_lease_and_its_requests() {
+    let lab = E2e::ldap(2, "500").await;
+    let proxy: ScimProxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            hold_posts_to: vec!["/Users".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let cfg = lab.dir.path().join("dirsync.toml");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{toml}lease = \"3s\"\n")).unwrap();
+
+    // a claims a chunk, sends its two creates (held in the network) and is killed: its
+    // lease is never completed.
+    let mut child = std::process::Command::new(crate::common::bin())
+        .args(["sync", "--instance", "a"])
+        .current_dir(lab.dir.path())
+        .env_remove("DIRSYNC_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until("a's creates are in flight", async || proxy.held() == 2).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let lease = lab
+        .state()
+        .await
+        .relationship
+        .lease
+        .expect("a's lease is open");
+    assert_eq!(lease.instance, "a");
+    let length = lease.until_us - lease.from_us;
+    assert!(
+        (2_900_000..=3_000_000).contains(&length),
+        "the configured lease: {length}us"
+    );
+    // The network delivers them after all.
+    proxy.set_rules(ProxyRules::default());
+    assert_eq!(proxy.release("/Users"), 2);
+    until("a's users reach the target", async || {
+        lab.view.count("Users").await == 2
+    })
+    .await;
+
+    // b waits for a's lease to end and for the longest deadline of a request sent under
+    // it (the lease's 3 s), then takes a's users by their anchors.
+    let before = proxy.requests().len();
+    let (run, v) = lab.run("b", &["--take-over"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!([count(&v, "matched"), count(&v, "created")], [2, 2], "{v}");
+    let b_writes: Vec<_> = proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.method != "GET")
+        .cloned()
+        .collect();
+    assert_eq!(b_writes.len(), 2, "the two groups");
+    let waited_until = lease.until_us + length;
+    for w in &b_writes {
+        assert!(
+            w.at.timestamp_micros() >= waited_until,
+            "{} {} sent {}us before a's lease and its requests ended",
+            w.method,
+            w.target,
+            waited_until - w.at.timestamp_micros()
+        );
+    }
+    let users = lab.view.all("Users").await;
+    let groups = lab.view.all("Groups").await;
+    assert_eq!((users.len(), groups.len()), (2, 2));
+}
