@@ -1,12 +1,15 @@
-//! Duplicates by anchor after a take-over (issue 18.3): pure decisions.
+//! Duplicates by anchor after a take-over or an uncertain write (issue 18.3): pure
+//! decisions.
 //!
 //! The lease bounds when an old holder's requests *leave* it and when its client gives up
 //! on them, not when they reach the target: a create held up in the network (a proxy, a
-//! load balancer, a retransmitting TCP stack) can be applied after the old holder recorded
-//! it as failed and after the new holder created the same object. The new holder then finds
-//! two target objects carrying one anchor. For [`WATCH`] after a take-over (and in the
-//! cycle that takes over, whenever it runs) every cycle of the new holder lists the target
-//! and removes such duplicates before it creates anything: the object the ledger knows is
+//! load balancer, a retransmitting TCP stack) can be applied after its sender recorded it
+//! as failed, or never recorded it (a crash), and after the holder (the new one after a
+//! take-over, or the same one in its next cycle) created the same object. Then two target
+//! objects carry one anchor. For [`WATCH`] after such an uncertain moment
+//! (`Relationship::uncertain`: a take-over, a lease left open, a create that failed
+//! ambiguously), and in the cycle that takes over, every cycle lists the target and
+//! removes such duplicates before it creates anything: the object the ledger knows is
 //! kept, the others are deleted and each deletion is recorded (`TargetDuplicateRemoved`).
 
 use std::collections::HashMap;
@@ -21,20 +24,16 @@ use crate::target::RemoteObject;
 /// which a connection still carrying an old holder's request is given up by the kernel.
 pub const WATCH: Duration = Duration::from_secs(20 * 60);
 
-/// Whether this cycle of `instance` looks for duplicates (pure): the cycle that takes the
-/// relationship over, and every cycle of the holder of an epoch established after another
-/// one (epoch above 1) less than [`WATCH`] ago.
-pub fn watching(state: &State, instance: &str, took_over: bool, now_us: i64) -> bool {
-    let rel = &state.relationship;
-    if took_over {
-        return true;
-    }
-    let Some(since) = &rel.since else {
-        return false;
-    };
-    rel.held_by(instance)
-        && rel.epoch > 1
-        && now_us.saturating_sub(since.at_us) < WATCH.as_micros() as i64
+/// Whether this cycle looks for duplicates (pure): the cycle that takes the relationship
+/// over, and every cycle less than [`WATCH`] after the target may have been sent a write
+/// that was not recorded (`Relationship::uncertain`).
+pub fn watching(state: &State, took_over: bool, now_us: i64) -> bool {
+    took_over
+        || state
+            .relationship
+            .uncertain
+            .as_ref()
+            .is_some_and(|at| now_us.saturating_sub(at.at_us) < WATCH.as_micros() as i64)
 }
 
 /// Target objects carrying the anchor of an object we own besides the one we own.
@@ -164,32 +163,84 @@ mod tests {
     }
 
     #[test]
-    fn watching_in_the_take_over_and_for_a_while_after() {
-        let mut state = State::default();
+    fn watching_in_the_take_over_and_for_a_while_after_an_uncertain_write() {
+        use crate::log::event::{
+            Event, ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp,
+            SyncRelationshipEstablished,
+        };
+        use crate::project::Meta;
         let min = 60_000_000;
-        assert!(!watching(&state, "new", false, 0));
-        assert!(
-            watching(&state, "new", true, 0),
-            "the cycle that takes over"
+        let mut state = State::default();
+        let mut seq = 0;
+        let mut apply = |state: &mut State, at_us: i64, e: Event| {
+            seq += 1;
+            let m = Meta {
+                seq,
+                instance: "i",
+                recorded_at_us: at_us,
+            };
+            state.apply(&m, &e);
+        };
+        let established = |epoch| {
+            Event::SyncRelationshipEstablished(SyncRelationshipEstablished {
+                holder: "i".into(),
+                epoch,
+            })
+        };
+        let claim = |id: &str| {
+            Event::ExportBatchStarted(ExportBatchStarted {
+                batch_id: id.into(),
+                epoch: 1,
+                ops: 1,
+                lease_until: chrono::DateTime::UNIX_EPOCH,
+            })
+        };
+        let done = |id: &str| {
+            Event::ExportBatchCompleted(ExportBatchCompleted {
+                batch_id: id.into(),
+                applied: 1,
+                failed: 0,
+            })
+        };
+        let failed = |op, status| {
+            Event::ExportFailed(ExportFailed {
+                epoch: 1,
+                anchor: "a".into(),
+                op,
+                status,
+                error: "x".into(),
+            })
+        };
+        assert!(!watching(&state, false, 0));
+        assert!(watching(&state, true, 0), "the cycle that takes over");
+        // The first relationship, claims completed, creates refused: nothing uncertain.
+        apply(&mut state, min, established(1));
+        apply(&mut state, min, claim("b1"));
+        apply(&mut state, min, done("b1"));
+        apply(&mut state, min, failed(ExportOp::Create, Some(409)));
+        apply(&mut state, min, failed(ExportOp::Update, None));
+        assert_eq!(state.relationship.uncertain, None);
+        // A create without an answer.
+        apply(&mut state, 2 * min, failed(ExportOp::Create, None));
+        assert!(watching(&state, false, 3 * min));
+        assert!(!watching(&state, false, 2 * min + WATCH.as_micros() as i64));
+        // A 5xx; a claim after one never completed (a crash); a take-over.
+        apply(&mut state, 100 * min, failed(ExportOp::Create, Some(502)));
+        assert_eq!(
+            state.relationship.uncertain.as_ref().unwrap().at_us,
+            100 * min
         );
-        state.relationship.holder = Some("new".into());
-        state.relationship.epoch = 2;
-        state.relationship.since = Some(At {
-            seq: 5,
-            at_us: 100 * min,
-        });
-        assert!(watching(&state, "new", false, 101 * min));
-        assert!(!watching(
-            &state,
-            "new",
-            false,
-            100 * min + WATCH.as_micros() as i64
-        ));
-        assert!(!watching(&state, "old", false, 101 * min), "not the holder");
-        state.relationship.epoch = 1;
-        assert!(
-            !watching(&state, "new", false, 101 * min),
-            "the first epoch follows nobody"
+        apply(&mut state, 200 * min, claim("b2"));
+        apply(&mut state, 201 * min, claim("b3"));
+        assert_eq!(
+            state.relationship.uncertain.as_ref().unwrap().at_us,
+            201 * min
         );
+        apply(&mut state, 300 * min, established(2));
+        assert_eq!(
+            state.relationship.uncertain.as_ref().unwrap().at_us,
+            300 * min
+        );
+        assert!(watching(&state, false, 301 * min));
     }
 }

@@ -354,8 +354,7 @@ pub async fn sync(
         stop: opts.stop.as_deref(),
         retry_quarantined: opts.full,
         lease: cfg.sync.lease,
-        watch: exporting
-            && super::duplicates::watching(&state, &opts.instance, opts.take_over, now_us),
+        watch: exporting && super::duplicates::watching(&state, opts.take_over, now_us),
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -482,7 +481,6 @@ pub async fn export_log(
         lease: LEASE,
         watch: super::duplicates::watching(
             &state,
-            &opts.instance,
             opts.take_over,
             chrono::Utc::now().timestamp_micros(),
         ),

@@ -319,3 +319,53 @@ async fn a_take_over_waits_out_a_killed_holders_lease_and_its_requests() {
     let groups = lab.view.all("Groups").await;
     assert_eq!((users.len(), groups.len()), (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_creates_of_the_same_holder_are_removed_too() {
+    let lab = E2e::ldap(2, "500").await;
+    let proxy: ScimProxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            hold_posts_to: vec!["/Groups".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let cfg = lab.dir.path().join("dirsync.toml");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{toml}lease = \"3s\"\n")).unwrap();
+
+    // The group creates get no answer within the lease: failed, maybe applied.
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!([count(&v, "created"), count(&v, "failures")], [2, 2], "{v}");
+    assert_eq!(proxy.held(), 2);
+    assert!(lab.state().await.relationship.uncertain.is_some());
+    // The next cycle creates them (nothing in the target yet), then the first creates land.
+    proxy.set_rules(ProxyRules::default());
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        [count(&v, "created"), count(&v, "duplicates_removed")],
+        [2, 0],
+        "{v}"
+    );
+    assert_eq!(proxy.release("/Groups"), 2);
+    until("the late groups reach the target", async || {
+        lab.view.count("Groups").await == 4
+    })
+    .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(count(&v, "duplicates_removed"), 2, "{v}");
+    let owned: BTreeSet<String> = lab
+        .state()
+        .await
+        .ledger
+        .owned()
+        .map(|(_, l)| l.target_id.clone())
+        .collect();
+    let groups = lab.view.all("Groups").await;
+    assert_eq!(groups.len(), 2);
+    assert!(groups
+        .iter()
+        .all(|g| owned.contains(g["id"].as_str().unwrap())));
+}
