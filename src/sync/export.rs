@@ -240,7 +240,7 @@ pub fn lease_margin(lease: Duration) -> Duration {
 /// (its whole length, at most [`REQUEST_TIMEOUT`]: a request sent just before the end has
 /// then certainly been answered or given up on by its sender, even one that did not cut
 /// its timeouts to the lease). A lease ending far in the future (a clock ahead) is waited
-/// for at most its length twice and the margin.
+/// for at most its length, that deadline and [`LEASE_MARGIN`].
 pub fn takeover_wait(lease: &Lease, now_us: i64) -> Duration {
     let length = if lease.from_us > 0 && lease.from_us < lease.until_us {
         Duration::from_micros((lease.until_us - lease.from_us) as u64)
