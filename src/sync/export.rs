@@ -939,10 +939,8 @@ impl Cycle<'_> {
             let mut creates = Vec::new();
             // After a take-over: the listing, without the duplicates it removed.
             let listed = if self.watch && pass < 2 {
-                Some(
-                    self.remove_duplicates(t, kind, &state, fence, report)
-                        .await?,
-                )
+                self.remove_duplicates(t, kind, &state, fence, report)
+                    .await?
             } else {
                 None
             };
@@ -1072,9 +1070,11 @@ impl Cycle<'_> {
         }
     }
 
-    /// After a take-over (`sync::duplicates`): list the target's objects of `kind`, delete
-    /// the duplicates by anchor of objects we own (under a claim, each recorded as
-    /// `TargetDuplicateRemoved`), and return the listing without them, for matching.
+    /// After a take-over or an unrecorded write (`sync::duplicates`): list the target's
+    /// objects of `kind`, delete the duplicates by anchor of objects we own (under a claim,
+    /// each recorded as `TargetDuplicateRemoved`), and return the listing without them, for
+    /// matching. `None` when the listing failed (not for lack of rights): the cycle goes on
+    /// without it and the next one looks again.
     async fn remove_duplicates(
         &self,
         t: &AnyTarget,
@@ -1082,12 +1082,22 @@ impl Cycle<'_> {
         state: &State,
         fence: Fence,
         report: &mut SyncReport,
-    ) -> Result<Vec<RemoteObject>> {
+    ) -> Result<Option<Vec<RemoteObject>>> {
         self.progress.set_message(format!(
-            "listing target {}s for duplicates after the take-over",
+            "listing target {}s for duplicates by anchor",
             kind.as_str()
         ));
-        let mut remote = t.list(kind).await?;
+        let mut remote = match t.list(kind).await {
+            Ok(r) => r,
+            Err(e) if e.fatal => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(
+                    "target: listing its {}s to look for duplicates failed ({e}); looked for next cycle",
+                    kind.as_str()
+                );
+                return Ok(None);
+            }
+        };
         let found = super::duplicates::duplicates(&remote, state);
         let ops: Vec<(Op, &super::duplicates::Duplicate)> = found
             .iter()
@@ -1105,7 +1115,7 @@ impl Cycle<'_> {
             })
             .collect();
         if ops.is_empty() {
-            return Ok(remote);
+            return Ok(Some(remote));
         }
         for chunk in ops.chunks(CHUNK) {
             let deadline = Instant::now() + self.lease - lease_margin(self.lease);
@@ -1186,7 +1196,7 @@ impl Cycle<'_> {
             ));
             self.store.append(Batch::new(events)).await?;
         }
-        Ok(remote)
+        Ok(Some(remote))
     }
 
     /// Send `ops` chunk by chunk, each under a claim, recording every outcome.
