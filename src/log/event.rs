@@ -466,9 +466,9 @@ pub struct ExportBatchCompleted {
     pub failed: u64,
 }
 
-/// A target object carrying the anchor of an object we own, besides the one we own, was
-/// deleted from the target (`sync::duplicates`: a create of an earlier holder that reached
-/// the target late). The ledger is unchanged: `kept` is still the anchor's object.
+/// A target object carrying one of our anchors besides the one kept (the ledger's, or the
+/// oldest for an anchor not owned yet) was deleted from the target (`sync::duplicates`: a
+/// create that reached the target late). The ledger is unchanged by it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetDuplicateRemoved {
     pub epoch: u64,
@@ -476,7 +476,7 @@ pub struct TargetDuplicateRemoved {
     pub kind: ObjectKind,
     /// The object deleted.
     pub target_id: String,
-    /// The object kept, the ledger's.
+    /// The object kept.
     pub kept: String,
 }
 

@@ -10,14 +10,15 @@
 //! (`Relationship::uncertain`: a take-over, a lease left open, a create that failed
 //! ambiguously), and in the cycle that takes over, every cycle lists the target and
 //! removes such duplicates before it creates anything: the object the ledger knows is
-//! kept, the others are deleted and each deletion is recorded (`TargetDuplicateRemoved`).
+//! kept (for an anchor not owned yet, the oldest, which matching then takes), the others
+//! are deleted and each deletion is recorded (`TargetDuplicateRemoved`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::log::event::ObjectKind;
 use crate::project::State;
-use crate::target::RemoteObject;
+use crate::target::{Mapped, RemoteObject};
 
 /// How long after a take-over the new holder looks for duplicates in every cycle. Longer
 /// than Linux's default TCP retransmission limit (`tcp_retries2` = 15, about 924 s), after
@@ -36,56 +37,100 @@ pub fn watching(state: &State, took_over: bool, now_us: i64) -> bool {
             .is_some_and(|at| now_us.saturating_sub(at.at_us) < WATCH.as_micros() as i64)
 }
 
-/// Target objects carrying the anchor of an object we own besides the one we own.
+/// Target objects carrying one of our anchors besides the one kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Duplicate {
     pub anchor: String,
     pub kind: ObjectKind,
-    /// The object the ledger knows, kept.
+    /// The object kept: the ledger's, or the oldest for an anchor not owned yet.
     pub kept: String,
     /// The others, to remove.
     pub remove: Vec<String>,
 }
 
-/// The duplicates in a listing of the target (pure): for every anchor the ledger owns that
-/// more than one listed object carries, the ledger's object is kept and the others are
+/// The duplicates in a listing of the target (pure). For every anchor the ledger owns
+/// that more than one listed object carries, the ledger's object is kept and the others
+/// are removed; for the anchor of a `new` object (not owned yet, about to be matched or
+/// created) that several objects carry, none of them owned, the oldest is kept when the
+/// target tells every one's creation time (ties: the smallest id), and the others are
 /// removed. An object the ledger gives to any anchor is never removed, nor anything when
-/// the ledger's own object is not among them (that is drift, for the target's repair), nor
-/// objects carrying an anchor we do not own (matching reports those as conflicts).
-pub fn duplicates(remote: &[RemoteObject], state: &State) -> Vec<Duplicate> {
+/// the ledger's own object is not among them (that is drift, for the target's repair),
+/// nor objects carrying an anchor that is neither owned nor new.
+pub fn duplicates(
+    remote: &[RemoteObject],
+    state: &State,
+    new: &[(String, Mapped)],
+) -> Vec<Duplicate> {
     let mut by_anchor: HashMap<String, Vec<&RemoteObject>> = HashMap::new();
     for r in remote {
         if let Some(a) = &r.anchor {
             by_anchor.entry(a.to_lowercase()).or_default().push(r);
         }
     }
-    let owned_ids: std::collections::HashSet<&str> = state
+    let owned_ids: HashSet<&str> = state
         .ledger
         .owned()
         .map(|(_, l)| l.target_id.as_str())
         .collect();
-    let mut out: Vec<Duplicate> = state
-        .ledger
-        .owned()
-        .filter_map(|(anchor, l)| {
-            let carrying = by_anchor.get(&anchor.to_lowercase())?;
-            if carrying.len() < 2 || !carrying.iter().any(|r| r.id == l.target_id) {
-                return None;
-            }
-            let mut remove: Vec<String> = carrying
-                .iter()
-                .filter(|r| r.kind == l.kind && !owned_ids.contains(r.id.as_str()))
-                .map(|r| r.id.clone())
-                .collect();
-            remove.sort();
-            (!remove.is_empty()).then(|| Duplicate {
+    let unowned = |carrying: &[&RemoteObject], kind: ObjectKind| -> Vec<String> {
+        carrying
+            .iter()
+            .filter(|r| r.kind == kind && !owned_ids.contains(r.id.as_str()))
+            .map(|r| r.id.clone())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (anchor, l) in state.ledger.owned() {
+        let Some(carrying) = by_anchor.get(&anchor.to_lowercase()) else {
+            continue;
+        };
+        if carrying.len() < 2 || !carrying.iter().any(|r| r.id == l.target_id) {
+            continue;
+        }
+        let mut remove = unowned(carrying, l.kind);
+        remove.sort();
+        if !remove.is_empty() {
+            out.push(Duplicate {
                 anchor: anchor.clone(),
                 kind: l.kind,
                 kept: l.target_id.clone(),
                 remove,
-            })
-        })
-        .collect();
+            });
+        }
+    }
+    for (anchor, m) in new {
+        if state.ledger.owned().any(|(a, _)| a == anchor) {
+            continue;
+        }
+        let Some(carrying) = by_anchor.get(&anchor.to_lowercase()) else {
+            continue;
+        };
+        let kind = m.kind();
+        let mut candidates = unowned(carrying, kind);
+        if candidates.len() < 2 || candidates.len() != carrying.len() {
+            continue;
+        }
+        let created: HashMap<&str, _> = carrying
+            .iter()
+            .map(|r| (r.id.as_str(), r.created))
+            .collect();
+        if created.values().any(Option::is_none) {
+            continue;
+        }
+        candidates.sort_by(|a, b| {
+            created[a.as_str()]
+                .cmp(&created[b.as_str()])
+                .then_with(|| a.cmp(b))
+        });
+        let kept = candidates.remove(0);
+        candidates.sort();
+        out.push(Duplicate {
+            anchor: anchor.clone(),
+            kind,
+            kept,
+            remove: candidates,
+        });
+    }
     out.sort_by(|a, b| a.anchor.cmp(&b.anchor));
     out
 }
@@ -103,6 +148,7 @@ mod tests {
             name: id.into(),
             emails: vec![],
             etag: None,
+            created: None,
             state: None,
         }
     }
@@ -151,7 +197,7 @@ mod tests {
             remote("gn", None, g),
         ];
         assert_eq!(
-            duplicates(&listing, &state),
+            duplicates(&listing, &state, &[]),
             vec![Duplicate {
                 anchor: "a".into(),
                 kind: g,
@@ -159,7 +205,52 @@ mod tests {
                 remove: vec!["ga2".into(), "ga3".into()],
             }]
         );
-        assert!(duplicates(&listing, &State::default()).is_empty());
+        assert!(duplicates(&listing, &State::default(), &[]).is_empty());
+    }
+
+    #[test]
+    fn for_an_anchor_not_owned_yet_the_oldest_is_kept_when_the_target_tells() {
+        let g = ObjectKind::Group;
+        let at = |s: i64| chrono::DateTime::from_timestamp(s, 0);
+        let dated = |id: &str, anchor: &str, s: Option<i64>| RemoteObject {
+            created: s.and_then(at),
+            ..remote(id, Some(anchor), g)
+        };
+        let group = |name: &str| {
+            Mapped::Group(crate::target::MappedGroup {
+                display_name: name.into(),
+                members: Default::default(),
+            })
+        };
+        let mut state = State::default();
+        own(&mut state, "owned", "go", g);
+        let listing = vec![
+            dated("n2", "n", Some(20)),
+            dated("n1", "n", Some(10)),
+            dated("n3", "n", Some(10)),
+            // A creation time missing: not guessed (matching reports the conflict).
+            dated("m1", "m", Some(10)),
+            dated("m2", "m", None),
+            // One of them owned by another anchor: not ours to pick.
+            dated("p1", "p", Some(10)),
+            dated("go", "p", Some(5)),
+            // Not new in this cycle: left alone.
+            dated("q1", "q", Some(1)),
+            dated("q2", "q", Some(2)),
+        ];
+        let new: Vec<(String, Mapped)> = ["n", "m", "p"]
+            .iter()
+            .map(|a| (a.to_string(), group(a)))
+            .collect();
+        assert_eq!(
+            duplicates(&listing, &state, &new),
+            vec![Duplicate {
+                anchor: "n".into(),
+                kind: g,
+                kept: "n1".into(),
+                remove: vec!["n2".into(), "n3".into()],
+            }]
+        );
     }
 
     #[test]

@@ -124,8 +124,8 @@ pub struct SyncReport {
     pub recreated: u64,
     /// Objects skipped because their exports kept failing (see [`QUARANTINE_AFTER`]).
     pub quarantined: u64,
-    /// Target objects removed because they carried the anchor of an object we own besides
-    /// the one we own (late creates of an earlier holder, `sync::duplicates`).
+    /// Target objects removed because another one carrying the same anchor was kept (late
+    /// creates, `sync::duplicates`).
     pub duplicates_removed: u64,
     pub unmappable: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -939,7 +939,7 @@ impl Cycle<'_> {
             let mut creates = Vec::new();
             // After a take-over: the listing, without the duplicates it removed.
             let listed = if self.watch && pass < 2 {
-                self.remove_duplicates(t, kind, &state, fence, report)
+                self.remove_duplicates(t, kind, &state, &p.new, fence, report)
                     .await?
             } else {
                 None
@@ -1080,6 +1080,7 @@ impl Cycle<'_> {
         t: &AnyTarget,
         kind: ObjectKind,
         state: &State,
+        new: &[(String, Mapped)],
         fence: Fence,
         report: &mut SyncReport,
     ) -> Result<Option<Vec<RemoteObject>>> {
@@ -1098,7 +1099,7 @@ impl Cycle<'_> {
                 return Ok(None);
             }
         };
-        let found = super::duplicates::duplicates(&remote, state);
+        let found = super::duplicates::duplicates(&remote, state, new);
         let ops: Vec<(Op, &super::duplicates::Duplicate)> = found
             .iter()
             .flat_map(|d| {
@@ -1150,10 +1151,10 @@ impl Cycle<'_> {
                         applied += 1;
                         report.duplicates_removed += 1;
                         tracing::warn!(
-                            "target: {} {target_id} carried the anchor {} of {}, which we own: a duplicate (a late create of an earlier holder), removed",
+                            "target: {} {target_id} duplicated {} (both carry the anchor {}; a create that reached the target late): removed",
                             d.kind.as_str(),
-                            d.anchor,
-                            d.kept
+                            d.kept,
+                            d.anchor
                         );
                         remote.retain(|r| &r.id != target_id);
                         events.push(NewEvent::new(
@@ -1175,7 +1176,7 @@ impl Cycle<'_> {
                             &d.anchor,
                             "failure",
                             format!(
-                                "removing the duplicate {} {target_id} (we own {}): {e}",
+                                "removing the duplicate {} {target_id} (of {}): {e}",
                                 d.kind.as_str(),
                                 d.kept
                             ),

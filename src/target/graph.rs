@@ -1503,6 +1503,7 @@ fn remote_user(v: &Value) -> Result<RemoteObject, String> {
         name: upn,
         emails: mail.into_iter().collect(),
         etag: None,
+        created: None,
         state,
     })
 }
@@ -1530,6 +1531,7 @@ fn remote_group(v: &Value, anchor_attr: &str) -> Result<(RemoteObject, bool), St
             name: name.clone(),
             emails: Vec::new(),
             etag: None,
+            created: None,
             state: Some(Mapped::Group(MappedGroup {
                 display_name: name.into(),
                 members,

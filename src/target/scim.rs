@@ -1044,6 +1044,10 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty());
     let etag = meta_version(v);
+    let created = path(v, &["meta", "created"])
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
     match kind {
         ObjectKind::User => {
             let user_name =
@@ -1088,6 +1092,7 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                 name: user_name,
                 emails: emails.iter().filter_map(value).collect(),
                 etag,
+                created,
                 state: Some(Mapped::User(user)),
             })
         }
@@ -1110,6 +1115,7 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                 name: display_name.clone(),
                 emails: Vec::new(),
                 etag,
+                created,
                 state: Some(Mapped::Group(MappedGroup {
                     display_name: display_name.into(),
                     members,

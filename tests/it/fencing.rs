@@ -369,3 +369,78 @@ async fn late_creates_of_the_same_holder_are_removed_too() {
         .iter()
         .all(|g| owned.contains(g["id"].as_str().unwrap())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_late_copies_of_an_anchor_not_owned_yet_keep_the_oldest() {
+    let lab = E2e::ldap(2, "500").await;
+    let proxy: ScimProxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            hold_posts_to: vec!["/Groups".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let cfg = lab.dir.path().join("dirsync.toml");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{toml}lease = \"3s\"\n")).unwrap();
+
+    // Two cycles send each group create and get no answer: nothing owned, four in flight.
+    for _ in 0..2 {
+        let (run, v) = lab.run("a", &[]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert_eq!(count(&v, "failures"), 2, "{v}");
+    }
+    proxy.set_rules(ProxyRules::default());
+    assert_eq!(proxy.release("/Groups"), 4);
+    until("the late groups reach the target", async || {
+        lab.view.count("Groups").await == 4
+    })
+    .await;
+    // Oldest first per anchor, as the server dates them.
+    let mut copies: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for g in lab.view.all("Groups").await {
+        copies
+            .entry(g["externalId"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                g["meta"]["created"].as_str().unwrap().to_string(),
+                g["id"].as_str().unwrap().to_string(),
+            ));
+    }
+    for c in copies.values_mut() {
+        c.sort();
+    }
+
+    // The next cycle keeps the oldest copy of each and takes it; the other is removed.
+    let head = lab.head().await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        [
+            count(&v, "duplicates_removed"),
+            count(&v, "matched"),
+            count(&v, "created")
+        ],
+        [2, 2, 0],
+        "{v}"
+    );
+    let state = lab.state().await;
+    let removed: BTreeMap<String, (String, String)> = events(&lab, head)
+        .await
+        .into_iter()
+        .filter_map(|(_, _, _, ev)| match ev {
+            Event::TargetDuplicateRemoved(d) => Some((d.anchor, (d.kept, d.target_id))),
+            _ => None,
+        })
+        .collect();
+    for (anchor, c) in &copies {
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            removed[anchor],
+            (c[0].1.clone(), c[1].1.clone()),
+            "{anchor}"
+        );
+        assert_eq!(state.ledger.entries[anchor].target_id, c[0].1);
+    }
+    assert_eq!(lab.view.count("Groups").await, 2);
+}
