@@ -20,9 +20,10 @@ use crate::log::event::ObjectKind;
 use crate::project::State;
 use crate::target::{Mapped, RemoteObject};
 
-/// How long after a take-over the new holder looks for duplicates in every cycle. Longer
-/// than Linux's default TCP retransmission limit (`tcp_retries2` = 15, about 924 s), after
-/// which a connection still carrying an old holder's request is given up by the kernel.
+/// How long after a take-over (or another write that may land unrecorded) the holder looks
+/// for duplicates in every cycle. Longer than Linux's default TCP retransmission limit
+/// (`tcp_retries2` = 15, about 924 s), after which a connection still carrying an old
+/// holder's request is given up by the kernel.
 pub const WATCH: Duration = Duration::from_secs(20 * 60);
 
 /// Whether this cycle looks for duplicates (pure): the cycle that takes the relationship
@@ -99,7 +100,12 @@ pub fn duplicates(
         }
     }
     for (anchor, m) in new {
-        if state.ledger.owned().any(|(a, _)| a == anchor) {
+        if state
+            .ledger
+            .entries
+            .get(anchor)
+            .is_some_and(|l| l.deleted.is_none())
+        {
             continue;
         }
         let Some(carrying) = by_anchor.get(&anchor.to_lowercase()) else {
