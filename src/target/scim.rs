@@ -1244,6 +1244,22 @@ mod tests {
         assert!(u.active, "active defaults to true");
         assert_eq!(r.anchor, None);
         assert_eq!(r.etag, None);
+        assert_eq!(r.created, None);
+    }
+
+    #[test]
+    fn parse_reads_the_creation_time() {
+        let at = |created: &str| {
+            let v = json!({ "id": "x", "displayName": "g", "meta": { "created": created } });
+            parse_resource(ObjectKind::Group, &v).unwrap().created
+        };
+        assert_eq!(
+            at("2026-12-02T13:15:27.123456+01:00"),
+            chrono::DateTime::parse_from_rfc3339("2026-12-02T12:15:27.123456Z")
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        );
+        assert_eq!(at("yesterday"), None);
     }
 
     #[test]
