@@ -86,7 +86,7 @@ const EXPAND_LIMIT: usize = 20;
 pub const ANCHOR_EXTENSION: &str = "dirsyncAnchor";
 
 const USER_SELECT: &str = "id,userPrincipalName,displayName,givenName,surname,mail,jobTitle,\
-department,accountEnabled,onPremisesImmutableId";
+department,accountEnabled,onPremisesImmutableId,createdDateTime";
 
 /// Tuning of a [`GraphTarget`]. The defaults suit the real service.
 #[derive(Clone, Debug)]
@@ -502,7 +502,10 @@ impl Inner {
 
     fn groups_url(&self, filter: Option<&str>) -> String {
         let mut q = vec![
-            ("$select", format!("id,displayName,{}", self.anchor_attr)),
+            (
+                "$select",
+                format!("id,displayName,createdDateTime,{}", self.anchor_attr),
+            ),
             ("$expand", "members($select=id)".to_string()),
         ];
         if let Some(f) = filter {
@@ -1468,6 +1471,14 @@ fn opt_str(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
+/// `createdDateTime` (ISO 8601, UTC), when present and readable.
+fn created(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let s = v.get("createdDateTime")?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 fn opt_compact(v: &Value, key: &str) -> Option<CompactString> {
     v.get(key).and_then(Value::as_str).map(CompactString::new)
 }
@@ -1503,7 +1514,7 @@ fn remote_user(v: &Value) -> Result<RemoteObject, String> {
         name: upn,
         emails: mail.into_iter().collect(),
         etag: None,
-        created: None,
+        created: created(v),
         state,
     })
 }
@@ -1531,7 +1542,7 @@ fn remote_group(v: &Value, anchor_attr: &str) -> Result<(RemoteObject, bool), St
             name: name.clone(),
             emails: Vec::new(),
             etag: None,
-            created: None,
+            created: created(v),
             state: Some(Mapped::Group(MappedGroup {
                 display_name: name.into(),
                 members,
@@ -2011,6 +2022,17 @@ mod tests {
         .unwrap();
         assert!(complete);
         assert_eq!(g.anchor.as_deref(), Some(A));
+        assert_eq!(g.created, None);
+        let (g, _) = remote_group(
+            &json!({"id": "g", "displayName": "G", "createdDateTime": "2026-12-02T13:15:27Z"}),
+            "ext",
+        )
+        .unwrap();
+        assert_eq!(
+            g.created,
+            chrono::DateTime::from_timestamp(1_796_217_327, 0),
+            "createdDateTime"
+        );
         let twenty: Vec<Value> = (0..20).map(|i| json!({"id": i.to_string()})).collect();
         let (_, complete) = remote_group(&json!({"id": "g", "members": twenty}), "ext").unwrap();
         assert!(!complete);
