@@ -115,8 +115,8 @@ pub struct RemoteObject {
     /// Its version, when the target offers one (SCIM `meta.version`, for If-Match).
     pub etag: Option<String>,
     /// When the target created it, when it says (SCIM `meta.created`, Graph
-    /// `createdDateTime`): the oldest of two
-    /// objects carrying one anchor is kept (`sync::duplicates`).
+    /// `createdDateTime`): the oldest of two objects carrying one anchor is kept
+    /// (`sync::duplicates`).
     pub created: Option<chrono::DateTime<chrono::Utc>>,
     /// Its current state in the mapped form, when the response carried enough to tell (a
     /// group listed without its members has `None`). Used to PATCH only what differs after
