@@ -243,6 +243,9 @@ async fn late_creates_of_the_old_holder_are_taken_or_removed_by_the_new_one() {
     let table = lab.cli(&["sync", "--instance", "b"]);
     assert_eq!(table.code, 0, "{table:?}");
     assert!(table.stdout.contains("DUPLICATES REMOVED"), "{table:?}");
+    // The projections (the lease's start, the uncertain moment) rebuild the same from the log.
+    let verify = lab.cli(&["replay", "--verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
