@@ -120,12 +120,41 @@ pub struct StoreConfig {
     pub url: String,
 }
 
+/// What dirsync accepts from a source server before it gives up on it: a server that
+/// breaks one of these costs one error (exit 1), never unbounded time or memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// `max_message_bytes`: the largest LDAP message read (one entry with all its values).
+    pub max_message_bytes: usize,
+    /// `max_entries`: entries (and references and intermediate messages) one search may
+    /// return, all its pages or DirSync rounds together.
+    pub max_entries: u64,
+    /// `operation_timeout`: one LDAP operation (a bind, a search, one page of a paged
+    /// search), from the request to its last response byte.
+    pub operation_timeout: Duration,
+    /// `import_timeout`: one read of the source (every operation of an import, retries
+    /// included).
+    pub import_timeout: Duration,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            max_message_bytes: 64 << 20,
+            max_entries: 2_000_000,
+            operation_timeout: Duration::from_secs(120),
+            import_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
     pub kind: SourceKind,
     pub url: String,
     pub tls: Tls,
     pub ca_file: Option<PathBuf>,
+    pub limits: SourceLimits,
     pub bind_dn: String,
     pub password: SecretRef,
     pub base_dn: String,
@@ -163,6 +192,12 @@ pub struct SyncConfig {
     pub deletion_threshold: Threshold,
     /// The export lease: how long one claimed chunk may send requests (README, Fencing).
     pub lease: Duration,
+    /// How long a cycle may run: after it no new request is sent (those in flight finish
+    /// and are recorded) and the rest waits for the next cycle.
+    pub cycle_timeout: Duration,
+    /// How often a plain `sync` reads the whole target and repairs drift (`sync --full`
+    /// always does): `[sync] reconcile_target`, default 24 h.
+    pub reconcile_target: Duration,
 }
 
 impl Default for SyncConfig {
@@ -171,6 +206,8 @@ impl Default for SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
             lease: crate::sync::export::LEASE,
+            cycle_timeout: Duration::from_secs(30 * 60),
+            reconcile_target: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -214,6 +251,10 @@ struct RawSource {
     #[serde(default)]
     tls: Tls,
     ca_file: Option<PathBuf>,
+    max_message_bytes: Option<u64>,
+    max_entries: Option<u64>,
+    operation_timeout: Option<String>,
+    import_timeout: Option<String>,
     bind_dn: String,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
@@ -255,6 +296,8 @@ struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
     lease: Option<String>,
+    cycle_timeout: Option<String>,
+    reconcile_target: Option<String>,
 }
 
 const DEFAULT_STORE: &str = "sqlite://dirsync.db";
@@ -380,9 +423,48 @@ impl Config {
                     .map(|a| crate::sync::anchor::pin_for(s.kind, &a))
                     .transpose()
                     .map_err(|why| bad("source.anchor", why))?;
+                let mut limits = SourceLimits::default();
+                if let Some(n) = s.max_message_bytes {
+                    if !(1024..=(1 << 31)).contains(&n) {
+                        return Err(bad(
+                            "source.max_message_bytes",
+                            "must be between 1024 and 2147483648".into(),
+                        ));
+                    }
+                    limits.max_message_bytes = usize::try_from(n)
+                        .map_err(|_| bad("source.max_message_bytes", "too large here".into()))?;
+                }
+                if let Some(n) = s.max_entries {
+                    if n == 0 {
+                        return Err(bad("source.max_entries", "must be more than zero".into()));
+                    }
+                    limits.max_entries = n;
+                }
+                for (key, text, slot) in [
+                    (
+                        "source.operation_timeout",
+                        s.operation_timeout,
+                        &mut limits.operation_timeout,
+                    ),
+                    (
+                        "source.import_timeout",
+                        s.import_timeout,
+                        &mut limits.import_timeout,
+                    ),
+                ] {
+                    if let Some(t) = text {
+                        let d = humantime::parse_duration(&t)
+                            .map_err(|e| bad(key, format!("`{t}`: {e}")))?;
+                        if d.is_zero() {
+                            return Err(bad(key, "must be more than zero".into()));
+                        }
+                        *slot = d;
+                    }
+                }
                 Some(SourceConfig {
                     anchor,
                     kind: s.kind,
+                    limits,
                     tls: if s.url.starts_with("ldaps://") {
                         Tls::Ldaps
                     } else {
@@ -477,6 +559,23 @@ impl Config {
                     ));
                 }
             }
+            if let Some(t) = s.cycle_timeout {
+                sync.cycle_timeout = humantime::parse_duration(&t)
+                    .map_err(|e| bad("sync.cycle_timeout", format!("`{t}`: {e}")))?;
+                if sync.cycle_timeout.is_zero() {
+                    return Err(bad("sync.cycle_timeout", "must be more than zero".into()));
+                }
+            }
+            if let Some(r) = s.reconcile_target {
+                sync.reconcile_target = humantime::parse_duration(&r)
+                    .map_err(|e| bad("sync.reconcile_target", format!("`{r}`: {e}")))?;
+                if sync.reconcile_target.is_zero() {
+                    return Err(bad(
+                        "sync.reconcile_target",
+                        "must be more than zero".into(),
+                    ));
+                }
+            }
             if let Some(t) = s.deletion_threshold {
                 sync.deletion_threshold = match t {
                     RawThreshold::Count(n) => Threshold::Count(n),
@@ -551,6 +650,8 @@ token_file = "token.txt"
 [sync]
 interval = "5m"
 deletion_threshold = "10%"
+cycle_timeout = "10m"
+reconcile_target = "12h"
 "#;
 
     #[test]
@@ -570,6 +671,46 @@ deletion_threshold = "10%"
         assert_eq!(c.sync.lease, Duration::from_secs(30), "the default lease");
         assert_eq!(c.sync.deletion_threshold, Threshold::Percent(10.0));
         assert_eq!(c.sync.deletion_threshold.limit(1000), 100);
+        assert_eq!(c.sync.cycle_timeout, Duration::from_secs(600));
+        let d = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(d.sync.cycle_timeout, Duration::from_secs(30 * 60));
+        assert_eq!(c.sync.reconcile_target, Duration::from_secs(12 * 3600));
+        let d = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(d.sync.reconcile_target, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn source_limits_have_defaults_and_are_checked() {
+        let c = Config::parse(FULL, Path::new("/etc/dirsync"), None).unwrap();
+        assert_eq!(c.source().unwrap().limits, SourceLimits::default());
+        let with = |extra: &str| {
+            let text = FULL.replace("[target]", &format!("{extra}\n[target]"));
+            Config::parse(&text, Path::new("."), Some(Path::new("d.toml")))
+        };
+        let c = with(
+            "max_message_bytes = 1048576\nmax_entries = 10\noperation_timeout = \"5s\"\n\
+             import_timeout = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.source().unwrap().limits,
+            SourceLimits {
+                max_message_bytes: 1 << 20,
+                max_entries: 10,
+                operation_timeout: Duration::from_secs(5),
+                import_timeout: Duration::from_secs(60),
+            }
+        );
+        for (bad, key) in [
+            ("max_message_bytes = 10", "source.max_message_bytes"),
+            ("max_entries = 0", "source.max_entries"),
+            ("operation_timeout = \"0s\"", "source.operation_timeout"),
+            ("import_timeout = \"soon\"", "source.import_timeout"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+            assert_eq!(e.exit(), crate::Exit::BadInput);
+        }
     }
 
     #[test]
@@ -605,6 +746,9 @@ deletion_threshold = "10%"
             ("[sync]\ninterval = \"soon\"", "sync.interval"),
             ("[sync]\nlease = \"1s\"", "sync.lease"),
             ("[sync]\nlease = \"1h\"", "sync.lease"),
+            ("[sync]\ncycle_timeout = \"0s\"", "sync.cycle_timeout"),
+            ("[sync]\ncycle_timeout = \"later\"", "sync.cycle_timeout"),
+            ("[sync]\nreconcile_target = \"0s\"", "sync.reconcile_target"),
             ("[store]\nurl = \"mysql://x\"", "store.url"),
         ] {
             let m = Config::parse(text, Path::new("."), None)

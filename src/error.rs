@@ -51,6 +51,10 @@ pub enum Error {
     /// The target failed: unreachable, credentials refused (401), errors after retries.
     #[error("target: {0}")]
     Target(String),
+    /// The cycle ran past `[sync] cycle_timeout`: what was exported is recorded, the rest
+    /// waits for the next cycle.
+    #[error("cycle timeout: {0}")]
+    CycleTimeout(String),
     /// The deletion guard held this cycle's deletions; nothing was deleted.
     #[error("deletions held: {0}")]
     Held(String),
@@ -65,6 +69,11 @@ pub enum Error {
     /// unsupported control): see `source::result`.
     #[error("source: {0}")]
     SourceRefused(String),
+    /// The source broke the protocol or one of `[source]`'s limits (a malformed or oversized
+    /// response, endless paging, a repeated cookie, the import's deadline): nothing it sent
+    /// was recorded, and trying again would only cost the same again.
+    #[error("source: {0}")]
+    SourceMisbehaved(String),
 }
 
 /// Process exit codes (INTERFACE.md).
@@ -94,7 +103,9 @@ impl Error {
             | Error::SourceCookieRejected(_)
             | Error::CookieUnusable(_)
             | Error::SourceRefused(_)
-            | Error::Target(_) => Exit::Failure,
+            | Error::Target(_)
+            | Error::SourceMisbehaved(_)
+            | Error::CycleTimeout(_) => Exit::Failure,
             Error::Held(_) => Exit::Held,
             Error::Fenced(_) => Exit::Fenced,
         }

@@ -225,6 +225,23 @@ pub enum StoreLock {
     Postgres(#[allow(dead_code)] sqlx::PgConnection),
 }
 
+impl StoreLock {
+    /// Let go of it now. Dropping it also does, but on PostgreSQL only once the server has
+    /// noticed the closed connection, a moment later: a caller that takes the same lock
+    /// again right away (one cycle after another) releases it this way.
+    pub async fn release(self) {
+        match self {
+            StoreLock::Sqlite(f) => drop(f),
+            StoreLock::Postgres(mut c) => {
+                let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+                    .execute(&mut c)
+                    .await;
+                let _ = sqlx::Connection::close(c).await;
+            }
+        }
+    }
+}
+
 impl AnyStore {
     /// Take the advisory lock `name`, or None when another process holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<StoreLock>> {
@@ -232,6 +249,30 @@ impl AnyStore {
             AnyStore::Sqlite(s) => s.try_lock(name)?.map(StoreLock::Sqlite),
             AnyStore::Postgres(s) => s.try_lock(name).await?.map(StoreLock::Postgres),
         })
+    }
+
+    /// Take the advisory lock `name`, waiting up to `wait` for its holder; None when it is
+    /// still held then.
+    pub async fn lock_within(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<StoreLock>> {
+        match self {
+            AnyStore::Sqlite(s) => Ok(s.lock_within(name, wait).await?.map(StoreLock::Sqlite)),
+            AnyStore::Postgres(_) => {
+                let until = std::time::Instant::now() + wait;
+                loop {
+                    if let Some(l) = self.try_lock(name).await? {
+                        return Ok(Some(l));
+                    }
+                    if std::time::Instant::now() >= until {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 }
 

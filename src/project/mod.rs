@@ -364,6 +364,12 @@ fn one() -> u32 {
     1
 }
 
+/// Whether a failed export's status says the target refused that object itself (a 4xx
+/// other than authentication, rate limits and timeouts), rather than failing everything.
+pub fn about_the_object(status: Option<u16>) -> bool {
+    matches!(status, Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 403 | 407 | 408 | 429))
+}
+
 /// The ownership ledger: what we created or matched in the target, by anchor.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -438,7 +444,10 @@ impl Ledger {
                 self.failures.clear();
             }
             Event::ExportFailed(f) => {
-                let count = self.failures.get(&f.anchor).map_or(0, |p| p.count) + 1;
+                let before = self.failures.get(&f.anchor).map_or(0, |p| p.count);
+                // Only the object's own refusals count towards quarantine: a target that is
+                // down, throttling or refusing our credentials fails every object alike.
+                let count = before + u32::from(about_the_object(f.status));
                 self.failures.insert(
                     f.anchor.clone(),
                     ExportFailure {
@@ -532,6 +541,18 @@ pub struct Relationship {
     /// while after it (`sync::duplicates`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncertain: Option<At>,
+    /// Every reconcile of the whole target, oldest first (one per `[sync]
+    /// reconcile_target` interval, or per `sync --full`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconciles: Vec<Reconcile>,
+}
+
+/// One reconcile of the whole target, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    pub at: At,
+    pub instance: String,
+    pub found: crate::log::event::TargetReconciled,
 }
 
 impl Relationship {
@@ -557,6 +578,11 @@ impl Relationship {
                     from_us: m.recorded_at_us,
                 });
             }
+            Event::TargetReconciled(r) => self.reconciles.push(Reconcile {
+                at: m.into(),
+                instance: m.instance.to_string(),
+                found: r.clone(),
+            }),
             Event::ExportBatchCompleted(b)
                 if self
                     .lease
@@ -572,6 +598,16 @@ impl Relationship {
             }
             _ => {}
         }
+    }
+
+    /// When the target was last reconciled with every repair done (none failed): a
+    /// reconcile with failures is due again at the next cycle.
+    pub fn last_reconcile(&self) -> Option<At> {
+        self.reconciles
+            .iter()
+            .rev()
+            .find(|r| r.found.failed == 0)
+            .map(|r| r.at)
     }
 
     /// May `instance` export now (it holds the current epoch)?
@@ -704,6 +740,10 @@ pub struct HeldDeletions {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     pub plans: BTreeMap<String, HeldDeletions>,
+    /// Duplicates deleted from the target (by the key the guard lists them under,
+    /// `ANCHOR@TARGET_ID`), and when: they count in the guard's rolling window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates_removed: Vec<(String, At)>,
 }
 
 impl Guard {
@@ -725,6 +765,9 @@ impl Guard {
                     p.approved = Some(m.into());
                 }
             }
+            Event::DuplicateRemoved(d) => self
+                .duplicates_removed
+                .push((format!("{}@{}", d.anchor, d.target_id), m.into())),
             _ => {}
         }
     }
@@ -912,5 +955,43 @@ impl State {
         ];
         out.extend(named.iter().filter(|(_, d)| *d).map(|(n, _)| n.to_string()));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::event::ExportFailed;
+
+    #[test]
+    fn only_the_objects_own_refusals_count_towards_quarantine() {
+        let mut ledger = Ledger::default();
+        let fail = |ledger: &mut Ledger, seq, status| {
+            let m = Meta {
+                seq,
+                instance: "a",
+                recorded_at_us: 0,
+            };
+            ledger.apply(
+                &m,
+                &Event::ExportFailed(ExportFailed {
+                    epoch: 1,
+                    anchor: "x".into(),
+                    op: ExportOp::Update,
+                    status,
+                    error: "e".into(),
+                }),
+            );
+            ledger.failures["x"].count
+        };
+        // Connection refused, a 503 after retries, throttling, a revoked token: the target
+        // fails everything alike, so nothing counts against the object.
+        for (seq, status) in [(1, None), (2, Some(503)), (3, Some(429)), (4, Some(401))] {
+            assert_eq!(fail(&mut ledger, seq, status), 0, "{status:?}");
+        }
+        assert_eq!(fail(&mut ledger, 5, Some(400)), 1);
+        assert_eq!(fail(&mut ledger, 6, Some(409)), 2);
+        assert_eq!(fail(&mut ledger, 7, Some(500)), 2);
+        assert_eq!(ledger.failures["x"].status, Some(500));
     }
 }

@@ -313,15 +313,29 @@ impl AdSource {
                     if l != low {
                         return Err(Error::Source(format!(
                             "{dn}: asked for member values from {low}, got {}",
-                            a.name
+                            super::ldap::shown(&a.name)
                         )));
                     }
                     let got = a.values.len();
                     values.extend(a.values);
                     next_low = match high {
+                        Some(h) if h < l => {
+                            return Err(Error::SourceMisbehaved(format!(
+                                "{}: ranged member retrieval of {dn} went back to {}",
+                                self.client.url(),
+                                super::ldap::shown(&a.name)
+                            )))
+                        }
                         Some(h) if got > 0 => Some(h + 1),
                         _ => None,
                     };
+                    let max = self.client.limits().max_entries;
+                    if values.len() as u64 > max {
+                        return Err(Error::SourceMisbehaved(format!(
+                            "{}: group {dn} has more than {max} members (source.max_entries)",
+                            self.client.url()
+                        )));
+                    }
                 }
             }
         }
@@ -411,8 +425,9 @@ impl AdSource {
         let mut cookie = cookie.to_vec();
         let mut referrals = 0u64;
         let mut rounds = 0u32;
+        let mut cookies: std::collections::HashSet<Vec<u8>> = Default::default();
         loop {
-            rounds += 1;
+            rounds = rounds.saturating_add(1);
             let ctrls = vec![
                 dirsync_control(
                     LDAP_DIRSYNC_INCREMENTAL_VALUES,
@@ -459,14 +474,29 @@ impl AdSource {
                         self.client.url()
                     ))
                 })?;
-            let (more, new_cookie) = parse_dirsync_response(resp)
-                .map_err(|e| Error::Source(format!("{}: DirSync: {e}", self.client.url())))?;
+            let (more, new_cookie) = parse_dirsync_response(resp).map_err(|e| {
+                Error::SourceMisbehaved(format!("{}: DirSync: {e}", self.client.url()))
+            })?;
             cookie = new_cookie;
             if !more {
                 break;
             }
-            if rounds > 1_000_000 {
-                return Err(Error::Source("DirSync did not end".into()));
+            // Each round must move on: a cookie sent before, or more entries than a search
+            // may bring, is a DirSync that would never end.
+            let max = self.client.limits().max_entries;
+            if !cookies.insert(cookie.clone()) {
+                return Err(Error::SourceMisbehaved(format!(
+                    "{}: DirSync went back to a cookie it had sent before, after {rounds} \
+                     rounds: it would never end",
+                    self.client.url()
+                )));
+            }
+            if entries.len() as u64 + referrals > max || u64::from(rounds) > max {
+                return Err(Error::SourceMisbehaved(format!(
+                    "{}: DirSync brought more than {max} entries in {rounds} rounds \
+                     (source.max_entries)",
+                    self.client.url()
+                )));
             }
         }
 
@@ -544,7 +574,8 @@ impl AdSource {
                     Some(_) => {
                         return Err(Error::Source(format!(
                             "{}: unexpected member range `{}` in a DirSync response",
-                            ext.dn, a.name
+                            super::ldap::shown(&ext.dn),
+                            super::ldap::shown(&a.name)
                         )))
                     }
                     None => continue,

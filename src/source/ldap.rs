@@ -1,30 +1,27 @@
 //! Shared LDAP plumbing for the directory sources: connecting from a [`SourceConfig`]
 //! (ldap://, StartTLS, ldaps://), a simple bind with the resolved secret, per-operation
-//! timeouts, and searches (one-shot and simple-paged) that never trust the server.
+//! and per-import deadlines, and searches (one-shot, simple-paged, pipelined base
+//! lookups) that never trust the server.
 //!
-//! ldap3's own response helpers (`SearchEntry::construct`, `RawControl::parse`,
-//! `parse_controls`) panic on malformed input, so server data is read here with a small
-//! BER reader and non-panicking walks over `StructureTag`s that return errors instead.
-//! (ldap3's connection task itself decodes the response envelope; a panic there ends that
-//! spawned task only, and the pending operation then fails with an error.)
+//! Every byte the server sends is read by one reader, `wire.rs`, which returns errors
+//! instead of panicking and holds the server to `[source]`'s limits. ldap3 is used only for
+//! its types ([`RawControl`], [`Scope`]) and to encode our own filters, never to parse what
+//! the server sends.
 //!
-//! TLS: certificate verification is on by default (the system roots, through ldap3's
-//! rustls configuration). [`ConnectOptions::danger_skip_tls_verify`] turns it off and is
-//! meant for tests against self-signed lab servers only; it is not reachable from the
-//! configuration file. `ca_file` adds the certificates of a PEM file to the system roots
-//! ([`tls_config`]); verification stays on, and an unreadable or empty file is a
-//! configuration error.
+//! TLS: certificate verification is on by default (the system roots).
+//! [`ConnectOptions::danger_skip_tls_verify`] turns it off and is meant for tests against
+//! self-signed lab servers only; it is not reachable from the configuration file. `ca_file`
+//! adds the certificates of a PEM file to the system roots ([`tls_config`]); verification
+//! stays on, and an unreadable or empty file is a configuration error.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use ldap3::asn1::{StructureTag, TagClass, PL};
 use ldap3::controls::RawControl;
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchOptions};
+use ldap3::Scope;
 use smallvec::SmallVec;
 
-use super::wire::Wire;
-use crate::config::{SourceConfig, Tls};
+use super::wire::{self, Item, SearchSpec, Wire};
+use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 
 /// Base searches [`LdapClient::base_matches`] keeps in flight at once.
@@ -40,6 +37,9 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Accept any server certificate. For tests against self-signed lab servers only.
     pub danger_skip_tls_verify: bool,
+    /// When everything on this connection must be done: the import's deadline
+    /// (`[source] import_timeout` from the import's start). `None`: no such deadline.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for ConnectOptions {
@@ -47,8 +47,21 @@ impl Default for ConnectOptions {
         ConnectOptions {
             timeout: Duration::from_secs(30),
             danger_skip_tls_verify: false,
+            deadline: None,
         }
     }
+}
+
+/// Text from the server (a diagnostic message, a DN) as it may appear in an error line:
+/// control characters escaped, at most 200 characters.
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out = crate::output::escape_controls(text);
+    if let Some((i, _)) = out.char_indices().nth(MAX) {
+        out.truncate(i);
+        out.push_str("...");
+    }
+    out
 }
 
 /// One attribute of an entry as the server sent it: its name (as sent, options included,
@@ -211,14 +224,12 @@ pub struct LdapFailure {
 
 /// A bound connection to a source directory.
 pub struct LdapClient {
-    ldap: Ldap,
-    timeout: Duration,
+    /// `None` after an operation failed midway: the connection's state is unknown, so the
+    /// next operation connects again.
+    wire: Option<Wire>,
     url: String,
-    /// How to open [`Self::bulk`], kept for the first paged search.
     cfg: SourceConfig,
     opts: ConnectOptions,
-    /// A second connection for paged searches, read by the lean [`Wire`] reader.
-    bulk: Option<Wire>,
 }
 
 impl std::fmt::Debug for LdapClient {
@@ -282,64 +293,36 @@ pub(crate) fn client_tls(
 impl LdapClient {
     /// Connect as the configuration says and bind with its secret.
     pub async fn connect(cfg: &SourceConfig, opts: &ConnectOptions) -> Result<LdapClient> {
-        let password = cfg.password.resolve("source.password")?;
-        let mut settings = LdapConnSettings::new().set_conn_timeout(opts.timeout);
-        if let Some(ca) = &cfg.ca_file {
-            settings = settings.set_config(tls_config(ca)?);
-        }
-        if cfg.tls == Tls::Starttls {
-            settings = settings.set_starttls(true);
-        }
-        if opts.danger_skip_tls_verify {
-            settings = settings.set_no_tls_verify(true);
-        }
-        let url = cfg.url.clone();
-        let (conn, mut ldap) =
-            match tokio::time::timeout(opts.timeout, LdapConnAsync::with_settings(settings, &url))
-                .await
-            {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    return Err(Error::Source(format!("cannot connect to {url}: {e}")));
-                }
-                Err(_) => {
-                    return Err(Error::Source(format!(
-                        "cannot connect to {url}: timed out after {:?}",
-                        opts.timeout
-                    )));
-                }
-            };
-        let drive_url = url.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.drive().await {
-                tracing::debug!(url = %drive_url, error = %e, "ldap connection ended");
-            }
-        });
-        let res = ldap
-            .with_timeout(opts.timeout)
-            .simple_bind(&cfg.bind_dn, password.expose())
-            .await
-            .map_err(|e| Error::Source(format!("bind to {url} as {}: {e}", cfg.bind_dn)))?;
-        if res.rc != 0 {
-            return Err(super::result::failure(
-                &format!("bind to {url} as {} refused", cfg.bind_dn),
-                res.rc,
-                &res.text,
-            ));
-        }
-        tracing::debug!(url = %url, bind_dn = %cfg.bind_dn, "bound to the source");
+        let wire = Wire::connect(cfg, opts).await?;
+        tracing::debug!(url = %cfg.url, bind_dn = %cfg.bind_dn, "bound to the source");
         Ok(LdapClient {
-            ldap,
-            timeout: opts.timeout,
-            url,
+            wire: Some(wire),
+            url: cfg.url.clone(),
             cfg: cfg.clone(),
             opts: opts.clone(),
-            bulk: None,
         })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The connection, connected again if an earlier operation failed midway.
+    async fn wire(&mut self) -> Result<&mut Wire> {
+        if self.wire.is_none() {
+            self.wire = Some(Wire::connect(&self.cfg, &self.opts).await?);
+        }
+        self.wire
+            .as_mut()
+            .ok_or_else(|| Error::Source(format!("{}: not connected", self.url)))
+    }
+
+    /// Forget the connection after `res` failed midway (not an LDAP error result).
+    fn settle<T>(&mut self, res: Result<T>) -> Result<T> {
+        if res.is_err() {
+            self.wire = None;
+        }
+        res
     }
 
     /// One search (no paging). `Err(Ok(failure))`-style results are flattened: an LDAP
@@ -353,23 +336,42 @@ impl LdapClient {
         attrs: &[&str],
         controls: Vec<RawControl>,
     ) -> Result<std::result::Result<SearchOutcome, LdapFailure>> {
-        let items = match self
-            .search_items(base, scope, filter, attrs, controls)
-            .await?
-        {
-            Ok(i) => i,
-            Err(f) => return Ok(Err(f)),
+        let spec = SearchSpec {
+            base,
+            scope,
+            filter,
+            attrs,
+            size_limit: 0,
         };
-        let mut out = SearchOutcome {
-            entries: Vec::with_capacity(items.items.len()),
-            referrals: items.referrals,
-            controls: items.controls,
-        };
-        for item in items.items {
-            if let SearchItem::Entry { entry, .. } = item {
-                out.entries.push(entry);
-            }
+        self.search_entries(&spec, &controls).await
+    }
+
+    /// A search keeping its entries, referrals counted, other responses dropped.
+    async fn search_entries(
+        &mut self,
+        spec: &SearchSpec<'_>,
+        controls: &[RawControl],
+    ) -> Result<std::result::Result<SearchOutcome, LdapFailure>> {
+        let mut out = SearchOutcome::default();
+        let wire = self.wire().await?;
+        let res = wire
+            .search(spec, controls, &mut |item| {
+                match item {
+                    Item::Entry { entry, .. } => out.entries.push(entry.to_owned_entry()),
+                    Item::Referral => out.referrals += 1,
+                    Item::Intermediate { .. } => {}
+                }
+                Ok(())
+            })
+            .await;
+        let done = self.settle(res)?;
+        if done.rc != 0 {
+            return Ok(Err(LdapFailure {
+                rc: done.rc,
+                text: done.text,
+            }));
         }
+        out.controls = done.controls;
         Ok(Ok(out))
     }
 
@@ -385,60 +387,47 @@ impl LdapClient {
         attrs: &[&str],
         controls: Vec<RawControl>,
     ) -> Result<std::result::Result<ItemsOutcome, LdapFailure>> {
-        let attrs: Vec<String> = attrs.iter().map(|s| (*s).to_string()).collect();
-        if !controls.is_empty() {
-            self.ldap.with_controls(controls);
-        }
-        let timeout = self.timeout;
-        let started = self
-            .ldap
-            .with_timeout(timeout)
-            .streaming_search(base, scope, filter, attrs)
-            .await;
-        let mut stream = started.map_err(|e| self.err(base, e))?;
+        let spec = SearchSpec {
+            base,
+            scope,
+            filter,
+            attrs,
+            size_limit: 0,
+        };
         let mut out = ItemsOutcome::default();
-        loop {
-            let next = stream.next().await;
-            match next {
-                Ok(Some(re)) => {
-                    if re.is_ref() {
-                        out.referrals += 1;
-                        continue;
-                    }
-                    let controls = re.1.into_iter().map(|c| (c.1.ctype, c.1.val)).collect();
-                    if re.0.id == 25 {
-                        let (name, value) = decode_intermediate(re.0)?;
-                        out.items.push(SearchItem::Intermediate {
-                            name,
-                            value,
-                            controls,
-                        });
-                        continue;
-                    }
-                    out.items.push(SearchItem::Entry {
-                        entry: decode_entry(re.0)?,
+        let wire = self.wire().await?;
+        let res = wire
+            .search(&spec, &controls, &mut |item| {
+                let bad = |why: String| {
+                    Error::SourceMisbehaved(format!("malformed response controls: {why}"))
+                };
+                match item {
+                    Item::Entry { entry, controls } => out.items.push(SearchItem::Entry {
+                        entry: entry.to_owned_entry(),
+                        controls: wire::decode_controls(controls).map_err(bad)?,
+                    }),
+                    Item::Intermediate {
+                        name,
+                        value,
                         controls,
-                    });
+                    } => out.items.push(SearchItem::Intermediate {
+                        name: name.map(str::to_string),
+                        value: value.map(<[u8]>::to_vec),
+                        controls: wire::decode_controls(controls).map_err(bad)?,
+                    }),
+                    Item::Referral => out.referrals += 1,
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = stream.finish().await;
-                    return Err(self.err(base, e));
-                }
-            }
-        }
-        let res: LdapResult = stream.finish().await;
-        if res.rc != 0 {
+                Ok(())
+            })
+            .await;
+        let done = self.settle(res)?;
+        if done.rc != 0 {
             return Ok(Err(LdapFailure {
-                rc: res.rc,
-                text: res.text.trim_end_matches('\0').trim().to_string(),
+                rc: done.rc,
+                text: done.text,
             }));
         }
-        out.controls = res
-            .ctrls
-            .into_iter()
-            .map(|c| (c.1.ctype, c.1.val))
-            .collect();
+        out.controls = done.controls;
         Ok(Ok(out))
     }
 
@@ -486,8 +475,7 @@ impl LdapClient {
     }
 
     /// [`Self::paged_search`] handing each entry to `each` as it arrives (the outcome's
-    /// `entries` stay empty). It runs on a second connection read by [`Wire`], opened and
-    /// bound on first use.
+    /// `entries` stay empty).
     pub async fn paged_each(
         &mut self,
         base: &str,
@@ -497,83 +485,44 @@ impl LdapClient {
         page_size: i32,
         each: &mut (dyn FnMut(&EntryRef<'_>) -> Result<()> + Send),
     ) -> Result<SearchOutcome> {
-        let bulk = match &mut self.bulk {
-            Some(b) => b,
-            None => self
-                .bulk
-                .insert(Wire::connect(&self.cfg, &self.opts).await?),
-        };
-        let res = bulk
+        let wire = self.wire().await?;
+        let res = wire
             .paged_search(base, filter, attrs, controls, page_size, each)
             .await;
-        match res {
-            Ok(Ok(o)) => Ok(o),
-            Ok(Err(f)) => Err(super::result::failure(
+        match self.settle(res)? {
+            Ok(o) => Ok(o),
+            Err(f) => Err(super::result::failure(
                 &format!("search {filter} under {base} on {}", self.url),
                 f.rc,
                 &f.text,
             )),
-            Err(e) => {
-                // The connection's state is unknown after an error: the next search reconnects.
-                self.bulk = None;
-                Err(e)
-            }
         }
     }
 
     /// For each of `dns`, whether the entry there matches `filter`, or the server's refusal
     /// (noSuchObject for an entry gone since). One base search each, up to
-    /// [`CONCURRENT_LOOKUPS`] at once on this connection: a thousand entries cost a few
-    /// round trips, not a thousand.
+    /// [`CONCURRENT_LOOKUPS`] in flight at once on this connection: a thousand entries cost
+    /// a few round trips, not a thousand.
     pub async fn base_matches(
-        &self,
+        &mut self,
         dns: &[&str],
         filter: &str,
     ) -> Result<Vec<std::result::Result<bool, LdapFailure>>> {
-        let timeout = self.timeout;
-        // Collected first: a lazy `map` here makes the future not `Send` for every lifetime.
-        let searches: Vec<_> = dns
-            .iter()
-            .copied()
-            .map(|dn| {
-                let mut ldap = self.ldap.clone();
-                async move {
-                    let res = ldap
-                        .with_timeout(timeout)
-                        .search(dn, Scope::Base, filter, vec!["1.1"])
-                        .await;
-                    (dn, res)
-                }
-            })
-            .collect();
-        let results: Vec<_> = futures_util::stream::iter(searches)
-            .buffered(CONCURRENT_LOOKUPS)
-            .collect()
-            .await;
-        results
-            .into_iter()
-            .map(|(dn, res)| {
-                let ldap3::SearchResult(entries, res) = res.map_err(|e| self.err(dn, e))?;
-                Ok(if res.rc == 0 {
-                    Ok(entries.iter().any(|e| !e.is_ref()))
-                } else {
-                    Err(LdapFailure {
-                        rc: res.rc,
-                        text: res.text.trim_end_matches('\0').trim().to_string(),
-                    })
-                })
-            })
-            .collect()
+        let wire = self.wire().await?;
+        let res = wire.base_matches(dns, filter, CONCURRENT_LOOKUPS).await;
+        self.settle(res)
     }
 
     /// True when at least one entry under `base` matches `filter` (asks for one entry).
     pub async fn exists(&mut self, base: &str, filter: &str) -> Result<bool> {
-        self.ldap
-            .with_search_options(SearchOptions::new().sizelimit(1));
-        match self
-            .search_raw(base, Scope::Subtree, filter, &["1.1"], Vec::new())
-            .await?
-        {
+        let spec = SearchSpec {
+            base,
+            scope: Scope::Subtree,
+            filter,
+            attrs: &["1.1"],
+            size_limit: 1,
+        };
+        match self.search_entries(&spec, &[]).await? {
             Ok(o) => Ok(!o.entries.is_empty()),
             // sizeLimitExceeded: more than the one entry we asked for.
             Err(f) if f.rc == 4 => Ok(true),
@@ -596,21 +545,15 @@ impl LdapClient {
             .ok_or_else(|| Error::Source(format!("{}: the rootDSE is not readable", self.url)))
     }
 
-    /// Unbind and close. Errors are ignored: the connection is going away anyway.
-    pub async fn close(mut self) {
-        if let Some(bulk) = self.bulk.take() {
-            bulk.close().await;
-        }
-        let _ = self.ldap.unbind().await;
+    /// The limits this connection holds the server to.
+    pub fn limits(&self) -> &crate::config::SourceLimits {
+        &self.cfg.limits
     }
 
-    fn err(&self, base: &str, e: LdapError) -> Error {
-        match e {
-            LdapError::Timeout { .. } => Error::Source(format!(
-                "{}: search under {base} timed out after {:?}",
-                self.url, self.timeout
-            )),
-            e => Error::Source(format!("{}: search under {base}: {e}", self.url)),
+    /// Unbind and close. Errors are ignored: the connection is going away anyway.
+    pub async fn close(mut self) {
+        if let Some(wire) = self.wire.take() {
+            wire.close().await;
         }
     }
 }
@@ -637,89 +580,6 @@ pub fn result_name(rc: u32) -> String {
         _ => "error",
     };
     format!("{name} ({rc})")
-}
-
-/// Decode an IntermediateResponse: `[APPLICATION 25] SEQUENCE { responseName [0] LDAPOID
-/// OPTIONAL, responseValue [1] OCTET STRING OPTIONAL }`.
-fn decode_intermediate(t: StructureTag) -> Result<(Option<String>, Option<Vec<u8>>)> {
-    let bad = |why: &str| {
-        Error::Source(format!(
-            "malformed intermediate response from the server: {why}"
-        ))
-    };
-    if t.class != TagClass::Application || t.id != 25 {
-        return Err(bad("not an IntermediateResponse"));
-    }
-    let parts = match t.payload {
-        PL::C(parts) => parts,
-        PL::P(b) if b.is_empty() => Vec::new(),
-        PL::P(_) => return Err(bad("not constructed")),
-    };
-    let (mut name, mut value) = (None, None);
-    for p in parts {
-        if p.class != TagClass::Context {
-            return Err(bad("unexpected element"));
-        }
-        let PL::P(b) = p.payload else {
-            return Err(bad("constructed element"));
-        };
-        match p.id {
-            0 => name = Some(String::from_utf8(b).map_err(|_| bad("name is not UTF-8"))?),
-            1 => value = Some(b),
-            _ => return Err(bad("unknown element")),
-        }
-    }
-    Ok((name, value))
-}
-
-/// Decode a SearchResultEntry (`[APPLICATION 4] SEQUENCE { objectName, attributes }`).
-fn decode_entry(t: StructureTag) -> Result<RawEntry> {
-    let bad = |why: &str| Error::Source(format!("malformed search entry from the server: {why}"));
-    if t.class != TagClass::Application || t.id != 4 {
-        return Err(bad("not a SearchResultEntry"));
-    }
-    let PL::C(parts) = t.payload else {
-        return Err(bad("entry is not constructed"));
-    };
-    let mut parts = parts.into_iter();
-    let dn = match parts.next().map(|p| p.payload) {
-        Some(PL::P(b)) => String::from_utf8(b).map_err(|_| bad("DN is not UTF-8"))?,
-        _ => return Err(bad("no DN")),
-    };
-    let list = match parts.next().map(|p| p.payload) {
-        Some(PL::C(l)) => l,
-        None => Vec::new(),
-        Some(PL::P(b)) if b.is_empty() => Vec::new(),
-        Some(PL::P(_)) => return Err(bad("attribute list is not a sequence")),
-    };
-    let mut attrs = Vec::with_capacity(list.len());
-    for a in list {
-        let PL::C(pa) = a.payload else {
-            return Err(bad("attribute is not a sequence"));
-        };
-        let mut pa = pa.into_iter();
-        let name = match pa.next().map(|p| p.payload) {
-            Some(PL::P(b)) => String::from_utf8(b).map_err(|_| bad("attribute name"))?,
-            _ => return Err(bad("attribute without a name")),
-        };
-        let values = match pa.next().map(|p| p.payload) {
-            Some(PL::C(vs)) => {
-                let mut out = Vec::with_capacity(vs.len());
-                for v in vs {
-                    match v.payload {
-                        PL::P(b) => out.push(b),
-                        PL::C(_) => return Err(bad("attribute value is constructed")),
-                    }
-                }
-                out
-            }
-            Some(PL::P(b)) if b.is_empty() => Vec::new(),
-            None => Vec::new(),
-            Some(PL::P(_)) => return Err(bad("attribute values are not a set")),
-        };
-        attrs.push(RawAttr { name, values });
-    }
-    Ok(RawEntry { dn, attrs })
 }
 
 /// A minimal BER reader and writer for control values: definite lengths only, every

@@ -51,6 +51,36 @@ fn first(attrs: &Attrs, name: &str) -> Option<CompactString> {
     })
 }
 
+/// Where [`map_object`] takes each attribute of a user from, for a source of `kind`: the
+/// target attribute and its source attributes (lower-case, in order of preference). The
+/// first, userName, is required: a user without it is unmappable. Preflight uses this to
+/// check that the bind account can read what the mapping needs.
+pub fn user_attribute_sources(
+    kind: SourceKind,
+) -> &'static [(&'static str, &'static [&'static str])] {
+    match kind {
+        SourceKind::Ad => &[
+            ("userName", &["userprincipalname"]),
+            ("displayName", &["displayname", "cn"]),
+            ("name.givenName", &["givenname"]),
+            ("name.familyName", &["sn"]),
+            ("emails", &["mail"]),
+            ("title", &["title"]),
+            ("department", &["department"]),
+            ("active", &["useraccountcontrol"]),
+        ],
+        SourceKind::Openldap | SourceKind::Ldap => &[
+            ("userName", &["mail", "uid"]),
+            ("displayName", &["displayname", "cn"]),
+            ("name.givenName", &["givenname"]),
+            ("name.familyName", &["sn"]),
+            ("emails", &["mail"]),
+            ("title", &["title"]),
+            ("department", &["departmentnumber", "ou"]),
+        ],
+    }
+}
+
 /// Map one source object for the target.
 pub fn map_object(kind: SourceKind, o: &ObjectRecord) -> Result<Desired, Unmappable> {
     let a = &o.attrs;
@@ -181,6 +211,37 @@ mod tests {
             panic!("not a user")
         };
         assert!(u.active);
+    }
+
+    #[test]
+    fn attribute_sources_are_what_the_mapping_reads() {
+        for kind in [SourceKind::Ad, SourceKind::Openldap, SourceKind::Ldap] {
+            let sources = user_attribute_sources(kind);
+            let name = sources[0].1[0];
+            for (target, attrs) in sources {
+                for attr in *attrs {
+                    let value = if *attr == "useraccountcontrol" {
+                        "514"
+                    } else {
+                        "Z9"
+                    };
+                    // Each source alone (after the userName, which it needs).
+                    let r = if *target == sources[0].0 {
+                        rec(ObjectKind::User, &[(attr, value)])
+                    } else {
+                        rec(ObjectKind::User, &[(name, "n@x"), (attr, value)])
+                    };
+                    let Desired::User(u) = map_object(kind, &r).unwrap() else {
+                        panic!("not a user")
+                    };
+                    let json = serde_json::to_string(&u).unwrap();
+                    let seen = json.contains("Z9") || (value == "514" && !u.active);
+                    assert!(seen, "{kind:?} {target} from {attr}: {json}");
+                }
+            }
+            let r = rec(ObjectKind::User, &[("cn", "x")]);
+            assert!(map_object(kind, &r).is_err() || sources[0].1.contains(&"cn"));
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! import) from the source directory.
 //!
 //! * [`ldap`]: connecting, binding and searching, shared by every source kind.
-//! * `wire`: the lean reader behind paged searches (full imports): its own socket, entries
-//!   decoded in place from one buffer.
+//! * `wire`: the one reader of what a server sends, on every path: its own socket, entries
+//!   decoded in place from one buffer, errors instead of panics, `[source]`'s limits.
 //! * [`ad`]: Active Directory (and Samba AD): paged full import with extended DNs and
 //!   ranged member retrieval, DirSync deltas, tombstone lifetime.
 //! * [`openldap`]: OpenLDAP (paged full import, RFC 4533 refreshOnly deltas) and generic

@@ -396,7 +396,7 @@ impl OpenLdapSource {
 
     /// The kind of each entry sent by a refresh: a user when it matches the users filter
     /// (as the full import, which reads users first), else a group.
-    async fn kinds_of(&self, entries: &[&RawEntry]) -> Result<Vec<ObjectKind>> {
+    async fn kinds_of(&mut self, entries: &[&RawEntry]) -> Result<Vec<ObjectKind>> {
         let dns: Vec<&str> = entries.iter().map(|e| e.dn.as_str()).collect();
         let matches = self.client.base_matches(&dns, &self.cfg.users).await?;
         Ok(entries
@@ -544,7 +544,7 @@ impl OpenLdapSource {
                         return Err(Error::Source(format!(
                             "{}: refresh entry {} has no Sync State control",
                             self.client.url(),
-                            entry.dn
+                            super::ldap::shown(&entry.dn)
                         )));
                     };
                     let state = self.parse(parse_sync_state(v))?;

@@ -1,6 +1,6 @@
 //! One place for what an LDAP result code means to an operator: its name, a hint saying
-//! what to do, and whether trying again can help. Both LDAP readers (ldap3 in `ldap.rs`,
-//! the lean `wire.rs`) and the source kinds build their errors here.
+//! what to do, and whether trying again can help. The LDAP reader (`wire.rs`), the
+//! connection (`ldap.rs`) and the source kinds build their errors here.
 
 use super::ldap::result_name;
 use crate::Error;

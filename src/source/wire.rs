@@ -1,35 +1,45 @@
-//! A lean LDAP reader for bulk paged searches: the full imports.
+//! The LDAP reader for everything dirsync reads from a source server: binds, paged
+//! searches (full imports), RFC 4533 refreshes, DirSync rounds and base lookups.
 //!
-//! ldap3 decodes every response message into a tree of `StructureTag`s on its connection
-//! task and hands it to the caller over a channel. For a 100,000-entry import that is
-//! several allocations per value and a wake-up of another thread per entry, which cost
-//! more CPU than the server spends producing the entries. This reader owns its socket: it
-//! reads into one buffer, walks each complete message in place with [`ber`], and builds
-//! borrowed [`EntryRef`]s directly. It speaks only what a paged search needs (simple bind,
-//! StartTLS, SearchRequest with controls, unbind); everything else stays on ldap3.
+//! It owns its socket: it reads into one buffer, walks each complete message in place
+//! with [`ber`], and builds borrowed [`EntryRef`]s directly. (ldap3 decoded every message
+//! into a tree of `StructureTag`s on a task of its own: several allocations per value and a
+//! wake-up of another thread per entry, and on a hostile server a stack overflow on deep
+//! nesting, unbounded buffering and panics.) It speaks what the sources need: simple bind,
+//! StartTLS, SearchRequest with controls, pipelined base searches, unbind.
 //!
-//! Nothing the server sends is trusted: a malformed message, an oversized length or a
-//! response to another request is an error naming the server, never a panic.
+//! Nothing the server sends is trusted. A malformed message, a response to another
+//! request, a message larger than `[source] max_message_bytes`, more items in one search
+//! than `max_entries`, a repeated or endless paging cookie: each is an error naming the
+//! server, never a panic. Every decoder here reads one fixed shape of the protocol without
+//! recursion, so nesting costs nothing: an element nested where the shape has none is an
+//! error. Every read waits at most the connection's idle timeout, the operation's deadline
+//! (`operation_timeout`) and the import's (`import_timeout`, through
+//! [`ConnectOptions::deadline`]).
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ldap3::controls::RawControl;
+use ldap3::Scope;
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::ldap::ber::{self, BOOLEAN, ENUMERATED, INTEGER, OCTET_STRING, SEQUENCE, SET};
 use super::ldap::{
-    AttrRef, ConnectOptions, EntryRef, LdapFailure, RawResponseControl, SearchOutcome,
+    shown, AttrRef, ConnectOptions, EntryRef, LdapFailure, RawResponseControl, SearchOutcome,
 };
-use crate::config::{SourceConfig, Tls};
+use crate::config::{SourceConfig, SourceLimits, Tls};
 use crate::error::{Error, Result};
 
-/// The largest message accepted (a group of a million members fits).
-const MAX_MESSAGE: usize = 256 << 20;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 256 << 10;
+/// Pages in a row that bring nothing but a new cookie before a paged search is called
+/// endless.
+const MAX_EMPTY_PAGES: u32 = 100;
 
 /// Protocol op tags (RFC 4511, `[APPLICATION n]`).
 mod op {
@@ -54,14 +64,20 @@ enum Io {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// A bound connection that runs paged searches.
+/// A bound connection.
 pub(crate) struct Wire {
     io: Io,
     /// Bytes read and not yet consumed are `buf[pos..]`.
     buf: Vec<u8>,
     pos: usize,
     next_id: i32,
+    /// Longest wait for the server's next bytes.
     timeout: Duration,
+    limits: SourceLimits,
+    /// The import's deadline, if the caller set one.
+    import_deadline: Option<Instant>,
+    /// When the current operation must be done.
+    op_deadline: Instant,
     url: String,
 }
 
@@ -71,6 +87,47 @@ struct Message<'a> {
     op: u8,
     body: &'a [u8],
     controls: &'a [u8],
+}
+
+/// One response of a search before its result, borrowing the read buffer.
+pub(crate) enum Item<'e, 'a> {
+    /// A SearchResultEntry and its raw controls (see [`decode_controls`]).
+    Entry {
+        entry: &'e EntryRef<'a>,
+        controls: &'a [u8],
+    },
+    /// An IntermediateResponse: responseName, responseValue, raw controls.
+    Intermediate {
+        name: Option<&'a str>,
+        value: Option<&'a [u8]>,
+        controls: &'a [u8],
+    },
+    /// A search result reference (continuation referral).
+    Referral,
+}
+
+/// The SearchResultDone of a search.
+pub(crate) struct Done {
+    pub rc: u32,
+    pub text: String,
+    pub controls: Vec<RawResponseControl>,
+}
+
+/// What ended a wait.
+enum Waited {
+    Idle,
+    Operation,
+    Import,
+}
+
+/// How a search is asked: the request and the controls added to it.
+pub(crate) struct SearchSpec<'a> {
+    pub base: &'a str,
+    pub scope: Scope,
+    pub filter: &'a str,
+    pub attrs: &'a [&'a str],
+    /// 0: no limit.
+    pub size_limit: i32,
 }
 
 impl Wire {
@@ -88,14 +145,25 @@ impl Wire {
             None => return Err(cannot("no host in the URL".into())),
         };
         let port = parsed.port().unwrap_or(if ldaps { 636 } else { 389 });
-        let tcp =
-            match tokio::time::timeout(opts.timeout, TcpStream::connect((host.as_str(), port)))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(cannot(e.to_string())),
-                Err(_) => return Err(cannot(format!("timed out after {:?}", opts.timeout))),
-            };
+        // A configured CA file must be readable even when this connection does not use TLS.
+        let tls = match (&cfg.ca_file, ldaps || cfg.tls == Tls::Starttls) {
+            (None, false) => None,
+            (ca, _) => Some(super::ldap::client_tls(
+                ca.as_deref(),
+                opts.danger_skip_tls_verify,
+            )?),
+        };
+        let now = Instant::now();
+        let mut wait = opts.timeout;
+        if let Some(d) = opts.deadline {
+            wait = wait.min(d.saturating_duration_since(now));
+        }
+        let tcp = match tokio::time::timeout(wait, TcpStream::connect((host.as_str(), port))).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(cannot(e.to_string())),
+            Err(_) => return Err(cannot(format!("timed out after {wait:?}"))),
+        };
         tcp.set_nodelay(true).map_err(|e| cannot(e.to_string()))?;
         let mut wire = Wire {
             io: Io::Plain(tcp),
@@ -103,9 +171,12 @@ impl Wire {
             pos: 0,
             next_id: 1,
             timeout: opts.timeout,
+            limits: cfg.limits,
+            import_deadline: opts.deadline,
+            op_deadline: now + cfg.limits.operation_timeout,
             url: url.clone(),
         };
-        if ldaps || cfg.tls == Tls::Starttls {
+        if let (Some(tls), true) = (tls, ldaps || cfg.tls == Tls::Starttls) {
             if !ldaps {
                 let req = ber::tlv(
                     op::EXTENDED_REQUEST,
@@ -119,18 +190,18 @@ impl Wire {
                     )));
                 }
             }
-            let tls = super::ldap::client_tls(cfg.ca_file.as_deref(), opts.danger_skip_tls_verify)?;
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| cannot(format!("{host} is not a TLS server name: {e}")))?;
+            let (wait, _) = wire.wait();
             let Io::Plain(tcp) = wire.io else {
                 return Err(cannot("TLS started twice".into()));
             };
             let stream = tokio::time::timeout(
-                opts.timeout,
+                wait,
                 tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
             )
             .await
-            .map_err(|_| cannot(format!("TLS handshake timed out after {:?}", opts.timeout)))?
+            .map_err(|_| cannot(format!("TLS handshake timed out after {wait:?}")))?
             .map_err(|e| cannot(format!("TLS: {e}")))?;
             wire.io = Io::Tls(Box::new(stream));
         }
@@ -153,11 +224,30 @@ impl Wire {
         Ok(wire)
     }
 
+    /// One search (no paging) with `controls`: each entry, reference and intermediate
+    /// response goes to `each` as it is decoded, then the result comes back (an LDAP error
+    /// result too: the caller reads `rc`).
+    pub(crate) async fn search(
+        &mut self,
+        spec: &SearchSpec<'_>,
+        controls: &[RawControl],
+        each: &mut (dyn FnMut(Item<'_, '_>) -> Result<()> + Send),
+    ) -> Result<Done> {
+        let search = encode_search(spec)?;
+        let ctrls: Vec<Vec<u8>> = controls.iter().map(encode_control).collect();
+        self.begin_operation();
+        let mut count = 0u64;
+        self.search_once(&search, &ctrls, &mut count, each).await
+    }
+
     /// A subtree search in pages of `page_size` (simple paged results), with `controls`
     /// added to every page. Each entry goes to `each` as soon as it is decoded, so the
     /// caller's work overlaps the server's. Referrals are skipped and counted (the
     /// outcome's `entries` stay empty); intermediate responses are ignored. An LDAP error
-    /// result comes back as `Ok(Err(LdapFailure))`.
+    /// result comes back as `Ok(Err(LdapFailure))`. Each page is one operation (its own
+    /// `operation_timeout`); the pages together may bring `max_entries`, and an empty page
+    /// with a cookie the server sent before, or [`MAX_EMPTY_PAGES`] empty pages in a row,
+    /// end it as endless.
     pub(crate) async fn paged_search(
         &mut self,
         base: &str,
@@ -167,28 +257,20 @@ impl Wire {
         page_size: i32,
         each: &mut (dyn FnMut(&EntryRef<'_>) -> Result<()> + Send),
     ) -> Result<std::result::Result<SearchOutcome, LdapFailure>> {
-        let filter_ber = encode_filter(filter)
-            .map_err(|why| Error::Source(format!("search filter {filter}: {why}")))?;
-        let attr_list: Vec<Vec<u8>> = attrs
-            .iter()
-            .map(|a| ber::tlv(OCTET_STRING, a.as_bytes()))
-            .collect();
-        let search = [
-            ber::tlv(OCTET_STRING, base.as_bytes()),
-            ber::tlv(ENUMERATED, &[2]), // wholeSubtree
-            ber::tlv(ENUMERATED, &[0]), // neverDerefAliases
-            ber::integer(0),
-            ber::integer(0),
-            ber::encode_boolean(false),
-            filter_ber,
-            ber::sequence(&attr_list),
-        ]
-        .concat();
-        let search = ber::tlv(op::SEARCH_REQUEST, &search);
+        let search = encode_search(&SearchSpec {
+            base,
+            scope: Scope::Subtree,
+            filter,
+            attrs,
+            size_limit: 0,
+        })?;
         let mut all = SearchOutcome::default();
         let mut cookie: Vec<u8> = Vec::new();
+        let mut cookies_seen = CookieSet::default();
         let mut pages = 0u64;
+        let mut empty_pages = 0u32;
         let mut page_size = page_size;
+        let mut count = 0u64;
         // The caller's controls, then this page's paged-results control (replaced per page).
         let mut ctrls: Vec<Vec<u8>> = controls.iter().map(encode_control).collect();
         loop {
@@ -197,52 +279,42 @@ impl Wire {
                 crit: false,
                 val: Some(ber::paged_request(page_size, &cookie)),
             }));
-            let id = self.send(&search, &ctrls).await?;
+            self.begin_operation();
+            let before = count;
+            let mut referrals = 0u64;
+            let done = self
+                .search_once(&search, &ctrls, &mut count, &mut |item| match item {
+                    Item::Entry { entry, .. } => each(entry),
+                    Item::Referral => {
+                        referrals += 1;
+                        Ok(())
+                    }
+                    Item::Intermediate { .. } => Ok(()),
+                })
+                .await?;
             ctrls.pop();
-            let mut received = 0u64;
-            let (rc, text, controls) = loop {
-                let m = self.next().await?;
-                let msg = self.decode(m, id)?;
-                let done = match msg.op {
-                    op::SEARCH_ENTRY => {
-                        let entry = decode_entry(msg.body).map_err(|why| self.bad(&why))?;
-                        received += 1;
-                        each(&entry)?;
-                        None
-                    }
-                    op::SEARCH_REFERENCE => {
-                        received += 1;
-                        all.referrals += 1;
-                        None
-                    }
-                    op::INTERMEDIATE => None,
-                    op::SEARCH_DONE => {
-                        let (rc, text) = decode_result(msg.body).map_err(|why| self.bad(&why))?;
-                        let controls = decode_controls(msg.controls).map_err(|w| self.bad(&w))?;
-                        Some((rc, text, controls))
-                    }
-                    other => return Err(self.bad(&format!("unexpected message {other:#04x}"))),
-                };
-                self.consume(m);
-                if let Some(done) = done {
-                    break done;
-                }
-            };
-            if let Some(smaller) = smaller_page(rc, pages, received, page_size) {
+            all.referrals += referrals;
+            let received = count - before;
+            if let Some(smaller) = smaller_page(done.rc, pages, received, page_size) {
                 // OpenLDAP refuses a page larger than its `size.pr` limit before sending
                 // anything (adminLimitExceeded): ask again with a smaller one.
                 tracing::info!(
-                    "{}: the server refused pages of {page_size} entries ({text}); asking for {smaller}",
-                    self.url
+                    "{}: the server refused pages of {page_size} entries ({}); asking for {smaller}",
+                    self.url,
+                    done.text
                 );
                 page_size = smaller;
                 continue;
             }
             pages += 1;
-            if rc != 0 {
-                return Ok(Err(LdapFailure { rc, text }));
+            if done.rc != 0 {
+                return Ok(Err(LdapFailure {
+                    rc: done.rc,
+                    text: done.text,
+                }));
             }
-            let resp = controls
+            let resp = done
+                .controls
                 .iter()
                 .find(|(oid, _)| oid == super::ldap::PAGED_RESULTS_OID);
             cookie = match resp {
@@ -254,14 +326,84 @@ impl Wire {
                 }
             };
             if cookie.is_empty() {
-                all.controls = controls;
+                all.controls = done.controls;
                 break;
             }
-            if pages > 1_000_000 {
-                return Err(self.bad(&format!("paged search did not end after {pages} pages")));
+            // A cookie sent before is a loop only when the page brought nothing: Samba's
+            // cookie names the search's state on the server and stays the same on every
+            // page, while the entries move on.
+            if !cookies_seen.insert(&cookie) && received == 0 {
+                return Err(self.misbehaved(&format!(
+                    "the paged search sent a cookie again with nothing new, after {pages} \
+                     pages: it would never end"
+                )));
+            }
+            empty_pages = if received == 0 { empty_pages + 1 } else { 0 };
+            if empty_pages > MAX_EMPTY_PAGES {
+                return Err(self.misbehaved(&format!(
+                    "the paged search sent {empty_pages} empty pages in a row: it would never end"
+                )));
             }
         }
         Ok(Ok(all))
+    }
+
+    /// For each of `dns`, whether the entry there matches `filter`, or the server's result
+    /// when it is not success. Base searches for `1.1`, up to `window` of them in flight at
+    /// once (pipelined on this connection), answered in any order.
+    pub(crate) async fn base_matches(
+        &mut self,
+        dns: &[&str],
+        filter: &str,
+        window: usize,
+    ) -> Result<Vec<std::result::Result<bool, LdapFailure>>> {
+        let filter_ber = encode_filter(filter)
+            .map_err(|why| Error::Source(format!("search filter {filter}: {why}")))?;
+        let mut results: Vec<Option<std::result::Result<bool, LdapFailure>>> =
+            vec![None; dns.len()];
+        let mut matched = vec![false; dns.len()];
+        // Message ID -> index in `dns`.
+        let mut in_flight: HashMap<i64, usize> = HashMap::new();
+        let mut next = 0usize;
+        let mut count = 0u64;
+        self.begin_operation();
+        while next < dns.len() || !in_flight.is_empty() {
+            while next < dns.len() && in_flight.len() < window.max(1) {
+                let search = encode_search_with(dns[next], Scope::Base, &filter_ber, &["1.1"], 0);
+                let id = self.send(&search, &[]).await?;
+                in_flight.insert(id, next);
+                next += 1;
+            }
+            let m = self.next().await?;
+            let msg =
+                parse_message(&self.buf[self.pos..self.pos + m]).map_err(|why| self.bad(&why))?;
+            let Some(&idx) = in_flight.get(&msg.id) else {
+                return Err(self.unexpected_id(&msg, "one of the lookups in flight"));
+            };
+            match msg.op {
+                op::SEARCH_ENTRY => matched[idx] = true,
+                op::SEARCH_REFERENCE | op::INTERMEDIATE => {}
+                op::SEARCH_DONE => {
+                    let (rc, text) = decode_result(msg.body).map_err(|why| self.bad(&why))?;
+                    results[idx] = Some(if rc == 0 {
+                        Ok(matched[idx])
+                    } else {
+                        Err(LdapFailure { rc, text })
+                    });
+                    in_flight.remove(&msg.id);
+                    // Progress: the next lookups have an operation's time again.
+                    self.begin_operation();
+                }
+                other => return Err(self.bad(&format!("unexpected message {other:#04x}"))),
+            }
+            count += 1;
+            self.check_count(count)?;
+            self.consume(m);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Ok(false)))
+            .collect())
     }
 
     /// Unbind and close. Errors are ignored: the connection is going away anyway.
@@ -273,8 +415,96 @@ impl Wire {
         };
     }
 
+    /// One search request and its responses, to `each`, until its result. `count` counts
+    /// the responses against `max_entries`.
+    async fn search_once(
+        &mut self,
+        search: &[u8],
+        ctrls: &[Vec<u8>],
+        count: &mut u64,
+        each: &mut (dyn FnMut(Item<'_, '_>) -> Result<()> + Send),
+    ) -> Result<Done> {
+        let id = self.send(search, ctrls).await?;
+        loop {
+            let m = self.next().await?;
+            let msg = self.decode(m, id)?;
+            let done = match msg.op {
+                op::SEARCH_ENTRY => {
+                    let entry = decode_entry(msg.body).map_err(|why| self.bad(&why))?;
+                    each(Item::Entry {
+                        entry: &entry,
+                        controls: msg.controls,
+                    })?;
+                    None
+                }
+                op::SEARCH_REFERENCE => {
+                    each(Item::Referral)?;
+                    None
+                }
+                op::INTERMEDIATE => {
+                    let (name, value) =
+                        decode_intermediate(msg.body).map_err(|why| self.bad(&why))?;
+                    each(Item::Intermediate {
+                        name,
+                        value,
+                        controls: msg.controls,
+                    })?;
+                    None
+                }
+                op::SEARCH_DONE => {
+                    let (rc, text) = decode_result(msg.body).map_err(|why| self.bad(&why))?;
+                    let controls = decode_controls(msg.controls).map_err(|w| self.bad(&w))?;
+                    Some(Done { rc, text, controls })
+                }
+                other => return Err(self.bad(&format!("unexpected message {other:#04x}"))),
+            };
+            self.consume(m);
+            if let Some(done) = done {
+                return Ok(done);
+            }
+            *count += 1;
+            self.check_count(*count)?;
+        }
+    }
+
+    fn check_count(&self, count: u64) -> Result<()> {
+        if count > self.limits.max_entries {
+            return Err(self.misbehaved(&format!(
+                "a search brought more than {} entries (source.max_entries)",
+                self.limits.max_entries
+            )));
+        }
+        Ok(())
+    }
+
+    /// A new operation starts: it has `operation_timeout` from now.
+    fn begin_operation(&mut self) {
+        self.op_deadline = Instant::now() + self.limits.operation_timeout;
+    }
+
+    /// How long the next read or write may wait, and which limit that is.
+    fn wait(&self) -> (Duration, Waited) {
+        let now = Instant::now();
+        let mut wait = (self.timeout, Waited::Idle);
+        let op = self.op_deadline.saturating_duration_since(now);
+        if op < wait.0 {
+            wait = (op, Waited::Operation);
+        }
+        if let Some(d) = self.import_deadline {
+            let left = d.saturating_duration_since(now);
+            if left <= wait.0 {
+                wait = (left, Waited::Import);
+            }
+        }
+        wait
+    }
+
     fn bad(&self, why: &str) -> Error {
-        Error::Source(format!("{}: malformed response: {why}", self.url))
+        self.misbehaved(&format!("malformed response: {why}"))
+    }
+
+    fn misbehaved(&self, why: &str) -> Error {
+        Error::SourceMisbehaved(format!("{}: {why}", self.url))
     }
 
     /// Send one request; returns its message ID.
@@ -286,7 +516,8 @@ impl Wire {
             body.extend(ber::tlv(op::CONTROLS, &controls.concat()));
         }
         let msg = ber::tlv(SEQUENCE, &body);
-        let written = tokio::time::timeout(self.timeout, async {
+        let (wait, why) = self.wait();
+        let written = tokio::time::timeout(wait, async {
             match &mut self.io {
                 Io::Plain(s) => {
                     s.write_all(&msg).await?;
@@ -305,12 +536,13 @@ impl Wire {
                 "{}: sending a request: {e}",
                 self.url
             ))),
-            Err(_) => Err(self.timed_out()),
+            Err(_) => Err(self.timed_out(why)),
         }
     }
 
     /// A request answered by one LDAPResult-shaped response with tag `want`: (rc, text).
     async fn request(&mut self, op: Vec<u8>, want: u8) -> Result<(u32, String)> {
+        self.begin_operation();
         let id = self.send(&op, &[]).await?;
         let m = self.next().await?;
         let msg = self.decode(m, id)?;
@@ -323,11 +555,22 @@ impl Wire {
         Ok(out)
     }
 
-    fn timed_out(&self) -> Error {
-        Error::Source(format!(
-            "{}: the server did not answer within {:?}",
-            self.url, self.timeout
-        ))
+    fn timed_out(&self, why: Waited) -> Error {
+        match why {
+            Waited::Idle => Error::Source(format!(
+                "{}: the server did not answer within {:?}",
+                self.url, self.timeout
+            )),
+            // A server that keeps sending but never finishes: trying again costs as much.
+            Waited::Operation => self.misbehaved(&format!(
+                "an operation did not finish within {:?} (source.operation_timeout)",
+                self.limits.operation_timeout
+            )),
+            Waited::Import => self.misbehaved(&format!(
+                "the import did not finish within {:?} (source.import_timeout)",
+                self.limits.import_timeout
+            )),
+        }
     }
 
     /// The length of the next complete message in the buffer, reading from the socket
@@ -337,8 +580,11 @@ impl Wire {
             let avail = &self.buf[self.pos..];
             let need = frame_len(avail).map_err(|why| self.bad(&why))?;
             if let Some(len) = need {
-                if len > MAX_MESSAGE {
-                    return Err(self.bad(&format!("a message of {len} bytes")));
+                if len > self.limits.max_message_bytes {
+                    return Err(self.misbehaved(&format!(
+                        "a message of {len} bytes, more than {} (source.max_message_bytes)",
+                        self.limits.max_message_bytes
+                    )));
                 }
                 if avail.len() >= len {
                     return Ok(len);
@@ -353,19 +599,24 @@ impl Wire {
     fn decode(&self, len: usize, id: i64) -> Result<Message<'_>> {
         let msg =
             parse_message(&self.buf[self.pos..self.pos + len]).map_err(|why| self.bad(&why))?;
-        match msg.id {
-            got if got == id => Ok(msg),
-            0 => {
-                let text = decode_result(msg.body)
-                    .map(|(rc, text)| format!("{} ({text})", super::ldap::result_name(rc)))
-                    .unwrap_or_default();
-                Err(Error::Source(format!(
-                    "{}: the server ended the connection: {text}",
-                    self.url
-                )))
-            }
-            got => Err(self.bad(&format!("a response to request {got}, not {id}"))),
+        if msg.id == id {
+            return Ok(msg);
         }
+        Err(self.unexpected_id(&msg, &format!("request {id}")))
+    }
+
+    /// The error for `msg`, which answers none of the requests in flight (`wanted`).
+    fn unexpected_id(&self, msg: &Message<'_>, wanted: &str) -> Error {
+        if msg.id == 0 {
+            let text = decode_result(msg.body)
+                .map(|(rc, text)| format!("{} ({text})", super::ldap::result_name(rc)))
+                .unwrap_or_default();
+            return Error::Source(format!(
+                "{}: the server ended the connection: {text}",
+                self.url
+            ));
+        }
+        self.bad(&format!("a response to request {}, not {wanted}", msg.id))
     }
 
     fn consume(&mut self, len: usize) {
@@ -380,7 +631,8 @@ impl Wire {
         }
         let room = need.max(self.buf.len() + READ_CHUNK) - self.buf.len();
         self.buf.reserve(room);
-        let read = tokio::time::timeout(self.timeout, async {
+        let (wait, why) = self.wait();
+        let read = tokio::time::timeout(wait, async {
             match &mut self.io {
                 Io::Plain(s) => s.read_buf(&mut self.buf).await,
                 Io::Tls(s) => s.read_buf(&mut self.buf).await,
@@ -394,9 +646,80 @@ impl Wire {
             ))),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(Error::Source(format!("{}: reading: {e}", self.url))),
-            Err(_) => Err(self.timed_out()),
+            Err(_) => Err(self.timed_out(why)),
         }
     }
+}
+
+/// The cookies a search was sent, to tell an endless one: 64-bit hashes, so a long search
+/// costs a few bytes per page.
+#[derive(Default)]
+struct CookieSet(std::collections::HashSet<u64>);
+
+impl CookieSet {
+    /// False when `cookie` was seen before.
+    fn insert(&mut self, cookie: &[u8]) -> bool {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        cookie.hash(&mut h);
+        self.0.insert(h.finish())
+    }
+}
+
+/// A SearchRequest (RFC 4511 4.5.1) for `spec`.
+fn encode_search(spec: &SearchSpec<'_>) -> Result<Vec<u8>> {
+    let filter = encode_filter(spec.filter)
+        .map_err(|why| Error::Source(format!("search filter {}: {why}", spec.filter)))?;
+    Ok(encode_search_with(
+        spec.base,
+        spec.scope,
+        &filter,
+        spec.attrs,
+        spec.size_limit,
+    ))
+}
+
+fn encode_search_with(
+    base: &str,
+    scope: Scope,
+    filter_ber: &[u8],
+    attrs: &[&str],
+    size_limit: i32,
+) -> Vec<u8> {
+    let attr_list: Vec<Vec<u8>> = attrs
+        .iter()
+        .map(|a| ber::tlv(OCTET_STRING, a.as_bytes()))
+        .collect();
+    let scope = match scope {
+        Scope::Base => 0,
+        Scope::OneLevel => 1,
+        Scope::Subtree => 2,
+    };
+    let search = [
+        ber::tlv(OCTET_STRING, base.as_bytes()),
+        ber::tlv(ENUMERATED, &[scope]),
+        ber::tlv(ENUMERATED, &[0]), // neverDerefAliases
+        ber::integer(i64::from(size_limit)),
+        ber::integer(0),
+        ber::encode_boolean(false),
+        filter_ber.to_vec(),
+        ber::sequence(&attr_list),
+    ]
+    .concat();
+    ber::tlv(op::SEARCH_REQUEST, &search)
+}
+
+/// `IntermediateResponse ::= [APPLICATION 25] SEQUENCE { responseName [0] LDAPOID
+/// OPTIONAL, responseValue [1] OCTET STRING OPTIONAL }`.
+fn decode_intermediate(b: &[u8]) -> std::result::Result<(Option<&str>, Option<&[u8]>), String> {
+    let (name, rest) = ber::optional(b, 0x80)?;
+    let (value, rest) = ber::optional(rest, 0x81)?;
+    if !rest.is_empty() {
+        return Err("an intermediate response with an unknown element".into());
+    }
+    let name = name
+        .map(|n| std::str::from_utf8(n).map_err(|_| "an intermediate response name is not UTF-8"))
+        .transpose()?;
+    Ok((name, value))
 }
 
 /// The smallest page [`Wire::paged_search`] falls back to.
@@ -460,12 +783,14 @@ fn decode_result(b: &[u8]) -> std::result::Result<(u32, String), String> {
     let text = String::from_utf8_lossy(text);
     Ok((
         ber::enumerated(rc)?,
-        text.trim_end_matches('\0').trim().to_string(),
+        shown(text.trim_end_matches('\0').trim()),
     ))
 }
 
 /// `Controls ::= SEQUENCE OF Control { controlType, criticality DEFAULT FALSE, controlValue OPTIONAL }`.
-fn decode_controls(mut b: &[u8]) -> std::result::Result<Vec<RawResponseControl>, String> {
+pub(crate) fn decode_controls(
+    mut b: &[u8],
+) -> std::result::Result<Vec<RawResponseControl>, String> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let (c, rest) = ber::expect(b, SEQUENCE)?;
@@ -705,6 +1030,214 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_without_recursion() {
+        // 100,000 SEQUENCEs where the attribute list belongs.
+        const DEPTH: usize = 100_000;
+        let mut nested = Vec::with_capacity(DEPTH * 6);
+        for level in 0..DEPTH {
+            nested.extend([SEQUENCE, 0x84]);
+            nested.extend((((DEPTH - 1 - level) * 6) as u32).to_be_bytes());
+        }
+        let body = [ber::tlv(OCTET_STRING, b"cn=deep"), nested.clone()].concat();
+        assert!(decode_entry(&body).is_err());
+        assert!(decode_controls(&nested).is_err());
+        assert!(parse_message(&nested).is_err());
+        assert!(decode_intermediate(&body).is_err());
+    }
+
+    #[test]
+    fn intermediate_responses_decode() {
+        let v = [
+            ber::tlv(0x80, b"1.3.6.1.4.1.4203.1.9.1.4"),
+            ber::tlv(0x81, &[0x80, 1, 7]),
+        ]
+        .concat();
+        let (name, value) = decode_intermediate(&v).unwrap();
+        assert_eq!(name, Some("1.3.6.1.4.1.4203.1.9.1.4"));
+        assert_eq!(value, Some(&[0x80, 1, 7][..]));
+        assert_eq!(decode_intermediate(&[]).unwrap(), (None, None));
+        assert!(decode_intermediate(&ber::tlv(0x82, b"x")).is_err());
+        assert!(decode_intermediate(&ber::tlv(0x80, &[0xff])).is_err());
+    }
+
+    #[test]
+    fn searches_encode_scope_and_size_limit() {
+        let spec = SearchSpec {
+            base: "dc=x",
+            scope: Scope::Base,
+            filter: "(objectClass=*)",
+            attrs: &["1.1"],
+            size_limit: 1,
+        };
+        let req = encode_search(&spec).unwrap();
+        let (body, rest) = ber::expect(&req, op::SEARCH_REQUEST).unwrap();
+        assert!(rest.is_empty());
+        let (base, rest) = ber::expect(body, OCTET_STRING).unwrap();
+        assert_eq!(base, b"dc=x");
+        let (scope, rest) = ber::expect(rest, ENUMERATED).unwrap();
+        assert_eq!(scope, &[0]);
+        let (_deref, rest) = ber::expect(rest, ENUMERATED).unwrap();
+        let (size, _) = ber::expect(rest, INTEGER).unwrap();
+        assert_eq!(ber::int(size).unwrap(), 1);
+    }
+
+    /// A Wire on a loopback socket whose other end is `serve`, run on its own thread.
+    async fn wire_to(serve: impl FnOnce(std::net::TcpStream) + Send + 'static) -> Wire {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve(listener.accept().unwrap().0));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        Wire {
+            io: Io::Plain(tcp),
+            buf: Vec::new(),
+            pos: 0,
+            next_id: 1,
+            timeout: Duration::from_secs(5),
+            limits: SourceLimits::default(),
+            import_deadline: None,
+            op_deadline: Instant::now(),
+            url: "ldap://test".into(),
+        }
+    }
+
+    /// The next request's message ID, read whole from `conn`.
+    fn read_request(conn: &mut std::net::TcpStream) -> i64 {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            if let Ok(Some(len)) = frame_len(&buf) {
+                if buf.len() == len {
+                    return parse_message(&buf).unwrap().id;
+                }
+            }
+            conn.read_exact(&mut byte).unwrap();
+            buf.push(byte[0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_lookups_are_matched_by_message_id_in_any_order() {
+        let mut wire = wire_to(|mut conn| {
+            use std::io::Write;
+            let ids: Vec<i64> = (0..3).map(|_| read_request(&mut conn)).collect();
+            let done = |rc: u8| {
+                [
+                    ber::tlv(ENUMERATED, &[rc]),
+                    ber::tlv(OCTET_STRING, b""),
+                    ber::tlv(OCTET_STRING, b""),
+                ]
+                .concat()
+            };
+            // The third first, then an entry and the end of the second, then the first.
+            let answers = [
+                message(ids[2], op::SEARCH_DONE, &done(32), &[]),
+                message(ids[1], op::SEARCH_ENTRY, &entry_body("cn=b", &[]), &[]),
+                message(ids[1], op::SEARCH_DONE, &done(0), &[]),
+                message(ids[0], op::SEARCH_DONE, &done(0), &[]),
+            ];
+            conn.write_all(&answers.concat()).unwrap();
+        })
+        .await;
+        let got = wire
+            .base_matches(&["cn=a", "cn=b", "cn=c"], "(objectClass=*)", 32)
+            .await
+            .unwrap();
+        assert!(matches!(got[0], Ok(false)));
+        assert!(matches!(got[1], Ok(true)));
+        assert!(matches!(got[2], Err(LdapFailure { rc: 32, .. })));
+    }
+
+    #[tokio::test]
+    async fn a_response_to_no_request_in_flight_is_an_error() {
+        let mut wire = wire_to(|mut conn| {
+            use std::io::Write;
+            let id = read_request(&mut conn);
+            let body = entry_body("cn=x", &[]);
+            conn.write_all(&message(id + 7, op::SEARCH_ENTRY, &body, &[]))
+                .unwrap();
+        })
+        .await;
+        let e = wire
+            .base_matches(&["cn=a"], "(objectClass=*)", 32)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::SourceMisbehaved(_)), "{e}");
+    }
+
+    /// A server answering each paged search with `pages[i]`: (entries, cookie).
+    async fn paged_server(pages: Vec<(usize, &'static [u8])>) -> Wire {
+        wire_to(move |mut conn| {
+            use std::io::Write;
+            for (n, (entries, cookie)) in pages.into_iter().enumerate() {
+                let id = read_request(&mut conn);
+                let mut out = Vec::new();
+                for e in 0..entries {
+                    let dn = format!("cn=p{n}e{e}");
+                    out.extend(message(id, op::SEARCH_ENTRY, &entry_body(&dn, &[]), &[]));
+                }
+                let ctrl = encode_control(&RawControl {
+                    ctype: super::super::ldap::PAGED_RESULTS_OID.into(),
+                    crit: false,
+                    val: Some(ber::paged_request(0, cookie)),
+                });
+                let done = [
+                    ber::tlv(ENUMERATED, &[0]),
+                    ber::tlv(OCTET_STRING, b""),
+                    ber::tlv(OCTET_STRING, b""),
+                ]
+                .concat();
+                out.extend(message(id, op::SEARCH_DONE, &done, &[ctrl]));
+                if conn.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_cookie_repeated_while_entries_move_on_is_samba_not_a_loop() {
+        let mut wire = paged_server(vec![(2, b"same"), (2, b"same"), (1, b"")]).await;
+        let mut n = 0;
+        let out = wire
+            .paged_search("dc=x", "(objectClass=*)", &["1.1"], &[], 2, &mut |_| {
+                n += 1;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(out.is_ok());
+        assert_eq!(n, 5);
+        // The same cookie with nothing new is a loop.
+        let mut wire = paged_server(vec![(2, b"same"), (0, b"same"), (1, b"")]).await;
+        let e = wire
+            .paged_search("dc=x", "(objectClass=*)", &["1.1"], &[], 2, &mut |_| Ok(()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("never end"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn more_entries_than_max_entries_end_a_paged_search() {
+        let mut wire = paged_server(vec![(3, b"a"), (3, b"b"), (3, b"")]).await;
+        wire.limits.max_entries = 5;
+        let e = wire
+            .paged_search("dc=x", "(objectClass=*)", &["1.1"], &[], 3, &mut |_| Ok(()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("source.max_entries"), "{e}");
+    }
+
+    #[test]
+    fn a_cookie_seen_before_is_told() {
+        let mut seen = CookieSet::default();
+        assert!(seen.insert(b"a"));
+        assert!(seen.insert(b"b"));
+        assert!(!seen.insert(b"a"));
     }
 
     #[test]

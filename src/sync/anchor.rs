@@ -248,6 +248,33 @@ pub async fn detect(client: &mut LdapClient, cfg: &SourceConfig) -> Result<Optio
     }
 }
 
+/// Whether every entry under the base that has an ms-DS-ConsistencyGuid has its own
+/// objectGUID there (read whole: this runs once, when the attribute first appears).
+async fn consistency_guids_are_object_guids(
+    client: &mut LdapClient,
+    cfg: &SourceConfig,
+) -> Result<bool> {
+    let mut all_same = true;
+    client
+        .paged_each(
+            &cfg.base_dn,
+            "(mS-DS-ConsistencyGuid=*)",
+            &[AD_CONSISTENCY_GUID, AD_OBJECT_GUID],
+            &[],
+            500,
+            &mut |e| {
+                // Not anchor_value(.., AD_CONSISTENCY_GUID, ..): that falls back to the
+                // objectGUID when the consistency GUID is no GUID.
+                let raw = |a: &str| e.values(a).and_then(|v| v.first().copied());
+                all_same &= raw(AD_OBJECT_GUID)
+                    .is_some_and(|own| own.len() == 16 && raw(AD_CONSISTENCY_GUID) == Some(own));
+                Ok(())
+            },
+        )
+        .await?;
+    Ok(all_same)
+}
+
 /// Up to [`SAMPLE`] owned objects live in the source projection (anchor, DN), in anchor
 /// order so that every run reads the same ones.
 fn owned_sample(state: &State) -> Vec<(String, String)> {
@@ -284,6 +311,17 @@ async fn check_with(
     let recorded = state.objects.anchor_attribute.as_deref();
     let detected = detect(client, cfg).await?;
     let (attr, record) = match decide(recorded, cfg.anchor.as_deref(), detected.as_deref()) {
+        Decision::Refuse(Refusal::Changed { from, to, .. })
+            if cfg.kind == SourceKind::Ad
+                && same(&from, AD_OBJECT_GUID)
+                && same(&to, AD_CONSISTENCY_GUID)
+                && consistency_guids_are_object_guids(client, cfg).await? =>
+        {
+            // Azure AD Connect writes each object's objectGUID into ms-DS-ConsistencyGuid:
+            // no anchor value changes, so nothing is re-keyed and the new attribute is
+            // simply recorded.
+            (to.clone(), Some(to))
+        }
         Decision::Refuse(r) => return Err(Error::Config(r.message())),
         Decision::Record(a) => (a.clone(), Some(a)),
         Decision::Keep => match recorded.or(detected.as_deref()) {

@@ -3,6 +3,13 @@
 //! work; the tombstone lifetime is known (AD); and no two source objects would map to the
 //! same userName or mail (the target would refuse one, or matching would guess). Nothing is
 //! recorded: the source is read in a dry-run full import.
+//!
+//! Issue 17 (the account that reads nothing passed with "0 objects in scope"): the source
+//! read fails when the bind account reads no object in scope while the ledger owns
+//! objects; the delta control the kind needs must be in the rootDSE's `supportedControl`;
+//! and every user must have the attribute its userName comes from (else it fails), while a
+//! mapped attribute that no user in scope has is a warning (the directory may not use it,
+//! or the account cannot read it: only the operator can tell). A warning passes: exit 0.
 
 use std::collections::BTreeMap;
 
@@ -12,18 +19,33 @@ use serde::Serialize;
 use super::export::with_planned;
 use super::run::{import_run, probe_source, ImportOptions};
 use super::scope::Scope;
-use crate::config::{Config, SourceKind};
-use crate::log::event::ObjectKind;
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::log::event::{Attrs, ObjectKind};
 use crate::log::{AnyStore, OpenMode};
 use crate::project::replay;
-use crate::source::mapping::{map_object, Desired};
+use crate::source::ldap::{ConnectOptions, LdapClient};
+use crate::source::mapping::{map_object, user_attribute_sources, Desired};
 use crate::target::{AnyTarget, Target};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
     pub check: &'static str,
     pub ok: bool,
+    /// Passed, but with something the operator should look at.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
     pub detail: String,
+}
+
+impl Check {
+    /// "ok", "warn" or "FAIL".
+    pub fn result(&self) -> &'static str {
+        match (self.ok, self.warning) {
+            (false, _) => "FAIL",
+            (true, true) => "warn",
+            (true, false) => "ok",
+        }
+    }
 }
 
 fn check(check: &'static str, r: std::result::Result<String, String>) -> Check {
@@ -31,14 +53,156 @@ fn check(check: &'static str, r: std::result::Result<String, String>) -> Check {
         Ok(detail) => Check {
             check,
             ok: true,
+            warning: false,
             detail,
         },
         Err(detail) => Check {
             check,
             ok: false,
+            warning: false,
             detail,
         },
     }
+}
+
+fn warn(check: &'static str, detail: String) -> Check {
+    Check {
+        check,
+        ok: true,
+        warning: true,
+        detail,
+    }
+}
+
+/// The control a kind's deltas need (OID, name) and what to do when the server lacks it;
+/// None for `kind = "ldap"` (full imports only).
+fn sync_control_of(kind: SourceKind) -> Option<(&'static str, &'static str, &'static str)> {
+    match kind {
+        SourceKind::Ad => Some((
+            "1.2.840.113556.1.4.841",
+            "DirSync",
+            "is it an Active Directory domain controller? For another LDAP server set kind = \"openldap\" or \"ldap\"",
+        )),
+        SourceKind::Openldap => Some((
+            "1.3.6.1.4.1.4203.1.9.1.1",
+            "RFC 4533 content synchronisation",
+            "enable the syncprov overlay (OpenLDAP) or the Content Sync plugin (389 DS: `dsconf NAME plugin contentsync enable`), or set kind = \"ldap\" (full imports only)",
+        )),
+        SourceKind::Ldap => None,
+    }
+}
+
+/// Whether `supported` (the rootDSE's `supportedControl`) has the control `kind` needs.
+fn control_verdict(
+    kind: SourceKind,
+    url: &str,
+    supported: &[String],
+) -> Option<std::result::Result<String, String>> {
+    let (oid, name, hint) = sync_control_of(kind)?;
+    Some(if supported.iter().any(|s| s.trim() == oid) {
+        Ok(format!("{name} ({oid}) is offered"))
+    } else {
+        Err(format!(
+            "{url} does not offer {name}: {oid} is not in the rootDSE's supportedControl, so no delta can be read; {hint}"
+        ))
+    })
+}
+
+/// The delta control of the configured kind is in the rootDSE's `supportedControl`.
+async fn sync_control(src: &SourceConfig) -> Option<Check> {
+    sync_control_of(src.kind)?;
+    let root = async {
+        let mut c = LdapClient::connect(src, &ConnectOptions::default()).await?;
+        let root = c.root_dse(&["supportedControl"]).await;
+        c.close().await;
+        root
+    }
+    .await;
+    let verdict = match root {
+        Err(e) => Err(format!("cannot read the rootDSE's supportedControl: {e}")),
+        Ok(root) => {
+            let supported: Vec<String> = root
+                .values("supportedControl")
+                .unwrap_or(&[])
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            control_verdict(src.kind, &src.url, &supported)?
+        }
+    };
+    Some(check("sync control", verdict))
+}
+
+/// The source read: an account that reads nothing in scope fails while we own objects
+/// (a sync would take every one of them for deleted), and is a warning otherwise.
+fn read_check(src: &SourceConfig, seen: u64, owned: usize) -> Check {
+    match (seen, owned) {
+        (0, 0) => warn(
+            "source read",
+            format!(
+                "0 objects in scope: nothing to sync; check base_dn, include and the filters, and that {} may read the entries",
+                src.bind_dn
+            ),
+        ),
+        (0, owned) => check(
+            "source read",
+            Err(format!(
+                "{} reads no object in scope under {} while the ledger owns {owned}: the account lacks read access (or base_dn, include or the filters are wrong)",
+                src.bind_dn, src.base_dn
+            )),
+        ),
+        (seen, _) => check("source read", Ok(format!("{seen} objects in scope"))),
+    }
+}
+
+/// Users that lack every source of a mapped attribute (pure). The first, userName, is
+/// required: any user without it fails. Another that no user has is a warning.
+fn attribute_checks(kind: SourceKind, users: &[&Attrs]) -> [Check; 2] {
+    let has = |a: &Attrs, sources: &[&str]| {
+        sources
+            .iter()
+            .any(|s| a.get(s).is_some_and(|v| !v.is_empty()))
+    };
+    let all = user_attribute_sources(kind);
+    let (user_name, rest) = all.split_first().unwrap_or((&("userName", &[]), &[]));
+    let missing = users.iter().filter(|a| !has(a, user_name.1)).count();
+    let name_check = check(
+        "userName",
+        if missing == 0 {
+            Ok("every user has one".into())
+        } else {
+            Err(format!(
+                "{missing} user(s) have no {}: they would not be exported (if the directory sets it, the bind account cannot read it)",
+                user_name.1.join(" or ")
+            ))
+        },
+    );
+    let absent: Vec<String> = rest
+        .iter()
+        .filter(|(_, sources)| !users.iter().any(|a| has(a, sources)))
+        .map(|(target, sources)| format!("{target} ({})", sources.join(" or ")))
+        .collect();
+    let attrs_check = if users.is_empty() {
+        check("attributes", Ok("no user in scope".into()))
+    } else if absent.is_empty() {
+        check(
+            "attributes",
+            Ok(format!(
+                "every attribute the mapping reads is set on some of the {} users",
+                users.len()
+            )),
+        )
+    } else {
+        warn(
+            "attributes",
+            format!(
+                "none of the {} users in scope has {}: if the directory sets them, the bind account cannot read them and they would be exported empty",
+                users.len(),
+                absent.join(", ")
+            ),
+        )
+    };
+    [name_check, attrs_check]
 }
 
 /// Run every check; a failing one does not stop the others (the store aside: without it,
@@ -67,6 +231,7 @@ pub async fn preflight(cfg: &Config, instance: &str, progress: &ProgressBar) -> 
                     .map_err(|e| e.to_string()),
             ));
             if bound.is_ok() {
+                out.extend(sync_control(src).await);
                 out.extend(source_checks(&store, src, instance, progress).await);
             }
         }
@@ -90,7 +255,7 @@ pub async fn preflight(cfg: &Config, instance: &str, progress: &ProgressBar) -> 
 
 async fn source_checks(
     store: &AnyStore,
-    src: &crate::config::SourceConfig,
+    src: &SourceConfig,
     instance: &str,
     progress: &ProgressBar,
 ) -> Vec<Check> {
@@ -109,10 +274,7 @@ async fn source_checks(
         Ok(r) => r,
         Err(e) => return vec![check("source read", Err(e.to_string()))],
     };
-    out.push(check(
-        "source read",
-        Ok(format!("{} objects in scope", imported.seen)),
-    ));
+    out.push(read_check(src, imported.seen, state.ledger.owned().count()));
     let state = with_planned(&state, &imported, instance);
     if src.kind == SourceKind::Ad {
         out.push(check(
@@ -126,26 +288,25 @@ async fn source_checks(
     }
     // userName and mail must each name one source user.
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut unmappable = 0;
+    let mut users = Vec::new();
     for (anchor, rec) in state.objects.live() {
         if rec.kind != ObjectKind::User {
             continue;
         }
-        match map_object(src.kind, rec) {
-            Ok(Desired::User(u)) => {
-                let mut keys = vec![u.user_name.as_str().to_lowercase()];
-                if let Some(m) = &u.email {
-                    keys.push(m.as_str().to_lowercase());
-                }
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    seen.entry(k)
-                        .or_default()
-                        .push(format!("{anchor} ({})", rec.dn));
-                }
+        users.push(&rec.attrs);
+        // An unmappable user is counted by the userName check below.
+        if let Ok(Desired::User(u)) = map_object(src.kind, rec) {
+            let mut keys = vec![u.user_name.as_str().to_lowercase()];
+            if let Some(m) = &u.email {
+                keys.push(m.as_str().to_lowercase());
             }
-            _ => unmappable += 1,
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                seen.entry(k)
+                    .or_default()
+                    .push(format!("{anchor} ({})", rec.dn));
+            }
         }
     }
     let dups: Vec<String> = seen
@@ -165,15 +326,105 @@ async fn source_checks(
             ))
         },
     ));
-    out.push(check(
-        "userName",
-        if unmappable == 0 {
-            Ok("every user has one".into())
-        } else {
-            Err(format!(
-                "{unmappable} user(s) have no userName: they would not be exported"
-            ))
-        },
-    ));
+    out.extend(attribute_checks(src.kind, &users));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SecretRef, Tls};
+    use crate::log::event::AttrValue;
+
+    fn src(kind: SourceKind) -> SourceConfig {
+        SourceConfig {
+            kind,
+            url: "ldap://h".into(),
+            tls: Tls::None,
+            ca_file: None,
+            bind_dn: "cn=reader".into(),
+            password: SecretRef::Env("X".into()),
+            base_dn: "dc=x".into(),
+            users: String::new(),
+            groups: String::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            anchor: None,
+            limits: Default::default(),
+        }
+    }
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attrs {
+        pairs
+            .iter()
+            .map(|(k, v)| (*k, vec![AttrValue::Text((*v).into())]))
+            .collect()
+    }
+
+    #[test]
+    fn the_kind_needs_its_control_in_the_root_dse() {
+        let rfc4533 = vec![
+            "1.2.840.113556.1.4.319".to_string(),
+            "1.3.6.1.4.1.4203.1.9.1.1".into(),
+        ];
+        let ok = control_verdict(SourceKind::Openldap, "ldap://h", &rfc4533).unwrap();
+        assert_eq!(
+            ok,
+            Ok("RFC 4533 content synchronisation (1.3.6.1.4.1.4203.1.9.1.1) is offered".into())
+        );
+        let e = control_verdict(SourceKind::Ad, "ldap://h", &rfc4533)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.starts_with("ldap://h does not offer DirSync: 1.2.840.113556.1.4.841 is not in"),
+            "{e}"
+        );
+        let e = control_verdict(SourceKind::Openldap, "ldap://h", &[])
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.contains("syncprov") && e.contains("kind = \"ldap\""),
+            "{e}"
+        );
+        assert_eq!(control_verdict(SourceKind::Ldap, "ldap://h", &[]), None);
+    }
+
+    #[test]
+    fn reading_nothing_fails_only_while_the_ledger_owns_objects() {
+        let s = src(SourceKind::Openldap);
+        let c = read_check(&s, 0, 7);
+        assert_eq!((c.ok, c.warning), (false, false));
+        assert_eq!(c.detail, "cn=reader reads no object in scope under dc=x while the ledger owns 7: the account lacks read access (or base_dn, include or the filters are wrong)");
+        let c = read_check(&s, 0, 0);
+        assert_eq!((c.ok, c.warning, c.result()), (true, true, "warn"));
+        let c = read_check(&s, 3, 7);
+        assert_eq!(
+            (c.ok, c.warning, c.detail.as_str()),
+            (true, false, "3 objects in scope")
+        );
+    }
+
+    #[test]
+    fn a_missing_user_name_fails_an_attribute_no_one_has_warns() {
+        let full = attrs(&[
+            ("uid", "a"),
+            ("cn", "A"),
+            ("givenname", "G"),
+            ("sn", "S"),
+            ("mail", "a@x"),
+            ("title", "T"),
+            ("ou", "D"),
+        ]);
+        let bare = attrs(&[("uid", "b"), ("cn", "B")]);
+        let [name, rest] = attribute_checks(SourceKind::Openldap, &[&full, &bare]);
+        assert_eq!((name.ok, rest.ok, rest.warning), (true, true, false));
+        let nameless = attrs(&[("cn", "C"), ("sn", "S")]);
+        let [name, rest] = attribute_checks(SourceKind::Openldap, &[&nameless, &bare]);
+        assert!(!name.ok);
+        assert_eq!(name.detail, "1 user(s) have no mail or uid: they would not be exported (if the directory sets it, the bind account cannot read it)");
+        assert_eq!((rest.ok, rest.warning), (true, true));
+        assert_eq!(rest.detail, "none of the 2 users in scope has name.givenName (givenname), emails (mail), title (title), department (departmentnumber or ou): if the directory sets them, the bind account cannot read them and they would be exported empty");
+        let [name, rest] = attribute_checks(SourceKind::Ad, &[]);
+        assert_eq!((name.result(), rest.result()), ("ok", "ok"));
+    }
 }

@@ -4,7 +4,7 @@
 //! guarded by the source stream's version, so a concurrent import or a crash never records
 //! half an import or a cursor ahead of its changes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use indicatif::ProgressBar;
@@ -107,26 +107,21 @@ enum Read {
 }
 
 impl Source {
-    async fn connect(cfg: &SourceConfig) -> Result<Source> {
+    /// Connect and bind; everything on the connection must be done by `deadline`.
+    async fn connect(cfg: &SourceConfig, deadline: Instant) -> Result<Source> {
+        let conn = ConnectOptions {
+            deadline: Some(deadline),
+            ..Default::default()
+        };
         match cfg.kind {
             SourceKind::Ad => Ok(Source::Ad(Box::new(
-                AdSource::connect(cfg, &ConnectOptions::default(), AdOptions::default()).await?,
+                AdSource::connect(cfg, &conn, AdOptions::default()).await?,
             ))),
             SourceKind::Openldap => Ok(Source::OpenLdap(Box::new(
-                OpenLdapSource::connect(
-                    cfg,
-                    &ConnectOptions::default(),
-                    OpenLdapOptions::default(),
-                )
-                .await?,
+                OpenLdapSource::connect(cfg, &conn, OpenLdapOptions::default()).await?,
             ))),
             SourceKind::Ldap => Ok(Source::Ldap(Box::new(
-                OpenLdapSource::connect(
-                    cfg,
-                    &ConnectOptions::default(),
-                    OpenLdapOptions::default(),
-                )
-                .await?,
+                OpenLdapSource::connect(cfg, &conn, OpenLdapOptions::default()).await?,
             ))),
         }
     }
@@ -335,18 +330,20 @@ fn transient(e: &Error) -> bool {
     matches!(e, Error::Source(_) | Error::Io(_))
 }
 
-/// Read the source, retrying with backoff when the connection fails. A delta whose cookie
-/// the server rejects comes back as `Err(SourceCookieRejected)` for the caller to handle.
+/// Read the source, retrying with backoff when the connection fails, all of it by
+/// `deadline` (the import's). A delta whose cookie the server rejects comes back as
+/// `Err(SourceCookieRejected)` for the caller to handle.
 async fn read_source(
     cfg: &SourceConfig,
     cookie: Option<&[u8]>,
     progress: &ProgressBar,
+    deadline: Instant,
 ) -> Result<(Read, Option<SourceInfoRecorded>, &'static str)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let r = async {
-            let mut src = Source::connect(cfg).await?;
+            let mut src = Source::connect(cfg, deadline).await?;
             let info = src.info().await?;
             progress.set_message(if cookie.is_some() {
                 "delta"
@@ -365,14 +362,23 @@ async fn read_source(
         }
         .await;
         match r {
-            Err(e) if transient(&e) && attempt < SOURCE_ATTEMPTS => {
-                let wait = Duration::from_millis(500 * 2u64.pow(attempt));
+            Err(e)
+                if transient(&e)
+                    && attempt < SOURCE_ATTEMPTS
+                    && Instant::now() + retry_wait(attempt) < deadline =>
+            {
+                let wait = retry_wait(attempt);
                 tracing::warn!("reading the source failed ({e}); retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
             }
             other => return other,
         }
     }
+}
+
+/// The pause before attempt `attempt + 1` at reading the source.
+fn retry_wait(attempt: u32) -> Duration {
+    Duration::from_millis(500 * 2u64.pow(attempt))
 }
 
 /// Why the instance's cursor cannot be used for a delta, if it cannot.
@@ -403,7 +409,10 @@ pub(crate) fn refuse_retired(state: &State, instance: &str) -> Result<()> {
 
 /// Connect and bind to the source, then hang up: the check made before anything is recorded.
 pub(crate) async fn probe_source(cfg: &SourceConfig) -> Result<()> {
-    Source::connect(cfg).await?.close().await;
+    Source::connect(cfg, Instant::now() + cfg.limits.import_timeout)
+        .await?
+        .close()
+        .await;
     Ok(())
 }
 
@@ -476,6 +485,8 @@ pub(crate) async fn import_run(
     let always_full = kind == ALWAYS_FULL_CURSOR;
     let mut tries = 0;
     let began = std::time::Instant::now();
+    // Every read of the source below, fallbacks and retries included, ends by then.
+    let deadline = Instant::now() + src_cfg.limits.import_timeout;
     let phase =
         |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "import");
     loop {
@@ -521,14 +532,14 @@ pub(crate) async fn import_run(
             report.fallback = Some("no cursor for this instance yet".into());
         }
         let (mut read, info, cursor_kind) =
-            match read_source(src_cfg, cursor.as_deref(), progress).await {
+            match read_source(src_cfg, cursor.as_deref(), progress, deadline).await {
                 Err(Error::SourceCookieRejected(why)) => {
                     invalidated = Some(format!("the source rejected the cursor: {why}"));
-                    read_source(src_cfg, None, progress).await?
+                    read_source(src_cfg, None, progress, deadline).await?
                 }
                 Err(Error::CookieUnusable(why)) => {
                     invalidated = Some(format!("dirsync cannot use the cursor: {why}"));
-                    read_source(src_cfg, None, progress).await?
+                    read_source(src_cfg, None, progress, deadline).await?
                 }
                 other => other?,
             };
@@ -552,7 +563,7 @@ pub(crate) async fn import_run(
                         anchors.len(),
                         anchors[0]
                     ));
-                    read = read_source(src_cfg, None, progress).await?.0;
+                    read = read_source(src_cfg, None, progress, deadline).await?.0;
                     if let Read::Full { objects, .. } = &read {
                         received = objects.len() as u64;
                     }

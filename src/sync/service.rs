@@ -48,6 +48,15 @@ pub async fn serve(
     instance: &str,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Exit> {
+    // One service per instance; its cycles (and a `sync` by hand) take the cycle lock too.
+    let _service = store
+        .try_lock(&format!("run.{instance}"))
+        .await?
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "`dirsync run --instance {instance}` is already running on this store; this one exits"
+            ))
+        })?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
@@ -97,11 +106,16 @@ pub async fn serve(
             dry_run: false,
             take_over: false,
             stop: Some(stop.clone()),
+            wait_for_cycle: None,
         };
         match sync(cfg, store, &opts, &ProgressBar::hidden()).await {
             Ok(r) => say(&format!(
-                "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}",
-                r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures, r.recreated, r.quarantined
+                "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}{}",
+                r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures, r.recreated, r.quarantined,
+                r.reconcile.as_ref().map_or(String::new(), |d| format!(
+                    "; target reconciled: {} missing, {} changed, {} duplicates found, {} recreated, {} restored, {} removed",
+                    d.missing, d.changed, d.duplicates, d.recreated, d.restored, d.removed
+                ))
             )),
             Err(e @ Error::Fenced(_)) => break Err(e),
             Err(e @ (Error::Config(_) | Error::BadInput(_))) => break Err(e),

@@ -146,6 +146,8 @@ struct Inner {
     token_serial: std::sync::atomic::AtomicU64,
     /// No new request before this instant (the server's last Retry-After).
     paused_until: StdMutex<Option<Instant>>,
+    /// Whether Graph is down (every request to it counts; see `retry`).
+    breaker: super::retry::Breaker,
 }
 
 impl fmt::Debug for Inner {
@@ -229,6 +231,7 @@ impl GraphTarget {
                 token: tokio::sync::Mutex::new(None),
                 token_serial: std::sync::atomic::AtomicU64::new(0),
                 paused_until: StdMutex::new(None),
+                breaker: Default::default(),
             }),
         })
     }
@@ -356,9 +359,21 @@ impl Inner {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let resp = req.send().await.map_err(|e| {
-                TargetError::new(None, format!("{method} {}: {}", path_of(url), describe(&e)))
-            })?;
+            if let Some(down) = self.breaker.down() {
+                return Err(down);
+            }
+            let sent = Instant::now();
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let err = TargetError::new(
+                        None,
+                        format!("{method} {}: {}", path_of(url), describe(&e)),
+                    );
+                    return Err(self.breaker.unanswered(sent, &err.message).unwrap_or(err));
+                }
+            };
+            self.breaker.answered();
             let status = resp.status().as_u16();
             let retry_after = retry_after(resp.headers());
             let bytes = resp.bytes().await.map_err(|e| {

@@ -9,6 +9,7 @@
 
 pub mod graph;
 pub mod matching;
+pub mod retry;
 pub mod scim;
 
 use std::collections::BTreeSet;

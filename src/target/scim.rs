@@ -88,6 +88,8 @@ pub struct ScimTarget {
     /// Whether the server advertises ETags (ServiceProviderConfig `etag.supported`), read
     /// once, on the first update that could carry `If-Match`.
     etags: Box<tokio::sync::OnceCell<bool>>,
+    /// Whether the target is down (every request of this client counts).
+    breaker: Box<super::retry::Breaker>,
 }
 
 impl fmt::Debug for ScimTarget {
@@ -150,6 +152,7 @@ impl ScimTarget {
             attempts: DEFAULT_ATTEMPTS,
             base_delay: DEFAULT_BASE_DELAY,
             etags: Box::default(),
+            breaker: Default::default(),
         })
     }
 
@@ -211,10 +214,14 @@ impl ScimTarget {
 
     /// Send `req` with retries. Returns the final response, whatever its status (a 401 also
     /// closes `gate`); `NotSent` when `gate` was closed before the first try; `Failed` when
-    /// retries ran out or the next one would start after the deadline.
+    /// retries ran out or the next one would start after the deadline, and (fatal) once
+    /// the target is down (`retry::Breaker`).
     async fn send(&self, req: &Req, gate: Gate<'_>) -> std::result::Result<Reply, SendError> {
         let mut last: Option<TargetError> = None;
         for attempt in 1..=self.attempts {
+            if let Some(down) = self.breaker.down() {
+                return Err(SendError::Failed(down));
+            }
             // Under a deadline (the export lease) the request must also end by it.
             let Some(timeout) = request_timeout(gate.deadline).filter(|_| gate.open()) else {
                 return Err(match last {
@@ -223,7 +230,12 @@ impl ScimTarget {
                 });
             };
             let backoff = backoff(self.base_delay, attempt);
-            let (err, wait) = match self.once(req, timeout).await {
+            let sent = Instant::now();
+            let got = self.once(req, timeout).await;
+            if got.is_ok() {
+                self.breaker.answered();
+            }
+            let (err, wait) = match got {
                 Ok(reply) if reply.status == StatusCode::UNAUTHORIZED => {
                     gate.trip();
                     return Ok(reply);
@@ -251,10 +263,13 @@ impl ScimTarget {
                         format!("{}: {}", req.what, error_chain(&e)),
                     )));
                 }
-                Err(e) => (
-                    TargetError::new(None, format!("{}: {}", req.what, error_chain(&e))),
-                    backoff,
-                ),
+                Err(e) => {
+                    let err = TargetError::new(None, format!("{}: {}", req.what, error_chain(&e)));
+                    if let Some(down) = self.breaker.unanswered(sent, &err.message) {
+                        return Err(SendError::Failed(down));
+                    }
+                    (err, backoff)
+                }
             };
             let too_late = gate.deadline.is_some_and(|d| Instant::now() + wait >= d);
             // 429 means "not done": only that may be repeated blindly for a POST.
@@ -370,7 +385,7 @@ impl ScimTarget {
         let reply = loop {
             match self.send(&req, gate).await {
                 Err(SendError::Failed(e))
-                    if e.status.is_none_or(|s| s >= 500) && tries < self.attempts =>
+                    if !e.fatal && e.status.is_none_or(|s| s >= 500) && tries < self.attempts =>
                 {
                     // The server may have created it: look before creating again.
                     let filter = format!("externalId eq {}", filter_string(anchor));

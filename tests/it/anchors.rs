@@ -469,6 +469,70 @@ async fn every_owned_anchor_changing_is_refused_until_migrated_by_dn() {
     assert_eq!(target(scim.base_url(), scim.token()).await, before);
 }
 
+/// Active Directory: a consistency GUID holding the object's own objectGUID (as Azure AD
+/// Connect writes it) changes no anchor value: the sync is not refused, the new attribute
+/// is recorded, and nothing is created or deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ad_consistency_guid_equal_to_the_object_guid_is_recorded_not_refused() {
+    let samba = Samba::start().await;
+    let staff = "OU=Staff,DC=test,DC=lan";
+    let mut ldif = format!("dn: {staff}\nobjectClass: organizationalUnit\n\n");
+    for i in 1..=2 {
+        ldif.push_str(&format!(
+            "dn: CN=u{i},{staff}\nobjectClass: user\nsAMAccountName: u{i}\n\
+             userPrincipalName: u{i}@test.lan\nuserAccountControl: 512\n\n"
+        ));
+    }
+    samba.ldapadd(&ldif).await;
+    let scim = Scim::tenant().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), samba.password()).unwrap();
+    std::fs::write(dir.path().join("token"), scim.token()).unwrap();
+    let source = format!(
+        "kind = \"ad\"\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"pw\"\n\
+         base_dn = \"DC=test,DC=lan\"\ninclude = [\"{staff}\"]\n",
+        samba.url(),
+        samba.bind_dn()
+    );
+    write_config(&dir, &source, None, scim.base_url());
+    assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
+    assert_eq!(sync_ok(&dir)["created"], 2);
+    assert_eq!(recorded(&dir), "objectGUID");
+    let before = target(scim.base_url(), scim.token()).await;
+
+    let out = samba
+        .ldapsearch(&[
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            "-b",
+            &format!("CN=u1,{staff}"),
+            "-s",
+            "base",
+            "objectGUID",
+        ])
+        .await;
+    let guid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("objectGUID:: "))
+        .expect("objectGUID")
+        .to_string();
+    samba
+        .ldapmodify(&format!(
+            "dn: CN=u1,{staff}\nchangetype: modify\nreplace: mS-DS-ConsistencyGuid\n\
+             mS-DS-ConsistencyGuid:: {guid}\n-\n"
+        ))
+        .await;
+    let v = sync_ok(&dir);
+    assert_eq!(
+        (v["created"].clone(), v["deleted"].clone()),
+        (0.into(), 0.into()),
+        "{v}"
+    );
+    assert_eq!(recorded(&dir), "ms-DS-ConsistencyGuid");
+    assert_eq!(target(scim.base_url(), scim.token()).await, before);
+}
+
 /// Active Directory: a consistency GUID set on one user after the first import (objectGUID
 /// recorded) is refused, as is pinning objectGUID while the source anchors on the
 /// consistency GUID; `anchors migrate --to ms-DS-ConsistencyGuid` re-keys that user alone

@@ -31,6 +31,7 @@ async fn fixture() -> Fixture {
         url: samba.url(),
         tls: Tls::None,
         ca_file: None,
+        limits: Default::default(),
         bind_dn: samba.bind_dn().to_string(),
         password: SecretRef::File(pw),
         base_dn: samba.base_dn().to_string(),
@@ -51,6 +52,7 @@ fn conn() -> ConnectOptions {
     ConnectOptions {
         timeout: Duration::from_secs(20),
         danger_skip_tls_verify: false,
+        ..Default::default()
     }
 }
 

@@ -62,6 +62,7 @@ fn source_config(slapd: &Slapd, bind_dn: String, pw: std::path::PathBuf) -> Sour
         url: slapd.url(),
         tls: Tls::None,
         ca_file: None,
+        limits: Default::default(),
         bind_dn,
         password: SecretRef::File(pw),
         base_dn: slapd.base_dn().to_string(),
@@ -84,6 +85,7 @@ fn conn() -> ConnectOptions {
     ConnectOptions {
         timeout: Duration::from_secs(20),
         danger_skip_tls_verify: false,
+        ..Default::default()
     }
 }
 

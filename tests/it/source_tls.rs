@@ -14,6 +14,7 @@ fn cfg(slapd: &Slapd, pw: &std::path::Path, ca_file: Option<std::path::PathBuf>)
         url: slapd.url(),
         tls: Tls::Starttls,
         ca_file,
+        limits: Default::default(),
         bind_dn: slapd.bind_dn().into(),
         password: SecretRef::File(pw.to_path_buf()),
         base_dn: slapd.base_dn().into(),
@@ -38,6 +39,7 @@ async fn starttls_verifies_the_server_and_ca_file_adds_a_ca() {
     let opts = ConnectOptions {
         timeout: Duration::from_secs(10),
         danger_skip_tls_verify: false,
+        ..Default::default()
     };
 
     // The lab CA is in no trust store: verification refuses the server.

@@ -96,6 +96,22 @@ impl ScimView {
             .as_u16()
     }
 
+    /// PATCH `res/id` with these operations behind dirsync's back; the status.
+    pub async fn patch(&self, res: &str, id: &str, operations: Value) -> u16 {
+        self.http
+            .patch(format!("{}/{res}/{id}", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": operations,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Users by externalId.
     pub async fn users_by_anchor(&self) -> BTreeMap<String, Value> {
         by_anchor(self.all("Users").await)
@@ -176,7 +192,7 @@ impl E2e {
         E2e::new(Source::Ad(samba), &source, &pw, "500").await
     }
 
-    async fn new(source: Source, source_toml: &str, pw: &str, threshold: &str) -> E2e {
+    pub async fn new(source: Source, source_toml: &str, pw: &str, threshold: &str) -> E2e {
         let scim = Scim::tenant().await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), format!("{pw}\n")).unwrap();
@@ -797,9 +813,11 @@ async fn preflight_checks_reach_bind_and_duplicates() {
         [
             "store",
             "source bind",
+            "sync control",
             "source read",
             "duplicates",
             "userName",
+            "attributes",
             "target"
         ]
     );

@@ -16,6 +16,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod graph;
+pub mod hostile_ldap;
 pub mod postgres;
 pub mod proc;
 pub mod samba;

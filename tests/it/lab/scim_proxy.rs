@@ -1,7 +1,8 @@
 //! A small HTTP proxy in front of a real scim2-server, for SCIM behaviours the server lacks
 //! but service providers in the field have (issue 17): a filter refused with 400
 //! `invalidFilter` for some values only, attribute names spelt in another case, `eq`
-//! compared case-exactly, no ETag support, and writes refused for chosen objects.
+//! compared case-exactly, no ETag support, writes refused for chosen objects, writes answered
+//! late, and a target that goes down.
 //!
 //! One request per connection: the request is read whole (headers and a `Content-Length`
 //! body), answered by the proxy itself when a rule says so, else written to the upstream
@@ -47,6 +48,12 @@ pub struct ProxyRules {
     /// [`ScimProxy::release`]; then it is forwarded whether or not its client is still
     /// waiting (a network that delays a request past its sender's timeout).
     pub hold_posts_to: Vec<String>,
+    /// Writes (POST, PUT, PATCH, DELETE) are done upstream at once but answered only after
+    /// this delay (a slow network or a slow server: the write is applied, its answer late).
+    pub delay_writes: Option<std::time::Duration>,
+    /// After this many connections the proxy stops listening: every later connection is
+    /// refused (the target went down mid-cycle). Read when the proxy starts.
+    pub down_after: Option<usize>,
 }
 
 /// One request the proxy saw.
@@ -59,6 +66,8 @@ pub struct SeenRequest {
     pub target: String,
     pub if_match: bool,
     pub body: String,
+    /// The status answered (0: not answered yet, or no answer could be read).
+    pub status: u16,
 }
 
 /// Requests held by [`ProxyRules::hold_posts_to`]: their path, and what lets them go on.
@@ -95,13 +104,20 @@ impl ScimProxy {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let held: Arc<Held> = Arc::default();
         let (r, s, h) = (rules.clone(), seen.clone(), held.clone());
+        let down_after = rules.lock().unwrap().down_after;
         let task = tokio::spawn(async move {
+            let mut accepted = 0;
             while let Ok((client, _)) = listener.accept().await {
                 let (rules, seen, held, upstream) =
                     (r.clone(), s.clone(), h.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let _ = serve(client, &upstream, &rules, &seen, &held).await;
                 });
+                accepted += 1;
+                if down_after.is_some_and(|n| accepted >= n) {
+                    // Dropping the listener closes the port: connections are refused.
+                    return;
+                }
             }
         });
         ScimProxy {
@@ -143,6 +159,14 @@ impl ScimProxy {
     /// Every request seen so far, oldest first.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Every (method, status) answered so far, in order.
+    pub fn seen(&self) -> Vec<(String, u16)> {
+        self.requests()
+            .into_iter()
+            .map(|r| (r.method, r.status))
+            .collect()
     }
 }
 
@@ -206,13 +230,25 @@ async fn serve(
     let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
     let if_match = header("if-match").is_some();
-    seen.lock().unwrap().push(SeenRequest {
-        at: chrono::Utc::now(),
-        method: method.clone(),
-        target: target.clone(),
-        if_match,
-        body: body.clone(),
-    });
+    // Remembered as it arrives (its time is when the client sent it), its status once
+    // answered.
+    let idx = {
+        let mut seen = seen.lock().unwrap();
+        seen.push(SeenRequest {
+            at: chrono::Utc::now(),
+            method: method.clone(),
+            target: target.clone(),
+            if_match,
+            body: body.clone(),
+            status: 0,
+        });
+        seen.len() - 1
+    };
+    let record = |status: u16| {
+        if let Some(r) = seen.lock().unwrap().get_mut(idx) {
+            r.status = status;
+        }
+    };
     let url = reqwest::Url::parse(&format!("http://proxy{target}")).ok();
     let filter = url
         .as_ref()
@@ -247,6 +283,7 @@ async fn serve(
         None
     };
     if let Some(r) = refused {
+        record(status_of(r.as_bytes()));
         client.write_all(r.as_bytes()).await?;
         return client.shutdown().await;
     }
@@ -265,6 +302,11 @@ async fn serve(
     up.write_all(&buf).await?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer).await?;
+    if let Some(d) = rules.delay_writes {
+        if matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+            tokio::time::sleep(d).await;
+        }
+    }
     let rewrites = rules.rename_attributes
         || rules.case_exact_eq
         || rules.no_etags
@@ -274,8 +316,18 @@ async fn serve(
             answer = a;
         }
     }
+    record(status_of(&answer));
     client.write_all(&answer).await?;
     client.shutdown().await
+}
+
+/// The status code of an HTTP answer (0 if it has none).
+fn status_of(answer: &[u8]) -> u16 {
+    String::from_utf8_lossy(answer.get(..12).unwrap_or(answer))
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The upstream answer with its JSON body altered by the rules (None: left as it is).

@@ -33,6 +33,10 @@ pub struct SlapdOptions {
     /// Limit the paged-results page size of authenticated users other than the rootdn
     /// (`size.pr`), as a server's administrator may.
     pub page_limit: Option<u32>,
+    /// Leave the syncprov module and overlay out: no RFC 4533 control in the rootDSE.
+    pub no_syncprov: bool,
+    /// `access` directives for the main database (without them everyone reads all).
+    pub acl: Option<String>,
 }
 
 const BASE_DN: &str = "dc=example,dc=org";
@@ -365,9 +369,11 @@ fn config(dir: &Path, opts: &SlapdOptions) -> String {
     if Path::new("/usr/lib/ldap/back_mdb.so").exists() {
         conf.push_str("moduleload back_mdb\n");
     }
+    if !opts.no_syncprov {
+        conf.push_str("moduleload syncprov\n");
+    }
     conf.push_str(&format!(
-        "moduleload syncprov
-moduleload accesslog
+        "moduleload accesslog
 pidfile \"{dir}/slapd.pid\"
 argsfile \"{dir}/slapd.args\"
 sizelimit unlimited
@@ -405,9 +411,12 @@ maxsize 1073741824
 index objectClass eq
 index entryUUID,entryCSN eq
 index uid,cn,member,memberUid eq
-overlay syncprov
 "
     ));
+    if !opts.no_syncprov {
+        conf.push_str("overlay syncprov\n");
+    }
+
     if let Some(n) = opts.page_limit {
         conf.push_str(&format!(
             "limits users size.soft=unlimited size.hard=unlimited size.pr={n} size.prtotal=unlimited\n"
@@ -423,6 +432,10 @@ logsuccess TRUE
 logpurge 07+00:00 01+00:00
 ",
         );
+    }
+    if let Some(acl) = &opts.acl {
+        conf.push_str(acl);
+        conf.push('\n');
     }
     conf
 }
