@@ -1553,8 +1553,9 @@ impl Cycle<'_> {
             }
             let n = queue.len().min(CHUNK);
             let chunk: Vec<Op> = queue.drain(..n).collect();
-            let deadline =
-                (Instant::now() + self.lease - lease_margin(self.lease)).min(self.deadline.at);
+            // The lease bounds every request of the chunk (fencing); the cycle's deadline
+            // only stops new chunks (checked above), so answers in flight are recorded.
+            let deadline = Instant::now() + self.lease - lease_margin(self.lease);
             let lease_until = chrono::Utc::now()
                 + chrono::Duration::from_std(self.lease)
                     .unwrap_or_else(|_| chrono::Duration::zero());

@@ -66,7 +66,15 @@ async fn late_creates_of_the_old_holder_are_taken_or_removed_by_the_new_one() {
     let (run, v) = lab.run("a", &[]);
     let a_took = started.elapsed();
     assert_eq!(run.code, 1, "{run:?}");
-    assert_eq!((count(&v, "created"), count(&v, "failures")), (0, 5), "{v}");
+    // Every request timed out: the groups' chunk is the 4th and 5th in a row without an
+    // answer, over 5 s, so the cycle ends as "the target is down" (no report), without
+    // recording those as the objects' failures (retry::Breaker); otherwise the report
+    // counts them.
+    if v.is_null() {
+        assert!(run.stderr.contains("(the target is down: "), "{run:?}");
+    } else {
+        assert_eq!((count(&v, "created"), count(&v, "failures")), (0, 5), "{v}");
+    }
     // Users, then groups (not sent again by the export's third pass): two leases of 3 s.
     assert!(a_took < Duration::from_secs(10), "{a_took:?}");
     let held = proxy.held();
