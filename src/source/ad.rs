@@ -1020,7 +1020,7 @@ fn to_attrs(raw: &[AttrRef<'_>], dn: &str, keep_identity: bool) -> Attrs {
 }
 
 fn normalise(dn: &str) -> String {
-    crate::sync::scope::normalise_dn(dn)
+    super::dn::normalise_dn(dn)
 }
 
 fn paren(filter: &str) -> String {

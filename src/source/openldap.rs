@@ -47,6 +47,8 @@ use ldap3::controls::RawControl;
 use ldap3::Scope;
 use uuid::Uuid;
 
+use super::change::Change;
+use super::dn::normalise_dn;
 use super::ldap::{
     ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, LdapFailure, RawEntry,
     RawResponseControl, SearchItem,
@@ -56,8 +58,6 @@ use crate::error::{Error, Result};
 use crate::log::event::{
     AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject, Values,
 };
-use crate::sync::import::Change;
-use crate::sync::scope::normalise_dn;
 
 /// RFC 4533 Sync Request control.
 pub const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";

@@ -10,7 +10,7 @@ use base64::Engine;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::import::{delta_events, full_import_events, Change, DeltaPlan};
+use super::import::{delta_events, full_import_events, DeltaPlan};
 use super::scope::Scope;
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::error::{Error, Result};
@@ -23,7 +23,8 @@ use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay;
 use crate::project::{InstanceStatus, State};
 use crate::source::{
-    AdOptions, AdSource, ConnectOptions, DeltaItem, LdapFullImport, OpenLdapOptions, OpenLdapSource,
+    AdOptions, AdSource, Change, ConnectOptions, DeltaItem, LdapFullImport, OpenLdapOptions,
+    OpenLdapSource,
 };
 
 /// Re-plan at most this many times when another writer moved the source stream on.
