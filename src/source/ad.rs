@@ -32,6 +32,7 @@ use ldap3::controls::RawControl;
 use ldap3::Scope;
 use uuid::Uuid;
 
+use super::change::{Change, Read};
 use super::ldap::{ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, RawEntry};
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
@@ -161,6 +162,39 @@ pub struct Delta {
     pub cookie: Vec<u8>,
     /// Referrals skipped.
     pub referrals_skipped: u64,
+}
+
+impl From<DeltaItem> for Change {
+    /// A DirSync change as the importer takes it. An upsert is the whole object only when
+    /// it is new to the cookie and its kind is known; otherwise it holds the changed
+    /// attributes of an object the importer knows (whose kind it keeps).
+    fn from(item: DeltaItem) -> Change {
+        match item {
+            DeltaItem::Upsert(o) => Change::Upsert {
+                whole: o.new && o.kind.is_some(),
+                object: SourceObject {
+                    anchor: o.anchor,
+                    kind: o.kind.unwrap_or(ObjectKind::User),
+                    dn: o.dn,
+                    attrs: o.attrs,
+                    members: Default::default(),
+                },
+            },
+            DeltaItem::Deleted {
+                anchor, evidence, ..
+            } => Change::Deleted { anchor, evidence },
+            DeltaItem::Members {
+                anchor,
+                added,
+                removed,
+                ..
+            } => Change::Members {
+                anchor,
+                added,
+                removed,
+            },
+        }
+    }
 }
 
 /// A bound connection to an AD domain controller.
@@ -876,6 +910,43 @@ fn identity(entry: &EntryRef<'_>, ext: &ExtendedDn) -> Result<Identity> {
         anchor: consistency.unwrap_or_else(|| object_guid.clone()),
         object_guid,
     })
+}
+
+impl super::Source for AdSource {
+    fn cursor_kind(&self) -> &'static str {
+        super::DIRSYNC_CURSOR
+    }
+
+    fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {
+        Box::pin(async move { self.source_info().await.map(Some) })
+    }
+
+    fn full(&mut self) -> super::SourceFuture<'_, Read> {
+        Box::pin(async move {
+            let cookie = self.baseline_cookie().await?;
+            let full = self.full_import().await?;
+            Ok(Read::Full {
+                objects: full.objects,
+                cookie,
+                referrals: full.referrals_skipped,
+            })
+        })
+    }
+
+    fn delta<'a>(&'a mut self, cookie: &'a [u8]) -> super::SourceFuture<'a, Read> {
+        Box::pin(async move {
+            let d = AdSource::delta(self, cookie).await?;
+            Ok(Read::Delta {
+                changes: d.changes.into_iter().map(Change::from).collect(),
+                cookie: d.cookie,
+                referrals: d.referrals_skipped,
+            })
+        })
+    }
+
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(AdSource::close(*self))
+    }
 }
 
 /// A 16-byte Microsoft GUID (mixed-endian) as a lowercase hyphenated anchor.

@@ -23,3 +23,24 @@ pub enum Change {
         removed: Vec<String>,
     },
 }
+
+/// What one read of a source produced, before planning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Every object the source holds (in scope or not: the importer's scope decides), and
+    /// the cursor to continue from, taken before the read so nothing changed during it is
+    /// missed by the next delta (empty for a source without change tracking).
+    Full {
+        objects: Vec<SourceObject>,
+        cookie: Vec<u8>,
+        /// Search continuation references skipped.
+        referrals: u64,
+    },
+    /// What changed since a cursor, in server order, and the cursor to continue from.
+    Delta {
+        changes: Vec<Change>,
+        cookie: Vec<u8>,
+        /// Search continuation references skipped.
+        referrals: u64,
+    },
+}
