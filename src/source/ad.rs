@@ -33,7 +33,8 @@ use ldap3::Scope;
 use uuid::Uuid;
 
 use super::change::{Change, Read};
-use super::ldap::{ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, RawEntry};
+use super::ldap::{ber, AttrRef, ConnectOptions, EntryRef, LdapClient, RawEntry};
+use super::result::result_name;
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 use crate::log::event::{

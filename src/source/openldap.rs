@@ -50,9 +50,10 @@ use uuid::Uuid;
 use super::change::{Change, Read};
 use super::dn::normalise_dn;
 use super::ldap::{
-    ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, LdapFailure, RawEntry,
-    RawResponseControl, SearchItem,
+    ber, AttrRef, ConnectOptions, EntryRef, LdapClient, LdapFailure, RawEntry, RawResponseControl,
+    SearchItem,
 };
+use super::result::result_name;
 use crate::config::{SourceConfig, SourceKind};
 use crate::error::{Error, Result};
 use crate::log::event::{
