@@ -1150,6 +1150,71 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dirsync_items_become_changes() {
+        let object = |new: bool, kind: Option<ObjectKind>| DeltaObject {
+            anchor: "a".into(),
+            object_guid: "g".into(),
+            kind,
+            dn: "CN=A,DC=x".into(),
+            new,
+            attrs: Attrs::default(),
+        };
+        let upsert = |whole: bool, kind: ObjectKind| Change::Upsert {
+            object: SourceObject {
+                anchor: "a".into(),
+                kind,
+                dn: "CN=A,DC=x".into(),
+                attrs: Attrs::default(),
+                members: Default::default(),
+            },
+            whole,
+        };
+        // Whole only when new to the cookie and of a known kind.
+        let new_group = object(true, Some(ObjectKind::Group));
+        assert_eq!(
+            Change::from(DeltaItem::Upsert(new_group)),
+            upsert(true, ObjectKind::Group)
+        );
+        assert_eq!(
+            Change::from(DeltaItem::Upsert(object(false, Some(ObjectKind::Group)))),
+            upsert(false, ObjectKind::Group)
+        );
+        assert_eq!(
+            Change::from(DeltaItem::Upsert(object(true, None))),
+            upsert(false, ObjectKind::User)
+        );
+        let evidence = DeletionEvidence::Tombstone {
+            deleted_at: None,
+            last_known_parent: Some("DC=x".into()),
+        };
+        assert_eq!(
+            Change::from(DeltaItem::Deleted {
+                anchor: "a".into(),
+                object_guid: "g".into(),
+                dn: "CN=A\\0ADEL:g,CN=Deleted Objects,DC=x".into(),
+                evidence: evidence.clone(),
+            }),
+            Change::Deleted {
+                anchor: "a".into(),
+                evidence
+            }
+        );
+        assert_eq!(
+            Change::from(DeltaItem::Members {
+                anchor: "a".into(),
+                dn: "CN=A,DC=x".into(),
+                added: vec!["b".into()],
+                removed: vec!["c".into()],
+            }),
+            Change::Members {
+                anchor: "a".into(),
+                added: vec!["b".into()],
+                removed: vec!["c".into()],
+            }
+        );
+    }
+
+    #[test]
     fn guid_is_mixed_endian() {
         use base64::Engine;
         let b = base64::engine::general_purpose::STANDARD
