@@ -144,6 +144,13 @@ pub enum AuditCommand {
         #[arg(long)]
         fail_if_any: bool,
     },
+    /// Every reconcile of the whole target (`sync --full`, `[sync] reconcile_target`):
+    /// the drift found (missing, changed out of band, duplicates) and what was repaired
+    /// (exit 5 with --fail-if-any when the last one found drift).
+    Drift {
+        #[arg(long)]
+        fail_if_any: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

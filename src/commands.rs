@@ -588,6 +588,7 @@ async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
         dry_run: a.dry_run,
         take_over: a.take_over,
         stop: None,
+        wait_for_cycle: None,
     };
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
@@ -694,6 +695,12 @@ fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                 r.quarantined.to_string(),
                 r.unmappable.to_string(),
             ]],
+        ));
+    }
+    if let Some(d) = &r.reconcile {
+        out.push_str(&format!(
+            "\ntarget reconciled: {} objects read; drift found: {} missing, {} changed, {} duplicates; repaired: {} recreated, {} restored, {} removed; {} failed\n",
+            d.listed, d.missing, d.changed, d.duplicates, d.recreated, d.restored, d.removed, d.failed
         ));
     }
     if !r.problems.is_empty() {
@@ -817,7 +824,25 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
     let state = crate::project::replay::refresh(store, 10_000).await?;
     match c {
         DeletionsCommand::Show => {
-            let names = |anchor: &str| crate::target::ledger_name(&state.ledger, anchor);
+            // A held entry is an owned anchor, or a duplicate `ANCHOR@TARGET_ID` (reconcile):
+            // its kind, name and target id.
+            let about = |key: &str| -> (Option<&'static str>, String, Option<String>) {
+                if let Some(l) = state.ledger.entries.get(key) {
+                    let name = crate::target::ledger_name(&state.ledger, key);
+                    return (Some(l.kind.as_str()), name, Some(l.target_id.clone()));
+                }
+                match key.split_once('@') {
+                    Some((anchor, id)) => (
+                        state.ledger.entries.get(anchor).map(|l| l.kind.as_str()),
+                        format!(
+                            "duplicate of {}",
+                            crate::target::ledger_name(&state.ledger, anchor)
+                        ),
+                        Some(id.to_string()),
+                    ),
+                    None => (None, String::new(), None),
+                }
+            };
             let plans: Vec<serde_json::Value> = state
                 .guard
                 .plans
@@ -829,12 +854,15 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
                         "held_at": crate::output::time(p.held.at_us),
                         "approved": p.approved.map(|a| crate::output::time(a.at_us)),
                         "count": p.anchors.len(),
-                        "deletions": p.anchors.iter().map(|a| json!({
-                            "anchor": a,
-                            "name": names(a),
-                            "kind": state.ledger.entries.get(a).map(|l| l.kind.as_str()),
-                            "target_id": state.ledger.entries.get(a).map(|l| l.target_id.clone()),
-                        })).collect::<Vec<_>>(),
+                        "deletions": p.anchors.iter().map(|a| {
+                            let (kind, name, target_id) = about(a);
+                            json!({
+                                "anchor": a,
+                                "name": name,
+                                "kind": kind,
+                                "target_id": target_id,
+                            })
+                        }).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -860,12 +888,12 @@ async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format) -> Result
                             .anchors
                             .iter()
                             .map(|a| {
-                                let l = state.ledger.entries.get(a);
+                                let (kind, name, target_id) = about(a);
                                 vec![
                                     a.clone(),
-                                    l.map(|l| l.kind.as_str().to_string()).unwrap_or_default(),
-                                    names(a),
-                                    l.map(|l| l.target_id.clone()).unwrap_or_default(),
+                                    kind.unwrap_or_default().to_string(),
+                                    name,
+                                    target_id.unwrap_or_default(),
                                 ]
                             })
                             .collect();
@@ -1044,6 +1072,7 @@ async fn audit_cmd(cfg: &Config, c: crate::cli::AuditCommand, fmt: Format) -> Re
                     dry_run: false,
                     take_over: false,
                     stop: None,
+                    wait_for_cycle: None,
                 };
                 let bar = indicatif::ProgressBar::with_draw_target(
                     None,
@@ -1109,6 +1138,26 @@ async fn audit_cmd(cfg: &Config, c: crate::cli::AuditCommand, fmt: Format) -> Re
                 })?;
             }
             Ok(if fail_if_any && report.flagged() {
+                Exit::Found
+            } else {
+                Exit::Ok
+            })
+        }
+        AuditCommand::Drift { fail_if_any } => {
+            let state = replay::refresh(&store, SNAPSHOT_EVERY).await?;
+            let report = crate::audit::drift::drift(&state, cfg.sync.reconcile_target);
+            let v = serde_json::to_value(&report).map_err(Error::store)?;
+            if fmt == Format::Table && report.reconciles.is_empty() {
+                print("the target was never reconciled: `dirsync sync --full` reads it whole\n")?;
+            } else {
+                emit_rows(fmt, &crate::audit::drift::HEADERS, &report.rows(), &v)?;
+            }
+            if fmt == Format::Table {
+                if let Some(due) = &report.next_due {
+                    print(&format!("\nnext reconcile due: {due}\n"))?;
+                }
+            }
+            Ok(if fail_if_any && report.found_any() {
                 Exit::Found
             } else {
                 Exit::Ok

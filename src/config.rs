@@ -193,6 +193,9 @@ pub struct SyncConfig {
     /// How long a cycle may run: after it no new request is sent (those in flight finish
     /// and are recorded) and the rest waits for the next cycle.
     pub cycle_timeout: Duration,
+    /// How often a plain `sync` reads the whole target and repairs drift (`sync --full`
+    /// always does): `[sync] reconcile_target`, default 24 h.
+    pub reconcile_target: Duration,
 }
 
 impl Default for SyncConfig {
@@ -201,6 +204,7 @@ impl Default for SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
             cycle_timeout: Duration::from_secs(30 * 60),
+            reconcile_target: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -241,6 +245,10 @@ struct RawSource {
     #[serde(default)]
     tls: Tls,
     ca_file: Option<PathBuf>,
+    max_message_bytes: Option<u64>,
+    max_entries: Option<u64>,
+    operation_timeout: Option<String>,
+    import_timeout: Option<String>,
     bind_dn: String,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
@@ -252,10 +260,6 @@ struct RawSource {
     #[serde(default)]
     exclude: Vec<String>,
     anchor: Option<String>,
-    max_message_bytes: Option<u64>,
-    max_entries: Option<u64>,
-    operation_timeout: Option<String>,
-    import_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +290,7 @@ struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
     cycle_timeout: Option<String>,
+    reconcile_target: Option<String>,
 }
 
 const DEFAULT_STORE: &str = "sqlite://dirsync.db";
@@ -539,6 +544,16 @@ impl Config {
                     return Err(bad("sync.cycle_timeout", "must be more than zero".into()));
                 }
             }
+            if let Some(r) = s.reconcile_target {
+                sync.reconcile_target = humantime::parse_duration(&r)
+                    .map_err(|e| bad("sync.reconcile_target", format!("`{r}`: {e}")))?;
+                if sync.reconcile_target.is_zero() {
+                    return Err(bad(
+                        "sync.reconcile_target",
+                        "must be more than zero".into(),
+                    ));
+                }
+            }
             if let Some(t) = s.deletion_threshold {
                 sync.deletion_threshold = match t {
                     RawThreshold::Count(n) => Threshold::Count(n),
@@ -614,6 +629,7 @@ token_file = "token.txt"
 interval = "5m"
 deletion_threshold = "10%"
 cycle_timeout = "10m"
+reconcile_target = "12h"
 "#;
 
     #[test]
@@ -635,6 +651,9 @@ cycle_timeout = "10m"
         assert_eq!(c.sync.cycle_timeout, Duration::from_secs(600));
         let d = Config::parse("", Path::new("."), None).unwrap();
         assert_eq!(d.sync.cycle_timeout, Duration::from_secs(30 * 60));
+        assert_eq!(c.sync.reconcile_target, Duration::from_secs(12 * 3600));
+        let d = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(d.sync.reconcile_target, Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -704,6 +723,7 @@ cycle_timeout = "10m"
             ("[sync]\ninterval = \"soon\"", "sync.interval"),
             ("[sync]\ncycle_timeout = \"0s\"", "sync.cycle_timeout"),
             ("[sync]\ncycle_timeout = \"later\"", "sync.cycle_timeout"),
+            ("[sync]\nreconcile_target = \"0s\"", "sync.reconcile_target"),
             ("[store]\nurl = \"mysql://x\"", "store.url"),
         ] {
             let m = Config::parse(text, Path::new("."), None)

@@ -53,6 +53,9 @@ pub struct Diff {
     pub objects: Changes,
     /// The ownership ledger: objects we owned in the target.
     pub ledger: Changes,
+    /// Reconciles of the whole target recorded in between: drift found and repaired.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reconciles: Vec<super::drift::Row>,
 }
 
 pub const DIFF_HEADERS: [&str; 6] = ["PROJECTION", "CHANGE", "KIND", "ANCHOR", "NAME", "DETAIL"];
@@ -61,6 +64,16 @@ impl Diff {
     pub fn rows(&self) -> Vec<Vec<String>> {
         let mut rows = self.objects.rows("source");
         rows.extend(self.ledger.rows("ledger"));
+        rows.extend(self.reconciles.iter().map(|r| {
+            vec![
+                "target".to_string(),
+                "reconciled".to_string(),
+                String::new(),
+                String::new(),
+                r.instance.clone(),
+                r.summary(),
+            ]
+        }));
         rows
     }
 }
@@ -198,6 +211,15 @@ pub fn diff(a: &State, b: &State) -> Diff {
             (None, None) => {}
         }
     }
+    let (from, to) = (a.seq.min(b.seq), a.seq.max(b.seq));
+    let later = if b.seq >= a.seq { b } else { a };
+    out.reconciles = later
+        .relationship
+        .reconciles
+        .iter()
+        .filter(|r| r.at.seq > from && r.at.seq <= to)
+        .map(super::drift::Row::of)
+        .collect();
     out
 }
 
@@ -400,6 +422,24 @@ mod tests {
         assert_eq!(d.ledger.deleted[0].name, "u2");
         assert!(diff(&l.state, &l.state).objects.is_empty());
         assert_eq!(d.rows().len(), 6);
+        // A reconcile in between is listed with what it found and repaired.
+        let mid = l.state.clone();
+        l.at(
+            "b",
+            Event::TargetReconciled(crate::log::event::TargetReconciled {
+                run_id: "r".into(),
+                listed: 3,
+                missing: 2,
+                recreated: 2,
+                ..Default::default()
+            }),
+        );
+        let d = diff(&before, &l.state);
+        assert_eq!(d.reconciles.len(), 1);
+        let last = d.rows().pop().unwrap();
+        assert_eq!(last[..5], ["target", "reconciled", "", "", "b"]);
+        assert!(last[5].contains("found 2 missing") && last[5].contains("2 recreated"));
+        assert!(diff(&before, &mid).reconciles.is_empty());
     }
 
     #[test]

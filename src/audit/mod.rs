@@ -1,10 +1,12 @@
 //! Audits over the log: deletions that never reached the target ([`missed`]), the windows in
 //! which no sync completed ([`gaps`]), and history: differences between two points of the
-//! log and what-if replays under another configuration ([`history`]).
+//! log and what-if replays under another configuration ([`history`]), and the drift found
+//! in the target and repaired ([`drift`]).
 //!
 //! Everything here is pure: functions of projections ([`crate::project::State`]) and the
 //! clock. The command handlers read the store (and the source, for fresh evidence) and print.
 
+pub mod drift;
 pub mod gaps;
 pub mod history;
 pub mod missed;

@@ -599,6 +599,41 @@ pub struct AnchorsMigrated {
     pub unpaired: Vec<String>,
 }
 
+/// The whole target was read and compared with the ledger and the mapped source (`sync
+/// --full`, or a plain `sync` once `[sync] reconcile_target` has passed since the last
+/// one): the drift found, and what of it this cycle repaired. Its time is when the next
+/// reconcile is due, for every instance (the interval survives restarts and handovers).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetReconciled {
+    pub run_id: String,
+    /// Objects read from the target (users and groups).
+    pub listed: u64,
+    /// Owned objects the target no longer held.
+    pub missing: u64,
+    /// Owned objects whose attributes differed from the mapped source.
+    pub changed: u64,
+    /// Target objects carrying one of our anchors that the ledger does not know.
+    pub duplicates: u64,
+    pub recreated: u64,
+    pub restored: u64,
+    /// Duplicates deleted from the target.
+    pub removed: u64,
+    /// Repairs that failed (recorded as ExportFailed, or a duplicate not removed): the
+    /// next cycle reconciles again. Quarantined objects are skipped, not failed.
+    pub failed: u64,
+}
+
+/// A target object carrying `anchor` that the ledger does not know (it owns `anchor` as
+/// another object, or owned it once) was deleted from the target. The ledger's own
+/// object for `anchor` is untouched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicateRemoved {
+    pub epoch: u64,
+    pub anchor: String,
+    pub kind: ObjectKind,
+    pub target_id: String,
+}
+
 macro_rules! events {
     ($($variant:ident($payload:ty)),+ $(,)?) => {
         /// Every fact dirsync records.
@@ -665,6 +700,8 @@ events! {
     TargetReset(TargetReset),
     AnchorRecorded(AnchorRecorded),
     AnchorsMigrated(AnchorsMigrated),
+    TargetReconciled(TargetReconciled),
+    DuplicateRemoved(DuplicateRemoved),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.

@@ -798,6 +798,40 @@ impl SqliteStore {
     /// None when another process holds it. The operating system releases it when the
     /// holder dies, so a crashed holder never leaves it taken.
     pub fn try_lock(&self, name: &str) -> Result<Option<std::fs::File>> {
+        let f = self.lock_file(name)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+
+    /// [`Self::try_lock`], waiting up to `wait` for the holder to let go. The wait blocks in
+    /// the kernel (woken the moment the lock is free, so a holder that takes it again at
+    /// once cannot starve us as polling could); a thread still waiting when `wait` ends
+    /// lets go of the lock as soon as it gets it.
+    pub async fn lock_within(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<std::fs::File>> {
+        if let Some(f) = self.try_lock(name)? {
+            return Ok(Some(f));
+        }
+        if wait.is_zero() {
+            return Ok(None);
+        }
+        let f = self.lock_file(name)?;
+        let waiting = tokio::task::spawn_blocking(move || f.lock().map(|()| f));
+        match tokio::time::timeout(wait, waiting).await {
+            Ok(Ok(Ok(f))) => Ok(Some(f)),
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Err(e)) => Err(Error::Store(format!("waiting for the lock {name}: {e}"))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn lock_file(&self, name: &str) -> Result<std::fs::File> {
         let mut p = self.inner.path.clone().into_os_string();
         p.push(format!(".{name}.lock"));
         let mut open = std::fs::OpenOptions::new();
@@ -805,11 +839,6 @@ impl SqliteStore {
         // Owner only, whatever the process umask: it sits beside the store's data.
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-        let f = open.open(&p)?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(f)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
-        }
+        Ok(open.open(&p)?)
     }
 }

@@ -250,6 +250,30 @@ impl AnyStore {
             AnyStore::Postgres(s) => s.try_lock(name).await?.map(StoreLock::Postgres),
         })
     }
+
+    /// Take the advisory lock `name`, waiting up to `wait` for its holder; None when it is
+    /// still held then.
+    pub async fn lock_within(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<StoreLock>> {
+        match self {
+            AnyStore::Sqlite(s) => Ok(s.lock_within(name, wait).await?.map(StoreLock::Sqlite)),
+            AnyStore::Postgres(_) => {
+                let until = std::time::Instant::now() + wait;
+                loop {
+                    if let Some(l) = self.try_lock(name).await? {
+                        return Ok(Some(l));
+                    }
+                    if std::time::Instant::now() >= until {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
 }
 
 macro_rules! delegate {

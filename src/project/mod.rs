@@ -530,6 +530,18 @@ pub struct Relationship {
     /// The last export lease taken, by any instance: a new holder waits for it to end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// Every reconcile of the whole target, oldest first (one per `[sync]
+    /// reconcile_target` interval, or per `sync --full`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconciles: Vec<Reconcile>,
+}
+
+/// One reconcile of the whole target, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    pub at: At,
+    pub instance: String,
+    pub found: crate::log::event::TargetReconciled,
 }
 
 impl Relationship {
@@ -548,6 +560,11 @@ impl Relationship {
                     until_us: b.lease_until.timestamp_micros(),
                 });
             }
+            Event::TargetReconciled(r) => self.reconciles.push(Reconcile {
+                at: m.into(),
+                instance: m.instance.to_string(),
+                found: r.clone(),
+            }),
             Event::ExportBatchCompleted(b)
                 if self
                     .lease
@@ -558,6 +575,16 @@ impl Relationship {
             }
             _ => {}
         }
+    }
+
+    /// When the target was last reconciled with every repair done (none failed): a
+    /// reconcile with failures is due again at the next cycle.
+    pub fn last_reconcile(&self) -> Option<At> {
+        self.reconciles
+            .iter()
+            .rev()
+            .find(|r| r.found.failed == 0)
+            .map(|r| r.at)
     }
 
     /// May `instance` export now (it holds the current epoch)?
@@ -690,6 +717,10 @@ pub struct HeldDeletions {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     pub plans: BTreeMap<String, HeldDeletions>,
+    /// Duplicates deleted from the target (by the key the guard lists them under,
+    /// `ANCHOR@TARGET_ID`), and when: they count in the guard's rolling window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates_removed: Vec<(String, At)>,
 }
 
 impl Guard {
@@ -711,6 +742,9 @@ impl Guard {
                     p.approved = Some(m.into());
                 }
             }
+            Event::DuplicateRemoved(d) => self
+                .duplicates_removed
+                .push((format!("{}@{}", d.anchor, d.target_id), m.into())),
             _ => {}
         }
     }

@@ -1078,6 +1078,154 @@ mod tests {
         assert_eq!(ber::int(size).unwrap(), 1);
     }
 
+    /// A Wire on a loopback socket whose other end is `serve`, run on its own thread.
+    async fn wire_to(serve: impl FnOnce(std::net::TcpStream) + Send + 'static) -> Wire {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve(listener.accept().unwrap().0));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        Wire {
+            io: Io::Plain(tcp),
+            buf: Vec::new(),
+            pos: 0,
+            next_id: 1,
+            timeout: Duration::from_secs(5),
+            limits: SourceLimits::default(),
+            import_deadline: None,
+            op_deadline: Instant::now(),
+            url: "ldap://test".into(),
+        }
+    }
+
+    /// The next request's message ID, read whole from `conn`.
+    fn read_request(conn: &mut std::net::TcpStream) -> i64 {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            if let Ok(Some(len)) = frame_len(&buf) {
+                if buf.len() == len {
+                    return parse_message(&buf).unwrap().id;
+                }
+            }
+            conn.read_exact(&mut byte).unwrap();
+            buf.push(byte[0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_lookups_are_matched_by_message_id_in_any_order() {
+        let mut wire = wire_to(|mut conn| {
+            use std::io::Write;
+            let ids: Vec<i64> = (0..3).map(|_| read_request(&mut conn)).collect();
+            let done = |rc: u8| {
+                [
+                    ber::tlv(ENUMERATED, &[rc]),
+                    ber::tlv(OCTET_STRING, b""),
+                    ber::tlv(OCTET_STRING, b""),
+                ]
+                .concat()
+            };
+            // The third first, then an entry and the end of the second, then the first.
+            let answers = [
+                message(ids[2], op::SEARCH_DONE, &done(32), &[]),
+                message(ids[1], op::SEARCH_ENTRY, &entry_body("cn=b", &[]), &[]),
+                message(ids[1], op::SEARCH_DONE, &done(0), &[]),
+                message(ids[0], op::SEARCH_DONE, &done(0), &[]),
+            ];
+            conn.write_all(&answers.concat()).unwrap();
+        })
+        .await;
+        let got = wire
+            .base_matches(&["cn=a", "cn=b", "cn=c"], "(objectClass=*)", 32)
+            .await
+            .unwrap();
+        assert!(matches!(got[0], Ok(false)));
+        assert!(matches!(got[1], Ok(true)));
+        assert!(matches!(got[2], Err(LdapFailure { rc: 32, .. })));
+    }
+
+    #[tokio::test]
+    async fn a_response_to_no_request_in_flight_is_an_error() {
+        let mut wire = wire_to(|mut conn| {
+            use std::io::Write;
+            let id = read_request(&mut conn);
+            let body = entry_body("cn=x", &[]);
+            conn.write_all(&message(id + 7, op::SEARCH_ENTRY, &body, &[]))
+                .unwrap();
+        })
+        .await;
+        let e = wire
+            .base_matches(&["cn=a"], "(objectClass=*)", 32)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::SourceMisbehaved(_)), "{e}");
+    }
+
+    /// A server answering each paged search with `pages[i]`: (entries, cookie).
+    async fn paged_server(pages: Vec<(usize, &'static [u8])>) -> Wire {
+        wire_to(move |mut conn| {
+            use std::io::Write;
+            for (n, (entries, cookie)) in pages.into_iter().enumerate() {
+                let id = read_request(&mut conn);
+                let mut out = Vec::new();
+                for e in 0..entries {
+                    let dn = format!("cn=p{n}e{e}");
+                    out.extend(message(id, op::SEARCH_ENTRY, &entry_body(&dn, &[]), &[]));
+                }
+                let ctrl = encode_control(&RawControl {
+                    ctype: super::super::ldap::PAGED_RESULTS_OID.into(),
+                    crit: false,
+                    val: Some(ber::paged_request(0, cookie)),
+                });
+                let done = [
+                    ber::tlv(ENUMERATED, &[0]),
+                    ber::tlv(OCTET_STRING, b""),
+                    ber::tlv(OCTET_STRING, b""),
+                ]
+                .concat();
+                out.extend(message(id, op::SEARCH_DONE, &done, &[ctrl]));
+                if conn.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_cookie_repeated_while_entries_move_on_is_samba_not_a_loop() {
+        let mut wire = paged_server(vec![(2, b"same"), (2, b"same"), (1, b"")]).await;
+        let mut n = 0;
+        let out = wire
+            .paged_search("dc=x", "(objectClass=*)", &["1.1"], &[], 2, &mut |_| {
+                n += 1;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(out.is_ok());
+        assert_eq!(n, 5);
+        // The same cookie with nothing new is a loop.
+        let mut wire = paged_server(vec![(2, b"same"), (0, b"same"), (1, b"")]).await;
+        let e = wire
+            .paged_search("dc=x", "(objectClass=*)", &["1.1"], &[], 2, &mut |_| Ok(()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("never end"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn more_entries_than_max_entries_end_a_paged_search() {
+        let mut wire = paged_server(vec![(3, b"a"), (3, b"b"), (3, b"")]).await;
+        wire.limits.max_entries = 5;
+        let e = wire
+            .paged_search("dc=x", "(objectClass=*)", &["1.1"], &[], 3, &mut |_| Ok(()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("source.max_entries"), "{e}");
+    }
+
     #[test]
     fn a_cookie_seen_before_is_told() {
         let mut seen = CookieSet::default();

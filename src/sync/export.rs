@@ -30,14 +30,15 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
+use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, DeletionsHeld, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
-    ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
-    SyncRunFailed, SyncRunStarted,
+    stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
+    ExportBatchStarted, ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished,
+    SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetReconciled,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
@@ -72,6 +73,9 @@ pub struct SyncOptions {
     /// Set (by SIGTERM) to end the export after the chunk in flight; the rest waits for
     /// the next cycle.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// How long to wait for another cycle of the instance to end (a handover step waits
+    /// out a cycle in flight); `None`: refuse at once (`sync`, `run`).
+    pub wait_for_cycle: Option<Duration>,
 }
 
 /// One line of a printed plan.
@@ -120,6 +124,10 @@ pub struct SyncReport {
     pub recreated: u64,
     /// Objects skipped because their exports kept failing (see [`QUARANTINE_AFTER`]).
     pub quarantined: u64,
+    /// When this cycle read the whole target (`--full`, or `[sync] reconcile_target`
+    /// passed): the drift found and repaired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<TargetReconciled>,
     pub unmappable: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_plan: Option<String>,
@@ -248,12 +256,26 @@ async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
 /// session lock on PostgreSQL) until it ends; the operating system or the server releases
 /// it when the process dies. A second cycle is refused before it reads or records anything.
 pub async fn lock_instance(store: &AnyStore, instance: &str) -> Result<StoreLock> {
+    lock_instance_within(store, instance, Duration::ZERO).await
+}
+
+/// [`lock_instance`], waiting up to `wait` for a cycle in flight to end.
+pub async fn lock_instance_within(
+    store: &AnyStore,
+    instance: &str,
+    wait: Duration,
+) -> Result<StoreLock> {
     store
-        .try_lock(&format!("sync.{instance}"))
+        .lock_within(&format!("sync.{instance}"), wait)
         .await?
         .ok_or_else(|| {
             Error::Refused(format!(
-                "a sync of instance `{instance}` is already running (`dirsync sync` or `dirsync run`); this one did nothing"
+                "a sync of instance `{instance}` is already running (`dirsync sync` or `dirsync run`); this one did nothing{}",
+                if wait.is_zero() {
+                    String::new()
+                } else {
+                    format!(" (waited {})", humantime::format_duration(wait))
+                }
             ))
         })
 }
@@ -287,7 +309,12 @@ pub async fn sync(
     if opts.dry_run {
         return sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
     }
-    let lock = lock_instance(store, &opts.instance).await?;
+    let lock = lock_instance_within(
+        store,
+        &opts.instance,
+        opts.wait_for_cycle.unwrap_or(Duration::ZERO),
+    )
+    .await?;
     let r = sync_cycle(cfg, store, opts, src_cfg, target, progress).await;
     lock.release().await;
     r
@@ -353,6 +380,8 @@ async fn sync_cycle(
         stop: opts.stop.as_deref(),
         retry_quarantined: opts.full,
         deadline: Deadline::after(began, cfg.sync.cycle_timeout),
+        reconcile_every: Some(cfg.sync.reconcile_target),
+        full: opts.full,
     };
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
     let import_opts = ImportOptions {
@@ -492,6 +521,8 @@ async fn export_log_locked(
             Instant::now(),
             crate::config::SyncConfig::default().cycle_timeout,
         ),
+        reconcile_every: None,
+        full: false,
     };
     let result = run.cycle(state, &mut report, None).await;
     run_ended(store, &report, &result).await?;
@@ -660,6 +691,13 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
+fn target_id_of(op: &Op) -> &str {
+    match op {
+        Op::Create { .. } => "",
+        Op::Update { target_id, .. } | Op::Delete { target_id, .. } => target_id,
+    }
+}
+
 fn to_value(m: &Mapped) -> Option<serde_json::Value> {
     serde_json::to_value(m).ok()
 }
@@ -679,6 +717,11 @@ struct Cycle<'a> {
     retry_quarantined: bool,
     /// `[sync] cycle_timeout` from the cycle's start: no request starts after it.
     deadline: Deadline,
+    /// Read the whole target and repair drift when this long has passed since the last
+    /// reconcile (None: never; `export_log`).
+    reconcile_every: Option<Duration>,
+    /// `sync --full`: reconcile whatever the interval.
+    full: bool,
 }
 
 /// When a cycle must end (`[sync] cycle_timeout` after it began).
@@ -709,6 +752,17 @@ impl Deadline {
     }
 }
 
+/// What [`Cycle::run_ops`] is sending besides the plan's own operations.
+#[derive(Debug, Default)]
+struct Repairing {
+    /// Anchors created again because the target lacked them.
+    recreate: HashSet<String>,
+    /// Anchors whose attributes are restored.
+    restore: HashSet<String>,
+    /// Every op is the deletion of a duplicate (recorded as DuplicateRemoved).
+    duplicates: bool,
+}
+
 impl Cycle<'_> {
     /// Plan, guard, then print the plan or export it. `saving` (the snapshot of `state`
     /// being stored) is waited for once the plan is made, before anything is exported.
@@ -726,8 +780,41 @@ impl Cycle<'_> {
             report.unmappable += 1;
             report.problem(anchor, "unmappable", why.clone());
         }
-        let deletes = whole.delete_anchors();
         let now = chrono::Utc::now().timestamp_micros();
+        let listing = match (self.fence, self.target) {
+            (Some(_), Some(t)) if self.reconcile_due(&state, now) => {
+                Some(self.read_target(t, &state).await?)
+            }
+            _ => None,
+        };
+        let dups = listing
+            .as_ref()
+            .map(|l| reconcile::duplicates(&state, l))
+            .unwrap_or_default();
+        if let Some(l) = &listing {
+            report.reconcile = Some(TargetReconciled {
+                run_id: report.run_id.clone(),
+                listed: l.objects.len() as u64,
+                duplicates: dups.len() as u64,
+                ..Default::default()
+            });
+            for d in &dups {
+                report.problem(
+                    &d.anchor,
+                    "duplicate",
+                    format!(
+                        "target {} {} ({}) carries this anchor but the ledger does not know it: deleted",
+                        d.kind.as_str(),
+                        d.target_id,
+                        d.name
+                    ),
+                );
+            }
+        }
+        // Duplicates are deletions like the plan's: the guard counts them together.
+        let mut deletes = whole.delete_anchors();
+        deletes.extend(dups.iter().map(Duplicate::key));
+        deletes.sort();
         let verdict = guard(
             &GuardInput {
                 deletes: &deletes,
@@ -770,8 +857,39 @@ impl Cycle<'_> {
         }
         match self.fence {
             None => self.print_plan(&state, whole, report).await,
-            Some(fence) => self.export(state, fence, report).await,
+            Some(fence) => {
+                self.export(state, fence, report, listing.as_ref(), dups)
+                    .await
+            }
         }
+    }
+
+    /// Whether this cycle reads the whole target (pure but for the clock's `now`).
+    fn reconcile_due(&self, state: &State, now_us: i64) -> bool {
+        self.reconcile_every.is_some_and(|every| {
+            reconcile::due(
+                self.full,
+                state.relationship.last_reconcile(),
+                now_us,
+                every,
+            )
+        })
+    }
+
+    /// Every user and group of the target.
+    async fn read_target(&self, t: &AnyTarget, state: &State) -> Result<Listing> {
+        let mut objects = Vec::new();
+        for kind in [ObjectKind::User, ObjectKind::Group] {
+            self.progress.set_message(format!(
+                "reading every target {} to reconcile",
+                kind.as_str()
+            ));
+            objects.extend(t.list(kind).await?);
+        }
+        Ok(Listing {
+            objects,
+            seq: state.seq,
+        })
     }
 
     /// --dry-run and --staging: the plan as lines (matching is asked of the target when one
@@ -939,6 +1057,8 @@ impl Cycle<'_> {
         mut state: Arc<State>,
         fence: Fence,
         report: &mut SyncReport,
+        listing: Option<&Listing>,
+        duplicates: Vec<Duplicate>,
     ) -> Result<()> {
         let Some(t) = self.target else {
             return Err(Error::Config("no [target] section".into()));
@@ -959,7 +1079,16 @@ impl Cycle<'_> {
             self.deadline
                 .check(p.new.len() + p.updates.len() + p.deletes.len())?;
             if !p.new.is_empty() {
-                let remote = self.lookup(t, kind, &p.new, &state).await?;
+                let remote = match listing {
+                    // The target was just read whole: match against that.
+                    Some(l) => l
+                        .objects
+                        .iter()
+                        .filter(|r| r.kind == kind)
+                        .cloned()
+                        .collect(),
+                    None => self.lookup(t, kind, &p.new, &state).await?,
+                };
                 let mut taken = Vec::new();
                 for d in decide_new(&remote, &p.new, &state) {
                     match d {
@@ -1025,14 +1154,118 @@ impl Cycle<'_> {
             }
             // Matched objects now have a ledger state: their differences are updates.
             let mut updates = plan(&state, self.source_kind, Some(kind)).updates;
+            let mut repairing = Repairing::default();
+            if let Some(l) = listing.filter(|_| pass < 2) {
+                let (r, s) = self
+                    .repair(state, l, kind, fence, report, &mut skipped)
+                    .await?;
+                state = s;
+                // What the target holds decides, not what the ledger believed.
+                let repaired = r.anchors();
+                updates.retain(|op| !repaired.contains(op.anchor()));
+                repairing.recreate = r.recreate.iter().map(|o| o.anchor().to_string()).collect();
+                // An object taken back is repaired by the record; its update is an update.
+                let adopted: HashSet<&str> = r.adopt.iter().map(|(a, _)| a.as_str()).collect();
+                repairing.restore = r
+                    .restore
+                    .iter()
+                    .map(Op::anchor)
+                    .filter(|a| !adopted.contains(a))
+                    .map(str::to_string)
+                    .collect();
+                creates.extend(r.recreate);
+                creates.extend(r.restore);
+            }
             updates.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
             creates.extend(updates);
-            self.run_ops(creates, fence, report).await?;
+            self.run_ops(creates, fence, report, &repairing).await?;
         }
         state = replay::advance(self.store, state).await?;
         let mut deletes = plan(&state, self.source_kind, None).deletes;
         deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
-        self.run_ops(deletes, fence, report).await
+        self.run_ops(deletes, fence, report, &Repairing::default())
+            .await?;
+        let Some(found) = report.reconcile.clone() else {
+            return Ok(());
+        };
+        let dups: Vec<Op> = duplicates.iter().map(Duplicate::op).collect();
+        let removing = Repairing {
+            duplicates: true,
+            ..Default::default()
+        };
+        self.run_ops(dups, fence, report, &removing).await?;
+        if self
+            .stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            // Stopped with repairs left: not a reconcile done, the next cycle reads again.
+            return Ok(());
+        }
+        let found = report.reconcile.clone().unwrap_or(found);
+        tracing::info!(
+            "target reconciled: {} listed; {} missing, {} changed, {} duplicates; {} recreated, {} restored, {} removed, {} failed",
+            found.listed, found.missing, found.changed, found.duplicates, found.recreated,
+            found.restored, found.removed, found.failed
+        );
+        self.store
+            .append(Batch::new(vec![NewEvent::new(
+                stream::TARGET,
+                self.instance,
+                Event::TargetReconciled(found),
+            )]))
+            .await?;
+        Ok(())
+    }
+
+    /// The repairs of `kind` against the target's listing (`reconcile::repairs`): objects
+    /// taken back (recorded as matches, like matching's) now, the rest returned to send.
+    /// Quarantined objects are left out.
+    async fn repair(
+        &self,
+        state: Arc<State>,
+        listing: &Listing,
+        kind: ObjectKind,
+        fence: Fence,
+        report: &mut SyncReport,
+        skipped: &mut HashSet<String>,
+    ) -> Result<(reconcile::Repairs, Arc<State>)> {
+        let mut r = reconcile::repairs(&state, self.source_kind, kind, listing);
+        if let Some(found) = report.reconcile.as_mut() {
+            found.missing += r.missing;
+            found.changed += r.changed;
+        }
+        let mut keep = |op: &Op| !self.skip_quarantined(&state, op.anchor(), skipped, report);
+        r.recreate.retain(&mut keep);
+        r.restore.retain(&mut keep);
+        if r.adopt.is_empty() {
+            return Ok((r, state));
+        }
+        let taken: Vec<NewEvent> = r
+            .adopt
+            .iter()
+            .map(|(anchor, remote)| {
+                NewEvent::new(
+                    stream::TARGET,
+                    self.instance,
+                    Event::ExportApplied(ExportApplied {
+                        epoch: fence.epoch,
+                        anchor: anchor.clone(),
+                        kind,
+                        op: ExportOp::Match,
+                        target_id: remote.id.clone(),
+                        state: remote.state.as_ref().and_then(to_value),
+                        etag: remote.etag.clone(),
+                    }),
+                )
+            })
+            .collect();
+        if let Some(found) = report.reconcile.as_mut() {
+            // Taken back: repaired by the record alone.
+            found.recreated += r.adopt.len() as u64;
+        }
+        self.append_fenced(taken, fence).await?;
+        let state = replay::advance(self.store, state).await?;
+        Ok((r, state))
     }
 
     /// Whether to leave `anchor` out of this cycle's export because it is quarantined
@@ -1082,7 +1315,13 @@ impl Cycle<'_> {
     }
 
     /// Send `ops` chunk by chunk, each under a claim, recording every outcome.
-    async fn run_ops(&self, ops: Vec<Op>, fence: Fence, report: &mut SyncReport) -> Result<()> {
+    async fn run_ops(
+        &self,
+        ops: Vec<Op>,
+        fence: Fence,
+        report: &mut SyncReport,
+        repairing: &Repairing,
+    ) -> Result<()> {
         let Some(t) = self.target else {
             return Ok(());
         };
@@ -1141,10 +1380,39 @@ impl Cycle<'_> {
             for (i, op) in chunk.into_iter().enumerate() {
                 let outcome = outcomes.get(i).cloned().unwrap_or(Outcome::NotAttempted);
                 match outcome {
+                    Outcome::Applied { target_id, .. } if repairing.duplicates => {
+                        sent += 1;
+                        bar.inc(1);
+                        if let Some(found) = report.reconcile.as_mut() {
+                            found.removed += 1;
+                        }
+                        events.push(NewEvent::new(
+                            stream::TARGET,
+                            self.instance,
+                            Event::DuplicateRemoved(DuplicateRemoved {
+                                epoch: fence.epoch,
+                                anchor: op.anchor().to_string(),
+                                kind: op.kind(),
+                                target_id,
+                            }),
+                        ));
+                    }
                     Outcome::Applied { target_id, etag } => {
                         sent += 1;
                         bar.inc(1);
+                        let found = report.reconcile.as_mut();
                         match &op {
+                            Op::Create { anchor, .. } if repairing.recreate.contains(anchor) => {
+                                report.recreated += 1;
+                                if let Some(f) = found {
+                                    f.recreated += 1;
+                                }
+                            }
+                            Op::Update { anchor, .. } if repairing.restore.contains(anchor) => {
+                                if let Some(f) = found {
+                                    f.restored += 1;
+                                }
+                            }
                             Op::Create { anchor, .. } if recreating.remove(anchor) => {
                                 report.recreated += 1
                             }
@@ -1203,11 +1471,38 @@ impl Cycle<'_> {
                         }
                     }
                     Outcome::Failed(e) if stopping && e.status.is_none() => {}
+                    // A duplicate not removed: reported, and the next cycle reconciles again
+                    // (the ledger's own object for the anchor is not at fault).
+                    Outcome::Failed(e) if repairing.duplicates => {
+                        sent += 1;
+                        failed += 1;
+                        bar.inc(1);
+                        report.failures += 1;
+                        if let Some(f) = report.reconcile.as_mut() {
+                            f.failed += 1;
+                        }
+                        report.problem(
+                            op.anchor(),
+                            "failure",
+                            format!(
+                                "delete duplicate {} {}: {e}",
+                                op.kind().as_str(),
+                                target_id_of(&op)
+                            ),
+                        );
+                    }
                     Outcome::Failed(e) => {
                         sent += 1;
                         failed += 1;
                         bar.inc(1);
                         report.failures += 1;
+                        if repairing.recreate.contains(op.anchor())
+                            || repairing.restore.contains(op.anchor())
+                        {
+                            if let Some(f) = report.reconcile.as_mut() {
+                                f.failed += 1;
+                            }
+                        }
                         report.problem(
                             op.anchor(),
                             "failure",

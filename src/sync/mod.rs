@@ -6,6 +6,7 @@ pub mod export;
 pub mod import;
 pub mod plan;
 pub mod preflight;
+pub mod reconcile;
 pub mod run;
 pub mod scope;
 pub mod service;

@@ -79,34 +79,18 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     // Sorted, so the plan (and what dry-run prints) is the same every time.
     let mut live: Vec<(&String, &ObjectRecord)> = state.objects.live().collect();
     sort_by_anchor(&mut live);
-    // A member is in its group in the target when it is live in the source and owned.
-    let resolve = |anchor: &str| {
-        if !is_live(anchor) {
-            return None;
-        }
-        ledger
-            .entries
-            .get(anchor)
-            .filter(|l| l.deleted.is_none())
-            .map(|l| l.target_id.clone())
-    };
     live.retain(|(_, rec)| only.is_none_or(|k| k == rec.kind));
     out.live = live.len() as u64;
     // Mapping and comparing are most of the work, and each object's are its own: on every
     // core. Objects that need nothing are dropped there.
     let unresolved = AtomicUsize::new(0);
     let needs = crate::par::filter_map(&live, 4096, |&(anchor, rec)| {
-        let mapped = match map_object(source_kind, rec) {
-            Ok(Desired::User(u)) => Mapped::User(u),
-            Ok(Desired::Group {
-                display_name,
-                members,
-            }) => {
-                let (g, missing) = resolve_group(&display_name, &members, resolve);
+        let mapped = match desired(state, source_kind, rec) {
+            Ok((m, missing)) => {
                 unresolved.fetch_add(missing, Ordering::Relaxed);
-                Mapped::Group(g)
+                m
             }
-            Err(why) => return Some(Need::Unmappable(anchor, why.0)),
+            Err(why) => return Some(Need::Unmappable(anchor, why)),
         };
         match ledger
             .entries
@@ -148,6 +132,39 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     deletes.sort_by(|a, b| (b.kind(), a.anchor()).cmp(&(a.kind(), b.anchor())));
     out.deletes = deletes;
     out
+}
+
+/// What the target should hold for the live source object `rec`: its mapped form, with a
+/// group's members resolved to the target ids of members that are live and owned (and how
+/// many members were left out for now); or why it cannot be mapped.
+pub fn desired(
+    state: &State,
+    source_kind: SourceKind,
+    rec: &ObjectRecord,
+) -> Result<(Mapped, usize), String> {
+    // A member is in its group in the target when it is live in the source and owned.
+    let resolve = |anchor: &str| {
+        if !state.objects.objects.get(anchor).is_some_and(|r| r.live()) {
+            return None;
+        }
+        state
+            .ledger
+            .entries
+            .get(anchor)
+            .filter(|l| l.deleted.is_none())
+            .map(|l| l.target_id.clone())
+    };
+    match map_object(source_kind, rec) {
+        Ok(Desired::User(u)) => Ok((Mapped::User(u), 0)),
+        Ok(Desired::Group {
+            display_name,
+            members,
+        }) => {
+            let (g, missing) = resolve_group(&display_name, &members, resolve);
+            Ok((Mapped::Group(g), missing))
+        }
+        Err(why) => Err(why.0),
+    }
 }
 
 /// Sorts by anchor: by the anchors' first eight bytes, kept beside them so that most
@@ -251,7 +268,7 @@ pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
         .filter(|p| p.approved.is_some())
         .flat_map(|p| p.anchors.iter().map(String::as_str))
         .collect();
-    state
+    let owned = state
         .ledger
         .entries
         .iter()
@@ -260,7 +277,15 @@ pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
                 .is_some_and(|d| d.at_us > now_us - GUARD_WINDOW_US)
                 && !approved.contains(a.as_str())
         })
-        .count() as u64
+        .count();
+    // Duplicates removed from the target (sync::reconcile) are deletions too.
+    let duplicates = state
+        .guard
+        .duplicates_removed
+        .iter()
+        .filter(|(key, at)| at.at_us > now_us - GUARD_WINDOW_US && !approved.contains(key.as_str()))
+        .count();
+    (owned + duplicates) as u64
 }
 
 #[cfg(test)]
@@ -482,6 +507,28 @@ mod tests {
             0,
             "out of the window"
         );
+        // Duplicates removed count too, unless their list was approved.
+        let dup = |g: Given, id: &str| {
+            g.event(Event::DuplicateRemoved(
+                crate::log::event::DuplicateRemoved {
+                    epoch: 1,
+                    anchor: "a2".into(),
+                    kind: ObjectKind::User,
+                    target_id: id.into(),
+                },
+            ))
+        };
+        let g = dup(dup(g, "D1"), "D2")
+            .event(Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "h2".into(),
+                anchors: vec!["a2@D2".into()],
+                reason: "test".into(),
+            }))
+            .event(Event::DeletionsApproved(DeletionsApproved {
+                plan_hash: "h2".into(),
+                approved_by: None,
+            }));
+        assert_eq!(recent_deletions(&g.state, 100), 2, "a2 and a2@D1");
     }
 
     fn anchors(n: usize) -> Vec<String> {

@@ -106,11 +106,16 @@ pub async fn serve(
             dry_run: false,
             take_over: false,
             stop: Some(stop.clone()),
+            wait_for_cycle: None,
         };
         match sync(cfg, store, &opts, &ProgressBar::hidden()).await {
             Ok(r) => say(&format!(
-                "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}",
-                r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures, r.recreated, r.quarantined
+                "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}{}",
+                r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures, r.recreated, r.quarantined,
+                r.reconcile.as_ref().map_or(String::new(), |d| format!(
+                    "; target reconciled: {} missing, {} changed, {} duplicates found, {} recreated, {} restored, {} removed",
+                    d.missing, d.changed, d.duplicates, d.recreated, d.restored, d.removed
+                ))
             )),
             Err(e @ Error::Fenced(_)) => break Err(e),
             Err(e @ (Error::Config(_) | Error::BadInput(_))) => break Err(e),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use dirsync::sync::export::lock_instance;
+use dirsync::sync::export::{lock_instance, lock_instance_within};
 
 use crate::common::{bin, dirsync, Backend, Fresh, Run};
 use crate::lab::ProxyRules;
@@ -158,6 +158,25 @@ async fn one_cycle_lock_per_instance(backend: Backend) {
         lock_instance(&other, "b").await.unwrap().release().await;
         held.release().await;
     }
+    // A handover step waits for a cycle in flight: it gets the lock once the holder lets
+    // go, and is refused (naming the wait) when the holder outlasts the wait.
+    let held = lock_instance(&f.store, "a").await.unwrap();
+    let refused = lock_instance_within(&other, "a", Duration::from_millis(300))
+        .await
+        .err()
+        .unwrap();
+    assert!(refused.to_string().ends_with("(waited 300ms)"), "{refused}");
+    let waiting = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let l = lock_instance_within(&other, "a", Duration::from_secs(20)).await;
+        (l.map(|_| ()), t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    held.release().await;
+    let (got, waited) = waiting.await.unwrap();
+    got.unwrap();
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
     if backend == Backend::Sqlite {
         use std::os::unix::fs::PermissionsExt;
         let lock = f.dir.path().join("log.db.sync.a.lock");

@@ -24,5 +24,6 @@ mod sync_export;
 mod sync_graph;
 mod sync_openldap;
 mod target_graph;
+mod target_reconcile;
 mod target_scim;
 mod target_scim_differ;

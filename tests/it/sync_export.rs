@@ -96,6 +96,22 @@ impl ScimView {
             .as_u16()
     }
 
+    /// PATCH `res/id` with these operations behind dirsync's back; the status.
+    pub async fn patch(&self, res: &str, id: &str, operations: Value) -> u16 {
+        self.http
+            .patch(format!("{}/{res}/{id}", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": operations,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Users by externalId.
     pub async fn users_by_anchor(&self) -> BTreeMap<String, Value> {
         by_anchor(self.all("Users").await)

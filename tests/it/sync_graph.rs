@@ -288,3 +288,74 @@ async fn a_user_deleted_out_of_band_is_created_again() {
     let v = lab.sync("a", &[]);
     assert_eq!(counts(&v), [0; 7], "{v}");
 }
+
+/// Issue 18.2, the wiped target through the Graph export: a plain sync within the
+/// interval believes the ledger; `sync --full` lists users and groups (paged), creates every
+/// owned object again (the group with the users' new ids) and restores a title changed out
+/// of band; a second `sync --full` finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_target_is_restored_by_sync_full() {
+    let lab = Lab::start(12, 1000, 500).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [13, 0, 0, 0, 0, 0, 0], "{v}");
+    for u in lab.graph.users() {
+        lab.graph.remove_user(u["id"].as_str().unwrap());
+    }
+    for g in lab.graph.groups() {
+        lab.graph.remove_group(g["id"].as_str().unwrap());
+    }
+    let v = lab.sync("a", &[]);
+    assert!(v.get("reconcile").is_none(), "{v}");
+    assert!(lab.upns().is_empty());
+
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+    let r = &v["reconcile"];
+    assert_eq!(
+        [
+            &r["missing"],
+            &r["recreated"],
+            &r["failed"],
+            &v["recreated"]
+        ],
+        [&json!(13), &json!(13), &json!(0), &json!(13)],
+        "{v}"
+    );
+    let want: BTreeSet<String> = (1..=12).map(|i| format!("u{i}@example.org")).collect();
+    assert_eq!(lab.upns(), want);
+    let id = |i: u32| {
+        lab.graph.user_by_upn(&format!("u{i}@example.org")).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let team = lab.graph.group_by_name("team").unwrap();
+    let members: BTreeSet<String> = team["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
+    assert_eq!(members, BTreeSet::from([id(1), id(2)]));
+
+    lab.graph.set_user_attr(&id(3), "jobTitle", json!("Chief"));
+    let v = lab.sync("a", &["--full"]);
+    let r = &v["reconcile"];
+    assert_eq!(
+        [&r["changed"], &r["restored"]],
+        [&json!(1), &json!(1)],
+        "{v}"
+    );
+    assert_eq!(
+        lab.graph.user_by_upn("u3@example.org").unwrap()["jobTitle"],
+        "Clerk"
+    );
+    let v = lab.sync("a", &["--full"]);
+    let r = &v["reconcile"];
+    assert_eq!(
+        [&r["missing"], &r["changed"], &r["duplicates"]],
+        [&json!(0), &json!(0), &json!(0)],
+        "{v}"
+    );
+    assert_eq!(counts(&v), [0; 7], "{v}");
+}

@@ -79,7 +79,7 @@ async fn a_refused_candidate_filter_does_not_stop_the_export() {
 /// What the target must hold after a sync of the lab's u1..u`users` and groups team and
 /// crew (members u1, u2), read from scim2-server directly: each user by its anchor with
 /// userName and title, each group with the users' target ids as members.
-async fn assert_exact(lab: &E2e, users: u32, titles: &[(u32, &str)]) {
+pub async fn assert_exact(lab: &E2e, users: u32, titles: &[(u32, &str)]) {
     let found = lab.view.users_by_anchor().await;
     let mut ids = BTreeMap::new();
     let mut want = BTreeMap::new();

@@ -1377,6 +1377,10 @@ impl GraphFake {
     pub fn remove_user(&self, id: &str) {
         self.s().users.remove(id);
     }
+    /// Remove a group directly (out of band).
+    pub fn remove_group(&self, id: &str) {
+        self.s().groups.remove(id);
+    }
     /// Change a user directly (out of band).
     pub fn set_user_attr(&self, id: &str, key: &str, value: Value) {
         if let Some(u) = self.s().users.get_mut(id) {
