@@ -165,6 +165,26 @@ pub struct Delta {
     pub referrals_skipped: u64,
 }
 
+/// The attributes dirsync keeps for AD objects: what the mapping reads (INTERFACE.md) and a
+/// few that identify an object to people. Full and delta imports keep exactly these, so both
+/// paths agree and the log grows only with change that matters to the target.
+pub const AD_ATTRIBUTES: &[&str] = &[
+    "cn",
+    "samaccountname",
+    "userprincipalname",
+    "displayname",
+    "givenname",
+    "sn",
+    "mail",
+    "title",
+    "department",
+    "useraccountcontrol",
+    "description",
+    "employeeid",
+    "telephonenumber",
+    "ms-ds-consistencyguid",
+];
+
 impl From<DeltaItem> for Change {
     /// A DirSync change as the importer takes it. An upsert is the whole object only when
     /// it is new to the cookie and its kind is known; otherwise it holds the changed
@@ -916,6 +936,10 @@ fn identity(entry: &EntryRef<'_>, ext: &ExtendedDn) -> Result<Identity> {
 impl super::Source for AdSource {
     fn cursor_kind(&self) -> &'static str {
         super::DIRSYNC_CURSOR
+    }
+
+    fn kept_attributes(&self) -> &'static [&'static str] {
+        AD_ATTRIBUTES
     }
 
     fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {

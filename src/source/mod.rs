@@ -31,7 +31,7 @@ pub mod openldap;
 pub mod result;
 mod wire;
 
-pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport};
+pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport, AD_ATTRIBUTES};
 pub use change::{Change, Read};
 pub use ldap::{ConnectOptions, LdapClient};
 pub use openldap::{
@@ -54,6 +54,10 @@ pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + '
 pub trait Source: Send {
     /// The kind of cursor this source records ([`cursor_kind`] of its kind).
     fn cursor_kind(&self) -> &'static str;
+
+    /// The attributes the importer keeps of what this source reads: what the mapping reads
+    /// and a few that identify an object to people, the same for full and delta imports.
+    fn kept_attributes(&self) -> &'static [&'static str];
 
     /// Facts about the source to record (AD's tombstone lifetime), if it has any.
     fn info(&mut self) -> SourceFuture<'_, Option<SourceInfoRecorded>>;

@@ -731,6 +731,30 @@ impl OpenLdapSource {
     }
 }
 
+/// The attributes dirsync keeps for OpenLDAP and generic LDAP objects (inetOrgPerson and
+/// groupOfNames): what the mapping reads (INTERFACE.md: userName from mail or uid, names,
+/// title, department) and a few that identify an object to people.
+pub const LDAP_ATTRIBUTES: &[&str] = &[
+    "cn",
+    "uid",
+    "mail",
+    "givenname",
+    "sn",
+    "displayname",
+    "title",
+    "departmentnumber",
+    "ou",
+    "o",
+    "employeenumber",
+    "employeetype",
+    "telephonenumber",
+    "mobile",
+    "description",
+    "preferredlanguage",
+    // 389 DS account lock (operational there, requested explicitly): the mapping's `active`.
+    "nsaccountlock",
+];
+
 impl LdapFullImport {
     /// Say what the import dropped.
     fn log_dropped(&self) {
@@ -752,6 +776,10 @@ impl LdapFullImport {
 impl super::Source for OpenLdapSource {
     fn cursor_kind(&self) -> &'static str {
         super::RFC4533_CURSOR
+    }
+
+    fn kept_attributes(&self) -> &'static [&'static str] {
+        LDAP_ATTRIBUTES
     }
 
     /// No tombstone lifetime or USN: nothing to record.
@@ -810,6 +838,10 @@ impl GenericLdapSource {
 impl super::Source for GenericLdapSource {
     fn cursor_kind(&self) -> &'static str {
         super::ALWAYS_FULL_CURSOR
+    }
+
+    fn kept_attributes(&self) -> &'static [&'static str] {
+        LDAP_ATTRIBUTES
     }
 
     fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::import::{delta_events, full_import_events, DeltaPlan};
 use super::scope::Scope;
-use crate::config::{Config, SourceConfig, SourceKind};
+use crate::config::{Config, SourceConfig};
 use crate::error::{Error, Result};
 use crate::log::event::{
     stream, AnchorRecorded, CursorAdvanced, CursorInvalidated, Event, ImportCompleted,
@@ -66,65 +66,18 @@ pub struct ImportReport {
     pub planned: Vec<Event>,
 }
 
-/// The attributes dirsync keeps for AD objects: what the mapping reads (INTERFACE.md) and a
-/// few that identify an object to people. Full and delta imports keep exactly these, so both
-/// paths agree and the log grows only with change that matters to the target.
-pub const AD_ATTRIBUTES: &[&str] = &[
-    "cn",
-    "samaccountname",
-    "userprincipalname",
-    "displayname",
-    "givenname",
-    "sn",
-    "mail",
-    "title",
-    "department",
-    "useraccountcontrol",
-    "description",
-    "employeeid",
-    "telephonenumber",
-    "ms-ds-consistencyguid",
-];
-
-/// The attributes dirsync keeps for OpenLDAP and generic LDAP objects (inetOrgPerson and
-/// groupOfNames): what the mapping reads (INTERFACE.md: userName from mail or uid, names,
-/// title, department) and a few that identify an object to people.
-pub const LDAP_ATTRIBUTES: &[&str] = &[
-    "cn",
-    "uid",
-    "mail",
-    "givenname",
-    "sn",
-    "displayname",
-    "title",
-    "departmentnumber",
-    "ou",
-    "o",
-    "employeenumber",
-    "employeetype",
-    "telephonenumber",
-    "mobile",
-    "description",
-    "preferredlanguage",
-    // 389 DS account lock (operational there, requested explicitly): the mapping's `active`.
-    "nsaccountlock",
-];
-
-fn keep_attributes(o: &mut SourceObject, kind: SourceKind) {
-    let keep: &[&str] = match kind {
-        SourceKind::Ad => AD_ATTRIBUTES,
-        SourceKind::Openldap | SourceKind::Ldap => LDAP_ATTRIBUTES,
-    };
+fn keep_attributes(o: &mut SourceObject, keep: &[&str]) {
     o.attrs.retain(|k, _| keep.contains(&k.as_str()));
 }
 
-fn keep_in_read(read: &mut Read, kind: SourceKind) {
+/// Drop every attribute but the source's kept ones ([`source::Source::kept_attributes`]).
+fn keep_in_read(read: &mut Read, keep: &[&str]) {
     match read {
-        Read::Full { objects, .. } => objects.iter_mut().for_each(|o| keep_attributes(o, kind)),
+        Read::Full { objects, .. } => objects.iter_mut().for_each(|o| keep_attributes(o, keep)),
         Read::Delta { changes, .. } => {
             for c in changes.iter_mut() {
                 if let Change::Upsert { object, .. } = c {
-                    keep_attributes(object, kind);
+                    keep_attributes(object, keep);
                 }
             }
         }
@@ -171,9 +124,10 @@ async fn read_source(
                 None => src.full().await,
             };
             let kind = src.cursor_kind();
+            let keep = src.kept_attributes();
             src.close().await;
             let mut read = read?;
-            keep_in_read(&mut read, cfg.kind);
+            keep_in_read(&mut read, keep);
             Ok::<_, Error>((read, info, kind))
         }
         .await;
