@@ -4,6 +4,7 @@
 //! * [`change`]: what every source hands the importer ([`Change`]), in the log's types.
 //! * [`dn`]: DNs in a comparable form (member resolution, scope rules).
 //! * [`ldap`]: connecting, binding and searching, shared by every source kind.
+//! * [`result`]: what an LDAP result code means, and the errors of connecting and binding.
 //! * `wire`: the one reader of what a server sends, on every path: its own socket, entries
 //!   decoded in place from one buffer, errors instead of panics, `[source]`'s limits.
 //! * [`ad`]: Active Directory (and Samba AD): paged full import with extended DNs and
@@ -31,7 +32,7 @@ pub mod openldap;
 pub mod result;
 mod wire;
 
-pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport, AD_ATTRIBUTES};
+pub use ad::{AdOptions, AdSource, Delta, DeltaItem, DeltaObject, FullImport};
 pub use change::{Change, Read};
 pub use ldap::{ConnectOptions, LdapClient};
 pub use openldap::{
