@@ -23,9 +23,9 @@ use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay;
 use crate::project::State;
+use crate::source::dn::normalise_dn;
 use crate::source::ldap::EntryRef;
 use crate::source::{ConnectOptions, LdapClient};
-use crate::sync::scope::normalise_dn;
 
 /// The AD anchor attributes: `ms-DS-ConsistencyGuid` means "where set, else objectGUID"
 /// (what the AD source reads), `objectGUID` the objectGUID alone.
