@@ -1370,6 +1370,31 @@ impl Cycle<'_> {
         true
     }
 
+    /// Claim a chunk of `ops` operations under `fence`: record `ExportBatchStarted` with its
+    /// lease, and return the batch id and the deadline its requests must end by (the
+    /// lease's end less the margin).
+    async fn claim(&self, fence: Fence, ops: usize) -> Result<(String, Instant)> {
+        let deadline = Instant::now() + self.lease - lease_margin(self.lease);
+        let lease_until = chrono::Utc::now()
+            + chrono::Duration::from_std(self.lease).unwrap_or_else(|_| chrono::Duration::zero());
+        let batch_id = uuid::Uuid::new_v4().to_string();
+        self.append_fenced(
+            vec![NewEvent::new(
+                stream::TARGET,
+                self.instance,
+                Event::ExportBatchStarted(ExportBatchStarted {
+                    batch_id: batch_id.clone(),
+                    epoch: fence.epoch,
+                    ops: ops as u64,
+                    lease_until,
+                }),
+            )],
+            fence,
+        )
+        .await?;
+        Ok((batch_id, deadline))
+    }
+
     async fn append_fenced(&self, events: Vec<NewEvent>, fence: Fence) -> Result<u64> {
         match self
             .store
@@ -1436,25 +1461,7 @@ impl Cycle<'_> {
             return Ok(Some(remote));
         }
         for chunk in ops.chunks(CHUNK) {
-            let deadline = Instant::now() + self.lease - lease_margin(self.lease);
-            let lease_until = chrono::Utc::now()
-                + chrono::Duration::from_std(self.lease)
-                    .unwrap_or_else(|_| chrono::Duration::zero());
-            let batch_id = uuid::Uuid::new_v4().to_string();
-            self.append_fenced(
-                vec![NewEvent::new(
-                    stream::TARGET,
-                    self.instance,
-                    Event::ExportBatchStarted(ExportBatchStarted {
-                        batch_id: batch_id.clone(),
-                        epoch: fence.epoch,
-                        ops: chunk.len() as u64,
-                        lease_until,
-                    }),
-                )],
-                fence,
-            )
-            .await?;
+            let (batch_id, deadline) = self.claim(fence, chunk.len()).await?;
             let deletes: Vec<Op> = chunk.iter().map(|(op, _)| op.clone()).collect();
             let outcomes = t.apply(&deletes, deadline).await;
             let mut events = Vec::new();
@@ -1555,25 +1562,7 @@ impl Cycle<'_> {
             let chunk: Vec<Op> = queue.drain(..n).collect();
             // The lease bounds every request of the chunk (fencing); the cycle's deadline
             // only stops new chunks (checked above), so answers in flight are recorded.
-            let deadline = Instant::now() + self.lease - lease_margin(self.lease);
-            let lease_until = chrono::Utc::now()
-                + chrono::Duration::from_std(self.lease)
-                    .unwrap_or_else(|_| chrono::Duration::zero());
-            let batch_id = uuid::Uuid::new_v4().to_string();
-            self.append_fenced(
-                vec![NewEvent::new(
-                    stream::TARGET,
-                    self.instance,
-                    Event::ExportBatchStarted(ExportBatchStarted {
-                        batch_id: batch_id.clone(),
-                        epoch: fence.epoch,
-                        ops: n as u64,
-                        lease_until,
-                    }),
-                )],
-                fence,
-            )
-            .await?;
+            let (batch_id, deadline) = self.claim(fence, n).await?;
             let outcomes = t.apply(&chunk, deadline).await;
             // A fatal error (a 401, the target down) stops the cycle: requests that got no
             // answer are then not the objects' failures and wait for the next cycle.
