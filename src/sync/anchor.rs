@@ -294,6 +294,12 @@ fn owned_sample(state: &State) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What [`check`] found before a run recorded anything: the attribute to record with the
+/// import (the first import), if any. The run's first try uses it instead of reading the
+/// source again; a retry after a conflicting append checks again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked(pub Option<String>);
+
 /// The check made before an import records anything: the attribute to record with it (the
 /// first import), or the refusal as a configuration error (exit 2).
 pub async fn check(cfg: &SourceConfig, state: &State) -> Result<Option<String>> {

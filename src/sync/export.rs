@@ -377,7 +377,7 @@ async fn sync_cycle(
     // Checks before anything is recorded: the source bind, the target's credentials, and
     // (exporting) the relationship.
     probe_source(&src_cfg).await?;
-    super::anchor::check(&src_cfg, &state).await?;
+    let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
     if let Some(t) = &target {
         t.probe().await?;
     }
@@ -437,6 +437,7 @@ async fn sync_cycle(
             &scope,
             &import_opts,
             &report.run_id,
+            Some(checked),
             progress,
         )
         .await?;

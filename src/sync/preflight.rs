@@ -323,7 +323,7 @@ async fn source_checks(
         Ok(s) => s,
         Err(e) => return vec![check("source read", Err(e.to_string()))],
     };
-    let imported = match import_run(store, src, &scope, &opts, "preflight", progress).await {
+    let imported = match import_run(store, src, &scope, &opts, "preflight", None, progress).await {
         Ok(r) => r,
         Err(e) => return vec![check("source read", Err(e.to_string()))],
     };
