@@ -682,6 +682,7 @@ fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                 "RECREATED",
                 "QUARANTINED",
                 "UNMAPPABLE",
+                "DUPLICATES REMOVED",
             ],
             &[vec![
                 r.created.to_string(),
@@ -694,6 +695,7 @@ fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                 r.recreated.to_string(),
                 r.quarantined.to_string(),
                 r.unmappable.to_string(),
+                r.duplicates_removed.to_string(),
             ]],
         ));
     }

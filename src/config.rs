@@ -190,6 +190,8 @@ pub struct TargetConfig {
 pub struct SyncConfig {
     pub interval: Duration,
     pub deletion_threshold: Threshold,
+    /// The export lease: how long one claimed chunk may send requests (README, Fencing).
+    pub lease: Duration,
     /// How long a cycle may run: after it no new request is sent (those in flight finish
     /// and are recorded) and the rest waits for the next cycle.
     pub cycle_timeout: Duration,
@@ -203,11 +205,15 @@ impl Default for SyncConfig {
         SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
+            lease: crate::sync::export::LEASE,
             cycle_timeout: Duration::from_secs(30 * 60),
             reconcile_target: Duration::from_secs(24 * 3600),
         }
     }
 }
+
+/// The shortest and longest `[sync] lease`.
+pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(600));
 
 /// A loaded, validated configuration.
 #[derive(Clone, Debug)]
@@ -289,6 +295,7 @@ enum RawThreshold {
 struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
+    lease: Option<String>,
     cycle_timeout: Option<String>,
     reconcile_target: Option<String>,
 }
@@ -537,6 +544,21 @@ impl Config {
                     return Err(bad("sync.interval", "must be more than zero".into()));
                 }
             }
+            if let Some(l) = s.lease {
+                sync.lease = humantime::parse_duration(&l)
+                    .map_err(|e| bad("sync.lease", format!("`{l}`: {e}")))?;
+                let (min, max) = LEASE_RANGE;
+                if sync.lease < min || sync.lease > max {
+                    return Err(bad(
+                        "sync.lease",
+                        format!(
+                            "`{l}`: must be from {} to {}",
+                            humantime::format_duration(min),
+                            humantime::format_duration(max)
+                        ),
+                    ));
+                }
+            }
             if let Some(t) = s.cycle_timeout {
                 sync.cycle_timeout = humantime::parse_duration(&t)
                     .map_err(|e| bad("sync.cycle_timeout", format!("`{t}`: {e}")))?;
@@ -646,6 +668,7 @@ reconcile_target = "12h"
             Some(SecretRef::File("/etc/dirsync/token.txt".into()))
         );
         assert_eq!(c.sync.interval, Duration::from_secs(300));
+        assert_eq!(c.sync.lease, Duration::from_secs(30), "the default lease");
         assert_eq!(c.sync.deletion_threshold, Threshold::Percent(10.0));
         assert_eq!(c.sync.deletion_threshold.limit(1000), 100);
         assert_eq!(c.sync.cycle_timeout, Duration::from_secs(600));
@@ -721,6 +744,8 @@ reconcile_target = "12h"
                 "sync.deletion_threshold",
             ),
             ("[sync]\ninterval = \"soon\"", "sync.interval"),
+            ("[sync]\nlease = \"1s\"", "sync.lease"),
+            ("[sync]\nlease = \"1h\"", "sync.lease"),
             ("[sync]\ncycle_timeout = \"0s\"", "sync.cycle_timeout"),
             ("[sync]\ncycle_timeout = \"later\"", "sync.cycle_timeout"),
             ("[sync]\nreconcile_target = \"0s\"", "sync.reconcile_target"),

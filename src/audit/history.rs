@@ -458,6 +458,7 @@ mod tests {
             name: "n".into(),
             emails: vec![],
             etag: None,
+            created: None,
             state: None,
         };
         let remote = [r(None), r(Some("a1")), r(Some("a2")), r(Some("zz"))];

@@ -466,6 +466,20 @@ pub struct ExportBatchCompleted {
     pub failed: u64,
 }
 
+/// A target object carrying one of our anchors besides the one kept (the ledger's, or the
+/// oldest for an anchor not owned yet) was deleted from the target (`sync::duplicates`: a
+/// create that reached the target late). The ledger is unchanged by it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetDuplicateRemoved {
+    pub epoch: u64,
+    pub anchor: String,
+    pub kind: ObjectKind,
+    /// The object deleted.
+    pub target_id: String,
+    /// The object kept.
+    pub kept: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportFailed {
     pub epoch: u64,
@@ -683,6 +697,7 @@ events! {
     ExportBatchStarted(ExportBatchStarted),
     ExportBatchCompleted(ExportBatchCompleted),
     ExportFailed(ExportFailed),
+    TargetDuplicateRemoved(TargetDuplicateRemoved),
     SyncRelationshipEstablished(SyncRelationshipEstablished),
     SyncRunStarted(SyncRunStarted),
     SyncRunCompleted(SyncRunCompleted),

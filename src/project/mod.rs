@@ -518,6 +518,10 @@ pub struct Lease {
     pub instance: String,
     pub epoch: u64,
     pub until_us: i64,
+    /// When the claim was recorded (0 in projections stored before it was kept): the
+    /// lease's length is `until_us - from_us`.
+    #[serde(default)]
+    pub from_us: i64,
 }
 
 /// Who may export: the holder of the current epoch.
@@ -530,6 +534,13 @@ pub struct Relationship {
     /// The last export lease taken, by any instance: a new holder waits for it to end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// The last time the target may have been sent a write that was not recorded as
+    /// applied and may still reach it: a take-over from another holder, a claim whose lease
+    /// was never completed (a crash) followed by another claim, or a create that failed
+    /// ambiguously (no answer, or a 5xx). The holder looks for duplicates by anchor for a
+    /// while after it (`sync::duplicates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertain: Option<At>,
     /// Every reconcile of the whole target, oldest first (one per `[sync]
     /// reconcile_target` interval, or per `sync --full`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -548,16 +559,23 @@ impl Relationship {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
         match e {
             Event::SyncRelationshipEstablished(r) => {
+                if self.holder.is_some() {
+                    self.uncertain = Some(m.into());
+                }
                 self.holder = Some(r.holder.clone());
                 self.epoch = r.epoch;
                 self.since = Some(m.into());
             }
             Event::ExportBatchStarted(b) => {
+                if self.lease.is_some() {
+                    self.uncertain = Some(m.into());
+                }
                 self.lease = Some(Lease {
                     batch_id: b.batch_id.clone(),
                     instance: m.instance.to_string(),
                     epoch: b.epoch,
                     until_us: b.lease_until.timestamp_micros(),
+                    from_us: m.recorded_at_us,
                 });
             }
             Event::TargetReconciled(r) => self.reconciles.push(Reconcile {
@@ -572,6 +590,11 @@ impl Relationship {
                     .is_some_and(|l| l.batch_id == b.batch_id) =>
             {
                 self.lease = None;
+            }
+            Event::ExportFailed(f)
+                if f.op == ExportOp::Create && f.status.is_none_or(|s| s >= 500) =>
+            {
+                self.uncertain = Some(m.into());
             }
             _ => {}
         }

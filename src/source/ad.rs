@@ -32,7 +32,9 @@ use ldap3::controls::RawControl;
 use ldap3::Scope;
 use uuid::Uuid;
 
-use super::ldap::{ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, RawEntry};
+use super::change::{Change, Read};
+use super::ldap::{ber, AttrRef, ConnectOptions, EntryRef, LdapClient, RawEntry};
+use super::result::result_name;
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 use crate::log::event::{
@@ -161,6 +163,59 @@ pub struct Delta {
     pub cookie: Vec<u8>,
     /// Referrals skipped.
     pub referrals_skipped: u64,
+}
+
+/// The attributes dirsync keeps for AD objects: what the mapping reads (INTERFACE.md) and a
+/// few that identify an object to people. Full and delta imports keep exactly these, so both
+/// paths agree and the log grows only with change that matters to the target.
+pub const AD_ATTRIBUTES: &[&str] = &[
+    "cn",
+    "samaccountname",
+    "userprincipalname",
+    "displayname",
+    "givenname",
+    "sn",
+    "mail",
+    "title",
+    "department",
+    "useraccountcontrol",
+    "description",
+    "employeeid",
+    "telephonenumber",
+    "ms-ds-consistencyguid",
+];
+
+impl From<DeltaItem> for Change {
+    /// A DirSync change as the importer takes it. An upsert is the whole object only when
+    /// it is new to the cookie and its kind is known; otherwise it holds the changed
+    /// attributes of an object the importer knows (whose kind it keeps).
+    fn from(item: DeltaItem) -> Change {
+        match item {
+            DeltaItem::Upsert(o) => Change::Upsert {
+                whole: o.new && o.kind.is_some(),
+                object: SourceObject {
+                    anchor: o.anchor,
+                    kind: o.kind.unwrap_or(ObjectKind::User),
+                    dn: o.dn,
+                    attrs: o.attrs,
+                    members: Default::default(),
+                },
+            },
+            DeltaItem::Deleted {
+                anchor, evidence, ..
+            } => Change::Deleted { anchor, evidence },
+            DeltaItem::Members {
+                anchor,
+                added,
+                removed,
+                ..
+            } => Change::Members {
+                anchor,
+                added,
+                removed,
+            },
+        }
+    }
 }
 
 /// A bound connection to an AD domain controller.
@@ -878,6 +933,47 @@ fn identity(entry: &EntryRef<'_>, ext: &ExtendedDn) -> Result<Identity> {
     })
 }
 
+impl super::Source for AdSource {
+    fn cursor_kind(&self) -> &'static str {
+        super::DIRSYNC_CURSOR
+    }
+
+    fn kept_attributes(&self) -> &'static [&'static str] {
+        AD_ATTRIBUTES
+    }
+
+    fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {
+        Box::pin(async move { self.source_info().await.map(Some) })
+    }
+
+    fn full(&mut self) -> super::SourceFuture<'_, Read> {
+        Box::pin(async move {
+            let cookie = self.baseline_cookie().await?;
+            let full = self.full_import().await?;
+            Ok(Read::Full {
+                objects: full.objects,
+                cookie,
+                referrals: full.referrals_skipped,
+            })
+        })
+    }
+
+    fn delta<'a>(&'a mut self, cookie: &'a [u8]) -> super::SourceFuture<'a, Read> {
+        Box::pin(async move {
+            let d = AdSource::delta(self, cookie).await?;
+            Ok(Read::Delta {
+                changes: d.changes.into_iter().map(Change::from).collect(),
+                cookie: d.cookie,
+                referrals: d.referrals_skipped,
+            })
+        })
+    }
+
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(AdSource::close(*self))
+    }
+}
+
 /// A 16-byte Microsoft GUID (mixed-endian) as a lowercase hyphenated anchor.
 pub fn guid_anchor(bytes: &[u8]) -> Result<String> {
     let arr: [u8; 16] = bytes.try_into().map_err(|_| {
@@ -1020,7 +1116,7 @@ fn to_attrs(raw: &[AttrRef<'_>], dn: &str, keep_identity: bool) -> Attrs {
 }
 
 fn normalise(dn: &str) -> String {
-    crate::sync::scope::normalise_dn(dn)
+    super::dn::normalise_dn(dn)
 }
 
 fn paren(filter: &str) -> String {
@@ -1076,6 +1172,71 @@ pub fn parse_dirsync_response(v: &[u8]) -> std::result::Result<(bool, Vec<u8>), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dirsync_items_become_changes() {
+        let object = |new: bool, kind: Option<ObjectKind>| DeltaObject {
+            anchor: "a".into(),
+            object_guid: "g".into(),
+            kind,
+            dn: "CN=A,DC=x".into(),
+            new,
+            attrs: Attrs::default(),
+        };
+        let upsert = |whole: bool, kind: ObjectKind| Change::Upsert {
+            object: SourceObject {
+                anchor: "a".into(),
+                kind,
+                dn: "CN=A,DC=x".into(),
+                attrs: Attrs::default(),
+                members: Default::default(),
+            },
+            whole,
+        };
+        // Whole only when new to the cookie and of a known kind.
+        let new_group = object(true, Some(ObjectKind::Group));
+        assert_eq!(
+            Change::from(DeltaItem::Upsert(new_group)),
+            upsert(true, ObjectKind::Group)
+        );
+        assert_eq!(
+            Change::from(DeltaItem::Upsert(object(false, Some(ObjectKind::Group)))),
+            upsert(false, ObjectKind::Group)
+        );
+        assert_eq!(
+            Change::from(DeltaItem::Upsert(object(true, None))),
+            upsert(false, ObjectKind::User)
+        );
+        let evidence = DeletionEvidence::Tombstone {
+            deleted_at: None,
+            last_known_parent: Some("DC=x".into()),
+        };
+        assert_eq!(
+            Change::from(DeltaItem::Deleted {
+                anchor: "a".into(),
+                object_guid: "g".into(),
+                dn: "CN=A\\0ADEL:g,CN=Deleted Objects,DC=x".into(),
+                evidence: evidence.clone(),
+            }),
+            Change::Deleted {
+                anchor: "a".into(),
+                evidence
+            }
+        );
+        assert_eq!(
+            Change::from(DeltaItem::Members {
+                anchor: "a".into(),
+                dn: "CN=A,DC=x".into(),
+                added: vec!["b".into()],
+                removed: vec!["c".into()],
+            }),
+            Change::Members {
+                anchor: "a".into(),
+                added: vec!["b".into()],
+                removed: vec!["c".into()],
+            }
+        );
+    }
 
     #[test]
     fn guid_is_mixed_endian() {

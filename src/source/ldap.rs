@@ -558,30 +558,6 @@ impl LdapClient {
     }
 }
 
-/// A readable name for common LDAP result codes.
-pub fn result_name(rc: u32) -> String {
-    let name = match rc {
-        1 => "operationsError",
-        2 => "protocolError",
-        3 => "timeLimitExceeded",
-        4 => "sizeLimitExceeded",
-        8 => "strongerAuthRequired",
-        10 => "referral",
-        11 => "adminLimitExceeded",
-        12 => "unavailableCriticalExtension",
-        32 => "noSuchObject",
-        34 => "invalidDNSyntax",
-        49 => "invalidCredentials",
-        50 => "insufficientAccessRights",
-        51 => "busy",
-        52 => "unavailable",
-        53 => "unwillingToPerform",
-        80 => "other",
-        _ => "error",
-    };
-    format!("{name} ({rc})")
-}
-
 /// A minimal BER reader and writer for control values: definite lengths only, every
 /// malformation an error.
 pub mod ber {

@@ -47,17 +47,18 @@ use ldap3::controls::RawControl;
 use ldap3::Scope;
 use uuid::Uuid;
 
+use super::change::{Change, Read};
+use super::dn::normalise_dn;
 use super::ldap::{
-    ber, result_name, AttrRef, ConnectOptions, EntryRef, LdapClient, LdapFailure, RawEntry,
-    RawResponseControl, SearchItem,
+    ber, AttrRef, ConnectOptions, EntryRef, LdapClient, LdapFailure, RawEntry, RawResponseControl,
+    SearchItem,
 };
+use super::result::result_name;
 use crate::config::{SourceConfig, SourceKind};
 use crate::error::{Error, Result};
 use crate::log::event::{
     AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject, Values,
 };
-use crate::sync::import::Change;
-use crate::sync::scope::normalise_dn;
 
 /// RFC 4533 Sync Request control.
 pub const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
@@ -727,6 +728,149 @@ impl OpenLdapSource {
              --allow-openldap on` and restart the server",
             self.client.url()
         ))
+    }
+}
+
+/// The attributes dirsync keeps for OpenLDAP and generic LDAP objects (inetOrgPerson and
+/// groupOfNames): what the mapping reads (INTERFACE.md: userName from mail or uid, names,
+/// title, department) and a few that identify an object to people.
+pub const LDAP_ATTRIBUTES: &[&str] = &[
+    "cn",
+    "uid",
+    "mail",
+    "givenname",
+    "sn",
+    "displayname",
+    "title",
+    "departmentnumber",
+    "ou",
+    "o",
+    "employeenumber",
+    "employeetype",
+    "telephonenumber",
+    "mobile",
+    "description",
+    "preferredlanguage",
+    // 389 DS account lock (operational there, requested explicitly): the mapping's `active`.
+    "nsaccountlock",
+];
+
+impl LdapFullImport {
+    /// Say what the import dropped.
+    fn log_dropped(&self) {
+        if self.dangling_members > 0 {
+            tracing::info!(
+                dangling = self.dangling_members,
+                "member DNs naming no entry dropped"
+            );
+        }
+        if self.without_anchor > 0 {
+            tracing::warn!(
+                skipped = self.without_anchor,
+                "entries without an anchor attribute skipped"
+            );
+        }
+    }
+}
+
+impl super::Source for OpenLdapSource {
+    fn cursor_kind(&self) -> &'static str {
+        super::RFC4533_CURSOR
+    }
+
+    fn kept_attributes(&self) -> &'static [&'static str] {
+        LDAP_ATTRIBUTES
+    }
+
+    /// No tombstone lifetime or USN: nothing to record.
+    fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn full(&mut self) -> super::SourceFuture<'_, Read> {
+        Box::pin(async move {
+            let cookie = self.baseline_cookie().await?;
+            let full = self.full_import().await?;
+            full.log_dropped();
+            Ok(Read::Full {
+                objects: full.objects,
+                cookie,
+                referrals: full.referrals_skipped,
+            })
+        })
+    }
+
+    fn delta<'a>(&'a mut self, cookie: &'a [u8]) -> super::SourceFuture<'a, Read> {
+        Box::pin(async move {
+            let d = OpenLdapSource::delta(self, cookie).await?;
+            if d.dangling_members > 0 {
+                tracing::info!(
+                    dangling = d.dangling_members,
+                    "member DNs naming no entry dropped"
+                );
+            }
+            Ok(Read::Delta {
+                changes: d.changes,
+                cookie: d.cookie,
+                referrals: d.referrals_skipped,
+            })
+        })
+    }
+
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(OpenLdapSource::close(*self))
+    }
+}
+
+/// A generic LDAPv3 server (`kind = "ldap"`): full imports only. It has no change tracking,
+/// so every import is full ([`super::ALWAYS_FULL_CURSOR`]): changes and deletions are
+/// derived by the importer from the projection, and no cursor is recorded for it.
+#[derive(Debug)]
+pub struct GenericLdapSource(OpenLdapSource);
+
+impl GenericLdapSource {
+    /// `source`, connected with `kind = "ldap"` (the generic flavour).
+    pub fn new(source: OpenLdapSource) -> GenericLdapSource {
+        GenericLdapSource(source)
+    }
+}
+
+impl super::Source for GenericLdapSource {
+    fn cursor_kind(&self) -> &'static str {
+        super::ALWAYS_FULL_CURSOR
+    }
+
+    fn kept_attributes(&self) -> &'static [&'static str] {
+        LDAP_ATTRIBUTES
+    }
+
+    fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn full(&mut self) -> super::SourceFuture<'_, Read> {
+        Box::pin(async move {
+            let full = self.0.full_import().await?;
+            full.log_dropped();
+            Ok(Read::Full {
+                objects: full.objects,
+                cookie: Vec::new(),
+                referrals: full.referrals_skipped,
+            })
+        })
+    }
+
+    fn delta<'a>(&'a mut self, _cookie: &'a [u8]) -> super::SourceFuture<'a, Read> {
+        Box::pin(async {
+            Err(Error::Store(
+                "internal: a delta was asked of a source without change tracking (kind = ldap)"
+                    .into(),
+            ))
+        })
+    }
+
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.0.close())
     }
 }
 

@@ -1,9 +1,58 @@
 //! One place for what an LDAP result code means to an operator: its name, a hint saying
-//! what to do, and whether trying again can help. The LDAP reader (`wire.rs`), the
-//! connection (`ldap.rs`) and the source kinds build their errors here.
+//! what to do, and whether trying again can help; and for the errors of connecting and
+//! binding to a source. The LDAP reader (`wire.rs`), the connection (`ldap.rs`) and the
+//! source kinds build their errors here.
 
-use super::ldap::result_name;
+use std::fmt::Display;
+
 use crate::Error;
+
+/// A readable name for common LDAP result codes.
+pub fn result_name(rc: u32) -> String {
+    let name = match rc {
+        1 => "operationsError",
+        2 => "protocolError",
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        12 => "unavailableCriticalExtension",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        80 => "other",
+        _ => "error",
+    };
+    format!("{name} ({rc})")
+}
+
+/// A connection to `url` that could not be made (the address, TCP, TLS): worth another
+/// attempt, as the server may come back.
+pub fn cannot_connect(url: &str, why: impl Display) -> Error {
+    Error::Source(format!("cannot connect to {url}: {why}"))
+}
+
+/// The server at `url` refused StartTLS with `rc` and diagnostic `text`.
+pub fn starttls_refused(url: &str, rc: u32, text: &str) -> Error {
+    let text = text.trim_end_matches('\0').trim();
+    cannot_connect(
+        url,
+        format!(
+            "StartTLS refused: {} ({text}); check the server's TLS setup, or use ldaps://",
+            result_name(rc)
+        ),
+    )
+}
+
+/// The server at `url` refused the bind as `bind_dn` with `rc` and diagnostic `text`.
+pub fn bind_refused(url: &str, bind_dn: &str, rc: u32, text: &str) -> Error {
+    failure(&format!("bind to {url} as {bind_dn} refused"), rc, text)
+}
 
 /// Result codes no retry can fix: the request or the account is wrong, not the moment.
 /// busy (51), unavailable (52), unwillingToPerform (53) and other codes may pass.
@@ -110,6 +159,25 @@ mod tests {
         assert!(failure("bind", 49, "")
             .to_string()
             .ends_with("check bind_dn and the password"));
+    }
+
+    #[test]
+    fn connect_and_bind_lines() {
+        let e = bind_refused("ldap://h", "cn=reader,dc=x", 49, "");
+        assert_eq!(
+            e.to_string(),
+            "source: bind to ldap://h as cn=reader,dc=x refused: invalidCredentials (49); \
+             invalid credentials: check bind_dn and the password"
+        );
+        assert!(matches!(e, Error::SourceRefused(_)));
+        let e = starttls_refused("ldap://h", 52, "Could not start TLS\0");
+        assert!(matches!(e, Error::Source(_)), "{e}");
+        assert!(
+            e.to_string().contains(
+                "cannot connect to ldap://h: StartTLS refused: unavailable (52) (Could not start TLS); check the server's TLS setup"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

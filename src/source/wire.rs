@@ -32,6 +32,7 @@ use super::ldap::ber::{self, BOOLEAN, ENUMERATED, INTEGER, OCTET_STRING, SEQUENC
 use super::ldap::{
     shown, AttrRef, ConnectOptions, EntryRef, LdapFailure, RawResponseControl, SearchOutcome,
 };
+use super::result;
 use crate::config::{SourceConfig, SourceLimits, Tls};
 use crate::error::{Error, Result};
 
@@ -135,7 +136,7 @@ impl Wire {
     pub(crate) async fn connect(cfg: &SourceConfig, opts: &ConnectOptions) -> Result<Wire> {
         let password = cfg.password.resolve("source.password")?;
         let url = cfg.url.clone();
-        let cannot = |why: String| Error::Source(format!("cannot connect to {url}: {why}"));
+        let cannot = |why: String| result::cannot_connect(&url, why);
         let parsed = url::Url::parse(&url).map_err(|e| cannot(e.to_string()))?;
         let ldaps = parsed.scheme() == "ldaps";
         let host = match parsed.host() {
@@ -184,10 +185,7 @@ impl Wire {
                 );
                 let (rc, text) = wire.request(req, op::EXTENDED_RESPONSE).await?;
                 if rc != 0 {
-                    return Err(cannot(format!(
-                        "StartTLS refused: {} ({text})",
-                        super::ldap::result_name(rc)
-                    )));
+                    return Err(result::starttls_refused(&url, rc, &text));
                 }
             }
             let name = rustls::pki_types::ServerName::try_from(host.clone())
@@ -215,11 +213,7 @@ impl Wire {
             .request(ber::tlv(op::BIND_REQUEST, &bind), op::BIND_RESPONSE)
             .await?;
         if rc != 0 {
-            return Err(super::result::failure(
-                &format!("bind to {url} as {} refused", cfg.bind_dn),
-                rc,
-                &text,
-            ));
+            return Err(result::bind_refused(&url, &cfg.bind_dn, rc, &text));
         }
         Ok(wire)
     }
@@ -609,7 +603,7 @@ impl Wire {
     fn unexpected_id(&self, msg: &Message<'_>, wanted: &str) -> Error {
         if msg.id == 0 {
             let text = decode_result(msg.body)
-                .map(|(rc, text)| format!("{} ({text})", super::ldap::result_name(rc)))
+                .map(|(rc, text)| format!("{} ({text})", result::result_name(rc)))
                 .unwrap_or_default();
             return Error::Source(format!(
                 "{}: the server ended the connection: {text}",

@@ -23,9 +23,9 @@ use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay;
 use crate::project::State;
+use crate::source::dn::normalise_dn;
 use crate::source::ldap::EntryRef;
 use crate::source::{ConnectOptions, LdapClient};
-use crate::sync::scope::normalise_dn;
 
 /// The AD anchor attributes: `ms-DS-ConsistencyGuid` means "where set, else objectGUID"
 /// (what the AD source reads), `objectGUID` the objectGUID alone.
@@ -293,6 +293,12 @@ fn owned_sample(state: &State) -> Vec<(String, String)> {
         .map(|(a, d)| (a.clone(), d.clone()))
         .collect()
 }
+
+/// What [`check`] found before a run recorded anything: the attribute to record with the
+/// import (the first import), if any. The run's first try uses it instead of reading the
+/// source again; a retry after a conflicting append checks again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked(pub Option<String>);
 
 /// The check made before an import records anything: the attribute to record with it (the
 /// first import), or the refusal as a configuration error (exit 2).

@@ -7,14 +7,17 @@
 //! relationship stream's version it verified*: the check and the record are one atomic
 //! append, and a take-over by another instance in between makes the claim fail (exit 4).
 //!
-//! The claim carries a lease ([`LEASE`]). No request of the chunk, first attempt or retry,
-//! is sent after the lease ends (the targets take the deadline). So the window between the
-//! check and an HTTP call is bounded by the lease: an instance that lost the relationship
-//! a moment after its claim may still send requests of that one chunk for at most
-//! [`LEASE`]. `--take-over` closes that window from the other side: after recording the new
-//! epoch it waits until the last lease taken by another instance has ended, so the old and
+//! The claim carries a lease (`[sync] lease`, default [`LEASE`]). No request of the chunk,
+//! first attempt or retry, is sent after the lease's end less a margin
+//! ([`lease_margin`]), and every request's own timeout (connecting, sending, the whole
+//! answer) is cut to end by then too (`target::request_timeout`). So an instance that lost
+//! the relationship a moment after its claim has given up on every request of that chunk
+//! within the lease. `--take-over` closes the window from the other side: after recording
+//! the new epoch it waits until the last lease taken by another instance has ended, plus
+//! the longest deadline a request of it could have had ([`takeover_wait`]), so the old and
 //! new holder never send at the same time (assuming their clocks agree to within the
-//! margin kept on the deadline, [`LEASE_MARGIN`]).
+//! margin). What no wait can bound, a request held up in the network after its sender
+//! gave up, is handled by the new holder: see `sync::duplicates`.
 //!
 //! # Exactly once
 //! Every applied operation is recorded (`ExportApplied`, with the target's id) right after
@@ -38,20 +41,21 @@ use crate::error::{Error, Exit, Result};
 use crate::log::event::{
     stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
     ExportBatchStarted, ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished,
-    SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetReconciled,
+    SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
-use crate::project::{ExportFailure, Meta, State};
+use crate::project::{ExportFailure, Lease, Meta, State};
 use crate::target::matching::{swap_case, Index, Match};
-use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target};
+use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
 
 /// Operations per claimed chunk.
 pub const CHUNK: usize = 100;
 /// How long a claim lets an instance send the requests of its chunk.
 pub const LEASE: Duration = Duration::from_secs(30);
-/// Kept off the lease for the local deadline: clock differences between computers.
+/// Kept off the lease for the local deadline: clock differences between computers. A
+/// shorter lease keeps a sixth of itself ([`lease_margin`]).
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Failed exports in a row after which an object is quarantined: skipped by every cycle
 /// until its source changes (then tried once more) or a `sync --full` tries it again.
@@ -124,6 +128,9 @@ pub struct SyncReport {
     pub recreated: u64,
     /// Objects skipped because their exports kept failing (see [`QUARANTINE_AFTER`]).
     pub quarantined: u64,
+    /// Target objects removed because another one carrying the same anchor was kept (late
+    /// creates, `sync::duplicates`).
+    pub duplicates_removed: u64,
     /// When this cycle read the whole target (`--full`, or `[sync] reconcile_target`
     /// passed): the drift found and repaired.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,7 +237,32 @@ async fn acquire(
     ))
 }
 
-/// Sleep until the last export lease of another instance has ended.
+/// The margin kept off a lease of length `lease` for the local deadline: [`LEASE_MARGIN`],
+/// or a sixth of a shorter lease.
+pub fn lease_margin(lease: Duration) -> Duration {
+    LEASE_MARGIN.min(lease / 6)
+}
+
+/// How long a new holder waits, at `now_us`, for another instance's open `lease` (pure):
+/// until the lease's end plus the longest deadline a request sent under it could have had
+/// (its whole length, at most [`REQUEST_TIMEOUT`]: a request sent just before the end has
+/// then certainly been answered or given up on by its sender, even one that did not cut
+/// its timeouts to the lease). A lease ending far in the future (a clock ahead) is waited
+/// for at most its length, that deadline and [`LEASE_MARGIN`].
+pub fn takeover_wait(lease: &Lease, now_us: i64) -> Duration {
+    let length = if lease.from_us > 0 && lease.from_us < lease.until_us {
+        Duration::from_micros((lease.until_us - lease.from_us) as u64)
+            .min(crate::config::LEASE_RANGE.1)
+    } else {
+        LEASE
+    };
+    let request = length.min(REQUEST_TIMEOUT);
+    let end = lease.until_us.saturating_add(request.as_micros() as i64);
+    let left = Duration::from_micros(end.saturating_sub(now_us).max(0) as u64);
+    left.min(length + request + LEASE_MARGIN)
+}
+
+/// Sleep until the last export lease of another instance and its requests have ended.
 async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
     let Some(lease) = &state.relationship.lease else {
         return;
@@ -238,15 +270,18 @@ async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
     if lease.instance == instance {
         return;
     }
-    let now = chrono::Utc::now().timestamp_micros();
-    let left = lease.until_us.saturating_sub(now);
-    if left > 0 {
-        let wait = Duration::from_micros(left as u64).min(LEASE + LEASE_MARGIN);
+    let wait = takeover_wait(lease, chrono::Utc::now().timestamp_micros());
+    if !wait.is_zero() {
         progress.set_message(format!(
-            "waiting {:.0}s for {}'s export lease to end",
+            "waiting {:.0}s for {}'s export lease and its requests to end",
             wait.as_secs_f64(),
             lease.instance
         ));
+        tracing::info!(
+            "waiting {:.1}s for {}'s export lease and its requests to end",
+            wait.as_secs_f64(),
+            lease.instance
+        );
         tokio::time::sleep(wait).await;
     }
 }
@@ -342,7 +377,7 @@ async fn sync_cycle(
     // Checks before anything is recorded: the source bind, the target's credentials, and
     // (exporting) the relationship.
     probe_source(&src_cfg).await?;
-    super::anchor::check(&src_cfg, &state).await?;
+    let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
     if let Some(t) = &target {
         t.probe().await?;
     }
@@ -369,6 +404,7 @@ async fn sync_cycle(
     if !opts.dry_run {
         run_started(store, &report, opts.full).await?;
     }
+    let now_us = chrono::Utc::now().timestamp_micros();
     let run = Cycle {
         store,
         target: target.as_ref(),
@@ -379,6 +415,8 @@ async fn sync_cycle(
         progress,
         stop: opts.stop.as_deref(),
         retry_quarantined: opts.full,
+        lease: cfg.sync.lease,
+        watch: exporting && super::duplicates::watching(&state, opts.take_over, now_us),
         deadline: Deadline::after(began, cfg.sync.cycle_timeout),
         reconcile_every: Some(cfg.sync.reconcile_target),
         full: opts.full,
@@ -399,6 +437,7 @@ async fn sync_cycle(
             &scope,
             &import_opts,
             &report.run_id,
+            Some(checked),
             progress,
         )
         .await?;
@@ -517,6 +556,12 @@ async fn export_log_locked(
         progress,
         stop: None,
         retry_quarantined: false,
+        lease: LEASE,
+        watch: super::duplicates::watching(
+            &state,
+            opts.take_over,
+            chrono::Utc::now().timestamp_micros(),
+        ),
         deadline: Deadline::after(
             Instant::now(),
             crate::config::SyncConfig::default().cycle_timeout,
@@ -675,6 +720,14 @@ fn decide_new(
     out
 }
 
+/// Whether an export of `anchor` failed earlier in this cycle.
+fn failed_in(report: &SyncReport, anchor: &str) -> bool {
+    report
+        .problems
+        .iter()
+        .any(|p| p.problem == "failure" && p.anchor == anchor)
+}
+
 fn export_op(op: &Op) -> ExportOp {
     match op {
         Op::Create { .. } => ExportOp::Create,
@@ -715,6 +768,11 @@ struct Cycle<'a> {
     stop: Option<&'a std::sync::atomic::AtomicBool>,
     /// Send quarantined objects' operations too (`sync --full`).
     retry_quarantined: bool,
+    /// The export lease of each claim (`[sync] lease`).
+    lease: Duration,
+    /// List the target and remove duplicates by anchor before creating (after a take-over,
+    /// `sync::duplicates`).
+    watch: bool,
     /// `[sync] cycle_timeout` from the cycle's start: no request starts after it.
     deadline: Deadline,
     /// Read the whole target and repair drift when this long has passed since the last
@@ -1072,22 +1130,38 @@ impl Cycle<'_> {
             let mut p = plan(&state, self.source_kind, Some(kind));
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
+            if pass == 2 {
+                // A group whose creation failed in the first pass is not sent again in this
+                // cycle: a create that timed out may still reach the target, and the next
+                // cycle looks for it before creating.
+                p.new.retain(|(a, _)| !failed_in(report, a));
+            }
             if pass == 2 && p.new.is_empty() && p.updates.is_empty() {
                 break;
             }
             let mut creates = Vec::new();
             self.deadline
                 .check(p.new.len() + p.updates.len() + p.deletes.len())?;
+            // After a take-over or a write that may land unrecorded: the listing, without the
+            // duplicates it removed (a reconcile's whole listing serves instead when there is
+            // one: its own duplicate rules apply).
+            let listed = if self.watch && pass < 2 && listing.is_none() {
+                self.remove_duplicates(t, kind, &state, &p.new, fence, report)
+                    .await?
+            } else {
+                None
+            };
             if !p.new.is_empty() {
-                let remote = match listing {
+                let remote = match (listing, listed) {
                     // The target was just read whole: match against that.
-                    Some(l) => l
+                    (Some(l), _) => l
                         .objects
                         .iter()
                         .filter(|r| r.kind == kind)
                         .cloned()
                         .collect(),
-                    None => self.lookup(t, kind, &p.new, &state).await?,
+                    (None, Some(l)) => l,
+                    (None, None) => self.lookup(t, kind, &p.new, &state).await?,
                 };
                 let mut taken = Vec::new();
                 for d in decide_new(&remote, &p.new, &state) {
@@ -1297,6 +1371,31 @@ impl Cycle<'_> {
         true
     }
 
+    /// Claim a chunk of `ops` operations under `fence`: record `ExportBatchStarted` with its
+    /// lease, and return the batch id and the deadline its requests must end by (the
+    /// lease's end less the margin).
+    async fn claim(&self, fence: Fence, ops: usize) -> Result<(String, Instant)> {
+        let deadline = Instant::now() + self.lease - lease_margin(self.lease);
+        let lease_until = chrono::Utc::now()
+            + chrono::Duration::from_std(self.lease).unwrap_or_else(|_| chrono::Duration::zero());
+        let batch_id = uuid::Uuid::new_v4().to_string();
+        self.append_fenced(
+            vec![NewEvent::new(
+                stream::TARGET,
+                self.instance,
+                Event::ExportBatchStarted(ExportBatchStarted {
+                    batch_id: batch_id.clone(),
+                    epoch: fence.epoch,
+                    ops: ops as u64,
+                    lease_until,
+                }),
+            )],
+            fence,
+        )
+        .await?;
+        Ok((batch_id, deadline))
+    }
+
     async fn append_fenced(&self, events: Vec<NewEvent>, fence: Fence) -> Result<u64> {
         match self
             .store
@@ -1312,6 +1411,118 @@ impl Cycle<'_> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// After a take-over or an unrecorded write (`sync::duplicates`): list the target's
+    /// objects of `kind`, delete the duplicates by anchor of objects we own (under a claim,
+    /// each recorded as `TargetDuplicateRemoved`), and return the listing without them, for
+    /// matching. `None` when the listing failed (not for lack of rights): the cycle goes on
+    /// without it and the next one looks again.
+    async fn remove_duplicates(
+        &self,
+        t: &AnyTarget,
+        kind: ObjectKind,
+        state: &State,
+        new: &[(String, Mapped)],
+        fence: Fence,
+        report: &mut SyncReport,
+    ) -> Result<Option<Vec<RemoteObject>>> {
+        self.progress.set_message(format!(
+            "listing target {}s for duplicates by anchor",
+            kind.as_str()
+        ));
+        let mut remote = match t.list(kind).await {
+            Ok(r) => r,
+            Err(e) if e.fatal => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(
+                    "target: listing its {}s to look for duplicates failed ({e}); looked for next cycle",
+                    kind.as_str()
+                );
+                return Ok(None);
+            }
+        };
+        let found = super::duplicates::duplicates(&remote, state, new);
+        let ops: Vec<(Op, &super::duplicates::Duplicate)> = found
+            .iter()
+            .flat_map(|d| {
+                d.remove.iter().map(move |id| {
+                    (
+                        Op::Delete {
+                            anchor: d.anchor.clone(),
+                            kind: d.kind,
+                            target_id: id.clone(),
+                        },
+                        d,
+                    )
+                })
+            })
+            .collect();
+        if ops.is_empty() {
+            return Ok(Some(remote));
+        }
+        for chunk in ops.chunks(CHUNK) {
+            let (batch_id, deadline) = self.claim(fence, chunk.len()).await?;
+            let deletes: Vec<Op> = chunk.iter().map(|(op, _)| op.clone()).collect();
+            let outcomes = t.apply(&deletes, deadline).await;
+            let mut events = Vec::new();
+            let (mut applied, mut failed) = (0, 0);
+            for ((op, d), outcome) in chunk.iter().zip(outcomes) {
+                let Op::Delete { target_id, .. } = op else {
+                    continue;
+                };
+                match outcome {
+                    Outcome::Applied { .. } => {
+                        applied += 1;
+                        report.duplicates_removed += 1;
+                        tracing::warn!(
+                            "target: {} {target_id} duplicated {} (both carry the anchor {}; a create that reached the target late): removed",
+                            d.kind.as_str(),
+                            d.kept,
+                            d.anchor
+                        );
+                        remote.retain(|r| &r.id != target_id);
+                        events.push(NewEvent::new(
+                            stream::TARGET,
+                            self.instance,
+                            Event::TargetDuplicateRemoved(TargetDuplicateRemoved {
+                                epoch: fence.epoch,
+                                anchor: d.anchor.clone(),
+                                kind: d.kind,
+                                target_id: target_id.clone(),
+                                kept: d.kept.clone(),
+                            }),
+                        ));
+                    }
+                    Outcome::Failed(e) => {
+                        failed += 1;
+                        report.failures += 1;
+                        report.problem(
+                            &d.anchor,
+                            "failure",
+                            format!(
+                                "removing the duplicate {} {target_id} (of {}): {e}",
+                                d.kind.as_str(),
+                                d.kept
+                            ),
+                        );
+                    }
+                    // Not sent before the lease's end: looked for again next cycle.
+                    Outcome::NotAttempted => {}
+                }
+            }
+            events.push(NewEvent::new(
+                stream::TARGET,
+                self.instance,
+                Event::ExportBatchCompleted(ExportBatchCompleted {
+                    batch_id,
+                    applied,
+                    failed,
+                }),
+            ));
+            self.store.append(Batch::new(events)).await?;
+        }
+        Ok(Some(remote))
     }
 
     /// Send `ops` chunk by chunk, each under a claim, recording every outcome.
@@ -1350,24 +1561,9 @@ impl Cycle<'_> {
             }
             let n = queue.len().min(CHUNK);
             let chunk: Vec<Op> = queue.drain(..n).collect();
-            let deadline = (Instant::now() + LEASE - LEASE_MARGIN).min(self.deadline.at);
-            let lease_until = chrono::Utc::now()
-                + chrono::Duration::from_std(LEASE).unwrap_or_else(|_| chrono::Duration::zero());
-            let batch_id = uuid::Uuid::new_v4().to_string();
-            self.append_fenced(
-                vec![NewEvent::new(
-                    stream::TARGET,
-                    self.instance,
-                    Event::ExportBatchStarted(ExportBatchStarted {
-                        batch_id: batch_id.clone(),
-                        epoch: fence.epoch,
-                        ops: n as u64,
-                        lease_until,
-                    }),
-                )],
-                fence,
-            )
-            .await?;
+            // The lease bounds every request of the chunk (fencing); the cycle's deadline
+            // only stops new chunks (checked above), so answers in flight are recorded.
+            let (batch_id, deadline) = self.claim(fence, n).await?;
             let outcomes = t.apply(&chunk, deadline).await;
             // A fatal error (a 401, the target down) stops the cycle: requests that got no
             // answer are then not the objects' failures and wait for the next cycle.
@@ -1582,6 +1778,46 @@ mod tests {
                 etag: None,
                 deleted: None,
             }),
+        );
+    }
+
+    #[test]
+    fn a_take_over_waits_the_lease_and_the_longest_request_deadline() {
+        let s = 1_000_000i64;
+        let lease = |from_us: i64, until_us: i64| Lease {
+            batch_id: "b".into(),
+            instance: "old".into(),
+            epoch: 1,
+            until_us,
+            from_us,
+        };
+        // A 30 s lease claimed at 100 s: its requests end by 130 s, or (a sender that did
+        // not cut its timeouts) 30 s later: the new holder waits until 160 s.
+        let l = lease(100 * s, 130 * s);
+        assert_eq!(takeover_wait(&l, 100 * s), Duration::from_secs(60));
+        assert_eq!(takeover_wait(&l, 150 * s), Duration::from_secs(10));
+        assert_eq!(takeover_wait(&l, 161 * s), Duration::ZERO);
+        // A 3 s lease (tests): 3 s more, the longest deadline a request of it could have.
+        assert_eq!(
+            takeover_wait(&lease(100 * s, 103 * s), 101 * s),
+            Duration::from_secs(5)
+        );
+        // A 10 minute lease: the requests' deadline is still at most REQUEST_TIMEOUT.
+        assert_eq!(
+            takeover_wait(&lease(100 * s, 700 * s), 700 * s),
+            REQUEST_TIMEOUT
+        );
+        // Recorded before claims kept their start: the default lease is assumed.
+        assert_eq!(takeover_wait(&lease(0, 130 * s), 130 * s), REQUEST_TIMEOUT);
+        // A lease ending far in the future (the old computer's clock ahead): bounded.
+        assert_eq!(
+            takeover_wait(&lease(100 * s, 130 * s), -10_000 * s),
+            Duration::from_secs(30) + REQUEST_TIMEOUT + LEASE_MARGIN
+        );
+        assert_eq!(lease_margin(LEASE), LEASE_MARGIN);
+        assert_eq!(
+            lease_margin(Duration::from_secs(3)),
+            Duration::from_millis(500)
         );
     }
 

@@ -11,6 +11,7 @@ use crate::log::event::{
     SourceObject,
 };
 use crate::project::SourceObjects;
+use crate::source::Change;
 
 /// The events a complete full import implies, ending with its `ImportCompleted`.
 /// `seen` must be everything the source returned; out-of-scope objects may be included
@@ -107,27 +108,6 @@ pub fn full_import_events(
     }
     events.push(Event::ImportCompleted(summary));
     events
-}
-
-/// One change a delta import reported, whatever the source (DirSync, RFC 4533).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// An object created, changed, renamed or moved. `whole` says `object.attrs` (and
-    /// `members`) are the complete object; otherwise they are only the changed attributes.
-    Upsert { object: SourceObject, whole: bool },
-    Deleted {
-        anchor: String,
-        evidence: DeletionEvidence,
-    },
-    /// RFC 4533 present phase: every object still in the source that was not sent as an
-    /// add or modify. Live objects neither here nor upserted in this delta are deleted.
-    Present { anchors: Vec<String> },
-    /// Incremental member values of a group (anchors).
-    Members {
-        anchor: String,
-        added: Vec<String>,
-        removed: Vec<String>,
-    },
 }
 
 /// The result of planning a delta: the events, or the anchors whose whole object the caller

@@ -2,6 +2,7 @@
 //! projections; only the runners talk to servers and the log.
 
 pub mod anchor;
+pub mod duplicates;
 pub mod export;
 pub mod import;
 pub mod plan;

@@ -11,7 +11,7 @@
 //! mapped attribute that no user in scope has is a warning (the directory may not use it,
 //! or the account cannot read it: only the operator can tell). A warning passes: exit 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -247,10 +247,63 @@ pub async fn preflight(cfg: &Config, instance: &str, progress: &ProgressBar) -> 
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            let reached = r.is_ok();
             out.push(check("target", r));
+            if reached {
+                if let Ok(target) = AnyTarget::from_config(t) {
+                    out.push(target_holds_the_ledger(&store, &target).await);
+                }
+            }
         }
     }
     out
+}
+
+/// The `target content` row: whether the target still holds every object the ledger
+/// owns (one listing of users and groups). A target restored empty, or objects deleted
+/// out of band, would otherwise pass every check while a plain sync believes the ledger.
+async fn target_holds_the_ledger(store: &AnyStore, target: &AnyTarget) -> Check {
+    let state = match replay::current(store).await {
+        Ok(s) => s,
+        Err(e) => return check("target content", Err(e.to_string())),
+    };
+    let mut listed = HashSet::new();
+    for kind in [ObjectKind::User, ObjectKind::Group] {
+        match target.list(kind).await {
+            Ok(objects) => listed.extend(objects.into_iter().map(|o| o.id)),
+            Err(e) => {
+                return check(
+                    "target content",
+                    Err(format!("listing {}s: {e}", kind.as_str())),
+                )
+            }
+        }
+    }
+    let owned: Vec<&str> = state
+        .ledger
+        .owned()
+        .map(|(_, l)| l.target_id.as_str())
+        .collect();
+    check("target content", missing_from_target(&owned, &listed))
+}
+
+/// The verdict on the owned target ids against those the target listed (pure).
+fn missing_from_target(
+    owned: &[&str],
+    listed: &HashSet<String>,
+) -> std::result::Result<String, String> {
+    let missing = owned.iter().filter(|id| !listed.contains(**id)).count();
+    if missing == 0 {
+        Ok(format!(
+            "the target holds all {} objects the ledger owns",
+            owned.len()
+        ))
+    } else {
+        Err(format!(
+            "{missing} of the {} objects the ledger owns are missing from the target (deleted out of band, or the target was restored): `dirsync sync --full` creates them again",
+            owned.len()
+        ))
+    }
 }
 
 async fn source_checks(
@@ -270,7 +323,7 @@ async fn source_checks(
         Ok(s) => s,
         Err(e) => return vec![check("source read", Err(e.to_string()))],
     };
-    let imported = match import_run(store, src, &scope, &opts, "preflight", progress).await {
+    let imported = match import_run(store, src, &scope, &opts, "preflight", None, progress).await {
         Ok(r) => r,
         Err(e) => return vec![check("source read", Err(e.to_string()))],
     };
@@ -359,6 +412,21 @@ mod tests {
             .iter()
             .map(|(k, v)| (*k, vec![AttrValue::Text((*v).into())]))
             .collect()
+    }
+
+    #[test]
+    fn the_target_must_hold_every_owned_object() {
+        let listed: HashSet<String> = ["a", "b"].map(String::from).into();
+        assert_eq!(
+            missing_from_target(&["a", "b"], &listed),
+            Ok("the target holds all 2 objects the ledger owns".into())
+        );
+        let e = missing_from_target(&["a", "b", "c", "d"], &listed).unwrap_err();
+        assert!(
+            e.starts_with("2 of the 4 objects the ledger owns are missing"),
+            "{e}"
+        );
+        assert!(missing_from_target(&[], &HashSet::new()).is_ok());
     }
 
     #[test]

@@ -334,6 +334,7 @@ mod tests {
             emails: Vec::new(),
             etag: None,
             state: Some(m),
+            created: None,
         }
     }
 

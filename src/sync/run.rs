@@ -10,21 +10,19 @@ use base64::Engine;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::import::{delta_events, full_import_events, Change, DeltaPlan};
+use super::import::{delta_events, full_import_events, DeltaPlan};
 use super::scope::Scope;
-use crate::config::{Config, SourceConfig, SourceKind};
+use crate::config::{Config, SourceConfig};
 use crate::error::{Error, Result};
 use crate::log::event::{
-    stream, AnchorRecorded, CursorAdvanced, CursorInvalidated, Event, ImportCompleted, ObjectKind,
+    stream, AnchorRecorded, CursorAdvanced, CursorInvalidated, Event, ImportCompleted,
     SourceInfoRecorded, SourceObject, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
 };
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::replay;
 use crate::project::{InstanceStatus, State};
-use crate::source::{
-    AdOptions, AdSource, ConnectOptions, DeltaItem, LdapFullImport, OpenLdapOptions, OpenLdapSource,
-};
+use crate::source::{self, Change, ConnectOptions, Read, ALWAYS_FULL_CURSOR};
 
 /// Re-plan at most this many times when another writer moved the source stream on.
 const CONFLICT_RETRIES: u32 = 3;
@@ -68,261 +66,32 @@ pub struct ImportReport {
     pub planned: Vec<Event>,
 }
 
-/// A connected source directory.
-enum Source {
-    Ad(Box<AdSource>),
-    /// OpenLDAP: full imports and RFC 4533 refreshOnly deltas.
-    OpenLdap(Box<OpenLdapSource>),
-    /// A generic LDAPv3 server: full imports only. It has no change tracking, so every
-    /// import is full ([`ALWAYS_FULL_CURSOR`]): changes and deletions are derived by
-    /// `full_import_events` from the projection, and no cursor is recorded for it.
-    Ldap(Box<OpenLdapSource>),
-}
-
-/// The cursor kind of a source without change tracking (`kind = "ldap"`): no cursor is
-/// ever recorded with it, and the runner never asks such a source for a delta.
-pub const ALWAYS_FULL_CURSOR: &str = "none";
-
-/// The cursor kind each source kind records.
-fn cursor_kind_of(kind: SourceKind) -> &'static str {
-    match kind {
-        SourceKind::Ad => "dirsync",
-        SourceKind::Openldap => "rfc4533",
-        SourceKind::Ldap => ALWAYS_FULL_CURSOR,
-    }
-}
-
-/// What one read of the source produced, before planning.
-enum Read {
-    Full {
-        objects: Vec<SourceObject>,
-        cookie: Vec<u8>,
-        referrals: u64,
-    },
-    Delta {
-        changes: Vec<Change>,
-        cookie: Vec<u8>,
-        referrals: u64,
-    },
-}
-
-impl Source {
-    /// Connect and bind; everything on the connection must be done by `deadline`.
-    async fn connect(cfg: &SourceConfig, deadline: Instant) -> Result<Source> {
-        let conn = ConnectOptions {
-            deadline: Some(deadline),
-            ..Default::default()
-        };
-        match cfg.kind {
-            SourceKind::Ad => Ok(Source::Ad(Box::new(
-                AdSource::connect(cfg, &conn, AdOptions::default()).await?,
-            ))),
-            SourceKind::Openldap => Ok(Source::OpenLdap(Box::new(
-                OpenLdapSource::connect(cfg, &conn, OpenLdapOptions::default()).await?,
-            ))),
-            SourceKind::Ldap => Ok(Source::Ldap(Box::new(
-                OpenLdapSource::connect(cfg, &conn, OpenLdapOptions::default()).await?,
-            ))),
-        }
-    }
-
-    fn cursor_kind(&self) -> &'static str {
-        match self {
-            Source::Ad(_) => cursor_kind_of(SourceKind::Ad),
-            Source::OpenLdap(_) => cursor_kind_of(SourceKind::Openldap),
-            Source::Ldap(_) => cursor_kind_of(SourceKind::Ldap),
-        }
-    }
-
-    async fn info(&mut self) -> Result<Option<SourceInfoRecorded>> {
-        match self {
-            Source::Ad(s) => s.source_info().await.map(Some),
-            // No tombstone lifetime or USN: nothing to record.
-            Source::OpenLdap(_) | Source::Ldap(_) => Ok(None),
-        }
-    }
-
-    /// A full import, with a cookie taken before it so that nothing changed during the
-    /// import is missed by the next delta (it is seen again, and the diff makes that a no-op).
-    async fn full(&mut self) -> Result<Read> {
-        match self {
-            Source::Ad(s) => {
-                let cookie = s.baseline_cookie().await?;
-                let full = s.full_import().await?;
-                Ok(Read::Full {
-                    objects: full.objects,
-                    cookie,
-                    referrals: full.referrals_skipped,
-                })
-            }
-            Source::OpenLdap(s) => {
-                let cookie = s.baseline_cookie().await?;
-                let full = s.full_import().await?;
-                log_ldap_full(&full);
-                Ok(Read::Full {
-                    objects: full.objects,
-                    cookie,
-                    referrals: full.referrals_skipped,
-                })
-            }
-            Source::Ldap(s) => {
-                let full = s.full_import().await?;
-                log_ldap_full(&full);
-                Ok(Read::Full {
-                    objects: full.objects,
-                    cookie: Vec::new(),
-                    referrals: full.referrals_skipped,
-                })
-            }
-        }
-    }
-
-    async fn delta(&mut self, cookie: &[u8]) -> Result<Read> {
-        match self {
-            Source::Ad(s) => {
-                let d = s.delta(cookie).await?;
-                let changes = d.changes.into_iter().map(ad_change).collect();
-                Ok(Read::Delta {
-                    changes,
-                    cookie: d.cookie,
-                    referrals: d.referrals_skipped,
-                })
-            }
-            Source::OpenLdap(s) => {
-                let d = s.delta(cookie).await?;
-                if d.dangling_members > 0 {
-                    tracing::info!(
-                        dangling = d.dangling_members,
-                        "member DNs naming no entry dropped"
-                    );
-                }
-                Ok(Read::Delta {
-                    changes: d.changes,
-                    cookie: d.cookie,
-                    referrals: d.referrals_skipped,
-                })
-            }
-            Source::Ldap(_) => Err(Error::Store(
-                "internal: a delta was asked of a source without change tracking (kind = ldap)"
-                    .into(),
-            )),
-        }
-    }
-
-    async fn close(self) {
-        match self {
-            Source::Ad(s) => s.close().await,
-            Source::OpenLdap(s) | Source::Ldap(s) => s.close().await,
-        }
-    }
-}
-
-fn log_ldap_full(full: &LdapFullImport) {
-    if full.dangling_members > 0 {
-        tracing::info!(
-            dangling = full.dangling_members,
-            "member DNs naming no entry dropped"
-        );
-    }
-    if full.without_anchor > 0 {
-        tracing::warn!(
-            skipped = full.without_anchor,
-            "entries without an anchor attribute skipped"
-        );
-    }
-}
-
-/// The attributes dirsync keeps for AD objects: what the mapping reads (INTERFACE.md) and a
-/// few that identify an object to people. Full and delta imports keep exactly these, so both
-/// paths agree and the log grows only with change that matters to the target.
-pub const AD_ATTRIBUTES: &[&str] = &[
-    "cn",
-    "samaccountname",
-    "userprincipalname",
-    "displayname",
-    "givenname",
-    "sn",
-    "mail",
-    "title",
-    "department",
-    "useraccountcontrol",
-    "description",
-    "employeeid",
-    "telephonenumber",
-    "ms-ds-consistencyguid",
-];
-
-/// The attributes dirsync keeps for OpenLDAP and generic LDAP objects (inetOrgPerson and
-/// groupOfNames): what the mapping reads (INTERFACE.md: userName from mail or uid, names,
-/// title, department) and a few that identify an object to people.
-pub const LDAP_ATTRIBUTES: &[&str] = &[
-    "cn",
-    "uid",
-    "mail",
-    "givenname",
-    "sn",
-    "displayname",
-    "title",
-    "departmentnumber",
-    "ou",
-    "o",
-    "employeenumber",
-    "employeetype",
-    "telephonenumber",
-    "mobile",
-    "description",
-    "preferredlanguage",
-    // 389 DS account lock (operational there, requested explicitly): the mapping's `active`.
-    "nsaccountlock",
-];
-
-fn keep_attributes(o: &mut SourceObject, kind: SourceKind) {
-    let keep: &[&str] = match kind {
-        SourceKind::Ad => AD_ATTRIBUTES,
-        SourceKind::Openldap | SourceKind::Ldap => LDAP_ATTRIBUTES,
-    };
+fn keep_attributes(o: &mut SourceObject, keep: &[&str]) {
     o.attrs.retain(|k, _| keep.contains(&k.as_str()));
 }
 
-fn keep_in_read(read: &mut Read, kind: SourceKind) {
+/// Drop every attribute but the source's kept ones ([`source::Source::kept_attributes`]).
+fn keep_in_read(read: &mut Read, keep: &[&str]) {
     match read {
-        Read::Full { objects, .. } => objects.iter_mut().for_each(|o| keep_attributes(o, kind)),
+        Read::Full { objects, .. } => objects.iter_mut().for_each(|o| keep_attributes(o, keep)),
         Read::Delta { changes, .. } => {
             for c in changes.iter_mut() {
                 if let Change::Upsert { object, .. } = c {
-                    keep_attributes(object, kind);
+                    keep_attributes(object, keep);
                 }
             }
         }
     }
 }
 
-fn ad_change(item: DeltaItem) -> Change {
-    match item {
-        DeltaItem::Upsert(o) => Change::Upsert {
-            whole: o.new && o.kind.is_some(),
-            object: SourceObject {
-                anchor: o.anchor,
-                kind: o.kind.unwrap_or(ObjectKind::User),
-                dn: o.dn,
-                attrs: o.attrs,
-                members: Default::default(),
-            },
-        },
-        DeltaItem::Deleted {
-            anchor, evidence, ..
-        } => Change::Deleted { anchor, evidence },
-        DeltaItem::Members {
-            anchor,
-            added,
-            removed,
-            ..
-        } => Change::Members {
-            anchor,
-            added,
-            removed,
-        },
-    }
+/// Connect and bind as the source of `cfg`'s kind; everything on the connection must be
+/// done by `deadline`.
+async fn connect(cfg: &SourceConfig, deadline: Instant) -> Result<Box<dyn source::Source>> {
+    let conn = ConnectOptions {
+        deadline: Some(deadline),
+        ..Default::default()
+    };
+    source::connect(cfg, &conn).await
 }
 
 /// Is this error worth another attempt (the connection, not our input)?
@@ -343,7 +112,7 @@ async fn read_source(
     loop {
         attempt += 1;
         let r = async {
-            let mut src = Source::connect(cfg, deadline).await?;
+            let mut src = connect(cfg, deadline).await?;
             let info = src.info().await?;
             progress.set_message(if cookie.is_some() {
                 "delta"
@@ -355,9 +124,10 @@ async fn read_source(
                 None => src.full().await,
             };
             let kind = src.cursor_kind();
+            let keep = src.kept_attributes();
             src.close().await;
             let mut read = read?;
-            keep_in_read(&mut read, cfg.kind);
+            keep_in_read(&mut read, keep);
             Ok::<_, Error>((read, info, kind))
         }
         .await;
@@ -409,7 +179,7 @@ pub(crate) fn refuse_retired(state: &State, instance: &str) -> Result<()> {
 
 /// Connect and bind to the source, then hang up: the check made before anything is recorded.
 pub(crate) async fn probe_source(cfg: &SourceConfig) -> Result<()> {
-    Source::connect(cfg, Instant::now() + cfg.limits.import_timeout)
+    connect(cfg, Instant::now() + cfg.limits.import_timeout)
         .await?
         .close()
         .await;
@@ -431,7 +201,7 @@ pub async fn import(
     // leaves the log untouched.
     probe_source(&src_cfg).await?;
     // An import that would re-key the objects is refused before anything is recorded.
-    super::anchor::check(&src_cfg, &state).await?;
+    let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
     let run_id = uuid::Uuid::new_v4().to_string();
     let inst_stream = stream::instance(&opts.instance);
     if !opts.dry_run {
@@ -447,7 +217,16 @@ pub async fn import(
             )]))
             .await?;
     }
-    let result = import_run(store, &src_cfg, &scope, opts, &run_id, progress).await;
+    let result = import_run(
+        store,
+        &src_cfg,
+        &scope,
+        opts,
+        &run_id,
+        Some(checked),
+        progress,
+    )
+    .await;
     if !opts.dry_run {
         let end = match &result {
             Ok(_) => Event::SyncRunCompleted(SyncRunCompleted {
@@ -478,9 +257,10 @@ pub(crate) async fn import_run(
     scope: &Scope,
     opts: &ImportOptions,
     run_id: &str,
+    checked: Option<super::anchor::Checked>,
     progress: &ProgressBar,
 ) -> Result<ImportReport> {
-    let kind = cursor_kind_of(src_cfg.kind);
+    let kind = source::cursor_kind(src_cfg.kind);
     // A source without change tracking is read in full every time.
     let always_full = kind == ALWAYS_FULL_CURSOR;
     let mut tries = 0;
@@ -495,8 +275,12 @@ pub(crate) async fn import_run(
         // (and re-plan), never slip through.
         let version = store.stream_version(stream::SOURCE).await?;
         let state = replay::refresh(store, 10_000).await?;
-        // Checked again against this state: the attribute to record with a first import.
-        let anchor = super::anchor::check(src_cfg, &state).await?;
+        // The attribute to record with a first import: as checked before the run (each
+        // check is a connection and a few searches), and again after a conflicting append.
+        let anchor = match (&checked, tries) {
+            (Some(c), 1) => c.0.clone(),
+            _ => super::anchor::check(src_cfg, &state).await?,
+        };
         let mut report = ImportReport {
             run_id: run_id.to_string(),
             instance: opts.instance.clone(),

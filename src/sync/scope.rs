@@ -1,75 +1,8 @@
 //! Which source objects are in scope: under the base DN, under an include subtree (when any
-//! are given), and under no exclude subtree. DNs compare case-insensitively.
+//! are given), and under no exclude subtree. DNs compare case-insensitively, normalised by
+//! [`crate::source::dn`].
 
-/// A DN in a comparable form: lower case, no spaces around separators.
-pub fn normalise_dn(dn: &str) -> String {
-    if only_case(dn) {
-        return dn.to_ascii_lowercase();
-    }
-    normalise_slowly(dn)
-}
-
-/// True when normalising `dn` changes nothing but its (ASCII) case: it is ASCII, has no
-/// escapes, and each space is inside a value (not at either end, not beside a separator or
-/// another space). Most DNs are; they are compared without being copied.
-fn only_case(dn: &str) -> bool {
-    let b = dn.as_bytes();
-    let plain = |c: u8| !matches!(c, b',' | b'=' | b'+' | b' ');
-    b.iter().enumerate().all(|(i, &c)| match c {
-        b'\\' => false,
-        b' ' => i > 0 && i + 1 < b.len() && plain(b[i - 1]) && plain(b[i + 1]),
-        c => c.is_ascii(),
-    })
-}
-
-/// [`normalise_dn`] character by character.
-fn normalise_slowly(dn: &str) -> String {
-    let mut out = String::with_capacity(dn.len());
-    let mut escaped = false;
-    let mut pending_space = false;
-    for c in dn.chars() {
-        if escaped {
-            push_lower(&mut out, c);
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' => {
-                if pending_space {
-                    out.push(' ');
-                    pending_space = false;
-                }
-                out.push(c);
-                escaped = true;
-            }
-            ' ' => pending_space = true,
-            ',' | '=' | '+' => {
-                pending_space = false;
-                out.push(c);
-                // Spaces after a separator are not part of the value.
-            }
-            _ => {
-                if pending_space
-                    && !matches!(out.as_bytes().last(), Some(b',' | b'=' | b'+') | None)
-                {
-                    out.push(' ');
-                }
-                pending_space = false;
-                push_lower(&mut out, c);
-            }
-        }
-    }
-    out
-}
-
-/// `c` in lower case (ASCII without a look-up in the Unicode tables).
-fn push_lower(out: &mut String, c: char) {
-    if c.is_ascii() {
-        out.push(c.to_ascii_lowercase());
-    } else {
-        out.extend(c.to_lowercase());
-    }
-}
+use crate::source::dn::{normalise_dn, normalise_slowly, only_case};
 
 /// True when `dn` is `base` or lies under it (both normalised).
 fn under(dn: &str, base: &str) -> bool {
@@ -137,16 +70,6 @@ mod tests {
         // An escaped comma is part of a value, not a separator.
         assert!(s.contains("CN=Smith\\, Ann,OU=Staff,DC=test,DC=lan"));
         assert!(!Scope::new("DC=test,DC=lan", &[], &[]).contains("CN=x,DC=xtest,DC=lan"));
-    }
-
-    #[test]
-    fn normalised_dns_are_lower_case_without_separator_spaces() {
-        assert_eq!(
-            normalise_dn("CN=Ann  Lee , OU=Staff,DC=Test"),
-            "cn=ann lee,ou=staff,dc=test"
-        );
-        assert_eq!(normalise_dn("CN=ÄRGER,OU=Größe"), "cn=ärger,ou=größe");
-        assert_eq!(normalise_dn("CN=İ"), "cn=i\u{307}");
     }
 
     proptest::proptest! {

@@ -69,8 +69,8 @@ use reqwest::{Method, Url};
 use serde_json::{json, Map, Value};
 
 use super::{
-    Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target, TargetError,
-    REQUEST_TIMEOUT,
+    request_timeout, Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target,
+    TargetError, REQUEST_TIMEOUT,
 };
 use crate::config::{Secret, TargetConfig};
 use crate::error::{Error, Result};
@@ -86,7 +86,7 @@ const EXPAND_LIMIT: usize = 20;
 pub const ANCHOR_EXTENSION: &str = "dirsyncAnchor";
 
 const USER_SELECT: &str = "id,userPrincipalName,displayName,givenName,surname,mail,jobTitle,\
-department,accountEnabled,onPremisesImmutableId";
+department,accountEnabled,onPremisesImmutableId,createdDateTime";
 
 /// Tuning of a [`GraphTarget`]. The defaults suit the real service.
 #[derive(Clone, Debug)]
@@ -346,12 +346,14 @@ impl Inner {
         let mut renewed = false;
         loop {
             let (token, serial) = self.token().await?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Under a deadline (the export lease) the request must also end by it.
+            let Some(timeout) = request_timeout(deadline) else {
                 return Ok(None);
-            }
+            };
             let mut req = self
                 .http
                 .request(method.clone(), url)
+                .timeout(timeout)
                 .bearer_auth(token.expose())
                 .header(reqwest::header::ACCEPT, "application/json");
             if let Some(b) = body {
@@ -515,7 +517,10 @@ impl Inner {
 
     fn groups_url(&self, filter: Option<&str>) -> String {
         let mut q = vec![
-            ("$select", format!("id,displayName,{}", self.anchor_attr)),
+            (
+                "$select",
+                format!("id,displayName,createdDateTime,{}", self.anchor_attr),
+            ),
             ("$expand", "members($select=id)".to_string()),
         ];
         if let Some(f) = filter {
@@ -1481,6 +1486,14 @@ fn opt_str(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
+/// `createdDateTime` (ISO 8601, UTC), when present and readable.
+fn created(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let s = v.get("createdDateTime")?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 fn opt_compact(v: &Value, key: &str) -> Option<CompactString> {
     v.get(key).and_then(Value::as_str).map(CompactString::new)
 }
@@ -1516,6 +1529,7 @@ fn remote_user(v: &Value) -> Result<RemoteObject, String> {
         name: upn,
         emails: mail.into_iter().collect(),
         etag: None,
+        created: created(v),
         state,
     })
 }
@@ -1543,6 +1557,7 @@ fn remote_group(v: &Value, anchor_attr: &str) -> Result<(RemoteObject, bool), St
             name: name.clone(),
             emails: Vec::new(),
             etag: None,
+            created: created(v),
             state: Some(Mapped::Group(MappedGroup {
                 display_name: name.into(),
                 members,
@@ -2022,6 +2037,17 @@ mod tests {
         .unwrap();
         assert!(complete);
         assert_eq!(g.anchor.as_deref(), Some(A));
+        assert_eq!(g.created, None);
+        let (g, _) = remote_group(
+            &json!({"id": "g", "displayName": "G", "createdDateTime": "2026-12-02T13:15:27Z"}),
+            "ext",
+        )
+        .unwrap();
+        assert_eq!(
+            g.created,
+            chrono::DateTime::from_timestamp(1_796_217_327, 0),
+            "createdDateTime"
+        );
         let twenty: Vec<Value> = (0..20).map(|i| json!({"id": i.to_string()})).collect();
         let (_, complete) = remote_group(&json!({"id": "g", "members": twenty}), "ext").unwrap();
         assert!(!complete);

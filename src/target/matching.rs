@@ -155,6 +155,7 @@ mod tests {
             name: name.into(),
             emails: mail.into_iter().map(Into::into).collect(),
             etag: None,
+            created: None,
             state: None,
         }
     }
@@ -249,6 +250,7 @@ mod tests {
                 name: "staff".into(),
                 emails: vec![],
                 etag: None,
+                created: None,
                 state: None,
             },
         ];

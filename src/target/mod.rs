@@ -115,6 +115,10 @@ pub struct RemoteObject {
     pub emails: Vec<String>,
     /// Its version, when the target offers one (SCIM `meta.version`, for If-Match).
     pub etag: Option<String>,
+    /// When the target created it, when it says (SCIM `meta.created`, Graph
+    /// `createdDateTime`): the oldest of two objects carrying one anchor is kept
+    /// (`sync::duplicates`).
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
     /// Its current state in the mapped form, when the response carried enough to tell (a
     /// group listed without its members has `None`). Used to PATCH only what differs after
     /// a match.
@@ -257,6 +261,18 @@ pub trait Target {
 /// How long one HTTP request may take before it counts as failed (and may be retried).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The timeout of one request about to start under `deadline` (the export lease, see
+/// `sync::export`): [`REQUEST_TIMEOUT`], cut so that the whole request (connecting, sending,
+/// the whole answer read) ends by the deadline. `None` when the deadline has passed: the
+/// request must not be sent.
+pub fn request_timeout(deadline: Option<Instant>) -> Option<Duration> {
+    let Some(d) = deadline else {
+        return Some(REQUEST_TIMEOUT);
+    };
+    let left = d.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then(|| left.min(REQUEST_TIMEOUT))
+}
+
 /// The configured target.
 pub enum AnyTarget {
     Scim(scim::ScimTarget),
@@ -308,5 +324,25 @@ impl Target for AnyTarget {
             AnyTarget::Scim(t) => t.apply(ops, deadline).await,
             AnyTarget::Graph(t) => t.apply(ops, deadline).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_under_a_deadline_ends_by_it() {
+        assert_eq!(request_timeout(None), Some(REQUEST_TIMEOUT));
+        let t = request_timeout(Some(Instant::now() + Duration::from_secs(2))).unwrap();
+        assert!(
+            t <= Duration::from_secs(2) && t > Duration::from_secs(1),
+            "{t:?}"
+        );
+        assert_eq!(
+            request_timeout(Some(Instant::now() + Duration::from_secs(600))),
+            Some(REQUEST_TIMEOUT)
+        );
+        assert_eq!(request_timeout(Some(Instant::now())), None);
     }
 }

@@ -43,8 +43,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
 use super::{
-    Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target, TargetError,
-    REQUEST_TIMEOUT,
+    request_timeout, Mapped, MappedGroup, MappedUser, Op, Outcome, RemoteObject, Target,
+    TargetError, REQUEST_TIMEOUT,
 };
 use crate::config::{Secret, TargetConfig};
 use crate::error::{Error, Result};
@@ -183,11 +183,16 @@ impl ScimTarget {
         u
     }
 
-    /// One try of `req`, the whole body read.
-    async fn once(&self, req: &Req) -> std::result::Result<Reply, reqwest::Error> {
+    /// One try of `req`, the whole body read within `timeout`.
+    async fn once(
+        &self,
+        req: &Req,
+        timeout: Duration,
+    ) -> std::result::Result<Reply, reqwest::Error> {
         let mut b = self
             .client
             .request(req.method.clone(), req.url.clone())
+            .timeout(timeout)
             .header(AUTHORIZATION, self.auth.clone())
             .header(ACCEPT, ACCEPT_JSON);
         if let Some(body) = &req.body {
@@ -217,15 +222,16 @@ impl ScimTarget {
             if let Some(down) = self.breaker.down() {
                 return Err(SendError::Failed(down));
             }
-            if !gate.open() {
+            // Under a deadline (the export lease) the request must also end by it.
+            let Some(timeout) = request_timeout(gate.deadline).filter(|_| gate.open()) else {
                 return Err(match last {
                     None => SendError::NotSent,
                     Some(e) => SendError::Failed(e),
                 });
-            }
+            };
             let backoff = backoff(self.base_delay, attempt);
             let sent = Instant::now();
-            let got = self.once(req).await;
+            let got = self.once(req, timeout).await;
             if got.is_ok() {
                 self.breaker.answered();
             }
@@ -291,6 +297,17 @@ impl ScimTarget {
         kind: ObjectKind,
         filter: Option<&str>,
     ) -> std::result::Result<Vec<RemoteObject>, TargetError> {
+        self.query_within(kind, filter, Gate::NONE).await
+    }
+
+    /// [`query`](Self::query), each page's request sent only while `gate` is open and ended
+    /// by its deadline.
+    async fn query_within(
+        &self,
+        kind: ObjectKind,
+        filter: Option<&str>,
+        gate: Gate<'_>,
+    ) -> std::result::Result<Vec<RemoteObject>, TargetError> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut start = 1usize;
@@ -306,10 +323,7 @@ impl ScimTarget {
             }
             let what = format!("list {} from {start}", endpoint(kind));
             let req = Req::new(Method::GET, url, what);
-            let reply = self
-                .send(&req, Gate::NONE)
-                .await
-                .map_err(SendError::into_error)?;
+            let reply = self.send(&req, gate).await.map_err(SendError::into_error)?;
             if !reply.status.is_success() {
                 return Err(reply_error(&req.what, &reply));
             }
@@ -375,7 +389,7 @@ impl ScimTarget {
                 {
                     // The server may have created it: look before creating again.
                     let filter = format!("externalId eq {}", filter_string(anchor));
-                    if let Ok(found) = self.query(kind, Some(&filter)).await {
+                    if let Ok(found) = self.query_within(kind, Some(&filter), gate).await {
                         if let [one] = found.as_slice() {
                             return Ok((one.id.clone(), one.etag.clone()));
                         }
@@ -1045,6 +1059,10 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty());
     let etag = meta_version(v);
+    let created = path(v, &["meta", "created"])
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
     match kind {
         ObjectKind::User => {
             let user_name =
@@ -1089,6 +1107,7 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                 name: user_name,
                 emails: emails.iter().filter_map(value).collect(),
                 etag,
+                created,
                 state: Some(Mapped::User(user)),
             })
         }
@@ -1111,6 +1130,7 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                 name: display_name.clone(),
                 emails: Vec::new(),
                 etag,
+                created,
                 state: Some(Mapped::Group(MappedGroup {
                     display_name: display_name.into(),
                     members,
@@ -1239,6 +1259,22 @@ mod tests {
         assert!(u.active, "active defaults to true");
         assert_eq!(r.anchor, None);
         assert_eq!(r.etag, None);
+        assert_eq!(r.created, None);
+    }
+
+    #[test]
+    fn parse_reads_the_creation_time() {
+        let at = |created: &str| {
+            let v = json!({ "id": "x", "displayName": "g", "meta": { "created": created } });
+            parse_resource(ObjectKind::Group, &v).unwrap().created
+        };
+        assert_eq!(
+            at("2026-12-02T13:15:27.123456+01:00"),
+            chrono::DateTime::parse_from_rfc3339("2026-12-02T12:15:27.123456Z")
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        );
+        assert_eq!(at("yesterday"), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod anchors;
 mod audit;
 mod common;
 mod cycle;
+mod fencing;
 mod handover;
 mod hardening;
 mod lab;

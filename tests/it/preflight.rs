@@ -141,7 +141,8 @@ async fn preflight_fails_when_the_account_reads_nothing_the_ledger_owns() {
             "duplicates",
             "userName",
             "attributes",
-            "target"
+            "target",
+            "target content"
         ]
     );
     assert_eq!(not_ok(&checks), [NO_DEPARTMENT]);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use dirsync::config::{SecretRef, SourceConfig, SourceKind, Tls};
 use dirsync::log::event::{AttrValue, DeletionEvidence, ObjectKind, SourceObject};
+use dirsync::source::Change;
 use dirsync::source::{ConnectOptions, OpenLdapOptions, OpenLdapSource};
-use dirsync::sync::import::Change;
 use dirsync::Error;
 
 use crate::lab::{Slapd, SlapdOptions};

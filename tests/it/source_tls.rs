@@ -77,3 +77,24 @@ async fn starttls_verifies_the_server_and_ca_file_adds_a_ca() {
     );
     assert_eq!(err.exit(), dirsync::Exit::BadInput);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_to_a_server_without_tls_says_what_to_check() {
+    let slapd = Slapd::start(SlapdOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, slapd.password()).unwrap();
+    let err = LdapClient::connect(&cfg(&slapd, &pw, None), &ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Source(_)), "{err}");
+    let line = err.to_string();
+    assert!(
+        line.starts_with(&format!(
+            "source: cannot connect to {}: StartTLS refused: ",
+            slapd.url()
+        )) && line.ends_with("check the server's TLS setup, or use ldaps://"),
+        "{line}"
+    );
+    assert!(!line.contains('\n'), "{line}");
+}

@@ -818,7 +818,8 @@ async fn preflight_checks_reach_bind_and_duplicates() {
             "duplicates",
             "userName",
             "attributes",
-            "target"
+            "target",
+            "target content"
         ]
     );
     assert_eq!(lab.head().await, 0, "preflight records nothing");

@@ -289,6 +289,30 @@ async fn a_user_deleted_out_of_band_is_created_again() {
     assert_eq!(counts(&v), [0; 7], "{v}");
 }
 
+/// Issue 18.3 on Graph: a late copy of a group (its anchor in the extension attribute)
+/// found by the instance that takes over is removed and recorded; the ledger's is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_a_group_is_removed_by_the_take_over() {
+    let lab = Lab::start(2, 1000, 500).await;
+    lab.sync("a", &[]);
+    let attr = lab.graph.anchor_attr();
+    let team = lab.graph.group_by_name("team").unwrap();
+    let copy = lab.graph.add_group(
+        json!({
+            "displayName": "team",
+            attr.clone(): team[&attr].clone(),
+            "createdDateTime": "2099-01-01T00:00:00Z",
+        }),
+        &[],
+    );
+    let v = lab.sync("b", &["--take-over"]);
+    assert_eq!(v["duplicates_removed"], 1, "{v}");
+    let ids: Vec<Value> = lab.graph.groups().iter().map(|g| g["id"].clone()).collect();
+    assert_eq!(ids, vec![team["id"].clone()], "the copy {copy} is gone");
+    let v = lab.sync("b", &[]);
+    assert_eq!(v["duplicates_removed"], 0, "{v}");
+}
+
 /// Issue 18.2, the wiped target through the Graph export: a plain sync within the
 /// interval believes the ledger; `sync --full` lists users and groups (paged), creates every
 /// owned object again (the group with the users' new ids) and restores a title changed out

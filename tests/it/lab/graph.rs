@@ -419,6 +419,15 @@ fn matches_filter(obj: &Map<String, Value>, id: &str, clauses: &[(String, String
     })
 }
 
+/// `createdDateTime` as Graph writes it (UTC, seconds).
+fn created_now() -> Value {
+    Value::String(
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .to_string(),
+    )
+}
+
 fn project(
     id: &str,
     obj: &Map<String, Value>,
@@ -866,6 +875,7 @@ impl Fake {
         }
         o.remove("passwordProfile");
         o.retain(|_, v| !v.is_null());
+        o.insert("createdDateTime".into(), created_now());
         let id = uuid::Uuid::new_v4().to_string();
         self.users.insert(id.clone(), o.clone());
         let mut out = o;
@@ -932,6 +942,7 @@ impl Fake {
             return a;
         }
         o.retain(|_, v| !v.is_null());
+        o.insert("createdDateTime".into(), created_now());
         let id = uuid::Uuid::new_v4().to_string();
         self.groups.insert(
             id.clone(),

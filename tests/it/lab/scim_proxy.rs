@@ -10,6 +10,10 @@
 //! back, its JSON body rewritten when a rule says so. The rules can be changed while the
 //! proxy runs ([`ScimProxy::set_rules`]), and every request is remembered
 //! ([`ScimProxy::requests`]). The proxy task is aborted when the [`ScimProxy`] is dropped.
+//!
+//! A slow network (issue 18.3): POSTs can be held ([`ProxyRules::hold_posts_to`]) and
+//! forwarded only when the test releases them ([`ScimProxy::release`]), after the client
+//! gave up on them, so the server applies a create its sender recorded as failed.
 
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +44,10 @@ pub struct ProxyRules {
     /// A POST, PATCH or PUT whose path or body contains one of these strings is answered
     /// `400 invalidValue` (the target refuses that one object).
     pub refuse_writes_containing: Vec<String>,
+    /// A POST whose path contains one of these strings is held, read whole, until
+    /// [`ScimProxy::release`]; then it is forwarded whether or not its client is still
+    /// waiting (a network that delays a request past its sender's timeout).
+    pub hold_posts_to: Vec<String>,
     /// Writes (POST, PUT, PATCH, DELETE) are done upstream at once but answered only after
     /// this delay (a slow network or a slow server: the write is applied, its answer late).
     pub delay_writes: Option<std::time::Duration>,
@@ -51,19 +59,25 @@ pub struct ProxyRules {
 /// One request the proxy saw.
 #[derive(Clone, Debug)]
 pub struct SeenRequest {
+    /// When the request arrived whole.
+    pub at: chrono::DateTime<chrono::Utc>,
     pub method: String,
     /// Path and query.
     pub target: String,
     pub if_match: bool,
     pub body: String,
-    /// The status answered (0: no answer could be read).
+    /// The status answered (0: not answered yet, or no answer could be read).
     pub status: u16,
 }
+
+/// Requests held by [`ProxyRules::hold_posts_to`]: their path, and what lets them go on.
+type Held = Mutex<Vec<(String, tokio::sync::oneshot::Sender<()>)>>;
 
 pub struct ScimProxy {
     base_url: String,
     rules: Arc<Mutex<ProxyRules>>,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
+    held: Arc<Held>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,14 +102,16 @@ impl ScimProxy {
         base.set_port(Some(port)).unwrap();
         let rules = Arc::new(Mutex::new(rules));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (r, s) = (rules.clone(), seen.clone());
+        let held: Arc<Held> = Arc::default();
+        let (r, s, h) = (rules.clone(), seen.clone(), held.clone());
         let down_after = rules.lock().unwrap().down_after;
         let task = tokio::spawn(async move {
             let mut accepted = 0;
             while let Ok((client, _)) = listener.accept().await {
-                let (rules, seen, upstream) = (r.clone(), s.clone(), upstream.clone());
+                let (rules, seen, held, upstream) =
+                    (r.clone(), s.clone(), h.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &rules, &seen).await;
+                    let _ = serve(client, &upstream, &rules, &seen, &held).await;
                 });
                 accepted += 1;
                 if down_after.is_some_and(|n| accepted >= n) {
@@ -108,6 +124,7 @@ impl ScimProxy {
             base_url: base.as_str().trim_end_matches('/').to_string(),
             rules,
             seen,
+            held,
             task,
         }
     }
@@ -120,6 +137,23 @@ impl ScimProxy {
     /// Replace the rules (for requests from now on).
     pub fn set_rules(&self, rules: ProxyRules) {
         *self.rules.lock().unwrap() = rules;
+    }
+
+    /// How many requests are held now.
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Forward the held requests whose path contains `path`; how many there were.
+    pub fn release(&self, path: &str) -> usize {
+        let mut held = self.held.lock().unwrap();
+        let (go, stay): (Vec<_>, Vec<_>) = held.drain(..).partition(|(p, _)| p.contains(path));
+        *held = stay;
+        let n = go.len();
+        for (_, tx) in go {
+            let _ = tx.send(());
+        }
+        n
     }
 
     /// Every request seen so far, oldest first.
@@ -159,6 +193,7 @@ async fn serve(
     upstream: &str,
     rules: &Mutex<ProxyRules>,
     seen: &Mutex<Vec<SeenRequest>>,
+    held: &Held,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let head_end = loop {
@@ -195,14 +230,24 @@ async fn serve(
     let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
     let if_match = header("if-match").is_some();
-    let record = |status: u16| {
-        seen.lock().unwrap().push(SeenRequest {
+    // Remembered as it arrives (its time is when the client sent it), its status once
+    // answered.
+    let idx = {
+        let mut seen = seen.lock().unwrap();
+        seen.push(SeenRequest {
+            at: chrono::Utc::now(),
             method: method.clone(),
             target: target.clone(),
             if_match,
             body: body.clone(),
-            status,
-        })
+            status: 0,
+        });
+        seen.len() - 1
+    };
+    let record = |status: u16| {
+        if let Some(r) = seen.lock().unwrap().get_mut(idx) {
+            r.status = status;
+        }
     };
     let url = reqwest::Url::parse(&format!("http://proxy{target}")).ok();
     let filter = url
@@ -241,6 +286,17 @@ async fn serve(
         record(status_of(r.as_bytes()));
         client.write_all(r.as_bytes()).await?;
         return client.shutdown().await;
+    }
+    if method == "POST"
+        && rules
+            .hold_posts_to
+            .iter()
+            .any(|p| target.contains(p.as_str()))
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        held.lock().unwrap().push((target.clone(), tx));
+        // Released (or the proxy dropped); the client may have gone meanwhile.
+        let _ = rx.await;
     }
     let mut up = TcpStream::connect(upstream).await?;
     up.write_all(&buf).await?;
