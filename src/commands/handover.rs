@@ -1,0 +1,89 @@
+use super::*;
+
+pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Result<Exit> {
+    use crate::playbook::runner;
+    let store = open(cfg).await?;
+    if let Some(HandoverCommand::Status) = a.command {
+        let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+        let Some((id, h)) = state
+            .handovers
+            .last
+            .as_ref()
+            .and_then(|id| state.handovers.handovers.get(id).map(|h| (id, h)))
+        else {
+            return match fmt {
+                Format::Json => emit_json(&json!(null)).map(|()| Exit::Ok),
+                Format::Table | Format::Csv => print("no handover recorded\n")
+                    .map(|()| Exit::Ok)
+                    .map_err(Error::from),
+            };
+        };
+        print_handover(&runner::report(id, h), fmt)?;
+        return Ok(Exit::Ok);
+    }
+    let opts = runner::HandoverOptions {
+        from: a.from.unwrap_or_default(),
+        to: a.to.unwrap_or_default(),
+        playbook: a.playbook.unwrap_or_else(|| runner::default_playbook(cfg)),
+        dry_run: a.dry_run,
+    };
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let say = |l: &str| {
+        if fmt == Format::Table {
+            bar.suspend(|| println!("{l}"));
+        } else {
+            bar.suspend(|| eprintln!("{l}"));
+        }
+    };
+    let r = runner::handover(cfg, &store, &opts, &bar, &say).await;
+    bar.finish_and_clear();
+    print_handover(&r?, fmt)?;
+    Ok(Exit::Ok)
+}
+
+pub(super) fn print_handover(
+    r: &crate::playbook::runner::HandoverReport,
+    fmt: Format,
+) -> Result<()> {
+    match fmt {
+        Format::Json => emit_json(&serde_json::to_value(r).map_err(Error::store)?),
+        Format::Table | Format::Csv => {
+            let mut out = format!(
+                "handover {} ({} -> {}, playbook {}): {}\n",
+                r.handover_id, r.from, r.to, r.playbook, r.status
+            );
+            let rows: Vec<Vec<String>> = r
+                .steps
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.step.to_string(),
+                        s.action.clone(),
+                        s.state.clone(),
+                        s.started.clone().unwrap_or_default(),
+                        s.finished.clone().unwrap_or_default(),
+                        crate::playbook::runner::brief(&s.detail)
+                            .trim()
+                            .trim_start_matches('(')
+                            .trim_end_matches(')')
+                            .to_string(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &["STEP", "ACTION", "STATE", "STARTED", "FINISHED", "DETAIL"],
+                &rows,
+            ));
+            let s = &r.summary;
+            if r.status == "dry-run" {
+                return print(&out).map_err(Error::from);
+            }
+            out.push_str(&format!(
+                "\nobjects matched: {}  duplicates avoided: {}  deletions caught by the old cursor: {}  deletions caught by reconciliation: {}\n",
+                s.matched, s.duplicates_avoided, s.deletions_by_old_cursor, s.deletions_by_reconciliation
+            ));
+            print(&out).map_err(Error::from)
+        }
+    }
+}

@@ -1,0 +1,207 @@
+use super::*;
+
+pub(super) fn event_json(e: &StoredEvent) -> serde_json::Value {
+    let payload: serde_json::Value =
+        serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::String(e.payload.clone()));
+    json!({
+        "seq": e.seq,
+        "recorded_at": time(e.recorded_at_us),
+        "instance": e.instance,
+        "stream": e.stream,
+        "stream_version": e.stream_version,
+        "type": e.event_type,
+        "schema_version": e.schema_version,
+        "payload": payload,
+        "hash": hex::encode(e.hash),
+    })
+}
+
+pub(super) async fn log_show(
+    store: &AnyStore,
+    since: u64,
+    limit: Option<u64>,
+    fmt: Format,
+) -> Result<Exit> {
+    let limit = limit.unwrap_or(u64::MAX);
+    let mut n = 0u64;
+    let mut rows = Vec::new();
+    let mut out = String::new();
+    projection::scan(store, since, None, |e| {
+        if n >= limit {
+            return Ok(ControlFlow::Break(()));
+        }
+        n += 1;
+        match fmt {
+            Format::Json => {
+                out.push_str(&event_json(e).to_string());
+                out.push('\n');
+            }
+            Format::Table | Format::Csv => {
+                let mut summary = e.payload.clone();
+                if summary.chars().count() > 90 {
+                    summary = summary.chars().take(87).collect::<String>() + "...";
+                }
+                rows.push(vec![
+                    e.seq.to_string(),
+                    time(e.recorded_at_us),
+                    e.instance.clone(),
+                    format!("{}@{}", e.stream, e.stream_version),
+                    e.event_type.clone(),
+                    summary,
+                ]);
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .await?;
+    if fmt == Format::Table {
+        out = table(
+            &["SEQ", "RECORDED", "INSTANCE", "STREAM", "TYPE", "PAYLOAD"],
+            &rows,
+        );
+    }
+    print(&out)?;
+    Ok(Exit::Ok)
+}
+
+pub(super) async fn log_verify(store: &AnyStore, fmt: Format) -> Result<Exit> {
+    let (head, hash) = store.head().await?;
+    let bar = output::progress(head, "verify");
+    let r = projection::verify_chain(store, Some(&bar)).await;
+    bar.finish_and_clear();
+    let n = r?;
+    match fmt {
+        Format::Json => emit_json(&json!({"ok": true, "events": n, "head": hex::encode(hash)}))?,
+        Format::Table | Format::Csv => print(&format!(
+            "chain verified: {n} events, head {}\n",
+            hex::encode(hash)
+        ))?,
+    }
+    Ok(Exit::Ok)
+}
+
+pub(super) async fn log_export(store: &AnyStore, output: Option<&Path>) -> Result<Exit> {
+    // Streamed into a temporary file beside the destination, checked against the chain and
+    // its head as it goes, and only then renamed (or copied to stdout): a broken log is
+    // reported, never carried elsewhere, and no half file is left behind.
+    let dir = match output.and_then(Path::parent) {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        Some(_) => std::path::PathBuf::from("."),
+        None => std::env::temp_dir(),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    let (head, _) = store.head().await?;
+    let bar = output::progress(head, "export");
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let mut v = ChainVerifier::default();
+    let r = projection::scan(store, 0, Some(&bar), |e| {
+        v.check(e)
+            .map_err(|(seq, reason)| Error::ChainBroken { seq, reason })?;
+        serde_json::to_writer(&mut w, e).map_err(Error::store)?;
+        w.write_all(b"\n")?;
+        Ok(ControlFlow::Continue(()))
+    })
+    .await;
+    bar.finish_and_clear();
+    r?;
+    w.flush()?;
+    drop(w);
+    let (head_seq, head_hash) = store.head().await?;
+    if head_seq < v.last_seq() || (head_seq == v.last_seq() && head_hash != v.last_hash()) {
+        return Err(Error::ChainBroken {
+            seq: head_seq.min(v.last_seq()),
+            reason: "the head does not match the last event".into(),
+        });
+    }
+    if head_seq > v.last_seq() && head == head_seq {
+        return Err(Error::ChainBroken {
+            seq: v.last_seq() + 1,
+            reason: format!(
+                "the log ends at seq {} but its head says {head_seq} (rows removed)",
+                v.last_seq()
+            ),
+        });
+    }
+    match output {
+        Some(path) => {
+            tmp.persist(path).map_err(|e| Error::Io(e.error))?;
+        }
+        None => {
+            let mut f = std::fs::File::open(tmp.path())?;
+            let mut out = std::io::stdout().lock();
+            match std::io::copy(&mut f, &mut out).and_then(|_| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Read and verify an export file completely; nothing is written here.
+pub fn read_export(file: &Path) -> Result<Vec<StoredEvent>> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
+    let mut events = Vec::new();
+    let mut chain = ChainVerifier::default();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line =
+            line.map_err(|e| Error::BadInput(format!("{}:{}: {e}", file.display(), i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: StoredEvent = serde_json::from_str(&line).map_err(|e| {
+            Error::BadInput(format!(
+                "{}:{}: not a dirsync log line: {e}",
+                file.display(),
+                i + 1
+            ))
+        })?;
+        chain.check(&e).map_err(|(seq, reason)| {
+            Error::BadInput(format!(
+                "{}:{}: chain broken at seq {seq}: {reason}; nothing imported",
+                file.display(),
+                i + 1
+            ))
+        })?;
+        e.decode().map_err(|err| {
+            Error::BadInput(format!(
+                "{}:{}: {err}; nothing imported",
+                file.display(),
+                i + 1
+            ))
+        })?;
+        events.push(e);
+    }
+    Ok(events)
+}
+
+pub(super) async fn log_import(store: &AnyStore, file: &Path, fmt: Format) -> Result<Exit> {
+    let events = read_export(file)?;
+    let (head, head_hash) = store.head().await?;
+    // The store must hold a prefix of the file: then only the rest is appended.
+    if head > 0 {
+        let ours = events.get(head as usize - 1);
+        if ours.map(|e| e.hash) != Some(head_hash) {
+            return Err(Error::BadInput(format!(
+                "{}: the store already holds a different log (its seq {head} is not in the file); nothing imported",
+                file.display()
+            )));
+        }
+    }
+    let new = &events[(head as usize).min(events.len())..];
+    store.append_raw(new).await?;
+    let state = projection::refresh(store, 0).await?;
+    match fmt {
+        Format::Json => {
+            emit_json(&json!({"imported": new.len(), "already_present": head, "head": state.seq}))?
+        }
+        Format::Table | Format::Csv => print(&format!(
+            "imported {} events ({} already present); log now ends at seq {}\n",
+            new.len(),
+            head,
+            state.seq
+        ))?,
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,272 @@
+use super::*;
+
+pub(super) fn parse_until(s: &str) -> Result<Until> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Until::Seq(n));
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| Until::Time(t.with_timezone(&Utc)))
+        .map_err(|_| {
+            Error::BadInput(format!(
+                "--until `{s}` is neither a sequence number nor an RFC 3339 time"
+            ))
+        })
+}
+
+pub(super) async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> Result<Exit> {
+    let (head, _) = store.head().await?;
+    let bar = output::progress(head, "replay");
+    if a.verify {
+        let r = projection::verify_projections(store, Some(&bar)).await;
+        bar.finish_and_clear();
+        let (n, compared) = r?;
+        match fmt {
+            Format::Json => {
+                emit_json(&json!({"ok": true, "events": n, "compared_stored": compared}))?
+            }
+            Format::Table | Format::Csv if compared => print(&format!(
+                "replayed {n} events from seq 0: the stored projections match\n"
+            ))?,
+            Format::Table | Format::Csv => print(&format!(
+                "replayed {n} events from seq 0: no stored projections to compare yet\n"
+            ))?,
+        }
+        return Ok(Exit::Ok);
+    }
+    let until = a
+        .until
+        .as_deref()
+        .map(parse_until)
+        .transpose()?
+        .unwrap_or(Until::Head);
+    let state = projection::state_at(store, until, Some(&bar)).await;
+    bar.finish_and_clear();
+    let state = state?;
+    print_state(&state, fmt)?;
+    // The process ends now: freeing a large state piece by piece would only cost time.
+    std::mem::forget(state);
+    Ok(Exit::Ok)
+}
+
+pub(super) fn at(a: Option<&crate::project::At>) -> String {
+    a.map_or_else(
+        || "-".to_string(),
+        |a| format!("{} (seq {})", time(a.at_us), a.seq),
+    )
+}
+
+pub fn print_state(s: &State, fmt: Format) -> Result<()> {
+    if fmt == Format::Json {
+        // Straight to text: a large state is not built again as a JSON tree first.
+        return emit_json(s);
+    }
+    let mut out = format!("state as of seq {}\n\n", s.seq);
+    let mut objs: Vec<_> = s.objects.objects.iter().collect();
+    objs.sort_by(|a, b| a.1.dn.cmp(&b.1.dn).then(a.0.cmp(b.0)));
+    let rows: Vec<Vec<String>> = objs
+        .iter()
+        .map(|(anchor, r)| {
+            vec![
+                anchor.to_string(),
+                r.kind.as_str().into(),
+                r.dn.clone(),
+                r.deletion
+                    .as_ref()
+                    .map_or("live".into(), |d| format!("gone: {}", d.evidence.label())),
+            ]
+        })
+        .collect();
+    out.push_str(&format!("source objects ({})\n", rows.len()));
+    out.push_str(&table(&["ANCHOR", "KIND", "DN", "STATE"], &rows));
+    let mut led: Vec<_> = s.ledger.entries.iter().collect();
+    led.sort_by(|a, b| a.0.cmp(b.0));
+    let rows: Vec<Vec<String>> = led
+        .iter()
+        .map(|(anchor, l)| {
+            vec![
+                anchor.to_string(),
+                l.kind.as_str().into(),
+                l.target_id.clone(),
+                format!("{:?}", l.origin).to_lowercase(),
+                if l.deleted.is_some() {
+                    "deleted".into()
+                } else {
+                    "owned".into()
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&format!("\ntarget ledger ({})\n", rows.len()));
+    out.push_str(&table(
+        &["ANCHOR", "KIND", "TARGET ID", "ORIGIN", "STATE"],
+        &rows,
+    ));
+    let rows: Vec<Vec<String>> = s
+        .cursors
+        .current
+        .iter()
+        .map(|(i, c)| vec![i.clone(), c.kind.clone(), at(Some(&c.at))])
+        .collect();
+    out.push_str("\ncursors\n");
+    out.push_str(&table(&["INSTANCE", "KIND", "ADVANCED"], &rows));
+    out.push_str(&format!(
+        "\nsync relationship: {} (epoch {}, since {})\n",
+        s.relationship.holder.as_deref().unwrap_or("none"),
+        s.relationship.epoch,
+        at(s.relationship.since.as_ref())
+    ));
+    print(&out)?;
+    Ok(())
+}
+
+pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Result<Exit> {
+    use crate::audit::history;
+    let store = open(cfg).await?;
+    if let Some(points) = &a.diff {
+        let [from, to] = points.as_slice() else {
+            return Err(Error::BadInput("--diff takes two points: A B".into()));
+        };
+        let (from, to) = (parse_until(from)?, parse_until(to)?);
+        let sa = projection::state_at(&store, from, None).await?;
+        let sb = projection::state_at(&store, to, None).await?;
+        let d = history::diff(&sa, &sb);
+        let v = serde_json::to_value(&d).map_err(Error::store)?;
+        if fmt == Format::Table {
+            print(&format!(
+                "changes from seq {} to seq {}\n",
+                d.from_seq, d.to_seq
+            ))?;
+        }
+        emit_rows(fmt, &history::DIFF_HEADERS, &d.rows(), &v)?;
+        return Ok(Exit::Ok);
+    }
+    if let Some(path) = &a.what_if {
+        let other = Config::load(path)?;
+        let src = other.source()?;
+        let scope = crate::sync::scope::Scope::new(&src.base_dn, &src.include, &src.exclude);
+        let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+        let w = history::what_if(&state, &scope, src.kind);
+        let v = serde_json::to_value(&w).map_err(Error::store)?;
+        if fmt == Format::Table {
+            print(&format!(
+                "under {}: {} would leave the target, {} join, {} change, {} unmappable (log as of seq {})\n",
+                path.display(),
+                w.leave.len(),
+                w.join.len(),
+                w.change.len(),
+                w.unmappable.len(),
+                state.seq
+            ))?;
+        }
+        emit_rows(fmt, &history::WHAT_IF_HEADERS, &w.rows(), &v)?;
+        return Ok(Exit::Ok);
+    }
+    let instance = crate::cli::instance_or_host(a.instance.clone())?;
+    to_target(cfg, &store, &instance, a.dry_run, fmt).await
+}
+
+/// `replay --to-target`: record that the target is empty (fenced like an export), then
+/// export what the log holds through the normal plan, guard and fencing.
+pub(super) async fn to_target(
+    cfg: &Config,
+    store: &AnyStore,
+    instance: &str,
+    dry_run: bool,
+    fmt: Format,
+) -> Result<Exit> {
+    use crate::log::event::{stream, TargetReset};
+    use crate::target::Target;
+    let target = crate::target::AnyTarget::from_config(cfg.target()?)?;
+    let source_kind = cfg.source()?.kind;
+    let reset = Event::TargetReset(TargetReset {
+        reason: format!("replay --to-target by {instance}: rebuild an empty target from the log"),
+    });
+    let state = projection::refresh(store, SNAPSHOT_EVERY).await?;
+    if dry_run {
+        let mut s = std::sync::Arc::unwrap_or_clone(state);
+        let meta = crate::project::Meta {
+            seq: s.seq + 1,
+            instance,
+            recorded_at_us: Utc::now().timestamp_micros(),
+        };
+        s.apply(&meta, &reset);
+        let p = crate::sync::plan::plan(&s, source_kind, None);
+        let mut rows: Vec<Vec<String>> = p
+            .new
+            .iter()
+            .map(|(a, m)| {
+                vec![
+                    "create".into(),
+                    m.kind().as_str().into(),
+                    a.clone(),
+                    m.name().into(),
+                    String::new(),
+                ]
+            })
+            .collect();
+        rows.extend(p.unmappable.iter().map(|(a, why)| {
+            vec![
+                "unmappable".into(),
+                String::new(),
+                a.clone(),
+                String::new(),
+                why.clone(),
+            ]
+        }));
+        let v = json!({"dry_run": true, "create": p.new.len(), "unmappable": p.unmappable.len(),
+            "plan": rows.iter().map(|r| json!({"op": r[0], "kind": r[1], "anchor": r[2], "name": r[3], "detail": r[4]})).collect::<Vec<_>>()});
+        emit_rows(fmt, &["OP", "KIND", "ANCHOR", "NAME", "DETAIL"], &rows, &v)?;
+        return Ok(Exit::Ok);
+    }
+    target.probe().await?;
+    let mut remote = target.list(crate::log::event::ObjectKind::User).await?;
+    remote.extend(target.list(crate::log::event::ObjectKind::Group).await?);
+    let foreign = crate::audit::history::foreign_objects(&remote, &state);
+    if !foreign.is_empty() {
+        let names: Vec<&str> = foreign.iter().take(5).map(|r| r.name.as_str()).collect();
+        return Err(Error::Refused(format!(
+            "the target is not a fresh one: {} object(s) carry anchors the source no longer has ({}{}); a rebuild would leave them there unowned. `dirsync sync` keeps an existing target in step",
+            foreign.len(),
+            names.join(", "),
+            if foreign.len() > 5 { ", ..." } else { "" }
+        )));
+    }
+    // The reset is recorded only by the relationship's holder (or when nobody holds it):
+    // the append expects the relationship stream's version it checked.
+    let version = store.stream_version(stream::RELATIONSHIP).await?;
+    let state = projection::advance(store, state).await?;
+    if let Some(h) = &state.relationship.holder {
+        if h != instance {
+            return Err(Error::Fenced(format!(
+                "{h} holds the sync relationship (epoch {}); {instance} may not rebuild the target",
+                state.relationship.epoch
+            )));
+        }
+    }
+    let batch = Batch::new(vec![NewEvent::new(stream::TARGET, instance, reset)])
+        .expect(stream::RELATIONSHIP, Expected::Exactly(version));
+    match store.append(batch).await {
+        Err(Error::Conflict { .. }) => {
+            return Err(Error::Fenced(
+                "the sync relationship changed while recording the reset; nothing exported".into(),
+            ))
+        }
+        r => r?,
+    };
+    let opts = crate::sync::export::ExportOptions {
+        instance: instance.to_string(),
+        source_kind,
+        threshold: cfg.sync.deletion_threshold,
+        take_over: false,
+    };
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let r = crate::sync::export::export_log(store, &target, &opts, &bar).await;
+    bar.finish_and_clear();
+    let r = r?;
+    match fmt {
+        Format::Json => emit_json(&r)?,
+        _ => print(&sync_table(&r))?,
+    }
+    Ok(r.exit())
+}

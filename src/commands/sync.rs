@@ -1,0 +1,140 @@
+use super::*;
+
+pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
+    cfg.source()?;
+    let store = open(cfg).await?;
+    let opts = crate::sync::export::SyncOptions {
+        instance: crate::cli::instance_or_host(a.instance)?,
+        full: a.full,
+        staging: a.staging,
+        dry_run: a.dry_run,
+        take_over: a.take_over,
+        stop: None,
+        wait_for_cycle: None,
+    };
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
+    bar.finish_and_clear();
+    let r = r?;
+    match fmt {
+        Format::Json => emit_json(&r)?,
+        Format::Table | Format::Csv => print(&sync_table(&r))?,
+    }
+    if let (Some(h), Some(why)) = (&r.held_plan, &r.held_reason) {
+        eprintln!(
+            "dirsync: {} deletion(s) held: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {h}`",
+            r.held
+        );
+    }
+    Ok(r.exit())
+}
+
+pub(super) fn sync_table(r: &crate::sync::export::SyncReport) -> String {
+    let i = &r.import;
+    let mut out = format!(
+        "{} for {} (run {}): {} import{}\n",
+        r.mode,
+        r.instance,
+        r.run_id,
+        i.mode,
+        match r.epoch {
+            Some(e) => format!(", relationship epoch {e}"),
+            None => String::new(),
+        }
+    );
+    if let Some(f) = &i.fallback {
+        out.push_str(&format!("full import because {f}\n"));
+    }
+    out.push_str(&table(
+        &[
+            "SEEN",
+            "ADDED",
+            "CHANGED",
+            "DELETED",
+            "LEFT SCOPE",
+            "REFERRALS SKIPPED",
+            "EVENTS",
+        ],
+        &[vec![
+            i.seen.to_string(),
+            i.added.to_string(),
+            i.changed.to_string(),
+            i.deleted.to_string(),
+            i.left_scope.to_string(),
+            i.referrals_skipped.to_string(),
+            i.events.to_string(),
+        ]],
+    ));
+    if !r.plan.is_empty() {
+        out.push_str("\nplan:\n");
+        let rows: Vec<Vec<String>> = r
+            .plan
+            .iter()
+            .map(|p| {
+                vec![
+                    p.op.to_string(),
+                    p.kind.as_str().to_string(),
+                    p.anchor.clone(),
+                    p.name.clone(),
+                    p.target_id.clone().unwrap_or_default(),
+                    p.detail.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["OP", "KIND", "ANCHOR", "NAME", "TARGET ID", "DETAIL"],
+            &rows,
+        ));
+    } else if r.mode != "sync" {
+        out.push_str("\nplan: nothing to export\n");
+    }
+    if r.mode == "sync" || r.held > 0 {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "CREATED",
+                "UPDATED",
+                "DELETED",
+                "MATCHED",
+                "HELD",
+                "CONFLICTS",
+                "FAILURES",
+                "RECREATED",
+                "QUARANTINED",
+                "UNMAPPABLE",
+                "DUPLICATES REMOVED",
+            ],
+            &[vec![
+                r.created.to_string(),
+                r.updated.to_string(),
+                r.deleted.to_string(),
+                r.matched.to_string(),
+                r.held.to_string(),
+                r.conflicts.to_string(),
+                r.failures.to_string(),
+                r.recreated.to_string(),
+                r.quarantined.to_string(),
+                r.unmappable.to_string(),
+                r.duplicates_removed.to_string(),
+            ]],
+        ));
+    }
+    if let Some(d) = &r.reconcile {
+        out.push_str(&format!(
+            "\ntarget reconciled: {} objects read; drift found: {} missing, {} changed, {} duplicates; repaired: {} recreated, {} restored, {} removed; {} failed\n",
+            d.listed, d.missing, d.changed, d.duplicates, d.recreated, d.restored, d.removed, d.failed
+        ));
+    }
+    if !r.problems.is_empty() {
+        out.push_str("\nproblems:\n");
+        let rows: Vec<Vec<String>> = r
+            .problems
+            .iter()
+            .map(|p| vec![p.problem.to_string(), p.anchor.clone(), p.detail.clone()])
+            .collect();
+        out.push_str(&table(&["PROBLEM", "ANCHOR", "DETAIL"], &rows));
+    }
+    out
+}
