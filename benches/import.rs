@@ -10,7 +10,8 @@
 //! with the goals of issue 19. Peak RSS is measured under GNU time (`/usr/bin/time -f %M`):
 //! a child forked directly from this process would inherit its high-water mark.
 //! Usage: `cargo bench --bench import -- [--ad-users N] [--ldap-users N] [--changes N]
-//! [--runs R] [--only ad|openldap] [--store sqlite|postgres|both] [--pg-url postgres://...]`.
+//! [--runs R] [--only ad|openldap] [--store sqlite|postgres|both] [--pg-url postgres://...]
+//! [--compare BIN]`. `--compare` alternates another build's full import (SQLite) with this one's.
 
 mod common;
 #[path = "../tests/it/lab/mod.rs"]
@@ -38,6 +39,11 @@ struct Run {
 
 /// `dirsync ARGS` in `dir` under GNU time; panics if it fails.
 fn dirsync(dir: &Path, args: &[&str]) -> Run {
+    dirsync_bin(Path::new(env!("CARGO_BIN_EXE_dirsync")), dir, args)
+}
+
+/// `BIN ARGS` in `dir` under GNU time (this build's dirsync, or `--compare`'s).
+fn dirsync_bin(bin: &Path, dir: &Path, args: &[&str]) -> Run {
     let rss_file = dir.join("maxrss");
     let t = Instant::now();
     let out = Command::new("/usr/bin/time")
@@ -45,7 +51,7 @@ fn dirsync(dir: &Path, args: &[&str]) -> Run {
         .arg("%M")
         .arg("-o")
         .arg(&rss_file)
-        .arg(env!("CARGO_BIN_EXE_dirsync"))
+        .arg(bin)
         .args(args)
         .current_dir(dir)
         .env_remove("DIRSYNC_CONFIG")
@@ -188,6 +194,9 @@ struct Opts {
     stores: Vec<Store>,
     /// `postgres://user@host:port` of a server the bench may create databases in.
     pg_url: Option<String>,
+    /// `--compare BIN`: another dirsync build (an earlier commit's release binary) whose full
+    /// import alternates with this build's, so that a before/after is measured in one run.
+    compare: Option<std::path::PathBuf>,
 }
 
 /// A directory the bench changes between deltas.
@@ -239,6 +248,7 @@ async fn main() {
         changes: arg(&args, "--changes", 1_000),
         runs: arg(&args, "--runs", default_runs).max(1) as usize,
         pg_url: value("--pg-url"),
+        compare: value("--compare").map(Into::into),
         stores,
     };
     assert!(
@@ -340,6 +350,7 @@ async fn measure(
     let mut full = Vec::new();
     let mut full_rss = Vec::new();
     let mut full_imports = Vec::new();
+    let (mut compare, mut compare_rss) = (Vec::new(), Vec::new());
     let mut dir = None;
     // Baseline and full import alternate, so that load from elsewhere hits both alike; each
     // full import goes into a fresh store.
@@ -355,6 +366,25 @@ async fn measure(
         full.push(r.secs);
         full_rss.push(r.rss_mb);
         full_imports.extend(r.import);
+        if let Some(bin) = &opts.compare {
+            // Its own fresh store, initialised by itself: its schema may differ from ours.
+            let c = tempfile::tempdir().expect("tempdir");
+            std::fs::copy(d.path().join("pw"), c.path().join("pw")).expect("pw");
+            std::fs::copy(d.path().join("dirsync.toml"), c.path().join("dirsync.toml"))
+                .expect("config");
+            if store == Store::Postgres {
+                // The same database name as ours, recreated: it is dropped below anyway.
+                eprintln!(
+                    "--compare runs on SQLite stores only; skipped for {}",
+                    store.name()
+                );
+            } else {
+                dirsync_bin(bin, c.path(), &["init"]);
+                let r = dirsync_bin(bin, c.path(), SYNC_FULL);
+                compare.push(r.secs);
+                compare_rss.push(r.rss_mb);
+            }
+        }
         dir = Some(d);
     }
     let dir = dir.expect("at least one run");
@@ -386,7 +416,7 @@ async fn measure(
     }
     let load_after = load_average();
     let t_ls = median(&baseline);
-    let rows = [
+    let mut rows = vec![
         Row {
             name: "ldapsearch baseline",
             runs: baseline.clone(),
@@ -436,6 +466,19 @@ async fn measure(
             imports: Vec::new(),
         },
     ];
+    if !compare.is_empty() {
+        rows.insert(
+            2,
+            Row {
+                name: "full import, --compare",
+                runs: compare,
+                rss_mb: Some(compare_rss),
+                vs_baseline: true,
+                goal: "before/after: this build's row above",
+                imports: Vec::new(),
+            },
+        );
+    }
     println!(
         "\n{source}, {n} entries, store {}, {} runs (median; peak RSS: the largest run), \
          load average {load_before} -> {load_after}",
@@ -491,6 +534,7 @@ async fn openldap(users: u64, opts: &Opts) {
         runs: opts.runs,
         stores: opts.stores.clone(),
         pg_url: opts.pg_url.clone(),
+        compare: opts.compare.clone(),
     };
     eprintln!("OpenLDAP (slapd, session log): loading {users} users with slapadd ...");
     let mut slapd = lab::Slapd::start(lab::SlapdOptions {
@@ -561,6 +605,7 @@ async fn ad(users: u64, opts: &Opts) {
         runs: opts.runs,
         stores: opts.stores.clone(),
         pg_url: opts.pg_url.clone(),
+        compare: opts.compare.clone(),
     };
     for &store in &opts.stores {
         measure(
