@@ -64,6 +64,10 @@ pub enum Command {
         /// The instance this computer runs as; default: this host's name.
         #[arg(long, value_parser = check_instance)]
         instance: Option<String>,
+        /// Serve GET /metrics (Prometheus text format), /healthz and /readyz on IP:PORT,
+        /// e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Audits over the log: missed deletions, sync gaps.
     #[command(subcommand)]

@@ -105,11 +105,18 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
                 Exit::Failure
             })
         }
-        Command::Run { instance } => {
+        Command::Run { instance, listen } => {
             let instance = crate::cli::instance_or_host(instance)?;
+            // Bound before the store is opened: a bad address is bad usage, nothing written.
+            let listener = match listen {
+                Some(addr) => Some(crate::ops::metrics::bind(&addr).await?),
+                None => None,
+            };
             let store = open(&cfg).await?;
-            crate::sync::service::serve(&cfg, &store, &instance, &|l| eprintln!("dirsync run: {l}"))
-                .await
+            crate::sync::service::serve(&cfg, &store, &instance, listener, &|l| {
+                eprintln!("dirsync run: {l}")
+            })
+            .await
         }
     }
 }
