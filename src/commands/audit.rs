@@ -15,6 +15,9 @@ pub(super) async fn audit_cmd(
             from_log,
             instance,
         } => {
+            // The webhook's secret is read before anything (exit 2 when unset). The audit's
+            // own findings record nothing: a delivery's outcome is said on stderr.
+            let notifier = Notifier::start(cfg, notify::Record::Stderr)?;
             let before = projection::refresh(&store, SNAPSHOT_EVERY).await?;
             // What could reveal a deletion is judged on the cursors as they were before the
             // fresh import moved one of them.
@@ -30,7 +33,7 @@ pub(super) async fn audit_cmd(
                     ));
                 }
                 let opts = crate::sync::export::SyncOptions {
-                    instance: crate::cli::instance_or_host(instance)?,
+                    instance: crate::cli::instance_or_host(instance.clone())?,
                     full: true,
                     staging: true,
                     dry_run: false,
@@ -56,6 +59,16 @@ pub(super) async fn audit_cmd(
                 projection::refresh(&store, SNAPSHOT_EVERY).await?
             };
             let list = missed::missed_deletes(&state, &cursors, now);
+            if !list.is_empty() {
+                notifier.send(Notification::new(
+                    NotifyEvent::MissedDeletionsFound,
+                    &crate::cli::instance_or_host(instance)?,
+                    json!({"count": list.len(), "seq": state.seq,
+                           "evidence": if from_log { "log" } else { "full-import" },
+                           "anchors": list.iter().take(20).map(|m| &m.anchor).collect::<Vec<_>>()}),
+                ));
+            }
+            notifier.finish().await;
             // The process ends after printing: freeing a large state piece by piece would
             // only cost time (seconds for a million objects).
             let state = std::mem::ManuallyDrop::new(state);

@@ -35,6 +35,7 @@ use crate::error::{Error, Exit, Result};
 use crate::log::event::{stream, InstanceLifecycle};
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, ChainVerifier, Event, NewEvent, OpenMode, Store, StoredEvent};
+use crate::ops::notify::{self, Notification, Notifier, NotifyEvent};
 use crate::output::{self, print, table, time};
 use crate::project::replay::{self as projection, Until};
 use crate::project::{InstanceStatus, State};
@@ -113,7 +114,8 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
                 None => None,
             };
             let store = open(&cfg).await?;
-            crate::sync::service::serve(&cfg, &store, &instance, listener, &|l| {
+            let notifier = Notifier::start(&cfg, notify::Record::Log(store.clone()))?;
+            crate::sync::service::serve(&cfg, &store, &instance, listener, notifier, &|l| {
                 eprintln!("dirsync run: {l}")
             })
             .await

@@ -3,6 +3,8 @@ use super::*;
 pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
     cfg.source()?;
     let store = open(cfg).await?;
+    // The webhook's secret is read before anything is written (exit 2 when unset).
+    let notifier = Notifier::start(cfg, notify::Record::Log(store.clone()))?;
     let opts = crate::sync::export::SyncOptions {
         instance: crate::cli::instance_or_host(a.instance)?,
         full: a.full,
@@ -15,8 +17,17 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let began_us = Utc::now().timestamp_micros();
     let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
     bar.finish_and_clear();
+    if !opts.dry_run && !opts.staging {
+        // Held deletions and fencing; failures in a row are counted by `dirsync run`.
+        let state = projection::refresh(&store, SNAPSHOT_EVERY).await.ok();
+        for n in notify::after_cycle(&opts.instance, &r, state.as_deref(), began_us, 0, u32::MAX) {
+            notifier.send(n);
+        }
+    }
+    notifier.finish().await;
     let r = r?;
     match fmt {
         Format::Json => emit_json(&r)?,

@@ -648,6 +648,28 @@ pub struct DuplicateRemoved {
     pub target_id: String,
 }
 
+/// A notification (`[notify]`) reached its receiver over one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationDelivered {
+    pub event: crate::ops::notify::NotifyEvent,
+    pub channel: crate::ops::notify::Channel,
+    /// Where it went: the webhook's URL without credentials, query or fragment, or the
+    /// command's program.
+    pub receiver: String,
+    pub attempts: u32,
+}
+
+/// A notification could not be delivered over one channel within its time limit, retries
+/// included: the last attempt's error class (never the secret, never the URL's query).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationFailed {
+    pub event: crate::ops::notify::NotifyEvent,
+    pub channel: crate::ops::notify::Channel,
+    pub receiver: String,
+    pub attempts: u32,
+    pub error: crate::ops::notify::DeliveryError,
+}
+
 macro_rules! events {
     ($($variant:ident($payload:ty)),+ $(,)?) => {
         /// Every fact dirsync records.
@@ -717,6 +739,8 @@ events! {
     AnchorsMigrated(AnchorsMigrated),
     TargetReconciled(TargetReconciled),
     DuplicateRemoved(DuplicateRemoved),
+    NotificationDelivered(NotificationDelivered),
+    NotificationFailed(NotificationFailed),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.
@@ -729,6 +753,8 @@ pub mod stream {
     pub const TARGET: &str = "target";
     /// Deletion guard decisions.
     pub const GUARD: &str = "guard";
+    /// Notification deliveries (`[notify]`).
+    pub const NOTIFY: &str = "notify";
 
     pub fn cursor(instance: &str) -> String {
         format!("cursor/{instance}")

@@ -1,7 +1,8 @@
 //! Operating dirsync day to day: what the service tells a monitoring system (metrics, health,
-//! readiness).
+//! readiness) and who it alerts (webhook, command).
 
 pub mod metrics;
+pub mod notify;
 
 use crate::error::{Error, Result};
 use crate::sync::export::SyncReport;

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::log::AnyStore;
 use crate::ops::metrics::Metrics;
+use crate::ops::notify::{self, Notifier};
 use crate::ops::Outcome;
 use crate::project::replay;
 use crate::project::InstanceStatus;
@@ -45,12 +46,27 @@ async fn terminated() {
 
 /// Run the service until retired, fenced or terminated. `say` gets one line per cycle.
 /// With `listen` (bound by the caller, `--listen`), it serves its metrics and health there
-/// while it runs (`ops::metrics`).
+/// while it runs (`ops::metrics`); what needs a person goes to `notifier` (`ops::notify`),
+/// whose queue it lets finish before it returns.
 pub async fn serve(
     cfg: &Config,
     store: &AnyStore,
     instance: &str,
     listen: Option<tokio::net::TcpListener>,
+    notifier: Notifier,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Exit> {
+    let r = service(cfg, store, instance, listen, &notifier, say).await;
+    notifier.finish().await;
+    r
+}
+
+async fn service(
+    cfg: &Config,
+    store: &AnyStore,
+    instance: &str,
+    listen: Option<tokio::net::TcpListener>,
+    notifier: &Notifier,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Exit> {
     // One service per instance; its cycles (and a `sync` by hand) take the cycle lock too.
@@ -85,6 +101,8 @@ pub async fn serve(
         }
     };
     let mut idle_said = false;
+    // Failed cycles in a row (a cycle refused because another was running is not one).
+    let mut failures: u32 = 0;
     let result = loop {
         if stopping() {
             say("terminated: exiting");
@@ -123,13 +141,32 @@ pub async fn serve(
             wait_for_cycle: None,
         };
         let began = Instant::now();
+        let began_us = chrono::Utc::now().timestamp_micros();
         let result = sync(cfg, store, &opts, &ProgressBar::hidden()).await;
-        metrics.cycle(Outcome::of(&result), result.as_ref().ok(), began.elapsed());
+        let outcome = Outcome::of(&result);
+        metrics.cycle(outcome, result.as_ref().ok(), began.elapsed());
+        failures = match outcome {
+            Outcome::Failed => failures.saturating_add(1),
+            Outcome::Skipped => failures,
+            _ => 0,
+        };
         // The relationship, the head and the cursor as the cycle left them (the cycle's own
         // end brought the remembered projections up to date: this folds nothing new).
-        if let Ok(state) = replay::refresh(store, 10_000).await {
-            metrics.state(&state);
+        let state = replay::refresh(store, 10_000).await.ok();
+        if let Some(state) = &state {
+            metrics.state(state);
         }
+        for n in notify::after_cycle(
+            instance,
+            &result,
+            state.as_deref(),
+            began_us,
+            failures,
+            notifier.failures_before_alert(),
+        ) {
+            notifier.send(n);
+        }
+        drop(state);
         match result {
             Ok(r) => say(&format!(
                 "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}{}",
