@@ -496,3 +496,118 @@ async fn a_missing_program_is_recorded_and_a_missing_secret_is_bad_configuration
     }
     assert_eq!(lab.head().await, head, "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_missed_deletions_and_a_completed_handover_are_told() {
+    let receiver = Receiver::start(StatusCode::OK).await;
+    let lab = E2e::ldap(4, "500\ninterval = \"300ms\"\nlease = \"3s\"").await;
+    configure(
+        &lab,
+        &format!(
+            "[notify]\nwebhook_url = \"{}\"\ntimeout = \"5s\"\n",
+            receiver.url
+        ),
+    );
+    let mut run = spawn_run(&lab);
+    until(30, "the first cycle", || async {
+        lab.view.count("Users").await == 4
+    })
+    .await;
+    // b takes over: a's next cycle is fenced, it says so and its service exits 4.
+    let r = lab.cli(&["sync", "--instance", "b", "--take-over"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = run.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "a fenced service kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(4));
+
+    // A deletion no sync has exported yet: the audit (fresh import by b) finds it.
+    let a4 = lab.anchor(&format!("uid=u4,{PEOPLE}")).await;
+    lab.slapd().ldapdelete(&format!("uid=u4,{PEOPLE}")).await;
+    let r = lab.cli(&[
+        "audit",
+        "missed-deletes",
+        "--instance",
+        "b",
+        "--fail-if-any",
+    ]);
+    assert_eq!(r.code, 5, "{r:?}");
+    let seq_after_audit = lab.head().await;
+
+    // The same computer reinstalled: a handover that completes.
+    let playbook =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/reinstall.toml");
+    let r = lab.cli(&[
+        "handover",
+        "--from",
+        "b",
+        "--to",
+        "b",
+        "--playbook",
+        playbook.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let h: Value = serde_json::from_str(&r.stdout).unwrap();
+
+    let state = lab.state().await;
+    let bodies: Vec<Value> = receiver
+        .requests()
+        .iter()
+        .map(|(headers, body)| {
+            assert!(
+                headers.get("x-dirsync-signature").is_none(),
+                "no secret: unsigned"
+            );
+            let mut v: Value = serde_json::from_slice(body).unwrap();
+            assert!(chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).is_ok());
+            v["at"] = json!("AT");
+            v
+        })
+        .collect();
+    assert_eq!(bodies.len(), 3, "{bodies:#?}");
+    let fenced_error = bodies[0]["details"]["error"].as_str().unwrap_or_default();
+    assert!(
+        fenced_error.starts_with("fenced: b holds the sync relationship (epoch 2)"),
+        "{fenced_error}"
+    );
+    assert_eq!(
+        bodies,
+        vec![
+            json!({"event": "fenced", "instance": "a", "at": "AT",
+                   "details": {"holder": "b", "epoch": 2, "error": fenced_error}}),
+            json!({"event": "missed_deletions_found", "instance": "b", "at": "AT",
+                   "details": {"count": 1, "seq": bodies[1]["details"]["seq"],
+                               "evidence": "full-import", "anchors": [a4]}}),
+            json!({"event": "handover_completed", "instance": "b", "at": "AT",
+                   "details": {"handover_id": h["handover_id"], "from": "b", "to": "b",
+                               "playbook": h["playbook"], "summary": h["summary"]}}),
+        ]
+    );
+    let seq = bodies[1]["details"]["seq"].as_u64().unwrap();
+    assert!(seq > 0 && seq <= seq_after_audit, "{seq}");
+    // Recorded: the service's and the handover's; the audit records nothing of its own.
+    let got: Vec<(String, Value)> = deliveries(&lab).await;
+    assert_eq!(
+        got,
+        vec![
+            (
+                "NotificationDelivered".to_string(),
+                json!({"event": "fenced", "channel": "webhook",
+                       "receiver": receiver.url.split('?').next().unwrap(), "attempts": 1})
+            ),
+            (
+                "NotificationDelivered".to_string(),
+                json!({"event": "handover_completed", "channel": "webhook",
+                       "receiver": receiver.url.split('?').next().unwrap(), "attempts": 1})
+            ),
+        ]
+    );
+    assert!(state.handovers.last.is_some());
+}
