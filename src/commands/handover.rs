@@ -58,9 +58,10 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
     if let Some(n) = told {
         notifier.send(n);
     }
+    let printed = r.and_then(|r| print_handover(&r, fmt));
+    // After the report: a slow receiver delays the exit, not the output.
     notifier.finish().await;
-    print_handover(&r?, fmt)?;
-    Ok(Exit::Ok)
+    printed.map(|()| Exit::Ok)
 }
 
 pub(super) fn print_handover(

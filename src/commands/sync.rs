@@ -20,14 +20,25 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
     let began_us = Utc::now().timestamp_micros();
     let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
     bar.finish_and_clear();
-    if !opts.dry_run && !opts.staging {
+    let outcome = crate::ops::Outcome::of(&r);
+    let tell = matches!(
+        outcome,
+        crate::ops::Outcome::Held | crate::ops::Outcome::Fenced
+    );
+    if notifier.active() && tell && !opts.dry_run && !opts.staging {
         // Held deletions and fencing; failures in a row are counted by `dirsync run`.
         let state = projection::refresh(&store, SNAPSHOT_EVERY).await.ok();
         for n in notify::after_cycle(&opts.instance, &r, state.as_deref(), began_us, 0, u32::MAX) {
             notifier.send(n);
         }
     }
+    let printed = print_sync(r, fmt);
+    // After the report: a slow receiver delays the exit, not the output.
     notifier.finish().await;
+    printed
+}
+
+fn print_sync(r: Result<crate::sync::export::SyncReport>, fmt: Format) -> Result<Exit> {
     let r = r?;
     match fmt {
         Format::Json => emit_json(&r)?,

@@ -318,6 +318,11 @@ impl Notifier {
         })
     }
 
+    /// Whether `[notify]` is configured (else [`Notifier::send`] drops everything).
+    pub fn active(&self) -> bool {
+        self.active.is_some()
+    }
+
     /// `[notify] failures_before_alert`.
     pub fn failures_before_alert(&self) -> u32 {
         self.failures_before_alert
@@ -341,15 +346,15 @@ impl Notifier {
     }
 
     /// Deliver what is queued (each notification bounded by `[notify] timeout` per
-    /// channel), then end. Waits at most that timeout past the last one's start, plus the
-    /// time to record the outcomes.
+    /// channel), then end; waits at most that timeout and 5 s (under systemd's default
+    /// stop timeout of 90 s at the default 60 s), dropping what is left then.
     pub async fn finish(self) {
         let Some(a) = self.active else {
             return;
         };
         drop(a.tx);
         let mut worker = a.worker;
-        let limit = a.timeout * 2 + Duration::from_secs(5);
+        let limit = a.timeout + Duration::from_secs(5);
         if tokio::time::timeout(limit, &mut worker).await.is_err() {
             worker.abort();
             tracing::warn!("notifications still undelivered at exit were dropped");
