@@ -498,7 +498,7 @@ async fn a_missing_program_is_recorded_and_a_missing_secret_is_bad_configuration
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fencing_missed_deletions_and_a_completed_handover_are_told() {
+async fn fencing_missed_deletions_and_handovers_are_told() {
     let receiver = Receiver::start(StatusCode::OK).await;
     let lab = E2e::ldap(4, "500\ninterval = \"300ms\"\nlease = \"3s\"").await;
     configure(
@@ -555,6 +555,18 @@ async fn fencing_missed_deletions_and_a_completed_handover_are_told() {
     ]);
     assert_eq!(r.code, 0, "{r:?}");
     let h: Value = serde_json::from_str(&r.stdout).unwrap();
+    // And one that fails: the target is unreachable.
+    break_target(&lab);
+    let r = lab.cli(&[
+        "handover",
+        "--from",
+        "b",
+        "--to",
+        "c",
+        "--playbook",
+        playbook.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
 
     let state = lab.state().await;
     let bodies: Vec<Value> = receiver
@@ -571,7 +583,9 @@ async fn fencing_missed_deletions_and_a_completed_handover_are_told() {
             v
         })
         .collect();
-    assert_eq!(bodies.len(), 3, "{bodies:#?}");
+    assert_eq!(bodies.len(), 4, "{bodies:#?}");
+    let handover_error = bodies[3]["details"]["error"].as_str().unwrap_or_default();
+    assert!(handover_error.starts_with("target: "), "{handover_error}");
     let fenced_error = bodies[0]["details"]["error"].as_str().unwrap_or_default();
     assert!(
         fenced_error.starts_with("fenced: b holds the sync relationship (epoch 2)"),
@@ -588,6 +602,8 @@ async fn fencing_missed_deletions_and_a_completed_handover_are_told() {
             json!({"event": "handover_completed", "instance": "b", "at": "AT",
                    "details": {"handover_id": h["handover_id"], "from": "b", "to": "b",
                                "playbook": h["playbook"], "summary": h["summary"]}}),
+            json!({"event": "handover_failed", "instance": "c", "at": "AT",
+                   "details": {"from": "b", "to": "c", "error": handover_error, "exit": 1}}),
         ]
     );
     let seq = bodies[1]["details"]["seq"].as_u64().unwrap();
@@ -605,6 +621,11 @@ async fn fencing_missed_deletions_and_a_completed_handover_are_told() {
             (
                 "NotificationDelivered".to_string(),
                 json!({"event": "handover_completed", "channel": "webhook",
+                       "receiver": receiver.url.split('?').next().unwrap(), "attempts": 1})
+            ),
+            (
+                "NotificationDelivered".to_string(),
+                json!({"event": "handover_failed", "channel": "webhook",
                        "receiver": receiver.url.split('?').next().unwrap(), "attempts": 1})
             ),
         ]
