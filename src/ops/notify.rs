@@ -388,37 +388,40 @@ async fn work(mut rx: mpsc::Receiver<Notification>, channels: Channels, record: 
         };
         let (w, c) = tokio::join!(webhook, command);
         for (channel, receiver, (attempts, outcome)) in [w, c].into_iter().flatten() {
+            let said = format!(
+                "notification {} {} by {} to {receiver}{} ({attempts} attempt(s))",
+                n.event.as_str(),
+                if outcome.is_ok() {
+                    "delivered"
+                } else {
+                    "not delivered"
+                },
+                channel.as_str(),
+                outcome.err().map_or(String::new(), |e| format!(": {e}")),
+            );
             let event = match outcome {
-                Ok(()) => {
-                    tracing::info!(
-                        "notification {} delivered by {} to {receiver} ({attempts} attempt(s))",
-                        n.event.as_str(),
-                        channel.as_str()
-                    );
-                    Event::NotificationDelivered(NotificationDelivered {
-                        event: n.event,
-                        channel,
-                        receiver,
-                        attempts,
-                    })
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        "notification {} not delivered by {} to {receiver}: {error} ({attempts} attempt(s))",
-                        n.event.as_str(),
-                        channel.as_str()
-                    );
-                    Event::NotificationFailed(NotificationFailed {
-                        event: n.event,
-                        channel,
-                        receiver,
-                        attempts,
-                        error,
-                    })
-                }
+                Ok(()) => Event::NotificationDelivered(NotificationDelivered {
+                    event: n.event,
+                    channel,
+                    receiver,
+                    attempts,
+                }),
+                Err(error) => Event::NotificationFailed(NotificationFailed {
+                    event: n.event,
+                    channel,
+                    receiver,
+                    attempts,
+                    error,
+                }),
             };
+            let failed = matches!(event, Event::NotificationFailed(_));
             match &record {
                 Record::Log(store) => {
+                    if failed {
+                        tracing::warn!("{said}");
+                    } else {
+                        tracing::info!("{said}");
+                    }
                     let batch = Batch::new(vec![NewEvent::new(
                         stream::NOTIFY,
                         n.instance.clone(),
@@ -428,18 +431,8 @@ async fn work(mut rx: mpsc::Receiver<Notification>, channels: Channels, record: 
                         tracing::warn!("recording a notification's delivery: {e}");
                     }
                 }
-                Record::Stderr => {
-                    if let Event::NotificationFailed(f) = &event {
-                        eprintln!(
-                            "dirsync: notification {} not delivered by {} to {}: {} ({} attempt(s))",
-                            f.event.as_str(),
-                            f.channel.as_str(),
-                            f.receiver,
-                            f.error,
-                            f.attempts
-                        );
-                    }
-                }
+                Record::Stderr if failed => eprintln!("dirsync: {said}"),
+                Record::Stderr => tracing::info!("{said}"),
             }
         }
     }
