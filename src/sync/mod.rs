@@ -7,6 +7,7 @@ pub mod export;
 pub mod import;
 pub mod plan;
 pub mod preflight;
+pub mod rebuild;
 pub mod reconcile;
 pub mod run;
 pub mod scope;
