@@ -173,10 +173,20 @@ fn the_debian_package_holds_the_binary_unit_man_pages_completions_and_example() 
         .arg(&deb)
         .arg("conffiles"));
     assert_eq!(conffiles, "/etc/dirsync/dirsync.toml.example\n");
+    for script in ["postinst", "prerm", "postrm"] {
+        let text = ok(Command::new("dpkg-deb").arg("-I").arg(&deb).arg(script));
+        assert_eq!(
+            text,
+            std::fs::read_to_string(Path::new(ROOT).join("packaging").join(script)).unwrap()
+        );
+        // Parsed by the shell dpkg runs them with.
+        let r = run(Command::new("sh").args(["-n", "-c", &text]));
+        assert_eq!(r.code, 0, "{script}: {r:?}");
+    }
     let postinst = ok(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("postinst"));
-    assert_eq!(
-        postinst,
-        std::fs::read_to_string(Path::new(ROOT).join("packaging/postinst")).unwrap()
+    assert!(
+        postinst.contains("adduser --system --group --home /var/lib/dirsync"),
+        "{postinst}"
     );
 
     // Unpacked: the files are the ones in the tree, and they work.
