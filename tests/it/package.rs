@@ -251,6 +251,8 @@ fn the_debian_package_holds_the_binary_unit_man_pages_completions_and_example() 
         bash.contains("_dirsync()") && bash.contains("playbook"),
         "bash"
     );
+    let r = run(Command::new("bash").args(["-n", "-c", &bash]));
+    assert_eq!(r.code, 0, "the bash completion does not parse: {r:?}");
     assert!(read("usr/share/zsh/vendor-completions/_dirsync").starts_with("#compdef dirsync"));
     assert!(
         read("usr/share/fish/vendor_completions.d/dirsync.fish").contains("complete -c dirsync")
