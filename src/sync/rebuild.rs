@@ -7,11 +7,11 @@
 use indicatif::ProgressBar;
 
 use super::export::{export_log, ExportOptions, SyncReport};
-use super::plan::{plan, Plan};
 use crate::config::{SourceKind, Threshold};
 use crate::error::{Error, Result};
 use crate::log::event::{Event, ObjectKind, TargetReset};
 use crate::log::AnyStore;
+use crate::plan::plan::{plan, Plan};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{Meta, State};
 use crate::target::{AnyTarget, RemoteObject, Target};
