@@ -12,6 +12,8 @@ mod lab_smoke;
 mod log_store;
 mod notify;
 mod ops;
+mod package;
+mod playbook;
 mod preflight;
 mod replay;
 mod service;
