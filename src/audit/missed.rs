@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{ledger_name, point, time_opt};
 use crate::log::event::ExportOp;
-use crate::log::event::{DeletionEvidence, ObjectKind};
+use crate::log::event::ObjectKind;
 use crate::output::time;
 use crate::project::{At, Cursors, State};
 
@@ -135,23 +135,7 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
         let deletion = rec.and_then(|r| r.deletion.as_ref());
         let (evidence, evidence_detail, deleted_at_us) = match deletion.map(|d| &d.evidence) {
             None => ("not-in-source".to_string(), None, None),
-            Some(e) => {
-                let (detail, at) = match e {
-                    DeletionEvidence::Tombstone {
-                        deleted_at,
-                        last_known_parent,
-                    } => (
-                        last_known_parent.clone(),
-                        deleted_at.map(|t| t.timestamp_micros()),
-                    ),
-                    DeletionEvidence::SyncDelete { phase } => (Some(phase.clone()), None),
-                    DeletionEvidence::AbsentFromFullImport { run_id } => {
-                        (Some(format!("run {run_id}")), None)
-                    }
-                    DeletionEvidence::LeftScope { dn } => (Some(dn.clone()), None),
-                };
-                (e.label().to_string(), detail, at)
-            }
+            Some(e) => (e.label().to_string(), e.detail(), e.deleted_at_us()),
         };
         let gap = deletion.map_or_else(Gap::default, |d| gap_around(&syncs, d.at.seq));
         let revealable_by = deletion
@@ -287,7 +271,8 @@ mod tests {
     use super::*;
     use crate::audit::testkit::{Log, DAY};
     use crate::log::event::{
-        DeletionsApproved, DeletionsHeld, Event, ExportFailed, ExportOp, SourceInfoRecorded,
+        DeletionEvidence, DeletionsApproved, DeletionsHeld, Event, ExportFailed, ExportOp,
+        SourceInfoRecorded,
     };
 
     const OU: &str = "ou=people,dc=example,dc=org";

@@ -257,6 +257,7 @@ pub(super) async fn to_target(
         instance: instance.to_string(),
         source_kind,
         threshold: cfg.sync.deletion_threshold,
+        hold: cfg.sync.hold,
         take_over: false,
     };
     let bar =

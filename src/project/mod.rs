@@ -740,6 +740,10 @@ pub struct HeldDeletions {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     pub plans: BTreeMap<String, HeldDeletions>,
+    /// The held list that stands now: the last one held, until a cycle holds another
+    /// (`DeletionsHeld`) or holds nothing (`DeletionsHoldEnded`). Only it can be approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
     /// Duplicates deleted from the target (by the key the guard lists them under,
     /// `ANCHOR@TARGET_ID`), and when: they count in the guard's rolling window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -750,15 +754,24 @@ impl Guard {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
         match e {
             Event::DeletionsHeld(h) => {
-                self.plans.insert(
-                    h.plan_hash.clone(),
-                    HeldDeletions {
+                // Held again after another list stood: the same list, held anew.
+                let p = self
+                    .plans
+                    .entry(h.plan_hash.clone())
+                    .or_insert_with(|| HeldDeletions {
                         anchors: h.anchors.clone(),
                         reason: h.reason.clone(),
                         held: m.into(),
                         approved: None,
-                    },
-                );
+                    });
+                p.reason.clone_from(&h.reason);
+                p.held = m.into();
+                self.current = Some(h.plan_hash.clone());
+            }
+            Event::DeletionsHoldEnded(h)
+                if self.current.as_deref() == Some(h.plan_hash.as_str()) =>
+            {
+                self.current = None;
             }
             Event::DeletionsApproved(a) => {
                 if let Some(p) = self.plans.get_mut(&a.plan_hash) {
@@ -770,6 +783,14 @@ impl Guard {
                 .push((format!("{}@{}", d.anchor, d.target_id), m.into())),
             _ => {}
         }
+    }
+
+    /// The held list that stands and is not approved yet: what the next cycle holds again.
+    pub fn waiting(&self) -> Option<(&String, &HeldDeletions)> {
+        let h = self.current.as_ref()?;
+        self.plans
+            .get_key_value(h)
+            .filter(|(_, p)| p.approved.is_none())
     }
 }
 

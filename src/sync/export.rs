@@ -36,12 +36,13 @@ use super::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, Hold, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
-    ExportBatchStarted, ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished,
-    SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
+    stream, DeletionsHeld, DeletionsHoldEnded, DuplicateRemoved, Event, ExportApplied,
+    ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp, ObjectKind,
+    SyncRelationshipEstablished, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
+    TargetDuplicateRemoved, TargetReconciled,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
@@ -410,6 +411,7 @@ async fn sync_cycle(
         target: target.as_ref(),
         source_kind: src_cfg.kind,
         threshold: cfg.sync.deletion_threshold,
+        hold: cfg.sync.hold,
         instance: &opts.instance,
         fence,
         progress,
@@ -512,6 +514,8 @@ pub struct ExportOptions {
     /// How source objects map (INTERFACE.md differs per kind).
     pub source_kind: SourceKind,
     pub threshold: crate::config::Threshold,
+    /// What a tripped guard holds (`[sync] hold`).
+    pub hold: crate::config::Hold,
     pub take_over: bool,
 }
 
@@ -551,6 +555,7 @@ async fn export_log_locked(
         target: Some(target),
         source_kind: opts.source_kind,
         threshold: opts.threshold,
+        hold: opts.hold,
         instance: &opts.instance,
         fence: Some(fence),
         progress,
@@ -761,6 +766,8 @@ struct Cycle<'a> {
     target: Option<&'a AnyTarget>,
     source_kind: SourceKind,
     threshold: crate::config::Threshold,
+    /// What a tripped guard holds: the deletions, or the whole cycle.
+    hold: crate::config::Hold,
     instance: &'a str,
     /// Present when exporting.
     fence: Option<Fence>,
@@ -889,26 +896,65 @@ impl Cycle<'_> {
                     .is_some_and(|p| p.approved.is_some())
             },
         );
-        if let Verdict::Hold { plan_hash, reason } = verdict {
-            report.held = deletes.len() as u64;
-            report.held_plan = Some(plan_hash.clone());
-            report.held_reason = Some(reason.clone());
-            // Recorded once per exact list; nothing is exported this cycle.
-            let known = state.guard.plans.contains_key(&plan_hash);
-            if !known && report.mode != "dry-run" {
-                self.store
-                    .append(Batch::new(vec![NewEvent::new(
-                        stream::GUARD,
-                        self.instance,
-                        Event::DeletionsHeld(DeletionsHeld {
-                            plan_hash,
-                            anchors: deletes,
-                            reason,
-                        }),
-                    )]))
-                    .await?;
+        let dry_run = report.mode == "dry-run";
+        let holding = match verdict {
+            Verdict::Hold { plan_hash, reason } => {
+                report.held = deletes.len() as u64;
+                report.held_reason = Some(reason.clone());
+                // A dry run records nothing: its list has no plan to approve.
+                if !dry_run {
+                    report.held_plan = Some(plan_hash.clone());
+                }
+                // Recorded when it is not the list that stands already (a list held before
+                // and superseded since is held anew).
+                if !dry_run && state.guard.current.as_deref() != Some(plan_hash.as_str()) {
+                    self.store
+                        .append(Batch::new(vec![NewEvent::new(
+                            stream::GUARD,
+                            self.instance,
+                            Event::DeletionsHeld(DeletionsHeld {
+                                plan_hash,
+                                anchors: deletes,
+                                reason,
+                            }),
+                        )]))
+                        .await?;
+                }
+                true
             }
-            if report.mode == "dry-run" || report.mode == "staging" {
+            verdict => {
+                // The list that stood is not what this cycle holds: it no longer stands.
+                if let Some(current) = state.guard.current.as_ref().filter(|_| !dry_run) {
+                    let reason = match &verdict {
+                        Verdict::Approved { plan_hash } if plan_hash == current => {
+                            "approved: this cycle exports it".to_string()
+                        }
+                        Verdict::Approved { plan_hash } => {
+                            format!("this cycle's deletions are another list, approved as plan {plan_hash}")
+                        }
+                        _ if deletes.is_empty() => "this cycle has no deletions".to_string(),
+                        _ => format!(
+                            "this cycle's {} deletion(s) are within the guard's limits",
+                            deletes.len()
+                        ),
+                    };
+                    self.store
+                        .append(Batch::new(vec![NewEvent::new(
+                            stream::GUARD,
+                            self.instance,
+                            Event::DeletionsHoldEnded(DeletionsHoldEnded {
+                                plan_hash: current.clone(),
+                                reason,
+                            }),
+                        )]))
+                        .await?;
+                }
+                false
+            }
+        };
+        if holding && (self.hold == Hold::All || self.fence.is_none()) {
+            // Nothing is exported this cycle ([sync] hold = "all"), or nothing would be.
+            if dry_run || report.mode == "staging" {
                 self.print_plan(&state, whole, report).await?;
             }
             return Ok(());
@@ -916,7 +962,7 @@ impl Cycle<'_> {
         match self.fence {
             None => self.print_plan(&state, whole, report).await,
             Some(fence) => {
-                self.export(state, fence, report, listing.as_ref(), dups)
+                self.export(state, fence, report, listing.as_ref(), dups, holding)
                     .await
             }
         }
@@ -1117,6 +1163,7 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         listing: Option<&Listing>,
         duplicates: Vec<Duplicate>,
+        hold_deletions: bool,
     ) -> Result<()> {
         let Some(t) = self.target else {
             return Err(Error::Config("no [target] section".into()));
@@ -1253,6 +1300,12 @@ impl Cycle<'_> {
             updates.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
             creates.extend(updates);
             self.run_ops(creates, fence, report, &repairing).await?;
+        }
+        if hold_deletions {
+            // The guard holds this cycle's deletions (the duplicates' too); the creates and
+            // updates are out. A reconcile with duplicates left is not done: the next
+            // cycle reads again.
+            return Ok(());
         }
         state = replay::advance(self.store, state).await?;
         let mut deletes = plan(&state, self.source_kind, None).deletes;
