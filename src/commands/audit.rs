@@ -12,7 +12,8 @@ pub(super) async fn audit_cmd(
     match c {
         AuditCommand::MissedDeletes {
             fail_if_any,
-            from_log,
+            from_log: _,
+            refresh,
             instance,
         } => {
             let before = projection::refresh(&store, SNAPSHOT_EVERY).await?;
@@ -20,62 +21,80 @@ pub(super) async fn audit_cmd(
             // fresh import moved one of them.
             let cursors = before.cursors.clone();
             let mut fresh = serde_json::Value::Null;
-            let state = if from_log {
-                before
-            } else {
-                if cfg.source.is_none() {
-                    return Err(Error::Config(
-                        "no [source] section to read fresh evidence from: use --from-log for the log's view"
-                            .into(),
-                    ));
-                }
-                let opts = crate::sync::export::SyncOptions {
-                    instance: crate::cli::instance_or_host(instance)?,
-                    full: true,
-                    staging: true,
-                    dry_run: false,
-                    take_over: false,
-                    stop: None,
-                    wait_for_cycle: None,
-                };
-                let bar = indicatif::ProgressBar::with_draw_target(
-                    None,
-                    indicatif::ProgressDrawTarget::stderr(),
-                );
-                let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
-                bar.finish_and_clear();
-                let r = r?;
-                fresh = json!({"instance": r.instance, "run_id": r.run_id, "seen": r.import.seen,
-                    "deleted": r.import.deleted, "left_scope": r.import.left_scope});
-                if fmt != Format::Json {
-                    eprintln!(
-                        "dirsync: fresh evidence: full import by {} (run {}): {} seen, {} deleted, {} left scope",
-                        r.instance, r.run_id, r.import.seen, r.import.deleted, r.import.left_scope
+            let state = match instance.filter(|_| refresh) {
+                None => before,
+                Some(instance) => {
+                    if cfg.source.is_none() {
+                        return Err(Error::Config(
+                            "no [source] section to read fresh evidence from: leave out --refresh for the log's view"
+                                .into(),
+                        ));
+                    }
+                    // An import as an instance the log does not know would create one.
+                    if !before.instances.instances.contains_key(&instance) {
+                        return Err(Error::BadInput(format!(
+                            "--refresh --instance {instance}: no such instance (see `dirsync instance list`); the audit imports as an existing one"
+                        )));
+                    }
+                    let opts = crate::sync::export::SyncOptions {
+                        instance,
+                        full: true,
+                        staging: true,
+                        dry_run: false,
+                        take_over: false,
+                        stop: None,
+                        wait_for_cycle: None,
+                    };
+                    let bar = indicatif::ProgressBar::with_draw_target(
+                        None,
+                        indicatif::ProgressDrawTarget::stderr(),
                     );
+                    let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
+                    bar.finish_and_clear();
+                    let r = r?;
+                    fresh = json!({"instance": r.instance, "run_id": r.run_id, "seen": r.import.seen,
+                        "deleted": r.import.deleted, "left_scope": r.import.left_scope});
+                    if fmt != Format::Json {
+                        eprintln!(
+                            "dirsync: fresh evidence: full import by {} (run {}): {} seen, {} deleted, {} left scope",
+                            r.instance, r.run_id, r.import.seen, r.import.deleted, r.import.left_scope
+                        );
+                    }
+                    projection::refresh(&store, SNAPSHOT_EVERY).await?
                 }
-                projection::refresh(&store, SNAPSHOT_EVERY).await?
             };
             let list = missed::missed_deletes(&state, &cursors, now);
+            let as_of = missed::AsOf::of(&state);
             // The process ends after printing: freeing a large state piece by piece would
             // only cost time (seconds for a million objects).
             let state = std::mem::ManuallyDrop::new(state);
+            let missed_count = list
+                .iter()
+                .filter(|m| m.status == missed::Status::Missed)
+                .count();
             let rows: Vec<Vec<String>> = list.iter().map(|m| m.row()).collect();
             let v = json!({
                 "seq": state.seq,
-                "evidence": if from_log { "log" } else { "full-import" },
+                "as_of": as_of.json(),
+                "evidence": if refresh { "full-import" } else { "log" },
                 "fresh_import": fresh,
                 "count": list.len(),
+                "missed_count": missed_count,
+                "pending_count": list.len() - missed_count,
                 "missed": list.iter().map(|m| m.json()).collect::<Vec<_>>(),
             });
+            if fmt == Format::Table {
+                print(&format!("{}\n", as_of.line()))?;
+            }
             if fmt == Format::Table && list.is_empty() {
                 print(&format!(
-                    "no missed deletions as of seq {}: every deletion seen in the source has reached the target\n",
+                    "no missed deletions as of seq {}: every deletion the log holds has reached the target\n",
                     state.seq
                 ))?;
             } else {
                 emit_rows(fmt, &missed::HEADERS, &rows, &v)?;
             }
-            Ok(if fail_if_any && !list.is_empty() {
+            Ok(if fail_if_any && missed_count > 0 {
                 Exit::Found
             } else {
                 Exit::Ok

@@ -653,6 +653,12 @@ pub struct InstanceRecord {
     /// the audit's sync gaps are the windows between them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub syncs: Vec<At>,
+    /// When it was retired (while it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<At>,
+    /// Its last completed import, and whether it was full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_import: Option<(At, bool)>,
 }
 
 /// Run modes that export to the target: their completions close a sync gap.
@@ -675,6 +681,7 @@ impl Instances {
                 | Event::InstanceStopped(_)
                 | Event::InstanceRetired(_)
                 | Event::CursorAdvanced(_)
+                | Event::ImportCompleted(_)
                 | Event::SyncRelationshipEstablished(_)
         );
         if !touches {
@@ -715,10 +722,18 @@ impl Instances {
                 rec.running_mode = None;
                 rec.last_failed = Some((s.run_id.clone(), m.into()));
             }
-            Event::InstanceStarted(_) => rec.status = InstanceStatus::Active,
-            Event::InstanceStopped(_) => rec.status = InstanceStatus::Stopped,
+            Event::ImportCompleted(i) => rec.last_import = Some((m.into(), i.full)),
+            Event::InstanceStarted(_) => {
+                rec.status = InstanceStatus::Active;
+                rec.retired = None;
+            }
+            Event::InstanceStopped(_) => {
+                rec.status = InstanceStatus::Stopped;
+                rec.retired = None;
+            }
             Event::InstanceRetired(_) => {
                 rec.status = InstanceStatus::Retired;
+                rec.retired = Some(m.into());
                 rec.running = None;
                 rec.running_mode = None;
             }
