@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::{ledger_name, Item};
 use crate::config::SourceKind;
 use crate::log::event::{AttrName, DeletionEvidence};
+use crate::plan::plan::plan;
 use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
-use crate::sync::plan::plan;
 use crate::sync::scope::Scope;
 use crate::target::{Mapped, Op};
 

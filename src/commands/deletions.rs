@@ -1,7 +1,7 @@
 use super::*;
 
+use crate::plan::plan::{find_plan, short_hash, PlanPrefix, MIN_PLAN_PREFIX};
 use crate::project::HeldDeletions;
-use crate::sync::plan::{find_plan, short_hash, PlanPrefix, MIN_PLAN_PREFIX};
 
 /// Where a held list stands.
 fn plan_status(state: &State, hash: &str, p: &HeldDeletions) -> &'static str {

@@ -190,7 +190,7 @@ pub(super) async fn to_target(
             recorded_at_us: Utc::now().timestamp_micros(),
         };
         s.apply(&meta, &reset);
-        let p = crate::sync::plan::plan(&s, source_kind, None);
+        let p = crate::plan::plan::plan(&s, source_kind, None);
         let mut rows: Vec<Vec<String>> = p
             .new
             .iter()

@@ -31,7 +31,7 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
             } else {
                 ""
             },
-            crate::sync::plan::short_hash(h)
+            crate::plan::plan::short_hash(h)
         ),
         // A dry run records no plan: there is nothing to approve yet.
         (None, Some(why)) => eprintln!(

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
@@ -46,9 +45,10 @@ use crate::log::event::{
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
+use crate::plan::matching::{swap_case, Index, Match};
+use crate::plan::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Lease, Meta, State};
-use crate::target::matching::{swap_case, Index, Match};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
 
 /// Operations per claimed chunk.
@@ -1092,7 +1092,7 @@ impl Cycle<'_> {
     }
 
     /// Target objects that could match `new`, which dirsync then matches itself
-    /// (case-insensitively, `target::matching`): the whole listing of the kind, or, when
+    /// (case-insensitively, `plan::matching`): the whole listing of the kind, or, when
     /// [`how_to_look_up`] allows and the target's `eq` proves to ignore case, the
     /// candidates of each.
     async fn lookup(
@@ -1139,7 +1139,7 @@ impl Cycle<'_> {
                 // Issue 17: a server may refuse the filter of one object (400 on
                 // `emails.value eq ...`, say). That must not stop the whole export: fall
                 // back to one listing, matched by dirsync itself (case-insensitively,
-                // `target::matching`), for every new object of this kind.
+                // `plan::matching`), for every new object of this kind.
                 Err(e) => {
                     tracing::warn!(
                         "target: looking up candidates for {anchor} failed ({e}); listing the target's {}s instead",

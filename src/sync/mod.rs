@@ -5,7 +5,6 @@ pub mod anchor;
 pub mod duplicates;
 pub mod export;
 pub mod import;
-pub mod plan;
 pub mod preflight;
 pub mod reconcile;
 pub mod run;
