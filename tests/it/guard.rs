@@ -377,3 +377,52 @@ async fn a_prefix_naming_two_plans_is_refused() {
         json!({"approved": h2, "count": 1})
     );
 }
+
+/// A held list ends when a later cycle holds nothing (here: the threshold raised, so the
+/// deletions go out within it): the cycle records `DeletionsHoldEnded`, and approving the old
+/// plan is refused, since nothing is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openldap_a_hold_ends_when_a_cycle_holds_nothing() {
+    let lab = E2e::ldap(6, "1").await;
+    lab.sync("a", &[]);
+    lab.slapd().ldapdelete(&format!("uid=u3,{PEOPLE}")).await;
+    lab.slapd().ldapdelete(&format!("uid=u4,{PEOPLE}")).await;
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let plan = v["held_plan"].as_str().unwrap().to_string();
+    let cfg = lab.dir.path().join("dirsync.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("deletion_threshold = 1", "deletion_threshold = 5"),
+    )
+    .unwrap();
+    let head = lab.head().await;
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "deleted"), n(&v, "held")), (2, 0), "{v}");
+    let store = lab.store().await;
+    let ended: Vec<Value> = store
+        .read(head, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event_type == "DeletionsHoldEnded")
+        .map(|e| serde_json::from_str(&e.payload).unwrap())
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            json!({"plan_hash": plan, "reason": "this cycle's 2 deletion(s) are within the guard's limits"})
+        ]
+    );
+    let run = lab.cli(&["deletions", "approve", "--plan", &plan]);
+    refused(&run);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "dirsync: plan {} is no longer the held list: no deletions are held now; nothing approved (see `dirsync deletions show`)\n",
+            &plan[..12]
+        )
+    );
+    assert_eq!(shown(&lab)[0]["status"], "superseded");
+}
