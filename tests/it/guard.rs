@@ -210,6 +210,14 @@ async fn openldap_updates_flow_while_deletions_wait_for_the_list_that_stands() {
             &second[..12]
         )
     );
+    let approved_at = shown(&lab)[0]["approved"].as_str().unwrap().to_string();
+    assert_eq!(
+        lab.cli(&["deletions", "show"]).stdout.lines().next().unwrap(),
+        format!(
+            "no deletions held: plan {} (3 deletion(s)) was approved at {approved_at}; the next sync exports them",
+            &second[..12]
+        )
+    );
     let head = lab.head().await;
     let v = lab.sync("a", &[]);
     assert_eq!((n(&v, "deleted"), n(&v, "held")), (3, 0), "{v}");
