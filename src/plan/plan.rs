@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::config::{SourceKind, Threshold};
-use crate::log::event::ObjectKind;
+use crate::log::event::{DeletionsHeld, DeletionsHoldEnded, Event, ObjectKind};
 use crate::plan::mapping::{map_object, resolve_group, Desired};
 use crate::project::{LedgerEntry, ObjectRecord, State};
 use crate::target::{Mapped, Op};
@@ -292,6 +292,42 @@ pub fn guard(i: &GuardInput<'_>, approved: impl Fn(&str) -> bool) -> Verdict {
         ));
     }
     Verdict::Allow
+}
+
+/// What the guard's stream records for a cycle's `verdict` on its sorted `deletes`, given the
+/// held list that stands (`current`), pure: a hold of a list that does not stand already
+/// (`DeletionsHeld`; the same list again records nothing), or the end of the list that stood
+/// when this cycle holds nothing (`DeletionsHoldEnded`, with why).
+pub fn guard_event(current: Option<&str>, verdict: &Verdict, deletes: &[String]) -> Option<Event> {
+    match verdict {
+        Verdict::Hold { plan_hash, reason } => (current != Some(plan_hash.as_str())).then(|| {
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: plan_hash.clone(),
+                anchors: deletes.to_vec(),
+                reason: reason.clone(),
+            })
+        }),
+        _ => {
+            let current = current?;
+            let reason = match verdict {
+                Verdict::Approved { plan_hash } if plan_hash == current => {
+                    "approved: this cycle exports it".to_string()
+                }
+                Verdict::Approved { plan_hash } => {
+                    format!("this cycle's deletions are another list, approved as plan {plan_hash}")
+                }
+                _ if deletes.is_empty() => "this cycle has no deletions".to_string(),
+                _ => format!(
+                    "this cycle's {} deletion(s) are within the guard's limits",
+                    deletes.len()
+                ),
+            };
+            Some(Event::DeletionsHoldEnded(DeletionsHoldEnded {
+                plan_hash: current.to_string(),
+                reason,
+            }))
+        }
+    }
 }
 
 /// Deletions exported in the rolling window before `now_us` (from the ledger). Deletions an
@@ -585,6 +621,53 @@ mod tests {
         assert_eq!(find("fedcba9g"), PlanPrefix::Malformed, "not hex");
         assert_eq!(find("aaaaaaaa"), PlanPrefix::Unknown);
         assert_eq!(short_hash("0123456789abcdef"), "0123456789ab");
+    }
+
+    #[test]
+    fn a_cycle_records_a_list_once_while_it_stands_and_its_end() {
+        let d = vec!["a1".to_string(), "a2".to_string()];
+        let hold = Verdict::Hold {
+            plan_hash: "h2".into(),
+            reason: "why".into(),
+        };
+        assert_eq!(
+            guard_event(Some("h1"), &hold, &d),
+            Some(Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "h2".into(),
+                anchors: d.clone(),
+                reason: "why".into(),
+            }))
+        );
+        assert_eq!(guard_event(Some("h2"), &hold, &d), None, "stands already");
+        let ended =
+            |current, verdict: &Verdict, d: &[String]| match guard_event(current, verdict, d) {
+                Some(Event::DeletionsHoldEnded(e)) => Some((e.plan_hash, e.reason)),
+                other => panic!("{other:?}"),
+            };
+        let approved = |h: &str| Verdict::Approved {
+            plan_hash: h.into(),
+        };
+        assert_eq!(
+            ended(Some("h2"), &approved("h2"), &d),
+            Some(("h2".into(), "approved: this cycle exports it".into()))
+        );
+        assert_eq!(
+            ended(Some("h2"), &approved("h3"), &d).unwrap().1,
+            "this cycle's deletions are another list, approved as plan h3"
+        );
+        assert_eq!(
+            ended(Some("h2"), &Verdict::Allow, &d).unwrap().1,
+            "this cycle's 2 deletion(s) are within the guard's limits"
+        );
+        assert_eq!(
+            ended(Some("h2"), &Verdict::Allow, &[]).unwrap().1,
+            "this cycle has no deletions"
+        );
+        assert_eq!(
+            guard_event(None, &Verdict::Allow, &d),
+            None,
+            "nothing stood"
+        );
     }
 
     #[test]

@@ -38,15 +38,14 @@ use super::scope::Scope;
 use crate::config::{Config, Hold, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, DeletionsHeld, DeletionsHoldEnded, DuplicateRemoved, Event, ExportApplied,
-    ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp, ObjectKind,
-    SyncRelationshipEstablished, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
-    TargetDuplicateRemoved, TargetReconciled,
+    stream, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
+    ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
+    SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::plan::matching::{swap_case, Index, Match};
-use crate::plan::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
+use crate::plan::plan::{guard, guard_event, plan, recent_deletions, GuardInput, Plan, Verdict};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Lease, Meta, State};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
@@ -897,60 +896,26 @@ impl Cycle<'_> {
             },
         );
         let dry_run = report.mode == "dry-run";
+        // A dry run records nothing: its list has no plan to approve.
+        if !dry_run {
+            if let Some(e) = guard_event(state.guard.current.as_deref(), &verdict, &deletes) {
+                self.store
+                    .append(Batch::new(vec![NewEvent::new(
+                        stream::GUARD,
+                        self.instance,
+                        e,
+                    )]))
+                    .await?;
+            }
+        }
         let holding = match verdict {
             Verdict::Hold { plan_hash, reason } => {
                 report.held = deletes.len() as u64;
-                report.held_reason = Some(reason.clone());
-                // A dry run records nothing: its list has no plan to approve.
-                if !dry_run {
-                    report.held_plan = Some(plan_hash.clone());
-                }
-                // Recorded when it is not the list that stands already (a list held before
-                // and superseded since is held anew).
-                if !dry_run && state.guard.current.as_deref() != Some(plan_hash.as_str()) {
-                    self.store
-                        .append(Batch::new(vec![NewEvent::new(
-                            stream::GUARD,
-                            self.instance,
-                            Event::DeletionsHeld(DeletionsHeld {
-                                plan_hash,
-                                anchors: deletes,
-                                reason,
-                            }),
-                        )]))
-                        .await?;
-                }
+                report.held_reason = Some(reason);
+                report.held_plan = (!dry_run).then_some(plan_hash);
                 true
             }
-            verdict => {
-                // The list that stood is not what this cycle holds: it no longer stands.
-                if let Some(current) = state.guard.current.as_ref().filter(|_| !dry_run) {
-                    let reason = match &verdict {
-                        Verdict::Approved { plan_hash } if plan_hash == current => {
-                            "approved: this cycle exports it".to_string()
-                        }
-                        Verdict::Approved { plan_hash } => {
-                            format!("this cycle's deletions are another list, approved as plan {plan_hash}")
-                        }
-                        _ if deletes.is_empty() => "this cycle has no deletions".to_string(),
-                        _ => format!(
-                            "this cycle's {} deletion(s) are within the guard's limits",
-                            deletes.len()
-                        ),
-                    };
-                    self.store
-                        .append(Batch::new(vec![NewEvent::new(
-                            stream::GUARD,
-                            self.instance,
-                            Event::DeletionsHoldEnded(DeletionsHoldEnded {
-                                plan_hash: current.clone(),
-                                reason,
-                            }),
-                        )]))
-                        .await?;
-                }
-                false
-            }
+            _ => false,
         };
         if holding && (self.hold == Hold::All || self.fence.is_none()) {
             // Nothing is exported this cycle ([sync] hold = "all"), or nothing would be.
