@@ -138,6 +138,7 @@ async fn dirsync_export(store: &AnyStore, target: &AnyTarget) -> (f64, SyncRepor
         threshold: Threshold::Count(500),
         hold: Default::default(),
         take_over: false,
+        reset: None,
     };
     let progress = indicatif::ProgressBar::hidden();
     let t = Instant::now();

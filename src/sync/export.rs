@@ -40,7 +40,7 @@ use crate::error::{Error, Exit, Result};
 use crate::log::event::{
     stream, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
     ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
-    SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
+    SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled, TargetReset,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
@@ -182,6 +182,27 @@ fn fenced_message(state: &State, instance: &str) -> String {
         state.relationship.holder.as_deref().unwrap_or("another instance"),
         state.relationship.epoch
     )
+}
+
+/// Append `events` only while the relationship is still at `fence` (the stream version it
+/// was verified at): another instance's take-over in between fences them out.
+async fn append_fenced(
+    store: &AnyStore,
+    instance: &str,
+    events: Vec<NewEvent>,
+    fence: Fence,
+) -> Result<u64> {
+    match store
+        .append(Batch::new(events).expect(stream::RELATIONSHIP, Expected::Exactly(fence.version)))
+        .await
+    {
+        Ok(o) => Ok(o.last_seq()),
+        Err(Error::Conflict { .. }) => {
+            let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+            Err(Error::Fenced(fenced_message(&state, instance)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Verify (or, with `take_over` or when nobody holds it yet, establish) the relationship.
@@ -516,6 +537,10 @@ pub struct ExportOptions {
     /// What a tripped guard holds (`[sync] hold`).
     pub hold: crate::config::Hold,
     pub take_over: bool,
+    /// Record `TargetReset` with this reason first, under the same fence as the export's
+    /// claims (the ledger forgets the target: everything is created again). Only
+    /// [`super::rebuild`] sets it, after checking that the target is a fresh one.
+    pub reset: Option<String>,
 }
 
 /// Export what the log already holds, without reading the source: plan -> guard -> export,
@@ -540,7 +565,24 @@ async fn export_log_locked(
 ) -> Result<SyncReport> {
     let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
     target.probe().await?;
-    let (fence, state) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+    let (fence, mut state) =
+        acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+    if let Some(reason) = &opts.reset {
+        append_fenced(
+            store,
+            &opts.instance,
+            vec![NewEvent::new(
+                stream::TARGET,
+                opts.instance.as_str(),
+                Event::TargetReset(TargetReset {
+                    reason: reason.clone(),
+                }),
+            )],
+            fence,
+        )
+        .await?;
+        state = replay::advance(store, state).await?;
+    }
     let mut report = SyncReport {
         run_id: uuid::Uuid::new_v4().to_string(),
         instance: opts.instance.clone(),
@@ -1415,20 +1457,7 @@ impl Cycle<'_> {
     }
 
     async fn append_fenced(&self, events: Vec<NewEvent>, fence: Fence) -> Result<u64> {
-        match self
-            .store
-            .append(
-                Batch::new(events).expect(stream::RELATIONSHIP, Expected::Exactly(fence.version)),
-            )
-            .await
-        {
-            Ok(o) => Ok(o.last_seq()),
-            Err(Error::Conflict { .. }) => {
-                let state = replay::refresh(self.store, REFRESH_THRESHOLD).await?;
-                Err(Error::Fenced(fenced_message(&state, self.instance)))
-            }
-            Err(e) => Err(e),
-        }
+        append_fenced(self.store, self.instance, events, fence).await
     }
 
     /// After a take-over or an unrecorded write (`sync::duplicates`): list the target's
