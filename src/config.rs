@@ -114,6 +114,17 @@ impl Threshold {
     }
 }
 
+/// What the deletion guard holds when it trips: `[sync] hold`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hold {
+    /// The deletions wait for approval; creates and updates are exported.
+    #[default]
+    Deletions,
+    /// The whole cycle waits: nothing is exported.
+    All,
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// `sqlite://ABSOLUTE_PATH` or a PostgreSQL URL.
@@ -190,6 +201,8 @@ pub struct TargetConfig {
 pub struct SyncConfig {
     pub interval: Duration,
     pub deletion_threshold: Threshold,
+    /// What a tripped guard holds: the deletions alone (default) or the whole cycle.
+    pub hold: Hold,
     /// The export lease: how long one claimed chunk may send requests (README, Fencing).
     pub lease: Duration,
     /// How long a cycle may run: after it no new request is sent (those in flight finish
@@ -205,6 +218,7 @@ impl Default for SyncConfig {
         SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
+            hold: Hold::default(),
             lease: crate::sync::export::LEASE,
             cycle_timeout: Duration::from_secs(30 * 60),
             reconcile_target: Duration::from_secs(24 * 3600),
@@ -346,6 +360,7 @@ enum RawThreshold {
 struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
+    hold: Option<Hold>,
     lease: Option<String>,
     cycle_timeout: Option<String>,
     reconcile_target: Option<String>,
@@ -594,6 +609,9 @@ impl Config {
                 if sync.interval.is_zero() {
                     return Err(bad("sync.interval", "must be more than zero".into()));
                 }
+            }
+            if let Some(h) = s.hold {
+                sync.hold = h;
             }
             if let Some(l) = s.lease {
                 sync.lease = humantime::parse_duration(&l)
@@ -935,6 +953,23 @@ reconcile_target = "12h"
             assert!(m.contains(key) && !m.contains("token=abc"), "{body}: {m}");
             assert_eq!(e.exit(), crate::Exit::BadInput);
         }
+    }
+
+    #[test]
+    fn hold_defaults_to_deletions_and_names_its_line_when_wrong() {
+        let c = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(c.sync.hold, Hold::Deletions);
+        let c = Config::parse("[sync]\nhold = \"all\"\n", Path::new("."), None).unwrap();
+        assert_eq!(c.sync.hold, Hold::All);
+        let e = Config::parse(
+            "[sync]\nhold = \"everything\"\n",
+            Path::new("."),
+            Some(Path::new("d.toml")),
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("d.toml:2") && m.contains("everything"), "{m}");
+        assert_eq!(e.exit(), crate::Exit::BadInput);
     }
 
     #[test]

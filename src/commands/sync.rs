@@ -32,23 +32,39 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
             notifier.send(n);
         }
     }
-    let printed = print_sync(r, fmt);
+    let printed = print_sync(cfg, r, fmt);
     // After the report: a slow receiver delays the exit, not the output.
     notifier.finish().await;
     printed
 }
 
-fn print_sync(r: Result<crate::sync::export::SyncReport>, fmt: Format) -> Result<Exit> {
+fn print_sync(
+    cfg: &Config,
+    r: Result<crate::sync::export::SyncReport>,
+    fmt: Format,
+) -> Result<Exit> {
     let r = r?;
     match fmt {
         Format::Json => emit_json(&r)?,
         Format::Table | Format::Csv => print(&sync_table(&r))?,
     }
-    if let (Some(h), Some(why)) = (&r.held_plan, &r.held_reason) {
-        eprintln!(
-            "dirsync: {} deletion(s) held: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {h}`",
+    match (&r.held_plan, &r.held_reason) {
+        (Some(h), Some(why)) => eprintln!(
+            "dirsync: {} deletion(s) held{}: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {}`",
+            r.held,
+            if cfg.sync.hold == crate::config::Hold::All {
+                ", nothing exported"
+            } else {
+                ""
+            },
+            crate::plan::plan::short_hash(h)
+        ),
+        // A dry run records no plan: there is nothing to approve yet.
+        (None, Some(why)) => eprintln!(
+            "dirsync: would hold {} deletion(s): {why}. A sync records the list; `dirsync deletions show` then lists it for approval",
             r.held
-        );
+        ),
+        _ => {}
     }
     Ok(r.exit())
 }

@@ -279,6 +279,29 @@ pub enum DeletionEvidence {
 }
 
 impl DeletionEvidence {
+    /// The evidence's particulars: the tombstone's last parent, the RFC 4533 phase, the
+    /// full import's run, the DN it moved to.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            DeletionEvidence::Tombstone {
+                last_known_parent, ..
+            } => last_known_parent.clone(),
+            DeletionEvidence::SyncDelete { phase } => Some(phase.clone()),
+            DeletionEvidence::AbsentFromFullImport { run_id } => Some(format!("run {run_id}")),
+            DeletionEvidence::LeftScope { dn } => Some(dn.clone()),
+        }
+    }
+
+    /// When the source deleted it, when the source said (a tombstone's deletion time).
+    pub fn deleted_at_us(&self) -> Option<i64> {
+        match self {
+            DeletionEvidence::Tombstone { deleted_at, .. } => {
+                deleted_at.map(|t| t.timestamp_micros())
+            }
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             DeletionEvidence::Tombstone { .. } => "tombstone",
@@ -544,6 +567,15 @@ pub struct DeletionsHeld {
     pub reason: String,
 }
 
+/// The held list `plan_hash` no longer stands: a later cycle's guard did not hold (its
+/// deletions were approved, within the threshold, or none), so approving it would release
+/// nothing. A cycle that holds another list supersedes it instead (`DeletionsHeld`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionsHoldEnded {
+    pub plan_hash: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionsApproved {
     pub plan_hash: String,
@@ -729,6 +761,7 @@ events! {
     InstanceRetired(InstanceLifecycle),
     DeletionsHeld(DeletionsHeld),
     DeletionsApproved(DeletionsApproved),
+    DeletionsHoldEnded(DeletionsHoldEnded),
     HandoverStarted(HandoverStarted),
     HandoverStepStarted(HandoverStep),
     HandoverStepCompleted(HandoverStep),

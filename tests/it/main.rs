@@ -5,6 +5,7 @@ mod audit;
 mod common;
 mod cycle;
 mod fencing;
+mod guard;
 mod handover;
 mod hardening;
 mod lab;

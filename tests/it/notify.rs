@@ -526,18 +526,22 @@ async fn fencing_missed_deletions_and_handovers_are_told() {
     };
     assert_eq!(status.code(), Some(4));
 
-    // A deletion no sync has exported yet: the audit (fresh import by b) finds it.
+    // A deletion no sync will export (the holder is stopped): the audit (fresh import by
+    // b) finds it missed.
     let a4 = lab.anchor(&format!("uid=u4,{PEOPLE}")).await;
     lab.slapd().ldapdelete(&format!("uid=u4,{PEOPLE}")).await;
+    assert_eq!(lab.cli(&["instance", "stop", "b"]).code, 0);
     let r = lab.cli(&[
         "audit",
         "missed-deletes",
+        "--refresh",
         "--instance",
         "b",
         "--fail-if-any",
     ]);
     assert_eq!(r.code, 5, "{r:?}");
     let seq_after_audit = lab.head().await;
+    assert_eq!(lab.cli(&["instance", "start", "b"]).code, 0);
 
     // The same computer reinstalled: a handover that completes.
     let playbook =
@@ -597,7 +601,7 @@ async fn fencing_missed_deletions_and_handovers_are_told() {
             json!({"event": "fenced", "instance": "a", "at": "AT",
                    "details": {"holder": "b", "epoch": 2, "error": fenced_error}}),
             json!({"event": "missed_deletions_found", "instance": "b", "at": "AT",
-                   "details": {"count": 1, "seq": bodies[1]["details"]["seq"],
+                   "details": {"count": 1, "pending": 0, "seq": bodies[1]["details"]["seq"],
                                "evidence": "full-import", "anchors": [a4]}}),
             json!({"event": "handover_completed", "instance": "b", "at": "AT",
                    "details": {"handover_id": h["handover_id"], "from": "b", "to": "b",
