@@ -7,6 +7,7 @@ mod cycle;
 mod fencing;
 mod handover;
 mod hardening;
+mod history;
 mod lab;
 mod lab_smoke;
 mod log_store;
