@@ -68,6 +68,17 @@ pub enum Command {
     /// Audits over the log: missed deletions, sync gaps.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// One self-contained HTML page for the auditor: sync runs per instance with their gaps,
+    /// stops and take-overs, handovers and their steps, deletions over time, missed and
+    /// pending deletions, and the hash chain's verification (exit 5 when it is broken).
+    Report {
+        /// Where to write the page (its directory must exist; nothing is written otherwise).
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+        /// Only what happened after this point: an RFC 3339 time or a sequence number.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
     /// One object's history: `object show KEY`.
     #[command(subcommand)]
     Object(ObjectCommand),

@@ -11,6 +11,7 @@ pub mod gaps;
 pub mod history;
 pub mod missed;
 pub mod object;
+pub mod report;
 
 use crate::log::event::ObjectKind;
 use crate::output::time;

@@ -9,6 +9,7 @@ mod instance;
 mod log;
 mod object;
 mod replay;
+mod report;
 mod sync;
 
 use self::anchors::*;
@@ -19,6 +20,7 @@ use self::instance::*;
 use self::log::*;
 use self::object::*;
 use self::replay::*;
+use self::report::*;
 use self::sync::*;
 
 use std::io::{BufRead, BufReader, Write};
@@ -97,6 +99,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
             object_show(&cfg, &store, &key, until, fmt).await
         }
         Command::Replay(a) => replay_cmd(&open(&cfg).await?, a, fmt).await,
+        Command::Report { html, since } => report_cmd(&cfg, &html, since.as_deref(), fmt).await,
         Command::Object(ObjectCommand::Show { key }) => {
             object_show(&cfg, &open(&cfg).await?, &key, None, fmt).await
         }

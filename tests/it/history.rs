@@ -481,3 +481,127 @@ async fn init_fills_the_history_index_of_an_older_store(backend: Backend) {
 }
 
 both_backends!(init_fills_the_history_index_of_an_older_store);
+
+/// Chromium, headless: `args` then the page.
+fn chromium(args: &[&str], page: &std::path::Path) -> std::process::Output {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+        ])
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (Debian package `chromium`; scripts/install-deps installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openldap_report_shows_instances_handover_and_missed_deletions() {
+    let lab = E2e::ldap(5, "500").await;
+    let dir = lab.dir.path();
+    // Short fencing leases: the handover's take-overs wait little.
+    let cfg = dir.join("dirsync.toml");
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml.push_str("lease = \"3s\"\n");
+    std::fs::write(&cfg, toml).unwrap();
+    std::fs::create_dir(dir.join("playbooks")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks/new-computer.toml"),
+        dir.join("playbooks/new-computer.toml"),
+    )
+    .unwrap();
+    let s = lab.slapd();
+    lab.sync("old", &[]);
+    // Deleted while the handover's stop holds the old computer: the handover carries it.
+    s.ldapdelete(&format!("uid=u3,{PEOPLE}")).await;
+    let run = lab.cli(&["handover", "--from", "old", "--to", "new"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Then the new computer is stopped and a deletion is seen but never exported.
+    let run = lab.cli(&["instance", "stop", "new"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    s.ldapdelete(&format!("uid=u4,{PEOPLE}")).await;
+    let a4 = lab.anchor(&format!("uid=u4,{PEOPLE}")).await;
+    let run = lab.cli(&["audit", "missed-deletes", "--instance", "new"]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // A report path in a missing directory: exit 2, nothing written.
+    let run = lab.cli(&["report", "--html", "nowhere/report.html"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("does not exist"), "{run:?}");
+    assert!(!dir.join("nowhere").exists());
+
+    let run = lab.cli(&["report", "--html", "report.html", "--format", "json"]);
+    let v = json(&run);
+    assert_eq!(v["chain_verified"], true);
+    let page_path = dir.join("report.html");
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert_eq!(v["bytes"].as_u64().unwrap() as usize, page.len());
+    // Self-contained: no script, no reference to anything outside the page.
+    for bad in ["<script", "src=", "href=", "url(", "@import"] {
+        assert!(!page.contains(bad), "{bad} in the page");
+    }
+    let head = lab.store().await;
+    let (seq, hash) = dirsync::log::Store::head(&head).await.unwrap();
+    assert!(page.contains(&hex::encode(hash)));
+
+    // What a browser shows: the instances, the handover's steps, the missed deletion.
+    let dom = chromium(&["--dump-dom"], &page_path);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for text in [
+        "old",
+        "new",
+        "retired",
+        "epoch 2",
+        "playbook",
+        "wait-sync",
+        &a4,
+        "u4@example.org",
+        "missed deletions",
+        "deleted from the target: 1",
+        "seen in the source: 2",
+        &format!("head: seq {seq}"),
+    ] {
+        assert!(dom.contains(text), "`{text}` not in the page");
+    }
+    assert!(
+        !dom.contains("u3@example.org"),
+        "u3's deletion was exported"
+    );
+
+    // A screenshot that is not blank.
+    let shot = dir.join("report.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,1600",
+        ],
+        &page_path,
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    let colours: BTreeSet<&[u8]> = pixels.iter().copied().collect();
+    let inked = pixels.iter().filter(|p| p[..3] != [255, 255, 255]).count();
+    assert!(colours.len() > 50, "{} colours", colours.len());
+    assert!(
+        inked * 20 > pixels.len(),
+        "{inked} of {} pixels not white",
+        pixels.len()
+    );
+    if let Ok(keep) = std::env::var("DIRSYNC_KEEP_REPORT") {
+        std::fs::copy(&shot, format!("{keep}.png")).unwrap();
+        std::fs::copy(&page_path, format!("{keep}.html")).unwrap();
+    }
+}
