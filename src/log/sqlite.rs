@@ -498,24 +498,53 @@ fn fill_index(conn: &Connection) -> Result<()> {
     }
 }
 
-/// Insert history index rows (`src/log/index.rs`); a key already known is kept.
+/// Index rows per multi-row INSERT (2 parameters each).
+const INDEX_ROWS: usize = 200;
+
+/// Insert history index rows (`src/log/index.rs`), [`INDEX_ROWS`] per statement; a row
+/// already there (a key known before) is kept.
 fn insert_index(conn: &Connection, rows: &index::Rows) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
+    fn many<'a>(
+        conn: &Connection,
+        table: &str,
+        rows: impl Iterator<Item = (&'a str, rusqlite::types::Value)>,
+    ) -> Result<()> {
+        let statement = |n: usize| {
+            let cols = if table == "event_anchors" {
+                "anchor, seq"
+            } else {
+                "key, anchor"
+            };
+            format!(
+                "INSERT OR IGNORE INTO {table} ({cols}) VALUES {}",
+                vec!["(?,?)"; n].join(",")
+            )
+        };
+        let all: Vec<_> = rows.collect();
+        for chunk in all.chunks(INDEX_ROWS) {
+            let mut stmt = conn.prepare_cached(&statement(chunk.len())).map_err(sql)?;
+            for (i, (a, b)) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(2 * i + 1, a).map_err(sql)?;
+                stmt.raw_bind_parameter(2 * i + 2, b).map_err(sql)?;
+            }
+            stmt.raw_execute().map_err(sql)?;
+        }
+        Ok(())
     }
-    let mut stmt = conn
-        .prepare_cached("INSERT OR IGNORE INTO event_anchors (anchor, seq) VALUES (?1, ?2)")
-        .map_err(sql)?;
-    for (a, seq) in &rows.anchors {
-        stmt.execute(params![a, *seq as i64]).map_err(sql)?;
-    }
-    let mut stmt = conn
-        .prepare_cached("INSERT OR IGNORE INTO object_keys (key, anchor) VALUES (?1, ?2)")
-        .map_err(sql)?;
-    for (k, a) in &rows.keys {
-        stmt.execute(params![k, a]).map_err(sql)?;
-    }
-    Ok(())
+    many(
+        conn,
+        "event_anchors",
+        rows.anchors
+            .iter()
+            .map(|(a, s)| (a.as_str(), rusqlite::types::Value::Integer(*s as i64))),
+    )?;
+    many(
+        conn,
+        "object_keys",
+        rows.keys
+            .iter()
+            .map(|(k, a)| (k.as_str(), rusqlite::types::Value::Text(a.clone()))),
+    )
 }
 
 fn head_on(conn: &Connection) -> Result<(u64, Hash)> {
