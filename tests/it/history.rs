@@ -605,3 +605,68 @@ async fn openldap_report_shows_instances_handover_and_missed_deletions() {
         std::fs::copy(&page_path, format!("{keep}.html")).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_directory_object_show_follows_a_move_and_a_tombstone() {
+    const STAFF: &str = "OU=Staff,DC=test,DC=lan";
+    let lab = E2e::ad().await;
+    // More users, so that a deletion does not trip the guard's shrunk-source rule.
+    let mut ldif = String::new();
+    for i in 5..=8 {
+        ldif.push_str(&format!(
+            "dn: CN=u{i},{STAFF}\nobjectClass: user\nsAMAccountName: u{i}\n\
+             userPrincipalName: u{i}@test.lan\nuserAccountControl: 512\n\n"
+        ));
+    }
+    lab.samba().ldapadd(&ldif).await;
+    lab.sync("a", &[]);
+    let dn = format!("CN=u3,{STAFF}");
+    let a3 = lab.anchor(&dn).await;
+    lab.samba()
+        .ldapmodify(&format!(
+            "dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    lab.sync("a", &[]);
+    lab.samba().ldapdelete(&dn).await;
+    lab.sync("a", &[]);
+    assert_eq!(
+        lab.view.count("Users").await,
+        7,
+        "u3 deleted from the target"
+    );
+
+    // By userPrincipalName (the AD userName), in another case.
+    let v = json(&lab.cli(&["object", "show", "U3@TEST.LAN", "--format", "json"]));
+    assert_eq!(v["anchor"], a3.as_str());
+    assert_eq!(v["live"], false);
+    assert_eq!(v["deletion"]["evidence"]["how"], "tombstone", "{v}");
+    assert_eq!(v["source"]["title"], json!(["Boss"]));
+    assert!(
+        v["mapped"].is_null(),
+        "a deleted object maps to nothing: {v}"
+    );
+    assert!(v["target"]["deleted"]["seq"].is_u64(), "{v}");
+    let t = timeline(&v);
+    let events: Vec<&str> = t.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "ObjectImported",
+            "ExportApplied",
+            "ObjectChanged",
+            "ExportApplied",
+            "ObjectDeleted",
+            "ExportApplied"
+        ],
+        "{t:?}"
+    );
+    assert_eq!(t[0].1, format!("imported user {dn}"));
+    assert_eq!(t[2].1, "changed title: 'Clerk' -> 'Boss'");
+    assert!(
+        t[4].1
+            .starts_with("deleted in the source (tombstone, deleted 20"),
+        "{t:?}"
+    );
+    assert!(t[5].1.starts_with("deleted in the target: "), "{t:?}");
+}
