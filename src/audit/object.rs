@@ -390,4 +390,51 @@ mod tests {
         assert!(!v.known_as("bob@x"));
         assert_eq!(v.timeline[0].at, "1970-01-01T00:00:01Z");
     }
+
+    #[test]
+    fn a_rekeyed_object_keeps_its_target_and_history() {
+        let export = |seq, anchor: &str, op| {
+            stored(
+                seq,
+                &Event::ExportApplied(ExportApplied {
+                    epoch: 1,
+                    anchor: anchor.into(),
+                    kind: ObjectKind::User,
+                    op,
+                    target_id: "t1".into(),
+                    state: None,
+                    etag: None,
+                }),
+            )
+        };
+        let events = vec![
+            export(1, "old", ExportOp::Create),
+            stored(
+                2,
+                &Event::AnchorsMigrated(AnchorsMigrated {
+                    from: Some("nsUniqueId".into()),
+                    to: "entryUUID".into(),
+                    rekeyed: vec![Rekey {
+                        old: "old".into(),
+                        new: "new".into(),
+                    }],
+                    unpaired: vec![],
+                }),
+            ),
+            export(3, "new", ExportOp::Update),
+        ];
+        let v = fold("new", &events, &BTreeMap::new());
+        assert_eq!(v.ledger.as_ref().map(|l| l.target_id.as_str()), Some("t1"));
+        assert_eq!(
+            v.timeline
+                .iter()
+                .map(|t| t.summary.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "created in the target: t1 (epoch 1)",
+                "re-keyed old -> new (entryUUID)",
+                "updated in the target: t1 (epoch 1)"
+            ]
+        );
+    }
 }
