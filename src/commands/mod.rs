@@ -8,6 +8,8 @@ mod handover;
 mod instance;
 mod log;
 mod object;
+mod packaging;
+mod playbook;
 mod replay;
 mod report;
 mod sync;
@@ -19,6 +21,8 @@ use self::handover::*;
 use self::instance::*;
 use self::log::*;
 use self::object::*;
+use self::packaging::*;
+use self::playbook::*;
 use self::replay::*;
 use self::report::*;
 use self::sync::*;
@@ -47,7 +51,6 @@ use crate::project::{InstanceStatus, State};
 const SNAPSHOT_EVERY: u64 = 10_000;
 
 pub async fn execute(cli: Cli) -> Result<Exit> {
-    let cfg = Config::discover(cli.config.as_deref())?;
     let fmt = cli.format;
     let csv_ok = match &cli.command {
         Command::Audit(_) => true,
@@ -60,6 +63,14 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
                 .into(),
         ));
     }
+    // These need neither a configuration nor a store.
+    match cli.command {
+        Command::Playbook(c) => return playbook(c, fmt),
+        Command::Completions { shell } => return completions(shell),
+        Command::Man { dir } => return man(&dir),
+        _ => {}
+    }
+    let cfg = Config::discover(cli.config.as_deref())?;
     match cli.command {
         Command::Audit(c) => audit_cmd(&cfg, c, fmt).await,
         Command::Replay(a) if a.is_history() => history_cmd(&cfg, a, fmt).await,
@@ -138,6 +149,8 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
                 Exit::Failure
             })
         }
+        // Answered above, before the configuration is read.
+        Command::Playbook(_) | Command::Completions { .. } | Command::Man { .. } => Ok(Exit::Ok),
         Command::Run { instance } => {
             let instance = crate::cli::instance_or_host(instance)?;
             let store = open(&cfg).await?;

@@ -169,7 +169,7 @@ fn at_json(a: &At) -> serde_json::Value {
 /// The mapped values of the object's source state under this configuration's mapping:
 /// Ok(None) without a `[source]` section or for a deleted object.
 fn mapped(cfg: &Config, v: &ObjectView) -> std::result::Result<Option<serde_json::Value>, String> {
-    use crate::source::mapping::{map_object, Desired};
+    use crate::plan::mapping::{map_object, Desired};
     let (Ok(src), Some(r)) = (cfg.source(), v.record.as_ref().filter(|r| r.live())) else {
         return Ok(None);
     };

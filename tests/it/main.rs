@@ -11,6 +11,8 @@ mod history;
 mod lab;
 mod lab_smoke;
 mod log_store;
+mod package;
+mod playbook;
 mod preflight;
 mod replay;
 mod service;
