@@ -75,6 +75,20 @@ pub enum Command {
     /// Audits over the log: missed deletions, sync gaps.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// One self-contained HTML page for the auditor: sync runs per instance with their gaps,
+    /// stops and take-overs, handovers and their steps, deletions over time, missed and
+    /// pending deletions, and the hash chain's verification (exit 5 when it is broken).
+    Report {
+        /// Where to write the page (its directory must exist; nothing is written otherwise).
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+        /// Only what happened after this point: an RFC 3339 time or a sequence number.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+    /// One object's history: `object show KEY`.
+    #[command(subcommand)]
+    Object(ObjectCommand),
     /// The source anchor: the attribute recorded, and moving the ledger to another one.
     #[command(subcommand)]
     Anchors(AnchorsCommand),
@@ -90,6 +104,17 @@ pub enum Command {
     Man {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectCommand {
+    /// One object: its source attributes, mapped values, target id, and every event that
+    /// touched it, read through the history index (exit 2 when KEY names no object or
+    /// several).
+    Show {
+        /// An anchor, DN, userName or mail (case-insensitive).
+        key: String,
     },
 }
 
@@ -221,11 +246,22 @@ pub struct SyncArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
-    /// Print events (JSON Lines with --format json).
+    /// Print events (JSON Lines with --format json). --anchor and --type read the history
+    /// index, not the whole log.
     Show {
-        /// Only events after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        /// Only events after this point: a sequence number, or an RFC 3339 time (events
+        /// recorded after it).
+        #[arg(long, value_name = "SEQ|RFC3339")]
+        since: Option<String>,
+        /// Only events up to this point: a sequence number, or an RFC 3339 time.
+        #[arg(long, value_name = "SEQ|RFC3339")]
+        until: Option<String>,
+        /// Only events that touched this object (its anchor, in any case).
+        #[arg(long, value_name = "ANCHOR")]
+        anchor: Option<String>,
+        /// Only events of this type (e.g. ObjectDeleted).
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
         /// At most this many events.
         #[arg(long)]
         limit: Option<u64>,
@@ -246,6 +282,9 @@ pub struct ReplayArgs {
     /// A sequence number or an RFC 3339 time.
     #[arg(long, value_name = "SEQ|RFC3339", conflicts_with = "verify")]
     pub until: Option<String>,
+    /// With --until: only this object (an anchor, DN, userName or mail), as of that point.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["verify", "diff", "to_target", "what_if"])]
+    pub anchor: Option<String>,
     /// Rebuild every projection from seq 0 and compare with the stored ones (exit 5 on a difference).
     #[arg(long)]
     pub verify: bool,

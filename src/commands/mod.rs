@@ -7,9 +7,11 @@ mod deletions;
 mod handover;
 mod instance;
 mod log;
+mod object;
 mod packaging;
 mod playbook;
 mod replay;
+mod report;
 mod sync;
 
 use self::anchors::*;
@@ -18,9 +20,11 @@ use self::deletions::*;
 use self::handover::*;
 use self::instance::*;
 use self::log::*;
+use self::object::*;
 use self::packaging::*;
 use self::playbook::*;
 use self::replay::*;
+use self::report::*;
 use self::sync::*;
 
 use std::io::{BufRead, BufReader, Write};
@@ -32,7 +36,7 @@ use serde_json::json;
 
 use crate::cli::{
     host_name, AnchorsCommand, Cli, Command, DeletionsCommand, Format, HandoverArgs,
-    HandoverCommand, InstanceCommand, LogCommand, ReplayArgs, SyncArgs,
+    HandoverCommand, InstanceCommand, LogCommand, ObjectCommand, ReplayArgs, SyncArgs,
 };
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
@@ -75,13 +79,42 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Log(c) => {
             let store = open(&cfg).await?;
             match c {
-                LogCommand::Show { since, limit } => log_show(&store, since, limit, fmt).await,
+                LogCommand::Show {
+                    since,
+                    until,
+                    anchor,
+                    event_type,
+                    limit,
+                } => {
+                    let f = LogFilter {
+                        since,
+                        until,
+                        anchor,
+                        event_type,
+                        limit,
+                    };
+                    log_show(&store, f, fmt).await
+                }
                 LogCommand::Verify => log_verify(&store, fmt).await,
                 LogCommand::Export { output } => log_export(&store, output.as_deref()).await,
                 LogCommand::Import { file } => log_import(&store, &file, fmt).await,
             }
         }
+        Command::Replay(a) if a.anchor.is_some() => {
+            let store = open(&cfg).await?;
+            let until = match a.until.as_deref().map(parse_until).transpose()? {
+                Some(Until::Seq(n)) => Some(n),
+                Some(Until::Time(t)) => Some(store.seq_at_or_before(t.timestamp_micros()).await?),
+                Some(Until::Head) | None => None,
+            };
+            let key = a.anchor.unwrap_or_default();
+            object_show(&cfg, &store, &key, until, fmt).await
+        }
         Command::Replay(a) => replay_cmd(&open(&cfg).await?, a, fmt).await,
+        Command::Report { html, since } => report_cmd(&cfg, &html, since.as_deref(), fmt).await,
+        Command::Object(ObjectCommand::Show { key }) => {
+            object_show(&cfg, &open(&cfg).await?, &key, None, fmt).await
+        }
         Command::Instance(c) => instance(&open(&cfg).await?, c, fmt).await,
         Command::Sync(a) => sync(&cfg, a, fmt).await,
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,

@@ -1,6 +1,11 @@
 use super::*;
 
 pub(super) fn parse_until(s: &str) -> Result<Until> {
+    parse_point("--until", s)
+}
+
+/// A point of the log given to `flag`: a sequence number or an RFC 3339 time.
+pub(super) fn parse_point(flag: &str, s: &str) -> Result<Until> {
     if let Ok(n) = s.parse::<u64>() {
         return Ok(Until::Seq(n));
     }
@@ -8,7 +13,7 @@ pub(super) fn parse_until(s: &str) -> Result<Until> {
         .map(|t| Until::Time(t.with_timezone(&Utc)))
         .map_err(|_| {
             Error::BadInput(format!(
-                "--until `{s}` is neither a sequence number nor an RFC 3339 time"
+                "{flag} `{s}` is neither a sequence number nor an RFC 3339 time"
             ))
         })
 }
@@ -138,6 +143,13 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
             ))?;
         }
         emit_rows(fmt, &history::DIFF_HEADERS, &d.rows(), &v)?;
+        if fmt == Format::Table {
+            let totals: Vec<Vec<String>> = d.totals.iter().map(|t| t.row()).collect();
+            print(&format!(
+                "\ntotals\n{}",
+                table(&history::TOTAL_HEADERS, &totals)
+            ))?;
+        }
         return Ok(Exit::Ok);
     }
     if let Some(path) = &a.what_if {

@@ -8,6 +8,7 @@ mod fencing;
 mod guard;
 mod handover;
 mod hardening;
+mod history;
 mod lab;
 mod lab_smoke;
 mod log_store;
