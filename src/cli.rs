@@ -71,6 +71,15 @@ pub enum Command {
     /// The source anchor: the attribute recorded, and moving the ledger to another one.
     #[command(subcommand)]
     Anchors(AnchorsCommand),
+    /// Per instance: role, epoch, last success and failure, deletions held, cursor age,
+    /// handover in progress; quarantined objects. Exit 0 healthy, 4 the named instance is
+    /// fenced, 1 the last cycle failed or none succeeded within three intervals, 3
+    /// deletions held.
+    Status {
+        /// Only this instance (and its health); default: every instance, the holder's health.
+        #[arg(long, value_parser = check_instance)]
+        instance: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

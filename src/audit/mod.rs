@@ -10,6 +10,7 @@ pub mod drift;
 pub mod gaps;
 pub mod history;
 pub mod missed;
+pub mod status;
 
 use crate::log::event::ObjectKind;
 use crate::output::time;

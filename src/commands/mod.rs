@@ -8,6 +8,7 @@ mod handover;
 mod instance;
 mod log;
 mod replay;
+mod status;
 mod sync;
 
 use self::anchors::*;
@@ -17,6 +18,7 @@ use self::handover::*;
 use self::instance::*;
 use self::log::*;
 use self::replay::*;
+use self::status::*;
 use self::sync::*;
 
 use std::io::{BufRead, BufReader, Write};
@@ -75,6 +77,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
         Command::Anchors(c) => anchors(&cfg, c, fmt).await,
         Command::Handover(a) => handover(&cfg, a, fmt).await,
+        Command::Status { instance } => status(&cfg, instance, fmt).await,
         Command::Preflight { instance } => {
             let instance = crate::cli::instance_or_host(instance)?;
             let bar = indicatif::ProgressBar::with_draw_target(
@@ -108,8 +111,11 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Run { instance } => {
             let instance = crate::cli::instance_or_host(instance)?;
             let store = open(&cfg).await?;
-            crate::sync::service::serve(&cfg, &store, &instance, &|l| eprintln!("dirsync run: {l}"))
-                .await
+            // Each line carries its time: a journal or a file keeps when each cycle ended.
+            crate::sync::service::serve(&cfg, &store, &instance, &|l| {
+                eprintln!("dirsync run: {} {l}", time(Utc::now().timestamp_micros()))
+            })
+            .await
         }
     }
 }

@@ -522,10 +522,84 @@ pub struct SyncRunCompleted {
     pub failed: u64,
 }
 
+/// A cycle that failed, or never started (fenced, the source or the target unreachable),
+/// or ended with deletions held: every cycle leaves a trace (INTERFACE.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRunFailed {
     pub run_id: String,
     pub error: String,
+    /// What failed. Events recorded before the field existed lack it (`None`); their
+    /// payloads are hashed as stored, so the chain verifies whatever this struct becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+}
+
+/// The class of a failed cycle's cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureReason {
+    /// The source directory: unreachable, refused, misbehaved.
+    Source,
+    /// The target: unreachable, refused, down, or the cycle ran past its timeout.
+    Target,
+    /// The store (or local I/O).
+    Store,
+    /// Another instance holds the sync relationship (exit 4).
+    Fenced,
+    /// The deletion guard held the cycle's deletions (exit 3).
+    Held,
+    /// Bad configuration or input met mid-cycle (exit 2), or a refusal.
+    Config,
+    /// The process running the cycle stopped before it ended (a handover found it after a
+    /// crash, or its step timed out).
+    Abandoned,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Source => "source",
+            FailureReason::Target => "target",
+            FailureReason::Store => "store",
+            FailureReason::Fenced => "fenced",
+            FailureReason::Held => "held",
+            FailureReason::Config => "config",
+            FailureReason::Abandoned => "abandoned",
+        }
+    }
+
+    /// The class of an error that ended a cycle.
+    pub fn of(e: &Error) -> FailureReason {
+        match e {
+            Error::Source(_)
+            | Error::SourceCookieRejected(_)
+            | Error::CookieUnusable(_)
+            | Error::SourceRefused(_)
+            | Error::SourceMisbehaved(_) => FailureReason::Source,
+            Error::Target(_) | Error::CycleTimeout(_) => FailureReason::Target,
+            Error::Store(_)
+            | Error::SchemaTooNew { .. }
+            | Error::NotInitialised { .. }
+            | Error::Conflict { .. }
+            | Error::ChainBroken { .. }
+            | Error::ProjectionMismatch(_)
+            | Error::Io(_) => FailureReason::Store,
+            Error::Fenced(_) => FailureReason::Fenced,
+            Error::Held(_) => FailureReason::Held,
+            Error::Config(_) | Error::BadInput(_) | Error::Refused(_) => FailureReason::Config,
+        }
+    }
+
+    /// The class of an error met before a cycle recorded its start, when that is worth
+    /// recording: a source, target or store that failed, or a fence. Bad configuration and
+    /// refusals (a retired instance, a cycle already running, an anchor change) record
+    /// nothing, as promised.
+    pub fn before_start(e: &Error) -> Option<FailureReason> {
+        match FailureReason::of(e) {
+            FailureReason::Config | FailureReason::Abandoned => None,
+            r => Some(r),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

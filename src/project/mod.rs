@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::log::event::{
-    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, ObjectChangedRef,
-    ObjectKind, SourceObject, Values,
+    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, FailureReason,
+    ObjectChangedRef, ObjectKind, SourceObject, Values,
 };
 use crate::target::Mapped;
 
@@ -643,8 +643,9 @@ pub struct InstanceRecord {
     pub running: Option<(String, At)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_completed: Option<(String, At)>,
+    /// The last failed cycle: when, why and what it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failed: Option<(String, At)>,
+    pub last_failed: Option<RunFailure>,
     pub first_seen: At,
     /// The mode of the run in progress (sync, staging, export, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -653,6 +654,17 @@ pub struct InstanceRecord {
     /// the audit's sync gaps are the windows between them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub syncs: Vec<At>,
+}
+
+/// A failed cycle as the instance projection keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailure {
+    pub run_id: String,
+    pub at: At,
+    /// None for failures recorded before reasons were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+    pub error: String,
 }
 
 /// Run modes that export to the target: their completions close a sync gap.
@@ -713,7 +725,12 @@ impl Instances {
             Event::SyncRunFailed(s) => {
                 rec.running = None;
                 rec.running_mode = None;
-                rec.last_failed = Some((s.run_id.clone(), m.into()));
+                rec.last_failed = Some(RunFailure {
+                    run_id: s.run_id.clone(),
+                    at: m.into(),
+                    reason: s.reason,
+                    error: s.error.clone(),
+                });
             }
             Event::InstanceStarted(_) => rec.status = InstanceStatus::Active,
             Event::InstanceStopped(_) => rec.status = InstanceStatus::Stopped,
@@ -735,6 +752,9 @@ pub struct HeldDeletions {
     pub held: At,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved: Option<At>,
+    /// The instance whose cycle held them.
+    #[serde(default)]
+    pub by: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -757,6 +777,7 @@ impl Guard {
                         reason: h.reason.clone(),
                         held: m.into(),
                         approved: None,
+                        by: m.instance.to_string(),
                     },
                 );
             }

@@ -40,8 +40,9 @@ use crate::config::{Config, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
     stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
-    ExportBatchStarted, ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished,
-    SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
+    ExportBatchStarted, ExportFailed, ExportOp, FailureReason, ObjectKind,
+    SyncRelationshipEstablished, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
+    TargetDuplicateRemoved, TargetReconciled,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
@@ -368,25 +369,36 @@ async fn sync_cycle(
     let began = Instant::now();
     let phase =
         |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "sync");
-    let mut state = replay::refresh(store, REFRESH_THRESHOLD).await?;
-    phase("projections read");
-    // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand (or
-    // by a handover step, as the documented "force synchronization") still runs: fencing,
-    // not the stop, decides who may export.
-    refuse_retired(&state, &opts.instance)?;
-    // Checks before anything is recorded: the source bind, the target's credentials, and
-    // (exporting) the relationship.
-    probe_source(&src_cfg).await?;
-    let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
-    if let Some(t) = &target {
-        t.probe().await?;
+    let checks = async {
+        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+        phase("projections read");
+        // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand
+        // (or by a handover step, as the documented "force synchronization") still runs:
+        // fencing, not the stop, decides who may export.
+        refuse_retired(&state, &opts.instance)?;
+        // Checks before the run's start is recorded: the source bind, the target's
+        // credentials, and (exporting) the relationship.
+        probe_source(&src_cfg).await?;
+        let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
+        if let Some(t) = &target {
+            t.probe().await?;
+        }
+        if exporting {
+            let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+            return Ok((s, checked, Some(f)));
+        }
+        Ok((state, checked, None))
     }
-    let mut fence = None;
-    if exporting {
-        let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
-        fence = Some(f);
-        state = s;
-    }
+    .await;
+    let (state, checked, fence) = match checks {
+        Ok(c) => c,
+        Err(e) => {
+            if !opts.dry_run {
+                record_unstarted(store, &opts.instance, &e).await;
+            }
+            return Err(e);
+        }
+    };
     let mode = if opts.dry_run {
         "dry-run"
     } else if opts.staging {
@@ -478,8 +490,45 @@ async fn run_started(store: &AnyStore, report: &SyncReport, full: bool) -> Resul
     Ok(())
 }
 
-async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -> Result<()> {
-    let end = match result {
+/// Record a cycle that failed before it recorded its start (the source or the target
+/// unreachable, fenced): one `SyncRunFailed` of a run that never started. Errors that
+/// promise to record nothing (bad configuration, refusals) are not recorded; a store that
+/// cannot take the record is reported in the log lines, and the cycle's own error stands.
+pub(crate) async fn record_unstarted(store: &AnyStore, instance: &str, e: &Error) {
+    let Some(reason) = FailureReason::before_start(e) else {
+        return;
+    };
+    let failed = Event::SyncRunFailed(SyncRunFailed {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        error: e.to_string(),
+        reason: Some(reason),
+    });
+    let r = store
+        .append(Batch::new(vec![NewEvent::new(
+            stream::instance(instance),
+            instance,
+            failed,
+        )]))
+        .await;
+    if let Err(rec) = r {
+        tracing::warn!("could not record the failed cycle of {instance}: {rec}");
+    }
+}
+
+/// The event that ends a run: completed, or failed with its reason. A cycle whose
+/// deletions were held exported nothing (exit 3): it failed, held.
+fn run_end(report: &SyncReport, result: &Result<()>) -> Event {
+    match result {
+        Ok(()) if report.held > 0 => Event::SyncRunFailed(SyncRunFailed {
+            run_id: report.run_id.clone(),
+            error: format!(
+                "{} deletion(s) held: {} (plan {})",
+                report.held,
+                report.held_reason.as_deref().unwrap_or_default(),
+                report.held_plan.as_deref().unwrap_or_default()
+            ),
+            reason: Some(FailureReason::Held),
+        }),
         Ok(()) => Event::SyncRunCompleted(SyncRunCompleted {
             run_id: report.run_id.clone(),
             created: report.created,
@@ -492,8 +541,13 @@ async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -
         Err(e) => Event::SyncRunFailed(SyncRunFailed {
             run_id: report.run_id.clone(),
             error: e.to_string(),
+            reason: Some(FailureReason::of(e)),
         }),
-    };
+    }
+}
+
+async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -> Result<()> {
+    let end = run_end(report, result);
     store
         .append(Batch::new(vec![NewEvent::new(
             stream::instance(&report.instance),
@@ -535,9 +589,19 @@ async fn export_log_locked(
     opts: &ExportOptions,
     progress: &ProgressBar,
 ) -> Result<SyncReport> {
-    let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
-    target.probe().await?;
-    let (fence, state) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+    let checks = async {
+        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+        target.probe().await?;
+        acquire(store, state, &opts.instance, opts.take_over, progress).await
+    }
+    .await;
+    let (fence, state) = match checks {
+        Ok(c) => c,
+        Err(e) => {
+            record_unstarted(store, &opts.instance, &e).await;
+            return Err(e);
+        }
+    };
     let mut report = SyncReport {
         run_id: uuid::Uuid::new_v4().to_string(),
         instance: opts.instance.clone(),

@@ -1,0 +1,322 @@
+//! Issue 21: every cycle leaves a trace (`SyncRunFailed` with a reason, from `sync` and
+//! `run`, also when it fails before its import starts), and `dirsync status` tells the
+//! health by its exit code in real states: healthy, failing, held, fenced, stale.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dirsync::log::event::{Event, FailureReason, SyncRunFailed};
+use dirsync::log::store::Batch;
+use dirsync::log::{NewEvent, Store};
+use serde_json::{json, Value};
+
+use crate::common::{bin, dirsync, Run};
+use crate::sync_export::E2e;
+
+const PEOPLE: &str = "ou=people,dc=example,dc=org";
+
+/// `dirsync status --format json ARGS`: the run and its JSON.
+fn status(lab: &E2e, extra: &[&str]) -> (Run, Value) {
+    let mut args = vec!["status", "--format", "json"];
+    args.extend_from_slice(extra);
+    let run = lab.cli(&args);
+    let v = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+    (run, v)
+}
+
+/// The events after `seq`, decoded, with their instance.
+async fn events_after(lab: &E2e, seq: u64) -> Vec<(String, Event)> {
+    lab.store()
+        .await
+        .read(seq, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.instance.clone(), e.decode().unwrap()))
+        .collect()
+}
+
+/// The one event after `seq`: a failed run of `instance` that never started.
+async fn only_failure(lab: &E2e, seq: u64, instance: &str) -> SyncRunFailed {
+    let evs = events_after(lab, seq).await;
+    match evs.as_slice() {
+        [(i, Event::SyncRunFailed(f))] if i == instance => f.clone(),
+        other => panic!("expected one SyncRunFailed of {instance}: {other:?}"),
+    }
+}
+
+/// A copy of the lab's configuration with each line starting with `prefix` replaced.
+fn config_with(lab: &E2e, name: &str, prefix: &str, line: &str) -> String {
+    let cfg = std::fs::read_to_string(lab.dir.path().join("dirsync.toml")).unwrap();
+    let changed: Vec<String> = cfg
+        .lines()
+        .map(|l| {
+            if l.starts_with(prefix) {
+                line.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_ne!(changed.join("\n"), cfg.trim_end(), "{prefix} not found");
+    std::fs::write(lab.dir.path().join(name), changed.join("\n") + "\n").unwrap();
+    name.to_string()
+}
+
+/// The error line a failed command printed, without the `dirsync: ` prefix.
+fn error_line(run: &Run) -> String {
+    run.stderr
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim_start_matches("dirsync: ")
+        .to_string()
+}
+
+/// `last_failure` of the first instance row, without its time and seq.
+fn failure_of(v: &Value) -> Value {
+    let mut f = v["instances"][0]["last_failure"].clone();
+    if let Some(o) = f.as_object_mut() {
+        o.remove("at");
+        o.remove("seq");
+    }
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
+    let lab = E2e::ldap(3, "1\ninterval = \"5s\"\nlease = \"3s\"").await;
+    // No instance yet: nothing to be unhealthy about.
+    let (run, v) = status(&lab, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(v["instances"], json!([]));
+
+    // Healthy.
+    let s = lab.sync("a", &[]);
+    let (run, v) = status(&lab, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let state = lab.state().await;
+    let rec = &state.instances.instances["a"];
+    let (run_id, done) = rec.last_completed.clone().unwrap();
+    assert_eq!(run_id, s["run_id"].as_str().unwrap());
+    let cursor = &state.cursors.current["a"];
+    let mut row = v["instances"][0].clone();
+    let age = row["cursor"]["age_seconds"].as_i64().unwrap();
+    assert!((0..60).contains(&age), "{row}");
+    row["cursor"]["age_seconds"] = json!(0);
+    assert_eq!(
+        row,
+        json!({
+            "instance": "a",
+            "role": "holder",
+            "epoch": 1,
+            "running": null,
+            "last_success": {
+                "run_id": run_id,
+                "at": dirsync::output::time(done.at_us),
+                "seq": done.seq,
+            },
+            "last_failure": null,
+            "last_cycle_failed": false,
+            "deletions_held": 0,
+            "cursor": {
+                "at": dirsync::output::time(cursor.at.at_us),
+                "age_seconds": 0,
+                "expired": false,
+            },
+            "handover": null,
+        })
+    );
+    assert_eq!(
+        (
+            &v["holder"],
+            &v["epoch"],
+            &v["deletions_held"],
+            &v["handover"],
+            &v["quarantined"],
+            &v["health"]
+        ),
+        (
+            &json!("a"),
+            &json!(1),
+            &Value::Null,
+            &Value::Null,
+            &json!([]),
+            &json!({"exit": 0, "problems": []})
+        )
+    );
+    let table = lab.cli(&["status"]);
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.ends_with("healthy\n"), "{table:?}");
+
+    // The target unreachable: the cycle fails before its import, and says so in the log.
+    let dead_target = config_with(
+        &lab,
+        "dead-target.toml",
+        "url = \"http",
+        "url = \"http://127.0.0.1:1/v2\"",
+    );
+    let head = lab.head().await;
+    let run = lab.cli(&["--config", &dead_target, "sync", "--instance", "a"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let f = only_failure(&lab, head, "a").await;
+    assert_eq!(
+        (f.error.as_str(), f.reason),
+        (error_line(&run).as_str(), Some(FailureReason::Target))
+    );
+    let (run, v) = status(&lab, &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        failure_of(&v),
+        json!({"run_id": f.run_id, "reason": "target", "error": f.error})
+    );
+    assert_eq!(v["instances"][0]["last_cycle_failed"], true);
+
+    // The source unreachable, from the `run` service: its cycle line carries its time.
+    let dead_source = config_with(
+        &lab,
+        "dead-source.toml",
+        "url = \"ldap",
+        "url = \"ldap://127.0.0.1:1\"",
+    );
+    let head = lab.head().await;
+    let child = Command::new(bin())
+        .args(["--config", &dead_source, "run", "--instance", "a"])
+        .current_dir(lab.dir.path())
+        .env_remove("DIRSYNC_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while events_after(&lab, head).await.is_empty() {
+        assert!(Instant::now() < end, "the service recorded no failed cycle");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let f = only_failure(&lab, head, "a").await;
+    assert_eq!(f.reason, Some(FailureReason::Source), "{f:?}");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = said
+        .lines()
+        .find(|l| l.contains("sync failed"))
+        .unwrap_or_else(|| panic!("{said}"));
+    // "dirsync run: 2026-...Z a: sync failed: source: ...; trying again in 5s"
+    let at = line
+        .trim_start_matches("dirsync run: ")
+        .split(' ')
+        .next()
+        .unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+        "no time on the cycle line: {line}"
+    );
+    assert!(line.contains(&f.error), "{line} vs {f:?}");
+    let (run, v) = status(&lab, &["--instance", "a"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(failure_of(&v)["reason"], "source");
+
+    // Healthy again.
+    lab.sync("a", &[]);
+    assert_eq!(status(&lab, &[]).0.code, 0);
+
+    // Held: two deletions over a threshold of one.
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: delete\n\ndn: uid=u2,{PEOPLE}\nchangetype: delete\n\n"
+        ))
+        .await;
+    let head = lab.head().await;
+    let (run, s) = lab.run("a", &[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let plan = s["held_plan"].as_str().unwrap().to_string();
+    let evs = events_after(&lab, head).await;
+    let Some((_, Event::SyncRunFailed(f))) = evs.last() else {
+        panic!("{evs:?}")
+    };
+    assert_eq!(
+        f,
+        &SyncRunFailed {
+            run_id: s["run_id"].as_str().unwrap().into(),
+            error: format!(
+                "2 deletion(s) held: {} (plan {plan})",
+                s["held_reason"].as_str().unwrap()
+            ),
+            reason: Some(FailureReason::Held),
+        }
+    );
+    let (run, v) = status(&lab, &[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(v["instances"][0]["deletions_held"], 2);
+    assert_eq!(v["deletions_held"]["plan_hash"], plan.as_str());
+    assert_eq!(v["deletions_held"]["count"], 2);
+    assert_eq!(lab.cli(&["deletions", "approve", "--plan", &plan]).code, 0);
+    lab.sync("a", &[]);
+    assert_eq!(status(&lab, &[]).0.code, 0);
+
+    // Fenced: b takes over; a's next cycle fails before it starts, and `status --instance
+    // a` exits 4 while the holder's health is fine.
+    lab.sync("b", &["--take-over"]);
+    let head = lab.head().await;
+    let (run, _) = lab.run("a", &[]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let f = only_failure(&lab, head, "a").await;
+    assert_eq!(
+        (f.error.as_str(), f.reason),
+        (error_line(&run).as_str(), Some(FailureReason::Fenced))
+    );
+    let (run, v) = status(&lab, &["--instance", "a"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(v["instances"][0]["role"], "standby");
+    assert_eq!(status(&lab, &["--instance", "b"]).0.code, 0);
+    let (run, v) = status(&lab, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let roles: Vec<(&str, &str)> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["instance"].as_str().unwrap(), i["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(roles, [("a", "standby"), ("b", "holder")]);
+
+    // A failure recorded before reasons were (the payload then had none): it still
+    // verifies, and shows with no reason.
+    let store = lab.store().await;
+    store
+        .append(Batch::new(vec![NewEvent::new(
+            "instance/c",
+            "c",
+            Event::SyncRunFailed(SyncRunFailed {
+                run_id: "old".into(),
+                error: "boom".into(),
+                reason: None,
+            }),
+        )]))
+        .await
+        .unwrap();
+    let raw = store.read(lab.head().await - 1, 1).await.unwrap();
+    assert_eq!(raw[0].payload, r#"{"run_id":"old","error":"boom"}"#);
+    assert_eq!(lab.cli(&["log", "verify"]).code, 0);
+    let (run, v) = status(&lab, &["--instance", "c"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(
+        failure_of(&v),
+        json!({"run_id": "old", "reason": null, "error": "boom"})
+    );
+
+    // Stale: no success of the holder within three intervals (15 s).
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let (run, v) = status(&lab, &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        v["health"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("b has not completed a cycle within three intervals (15s)"),
+        "{v}"
+    );
+    let unknown = dirsync(lab.dir.path(), &["status", "--instance", "zz"]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+}
