@@ -26,6 +26,9 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Show times in tables in this computer's time zone (JSON stays RFC 3339 UTC).
+    #[arg(long, global = true)]
+    pub local_time: bool,
     #[command(subcommand)]
     pub command: Command,
 }

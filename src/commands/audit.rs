@@ -38,10 +38,7 @@ pub(super) async fn audit_cmd(
                     stop: None,
                     wait_for_cycle: None,
                 };
-                let bar = indicatif::ProgressBar::with_draw_target(
-                    None,
-                    indicatif::ProgressDrawTarget::stderr(),
-                );
+                let bar = crate::output::spinner("full import for the audit");
                 let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
                 bar.finish_and_clear();
                 let r = r?;

@@ -57,10 +57,10 @@ pub(super) async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format
                         out.push_str(&format!(
                             "plan {h}: {} deletion(s), held {} ({}){}\n",
                             p.anchors.len(),
-                            crate::output::time(p.held.at_us),
+                            crate::output::shown(p.held.at_us),
                             p.reason,
                             match p.approved {
-                                Some(a) => format!(", approved {}", crate::output::time(a.at_us)),
+                                Some(a) => format!(", approved {}", crate::output::shown(a.at_us)),
                                 None => String::new(),
                             }
                         ));

@@ -80,10 +80,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Status { instance } => status(&cfg, instance, fmt).await,
         Command::Preflight { instance } => {
             let instance = crate::cli::instance_or_host(instance)?;
-            let bar = indicatif::ProgressBar::with_draw_target(
-                None,
-                indicatif::ProgressDrawTarget::stderr(),
-            );
+            let bar = crate::output::spinner("preflight");
             let checks = crate::sync::preflight::preflight(&cfg, &instance, &bar).await;
             bar.finish_and_clear();
             match fmt {

@@ -51,7 +51,7 @@ pub(super) async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> 
 pub(super) fn at(a: Option<&crate::project::At>) -> String {
     a.map_or_else(
         || "-".to_string(),
-        |a| format!("{} (seq {})", time(a.at_us), a.seq),
+        |a| format!("{} (seq {})", output::shown(a.at_us), a.seq),
     )
 }
 
@@ -259,8 +259,7 @@ pub(super) async fn to_target(
         threshold: cfg.sync.deletion_threshold,
         take_over: false,
     };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let bar = crate::output::spinner("rebuilding the target");
     let r = crate::sync::export::export_log(store, &target, &opts, &bar).await;
     bar.finish_and_clear();
     let r = r?;

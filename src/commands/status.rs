@@ -37,7 +37,9 @@ fn status_table(r: &StatusReport) -> String {
                 i.instance.clone(),
                 i.role.as_str().to_string(),
                 i.epoch.map_or("-".into(), |e| e.to_string()),
-                i.last_success.as_ref().map_or("-".into(), |s| s.at.clone()),
+                i.last_success
+                    .as_ref()
+                    .map_or("-".into(), |s| output::shown_str(&s.at)),
                 i.last_failure.as_ref().map_or("-".into(), |f| {
                     format!("{} ({})", f.at, f.reason.map_or("unknown", |r| r.as_str()))
                 }),
@@ -49,9 +51,9 @@ fn status_table(r: &StatusReport) -> String {
                         if c.expired { " (expired)" } else { "" }
                     )
                 }),
-                i.running
-                    .as_ref()
-                    .map_or("-".into(), |run| format!("since {}", run.since)),
+                i.running.as_ref().map_or("-".into(), |run| {
+                    format!("since {}", output::shown_str(&run.since))
+                }),
                 i.handover.clone().unwrap_or_else(|| "-".into()),
             ]
         })

@@ -12,9 +12,7 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
         stop: None,
         wait_for_cycle: None,
     };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let bar = crate::output::spinner("sync");
     let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
     bar.finish_and_clear();
     let r = r?;
@@ -23,10 +21,15 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
         Format::Table | Format::Csv => print(&sync_table(&r))?,
     }
     if let (Some(h), Some(why)) = (&r.held_plan, &r.held_reason) {
-        eprintln!(
-            "dirsync: {} deletion(s) held: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {h}`",
+        let said = format!(
+            "{} deletion(s) held: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {h}`",
             r.held
         );
+        match fmt {
+            // Exit 3 is an error to a script: one JSON object, like every error.
+            Format::Json => eprintln!("{}", json!({"error": said, "exit": Exit::Held as u8})),
+            Format::Table | Format::Csv => eprintln!("dirsync: {said}"),
+        }
     }
     Ok(r.exit())
 }

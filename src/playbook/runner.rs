@@ -49,8 +49,20 @@ pub struct StepLine {
     pub started: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    /// Always an object: `{}` before the step ran, `{"note": ...}` in a dry run, the
+    /// step's figures or `{"error": ...}` after it.
     pub detail: serde_json::Value,
+}
+
+/// A step's detail as an object (one shape in every command's JSON): nothing recorded is
+/// `{}`, text is `{"note": text}`.
+fn detail_object(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Null => json!({}),
+        serde_json::Value::Object(_) => v.clone(),
+        serde_json::Value::String(s) => json!({ "note": s }),
+        other => json!({ "value": other }),
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,7 +93,7 @@ fn lines(h: &HandoverRecord) -> Vec<StepLine> {
             .into(),
             started: s.started.map(|a| crate::output::time(a.at_us)),
             finished: s.finished.map(|a| crate::output::time(a.at_us)),
-            detail: s.detail.clone(),
+            detail: detail_object(&s.detail),
         })
         .collect()
 }
@@ -244,11 +256,12 @@ fn dry_run(pb: &Playbook, opts: &HandoverOptions) -> HandoverReport {
                 state: "pending".into(),
                 started: None,
                 finished: None,
-                detail: s
-                    .note
-                    .clone()
-                    .map(serde_json::Value::from)
-                    .unwrap_or_default(),
+                detail: detail_object(
+                    &s.note
+                        .clone()
+                        .map(serde_json::Value::from)
+                        .unwrap_or_default(),
+                ),
             })
             .collect(),
         summary: Summary::default(),
@@ -460,6 +473,9 @@ pub fn brief(d: &serde_json::Value) -> String {
         return format!(" (skipped: {s})");
     }
     if let Some(s) = o.get("error").and_then(|v| v.as_str()) {
+        return format!(" ({s})");
+    }
+    if let Some(s) = o.get("note").and_then(|v| v.as_str()) {
         return format!(" ({s})");
     }
     let mut parts: Vec<String> = Vec::new();

@@ -45,6 +45,19 @@ async fn only_failure(lab: &E2e, seq: u64, instance: &str) -> SyncRunFailed {
     }
 }
 
+/// Run the binary in the lab's directory with extra environment variables.
+fn with_env(lab: &E2e, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .current_dir(lab.dir.path())
+        .env_remove("DIRSYNC_CONFIG")
+        .env_remove("DIRSYNC_LOG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap().into()
+}
+
 /// A copy of the lab's configuration with each line starting with `prefix` replaced.
 fn config_with(lab: &E2e, name: &str, prefix: &str, line: &str) -> String {
     let cfg = std::fs::read_to_string(lab.dir.path().join("dirsync.toml")).unwrap();
@@ -63,14 +76,18 @@ fn config_with(lab: &E2e, name: &str, prefix: &str, line: &str) -> String {
     name.to_string()
 }
 
-/// The error line a failed command printed, without the `dirsync: ` prefix.
+/// The error a failed command printed: its one line without the `dirsync: ` prefix, or
+/// (`--format json`) the `error` of its one JSON object, whose `exit` must be the code.
 fn error_line(run: &Run) -> String {
-    run.stderr
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim_start_matches("dirsync: ")
-        .to_string()
+    let last = run.stderr.lines().last().unwrap_or_default();
+    match serde_json::from_str::<Value>(last) {
+        Ok(v) => {
+            let e = v["error"].as_str().unwrap_or_default().to_string();
+            assert_eq!(v, json!({"error": e, "exit": run.code}), "{run:?}");
+            e
+        }
+        Err(_) => last.trim_start_matches("dirsync: ").to_string(),
+    }
 }
 
 /// `last_failure` of the first instance row, without its time and seq.
@@ -148,6 +165,54 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     let table = lab.cli(&["status"]);
     assert_eq!(table.code, 0, "{table:?}");
     assert!(table.stdout.ends_with("healthy\n"), "{table:?}");
+    assert!(
+        table.stdout.contains(&dirsync::output::time(done.at_us)),
+        "{table:?}"
+    );
+    // --local-time: tables in the local zone; JSON stays UTC.
+    let local = with_env(&lab, &[("TZ", "EST5")], &["status", "--local-time"]);
+    assert_eq!(local.code, 0, "{local:?}");
+    let est = chrono::DateTime::from_timestamp_micros(done.at_us)
+        .unwrap()
+        .with_timezone(&chrono::FixedOffset::west_opt(5 * 3600).unwrap())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+    assert!(local.stdout.contains(&est), "{est}: {local:?}");
+    let local = with_env(
+        &lab,
+        &[("TZ", "EST5")],
+        &["status", "--local-time", "--format", "json"],
+    );
+    let lv: Value = serde_json::from_str(&local.stdout).unwrap();
+    assert_eq!(
+        lv["instances"][0]["last_success"],
+        v["instances"][0]["last_success"]
+    );
+
+    // DIRSYNC_LOG_FORMAT=json: every log line is a JSON object.
+    let logged = with_env(
+        &lab,
+        &[
+            ("DIRSYNC_LOG", "dirsync=debug"),
+            ("DIRSYNC_LOG_FORMAT", "json"),
+        ],
+        &["sync", "--instance", "a", "--format", "json"],
+    );
+    assert_eq!(logged.code, 0, "{logged:?}");
+    let lines: Vec<Value> = logged
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "DEBUG" && l["fields"]["phase"] == "imported"),
+        "{logged:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l["timestamp"].is_string()),
+        "{logged:?}"
+    );
 
     // The target unreachable: the cycle fails before its import, and says so in the log.
     let dead_target = config_with(
@@ -319,4 +384,17 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     );
     let unknown = dirsync(lab.dir.path(), &["status", "--instance", "zz"]);
     assert_eq!(unknown.code, 2, "{unknown:?}");
+    // With --format json, the error is one JSON object on stderr.
+    let unknown = dirsync(
+        lab.dir.path(),
+        &["status", "--instance", "zz", "--format", "json"],
+    );
+    assert_eq!(
+        (unknown.code, unknown.stdout.as_str(), unknown.stderr.as_str()),
+        (
+            2,
+            "",
+            "{\"error\":\"the log knows no instance `zz` (see `dirsync instance list`)\",\"exit\":2}\n"
+        )
+    );
 }
