@@ -419,8 +419,10 @@ fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held
             }
             continue;
         }
-        // A stopped or retired instance is not expected to sync.
-        if !matches!(r.role, Role::Holder | Role::Standby) {
+        // A retired instance, or a stopped one that does not hold the relationship, is
+        // not expected to sync; a stopped holder is (nobody else exports).
+        let holds = holder == Some(r.instance.as_str());
+        if r.role == Role::Retired || (r.role == Role::Stopped && !holds) {
             continue;
         }
         let ran = state
@@ -605,12 +607,23 @@ mod tests {
         let st = fold(&[est("a", 1), ("a", started("r1")), ("a", completed("r1"))]);
         assert_eq!(status(&st, &ask(None, T0 + 180 * S)).exit(), Exit::Ok);
         assert_eq!(status(&st, &ask(None, T0 + 183 * S)).exit(), Exit::Failure);
-        // A stopped holder is not expected to sync; its old failure still counts.
-        let mut events = vec![est("a", 1), ("a", started("r1")), ("a", completed("r1"))];
-        events.push(("a", Event::InstanceStopped(InstanceLifecycle::default())));
+        // A stopped holder: nobody exports, so three intervals without a success count;
+        // a stopped instance that does not hold the relationship is not expected to sync.
+        let events = vec![
+            est("a", 1),
+            ("a", started("r1")),
+            ("a", completed("r1")),
+            ("a", Event::InstanceStopped(InstanceLifecycle::default())),
+            ("b", Event::InstanceStopped(InstanceLifecycle::default())),
+        ];
         let st = fold(&events);
-        let r = status(&st, &ask(None, T0 + 1000 * S));
+        let r = status(&st, &ask(None, T0 + 100 * S));
         assert_eq!((r.instances[0].role, r.exit()), (Role::Stopped, Exit::Ok));
+        assert_eq!(status(&st, &ask(None, T0 + 1000 * S)).exit(), Exit::Failure);
+        assert_eq!(
+            status(&st, &ask(Some("b"), T0 + 1000 * S)).exit(),
+            Exit::Fenced
+        );
     }
 
     #[test]

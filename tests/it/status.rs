@@ -398,3 +398,103 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
         )
     );
 }
+
+/// A handover's sync step that fails (its deletions held) records the failed cycle with
+/// its reason, and `status` shows the handover stopped part way and the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_handover_sync_step_is_recorded_and_shown() {
+    let lab = E2e::ldap(3, "1\nlease = \"3s\"").await;
+    let playbooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    std::os::unix::fs::symlink(playbooks, lab.dir.path().join("playbooks")).unwrap();
+    lab.sync("old", &[]);
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: delete\n\ndn: uid=u2,{PEOPLE}\nchangetype: delete\n\n"
+        ))
+        .await;
+    let head = lab.head().await;
+    let run = lab.cli(&[
+        "handover", "--from", "old", "--to", "new", "--format", "json",
+    ]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let error = error_line(&run);
+    let evs = events_after(&lab, head).await;
+    let runs: Vec<(&str, &str)> = evs
+        .iter()
+        .map(|(i, e)| (i.as_str(), e.event_type()))
+        .filter(|(_, t)| t.starts_with("Handover") || t.starts_with("SyncRun"))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("new", "HandoverStarted"),
+            ("old", "HandoverStepStarted"),
+            ("old", "HandoverStepCompleted"),
+            ("new", "HandoverStepStarted"),
+            ("new", "SyncRunStarted"),
+            ("new", "SyncRunFailed"),
+            ("new", "HandoverStepFailed"),
+        ],
+        "{evs:?}"
+    );
+    let Some(Event::SyncRunFailed(f)) = evs
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| matches!(e, Event::SyncRunFailed(_)))
+    else {
+        panic!("{evs:?}")
+    };
+    assert_eq!(f.reason, Some(FailureReason::Held), "{f:?}");
+
+    let (run, v) = status(&lab, &[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let id = v["handover"]["handover_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["handover"],
+        json!({
+            "handover_id": id,
+            "from": "old",
+            "to": "new",
+            "playbook": "new-computer",
+            "status": "failed",
+            "done": 1,
+            "steps": 6,
+        })
+    );
+    let rows: Vec<Value> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            json!([
+                i["instance"],
+                i["role"],
+                i["epoch"],
+                i["handover"],
+                i["deletions_held"],
+                i["last_failure"]["reason"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!(["new", "holder", 2, id, 2, "held"]),
+            json!(["old", "stopped", null, id, 0, null]),
+        ]
+    );
+    let (run, _) = status(&lab, &["--instance", "old"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    // The handover's JSON: every step's detail is an object.
+    let shown = lab.cli(&["handover", "status", "--format", "json"]);
+    let h: Value = serde_json::from_str(&shown.stdout).unwrap();
+    let details: Vec<&Value> = h["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["detail"])
+        .collect();
+    assert_eq!(details[0], &json!({}));
+    assert_eq!(details[1], &json!({ "error": error }));
+    assert!(details[2..].iter().all(|d| *d == &json!({})), "{h}");
+}
