@@ -226,6 +226,44 @@ mod tests {
 }
 
 #[cfg(test)]
+mod time_tests {
+    #[derive(serde::Serialize)]
+    struct Point {
+        #[serde(serialize_with = "super::at_json")]
+        a: crate::project::At,
+        #[serde(serialize_with = "super::at_json_opt")]
+        b: Option<crate::project::At>,
+        #[serde(serialize_with = "super::us_json_opt")]
+        c: Option<i64>,
+    }
+
+    #[test]
+    fn log_points_are_rfc3339_in_json() {
+        let a = crate::project::At {
+            seq: 7,
+            at_us: 1_700_000_000_123_456,
+        };
+        let v = serde_json::to_value(Point {
+            a,
+            b: None,
+            c: Some(a.at_us),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "a": {"seq": 7, "at": "2023-11-14T22:13:20Z"},
+                "b": null,
+                "c": "2023-11-14T22:13:20Z",
+            })
+        );
+        // Without --local-time, a table's time is the JSON's.
+        assert_eq!(super::shown(a.at_us), "2023-11-14T22:13:20Z");
+        assert_eq!(super::shown_str("-"), "-");
+    }
+}
+
+#[cfg(test)]
 mod escape_tests {
     #[test]
     fn control_characters_are_escaped_in_tables() {

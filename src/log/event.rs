@@ -845,6 +845,62 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_run_recorded_before_reasons_decodes_and_encodes_as_stored() {
+        let old = r#"{"run_id":"r","error":"target: down"}"#;
+        let e = Event::decode("SyncRunFailed", SCHEMA_VERSION, old).unwrap();
+        assert_eq!(
+            e,
+            Event::SyncRunFailed(SyncRunFailed {
+                run_id: "r".into(),
+                error: "target: down".into(),
+                reason: None,
+            })
+        );
+        // The same bytes again: what the hash covered is what such an event still is.
+        assert_eq!(e.payload(), old);
+        let new = Event::SyncRunFailed(SyncRunFailed {
+            run_id: "r".into(),
+            error: "deletions held".into(),
+            reason: Some(FailureReason::Held),
+        });
+        assert_eq!(
+            new.payload(),
+            r#"{"run_id":"r","error":"deletions held","reason":"held"}"#
+        );
+        assert_eq!(
+            Event::decode("SyncRunFailed", SCHEMA_VERSION, &new.payload()).unwrap(),
+            new
+        );
+    }
+
+    #[test]
+    fn failure_reasons_of_errors() {
+        let cases = [
+            (Error::Source("x".into()), Some(FailureReason::Source)),
+            (
+                Error::SourceRefused("x".into()),
+                Some(FailureReason::Source),
+            ),
+            (Error::Target("x".into()), Some(FailureReason::Target)),
+            (Error::CycleTimeout("x".into()), Some(FailureReason::Target)),
+            (Error::Store("x".into()), Some(FailureReason::Store)),
+            (Error::Fenced("x".into()), Some(FailureReason::Fenced)),
+            (Error::Held("x".into()), Some(FailureReason::Held)),
+            // Promised to record nothing before a run starts.
+            (Error::Config("x".into()), None),
+            (Error::BadInput("x".into()), None),
+            (Error::Refused("x".into()), None),
+        ];
+        for (e, before) in cases {
+            assert_eq!(FailureReason::before_start(&e), before, "{e}");
+        }
+        assert_eq!(
+            FailureReason::of(&Error::Refused("x".into())),
+            FailureReason::Config
+        );
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let err = Event::decode(
             "CursorInvalidated",
