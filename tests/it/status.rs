@@ -224,6 +224,9 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     let head = lab.head().await;
     let run = lab.cli(&["--config", &dead_target, "sync", "--instance", "a"]);
     assert_eq!(run.code, 1, "{run:?}");
+    // Its log lines and error reach a pipe: no colour codes, no progress bar.
+    assert!(run.stderr.contains(" WARN "), "{run:?}");
+    assert!(!run.stderr.contains('\u{1b}'), "{run:?}");
     let f = only_failure(&lab, head, "a").await;
     assert_eq!(
         (f.error.as_str(), f.reason),
