@@ -137,6 +137,7 @@ async fn dirsync_export(store: &AnyStore, target: &AnyTarget) -> (f64, SyncRepor
         source_kind: SourceKind::Openldap,
         threshold: Threshold::Count(500),
         take_over: false,
+        reset: None,
     };
     let progress = indicatif::ProgressBar::hidden();
     let t = Instant::now();

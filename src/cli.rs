@@ -58,9 +58,12 @@ pub enum Command {
     /// Deletions held by the guard, and their approval.
     #[command(subcommand)]
     Deletions(DeletionsCommand),
-    /// Run or resume a handover playbook (default playbooks/new-computer.toml); `handover
+    /// Run or resume a handover playbook (default: the built-in new-computer); `handover
     /// status` shows the current or last one.
     Handover(HandoverArgs),
+    /// The handover playbooks built into this binary.
+    #[command(subcommand)]
+    Playbook(PlaybookCommand),
     /// The sync service: a sync every [sync] interval; obeys stop and retire recorded in the
     /// log; SIGTERM finishes the current batch and exits.
     Run {
@@ -82,6 +85,19 @@ pub enum Command {
         /// Only this instance (and its health); default: every instance, the holder's health.
         #[arg(long, value_parser = check_instance)]
         instance: Option<String>,
+    },
+    /// Print shell completions for SHELL on stdout (for packaging: scripts/package).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (dirsync.1 and one per subcommand) into DIR (for packaging:
+    /// scripts/package).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -117,12 +133,24 @@ pub struct HandoverArgs {
     /// The new instance.
     #[arg(long, required = true, value_parser = check_instance)]
     pub to: Option<String>,
-    /// The playbook file.
-    #[arg(long, value_name = "FILE")]
-    pub playbook: Option<PathBuf>,
+    /// A built-in playbook (new-computer, reinstall, old-computer-lost, failover; see
+    /// `dirsync playbook list`), else a playbook file's path.
+    #[arg(long, value_name = "NAME|FILE", default_value = crate::playbook::file::DEFAULT)]
+    pub playbook: String,
     /// Print the steps; run and record nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// The built-in playbooks: name, steps and what each is for.
+    List,
+    /// One playbook's steps (a built-in name, else a playbook file's path).
+    Show {
+        #[arg(value_name = "NAME|FILE")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

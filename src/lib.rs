@@ -3,6 +3,7 @@
 pub mod config;
 pub mod error;
 pub mod log;
+pub mod plan;
 pub mod playbook;
 pub mod project;
 pub mod source;

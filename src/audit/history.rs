@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::{ledger_name, Item};
 use crate::config::SourceKind;
 use crate::log::event::{AttrName, DeletionEvidence};
+use crate::plan::plan::plan;
 use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
-use crate::sync::plan::plan;
 use crate::sync::scope::Scope;
 use crate::target::{Mapped, Op};
 
@@ -355,24 +355,6 @@ pub fn what_if(state: &State, scope: &Scope, kind: SourceKind) -> WhatIf {
     out
 }
 
-/// Target objects that stop `replay --to-target`: they carry an anchor that is not live in
-/// the source projection. Rebuilding would take the others back (hard match) but leave
-/// these in the target unowned, never to be deleted. Cloud-only objects (no anchor) are
-/// never ours and do not count; objects of an interrupted rebuild carry live anchors.
-pub fn foreign_objects<'a>(
-    remote: &'a [crate::target::RemoteObject],
-    state: &State,
-) -> Vec<&'a crate::target::RemoteObject> {
-    remote
-        .iter()
-        .filter(|r| {
-            r.anchor
-                .as_ref()
-                .is_some_and(|a| !state.objects.objects.get(a).is_some_and(|o| o.live()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,33 +422,6 @@ mod tests {
         assert_eq!(last[..5], ["target", "reconciled", "", "", "b"]);
         assert!(last[5].contains("found 2 missing") && last[5].contains("2 recreated"));
         assert!(diff(&before, &mid).reconciles.is_empty());
-    }
-
-    #[test]
-    fn only_anchors_gone_from_the_source_stop_a_rebuild() {
-        let mut l = Log::new();
-        l.import("a1", "uid=u1,dc=t", "u1");
-        l.import("a2", "uid=u2,dc=t", "u2");
-        l.delete(
-            "a2",
-            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
-        );
-        let r = |anchor: Option<&str>| crate::target::RemoteObject {
-            kind: crate::log::event::ObjectKind::User,
-            id: format!("id-{anchor:?}"),
-            anchor: anchor.map(String::from),
-            name: "n".into(),
-            emails: vec![],
-            etag: None,
-            created: None,
-            state: None,
-        };
-        let remote = [r(None), r(Some("a1")), r(Some("a2")), r(Some("zz"))];
-        let f: Vec<_> = foreign_objects(&remote, &l.state)
-            .into_iter()
-            .map(|o| o.anchor.clone().unwrap())
-            .collect();
-        assert_eq!(f, ["a2", "zz"]);
     }
 
     #[test]

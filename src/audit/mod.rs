@@ -7,6 +7,7 @@
 //! clock. The command handlers read the store (and the source, for fresh evidence) and print.
 
 pub mod drift;
+pub mod fresh;
 pub mod gaps;
 pub mod history;
 pub mod missed;

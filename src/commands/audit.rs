@@ -15,47 +15,28 @@ pub(super) async fn audit_cmd(
             from_log,
             instance,
         } => {
-            let before = projection::refresh(&store, SNAPSHOT_EVERY).await?;
-            // What could reveal a deletion is judged on the cursors as they were before the
-            // fresh import moved one of them.
-            let cursors = before.cursors.clone();
-            let mut fresh = serde_json::Value::Null;
-            let state = if from_log {
-                before
+            let fresh_as = if from_log {
+                None
             } else {
-                if cfg.source.is_none() {
-                    return Err(Error::Config(
-                        "no [source] section to read fresh evidence from: use --from-log for the log's view"
-                            .into(),
-                    ));
-                }
-                let opts = crate::sync::export::SyncOptions {
-                    instance: crate::cli::instance_or_host(instance)?,
-                    full: true,
-                    staging: true,
-                    dry_run: false,
-                    take_over: false,
-                    stop: None,
-                    wait_for_cycle: None,
-                };
-                let bar = crate::output::spinner("full import for the audit");
-                let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
-                bar.finish_and_clear();
-                let r = r?;
-                fresh = json!({"instance": r.instance, "run_id": r.run_id, "seen": r.import.seen,
-                    "deleted": r.import.deleted, "left_scope": r.import.left_scope});
-                if fmt != Format::Json {
-                    eprintln!(
-                        "dirsync: fresh evidence: full import by {} (run {}): {} seen, {} deleted, {} left scope",
-                        r.instance, r.run_id, r.import.seen, r.import.deleted, r.import.left_scope
-                    );
-                }
-                projection::refresh(&store, SNAPSHOT_EVERY).await?
+                Some(crate::cli::instance_or_host(instance)?)
             };
-            let list = missed::missed_deletes(&state, &cursors, now);
+            let bar = crate::output::spinner("audit");
+            let audit =
+                crate::audit::fresh::missed_deletes(cfg, &store, fresh_as.as_deref(), &bar, now)
+                    .await;
+            bar.finish_and_clear();
+            let audit = audit?;
+            if let (Some(f), false) = (&audit.fresh, fmt == Format::Json) {
+                eprintln!(
+                    "dirsync: fresh evidence: full import by {} (run {}): {} seen, {} deleted, {} left scope",
+                    f.instance, f.run_id, f.seen, f.deleted, f.left_scope
+                );
+            }
+            let fresh = serde_json::to_value(&audit.fresh).map_err(Error::store)?;
+            let list = audit.missed;
             // The process ends after printing: freeing a large state piece by piece would
             // only cost time (seconds for a million objects).
-            let state = std::mem::ManuallyDrop::new(state);
+            let state = std::mem::ManuallyDrop::new(audit.state);
             let rows: Vec<Vec<String>> = list.iter().map(|m| m.row()).collect();
             let v = json!({
                 "seq": state.seq,

@@ -24,7 +24,7 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
     let opts = runner::HandoverOptions {
         from: a.from.unwrap_or_default(),
         to: a.to.unwrap_or_default(),
-        playbook: a.playbook.unwrap_or_else(|| runner::default_playbook(cfg)),
+        playbook: a.playbook,
         dry_run: a.dry_run,
     };
     let bar = crate::output::spinner("handover");

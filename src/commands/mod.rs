@@ -7,6 +7,8 @@ mod deletions;
 mod handover;
 mod instance;
 mod log;
+mod packaging;
+mod playbook;
 mod replay;
 mod status;
 mod sync;
@@ -17,6 +19,8 @@ use self::deletions::*;
 use self::handover::*;
 use self::instance::*;
 use self::log::*;
+use self::packaging::*;
+use self::playbook::*;
 use self::replay::*;
 use self::status::*;
 use self::sync::*;
@@ -45,7 +49,6 @@ use crate::project::{InstanceStatus, State};
 const SNAPSHOT_EVERY: u64 = 10_000;
 
 pub async fn execute(cli: Cli) -> Result<Exit> {
-    let cfg = Config::discover(cli.config.as_deref())?;
     let fmt = cli.format;
     let csv_ok = match &cli.command {
         Command::Audit(_) => true,
@@ -58,6 +61,14 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
                 .into(),
         ));
     }
+    // These need neither a configuration nor a store.
+    match cli.command {
+        Command::Playbook(c) => return playbook(c, fmt),
+        Command::Completions { shell } => return completions(shell),
+        Command::Man { dir } => return man(&dir),
+        _ => {}
+    }
+    let cfg = Config::discover(cli.config.as_deref())?;
     match cli.command {
         Command::Audit(c) => audit_cmd(&cfg, c, fmt).await,
         Command::Replay(a) if a.is_history() => history_cmd(&cfg, a, fmt).await,
@@ -105,6 +116,8 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
                 Exit::Failure
             })
         }
+        // Answered above, before the configuration is read.
+        Command::Playbook(_) | Command::Completions { .. } | Command::Man { .. } => Ok(Exit::Ok),
         Command::Run { instance } => {
             let instance = crate::cli::instance_or_host(instance)?;
             let store = open(&cfg).await?;

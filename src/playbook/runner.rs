@@ -6,7 +6,6 @@
 //! One runner at a time: it holds the store's `handover` advisory lock (a file lock beside
 //! a SQLite log, a session lock on PostgreSQL), which dies with the process.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -35,7 +34,8 @@ const POLL: Duration = Duration::from_millis(500);
 pub struct HandoverOptions {
     pub from: String,
     pub to: String,
-    pub playbook: std::path::PathBuf,
+    /// A built-in playbook's name, else a playbook file's path ([`Playbook::resolve`]).
+    pub playbook: String,
     pub dry_run: bool,
 }
 
@@ -135,7 +135,7 @@ pub async fn handover(
     progress: &ProgressBar,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<HandoverReport> {
-    let pb = Playbook::load(&opts.playbook)?;
+    let pb = Playbook::resolve(&opts.playbook)?;
     if opts.from.is_empty() || opts.to.is_empty() {
         return Err(Error::BadInput("--from and --to name instances".into()));
     }
@@ -163,7 +163,7 @@ pub async fn handover(
             if recorded != described.iter().collect::<Vec<_>>() {
                 return Err(Error::BadInput(format!(
                     "{}: its steps differ from those handover {id} started with; finish it with the playbook it began with",
-                    opts.playbook.display()
+                    opts.playbook
                 )));
             }
             say(&format!("resuming handover {id}"));
@@ -600,16 +600,4 @@ async fn run_action(
             Ok(d)
         }
     }
-}
-
-/// The default playbook: `playbooks/new-computer.toml` beside the configuration, else in
-/// the working directory.
-pub fn default_playbook(cfg: &Config) -> std::path::PathBuf {
-    let rel = Path::new("playbooks/new-computer.toml");
-    cfg.path
-        .as_ref()
-        .and_then(|p| p.parent())
-        .map(|d| d.join(rel))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| rel.to_path_buf())
 }

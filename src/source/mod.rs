@@ -27,7 +27,6 @@ pub mod ad;
 pub mod change;
 pub mod dn;
 pub mod ldap;
-pub mod mapping;
 pub mod openldap;
 pub mod result;
 mod wire;

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
@@ -42,13 +41,14 @@ use crate::log::event::{
     stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
     ExportBatchStarted, ExportFailed, ExportOp, FailureReason, ObjectKind,
     SyncRelationshipEstablished, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
-    TargetDuplicateRemoved, TargetReconciled,
+    TargetDuplicateRemoved, TargetReconciled, TargetReset,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
+use crate::plan::matching::{swap_case, Index, Match};
+use crate::plan::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Lease, Meta, State};
-use crate::target::matching::{swap_case, Index, Match};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
 
 /// Operations per claimed chunk.
@@ -183,6 +183,27 @@ fn fenced_message(state: &State, instance: &str) -> String {
         state.relationship.holder.as_deref().unwrap_or("another instance"),
         state.relationship.epoch
     )
+}
+
+/// Append `events` only while the relationship is still at `fence` (the stream version it
+/// was verified at): another instance's take-over in between fences them out.
+async fn append_fenced(
+    store: &AnyStore,
+    instance: &str,
+    events: Vec<NewEvent>,
+    fence: Fence,
+) -> Result<u64> {
+    match store
+        .append(Batch::new(events).expect(stream::RELATIONSHIP, Expected::Exactly(fence.version)))
+        .await
+    {
+        Ok(o) => Ok(o.last_seq()),
+        Err(Error::Conflict { .. }) => {
+            let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+            Err(Error::Fenced(fenced_message(&state, instance)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Verify (or, with `take_over` or when nobody holds it yet, establish) the relationship.
@@ -567,6 +588,10 @@ pub struct ExportOptions {
     pub source_kind: SourceKind,
     pub threshold: crate::config::Threshold,
     pub take_over: bool,
+    /// Record `TargetReset` with this reason first, under the same fence as the export's
+    /// claims (the ledger forgets the target: everything is created again). Only
+    /// [`super::rebuild`] sets it, after checking that the target is a fresh one.
+    pub reset: Option<String>,
 }
 
 /// Export what the log already holds, without reading the source: plan -> guard -> export,
@@ -592,7 +617,25 @@ async fn export_log_locked(
     let checks = async {
         let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
         target.probe().await?;
-        acquire(store, state, &opts.instance, opts.take_over, progress).await
+        let (fence, mut state) =
+            acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+        if let Some(reason) = &opts.reset {
+            append_fenced(
+                store,
+                &opts.instance,
+                vec![NewEvent::new(
+                    stream::TARGET,
+                    opts.instance.as_str(),
+                    Event::TargetReset(TargetReset {
+                        reason: reason.clone(),
+                    }),
+                )],
+                fence,
+            )
+            .await?;
+            state = replay::advance(store, state).await?;
+        }
+        Ok((fence, state))
     }
     .await;
     let (fence, state) = match checks {
@@ -1110,7 +1153,7 @@ impl Cycle<'_> {
     }
 
     /// Target objects that could match `new`, which dirsync then matches itself
-    /// (case-insensitively, `target::matching`): the whole listing of the kind, or, when
+    /// (case-insensitively, `plan::matching`): the whole listing of the kind, or, when
     /// [`how_to_look_up`] allows and the target's `eq` proves to ignore case, the
     /// candidates of each.
     async fn lookup(
@@ -1157,7 +1200,7 @@ impl Cycle<'_> {
                 // Issue 17: a server may refuse the filter of one object (400 on
                 // `emails.value eq ...`, say). That must not stop the whole export: fall
                 // back to one listing, matched by dirsync itself (case-insensitively,
-                // `target::matching`), for every new object of this kind.
+                // `plan::matching`), for every new object of this kind.
                 Err(e) => {
                     tracing::warn!(
                         "target: looking up candidates for {anchor} failed ({e}); listing the target's {}s instead",
@@ -1461,20 +1504,7 @@ impl Cycle<'_> {
     }
 
     async fn append_fenced(&self, events: Vec<NewEvent>, fence: Fence) -> Result<u64> {
-        match self
-            .store
-            .append(
-                Batch::new(events).expect(stream::RELATIONSHIP, Expected::Exactly(fence.version)),
-            )
-            .await
-        {
-            Ok(o) => Ok(o.last_seq()),
-            Err(Error::Conflict { .. }) => {
-                let state = replay::refresh(self.store, REFRESH_THRESHOLD).await?;
-                Err(Error::Fenced(fenced_message(&state, self.instance)))
-            }
-            Err(e) => Err(e),
-        }
+        append_fenced(self.store, self.instance, events, fence).await
     }
 
     /// After a take-over or an unrecorded write (`sync::duplicates`): list the target's

@@ -22,9 +22,9 @@ use super::scope::Scope;
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::log::event::{Attrs, ObjectKind};
 use crate::log::{AnyStore, OpenMode};
+use crate::plan::mapping::{map_object, user_attribute_sources, Desired};
 use crate::project::replay;
 use crate::source::ldap::{ConnectOptions, LdapClient};
-use crate::source::mapping::{map_object, user_attribute_sources, Desired};
 use crate::target::{AnyTarget, Target};
 
 #[derive(Clone, Debug, Serialize)]

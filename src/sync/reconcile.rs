@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use crate::config::SourceKind;
 use crate::log::event::ObjectKind;
+use crate::plan::plan::desired;
 use crate::project::{At, LedgerEntry, State};
-use crate::sync::plan::desired;
 use crate::target::{Mapped, Op, RemoteObject};
 
 /// Whether this cycle reconciles: always with `--full`, else when `every` has passed since

@@ -5,10 +5,9 @@
 //! connections, `$batch` of 20, retries on 429 / 5xx) is the target's business. What the
 //! engine needs for matching it gets from [`Target::list`] and [`Target::candidates`] as
 //! [`RemoteObject`]s. Decisions (what to create, update, delete, match) are pure and live in
-//! [`matching`] and `sync::plan`.
+//! `plan::matching` and `plan::plan`.
 
 pub mod graph;
-pub mod matching;
 pub mod retry;
 pub mod scim;
 
@@ -250,7 +249,7 @@ pub trait Target {
     /// Whether the target's `eq` filters compare names case-insensitively, as RFC 7643
     /// says for userName, displayName and emails.value (`caseExact: false`): asked by
     /// looking up `known`, the object `id` holds, by its name (and e-mail) spelt in the
-    /// other case (see [`matching::swap_case`]). Only then are [`candidates`](Self::candidates)
+    /// other case (see [`crate::plan::matching::swap_case`]). Only then are [`candidates`](Self::candidates)
     /// complete enough to match by.
     async fn eq_ignores_case(&self, id: &str, known: &Mapped) -> Result<bool, TargetError>;
     /// Send `ops`. An op not started before `deadline` is [`Outcome::NotAttempted`] (the

@@ -999,7 +999,7 @@ pub fn case_probe_filters(known: &Mapped) -> Vec<String> {
     probes
         .into_iter()
         .filter_map(|(attr, value)| {
-            let swapped = super::matching::swap_case(value);
+            let swapped = crate::plan::matching::swap_case(value);
             (swapped != value).then(|| format!("{attr} eq {}", filter_string(&swapped)))
         })
         .collect()

@@ -10,6 +10,8 @@ mod hardening;
 mod lab;
 mod lab_smoke;
 mod log_store;
+mod package;
+mod playbook;
 mod preflight;
 mod replay;
 mod service;

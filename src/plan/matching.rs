@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Mapped, RemoteObject};
+use crate::target::{Mapped, RemoteObject};
 
 /// `s` with the case of each ASCII letter swapped (`Grp03` -> `gRP03`): a spelling that a
 /// case-insensitive comparison takes as `s` and a case-exact one does not.

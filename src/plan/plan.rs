@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{SourceKind, Threshold};
 use crate::log::event::ObjectKind;
+use crate::plan::mapping::{map_object, resolve_group, Desired};
 use crate::project::{LedgerEntry, ObjectRecord, State};
-use crate::source::mapping::{map_object, resolve_group, Desired};
 use crate::target::{Mapped, Op};
 
 /// The deletion guard's rolling window: deletions exported within it count together.
