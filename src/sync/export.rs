@@ -614,37 +614,28 @@ async fn export_log_locked(
     opts: &ExportOptions,
     progress: &ProgressBar,
 ) -> Result<SyncReport> {
-    let checks = async {
-        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
-        target.probe().await?;
-        let (fence, mut state) =
-            acquire(store, state, &opts.instance, opts.take_over, progress).await?;
-        if let Some(reason) = &opts.reset {
-            append_fenced(
-                store,
-                &opts.instance,
-                vec![NewEvent::new(
-                    stream::TARGET,
-                    opts.instance.as_str(),
-                    Event::TargetReset(TargetReset {
-                        reason: reason.clone(),
-                    }),
-                )],
-                fence,
-            )
-            .await?;
-            state = replay::advance(store, state).await?;
-        }
-        Ok((fence, state))
+    // A rebuild refused before it starts (fenced, the target unreachable) writes nothing:
+    // it is an operator's one-off, not a cycle of the instance.
+    let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+    target.probe().await?;
+    let (fence, mut state) =
+        acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+    if let Some(reason) = &opts.reset {
+        append_fenced(
+            store,
+            &opts.instance,
+            vec![NewEvent::new(
+                stream::TARGET,
+                opts.instance.as_str(),
+                Event::TargetReset(TargetReset {
+                    reason: reason.clone(),
+                }),
+            )],
+            fence,
+        )
+        .await?;
+        state = replay::advance(store, state).await?;
     }
-    .await;
-    let (fence, state) = match checks {
-        Ok(c) => c,
-        Err(e) => {
-            record_unstarted(store, &opts.instance, &e).await;
-            return Err(e);
-        }
-    };
     let mut report = SyncReport {
         run_id: uuid::Uuid::new_v4().to_string(),
         instance: opts.instance.clone(),
