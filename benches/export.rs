@@ -136,6 +136,7 @@ async fn dirsync_export(store: &AnyStore, target: &AnyTarget) -> (f64, SyncRepor
         instance: INSTANCE.into(),
         source_kind: SourceKind::Openldap,
         threshold: Threshold::Count(500),
+        hold: Default::default(),
         take_over: false,
         reset: None,
     };

@@ -186,6 +186,7 @@ async fn main() {
         &[
             "audit",
             "missed-deletes",
+            "--refresh",
             "--instance",
             "new",
             "--fail-if-any",

@@ -70,6 +70,10 @@ pub enum Command {
         /// The instance this computer runs as; default: this host's name.
         #[arg(long, value_parser = check_instance)]
         instance: Option<String>,
+        /// Serve GET /metrics (Prometheus text format), /healthz and /readyz on IP:PORT,
+        /// e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Audits over the log: missed deletions, sync gaps.
     #[command(subcommand)]
@@ -162,17 +166,21 @@ pub enum HandoverCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Objects we own in the target that are gone (or out of scope) in the source and whose
-    /// deletion has not reached the target, with the evidence.
+    /// deletion has not reached the target, with the evidence; each `missed` (no active
+    /// holder's next cycle would export it) or `pending`. Read-only unless --refresh.
     MissedDeletes {
-        /// Exit 5 when anything is listed.
+        /// Exit 5 when any deletion is `missed` (`pending` ones do not count).
         #[arg(long)]
         fail_if_any: bool,
-        /// The log's view only: no full import of the source first.
-        #[arg(long)]
+        /// The log's view only (the default; kept for scripts).
+        #[arg(long, conflicts_with = "refresh")]
         from_log: bool,
-        /// The instance whose full import (in staging) gathers fresh evidence; default:
-        /// this host's name.
-        #[arg(long, value_parser = check_instance)]
+        /// First run a full import in staging as --instance, for fresh evidence (the only
+        /// way this audit writes to the log).
+        #[arg(long, requires = "instance")]
+        refresh: bool,
+        /// The existing instance whose full import --refresh runs.
+        #[arg(long, value_parser = check_instance, requires = "refresh")]
         instance: Option<String>,
     },
     /// Per instance, the windows in which no sync completed, against the tombstone

@@ -15,6 +15,7 @@ pub use error::{Error, Exit, Result};
 pub mod audit;
 pub mod cli;
 pub mod commands;
+pub mod ops;
 pub mod output;
 mod par;
 

@@ -1,6 +1,7 @@
-//! The audit step that does I/O: before `audit missed-deletes` judges, a staging full
-//! import as an instance gathers fresh evidence (it records the import and exports
-//! nothing). The judging itself is pure ([`super::missed`]).
+//! The audit step that does I/O: before `audit missed-deletes --refresh` judges, a staging
+//! full import as an existing instance gathers fresh evidence (it records the import and
+//! exports nothing; without `--refresh` the audit reads the log and writes nothing). The
+//! judging itself is pure ([`super::missed`]).
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub struct MissedAudit {
     pub state: Arc<State>,
     pub fresh: Option<FreshImport>,
     pub missed: Vec<MissedDelete>,
+    /// As of which import the audit speaks.
+    pub as_of: missed::AsOf,
 }
 
 /// The missed deletions as of the log (`fresh_as` None), or after a staging full import
@@ -53,9 +56,15 @@ pub async fn missed_deletes(
         Some(instance) => {
             if cfg.source.is_none() {
                 return Err(Error::Config(
-                    "no [source] section to read fresh evidence from: use --from-log for the log's view"
+                    "no [source] section to read fresh evidence from: leave out --refresh for the log's view"
                         .into(),
                 ));
+            }
+            // An import as an instance the log does not know would create one.
+            if !before.instances.instances.contains_key(instance) {
+                return Err(Error::BadInput(format!(
+                    "--refresh --instance {instance}: no such instance (see `dirsync instance list`); the audit imports as an existing one"
+                )));
             }
             let opts = SyncOptions {
                 instance: instance.to_string(),
@@ -79,6 +88,7 @@ pub async fn missed_deletes(
     };
     let missed = missed::missed_deletes(&state, &cursors, now_us);
     Ok(MissedAudit {
+        as_of: missed::AsOf::of(&state),
         state,
         fresh,
         missed,

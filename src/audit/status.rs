@@ -107,7 +107,7 @@ pub struct InstanceRow {
     pub handover: Option<String>,
 }
 
-/// The current held plan: the latest unapproved one with no exporting sync since.
+/// The current held list, unapproved (the guard's `waiting()`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Held {
     pub plan_hash: String,
@@ -270,21 +270,12 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
     }
 }
 
-/// The held plan still in force: the latest unapproved one, unless a sync that exported
-/// has completed since (its list no longer stands).
+/// The held list that stands and is not approved: the guard's current list
+/// ([`crate::project::Guard::waiting`]), which the next cycle holds again. A list a later
+/// cycle superseded, or ended by holding nothing, is not held any more (it stays
+/// unapproved forever).
 fn current_hold(state: &State) -> Option<Held> {
-    let (hash, plan) = state.guard.plans.iter().max_by_key(|(_, p)| p.held.seq)?;
-    let last_sync = state
-        .instances
-        .instances
-        .values()
-        .filter_map(|r| r.syncs.last())
-        .map(|a| a.seq)
-        .max()
-        .unwrap_or(0);
-    if plan.approved.is_some() || last_sync > plan.held.seq {
-        return None;
-    }
+    let (hash, plan) = state.guard.waiting()?;
     Some(Held {
         plan_hash: hash.clone(),
         count: plan.anchors.len() as u64,
@@ -478,9 +469,9 @@ fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held
 mod tests {
     use super::*;
     use crate::log::event::{
-        DeletionsApproved, DeletionsHeld, Event, ExportFailed, HandoverStarted, HandoverStep,
-        InstanceLifecycle, SourceObject, SyncRelationshipEstablished, SyncRunCompleted,
-        SyncRunFailed, SyncRunStarted,
+        DeletionsApproved, DeletionsHeld, DeletionsHoldEnded, Event, ExportFailed, HandoverStarted,
+        HandoverStep, InstanceLifecycle, SourceObject, SyncRelationshipEstablished,
+        SyncRunCompleted, SyncRunFailed, SyncRunStarted,
     };
     use crate::project::Meta;
 
@@ -670,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn held_deletions_exit_3_until_approved_or_synced_past() {
+    fn held_deletions_exit_3_while_the_held_list_stands_unapproved() {
         let held = Event::DeletionsHeld(DeletionsHeld {
             plan_hash: "abc".into(),
             anchors: vec!["x".into(), "y".into()],
@@ -719,9 +710,44 @@ mod tests {
             status(&fold(&approved), &ask(None, T0)).deletions_held,
             None
         );
-        // A cycle that completes afterwards (another list): the old one no longer stands.
+        // A cycle that completes while the list stands ([sync] hold = "deletions": it
+        // exported its creates and updates, the deletions wait): still held, exit 3.
         events.push(("a", started("r3")));
         events.push(("a", completed("r3")));
+        let r = status(&fold(&events), &ask(None, T0 + 10 * S));
+        assert_eq!(
+            (r.deletions_held.clone().map(|h| h.plan_hash), r.exit()),
+            (Some("abc".into()), Exit::Held)
+        );
+        // A later cycle holds another list: that one is the held list, the first is
+        // superseded (unapproved forever, never counted).
+        let mut superseded = events.clone();
+        superseded.push((
+            "a",
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "def".into(),
+                anchors: vec!["z".into()],
+                reason: "1 deletion exceeds the threshold of 0".into(),
+            }),
+        ));
+        let r = status(&fold(&superseded), &ask(None, T0 + 10 * S));
+        assert_eq!(
+            (
+                r.deletions_held.clone().map(|h| (h.plan_hash, h.count)),
+                r.exit()
+            ),
+            (Some(("def".into(), 1)), Exit::Held)
+        );
+        // A cycle that holds nothing ends the list: no longer held.
+        events.push((
+            "a",
+            Event::DeletionsHoldEnded(DeletionsHoldEnded {
+                plan_hash: "abc".into(),
+                reason: "within the threshold".into(),
+            }),
+        ));
+        events.push(("a", started("r4")));
+        events.push(("a", completed("r4")));
         let r = status(&fold(&events), &ask(None, T0 + 10 * S));
         assert_eq!((r.deletions_held.clone(), r.exit()), (None, Exit::Ok));
     }

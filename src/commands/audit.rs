@@ -12,14 +12,14 @@ pub(super) async fn audit_cmd(
     match c {
         AuditCommand::MissedDeletes {
             fail_if_any,
-            from_log,
+            from_log: _,
+            refresh,
             instance,
         } => {
-            let fresh_as = if from_log {
-                None
-            } else {
-                Some(crate::cli::instance_or_host(instance)?)
-            };
+            // The webhook's secret is read before anything (exit 2 when unset). The audit's
+            // own findings record nothing: a delivery's outcome is said on stderr.
+            let notifier = Notifier::start(cfg, notify::Record::Stderr)?;
+            let fresh_as = instance.clone().filter(|_| refresh);
             let bar = crate::output::spinner("audit");
             let audit =
                 crate::audit::fresh::missed_deletes(cfg, &store, fresh_as.as_deref(), &bar, now)
@@ -34,26 +34,55 @@ pub(super) async fn audit_cmd(
             }
             let fresh = serde_json::to_value(&audit.fresh).map_err(Error::store)?;
             let list = audit.missed;
+            let as_of = audit.as_of;
+            // Told only of deletions no holder's next cycle would export (`missed`); the
+            // pending ones are on their way.
+            let told: Vec<&str> = list
+                .iter()
+                .filter(|m| m.status == missed::Status::Missed)
+                .map(|m| m.anchor.as_str())
+                .collect();
+            if !told.is_empty() {
+                notifier.send(Notification::new(
+                    NotifyEvent::MissedDeletionsFound,
+                    &crate::cli::instance_or_host(instance)?,
+                    json!({"count": told.len(), "pending": list.len() - told.len(),
+                           "seq": audit.state.seq,
+                           "evidence": if refresh { "full-import" } else { "log" },
+                           "anchors": told.iter().take(20).collect::<Vec<_>>()}),
+                ));
+            }
+            notifier.finish().await;
             // The process ends after printing: freeing a large state piece by piece would
             // only cost time (seconds for a million objects).
             let state = std::mem::ManuallyDrop::new(audit.state);
+            let missed_count = list
+                .iter()
+                .filter(|m| m.status == missed::Status::Missed)
+                .count();
             let rows: Vec<Vec<String>> = list.iter().map(|m| m.row()).collect();
             let v = json!({
                 "seq": state.seq,
-                "evidence": if from_log { "log" } else { "full-import" },
+                "as_of": as_of.json(),
+                "evidence": if refresh { "full-import" } else { "log" },
                 "fresh_import": fresh,
                 "count": list.len(),
+                "missed_count": missed_count,
+                "pending_count": list.len() - missed_count,
                 "missed": list.iter().map(|m| m.json()).collect::<Vec<_>>(),
             });
+            if fmt == Format::Table {
+                print(&format!("{}\n", as_of.line()))?;
+            }
             if fmt == Format::Table && list.is_empty() {
                 print(&format!(
-                    "no missed deletions as of seq {}: every deletion seen in the source has reached the target\n",
+                    "no missed deletions as of seq {}: every deletion the log holds has reached the target\n",
                     state.seq
                 ))?;
             } else {
                 emit_rows(fmt, &missed::HEADERS, &rows, &v)?;
             }
-            Ok(if fail_if_any && !list.is_empty() {
+            Ok(if fail_if_any && missed_count > 0 {
                 Exit::Found
             } else {
                 Exit::Ok

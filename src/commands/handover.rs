@@ -21,6 +21,7 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
         print_handover(&runner::report(id, h), fmt)?;
         return Ok(Exit::Ok);
     }
+    let notifier = Notifier::start(cfg, notify::Record::Log(store.clone()))?;
     let opts = runner::HandoverOptions {
         from: a.from.unwrap_or_default(),
         to: a.to.unwrap_or_default(),
@@ -37,8 +38,29 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
     };
     let r = runner::handover(cfg, &store, &opts, &bar, &say).await;
     bar.finish_and_clear();
-    print_handover(&r?, fmt)?;
-    Ok(Exit::Ok)
+    let told = match &r {
+        Ok(h) if h.status == "completed" => Some(Notification::new(
+            NotifyEvent::HandoverCompleted,
+            &h.to,
+            json!({"handover_id": h.handover_id, "from": h.from, "to": h.to,
+                   "playbook": h.playbook, "summary": h.summary}),
+        )),
+        // Bad usage is the caller's to see, not a failed handover.
+        Err(e) if e.exit() != Exit::BadInput => Some(Notification::new(
+            NotifyEvent::HandoverFailed,
+            &opts.to,
+            json!({"from": opts.from, "to": opts.to, "error": e.to_string(),
+                   "exit": e.exit() as i32}),
+        )),
+        _ => None,
+    };
+    if let Some(n) = told {
+        notifier.send(n);
+    }
+    let printed = r.and_then(|r| print_handover(&r, fmt));
+    // After the report: a slow receiver delays the exit, not the output.
+    notifier.finish().await;
+    printed.map(|()| Exit::Ok)
 }
 
 pub(super) fn print_handover(

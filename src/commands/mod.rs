@@ -41,6 +41,7 @@ use crate::error::{Error, Exit, Result};
 use crate::log::event::{stream, InstanceLifecycle};
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, ChainVerifier, Event, NewEvent, OpenMode, Store, StoredEvent};
+use crate::ops::notify::{self, Notification, Notifier, NotifyEvent};
 use crate::output::{self, print, table, time};
 use crate::project::replay::{self as projection, Until};
 use crate::project::{InstanceStatus, State};
@@ -118,11 +119,17 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         }
         // Answered above, before the configuration is read.
         Command::Playbook(_) | Command::Completions { .. } | Command::Man { .. } => Ok(Exit::Ok),
-        Command::Run { instance } => {
+        Command::Run { instance, listen } => {
             let instance = crate::cli::instance_or_host(instance)?;
+            // Bound before the store is opened: a bad address is bad usage, nothing written.
+            let listener = match listen {
+                Some(addr) => Some(crate::ops::metrics::bind(&addr).await?),
+                None => None,
+            };
             let store = open(&cfg).await?;
+            let notifier = Notifier::start(&cfg, notify::Record::Log(store.clone()))?;
             // Each line carries its time: a journal or a file keeps when each cycle ended.
-            crate::sync::service::serve(&cfg, &store, &instance, &|l| {
+            crate::sync::service::serve(&cfg, &store, &instance, listener, notifier, &|l| {
                 eprintln!("dirsync run: {} {l}", time(Utc::now().timestamp_micros()))
             })
             .await

@@ -279,6 +279,29 @@ pub enum DeletionEvidence {
 }
 
 impl DeletionEvidence {
+    /// The evidence's particulars: the tombstone's last parent, the RFC 4533 phase, the
+    /// full import's run, the DN it moved to.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            DeletionEvidence::Tombstone {
+                last_known_parent, ..
+            } => last_known_parent.clone(),
+            DeletionEvidence::SyncDelete { phase } => Some(phase.clone()),
+            DeletionEvidence::AbsentFromFullImport { run_id } => Some(format!("run {run_id}")),
+            DeletionEvidence::LeftScope { dn } => Some(dn.clone()),
+        }
+    }
+
+    /// When the source deleted it, when the source said (a tombstone's deletion time).
+    pub fn deleted_at_us(&self) -> Option<i64> {
+        match self {
+            DeletionEvidence::Tombstone { deleted_at, .. } => {
+                deleted_at.map(|t| t.timestamp_micros())
+            }
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             DeletionEvidence::Tombstone { .. } => "tombstone",
@@ -618,6 +641,15 @@ pub struct DeletionsHeld {
     pub reason: String,
 }
 
+/// The held list `plan_hash` no longer stands: a later cycle's guard did not hold (its
+/// deletions were approved, within the threshold, or none), so approving it would release
+/// nothing. A cycle that holds another list supersedes it instead (`DeletionsHeld`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionsHoldEnded {
+    pub plan_hash: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionsApproved {
     pub plan_hash: String,
@@ -722,6 +754,28 @@ pub struct DuplicateRemoved {
     pub target_id: String,
 }
 
+/// A notification (`[notify]`) reached its receiver over one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationDelivered {
+    pub event: crate::ops::notify::NotifyEvent,
+    pub channel: crate::ops::notify::Channel,
+    /// Where it went: the webhook's URL without credentials, query or fragment, or the
+    /// command's program.
+    pub receiver: String,
+    pub attempts: u32,
+}
+
+/// A notification could not be delivered over one channel within its time limit, retries
+/// included: the last attempt's error class (never the secret, never the URL's query).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationFailed {
+    pub event: crate::ops::notify::NotifyEvent,
+    pub channel: crate::ops::notify::Channel,
+    pub receiver: String,
+    pub attempts: u32,
+    pub error: crate::ops::notify::DeliveryError,
+}
+
 macro_rules! events {
     ($($variant:ident($payload:ty)),+ $(,)?) => {
         /// Every fact dirsync records.
@@ -781,6 +835,7 @@ events! {
     InstanceRetired(InstanceLifecycle),
     DeletionsHeld(DeletionsHeld),
     DeletionsApproved(DeletionsApproved),
+    DeletionsHoldEnded(DeletionsHoldEnded),
     HandoverStarted(HandoverStarted),
     HandoverStepStarted(HandoverStep),
     HandoverStepCompleted(HandoverStep),
@@ -791,6 +846,8 @@ events! {
     AnchorsMigrated(AnchorsMigrated),
     TargetReconciled(TargetReconciled),
     DuplicateRemoved(DuplicateRemoved),
+    NotificationDelivered(NotificationDelivered),
+    NotificationFailed(NotificationFailed),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.
@@ -803,6 +860,8 @@ pub mod stream {
     pub const TARGET: &str = "target";
     /// Deletion guard decisions.
     pub const GUARD: &str = "guard";
+    /// Notification deliveries (`[notify]`).
+    pub const NOTIFY: &str = "notify";
 
     pub fn cursor(instance: &str) -> String {
         format!("cursor/{instance}")

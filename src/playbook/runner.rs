@@ -532,7 +532,7 @@ async fn run_action(
                 "{} deletion(s) held ({}); approve with `dirsync deletions approve --plan {}` and run the handover again",
                 r.held,
                 r.held_reason.unwrap_or_default(),
-                r.held_plan.unwrap_or_default()
+                crate::plan::plan::short_hash(&r.held_plan.unwrap_or_default())
             ))),
             _ => Err(Error::Target(format!(
                 "{} conflict(s) and {} failed export(s) on {name}: see `dirsync sync --instance {name}`",

@@ -654,6 +654,12 @@ pub struct InstanceRecord {
     /// the audit's sync gaps are the windows between them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub syncs: Vec<At>,
+    /// When it was retired (while it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<At>,
+    /// Its last completed import, and whether it was full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_import: Option<(At, bool)>,
 }
 
 /// A failed cycle as the instance projection keeps it.
@@ -687,6 +693,7 @@ impl Instances {
                 | Event::InstanceStopped(_)
                 | Event::InstanceRetired(_)
                 | Event::CursorAdvanced(_)
+                | Event::ImportCompleted(_)
                 | Event::SyncRelationshipEstablished(_)
         );
         if !touches {
@@ -732,10 +739,18 @@ impl Instances {
                     error: s.error.clone(),
                 });
             }
-            Event::InstanceStarted(_) => rec.status = InstanceStatus::Active,
-            Event::InstanceStopped(_) => rec.status = InstanceStatus::Stopped,
+            Event::ImportCompleted(i) => rec.last_import = Some((m.into(), i.full)),
+            Event::InstanceStarted(_) => {
+                rec.status = InstanceStatus::Active;
+                rec.retired = None;
+            }
+            Event::InstanceStopped(_) => {
+                rec.status = InstanceStatus::Stopped;
+                rec.retired = None;
+            }
             Event::InstanceRetired(_) => {
                 rec.status = InstanceStatus::Retired;
+                rec.retired = Some(m.into());
                 rec.running = None;
                 rec.running_mode = None;
             }
@@ -760,6 +775,10 @@ pub struct HeldDeletions {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     pub plans: BTreeMap<String, HeldDeletions>,
+    /// The held list that stands now: the last one held, until a cycle holds another
+    /// (`DeletionsHeld`) or holds nothing (`DeletionsHoldEnded`). Only it can be approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
     /// Duplicates deleted from the target (by the key the guard lists them under,
     /// `ANCHOR@TARGET_ID`), and when: they count in the guard's rolling window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -770,16 +789,26 @@ impl Guard {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
         match e {
             Event::DeletionsHeld(h) => {
-                self.plans.insert(
-                    h.plan_hash.clone(),
-                    HeldDeletions {
+                // Held again after another list stood: the same list, held anew.
+                let p = self
+                    .plans
+                    .entry(h.plan_hash.clone())
+                    .or_insert_with(|| HeldDeletions {
                         anchors: h.anchors.clone(),
                         reason: h.reason.clone(),
                         held: m.into(),
                         approved: None,
                         by: m.instance.to_string(),
-                    },
-                );
+                    });
+                p.reason.clone_from(&h.reason);
+                p.held = m.into();
+                p.by = m.instance.to_string();
+                self.current = Some(h.plan_hash.clone());
+            }
+            Event::DeletionsHoldEnded(h)
+                if self.current.as_deref() == Some(h.plan_hash.as_str()) =>
+            {
+                self.current = None;
             }
             Event::DeletionsApproved(a) => {
                 if let Some(p) = self.plans.get_mut(&a.plan_hash) {
@@ -791,6 +820,14 @@ impl Guard {
                 .push((format!("{}@{}", d.anchor, d.target_id), m.into())),
             _ => {}
         }
+    }
+
+    /// The held list that stands and is not approved yet: what the next cycle holds again.
+    pub fn waiting(&self) -> Option<(&String, &HeldDeletions)> {
+        let h = self.current.as_ref()?;
+        self.plans
+            .get_key_value(h)
+            .filter(|(_, p)| p.approved.is_none())
     }
 }
 

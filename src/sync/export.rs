@@ -35,18 +35,18 @@ use serde::Serialize;
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, Hold, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
-    ExportBatchStarted, ExportFailed, ExportOp, FailureReason, ObjectKind,
-    SyncRelationshipEstablished, SyncRunCompleted, SyncRunFailed, SyncRunStarted,
-    TargetDuplicateRemoved, TargetReconciled, TargetReset,
+    stream, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
+    ExportFailed, ExportOp, FailureReason, ObjectKind, SyncRelationshipEstablished,
+    SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
+    TargetReset,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::plan::matching::{swap_case, Index, Match};
-use crate::plan::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
+use crate::plan::plan::{guard, guard_event, plan, recent_deletions, GuardInput, Plan, Verdict};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Lease, Meta, State};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
@@ -443,6 +443,7 @@ async fn sync_cycle(
         target: target.as_ref(),
         source_kind: src_cfg.kind,
         threshold: cfg.sync.deletion_threshold,
+        hold: cfg.sync.hold,
         instance: &opts.instance,
         fence,
         progress,
@@ -490,7 +491,7 @@ async fn sync_cycle(
     }
     .await;
     if !opts.dry_run {
-        run_ended(store, &report, &result).await?;
+        run_ended(store, &report, cfg.sync.hold, &result).await?;
     }
     phase("run recorded");
     result.map(|()| report)
@@ -537,10 +538,12 @@ pub(crate) async fn record_unstarted(store: &AnyStore, instance: &str, e: &Error
 }
 
 /// The event that ends a run: completed, or failed with its reason. A cycle whose
-/// deletions were held exported nothing (exit 3): it failed, held.
-fn run_end(report: &SyncReport, result: &Result<()>) -> Event {
+/// deletions were held (exit 3) failed, held, when it exported nothing (`[sync] hold =
+/// "all"`); with `hold = "deletions"` it exported its creates and updates and completed,
+/// its held count above zero (the held list stands until approved: `Guard::waiting`).
+fn run_end(report: &SyncReport, hold: Hold, result: &Result<()>) -> Event {
     match result {
-        Ok(()) if report.held > 0 => Event::SyncRunFailed(SyncRunFailed {
+        Ok(()) if report.held > 0 && hold == Hold::All => Event::SyncRunFailed(SyncRunFailed {
             run_id: report.run_id.clone(),
             error: format!(
                 "{} deletion(s) held: {} (plan {})",
@@ -567,8 +570,13 @@ fn run_end(report: &SyncReport, result: &Result<()>) -> Event {
     }
 }
 
-async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -> Result<()> {
-    let end = run_end(report, result);
+async fn run_ended(
+    store: &AnyStore,
+    report: &SyncReport,
+    hold: Hold,
+    result: &Result<()>,
+) -> Result<()> {
+    let end = run_end(report, hold, result);
     store
         .append(Batch::new(vec![NewEvent::new(
             stream::instance(&report.instance),
@@ -587,6 +595,8 @@ pub struct ExportOptions {
     /// How source objects map (INTERFACE.md differs per kind).
     pub source_kind: SourceKind,
     pub threshold: crate::config::Threshold,
+    /// What a tripped guard holds (`[sync] hold`).
+    pub hold: crate::config::Hold,
     pub take_over: bool,
     /// Record `TargetReset` with this reason first, under the same fence as the export's
     /// claims (the ledger forgets the target: everything is created again). Only
@@ -649,6 +659,7 @@ async fn export_log_locked(
         target: Some(target),
         source_kind: opts.source_kind,
         threshold: opts.threshold,
+        hold: opts.hold,
         instance: &opts.instance,
         fence: Some(fence),
         progress,
@@ -668,7 +679,7 @@ async fn export_log_locked(
         full: false,
     };
     let result = run.cycle(state, &mut report, None).await;
-    run_ended(store, &report, &result).await?;
+    run_ended(store, &report, opts.hold, &result).await?;
     result.map(|()| report)
 }
 
@@ -859,6 +870,8 @@ struct Cycle<'a> {
     target: Option<&'a AnyTarget>,
     source_kind: SourceKind,
     threshold: crate::config::Threshold,
+    /// What a tripped guard holds: the deletions, or the whole cycle.
+    hold: crate::config::Hold,
     instance: &'a str,
     /// Present when exporting.
     fence: Option<Fence>,
@@ -987,26 +1000,31 @@ impl Cycle<'_> {
                     .is_some_and(|p| p.approved.is_some())
             },
         );
-        if let Verdict::Hold { plan_hash, reason } = verdict {
-            report.held = deletes.len() as u64;
-            report.held_plan = Some(plan_hash.clone());
-            report.held_reason = Some(reason.clone());
-            // Recorded once per exact list; nothing is exported this cycle.
-            let known = state.guard.plans.contains_key(&plan_hash);
-            if !known && report.mode != "dry-run" {
+        let dry_run = report.mode == "dry-run";
+        // A dry run records nothing: its list has no plan to approve.
+        if !dry_run {
+            if let Some(e) = guard_event(state.guard.current.as_deref(), &verdict, &deletes) {
                 self.store
                     .append(Batch::new(vec![NewEvent::new(
                         stream::GUARD,
                         self.instance,
-                        Event::DeletionsHeld(DeletionsHeld {
-                            plan_hash,
-                            anchors: deletes,
-                            reason,
-                        }),
+                        e,
                     )]))
                     .await?;
             }
-            if report.mode == "dry-run" || report.mode == "staging" {
+        }
+        let holding = match verdict {
+            Verdict::Hold { plan_hash, reason } => {
+                report.held = deletes.len() as u64;
+                report.held_reason = Some(reason);
+                report.held_plan = (!dry_run).then_some(plan_hash);
+                true
+            }
+            _ => false,
+        };
+        if holding && (self.hold == Hold::All || self.fence.is_none()) {
+            // Nothing is exported this cycle ([sync] hold = "all"), or nothing would be.
+            if dry_run || report.mode == "staging" {
                 self.print_plan(&state, whole, report).await?;
             }
             return Ok(());
@@ -1014,7 +1032,7 @@ impl Cycle<'_> {
         match self.fence {
             None => self.print_plan(&state, whole, report).await,
             Some(fence) => {
-                self.export(state, fence, report, listing.as_ref(), dups)
+                self.export(state, fence, report, listing.as_ref(), dups, holding)
                     .await
             }
         }
@@ -1215,6 +1233,7 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         listing: Option<&Listing>,
         duplicates: Vec<Duplicate>,
+        hold_deletions: bool,
     ) -> Result<()> {
         let Some(t) = self.target else {
             return Err(Error::Config("no [target] section".into()));
@@ -1351,6 +1370,12 @@ impl Cycle<'_> {
             updates.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
             creates.extend(updates);
             self.run_ops(creates, fence, report, &repairing).await?;
+        }
+        if hold_deletions {
+            // The guard holds this cycle's deletions (the duplicates' too); the creates and
+            // updates are out. A reconcile with duplicates left is not done: the next
+            // cycle reads again.
+            return Ok(());
         }
         state = replay::advance(self.store, state).await?;
         let mut deletes = plan(&state, self.source_kind, None).deletes;

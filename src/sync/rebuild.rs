@@ -93,6 +93,8 @@ pub async fn rebuild(
         instance: opts.instance.clone(),
         source_kind: opts.source_kind,
         threshold: opts.threshold,
+        // The ledger is reset first: a rebuild has no deletion to hold.
+        hold: Default::default(),
         take_over: false,
         reset: Some(opts.reason()),
     };

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dirsync::log::event::{Event, FailureReason, SyncRunFailed};
+use dirsync::log::event::{Event, FailureReason, SyncRunCompleted, SyncRunFailed};
 use dirsync::log::store::Batch;
 use dirsync::log::{NewEvent, Store};
 use serde_json::{json, Value};
@@ -290,7 +290,9 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     lab.sync("a", &[]);
     assert_eq!(status(&lab, &[]).0.code, 0);
 
-    // Held: two deletions over a threshold of one.
+    // Held: two deletions over a threshold of one. With `[sync] hold = "deletions"` (the
+    // default) the cycle exported its creates and updates: it completed, holding two, and
+    // status exits 3 from the guard's held list (not from a failed cycle).
     lab.slapd()
         .ldapmodify(&format!(
             "dn: uid=u1,{PEOPLE}\nchangetype: delete\n\ndn: uid=u2,{PEOPLE}\nchangetype: delete\n\n"
@@ -301,18 +303,20 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     assert_eq!(run.code, 3, "{run:?}");
     let plan = s["held_plan"].as_str().unwrap().to_string();
     let evs = events_after(&lab, head).await;
-    let Some((_, Event::SyncRunFailed(f))) = evs.last() else {
+    let Some((_, Event::SyncRunCompleted(c))) = evs.last() else {
         panic!("{evs:?}")
     };
+    let count = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"));
     assert_eq!(
-        f,
-        &SyncRunFailed {
+        c,
+        &SyncRunCompleted {
             run_id: s["run_id"].as_str().unwrap().into(),
-            error: format!(
-                "2 deletion(s) held: {} (plan {plan})",
-                s["held_reason"].as_str().unwrap()
-            ),
-            reason: Some(FailureReason::Held),
+            created: count("created"),
+            updated: count("updated"),
+            deleted: 0,
+            matched: count("matched"),
+            held: 2,
+            failed: 0,
         }
     );
     let (run, v) = status(&lab, &[]);
@@ -320,6 +324,7 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     assert_eq!(v["instances"][0]["deletions_held"], 2);
     assert_eq!(v["deletions_held"]["plan_hash"], plan.as_str());
     assert_eq!(v["deletions_held"]["count"], 2);
+    assert_eq!(v["instances"][0]["last_cycle_failed"], false, "{v}");
     assert_eq!(lab.cli(&["deletions", "approve", "--plan", &plan]).code, 0);
     lab.sync("a", &[]);
     assert_eq!(status(&lab, &[]).0.code, 0);
@@ -402,11 +407,12 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     );
 }
 
-/// A handover's sync step that fails (its deletions held) records the failed cycle with
-/// its reason, and `status` shows the handover stopped part way and the hold.
+/// A handover's sync step that fails (its deletions held, `[sync] hold = "all"`: the cycle
+/// exported nothing) records the failed cycle with its reason, and `status` shows the
+/// handover stopped part way and the hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_handover_sync_step_is_recorded_and_shown() {
-    let lab = E2e::ldap(3, "1\nlease = \"3s\"").await;
+    let lab = E2e::ldap(3, "1\nlease = \"3s\"\nhold = \"all\"").await;
     let playbooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
     std::os::unix::fs::symlink(playbooks, lab.dir.path().join("playbooks")).unwrap();
     lab.sync("old", &[]);

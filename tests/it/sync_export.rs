@@ -650,14 +650,16 @@ async fn six_hundred_deletions_wait_for_an_approval_of_exactly_that_list() {
         .contains(&"DeletionsHeld".to_string()));
     assert_eq!(lab.cli(&["deletions", "approve", "--plan", "abc"]).code, 2);
 
-    // One more deletion: a different list, a different hash; approving the first does not
-    // release the second.
+    // One more deletion: a different list, a different hash; the first no longer stands,
+    // so approving it is refused (exit 2) and approves nothing.
     lab.slapd().ldapdelete(&format!("uid=u100,{PEOPLE}")).await;
     let (run, v) = lab.run("a", &[]);
     assert_eq!(run.code, 3, "{run:?}");
     let second = v["held_plan"].as_str().unwrap().to_string();
     assert_ne!(first, second);
-    assert_eq!(lab.cli(&["deletions", "approve", "--plan", &first]).code, 0);
+    let head = lab.head().await;
+    assert_eq!(lab.cli(&["deletions", "approve", "--plan", &first]).code, 2);
+    assert_eq!(lab.head().await, head);
     let (run, _) = lab.run("a", &[]);
     assert_eq!(run.code, 3, "{run:?}");
     assert_eq!(lab.view.count("Users").await, 700);
