@@ -26,6 +26,9 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Show times in tables in this computer's time zone (JSON stays RFC 3339 UTC).
+    #[arg(long, global = true)]
+    pub local_time: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -92,6 +95,15 @@ pub enum Command {
     /// The source anchor: the attribute recorded, and moving the ledger to another one.
     #[command(subcommand)]
     Anchors(AnchorsCommand),
+    /// Per instance: role, epoch, last success and failure, deletions held, cursor age,
+    /// handover in progress; quarantined objects. Exit 0 healthy, 4 the named instance is
+    /// fenced, 1 the last cycle failed or none succeeded within three intervals, 3
+    /// deletions held.
+    Status {
+        /// Only this instance (and its health); default: every instance, the holder's health.
+        #[arg(long, value_parser = check_instance)]
+        instance: Option<String>,
+    },
     /// Print shell completions for SHELL on stdout (for packaging: scripts/package).
     #[command(hide = true)]
     Completions {

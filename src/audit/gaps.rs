@@ -16,13 +16,19 @@ const DAY_US: i64 = 86_400 * 1_000_000;
 pub struct Window {
     /// The completed sync that opened it (None: the instance has never completed one; the
     /// window starts when the log first heard of it).
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub from: Option<At>,
     /// Where it started when `from` is None.
+    #[serde(serialize_with = "crate::output::at_json")]
     pub since: At,
     /// The completed sync that closed it (None: still open now, or ended by retirement).
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub to: Option<At>,
     /// The instance was retired here: its last window ends then, not now.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::output::at_json_opt"
+    )]
     pub retired: Option<At>,
     pub length_us: i64,
     /// Source deletions the log recorded inside the window.
@@ -38,7 +44,9 @@ pub struct InstanceGaps {
     pub status: String,
     /// Completed syncs (that exported).
     pub syncs: u64,
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub last_sync: Option<At>,
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub cursor: Option<At>,
     pub cursor_age_us: Option<i64>,
     /// The cursor is older than the tombstone lifetime: deletions from before that are

@@ -246,6 +246,19 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
         .filter(|p| p.approved.is_some())
         .map(|p| p.anchors.iter().map(String::as_str).collect())
         .unwrap_or_default();
+    // The held list that stands, unapproved: the holder's next cycle holds it again. With
+    // `[sync] hold = "all"` its held cycles failed (`SyncRunFailed`, reason held), so no
+    // completed sync may be newer than these deletions: they are missed all the same.
+    let waiting: Option<(&String, std::collections::HashSet<&str>)> =
+        state.guard.waiting().map(|(h, p)| {
+            (
+                h,
+                p.anchors
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<std::collections::HashSet<_>>(),
+            )
+        });
     let mut out: Vec<MissedDelete> = Vec::new();
     for (anchor, l) in state.ledger.owned() {
         let rec = state.objects.objects.get(anchor);
@@ -309,10 +322,21 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
                     point(s)
                 ),
             ),
-            Exporter::Active { name, .. } => (
-                Status::Pending,
-                format!("recorded after {name}'s last completed sync: its next cycle exports it"),
-            ),
+            Exporter::Active { name, .. } => match &waiting {
+                Some((h, held)) if held.contains(anchor.as_str()) => (
+                    Status::Missed,
+                    format!(
+                        "held (plan {}, not approved): {name}'s next cycle holds it again",
+                        crate::plan::plan::short_hash(h)
+                    ),
+                ),
+                _ => (
+                    Status::Pending,
+                    format!(
+                        "recorded after {name}'s last completed sync: its next cycle exports it"
+                    ),
+                ),
+            },
         };
         out.push(MissedDelete {
             anchor: anchor.clone(),
@@ -738,6 +762,62 @@ mod tests {
                 "approved: a's next cycle exports it"
             )
         );
+    }
+
+    #[test]
+    fn a_held_list_whose_cycle_failed_is_missed() {
+        // [sync] hold = "all": the held cycle exported nothing and failed (reason held), so
+        // no completed sync is newer than the deletion; the list that stands is held again
+        // by the holder's next cycle: missed. Superseded, the old list's deletions are the
+        // new list's, or the next cycle's to export.
+        let mut l = synced();
+        holds(&mut l, "a", 1);
+        l.delete(
+            "a1",
+            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
+        );
+        l.at(
+            "a",
+            Event::SyncRunStarted(crate::log::event::SyncRunStarted {
+                run_id: "h".into(),
+                full: false,
+                mode: "sync".into(),
+            }),
+        );
+        l.at(
+            "a",
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "0123456789abcdef".into(),
+                anchors: vec!["a1".into()],
+                reason: "threshold".into(),
+            }),
+        );
+        l.at(
+            "a",
+            Event::SyncRunFailed(crate::log::event::SyncRunFailed {
+                run_id: "h".into(),
+                error: "1 deletion(s) held".into(),
+                reason: Some(crate::log::event::FailureReason::Held),
+            }),
+        );
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        assert_eq!(
+            (v[0].state, v[0].status, v[0].status_detail.as_str()),
+            (
+                DeleteState::Held,
+                Status::Missed,
+                "held (plan 0123456789ab, not approved): a's next cycle holds it again"
+            )
+        );
+        assert_eq!(v[0].gap.to, None, "a failed cycle closes no gap");
+        l.at(
+            "a",
+            Event::DeletionsHoldEnded(crate::log::event::DeletionsHoldEnded {
+                plan_hash: "0123456789abcdef".into(),
+                reason: "within the threshold".into(),
+            }),
+        );
+        assert_eq!(statuses(&l), [("a1".into(), Status::Pending)]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod history;
 pub mod missed;
 pub mod object;
 pub mod report;
+pub mod status;
 
 use crate::log::event::ObjectKind;
 use crate::output::time;

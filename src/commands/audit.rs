@@ -20,10 +20,7 @@ pub(super) async fn audit_cmd(
             // own findings record nothing: a delivery's outcome is said on stderr.
             let notifier = Notifier::start(cfg, notify::Record::Stderr)?;
             let fresh_as = instance.clone().filter(|_| refresh);
-            let bar = indicatif::ProgressBar::with_draw_target(
-                None,
-                indicatif::ProgressDrawTarget::stderr(),
-            );
+            let bar = crate::output::spinner("audit");
             let audit =
                 crate::audit::fresh::missed_deletes(cfg, &store, fresh_as.as_deref(), &bar, now)
                     .await;

@@ -109,7 +109,7 @@ async fn show(store: &AnyStore, fmt: Format) -> Result<Exit> {
                 "no deletions held: plan {} ({} deletion(s)) was approved at {}; the next sync exports them\n",
                 short_hash(h),
                 p.anchors.len(),
-                time(a.at_us)
+                output::shown(a.at_us)
             )),
             None => out.push_str("no deletions held\n"),
         },
@@ -117,7 +117,7 @@ async fn show(store: &AnyStore, fmt: Format) -> Result<Exit> {
             out.push_str(&format!(
                 "{} deletion(s) held since {} ({}); release exactly these with `dirsync deletions approve --plan {}`\n",
                 p.anchors.len(),
-                time(p.held.at_us),
+                output::shown(p.held.at_us),
                 p.reason,
                 short_hash(h)
             ));
@@ -140,7 +140,7 @@ async fn show(store: &AnyStore, fmt: Format) -> Result<Exit> {
                             true => "-".into(),
                             false => format!(
                                 "{} (seq {}) by {}",
-                                s(&d["seen"]["at"]),
+                                output::shown_str(&s(&d["seen"]["at"])),
                                 d["seen"]["seq"],
                                 s(&d["seen"]["by"])
                             ),
@@ -162,9 +162,9 @@ async fn show(store: &AnyStore, fmt: Format) -> Result<Exit> {
                 "  plan {}: {} deletion(s), held {}, {}\n",
                 short_hash(h),
                 p.anchors.len(),
-                time(p.held.at_us),
+                output::shown(p.held.at_us),
                 match p.approved {
-                    Some(a) => format!("approved {}", time(a.at_us)),
+                    Some(a) => format!("approved {}", output::shown(a.at_us)),
                     None => "superseded (no longer the held list)".into(),
                 }
             )
@@ -217,7 +217,7 @@ async fn approve(store: &AnyStore, prefix: &str, fmt: Format) -> Result<Exit> {
                 Format::Table | Format::Csv => print(&format!(
                     "plan {} ({count} deletion(s)) was approved at {} already\n",
                     short_hash(&hash),
-                    time(at.at_us)
+                    output::shown(at.at_us)
                 ))?,
             }
             return Ok(Exit::Ok);
@@ -228,7 +228,7 @@ async fn approve(store: &AnyStore, prefix: &str, fmt: Format) -> Result<Exit> {
                     "the held list is plan {} ({} deletion(s), held {})",
                     short_hash(c),
                     cp.anchors.len(),
-                    time(cp.held.at_us)
+                    output::shown(cp.held.at_us)
                 ),
                 None => "no deletions are held now".into(),
             };

@@ -28,8 +28,7 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
         playbook: a.playbook,
         dry_run: a.dry_run,
     };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let bar = crate::output::spinner("handover");
     let say = |l: &str| {
         if fmt == Format::Table {
             bar.suspend(|| println!("{l}"));
@@ -83,8 +82,8 @@ pub(super) fn print_handover(
                         s.step.to_string(),
                         s.action.clone(),
                         s.state.clone(),
-                        s.started.clone().unwrap_or_default(),
-                        s.finished.clone().unwrap_or_default(),
+                        output::shown_str(s.started.as_deref().unwrap_or_default()),
+                        output::shown_str(s.finished.as_deref().unwrap_or_default()),
                         crate::playbook::runner::brief(&s.detail)
                             .trim()
                             .trim_start_matches('(')

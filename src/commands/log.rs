@@ -114,7 +114,7 @@ pub(super) async fn log_show(store: &AnyStore, f: LogFilter, fmt: Format) -> Res
             }
             rows.push(vec![
                 e.seq.to_string(),
-                time(e.recorded_at_us),
+                output::shown(e.recorded_at_us),
                 e.instance.clone(),
                 format!("{}@{}", e.stream, e.stream_version),
                 e.event_type.clone(),

@@ -12,6 +12,7 @@ mod packaging;
 mod playbook;
 mod replay;
 mod report;
+mod status;
 mod sync;
 
 use self::anchors::*;
@@ -25,6 +26,7 @@ use self::packaging::*;
 use self::playbook::*;
 use self::replay::*;
 use self::report::*;
+use self::status::*;
 use self::sync::*;
 
 use std::io::{BufRead, BufReader, Write};
@@ -120,12 +122,10 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
         Command::Anchors(c) => anchors(&cfg, c, fmt).await,
         Command::Handover(a) => handover(&cfg, a, fmt).await,
+        Command::Status { instance } => status(&cfg, instance, fmt).await,
         Command::Preflight { instance } => {
             let instance = crate::cli::instance_or_host(instance)?;
-            let bar = indicatif::ProgressBar::with_draw_target(
-                None,
-                indicatif::ProgressDrawTarget::stderr(),
-            );
+            let bar = crate::output::spinner("preflight");
             let checks = crate::sync::preflight::preflight(&cfg, &instance, &bar).await;
             bar.finish_and_clear();
             match fmt {
@@ -161,8 +161,9 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
             };
             let store = open(&cfg).await?;
             let notifier = Notifier::start(&cfg, notify::Record::Log(store.clone()))?;
+            // Each line carries its time: a journal or a file keeps when each cycle ended.
             crate::sync::service::serve(&cfg, &store, &instance, listener, notifier, &|l| {
-                eprintln!("dirsync run: {l}")
+                eprintln!("dirsync run: {} {l}", time(Utc::now().timestamp_micros()))
             })
             .await
         }

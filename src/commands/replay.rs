@@ -56,7 +56,7 @@ pub(super) async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> 
 pub(super) fn at(a: Option<&crate::project::At>) -> String {
     a.map_or_else(
         || "-".to_string(),
-        |a| format!("{} (seq {})", time(a.at_us), a.seq),
+        |a| format!("{} (seq {})", output::shown(a.at_us), a.seq),
     )
 }
 
@@ -223,8 +223,7 @@ pub(super) async fn to_target(
         emit_rows(fmt, &["OP", "KIND", "ANCHOR", "NAME", "DETAIL"], &rows, &v)?;
         return Ok(Exit::Ok);
     }
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let bar = crate::output::spinner("rebuilding the target");
     let r = rebuild(store, &target, &opts, &bar).await;
     bar.finish_and_clear();
     let r = r?;

@@ -14,9 +14,7 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
         stop: None,
         wait_for_cycle: None,
     };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let bar = crate::output::spinner("sync");
     let began_us = Utc::now().timestamp_micros();
     let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
     bar.finish_and_clear();
@@ -48,9 +46,9 @@ fn print_sync(
         Format::Json => emit_json(&r)?,
         Format::Table | Format::Csv => print(&sync_table(&r))?,
     }
-    match (&r.held_plan, &r.held_reason) {
-        (Some(h), Some(why)) => eprintln!(
-            "dirsync: {} deletion(s) held{}: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {}`",
+    let said = match (&r.held_plan, &r.held_reason) {
+        (Some(h), Some(why)) => Some(format!(
+            "{} deletion(s) held{}: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {}`",
             r.held,
             if cfg.sync.hold == crate::config::Hold::All {
                 ", nothing exported"
@@ -58,13 +56,20 @@ fn print_sync(
                 ""
             },
             crate::plan::plan::short_hash(h)
-        ),
+        )),
         // A dry run records no plan: there is nothing to approve yet.
-        (None, Some(why)) => eprintln!(
-            "dirsync: would hold {} deletion(s): {why}. A sync records the list; `dirsync deletions show` then lists it for approval",
+        (None, Some(why)) => Some(format!(
+            "would hold {} deletion(s): {why}. A sync records the list; `dirsync deletions show` then lists it for approval",
             r.held
-        ),
-        _ => {}
+        )),
+        _ => None,
+    };
+    if let Some(said) = said {
+        match fmt {
+            // Exit 3 is an error to a script: one JSON object, like every error.
+            Format::Json => eprintln!("{}", json!({"error": said, "exit": Exit::Held as u8})),
+            Format::Table | Format::Csv => eprintln!("dirsync: {said}"),
+        }
     }
     Ok(r.exit())
 }

@@ -147,8 +147,15 @@ impl Metrics {
         vec![("instance", self.0.instance.clone())]
     }
 
-    /// Count a cycle that ended as `outcome` after `took` (its report when it completed).
-    pub fn cycle(&self, outcome: Outcome, report: Option<&SyncReport>, took: Duration) {
+    /// Count a cycle that ended as `outcome` after `took` (its report when it completed),
+    /// under `[sync] hold` (whether a held cycle completed).
+    pub fn cycle(
+        &self,
+        outcome: Outcome,
+        hold: crate::config::Hold,
+        report: Option<&SyncReport>,
+        took: Duration,
+    ) {
         let m = &self.0;
         let mut labels = self.labels();
         labels.push(("outcome", outcome.as_str().into()));
@@ -162,7 +169,7 @@ impl Metrics {
             }
             m.deletions_held.set(clamp(r.held));
         }
-        if outcome.completed() {
+        if outcome.completed(hold) {
             m.last_success
                 .get_or_create(&self.labels())
                 .set(now_us() as f64 / 1e6);
@@ -481,6 +488,7 @@ impl Collector for Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Hold;
 
     #[test]
     fn proc_self_is_parsed_by_its_fields() {
@@ -546,10 +554,18 @@ mod tests {
         }
         assert!(!m.ready());
         assert!(m.healthy());
-        m.cycle(Outcome::Failed, None, Duration::from_millis(300));
+        m.cycle(
+            Outcome::Failed,
+            Hold::Deletions,
+            None,
+            Duration::from_millis(300),
+        );
         assert!(!m.ready(), "a failed cycle is not readiness");
+        // A held cycle that exported nothing ([sync] hold = "all") is recorded as failed.
+        assert!(!Outcome::Held.completed(Hold::All));
         m.cycle(
             Outcome::Held,
+            Hold::Deletions,
             Some(&SyncReport {
                 held: 7,
                 ..Default::default()

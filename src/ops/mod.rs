@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod notify;
 
+use crate::config::Hold;
 use crate::error::{Error, Result};
 use crate::sync::export::SyncReport;
 
@@ -50,9 +51,15 @@ impl Outcome {
     }
 
     /// Whether the cycle completed (recorded as `SyncRunCompleted`): a success for
-    /// readiness and `dirsync_last_success_timestamp_seconds`.
-    pub fn completed(self) -> bool {
-        matches!(self, Outcome::Success | Outcome::Partial | Outcome::Held)
+    /// readiness and `dirsync_last_success_timestamp_seconds`. A held cycle completed when
+    /// it exported its creates and updates (`[sync] hold = "deletions"`); with
+    /// `hold = "all"` it exported nothing and is recorded as failed (reason `held`).
+    pub fn completed(self, hold: Hold) -> bool {
+        match self {
+            Outcome::Success | Outcome::Partial => true,
+            Outcome::Held => hold == Hold::Deletions,
+            Outcome::Failed | Outcome::Fenced | Outcome::Skipped => false,
+        }
     }
 
     pub fn as_str(self) -> &'static str {

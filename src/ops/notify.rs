@@ -229,6 +229,7 @@ pub fn after_cycle(
                 instance,
                 json!({
                     "failures_in_row": failures_in_row,
+                    "reason": crate::log::event::FailureReason::of(e).as_str(),
                     "error": e.to_string(),
                     "exit": e.exit() as i32,
                 }),
@@ -635,7 +636,7 @@ mod tests {
         let n = &after_cycle("a", &failed, None, 0, 3, 3)[0];
         assert_eq!(
             n.details,
-            json!({"failures_in_row": 3, "error": "target: down", "exit": 1})
+            json!({"failures_in_row": 3, "reason": "target", "error": "target: down", "exit": 1})
         );
         let fenced: Result<SyncReport> = Err(Error::Fenced("b holds it".into()));
         assert_eq!(events(&fenced, 0), vec![NotifyEvent::Fenced]);
@@ -655,6 +656,7 @@ mod tests {
                 reason: "r".into(),
                 held: crate::project::At { seq: 9, at_us: 100 },
                 approved: None,
+                by: "a".into(),
             },
         );
         let ev = |began| -> Vec<NotifyEvent> {

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::log::event::{
-    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, ObjectChangedRef,
-    ObjectKind, SourceObject, Values,
+    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, FailureReason,
+    ObjectChangedRef, ObjectKind, SourceObject, Values,
 };
 use crate::target::Mapped;
 
@@ -643,8 +643,9 @@ pub struct InstanceRecord {
     pub running: Option<(String, At)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_completed: Option<(String, At)>,
+    /// The last failed cycle: when, why and what it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failed: Option<(String, At)>,
+    pub last_failed: Option<RunFailure>,
     pub first_seen: At,
     /// The mode of the run in progress (sync, staging, export, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -659,6 +660,17 @@ pub struct InstanceRecord {
     /// Its last completed import, and whether it was full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_import: Option<(At, bool)>,
+}
+
+/// A failed cycle as the instance projection keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailure {
+    pub run_id: String,
+    pub at: At,
+    /// None for failures recorded before reasons were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+    pub error: String,
 }
 
 /// Run modes that export to the target: their completions close a sync gap.
@@ -720,7 +732,12 @@ impl Instances {
             Event::SyncRunFailed(s) => {
                 rec.running = None;
                 rec.running_mode = None;
-                rec.last_failed = Some((s.run_id.clone(), m.into()));
+                rec.last_failed = Some(RunFailure {
+                    run_id: s.run_id.clone(),
+                    at: m.into(),
+                    reason: s.reason,
+                    error: s.error.clone(),
+                });
             }
             Event::ImportCompleted(i) => rec.last_import = Some((m.into(), i.full)),
             Event::InstanceStarted(_) => {
@@ -750,6 +767,9 @@ pub struct HeldDeletions {
     pub held: At,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved: Option<At>,
+    /// The instance whose cycle held them.
+    #[serde(default)]
+    pub by: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -778,9 +798,11 @@ impl Guard {
                         reason: h.reason.clone(),
                         held: m.into(),
                         approved: None,
+                        by: m.instance.to_string(),
                     });
                 p.reason.clone_from(&h.reason);
                 p.held = m.into();
+                p.by = m.instance.to_string();
                 self.current = Some(h.plan_hash.clone());
             }
             Event::DeletionsHoldEnded(h)

@@ -39,8 +39,9 @@ use crate::config::{Config, Hold, SourceKind};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
     stream, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
-    ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished, SyncRunCompleted,
-    SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled, TargetReset,
+    ExportFailed, ExportOp, FailureReason, ObjectKind, SyncRelationshipEstablished,
+    SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
+    TargetReset,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
@@ -389,25 +390,36 @@ async fn sync_cycle(
     let began = Instant::now();
     let phase =
         |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "sync");
-    let mut state = replay::refresh(store, REFRESH_THRESHOLD).await?;
-    phase("projections read");
-    // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand (or
-    // by a handover step, as the documented "force synchronization") still runs: fencing,
-    // not the stop, decides who may export.
-    refuse_retired(&state, &opts.instance)?;
-    // Checks before anything is recorded: the source bind, the target's credentials, and
-    // (exporting) the relationship.
-    probe_source(&src_cfg).await?;
-    let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
-    if let Some(t) = &target {
-        t.probe().await?;
+    let checks = async {
+        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+        phase("projections read");
+        // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand
+        // (or by a handover step, as the documented "force synchronization") still runs:
+        // fencing, not the stop, decides who may export.
+        refuse_retired(&state, &opts.instance)?;
+        // Checks before the run's start is recorded: the source bind, the target's
+        // credentials, and (exporting) the relationship.
+        probe_source(&src_cfg).await?;
+        let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
+        if let Some(t) = &target {
+            t.probe().await?;
+        }
+        if exporting {
+            let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+            return Ok((s, checked, Some(f)));
+        }
+        Ok((state, checked, None))
     }
-    let mut fence = None;
-    if exporting {
-        let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
-        fence = Some(f);
-        state = s;
-    }
+    .await;
+    let (state, checked, fence) = match checks {
+        Ok(c) => c,
+        Err(e) => {
+            if !opts.dry_run {
+                record_unstarted(store, &opts.instance, &e).await;
+            }
+            return Err(e);
+        }
+    };
     let mode = if opts.dry_run {
         "dry-run"
     } else if opts.staging {
@@ -479,7 +491,7 @@ async fn sync_cycle(
     }
     .await;
     if !opts.dry_run {
-        run_ended(store, &report, &result).await?;
+        run_ended(store, &report, cfg.sync.hold, &result).await?;
     }
     phase("run recorded");
     result.map(|()| report)
@@ -500,8 +512,47 @@ async fn run_started(store: &AnyStore, report: &SyncReport, full: bool) -> Resul
     Ok(())
 }
 
-async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -> Result<()> {
-    let end = match result {
+/// Record a cycle that failed before it recorded its start (the source or the target
+/// unreachable, fenced): one `SyncRunFailed` of a run that never started. Errors that
+/// promise to record nothing (bad configuration, refusals) are not recorded; a store that
+/// cannot take the record is reported in the log lines, and the cycle's own error stands.
+pub(crate) async fn record_unstarted(store: &AnyStore, instance: &str, e: &Error) {
+    let Some(reason) = FailureReason::before_start(e) else {
+        return;
+    };
+    let failed = Event::SyncRunFailed(SyncRunFailed {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        error: e.to_string(),
+        reason: Some(reason),
+    });
+    let r = store
+        .append(Batch::new(vec![NewEvent::new(
+            stream::instance(instance),
+            instance,
+            failed,
+        )]))
+        .await;
+    if let Err(rec) = r {
+        tracing::warn!("could not record the failed cycle of {instance}: {rec}");
+    }
+}
+
+/// The event that ends a run: completed, or failed with its reason. A cycle whose
+/// deletions were held (exit 3) failed, held, when it exported nothing (`[sync] hold =
+/// "all"`); with `hold = "deletions"` it exported its creates and updates and completed,
+/// its held count above zero (the held list stands until approved: `Guard::waiting`).
+fn run_end(report: &SyncReport, hold: Hold, result: &Result<()>) -> Event {
+    match result {
+        Ok(()) if report.held > 0 && hold == Hold::All => Event::SyncRunFailed(SyncRunFailed {
+            run_id: report.run_id.clone(),
+            error: format!(
+                "{} deletion(s) held: {} (plan {})",
+                report.held,
+                report.held_reason.as_deref().unwrap_or_default(),
+                report.held_plan.as_deref().unwrap_or_default()
+            ),
+            reason: Some(FailureReason::Held),
+        }),
         Ok(()) => Event::SyncRunCompleted(SyncRunCompleted {
             run_id: report.run_id.clone(),
             created: report.created,
@@ -514,8 +565,18 @@ async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -
         Err(e) => Event::SyncRunFailed(SyncRunFailed {
             run_id: report.run_id.clone(),
             error: e.to_string(),
+            reason: Some(FailureReason::of(e)),
         }),
-    };
+    }
+}
+
+async fn run_ended(
+    store: &AnyStore,
+    report: &SyncReport,
+    hold: Hold,
+    result: &Result<()>,
+) -> Result<()> {
+    let end = run_end(report, hold, result);
     store
         .append(Batch::new(vec![NewEvent::new(
             stream::instance(&report.instance),
@@ -563,6 +624,8 @@ async fn export_log_locked(
     opts: &ExportOptions,
     progress: &ProgressBar,
 ) -> Result<SyncReport> {
+    // A rebuild refused before it starts (fenced, the target unreachable) writes nothing:
+    // it is an operator's one-off, not a cycle of the instance.
     let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
     target.probe().await?;
     let (fence, mut state) =
@@ -616,7 +679,7 @@ async fn export_log_locked(
         full: false,
     };
     let result = run.cycle(state, &mut report, None).await;
-    run_ended(store, &report, &result).await?;
+    run_ended(store, &report, opts.hold, &result).await?;
     result.map(|()| report)
 }
 

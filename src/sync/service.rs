@@ -144,7 +144,12 @@ async fn service(
         let began_us = chrono::Utc::now().timestamp_micros();
         let result = sync(cfg, store, &opts, &ProgressBar::hidden()).await;
         let outcome = Outcome::of(&result);
-        metrics.cycle(outcome, result.as_ref().ok(), began.elapsed());
+        metrics.cycle(
+            outcome,
+            cfg.sync.hold,
+            result.as_ref().ok(),
+            began.elapsed(),
+        );
         failures = match outcome {
             Outcome::Failed => failures.saturating_add(1),
             Outcome::Skipped => failures,

@@ -320,7 +320,8 @@ async fn held_deletions_are_classified_held() {
         assert_eq!(m["state"], "held", "{m}");
         assert_eq!(m["state_detail"], format!("plan {plan}"));
         assert_eq!(m["status"], "missed", "{m}");
-        // The held sync completed: it closes the gap.
+        // The held sync exported its creates and updates ([sync] hold = "deletions", the
+        // default): it completed, and closes the gap.
         assert_eq!(m["gap"]["to"]["instance"], "a", "{m}");
     }
     // Approved: a's next cycle exports them.

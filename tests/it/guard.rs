@@ -29,6 +29,12 @@ fn refused(run: &Run) {
     assert_eq!(run.stdout, "", "{run:?}");
 }
 
+/// The one line on stderr of a `--format json` run that exited 3: a JSON error object.
+fn json_error(run: &Run) -> Value {
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    serde_json::from_str(&run.stderr).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
 /// `deletions show --format json`.
 fn shown(lab: &E2e) -> Value {
     let run = lab.cli(&["deletions", "show", "--format", "json"]);
@@ -81,10 +87,11 @@ async fn openldap_updates_flow_while_deletions_wait_for_the_list_that_stands() {
     let head = lab.head().await;
     let (run, v) = lab.run("a", &["--dry-run"]);
     assert_eq!(run.code, 3, "{run:?}");
+    // JSON output: the exit-3 message is one JSON error object on stderr.
     assert_eq!(
-        run.stderr,
-        "dirsync: would hold 2 deletion(s): 2 deletions exceed the deletion threshold of 1 per cycle. \
-         A sync records the list; `dirsync deletions show` then lists it for approval\n"
+        json_error(&run),
+        json!({"error": "would hold 2 deletion(s): 2 deletions exceed the deletion threshold of 1 per cycle. \
+                A sync records the list; `dirsync deletions show` then lists it for approval", "exit": 3})
     );
     assert!(v.get("held_plan").is_none(), "{v}");
     assert_eq!(lab.head().await, head);
@@ -100,12 +107,12 @@ async fn openldap_updates_flow_while_deletions_wait_for_the_list_that_stands() {
     );
     let first = v["held_plan"].as_str().unwrap().to_string();
     assert_eq!(
-        run.stderr,
-        format!(
-            "dirsync: 2 deletion(s) held: 2 deletions exceed the deletion threshold of 1 per cycle. \
-             Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {}`\n",
+        json_error(&run),
+        json!({"error": format!(
+            "2 deletion(s) held: 2 deletions exceed the deletion threshold of 1 per cycle. \
+             Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {}`",
             &first[..12]
-        )
+        ), "exit": 3})
     );
     let users = lab.view.users_by_anchor().await;
     assert_eq!(users[&a1]["title"], "Boss", "the update reached the target");
@@ -260,14 +267,65 @@ async fn openldap_hold_all_holds_the_whole_cycle() {
         (2, 0, 0),
         "{v}"
     );
+    let e = json_error(&run);
     assert!(
-        run.stderr
-            .starts_with("dirsync: 2 deletion(s) held, nothing exported: "),
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("2 deletion(s) held, nothing exported: "))
+            && e["exit"] == 3,
         "{run:?}"
     );
     let users = lab.view.users_by_anchor().await;
     assert_eq!((users.len(), &users[&a1]["title"]), (6, &json!("Clerk")));
     let plan = v["held_plan"].as_str().unwrap().to_string();
+    // The cycle exported nothing: it is recorded as failed, held (not completed), and
+    // status exits 3 from the held list.
+    let state = lab.state().await;
+    let failed = state.instances.instances["a"].last_failed.clone().unwrap();
+    assert_eq!(
+        (failed.run_id.as_str(), failed.reason),
+        (v["run_id"].as_str().unwrap(), Some(FailureReason::Held))
+    );
+    assert!(
+        state.instances.instances["a"]
+            .last_completed
+            .as_ref()
+            .is_some_and(|(_, at)| at.seq < failed.at.seq),
+        "{:?}",
+        state.instances.instances["a"]
+    );
+    let status = lab.cli(&["status", "--format", "json"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    // The audit: no completed sync is newer than the deletions, but the list that stands
+    // is held again by a's next cycle: missed, and the gap stays open.
+    let audit = lab.cli(&[
+        "audit",
+        "missed-deletes",
+        "--format",
+        "json",
+        "--fail-if-any",
+    ]);
+    assert_eq!(audit.code, 5, "{audit:?}");
+    let audit: Value = serde_json::from_str(&audit.stdout).unwrap();
+    let rows: Vec<(&Value, &Value, &Value, &Value)> = audit["missed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                &m["state"],
+                &m["status"],
+                &m["status_detail"],
+                &m["gap"]["to"],
+            )
+        })
+        .collect();
+    let detail = json!(format!(
+        "held (plan {}, not approved): a's next cycle holds it again",
+        &plan[..12]
+    ));
+    let want = (&json!("held"), &json!("missed"), &detail, &Value::Null);
+    assert_eq!(rows, [want, want], "{audit}");
     assert_eq!(lab.cli(&["deletions", "approve", "--plan", &plan]).code, 0);
     let v = lab.sync("a", &[]);
     assert_eq!((n(&v, "updated"), n(&v, "deleted")), (1, 2), "{v}");

@@ -26,6 +26,7 @@ mod source_hostile;
 mod source_openldap;
 mod source_props;
 mod source_tls;
+mod status;
 mod sync_ad;
 mod sync_export;
 mod sync_graph;

@@ -306,6 +306,7 @@ async fn failed_cycles_alert_after_failures_before_alert_and_failing_receivers_a
     let v: Value = serde_json::from_slice(&requests[0].1).unwrap();
     assert_eq!(v["event"], "sync_failed");
     assert_eq!(v["details"]["failures_in_row"], 2);
+    assert_eq!(v["details"]["reason"], "target");
     assert_eq!(v["details"]["exit"], 1);
     assert!(
         v["details"]["error"]
