@@ -195,7 +195,7 @@ fn cards(h: &mut String, r: &Report) {
     let missed = r
         .missed
         .iter()
-        .filter(|m| m.state.as_str() == "missed")
+        .filter(|m| m.status == super::missed::Status::Missed)
         .count();
     let pending = r.missed.len() - missed;
     let exceeding = r
@@ -735,7 +735,7 @@ fn missed(h: &mut String, r: &Report) {
         return;
     }
     h.push_str(
-        "<table><tr><th>state</th><th>object</th><th>target id</th><th>evidence</th>\
+        "<table><tr><th>status</th><th>object</th><th>target id</th><th>evidence</th>\
          <th>recorded</th><th>in the gap</th><th>revealable by</th></tr>",
     );
     for m in &r.missed {
@@ -744,16 +744,18 @@ fn missed(h: &mut String, r: &Report) {
                 format!("{} at {}", p.instance, point(&p.at))
             })
         };
-        let state = m.state.as_str();
+        // missed or pending (and why), then where its export stands (unsent, held, failed).
         let _ = write!(
             h,
-            "<tr><td class=\"{}\"><b>{}</b>{}</td><td>{}<br><span class=\"mono\">{}</span> ({})</td>\
+            "<tr><td class=\"{}\"><b>{}</b><br>{}<br>{}{}</td><td>{}<br><span class=\"mono\">{}</span> ({})</td>\
              <td class=\"mono\">{}</td><td>{}{}</td><td>{}{}</td><td>after {}<br>then {}</td><td>{}</td></tr>",
-            if state == "missed" { "bad" } else { "warn" },
-            state,
+            if m.status == super::missed::Status::Missed { "bad" } else { "warn" },
+            m.status.as_str(),
+            esc(&m.status_detail),
+            m.state.as_str(),
             m.state_detail
                 .as_deref()
-                .map_or(String::new(), |d| format!("<br><span class=\"mono\">{}</span>", esc(d))),
+                .map_or(String::new(), |d| format!(": <span class=\"mono\">{}</span>", esc(d))),
             esc(&m.name),
             esc(&m.anchor),
             m.kind.as_str(),

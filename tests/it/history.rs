@@ -576,6 +576,13 @@ async fn openldap_report_shows_instances_handover_and_missed_deletions() {
         !dom.contains("u3@example.org"),
         "u3's deletion was exported"
     );
+    // The holder is stopped: nobody's next cycle deletes u4, so it is missed, not pending.
+    for card in [
+        "<b class=\"bad\">1</b>missed deletions",
+        "<b class=\"ok\">0</b>pending deletions",
+    ] {
+        assert!(dom.contains(card), "`{card}` not in the page");
+    }
 
     // A screenshot that is not blank.
     let shot = dir.join("report.png");
