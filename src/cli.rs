@@ -71,6 +71,26 @@ pub enum Command {
     /// The source anchor: the attribute recorded, and moving the ledger to another one.
     #[command(subcommand)]
     Anchors(AnchorsCommand),
+    /// The attribute mapping: the effective table, and one object mapped.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// The effective mapping: every target attribute and its CEL expression, defaults
+    /// included, and where each came from.
+    Show,
+    /// One source object (as the log last recorded it) mapped: each target attribute's
+    /// value, or why it cannot be mapped. Exit 1 when the object is unmappable.
+    Test {
+        /// The object's DN (compared case-insensitively).
+        #[arg(long, conflicts_with = "anchor", required_unless_present = "anchor")]
+        dn: Option<String>,
+        /// The object's anchor.
+        #[arg(long)]
+        anchor: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

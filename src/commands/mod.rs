@@ -7,6 +7,7 @@ mod deletions;
 mod handover;
 mod instance;
 mod log;
+mod mapping;
 mod replay;
 mod sync;
 
@@ -16,6 +17,7 @@ use self::deletions::*;
 use self::handover::*;
 use self::instance::*;
 use self::log::*;
+use self::mapping::*;
 use self::replay::*;
 use self::sync::*;
 
@@ -28,7 +30,7 @@ use serde_json::json;
 
 use crate::cli::{
     host_name, AnchorsCommand, Cli, Command, DeletionsCommand, Format, HandoverArgs,
-    HandoverCommand, InstanceCommand, LogCommand, ReplayArgs, SyncArgs,
+    HandoverCommand, InstanceCommand, LogCommand, MappingCommand, ReplayArgs, SyncArgs,
 };
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
@@ -74,6 +76,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Sync(a) => sync(&cfg, a, fmt).await,
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
         Command::Anchors(c) => anchors(&cfg, c, fmt).await,
+        Command::Mapping(c) => mapping(&cfg, c, fmt).await,
         Command::Handover(a) => handover(&cfg, a, fmt).await,
         Command::Preflight { instance } => {
             let instance = crate::cli::instance_or_host(instance)?;

@@ -145,7 +145,7 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
         let src = other.source()?;
         let scope = crate::sync::scope::Scope::new(&src.base_dn, &src.include, &src.exclude);
         let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
-        let w = history::what_if(&state, &scope, src.kind);
+        let w = history::what_if(&state, &scope, other.mapping()?);
         let v = serde_json::to_value(&w).map_err(Error::store)?;
         if fmt == Format::Table {
             print(&format!(
@@ -177,7 +177,7 @@ pub(super) async fn to_target(
     use crate::log::event::{stream, TargetReset};
     use crate::target::Target;
     let target = crate::target::AnyTarget::from_config(cfg.target()?)?;
-    let source_kind = cfg.source()?.kind;
+    let mapping = cfg.mapping()?.clone();
     let reset = Event::TargetReset(TargetReset {
         reason: format!("replay --to-target by {instance}: rebuild an empty target from the log"),
     });
@@ -190,7 +190,7 @@ pub(super) async fn to_target(
             recorded_at_us: Utc::now().timestamp_micros(),
         };
         s.apply(&meta, &reset);
-        let p = crate::plan::plan::plan(&s, source_kind, None);
+        let p = crate::plan::plan::plan(&s, &mapping, None);
         let mut rows: Vec<Vec<String>> = p
             .new
             .iter()
@@ -255,7 +255,7 @@ pub(super) async fn to_target(
     };
     let opts = crate::sync::export::ExportOptions {
         instance: instance.to_string(),
-        source_kind,
+        mapping,
         threshold: cfg.sync.deletion_threshold,
         take_over: false,
     };

@@ -35,7 +35,7 @@ use serde::Serialize;
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
-use crate::config::{Config, SourceKind};
+use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
     stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
@@ -44,6 +44,7 @@ use crate::log::event::{
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
+use crate::plan::mapping::Mapping;
 use crate::plan::matching::{swap_case, Index, Match};
 use crate::plan::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
@@ -408,7 +409,7 @@ async fn sync_cycle(
     let run = Cycle {
         store,
         target: target.as_ref(),
-        source_kind: src_cfg.kind,
+        mapping: cfg.mapping()?,
         threshold: cfg.sync.deletion_threshold,
         instance: &opts.instance,
         fence,
@@ -509,8 +510,8 @@ async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
     pub instance: String,
-    /// How source objects map (INTERFACE.md differs per kind).
-    pub source_kind: SourceKind,
+    /// How source objects map.
+    pub mapping: Arc<Mapping>,
     pub threshold: crate::config::Threshold,
     pub take_over: bool,
 }
@@ -549,7 +550,7 @@ async fn export_log_locked(
     let run = Cycle {
         store,
         target: Some(target),
-        source_kind: opts.source_kind,
+        mapping: &opts.mapping,
         threshold: opts.threshold,
         instance: &opts.instance,
         fence: Some(fence),
@@ -759,7 +760,7 @@ fn to_value(m: &Mapped) -> Option<serde_json::Value> {
 struct Cycle<'a> {
     store: &'a AnyStore,
     target: Option<&'a AnyTarget>,
-    source_kind: SourceKind,
+    mapping: &'a Mapping,
     threshold: crate::config::Threshold,
     instance: &'a str,
     /// Present when exporting.
@@ -830,7 +831,7 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         saving: Option<replay::Saving>,
     ) -> Result<()> {
-        let whole = plan(&state, self.source_kind, None);
+        let whole = plan(&state, self.mapping, None);
         if let Some(saving) = saving {
             saving.finish().await?;
         }
@@ -1127,7 +1128,7 @@ impl Cycle<'_> {
             .enumerate()
         {
             state = replay::advance(self.store, state).await?;
-            let mut p = plan(&state, self.source_kind, Some(kind));
+            let mut p = plan(&state, self.mapping, Some(kind));
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
             if pass == 2 {
@@ -1175,10 +1176,23 @@ impl Cycle<'_> {
                             report.matched += 1;
                             // A soft match records no state: the next update writes every
                             // attribute and the anchor, making it a hard match from then on.
+                            // Of the target's attributes, those the mapping sets.
                             let state = if soft {
                                 None
                             } else {
-                                remote.state.as_ref().and_then(to_value)
+                                let mapped = p
+                                    .new
+                                    .binary_search_by(|(a, _)| a.as_str().cmp(&anchor))
+                                    .ok()
+                                    .map(|i| &p.new[i].1);
+                                remote
+                                    .state
+                                    .as_ref()
+                                    .map(|s| {
+                                        s.with_extras_of(&mapped.into_iter().collect::<Vec<_>>())
+                                    })
+                                    .as_ref()
+                                    .and_then(to_value)
                             };
                             taken.push(NewEvent::new(
                                 stream::TARGET,
@@ -1227,7 +1241,7 @@ impl Cycle<'_> {
                 }
             }
             // Matched objects now have a ledger state: their differences are updates.
-            let mut updates = plan(&state, self.source_kind, Some(kind)).updates;
+            let mut updates = plan(&state, self.mapping, Some(kind)).updates;
             let mut repairing = Repairing::default();
             if let Some(l) = listing.filter(|_| pass < 2) {
                 let (r, s) = self
@@ -1255,7 +1269,7 @@ impl Cycle<'_> {
             self.run_ops(creates, fence, report, &repairing).await?;
         }
         state = replay::advance(self.store, state).await?;
-        let mut deletes = plan(&state, self.source_kind, None).deletes;
+        let mut deletes = plan(&state, self.mapping, None).deletes;
         deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         self.run_ops(deletes, fence, report, &Repairing::default())
             .await?;
@@ -1303,7 +1317,7 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         skipped: &mut HashSet<String>,
     ) -> Result<(reconcile::Repairs, Arc<State>)> {
-        let mut r = reconcile::repairs(&state, self.source_kind, kind, listing);
+        let mut r = reconcile::repairs(&state, self.mapping, kind, listing);
         if let Some(found) = report.reconcile.as_mut() {
             found.missing += r.missing;
             found.changed += r.changed;

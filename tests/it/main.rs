@@ -10,6 +10,7 @@ mod hardening;
 mod lab;
 mod lab_smoke;
 mod log_store;
+mod mapping;
 mod preflight;
 mod replay;
 mod service;

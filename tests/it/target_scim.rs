@@ -40,6 +40,7 @@ fn full_user(name: &str) -> MappedUser {
         title: Some("Engineer".into()),
         department: Some("R&D".into()),
         active: true,
+        extra: Default::default(),
     }
 }
 
