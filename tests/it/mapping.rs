@@ -213,6 +213,14 @@ async fn expressions_map_user_name_extras_active_and_groups() {
     );
     let v = lab.sync("a", &[]);
     assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    // A reconcile reads the mapped attributes back: no drift.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(
+        (&v["reconcile"]["missing"], &v["reconcile"]["changed"]),
+        (&json!(0), &json!(0)),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
