@@ -26,7 +26,7 @@ use dirsync::log::event::{
     AttrValue, Attrs, Event, ExportApplied, ExportOp, ObjectImported, ObjectKind, SourceObject,
 };
 use dirsync::plan::mapping::{Desired, Mapping, RawRule, Unmappable};
-use dirsync::plan::plan::{plan, plan_with};
+use dirsync::plan::plan::{plan, plan_with, References};
 use dirsync::project::{Meta, ObjectRecord, State};
 use dirsync::target::{Mapped, MappedUser};
 
@@ -230,7 +230,14 @@ fn main() {
         for run in 0..runs {
             // Alternate the order so that neither always runs first.
             let mut steps: [(&mut Vec<f64>, &dyn Fn() -> usize); 3] = [
-                (&mut a, &|| count(plan_with(&s_default, None, &compiled_in))),
+                (&mut a, &|| {
+                    count(plan_with(
+                        &s_default,
+                        None,
+                        &References::none(),
+                        &compiled_in,
+                    ))
+                }),
                 (&mut b, &|| count(plan(&s_default, &default, None))),
                 (&mut c, &|| count(plan(&s_plus10, &plus10, None))),
             ];

@@ -169,6 +169,9 @@ pub struct SourceConfig {
     /// `[source] anchor`: the attribute pinned as the anchor (INTERFACE.md "Source anchor
     /// and scope"), spelled as documented; `None`: the kind's default.
     pub anchor: Option<String>,
+    /// The source attributes the mapping reads (lower case): imports keep them besides the
+    /// kind's own list.
+    pub mapped: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -497,6 +500,7 @@ impl Config {
                     groups: s.groups.unwrap_or_else(|| groups.to_string()),
                     include: s.include,
                     exclude: s.exclude,
+                    mapped: Vec::new(),
                 })
             }
         };
@@ -621,7 +625,8 @@ impl Config {
             .as_ref()
             .map(|m| (rows(&m.user), rows(&m.group)))
             .unwrap_or_default();
-        let mapping = match &source {
+        let mut source = source;
+        let mapping = match &mut source {
             Some(src) => {
                 let kind = target.as_ref().map_or(TargetKind::Scim, |t| t.kind);
                 let m =
@@ -629,6 +634,15 @@ impl Config {
                         Some(l) => Error::Config(format!("{name}:{l}: {}", e.message)),
                         None => Error::Config(format!("{name}: {}", e.message)),
                     })?;
+                let mut reads: Vec<String> = m
+                    .user
+                    .iter()
+                    .chain(&m.group)
+                    .flat_map(|r| r.reads.iter().cloned())
+                    .collect();
+                reads.sort();
+                reads.dedup();
+                src.mapped = reads;
                 Some(Arc::new(m))
             }
             None if raw.mapping.is_some() => {

@@ -72,6 +72,9 @@ pub enum Slot {
     Active,
     /// Any other attribute the target can hold (`MappedUser::extra`, a string).
     Extra,
+    /// A reference to another source object (`manager`): the expression gives its DN or
+    /// anchor, the plan puts that object's target id in `MappedUser::extra`.
+    Reference,
     /// A group's displayName.
     GroupName,
 }
@@ -303,15 +306,20 @@ impl Mapping {
                 line: Some(r.line),
                 message: format!("mapping.user.\"{}\": {why}", r.key),
             };
-            let ok = match target {
-                TargetKind::Scim => crate::target::scim::extra_path(&r.key).map(|_| ()),
-                TargetKind::Graph => crate::target::graph::extra_property(&r.key),
-            };
-            ok.map_err(at)?;
+            let slot = match target {
+                TargetKind::Scim => crate::target::scim::extra_path(&r.key).map(|p| match p {
+                    crate::target::scim::ExtraPath::Reference { .. } => Slot::Reference,
+                    _ => Slot::Extra,
+                }),
+                TargetKind::Graph => {
+                    crate::target::graph::extra_property(&r.key).map(|()| Slot::Extra)
+                }
+            }
+            .map_err(at)?;
             users.push(compile_rule(
                 &env,
                 &r.key,
-                Slot::Extra,
+                slot,
                 &r.expr,
                 Origin::Config { line: r.line },
             )?);
@@ -403,7 +411,7 @@ impl Mapping {
                                 Slot::Email => &mut u.email,
                                 Slot::Title => &mut u.title,
                                 Slot::Department => &mut u.department,
-                                Slot::Extra => {
+                                Slot::Extra | Slot::Reference => {
                                     u.extra.insert(CompactString::new(&r.key), s);
                                     continue;
                                 }
@@ -470,6 +478,15 @@ impl Mapping {
                 (r, v)
             })
             .collect()
+    }
+
+    /// The keys of the reference rules (`manager`): their values are DNs or anchors until
+    /// the plan resolves them.
+    pub fn references(&self) -> impl Iterator<Item = &str> {
+        self.user
+            .iter()
+            .filter(|r| r.slot == Slot::Reference)
+            .map(|r| r.key.as_str())
     }
 
     /// The rules of `kind`.

@@ -69,9 +69,52 @@ enum Need<'a> {
 /// The plan for objects of `only` (all kinds when None), mapped by `mapping`. Deletions
 /// are always planned for every kind, since the guard must see them all.
 pub fn plan(state: &State, mapping: &Mapping, only: Option<ObjectKind>) -> Plan {
-    plan_with(state, only, &|anchor: &str, rec: &ObjectRecord| {
+    let refs = References::new(state, mapping);
+    plan_with(state, only, &refs, &|anchor: &str, rec: &ObjectRecord| {
         mapping.map(anchor, rec)
     })
+}
+
+/// How the reference attributes of a mapping (`manager`) find the objects they name: by
+/// anchor, else by DN.
+pub struct References<'a> {
+    keys: Vec<&'a str>,
+    /// Normalised DN -> anchor of the live objects; built only when there are references.
+    by_dn: std::collections::HashMap<String, &'a str>,
+}
+
+impl<'a> References<'a> {
+    /// None: the mapping has no reference attribute.
+    pub fn none() -> References<'static> {
+        References {
+            keys: Vec::new(),
+            by_dn: Default::default(),
+        }
+    }
+
+    pub fn new(state: &'a State, mapping: &'a Mapping) -> References<'a> {
+        let keys: Vec<&str> = mapping.references().collect();
+        let by_dn = if keys.is_empty() {
+            Default::default()
+        } else {
+            state
+                .objects
+                .live()
+                .map(|(a, r)| (crate::source::dn::normalise_dn(&r.dn), a.as_str()))
+                .collect()
+        };
+        References { keys, by_dn }
+    }
+
+    /// The anchor of the live object that `value` (an anchor or a DN) names.
+    fn anchor<'s>(&'s self, state: &'s State, value: &'s str) -> Option<&'s str> {
+        if state.objects.objects.get(value).is_some_and(|r| r.live()) {
+            return Some(value);
+        }
+        self.by_dn
+            .get(&crate::source::dn::normalise_dn(value))
+            .copied()
+    }
 }
 
 /// How a source object is mapped: [`Mapping::map`]; `plan_with` takes another only so that
@@ -79,7 +122,12 @@ pub fn plan(state: &State, mapping: &Mapping, only: Option<ObjectKind>) -> Plan 
 pub type MapFn<'m> = dyn Fn(&str, &ObjectRecord) -> Result<Desired, Unmappable> + Sync + 'm;
 
 /// [`plan`], with the mapping as a function.
-pub fn plan_with(state: &State, only: Option<ObjectKind>, map: &MapFn<'_>) -> Plan {
+pub fn plan_with(
+    state: &State,
+    only: Option<ObjectKind>,
+    refs: &References<'_>,
+    map: &MapFn<'_>,
+) -> Plan {
     let ledger = &state.ledger;
     let mut out = Plan {
         owned: ledger.owned().count() as u64,
@@ -96,7 +144,7 @@ pub fn plan_with(state: &State, only: Option<ObjectKind>, map: &MapFn<'_>) -> Pl
     // core. Objects that need nothing are dropped there.
     let unresolved = AtomicUsize::new(0);
     let needs = crate::par::filter_map(&live, 4096, |&(anchor, rec)| {
-        let mapped = match desired_with(state, anchor, rec, map) {
+        let mapped = match desired_with(state, refs, anchor, rec, map) {
             Ok((m, missing)) => {
                 unresolved.fetch_add(missing, Ordering::Relaxed);
                 m
@@ -154,13 +202,31 @@ pub fn desired(
     anchor: &str,
     rec: &ObjectRecord,
 ) -> Result<(Mapped, usize), String> {
-    desired_with(state, anchor, rec, &|a: &str, r: &ObjectRecord| {
+    desired_in(
+        state,
+        mapping,
+        &References::new(state, mapping),
+        anchor,
+        rec,
+    )
+}
+
+/// [`desired`], with the references' index built once by the caller.
+pub fn desired_in(
+    state: &State,
+    mapping: &Mapping,
+    refs: &References<'_>,
+    anchor: &str,
+    rec: &ObjectRecord,
+) -> Result<(Mapped, usize), String> {
+    desired_with(state, refs, anchor, rec, &|a: &str, r: &ObjectRecord| {
         mapping.map(a, r)
     })
 }
 
 fn desired_with(
     state: &State,
+    refs: &References<'_>,
     anchor: &str,
     rec: &ObjectRecord,
     map: &MapFn<'_>,
@@ -178,7 +244,24 @@ fn desired_with(
             .map(|l| l.target_id.clone())
     };
     match map(anchor, rec) {
-        Ok(Desired::User(u)) => Ok((Mapped::User(u), 0)),
+        Ok(Desired::User(mut u)) => {
+            // A reference is the referenced object's target id, once it has one (like a
+            // group's members); until then it is left out and counted.
+            let mut missing = 0;
+            for key in &refs.keys {
+                let Some(v) = u.extra.get_mut(*key) else {
+                    continue;
+                };
+                match refs.anchor(state, v).and_then(&resolve) {
+                    Some(id) => *v = id.into(),
+                    None => {
+                        u.extra.remove(*key);
+                        missing += 1;
+                    }
+                }
+            }
+            Ok((Mapped::User(u), missing))
+        }
         Ok(Desired::Group {
             display_name,
             members,

@@ -755,6 +755,8 @@ pub const LDAP_ATTRIBUTES: &[&str] = &[
     "preferredlanguage",
     // 389 DS account lock (operational there, requested explicitly): the mapping's `active`.
     "nsaccountlock",
+    // OpenLDAP ppolicy's lock (operational, requested explicitly), for a mapped `active`.
+    "pwdaccountlockedtime",
 ];
 
 impl LdapFullImport {

@@ -1123,22 +1123,37 @@ impl Cycle<'_> {
             return Err(Error::Config("no [target] section".into()));
         };
         let mut skipped = HashSet::new();
-        for (pass, kind) in [ObjectKind::User, ObjectKind::Group, ObjectKind::Group]
-            .into_iter()
-            .enumerate()
+        // Users, groups, groups again (members created in the first group pass), and,
+        // with a reference attribute (`manager`), users again: references to users created
+        // in the first pass.
+        let references = self.mapping.references().next().is_some();
+        for (pass, kind) in [
+            ObjectKind::User,
+            ObjectKind::Group,
+            ObjectKind::Group,
+            ObjectKind::User,
+        ]
+        .into_iter()
+        .enumerate()
         {
+            if pass == 3 && !references {
+                break;
+            }
             state = replay::advance(self.store, state).await?;
             let mut p = plan(&state, self.mapping, Some(kind));
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
-            if pass == 2 {
-                // A group whose creation failed in the first pass is not sent again in this
-                // cycle: a create that timed out may still reach the target, and the next
-                // cycle looks for it before creating.
+            if pass >= 2 {
+                // An object whose creation failed in its first pass is not sent again in
+                // this cycle: a create that timed out may still reach the target, and the
+                // next cycle looks for it before creating.
                 p.new.retain(|(a, _)| !failed_in(report, a));
             }
-            if pass == 2 && p.new.is_empty() && p.updates.is_empty() {
-                break;
+            if pass == 3 {
+                p.updates.retain(|op| !failed_in(report, op.anchor()));
+            }
+            if pass >= 2 && p.new.is_empty() && p.updates.is_empty() {
+                continue;
             }
             let mut creates = Vec::new();
             self.deadline

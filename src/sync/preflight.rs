@@ -419,6 +419,7 @@ mod tests {
             exclude: Vec::new(),
             anchor: None,
             limits: Default::default(),
+            mapped: Vec::new(),
         }
     }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::log::event::ObjectKind;
 use crate::plan::mapping::Mapping;
-use crate::plan::plan::desired;
+use crate::plan::plan::{desired_in, References};
 use crate::project::{At, LedgerEntry, State};
 use crate::target::{Mapped, Op, RemoteObject};
 
@@ -124,13 +124,14 @@ pub fn repairs(state: &State, mapping: &Mapping, kind: ObjectKind, listing: &Lis
         .collect();
     owned.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Repairs::default();
+    let refs = References::new(state, mapping);
     for (anchor, l) in owned {
         let want = state
             .objects
             .objects
             .get(anchor.as_str())
             .filter(|r| r.live())
-            .and_then(|r| desired(state, mapping, anchor, r).ok())
+            .and_then(|r| desired_in(state, mapping, &refs, anchor, r).ok())
             .map(|(m, _)| m);
         let (remote, adopted) = match ix.by_id.get(l.target_id.as_str()) {
             Some(r) => (Some(*r), false),
@@ -243,6 +244,8 @@ mod tests {
     use crate::project::Meta;
     use crate::target::{MappedGroup, MappedUser};
     use std::collections::BTreeSet;
+
+    use crate::plan::plan::desired;
 
     fn ldap() -> Mapping {
         Mapping::default_for(

@@ -857,6 +857,15 @@ pub fn resource_json(anchor: &str, object: &Mapped) -> Value {
                             o.insert(attr.into(), json!(value));
                         }
                     }
+                    ExtraPath::Reference { schema, attr } => {
+                        if let Some(o) = r
+                            .entry(schema)
+                            .or_insert_with(|| Value::Object(Map::new()))
+                            .as_object_mut()
+                        {
+                            o.insert(attr.into(), json!({ "value": value }));
+                        }
+                    }
                     // Multi-valued attributes below, whole.
                     ExtraPath::Typed { .. } => {}
                 }
@@ -891,6 +900,8 @@ pub enum ExtraPath<'a> {
     Core { attr: &'a str, sub: Option<&'a str> },
     /// An attribute of an extension schema (`urn:...:enterprise:2.0:User:employeeNumber`).
     Extension { schema: &'a str, attr: &'a str },
+    /// The enterprise `manager`: the manager's target id, written as `{"value": id}`.
+    Reference { schema: &'a str, attr: &'a str },
     /// A value of a multi-valued attribute, by its type:
     /// `phoneNumbers[type eq "mobile"].value`, `addresses[type eq "work"].locality`.
     Typed {
@@ -940,7 +951,10 @@ pub fn extra_path(key: &str) -> std::result::Result<ExtraPath<'_>, String> {
                 schema: ENTERPRISE_SCHEMA,
                 attr: a,
             }),
-            "manager" => Err("manager is a reference to another object: not mapped yet".into()),
+            "manager" => Ok(ExtraPath::Reference {
+                schema: ENTERPRISE_SCHEMA,
+                attr: "manager",
+            }),
             _ => Err(format!(
                 "the enterprise extension has no string attribute `{attr}` ({}, department)",
                 ENTERPRISE_EXTRA.join(", ")
@@ -1054,8 +1068,14 @@ fn user_attributes(u: &MappedUser) -> Vec<(&str, Option<Value>)> {
         ("active", Some(json!(u.active))),
     ];
     for (key, value) in &u.extra {
-        if !matches!(extra_path(key), Ok(ExtraPath::Typed { .. }) | Err(_)) {
-            out.push((key.as_str(), Some(json!(value))));
+        match extra_path(key) {
+            Ok(ExtraPath::Core { .. } | ExtraPath::Extension { .. }) => {
+                out.push((key.as_str(), Some(json!(value))))
+            }
+            Ok(ExtraPath::Reference { .. }) => {
+                out.push((key.as_str(), Some(json!({ "value": value }))))
+            }
+            Ok(ExtraPath::Typed { .. }) | Err(_) => {}
         }
     }
     out.extend(typed.into_iter().map(|(a, v)| (a, Some(v))));
@@ -1271,9 +1291,12 @@ fn remote_extras(v: &Value) -> BTreeMap<CompactString, CompactString> {
         let enterprise = k.eq_ignore_ascii_case(ENTERPRISE_SCHEMA);
         let schema = if enterprise { ENTERPRISE_SCHEMA } else { k };
         for (a, value) in ext.as_object().into_iter().flatten() {
-            if enterprise
-                && (a.eq_ignore_ascii_case("department") || a.eq_ignore_ascii_case("manager"))
-            {
+            if enterprise && a.eq_ignore_ascii_case("department") {
+                continue;
+            }
+            // The manager's id.
+            if enterprise && a.eq_ignore_ascii_case("manager") {
+                put(format!("{ENTERPRISE_SCHEMA}:manager"), attr(value, "value"));
                 continue;
             }
             let a = ENTERPRISE_EXTRA

@@ -303,3 +303,53 @@ fn bad_mappings_exit_2_naming_file_line_and_key_and_write_nothing() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
+    let lab = E2e::ldap(0, "500").await;
+    lab.slapd()
+        .ldapadd(&format!(
+            "dn: uid=ann,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: ann\ncn: Ann\nsn: A\nemployeeNumber: 1\n\n\
+             dn: uid=bob,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: bob\ncn: Bob\nsn: B\nemployeeNumber: 2\n\
+             manager: uid=ann,{PEOPLE}\n\n\
+             dn: uid=carol,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: carol\ncn: Carol\nsn: C\nemployeeNumber: 3\n\
+             manager: UID=Bob,{PEOPLE}\n\n"
+        ))
+        .await;
+    append(
+        &lab,
+        &format!(
+            "[mapping.user]\n\"{ENTERPRISE}:employeeNumber\" = \"src.employeenumber[0]\"\n\
+             \"{ENTERPRISE}:manager\" = \"has(src.manager) ? src.manager[0] : null\"\n"
+        ),
+    );
+    let v = lab.sync("a", &[]);
+    // Three users and the lab's two groups created; the two managers set once their users
+    // had target ids, in the same cycle.
+    assert_eq!(
+        (n(&v, "created"), n(&v, "updated"), n(&v, "unmappable")),
+        (5, 2, 0),
+        "{v}"
+    );
+    let users = lab.view.users_by_anchor().await;
+    let by_name = |name: &str| {
+        users
+            .values()
+            .find(|u| u["userName"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let (ann, bob, carol) = (by_name("ann"), by_name("bob"), by_name("carol"));
+    assert_eq!(ann[ENTERPRISE], json!({"employeeNumber": "1"}));
+    assert_eq!(
+        bob[ENTERPRISE],
+        json!({"employeeNumber": "2", "manager": {"value": ann["id"]}})
+    );
+    assert_eq!(
+        carol[ENTERPRISE],
+        json!({"employeeNumber": "3", "manager": {"value": bob["id"]}})
+    );
+    // Nothing left to do, and a reconcile reads the managers back.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+}
