@@ -168,7 +168,7 @@ pub fn defaults(kind: SourceKind) -> [(Slot, &'static str); 8] {
 }
 
 /// The default group table: displayName.
-pub const DEFAULT_GROUP_NAME: &str = "has(src.cn) ? src.cn[0] : src.name[0]";
+pub const DEFAULT_GROUP_NAME: &str = "src.cn[0]";
 
 /// Where a rule came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1052,6 +1052,25 @@ mod tests {
             m.user[0].reads,
             BTreeSet::from(["mail".to_string(), "uid".to_string()])
         );
+    }
+
+    #[test]
+    fn the_defaults_read_only_what_imports_keep_anyway() {
+        // Otherwise a new version would import more of every object than the last.
+        for (kind, kept) in [
+            (SourceKind::Ad, crate::source::ad::AD_ATTRIBUTES),
+            (
+                SourceKind::Openldap,
+                crate::source::openldap::LDAP_ATTRIBUTES,
+            ),
+        ] {
+            let m = Mapping::default_for(kind, TargetKind::Scim);
+            for r in m.user.iter().chain(&m.group) {
+                for a in &r.reads {
+                    assert!(kept.contains(&a.as_str()), "{kind:?} {}: {a}", r.key);
+                }
+            }
+        }
     }
 
     #[test]
