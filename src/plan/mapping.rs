@@ -190,6 +190,76 @@ pub struct Rule {
     /// Lower-case source attributes the expression reads (`src.NAME`).
     pub reads: BTreeSet<String>,
     program: Program,
+    /// The same expression lowered to plain code when it has one of the shapes the
+    /// default table is written in (`src.a[0]`, `has(src.a) ? src.a[0] : REST`, `null`):
+    /// the same result, without the interpreter.
+    fast: Option<Fast>,
+}
+
+/// An expression of the default table's shapes, evaluated directly on the attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fast {
+    Null,
+    /// `src.a[0]`: the first value; an object without one fails as CEL does.
+    First(String),
+    /// `has(src.a) ? src.a[0] : REST`.
+    FirstOr(String, Box<Fast>),
+}
+
+impl Fast {
+    /// `e` lowered, when it has one of the shapes.
+    fn lower(e: &Expr) -> Option<Fast> {
+        let src_field = |e: &Expr, test: bool| match e {
+            Expr::Select(s)
+                if s.test == test && matches!(&s.operand.expr, Expr::Ident(n) if n == "src") =>
+            {
+                Some(s.field.clone())
+            }
+            _ => None,
+        };
+        let first = |e: &Expr| match e {
+            Expr::Call(c)
+                if c.func_name == operators::INDEX
+                    && c.target.is_none()
+                    && c.args.len() == 2
+                    && matches!(&c.args[1].expr, Expr::Literal(LiteralValue::Int(i)) if *i.inner() == 0) =>
+            {
+                src_field(&c.args[0].expr, false)
+            }
+            _ => None,
+        };
+        match e {
+            Expr::Literal(LiteralValue::Null) => Some(Fast::Null),
+            Expr::Call(c)
+                if c.func_name == operators::CONDITIONAL
+                    && c.args.len() == 3
+                    && c.target.is_none() =>
+            {
+                let tested = src_field(&c.args[0].expr, true)?;
+                let taken = first(&c.args[1].expr)?;
+                (tested == taken).then_some(())?;
+                Some(Fast::FirstOr(
+                    taken,
+                    Box::new(Fast::lower(&c.args[2].expr)?),
+                ))
+            }
+            e => first(e).map(Fast::First),
+        }
+    }
+
+    fn eval<'a>(&self, src: &Src<'a>) -> Result<Option<&'a str>, ExecutionError> {
+        match self {
+            Fast::Null => Ok(None),
+            Fast::First(a) => src
+                .first(a)
+                .map(Some)
+                .ok_or_else(|| ExecutionError::no_such_key(a)),
+            Fast::FirstOr(a, rest) => match src.first(a) {
+                Some(v) => Ok(Some(v)),
+                None => rest.eval(src),
+            },
+        }
+    }
 }
 
 impl fmt::Debug for Rule {
@@ -398,7 +468,7 @@ impl Mapping {
                     ..MappedUser::default()
                 };
                 for r in &self.user {
-                    match eval(r, &ctx)? {
+                    match eval(r, &vars.src, &ctx)? {
                         Out::Text(s) => {
                             let slot = match r.slot {
                                 Slot::UserName => {
@@ -434,7 +504,7 @@ impl Mapping {
             ObjectKind::Group => {
                 let mut display_name = None;
                 for r in &self.group {
-                    if let Out::Text(s) = eval(r, &ctx)? {
+                    if let Out::Text(s) = eval(r, &vars.src, &ctx)? {
                         display_name = Some(s);
                     }
                 }
@@ -469,7 +539,7 @@ impl Mapping {
         self.rules(o.kind)
             .iter()
             .map(|r| {
-                let v = match eval(r, &ctx) {
+                let v = match eval(r, &vars.src, &ctx) {
                     Ok(Out::Text(s)) => Ok(serde_json::Value::from(s.as_str())),
                     Ok(Out::Bool(b)) => Ok(serde_json::Value::Bool(b)),
                     Ok(Out::Null) => Ok(serde_json::Value::Null),
@@ -505,8 +575,15 @@ enum Out {
     Null,
 }
 
-fn eval(r: &Rule, ctx: &Context<'_, '_>) -> Result<Out, Unmappable> {
+fn eval(r: &Rule, src: &Src<'_>, ctx: &Context<'_, '_>) -> Result<Out, Unmappable> {
     let fail = |why: String| Unmappable(format!("{} `{}`: {why}", r.key, r.expr));
+    if let Some(f) = &r.fast {
+        return match f.eval(src) {
+            Ok(Some(s)) => Ok(Out::Text(CompactString::new(s))),
+            Ok(None) => Ok(Out::Null),
+            Err(e) => Err(fail(explain(&e))),
+        };
+    }
     let v = cel::Value::resolve_val(r.program.expression(), ctx).map_err(|e| fail(explain(&e)))?;
     if v.downcast_ref::<CelNull>().is_some() {
         return Ok(Out::Null);
@@ -572,6 +649,18 @@ fn texts(values: &Values) -> impl Iterator<Item = &str> {
 }
 
 impl<'a> Src<'a> {
+    /// `src.NAME[0]`: the first text value (names looked up as the indexer does).
+    fn first(&self, name: &str) -> Option<&'a str> {
+        let values = match self.values(name) {
+            Some(v) => v,
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.values(&name.to_ascii_lowercase())?
+            }
+            None => return None,
+        };
+        texts(values).next()
+    }
+
     fn values(&self, name: &str) -> Option<&'a Values> {
         let values = self.0.get(name)?;
         texts(values).next().is_some().then_some(values)
@@ -734,6 +823,11 @@ fn compile_rule(
         expr: expr.to_string(),
         origin,
         reads,
+        fast: if slot.wants_bool() {
+            None
+        } else {
+            Fast::lower(&root.expr)
+        },
         program,
     })
 }
@@ -1052,6 +1146,34 @@ mod tests {
             m.user[0].reads,
             BTreeSet::from(["mail".to_string(), "uid".to_string()])
         );
+    }
+
+    #[test]
+    fn the_fast_path_gives_what_the_interpreter_gives() {
+        for kind in [SourceKind::Ad, SourceKind::Openldap] {
+            let fast = Mapping::default_for(kind, TargetKind::Scim);
+            let lowered = fast.user.iter().filter(|r| r.fast.is_some()).count();
+            assert_eq!(lowered, 7, "{kind:?}: every string row of the defaults");
+            let mut slow = Mapping::default_for(kind, TargetKind::Scim);
+            for r in slow.user.iter_mut().chain(slow.group.iter_mut()) {
+                r.fast = None;
+            }
+            for attrs in [
+                &[("uid", "u"), ("mail", " m@x "), ("cn", "C"), ("ou", "O")][..],
+                &[
+                    ("userprincipalname", "p@x"),
+                    ("displayname", "D"),
+                    ("sn", ""),
+                ][..],
+                &[("cn", "only")][..],
+                &[("UID", "upper")][..],
+            ] {
+                for k in [ObjectKind::User, ObjectKind::Group] {
+                    let r = rec(k, attrs);
+                    assert_eq!(fast.map("a", &r), slow.map("a", &r), "{kind:?} {attrs:?}");
+                }
+            }
+        }
     }
 
     #[test]
