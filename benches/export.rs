@@ -137,7 +137,9 @@ async fn dirsync_export(store: &AnyStore, target: &AnyTarget) -> (f64, SyncRepor
         instance: INSTANCE.into(),
         mapping: std::sync::Arc::new(Mapping::default_for(SourceKind::Openldap, TargetKind::Scim)),
         threshold: Threshold::Count(500),
+        hold: Default::default(),
         take_over: false,
+        reset: None,
     };
     let progress = indicatif::ProgressBar::hidden();
     let t = Instant::now();

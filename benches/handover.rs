@@ -61,8 +61,6 @@ async fn main() {
         ),
     )
     .expect("config");
-    let playbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/new-computer.toml");
-    let playbook = playbook.to_string_lossy().to_string();
     dirsync(dir, &["init"]);
     eprintln!("the old instance's first sync (creates {users} users) ...");
     let t_first = dirsync(dir, &["sync", "--instance", "old"]);
@@ -83,7 +81,7 @@ async fn main() {
             "--to",
             "new",
             "--playbook",
-            &playbook,
+            "new-computer",
         ],
     );
     eprintln!("one plain full sync of the same directory ...");

@@ -351,6 +351,9 @@ async fn measure(
     let mut full_rss = Vec::new();
     let mut full_imports = Vec::new();
     let (mut compare, mut compare_rss) = (Vec::new(), Vec::new());
+    // The last run's store of `--compare`, whose deltas alternate with ours.
+    let mut compare_dir: Option<tempfile::TempDir> = None;
+    let (mut compare_delta, mut compare_idle) = (Vec::new(), Vec::new());
     let mut dir = None;
     // Baseline and full import alternate, so that load from elsewhere hits both alike; each
     // full import goes into a fresh store.
@@ -383,6 +386,7 @@ async fn measure(
                 let r = dirsync_bin(bin, c.path(), SYNC_FULL);
                 compare.push(r.secs);
                 compare_rss.push(r.rss_mb);
+                compare_dir = Some(c);
             }
         }
         dir = Some(d);
@@ -398,6 +402,9 @@ async fn measure(
         let r = dirsync(dir, SYNC);
         delta.push(r.secs);
         imports.extend(r.import);
+        if let (Some(bin), Some(c)) = (&opts.compare, &compare_dir) {
+            compare_delta.push(dirsync_bin(bin, c.path(), SYNC).secs);
+        }
     }
     let (mut idle, mut idle_rss, mut idle_imports) = (Vec::new(), Vec::new(), Vec::new());
     let (mut list, mut list_rss) = (Vec::new(), Vec::new());
@@ -407,6 +414,9 @@ async fn measure(
         idle.push(r.secs);
         idle_rss.push(r.rss_mb);
         idle_imports.extend(r.import);
+        if let (Some(bin), Some(c)) = (&opts.compare, &compare_dir) {
+            compare_idle.push(dirsync_bin(bin, c.path(), SYNC).secs);
+        }
         let r = dirsync(dir, &["instance", "list", "--format", "json"]);
         list.push(r.secs);
         list_rss.push(r.rss_mb);
@@ -478,6 +488,22 @@ async fn measure(
                 imports: Vec::new(),
             },
         );
+        for (at, name, runs) in [
+            (4, "delta of changes, --compare", compare_delta),
+            (6, "delta, no change, --compare", compare_idle),
+        ] {
+            let row = Row {
+                name,
+                runs,
+                rss_mb: None,
+                vs_baseline: false,
+                goal: "before/after: the row above",
+                imports: Vec::new(),
+            };
+            if !row.runs.is_empty() {
+                rows.insert(at, row);
+            }
+        }
     }
     println!(
         "\n{source}, {n} entries, store {}, {} runs (median; peak RSS: the largest run), \

@@ -112,8 +112,6 @@ async fn main() {
         ),
     )
     .expect("write config");
-    let playbooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
-    std::os::unix::fs::symlink(playbooks, dir.join("playbooks")).expect("link playbooks");
     println!(
         "config:\n{}",
         std::fs::read_to_string(dir.join("dirsync.toml")).unwrap_or_default()
@@ -158,7 +156,7 @@ async fn main() {
         count_scim(scim.base_url(), scim.token(), "Users").await
     );
 
-    step("the handover to the new computer (playbooks/new-computer.toml), every step recorded");
+    step("the handover to the new computer (the built-in new-computer playbook), every step recorded");
     must(
         dir,
         &["handover", "--from", "old", "--to", "new", "--dry-run"],
@@ -188,6 +186,7 @@ async fn main() {
         &[
             "audit",
             "missed-deletes",
+            "--refresh",
             "--instance",
             "new",
             "--fail-if-any",

@@ -26,6 +26,9 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Show times in tables in this computer's time zone (JSON stays RFC 3339 UTC).
+    #[arg(long, global = true)]
+    pub local_time: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,25 +58,68 @@ pub enum Command {
     /// Deletions held by the guard, and their approval.
     #[command(subcommand)]
     Deletions(DeletionsCommand),
-    /// Run or resume a handover playbook (default playbooks/new-computer.toml); `handover
+    /// Run or resume a handover playbook (default: the built-in new-computer); `handover
     /// status` shows the current or last one.
     Handover(HandoverArgs),
+    /// The handover playbooks built into this binary.
+    #[command(subcommand)]
+    Playbook(PlaybookCommand),
     /// The sync service: a sync every [sync] interval; obeys stop and retire recorded in the
     /// log; SIGTERM finishes the current batch and exits.
     Run {
         /// The instance this computer runs as; default: this host's name.
         #[arg(long, value_parser = check_instance)]
         instance: Option<String>,
+        /// Serve GET /metrics (Prometheus text format), /healthz and /readyz on IP:PORT,
+        /// e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Audits over the log: missed deletions, sync gaps.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// One self-contained HTML page for the auditor: sync runs per instance with their gaps,
+    /// stops and take-overs, handovers and their steps, deletions over time, missed and
+    /// pending deletions, and the hash chain's verification (exit 5 when it is broken).
+    Report {
+        /// Where to write the page (its directory must exist; nothing is written otherwise).
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+        /// Only what happened after this point: an RFC 3339 time or a sequence number.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+    /// One object's history: `object show KEY`.
+    #[command(subcommand)]
+    Object(ObjectCommand),
     /// The source anchor: the attribute recorded, and moving the ledger to another one.
     #[command(subcommand)]
     Anchors(AnchorsCommand),
     /// The attribute mapping: the effective table, and one object mapped.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// Per instance: role, epoch, last success and failure, deletions held, cursor age,
+    /// handover in progress; quarantined objects. Exit 0 healthy, 4 the named instance is
+    /// fenced, 1 the last cycle failed or none succeeded within three intervals, 3
+    /// deletions held.
+    Status {
+        /// Only this instance (and its health); default: every instance, the holder's health.
+        #[arg(long, value_parser = check_instance)]
+        instance: Option<String>,
+    },
+    /// Print shell completions for SHELL on stdout (for packaging: scripts/package).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (dirsync.1 and one per subcommand) into DIR (for packaging:
+    /// scripts/package).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +136,17 @@ pub enum MappingCommand {
         /// The object's anchor.
         #[arg(long)]
         anchor: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectCommand {
+    /// One object: its source attributes, mapped values, target id, and every event that
+    /// touched it, read through the history index (exit 2 when KEY names no object or
+    /// several).
+    Show {
+        /// An anchor, DN, userName or mail (case-insensitive).
+        key: String,
     },
 }
 
@@ -125,12 +182,24 @@ pub struct HandoverArgs {
     /// The new instance.
     #[arg(long, required = true, value_parser = check_instance)]
     pub to: Option<String>,
-    /// The playbook file.
-    #[arg(long, value_name = "FILE")]
-    pub playbook: Option<PathBuf>,
+    /// A built-in playbook (new-computer, reinstall, old-computer-lost, failover; see
+    /// `dirsync playbook list`), else a playbook file's path.
+    #[arg(long, value_name = "NAME|FILE", default_value = crate::playbook::file::DEFAULT)]
+    pub playbook: String,
     /// Print the steps; run and record nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// The built-in playbooks: name, steps and what each is for.
+    List,
+    /// One playbook's steps (a built-in name, else a playbook file's path).
+    Show {
+        #[arg(value_name = "NAME|FILE")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,17 +211,21 @@ pub enum HandoverCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Objects we own in the target that are gone (or out of scope) in the source and whose
-    /// deletion has not reached the target, with the evidence.
+    /// deletion has not reached the target, with the evidence; each `missed` (no active
+    /// holder's next cycle would export it) or `pending`. Read-only unless --refresh.
     MissedDeletes {
-        /// Exit 5 when anything is listed.
+        /// Exit 5 when any deletion is `missed` (`pending` ones do not count).
         #[arg(long)]
         fail_if_any: bool,
-        /// The log's view only: no full import of the source first.
-        #[arg(long)]
+        /// The log's view only (the default; kept for scripts).
+        #[arg(long, conflicts_with = "refresh")]
         from_log: bool,
-        /// The instance whose full import (in staging) gathers fresh evidence; default:
-        /// this host's name.
-        #[arg(long, value_parser = check_instance)]
+        /// First run a full import in staging as --instance, for fresh evidence (the only
+        /// way this audit writes to the log).
+        #[arg(long, requires = "instance")]
+        refresh: bool,
+        /// The existing instance whose full import --refresh runs.
+        #[arg(long, value_parser = check_instance, requires = "refresh")]
         instance: Option<String>,
     },
     /// Per instance, the windows in which no sync completed, against the tombstone
@@ -205,11 +278,22 @@ pub struct SyncArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
-    /// Print events (JSON Lines with --format json).
+    /// Print events (JSON Lines with --format json). --anchor and --type read the history
+    /// index, not the whole log.
     Show {
-        /// Only events after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        /// Only events after this point: a sequence number, or an RFC 3339 time (events
+        /// recorded after it).
+        #[arg(long, value_name = "SEQ|RFC3339")]
+        since: Option<String>,
+        /// Only events up to this point: a sequence number, or an RFC 3339 time.
+        #[arg(long, value_name = "SEQ|RFC3339")]
+        until: Option<String>,
+        /// Only events that touched this object (its anchor, in any case).
+        #[arg(long, value_name = "ANCHOR")]
+        anchor: Option<String>,
+        /// Only events of this type (e.g. ObjectDeleted).
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
         /// At most this many events.
         #[arg(long)]
         limit: Option<u64>,
@@ -230,6 +314,9 @@ pub struct ReplayArgs {
     /// A sequence number or an RFC 3339 time.
     #[arg(long, value_name = "SEQ|RFC3339", conflicts_with = "verify")]
     pub until: Option<String>,
+    /// With --until: only this object (an anchor, DN, userName or mail), as of that point.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["verify", "diff", "to_target", "what_if"])]
+    pub anchor: Option<String>,
     /// Rebuild every projection from seq 0 and compare with the stored ones (exit 5 on a difference).
     #[arg(long)]
     pub verify: bool,

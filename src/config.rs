@@ -118,6 +118,17 @@ impl Threshold {
     }
 }
 
+/// What the deletion guard holds when it trips: `[sync] hold`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hold {
+    /// The deletions wait for approval; creates and updates are exported.
+    #[default]
+    Deletions,
+    /// The whole cycle waits: nothing is exported.
+    All,
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// `sqlite://ABSOLUTE_PATH` or a PostgreSQL URL.
@@ -197,6 +208,8 @@ pub struct TargetConfig {
 pub struct SyncConfig {
     pub interval: Duration,
     pub deletion_threshold: Threshold,
+    /// What a tripped guard holds: the deletions alone (default) or the whole cycle.
+    pub hold: Hold,
     /// The export lease: how long one claimed chunk may send requests (README, Fencing).
     pub lease: Duration,
     /// How long a cycle may run: after it no new request is sent (those in flight finish
@@ -212,9 +225,39 @@ impl Default for SyncConfig {
         SyncConfig {
             interval: Duration::from_secs(30 * 60),
             deletion_threshold: Threshold::Count(500),
+            hold: Hold::default(),
             lease: crate::sync::export::LEASE,
             cycle_timeout: Duration::from_secs(30 * 60),
             reconcile_target: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[notify]`: who is told when something needs a person (`ops::notify`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// `webhook_url`: an http(s) URL the notification is POSTed to.
+    pub webhook_url: Option<String>,
+    /// `webhook_secret_env` / `webhook_secret_file`: the HMAC-SHA256 key of the
+    /// `X-Dirsync-Signature` header; without it the webhook is sent unsigned.
+    pub webhook_secret: Option<SecretRef>,
+    /// `command`: a program (and its arguments) run with the notification on stdin; no shell.
+    pub command: Option<Vec<String>>,
+    /// `failures_before_alert`: failed cycles in a row before `sync_failed` (default 3).
+    pub failures_before_alert: u32,
+    /// `timeout`: how long one notification may take on each channel, retries included
+    /// (default 60 s); a receiver still not done then is given up on (a command is killed).
+    pub timeout: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook_url: None,
+            webhook_secret: None,
+            command: None,
+            failures_before_alert: 3,
+            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -235,6 +278,8 @@ pub struct Config {
     /// source's and target's kinds with `[mapping.user]` / `[mapping.group]` applied.
     /// Present with a `[source]`.
     pub mapping: Option<Arc<Mapping>>,
+    /// `[notify]`, when given.
+    pub notify: Option<NotifyConfig>,
 }
 
 // ---- raw file shape ----
@@ -247,6 +292,7 @@ struct RawConfig {
     target: Option<RawTarget>,
     sync: Option<RawSync>,
     mapping: Option<RawMapping>,
+    notify: Option<RawNotify>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +302,25 @@ struct RawMapping {
     user: BTreeMap<String, toml::Spanned<String>>,
     #[serde(default)]
     group: BTreeMap<String, toml::Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook_url: Option<String>,
+    webhook_secret_env: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    command: Option<RawCommand>,
+    failures_before_alert: Option<u32>,
+    timeout: Option<String>,
+}
+
+/// `command = "/path/prog"` or `command = ["prog", "arg", ...]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Program(String),
+    Argv(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -316,6 +381,7 @@ enum RawThreshold {
 struct RawSync {
     interval: Option<String>,
     deletion_threshold: Option<RawThreshold>,
+    hold: Option<Hold>,
     lease: Option<String>,
     cycle_timeout: Option<String>,
     reconcile_target: Option<String>,
@@ -566,6 +632,9 @@ impl Config {
                     return Err(bad("sync.interval", "must be more than zero".into()));
                 }
             }
+            if let Some(h) = s.hold {
+                sync.hold = h;
+            }
             if let Some(l) = s.lease {
                 sync.lease = humantime::parse_duration(&l)
                     .map_err(|e| bad("sync.lease", format!("`{l}`: {e}")))?;
@@ -653,6 +722,77 @@ impl Config {
             }
             None => None,
         };
+        let notify = match raw.notify {
+            None => None,
+            Some(n) => {
+                let mut c = NotifyConfig::default();
+                if let Some(u) = n.webhook_url {
+                    // The URL is not echoed: its query may carry a token.
+                    let ok = reqwest::Url::parse(&u)
+                        .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.has_host());
+                    if !ok {
+                        return Err(bad(
+                            "notify.webhook_url",
+                            "is not an http:// or https:// URL (the value is not shown)".into(),
+                        ));
+                    }
+                    c.webhook_url = Some(u);
+                }
+                c.webhook_secret = secret(
+                    "notify.webhook_secret",
+                    n.webhook_secret_env,
+                    n.webhook_secret_file,
+                )?;
+                if c.webhook_secret.is_some() && c.webhook_url.is_none() {
+                    return Err(bad(
+                        "notify.webhook_secret_env",
+                        "signs the webhook: give webhook_url too".into(),
+                    ));
+                }
+                c.command = match n.command {
+                    None => None,
+                    Some(RawCommand::Program(p)) => Some(vec![p]),
+                    Some(RawCommand::Argv(v)) => Some(v),
+                };
+                if let Some(argv) = &mut c.command {
+                    match argv.first_mut() {
+                        Some(p) if !p.trim().is_empty() => {
+                            // A path is relative to the file; a bare name is looked up in PATH.
+                            if p.contains('/') {
+                                *p = rel(Path::new(p.as_str())).display().to_string();
+                            }
+                        }
+                        _ => return Err(bad("notify.command", "names no program".into())),
+                    }
+                }
+                if let Some(f) = n.failures_before_alert {
+                    if f == 0 {
+                        return Err(bad(
+                            "notify.failures_before_alert",
+                            "must be 1 or more".into(),
+                        ));
+                    }
+                    c.failures_before_alert = f;
+                }
+                if let Some(t) = n.timeout {
+                    c.timeout = humantime::parse_duration(&t)
+                        .map_err(|e| bad("notify.timeout", format!("`{t}`: {e}")))?;
+                    if c.timeout.is_zero() || c.timeout > Duration::from_secs(3600) {
+                        return Err(bad(
+                            "notify.timeout",
+                            format!("`{t}`: must be more than zero and at most 1h"),
+                        ));
+                    }
+                }
+                if c.webhook_url.is_none() && c.command.is_none() {
+                    return Err(bad(
+                        "notify",
+                        "give webhook_url or command (or both)".into(),
+                    ));
+                }
+                Some(c)
+            }
+        };
         Ok(Config {
             path: path.map(Path::to_path_buf),
             store,
@@ -660,6 +800,7 @@ impl Config {
             target,
             sync,
             mapping,
+            notify,
         })
     }
 
@@ -829,6 +970,79 @@ reconcile_target = "12h"
                 .to_string();
             assert!(m.contains(key), "{m}");
         }
+    }
+
+    #[test]
+    fn notify_is_parsed_and_checked() {
+        let n = |body: &str| Config::parse(&format!("[notify]\n{body}"), Path::new("/etc/d"), None);
+        let c = n(
+            "webhook_url = \"https://h.example/x?token=abc\"\nwebhook_secret_env = \"S\"\n\
+                   command = \"bin/alert\"\nfailures_before_alert = 2\ntimeout = \"5s\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.notify,
+            Some(NotifyConfig {
+                webhook_url: Some("https://h.example/x?token=abc".into()),
+                webhook_secret: Some(SecretRef::Env("S".into())),
+                command: Some(vec!["/etc/d/bin/alert".into()]),
+                failures_before_alert: 2,
+                timeout: Duration::from_secs(5),
+            })
+        );
+        let c = n("command = [\"logger\", \"-t\", \"dirsync\"]").unwrap();
+        assert_eq!(
+            c.notify,
+            Some(NotifyConfig {
+                command: Some(vec!["logger".into(), "-t".into(), "dirsync".into()]),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            Config::parse("", Path::new("."), None).unwrap().notify,
+            None
+        );
+        for (body, key) in [
+            (
+                "webhook_url = \"ftp://h/x?token=abc\"",
+                "notify.webhook_url",
+            ),
+            ("webhook_url = \"no url\"", "notify.webhook_url"),
+            (
+                "webhook_secret_env = \"S\"\ncommand = \"x\"",
+                "notify.webhook_secret_env",
+            ),
+            ("command = []", "notify.command"),
+            (
+                "command = \"x\"\nfailures_before_alert = 0",
+                "notify.failures_before_alert",
+            ),
+            ("command = \"x\"\ntimeout = \"0s\"", "notify.timeout"),
+            ("failures_before_alert = 2", "notify"),
+            ("command = \"x\"\nwebhook = \"y\"", "webhook"),
+        ] {
+            let e = n(body).unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains(key) && !m.contains("token=abc"), "{body}: {m}");
+            assert_eq!(e.exit(), crate::Exit::BadInput);
+        }
+    }
+
+    #[test]
+    fn hold_defaults_to_deletions_and_names_its_line_when_wrong() {
+        let c = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(c.sync.hold, Hold::Deletions);
+        let c = Config::parse("[sync]\nhold = \"all\"\n", Path::new("."), None).unwrap();
+        assert_eq!(c.sync.hold, Hold::All);
+        let e = Config::parse(
+            "[sync]\nhold = \"everything\"\n",
+            Path::new("."),
+            Some(Path::new("d.toml")),
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("d.toml:2") && m.contains("everything"), "{m}");
+        assert_eq!(e.exit(), crate::Exit::BadInput);
     }
 
     #[test]

@@ -15,27 +15,59 @@ pub use error::{Error, Exit, Result};
 pub mod audit;
 pub mod cli;
 pub mod commands;
+pub mod ops;
 pub mod output;
 mod par;
 
-/// Run a parsed command line to an exit code. Errors are printed as one line on stderr.
-pub fn run(cli: cli::Cli) -> Exit {
+/// Log lines on stderr: `DIRSYNC_LOG` filters them (default `warn`), and
+/// `DIRSYNC_LOG_FORMAT=json` makes each one a JSON object (for a log collector).
+fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DIRSYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    if std::env::var("DIRSYNC_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        let _ = builder.json().with_current_span(false).try_init();
+    } else {
         // Colour codes only for a person at a terminal: redirected to a file or a journal
         // they are noise (issue 17).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        let _ = builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init();
+    }
+}
+
+/// Print a command's error on stderr: one line, or with `--format json` one JSON object
+/// `{"error": ..., "exit": N}`.
+fn report_error(json: bool, message: &str, exit: Exit) {
+    let message = message.replace('\n', " ");
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({ "error": message, "exit": exit as u8 })
+        );
+    } else {
+        eprintln!("dirsync: {message}");
+    }
+}
+
+/// Run a parsed command line to an exit code. Errors are printed as one line on stderr.
+pub fn run(cli: cli::Cli) -> Exit {
+    init_tracing();
+    output::set_local_time(cli.local_time);
+    let json = cli.format == cli::Format::Json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("dirsync: cannot start the runtime: {e}");
+            report_error(
+                json,
+                &format!("cannot start the runtime: {e}"),
+                Exit::Failure,
+            );
             return Exit::Failure;
         }
     };
@@ -46,7 +78,7 @@ pub fn run(cli: cli::Cli) -> Exit {
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
             Err(e) => {
-                eprintln!("dirsync: {e}");
+                report_error(json, &e.to_string(), Exit::Failure);
                 return Exit::Failure;
             }
         },
@@ -54,7 +86,7 @@ pub fn run(cli: cli::Cli) -> Exit {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dirsync: {}", e.to_string().replace('\n', " "));
+            report_error(json, &e.to_string(), e.exit());
             e.exit()
         }
     }

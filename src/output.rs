@@ -48,6 +48,80 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `--local-time`: tables show times in the local time zone.
+static LOCAL_TIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set by `--local-time` for the process.
+pub fn set_local_time(on: bool) {
+    LOCAL_TIME.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A time for a table: RFC 3339 UTC, or with `--local-time` RFC 3339 in the local zone
+/// (with its offset). JSON uses [`time`] always.
+pub fn shown(us: i64) -> String {
+    if !LOCAL_TIME.load(std::sync::atomic::Ordering::Relaxed) {
+        return time(us);
+    }
+    chrono::Local
+        .timestamp_micros(us)
+        .single()
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, false))
+        .unwrap_or_else(|| time(us))
+}
+
+/// A table cell that holds an RFC 3339 UTC time from [`time`], shown per `--local-time`
+/// (any other text unchanged).
+pub fn shown_str(s: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(s) {
+        Ok(t) if LOCAL_TIME.load(std::sync::atomic::Ordering::Relaxed) => {
+            shown(t.timestamp_micros())
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// Serialise a log point ([`crate::project::At`]) for JSON output: its seq and its time
+/// as RFC 3339 (`{"seq": N, "at": "..."}`), never a microsecond integer.
+pub fn at_json<S: serde::Serializer>(a: &crate::project::At, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("At", 2)?;
+    st.serialize_field("seq", &a.seq)?;
+    st.serialize_field("at", &time(a.at_us))?;
+    st.end()
+}
+
+/// [`at_json`] for an optional point.
+pub fn at_json_opt<S: serde::Serializer>(
+    a: &Option<crate::project::At>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => at_json(a, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Serialise optional microseconds since the epoch as an RFC 3339 time.
+pub fn us_json_opt<S: serde::Serializer>(us: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match us {
+        Some(us) => s.serialize_str(&time(*us)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A spinner on stderr labelled `what` (its message) with the time elapsed; hidden when
+/// stderr is not a terminal.
+pub fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
 /// Microseconds since the epoch as RFC 3339 (UTC).
 pub fn time(us: i64) -> String {
     Utc.timestamp_micros(us)
@@ -148,6 +222,44 @@ mod tests {
             ],
         );
         assert_eq!(s, "A,B\r\n\"CN=Smith, Ann\",\"say \"\"hi\"\"\"\r\nx,\r\n");
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[derive(serde::Serialize)]
+    struct Point {
+        #[serde(serialize_with = "super::at_json")]
+        a: crate::project::At,
+        #[serde(serialize_with = "super::at_json_opt")]
+        b: Option<crate::project::At>,
+        #[serde(serialize_with = "super::us_json_opt")]
+        c: Option<i64>,
+    }
+
+    #[test]
+    fn log_points_are_rfc3339_in_json() {
+        let a = crate::project::At {
+            seq: 7,
+            at_us: 1_700_000_000_123_456,
+        };
+        let v = serde_json::to_value(Point {
+            a,
+            b: None,
+            c: Some(a.at_us),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "a": {"seq": 7, "at": "2023-11-14T22:13:20Z"},
+                "b": null,
+                "c": "2023-11-14T22:13:20Z",
+            })
+        );
+        // Without --local-time, a table's time is the JSON's.
+        assert_eq!(super::shown(a.at_us), "2023-11-14T22:13:20Z");
+        assert_eq!(super::shown_str("-"), "-");
     }
 }
 

@@ -16,11 +16,20 @@ const DAY_US: i64 = 86_400 * 1_000_000;
 pub struct Window {
     /// The completed sync that opened it (None: the instance has never completed one; the
     /// window starts when the log first heard of it).
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub from: Option<At>,
     /// Where it started when `from` is None.
+    #[serde(serialize_with = "crate::output::at_json")]
     pub since: At,
-    /// The completed sync that closed it (None: still open now).
+    /// The completed sync that closed it (None: still open now, or ended by retirement).
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub to: Option<At>,
+    /// The instance was retired here: its last window ends then, not now.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::output::at_json_opt"
+    )]
+    pub retired: Option<At>,
     pub length_us: i64,
     /// Source deletions the log recorded inside the window.
     pub deletions: u64,
@@ -35,11 +44,13 @@ pub struct InstanceGaps {
     pub status: String,
     /// Completed syncs (that exported).
     pub syncs: u64,
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub last_sync: Option<At>,
+    #[serde(serialize_with = "crate::output::at_json_opt")]
     pub cursor: Option<At>,
     pub cursor_age_us: Option<i64>,
     /// The cursor is older than the tombstone lifetime: deletions from before that are
-    /// invisible to it.
+    /// invisible to it. Never for a retired instance (its cursor is not used again).
     pub cursor_expired: bool,
     pub windows: Vec<Window>,
 }
@@ -90,6 +101,7 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
                         from: Some(p),
                         since: p,
                         to: Some(*s),
+                        retired: None,
                         length_us: len,
                         deletions: between(p.seq, s.seq),
                         exceeds_lifetime: exceeds(len),
@@ -99,17 +111,21 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
             prev = Some(*s);
         }
         let since = prev.unwrap_or(r.first_seen);
-        let len = now_us - since.at_us;
+        // A retired instance's last window ends at its retirement.
+        let (end_us, end_seq) = r.retired.map_or((now_us, u64::MAX), |a| (a.at_us, a.seq));
+        let len = end_us - since.at_us;
         windows.push(Window {
             from: prev,
             since,
             to: None,
+            retired: r.retired,
             length_us: len,
-            deletions: between(since.seq, u64::MAX),
+            deletions: between(since.seq, end_seq),
             exceeds_lifetime: exceeds(len),
         });
         let cursor = state.cursors.current.get(name).map(|c| c.at);
         let cursor_age_us = cursor.map(|c| now_us - c.at_us);
+        let cursor_expired = r.retired.is_none() && cursor_age_us.is_some_and(exceeds);
         instances.push(InstanceGaps {
             instance: name.clone(),
             status: r.status.as_str().to_string(),
@@ -117,7 +133,7 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
             last_sync: prev,
             cursor,
             cursor_age_us,
-            cursor_expired: cursor_age_us.is_some_and(exceeds),
+            cursor_expired,
             windows,
         });
     }
@@ -152,7 +168,11 @@ impl GapReport {
                         Some(f) => point(&f),
                         None => format!("never synced; known since {}", point(&w.since)),
                     },
-                    w.to.map_or("open (now)".into(), |t| point(&t)),
+                    match (w.to, w.retired) {
+                        (Some(t), _) => point(&t),
+                        (None, Some(r)) => format!("retired {}", point(&r)),
+                        (None, None) => "open (now)".into(),
+                    },
                     span(w.length_us),
                     w.deletions.to_string(),
                     match (self.tombstone_lifetime_days, w.exceeds_lifetime) {
@@ -229,6 +249,42 @@ mod tests {
         let later = gaps(&l.state, l.now + 10 * DAY, 3 * HOUR);
         assert!(later.instances[0].cursor_expired);
         assert!(later.instances[0].windows[1].exceeds_lifetime);
+    }
+
+    #[test]
+    fn a_retired_instance_s_last_window_ends_at_its_retirement() {
+        let mut l = Log::new();
+        l.at(
+            "a",
+            Event::SourceInfoRecorded(SourceInfoRecorded {
+                tombstone_lifetime_days: Some(3),
+                highest_usn: None,
+            }),
+        );
+        l.import("x1", "uid=x1,dc=t", "x1");
+        l.export("x1", ExportOp::Create, "x1");
+        let s = l.run("old", "sync");
+        l.cursor("old");
+        let retired = l.at("old", Event::InstanceRetired(Default::default()));
+        l.delete(
+            "x1",
+            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
+        );
+        // Ten days on: the retired instance's window ended at retirement, one hour after
+        // its sync, and its old cursor flags nothing.
+        let r = gaps(&l.state, l.now + 10 * DAY, 0);
+        let old = &r.instances[0];
+        let w = old.windows.last().unwrap();
+        assert_eq!(w.from.map(|a| a.seq), Some(s));
+        assert_eq!((w.to, w.retired.map(|a| a.seq)), (None, Some(retired)));
+        assert_eq!(
+            (w.length_us, w.deletions, w.exceeds_lifetime),
+            (2 * HOUR, 0, false)
+        );
+        assert!(!old.cursor_expired);
+        assert!(!r.flagged());
+        assert!(r.rows()[0][3].starts_with("retired "), "{:?}", r.rows());
+        assert!(r.rows()[0][3].ends_with(&format!("(seq {retired})")));
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{ledger_name, Item};
-use crate::log::event::{AttrName, DeletionEvidence};
+use super::{ledger_name, show_values, Item};
+use crate::log::event::{AttrName, Attrs, DeletionEvidence, ObjectKind};
 use crate::plan::mapping::Mapping;
 use crate::plan::plan::plan;
 use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
@@ -56,6 +56,22 @@ pub struct Diff {
     /// Reconciles of the whole target recorded in between: drift found and repaired.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reconciles: Vec<super::drift::Row>,
+    /// Added, changed and deleted per projection and kind.
+    pub totals: Vec<Total>,
+}
+
+pub const TOTAL_HEADERS: [&str; 5] = ["PROJECTION", "KIND", "ADDED", "CHANGED", "DELETED"];
+
+impl Total {
+    pub fn row(&self) -> Vec<String> {
+        vec![
+            self.projection.to_string(),
+            self.kind.as_str().to_string(),
+            self.added.to_string(),
+            self.changed.to_string(),
+            self.deleted.to_string(),
+        ]
+    }
 }
 
 pub const DIFF_HEADERS: [&str; 6] = ["PROJECTION", "CHANGE", "KIND", "ANCHOR", "NAME", "DETAIL"];
@@ -82,22 +98,30 @@ fn live(r: Option<&ObjectRecord>) -> Option<&ObjectRecord> {
     r.filter(|r| r.live())
 }
 
-/// Attribute-level differences between two live records.
+/// Attribute-level differences between two live records, with their values.
 fn object_changes(a: &ObjectRecord, b: &ObjectRecord) -> Vec<String> {
-    let mut out = Vec::new();
-    if a.dn != b.dn {
-        out.push(format!("dn: {}", b.dn));
-    }
-    let names: BTreeSet<&AttrName> = a.attrs.keys().chain(b.attrs.keys()).collect();
-    for n in names {
-        if a.attrs.get(n) != b.attrs.get(n) {
-            out.push(n.to_string());
-        }
-    }
+    let mut out = value_changes(a, &b.attrs, &b.dn);
     if a.members != b.members {
         let added = b.members.difference(&a.members).count();
         let removed = a.members.difference(&b.members).count();
         out.push(format!("members +{added} -{removed}"));
+    }
+    out
+}
+
+/// What changed from `a` to a record with `attrs` and `dn`: `dn: OLD -> NEW` and each
+/// attribute as `name: 'old' -> 'new'` (`(none)` for no value), by name.
+pub fn value_changes(a: &ObjectRecord, attrs: &Attrs, dn: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.dn != dn {
+        out.push(format!("dn: {} -> {dn}", a.dn));
+    }
+    let names: BTreeSet<&AttrName> = a.attrs.keys().chain(attrs.keys()).collect();
+    for n in names {
+        let (x, y) = (a.attrs.get(n), attrs.get(n));
+        if x != y {
+            out.push(format!("{n}: {} -> {}", show_values(x), show_values(y)));
+        }
     }
     out
 }
@@ -110,7 +134,8 @@ fn deletion_detail(d: Option<&Deletion>) -> Vec<String> {
     }
 }
 
-/// Top-level fields of two mapped states that differ.
+/// Top-level fields of two mapped states that differ, with their values: `title: "a" ->
+/// "b"` (`(none)` when unset); a group's members as the count of ids added and removed.
 fn mapped_changes(a: Option<&Mapped>, b: Option<&Mapped>) -> Vec<String> {
     let obj = |v: Option<&Mapped>| {
         v.and_then(|m| serde_json::to_value(m).ok())
@@ -125,10 +150,58 @@ fn mapped_changes(a: Option<&Mapped>, b: Option<&Mapped>) -> Vec<String> {
     };
     let (a, b) = (obj(a), obj(b));
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
     keys.into_iter()
         .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
+        .map(|k| {
+            let (x, y) = (a.get(k), b.get(k));
+            if k == "members" {
+                let set = |v: Option<&serde_json::Value>| -> BTreeSet<String> {
+                    v.and_then(|v| v.as_array())
+                        .map(|l| l.iter().map(|m| m.to_string()).collect())
+                        .unwrap_or_default()
+                };
+                let (x, y) = (set(x), set(y));
+                format!(
+                    "members +{} -{}",
+                    y.difference(&x).count(),
+                    x.difference(&y).count()
+                )
+            } else {
+                format!("{k}: {} -> {}", show(x), show(y))
+            }
+        })
         .collect()
+}
+
+/// Added, changed and deleted items of one kind in one projection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Total {
+    pub projection: &'static str,
+    pub kind: ObjectKind,
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+}
+
+impl Changes {
+    /// The counts per kind (users, then groups), kinds with no change left out.
+    fn totals(&self, projection: &'static str) -> Vec<Total> {
+        [ObjectKind::User, ObjectKind::Group]
+            .into_iter()
+            .map(|kind| {
+                let n = |l: &[Item]| l.iter().filter(|i| i.kind == kind).count() as u64;
+                Total {
+                    projection,
+                    kind,
+                    added: n(&self.added),
+                    changed: n(&self.changed),
+                    deleted: n(&self.deleted),
+                }
+            })
+            .filter(|t| t.added + t.changed + t.deleted > 0)
+            .collect()
+    }
 }
 
 fn owned(l: Option<&LedgerEntry>) -> Option<&LedgerEntry> {
@@ -220,6 +293,8 @@ pub fn diff(a: &State, b: &State) -> Diff {
         .filter(|r| r.at.seq > from && r.at.seq <= to)
         .map(super::drift::Row::of)
         .collect();
+    out.totals = out.objects.totals("source");
+    out.totals.extend(out.ledger.totals("ledger"));
     out
 }
 
@@ -355,24 +430,6 @@ pub fn what_if(state: &State, scope: &Scope, mapping: &Mapping) -> WhatIf {
     out
 }
 
-/// Target objects that stop `replay --to-target`: they carry an anchor that is not live in
-/// the source projection. Rebuilding would take the others back (hard match) but leave
-/// these in the target unowned, never to be deleted. Cloud-only objects (no anchor) are
-/// never ours and do not count; objects of an interrupted rebuild carry live anchors.
-pub fn foreign_objects<'a>(
-    remote: &'a [crate::target::RemoteObject],
-    state: &State,
-) -> Vec<&'a crate::target::RemoteObject> {
-    remote
-        .iter()
-        .filter(|r| {
-            r.anchor
-                .as_ref()
-                .is_some_and(|a| !state.objects.objects.get(a).is_some_and(|o| o.live()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,7 +466,7 @@ mod tests {
         let names = |v: &[Item]| v.iter().map(|i| i.anchor.clone()).collect::<Vec<_>>();
         assert_eq!(names(&d.objects.added), ["a3"]);
         assert_eq!(names(&d.objects.changed), ["a1"]);
-        assert_eq!(d.objects.changed[0].detail, ["title"]);
+        assert_eq!(d.objects.changed[0].detail, ["title: (none) -> 'Boss'"]);
         assert_eq!(names(&d.objects.deleted), ["a2"]);
         assert_eq!(
             d.objects.deleted[0].detail,
@@ -417,7 +474,24 @@ mod tests {
         );
         assert_eq!(names(&d.ledger.added), ["a3"]);
         assert_eq!(names(&d.ledger.changed), ["a1"]);
-        assert_eq!(d.ledger.changed[0].detail, ["display_name", "user_name"]);
+        assert_eq!(
+            d.ledger.changed[0].detail,
+            [
+                r#"display_name: "u1" -> "u1-renamed""#,
+                r#"user_name: "u1" -> "u1-renamed""#
+            ]
+        );
+        let total = |projection, added, changed, deleted| Total {
+            projection,
+            kind: ObjectKind::User,
+            added,
+            changed,
+            deleted,
+        };
+        assert_eq!(
+            d.totals,
+            [total("source", 1, 1, 1), total("ledger", 1, 1, 1)]
+        );
         assert_eq!(names(&d.ledger.deleted), ["a2"]);
         assert_eq!(d.ledger.deleted[0].name, "u2");
         assert!(diff(&l.state, &l.state).objects.is_empty());
@@ -440,33 +514,6 @@ mod tests {
         assert_eq!(last[..5], ["target", "reconciled", "", "", "b"]);
         assert!(last[5].contains("found 2 missing") && last[5].contains("2 recreated"));
         assert!(diff(&before, &mid).reconciles.is_empty());
-    }
-
-    #[test]
-    fn only_anchors_gone_from_the_source_stop_a_rebuild() {
-        let mut l = Log::new();
-        l.import("a1", "uid=u1,dc=t", "u1");
-        l.import("a2", "uid=u2,dc=t", "u2");
-        l.delete(
-            "a2",
-            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
-        );
-        let r = |anchor: Option<&str>| crate::target::RemoteObject {
-            kind: crate::log::event::ObjectKind::User,
-            id: format!("id-{anchor:?}"),
-            anchor: anchor.map(String::from),
-            name: "n".into(),
-            emails: vec![],
-            etag: None,
-            created: None,
-            state: None,
-        };
-        let remote = [r(None), r(Some("a1")), r(Some("a2")), r(Some("zz"))];
-        let f: Vec<_> = foreign_objects(&remote, &l.state)
-            .into_iter()
-            .map(|o| o.anchor.clone().unwrap())
-            .collect();
-        assert_eq!(f, ["a2", "zz"]);
     }
 
     #[test]

@@ -7,16 +7,38 @@ use serde::Serialize;
 
 use super::{ledger_name, point, time_opt};
 use crate::log::event::ExportOp;
-use crate::log::event::{DeletionEvidence, ObjectKind};
+use crate::log::event::ObjectKind;
 use crate::output::time;
-use crate::project::{At, Cursors, State};
+use crate::project::{At, Cursors, InstanceStatus, State};
 
-/// Where a missed deletion stands.
+/// Whether a deletion will reach the target without anyone acting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// No active holder's next cycle would export it: nobody holds the relationship, the
+    /// holder is stopped or retired (and every other instance is fenced), or the deletion
+    /// is older than the holder's last completed sync, which did not export it.
+    Missed,
+    /// Recorded after the active holder's last completed sync (or approved since): its
+    /// next cycle exports it.
+    Pending,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Missed => "missed",
+            Status::Pending => "pending",
+        }
+    }
+}
+
+/// Where an unexported deletion stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeleteState {
     /// Nothing has tried to export it yet.
-    Missed,
+    Unsent,
     /// The deletion guard holds it: an unapproved plan names it.
     Held,
     /// Its export was tried and failed.
@@ -26,7 +48,7 @@ pub enum DeleteState {
 impl DeleteState {
     pub fn as_str(self) -> &'static str {
         match self {
-            DeleteState::Missed => "missed",
+            DeleteState::Unsent => "unsent",
             DeleteState::Held => "held",
             DeleteState::Failed => "failed",
         }
@@ -80,6 +102,9 @@ pub struct MissedDelete {
     /// The held plan's hash, or the failed export's error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_detail: Option<String>,
+    pub status: Status,
+    /// Why: who would export it next, or why nobody will.
+    pub status_detail: String,
 }
 
 const DAY_US: i64 = 86_400 * 1_000_000;
@@ -110,6 +135,91 @@ pub fn gap_around(syncs: &[SyncPoint], seq: u64) -> Gap {
     }
 }
 
+/// What the audit's evidence is as of: the log's head and the last imports recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsOf {
+    pub seq: u64,
+    /// The last completed import: by which instance, when, and whether it was full.
+    pub last_import: Option<(String, At, bool)>,
+    /// The last complete full import.
+    pub last_full_import: Option<At>,
+}
+
+impl AsOf {
+    pub fn of(state: &State) -> AsOf {
+        let last_import = state
+            .instances
+            .instances
+            .iter()
+            .filter_map(|(name, r)| r.last_import.map(|(at, full)| (name.clone(), at, full)))
+            .max_by_key(|(_, at, _)| at.seq);
+        AsOf {
+            seq: state.seq,
+            last_import,
+            last_full_import: state.objects.last_full_import,
+        }
+    }
+
+    /// One line for people: "as of seq N: the last import ...".
+    pub fn line(&self) -> String {
+        let last = match &self.last_import {
+            None => "no import recorded".to_string(),
+            Some((i, at, full)) => format!(
+                "the last import was a {} import by {i} at {}",
+                if *full { "full" } else { "delta" },
+                point(at)
+            ),
+        };
+        let full = match (&self.last_import, self.last_full_import) {
+            (Some((_, _, true)), _) => String::new(),
+            (_, Some(f)) => format!("; the last full import at {}", point(&f)),
+            (_, None) => "; no full import".to_string(),
+        };
+        format!("as of seq {}: {last}{full}", self.seq)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seq": self.seq,
+            "last_import": self.last_import.as_ref().map(|(i, at, full)| serde_json::json!({
+                "instance": i, "seq": at.seq, "at": time(at.at_us), "full": full,
+            })),
+            "last_full_import": self.last_full_import.map(|a| serde_json::json!({
+                "seq": a.seq, "at": time(a.at_us),
+            })),
+        })
+    }
+}
+
+/// Who would export the deletions: the active holder of the relationship and its last
+/// completed sync, or why there is none.
+enum Exporter<'a> {
+    Active {
+        name: &'a str,
+        last_sync: Option<At>,
+    },
+    None(String),
+}
+
+fn exporter(state: &State) -> Exporter<'_> {
+    let Some(name) = state.relationship.holder.as_deref() else {
+        return Exporter::None("no instance holds the sync relationship".into());
+    };
+    let rec = state.instances.instances.get(name);
+    match rec.map(|r| r.status) {
+        Some(InstanceStatus::Stopped) => Exporter::None(format!(
+            "the holder {name} is stopped, and every other instance is fenced"
+        )),
+        Some(InstanceStatus::Retired) => Exporter::None(format!(
+            "the holder {name} is retired, and every other instance is fenced"
+        )),
+        _ => Exporter::Active {
+            name,
+            last_sync: rec.and_then(|r| r.syncs.last().copied()),
+        },
+    }
+}
+
 /// The audit (pure). `cursors` are the instances' cursors to judge what could reveal each
 /// deletion: those before a fresh import, when one was made for the audit. `now_us` is the
 /// clock. Sorted by when the deletion was recorded, then anchor.
@@ -126,6 +236,29 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
         .filter(|(_, p)| p.approved.is_none())
         .flat_map(|(h, p)| p.anchors.iter().map(move |a| (a.as_str(), h.as_str())))
         .collect();
+    let exporter = exporter(state);
+    // An approved list that stands: the holder's next cycle exports it.
+    let approved: std::collections::HashSet<&str> = state
+        .guard
+        .current
+        .as_ref()
+        .and_then(|h| state.guard.plans.get(h))
+        .filter(|p| p.approved.is_some())
+        .map(|p| p.anchors.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    // The held list that stands, unapproved: the holder's next cycle holds it again. With
+    // `[sync] hold = "all"` its held cycles failed (`SyncRunFailed`, reason held), so no
+    // completed sync may be newer than these deletions: they are missed all the same.
+    let waiting: Option<(&String, std::collections::HashSet<&str>)> =
+        state.guard.waiting().map(|(h, p)| {
+            (
+                h,
+                p.anchors
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<std::collections::HashSet<_>>(),
+            )
+        });
     let mut out: Vec<MissedDelete> = Vec::new();
     for (anchor, l) in state.ledger.owned() {
         let rec = state.objects.objects.get(anchor);
@@ -135,23 +268,7 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
         let deletion = rec.and_then(|r| r.deletion.as_ref());
         let (evidence, evidence_detail, deleted_at_us) = match deletion.map(|d| &d.evidence) {
             None => ("not-in-source".to_string(), None, None),
-            Some(e) => {
-                let (detail, at) = match e {
-                    DeletionEvidence::Tombstone {
-                        deleted_at,
-                        last_known_parent,
-                    } => (
-                        last_known_parent.clone(),
-                        deleted_at.map(|t| t.timestamp_micros()),
-                    ),
-                    DeletionEvidence::SyncDelete { phase } => (Some(phase.clone()), None),
-                    DeletionEvidence::AbsentFromFullImport { run_id } => {
-                        (Some(format!("run {run_id}")), None)
-                    }
-                    DeletionEvidence::LeftScope { dn } => (Some(dn.clone()), None),
-                };
-                (e.label().to_string(), detail, at)
-            }
+            Some(e) => (e.label().to_string(), e.detail(), e.deleted_at_us()),
         };
         let gap = deletion.map_or_else(Gap::default, |d| gap_around(&syncs, d.at.seq));
         let revealable_by = deletion
@@ -184,7 +301,42 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
         } else if let Some(h) = held.get(anchor.as_str()) {
             (DeleteState::Held, Some(format!("plan {h}")))
         } else {
-            (DeleteState::Missed, None)
+            (DeleteState::Unsent, None)
+        };
+        // When the log learnt that it must go: its deletion, or (an anchor the source
+        // never had) its last export.
+        let since = deletion.map_or(l.last_export, |d| d.at);
+        let (status, status_detail) = match &exporter {
+            Exporter::None(why) => (Status::Missed, why.clone()),
+            Exporter::Active { name, .. } if approved.contains(anchor.as_str()) => (
+                Status::Pending,
+                format!("approved: {name}'s next cycle exports it"),
+            ),
+            Exporter::Active {
+                name,
+                last_sync: Some(s),
+            } if s.seq > since.seq => (
+                Status::Missed,
+                format!(
+                    "older than {name}'s last completed sync ({}), which did not export it",
+                    point(s)
+                ),
+            ),
+            Exporter::Active { name, .. } => match &waiting {
+                Some((h, held)) if held.contains(anchor.as_str()) => (
+                    Status::Missed,
+                    format!(
+                        "held (plan {}, not approved): {name}'s next cycle holds it again",
+                        crate::plan::plan::short_hash(h)
+                    ),
+                ),
+                _ => (
+                    Status::Pending,
+                    format!(
+                        "recorded after {name}'s last completed sync: its next cycle exports it"
+                    ),
+                ),
+            },
         };
         out.push(MissedDelete {
             anchor: anchor.clone(),
@@ -201,6 +353,8 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
             revealable_by,
             state: st,
             state_detail,
+            status,
+            status_detail,
         });
     }
     out.sort_by(|a, b| {
@@ -210,7 +364,7 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
     out
 }
 
-pub const HEADERS: [&str; 12] = [
+pub const HEADERS: [&str; 13] = [
     "ANCHOR",
     "NAME",
     "KIND",
@@ -223,6 +377,7 @@ pub const HEADERS: [&str; 12] = [
     "GAP TO",
     "REVEALABLE BY",
     "STATE",
+    "STATUS",
 ];
 
 fn sync_point(p: Option<&SyncPoint>, none: &str) -> String {
@@ -254,6 +409,7 @@ impl MissedDelete {
                 Some(d) => format!("{} ({d})", self.state.as_str()),
                 None => self.state.as_str().to_string(),
             },
+            format!("{} ({})", self.status.as_str(), self.status_detail),
         ]
     }
 
@@ -278,6 +434,8 @@ impl MissedDelete {
             "revealable_by": self.revealable_by,
             "state": self.state,
             "state_detail": self.state_detail,
+            "status": self.status,
+            "status_detail": self.status_detail,
         })
     }
 }
@@ -287,7 +445,8 @@ mod tests {
     use super::*;
     use crate::audit::testkit::{Log, DAY};
     use crate::log::event::{
-        DeletionsApproved, DeletionsHeld, Event, ExportFailed, ExportOp, SourceInfoRecorded,
+        DeletionEvidence, DeletionsApproved, DeletionsHeld, Event, ExportFailed, ExportOp,
+        SourceInfoRecorded,
     };
 
     const OU: &str = "ou=people,dc=example,dc=org";
@@ -392,7 +551,7 @@ mod tests {
             ["a"],
             "the cursor at {cursor} predates the tombstone"
         );
-        assert_eq!(m2.state, DeleteState::Missed);
+        assert_eq!(m2.state, DeleteState::Unsent);
         assert_eq!(by("a3").evidence, "left-scope");
         assert_eq!(
             by("a3").evidence_detail.as_deref(),
@@ -416,7 +575,7 @@ mod tests {
         let v = missed_deletes(&l.state, &l.state.cursors, l.now);
         assert_eq!(
             v.iter().find(|m| m.anchor == "a5").unwrap().state,
-            DeleteState::Missed
+            DeleteState::Unsent
         );
     }
 
@@ -481,6 +640,233 @@ mod tests {
         assert!(missed_deletes(&l.state, &l.state.cursors, l.now).is_empty());
     }
 
+    fn holds(l: &mut Log, instance: &str, epoch: u64) {
+        l.at(
+            instance,
+            Event::SyncRelationshipEstablished(crate::log::event::SyncRelationshipEstablished {
+                holder: instance.into(),
+                epoch,
+            }),
+        );
+    }
+
+    fn statuses(l: &Log) -> Vec<(String, Status)> {
+        missed_deletes(&l.state, &l.state.cursors, l.now)
+            .into_iter()
+            .map(|m| (m.anchor, m.status))
+            .collect()
+    }
+
+    #[test]
+    fn a_deletion_is_pending_until_the_active_holder_syncs_without_it() {
+        let mut l = synced();
+        let gone = |l: &mut Log, a: &str| {
+            l.delete(
+                a,
+                DeletionEvidence::SyncDelete {
+                    phase: "delete".into(),
+                },
+            )
+        };
+        gone(&mut l, "a1");
+        // Nobody holds the relationship: nobody will export it.
+        assert_eq!(statuses(&l), [("a1".into(), Status::Missed)]);
+        holds(&mut l, "a", 1);
+        // Seen after a's last completed sync: a's next cycle exports it.
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        assert_eq!(v[0].status, Status::Pending);
+        assert_eq!(
+            v[0].status_detail,
+            "recorded after a's last completed sync: its next cycle exports it"
+        );
+        // A sync of a staging instance does not count; a completed sync of a that did not
+        // export it makes it missed.
+        l.run("b", "staging");
+        assert_eq!(statuses(&l), [("a1".into(), Status::Pending)]);
+        let s = l.run("a", "sync");
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        assert_eq!(v[0].status, Status::Missed);
+        assert!(
+            v[0].status_detail.contains(&format!("(seq {s})")),
+            "{}",
+            v[0].status_detail
+        );
+        // A newer one is pending while an older one is missed; --fail-if-any counts one.
+        gone(&mut l, "a2");
+        assert_eq!(
+            statuses(&l),
+            [
+                ("a1".into(), Status::Missed),
+                ("a2".into(), Status::Pending)
+            ]
+        );
+        // The holder stopped, or retired: nothing is pending.
+        l.at("a", Event::InstanceStopped(Default::default()));
+        assert_eq!(
+            statuses(&l),
+            [("a1".into(), Status::Missed), ("a2".into(), Status::Missed)]
+        );
+        l.at("a", Event::InstanceStarted(Default::default()));
+        l.at("a", Event::InstanceRetired(Default::default()));
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        assert_eq!(
+            v[1].status_detail,
+            "the holder a is retired, and every other instance is fenced"
+        );
+        // Another instance takes over: a1 is older than nothing b synced: pending.
+        holds(&mut l, "b", 2);
+        assert_eq!(
+            statuses(&l),
+            [
+                ("a1".into(), Status::Pending),
+                ("a2".into(), Status::Pending)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_approved_list_that_stands_is_pending() {
+        let mut l = synced();
+        holds(&mut l, "a", 1);
+        l.delete(
+            "a1",
+            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
+        );
+        l.at(
+            "a",
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "h1".into(),
+                anchors: vec!["a1".into()],
+                reason: "threshold".into(),
+            }),
+        );
+        l.run("a", "sync");
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        assert_eq!(
+            (v[0].state, v[0].status),
+            (DeleteState::Held, Status::Missed)
+        );
+        l.at(
+            "a",
+            Event::DeletionsApproved(DeletionsApproved {
+                plan_hash: "h1".into(),
+                approved_by: None,
+            }),
+        );
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        assert_eq!(
+            (v[0].state, v[0].status, v[0].status_detail.as_str()),
+            (
+                DeleteState::Unsent,
+                Status::Pending,
+                "approved: a's next cycle exports it"
+            )
+        );
+    }
+
+    #[test]
+    fn a_held_list_whose_cycle_failed_is_missed() {
+        // [sync] hold = "all": the held cycle exported nothing and failed (reason held), so
+        // no completed sync is newer than the deletion; the list that stands is held again
+        // by the holder's next cycle: missed. Superseded, the old list's deletions are the
+        // new list's, or the next cycle's to export.
+        let mut l = synced();
+        holds(&mut l, "a", 1);
+        l.delete(
+            "a1",
+            DeletionEvidence::AbsentFromFullImport { run_id: "r".into() },
+        );
+        l.at(
+            "a",
+            Event::SyncRunStarted(crate::log::event::SyncRunStarted {
+                run_id: "h".into(),
+                full: false,
+                mode: "sync".into(),
+            }),
+        );
+        l.at(
+            "a",
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "0123456789abcdef".into(),
+                anchors: vec!["a1".into()],
+                reason: "threshold".into(),
+            }),
+        );
+        l.at(
+            "a",
+            Event::SyncRunFailed(crate::log::event::SyncRunFailed {
+                run_id: "h".into(),
+                error: "1 deletion(s) held".into(),
+                reason: Some(crate::log::event::FailureReason::Held),
+            }),
+        );
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        assert_eq!(
+            (v[0].state, v[0].status, v[0].status_detail.as_str()),
+            (
+                DeleteState::Held,
+                Status::Missed,
+                "held (plan 0123456789ab, not approved): a's next cycle holds it again"
+            )
+        );
+        assert_eq!(v[0].gap.to, None, "a failed cycle closes no gap");
+        l.at(
+            "a",
+            Event::DeletionsHoldEnded(crate::log::event::DeletionsHoldEnded {
+                plan_hash: "0123456789abcdef".into(),
+                reason: "within the threshold".into(),
+            }),
+        );
+        assert_eq!(statuses(&l), [("a1".into(), Status::Pending)]);
+    }
+
+    #[test]
+    fn as_of_names_the_last_import_and_the_last_full_one() {
+        let mut l = synced();
+        assert_eq!(
+            AsOf::of(&l.state).line(),
+            format!(
+                "as of seq {}: no import recorded; no full import",
+                l.state.seq
+            )
+        );
+        let done = |l: &mut Log, i: &str, full: bool| {
+            l.at(
+                i,
+                Event::ImportCompleted(crate::log::event::ImportCompleted {
+                    run_id: "r".into(),
+                    full,
+                    seen: 6,
+                    added: 0,
+                    changed: 0,
+                    deleted: 0,
+                    left_scope: 0,
+                }),
+            )
+        };
+        let f = done(&mut l, "b", true);
+        let d = done(&mut l, "a", false);
+        let a = AsOf::of(&l.state);
+        assert_eq!(
+            a.last_import
+                .as_ref()
+                .map(|(i, at, full)| (i.as_str(), at.seq, *full)),
+            Some(("a", d, false))
+        );
+        assert_eq!(a.last_full_import.map(|x| x.seq), Some(f));
+        let line = a.line();
+        assert!(
+            line.starts_with(&format!(
+                "as of seq {d}: the last import was a delta import by a at "
+            )),
+            "{line}"
+        );
+        assert!(
+            line.contains("; the last full import at ") && line.ends_with(&format!("(seq {f})")),
+            "{line}"
+        );
+    }
+
     #[test]
     fn rows_and_json_carry_every_column() {
         let mut l = synced();
@@ -492,10 +878,15 @@ mod tests {
         );
         let v = missed_deletes(&l.state, &l.state.cursors, l.now);
         assert_eq!(v[0].row().len(), HEADERS.len());
-        assert_eq!(v[0].row()[11], "missed");
+        assert_eq!(v[0].row()[11], "unsent");
+        assert_eq!(
+            v[0].row()[12],
+            "missed (no instance holds the sync relationship)"
+        );
         assert_eq!(v[0].row()[9], "open");
         let j = v[0].json();
-        assert_eq!(j["state"], "missed");
+        assert_eq!(j["state"], "unsent");
+        assert_eq!(j["status"], "missed");
         assert_eq!(j["kind"], "user");
         assert_eq!(j["gap"]["from"]["instance"], "a");
     }

@@ -7,9 +7,13 @@
 //! clock. The command handlers read the store (and the source, for fresh evidence) and print.
 
 pub mod drift;
+pub mod fresh;
 pub mod gaps;
 pub mod history;
 pub mod missed;
+pub mod object;
+pub mod report;
+pub mod status;
 
 use crate::log::event::ObjectKind;
 use crate::output::time;
@@ -40,6 +44,27 @@ pub fn span(us: i64) -> String {
         (0, h, m) => format!("{h}h {m}m"),
         (d, h, _) => format!("{d}d {h}h"),
     }
+}
+
+/// An attribute's values as people read them: `'a'`, `'a', 'b'`, `<16 bytes>`, or `(none)`
+/// when it has none; long lists are cut after five values, long values after 120 characters.
+pub fn show_values(v: Option<&crate::log::event::Values>) -> String {
+    use crate::log::event::AttrValue;
+    let Some(v) = v.filter(|v| !v.is_empty()) else {
+        return "(none)".to_string();
+    };
+    let one = |x: &AttrValue| match x {
+        AttrValue::Text(t) if t.chars().count() > 120 => {
+            format!("'{}...'", t.chars().take(117).collect::<String>())
+        }
+        AttrValue::Text(t) => format!("'{t}'"),
+        AttrValue::Binary { b64 } => format!("<{} bytes>", b64.len()),
+    };
+    let mut out: Vec<String> = v.iter().take(5).map(one).collect();
+    if v.len() > 5 {
+        out.push(format!("... ({} values)", v.len()));
+    }
+    out.join(", ")
 }
 
 /// One object named in an audit or a diff, with what is said about it.

@@ -12,70 +12,77 @@ pub(super) async fn audit_cmd(
     match c {
         AuditCommand::MissedDeletes {
             fail_if_any,
-            from_log,
+            from_log: _,
+            refresh,
             instance,
         } => {
-            let before = projection::refresh(&store, SNAPSHOT_EVERY).await?;
-            // What could reveal a deletion is judged on the cursors as they were before the
-            // fresh import moved one of them.
-            let cursors = before.cursors.clone();
-            let mut fresh = serde_json::Value::Null;
-            let state = if from_log {
-                before
-            } else {
-                if cfg.source.is_none() {
-                    return Err(Error::Config(
-                        "no [source] section to read fresh evidence from: use --from-log for the log's view"
-                            .into(),
-                    ));
-                }
-                let opts = crate::sync::export::SyncOptions {
-                    instance: crate::cli::instance_or_host(instance)?,
-                    full: true,
-                    staging: true,
-                    dry_run: false,
-                    take_over: false,
-                    stop: None,
-                    wait_for_cycle: None,
-                };
-                let bar = indicatif::ProgressBar::with_draw_target(
-                    None,
-                    indicatif::ProgressDrawTarget::stderr(),
+            // The webhook's secret is read before anything (exit 2 when unset). The audit's
+            // own findings record nothing: a delivery's outcome is said on stderr.
+            let notifier = Notifier::start(cfg, notify::Record::Stderr)?;
+            let fresh_as = instance.clone().filter(|_| refresh);
+            let bar = crate::output::spinner("audit");
+            let audit =
+                crate::audit::fresh::missed_deletes(cfg, &store, fresh_as.as_deref(), &bar, now)
+                    .await;
+            bar.finish_and_clear();
+            let audit = audit?;
+            if let (Some(f), false) = (&audit.fresh, fmt == Format::Json) {
+                eprintln!(
+                    "dirsync: fresh evidence: full import by {} (run {}): {} seen, {} deleted, {} left scope",
+                    f.instance, f.run_id, f.seen, f.deleted, f.left_scope
                 );
-                let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
-                bar.finish_and_clear();
-                let r = r?;
-                fresh = json!({"instance": r.instance, "run_id": r.run_id, "seen": r.import.seen,
-                    "deleted": r.import.deleted, "left_scope": r.import.left_scope});
-                if fmt != Format::Json {
-                    eprintln!(
-                        "dirsync: fresh evidence: full import by {} (run {}): {} seen, {} deleted, {} left scope",
-                        r.instance, r.run_id, r.import.seen, r.import.deleted, r.import.left_scope
-                    );
-                }
-                projection::refresh(&store, SNAPSHOT_EVERY).await?
-            };
-            let list = missed::missed_deletes(&state, &cursors, now);
+            }
+            let fresh = serde_json::to_value(&audit.fresh).map_err(Error::store)?;
+            let list = audit.missed;
+            let as_of = audit.as_of;
+            // Told only of deletions no holder's next cycle would export (`missed`); the
+            // pending ones are on their way.
+            let told: Vec<&str> = list
+                .iter()
+                .filter(|m| m.status == missed::Status::Missed)
+                .map(|m| m.anchor.as_str())
+                .collect();
+            if !told.is_empty() {
+                notifier.send(Notification::new(
+                    NotifyEvent::MissedDeletionsFound,
+                    &crate::cli::instance_or_host(instance)?,
+                    json!({"count": told.len(), "pending": list.len() - told.len(),
+                           "seq": audit.state.seq,
+                           "evidence": if refresh { "full-import" } else { "log" },
+                           "anchors": told.iter().take(20).collect::<Vec<_>>()}),
+                ));
+            }
+            notifier.finish().await;
             // The process ends after printing: freeing a large state piece by piece would
             // only cost time (seconds for a million objects).
-            let state = std::mem::ManuallyDrop::new(state);
+            let state = std::mem::ManuallyDrop::new(audit.state);
+            let missed_count = list
+                .iter()
+                .filter(|m| m.status == missed::Status::Missed)
+                .count();
             let rows: Vec<Vec<String>> = list.iter().map(|m| m.row()).collect();
             let v = json!({
                 "seq": state.seq,
-                "evidence": if from_log { "log" } else { "full-import" },
+                "as_of": as_of.json(),
+                "evidence": if refresh { "full-import" } else { "log" },
                 "fresh_import": fresh,
                 "count": list.len(),
+                "missed_count": missed_count,
+                "pending_count": list.len() - missed_count,
                 "missed": list.iter().map(|m| m.json()).collect::<Vec<_>>(),
             });
+            if fmt == Format::Table {
+                print(&format!("{}\n", as_of.line()))?;
+            }
             if fmt == Format::Table && list.is_empty() {
                 print(&format!(
-                    "no missed deletions as of seq {}: every deletion seen in the source has reached the target\n",
+                    "no missed deletions as of seq {}: every deletion the log holds has reached the target\n",
                     state.seq
                 ))?;
             } else {
                 emit_rows(fmt, &missed::HEADERS, &rows, &v)?;
             }
-            Ok(if fail_if_any && !list.is_empty() {
+            Ok(if fail_if_any && missed_count > 0 {
                 Exit::Found
             } else {
                 Exit::Ok

@@ -21,14 +21,14 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
         print_handover(&runner::report(id, h), fmt)?;
         return Ok(Exit::Ok);
     }
+    let notifier = Notifier::start(cfg, notify::Record::Log(store.clone()))?;
     let opts = runner::HandoverOptions {
         from: a.from.unwrap_or_default(),
         to: a.to.unwrap_or_default(),
-        playbook: a.playbook.unwrap_or_else(|| runner::default_playbook(cfg)),
+        playbook: a.playbook,
         dry_run: a.dry_run,
     };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    let bar = crate::output::spinner("handover");
     let say = |l: &str| {
         if fmt == Format::Table {
             bar.suspend(|| println!("{l}"));
@@ -38,8 +38,29 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
     };
     let r = runner::handover(cfg, &store, &opts, &bar, &say).await;
     bar.finish_and_clear();
-    print_handover(&r?, fmt)?;
-    Ok(Exit::Ok)
+    let told = match &r {
+        Ok(h) if h.status == "completed" => Some(Notification::new(
+            NotifyEvent::HandoverCompleted,
+            &h.to,
+            json!({"handover_id": h.handover_id, "from": h.from, "to": h.to,
+                   "playbook": h.playbook, "summary": h.summary}),
+        )),
+        // Bad usage is the caller's to see, not a failed handover.
+        Err(e) if e.exit() != Exit::BadInput => Some(Notification::new(
+            NotifyEvent::HandoverFailed,
+            &opts.to,
+            json!({"from": opts.from, "to": opts.to, "error": e.to_string(),
+                   "exit": e.exit() as i32}),
+        )),
+        _ => None,
+    };
+    if let Some(n) = told {
+        notifier.send(n);
+    }
+    let printed = r.and_then(|r| print_handover(&r, fmt));
+    // After the report: a slow receiver delays the exit, not the output.
+    notifier.finish().await;
+    printed.map(|()| Exit::Ok)
 }
 
 pub(super) fn print_handover(
@@ -61,8 +82,8 @@ pub(super) fn print_handover(
                         s.step.to_string(),
                         s.action.clone(),
                         s.state.clone(),
-                        s.started.clone().unwrap_or_default(),
-                        s.finished.clone().unwrap_or_default(),
+                        output::shown_str(s.started.as_deref().unwrap_or_default()),
+                        output::shown_str(s.finished.as_deref().unwrap_or_default()),
                         crate::playbook::runner::brief(&s.detail)
                             .trim()
                             .trim_start_matches('(')

@@ -1,6 +1,11 @@
 use super::*;
 
 pub(super) fn parse_until(s: &str) -> Result<Until> {
+    parse_point("--until", s)
+}
+
+/// A point of the log given to `flag`: a sequence number or an RFC 3339 time.
+pub(super) fn parse_point(flag: &str, s: &str) -> Result<Until> {
     if let Ok(n) = s.parse::<u64>() {
         return Ok(Until::Seq(n));
     }
@@ -8,7 +13,7 @@ pub(super) fn parse_until(s: &str) -> Result<Until> {
         .map(|t| Until::Time(t.with_timezone(&Utc)))
         .map_err(|_| {
             Error::BadInput(format!(
-                "--until `{s}` is neither a sequence number nor an RFC 3339 time"
+                "{flag} `{s}` is neither a sequence number nor an RFC 3339 time"
             ))
         })
 }
@@ -51,7 +56,7 @@ pub(super) async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> 
 pub(super) fn at(a: Option<&crate::project::At>) -> String {
     a.map_or_else(
         || "-".to_string(),
-        |a| format!("{} (seq {})", time(a.at_us), a.seq),
+        |a| format!("{} (seq {})", output::shown(a.at_us), a.seq),
     )
 }
 
@@ -138,6 +143,13 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
             ))?;
         }
         emit_rows(fmt, &history::DIFF_HEADERS, &d.rows(), &v)?;
+        if fmt == Format::Table {
+            let totals: Vec<Vec<String>> = d.totals.iter().map(|t| t.row()).collect();
+            print(&format!(
+                "\ntotals\n{}",
+                table(&history::TOTAL_HEADERS, &totals)
+            ))?;
+        }
         return Ok(Exit::Ok);
     }
     if let Some(path) = &a.what_if {
@@ -165,8 +177,8 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
     to_target(cfg, &store, &instance, a.dry_run, fmt).await
 }
 
-/// `replay --to-target`: record that the target is empty (fenced like an export), then
-/// export what the log holds through the normal plan, guard and fencing.
+/// `replay --to-target`: the library rebuilds (or, with --dry-run, plans) the target from
+/// the log under the export's fencing; this prints it.
 pub(super) async fn to_target(
     cfg: &Config,
     store: &AnyStore,
@@ -174,23 +186,16 @@ pub(super) async fn to_target(
     dry_run: bool,
     fmt: Format,
 ) -> Result<Exit> {
-    use crate::log::event::{stream, TargetReset};
-    use crate::target::Target;
+    use crate::sync::rebuild::{rebuild, rebuild_plan, RebuildOptions};
     let target = crate::target::AnyTarget::from_config(cfg.target()?)?;
-    let mapping = cfg.mapping()?.clone();
-    let reset = Event::TargetReset(TargetReset {
-        reason: format!("replay --to-target by {instance}: rebuild an empty target from the log"),
-    });
-    let state = projection::refresh(store, SNAPSHOT_EVERY).await?;
+    let opts = RebuildOptions {
+        instance: instance.to_string(),
+        mapping: cfg.mapping()?.clone(),
+        threshold: cfg.sync.deletion_threshold,
+    };
     if dry_run {
-        let mut s = std::sync::Arc::unwrap_or_clone(state);
-        let meta = crate::project::Meta {
-            seq: s.seq + 1,
-            instance,
-            recorded_at_us: Utc::now().timestamp_micros(),
-        };
-        s.apply(&meta, &reset);
-        let p = crate::plan::plan::plan(&s, &mapping, None);
+        let state = projection::refresh(store, SNAPSHOT_EVERY).await?;
+        let p = rebuild_plan(&state, &opts, Utc::now().timestamp_micros());
         let mut rows: Vec<Vec<String>> = p
             .new
             .iter()
@@ -218,50 +223,8 @@ pub(super) async fn to_target(
         emit_rows(fmt, &["OP", "KIND", "ANCHOR", "NAME", "DETAIL"], &rows, &v)?;
         return Ok(Exit::Ok);
     }
-    target.probe().await?;
-    let mut remote = target.list(crate::log::event::ObjectKind::User).await?;
-    remote.extend(target.list(crate::log::event::ObjectKind::Group).await?);
-    let foreign = crate::audit::history::foreign_objects(&remote, &state);
-    if !foreign.is_empty() {
-        let names: Vec<&str> = foreign.iter().take(5).map(|r| r.name.as_str()).collect();
-        return Err(Error::Refused(format!(
-            "the target is not a fresh one: {} object(s) carry anchors the source no longer has ({}{}); a rebuild would leave them there unowned. `dirsync sync` keeps an existing target in step",
-            foreign.len(),
-            names.join(", "),
-            if foreign.len() > 5 { ", ..." } else { "" }
-        )));
-    }
-    // The reset is recorded only by the relationship's holder (or when nobody holds it):
-    // the append expects the relationship stream's version it checked.
-    let version = store.stream_version(stream::RELATIONSHIP).await?;
-    let state = projection::advance(store, state).await?;
-    if let Some(h) = &state.relationship.holder {
-        if h != instance {
-            return Err(Error::Fenced(format!(
-                "{h} holds the sync relationship (epoch {}); {instance} may not rebuild the target",
-                state.relationship.epoch
-            )));
-        }
-    }
-    let batch = Batch::new(vec![NewEvent::new(stream::TARGET, instance, reset)])
-        .expect(stream::RELATIONSHIP, Expected::Exactly(version));
-    match store.append(batch).await {
-        Err(Error::Conflict { .. }) => {
-            return Err(Error::Fenced(
-                "the sync relationship changed while recording the reset; nothing exported".into(),
-            ))
-        }
-        r => r?,
-    };
-    let opts = crate::sync::export::ExportOptions {
-        instance: instance.to_string(),
-        mapping,
-        threshold: cfg.sync.deletion_threshold,
-        take_over: false,
-    };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    let r = crate::sync::export::export_log(store, &target, &opts, &bar).await;
+    let bar = crate::output::spinner("rebuilding the target");
+    let r = rebuild(store, &target, &opts, &bar).await;
     bar.finish_and_clear();
     let r = r?;
     match fmt {

@@ -3,6 +3,8 @@ use super::*;
 pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit> {
     cfg.source()?;
     let store = open(cfg).await?;
+    // The webhook's secret is read before anything is written (exit 2 when unset).
+    let notifier = Notifier::start(cfg, notify::Record::Log(store.clone()))?;
     let opts = crate::sync::export::SyncOptions {
         instance: crate::cli::instance_or_host(a.instance)?,
         full: a.full,
@@ -12,21 +14,62 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
         stop: None,
         wait_for_cycle: None,
     };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let bar = crate::output::spinner("sync");
+    let began_us = Utc::now().timestamp_micros();
     let r = crate::sync::export::sync(cfg, &store, &opts, &bar).await;
     bar.finish_and_clear();
+    let outcome = crate::ops::Outcome::of(&r);
+    let tell = matches!(
+        outcome,
+        crate::ops::Outcome::Held | crate::ops::Outcome::Fenced
+    );
+    if notifier.active() && tell && !opts.dry_run && !opts.staging {
+        // Held deletions and fencing; failures in a row are counted by `dirsync run`.
+        let state = projection::refresh(&store, SNAPSHOT_EVERY).await.ok();
+        for n in notify::after_cycle(&opts.instance, &r, state.as_deref(), began_us, 0, u32::MAX) {
+            notifier.send(n);
+        }
+    }
+    let printed = print_sync(cfg, r, fmt);
+    // After the report: a slow receiver delays the exit, not the output.
+    notifier.finish().await;
+    printed
+}
+
+fn print_sync(
+    cfg: &Config,
+    r: Result<crate::sync::export::SyncReport>,
+    fmt: Format,
+) -> Result<Exit> {
     let r = r?;
     match fmt {
         Format::Json => emit_json(&r)?,
         Format::Table | Format::Csv => print(&sync_table(&r))?,
     }
-    if let (Some(h), Some(why)) = (&r.held_plan, &r.held_reason) {
-        eprintln!(
-            "dirsync: {} deletion(s) held: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {h}`",
+    let said = match (&r.held_plan, &r.held_reason) {
+        (Some(h), Some(why)) => Some(format!(
+            "{} deletion(s) held{}: {why}. Review with `dirsync deletions show`, release with `dirsync deletions approve --plan {}`",
+            r.held,
+            if cfg.sync.hold == crate::config::Hold::All {
+                ", nothing exported"
+            } else {
+                ""
+            },
+            crate::plan::plan::short_hash(h)
+        )),
+        // A dry run records no plan: there is nothing to approve yet.
+        (None, Some(why)) => Some(format!(
+            "would hold {} deletion(s): {why}. A sync records the list; `dirsync deletions show` then lists it for approval",
             r.held
-        );
+        )),
+        _ => None,
+    };
+    if let Some(said) = said {
+        match fmt {
+            // Exit 3 is an error to a script: one JSON object, like every error.
+            Format::Json => eprintln!("{}", json!({"error": said, "exit": Exit::Held as u8})),
+            Format::Table | Format::Csv => eprintln!("dirsync: {said}"),
+        }
     }
     Ok(r.exit())
 }

@@ -279,6 +279,29 @@ pub enum DeletionEvidence {
 }
 
 impl DeletionEvidence {
+    /// The evidence's particulars: the tombstone's last parent, the RFC 4533 phase, the
+    /// full import's run, the DN it moved to.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            DeletionEvidence::Tombstone {
+                last_known_parent, ..
+            } => last_known_parent.clone(),
+            DeletionEvidence::SyncDelete { phase } => Some(phase.clone()),
+            DeletionEvidence::AbsentFromFullImport { run_id } => Some(format!("run {run_id}")),
+            DeletionEvidence::LeftScope { dn } => Some(dn.clone()),
+        }
+    }
+
+    /// When the source deleted it, when the source said (a tombstone's deletion time).
+    pub fn deleted_at_us(&self) -> Option<i64> {
+        match self {
+            DeletionEvidence::Tombstone { deleted_at, .. } => {
+                deleted_at.map(|t| t.timestamp_micros())
+            }
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             DeletionEvidence::Tombstone { .. } => "tombstone",
@@ -522,10 +545,84 @@ pub struct SyncRunCompleted {
     pub failed: u64,
 }
 
+/// A cycle that failed, or never started (fenced, the source or the target unreachable),
+/// or ended with deletions held: every cycle leaves a trace (INTERFACE.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRunFailed {
     pub run_id: String,
     pub error: String,
+    /// What failed. Events recorded before the field existed lack it (`None`); their
+    /// payloads are hashed as stored, so the chain verifies whatever this struct becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+}
+
+/// The class of a failed cycle's cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureReason {
+    /// The source directory: unreachable, refused, misbehaved.
+    Source,
+    /// The target: unreachable, refused, down, or the cycle ran past its timeout.
+    Target,
+    /// The store (or local I/O).
+    Store,
+    /// Another instance holds the sync relationship (exit 4).
+    Fenced,
+    /// The deletion guard held the cycle's deletions (exit 3).
+    Held,
+    /// Bad configuration or input met mid-cycle (exit 2), or a refusal.
+    Config,
+    /// The process running the cycle stopped before it ended (a handover found it after a
+    /// crash, or its step timed out).
+    Abandoned,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Source => "source",
+            FailureReason::Target => "target",
+            FailureReason::Store => "store",
+            FailureReason::Fenced => "fenced",
+            FailureReason::Held => "held",
+            FailureReason::Config => "config",
+            FailureReason::Abandoned => "abandoned",
+        }
+    }
+
+    /// The class of an error that ended a cycle.
+    pub fn of(e: &Error) -> FailureReason {
+        match e {
+            Error::Source(_)
+            | Error::SourceCookieRejected(_)
+            | Error::CookieUnusable(_)
+            | Error::SourceRefused(_)
+            | Error::SourceMisbehaved(_) => FailureReason::Source,
+            Error::Target(_) | Error::CycleTimeout(_) => FailureReason::Target,
+            Error::Store(_)
+            | Error::SchemaTooNew { .. }
+            | Error::NotInitialised { .. }
+            | Error::Conflict { .. }
+            | Error::ChainBroken { .. }
+            | Error::ProjectionMismatch(_)
+            | Error::Io(_) => FailureReason::Store,
+            Error::Fenced(_) => FailureReason::Fenced,
+            Error::Held(_) => FailureReason::Held,
+            Error::Config(_) | Error::BadInput(_) | Error::Refused(_) => FailureReason::Config,
+        }
+    }
+
+    /// The class of an error met before a cycle recorded its start, when that is worth
+    /// recording: a source, target or store that failed, or a fence. Bad configuration and
+    /// refusals (a retired instance, a cycle already running, an anchor change) record
+    /// nothing, as promised.
+    pub fn before_start(e: &Error) -> Option<FailureReason> {
+        match FailureReason::of(e) {
+            FailureReason::Config | FailureReason::Abandoned => None,
+            r => Some(r),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -541,6 +638,15 @@ pub struct DeletionsHeld {
     /// SHA-256 (hex) of the exact, sorted list of anchors.
     pub plan_hash: String,
     pub anchors: Vec<String>,
+    pub reason: String,
+}
+
+/// The held list `plan_hash` no longer stands: a later cycle's guard did not hold (its
+/// deletions were approved, within the threshold, or none), so approving it would release
+/// nothing. A cycle that holds another list supersedes it instead (`DeletionsHeld`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionsHoldEnded {
+    pub plan_hash: String,
     pub reason: String,
 }
 
@@ -648,6 +754,28 @@ pub struct DuplicateRemoved {
     pub target_id: String,
 }
 
+/// A notification (`[notify]`) reached its receiver over one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationDelivered {
+    pub event: crate::ops::notify::NotifyEvent,
+    pub channel: crate::ops::notify::Channel,
+    /// Where it went: the webhook's URL without credentials, query or fragment, or the
+    /// command's program.
+    pub receiver: String,
+    pub attempts: u32,
+}
+
+/// A notification could not be delivered over one channel within its time limit, retries
+/// included: the last attempt's error class (never the secret, never the URL's query).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationFailed {
+    pub event: crate::ops::notify::NotifyEvent,
+    pub channel: crate::ops::notify::Channel,
+    pub receiver: String,
+    pub attempts: u32,
+    pub error: crate::ops::notify::DeliveryError,
+}
+
 macro_rules! events {
     ($($variant:ident($payload:ty)),+ $(,)?) => {
         /// Every fact dirsync records.
@@ -707,6 +835,7 @@ events! {
     InstanceRetired(InstanceLifecycle),
     DeletionsHeld(DeletionsHeld),
     DeletionsApproved(DeletionsApproved),
+    DeletionsHoldEnded(DeletionsHoldEnded),
     HandoverStarted(HandoverStarted),
     HandoverStepStarted(HandoverStep),
     HandoverStepCompleted(HandoverStep),
@@ -717,6 +846,8 @@ events! {
     AnchorsMigrated(AnchorsMigrated),
     TargetReconciled(TargetReconciled),
     DuplicateRemoved(DuplicateRemoved),
+    NotificationDelivered(NotificationDelivered),
+    NotificationFailed(NotificationFailed),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.
@@ -729,6 +860,8 @@ pub mod stream {
     pub const TARGET: &str = "target";
     /// Deletion guard decisions.
     pub const GUARD: &str = "guard";
+    /// Notification deliveries (`[notify]`).
+    pub const NOTIFY: &str = "notify";
 
     pub fn cursor(instance: &str) -> String {
         format!("cursor/{instance}")
@@ -768,6 +901,62 @@ mod tests {
         });
         let back = Event::decode(e.event_type(), SCHEMA_VERSION, &e.payload()).unwrap();
         assert_eq!(e, back);
+    }
+
+    #[test]
+    fn a_failed_run_recorded_before_reasons_decodes_and_encodes_as_stored() {
+        let old = r#"{"run_id":"r","error":"target: down"}"#;
+        let e = Event::decode("SyncRunFailed", SCHEMA_VERSION, old).unwrap();
+        assert_eq!(
+            e,
+            Event::SyncRunFailed(SyncRunFailed {
+                run_id: "r".into(),
+                error: "target: down".into(),
+                reason: None,
+            })
+        );
+        // The same bytes again: what the hash covered is what such an event still is.
+        assert_eq!(e.payload(), old);
+        let new = Event::SyncRunFailed(SyncRunFailed {
+            run_id: "r".into(),
+            error: "deletions held".into(),
+            reason: Some(FailureReason::Held),
+        });
+        assert_eq!(
+            new.payload(),
+            r#"{"run_id":"r","error":"deletions held","reason":"held"}"#
+        );
+        assert_eq!(
+            Event::decode("SyncRunFailed", SCHEMA_VERSION, &new.payload()).unwrap(),
+            new
+        );
+    }
+
+    #[test]
+    fn failure_reasons_of_errors() {
+        let cases = [
+            (Error::Source("x".into()), Some(FailureReason::Source)),
+            (
+                Error::SourceRefused("x".into()),
+                Some(FailureReason::Source),
+            ),
+            (Error::Target("x".into()), Some(FailureReason::Target)),
+            (Error::CycleTimeout("x".into()), Some(FailureReason::Target)),
+            (Error::Store("x".into()), Some(FailureReason::Store)),
+            (Error::Fenced("x".into()), Some(FailureReason::Fenced)),
+            (Error::Held("x".into()), Some(FailureReason::Held)),
+            // Promised to record nothing before a run starts.
+            (Error::Config("x".into()), None),
+            (Error::BadInput("x".into()), None),
+            (Error::Refused("x".into()), None),
+        ];
+        for (e, before) in cases {
+            assert_eq!(FailureReason::before_start(&e), before, "{e}");
+        }
+        assert_eq!(
+            FailureReason::of(&Error::Refused("x".into())),
+            FailureReason::Config
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod attrs;
 pub mod event;
 pub mod hash;
+pub mod index;
 mod migrate;
 pub mod postgres;
 pub mod sqlite;

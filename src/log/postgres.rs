@@ -8,6 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::hash::EventRef;
+use super::index;
 use super::migrate;
 use super::store::{self, redact_url, AppendOutcome, Batch, Keep, OpenMode, Snapshot, Store};
 use super::{hash_from_slice, Hash, StoredEvent};
@@ -88,11 +89,13 @@ async fn copy_batch(
     let preparer = tokio::task::spawn_blocking(move || {
         // A short first part lets the COPY start sooner.
         let mut parts = store::Parts::new(head, versions, batch, now_us, keep);
+        let mut index = index::Rows::default();
         for rows in parts.by_ref() {
             let msg = rows.and_then(|rows| {
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                     return Err(Error::Store("an append prepared no rows".into()));
                 };
+                index.extend(index::Rows::of(&rows));
                 let mut buf = Vec::with_capacity(rows.len() * 512);
                 for r in &rows {
                     copy_row(&mut buf, r);
@@ -104,7 +107,7 @@ async fn copy_batch(
                 break;
             }
         }
-        parts.finish()
+        (parts.finish(), index)
     });
     // A conflict comes with the first chunk: see it before the COPY starts.
     let (first_buf, mut written) = match rx.recv().await {
@@ -131,7 +134,8 @@ async fn copy_batch(
         return Err(e);
     }
     copy_finish(copy).await?;
-    let versions = preparer.await.map_err(Error::store)?;
+    let (versions, index) = preparer.await.map_err(Error::store)?;
+    PgStore::insert_index(conn, &index).await?;
     Ok((written, versions))
 }
 
@@ -197,6 +201,9 @@ impl PgStore {
         for (v, sql) in migrate::POSTGRES {
             if *v > current.unwrap_or(0) {
                 sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await?;
+                if *v == migrate::HISTORY_INDEX {
+                    Self::fill_index(&mut tx).await?;
+                }
                 sqlx::query("INSERT INTO dirsync_schema (version, applied_at_us) VALUES ($1, $2)")
                     .bind(v)
                     .bind(store::now_us())
@@ -235,7 +242,61 @@ impl PgStore {
         Ok(out)
     }
 
+    /// Insert history index rows (`src/log/index.rs`); a key already known is kept.
+    async fn insert_index(conn: &mut sqlx::PgConnection, rows: &index::Rows) -> Result<()> {
+        for chunk in rows.anchors.chunks(INSERT_CHUNK) {
+            let (anchors, seqs): (Vec<&str>, Vec<i64>) =
+                chunk.iter().map(|(a, s)| (a.as_str(), *s as i64)).unzip();
+            sqlx::query(
+                "INSERT INTO event_anchors (anchor, seq) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&anchors)
+            .bind(&seqs)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for chunk in rows.keys.chunks(INSERT_CHUNK) {
+            let (keys, anchors): (Vec<&str>, Vec<&str>) =
+                chunk.iter().map(|(k, a)| (k.as_str(), a.as_str())).unzip();
+            sqlx::query(
+                "INSERT INTO object_keys (key, anchor) SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&keys)
+            .bind(&anchors)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Fill the history index from the events already stored (the migration that adds it).
+    async fn fill_index(conn: &mut sqlx::PgConnection) -> Result<()> {
+        let mut after = 0i64;
+        loop {
+            let page = sqlx::query(
+                "SELECT seq, event_type, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(migrate::FILL_PAGE)
+            .fetch_all(&mut *conn)
+            .await?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = last.try_get(0)?;
+            let mut rows = index::Rows::default();
+            for r in &page {
+                let seq: i64 = r.try_get(0)?;
+                rows.add(seq as u64, r.try_get(1)?, r.try_get(2)?);
+            }
+            Self::insert_index(conn, &rows).await?;
+        }
+    }
+
     async fn insert_rows(conn: &mut sqlx::PgConnection, rows: &[StoredEvent]) -> Result<()> {
+        Self::insert_index(conn, &index::Rows::of(rows)).await?;
         if rows.len() >= COPY_MIN {
             let mut buf = Vec::new();
             copy_header(&mut buf);
@@ -527,6 +588,43 @@ impl Store for PgStore {
 }
 
 impl PgStore {
+    pub(crate) async fn history(
+        &self,
+        q: &store::HistoryQuery,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        const COLUMNS: &str = "seq, stream, stream_version, event_type, schema_version, \
+             instance, recorded_at_us, idempotency_key, payload, prev_hash, hash";
+        let sql = q.sql(COLUMNS, true);
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(a) = &q.anchor {
+            query = query.bind(a.as_str());
+        }
+        if let Some(t) = &q.event_type {
+            query = query.bind(t.as_str());
+        }
+        let rows = query
+            .bind(after.min(i64::MAX as u64) as i64)
+            .bind(q.until_or_max())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(row_ref(r)?.to_owned())).collect()
+    }
+
+    pub(crate) async fn anchors_named(&self, key: &str, lower: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT anchor FROM object_keys WHERE key = $2 \
+             UNION SELECT anchor FROM event_anchors WHERE anchor = $1 \
+             UNION SELECT anchor FROM event_anchors WHERE anchor = $2",
+        )
+        .bind(key)
+        .bind(lower)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Take the session-level advisory lock `name` on a connection of its own, or None when
     /// another session holds it. The server releases it when that connection ends, so a
     /// crashed holder never leaves it taken.

@@ -25,6 +25,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use super::hash::{EventRef, FoldRef};
+use super::index;
 use super::migrate;
 use super::store::{self, AppendOutcome, Batch, Keep, OpenMode, Snapshot, Store};
 use super::{hash_from_slice, Hash, StoredEvent};
@@ -455,6 +456,9 @@ fn migrate_to_latest(conn: &mut Connection, found: i64) -> Result<()> {
     for (v, script) in migrate::SQLITE {
         if *v > current.unwrap_or(0) {
             tx.execute_batch(script).map_err(sql)?;
+            if *v == migrate::HISTORY_INDEX {
+                fill_index(&tx)?;
+            }
             tx.execute(
                 "INSERT INTO dirsync_schema (version, applied_at_us) VALUES (?1, ?2)",
                 params![v, store::now_us()],
@@ -463,6 +467,84 @@ fn migrate_to_latest(conn: &mut Connection, found: i64) -> Result<()> {
         }
     }
     tx.commit().map_err(sql)
+}
+
+/// Fill the history index from the events already stored (the migration that adds it).
+fn fill_index(conn: &Connection) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let mut rows = index::Rows::default();
+        let mut last = None;
+        {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, event_type, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(sql)?;
+            let mut q = stmt
+                .query(params![after, migrate::FILL_PAGE])
+                .map_err(sql)?;
+            while let Some(r) = q.next().map_err(sql)? {
+                let seq = int(r, 0)?;
+                rows.add(seq as u64, text(r, 1)?, text(r, 2)?);
+                last = Some(seq);
+            }
+        }
+        let Some(last) = last else {
+            return Ok(());
+        };
+        insert_index(conn, &rows)?;
+        after = last;
+    }
+}
+
+/// Index rows per multi-row INSERT (2 parameters each).
+const INDEX_ROWS: usize = 200;
+
+/// Insert history index rows (`src/log/index.rs`), [`INDEX_ROWS`] per statement; a row
+/// already there (a key known before) is kept.
+fn insert_index(conn: &Connection, rows: &index::Rows) -> Result<()> {
+    fn many<'a>(
+        conn: &Connection,
+        table: &str,
+        rows: impl Iterator<Item = (&'a str, rusqlite::types::Value)>,
+    ) -> Result<()> {
+        let statement = |n: usize| {
+            let cols = if table == "event_anchors" {
+                "anchor, seq"
+            } else {
+                "key, anchor"
+            };
+            format!(
+                "INSERT OR IGNORE INTO {table} ({cols}) VALUES {}",
+                vec!["(?,?)"; n].join(",")
+            )
+        };
+        let all: Vec<_> = rows.collect();
+        for chunk in all.chunks(INDEX_ROWS) {
+            let mut stmt = conn.prepare_cached(&statement(chunk.len())).map_err(sql)?;
+            for (i, (a, b)) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(2 * i + 1, a).map_err(sql)?;
+                stmt.raw_bind_parameter(2 * i + 2, b).map_err(sql)?;
+            }
+            stmt.raw_execute().map_err(sql)?;
+        }
+        Ok(())
+    }
+    many(
+        conn,
+        "event_anchors",
+        rows.anchors
+            .iter()
+            .map(|(a, s)| (a.as_str(), rusqlite::types::Value::Integer(*s as i64))),
+    )?;
+    many(
+        conn,
+        "object_keys",
+        rows.keys
+            .iter()
+            .map(|(k, a)| (k.as_str(), rusqlite::types::Value::Text(a.clone()))),
+    )
 }
 
 fn head_on(conn: &Connection) -> Result<(u64, Hash)> {
@@ -519,8 +601,8 @@ fn bind_row(stmt: &mut rusqlite::Statement<'_>, n: usize, r: &StoredEvent) -> Re
 }
 
 /// Insert rows, `INSERT_ROWS` per statement: per-statement work is a good part of
-/// SQLite's cost for one row.
-fn insert_rows(conn: &Connection, rows: &[StoredEvent]) -> Result<()> {
+/// SQLite's cost for one row; then their history index rows.
+fn insert_rows(conn: &Connection, rows: &[StoredEvent], index: &index::Rows) -> Result<()> {
     static MANY: OnceLock<String> = OnceLock::new();
     let mut chunks = rows.chunks_exact(INSERT_ROWS);
     if rows.len() >= INSERT_ROWS {
@@ -542,7 +624,7 @@ fn insert_rows(conn: &Connection, rows: &[StoredEvent]) -> Result<()> {
             stmt.raw_execute().map_err(sql)?;
         }
     }
-    Ok(())
+    insert_index(conn, index)
 }
 
 /// Record the streams' new versions and the new head.
@@ -570,7 +652,7 @@ fn insert_batch(
     now_us: i64,
 ) -> Result<Written> {
     let rows = store::prepare(head, versions, batch, now_us)?;
-    insert_rows(conn, &rows)?;
+    insert_rows(conn, &rows, &index::Rows::of(&rows))?;
     match (rows.first(), rows.last()) {
         (Some(first), Some(last)) => Ok((first.seq, last.seq, last.hash)),
         _ => Err(Error::Store("an append prepared no rows".into())),
@@ -590,7 +672,9 @@ fn insert_pipelined(
 ) -> Result<Written> {
     let owned_versions = std::mem::take(versions);
     std::thread::scope(|s| {
-        let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Result<Vec<StoredEvent>>>(2);
+        // Each part comes with its history index rows, made on the preparing thread.
+        let (rows_tx, rows_rx) =
+            std::sync::mpsc::sync_channel::<Result<(Vec<StoredEvent>, index::Rows)>>(2);
         // Inserted rows go back to the preparing thread to be freed there.
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<StoredEvent>>();
         let preparer = s.spawn(move || {
@@ -598,6 +682,10 @@ fn insert_pipelined(
             let mut parts = store::Parts::new(head, owned_versions, batch, now_us, keep);
             for rows in parts.by_ref() {
                 let failed = rows.is_err();
+                let rows = rows.map(|r| {
+                    let i = index::Rows::of(&r);
+                    (r, i)
+                });
                 if rows_tx.send(rows).is_err() || failed {
                     break;
                 }
@@ -615,8 +703,8 @@ fn insert_pipelined(
         let mut written: Option<Written> = None;
         let mut result = Ok(());
         for rows in rows_rx.iter() {
-            let step = rows.and_then(|rows| {
-                insert_rows(conn, &rows)?;
+            let step = rows.and_then(|(rows, index)| {
+                insert_rows(conn, &rows, &index)?;
                 if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
                     let first_seq = written.map_or(first.seq, |w| w.0);
                     written = Some((first_seq, last.seq, last.hash));
@@ -737,7 +825,7 @@ impl Store for SqliteStore {
             streams.dedup();
             let versions = versions(&tx, &streams)?;
             let next = store::check_raw_continuation(head, &versions, &events)?;
-            insert_rows(&tx, &events)?;
+            insert_rows(&tx, &events, &index::Rows::of(&events))?;
             if let Some(last) = events.last() {
                 finish(&tx, &next, last.seq, &last.hash)?;
             }
@@ -794,6 +882,57 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    pub(crate) async fn history(
+        &self,
+        q: &store::HistoryQuery,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let q = q.clone();
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(&q.sql(COLUMNS, false)).map_err(sql)?;
+            let mut params: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(a) = &q.anchor {
+                params.push(a.clone().into());
+            }
+            if let Some(t) = &q.event_type {
+                params.push(t.clone().into());
+            }
+            params.push((after.min(i64::MAX as u64) as i64).into());
+            params.push(q.until_or_max().into());
+            params.push(i64::from(limit).into());
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params))
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql)? {
+                out.push(row_ref(r)?.to_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn anchors_named(&self, key: &str, lower: &str) -> Result<Vec<String>> {
+        let (key, lower) = (key.to_string(), lower.to_string());
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT anchor FROM object_keys WHERE key = ?2 \
+                     UNION SELECT anchor FROM event_anchors WHERE anchor = ?1 \
+                     UNION SELECT anchor FROM event_anchors WHERE anchor = ?2",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query([key.as_str(), lower.as_str()]).map_err(sql)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql)? {
+                out.push(text(r, 0)?.to_string());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Take the advisory lock `name` (a `flock` on `DB.NAME.lock` beside the database), or
     /// None when another process holds it. The operating system releases it when the
     /// holder dies, so a crashed holder never leaves it taken.

@@ -158,6 +158,64 @@ pub struct Snapshot {
     pub body: Vec<u8>,
 }
 
+/// Which events `log show` and `object show` read, through the history index
+/// (`src/log/index.rs`) rather than a scan of the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Events that touched this anchor (exactly as stored).
+    pub anchor: Option<String>,
+    /// Events of this type.
+    pub event_type: Option<String>,
+    /// Events with seq at most this.
+    pub until: Option<u64>,
+}
+
+impl HistoryQuery {
+    /// The SQL of one page of it, `$n`-numbered from `first` for PostgreSQL, `?` for SQLite:
+    /// parameters (anchor?, event_type?, after, until, limit), in that order.
+    pub(crate) fn sql(&self, columns: &str, numbered: bool) -> String {
+        let mut n = 0;
+        let mut p = || {
+            n += 1;
+            if numbered {
+                format!("${n}")
+            } else {
+                format!("?{n}")
+            }
+        };
+        let cols: Vec<String> = columns
+            .split(',')
+            .map(|c| format!("e.{}", c.trim()))
+            .collect();
+        let mut sql = format!("SELECT {} FROM ", cols.join(", "));
+        let mut cond = Vec::new();
+        let seq = if self.anchor.is_some() {
+            sql.push_str("event_anchors a JOIN events e ON e.seq = a.seq");
+            cond.push(format!("a.anchor = {}", p()));
+            "a.seq"
+        } else {
+            sql.push_str("events e");
+            "e.seq"
+        };
+        if self.event_type.is_some() {
+            cond.push(format!("e.event_type = {}", p()));
+        }
+        cond.push(format!("{seq} > {}", p()));
+        cond.push(format!("{seq} <= {}", p()));
+        sql.push_str(&format!(
+            " WHERE {} ORDER BY {seq} LIMIT {}",
+            cond.join(" AND "),
+            p()
+        ));
+        sql
+    }
+
+    pub(crate) fn until_or_max(&self) -> i64 {
+        self.until
+            .map_or(i64::MAX, |u| u.min(i64::MAX as u64) as i64)
+    }
+}
+
 /// Whether opening may create the store (only `dirsync init` may).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {
@@ -283,6 +341,54 @@ macro_rules! delegate {
             AnyStore::Postgres($s) => $e,
         }
     };
+}
+
+impl AnyStore {
+    /// Up to `limit` events of `q` with seq > `after`, in order, read through the history
+    /// index.
+    pub async fn history(
+        &self,
+        q: &HistoryQuery,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        delegate!(self, s => s.history(q, after, limit).await)
+    }
+
+    /// The anchors of the objects known by `key` (compared lower-cased: an anchor, a DN, a
+    /// mail, a userPrincipalName or uid, an exported userName or group name), and `key`
+    /// itself when events name it as an anchor. Sorted, each once.
+    pub async fn anchors_named(&self, key: &str) -> Result<Vec<String>> {
+        let mut out = delegate!(self, s => s.anchors_named(key, &key.to_lowercase()).await)?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The last seq recorded at or before `t_us` (0 when none), found by bisecting the log
+    /// by seq: reads about 20 events at a million. Times are assumed to grow with seq,
+    /// as appends take theirs in turn; a clock stepped back makes this one of the seqs
+    /// recorded around `t_us`.
+    pub async fn seq_at_or_before(&self, t_us: i64) -> Result<u64> {
+        let (head, _) = self.head().await?;
+        let (mut lo, mut hi) = (0u64, head);
+        // Invariant: seq lo is at or before t (0 is), and every seq above hi is after it.
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            let at = self.read(mid - 1, 1).await?;
+            match at.first() {
+                Some(e) if e.seq == mid && e.recorded_at_us <= t_us => lo = mid,
+                Some(e) if e.seq == mid => hi = mid - 1,
+                _ => {
+                    return Err(Error::ChainBroken {
+                        seq: mid,
+                        reason: "the log has no event with this seq".into(),
+                    })
+                }
+            }
+        }
+        Ok(lo)
+    }
 }
 
 impl Store for AnyStore {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::config::Threshold;
-use crate::log::event::ObjectKind;
+use crate::log::event::{DeletionsHeld, DeletionsHoldEnded, Event, ObjectKind};
 use crate::plan::mapping::{resolve_group, Desired, Mapping, Unmappable};
 use crate::project::{LedgerEntry, ObjectRecord, State};
 use crate::target::{Mapped, Op};
@@ -298,6 +298,42 @@ pub fn plan_hash(sorted_anchors: &[String]) -> String {
     hex::encode(h.finalize())
 }
 
+/// The digits of a plan hash that name it to people: `deletions approve --plan` takes any
+/// unique prefix of [`MIN_PLAN_PREFIX`] digits or more.
+pub fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// The fewest hex digits of a plan hash `deletions approve --plan` takes.
+pub const MIN_PLAN_PREFIX: usize = 8;
+
+/// What a `--plan` prefix names among the held lists' hashes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlanPrefix<'a> {
+    /// Not hex, or fewer than [`MIN_PLAN_PREFIX`] digits.
+    Malformed,
+    Unknown,
+    One(&'a str),
+    Ambiguous(Vec<&'a str>),
+}
+
+/// The plan hash among `hashes` that `prefix` names (pure; case-insensitive).
+pub fn find_plan<'a>(hashes: impl Iterator<Item = &'a String>, prefix: &str) -> PlanPrefix<'a> {
+    if prefix.len() < MIN_PLAN_PREFIX || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return PlanPrefix::Malformed;
+    }
+    let prefix = prefix.to_ascii_lowercase();
+    let found: Vec<&str> = hashes
+        .filter(|h| h.starts_with(&prefix))
+        .map(String::as_str)
+        .collect();
+    match found.as_slice() {
+        [] => PlanPrefix::Unknown,
+        [one] => PlanPrefix::One(one),
+        _ => PlanPrefix::Ambiguous(found),
+    }
+}
+
 /// What the guard decided about a cycle's deletions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -362,6 +398,42 @@ pub fn guard(i: &GuardInput<'_>, approved: impl Fn(&str) -> bool) -> Verdict {
         ));
     }
     Verdict::Allow
+}
+
+/// What the guard's stream records for a cycle's `verdict` on its sorted `deletes`, given the
+/// held list that stands (`current`), pure: a hold of a list that does not stand already
+/// (`DeletionsHeld`; the same list again records nothing), or the end of the list that stood
+/// when this cycle holds nothing (`DeletionsHoldEnded`, with why).
+pub fn guard_event(current: Option<&str>, verdict: &Verdict, deletes: &[String]) -> Option<Event> {
+    match verdict {
+        Verdict::Hold { plan_hash, reason } => (current != Some(plan_hash.as_str())).then(|| {
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: plan_hash.clone(),
+                anchors: deletes.to_vec(),
+                reason: reason.clone(),
+            })
+        }),
+        _ => {
+            let current = current?;
+            let reason = match verdict {
+                Verdict::Approved { plan_hash } if plan_hash == current => {
+                    "approved: this cycle exports it".to_string()
+                }
+                Verdict::Approved { plan_hash } => {
+                    format!("this cycle's deletions are another list, approved as plan {plan_hash}")
+                }
+                _ if deletes.is_empty() => "this cycle has no deletions".to_string(),
+                _ => format!(
+                    "this cycle's {} deletion(s) are within the guard's limits",
+                    deletes.len()
+                ),
+            };
+            Some(Event::DeletionsHoldEnded(DeletionsHoldEnded {
+                plan_hash: current.to_string(),
+                reason,
+            }))
+        }
+    }
 }
 
 /// Deletions exported in the rolling window before `now_us` (from the ledger). Deletions an
@@ -640,6 +712,118 @@ mod tests {
                 approved_by: None,
             }));
         assert_eq!(recent_deletions(&g.state, 100), 2, "a2 and a2@D1");
+    }
+
+    #[test]
+    fn a_plan_is_named_by_a_unique_prefix_of_eight_hex_digits_or_more() {
+        let hashes: Vec<String> = ["0123456789abcdef", "0123456789abffff", "fedcba9876543210"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let find = |p: &str| find_plan(hashes.iter(), p);
+        assert_eq!(find("fedcba98"), PlanPrefix::One("fedcba9876543210"));
+        assert_eq!(find("FEDCBA9876"), PlanPrefix::One("fedcba9876543210"));
+        assert_eq!(find("0123456789abc"), PlanPrefix::One("0123456789abcdef"));
+        assert_eq!(
+            find("0123456789ab"),
+            PlanPrefix::Ambiguous(vec!["0123456789abcdef", "0123456789abffff"])
+        );
+        assert_eq!(find("fedcba9"), PlanPrefix::Malformed, "seven digits");
+        assert_eq!(find("fedcba9g"), PlanPrefix::Malformed, "not hex");
+        assert_eq!(find("aaaaaaaa"), PlanPrefix::Unknown);
+        assert_eq!(short_hash("0123456789abcdef"), "0123456789ab");
+    }
+
+    #[test]
+    fn a_cycle_records_a_list_once_while_it_stands_and_its_end() {
+        let d = vec!["a1".to_string(), "a2".to_string()];
+        let hold = Verdict::Hold {
+            plan_hash: "h2".into(),
+            reason: "why".into(),
+        };
+        assert_eq!(
+            guard_event(Some("h1"), &hold, &d),
+            Some(Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "h2".into(),
+                anchors: d.clone(),
+                reason: "why".into(),
+            }))
+        );
+        assert_eq!(guard_event(Some("h2"), &hold, &d), None, "stands already");
+        let ended =
+            |current, verdict: &Verdict, d: &[String]| match guard_event(current, verdict, d) {
+                Some(Event::DeletionsHoldEnded(e)) => Some((e.plan_hash, e.reason)),
+                other => panic!("{other:?}"),
+            };
+        let approved = |h: &str| Verdict::Approved {
+            plan_hash: h.into(),
+        };
+        assert_eq!(
+            ended(Some("h2"), &approved("h2"), &d),
+            Some(("h2".into(), "approved: this cycle exports it".into()))
+        );
+        assert_eq!(
+            ended(Some("h2"), &approved("h3"), &d).unwrap().1,
+            "this cycle's deletions are another list, approved as plan h3"
+        );
+        assert_eq!(
+            ended(Some("h2"), &Verdict::Allow, &d).unwrap().1,
+            "this cycle's 2 deletion(s) are within the guard's limits"
+        );
+        assert_eq!(
+            ended(Some("h2"), &Verdict::Allow, &[]).unwrap().1,
+            "this cycle has no deletions"
+        );
+        assert_eq!(
+            guard_event(None, &Verdict::Allow, &d),
+            None,
+            "nothing stood"
+        );
+    }
+
+    #[test]
+    fn the_held_list_stands_until_another_or_none_is_held() {
+        use crate::log::event::{DeletionsApproved, DeletionsHeld, DeletionsHoldEnded};
+        let held = |h: &str| {
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: h.into(),
+                anchors: vec![h.into()],
+                reason: "test".into(),
+            })
+        };
+        let g = Given::new().event(held("h1"));
+        assert_eq!(g.state.guard.waiting().map(|(h, _)| h.as_str()), Some("h1"));
+        let g = g.event(held("h2"));
+        assert_eq!(
+            g.state.guard.current.as_deref(),
+            Some("h2"),
+            "h1 superseded"
+        );
+        let g = g.event(Event::DeletionsHoldEnded(DeletionsHoldEnded {
+            plan_hash: "h1".into(),
+            reason: "stale".into(),
+        }));
+        assert_eq!(
+            g.state.guard.current.as_deref(),
+            Some("h2"),
+            "h1 ended nothing"
+        );
+        // h1 held anew: it stands again, held at its new seq.
+        let g = g.event(held("h1"));
+        assert_eq!(g.state.guard.current.as_deref(), Some("h1"));
+        assert_eq!(g.state.guard.plans["h1"].held.seq, g.seq);
+        let g = g.event(Event::DeletionsApproved(DeletionsApproved {
+            plan_hash: "h1".into(),
+            approved_by: None,
+        }));
+        assert_eq!(g.state.guard.current.as_deref(), Some("h1"));
+        assert_eq!(g.state.guard.waiting(), None, "approved: nothing waits");
+        let g = g.event(Event::DeletionsHoldEnded(DeletionsHoldEnded {
+            plan_hash: "h1".into(),
+            reason: "exported".into(),
+        }));
+        assert_eq!(g.state.guard.current, None);
+        assert_eq!(g.state.guard.plans.len(), 2, "kept for the record");
     }
 
     fn anchors(n: usize) -> Vec<String> {

@@ -1,4 +1,6 @@
-//! Playbook files (`playbooks/*.toml`): the steps of a handover, validated on load.
+//! Playbooks: the steps of a handover, validated on load. The files in `playbooks/` are
+//! compiled into the binary ([`BUILT_IN`]), so `handover` works from any directory; a
+//! playbook file of one's own is given by its path.
 //!
 //! ```toml
 //! name = "new-computer"
@@ -21,7 +23,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
 use crate::error::{Error, Result};
@@ -97,16 +99,34 @@ impl Role {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl Serialize for Action {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+fn human_duration<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Step {
     pub action: Action,
     pub role: Role,
+    #[serde(serialize_with = "human_duration")]
     pub timeout: Duration,
     pub full: bool,
     pub take_over: bool,
     pub force: bool,
     pub note: Option<String>,
     /// 1-based line of the step's `action` in the file.
+    #[serde(skip)]
     pub line: usize,
 }
 
@@ -132,11 +152,36 @@ impl Step {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Playbook {
     pub name: String,
     pub description: String,
+    /// Where it came from: `built-in`, or the file's path.
+    pub source: String,
     pub steps: Vec<Step>,
+}
+
+/// The playbooks compiled into the binary: the files in `playbooks/`, by name (each file's
+/// `name` is its file name; a unit test holds them to that and to this list being whole).
+pub const BUILT_IN: [(&str, &str); 4] = [
+    (
+        "new-computer",
+        include_str!("../../playbooks/new-computer.toml"),
+    ),
+    ("reinstall", include_str!("../../playbooks/reinstall.toml")),
+    (
+        "old-computer-lost",
+        include_str!("../../playbooks/old-computer-lost.toml"),
+    ),
+    ("failover", include_str!("../../playbooks/failover.toml")),
+];
+
+/// The playbook `handover` runs without `--playbook`.
+pub const DEFAULT: &str = "new-computer";
+
+/// The built-in names, for messages: "new-computer, reinstall, ...".
+pub fn built_in_names() -> String {
+    BUILT_IN.map(|(n, _)| n).join(", ")
 }
 
 #[derive(Deserialize)]
@@ -165,7 +210,43 @@ impl Playbook {
     pub fn load(path: &Path) -> Result<Playbook> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?;
-        Playbook::parse(&text, &path.display().to_string())
+        let mut p = Playbook::parse(&text, &path.display().to_string())?;
+        p.source = path.display().to_string();
+        Ok(p)
+    }
+
+    /// The built-in playbook `name`, if there is one.
+    pub fn built_in(name: &str) -> Option<Result<Playbook>> {
+        BUILT_IN.iter().find(|(n, _)| *n == name).map(|(n, text)| {
+            let mut p = Playbook::parse(text, &format!("built-in playbook {n}"))?;
+            p.source = "built-in".into();
+            Ok(p)
+        })
+    }
+
+    /// Every built-in playbook, in [`BUILT_IN`]'s order.
+    pub fn built_ins() -> Result<Vec<Playbook>> {
+        BUILT_IN
+            .iter()
+            .filter_map(|(n, _)| Playbook::built_in(n))
+            .collect()
+    }
+
+    /// `--playbook NAME|FILE`: the built-in playbook of that name, else the file at that
+    /// path. Neither: one line naming the built-ins (exit 2).
+    pub fn resolve(name_or_file: &str) -> Result<Playbook> {
+        if let Some(p) = Playbook::built_in(name_or_file) {
+            return p;
+        }
+        let path = Path::new(name_or_file);
+        match std::fs::read_to_string(path) {
+            Ok(_) => Playbook::load(path),
+            Err(e) => Err(Error::BadInput(format!(
+                "no playbook `{}`: not a built-in one ({}) nor a readable file ({e})",
+                name_or_file.escape_default(),
+                built_in_names()
+            ))),
+        }
     }
 
     /// Parse and validate; `name` is the file, for messages.
@@ -240,6 +321,7 @@ impl Playbook {
         Ok(Playbook {
             name: raw.name.into_inner(),
             description: raw.description,
+            source: name.to_string(),
             steps,
         })
     }
@@ -290,12 +372,61 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_playbooks_load() {
-        for f in ["new-computer", "reinstall", "old-computer-lost"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("playbooks/{f}.toml"));
-            let p = Playbook::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
-            assert_eq!(p.name, f);
+    fn every_file_in_playbooks_is_built_in_under_its_name() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut names: Vec<String> = BUILT_IN.iter().map(|(n, _)| format!("{n}.toml")).collect();
+        names.sort();
+        assert_eq!(files, names);
+        for (n, text) in BUILT_IN {
+            let p = Playbook::built_in(n).unwrap().unwrap();
+            assert_eq!((p.name.as_str(), p.source.as_str()), (n, "built-in"));
+            // The compiled-in text is the file's.
+            let file = Playbook::load(&dir.join(format!("{n}.toml"))).unwrap();
+            assert_eq!(file.steps, p.steps);
+            assert_eq!(
+                std::fs::read_to_string(dir.join(format!("{n}.toml"))).unwrap(),
+                text
+            );
         }
+        assert_eq!(
+            Playbook::built_ins().unwrap().len(),
+            BUILT_IN.len(),
+            "{}",
+            built_in_names()
+        );
+    }
+
+    #[test]
+    fn resolve_takes_a_built_in_name_else_a_path() {
+        let p = Playbook::resolve("failover").unwrap();
+        assert_eq!(p.source, "built-in");
+        assert_eq!(
+            p.steps.iter().map(|s| s.describe()).collect::<Vec<_>>(),
+            ["sync new (full, take over)", "wait-sync new"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("mine.toml");
+        std::fs::write(
+            &f,
+            "name = \"mine\"\n[[step]]\naction = \"stop\"\nrole = \"old\"\n",
+        )
+        .unwrap();
+        let p = Playbook::resolve(f.to_str().unwrap()).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.source),
+            ("mine", f.display().to_string())
+        );
+        let e = Playbook::resolve("new-computr").unwrap_err();
+        assert_eq!(e.exit(), crate::Exit::BadInput);
+        assert_eq!(
+            e.to_string(),
+            "no playbook `new-computr`: not a built-in one (new-computer, reinstall, old-computer-lost, failover) nor a readable file (No such file or directory (os error 2))"
+        );
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! One runner at a time: it holds the store's `handover` advisory lock (a file lock beside
 //! a SQLite log, a session lock on PostgreSQL), which dies with the process.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -18,7 +17,7 @@ use super::machine::{self, Begin, Next, Ready, Summary};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, CursorAdvanced, Event, HandoverCompleted, HandoverStarted, HandoverStep,
+    stream, CursorAdvanced, Event, FailureReason, HandoverCompleted, HandoverStarted, HandoverStep,
     InstanceLifecycle, SyncRunFailed,
 };
 use crate::log::store::{Batch, Expected};
@@ -35,7 +34,8 @@ const POLL: Duration = Duration::from_millis(500);
 pub struct HandoverOptions {
     pub from: String,
     pub to: String,
-    pub playbook: std::path::PathBuf,
+    /// A built-in playbook's name, else a playbook file's path ([`Playbook::resolve`]).
+    pub playbook: String,
     pub dry_run: bool,
 }
 
@@ -49,8 +49,20 @@ pub struct StepLine {
     pub started: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    /// Always an object: `{}` before the step ran, `{"note": ...}` in a dry run, the
+    /// step's figures or `{"error": ...}` after it.
     pub detail: serde_json::Value,
+}
+
+/// A step's detail as an object (one shape in every command's JSON): nothing recorded is
+/// `{}`, text is `{"note": text}`.
+fn detail_object(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Null => json!({}),
+        serde_json::Value::Object(_) => v.clone(),
+        serde_json::Value::String(s) => json!({ "note": s }),
+        other => json!({ "value": other }),
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,7 +93,7 @@ fn lines(h: &HandoverRecord) -> Vec<StepLine> {
             .into(),
             started: s.started.map(|a| crate::output::time(a.at_us)),
             finished: s.finished.map(|a| crate::output::time(a.at_us)),
-            detail: s.detail.clone(),
+            detail: detail_object(&s.detail),
         })
         .collect()
 }
@@ -123,7 +135,7 @@ pub async fn handover(
     progress: &ProgressBar,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<HandoverReport> {
-    let pb = Playbook::load(&opts.playbook)?;
+    let pb = Playbook::resolve(&opts.playbook)?;
     if opts.from.is_empty() || opts.to.is_empty() {
         return Err(Error::BadInput("--from and --to name instances".into()));
     }
@@ -151,7 +163,7 @@ pub async fn handover(
             if recorded != described.iter().collect::<Vec<_>>() {
                 return Err(Error::BadInput(format!(
                     "{}: its steps differ from those handover {id} started with; finish it with the playbook it began with",
-                    opts.playbook.display()
+                    opts.playbook
                 )));
             }
             say(&format!("resuming handover {id}"));
@@ -244,11 +256,12 @@ fn dry_run(pb: &Playbook, opts: &HandoverOptions) -> HandoverReport {
                 state: "pending".into(),
                 started: None,
                 finished: None,
-                detail: s
-                    .note
-                    .clone()
-                    .map(serde_json::Value::from)
-                    .unwrap_or_default(),
+                detail: detail_object(
+                    &s.note
+                        .clone()
+                        .map(serde_json::Value::from)
+                        .unwrap_or_default(),
+                ),
             })
             .collect(),
         summary: Summary::default(),
@@ -315,27 +328,14 @@ async fn run_step(
     // A crash left this step running: a sync it had started is dead (we hold the lock).
     if h.steps[i].state == StepState::Running {
         if let Some(started) = h.steps[i].started {
-            if let Some((run_id, at)) = state
-                .instances
-                .instances
-                .get(&name)
-                .and_then(|r| r.running.clone())
-            {
-                if at.seq > started.seq {
-                    store
-                        .append(Batch::new(vec![NewEvent::new(
-                            stream::instance(&name),
-                            name.clone(),
-                            Event::SyncRunFailed(SyncRunFailed {
-                                run_id,
-                                error:
-                                    "abandoned: the handover that ran it stopped before it finished"
-                                        .into(),
-                            }),
-                        )]))
-                        .await?;
-                }
-            }
+            abandon_run(
+                store,
+                &state,
+                &name,
+                started.seq,
+                "abandoned: the handover that ran it stopped before it finished",
+            )
+            .await?;
         }
     }
     append(
@@ -346,6 +346,8 @@ async fn run_step(
     )
     .await?;
     say(&format!("step {}/{n} {what}: started", i + 1));
+    state = replay::fold(store, state, Until::Head).await?;
+    let step_seq = state.seq;
     let begun = Instant::now();
     let mut said = None;
     let outcome: Result<serde_json::Value> = loop {
@@ -387,6 +389,26 @@ async fn run_step(
             replay::fold(store, state, Until::Head).await
         }
         Err(e) => {
+            // A sync the step's timeout cut short recorded no end: record it, once no
+            // cycle of the instance is running (its lock is free).
+            if let Ok(lock) = crate::sync::export::lock_instance(store, &name).await {
+                let state = replay::fold(store, state, Until::Head).await;
+                let r = match state {
+                    Ok(state) => {
+                        abandon_run(
+                            store,
+                            &state,
+                            &name,
+                            step_seq,
+                            &format!("abandoned: the handover step ended it ({e})"),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                lock.release().await;
+                r?;
+            }
             say(&format!("step {}/{n} {what}: failed: {e}", i + 1));
             append(
                 store,
@@ -405,6 +427,40 @@ async fn run_step(
     }
 }
 
+/// Record as failed (abandoned) the run of `name` in progress when it started after
+/// `since`: its process no longer runs it.
+async fn abandon_run(
+    store: &AnyStore,
+    state: &State,
+    name: &str,
+    since: u64,
+    why: &str,
+) -> Result<()> {
+    let Some((run_id, at)) = state
+        .instances
+        .instances
+        .get(name)
+        .and_then(|r| r.running.clone())
+    else {
+        return Ok(());
+    };
+    if at.seq <= since {
+        return Ok(());
+    }
+    store
+        .append(Batch::new(vec![NewEvent::new(
+            stream::instance(name),
+            name,
+            Event::SyncRunFailed(SyncRunFailed {
+                run_id,
+                error: why.to_string(),
+                reason: Some(FailureReason::Abandoned),
+            }),
+        )]))
+        .await?;
+    Ok(())
+}
+
 /// " (full import, epoch 2, created 3, ...)": a step's detail for people ("" when empty).
 pub fn brief(d: &serde_json::Value) -> String {
     let Some(o) = d.as_object() else {
@@ -417,6 +473,9 @@ pub fn brief(d: &serde_json::Value) -> String {
         return format!(" (skipped: {s})");
     }
     if let Some(s) = o.get("error").and_then(|v| v.as_str()) {
+        return format!(" ({s})");
+    }
+    if let Some(s) = o.get("note").and_then(|v| v.as_str()) {
         return format!(" ({s})");
     }
     let mut parts: Vec<String> = Vec::new();
@@ -473,7 +532,7 @@ async fn run_action(
                 "{} deletion(s) held ({}); approve with `dirsync deletions approve --plan {}` and run the handover again",
                 r.held,
                 r.held_reason.unwrap_or_default(),
-                r.held_plan.unwrap_or_default()
+                crate::plan::plan::short_hash(&r.held_plan.unwrap_or_default())
             ))),
             _ => Err(Error::Target(format!(
                 "{} conflict(s) and {} failed export(s) on {name}: see `dirsync sync --instance {name}`",
@@ -541,16 +600,4 @@ async fn run_action(
             Ok(d)
         }
     }
-}
-
-/// The default playbook: `playbooks/new-computer.toml` beside the configuration, else in
-/// the working directory.
-pub fn default_playbook(cfg: &Config) -> std::path::PathBuf {
-    let rel = Path::new("playbooks/new-computer.toml");
-    cfg.path
-        .as_ref()
-        .and_then(|p| p.parent())
-        .map(|d| d.join(rel))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| rel.to_path_buf())
 }

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::log::event::{
-    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, ObjectChangedRef,
-    ObjectKind, SourceObject, Values,
+    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, FailureReason,
+    ObjectChangedRef, ObjectKind, SourceObject, Values,
 };
 use crate::target::Mapped;
 
@@ -643,8 +643,9 @@ pub struct InstanceRecord {
     pub running: Option<(String, At)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_completed: Option<(String, At)>,
+    /// The last failed cycle: when, why and what it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failed: Option<(String, At)>,
+    pub last_failed: Option<RunFailure>,
     pub first_seen: At,
     /// The mode of the run in progress (sync, staging, export, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -653,6 +654,23 @@ pub struct InstanceRecord {
     /// the audit's sync gaps are the windows between them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub syncs: Vec<At>,
+    /// When it was retired (while it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<At>,
+    /// Its last completed import, and whether it was full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_import: Option<(At, bool)>,
+}
+
+/// A failed cycle as the instance projection keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailure {
+    pub run_id: String,
+    pub at: At,
+    /// None for failures recorded before reasons were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+    pub error: String,
 }
 
 /// Run modes that export to the target: their completions close a sync gap.
@@ -675,6 +693,7 @@ impl Instances {
                 | Event::InstanceStopped(_)
                 | Event::InstanceRetired(_)
                 | Event::CursorAdvanced(_)
+                | Event::ImportCompleted(_)
                 | Event::SyncRelationshipEstablished(_)
         );
         if !touches {
@@ -713,12 +732,25 @@ impl Instances {
             Event::SyncRunFailed(s) => {
                 rec.running = None;
                 rec.running_mode = None;
-                rec.last_failed = Some((s.run_id.clone(), m.into()));
+                rec.last_failed = Some(RunFailure {
+                    run_id: s.run_id.clone(),
+                    at: m.into(),
+                    reason: s.reason,
+                    error: s.error.clone(),
+                });
             }
-            Event::InstanceStarted(_) => rec.status = InstanceStatus::Active,
-            Event::InstanceStopped(_) => rec.status = InstanceStatus::Stopped,
+            Event::ImportCompleted(i) => rec.last_import = Some((m.into(), i.full)),
+            Event::InstanceStarted(_) => {
+                rec.status = InstanceStatus::Active;
+                rec.retired = None;
+            }
+            Event::InstanceStopped(_) => {
+                rec.status = InstanceStatus::Stopped;
+                rec.retired = None;
+            }
             Event::InstanceRetired(_) => {
                 rec.status = InstanceStatus::Retired;
+                rec.retired = Some(m.into());
                 rec.running = None;
                 rec.running_mode = None;
             }
@@ -735,11 +767,18 @@ pub struct HeldDeletions {
     pub held: At,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved: Option<At>,
+    /// The instance whose cycle held them.
+    #[serde(default)]
+    pub by: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     pub plans: BTreeMap<String, HeldDeletions>,
+    /// The held list that stands now: the last one held, until a cycle holds another
+    /// (`DeletionsHeld`) or holds nothing (`DeletionsHoldEnded`). Only it can be approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
     /// Duplicates deleted from the target (by the key the guard lists them under,
     /// `ANCHOR@TARGET_ID`), and when: they count in the guard's rolling window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -750,15 +789,26 @@ impl Guard {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
         match e {
             Event::DeletionsHeld(h) => {
-                self.plans.insert(
-                    h.plan_hash.clone(),
-                    HeldDeletions {
+                // Held again after another list stood: the same list, held anew.
+                let p = self
+                    .plans
+                    .entry(h.plan_hash.clone())
+                    .or_insert_with(|| HeldDeletions {
                         anchors: h.anchors.clone(),
                         reason: h.reason.clone(),
                         held: m.into(),
                         approved: None,
-                    },
-                );
+                        by: m.instance.to_string(),
+                    });
+                p.reason.clone_from(&h.reason);
+                p.held = m.into();
+                p.by = m.instance.to_string();
+                self.current = Some(h.plan_hash.clone());
+            }
+            Event::DeletionsHoldEnded(h)
+                if self.current.as_deref() == Some(h.plan_hash.as_str()) =>
+            {
+                self.current = None;
             }
             Event::DeletionsApproved(a) => {
                 if let Some(p) = self.plans.get_mut(&a.plan_hash) {
@@ -770,6 +820,14 @@ impl Guard {
                 .push((format!("{}@{}", d.anchor, d.target_id), m.into())),
             _ => {}
         }
+    }
+
+    /// The held list that stands and is not approved yet: what the next cycle holds again.
+    pub fn waiting(&self) -> Option<(&String, &HeldDeletions)> {
+        let h = self.current.as_ref()?;
+        self.plans
+            .get_key_value(h)
+            .filter(|(_, p)| p.approved.is_none())
     }
 }
 

@@ -35,18 +35,19 @@ use serde::Serialize;
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
-use crate::config::Config;
+use crate::config::{Config, Hold};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
-    stream, DeletionsHeld, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted,
-    ExportBatchStarted, ExportFailed, ExportOp, ObjectKind, SyncRelationshipEstablished,
+    stream, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
+    ExportFailed, ExportOp, FailureReason, ObjectKind, SyncRelationshipEstablished,
     SyncRunCompleted, SyncRunFailed, SyncRunStarted, TargetDuplicateRemoved, TargetReconciled,
+    TargetReset,
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::plan::mapping::Mapping;
 use crate::plan::matching::{swap_case, Index, Match};
-use crate::plan::plan::{guard, plan, recent_deletions, GuardInput, Plan, Verdict};
+use crate::plan::plan::{guard, guard_event, plan, recent_deletions, GuardInput, Plan, Verdict};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Lease, Meta, State};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
@@ -183,6 +184,27 @@ fn fenced_message(state: &State, instance: &str) -> String {
         state.relationship.holder.as_deref().unwrap_or("another instance"),
         state.relationship.epoch
     )
+}
+
+/// Append `events` only while the relationship is still at `fence` (the stream version it
+/// was verified at): another instance's take-over in between fences them out.
+async fn append_fenced(
+    store: &AnyStore,
+    instance: &str,
+    events: Vec<NewEvent>,
+    fence: Fence,
+) -> Result<u64> {
+    match store
+        .append(Batch::new(events).expect(stream::RELATIONSHIP, Expected::Exactly(fence.version)))
+        .await
+    {
+        Ok(o) => Ok(o.last_seq()),
+        Err(Error::Conflict { .. }) => {
+            let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+            Err(Error::Fenced(fenced_message(&state, instance)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Verify (or, with `take_over` or when nobody holds it yet, establish) the relationship.
@@ -369,25 +391,36 @@ async fn sync_cycle(
     let began = Instant::now();
     let phase =
         |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "sync");
-    let mut state = replay::refresh(store, REFRESH_THRESHOLD).await?;
-    phase("projections read");
-    // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand (or
-    // by a handover step, as the documented "force synchronization") still runs: fencing,
-    // not the stop, decides who may export.
-    refuse_retired(&state, &opts.instance)?;
-    // Checks before anything is recorded: the source bind, the target's credentials, and
-    // (exporting) the relationship.
-    probe_source(&src_cfg).await?;
-    let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
-    if let Some(t) = &target {
-        t.probe().await?;
+    let checks = async {
+        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+        phase("projections read");
+        // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand
+        // (or by a handover step, as the documented "force synchronization") still runs:
+        // fencing, not the stop, decides who may export.
+        refuse_retired(&state, &opts.instance)?;
+        // Checks before the run's start is recorded: the source bind, the target's
+        // credentials, and (exporting) the relationship.
+        probe_source(&src_cfg).await?;
+        let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
+        if let Some(t) = &target {
+            t.probe().await?;
+        }
+        if exporting {
+            let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+            return Ok((s, checked, Some(f)));
+        }
+        Ok((state, checked, None))
     }
-    let mut fence = None;
-    if exporting {
-        let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
-        fence = Some(f);
-        state = s;
-    }
+    .await;
+    let (state, checked, fence) = match checks {
+        Ok(c) => c,
+        Err(e) => {
+            if !opts.dry_run {
+                record_unstarted(store, &opts.instance, &e).await;
+            }
+            return Err(e);
+        }
+    };
     let mode = if opts.dry_run {
         "dry-run"
     } else if opts.staging {
@@ -411,6 +444,7 @@ async fn sync_cycle(
         target: target.as_ref(),
         mapping: cfg.mapping()?,
         threshold: cfg.sync.deletion_threshold,
+        hold: cfg.sync.hold,
         instance: &opts.instance,
         fence,
         progress,
@@ -458,7 +492,7 @@ async fn sync_cycle(
     }
     .await;
     if !opts.dry_run {
-        run_ended(store, &report, &result).await?;
+        run_ended(store, &report, cfg.sync.hold, &result).await?;
     }
     phase("run recorded");
     result.map(|()| report)
@@ -479,8 +513,47 @@ async fn run_started(store: &AnyStore, report: &SyncReport, full: bool) -> Resul
     Ok(())
 }
 
-async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -> Result<()> {
-    let end = match result {
+/// Record a cycle that failed before it recorded its start (the source or the target
+/// unreachable, fenced): one `SyncRunFailed` of a run that never started. Errors that
+/// promise to record nothing (bad configuration, refusals) are not recorded; a store that
+/// cannot take the record is reported in the log lines, and the cycle's own error stands.
+pub(crate) async fn record_unstarted(store: &AnyStore, instance: &str, e: &Error) {
+    let Some(reason) = FailureReason::before_start(e) else {
+        return;
+    };
+    let failed = Event::SyncRunFailed(SyncRunFailed {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        error: e.to_string(),
+        reason: Some(reason),
+    });
+    let r = store
+        .append(Batch::new(vec![NewEvent::new(
+            stream::instance(instance),
+            instance,
+            failed,
+        )]))
+        .await;
+    if let Err(rec) = r {
+        tracing::warn!("could not record the failed cycle of {instance}: {rec}");
+    }
+}
+
+/// The event that ends a run: completed, or failed with its reason. A cycle whose
+/// deletions were held (exit 3) failed, held, when it exported nothing (`[sync] hold =
+/// "all"`); with `hold = "deletions"` it exported its creates and updates and completed,
+/// its held count above zero (the held list stands until approved: `Guard::waiting`).
+fn run_end(report: &SyncReport, hold: Hold, result: &Result<()>) -> Event {
+    match result {
+        Ok(()) if report.held > 0 && hold == Hold::All => Event::SyncRunFailed(SyncRunFailed {
+            run_id: report.run_id.clone(),
+            error: format!(
+                "{} deletion(s) held: {} (plan {})",
+                report.held,
+                report.held_reason.as_deref().unwrap_or_default(),
+                report.held_plan.as_deref().unwrap_or_default()
+            ),
+            reason: Some(FailureReason::Held),
+        }),
         Ok(()) => Event::SyncRunCompleted(SyncRunCompleted {
             run_id: report.run_id.clone(),
             created: report.created,
@@ -493,8 +566,18 @@ async fn run_ended(store: &AnyStore, report: &SyncReport, result: &Result<()>) -
         Err(e) => Event::SyncRunFailed(SyncRunFailed {
             run_id: report.run_id.clone(),
             error: e.to_string(),
+            reason: Some(FailureReason::of(e)),
         }),
-    };
+    }
+}
+
+async fn run_ended(
+    store: &AnyStore,
+    report: &SyncReport,
+    hold: Hold,
+    result: &Result<()>,
+) -> Result<()> {
+    let end = run_end(report, hold, result);
     store
         .append(Batch::new(vec![NewEvent::new(
             stream::instance(&report.instance),
@@ -513,7 +596,13 @@ pub struct ExportOptions {
     /// How source objects map.
     pub mapping: Arc<Mapping>,
     pub threshold: crate::config::Threshold,
+    /// What a tripped guard holds (`[sync] hold`).
+    pub hold: crate::config::Hold,
     pub take_over: bool,
+    /// Record `TargetReset` with this reason first, under the same fence as the export's
+    /// claims (the ledger forgets the target: everything is created again). Only
+    /// [`super::rebuild`] sets it, after checking that the target is a fresh one.
+    pub reset: Option<String>,
 }
 
 /// Export what the log already holds, without reading the source: plan -> guard -> export,
@@ -536,9 +625,28 @@ async fn export_log_locked(
     opts: &ExportOptions,
     progress: &ProgressBar,
 ) -> Result<SyncReport> {
+    // A rebuild refused before it starts (fenced, the target unreachable) writes nothing:
+    // it is an operator's one-off, not a cycle of the instance.
     let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
     target.probe().await?;
-    let (fence, state) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+    let (fence, mut state) =
+        acquire(store, state, &opts.instance, opts.take_over, progress).await?;
+    if let Some(reason) = &opts.reset {
+        append_fenced(
+            store,
+            &opts.instance,
+            vec![NewEvent::new(
+                stream::TARGET,
+                opts.instance.as_str(),
+                Event::TargetReset(TargetReset {
+                    reason: reason.clone(),
+                }),
+            )],
+            fence,
+        )
+        .await?;
+        state = replay::advance(store, state).await?;
+    }
     let mut report = SyncReport {
         run_id: uuid::Uuid::new_v4().to_string(),
         instance: opts.instance.clone(),
@@ -552,6 +660,7 @@ async fn export_log_locked(
         target: Some(target),
         mapping: &opts.mapping,
         threshold: opts.threshold,
+        hold: opts.hold,
         instance: &opts.instance,
         fence: Some(fence),
         progress,
@@ -571,7 +680,7 @@ async fn export_log_locked(
         full: false,
     };
     let result = run.cycle(state, &mut report, None).await;
-    run_ended(store, &report, &result).await?;
+    run_ended(store, &report, opts.hold, &result).await?;
     result.map(|()| report)
 }
 
@@ -762,6 +871,8 @@ struct Cycle<'a> {
     target: Option<&'a AnyTarget>,
     mapping: &'a Mapping,
     threshold: crate::config::Threshold,
+    /// What a tripped guard holds: the deletions, or the whole cycle.
+    hold: crate::config::Hold,
     instance: &'a str,
     /// Present when exporting.
     fence: Option<Fence>,
@@ -890,26 +1001,31 @@ impl Cycle<'_> {
                     .is_some_and(|p| p.approved.is_some())
             },
         );
-        if let Verdict::Hold { plan_hash, reason } = verdict {
-            report.held = deletes.len() as u64;
-            report.held_plan = Some(plan_hash.clone());
-            report.held_reason = Some(reason.clone());
-            // Recorded once per exact list; nothing is exported this cycle.
-            let known = state.guard.plans.contains_key(&plan_hash);
-            if !known && report.mode != "dry-run" {
+        let dry_run = report.mode == "dry-run";
+        // A dry run records nothing: its list has no plan to approve.
+        if !dry_run {
+            if let Some(e) = guard_event(state.guard.current.as_deref(), &verdict, &deletes) {
                 self.store
                     .append(Batch::new(vec![NewEvent::new(
                         stream::GUARD,
                         self.instance,
-                        Event::DeletionsHeld(DeletionsHeld {
-                            plan_hash,
-                            anchors: deletes,
-                            reason,
-                        }),
+                        e,
                     )]))
                     .await?;
             }
-            if report.mode == "dry-run" || report.mode == "staging" {
+        }
+        let holding = match verdict {
+            Verdict::Hold { plan_hash, reason } => {
+                report.held = deletes.len() as u64;
+                report.held_reason = Some(reason);
+                report.held_plan = (!dry_run).then_some(plan_hash);
+                true
+            }
+            _ => false,
+        };
+        if holding && (self.hold == Hold::All || self.fence.is_none()) {
+            // Nothing is exported this cycle ([sync] hold = "all"), or nothing would be.
+            if dry_run || report.mode == "staging" {
                 self.print_plan(&state, whole, report).await?;
             }
             return Ok(());
@@ -917,7 +1033,7 @@ impl Cycle<'_> {
         match self.fence {
             None => self.print_plan(&state, whole, report).await,
             Some(fence) => {
-                self.export(state, fence, report, listing.as_ref(), dups)
+                self.export(state, fence, report, listing.as_ref(), dups, holding)
                     .await
             }
         }
@@ -1118,6 +1234,7 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         listing: Option<&Listing>,
         duplicates: Vec<Duplicate>,
+        hold_deletions: bool,
     ) -> Result<()> {
         let Some(t) = self.target else {
             return Err(Error::Config("no [target] section".into()));
@@ -1283,6 +1400,12 @@ impl Cycle<'_> {
             creates.extend(updates);
             self.run_ops(creates, fence, report, &repairing).await?;
         }
+        if hold_deletions {
+            // The guard holds this cycle's deletions (the duplicates' too); the creates and
+            // updates are out. A reconcile with duplicates left is not done: the next
+            // cycle reads again.
+            return Ok(());
+        }
         state = replay::advance(self.store, state).await?;
         let mut deletes = plan(&state, self.mapping, None).deletes;
         deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
@@ -1426,20 +1549,7 @@ impl Cycle<'_> {
     }
 
     async fn append_fenced(&self, events: Vec<NewEvent>, fence: Fence) -> Result<u64> {
-        match self
-            .store
-            .append(
-                Batch::new(events).expect(stream::RELATIONSHIP, Expected::Exactly(fence.version)),
-            )
-            .await
-        {
-            Ok(o) => Ok(o.last_seq()),
-            Err(Error::Conflict { .. }) => {
-                let state = replay::refresh(self.store, REFRESH_THRESHOLD).await?;
-                Err(Error::Fenced(fenced_message(&state, self.instance)))
-            }
-            Err(e) => Err(e),
-        }
+        append_fenced(self.store, self.instance, events, fence).await
     }
 
     /// After a take-over or an unrecorded write (`sync::duplicates`): list the target's

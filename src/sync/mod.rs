@@ -6,6 +6,7 @@ pub mod duplicates;
 pub mod export;
 pub mod import;
 pub mod preflight;
+pub mod rebuild;
 pub mod reconcile;
 pub mod run;
 pub mod scope;

@@ -197,13 +197,27 @@ pub async fn import(
 ) -> Result<ImportReport> {
     let src_cfg = cfg.source()?.clone();
     let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
-    let state = replay::refresh(store, 10_000).await?;
-    refuse_retired(&state, &opts.instance)?;
-    // Reach and bind before recording anything: a wrong password or an unreachable server
-    // leaves the log untouched.
-    probe_source(&src_cfg).await?;
-    // An import that would re-key the objects is refused before anything is recorded.
-    let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
+    let checks = async {
+        let state = replay::refresh(store, 10_000).await?;
+        refuse_retired(&state, &opts.instance)?;
+        // Reach and bind before recording the start: a wrong password or an unreachable
+        // server records only the failed run.
+        probe_source(&src_cfg).await?;
+        // An import that would re-key the objects is refused before anything is recorded.
+        Ok(super::anchor::Checked(
+            super::anchor::check(&src_cfg, &state).await?,
+        ))
+    }
+    .await;
+    let checked = match checks {
+        Ok(c) => c,
+        Err(e) => {
+            if !opts.dry_run {
+                super::export::record_unstarted(store, &opts.instance, &e).await;
+            }
+            return Err(e);
+        }
+    };
     let run_id = uuid::Uuid::new_v4().to_string();
     let inst_stream = stream::instance(&opts.instance);
     if !opts.dry_run {
@@ -238,6 +252,7 @@ pub async fn import(
             Err(e) => Event::SyncRunFailed(SyncRunFailed {
                 run_id: run_id.clone(),
                 error: e.to_string(),
+                reason: Some(crate::log::event::FailureReason::of(e)),
             }),
         };
         store

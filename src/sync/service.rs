@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 
@@ -12,6 +12,9 @@ use super::export::{sync, SyncOptions};
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::log::AnyStore;
+use crate::ops::metrics::Metrics;
+use crate::ops::notify::{self, Notifier};
+use crate::ops::Outcome;
 use crate::project::replay;
 use crate::project::InstanceStatus;
 
@@ -42,10 +45,28 @@ async fn terminated() {
 }
 
 /// Run the service until retired, fenced or terminated. `say` gets one line per cycle.
+/// With `listen` (bound by the caller, `--listen`), it serves its metrics and health there
+/// while it runs (`ops::metrics`); what needs a person goes to `notifier` (`ops::notify`),
+/// whose queue it lets finish before it returns.
 pub async fn serve(
     cfg: &Config,
     store: &AnyStore,
     instance: &str,
+    listen: Option<tokio::net::TcpListener>,
+    notifier: Notifier,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Exit> {
+    let r = service(cfg, store, instance, listen, &notifier, say).await;
+    notifier.finish().await;
+    r
+}
+
+async fn service(
+    cfg: &Config,
+    store: &AnyStore,
+    instance: &str,
+    listen: Option<tokio::net::TcpListener>,
+    notifier: &Notifier,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Exit> {
     // One service per instance; its cycles (and a `sync` by hand) take the cycle lock too.
@@ -57,6 +78,8 @@ pub async fn serve(
                 "`dirsync run --instance {instance}` is already running on this store; this one exits"
             ))
         })?;
+    let metrics = Metrics::new(instance, stall_after(cfg));
+    let server = listen.map(|l| metrics.serve(l));
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
@@ -68,21 +91,30 @@ pub async fn serve(
     let stopping = || stop.load(Ordering::SeqCst);
     let nap = |d: Duration| {
         let stop = stop.clone();
+        let metrics = metrics.clone();
         async move {
             let end = tokio::time::Instant::now() + d;
             while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < end {
+                metrics.tick();
                 tokio::time::sleep(Duration::from_millis(200).min(d)).await;
             }
         }
     };
     let mut idle_said = false;
+    // Failed cycles in a row (a cycle refused because another was running is not one).
+    let mut failures: u32 = 0;
     let result = loop {
         if stopping() {
             say("terminated: exiting");
             break Ok(Exit::Ok);
         }
         let state = replay::refresh(store, 10_000).await?;
-        match state.instances.instances.get(instance).map(|r| r.status) {
+        metrics.state(&state);
+        let status = state.instances.instances.get(instance).map(|r| r.status);
+        // Let go of the state before the cycle: its import then folds the copy this process
+        // remembers in place instead of copying it.
+        drop(state);
+        match status {
             Some(InstanceStatus::Retired) => {
                 say(&format!("{instance} is retired: exiting"));
                 break Ok(Exit::Ok);
@@ -108,7 +140,39 @@ pub async fn serve(
             stop: Some(stop.clone()),
             wait_for_cycle: None,
         };
-        match sync(cfg, store, &opts, &ProgressBar::hidden()).await {
+        let began = Instant::now();
+        let began_us = chrono::Utc::now().timestamp_micros();
+        let result = sync(cfg, store, &opts, &ProgressBar::hidden()).await;
+        let outcome = Outcome::of(&result);
+        metrics.cycle(
+            outcome,
+            cfg.sync.hold,
+            result.as_ref().ok(),
+            began.elapsed(),
+        );
+        failures = match outcome {
+            Outcome::Failed => failures.saturating_add(1),
+            Outcome::Skipped => failures,
+            _ => 0,
+        };
+        // The relationship, the head and the cursor as the cycle left them (the cycle's own
+        // end brought the remembered projections up to date: this folds nothing new).
+        let state = replay::refresh(store, 10_000).await.ok();
+        if let Some(state) = &state {
+            metrics.state(state);
+        }
+        for n in notify::after_cycle(
+            instance,
+            &result,
+            state.as_deref(),
+            began_us,
+            failures,
+            notifier.failures_before_alert(),
+        ) {
+            notifier.send(n);
+        }
+        drop(state);
+        match result {
             Ok(r) => say(&format!(
                 "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}{}",
                 r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures, r.recreated, r.quarantined,
@@ -124,5 +188,19 @@ pub async fn serve(
         nap(cfg.sync.interval).await;
     };
     watcher.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
     result
+}
+
+/// How long the service loop may go without a tick while alive: a cycle in flight is
+/// bounded by `[sync] cycle_timeout` (checked between export chunks) and, for an import that
+/// has begun, by `[source] import_timeout`; five minutes more for the rest.
+fn stall_after(cfg: &Config) -> Duration {
+    let import = cfg
+        .source
+        .as_ref()
+        .map_or(Duration::ZERO, |s| s.limits.import_timeout);
+    cfg.sync.cycle_timeout + import + Duration::from_secs(300)
 }

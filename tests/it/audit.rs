@@ -12,7 +12,7 @@ use dirsync::project::replay::{self, Until};
 use dirsync::project::{Meta, State};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::both_backends;
 use crate::common::{Backend, Fresh, Run};
@@ -80,9 +80,10 @@ async fn openldap_a_stopped_window_is_audited_exactly_then_cleared_by_a_sync() {
     let (code, list) = missed(&lab, &["--from-log", "--fail-if-any"]);
     assert_eq!((code, list.len()), (0, 0), "{list:?}");
 
-    // Fresh evidence: a full import in staging finds exactly the three.
-    let (code, list) = missed(&lab, &["--instance", "a", "--fail-if-any"]);
-    assert_eq!(code, 5);
+    // Fresh evidence: a full import in staging finds exactly the three. Seen after a's
+    // last sync, they are pending (a's next cycle exports them): --fail-if-any passes.
+    let (code, list) = missed(&lab, &["--refresh", "--instance", "a", "--fail-if-any"]);
+    assert_eq!(code, 0);
     assert_eq!(keys(&list), set(&[&a3, &a4, &a5]));
     for a in [&a3, &a4] {
         let m = &list[a];
@@ -92,8 +93,27 @@ async fn openldap_a_stopped_window_is_audited_exactly_then_cleared_by_a_sync() {
             "{m}"
         );
         assert_eq!(m["kind"], "user");
-        assert_eq!(m["state"], "missed");
+        assert_eq!(
+            (&m["state"], &m["status"], &m["status_detail"]),
+            (
+                &json!("unsent"),
+                &json!("pending"),
+                &json!("recorded after a's last completed sync: its next cycle exports it")
+            ),
+            "{m}"
+        );
     }
+    // a stopped: nobody will export them. They are missed.
+    assert_eq!(lab.cli(&["instance", "stop", "a"]).code, 0);
+    let (code, stopped) = missed(&lab, &["--fail-if-any"]);
+    assert_eq!(code, 5);
+    assert_eq!(keys(&stopped), keys(&list));
+    assert!(
+        stopped.values().all(|m| m["status"] == "missed"
+            && m["status_detail"] == "the holder a is stopped, and every other instance is fenced"),
+        "{stopped:?}"
+    );
+    assert_eq!(lab.cli(&["instance", "start", "a"]).code, 0);
     assert_eq!(list[&a3]["name"], "u3@example.org");
     let m5 = &list[&a5];
     assert_eq!(m5["evidence"], "left-scope");
@@ -124,7 +144,7 @@ async fn openldap_a_stopped_window_is_audited_exactly_then_cleared_by_a_sync() {
     // The next sync exports the deletions: nothing is missed any more.
     let v = lab.sync("a", &[]);
     assert_eq!(v["deleted"], 3, "{v}");
-    let (code, list) = missed(&lab, &["--instance", "a", "--fail-if-any"]);
+    let (code, list) = missed(&lab, &["--refresh", "--instance", "a", "--fail-if-any"]);
     assert_eq!((code, list.len()), (0, 0), "{list:?}");
 
     // The gap: three deletions recorded between a's two syncs.
@@ -143,6 +163,144 @@ async fn openldap_a_stopped_window_is_audited_exactly_then_cleared_by_a_sync() {
     assert!(windows.last().unwrap()["to"].is_null());
 }
 
+/// Issue 22.3: the audit without --refresh reads the log and writes nothing (no event, no
+/// instance named after the host), and says as of which import it speaks; only
+/// `--refresh --instance I` imports first, as an existing instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openldap_the_audit_reads_and_only_refresh_writes() {
+    let lab = E2e::ldap(6, "500").await;
+    lab.sync("a", &[]);
+    let a3 = lab.anchor(&format!("uid=u3,{PEOPLE}")).await;
+    lab.slapd().ldapdelete(&format!("uid=u3,{PEOPLE}")).await;
+    let instances = |lab: &E2e| {
+        let run = lab.cli(&["instance", "list", "--format", "json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.stdout
+    };
+    let (head, listed) = (lab.head().await, instances(&lab));
+    let state = lab.state().await;
+    let last_import = state.instances.instances["a"].last_import.unwrap().0;
+    for _ in 0..2 {
+        let run = lab.cli(&[
+            "audit",
+            "missed-deletes",
+            "--fail-if-any",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let v = json(&run);
+        assert_eq!(
+            v["as_of"],
+            json!({
+                "seq": head,
+                "last_import": {"instance": "a", "seq": last_import.seq,
+                    "at": dirsync::output::time(last_import.at_us), "full": true},
+                "last_full_import": {"seq": last_import.seq,
+                    "at": dirsync::output::time(last_import.at_us)},
+            }),
+            "{v}"
+        );
+        assert_eq!((&v["count"], &v["evidence"]), (&json!(0), &json!("log")));
+        let table = lab.cli(&["audit", "missed-deletes"]);
+        assert_eq!(
+            table.stdout.lines().next().unwrap(),
+            format!(
+                "as of seq {head}: the last import was a full import by a at {} (seq {})",
+                dirsync::output::time(last_import.at_us),
+                last_import.seq
+            )
+        );
+    }
+    assert_eq!(lab.head().await, head, "the audit appended nothing");
+    assert_eq!(instances(&lab), listed, "and created no instance");
+    // --refresh needs an instance, --instance needs --refresh, and the instance must exist.
+    for args in [
+        &["--refresh"][..],
+        &["--instance", "a"],
+        &["--refresh", "--from-log", "--instance", "a"],
+    ] {
+        let mut all = vec!["audit", "missed-deletes"];
+        all.extend_from_slice(args);
+        let run = lab.cli(&all);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+    }
+    let run = lab.cli(&[
+        "audit",
+        "missed-deletes",
+        "--refresh",
+        "--instance",
+        "ghost",
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "dirsync: --refresh --instance ghost: no such instance (see `dirsync instance list`); the audit imports as an existing one\n"
+    );
+    assert_eq!(lab.head().await, head);
+    assert_eq!(instances(&lab), listed);
+
+    // --refresh imports as a: the deletion is found, pending a's next cycle.
+    let (code, list) = missed(&lab, &["--refresh", "--instance", "a", "--fail-if-any"]);
+    assert_eq!(code, 0);
+    assert_eq!(keys(&list), set(&[&a3]));
+    assert_eq!(list[&a3]["status"], "pending");
+    assert!(lab.head().await > head);
+    let after = lab.head().await;
+    // Read again from the log: the same row, but for what a cursor could still reveal (a's
+    // cursor moved past the deletion with that import).
+    let (code, mut again) = missed(&lab, &["--fail-if-any"]);
+    assert_eq!(again[&a3]["revealable_by"], json!([]));
+    again.get_mut(&a3).unwrap()["revealable_by"] = json!(["a"]);
+    assert_eq!((code, &again), (0, &list));
+    assert_eq!(lab.head().await, after);
+    // The next sync of a exports it.
+    assert_eq!(lab.sync("a", &[])["deleted"], 1);
+    let (_, list) = missed(&lab, &[]);
+    assert!(list.is_empty(), "{list:?}");
+}
+
+/// A retired instance's last window ends at its retirement, not "open (now)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_instance_s_gap_ends_at_retirement() {
+    let lab = E2e::ldap(2, "500").await;
+    lab.sync("old", &[]);
+    lab.sync("new", &["--take-over"]);
+    assert_eq!(lab.cli(&["instance", "retire", "old"]).code, 0);
+    let retired = lab.head().await;
+    lab.sync("new", &[]);
+    let run = lab.cli(&["audit", "gaps", "--longer-than", "0s", "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let g = json(&run);
+    let old = g["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "old")
+        .unwrap();
+    assert_eq!(old["status"], "retired");
+    let last = old["windows"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["to"].is_null(), "{last}");
+    assert_eq!(last["retired"]["seq"], retired, "{last}");
+    let table = lab.cli(&["audit", "gaps", "--longer-than", "0s"]);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("old "))
+        .unwrap_or_else(|| panic!("{table:?}"));
+    assert!(
+        row.contains("retired ") && row.contains(&format!("(seq {retired})")),
+        "{row}"
+    );
+    assert!(!row.contains("open (now)"), "{row}");
+    let new_row = table
+        .stdout
+        .lines()
+        .rfind(|l| l.starts_with("new "))
+        .unwrap();
+    assert!(new_row.contains("open (now)"), "{new_row}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_deletions_are_classified_held() {
     let lab = E2e::ldap(4, "1").await;
@@ -154,18 +312,27 @@ async fn held_deletions_are_classified_held() {
     let (run, v) = lab.run("a", &[]);
     assert_eq!(run.code, 3, "{run:?}");
     let plan = v["held_plan"].as_str().unwrap().to_string();
+    // The held sync completed without them: missed until someone acts.
     let (code, list) = missed(&lab, &["--from-log", "--fail-if-any"]);
     assert_eq!(code, 5);
     assert_eq!(keys(&list), set(&[&a3, &a4]));
     for m in list.values() {
         assert_eq!(m["state"], "held", "{m}");
         assert_eq!(m["state_detail"], format!("plan {plan}"));
-        // The held sync completed: it closes the gap.
+        assert_eq!(m["status"], "missed", "{m}");
+        // The held sync exported its creates and updates ([sync] hold = "deletions", the
+        // default): it completed, and closes the gap.
         assert_eq!(m["gap"]["to"]["instance"], "a", "{m}");
     }
+    // Approved: a's next cycle exports them.
     assert_eq!(lab.cli(&["deletions", "approve", "--plan", &plan]).code, 0);
-    let (_, list) = missed(&lab, &["--from-log"]);
-    assert!(list.values().all(|m| m["state"] == "missed"));
+    let (code, list) = missed(&lab, &["--fail-if-any"]);
+    assert_eq!(code, 0);
+    assert!(
+        list.values()
+            .all(|m| m["state"] == "unsent" && m["status"] == "pending"),
+        "{list:?}"
+    );
     lab.sync("a", &[]);
     let (code, list) = missed(&lab, &["--from-log", "--fail-if-any"]);
     assert_eq!((code, list.len()), (0, 0));
@@ -205,7 +372,7 @@ async fn active_directory_tombstones_expunged_tombstones_and_moves() {
     let v = lab.sync("a", &["--staging"]);
     assert_eq!(v["import"]["mode"], "delta", "{v}");
     let (code, list) = missed(&lab, &["--from-log", "--fail-if-any"]);
-    assert_eq!(code, 5);
+    assert_eq!(code, 0, "pending: a's next cycle exports them");
     assert_eq!(keys(&list), set(&[&a2, &a3]), "{list:?}");
     assert_eq!(list[&a3]["evidence"], "tombstone");
     assert!(list[&a3]["deleted_at"].is_string(), "{}", list[&a3]);
@@ -216,20 +383,23 @@ async fn active_directory_tombstones_expunged_tombstones_and_moves() {
         .to_lowercase()
         .contains("cn=users"));
 
-    // A full import finds the expunged one as well.
-    let (code, list) = missed(&lab, &["--instance", "a", "--fail-if-any"]);
+    // A full import finds the expunged one as well; with a stopped, all three are missed.
+    assert_eq!(lab.cli(&["instance", "stop", "a"]).code, 0);
+    let (code, list) = missed(&lab, &["--refresh", "--instance", "a", "--fail-if-any"]);
     assert_eq!(code, 5);
     assert_eq!(keys(&list), set(&[&a2, &a3, &a4]));
     assert_eq!(list[&a4]["evidence"], "absent-from-full-import");
     assert_eq!(list[&a3]["evidence"], "tombstone");
     for m in list.values() {
-        assert_eq!(m["state"], "missed", "{m}");
+        assert_eq!(m["state"], "unsent", "{m}");
+        assert_eq!(m["status"], "missed", "{m}");
         assert!(m["gap"]["to"].is_null(), "{m}");
     }
+    assert_eq!(lab.cli(&["instance", "start", "a"]).code, 0);
 
     let v = lab.sync("a", &[]);
     assert_eq!(v["deleted"], 3, "{v}");
-    let (code, list) = missed(&lab, &["--instance", "a", "--fail-if-any"]);
+    let (code, list) = missed(&lab, &["--refresh", "--instance", "a", "--fail-if-any"]);
     assert_eq!((code, list.len()), (0, 0), "{list:?}");
     // Samba reports its tombstone lifetime: the gaps are set against it.
     let g = json(&lab.cli(&["audit", "gaps", "--format", "json"]));

@@ -158,3 +158,18 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// The log holds one event: a `SyncRunFailed` of a run that never started, for `reason`.
+pub async fn assert_only_failed_cycle(
+    store: &AnyStore,
+    reason: dirsync::log::event::FailureReason,
+) {
+    use dirsync::log::event::{Event, SyncRunFailed};
+    use dirsync::log::Store;
+    let evs = store.read(0, 10).await.unwrap();
+    let decoded: Vec<Event> = evs.iter().map(|e| e.decode().unwrap()).collect();
+    match decoded.as_slice() {
+        [Event::SyncRunFailed(SyncRunFailed { reason: r, .. })] if *r == Some(reason) => {}
+        other => panic!("expected only a failed cycle ({reason:?}): {other:?}"),
+    }
+}

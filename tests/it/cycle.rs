@@ -69,9 +69,16 @@ async fn a_second_sync_of_an_instance_exits_1_and_exports_nothing() {
     .await
     .unwrap();
     assert_eq!(second.code, 1, "{second:?}");
+    // With --format json, the error is one JSON object.
     assert_eq!(
         second.stderr,
-        "dirsync: refused: a sync of instance `a` is already running (`dirsync sync` or `dirsync run`); this one did nothing\n"
+        format!(
+            "{}\n",
+            serde_json::json!({
+                "error": "refused: a sync of instance `a` is already running (`dirsync sync` or `dirsync run`); this one did nothing",
+                "exit": 1
+            })
+        )
     );
     assert_eq!(second.stdout, "");
     let first: Run = first.wait_with_output().await.unwrap().into();
@@ -259,9 +266,9 @@ async fn a_target_that_goes_down_ends_the_cycle_soon_naming_the_first_cause() {
     .await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(took < Duration::from_secs(60), "took {took:?}: {run:?}");
-    let last = run.stderr.lines().last().unwrap_or_default();
+    let last = json_error(&run);
     assert!(
-        last.starts_with("dirsync: target: create user ")
+        last.starts_with("target: create user ")
             && last.contains("Connection refused")
             && last.contains("(the target is down: ")
             && last.ends_with("the cycle stopped; what was exported before is recorded"),
@@ -297,9 +304,9 @@ async fn a_cycle_ends_at_its_timeout_with_late_answers_recorded() {
     )
     .await;
     assert_eq!(run.code, 1, "{run:?}");
-    let last = run.stderr.lines().last().unwrap_or_default();
+    let last = json_error(&run);
     assert!(
-        last.starts_with("dirsync: cycle timeout: the cycle ran past [sync] cycle_timeout (3s): ")
+        last.starts_with("cycle timeout: the cycle ran past [sync] cycle_timeout (3s): ")
             && last
                 .ends_with("operation(s) left for the next cycle; what was exported is recorded"),
         "{run:?}"
@@ -386,4 +393,18 @@ async fn a_graph_that_is_down_ends_the_chunk_soon() {
         "{}",
         fatal[0]
     );
+}
+
+/// The error of a `--format json` command that failed: its stderr ends with one JSON
+/// object `{"error": ..., "exit": CODE}`.
+fn json_error(run: &Run) -> String {
+    let last = run.stderr.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {run:?}"));
+    let error = v["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        v,
+        serde_json::json!({"error": error, "exit": run.code}),
+        "{run:?}"
+    );
+    error
 }

@@ -136,8 +136,6 @@ impl Lab {
             ),
         )
         .unwrap();
-        let playbooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
-        std::os::unix::fs::symlink(playbooks, dir.path().join("playbooks")).unwrap();
         assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
         let store_url = if let Some(p) = store_url.strip_prefix("sqlite://") {
             format!("sqlite://{}", dir.path().join(p).display())
@@ -164,16 +162,35 @@ impl Lab {
         serde_json::from_str(&run.stdout).unwrap_or(Value::Null)
     }
 
+    /// `handover --from old --to new` with a built-in playbook (`new-computer`: the default,
+    /// no `--playbook`), run from an empty directory: the playbooks are in the binary.
     fn handover(&self, playbook: &str) -> Value {
-        self.ok(&[
+        let empty = tempfile::tempdir().unwrap();
+        let cfg = self.dir.path().join("dirsync.toml");
+        let mut args = vec![
+            "--config",
+            cfg.to_str().unwrap(),
             "handover",
             "--from",
             "old",
             "--to",
             "new",
-            "--playbook",
-            &format!("playbooks/{playbook}.toml"),
-        ])
+            "--format",
+            "json",
+        ];
+        if playbook != "new-computer" {
+            args.extend(["--playbook", playbook]);
+        }
+        let run = dirsync(empty.path(), &args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert_eq!(
+            std::fs::read_dir(empty.path()).unwrap().count(),
+            0,
+            "the handover wrote nothing into the working directory"
+        );
+        let v: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(v["playbook"], playbook, "{v}");
+        v
     }
 
     async fn store(&self) -> AnyStore {
@@ -501,7 +518,7 @@ async fn reinstall_reconciles_on_the_same_computer() {
         "--to",
         "old",
         "--playbook",
-        "playbooks/reinstall.toml",
+        "reinstall",
         "--format",
         "json",
     ]);
@@ -514,6 +531,50 @@ async fn reinstall_reconciles_on_the_same_computer() {
         dirsync::project::InstanceStatus::Retired,
         "the same instance is not retired"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_exports_the_deletions_the_dead_holder_imported_and_never_exported() {
+    let lab = Lab::ldap(40, None).await;
+    lab.ok(&["sync", "--instance", "old"]);
+    // The holder imports three deletions and dies before exporting them (a staging cycle
+    // records the import and exports nothing); two more happen after it died.
+    let del = |r: std::ops::RangeInclusive<u32>| {
+        r.map(|i| format!("dn: uid=u{i},{PEOPLE}\nchangetype: delete\n\n"))
+            .collect::<String>()
+    };
+    lab.modify(&del(1..=3)).await;
+    let staged = lab.ok(&["sync", "--instance", "old", "--staging"]);
+    assert_eq!(staged["import"]["deleted"], 3, "{staged}");
+    lab.modify(&del(4..=5)).await;
+
+    let v = lab.handover("failover");
+    assert_eq!(v["status"], "completed", "{v}");
+    let steps: Vec<(&str, &str)> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["action"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("sync new (full, take over)", "done"),
+            ("wait-sync new", "done")
+        ]
+    );
+    assert_eq!(v["summary"]["deleted"], 5, "{v}");
+    assert_eq!(v["summary"]["created"], 0, "{v}");
+    lab.assert_target_equals_source().await;
+    let state = lab.state().await;
+    assert_eq!(state.relationship.holder.as_deref(), Some("new"));
+    assert_ne!(
+        state.instances.instances["old"].status,
+        dirsync::project::InstanceStatus::Retired,
+        "the dead holder is fenced, not retired: it may come back as a standby"
+    );
+    // Its computer comes back: fenced by the new epoch, it exports nothing.
+    assert_eq!(lab.cli(&["sync", "--instance", "old"]).code, 4);
 }
 
 /// Every export claim in the log was made by the relationship's holder of the moment, at
@@ -586,7 +647,7 @@ async fn killed_at_every_step_and_inside_steps_the_handover_resumes() {
                 "--to",
                 "new",
                 "--playbook",
-                "playbooks/new-computer.toml",
+                "new-computer",
             ])
             .current_dir(lab.dir.path())
             .env_remove("DIRSYNC_CONFIG")

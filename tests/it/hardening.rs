@@ -115,7 +115,8 @@ fn no_colour_codes_when_stderr_is_not_a_terminal() {
 }
 
 /// Issue 17.4: a wrong password and a wrong base DN against a real slapd are one line with
-/// a hint, and are not retried (a retry waits a second first).
+/// a hint, and are not retried: a retry logs "retrying" at the default level (warn) first,
+/// so one line on stderr is the proof (not the time taken, which load decides).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ldap_refusals_say_what_to_do_and_are_not_retried() {
     let slapd = crate::lab::Slapd::start(crate::lab::SlapdOptions::default()).await;
@@ -139,13 +140,9 @@ async fn ldap_refusals_say_what_to_do_and_are_not_retried() {
         ));
         std::fs::write(dir.path().join("pw"), format!("{password}\n")).unwrap();
         assert_eq!(dirsync(dir.path(), &["init"]).code, 0);
-        let began = std::time::Instant::now();
         let run = dirsync(dir.path(), &["sync", "--instance", "a", "--staging"]);
         assert_eq!(run.code, 1, "{run:?}");
-        assert!(
-            began.elapsed() < std::time::Duration::from_millis(900),
-            "{run:?}"
-        );
+        assert!(!run.stderr.contains("retrying"), "{run:?}");
         assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
         assert!(run.stderr.contains(words), "{run:?}");
     }

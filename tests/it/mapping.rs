@@ -137,6 +137,28 @@ async fn expressions_map_user_name_extras_active_and_groups() {
             "errors": [],
         })
     );
+    // `object show` maps through the configured mapping too (not the defaults).
+    let run = lab.cli(&["object", "show", &ann, "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let o: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        (&o["mapped"], &o["unmappable"]),
+        (
+            &json!({
+                "user_name": "ann@corp.example",
+                "display_name": "Ann Smith",
+                "family_name": "Smith",
+                "email": "ann@example.org",
+                "active": true,
+                "extra": {
+                    "nickName": "ann smith",
+                    "phoneNumbers[type eq \"work\"].value": "+49 30 1234",
+                    format!("{ENTERPRISE}:employeeNumber"): "1001",
+                },
+            }),
+            &Value::Null
+        )
+    );
     // `mapping show`: the effective table, defaults included, and where each row is from.
     let run = lab.cli(&["mapping", "show", "--format", "json"]);
     assert_eq!(run.code, 0, "{run:?}");

@@ -127,6 +127,9 @@ fn random_event(rng: &mut StdRng) -> NewEvent {
             _ => Event::SyncRunFailed(SyncRunFailed {
                 run_id: "r2".into(),
                 error: "boom".into(),
+                // Events recorded before reasons were have none.
+                reason: [None, Some(FailureReason::Target), Some(FailureReason::Held)]
+                    [rng.gen_range(0..3)],
             }),
         },
         19 => match rng.gen_range(0..3) {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use base64::Engine;
 use dirsync::log::event::AttrValue;
-use dirsync::log::{AnyStore, OpenMode, Store};
+use dirsync::log::{AnyStore, OpenMode};
 use dirsync::project::{replay, ObjectRecord, State};
 use serde_json::Value;
 
@@ -391,7 +391,7 @@ async fn referrals_are_skipped_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_server_writes_nothing() {
+async fn an_unreachable_server_records_only_the_failed_cycle() {
     // A port nobody listens on: bound, then released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -411,5 +411,11 @@ async fn an_unreachable_server_writes_nothing() {
     assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
     assert!(!run.stderr.contains("secret"), "{run:?}");
     assert!(t0.elapsed().as_secs() < 30, "took {:?}", t0.elapsed());
-    assert_eq!(store(dir.path()).await.head().await.unwrap().0, 0);
+    // Nothing the source said; the failed cycle only (INTERFACE.md: every failed cycle is
+    // recorded).
+    crate::common::assert_only_failed_cycle(
+        &store(dir.path()).await,
+        dirsync::log::event::FailureReason::Source,
+    )
+    .await;
 }

@@ -224,7 +224,7 @@ async fn staging_imports_follow_the_directory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_password_writes_nothing() {
+async fn a_wrong_password_records_only_the_failed_cycle() {
     let samba = Samba::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad"), "not-the-password\n").unwrap();
@@ -236,7 +236,10 @@ async fn a_wrong_password_writes_nothing() {
     assert!(!run.stderr.contains("not-the-password"), "{run:?}");
     let url = format!("sqlite://{}", dir.path().join("log.db").display());
     let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
-    assert_eq!(store.head().await.unwrap().0, 0, "nothing written");
+    // Nothing the source said; the failed cycle only (INTERFACE.md: every failed cycle is
+    // recorded).
+    crate::common::assert_only_failed_cycle(&store, dirsync::log::event::FailureReason::Source)
+        .await;
     // Exporting without a [target] section is a configuration error: exit 2.
     let run = dirsync(dir.path(), &["sync", "--instance", "old"]);
     assert_eq!(run.code, 2, "{run:?}");

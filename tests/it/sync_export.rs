@@ -650,14 +650,16 @@ async fn six_hundred_deletions_wait_for_an_approval_of_exactly_that_list() {
         .contains(&"DeletionsHeld".to_string()));
     assert_eq!(lab.cli(&["deletions", "approve", "--plan", "abc"]).code, 2);
 
-    // One more deletion: a different list, a different hash; approving the first does not
-    // release the second.
+    // One more deletion: a different list, a different hash; the first no longer stands,
+    // so approving it is refused (exit 2) and approves nothing.
     lab.slapd().ldapdelete(&format!("uid=u100,{PEOPLE}")).await;
     let (run, v) = lab.run("a", &[]);
     assert_eq!(run.code, 3, "{run:?}");
     let second = v["held_plan"].as_str().unwrap().to_string();
     assert_ne!(first, second);
-    assert_eq!(lab.cli(&["deletions", "approve", "--plan", &first]).code, 0);
+    let head = lab.head().await;
+    assert_eq!(lab.cli(&["deletions", "approve", "--plan", &first]).code, 2);
+    assert_eq!(lab.head().await, head);
     let (run, _) = lab.run("a", &[]);
     assert_eq!(run.code, 3, "{run:?}");
     assert_eq!(lab.view.count("Users").await, 700);
@@ -679,7 +681,11 @@ async fn a_fenced_instance_exports_nothing() {
     let head = lab.head().await;
     let (run, _) = lab.run("new", &[]);
     assert_eq!(run.code, 4, "{run:?}");
-    assert_eq!(lab.head().await, head, "a fenced instance writes nothing");
+    assert_eq!(
+        lab.events_after(head).await,
+        ["SyncRunFailed"],
+        "a fenced instance records its failed cycle and nothing else"
+    );
     // It takes over; now old is fenced.
     let v = lab.sync("new", &["--take-over"]);
     assert_eq!(v["epoch"], 2, "{v}");
@@ -695,7 +701,7 @@ async fn a_fenced_instance_exports_nothing() {
         run.stderr.contains("new holds the sync relationship"),
         "{run:?}"
     );
-    assert_eq!(lab.head().await, head);
+    assert_eq!(lab.events_after(head).await, ["SyncRunFailed"]);
     let a1 = lab.anchor(&format!("uid=u1,{PEOPLE}")).await;
     assert_eq!(lab.view.users_by_anchor().await[&a1]["title"], "Clerk");
     let v = lab.sync("new", &[]);
@@ -767,7 +773,11 @@ async fn bad_target_credentials_and_unmappable_users() {
     assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
     assert!(run.stderr.contains("401"), "{run:?}");
     assert!(!run.stderr.contains("not-the-token"));
-    assert_eq!(lab.head().await, 0, "nothing written");
+    assert_eq!(
+        lab.events_after(0).await,
+        ["SyncRunFailed"],
+        "only the failed cycle is recorded"
+    );
     std::fs::write(&wrong, good).unwrap();
 
     // Dry run: the plan, nothing written anywhere.
@@ -780,7 +790,7 @@ async fn bad_target_credentials_and_unmappable_users() {
         .map(|p| p["op"].as_str().unwrap())
         .collect();
     assert_eq!(ops, ["create"; 4], "{v}");
-    assert_eq!(lab.head().await, 0);
+    assert_eq!(lab.head().await, 1, "a dry run writes nothing");
     assert_eq!(lab.view.count("Users").await, 0);
 
     let v = lab.sync("a", &[]);

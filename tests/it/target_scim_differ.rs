@@ -448,6 +448,32 @@ async fn a_refused_object_fails_alone_then_is_quarantined() {
     assert!(table.stdout.contains("QUARANTINED"), "{}", table.stdout);
     assert!(table.stdout.contains("quarantined"), "{}", table.stdout);
     assert_eq!(posts_of_u2(), 5);
+    // `status` lists it (issue 17) and counts it in its table; the cycles succeed, so
+    // the health is fine.
+    let state = lab.state().await;
+    let f = &state.ledger.failures[&a2];
+    let status = lab.cli(&["status", "--format", "json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let v: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        v["quarantined"],
+        serde_json::json!([{
+            "anchor": a2,
+            "kind": "user",
+            "name": format!("uid=u2,{PEOPLE}"),
+            "op": "create",
+            "failures": 5,
+            "status": f.status,
+            "last_error": f.error,
+            "at": dirsync::output::time(f.at.at_us),
+        }])
+    );
+    let table = lab.cli(&["status"]);
+    assert!(
+        table.stdout.contains("quarantined objects: 1\n"),
+        "{}",
+        table.stdout
+    );
 
     // Its source changes: tried once more (failing: quarantined again at once).
     lab.slapd()
@@ -474,6 +500,9 @@ async fn a_refused_object_fails_alone_then_is_quarantined() {
     assert_eq!(count(&v, "quarantined"), 0, "{v}");
     assert_exact(&lab, 2, &[(2, "Boss")]).await;
     assert!(lab.state().await.ledger.failures.is_empty());
+    let status = lab.cli(&["status", "--format", "json"]);
+    let v: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(v["quarantined"], serde_json::json!([]));
     let v = lab.sync("a", &[]);
     assert_eq!(counts(&v), [0, 0, 0, 0, 0], "{v}");
 }

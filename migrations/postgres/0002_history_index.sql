@@ -1,0 +1,14 @@
+-- dirsync log, schema 2 (PostgreSQL): the history index (src/log/index.rs). Derived from
+-- the payloads, filled with the events they describe, never part of the hash chain.
+CREATE TABLE event_anchors (
+    anchor TEXT   NOT NULL,
+    seq    BIGINT NOT NULL,
+    PRIMARY KEY (anchor, seq)
+);
+CREATE TABLE object_keys (
+    key    TEXT NOT NULL,
+    anchor TEXT NOT NULL,
+    PRIMARY KEY (key, anchor)
+);
+-- `log show --type T`.
+CREATE INDEX events_type ON events (event_type, seq);

@@ -1,0 +1,879 @@
+//! `dirsync status`: per instance, its role, the relationship epoch it holds, its last
+//! success and last failure (with the reason), the deletions it holds, its cursor's age
+//! against the tombstone lifetime and any handover in progress; the quarantined objects;
+//! and the health, as an exit code (INTERFACE.md "Operating it"). Pure: a [`State`] and
+//! the time in, rows out.
+
+use serde::Serialize;
+
+use crate::error::Exit;
+use crate::log::event::{ExportOp, FailureReason, ObjectKind};
+use crate::output::time;
+use crate::project::{InstanceStatus, State, StepState};
+
+const DAY_US: i64 = 86_400 * 1_000_000;
+
+/// What an instance is to the sync relationship.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds the relationship: its cycles export.
+    Holder,
+    /// Live, but another instance (or none yet) holds the relationship.
+    Standby,
+    /// Stopped (`instance stop`): its service idles.
+    Stopped,
+    /// Retired for good.
+    Retired,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Holder => "holder",
+            Role::Standby => "standby",
+            Role::Stopped => "stopped",
+            Role::Retired => "retired",
+        }
+    }
+}
+
+/// A completed cycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Success {
+    pub run_id: String,
+    pub at: String,
+    pub seq: u64,
+}
+
+/// A failed cycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub run_id: String,
+    pub at: String,
+    pub seq: u64,
+    /// None: recorded before reasons were.
+    pub reason: Option<FailureReason>,
+    pub error: String,
+}
+
+/// A cycle in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Running {
+    pub run_id: String,
+    pub mode: Option<String>,
+    pub since: String,
+}
+
+/// The instance's cursor against the source's tombstone lifetime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CursorAge {
+    pub at: String,
+    pub age_seconds: i64,
+    /// Older than the tombstone lifetime: the next delta falls back to a full import.
+    pub expired: bool,
+}
+
+/// A handover that has not completed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HandoverInProgress {
+    pub handover_id: String,
+    pub from: String,
+    pub to: String,
+    pub playbook: String,
+    /// running, or failed (resume it with the same `dirsync handover` command).
+    pub status: &'static str,
+    /// Steps done, of all.
+    pub done: usize,
+    pub steps: usize,
+}
+
+/// One instance's row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceRow {
+    pub instance: String,
+    pub role: Role,
+    /// The relationship epoch it holds (None unless it is the holder).
+    pub epoch: Option<u64>,
+    pub running: Option<Running>,
+    pub last_success: Option<Success>,
+    pub last_failure: Option<Failure>,
+    /// Its last cycle failed (the failure is newer than the last success).
+    pub last_cycle_failed: bool,
+    /// Deletions its cycles hold (the current held plan, when it held it).
+    pub deletions_held: u64,
+    pub cursor: Option<CursorAge>,
+    /// The id of a handover in progress from or to it.
+    pub handover: Option<String>,
+}
+
+/// The current held list, unapproved (the guard's `waiting()`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Held {
+    pub plan_hash: String,
+    pub count: u64,
+    pub reason: String,
+    pub held_at: String,
+    pub by: String,
+}
+
+/// An object every cycle skips: its exports failed too often in a row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    pub anchor: String,
+    pub kind: Option<ObjectKind>,
+    pub name: String,
+    pub op: ExportOp,
+    pub failures: u32,
+    pub status: Option<u16>,
+    pub last_error: String,
+    pub at: String,
+}
+
+/// Why the status is not healthy, and its exit code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// 0 healthy; else the first that applies of 4 (the named instance is fenced), 1 (the
+    /// last cycle failed, or no success within three intervals), 3 (deletions held).
+    pub exit: u8,
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    pub instances: Vec<InstanceRow>,
+    pub holder: Option<String>,
+    pub epoch: u64,
+    pub tombstone_lifetime_days: Option<u32>,
+    pub deletions_held: Option<Held>,
+    pub handover: Option<HandoverInProgress>,
+    pub quarantined: Vec<Quarantined>,
+    pub health: Health,
+    /// The log's seq the status speaks as of.
+    pub seq: u64,
+    pub checked_at: String,
+}
+
+impl StatusReport {
+    pub fn exit(&self) -> Exit {
+        match self.health.exit {
+            0 => Exit::Ok,
+            3 => Exit::Held,
+            4 => Exit::Fenced,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// What the status needs besides the state.
+#[derive(Clone, Debug)]
+pub struct Ask<'a> {
+    /// `--instance I`: only its row, and its health.
+    pub instance: Option<&'a str>,
+    pub now_us: i64,
+    /// `[sync] interval`: no success within three of them is unhealthy.
+    pub interval_us: i64,
+}
+
+/// The status (pure).
+pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
+    let rel = &state.relationship;
+    let holder = rel.holder.as_deref();
+    let lifetime_us = state
+        .objects
+        .tombstone_lifetime_days
+        .map(|d| i64::from(d) * DAY_US);
+    let held = current_hold(state);
+    let handover = handover_in_progress(state);
+    let row = |name: &str| -> InstanceRow {
+        let rec = state.instances.instances.get(name);
+        let status = rec.map(|r| r.status).unwrap_or_default();
+        let role = match status {
+            InstanceStatus::Retired => Role::Retired,
+            InstanceStatus::Stopped => Role::Stopped,
+            InstanceStatus::Active if holder == Some(name) => Role::Holder,
+            InstanceStatus::Active => Role::Standby,
+        };
+        let last_success = rec
+            .and_then(|r| r.last_completed.as_ref())
+            .map(|(id, at)| Success {
+                run_id: id.clone(),
+                at: time(at.at_us),
+                seq: at.seq,
+            });
+        let last_failure = rec.and_then(|r| r.last_failed.as_ref()).map(|f| Failure {
+            run_id: f.run_id.clone(),
+            at: time(f.at.at_us),
+            seq: f.at.seq,
+            reason: f.reason,
+            error: f.error.clone(),
+        });
+        let last_cycle_failed = match (&last_failure, &last_success) {
+            (Some(f), Some(s)) => f.seq > s.seq,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        InstanceRow {
+            instance: name.to_string(),
+            role,
+            epoch: (holder == Some(name)).then_some(rel.epoch),
+            running: rec.and_then(|r| {
+                r.running.as_ref().map(|(id, at)| Running {
+                    run_id: id.clone(),
+                    mode: r.running_mode.clone(),
+                    since: time(at.at_us),
+                })
+            }),
+            last_success,
+            last_failure,
+            last_cycle_failed,
+            deletions_held: held
+                .as_ref()
+                .filter(|h| h.by == name)
+                .map_or(0, |h| h.count),
+            cursor: state.cursors.current.get(name).map(|c| {
+                let age = ask.now_us.saturating_sub(c.at.at_us).max(0);
+                CursorAge {
+                    at: time(c.at.at_us),
+                    age_seconds: age / 1_000_000,
+                    expired: lifetime_us.is_some_and(|l| age > l),
+                }
+            }),
+            handover: handover
+                .as_ref()
+                .filter(|h| h.from == name || h.to == name)
+                .map(|h| h.handover_id.clone()),
+        }
+    };
+    let names: Vec<&str> = match ask.instance {
+        Some(i) => vec![i],
+        None => state
+            .instances
+            .instances
+            .keys()
+            .map(String::as_str)
+            .collect(),
+    };
+    let instances: Vec<InstanceRow> = names.iter().map(|n| row(n)).collect();
+    let health = health(state, ask, &instances, held.as_ref());
+    StatusReport {
+        instances,
+        holder: holder.map(str::to_string),
+        epoch: rel.epoch,
+        tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+        deletions_held: held,
+        handover,
+        quarantined: quarantined(state),
+        health,
+        seq: state.seq,
+        checked_at: time(ask.now_us),
+    }
+}
+
+/// The held list that stands and is not approved: the guard's current list
+/// ([`crate::project::Guard::waiting`]), which the next cycle holds again. A list a later
+/// cycle superseded, or ended by holding nothing, is not held any more (it stays
+/// unapproved forever).
+fn current_hold(state: &State) -> Option<Held> {
+    let (hash, plan) = state.guard.waiting()?;
+    Some(Held {
+        plan_hash: hash.clone(),
+        count: plan.anchors.len() as u64,
+        reason: plan.reason.clone(),
+        held_at: time(plan.held.at_us),
+        by: plan.by.clone(),
+    })
+}
+
+/// The last handover, when it has not completed.
+fn handover_in_progress(state: &State) -> Option<HandoverInProgress> {
+    let id = state.handovers.last.as_ref()?;
+    let h = state.handovers.handovers.get(id)?;
+    if h.completed.is_some() {
+        return None;
+    }
+    Some(HandoverInProgress {
+        handover_id: id.clone(),
+        from: h.from.clone(),
+        to: h.to.clone(),
+        playbook: h.playbook.clone(),
+        status: if h.steps.iter().any(|s| s.state == StepState::Failed) {
+            "failed"
+        } else {
+            "running"
+        },
+        done: h
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Done)
+            .count(),
+        steps: h.steps.len(),
+    })
+}
+
+/// Every quarantined object (`sync::export::quarantined`), by anchor.
+fn quarantined(state: &State) -> Vec<Quarantined> {
+    state
+        .ledger
+        .failures
+        .keys()
+        .filter_map(|anchor| {
+            let f = crate::sync::export::quarantined(state, anchor)?;
+            Some(Quarantined {
+                anchor: anchor.clone(),
+                kind: state
+                    .ledger
+                    .entries
+                    .get(anchor)
+                    .map(|l| l.kind)
+                    .or_else(|| state.objects.objects.get(anchor).map(|o| o.kind)),
+                name: quarantined_name(state, anchor),
+                op: f.op,
+                failures: f.count,
+                status: f.status,
+                last_error: f.error.clone(),
+                at: time(f.at.at_us),
+            })
+        })
+        .collect()
+}
+
+/// The target name the ledger knows, else the source DN.
+fn quarantined_name(state: &State, anchor: &str) -> String {
+    let n = crate::target::ledger_name(&state.ledger, anchor);
+    if !n.is_empty() {
+        return n;
+    }
+    state
+        .objects
+        .objects
+        .get(anchor)
+        .map(|o| o.dn.to_string())
+        .unwrap_or_default()
+}
+
+/// The health of the instances asked about: the named one, else the holder (or, with
+/// none, every live instance).
+fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held>) -> Health {
+    let holder = state.relationship.holder.as_deref();
+    let subjects: Vec<&InstanceRow> = match (ask.instance, holder) {
+        (Some(_), _) => rows.iter().collect(),
+        (None, Some(h)) => rows.iter().filter(|r| r.instance == h).collect(),
+        (None, None) => rows
+            .iter()
+            .filter(|r| matches!(r.role, Role::Holder | Role::Standby))
+            .collect(),
+    };
+    let mut problems = Vec::new();
+    let mut exit = 0u8;
+    let mut first = |code: u8, why: String, problems: &mut Vec<String>| {
+        if exit == 0 {
+            exit = code;
+        }
+        problems.push(why);
+    };
+    if let (Some(name), Some(h)) = (ask.instance, holder) {
+        let retired = rows.iter().any(|r| r.role == Role::Retired);
+        if h != name && !retired {
+            first(
+                4,
+                format!(
+                    "{name} is fenced: {h} holds the sync relationship (epoch {})",
+                    state.relationship.epoch
+                ),
+                &mut problems,
+            );
+        }
+    }
+    let window = ask.interval_us.saturating_mul(3);
+    for r in &subjects {
+        // A cycle whose deletions were held failed, but the hold is what is reported
+        // (exit 3, below) for as long as it stands: held cycles also keep the instance
+        // from counting as stale.
+        let held_last = r
+            .last_failure
+            .as_ref()
+            .filter(|f| f.reason == Some(FailureReason::Held));
+        if r.last_cycle_failed && held_last.is_none() {
+            if let Some(f) = &r.last_failure {
+                first(
+                    1,
+                    format!(
+                        "the last cycle of {} failed at {} ({}): {}",
+                        r.instance,
+                        f.at,
+                        f.reason.map_or("unknown", FailureReason::as_str),
+                        f.error
+                    ),
+                    &mut problems,
+                );
+            }
+            continue;
+        }
+        // A retired instance, or a stopped one that does not hold the relationship, is
+        // not expected to sync; a stopped holder is (nobody else exports).
+        let holds = holder == Some(r.instance.as_str());
+        if r.role == Role::Retired || (r.role == Role::Stopped && !holds) {
+            continue;
+        }
+        let ran = state
+            .instances
+            .instances
+            .get(&r.instance)
+            .and_then(|i| i.last_completed.as_ref())
+            .map(|(_, at)| at.at_us)
+            .max(held_last.and_then(|_| {
+                state
+                    .instances
+                    .instances
+                    .get(&r.instance)
+                    .and_then(|i| i.last_failed.as_ref())
+                    .map(|f| f.at.at_us)
+            }));
+        let stale = ran.is_none_or(|at| ask.now_us.saturating_sub(at) > window);
+        if stale {
+            first(
+                1,
+                format!(
+                    "{} has not completed a cycle within three intervals ({}); last success: {}",
+                    r.instance,
+                    humantime::format_duration(std::time::Duration::from_micros(
+                        window.max(0) as u64
+                    )),
+                    r.last_success.as_ref().map_or("never", |s| s.at.as_str())
+                ),
+                &mut problems,
+            );
+        }
+    }
+    if let Some(h) = held {
+        let ours = match ask.instance {
+            None => true,
+            Some(name) => h.by == name || holder == Some(name),
+        };
+        if ours {
+            first(
+                3,
+                format!(
+                    "{} deletion(s) held since {} ({}): `dirsync deletions approve --plan {}` releases them",
+                    h.count, h.held_at, h.reason, h.plan_hash
+                ),
+                &mut problems,
+            );
+        }
+    }
+    Health { exit, problems }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::event::{
+        DeletionsApproved, DeletionsHeld, DeletionsHoldEnded, Event, ExportFailed, HandoverStarted,
+        HandoverStep, InstanceLifecycle, SourceObject, SyncRelationshipEstablished,
+        SyncRunCompleted, SyncRunFailed, SyncRunStarted,
+    };
+    use crate::project::Meta;
+
+    const S: i64 = 1_000_000;
+    const T0: i64 = 1_700_000_000 * S;
+
+    /// Fold `events` (instance, event), one second apart from T0.
+    fn fold(events: &[(&str, Event)]) -> State {
+        let mut st = State::default();
+        for (i, (inst, e)) in events.iter().enumerate() {
+            st.apply(
+                &Meta {
+                    seq: i as u64 + 1,
+                    instance: inst,
+                    recorded_at_us: T0 + i as i64 * S,
+                },
+                e,
+            );
+        }
+        st
+    }
+
+    fn ask(instance: Option<&str>, now_us: i64) -> Ask<'_> {
+        Ask {
+            instance,
+            now_us,
+            interval_us: 60 * S,
+        }
+    }
+
+    fn est(h: &str, epoch: u64) -> (&'static str, Event) {
+        let holder: &'static str = Box::leak(h.to_string().into_boxed_str());
+        (
+            holder,
+            Event::SyncRelationshipEstablished(SyncRelationshipEstablished {
+                holder: h.into(),
+                epoch,
+            }),
+        )
+    }
+
+    fn started(id: &str) -> Event {
+        Event::SyncRunStarted(SyncRunStarted {
+            run_id: id.into(),
+            full: false,
+            mode: "sync".into(),
+        })
+    }
+
+    fn completed(id: &str) -> Event {
+        Event::SyncRunCompleted(SyncRunCompleted {
+            run_id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    fn failed(id: &str, reason: Option<FailureReason>, error: &str) -> Event {
+        Event::SyncRunFailed(SyncRunFailed {
+            run_id: id.into(),
+            error: error.into(),
+            reason,
+        })
+    }
+
+    #[test]
+    fn a_healthy_holder() {
+        let st = fold(&[est("a", 1), ("a", started("r1")), ("a", completed("r1"))]);
+        let r = status(&st, &ask(None, T0 + 10 * S));
+        assert_eq!(
+            r.instances,
+            vec![InstanceRow {
+                instance: "a".into(),
+                role: Role::Holder,
+                epoch: Some(1),
+                running: None,
+                last_success: Some(Success {
+                    run_id: "r1".into(),
+                    at: time(T0 + 2 * S),
+                    seq: 3
+                }),
+                last_failure: None,
+                last_cycle_failed: false,
+                deletions_held: 0,
+                cursor: None,
+                handover: None,
+            }]
+        );
+        assert_eq!(
+            r.health,
+            Health {
+                exit: 0,
+                problems: vec![]
+            }
+        );
+        assert_eq!(r.exit(), Exit::Ok);
+    }
+
+    #[test]
+    fn a_failed_last_cycle_and_a_stale_success_exit_1() {
+        let st = fold(&[
+            est("a", 1),
+            ("a", started("r1")),
+            ("a", completed("r1")),
+            (
+                "a",
+                failed("r2", Some(FailureReason::Target), "target: down"),
+            ),
+        ]);
+        let r = status(&st, &ask(None, T0 + 10 * S));
+        let f = r.instances[0].last_failure.clone().unwrap();
+        assert_eq!(
+            (f.reason, f.error.as_str(), r.instances[0].last_cycle_failed),
+            (Some(FailureReason::Target), "target: down", true)
+        );
+        assert_eq!(r.exit(), Exit::Failure);
+        assert_eq!(
+            r.health.problems,
+            vec![format!(
+                "the last cycle of a failed at {} (target): target: down",
+                time(T0 + 3 * S)
+            )]
+        );
+        // Succeeded, but longer ago than three intervals.
+        let st = fold(&[est("a", 1), ("a", started("r1")), ("a", completed("r1"))]);
+        assert_eq!(status(&st, &ask(None, T0 + 180 * S)).exit(), Exit::Ok);
+        assert_eq!(status(&st, &ask(None, T0 + 183 * S)).exit(), Exit::Failure);
+        // A stopped holder: nobody exports, so three intervals without a success count;
+        // a stopped instance that does not hold the relationship is not expected to sync.
+        let events = vec![
+            est("a", 1),
+            ("a", started("r1")),
+            ("a", completed("r1")),
+            ("a", Event::InstanceStopped(InstanceLifecycle::default())),
+            ("b", Event::InstanceStopped(InstanceLifecycle::default())),
+        ];
+        let st = fold(&events);
+        let r = status(&st, &ask(None, T0 + 100 * S));
+        assert_eq!((r.instances[0].role, r.exit()), (Role::Stopped, Exit::Ok));
+        assert_eq!(status(&st, &ask(None, T0 + 1000 * S)).exit(), Exit::Failure);
+        assert_eq!(
+            status(&st, &ask(Some("b"), T0 + 1000 * S)).exit(),
+            Exit::Fenced
+        );
+    }
+
+    #[test]
+    fn roles_and_the_fenced_instance() {
+        let st = fold(&[
+            est("a", 1),
+            ("a", started("r1")),
+            ("a", completed("r1")),
+            est("b", 2),
+            ("b", started("r2")),
+            ("b", completed("r2")),
+            (
+                "a",
+                failed("r3", Some(FailureReason::Fenced), "fenced: b holds it"),
+            ),
+            ("c", Event::InstanceStopped(InstanceLifecycle::default())),
+            ("d", Event::InstanceRetired(InstanceLifecycle::default())),
+        ]);
+        let now = T0 + 20 * S;
+        let r = status(&st, &ask(None, now));
+        let roles: Vec<(&str, Role, Option<u64>)> = r
+            .instances
+            .iter()
+            .map(|i| (i.instance.as_str(), i.role, i.epoch))
+            .collect();
+        assert_eq!(
+            roles,
+            vec![
+                ("a", Role::Standby, None),
+                ("b", Role::Holder, Some(2)),
+                ("c", Role::Stopped, None),
+                ("d", Role::Retired, None),
+            ]
+        );
+        // Without --instance, the holder's health: fine.
+        assert_eq!(r.exit(), Exit::Ok);
+        // The fenced instance: 4, before its failed cycle's 1.
+        let r = status(&st, &ask(Some("a"), now));
+        assert_eq!((r.exit(), r.health.problems.len()), (Exit::Fenced, 2));
+        assert_eq!(r.instances.len(), 1);
+        assert_eq!(status(&st, &ask(Some("b"), now)).exit(), Exit::Ok);
+        // A retired instance is not fenced, and not expected to sync.
+        assert_eq!(status(&st, &ask(Some("d"), now)).exit(), Exit::Ok);
+    }
+
+    #[test]
+    fn held_deletions_exit_3_while_the_held_list_stands_unapproved() {
+        let held = Event::DeletionsHeld(DeletionsHeld {
+            plan_hash: "abc".into(),
+            anchors: vec!["x".into(), "y".into()],
+            reason: "2 deletions exceed the threshold of 1".into(),
+        });
+        let mut events = vec![
+            est("a", 1),
+            ("a", started("r1")),
+            ("a", completed("r1")),
+            ("a", started("r2")),
+            ("a", held),
+            (
+                "a",
+                failed("r2", Some(FailureReason::Held), "2 deletion(s) held"),
+            ),
+        ];
+        let st = fold(&events);
+        let r = status(&st, &ask(None, T0 + 10 * S));
+        // The held cycle failed, and the hold is what is reported; held cycles are not
+        // stale ones either.
+        assert_eq!(r.exit(), Exit::Held);
+        assert!(r.instances[0].last_cycle_failed);
+        assert_eq!(status(&st, &ask(None, T0 + 185 * S)).exit(), Exit::Held);
+        assert_eq!(status(&st, &ask(None, T0 + 186 * S)).exit(), Exit::Failure);
+        assert_eq!(r.instances[0].deletions_held, 2);
+        assert_eq!(
+            r.deletions_held,
+            Some(Held {
+                plan_hash: "abc".into(),
+                count: 2,
+                reason: "2 deletions exceed the threshold of 1".into(),
+                held_at: time(T0 + 4 * S),
+                by: "a".into(),
+            })
+        );
+        // Approved: no longer held.
+        let mut approved = events.clone();
+        approved.push((
+            "a",
+            Event::DeletionsApproved(DeletionsApproved {
+                plan_hash: "abc".into(),
+                approved_by: None,
+            }),
+        ));
+        assert_eq!(
+            status(&fold(&approved), &ask(None, T0)).deletions_held,
+            None
+        );
+        // A cycle that completes while the list stands ([sync] hold = "deletions": it
+        // exported its creates and updates, the deletions wait): still held, exit 3.
+        events.push(("a", started("r3")));
+        events.push(("a", completed("r3")));
+        let r = status(&fold(&events), &ask(None, T0 + 10 * S));
+        assert_eq!(
+            (r.deletions_held.clone().map(|h| h.plan_hash), r.exit()),
+            (Some("abc".into()), Exit::Held)
+        );
+        // A later cycle holds another list: that one is the held list, the first is
+        // superseded (unapproved forever, never counted).
+        let mut superseded = events.clone();
+        superseded.push((
+            "a",
+            Event::DeletionsHeld(DeletionsHeld {
+                plan_hash: "def".into(),
+                anchors: vec!["z".into()],
+                reason: "1 deletion exceeds the threshold of 0".into(),
+            }),
+        ));
+        let r = status(&fold(&superseded), &ask(None, T0 + 10 * S));
+        assert_eq!(
+            (
+                r.deletions_held.clone().map(|h| (h.plan_hash, h.count)),
+                r.exit()
+            ),
+            (Some(("def".into(), 1)), Exit::Held)
+        );
+        // A cycle that holds nothing ends the list: no longer held.
+        events.push((
+            "a",
+            Event::DeletionsHoldEnded(DeletionsHoldEnded {
+                plan_hash: "abc".into(),
+                reason: "within the threshold".into(),
+            }),
+        ));
+        events.push(("a", started("r4")));
+        events.push(("a", completed("r4")));
+        let r = status(&fold(&events), &ask(None, T0 + 10 * S));
+        assert_eq!((r.deletions_held.clone(), r.exit()), (None, Exit::Ok));
+    }
+
+    #[test]
+    fn held_alone_exits_3() {
+        // A staging cycle (no export) completing after the hold does not clear it.
+        let st = fold(&[
+            est("a", 1),
+            ("a", started("r1")),
+            ("a", completed("r1")),
+            (
+                "a",
+                Event::DeletionsHeld(DeletionsHeld {
+                    plan_hash: "abc".into(),
+                    anchors: vec!["x".into()],
+                    reason: "r".into(),
+                }),
+            ),
+            (
+                "a",
+                Event::SyncRunStarted(SyncRunStarted {
+                    run_id: "r2".into(),
+                    full: false,
+                    mode: "staging".into(),
+                }),
+            ),
+            ("a", completed("r2")),
+        ]);
+        let r = status(&st, &ask(None, T0 + 10 * S));
+        assert_eq!((r.exit(), r.health.problems.len()), (Exit::Held, 1));
+    }
+
+    #[test]
+    fn quarantine_cursor_and_handover() {
+        let obj = SourceObject {
+            anchor: "q1".into(),
+            kind: ObjectKind::User,
+            dn: "uid=q,dc=x".into(),
+            attrs: Default::default(),
+            members: Default::default(),
+        };
+        let mut events: Vec<(&str, Event)> = vec![
+            est("a", 1),
+            (
+                "a",
+                Event::ObjectImported(crate::log::event::ObjectImported {
+                    object: obj,
+                    returned: false,
+                }),
+            ),
+            (
+                "a",
+                Event::CursorAdvanced(crate::log::event::CursorAdvanced {
+                    kind: "rfc4533".into(),
+                    cookie: "c".into(),
+                }),
+            ),
+        ];
+        for _ in 0..5 {
+            events.push((
+                "a",
+                Event::ExportFailed(ExportFailed {
+                    epoch: 1,
+                    anchor: "q1".into(),
+                    op: ExportOp::Create,
+                    status: Some(400),
+                    error: "bad value".into(),
+                }),
+            ));
+        }
+        events.push((
+            "a",
+            Event::HandoverStarted(HandoverStarted {
+                handover_id: "h1".into(),
+                from: "a".into(),
+                to: "b".into(),
+                playbook: "new-computer".into(),
+                steps: vec!["stop old".into(), "sync new".into()],
+            }),
+        ));
+        events.push((
+            "a",
+            Event::HandoverStepCompleted(HandoverStep {
+                handover_id: "h1".into(),
+                step: 0,
+                action: "stop old".into(),
+                detail: serde_json::json!({}),
+            }),
+        ));
+        let mut st = fold(&events);
+        st.objects.tombstone_lifetime_days = Some(1);
+        let r = status(&st, &ask(None, T0 + DAY_US + 3 * S));
+        assert_eq!(
+            r.quarantined,
+            vec![Quarantined {
+                anchor: "q1".into(),
+                kind: Some(ObjectKind::User),
+                name: "uid=q,dc=x".into(),
+                op: ExportOp::Create,
+                failures: 5,
+                status: Some(400),
+                last_error: "bad value".into(),
+                at: time(T0 + 7 * S),
+            }]
+        );
+        assert_eq!(
+            r.instances[0].cursor,
+            Some(CursorAge {
+                at: time(T0 + 2 * S),
+                age_seconds: 86_401,
+                expired: true
+            })
+        );
+        assert_eq!(r.instances[0].handover.as_deref(), Some("h1"));
+        assert_eq!(
+            r.handover,
+            Some(HandoverInProgress {
+                handover_id: "h1".into(),
+                from: "a".into(),
+                to: "b".into(),
+                playbook: "new-computer".into(),
+                status: "running",
+                done: 1,
+                steps: 2,
+            })
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! The history index: which events touched which object, and the names an object went by.
+//!
+//! Two side tables beside `events`, filled in the same transaction as the events they
+//! describe (on append, on `log import`, and by the migration that adds them to an existing
+//! store) and never covered by the hash chain: they are derived from the payloads and can be
+//! rebuilt from them at any time.
+//!
+//! - `event_anchors (anchor, seq)`: every anchor an event is about: the object imported,
+//!   changed, deleted, exported, failed or removed as a duplicate; a group's members as the
+//!   change adds or removes them (and as it was imported); each anchor of a held deletion
+//!   list; both anchors of a re-key.
+//! - `object_keys (key, anchor)`: the lower-cased names an object was known by: its DN, its
+//!   `mail`, `userPrincipalName` and `uid`, the userName, e-mail and group name an export
+//!   recorded, and its anchor when that is not already lower case. A key stays once seen:
+//!   `object show` checks a key against the object's current values.
+//!
+//! `dirsync object show` and `log show --anchor` read these instead of scanning the log.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::event::{AttrValueRef, AttrsRef};
+
+/// The source attributes whose values name an object (`object show KEY`), lower case.
+pub const KEY_ATTRIBUTES: [&str; 3] = ["mail", "userprincipalname", "uid"];
+
+/// The index rows of some events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rows {
+    /// (anchor, seq), each pair once.
+    pub anchors: Vec<(String, u64)>,
+    /// (lower-cased key, anchor); may repeat (the stores ignore repeats).
+    pub keys: Vec<(String, String)>,
+}
+
+impl Rows {
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty() && self.keys.is_empty()
+    }
+
+    /// Add the rows of the event `seq` of type `event_type` with this payload. A payload
+    /// that does not read as its type gives no rows (the chain check and decoding report it
+    /// elsewhere; the index never refuses what the log accepts).
+    pub fn add(&mut self, seq: u64, event_type: &str, payload: &str) {
+        if !INDEXED.contains(&event_type) {
+            return;
+        }
+        let Ok(t) = serde_json::from_str::<Touch<'_>>(payload) else {
+            return;
+        };
+        let mut anchors: Vec<&str> = Vec::new();
+        let mut keys: Vec<(String, &str)> = Vec::new();
+        fn name<'s>(anchors: &mut Vec<&'s str>, keys: &mut Vec<(String, &'s str)>, a: &'s str) {
+            anchors.push(a);
+            let lower = a.to_lowercase();
+            if lower != a {
+                keys.push((lower, a));
+            }
+        }
+        if let Some(a) = t.anchor.as_deref() {
+            name(&mut anchors, &mut keys, a);
+            if let Some(dn) = t.dn.as_deref() {
+                keys.push((dn.to_lowercase(), a));
+            }
+            if let Some(set) = &t.set {
+                add_attr_keys(&mut keys, set, a);
+            }
+            if let Some(s) = &t.state {
+                for v in [&s.user_name, &s.email].into_iter().flatten() {
+                    keys.push((v.to_lowercase(), a));
+                }
+                if s.kind.as_deref() == Some("group") {
+                    if let Some(v) = &s.display_name {
+                        keys.push((v.to_lowercase(), a));
+                    }
+                }
+            }
+        }
+        if let Some(o) = &t.object {
+            name(&mut anchors, &mut keys, &o.anchor);
+            keys.push((o.dn.to_lowercase(), &o.anchor));
+            add_attr_keys(&mut keys, &o.attrs, &o.anchor);
+            anchors.extend(o.members.iter().map(|m| m.as_ref()));
+        }
+        anchors.extend(t.members_added.iter().map(|m| m.as_ref()));
+        anchors.extend(t.members_removed.iter().map(|m| m.as_ref()));
+        anchors.extend(t.anchors.iter().map(|m| m.as_ref()));
+        anchors.extend(t.unpaired.iter().map(|m| m.as_ref()));
+        for r in &t.rekeyed {
+            name(&mut anchors, &mut keys, &r.old);
+            name(&mut anchors, &mut keys, &r.new);
+        }
+        anchors.sort_unstable();
+        anchors.dedup();
+        self.anchors
+            .extend(anchors.into_iter().map(|a| (a.to_string(), seq)));
+        keys.sort_unstable();
+        keys.dedup();
+        self.keys
+            .extend(keys.into_iter().map(|(k, a)| (k, a.to_string())));
+    }
+
+    /// The rows of stored events.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a super::StoredEvent>) -> Rows {
+        let mut r = Rows::default();
+        for e in events {
+            r.add(e.seq, &e.event_type, &e.payload);
+        }
+        r
+    }
+
+    pub fn extend(&mut self, other: Rows) {
+        self.anchors.extend(other.anchors);
+        self.keys.extend(other.keys);
+    }
+}
+
+fn add_attr_keys<'a>(keys: &mut Vec<(String, &'a str)>, attrs: &AttrsRef<'_>, anchor: &'a str) {
+    for (name, values) in &attrs.0 {
+        if KEY_ATTRIBUTES
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(name.as_str()))
+        {
+            for v in values {
+                if let AttrValueRef::Text(t) = v {
+                    if !t.trim().is_empty() {
+                        keys.push((t.trim().to_lowercase(), anchor));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The event types that name objects.
+const INDEXED: &[&str] = &[
+    "ObjectImported",
+    "ObjectChanged",
+    "ObjectDeleted",
+    "ExportApplied",
+    "ExportFailed",
+    "TargetDuplicateRemoved",
+    "DuplicateRemoved",
+    "DeletionsHeld",
+    "AnchorsMigrated",
+];
+
+/// What the index reads of any payload: the fields that name objects, whatever the type.
+#[derive(Deserialize)]
+struct Touch<'a> {
+    #[serde(default, borrow)]
+    anchor: Option<Cow<'a, str>>,
+    /// ObjectChanged's new DN.
+    #[serde(default, borrow)]
+    dn: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    set: Option<AttrsRef<'a>>,
+    #[serde(default, borrow)]
+    object: Option<Object<'a>>,
+    #[serde(default, borrow)]
+    members_added: Vec<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    members_removed: Vec<Cow<'a, str>>,
+    /// DeletionsHeld.
+    #[serde(default, borrow)]
+    anchors: Vec<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    rekeyed: Vec<Rekey<'a>>,
+    #[serde(default, borrow)]
+    unpaired: Vec<Cow<'a, str>>,
+    /// ExportApplied's mapped state.
+    #[serde(default, borrow)]
+    state: Option<State<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Object<'a> {
+    #[serde(borrow)]
+    anchor: Cow<'a, str>,
+    #[serde(borrow)]
+    dn: Cow<'a, str>,
+    #[serde(default, borrow)]
+    attrs: AttrsRef<'a>,
+    #[serde(default, borrow)]
+    members: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Rekey<'a> {
+    #[serde(borrow)]
+    old: Cow<'a, str>,
+    #[serde(borrow)]
+    new: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct State<'a> {
+    #[serde(default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    user_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    email: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    display_name: Option<Cow<'a, str>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::event::*;
+
+    fn rows(e: &Event) -> Rows {
+        let mut r = Rows::default();
+        r.add(7, e.event_type(), &e.payload());
+        r
+    }
+
+    #[test]
+    fn an_import_names_the_object_its_dn_mail_and_members() {
+        let o = SourceObject {
+            anchor: "AB-1".into(),
+            kind: ObjectKind::Group,
+            dn: "CN=Staff,DC=Test".into(),
+            attrs: Attrs::from([
+                (
+                    "mail".into(),
+                    vec![AttrValue::Text("Staff@Test.lan".into())],
+                ),
+                ("cn".into(), vec![AttrValue::Text("Staff".into())]),
+            ]),
+            members: ["m1".to_string(), "m2".to_string()].into(),
+        };
+        let r = rows(&Event::ObjectImported(ObjectImported {
+            object: o,
+            returned: false,
+        }));
+        assert_eq!(
+            r,
+            Rows {
+                anchors: vec![("AB-1".into(), 7), ("m1".into(), 7), ("m2".into(), 7)],
+                keys: vec![
+                    ("ab-1".into(), "AB-1".into()),
+                    ("cn=staff,dc=test".into(), "AB-1".into()),
+                    ("staff@test.lan".into(), "AB-1".into()),
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn exports_held_lists_and_rekeys_are_indexed() {
+        let r = rows(&Event::ExportApplied(ExportApplied {
+            epoch: 1,
+            anchor: "a".into(),
+            kind: ObjectKind::User,
+            op: ExportOp::Create,
+            target_id: "t".into(),
+            state: Some(serde_json::json!({"kind": "user", "user_name": "Ann@X", "active": true})),
+            etag: None,
+        }));
+        assert_eq!(r.anchors, vec![("a".to_string(), 7)]);
+        assert_eq!(r.keys, vec![("ann@x".to_string(), "a".to_string())]);
+        let r = rows(&Event::DeletionsHeld(DeletionsHeld {
+            plan_hash: "h".into(),
+            anchors: vec!["b".into(), "a".into(), "a".into()],
+            reason: "r".into(),
+        }));
+        assert_eq!(r.anchors, vec![("a".to_string(), 7), ("b".to_string(), 7)]);
+        let r = rows(&Event::AnchorsMigrated(AnchorsMigrated {
+            from: None,
+            to: "x".into(),
+            rekeyed: vec![crate::log::event::Rekey {
+                old: "o".into(),
+                new: "n".into(),
+            }],
+            unpaired: vec![],
+        }));
+        assert_eq!(r.anchors, vec![("n".to_string(), 7), ("o".to_string(), 7)]);
+        let r = rows(&Event::CursorInvalidated(CursorInvalidated {
+            reason: "r".into(),
+        }));
+        assert!(r.is_empty());
+        let mut r = Rows::default();
+        r.add(1, "ObjectChanged", "not json");
+        assert!(r.is_empty());
+    }
+}
