@@ -7,7 +7,8 @@
 //! - `dirsync object show user{N}@test.lan --format json`, N a user in the middle of the log
 //!   with changes (the key resolved by mail, the timeline read through the index);
 //! - `dirsync log show --anchor A --format json` for the same user;
-//! - `dirsync log show --type ObjectDeleted --limit 1000 --format json`.
+//! - `dirsync log show --type ObjectDeleted --limit 1000 --format json`;
+//! - `dirsync report --html FILE --format json` over the whole log (rows: the page's bytes).
 //!
 //! Goal: each well under a second at 1,000,000 events.
 //!
@@ -119,7 +120,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = events / 2 / 20 * 20;
     let a = anchor(n);
     let mail = format!("user{n}@test.lan");
-    let cases: [(&str, Vec<&str>); 3] = [
+    let page = dir.path().join("report.html").display().to_string();
+    let cases: [(&str, Vec<&str>); 4] = [
         (
             "object_show",
             vec!["object", "show", &mail, "--format", "json"],
@@ -140,6 +142,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "--format",
                 "json",
             ],
+        ),
+        (
+            "report_html",
+            vec!["report", "--html", &page, "--format", "json"],
         ),
     ];
     let mut rows = serde_json::Map::new();
@@ -163,6 +169,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 v["timeline"].as_array().map_or(0, |t| t.len())
             }
+            // The page's size in bytes.
+            "report_html" => std::fs::metadata(&page)?.len() as usize,
             _ => out.iter().filter(|&&b| b == b'\n').count(),
         };
         println!(

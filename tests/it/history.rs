@@ -530,7 +530,7 @@ async fn openldap_report_shows_instances_handover_and_missed_deletions() {
     assert_eq!(run.code, 0, "{run:?}");
     s.ldapdelete(&format!("uid=u4,{PEOPLE}")).await;
     let a4 = lab.anchor(&format!("uid=u4,{PEOPLE}")).await;
-    let run = lab.cli(&["audit", "missed-deletes", "--instance", "new"]);
+    let run = lab.cli(&["audit", "missed-deletes", "--refresh", "--instance", "new"]);
     assert_eq!(run.code, 0, "{run:?}");
 
     // A report path in a missing directory: exit 2, nothing written.
