@@ -25,12 +25,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dirsync::config::{Secret, SourceKind, Threshold};
+use dirsync::config::{Secret, SourceKind, TargetKind, Threshold};
 use dirsync::log::event::{
     stream, AttrValue, Attrs, Event, ObjectImported, ObjectKind, SourceObject,
 };
 use dirsync::log::store::Batch;
 use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
+use dirsync::plan::mapping::Mapping;
 use dirsync::sync::export::{export_log, ExportOptions, SyncReport};
 use dirsync::target::graph::{GraphOptions, GraphTarget};
 use dirsync::target::scim::{ScimTarget, USER_SCHEMA};
@@ -134,7 +135,7 @@ async fn build_log(dir: &Path, users: u64) -> AnyStore {
 async fn dirsync_export(store: &AnyStore, target: &AnyTarget) -> (f64, SyncReport) {
     let opts = ExportOptions {
         instance: INSTANCE.into(),
-        source_kind: SourceKind::Openldap,
+        mapping: std::sync::Arc::new(Mapping::default_for(SourceKind::Openldap, TargetKind::Scim)),
         threshold: Threshold::Count(500),
         hold: Default::default(),
         take_over: false,

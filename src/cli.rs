@@ -95,6 +95,9 @@ pub enum Command {
     /// The source anchor: the attribute recorded, and moving the ledger to another one.
     #[command(subcommand)]
     Anchors(AnchorsCommand),
+    /// The attribute mapping: the effective table, and one object mapped.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
     /// Per instance: role, epoch, last success and failure, deletions held, cursor age,
     /// handover in progress; quarantined objects. Exit 0 healthy, 4 the named instance is
     /// fenced, 1 the last cycle failed or none succeeded within three intervals, 3
@@ -116,6 +119,23 @@ pub enum Command {
     Man {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// The effective mapping: every target attribute and its CEL expression, defaults
+    /// included, and where each came from.
+    Show,
+    /// One source object (as the log last recorded it) mapped: each target attribute's
+    /// value, or why it cannot be mapped. Exit 1 when the object is unmappable.
+    Test {
+        /// The object's DN (compared case-insensitively).
+        #[arg(long, conflicts_with = "anchor", required_unless_present = "anchor")]
+        dn: Option<String>,
+        /// The object's anchor.
+        #[arg(long)]
+        anchor: Option<String>,
     },
 }
 

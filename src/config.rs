@@ -5,9 +5,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::plan::mapping::{Mapping, RawRule};
 
 /// A secret value. Its Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -176,6 +180,9 @@ pub struct SourceConfig {
     /// `[source] anchor`: the attribute pinned as the anchor (INTERFACE.md "Source anchor
     /// and scope"), spelled as documented; `None`: the kind's default.
     pub anchor: Option<String>,
+    /// The source attributes the mapping reads (lower case): imports keep them besides the
+    /// kind's own list.
+    pub mapped: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -267,6 +274,10 @@ pub struct Config {
     pub source: Option<SourceConfig>,
     pub target: Option<TargetConfig>,
     pub sync: SyncConfig,
+    /// The mapping, compiled (INTERFACE.md "Attribute mapping"): the defaults for the
+    /// source's and target's kinds with `[mapping.user]` / `[mapping.group]` applied.
+    /// Present with a `[source]`.
+    pub mapping: Option<Arc<Mapping>>,
     /// `[notify]`, when given.
     pub notify: Option<NotifyConfig>,
 }
@@ -280,7 +291,17 @@ struct RawConfig {
     source: Option<RawSource>,
     target: Option<RawTarget>,
     sync: Option<RawSync>,
+    mapping: Option<RawMapping>,
     notify: Option<RawNotify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    #[serde(default)]
+    user: BTreeMap<String, toml::Spanned<String>>,
+    #[serde(default)]
+    group: BTreeMap<String, toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -545,6 +566,7 @@ impl Config {
                     groups: s.groups.unwrap_or_else(|| groups.to_string()),
                     include: s.include,
                     exclude: s.exclude,
+                    mapped: Vec::new(),
                 })
             }
         };
@@ -657,6 +679,49 @@ impl Config {
                 };
             }
         }
+        let line_of = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+        let rows = |m: &BTreeMap<String, toml::Spanned<String>>| -> Vec<RawRule> {
+            m.iter()
+                .map(|(k, v)| RawRule {
+                    key: k.clone(),
+                    expr: v.get_ref().clone(),
+                    line: line_of(v.span().start),
+                })
+                .collect()
+        };
+        let (user, group) = raw
+            .mapping
+            .as_ref()
+            .map(|m| (rows(&m.user), rows(&m.group)))
+            .unwrap_or_default();
+        let mut source = source;
+        let mapping = match &mut source {
+            Some(src) => {
+                let kind = target.as_ref().map_or(TargetKind::Scim, |t| t.kind);
+                let m =
+                    Mapping::compile(src.kind, kind, &user, &group).map_err(|e| match e.line {
+                        Some(l) => Error::Config(format!("{name}:{l}: {}", e.message)),
+                        None => Error::Config(format!("{name}: {}", e.message)),
+                    })?;
+                let mut reads: Vec<String> = m
+                    .user
+                    .iter()
+                    .chain(&m.group)
+                    .flat_map(|r| r.reads.iter().cloned())
+                    .collect();
+                reads.sort();
+                reads.dedup();
+                src.mapped = reads;
+                Some(Arc::new(m))
+            }
+            None if raw.mapping.is_some() => {
+                return Err(bad(
+                    "mapping",
+                    "needs a [source] (the defaults depend on its kind)".into(),
+                ))
+            }
+            None => None,
+        };
         let notify = match raw.notify {
             None => None,
             Some(n) => {
@@ -734,8 +799,16 @@ impl Config {
             source,
             target,
             sync,
+            mapping,
             notify,
         })
+    }
+
+    /// The compiled mapping (with a `[source]`).
+    pub fn mapping(&self) -> Result<&Arc<Mapping>> {
+        self.mapping
+            .as_ref()
+            .ok_or_else(|| Error::Config("no [source] section: no mapping".into()))
     }
 
     pub fn source(&self) -> Result<&SourceConfig> {

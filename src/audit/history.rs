@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::{ledger_name, show_values, Item};
-use crate::config::SourceKind;
 use crate::log::event::{AttrName, Attrs, DeletionEvidence, ObjectKind};
+use crate::plan::mapping::Mapping;
 use crate::plan::plan::plan;
 use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
 use crate::sync::scope::Scope;
@@ -335,7 +335,7 @@ impl WhatIf {
 /// bring back objects that moved out of it (with their last known attributes) but not
 /// objects the log never saw. Group members that would only join are not in the target
 /// yet, so they are not counted as a group's change.
-pub fn what_if(state: &State, scope: &Scope, kind: SourceKind) -> WhatIf {
+pub fn what_if(state: &State, scope: &Scope, mapping: &Mapping) -> WhatIf {
     let mut sim = State {
         seq: state.seq,
         ledger: state.ledger.clone(),
@@ -364,7 +364,7 @@ pub fn what_if(state: &State, scope: &Scope, kind: SourceKind) -> WhatIf {
         }
         sim.objects.objects.insert(anchor.clone(), r);
     }
-    let p = plan(&sim, kind, None);
+    let p = plan(&sim, mapping, None);
     let dn = |a: &str| {
         sim.objects
             .objects
@@ -532,7 +532,10 @@ mod tests {
             },
         );
         // The ledger's state is as the mapping of ldap users makes it: nothing to change.
-        let kind = SourceKind::Openldap;
+        let kind = &Mapping::default_for(
+            crate::config::SourceKind::Openldap,
+            crate::config::TargetKind::Scim,
+        );
         let same = what_if(
             &l.state,
             &Scope::new("dc=t", &["ou=p,dc=t".into(), "ou=q,dc=t".into()], &[]),

@@ -7,6 +7,7 @@ mod deletions;
 mod handover;
 mod instance;
 mod log;
+mod mapping;
 mod object;
 mod packaging;
 mod playbook;
@@ -21,6 +22,7 @@ use self::deletions::*;
 use self::handover::*;
 use self::instance::*;
 use self::log::*;
+use self::mapping::*;
 use self::object::*;
 use self::packaging::*;
 use self::playbook::*;
@@ -38,7 +40,8 @@ use serde_json::json;
 
 use crate::cli::{
     host_name, AnchorsCommand, Cli, Command, DeletionsCommand, Format, HandoverArgs,
-    HandoverCommand, InstanceCommand, LogCommand, ObjectCommand, ReplayArgs, SyncArgs,
+    HandoverCommand, InstanceCommand, LogCommand, MappingCommand, ObjectCommand, ReplayArgs,
+    SyncArgs,
 };
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
@@ -121,6 +124,7 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         Command::Sync(a) => sync(&cfg, a, fmt).await,
         Command::Deletions(c) => deletions(&open(&cfg).await?, c, fmt).await,
         Command::Anchors(c) => anchors(&cfg, c, fmt).await,
+        Command::Mapping(c) => mapping(&cfg, c, fmt).await,
         Command::Handover(a) => handover(&cfg, a, fmt).await,
         Command::Status { instance } => status(&cfg, instance, fmt).await,
         Command::Preflight { instance } => {

@@ -169,11 +169,11 @@ fn at_json(a: &At) -> serde_json::Value {
 /// The mapped values of the object's source state under this configuration's mapping:
 /// Ok(None) without a `[source]` section or for a deleted object.
 fn mapped(cfg: &Config, v: &ObjectView) -> std::result::Result<Option<serde_json::Value>, String> {
-    use crate::plan::mapping::{map_object, Desired};
-    let (Ok(src), Some(r)) = (cfg.source(), v.record.as_ref().filter(|r| r.live())) else {
+    use crate::plan::mapping::Desired;
+    let (Ok(mapping), Some(r)) = (cfg.mapping(), v.record.as_ref().filter(|r| r.live())) else {
         return Ok(None);
     };
-    match map_object(src.kind, r) {
+    match mapping.map(&v.anchor, r) {
         Ok(Desired::User(u)) => Ok(serde_json::to_value(&u).ok()),
         Ok(Desired::Group {
             display_name,

@@ -157,7 +157,7 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
         let src = other.source()?;
         let scope = crate::sync::scope::Scope::new(&src.base_dn, &src.include, &src.exclude);
         let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
-        let w = history::what_if(&state, &scope, src.kind);
+        let w = history::what_if(&state, &scope, other.mapping()?);
         let v = serde_json::to_value(&w).map_err(Error::store)?;
         if fmt == Format::Table {
             print(&format!(
@@ -190,7 +190,7 @@ pub(super) async fn to_target(
     let target = crate::target::AnyTarget::from_config(cfg.target()?)?;
     let opts = RebuildOptions {
         instance: instance.to_string(),
-        source_kind: cfg.source()?.kind,
+        mapping: cfg.mapping()?.clone(),
         threshold: cfg.sync.deletion_threshold,
     };
     if dry_run {

@@ -1,24 +1,39 @@
-//! Mapping (pure): a source object as the target should hold it (INTERFACE.md).
+//! Mapping (pure): a source object as the target should hold it (INTERFACE.md "Attribute
+//! mapping"). There is one way of mapping: a table of target attribute = CEL expression,
+//! compiled once when the configuration is loaded. The defaults are that same table
+//! written as CEL ([`defaults`]); `[mapping.user]` / `[mapping.group]` replace rows of it
+//! or add attributes.
 //!
-//! Users: `userName` = AD `userPrincipalName` (OpenLDAP / generic LDAP: `mail`, else
-//! `uid`); `displayName`; given and family name from `givenName` / `sn`; the work e-mail
-//! from `mail`; `title`; `department` (AD `department`, LDAP `departmentNumber`, else
-//! `ou`); `active` = the AD account is not disabled (userAccountControl bit 0x2); an LDAP
-//! account is active unless 389 DS's `nsAccountLock` is TRUE (case-insensitive, as 389
-//! compares it). Groups: `displayName` = `cn`; members are anchors here and
-//! become target ids in the plan.
+//! Each expression sees `src` (lower-cased source attribute name -> list of its text
+//! values, trimmed, blank ones left out; an attribute without one is an absent key, tested
+//! with `has()`), `dn` and `anchor` (strings). `null` leaves an attribute unset. An
+//! expression that fails, or gives a value of the wrong type, for one object makes that
+//! object [`Unmappable`]; a group's members are not mapped by an expression: they are the
+//! synced members' target ids (resolved in the plan).
+//!
+//! Speed: an object's expressions are all evaluated against one context whose variables
+//! are resolved on access from the object itself, borrowed (no copy of its attributes,
+//! no map built per object or per expression); a value read is a string borrowing the
+//! object's own bytes.
 
 use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
 
+use cel::common::ast::{operators, EntryExpr, Expr, LiteralValue};
+use cel::common::traits::{Container, Indexer};
+use cel::common::types::{self, CelBool, CelList, CelNull, CelString, Type};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::{Context, Env, ExecutionError, Program};
 use compact_str::CompactString;
+use sha2::{Digest, Sha256};
 
-use crate::config::SourceKind;
+use crate::config::{SourceKind, TargetKind};
+use crate::log::event::Values;
 use crate::log::event::{AttrValue, Attrs, ObjectKind};
 use crate::project::ObjectRecord;
 use crate::target::{MappedGroup, MappedUser};
-
-/// userAccountControl: ACCOUNTDISABLE.
-const UAC_DISABLED: u64 = 0x2;
 
 /// A source object mapped for the target, before member anchors are resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,91 +59,972 @@ impl Desired {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unmappable(pub String);
 
-fn first(attrs: &Attrs, name: &str) -> Option<CompactString> {
-    attrs.get(name)?.iter().find_map(|v| match v {
-        AttrValue::Text(s) if !s.trim().is_empty() => Some(CompactString::new(s.trim())),
-        _ => None,
+/// Where a target attribute's value goes in the mapped object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Slot {
+    UserName,
+    DisplayName,
+    GivenName,
+    FamilyName,
+    Email,
+    Title,
+    Department,
+    Active,
+    /// Any other attribute the target can hold (`MappedUser::extra`, a string).
+    Extra,
+    /// A reference to another source object (`manager`): the expression gives its DN or
+    /// anchor, the plan puts that object's target id in `MappedUser::extra`.
+    Reference,
+    /// A group's displayName.
+    GroupName,
+}
+
+impl Slot {
+    fn wants_bool(self) -> bool {
+        self == Slot::Active
+    }
+}
+
+/// The target attributes of the default table, by target kind, with their slots.
+const SCIM_USER: &[(&str, Slot)] = &[
+    ("userName", Slot::UserName),
+    ("displayName", Slot::DisplayName),
+    ("name.givenName", Slot::GivenName),
+    ("name.familyName", Slot::FamilyName),
+    ("emails[type eq \"work\"].value", Slot::Email),
+    ("title", Slot::Title),
+    (
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
+        Slot::Department,
+    ),
+    ("active", Slot::Active),
+];
+
+const GRAPH_USER: &[(&str, Slot)] = &[
+    ("userPrincipalName", Slot::UserName),
+    ("displayName", Slot::DisplayName),
+    ("givenName", Slot::GivenName),
+    ("surname", Slot::FamilyName),
+    ("mail", Slot::Email),
+    ("jobTitle", Slot::Title),
+    ("department", Slot::Department),
+    ("accountEnabled", Slot::Active),
+];
+
+/// The default table for a source kind, in [`Slot`] order (INTERFACE.md "Identity and
+/// attribute mapping"), as CEL.
+pub fn defaults(kind: SourceKind) -> [(Slot, &'static str); 8] {
+    match kind {
+        SourceKind::Ad => [
+            (Slot::UserName, "src.userprincipalname[0]"),
+            (
+                Slot::DisplayName,
+                "has(src.displayname) ? src.displayname[0] : has(src.cn) ? src.cn[0] : null",
+            ),
+            (
+                Slot::GivenName,
+                "has(src.givenname) ? src.givenname[0] : null",
+            ),
+            (Slot::FamilyName, "has(src.sn) ? src.sn[0] : null"),
+            (Slot::Email, "has(src.mail) ? src.mail[0] : null"),
+            (Slot::Title, "has(src.title) ? src.title[0] : null"),
+            (
+                Slot::Department,
+                "has(src.department) ? src.department[0] : null",
+            ),
+            // userAccountControl bit 0x2: ACCOUNTDISABLE.
+            (
+                Slot::Active,
+                "!has(src.useraccountcontrol) || int(src.useraccountcontrol[0]) / 2 % 2 == 0",
+            ),
+        ],
+        SourceKind::Openldap | SourceKind::Ldap => [
+            (
+                Slot::UserName,
+                "has(src.mail) ? src.mail[0] : src.uid[0]",
+            ),
+            (
+                Slot::DisplayName,
+                "has(src.displayname) ? src.displayname[0] : has(src.cn) ? src.cn[0] : null",
+            ),
+            (
+                Slot::GivenName,
+                "has(src.givenname) ? src.givenname[0] : null",
+            ),
+            (Slot::FamilyName, "has(src.sn) ? src.sn[0] : null"),
+            (Slot::Email, "has(src.mail) ? src.mail[0] : null"),
+            (Slot::Title, "has(src.title) ? src.title[0] : null"),
+            (
+                Slot::Department,
+                "has(src.departmentnumber) ? src.departmentnumber[0] : has(src.ou) ? src.ou[0] : null",
+            ),
+            // 389 DS's nsAccountLock, compared case-insensitively as 389 does.
+            (
+                Slot::Active,
+                "!(has(src.nsaccountlock) && src.nsaccountlock[0].lowerAscii() == 'true')",
+            ),
+        ],
+    }
+}
+
+/// The default group table: displayName.
+pub const DEFAULT_GROUP_NAME: &str = "src.cn[0]";
+
+/// Where a rule came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    /// `[mapping.user]` / `[mapping.group]` at this line of the file.
+    Config {
+        line: usize,
+    },
+}
+
+/// One row of the table: a target attribute and its compiled expression.
+pub struct Rule {
+    /// The target attribute as the target names it (SCIM path or Graph property).
+    pub key: String,
+    pub slot: Slot,
+    pub expr: String,
+    pub origin: Origin,
+    /// Lower-case source attributes the expression reads (`src.NAME`).
+    pub reads: BTreeSet<String>,
+    program: Program,
+    /// The same expression lowered to plain code when it has one of the shapes the
+    /// default table is written in (`src.a[0]`, `has(src.a) ? src.a[0] : REST`, `null`):
+    /// the same result, without the interpreter.
+    fast: Option<Fast>,
+}
+
+/// An expression of the default table's shapes, evaluated directly on the attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fast {
+    Null,
+    /// `src.a[0]`: the first value; an object without one fails as CEL does.
+    First(String),
+    /// `has(src.a) ? src.a[0] : REST`.
+    FirstOr(String, Box<Fast>),
+}
+
+impl Fast {
+    /// `e` lowered, when it has one of the shapes.
+    fn lower(e: &Expr) -> Option<Fast> {
+        let src_field = |e: &Expr, test: bool| match e {
+            Expr::Select(s)
+                if s.test == test && matches!(&s.operand.expr, Expr::Ident(n) if n == "src") =>
+            {
+                Some(s.field.clone())
+            }
+            _ => None,
+        };
+        let first = |e: &Expr| match e {
+            Expr::Call(c)
+                if c.func_name == operators::INDEX
+                    && c.target.is_none()
+                    && c.args.len() == 2
+                    && matches!(&c.args[1].expr, Expr::Literal(LiteralValue::Int(i)) if *i.inner() == 0) =>
+            {
+                src_field(&c.args[0].expr, false)
+            }
+            _ => None,
+        };
+        match e {
+            Expr::Literal(LiteralValue::Null) => Some(Fast::Null),
+            Expr::Call(c)
+                if c.func_name == operators::CONDITIONAL
+                    && c.args.len() == 3
+                    && c.target.is_none() =>
+            {
+                let tested = src_field(&c.args[0].expr, true)?;
+                let taken = first(&c.args[1].expr)?;
+                (tested == taken).then_some(())?;
+                Some(Fast::FirstOr(
+                    taken,
+                    Box::new(Fast::lower(&c.args[2].expr)?),
+                ))
+            }
+            e => first(e).map(Fast::First),
+        }
+    }
+
+    fn eval<'a>(&self, src: &Src<'a>) -> Result<Option<&'a str>, ExecutionError> {
+        match self {
+            Fast::Null => Ok(None),
+            Fast::First(a) => src
+                .first(a)
+                .map(Some)
+                .ok_or_else(|| ExecutionError::no_such_key(a)),
+            Fast::FirstOr(a, rest) => match src.first(a) {
+                Some(v) => Ok(Some(v)),
+                None => rest.eval(src),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rule")
+            .field("key", &self.key)
+            .field("expr", &self.expr)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// An attribute given in `[mapping.*]`, before compiling: key, expression and line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRule {
+    pub key: String,
+    pub expr: String,
+    pub line: usize,
+}
+
+/// A row of `[mapping.*]` (or a default) that does not compile: the line it is on (for a
+/// row of the file) and what is wrong, naming the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for MappingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl From<String> for MappingError {
+    fn from(message: String) -> MappingError {
+        MappingError {
+            line: None,
+            message,
+        }
+    }
+}
+
+/// The compiled mapping.
+pub struct Mapping {
+    pub source: SourceKind,
+    pub target: TargetKind,
+    env: Arc<Env>,
+    /// Users' rules, in slot order (userName first), extras after, by key.
+    pub user: Vec<Rule>,
+    pub group: Vec<Rule>,
+}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("source", &self.source)
+            .field("target", &self.target)
+            .field("user", &self.user)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+/// The environment every expression is compiled and run in: the standard library and the
+/// strings extension (`lowerAscii()`, `split()`, `replace()`, ...).
+fn env() -> std::result::Result<Env, String> {
+    let mut env = Env::stdlib();
+    env.add_extension(cel::extensions::strings)
+        .map_err(|e| e.to_string())?;
+    Ok(env)
+}
+
+impl Mapping {
+    /// The defaults for `source` and `target`, with `user` and `group` rows replacing or
+    /// adding to them. An error names the key (and line) at fault, for the caller to
+    /// prefix with the file.
+    pub fn compile(
+        source: SourceKind,
+        target: TargetKind,
+        user: &[RawRule],
+        group: &[RawRule],
+    ) -> std::result::Result<Mapping, MappingError> {
+        let env = env()?;
+        let table = match target {
+            TargetKind::Scim => SCIM_USER,
+            TargetKind::Graph => GRAPH_USER,
+        };
+        let mut users = Vec::new();
+        for (slot, expr) in defaults(source) {
+            let key = table
+                .iter()
+                .find(|(_, s)| *s == slot)
+                .map_or("", |(k, _)| *k);
+            let given = user.iter().find(|r| r.key == key);
+            users.push(match given {
+                Some(r) => {
+                    compile_rule(&env, &r.key, slot, &r.expr, Origin::Config { line: r.line })?
+                }
+                None => compile_rule(&env, key, slot, expr, Origin::Default)
+                    .map_err(|e| format!("the default mapping: {e}"))?,
+            });
+        }
+        let mut extras: Vec<&RawRule> = user
+            .iter()
+            .filter(|r| !table.iter().any(|(k, _)| *k == r.key))
+            .collect();
+        extras.sort_by(|a, b| a.key.cmp(&b.key));
+        for r in extras {
+            let at = |why: String| MappingError {
+                line: Some(r.line),
+                message: format!("mapping.user.\"{}\": {why}", r.key),
+            };
+            let slot = match target {
+                TargetKind::Scim => crate::target::scim::extra_path(&r.key).map(|p| match p {
+                    crate::target::scim::ExtraPath::Reference { .. } => Slot::Reference,
+                    _ => Slot::Extra,
+                }),
+                TargetKind::Graph => {
+                    crate::target::graph::extra_property(&r.key).map(|()| Slot::Extra)
+                }
+            }
+            .map_err(at)?;
+            users.push(compile_rule(
+                &env,
+                &r.key,
+                slot,
+                &r.expr,
+                Origin::Config { line: r.line },
+            )?);
+        }
+        let mut groups = Vec::new();
+        for r in group {
+            if r.key != "displayName" {
+                return Err(MappingError {
+                    line: Some(r.line),
+                    message: format!(
+                        "mapping.group.\"{}\": not a group attribute dirsync maps (displayName; members are the synced members)",
+                        r.key
+                    ),
+                });
+            }
+        }
+        groups.push(match group.first() {
+            Some(r) => compile_rule(
+                &env,
+                "displayName",
+                Slot::GroupName,
+                &r.expr,
+                Origin::Config { line: r.line },
+            )?,
+            None => compile_rule(
+                &env,
+                "displayName",
+                Slot::GroupName,
+                DEFAULT_GROUP_NAME,
+                Origin::Default,
+            )
+            .map_err(|e| format!("the default mapping: {e}"))?,
+        });
+        Ok(Mapping {
+            source,
+            target,
+            env: Arc::new(env),
+            user: users,
+            group: groups,
+        })
+    }
+
+    /// The defaults alone.
+    pub fn default_for(source: SourceKind, target: TargetKind) -> Mapping {
+        match Mapping::compile(source, target, &[], &[]) {
+            Ok(m) => m,
+            // The defaults are constants, compiled by the tests: unreachable.
+            Err(e) => unreachable!("the default mapping does not compile: {e}"),
+        }
+    }
+
+    /// SHA-256 (hex) of the effective table: what changes when the mapping does.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for (kind, rules) in [("user", &self.user), ("group", &self.group)] {
+            for r in rules {
+                h.update(format!("{kind}\0{}\0{}\n", r.key, r.expr).as_bytes());
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Map one source object (whose anchor is `anchor`) for the target.
+    pub fn map(&self, anchor: &str, o: &ObjectRecord) -> Result<Desired, Unmappable> {
+        let vars = Vars {
+            src: Src(&o.attrs),
+            dn: CelString::from(o.dn.as_str()),
+            anchor: CelString::from(anchor),
+        };
+        let mut ctx = Context::with_env(Arc::clone(&self.env));
+        ctx.set_variable_resolver(&vars);
+        match o.kind {
+            ObjectKind::User => {
+                let mut u = MappedUser {
+                    active: true,
+                    ..MappedUser::default()
+                };
+                for r in &self.user {
+                    match eval(r, &vars.src, &ctx)? {
+                        Out::Text(s) => {
+                            let slot = match r.slot {
+                                Slot::UserName => {
+                                    u.user_name = s;
+                                    continue;
+                                }
+                                Slot::DisplayName => &mut u.display_name,
+                                Slot::GivenName => &mut u.given_name,
+                                Slot::FamilyName => &mut u.family_name,
+                                Slot::Email => &mut u.email,
+                                Slot::Title => &mut u.title,
+                                Slot::Department => &mut u.department,
+                                Slot::Extra | Slot::Reference => {
+                                    u.extra.insert(CompactString::new(&r.key), s);
+                                    continue;
+                                }
+                                Slot::Active | Slot::GroupName => continue,
+                            };
+                            *slot = Some(s);
+                        }
+                        Out::Bool(b) => u.active = b,
+                        Out::Null if r.slot == Slot::UserName => {
+                            return Err(Unmappable(format!(
+                                "{} `{}` gave no value: no {} to export",
+                                r.key, r.expr, r.key
+                            )))
+                        }
+                        Out::Null => {}
+                    }
+                }
+                Ok(Desired::User(u))
+            }
+            ObjectKind::Group => {
+                let mut display_name = None;
+                for r in &self.group {
+                    if let Out::Text(s) = eval(r, &vars.src, &ctx)? {
+                        display_name = Some(s);
+                    }
+                }
+                let display_name = display_name.ok_or_else(|| {
+                    Unmappable(format!(
+                        "displayName `{}` gave no value: no group name to export",
+                        self.group.first().map_or("", |r| r.expr.as_str())
+                    ))
+                })?;
+                Ok(Desired::Group {
+                    display_name,
+                    members: o.members.clone(),
+                })
+            }
+        }
+    }
+
+    /// Each rule of the object's kind with what it gives for the object (`mapping test`):
+    /// the value as JSON (`null`: unset), or why it fails.
+    pub fn each(
+        &self,
+        anchor: &str,
+        o: &ObjectRecord,
+    ) -> Vec<(&Rule, Result<serde_json::Value, String>)> {
+        let vars = Vars {
+            src: Src(&o.attrs),
+            dn: CelString::from(o.dn.as_str()),
+            anchor: CelString::from(anchor),
+        };
+        let mut ctx = Context::with_env(Arc::clone(&self.env));
+        ctx.set_variable_resolver(&vars);
+        self.rules(o.kind)
+            .iter()
+            .map(|r| {
+                let v = match eval(r, &vars.src, &ctx) {
+                    Ok(Out::Text(s)) => Ok(serde_json::Value::from(s.as_str())),
+                    Ok(Out::Bool(b)) => Ok(serde_json::Value::Bool(b)),
+                    Ok(Out::Null) => Ok(serde_json::Value::Null),
+                    Err(e) => Err(e.0),
+                };
+                (r, v)
+            })
+            .collect()
+    }
+
+    /// The keys of the reference rules (`manager`): their values are DNs or anchors until
+    /// the plan resolves them.
+    pub fn references(&self) -> impl Iterator<Item = &str> {
+        self.user
+            .iter()
+            .filter(|r| r.slot == Slot::Reference)
+            .map(|r| r.key.as_str())
+    }
+
+    /// The rules of `kind`.
+    pub fn rules(&self, kind: ObjectKind) -> &[Rule] {
+        match kind {
+            ObjectKind::User => &self.user,
+            ObjectKind::Group => &self.group,
+        }
+    }
+}
+
+/// A value of the right type for its slot.
+enum Out {
+    Text(CompactString),
+    Bool(bool),
+    Null,
+}
+
+fn eval(r: &Rule, src: &Src<'_>, ctx: &Context<'_, '_>) -> Result<Out, Unmappable> {
+    let fail = |why: String| Unmappable(format!("{} `{}`: {why}", r.key, r.expr));
+    if let Some(f) = &r.fast {
+        return match f.eval(src) {
+            Ok(Some(s)) => Ok(Out::Text(CompactString::new(s))),
+            Ok(None) => Ok(Out::Null),
+            Err(e) => Err(fail(explain(&e))),
+        };
+    }
+    let v = cel::Value::resolve_val(r.program.expression(), ctx).map_err(|e| fail(explain(&e)))?;
+    if v.downcast_ref::<CelNull>().is_some() {
+        return Ok(Out::Null);
+    }
+    if r.slot.wants_bool() {
+        return match v.downcast_ref::<CelBool>() {
+            Some(b) => Ok(Out::Bool(*b.inner())),
+            None => Err(fail(format!("gave a {}, not a bool", v.get_type().name()))),
+        };
+    }
+    match v.downcast_ref::<CelString>() {
+        // A blank value is no value, as a blank source value is.
+        Some(s) if s.inner().trim().is_empty() => Ok(Out::Null),
+        Some(s) => Ok(Out::Text(CompactString::new(s.inner()))),
+        None => Err(fail(format!(
+            "gave a {}, not a string",
+            v.get_type().name()
+        ))),
+    }
+}
+
+/// An evaluation error in words an operator can act on.
+fn explain(e: &ExecutionError) -> String {
+    match e {
+        ExecutionError::NoSuchKey(k) => {
+            format!("the object has no `{k}` (test it with has(src.{k}))")
+        }
+        ExecutionError::IndexOutOfBounds(_) => "index out of bounds".into(),
+        e => e.to_string(),
+    }
+}
+
+// ---- the variables an expression sees, borrowed from the object ----
+
+/// `src`, `dn` and `anchor` of one object.
+struct Vars<'a> {
+    src: Src<'a>,
+    dn: CelString<'a>,
+    anchor: CelString<'a>,
+}
+
+impl VariableResolver for Vars<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        match variable {
+            "src" => Some(CowVal::Borrowed(&self.src)),
+            "dn" => Some(CowVal::Borrowed(&self.dn)),
+            "anchor" => Some(CowVal::Borrowed(&self.anchor)),
+            _ => None,
+        }
+    }
+}
+
+/// The object's attributes as a CEL map of name -> list of strings, read in place.
+#[derive(Debug, Clone, Copy)]
+struct Src<'a>(&'a Attrs);
+
+/// An attribute's text values, trimmed, blanks left out (borrowed).
+fn texts(values: &Values) -> impl Iterator<Item = &str> {
+    values.iter().filter_map(|v| match v {
+        AttrValue::Text(s) => Some(s.trim()).filter(|s| !s.is_empty()),
+        AttrValue::Binary { .. } => None,
     })
 }
 
-/// Where [`map_object`] takes each attribute of a user from, for a source of `kind`: the
-/// target attribute and its source attributes (lower-case, in order of preference). The
-/// first, userName, is required: a user without it is unmappable. Preflight uses this to
-/// check that the bind account can read what the mapping needs.
-pub fn user_attribute_sources(
-    kind: SourceKind,
-) -> &'static [(&'static str, &'static [&'static str])] {
-    match kind {
-        SourceKind::Ad => &[
-            ("userName", &["userprincipalname"]),
-            ("displayName", &["displayname", "cn"]),
-            ("name.givenName", &["givenname"]),
-            ("name.familyName", &["sn"]),
-            ("emails", &["mail"]),
-            ("title", &["title"]),
-            ("department", &["department"]),
-            ("active", &["useraccountcontrol"]),
-        ],
-        SourceKind::Openldap | SourceKind::Ldap => &[
-            ("userName", &["mail", "uid"]),
-            ("displayName", &["displayname", "cn"]),
-            ("name.givenName", &["givenname"]),
-            ("name.familyName", &["sn"]),
-            ("emails", &["mail"]),
-            ("title", &["title"]),
-            ("department", &["departmentnumber", "ou"]),
-        ],
+impl<'a> Src<'a> {
+    /// `src.NAME[0]`: the first text value (names looked up as the indexer does).
+    fn first(&self, name: &str) -> Option<&'a str> {
+        let values = match self.values(name) {
+            Some(v) => v,
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.values(&name.to_ascii_lowercase())?
+            }
+            None => return None,
+        };
+        texts(values).next()
+    }
+
+    fn values(&self, name: &str) -> Option<&'a Values> {
+        let values = self.0.get(name)?;
+        texts(values).next().is_some().then_some(values)
     }
 }
 
-/// Map one source object for the target.
-pub fn map_object(kind: SourceKind, o: &ObjectRecord) -> Result<Desired, Unmappable> {
-    let a = &o.attrs;
-    match o.kind {
-        ObjectKind::User => {
-            let user_name = match kind {
-                SourceKind::Ad => first(a, "userprincipalname"),
-                SourceKind::Openldap | SourceKind::Ldap => {
-                    first(a, "mail").or_else(|| first(a, "uid"))
-                }
-            }
-            .ok_or_else(|| {
-                Unmappable(match kind {
-                    SourceKind::Ad => "no userPrincipalName: no userName to export".into(),
-                    _ => "neither mail nor uid: no userName to export".into(),
-                })
-            })?;
-            let department = match kind {
-                SourceKind::Ad => first(a, "department"),
-                _ => first(a, "departmentnumber").or_else(|| first(a, "ou")),
-            };
-            let active = match kind {
-                SourceKind::Ad => first(a, "useraccountcontrol")
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .is_none_or(|uac| (uac as u64) & UAC_DISABLED == 0),
-                _ => !first(a, "nsaccountlock").is_some_and(|v| v.eq_ignore_ascii_case("true")),
-            };
-            Ok(Desired::User(MappedUser {
-                user_name,
-                display_name: first(a, "displayname").or_else(|| first(a, "cn")),
-                given_name: first(a, "givenname"),
-                family_name: first(a, "sn"),
-                email: first(a, "mail"),
-                title: first(a, "title"),
-                department,
-                active,
-            }))
-        }
-        ObjectKind::Group => {
-            let display_name = first(a, "cn")
-                .or_else(|| first(a, "name"))
-                .ok_or_else(|| Unmappable("group without cn: no displayName".into()))?;
-            Ok(Desired::Group {
-                display_name,
-                members: o.members.clone(),
-            })
+impl<'a> Val for Src<'a> {
+    fn get_type(&self) -> &Type {
+        &types::MAP_TYPE
+    }
+
+    fn cel_type() -> &'static Type {
+        &types::MAP_TYPE
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn as_container(&self) -> Option<&dyn Container> {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(*self)
+    }
+}
+
+impl<'a> Indexer for Src<'a> {
+    fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        let name = idx
+            .downcast_ref::<CelString>()
+            .ok_or_else(|| ExecutionError::UnexpectedType {
+                got: idx.get_type().name().to_string(),
+                want: "string".into(),
+            })?
+            .inner();
+        let values = match self.values(name) {
+            Some(v) => v,
+            // Names are lower case; a key spelt otherwise is looked up lower-cased.
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => self
+                .values(&name.to_ascii_lowercase())
+                .ok_or_else(|| ExecutionError::no_such_key(name))?,
+            None => return Err(ExecutionError::no_such_key(name)),
+        };
+        let list: Vec<Box<dyn Val + 'w>> = texts(values)
+            .map(|s| Box::new(CelString::from(s)) as Box<dyn Val + 'w>)
+            .collect();
+        Ok(CowVal::owned(CelList::from(list)))
+    }
+
+    fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        self.get(idx).map(CowVal::into_owned)
+    }
+}
+
+impl Container for Src<'_> {
+    fn contains(&self, value: &dyn Val) -> Result<bool, ExecutionError> {
+        Ok(value
+            .downcast_ref::<CelString>()
+            .is_some_and(|s| self.values(&s.inner().to_ascii_lowercase()).is_some()))
+    }
+}
+
+// ---- compiling and checking ----
+
+/// The coarse type of an expression where it can be told without running it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ty {
+    Str,
+    Bool,
+    Int,
+    Double,
+    List,
+    Map,
+    Null,
+    /// Not known before it runs.
+    Dyn,
+}
+
+impl Ty {
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Str => "a string",
+            Ty::Bool => "a bool",
+            Ty::Int => "an int",
+            Ty::Double => "a double",
+            Ty::List => "a list",
+            Ty::Map => "a map",
+            Ty::Null => "null",
+            Ty::Dyn => "a value",
         }
     }
+}
+
+fn compile_rule(
+    env: &Env,
+    key: &str,
+    slot: Slot,
+    expr: &str,
+    origin: Origin,
+) -> std::result::Result<Rule, MappingError> {
+    let at = |why: String| match (&origin, slot) {
+        (Origin::Config { line }, Slot::GroupName) => MappingError {
+            line: Some(*line),
+            message: format!("mapping.group.\"{key}\": {why}"),
+        },
+        (Origin::Config { line }, _) => MappingError {
+            line: Some(*line),
+            message: format!("mapping.user.\"{key}\": {why}"),
+        },
+        (Origin::Default, _) => MappingError::from(format!("{key}: {why}")),
+    };
+    let program = env.compile(expr).map_err(|e| {
+        let first = e.errors.first();
+        at(match first {
+            Some(p) => format!(
+                "`{expr}`: {} (column {})",
+                p.msg.replace('\n', " "),
+                p.pos.1 + 1
+            ),
+            None => format!("`{expr}`: {e}"),
+        })
+    })?;
+    let root = program.expression();
+    let mut reads = BTreeSet::new();
+    check(env, &root.expr, &mut Vec::new(), &mut reads)
+        .map_err(|why| at(format!("`{expr}`: {why}")))?;
+    let ty = infer(&root.expr);
+    let fits = match slot {
+        Slot::Active => matches!(ty, Ty::Bool | Ty::Null | Ty::Dyn),
+        _ => matches!(ty, Ty::Str | Ty::Null | Ty::Dyn),
+    };
+    if !fits {
+        return Err(at(format!(
+            "`{expr}` gives {}, and {key} takes {}",
+            ty.name(),
+            if slot.wants_bool() {
+                "a bool"
+            } else {
+                "a string"
+            }
+        )));
+    }
+    Ok(Rule {
+        key: key.to_string(),
+        slot,
+        expr: expr.to_string(),
+        origin,
+        reads,
+        fast: if slot.wants_bool() {
+            None
+        } else {
+            Fast::lower(&root.expr)
+        },
+        program,
+    })
+}
+
+/// Unknown variables and functions (checked before anything runs), and the source
+/// attributes read.
+fn check(
+    env: &Env,
+    e: &Expr,
+    bound: &mut Vec<String>,
+    reads: &mut BTreeSet<String>,
+) -> std::result::Result<(), String> {
+    match e {
+        Expr::Ident(name) => {
+            if !matches!(name.as_str(), "src" | "dn" | "anchor") && !bound.contains(name) {
+                return Err(format!(
+                    "unknown variable `{name}` (an expression sees src, dn and anchor)"
+                ));
+            }
+        }
+        Expr::Select(s) => {
+            if matches!(&s.operand.expr, Expr::Ident(n) if n == "src") {
+                reads.insert(s.field.to_ascii_lowercase());
+            }
+            check(env, &s.operand.expr, bound, reads)?;
+        }
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                check(env, &t.expr, bound, reads)?;
+            }
+            for a in &c.args {
+                check(env, &a.expr, bound, reads)?;
+            }
+            // `src['mail']` reads mail too.
+            if c.func_name == operators::INDEX && c.args.len() == 2 {
+                if let (Expr::Ident(n), Expr::Literal(LiteralValue::String(k))) =
+                    (&c.args[0].expr, &c.args[1].expr)
+                {
+                    if n == "src" {
+                        reads.insert(k.inner().to_ascii_lowercase());
+                    }
+                }
+            }
+            if !is_operator(&c.func_name) && !function_known(env, c, bound) {
+                return Err(format!("unknown function `{}`", c.func_name));
+            }
+        }
+        Expr::Comprehension(c) => {
+            check(env, &c.iter_range.expr, bound, reads)?;
+            check(env, &c.accu_init.expr, bound, reads)?;
+            bound.push(c.iter_var.clone());
+            if let Some(v) = &c.iter_var2 {
+                bound.push(v.clone());
+            }
+            bound.push(c.accu_var.clone());
+            for x in [&c.loop_cond, &c.loop_step, &c.result] {
+                check(env, &x.expr, bound, reads)?;
+            }
+            bound.truncate(bound.len() - 2 - usize::from(c.iter_var2.is_some()));
+        }
+        Expr::List(l) => {
+            for x in &l.elements {
+                check(env, &x.expr, bound, reads)?;
+            }
+        }
+        Expr::Map(m) => {
+            for en in &m.entries {
+                if let EntryExpr::MapEntry(me) = &en.expr {
+                    check(env, &me.key.expr, bound, reads)?;
+                    check(env, &me.value.expr, bound, reads)?;
+                }
+            }
+        }
+        Expr::Struct(s) => return Err(format!("no message types here (`{}`)", s.type_name)),
+        Expr::Literal(_) | Expr::Unspecified => {}
+    }
+    Ok(())
+}
+
+fn is_operator(name: &str) -> bool {
+    name.starts_with('_') || name.starts_with('@') || name.starts_with('!') || name.starts_with('-')
+}
+
+/// Whether `c`'s function is declared: a call of it with no arguments is then refused for
+/// its arguments, not as an undeclared reference.
+fn function_known(env: &Env, c: &cel::common::ast::CallExpr, bound: &[String]) -> bool {
+    // A namespaced function (`base64.encode(x)`) is written as a call on an identifier
+    // that is no variable.
+    let probe = match c.target.as_deref().map(|t| &t.expr) {
+        Some(Expr::Ident(ns))
+            if !matches!(ns.as_str(), "src" | "dn" | "anchor") && !bound.contains(ns) =>
+        {
+            format!("{ns}.{}()", c.func_name)
+        }
+        Some(_) => format!("null.{}()", c.func_name),
+        None => format!("{}()", c.func_name),
+    };
+    let Ok(p) = env.compile(&probe) else {
+        return false;
+    };
+    let ctx = Context::with_env(Arc::new(match self::env() {
+        Ok(e) => e,
+        Err(_) => return false,
+    }));
+    !matches!(p.execute(&ctx), Err(ExecutionError::UndeclaredReference(_)))
+}
+
+/// The type of `e` where it is plain from its shape.
+fn infer(e: &Expr) -> Ty {
+    match e {
+        Expr::Literal(l) => match l {
+            LiteralValue::Boolean(_) => Ty::Bool,
+            LiteralValue::String(_) => Ty::Str,
+            LiteralValue::Int(_) | LiteralValue::UInt(_) => Ty::Int,
+            LiteralValue::Double(_) => Ty::Double,
+            LiteralValue::Null => Ty::Null,
+            LiteralValue::Bytes(_) => Ty::Dyn,
+        },
+        Expr::List(_) => Ty::List,
+        Expr::Map(_) => Ty::Map,
+        Expr::Ident(n) => match n.as_str() {
+            "src" => Ty::Map,
+            "dn" | "anchor" => Ty::Str,
+            _ => Ty::Dyn,
+        },
+        Expr::Select(s) if s.test => Ty::Bool,
+        Expr::Select(s) => match &s.operand.expr {
+            Expr::Ident(n) if n == "src" => Ty::List,
+            _ => Ty::Dyn,
+        },
+        Expr::Call(c) => {
+            let arg = |i: usize| c.args.get(i).map_or(Ty::Dyn, |a| infer(&a.expr));
+            match c.func_name.as_str() {
+                operators::CONDITIONAL => match (arg(1), arg(2)) {
+                    (a, b) if a == b => a,
+                    (Ty::Null, b) => b,
+                    (a, Ty::Null) => a,
+                    _ => Ty::Dyn,
+                },
+                operators::LOGICAL_AND
+                | operators::LOGICAL_OR
+                | operators::LOGICAL_NOT
+                | operators::EQUALS
+                | operators::NOT_EQUALS
+                | operators::LESS
+                | operators::LESS_EQUALS
+                | operators::GREATER
+                | operators::GREATER_EQUALS
+                | operators::IN
+                | "startsWith"
+                | "endsWith"
+                | "contains"
+                | "matches" => Ty::Bool,
+                operators::INDEX => match arg(0) {
+                    Ty::Map if matches!(&c.args[0].expr, Expr::Ident(n) if n == "src") => Ty::List,
+                    Ty::List if is_src_list(&c.args[0].expr) => Ty::Str,
+                    _ => Ty::Dyn,
+                },
+                operators::ADD => match (arg(0), arg(1)) {
+                    (a, b) if a == b && a != Ty::Null => a,
+                    _ => Ty::Dyn,
+                },
+                "size" | "int" => Ty::Int,
+                "string" | "lowerAscii" | "upperAscii" | "trim" | "replace" | "substring"
+                | "join" => Ty::Str,
+                "split" => Ty::List,
+                "double" => Ty::Double,
+                "bool" => Ty::Bool,
+                _ => Ty::Dyn,
+            }
+        }
+        Expr::Comprehension(_) | Expr::Struct(_) | Expr::Unspecified => Ty::Dyn,
+    }
+}
+
+/// `src.NAME` or `src['NAME']`: a list of strings.
+fn is_src_list(e: &Expr) -> bool {
+    match e {
+        Expr::Select(s) => !s.test && matches!(&s.operand.expr, Expr::Ident(n) if n == "src"),
+        Expr::Call(c) => {
+            c.func_name == operators::INDEX
+                && matches!(c.args.first().map(|a| &a.expr), Some(Expr::Ident(n)) if n == "src")
+        }
+        _ => false,
+    }
+}
+
+/// The effective table as (kind, key, expression, origin) rows, for `mapping show`.
+pub fn rows(m: &Mapping) -> Vec<(ObjectKind, &str, &str, &Origin)> {
+    [ObjectKind::User, ObjectKind::Group]
+        .into_iter()
+        .flat_map(|k| {
+            m.rules(k)
+                .iter()
+                .map(move |r| (k, r.key.as_str(), r.expr.as_str(), &r.origin))
+        })
+        .collect()
 }
 
 /// The group as the target should hold it, with member anchors resolved to target ids by
@@ -161,6 +1057,7 @@ pub fn resolve_group(
 mod tests {
     use super::*;
     use crate::project::At;
+    use std::collections::BTreeMap;
 
     fn rec(kind: ObjectKind, attrs: &[(&str, &str)]) -> ObjectRecord {
         let attrs: Attrs = attrs
@@ -175,6 +1072,18 @@ mod tests {
             first_seen: At::default(),
             last_changed: At::default(),
             deletion: None,
+        }
+    }
+
+    fn map_object(kind: SourceKind, r: &ObjectRecord) -> Result<Desired, Unmappable> {
+        Mapping::default_for(kind, TargetKind::Scim).map("a1", r)
+    }
+
+    fn raw(key: &str, expr: &str) -> RawRule {
+        RawRule {
+            key: key.into(),
+            expr: expr.into(),
+            line: 7,
         }
     }
 
@@ -196,51 +1105,93 @@ mod tests {
         let Desired::User(u) = map_object(SourceKind::Ad, &r).unwrap() else {
             panic!("not a user")
         };
-        assert_eq!(u.user_name, "ann@test.lan");
-        assert_eq!(u.display_name.as_deref(), Some("Ann Smith"));
-        assert_eq!(u.given_name.as_deref(), Some("Ann"));
-        assert_eq!(u.family_name.as_deref(), Some("Smith"));
-        assert_eq!(u.email.as_deref(), Some("ann.smith@test.lan"));
-        assert_eq!(u.department.as_deref(), Some("R&D"));
-        assert!(!u.active, "514 has ACCOUNTDISABLE");
-        let r = rec(
-            ObjectKind::User,
-            &[("userprincipalname", "b@x"), ("useraccountcontrol", "512")],
+        assert_eq!(
+            u,
+            MappedUser {
+                user_name: "ann@test.lan".into(),
+                display_name: Some("Ann Smith".into()),
+                given_name: Some("Ann".into()),
+                family_name: Some("Smith".into()),
+                email: Some("ann.smith@test.lan".into()),
+                title: Some("Engineer".into()),
+                department: Some("R&D".into()),
+                active: false,
+                extra: BTreeMap::new(),
+            }
         );
-        let Desired::User(u) = map_object(SourceKind::Ad, &r).unwrap() else {
-            panic!("not a user")
-        };
-        assert!(u.active);
+        for (uac, active) in [("512", true), ("66050", false), ("66048", true)] {
+            let r = rec(
+                ObjectKind::User,
+                &[("userprincipalname", "b@x"), ("useraccountcontrol", uac)],
+            );
+            let Desired::User(u) = map_object(SourceKind::Ad, &r).unwrap() else {
+                panic!("not a user")
+            };
+            assert_eq!(u.active, active, "{uac}");
+        }
     }
 
     #[test]
-    fn attribute_sources_are_what_the_mapping_reads() {
-        for kind in [SourceKind::Ad, SourceKind::Openldap, SourceKind::Ldap] {
-            let sources = user_attribute_sources(kind);
-            let name = sources[0].1[0];
-            for (target, attrs) in sources {
-                for attr in *attrs {
-                    let value = if *attr == "useraccountcontrol" {
-                        "514"
-                    } else {
-                        "Z9"
-                    };
-                    // Each source alone (after the userName, which it needs).
-                    let r = if *target == sources[0].0 {
-                        rec(ObjectKind::User, &[(attr, value)])
-                    } else {
-                        rec(ObjectKind::User, &[(name, "n@x"), (attr, value)])
-                    };
-                    let Desired::User(u) = map_object(kind, &r).unwrap() else {
-                        panic!("not a user")
-                    };
-                    let json = serde_json::to_string(&u).unwrap();
-                    let seen = json.contains("Z9") || (value == "514" && !u.active);
-                    assert!(seen, "{kind:?} {target} from {attr}: {json}");
+    fn reads_are_what_the_default_mapping_reads() {
+        let m = Mapping::default_for(SourceKind::Ad, TargetKind::Scim);
+        let user_name = &m.user[0];
+        assert_eq!(user_name.key, "userName");
+        assert_eq!(
+            user_name.reads,
+            BTreeSet::from(["userprincipalname".to_string()])
+        );
+        let m = Mapping::default_for(SourceKind::Openldap, TargetKind::Graph);
+        assert_eq!(m.user[0].key, "userPrincipalName");
+        assert_eq!(
+            m.user[0].reads,
+            BTreeSet::from(["mail".to_string(), "uid".to_string()])
+        );
+    }
+
+    #[test]
+    fn the_fast_path_gives_what_the_interpreter_gives() {
+        for kind in [SourceKind::Ad, SourceKind::Openldap] {
+            let fast = Mapping::default_for(kind, TargetKind::Scim);
+            let lowered = fast.user.iter().filter(|r| r.fast.is_some()).count();
+            assert_eq!(lowered, 7, "{kind:?}: every string row of the defaults");
+            let mut slow = Mapping::default_for(kind, TargetKind::Scim);
+            for r in slow.user.iter_mut().chain(slow.group.iter_mut()) {
+                r.fast = None;
+            }
+            for attrs in [
+                &[("uid", "u"), ("mail", " m@x "), ("cn", "C"), ("ou", "O")][..],
+                &[
+                    ("userprincipalname", "p@x"),
+                    ("displayname", "D"),
+                    ("sn", ""),
+                ][..],
+                &[("cn", "only")][..],
+                &[("UID", "upper")][..],
+            ] {
+                for k in [ObjectKind::User, ObjectKind::Group] {
+                    let r = rec(k, attrs);
+                    assert_eq!(fast.map("a", &r), slow.map("a", &r), "{kind:?} {attrs:?}");
                 }
             }
-            let r = rec(ObjectKind::User, &[("cn", "x")]);
-            assert!(map_object(kind, &r).is_err() || sources[0].1.contains(&"cn"));
+        }
+    }
+
+    #[test]
+    fn the_defaults_read_only_what_imports_keep_anyway() {
+        // Otherwise a new version would import more of every object than the last.
+        for (kind, kept) in [
+            (SourceKind::Ad, crate::source::ad::AD_ATTRIBUTES),
+            (
+                SourceKind::Openldap,
+                crate::source::openldap::LDAP_ATTRIBUTES,
+            ),
+        ] {
+            let m = Mapping::default_for(kind, TargetKind::Scim);
+            for r in m.user.iter().chain(&m.group) {
+                for a in &r.reads {
+                    assert!(kept.contains(&a.as_str()), "{kind:?} {}: {a}", r.key);
+                }
+            }
         }
     }
 
@@ -258,8 +1209,14 @@ mod tests {
         assert_eq!(u.user_name, "bob");
         assert_eq!(u.display_name.as_deref(), Some("Bob"));
         let r = rec(ObjectKind::User, &[("cn", "Nobody")]);
-        assert!(map_object(SourceKind::Openldap, &r).is_err());
-        let r = rec(ObjectKind::User, &[("samaccountname", "nobody")]);
+        assert_eq!(
+            map_object(SourceKind::Openldap, &r),
+            Err(Unmappable(
+                "userName `has(src.mail) ? src.mail[0] : src.uid[0]`: the object has no `uid` (test it with has(src.uid))".into()
+            ))
+        );
+        // A blank value is no value.
+        let r = rec(ObjectKind::User, &[("userprincipalname", "  ")]);
         assert!(map_object(SourceKind::Ad, &r).is_err());
     }
 
@@ -284,6 +1241,128 @@ mod tests {
                 assert_eq!(u.active, active, "{kind:?} nsAccountLock {lock:?}");
             }
         }
+    }
+
+    #[test]
+    fn configured_rows_replace_defaults_and_add_extras() {
+        let m = Mapping::compile(
+            SourceKind::Openldap,
+            TargetKind::Scim,
+            &[
+                raw("userName", "src.uid[0] + '@example.com'"),
+                raw("active", "!has(src.pwdaccountlockedtime)"),
+                raw(
+                    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber",
+                    "src.employeenumber[0]",
+                ),
+                raw("nickName", "has(src.nick) ? src.nick[0] : null"),
+                raw("profileUrl", "'https://x/' + anchor + '?' + dn"),
+            ],
+            &[raw("displayName", "src.cn[0].upperAscii()")],
+        )
+        .unwrap();
+        let r = rec(
+            ObjectKind::User,
+            &[
+                ("uid", "bob"),
+                ("employeenumber", "42"),
+                ("pwdaccountlockedtime", "000001010000Z"),
+            ],
+        );
+        let Desired::User(u) = m.map("a1", &r).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            u,
+            MappedUser {
+                user_name: "bob@example.com".into(),
+                active: false,
+                extra: BTreeMap::from([
+                    (
+                        "profileUrl".into(),
+                        "https://x/a1?CN=x,DC=test,DC=lan".into()
+                    ),
+                    (
+                        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber"
+                            .into(),
+                        "42".into()
+                    ),
+                ]),
+                ..MappedUser::default()
+            }
+        );
+        let g = rec(ObjectKind::Group, &[("cn", "staff")]);
+        assert_eq!(
+            m.map("g1", &g).unwrap(),
+            Desired::Group {
+                display_name: "STAFF".into(),
+                members: BTreeSet::from(["m1".to_string(), "m2".to_string()]),
+            }
+        );
+        // An expression that fails for one object: that object alone is unmappable.
+        let r = rec(ObjectKind::User, &[("uid", "carol")]);
+        assert_eq!(
+            m.map("a2", &r),
+            Err(Unmappable("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber `src.employeenumber[0]`: the object has no `employeenumber` (test it with has(src.employeenumber))".into()))
+        );
+        assert_ne!(
+            m.fingerprint(),
+            Mapping::default_for(SourceKind::Openldap, TargetKind::Scim).fingerprint()
+        );
+    }
+
+    #[test]
+    fn bad_rows_name_the_line_and_key() {
+        let bad = |key: &str, expr: &str| {
+            Mapping::compile(SourceKind::Ad, TargetKind::Scim, &[raw(key, expr)], &[])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            bad("userName", "src.uid[0"),
+            "line 7: mapping.user.\"userName\": `src.uid[0`: Syntax error: missing ']' at '<EOF>' (column 11)"
+        );
+        assert_eq!(
+            bad("userName", "frobnicate(src.uid[0])"),
+            "line 7: mapping.user.\"userName\": `frobnicate(src.uid[0])`: unknown function `frobnicate`"
+        );
+        assert_eq!(
+            bad("title", "src.title[0].shout()"),
+            "line 7: mapping.user.\"title\": `src.title[0].shout()`: unknown function `shout`"
+        );
+        assert_eq!(
+            bad("userName", "src.uid"),
+            "line 7: mapping.user.\"userName\": `src.uid` gives a list, and userName takes a string"
+        );
+        assert_eq!(
+            bad("active", "'yes'"),
+            "line 7: mapping.user.\"active\": `'yes'` gives a string, and active takes a bool"
+        );
+        assert_eq!(
+            bad("userName", "user[0]"),
+            "line 7: mapping.user.\"userName\": `user[0]`: unknown variable `user` (an expression sees src, dn and anchor)"
+        );
+        assert!(bad("shoeSize", "'42'").starts_with("line 7: mapping.user.\"shoeSize\": "));
+        // Macros bind their variables; known functions pass.
+        Mapping::compile(
+            SourceKind::Ad,
+            TargetKind::Scim,
+            &[raw(
+                "title",
+                "src.title.exists(t, t.startsWith('x')) ? string(size(src.title)) : src.title.map(t, t.lowerAscii()).join(',')",
+            )],
+            &[],
+        )
+        .unwrap();
+        let e = Mapping::compile(
+            SourceKind::Ad,
+            TargetKind::Scim,
+            &[],
+            &[raw("members", "src.member")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("line 7: mapping.group.\"members\": "), "{e}");
     }
 
     #[test]

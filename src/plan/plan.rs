@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{SourceKind, Threshold};
+use crate::config::Threshold;
 use crate::log::event::{DeletionsHeld, DeletionsHoldEnded, Event, ObjectKind};
-use crate::plan::mapping::{map_object, resolve_group, Desired};
+use crate::plan::mapping::{resolve_group, Desired, Mapping, Unmappable};
 use crate::project::{LedgerEntry, ObjectRecord, State};
 use crate::target::{Mapped, Op};
 
@@ -66,9 +66,68 @@ enum Need<'a> {
     Unmappable(&'a String, String),
 }
 
-/// The plan for objects of `only` (all kinds when None). Deletions are always planned for
-/// every kind, since the guard must see them all.
-pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) -> Plan {
+/// The plan for objects of `only` (all kinds when None), mapped by `mapping`. Deletions
+/// are always planned for every kind, since the guard must see them all.
+pub fn plan(state: &State, mapping: &Mapping, only: Option<ObjectKind>) -> Plan {
+    let refs = References::new(state, mapping);
+    plan_with(state, only, &refs, &|anchor: &str, rec: &ObjectRecord| {
+        mapping.map(anchor, rec)
+    })
+}
+
+/// How the reference attributes of a mapping (`manager`) find the objects they name: by
+/// anchor, else by DN.
+pub struct References<'a> {
+    keys: Vec<&'a str>,
+    /// Normalised DN -> anchor of the live objects; built only when there are references.
+    by_dn: std::collections::HashMap<String, &'a str>,
+}
+
+impl<'a> References<'a> {
+    /// None: the mapping has no reference attribute.
+    pub fn none() -> References<'static> {
+        References {
+            keys: Vec::new(),
+            by_dn: Default::default(),
+        }
+    }
+
+    pub fn new(state: &'a State, mapping: &'a Mapping) -> References<'a> {
+        let keys: Vec<&str> = mapping.references().collect();
+        let by_dn = if keys.is_empty() {
+            Default::default()
+        } else {
+            state
+                .objects
+                .live()
+                .map(|(a, r)| (crate::source::dn::normalise_dn(&r.dn), a.as_str()))
+                .collect()
+        };
+        References { keys, by_dn }
+    }
+
+    /// The anchor of the live object that `value` (an anchor or a DN) names.
+    fn anchor<'s>(&'s self, state: &'s State, value: &'s str) -> Option<&'s str> {
+        if state.objects.objects.get(value).is_some_and(|r| r.live()) {
+            return Some(value);
+        }
+        self.by_dn
+            .get(&crate::source::dn::normalise_dn(value))
+            .copied()
+    }
+}
+
+/// How a source object is mapped: [`Mapping::map`]; `plan_with` takes another only so that
+/// the plan benchmark can compare mappings in one run.
+pub type MapFn<'m> = dyn Fn(&str, &ObjectRecord) -> Result<Desired, Unmappable> + Sync + 'm;
+
+/// [`plan`], with the mapping as a function.
+pub fn plan_with(
+    state: &State,
+    only: Option<ObjectKind>,
+    refs: &References<'_>,
+    map: &MapFn<'_>,
+) -> Plan {
     let ledger = &state.ledger;
     let mut out = Plan {
         owned: ledger.owned().count() as u64,
@@ -85,7 +144,7 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
     // core. Objects that need nothing are dropped there.
     let unresolved = AtomicUsize::new(0);
     let needs = crate::par::filter_map(&live, 4096, |&(anchor, rec)| {
-        let mapped = match desired(state, source_kind, rec) {
+        let mapped = match desired_with(state, refs, anchor, rec, map) {
             Ok((m, missing)) => {
                 unresolved.fetch_add(missing, Ordering::Relaxed);
                 m
@@ -139,8 +198,38 @@ pub fn plan(state: &State, source_kind: SourceKind, only: Option<ObjectKind>) ->
 /// many members were left out for now); or why it cannot be mapped.
 pub fn desired(
     state: &State,
-    source_kind: SourceKind,
+    mapping: &Mapping,
+    anchor: &str,
     rec: &ObjectRecord,
+) -> Result<(Mapped, usize), String> {
+    desired_in(
+        state,
+        mapping,
+        &References::new(state, mapping),
+        anchor,
+        rec,
+    )
+}
+
+/// [`desired`], with the references' index built once by the caller.
+pub fn desired_in(
+    state: &State,
+    mapping: &Mapping,
+    refs: &References<'_>,
+    anchor: &str,
+    rec: &ObjectRecord,
+) -> Result<(Mapped, usize), String> {
+    desired_with(state, refs, anchor, rec, &|a: &str, r: &ObjectRecord| {
+        mapping.map(a, r)
+    })
+}
+
+fn desired_with(
+    state: &State,
+    refs: &References<'_>,
+    anchor: &str,
+    rec: &ObjectRecord,
+    map: &MapFn<'_>,
 ) -> Result<(Mapped, usize), String> {
     // A member is in its group in the target when it is live in the source and owned.
     let resolve = |anchor: &str| {
@@ -154,8 +243,25 @@ pub fn desired(
             .filter(|l| l.deleted.is_none())
             .map(|l| l.target_id.clone())
     };
-    match map_object(source_kind, rec) {
-        Ok(Desired::User(u)) => Ok((Mapped::User(u), 0)),
+    match map(anchor, rec) {
+        Ok(Desired::User(mut u)) => {
+            // A reference is the referenced object's target id, once it has one (like a
+            // group's members); until then it is left out and counted.
+            let mut missing = 0;
+            for key in &refs.keys {
+                let Some(v) = u.extra.get_mut(*key) else {
+                    continue;
+                };
+                match refs.anchor(state, v).and_then(&resolve) {
+                    Some(id) => *v = id.into(),
+                    None => {
+                        u.extra.remove(*key);
+                        missing += 1;
+                    }
+                }
+            }
+            Ok((Mapped::User(u), missing))
+        }
         Ok(Desired::Group {
             display_name,
             members,
@@ -363,6 +469,11 @@ pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{SourceKind, TargetKind};
+
+    fn ad() -> Mapping {
+        Mapping::default_for(SourceKind::Ad, TargetKind::Scim)
+    }
     use crate::log::event::{
         AttrValue, DeletionEvidence, Event, ExportApplied, ExportOp, ObjectDeleted, ObjectImported,
         SourceObject,
@@ -486,13 +597,13 @@ mod tests {
     #[test]
     fn new_objects_then_nothing_once_exported() {
         let g = Given::new().user("a1", "ann@t").user("a2", "bob@t");
-        let p = plan(&g.state, SourceKind::Ad, None);
+        let p = plan(&g.state, &ad(), None);
         assert_eq!(p.new.len(), 2);
         assert_eq!(p.new[0].0, "a1");
         let g = g
             .exported("a1", "T1", &u("ann@t"))
             .exported("a2", "T2", &u("bob@t"));
-        let p = plan(&g.state, SourceKind::Ad, None);
+        let p = plan(&g.state, &ad(), None);
         assert!(p.is_empty(), "{p:?}");
     }
 
@@ -501,7 +612,7 @@ mod tests {
         let g = Given::new()
             .user("a1", "ann@t")
             .exported("a1", "T1", &u("old@t"));
-        let p = plan(&g.state, SourceKind::Ad, None);
+        let p = plan(&g.state, &ad(), None);
         assert_eq!(
             p.updates,
             vec![Op::Update {
@@ -521,14 +632,14 @@ mod tests {
             .user("a2", "bob@t")
             .group("g1", "Staff", &["a1", "a2"])
             .exported("a1", "T1", &u("ann@t"));
-        let p = plan(&g.state, SourceKind::Ad, Some(ObjectKind::Group));
+        let p = plan(&g.state, &ad(), Some(ObjectKind::Group));
         assert_eq!(p.unresolved_members, 1);
         let Mapped::Group(gr) = &p.new[0].1 else {
             panic!()
         };
         assert_eq!(gr.members, BTreeSet::from(["T1".to_string()]));
         let g = g.deleted("a1");
-        let p = plan(&g.state, SourceKind::Ad, None);
+        let p = plan(&g.state, &ad(), None);
         assert_eq!(p.delete_anchors(), vec!["a1".to_string()]);
         let Mapped::Group(gr) = &p.new.iter().find(|(a, _)| a == "g1").unwrap().1 else {
             panic!()
@@ -539,7 +650,7 @@ mod tests {
     #[test]
     fn unmappable_users_are_reported() {
         let g = Given::new().user("a1", "  ");
-        let p = plan(&g.state, SourceKind::Ad, None);
+        let p = plan(&g.state, &ad(), None);
         assert!(p.new.is_empty());
         assert_eq!(p.unmappable.len(), 1);
     }

@@ -379,8 +379,10 @@ impl Writer {
                 title,
                 department,
                 active,
+                extra,
             }) => {
-                self.0.push(0);
+                // 2: a user with other attributes too (0, without, reads as before).
+                self.0.push(if extra.is_empty() { 0 } else { 2 });
                 self.str(user_name);
                 for s in [
                     display_name,
@@ -393,6 +395,13 @@ impl Writer {
                     self.opt_str(s);
                 }
                 self.flag(*active);
+                if !extra.is_empty() {
+                    self.len(extra.len());
+                    for (k, v) in extra {
+                        self.str(k);
+                        self.str(v);
+                    }
+                }
             }
             Mapped::Group(MappedGroup {
                 display_name,
@@ -618,16 +627,26 @@ impl<'a> Reader<'a> {
 
     fn mapped(&mut self) -> Res<Mapped> {
         Ok(match self.byte()? {
-            0 => Mapped::User(MappedUser {
-                user_name: self.compact()?,
-                display_name: self.opt_compact()?,
-                given_name: self.opt_compact()?,
-                family_name: self.opt_compact()?,
-                email: self.opt_compact()?,
-                title: self.opt_compact()?,
-                department: self.opt_compact()?,
-                active: self.flag()?,
-            }),
+            tag @ (0 | 2) => {
+                let mut u = MappedUser {
+                    user_name: self.compact()?,
+                    display_name: self.opt_compact()?,
+                    given_name: self.opt_compact()?,
+                    family_name: self.opt_compact()?,
+                    email: self.opt_compact()?,
+                    title: self.opt_compact()?,
+                    department: self.opt_compact()?,
+                    active: self.flag()?,
+                    extra: Default::default(),
+                };
+                if tag == 2 {
+                    for _ in 0..self.len()? {
+                        let k = self.compact()?;
+                        u.extra.insert(k, self.compact()?);
+                    }
+                }
+                Mapped::User(u)
+            }
             1 => {
                 let display_name = self.compact()?;
                 let n = self.len()?;

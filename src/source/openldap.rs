@@ -264,6 +264,8 @@ impl OpenLdapSource {
         // 389 DS's account lock is operational: `*` leaves it out. Servers that do not know
         // it ignore it (RFC 4511 4.5.1.8).
         a.push("nsAccountLock".into());
+        // OpenLDAP ppolicy's lock, operational too: for a mapping of `active`.
+        a.push("pwdAccountLockedTime".into());
         a
     }
 
@@ -753,6 +755,8 @@ pub const LDAP_ATTRIBUTES: &[&str] = &[
     "preferredlanguage",
     // 389 DS account lock (operational there, requested explicitly): the mapping's `active`.
     "nsaccountlock",
+    // OpenLDAP ppolicy's lock (operational, requested explicitly), for a mapped `active`.
+    "pwdaccountlockedtime",
 ];
 
 impl LdapFullImport {

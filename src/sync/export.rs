@@ -35,7 +35,7 @@ use serde::Serialize;
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
 use super::scope::Scope;
-use crate::config::{Config, Hold, SourceKind};
+use crate::config::{Config, Hold};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
     stream, DuplicateRemoved, Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted,
@@ -45,6 +45,7 @@ use crate::log::event::{
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
+use crate::plan::mapping::Mapping;
 use crate::plan::matching::{swap_case, Index, Match};
 use crate::plan::plan::{guard, guard_event, plan, recent_deletions, GuardInput, Plan, Verdict};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
@@ -441,7 +442,7 @@ async fn sync_cycle(
     let run = Cycle {
         store,
         target: target.as_ref(),
-        source_kind: src_cfg.kind,
+        mapping: cfg.mapping()?,
         threshold: cfg.sync.deletion_threshold,
         hold: cfg.sync.hold,
         instance: &opts.instance,
@@ -592,8 +593,8 @@ async fn run_ended(
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
     pub instance: String,
-    /// How source objects map (INTERFACE.md differs per kind).
-    pub source_kind: SourceKind,
+    /// How source objects map.
+    pub mapping: Arc<Mapping>,
     pub threshold: crate::config::Threshold,
     /// What a tripped guard holds (`[sync] hold`).
     pub hold: crate::config::Hold,
@@ -657,7 +658,7 @@ async fn export_log_locked(
     let run = Cycle {
         store,
         target: Some(target),
-        source_kind: opts.source_kind,
+        mapping: &opts.mapping,
         threshold: opts.threshold,
         hold: opts.hold,
         instance: &opts.instance,
@@ -868,7 +869,7 @@ fn to_value(m: &Mapped) -> Option<serde_json::Value> {
 struct Cycle<'a> {
     store: &'a AnyStore,
     target: Option<&'a AnyTarget>,
-    source_kind: SourceKind,
+    mapping: &'a Mapping,
     threshold: crate::config::Threshold,
     /// What a tripped guard holds: the deletions, or the whole cycle.
     hold: crate::config::Hold,
@@ -941,7 +942,7 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         saving: Option<replay::Saving>,
     ) -> Result<()> {
-        let whole = plan(&state, self.source_kind, None);
+        let whole = plan(&state, self.mapping, None);
         if let Some(saving) = saving {
             saving.finish().await?;
         }
@@ -1239,22 +1240,37 @@ impl Cycle<'_> {
             return Err(Error::Config("no [target] section".into()));
         };
         let mut skipped = HashSet::new();
-        for (pass, kind) in [ObjectKind::User, ObjectKind::Group, ObjectKind::Group]
-            .into_iter()
-            .enumerate()
+        // Users, groups, groups again (members created in the first group pass), and,
+        // with a reference attribute (`manager`), users again: references to users created
+        // in the first pass.
+        let references = self.mapping.references().next().is_some();
+        for (pass, kind) in [
+            ObjectKind::User,
+            ObjectKind::Group,
+            ObjectKind::Group,
+            ObjectKind::User,
+        ]
+        .into_iter()
+        .enumerate()
         {
+            if pass == 3 && !references {
+                break;
+            }
             state = replay::advance(self.store, state).await?;
-            let mut p = plan(&state, self.source_kind, Some(kind));
+            let mut p = plan(&state, self.mapping, Some(kind));
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
-            if pass == 2 {
-                // A group whose creation failed in the first pass is not sent again in this
-                // cycle: a create that timed out may still reach the target, and the next
-                // cycle looks for it before creating.
+            if pass >= 2 {
+                // An object whose creation failed in its first pass is not sent again in
+                // this cycle: a create that timed out may still reach the target, and the
+                // next cycle looks for it before creating.
                 p.new.retain(|(a, _)| !failed_in(report, a));
             }
-            if pass == 2 && p.new.is_empty() && p.updates.is_empty() {
-                break;
+            if pass == 3 {
+                p.updates.retain(|op| !failed_in(report, op.anchor()));
+            }
+            if pass >= 2 && p.new.is_empty() && p.updates.is_empty() {
+                continue;
             }
             let mut creates = Vec::new();
             self.deadline
@@ -1292,10 +1308,23 @@ impl Cycle<'_> {
                             report.matched += 1;
                             // A soft match records no state: the next update writes every
                             // attribute and the anchor, making it a hard match from then on.
+                            // Of the target's attributes, those the mapping sets.
                             let state = if soft {
                                 None
                             } else {
-                                remote.state.as_ref().and_then(to_value)
+                                let mapped = p
+                                    .new
+                                    .binary_search_by(|(a, _)| a.as_str().cmp(&anchor))
+                                    .ok()
+                                    .map(|i| &p.new[i].1);
+                                remote
+                                    .state
+                                    .as_ref()
+                                    .map(|s| {
+                                        s.with_extras_of(&mapped.into_iter().collect::<Vec<_>>())
+                                    })
+                                    .as_ref()
+                                    .and_then(to_value)
                             };
                             taken.push(NewEvent::new(
                                 stream::TARGET,
@@ -1344,7 +1373,7 @@ impl Cycle<'_> {
                 }
             }
             // Matched objects now have a ledger state: their differences are updates.
-            let mut updates = plan(&state, self.source_kind, Some(kind)).updates;
+            let mut updates = plan(&state, self.mapping, Some(kind)).updates;
             let mut repairing = Repairing::default();
             if let Some(l) = listing.filter(|_| pass < 2) {
                 let (r, s) = self
@@ -1378,7 +1407,7 @@ impl Cycle<'_> {
             return Ok(());
         }
         state = replay::advance(self.store, state).await?;
-        let mut deletes = plan(&state, self.source_kind, None).deletes;
+        let mut deletes = plan(&state, self.mapping, None).deletes;
         deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         self.run_ops(deletes, fence, report, &Repairing::default())
             .await?;
@@ -1426,7 +1455,7 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         skipped: &mut HashSet<String>,
     ) -> Result<(reconcile::Repairs, Arc<State>)> {
-        let mut r = reconcile::repairs(&state, self.source_kind, kind, listing);
+        let mut r = reconcile::repairs(&state, self.mapping, kind, listing);
         if let Some(found) = report.reconcile.as_mut() {
             found.missing += r.missing;
             found.changed += r.changed;

@@ -22,7 +22,7 @@ use super::scope::Scope;
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::log::event::{Attrs, ObjectKind};
 use crate::log::{AnyStore, OpenMode};
-use crate::plan::mapping::{map_object, user_attribute_sources, Desired};
+use crate::plan::mapping::{Desired, Mapping, Rule, Slot};
 use crate::project::replay;
 use crate::source::ldap::{ConnectOptions, LdapClient};
 use crate::target::{AnyTarget, Target};
@@ -155,17 +155,31 @@ fn read_check(src: &SourceConfig, seen: u64, owned: usize) -> Check {
     }
 }
 
-/// Users that lack every source of a mapped attribute (pure). The first, userName, is
-/// required: any user without it fails. Another that no user has is a warning.
-fn attribute_checks(kind: SourceKind, users: &[&Attrs]) -> [Check; 2] {
+/// Users that lack every source attribute of a mapped attribute (pure). The first,
+/// userName, is required: any user without one fails. Another that no user has is a
+/// warning (`active` aside: its sources are usually absent).
+fn attribute_checks(mapping: &Mapping, users: &[&Attrs]) -> [Check; 2] {
     let has = |a: &Attrs, sources: &[&str]| {
         sources
             .iter()
             .any(|s| a.get(s).is_some_and(|v| !v.is_empty()))
     };
-    let all = user_attribute_sources(kind);
-    let (user_name, rest) = all.split_first().unwrap_or((&("userName", &[]), &[]));
-    let missing = users.iter().filter(|a| !has(a, user_name.1)).count();
+    fn sources(r: &Rule) -> Vec<&str> {
+        r.reads.iter().map(String::as_str).collect()
+    }
+    let (user_name, rest) = match mapping.user.split_first() {
+        Some((first, rest)) => ((first.key.as_str(), sources(first)), rest),
+        None => (("userName", Vec::new()), &[][..]),
+    };
+    let rest: Vec<(&str, Vec<&str>)> = rest
+        .iter()
+        .filter(|r| r.slot != Slot::Active && !r.reads.is_empty())
+        .map(|r| (r.key.as_str(), sources(r)))
+        .collect();
+    let missing = users
+        .iter()
+        .filter(|a| !user_name.1.is_empty() && !has(a, &user_name.1))
+        .count();
     let name_check = check(
         "userName",
         if missing == 0 {
@@ -230,9 +244,9 @@ pub async fn preflight(cfg: &Config, instance: &str, progress: &ProgressBar) -> 
                     .map(|()| format!("{} as {}", src.url, src.bind_dn))
                     .map_err(|e| e.to_string()),
             ));
-            if bound.is_ok() {
+            if let (Ok(()), Some(mapping)) = (bound, &cfg.mapping) {
                 out.extend(sync_control(src).await);
-                out.extend(source_checks(&store, src, instance, progress).await);
+                out.extend(source_checks(&store, src, mapping, instance, progress).await);
             }
         }
     }
@@ -309,6 +323,7 @@ fn missing_from_target(
 async fn source_checks(
     store: &AnyStore,
     src: &SourceConfig,
+    mapping: &Mapping,
     instance: &str,
     progress: &ProgressBar,
 ) -> Vec<Check> {
@@ -348,7 +363,7 @@ async fn source_checks(
         }
         users.push(&rec.attrs);
         // An unmappable user is counted by the userName check below.
-        if let Ok(Desired::User(u)) = map_object(src.kind, rec) {
+        if let Ok(Desired::User(u)) = mapping.map(anchor, rec) {
             let mut keys = vec![u.user_name.as_str().to_lowercase()];
             if let Some(m) = &u.email {
                 keys.push(m.as_str().to_lowercase());
@@ -379,7 +394,7 @@ async fn source_checks(
             ))
         },
     ));
-    out.extend(attribute_checks(src.kind, &users));
+    out.extend(attribute_checks(mapping, &users));
     out
 }
 
@@ -404,6 +419,7 @@ mod tests {
             exclude: Vec::new(),
             anchor: None,
             limits: Default::default(),
+            mapped: Vec::new(),
         }
     }
 
@@ -484,15 +500,17 @@ mod tests {
             ("ou", "D"),
         ]);
         let bare = attrs(&[("uid", "b"), ("cn", "B")]);
-        let [name, rest] = attribute_checks(SourceKind::Openldap, &[&full, &bare]);
+        let ldap = Mapping::default_for(SourceKind::Openldap, crate::config::TargetKind::Scim);
+        let [name, rest] = attribute_checks(&ldap, &[&full, &bare]);
         assert_eq!((name.ok, rest.ok, rest.warning), (true, true, false));
         let nameless = attrs(&[("cn", "C"), ("sn", "S")]);
-        let [name, rest] = attribute_checks(SourceKind::Openldap, &[&nameless, &bare]);
+        let [name, rest] = attribute_checks(&ldap, &[&nameless, &bare]);
         assert!(!name.ok);
         assert_eq!(name.detail, "1 user(s) have no mail or uid: they would not be exported (if the directory sets it, the bind account cannot read it)");
         assert_eq!((rest.ok, rest.warning), (true, true));
-        assert_eq!(rest.detail, "none of the 2 users in scope has name.givenName (givenname), emails (mail), title (title), department (departmentnumber or ou): if the directory sets them, the bind account cannot read them and they would be exported empty");
-        let [name, rest] = attribute_checks(SourceKind::Ad, &[]);
+        assert_eq!(rest.detail, "none of the 2 users in scope has name.givenName (givenname), emails[type eq \"work\"].value (mail), title (title), urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department (departmentnumber or ou): if the directory sets them, the bind account cannot read them and they would be exported empty");
+        let ad = Mapping::default_for(SourceKind::Ad, crate::config::TargetKind::Scim);
+        let [name, rest] = attribute_checks(&ad, &[]);
         assert_eq!((name.result(), rest.result()), ("ok", "ok"));
     }
 }

@@ -4,13 +4,16 @@
 //! append as every claim: [`export_log`] with `reset`) and what the log holds is exported
 //! through the normal plan, guard and claims.
 
+use std::sync::Arc;
+
 use indicatif::ProgressBar;
 
 use super::export::{export_log, ExportOptions, SyncReport};
-use crate::config::{SourceKind, Threshold};
+use crate::config::Threshold;
 use crate::error::{Error, Result};
 use crate::log::event::{Event, ObjectKind, TargetReset};
 use crate::log::AnyStore;
+use crate::plan::mapping::Mapping;
 use crate::plan::plan::{plan, Plan};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{Meta, State};
@@ -21,7 +24,8 @@ use crate::target::{AnyTarget, RemoteObject, Target};
 pub struct RebuildOptions {
     /// The instance exporting: the relationship's holder, or anyone while nobody holds it.
     pub instance: String,
-    pub source_kind: SourceKind,
+    /// How source objects map (the configured mapping).
+    pub mapping: Arc<Mapping>,
     pub threshold: Threshold,
 }
 
@@ -63,7 +67,7 @@ pub fn rebuild_plan(state: &State, opts: &RebuildOptions, now_us: i64) -> Plan {
             reason: opts.reason(),
         }),
     );
-    plan(&s, opts.source_kind, None)
+    plan(&s, &opts.mapping, None)
 }
 
 /// Rebuild the target from the log. Refused (nothing written) when the target holds
@@ -91,7 +95,7 @@ pub async fn rebuild(
     }
     let export = ExportOptions {
         instance: opts.instance.clone(),
-        source_kind: opts.source_kind,
+        mapping: opts.mapping.clone(),
         threshold: opts.threshold,
         // The ledger is reset first: a rebuild has no deletion to hold.
         hold: Default::default(),
@@ -143,10 +147,13 @@ mod tests {
         l.export("a2", ExportOp::Create, "u2");
         let opts = RebuildOptions {
             instance: "a".into(),
-            source_kind: SourceKind::Openldap,
+            mapping: Arc::new(crate::plan::mapping::Mapping::default_for(
+                crate::config::SourceKind::Openldap,
+                crate::config::TargetKind::Scim,
+            )),
             threshold: Threshold::Count(500),
         };
-        assert!(plan(&l.state, opts.source_kind, None).new.is_empty());
+        assert!(plan(&l.state, &opts.mapping, None).new.is_empty());
         let p = rebuild_plan(&l.state, &opts, 0);
         let new: Vec<&str> = p.new.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(new, ["a1", "a2"]);

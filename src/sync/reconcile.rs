@@ -20,9 +20,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::config::SourceKind;
 use crate::log::event::ObjectKind;
-use crate::plan::plan::desired;
+use crate::plan::mapping::Mapping;
+use crate::plan::plan::{desired_in, References};
 use crate::project::{At, LedgerEntry, State};
 use crate::target::{Mapped, Op, RemoteObject};
 
@@ -115,12 +115,7 @@ impl Repairs {
 /// The repairs of owned objects of `kind` against `listing`. Entries exported since the
 /// listing was read are left out (the listing cannot tell about them), and so are objects
 /// no longer live in the source (the plan deletes them; a deletion answered 404 is done).
-pub fn repairs(
-    state: &State,
-    source_kind: SourceKind,
-    kind: ObjectKind,
-    listing: &Listing,
-) -> Repairs {
+pub fn repairs(state: &State, mapping: &Mapping, kind: ObjectKind, listing: &Listing) -> Repairs {
     let ix = Index::new(listing, state);
     let mut owned: Vec<(&String, &LedgerEntry)> = state
         .ledger
@@ -129,13 +124,14 @@ pub fn repairs(
         .collect();
     owned.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Repairs::default();
+    let refs = References::new(state, mapping);
     for (anchor, l) in owned {
         let want = state
             .objects
             .objects
             .get(anchor.as_str())
             .filter(|r| r.live())
-            .and_then(|r| desired(state, source_kind, r).ok())
+            .and_then(|r| desired_in(state, mapping, &refs, anchor, r).ok())
             .map(|(m, _)| m);
         let (remote, adopted) = match ix.by_id.get(l.target_id.as_str()) {
             Some(r) => (Some(*r), false),
@@ -143,6 +139,10 @@ pub fn repairs(
         };
         match (remote, want) {
             (Some(r), want) => {
+                // Of the target's attributes, those the mapping sets (or set when we last
+                // exported): the others are not ours to compare or remove.
+                let keep: Vec<&Mapped> = l.state.iter().chain(want.as_ref()).collect();
+                let r_state = r.state.as_ref().map(|s| s.with_extras_of(&keep));
                 if adopted {
                     out.missing += 1;
                     out.adopt.push((anchor.clone(), r.clone()));
@@ -153,12 +153,12 @@ pub fn repairs(
                 // update, and a ledger without state writes everything anyway.
                 let lost_anchor = r.anchor.as_deref() != Some(anchor.as_str());
                 let out_of_band =
-                    adopted || (l.state.is_some() && r.state.as_ref() != l.state.as_ref());
+                    adopted || (l.state.is_some() && r_state.as_ref() != l.state.as_ref());
                 let drifted =
-                    |w: &Mapped| lost_anchor || (out_of_band && r.state.as_ref() != Some(w));
+                    |w: &Mapped| lost_anchor || (out_of_band && r_state.as_ref() != Some(w));
                 if let Some(to) = want.filter(drifted) {
                     out.changed += u64::from(!adopted);
-                    let from = r.state.clone().filter(|_| !lost_anchor);
+                    let from = r_state.clone().filter(|_| !lost_anchor);
                     out.restore.push(Op::Update {
                         anchor: anchor.clone(),
                         target_id: r.id.clone(),
@@ -245,6 +245,15 @@ mod tests {
     use crate::target::{MappedGroup, MappedUser};
     use std::collections::BTreeSet;
 
+    use crate::plan::plan::desired;
+
+    fn ldap() -> Mapping {
+        Mapping::default_for(
+            crate::config::SourceKind::Openldap,
+            crate::config::TargetKind::Scim,
+        )
+    }
+
     /// A log of source users and groups and their exports, folded.
     struct Given {
         state: State,
@@ -306,7 +315,7 @@ mod tests {
         /// Exported as the source maps it now, with target id `id`.
         fn exported(self, anchor: &str, id: &str) -> Given {
             let rec = &self.state.objects.objects[anchor];
-            let (m, _) = desired(&self.state, SourceKind::Openldap, rec).unwrap();
+            let (m, _) = desired(&self.state, &ldap(), anchor, rec).unwrap();
             self.export(anchor, id, ExportOp::Create, Some(&m))
         }
         fn export(self, anchor: &str, id: &str, op: ExportOp, m: Option<&Mapped>) -> Given {
@@ -364,7 +373,7 @@ mod tests {
     }
 
     fn mapped_user(state: &State, anchor: &str) -> MappedUser {
-        match desired(state, SourceKind::Openldap, &state.objects.objects[anchor]) {
+        match desired(state, &ldap(), anchor, &state.objects.objects[anchor]) {
             Ok((Mapped::User(u), _)) => u,
             other => panic!("{other:?}"),
         }
@@ -375,10 +384,7 @@ mod tests {
         let s = lab();
         let l = exact(&s);
         for kind in [ObjectKind::User, ObjectKind::Group] {
-            assert_eq!(
-                repairs(&s, SourceKind::Openldap, kind, &l),
-                Repairs::default()
-            );
+            assert_eq!(repairs(&s, &ldap(), kind, &l), Repairs::default());
         }
         assert_eq!(duplicates(&s, &l), Vec::new());
     }
@@ -391,7 +397,7 @@ mod tests {
             objects: Vec::new(),
             seq: s.seq,
         };
-        let r = repairs(&s, SourceKind::Openldap, ObjectKind::User, &wiped);
+        let r = repairs(&s, &ldap(), ObjectKind::User, &wiped);
         assert_eq!(
             r.recreate,
             vec![
@@ -407,18 +413,18 @@ mod tests {
         );
         assert_eq!((r.missing, r.changed), (2, 0));
         assert!(r.restore.is_empty() && r.adopt.is_empty());
-        let g = repairs(&s, SourceKind::Openldap, ObjectKind::Group, &wiped);
+        let g = repairs(&s, &ldap(), ObjectKind::Group, &wiped);
         assert_eq!(g.recreate.len(), 1);
         // An object exported after the listing was read is not judged by it.
         let s2 = Given { state: s.clone() }
             .export("u1", "i1b", ExportOp::Create, None)
             .state;
-        let r = repairs(&s2, SourceKind::Openldap, ObjectKind::User, &wiped);
+        let r = repairs(&s2, &ldap(), ObjectKind::User, &wiped);
         assert_eq!(r.recreate.len(), 1);
         assert_eq!(r.recreate[0].anchor(), "u2");
         // Not live in the source any more: the plan deletes it, nothing to repair.
         let s3 = Given { state: s }.deleted("u2").state;
-        let r = repairs(&s3, SourceKind::Openldap, ObjectKind::User, &wiped);
+        let r = repairs(&s3, &ldap(), ObjectKind::User, &wiped);
         assert_eq!(r.recreate.len(), 1);
         assert_eq!(r.recreate[0].anchor(), "u1");
     }
@@ -433,7 +439,7 @@ mod tests {
         u.title = Some("Boss".into());
         let changed = l.objects[0].clone();
         let anchor = changed.anchor.clone().unwrap();
-        let r = repairs(&s, SourceKind::Openldap, ObjectKind::User, &l);
+        let r = repairs(&s, &ldap(), ObjectKind::User, &l);
         assert_eq!(
             r.restore,
             vec![Op::Update {
@@ -452,7 +458,7 @@ mod tests {
                 g.members = ["i1".to_string(), "stranger".to_string()].into();
             }
         }
-        let r = repairs(&s, SourceKind::Openldap, ObjectKind::Group, &l);
+        let r = repairs(&s, &ldap(), ObjectKind::Group, &l);
         let Op::Update { to, from, .. } = &r.restore[0] else {
             panic!()
         };
@@ -470,13 +476,13 @@ mod tests {
             .user("u1", "u1@x", "Manager")
             .state;
         assert_eq!(
-            repairs(&s2, SourceKind::Openldap, ObjectKind::User, &exact(&s)),
+            repairs(&s2, &ldap(), ObjectKind::User, &exact(&s)),
             Repairs::default()
         );
         // The anchor removed out of band: everything is written again, anchor too.
         let mut l = exact(&s);
         l.objects[0].anchor = None;
-        let r = repairs(&s, SourceKind::Openldap, ObjectKind::User, &l);
+        let r = repairs(&s, &ldap(), ObjectKind::User, &l);
         assert!(matches!(&r.restore[0], Op::Update { from: None, .. }));
     }
 
@@ -498,7 +504,7 @@ mod tests {
         );
         // Its own object gone: the copy is taken back, not deleted; a second copy is.
         l.objects.retain(|o| o.id != "ig");
-        let r = repairs(&s, SourceKind::Openldap, ObjectKind::Group, &l);
+        let r = repairs(&s, &ldap(), ObjectKind::Group, &l);
         assert_eq!(r.adopt.len(), 1);
         assert_eq!(r.adopt[0].1.id, "ig-2");
         assert!(r.recreate.is_empty() && r.restore.is_empty());

@@ -124,10 +124,12 @@ async fn read_source(
                 None => src.full().await,
             };
             let kind = src.cursor_kind();
-            let keep = src.kept_attributes();
+            // The kind's own list, and what the mapping reads.
+            let mut keep = src.kept_attributes().to_vec();
+            keep.extend(cfg.mapped.iter().map(String::as_str));
             src.close().await;
             let mut read = read?;
-            keep_in_read(&mut read, keep);
+            keep_in_read(&mut read, &keep);
             Ok::<_, Error>((read, info, kind))
         }
         .await;

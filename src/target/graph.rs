@@ -55,7 +55,7 @@
 //! short-lived tokens). Neither the client secret nor the token appears in `Debug`, errors
 //! or logs.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
@@ -86,7 +86,9 @@ const EXPAND_LIMIT: usize = 20;
 pub const ANCHOR_EXTENSION: &str = "dirsyncAnchor";
 
 const USER_SELECT: &str = "id,userPrincipalName,displayName,givenName,surname,mail,jobTitle,\
-department,accountEnabled,onPremisesImmutableId,createdDateTime";
+department,accountEnabled,onPremisesImmutableId,createdDateTime,employeeId,employeeType,\
+companyName,mobilePhone,officeLocation,streetAddress,city,state,postalCode,country,\
+preferredLanguage,usageLocation,businessPhones,onPremisesExtensionAttributes";
 
 /// Tuning of a [`GraphTarget`]. The defaults suit the real service.
 #[derive(Clone, Debug)]
@@ -1227,10 +1229,51 @@ fn display_name(u: &MappedUser) -> &str {
         .unwrap_or(&u.user_name)
 }
 
-/// The user's writable attributes, Graph names; `None` is JSON null.
-fn user_attrs(u: &MappedUser) -> Vec<(&'static str, Value)> {
+/// User properties the mapping may set beyond the default table's (`[mapping.user]` keys
+/// of a Graph target; Microsoft Graph v1.0 `user` resource, all strings).
+const EXTRA_PROPS: &[&str] = &[
+    "employeeId",
+    "employeeType",
+    "companyName",
+    "mobilePhone",
+    "officeLocation",
+    "streetAddress",
+    "city",
+    "state",
+    "postalCode",
+    "country",
+    "preferredLanguage",
+    "usageLocation",
+    "businessPhones",
+];
+/// `onPremisesExtensionAttributes.extensionAttribute1` .. `15`.
+const EXTENSION_ATTRS: &str = "onPremisesExtensionAttributes";
+
+/// Whether the mapping may set the user property `key`, or why not.
+pub fn extra_property(key: &str) -> std::result::Result<(), String> {
+    if EXTRA_PROPS.contains(&key) {
+        return Ok(());
+    }
+    if let Some(n) = key
+        .strip_prefix(EXTENSION_ATTRS)
+        .and_then(|r| r.strip_prefix(".extensionAttribute"))
+    {
+        if n.parse::<u8>().is_ok_and(|n| (1..=15).contains(&n)) && !n.starts_with('0') {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "not a Graph user property dirsync writes: {}, {EXTENSION_ATTRS}.extensionAttribute1..15",
+        EXTRA_PROPS.join(", ")
+    ))
+}
+
+/// The user's writable attributes, Graph names; `None` is JSON null. The default table's
+/// are always listed; the mapping's others after them, the extension attributes as one
+/// object.
+fn user_attrs(u: &MappedUser) -> Vec<(&str, Value)> {
     let s = |v: &Option<CompactString>| v.as_ref().map_or(Value::Null, |v| Value::from(v.as_str()));
-    vec![
+    let mut out = vec![
         ("userPrincipalName", Value::from(u.user_name.as_str())),
         ("displayName", Value::String(display_name(u).to_string())),
         ("givenName", s(&u.given_name)),
@@ -1239,7 +1282,24 @@ fn user_attrs(u: &MappedUser) -> Vec<(&'static str, Value)> {
         ("jobTitle", s(&u.title)),
         ("department", s(&u.department)),
         ("accountEnabled", Value::Bool(u.active)),
-    ]
+    ];
+    let mut ext = Map::new();
+    for (k, v) in &u.extra {
+        match k
+            .strip_prefix(EXTENSION_ATTRS)
+            .and_then(|r| r.strip_prefix('.'))
+        {
+            Some(a) => {
+                ext.insert(a.to_string(), Value::from(v.as_str()));
+            }
+            None if k == "businessPhones" => out.push((k.as_str(), json!([v.as_str()]))),
+            None => out.push((k.as_str(), Value::from(v.as_str()))),
+        }
+    }
+    if !ext.is_empty() {
+        out.push((EXTENSION_ATTRS, Value::Object(ext)));
+    }
+    out
 }
 
 /// `POST /users` body. None when the anchor is not a UUID.
@@ -1283,9 +1343,24 @@ pub fn user_patch(
             );
         }
         Some(f) => {
-            for ((k, old), (_, new)) in user_attrs(f).into_iter().zip(user_attrs(to)) {
-                if old != new {
-                    o.insert(k.into(), new);
+            let old = user_attrs(f);
+            let new = user_attrs(to);
+            for (k, v) in &new {
+                if old.iter().find(|(o, _)| o == k).map(|(_, v)| v) != Some(v) {
+                    o.insert(k.to_string(), v.clone());
+                }
+            }
+            // What the mapping no longer sets is cleared.
+            for (k, v) in old {
+                if !new.iter().any(|(n, _)| *n == k) {
+                    let cleared = match v {
+                        Value::Object(m) => {
+                            Value::Object(m.into_iter().map(|(a, _)| (a, Value::Null)).collect())
+                        }
+                        Value::Array(_) => json!([]),
+                        _ => Value::Null,
+                    };
+                    o.insert(k.to_string(), cleared);
                 }
             }
         }
@@ -1498,6 +1573,35 @@ fn opt_compact(v: &Value, key: &str) -> Option<CompactString> {
     v.get(key).and_then(Value::as_str).map(CompactString::new)
 }
 
+/// The mapping's other properties as a listed user holds them (those selected).
+fn remote_extras(v: &Value) -> BTreeMap<CompactString, CompactString> {
+    let mut out = BTreeMap::new();
+    for p in EXTRA_PROPS {
+        let value = match v.get(*p) {
+            Some(Value::Array(a)) => a.first().and_then(Value::as_str),
+            Some(x) => x.as_str(),
+            None => None,
+        };
+        if let Some(s) = value {
+            out.insert(CompactString::new(p), CompactString::new(s));
+        }
+    }
+    for (a, x) in v
+        .get(EXTENSION_ATTRS)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(s) = x.as_str() {
+            out.insert(
+                CompactString::new(format!("{EXTENSION_ATTRS}.{a}")),
+                CompactString::new(s),
+            );
+        }
+    }
+    out
+}
+
 /// A user as [`Target::list`] returns it.
 fn remote_user(v: &Value) -> Result<RemoteObject, String> {
     let id = opt_str(v, "id").ok_or("no id")?;
@@ -1520,6 +1624,7 @@ fn remote_user(v: &Value) -> Result<RemoteObject, String> {
                 title: opt_compact(v, "jobTitle"),
                 department: opt_compact(v, "department"),
                 active,
+                extra: remote_extras(v),
             })
         });
     Ok(RemoteObject {
@@ -1751,6 +1856,7 @@ mod tests {
             title: None,
             department: Some("Ops".into()),
             active: true,
+            extra: Default::default(),
         }
     }
 

@@ -11,7 +11,7 @@ pub mod graph;
 pub mod retry;
 pub mod scim;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
@@ -41,6 +41,10 @@ pub struct MappedUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub department: Option<CompactString>,
     pub active: bool,
+    /// Other attributes the mapping sets (`[mapping.user]`), by the target's name for
+    /// them (a SCIM path, a Graph property): strings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<CompactString, CompactString>,
 }
 
 /// A group as the target should hold it.
@@ -74,6 +78,22 @@ impl Mapped {
         match self {
             Mapped::User(u) => &u.user_name,
             Mapped::Group(g) => &g.display_name,
+        }
+    }
+
+    /// This state with only the extra attributes `keep` names: what the target holds of
+    /// the attributes a mapping sets, not of every attribute the target has.
+    pub fn with_extras_of(&self, keep: &[&Mapped]) -> Mapped {
+        match self {
+            Mapped::User(u) if !u.extra.is_empty() => {
+                let mut u = u.clone();
+                u.extra.retain(|k, _| {
+                    keep.iter()
+                        .any(|m| matches!(m, Mapped::User(x) if x.extra.contains_key(k)))
+                });
+                Mapped::User(u)
+            }
+            m => m.clone(),
         }
     }
 

@@ -27,7 +27,7 @@
 //! it is there. Updating the e-mail replaces the whole `emails` list with the one work
 //! address dirsync manages.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -823,17 +823,61 @@ pub fn resource_json(anchor: &str, object: &Mapped) -> Value {
             if !name.is_empty() {
                 r.insert("name".into(), Value::Object(name));
             }
-            if let Some(e) = &u.email {
-                r.insert("emails".into(), work_emails(e));
-            }
             if let Some(t) = &u.title {
                 r.insert("title".into(), json!(t));
             }
             if let Some(d) = &u.department {
-                schemas.push(json!(ENTERPRISE_SCHEMA));
                 r.insert(ENTERPRISE_SCHEMA.into(), json!({ "department": d }));
             }
             r.insert("active".into(), json!(u.active));
+            for (key, value) in &u.extra {
+                let Ok(p) = extra_path(key) else { continue };
+                match p {
+                    ExtraPath::Core { attr, sub: None } => {
+                        r.insert(attr.into(), json!(value));
+                    }
+                    ExtraPath::Core {
+                        attr,
+                        sub: Some(sub),
+                    } => {
+                        if let Some(o) = r
+                            .entry(attr)
+                            .or_insert_with(|| Value::Object(Map::new()))
+                            .as_object_mut()
+                        {
+                            o.insert(sub.into(), json!(value));
+                        }
+                    }
+                    ExtraPath::Extension { schema, attr } => {
+                        if let Some(o) = r
+                            .entry(schema)
+                            .or_insert_with(|| Value::Object(Map::new()))
+                            .as_object_mut()
+                        {
+                            o.insert(attr.into(), json!(value));
+                        }
+                    }
+                    ExtraPath::Reference { schema, attr } => {
+                        if let Some(o) = r
+                            .entry(schema)
+                            .or_insert_with(|| Value::Object(Map::new()))
+                            .as_object_mut()
+                        {
+                            o.insert(attr.into(), json!({ "value": value }));
+                        }
+                    }
+                    // Multi-valued attributes below, whole.
+                    ExtraPath::Typed { .. } => {}
+                }
+            }
+            for (attr, values) in typed_values(u) {
+                r.insert(attr.into(), values);
+            }
+            for k in r.keys() {
+                if k.starts_with("urn:") {
+                    schemas.push(json!(k));
+                }
+            }
             r.insert("schemas".into(), Value::Array(schemas));
         }
         Mapped::Group(g) => {
@@ -848,27 +892,194 @@ pub fn resource_json(anchor: &str, object: &Mapped) -> Value {
     Value::Object(r)
 }
 
-fn work_emails(e: &str) -> Value {
-    json!([{ "value": e, "type": "work", "primary": true }])
+/// A user attribute other than the default table's that the mapping can set
+/// (`[mapping.user]` keys of a SCIM target).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtraPath<'a> {
+    /// A core attribute (`nickName`), or a sub-attribute of `name` (`name.middleName`).
+    Core { attr: &'a str, sub: Option<&'a str> },
+    /// An attribute of an extension schema (`urn:...:enterprise:2.0:User:employeeNumber`).
+    Extension { schema: &'a str, attr: &'a str },
+    /// The enterprise `manager`: the manager's target id, written as `{"value": id}`.
+    Reference { schema: &'a str, attr: &'a str },
+    /// A value of a multi-valued attribute, by its type:
+    /// `phoneNumbers[type eq "mobile"].value`, `addresses[type eq "work"].locality`.
+    Typed {
+        attr: &'a str,
+        kind: &'a str,
+        sub: &'a str,
+    },
+}
+
+/// Core string attributes of a User (RFC 7643 §4.1.1) the mapping may set.
+const CORE_EXTRA: &[&str] = &[
+    "nickName",
+    "profileUrl",
+    "userType",
+    "preferredLanguage",
+    "locale",
+    "timezone",
+];
+const NAME_EXTRA: &[&str] = &[
+    "formatted",
+    "middleName",
+    "honorificPrefix",
+    "honorificSuffix",
+];
+/// The enterprise extension's string attributes (RFC 7643 §4.3); department is the
+/// default table's, manager a reference.
+const ENTERPRISE_EXTRA: &[&str] = &["employeeNumber", "costCenter", "organization", "division"];
+/// Multi-valued attributes with a `type` and a `value` (RFC 7643 §4.1.2).
+const TYPED_VALUE: &[&str] = &["emails", "phoneNumbers", "ims", "photos"];
+const ADDRESS_SUB: &[&str] = &[
+    "formatted",
+    "streetAddress",
+    "locality",
+    "region",
+    "postalCode",
+    "country",
+];
+
+/// Where `key` goes in a User resource, or why dirsync cannot write it.
+pub fn extra_path(key: &str) -> std::result::Result<ExtraPath<'_>, String> {
+    if let Some(attr) = key
+        .strip_prefix(ENTERPRISE_SCHEMA)
+        .and_then(|r| r.strip_prefix(':'))
+    {
+        return match attr {
+            a if ENTERPRISE_EXTRA.contains(&a) => Ok(ExtraPath::Extension {
+                schema: ENTERPRISE_SCHEMA,
+                attr: a,
+            }),
+            "manager" => Ok(ExtraPath::Reference {
+                schema: ENTERPRISE_SCHEMA,
+                attr: "manager",
+            }),
+            _ => Err(format!(
+                "the enterprise extension has no string attribute `{attr}` ({}, department)",
+                ENTERPRISE_EXTRA.join(", ")
+            )),
+        };
+    }
+    if key.starts_with("urn:") {
+        // An extension schema the server advertises (`preflight` reads /Schemas).
+        return match key.rsplit_once(':') {
+            Some((schema, attr))
+                if schema != USER_SCHEMA
+                    && !attr.is_empty()
+                    && attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                Ok(ExtraPath::Extension { schema, attr })
+            }
+            _ => Err("not `SCHEMA_URN:attribute`".into()),
+        };
+    }
+    if let Some((attr, rest)) = key.split_once("[type eq \"") {
+        let (kind, sub) = rest
+            .split_once("\"].")
+            .ok_or_else(|| "write a typed value as `attr[type eq \"work\"].value`".to_string())?;
+        let ok = (TYPED_VALUE.contains(&attr) && sub == "value")
+            || (attr == "addresses" && ADDRESS_SUB.contains(&sub));
+        if !ok || kind.is_empty() || kind.contains('"') {
+            return Err(format!(
+                "not a typed value dirsync writes ({}[type eq \"T\"].value, addresses[type eq \"T\"].{})",
+                TYPED_VALUE.join("|"),
+                ADDRESS_SUB.join("|")
+            ));
+        }
+        return Ok(ExtraPath::Typed { attr, kind, sub });
+    }
+    if let Some(sub) = key.strip_prefix("name.") {
+        if NAME_EXTRA.contains(&sub) {
+            return Ok(ExtraPath::Core {
+                attr: "name",
+                sub: Some(sub),
+            });
+        }
+    }
+    if CORE_EXTRA.contains(&key) {
+        return Ok(ExtraPath::Core {
+            attr: key,
+            sub: None,
+        });
+    }
+    Err(format!(
+        "not a SCIM user attribute dirsync writes: {}, name.{}, typed values, extension attributes (URN:attribute)",
+        CORE_EXTRA.join(", "),
+        NAME_EXTRA.join("|")
+    ))
+}
+
+/// The user's multi-valued attributes, whole: the work e-mail and every typed value the
+/// mapping sets, grouped by attribute and type.
+fn typed_values(u: &MappedUser) -> BTreeMap<&str, Value> {
+    // Attribute -> (type, the value's object), in order.
+    type Typed<'a> = Vec<(&'a str, Map<String, Value>)>;
+    let mut by: BTreeMap<&str, Typed<'_>> = BTreeMap::new();
+    if let Some(e) = &u.email {
+        let mut o = Map::new();
+        o.insert("value".into(), json!(e));
+        o.insert("type".into(), json!("work"));
+        o.insert("primary".into(), json!(true));
+        by.entry("emails").or_default().push(("work", o));
+    }
+    for (key, value) in &u.extra {
+        if let Ok(ExtraPath::Typed { attr, kind, sub }) = extra_path(key) {
+            let list = by.entry(attr).or_default();
+            let i = match list.iter().position(|(k, _)| *k == kind) {
+                Some(i) => i,
+                None => {
+                    let mut o = Map::new();
+                    o.insert("type".into(), json!(kind));
+                    list.push((kind, o));
+                    list.len() - 1
+                }
+            };
+            list[i].1.insert(sub.into(), json!(value));
+        }
+    }
+    by.into_iter()
+        .map(|(a, l)| {
+            (
+                a,
+                Value::Array(l.into_iter().map(|(_, o)| Value::Object(o)).collect()),
+            )
+        })
+        .collect()
 }
 
 fn member_values<'a>(ids: impl Iterator<Item = &'a String>) -> Value {
     Value::Array(ids.map(|id| json!({ "value": id })).collect())
 }
 
-/// A user's attributes as (PATCH path, value), None when absent.
-fn user_attributes(u: &MappedUser) -> [(&'static str, Option<Value>); 8] {
+/// A user's attributes as (PATCH path, value), None when absent: the default table's
+/// (always listed), then the others the mapping sets; multi-valued ones whole.
+fn user_attributes(u: &MappedUser) -> Vec<(&str, Option<Value>)> {
     let s = |v: &Option<CompactString>| v.as_ref().map(|s| json!(s));
-    [
+    let mut typed = typed_values(u);
+    let mut out = vec![
         ("userName", Some(json!(u.user_name))),
         ("displayName", s(&u.display_name)),
         ("name.givenName", s(&u.given_name)),
         ("name.familyName", s(&u.family_name)),
-        ("emails", u.email.as_deref().map(work_emails)),
+        ("emails", typed.remove("emails")),
         ("title", s(&u.title)),
         (DEPARTMENT_PATH, s(&u.department)),
         ("active", Some(json!(u.active))),
-    ]
+    ];
+    for (key, value) in &u.extra {
+        match extra_path(key) {
+            Ok(ExtraPath::Core { .. } | ExtraPath::Extension { .. }) => {
+                out.push((key.as_str(), Some(json!(value))))
+            }
+            Ok(ExtraPath::Reference { .. }) => {
+                out.push((key.as_str(), Some(json!({ "value": value }))))
+            }
+            Ok(ExtraPath::Typed { .. }) | Err(_) => {}
+        }
+    }
+    out.extend(typed.into_iter().map(|(a, v)| (a, Some(v))));
+    out
 }
 
 /// The PATCH operations (RFC 7644 §3.5.2) that turn `from` into `to`: only what differs.
@@ -891,14 +1102,25 @@ pub fn patch_operations(anchor: &str, from: Option<&Mapped>, to: &Mapped) -> Vec
                 Some(Mapped::User(f)) => Some(user_attributes(f)),
                 _ => None,
             };
-            for (i, (path, value)) in user_attributes(t).into_iter().enumerate() {
-                let old = from.as_ref().map(|f| &f[i].1);
-                if old == Some(&value) {
+            let to = user_attributes(t);
+            for (path, value) in &to {
+                let old = from.as_ref().map(|f| {
+                    f.iter()
+                        .find(|(p, _)| p == path)
+                        .and_then(|(_, v)| v.as_ref())
+                });
+                if old == Some(value.as_ref()) {
                     continue;
                 }
                 match value {
                     Some(v) => ops.push(json!({ "op": "replace", "path": path, "value": v })),
                     None => ops.push(json!({ "op": "remove", "path": path })),
+                }
+            }
+            // What the mapping no longer sets.
+            for (path, value) in from.iter().flatten() {
+                if value.is_some() && !to.iter().any(|(p, _)| p == path) {
+                    ops.push(json!({ "op": "remove", "path": path }));
                 }
             }
         }
@@ -1047,6 +1269,67 @@ fn path<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
     names.iter().try_fold(v, |v, n| attr(v, n))
 }
 
+/// The attributes a mapping may set beyond the default table's, as a User resource holds
+/// them (every one it holds: reconcile compares only those the mapping sets).
+fn remote_extras(v: &Value) -> BTreeMap<CompactString, CompactString> {
+    let mut out = BTreeMap::new();
+    let mut put = |key: String, value: Option<&Value>| {
+        if let Some(s) = value.and_then(Value::as_str) {
+            out.insert(CompactString::new(key), CompactString::new(s));
+        }
+    };
+    for a in CORE_EXTRA {
+        put(a.to_string(), attr(v, a));
+    }
+    for a in NAME_EXTRA {
+        put(format!("name.{a}"), path(v, &["name", a]));
+    }
+    for (k, ext) in v.as_object().into_iter().flatten() {
+        if !k.starts_with("urn:") || k.eq_ignore_ascii_case(USER_SCHEMA) {
+            continue;
+        }
+        let enterprise = k.eq_ignore_ascii_case(ENTERPRISE_SCHEMA);
+        let schema = if enterprise { ENTERPRISE_SCHEMA } else { k };
+        for (a, value) in ext.as_object().into_iter().flatten() {
+            if enterprise && a.eq_ignore_ascii_case("department") {
+                continue;
+            }
+            // The manager's id.
+            if enterprise && a.eq_ignore_ascii_case("manager") {
+                put(format!("{ENTERPRISE_SCHEMA}:manager"), attr(value, "value"));
+                continue;
+            }
+            let a = ENTERPRISE_EXTRA
+                .iter()
+                .find(|e| enterprise && e.eq_ignore_ascii_case(a))
+                .map_or(a.as_str(), |e| *e);
+            put(format!("{schema}:{a}"), Some(value));
+        }
+    }
+    for (name, subs) in TYPED_VALUE
+        .iter()
+        .map(|a| (*a, &["value"][..]))
+        .chain([("addresses", ADDRESS_SUB)])
+    {
+        let Some(Value::Array(items)) = attr(v, name) else {
+            continue;
+        };
+        for item in items {
+            let Some(kind) = attr(item, "type").and_then(Value::as_str) else {
+                continue;
+            };
+            // The work e-mail is the default table's.
+            if name == "emails" && kind.eq_ignore_ascii_case("work") {
+                continue;
+            }
+            for sub in subs {
+                put(format!("{name}[type eq \"{kind}\"].{sub}"), attr(item, sub));
+            }
+        }
+    }
+    out
+}
+
 /// A SCIM User or Group resource as a [`RemoteObject`] with its mapped state.
 pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<RemoteObject, String> {
     let id = attr(v, "id")
@@ -1099,6 +1382,7 @@ pub fn parse_resource(kind: ObjectKind, v: &Value) -> std::result::Result<Remote
                     .and_then(Value::as_str)
                     .map(CompactString::new),
                 active: attr(v, "active").and_then(Value::as_bool).unwrap_or(true),
+                extra: remote_extras(v),
             };
             Ok(RemoteObject {
                 kind,
@@ -1154,6 +1438,7 @@ mod tests {
             title: Some("Engineer".into()),
             department: Some("R&D".into()),
             active: true,
+            extra: Default::default(),
         }
     }
 

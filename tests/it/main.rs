@@ -12,6 +12,7 @@ mod history;
 mod lab;
 mod lab_smoke;
 mod log_store;
+mod mapping;
 mod notify;
 mod ops;
 mod package;

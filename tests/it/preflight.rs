@@ -115,7 +115,7 @@ fn not_ok(checks: &[(String, String, String)]) -> Vec<(&str, &str, &str)> {
 const NO_DEPARTMENT: (&str, &str, &str) = (
     "attributes",
     "warn",
-    "none of the 3 users in scope has department (departmentnumber or ou): if the directory sets them, the bind account cannot read them and they would be exported empty",
+    "none of the 3 users in scope has urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department (departmentnumber or ou): if the directory sets them, the bind account cannot read them and they would be exported empty",
 );
 
 /// Finding 4: preflight passed with "0 objects in scope" when the bind account could read
@@ -238,7 +238,7 @@ async fn preflight_checks_the_attributes_the_mapping_reads() {
             (
                 "attributes",
                 "warn",
-                "none of the 3 users in scope has emails (mail), title (title), department (departmentnumber or ou): if the directory sets them, the bind account cannot read them and they would be exported empty"
+                "none of the 3 users in scope has emails[type eq \"work\"].value (mail), title (title), urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department (departmentnumber or ou): if the directory sets them, the bind account cannot read them and they would be exported empty"
             )
         ],
         "{run:?}"

@@ -40,6 +40,7 @@ async fn fixture() -> Fixture {
         include: vec![OU.into()],
         exclude: vec![],
         anchor: None,
+        mapped: Vec::new(),
     };
     Fixture {
         samba,

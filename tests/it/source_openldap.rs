@@ -71,6 +71,7 @@ fn source_config(slapd: &Slapd, bind_dn: String, pw: std::path::PathBuf) -> Sour
         include: vec![],
         exclude: vec![],
         anchor: None,
+        mapped: Vec::new(),
     }
 }
 

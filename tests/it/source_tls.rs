@@ -23,6 +23,7 @@ fn cfg(slapd: &Slapd, pw: &std::path::Path, ca_file: Option<std::path::PathBuf>)
         include: vec![],
         exclude: vec![],
         anchor: None,
+        mapped: Vec::new(),
     }
 }
 

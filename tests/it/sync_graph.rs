@@ -383,3 +383,59 @@ async fn a_wiped_target_is_restored_by_sync_full() {
     );
     assert_eq!(counts(&v), [0; 7], "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_properties_reach_graph_and_a_mapping_change_updates_them() {
+    let lab = Lab::start(2, 1000, 500).await;
+    let conf = lab.dir.path().join("dirsync.toml");
+    let mut toml = std::fs::read_to_string(&conf).unwrap();
+    toml.push_str(
+        "[mapping.user]\nemployeeId = \"src.uid[0].upperAscii()\"\n\
+         \"onPremisesExtensionAttributes.extensionAttribute1\" = \"src.cn[0]\"\n\
+         businessPhones = \"'+1 555 0100'\"\n",
+    );
+    std::fs::write(&conf, &toml).unwrap();
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [3, 0, 0, 0, 0, 0, 0], "{v}");
+    let stored = |upn: &str| {
+        let mut u = lab.graph.user_by_upn(upn).unwrap();
+        let o = u.as_object_mut().unwrap();
+        for k in ["id", "createdDateTime", "onPremisesImmutableId"] {
+            assert!(o.remove(k).is_some(), "{k}");
+        }
+        u
+    };
+    assert_eq!(
+        stored("u1@example.org"),
+        serde_json::json!({
+            "accountEnabled": true,
+            "userPrincipalName": "u1@example.org",
+            "displayName": "User 1",
+            "givenName": "User",
+            "surname": "N1",
+            "mail": "u1@example.org",
+            "jobTitle": "Clerk",
+            "mailNickname": "u1",
+            "employeeId": "U1",
+            "businessPhones": ["+1 555 0100"],
+            "onPremisesExtensionAttributes": {"extensionAttribute1": "User 1"},
+        })
+    );
+    std::fs::write(&conf, toml.replace("src.cn[0]", "'x-' + src.uid[0]")).unwrap();
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 2, 0, 0, 0, 0, 0], "{v}");
+    assert_eq!(
+        stored("u2@example.org")["onPremisesExtensionAttributes"],
+        serde_json::json!({"extensionAttribute1": "x-u2"})
+    );
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+    // A reconcile reads the mapped properties back: no drift.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+    assert_eq!(
+        (&v["reconcile"]["missing"], &v["reconcile"]["changed"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "{v}"
+    );
+}

@@ -55,6 +55,7 @@ fn user(name: &str) -> MappedUser {
         title: None,
         department: Some("Ops".into()),
         active: true,
+        extra: Default::default(),
     }
 }
 

@@ -40,6 +40,7 @@ fn full_user(name: &str) -> MappedUser {
         title: Some("Engineer".into()),
         department: Some("R&D".into()),
         active: true,
+        extra: Default::default(),
     }
 }
 
@@ -410,7 +411,11 @@ async fn update_sends_only_differences() {
     )
     .await;
     let listed = s.list(ObjectKind::User).await.unwrap();
-    assert_eq!(listed[0].state, Some(Mapped::User(bare)));
+    // The listing holds every attribute a mapping could set, ours or not (reconcile
+    // compares only the mapping's).
+    let mut held = bare.clone();
+    held.extra.insert("nickName".into(), "Dee".into());
+    assert_eq!(listed[0].state, Some(Mapped::User(held)));
     assert_eq!(listed[0].anchor.as_deref(), Some(a.as_str()));
     let raw = get(&t, &path).await;
     assert_eq!(raw["nickName"], json!("Dee"), "not ours, kept");

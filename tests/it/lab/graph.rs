@@ -286,6 +286,17 @@ const USER_PROPS: &[&str] = &[
     "officeLocation",
     "mobilePhone",
     "otherMails",
+    "employeeId",
+    "employeeType",
+    "companyName",
+    "streetAddress",
+    "city",
+    "state",
+    "postalCode",
+    "country",
+    "preferredLanguage",
+    "businessPhones",
+    "onPremisesExtensionAttributes",
 ];
 const USER_DEFAULT: &[&str] = &[
     "id",

@@ -1,0 +1,377 @@
+//! `[mapping.user]` / `[mapping.group]` (issue 20): CEL expressions against slapd and
+//! scim2-server, and the configuration errors they can make.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::common::dirsync;
+use crate::sync_export::E2e;
+
+const PEOPLE: &str = "ou=people,dc=example,dc=org";
+const GROUPS: &str = "ou=groups,dc=example,dc=org";
+
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+
+fn append(lab: &E2e, toml: &str) {
+    let p = lab.dir.path().join("dirsync.toml");
+    let mut s = std::fs::read_to_string(&p).unwrap();
+    s.push_str(toml);
+    std::fs::write(p, s).unwrap();
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+/// A user resource as dirsync wrote it: without what the server adds (id, meta).
+fn written(mut u: Value) -> Value {
+    if let Some(o) = u.as_object_mut() {
+        o.remove("id");
+        o.remove("meta");
+    }
+    u
+}
+
+const MAPPING: &str = r#"
+[mapping.user]
+userName = "src.uid[0] + '@corp.example'"
+active = "!(has(src.employeetype) && src.employeetype[0] == 'disabled')"
+"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber" = "has(src.employeenumber) ? src.employeenumber[0] : null"
+"phoneNumbers[type eq \"work\"].value" = "has(src.telephonenumber) ? src.telephonenumber[0] : null"
+nickName = "src.cn[0].lowerAscii()"
+[mapping.group]
+displayName = "'grp-' + src.cn[0]"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_map_user_name_extras_active_and_groups() {
+    let lab = E2e::ldap(0, "500").await;
+    lab.slapd()
+        .ldapadd(&format!(
+            "dn: uid=ann,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: ann\ncn: Ann Smith\nsn: Smith\n\
+             employeeNumber: 1001\ntelephoneNumber: +49 30 1234\nmail: ann@example.org\n\n\
+             dn: uid=bob,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: bob\ncn: Bob Jones\nsn: Jones\n\
+             employeeType: disabled\n\n\
+             dn: cn=staff,{GROUPS}\nobjectClass: groupOfNames\ncn: staff\nmember: uid=ann,{PEOPLE}\n\n"
+        ))
+        .await;
+    append(&lab, MAPPING);
+    let v = lab.sync("a", &[]);
+    // ann, bob, staff, and the lab's groups team and crew.
+    assert_eq!((n(&v, "created"), n(&v, "unmappable")), (5, 0), "{v}");
+    let ann = lab.anchor(&format!("uid=ann,{PEOPLE}")).await;
+    let bob = lab.anchor(&format!("uid=bob,{PEOPLE}")).await;
+    let users: BTreeMap<String, Value> = lab
+        .view
+        .users_by_anchor()
+        .await
+        .into_iter()
+        .map(|(a, u)| (a, written(u)))
+        .collect();
+    assert_eq!(
+        users[&ann],
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE],
+            "externalId": ann,
+            "userName": "ann@corp.example",
+            "displayName": "Ann Smith",
+            "nickName": "ann smith",
+            "name": {"familyName": "Smith"},
+            "emails": [{"value": "ann@example.org", "type": "work", "primary": true}],
+            "phoneNumbers": [{"value": "+49 30 1234", "type": "work"}],
+            "active": true,
+            ENTERPRISE: {"employeeNumber": "1001"},
+        })
+    );
+    assert_eq!(
+        users[&bob],
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "externalId": bob,
+            "userName": "bob@corp.example",
+            "displayName": "Bob Jones",
+            "nickName": "bob jones",
+            "name": {"familyName": "Jones"},
+            "active": false,
+        })
+    );
+    let groups = lab.view.groups_by_anchor().await;
+    let names: std::collections::BTreeSet<&str> = groups
+        .values()
+        .map(|g| g["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["grp-crew", "grp-staff", "grp-team"].into());
+
+    // `mapping test`: one object's values, from the log.
+    let run = lab.cli(&[
+        "mapping",
+        "test",
+        "--dn",
+        &format!("UID=bob,{PEOPLE}"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let t: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        t,
+        json!({
+            "anchor": bob,
+            "dn": format!("uid=bob,{PEOPLE}"),
+            "kind": "user",
+            "live": true,
+            "mapped": {
+                "userName": "bob@corp.example",
+                "displayName": "Bob Jones",
+                "name.givenName": null,
+                "name.familyName": "Jones",
+                "emails[type eq \"work\"].value": null,
+                "title": null,
+                format!("{ENTERPRISE}:department"): null,
+                "active": false,
+                format!("{ENTERPRISE}:employeeNumber"): null,
+                "nickName": "bob jones",
+                "phoneNumbers[type eq \"work\"].value": null,
+            },
+            "errors": [],
+        })
+    );
+    // `object show` maps through the configured mapping too (not the defaults).
+    let run = lab.cli(&["object", "show", &ann, "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let o: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        (&o["mapped"], &o["unmappable"]),
+        (
+            &json!({
+                "user_name": "ann@corp.example",
+                "display_name": "Ann Smith",
+                "family_name": "Smith",
+                "email": "ann@example.org",
+                "active": true,
+                "extra": {
+                    "nickName": "ann smith",
+                    "phoneNumbers[type eq \"work\"].value": "+49 30 1234",
+                    format!("{ENTERPRISE}:employeeNumber"): "1001",
+                },
+            }),
+            &Value::Null
+        )
+    );
+    // `mapping show`: the effective table, defaults included, and where each row is from.
+    let run = lab.cli(&["mapping", "show", "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let t: Value = serde_json::from_str(&run.stdout).unwrap();
+    let from: Vec<(String, String)> = t["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["attribute"].as_str().unwrap().into(),
+                r["from"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let at = |l: u32| format!("dirsync.toml:{l}");
+    let base = std::fs::read_to_string(lab.dir.path().join("dirsync.toml"))
+        .unwrap()
+        .lines()
+        .position(|l| l == "[mapping.user]")
+        .unwrap() as u32
+        + 1;
+    assert_eq!(
+        from,
+        [
+            ("userName".to_string(), at(base + 1)),
+            ("displayName".into(), "default".into()),
+            ("name.givenName".into(), "default".into()),
+            ("name.familyName".into(), "default".into()),
+            ("emails[type eq \"work\"].value".into(), "default".into()),
+            ("title".into(), "default".into()),
+            (format!("{ENTERPRISE}:department"), "default".into()),
+            ("active".into(), at(base + 2)),
+            ("nickName".into(), at(base + 5)),
+            ("phoneNumbers[type eq \"work\"].value".into(), at(base + 4)),
+            (format!("{ENTERPRISE}:employeeNumber"), at(base + 3)),
+            ("displayName".into(), at(base + 7)),
+        ]
+    );
+    assert_eq!(
+        t["rules"][1]["expression"],
+        "has(src.displayname) ? src.displayname[0] : has(src.cn) ? src.cn[0] : null"
+    );
+
+    // A source change reaches the target through the expressions.
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=bob,{PEOPLE}\nchangetype: modify\nadd: employeeNumber\nemployeeNumber: 1002\n-\n\
+             delete: employeeType\n\n"
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "updated"), 1, "{v}");
+    let u = written(lab.view.users_by_anchor().await.remove(&bob).unwrap());
+    assert_eq!(
+        (&u["active"], &u[ENTERPRISE]),
+        (&json!(true), &json!({"employeeNumber": "1002"}))
+    );
+
+    // A change of the mapping alone reaches every object it changes on the next sync.
+    let p = lab.dir.path().join("dirsync.toml");
+    let s = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        s.replace("src.cn[0].lowerAscii()", "src.uid[0].upperAscii()"),
+    )
+    .unwrap();
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "updated"), 2, "{v}");
+    let users = lab.view.users_by_anchor().await;
+    assert_eq!(
+        (&users[&ann]["nickName"], &users[&bob]["nickName"]),
+        (&json!("ANN"), &json!("BOB"))
+    );
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    // A reconcile reads the mapped attributes back: no drift.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(
+        (&v["reconcile"]["missing"], &v["reconcile"]["changed"]),
+        (&json!(0), &json!(0)),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expression_failing_for_one_user_leaves_that_user_out() {
+    let lab = E2e::ldap(2, "500").await;
+    append(
+        &lab,
+        "[mapping.user]\n\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber\" = \"src.employeenumber[0]\"\n",
+    );
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=u1,{PEOPLE}\nchangetype: modify\nadd: employeeNumber\nemployeeNumber: 7\n\n"
+        ))
+        .await;
+    // Reported, the rest of the cycle exported.
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "created"), n(&v, "unmappable")), (3, 1), "{v}");
+    let u2 = lab.anchor(&format!("uid=u2,{PEOPLE}")).await;
+    assert_eq!(
+        v["problems"][0],
+        json!({
+            "anchor": u2,
+            "problem": "unmappable",
+            "detail": format!("{ENTERPRISE}:employeeNumber `src.employeenumber[0]`: the object has no `employeenumber` (test it with has(src.employeenumber))"),
+        }),
+        "{v}"
+    );
+    assert_eq!(lab.view.count("Users").await, 1);
+}
+
+#[test]
+fn bad_mappings_exit_2_naming_file_line_and_key_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[store]\nurl = \"sqlite://log.db\"\n\
+                [source]\nkind = \"openldap\"\nurl = \"ldap://127.0.0.1:1\"\nbind_dn = \"cn=x\"\n\
+                password_env = \"NOPE\"\nbase_dn = \"dc=x\"\n\
+                [target]\nkind = \"scim\"\nurl = \"http://127.0.0.1:1/v2\"\ntoken_env = \"NOPE\"\n";
+    // Line 14 is the mapping row.
+    let cases = [
+        (
+            "[mapping.user]\nuserName = \"src.uid[0\"\n",
+            "dirsync.toml:14: mapping.user.\"userName\": `src.uid[0`: Syntax error: missing ']' at '<EOF>' (column 11)",
+        ),
+        (
+            "[mapping.user]\ntitle = \"shout(src.title[0])\"\n",
+            "dirsync.toml:14: mapping.user.\"title\": `shout(src.title[0])`: unknown function `shout`",
+        ),
+        (
+            "[mapping.user]\nuserName = \"src.mail\"\n",
+            "dirsync.toml:14: mapping.user.\"userName\": `src.mail` gives a list, and userName takes a string",
+        ),
+        (
+            "[mapping.user]\nactive = \"src.uid[0]\"\n",
+            "dirsync.toml:14: mapping.user.\"active\": `src.uid[0]` gives a string, and active takes a bool",
+        ),
+        (
+            "[mapping.user]\nshoeSize = \"'42'\"\n",
+            "dirsync.toml:14: mapping.user.\"shoeSize\": not a SCIM user attribute dirsync writes: nickName, profileUrl, userType, preferredLanguage, locale, timezone, name.formatted|middleName|honorificPrefix|honorificSuffix, typed values, extension attributes (URN:attribute)",
+        ),
+        (
+            "[mapping.group]\nmembers = \"src.member\"\n",
+            "dirsync.toml:14: mapping.group.\"members\": not a group attribute dirsync maps (displayName; members are the synced members)",
+        ),
+    ];
+    for (mapping, want) in cases {
+        std::fs::write(dir.path().join("dirsync.toml"), format!("{base}{mapping}")).unwrap();
+        for args in [
+            &["sync", "--instance", "a"][..],
+            &["init"][..],
+            &["mapping", "show"][..],
+        ] {
+            let run = dirsync(dir.path(), args);
+            assert_eq!(run.code, 2, "{args:?} {run:?}");
+            assert_eq!(
+                run.stderr.trim(),
+                format!("dirsync: configuration: {want}"),
+                "{args:?}"
+            );
+            assert!(!dir.path().join("log.db").exists(), "nothing written");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
+    let lab = E2e::ldap(0, "500").await;
+    lab.slapd()
+        .ldapadd(&format!(
+            "dn: uid=ann,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: ann\ncn: Ann\nsn: A\nemployeeNumber: 1\n\n\
+             dn: uid=bob,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: bob\ncn: Bob\nsn: B\nemployeeNumber: 2\n\
+             manager: uid=ann,{PEOPLE}\n\n\
+             dn: uid=carol,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: carol\ncn: Carol\nsn: C\nemployeeNumber: 3\n\
+             manager: UID=Bob,{PEOPLE}\n\n"
+        ))
+        .await;
+    append(
+        &lab,
+        &format!(
+            "[mapping.user]\n\"{ENTERPRISE}:employeeNumber\" = \"src.employeenumber[0]\"\n\
+             \"{ENTERPRISE}:manager\" = \"has(src.manager) ? src.manager[0] : null\"\n"
+        ),
+    );
+    let v = lab.sync("a", &[]);
+    // Three users and the lab's two groups created; the two managers set once their users
+    // had target ids, in the same cycle.
+    assert_eq!(
+        (n(&v, "created"), n(&v, "updated"), n(&v, "unmappable")),
+        (5, 2, 0),
+        "{v}"
+    );
+    let users = lab.view.users_by_anchor().await;
+    let by_name = |name: &str| {
+        users
+            .values()
+            .find(|u| u["userName"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let (ann, bob, carol) = (by_name("ann"), by_name("bob"), by_name("carol"));
+    assert_eq!(ann[ENTERPRISE], json!({"employeeNumber": "1"}));
+    assert_eq!(
+        bob[ENTERPRISE],
+        json!({"employeeNumber": "2", "manager": {"value": ann["id"]}})
+    );
+    assert_eq!(
+        carol[ENTERPRISE],
+        json!({"employeeNumber": "3", "manager": {"value": bob["id"]}})
+    );
+    // Nothing left to do, and a reconcile reads the managers back.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+}
