@@ -20,7 +20,12 @@ const USERS: u32 = 300;
 const GROUPS: u32 = 10;
 
 fn step(s: &str) {
-    println!("\n\x1b[1m== {s}\x1b[0m");
+    // Bold only for a person at a terminal: no escape codes in a file or a pipe.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("\n\x1b[1m== {s}\x1b[0m");
+    } else {
+        println!("\n== {s}");
+    }
 }
 
 /// Run dirsync in `dir`, echoing the command and its output; returns the exit code.
