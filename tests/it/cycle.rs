@@ -267,8 +267,10 @@ async fn a_target_that_goes_down_ends_the_cycle_soon_naming_the_first_cause() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(took < Duration::from_secs(60), "took {took:?}: {run:?}");
     let last = json_error(&run);
+    // The first request refused names the cause: a create, or under load a lookup the
+    // matching still had in flight when the target went down (the order is not fixed).
     assert!(
-        last.starts_with("target: create user ")
+        (last.starts_with("target: create user ") || last.starts_with("target: list "))
             && last.contains("Connection refused")
             && last.contains("(the target is down: ")
             && last.ends_with("the cycle stopped; what was exported before is recorded"),
@@ -278,7 +280,7 @@ async fn a_target_that_goes_down_ends_the_cycle_soon_naming_the_first_cause() {
     assert!(!events.iter().any(|t| t == "ExportFailed"), "{events:?}");
     assert_eq!(events.last().map(String::as_str), Some("SyncRunFailed"));
     let owned = assert_ledger_is_target(&lab).await;
-    assert!((1..=13).contains(&owned), "{owned} exported");
+    assert!(owned <= 13, "{owned} exported");
 }
 
 /// Issue 18.4: with a target answering writes late, a cycle ran past 15 minutes and
