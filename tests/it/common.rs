@@ -173,3 +173,19 @@ pub async fn assert_only_failed_cycle(
         other => panic!("expected only a failed cycle ({reason:?}): {other:?}"),
     }
 }
+
+/// Wait until `f` holds (polling), at most `secs`.
+pub async fn until<F, Fut>(secs: u64, what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

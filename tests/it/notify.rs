@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use dirsync::log::Store;
 use serde_json::{json, Value};
 
-use crate::common::bin;
+use crate::common::{bin, until};
 use crate::sync_export::E2e;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
@@ -130,19 +130,6 @@ fn break_target(lab: &E2e) {
         .collect();
     assert!(text.contains("127.0.0.1:1/v2"), "{text}");
     std::fs::write(&p, text).unwrap();
-}
-
-/// Wait until `f` holds (polling), at most `secs`.
-async fn until<F, Fut>(secs: u64, what: &str, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The payloads of the log's notification events, in order: (event type, payload).

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::bin;
+use crate::common::{bin, until};
 use crate::sync_export::E2e;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
@@ -56,19 +56,6 @@ async fn get(url: &str) -> Option<(u16, String, String)> {
         .unwrap_or_default()
         .to_string();
     Some((status, ctype, r.text().await.ok()?))
-}
-
-/// Wait until `f` holds (polling), at most `secs`.
-async fn until<F, Fut>(secs: u64, what: &str, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The samples of an exposition: `name{labels}` -> value (comments skipped).

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::bin;
+use crate::common::{bin, until};
 use crate::sync_export::E2e;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
@@ -18,19 +18,6 @@ fn spawn(lab: &E2e) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// Wait until `f` holds (polling), at most `secs`.
-async fn until<F, Fut>(secs: u64, what: &str, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn title(lab: &E2e, anchor: &str) -> String {
