@@ -5,9 +5,8 @@
 
 use serde::Serialize;
 
-use super::point;
 use crate::output::time;
-use crate::project::{Reconcile, State};
+use crate::project::{At, Reconcile, State};
 
 /// One reconcile, flat, as printed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -56,8 +55,8 @@ impl Row {
 pub struct DriftReport {
     /// Oldest first.
     pub reconciles: Vec<Row>,
-    /// The last reconcile with every repair done, as "TIME (seq N)".
-    pub last_complete: Option<String>,
+    /// The last reconcile with every repair done (`{"seq", "at"}` in JSON).
+    pub last_complete: Option<At>,
     /// When a plain sync next reads the whole target (None: at its next cycle).
     pub next_due: Option<String>,
 }
@@ -75,7 +74,7 @@ impl DriftReport {
             .iter()
             .map(|r| {
                 vec![
-                    format!("{} (seq {})", r.at, r.seq),
+                    format!("{} (seq {})", crate::output::shown_str(&r.at), r.seq),
                     r.instance.clone(),
                     r.listed.to_string(),
                     r.missing.to_string(),
@@ -110,7 +109,7 @@ pub fn drift(state: &State, every: std::time::Duration) -> DriftReport {
     let every_us = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
     DriftReport {
         reconciles: state.relationship.reconciles.iter().map(Row::of).collect(),
-        last_complete: last.as_ref().map(point),
+        last_complete: last,
         next_due: last.map(|a| time(a.at_us.saturating_add(every_us))),
     }
 }
@@ -151,7 +150,10 @@ mod tests {
         // The one with failures does not count as done: due from the one before.
         assert_eq!(
             d.last_complete,
-            Some(format!("{} (seq 3)", time(3_000_000)))
+            Some(At {
+                seq: 3,
+                at_us: 3_000_000
+            })
         );
         assert_eq!(d.next_due, Some(time(63_000_000)));
         assert_eq!(

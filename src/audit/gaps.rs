@@ -6,7 +6,6 @@
 use serde::Serialize;
 
 use super::{point, span};
-use crate::output::time;
 use crate::project::{At, State};
 
 const DAY_US: i64 = 86_400 * 1_000_000;
@@ -30,6 +29,11 @@ pub struct Window {
         serialize_with = "crate::output::at_json_opt"
     )]
     pub retired: Option<At>,
+    /// Its length, in whole seconds in JSON (`length_seconds`).
+    #[serde(
+        rename = "length_seconds",
+        serialize_with = "crate::output::seconds_json"
+    )]
     pub length_us: i64,
     /// Source deletions the log recorded inside the window.
     pub deletions: u64,
@@ -48,6 +52,10 @@ pub struct InstanceGaps {
     pub last_sync: Option<At>,
     #[serde(serialize_with = "crate::output::at_json_opt")]
     pub cursor: Option<At>,
+    #[serde(
+        rename = "cursor_age_seconds",
+        serialize_with = "crate::output::seconds_json_opt"
+    )]
     pub cursor_age_us: Option<i64>,
     /// The cursor is older than the tombstone lifetime: deletions from before that are
     /// invisible to it. Never for a retired instance (its cursor is not used again).
@@ -184,7 +192,7 @@ impl GapReport {
                     match (i.cursor, i.cursor_expired) {
                         (None, _) => "none".into(),
                         (Some(_), true) => "expired".into(),
-                        (Some(c), false) => time(c.at_us),
+                        (Some(c), false) => crate::output::shown(c.at_us),
                     },
                 ]);
             }

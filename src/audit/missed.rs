@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{ledger_name, point, time_opt};
+use super::{ledger_name, point, point_utc, time_opt};
 use crate::log::event::ExportOp;
 use crate::log::event::ObjectKind;
 use crate::output::time;
@@ -319,7 +319,7 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
                 Status::Missed,
                 format!(
                     "older than {name}'s last completed sync ({}), which did not export it",
-                    point(s)
+                    point_utc(s)
                 ),
             ),
             Exporter::Active { name, .. } => match &waiting {
@@ -409,7 +409,11 @@ impl MissedDelete {
                 Some(d) => format!("{} ({d})", self.state.as_str()),
                 None => self.state.as_str().to_string(),
             },
-            format!("{} ({})", self.status.as_str(), self.status_detail),
+            format!(
+                "{} ({})",
+                self.status.as_str(),
+                crate::output::shown_in(&self.status_detail)
+            ),
         ]
     }
 

@@ -10,6 +10,7 @@ pub mod drift;
 pub mod fresh;
 pub mod gaps;
 pub mod history;
+pub mod lookup;
 pub mod missed;
 pub mod object;
 pub mod report;
@@ -24,14 +25,20 @@ pub fn ledger_name(state: &State, anchor: &str) -> String {
     crate::target::ledger_name(&state.ledger, anchor)
 }
 
-/// A point of the log as people read it: "TIME (seq N)".
+/// A point of the log in a table: "TIME (seq N)", the time as `--local-time` says.
 pub fn point(a: &At) -> String {
+    crate::output::shown_at(a)
+}
+
+/// A point of the log in text that is data (a JSON field, the HTML report, which says
+/// UTC): "TIME (seq N)", the time in UTC whatever `--local-time` says.
+pub fn point_utc(a: &At) -> String {
     format!("{} (seq {})", time(a.at_us), a.seq)
 }
 
-/// An optional time in microseconds, or "-".
+/// An optional time in microseconds for a table (as `--local-time` says), or "-".
 pub fn time_opt(us: Option<i64>) -> String {
-    us.map_or_else(|| "-".to_string(), time)
+    us.map_or_else(|| "-".to_string(), crate::output::shown)
 }
 
 /// A duration in whole units people read: "3d 4h", "12m", "40s".

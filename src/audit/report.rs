@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use super::gaps::GapReport;
 use super::missed::MissedDelete;
-use super::point;
+use super::point_utc;
 use crate::output::time;
 use crate::project::{HandoverRecord, StepState};
 
@@ -512,7 +512,7 @@ fn timeline(h: &mut String, r: &Report, t0: i64, t1: i64) {
             esc(&g.instance),
             esc(&g.status),
             g.syncs,
-            g.last_sync.as_ref().map_or("-".into(), point),
+            g.last_sync.as_ref().map_or("-".into(), point_utc),
             g.windows.len(),
             g.windows.iter().filter(|w| w.exceeds_lifetime).count()
         );
@@ -617,10 +617,10 @@ fn handovers(h: &mut String, r: &Report, t0: i64, t1: i64) {
             esc(&ho.to),
             esc(id),
             esc(&ho.playbook),
-            point(&ho.started),
+            point_utc(&ho.started),
             ho.completed
                 .as_ref()
-                .map_or("not completed".to_string(), |c| format!("completed {}", point(c)))
+                .map_or("not completed".to_string(), |c| format!("completed {}", point_utc(c)))
         );
         for (n, s) in ho.steps.iter().enumerate() {
             let _ = write!(
@@ -629,8 +629,8 @@ fn handovers(h: &mut String, r: &Report, t0: i64, t1: i64) {
                 n + 1,
                 esc(&s.action),
                 format!("{:?}", s.state).to_lowercase(),
-                s.started.as_ref().map_or("-".into(), point),
-                s.finished.as_ref().map_or("-".into(), point),
+                s.started.as_ref().map_or("-".into(), point_utc),
+                s.finished.as_ref().map_or("-".into(), point_utc),
                 if s.detail.is_null() {
                     String::new()
                 } else {
@@ -741,7 +741,7 @@ fn missed(h: &mut String, r: &Report) {
     for m in &r.missed {
         let gap = |p: &Option<super::missed::SyncPoint>| {
             p.as_ref().map_or("-".to_string(), |p| {
-                format!("{} at {}", p.instance, point(&p.at))
+                format!("{} at {}", p.instance, point_utc(&p.at))
             })
         };
         // missed or pending (and why), then where its export stands (unsent, held, failed).
@@ -764,7 +764,7 @@ fn missed(h: &mut String, r: &Report) {
             m.evidence_detail
                 .as_deref()
                 .map_or(String::new(), |d| format!(": {}", esc(d))),
-            m.recorded.as_ref().map_or("-".into(), point),
+            m.recorded.as_ref().map_or("-".into(), point_utc),
             m.recorded_by
                 .as_deref()
                 .map_or(String::new(), |b| format!(" by {}", esc(b))),

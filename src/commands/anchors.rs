@@ -37,7 +37,7 @@ pub(super) async fn anchors(cfg: &Config, c: AnchorsCommand, fmt: Format) -> Res
                             .map(|h| {
                                 vec![
                                     h.at.seq.to_string(),
-                                    time(h.at.at_us),
+                                    output::shown(h.at.at_us),
                                     h.instance.clone(),
                                     match (&h.from, h.migrated) {
                                         (Some(f), _) => format!("migrated {f} -> {}", h.to),

@@ -32,7 +32,7 @@ pub(super) async fn audit_cmd(
                     f.instance, f.run_id, f.seen, f.deleted, f.left_scope
                 );
             }
-            let fresh = serde_json::to_value(&audit.fresh).map_err(Error::store)?;
+            let fresh = output::json_value(&audit.fresh).map_err(Error::store)?;
             let list = audit.missed;
             let as_of = audit.as_of;
             // Told only of deletions no holder's next cycle would export (`missed`); the
@@ -100,7 +100,7 @@ pub(super) async fn audit_cmd(
             let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
             let min_us = i64::try_from(min.as_micros()).unwrap_or(i64::MAX);
             let report = gaps::gaps(&state, now, min_us);
-            let v = serde_json::to_value(&report).map_err(Error::store)?;
+            let v = output::json_value(&report).map_err(Error::store)?;
             emit_rows(fmt, &gaps::HEADERS, &report.rows(), &v)?;
             if fmt == Format::Table {
                 print(&match report.tombstone_lifetime_days {
@@ -117,7 +117,7 @@ pub(super) async fn audit_cmd(
         AuditCommand::Drift { fail_if_any } => {
             let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
             let report = crate::audit::drift::drift(&state, cfg.sync.reconcile_target);
-            let v = serde_json::to_value(&report).map_err(Error::store)?;
+            let v = output::json_value(&report).map_err(Error::store)?;
             if fmt == Format::Table && report.reconciles.is_empty() {
                 print("the target was never reconciled: `dirsync sync --full` reads it whole\n")?;
             } else {
@@ -125,7 +125,10 @@ pub(super) async fn audit_cmd(
             }
             if fmt == Format::Table {
                 if let Some(due) = &report.next_due {
-                    print(&format!("\nnext reconcile due: {due}\n"))?;
+                    print(&format!(
+                        "\nnext reconcile due: {}\n",
+                        output::shown_str(due)
+                    ))?;
                 }
             }
             Ok(if fail_if_any && report.found_any() {

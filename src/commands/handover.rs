@@ -68,7 +68,7 @@ pub(super) fn print_handover(
     fmt: Format,
 ) -> Result<()> {
     match fmt {
-        Format::Json => emit_json(&serde_json::to_value(r).map_err(Error::store)?),
+        Format::Json => emit_json(&output::json_value(r).map_err(Error::store)?),
         Format::Table | Format::Csv => {
             let mut out = format!(
                 "handover {} ({} -> {}, playbook {}): {}\n",

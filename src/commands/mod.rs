@@ -45,13 +45,11 @@ use crate::cli::{
 };
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
-use crate::log::event::{stream, InstanceLifecycle};
-use crate::log::store::{Batch, Expected};
-use crate::log::{AnyStore, ChainVerifier, Event, NewEvent, OpenMode, Store, StoredEvent};
+use crate::log::{AnyStore, ChainVerifier, Event, OpenMode, Store, StoredEvent};
 use crate::ops::notify::{self, Notification, Notifier, NotifyEvent};
 use crate::output::{self, print, table, time};
 use crate::project::replay::{self as projection, Until};
-use crate::project::{InstanceStatus, State};
+use crate::project::State;
 
 /// Replay at most this many events past the stored projections before storing them again.
 const SNAPSHOT_EVERY: u64 = 10_000;

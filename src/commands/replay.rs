@@ -54,10 +54,7 @@ pub(super) async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> 
 }
 
 pub(super) fn at(a: Option<&crate::project::At>) -> String {
-    a.map_or_else(
-        || "-".to_string(),
-        |a| format!("{} (seq {})", output::shown(a.at_us), a.seq),
-    )
+    a.map_or_else(|| "-".to_string(), output::shown_at)
 }
 
 pub fn print_state(s: &State, fmt: Format) -> Result<()> {
@@ -135,7 +132,7 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
         let sa = projection::state_at(&store, from, None).await?;
         let sb = projection::state_at(&store, to, None).await?;
         let d = history::diff(&sa, &sb);
-        let v = serde_json::to_value(&d).map_err(Error::store)?;
+        let v = output::json_value(&d).map_err(Error::store)?;
         if fmt == Format::Table {
             print(&format!(
                 "changes from seq {} to seq {}\n",
@@ -158,7 +155,7 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
         let scope = crate::sync::scope::Scope::new(&src.base_dn, &src.include, &src.exclude);
         let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
         let w = history::what_if(&state, &scope, other.mapping()?);
-        let v = serde_json::to_value(&w).map_err(Error::store)?;
+        let v = output::json_value(&w).map_err(Error::store)?;
         if fmt == Format::Table {
             print(&format!(
                 "under {}: {} would leave the target, {} join, {} change, {} unmappable (log as of seq {})\n",

@@ -9,7 +9,7 @@ async fn of_type(store: &AnyStore, t: &str, after: u64) -> Result<Vec<(StoredEve
         event_type: Some(t.to_string()),
         ..Default::default()
     };
-    let events = history_all(store, &q, after, u64::MAX).await?;
+    let events = crate::audit::lookup::history_all(store, &q, after, u64::MAX).await?;
     events
         .into_iter()
         .map(|e| {

@@ -41,7 +41,11 @@ fn status_table(r: &StatusReport) -> String {
                     .as_ref()
                     .map_or("-".into(), |s| output::shown_str(&s.at)),
                 i.last_failure.as_ref().map_or("-".into(), |f| {
-                    format!("{} ({})", f.at, f.reason.map_or("unknown", |r| r.as_str()))
+                    format!(
+                        "{} ({})",
+                        output::shown_str(&f.at),
+                        f.reason.map_or("unknown", |r| r.as_str())
+                    )
                 }),
                 i.deletions_held.to_string(),
                 i.cursor.as_ref().map_or("-".into(), |c| {
@@ -95,7 +99,7 @@ fn status_table(r: &StatusReport) -> String {
         out.push_str("healthy\n");
     } else {
         for p in &r.health.problems {
-            out.push_str(&format!("problem: {p}\n"));
+            out.push_str(&format!("problem: {}\n", output::shown_in(p)));
         }
     }
     out

@@ -2,9 +2,11 @@
 //! projections; only the runners talk to servers and the log.
 
 pub mod anchor;
+pub mod deletions;
 pub mod duplicates;
 pub mod export;
 pub mod import;
+pub mod instance;
 pub mod preflight;
 pub mod rebuild;
 pub mod reconcile;

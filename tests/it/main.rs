@@ -36,3 +36,4 @@ mod target_graph;
 mod target_reconcile;
 mod target_scim;
 mod target_scim_differ;
+mod times;
