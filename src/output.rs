@@ -88,10 +88,16 @@ pub fn shown_str(s: &str) -> String {
 /// Text for a table with each RFC 3339 UTC time in it (as [`time`] writes them, in a
 /// sentence such as a status detail) shown per `--local-time`.
 pub fn shown_in(text: &str) -> String {
-    const LEN: usize = "2023-11-14T22:13:20Z".len();
     if !LOCAL_TIME.load(std::sync::atomic::Ordering::Relaxed) {
         return text.to_string();
     }
+    rewrite_times(text, shown)
+}
+
+/// `text` with each RFC 3339 UTC time in whole seconds (`2023-11-14T22:13:20Z`) replaced
+/// by `f` of its microseconds (pure).
+fn rewrite_times(text: &str, f: impl Fn(i64) -> String) -> String {
+    const LEN: usize = "2023-11-14T22:13:20Z".len();
     let mut out = String::with_capacity(text.len() + 16);
     let mut rest = text;
     while let Some(i) = rest.find(|c: char| c.is_ascii_digit()) {
@@ -100,7 +106,7 @@ pub fn shown_in(text: &str) -> String {
         let cand = from.get(..LEN).filter(|c| c.ends_with('Z'));
         match cand.map(chrono::DateTime::parse_from_rfc3339) {
             Some(Ok(t)) => {
-                out.push_str(&shown(t.timestamp_micros()));
+                out.push_str(&f(t.timestamp_micros()));
                 rest = &from[LEN..];
             }
             _ => {
@@ -594,6 +600,23 @@ mod time_tests {
         // Without --local-time, a table's time is the JSON's.
         assert_eq!(super::shown(a.at_us), "2023-11-14T22:13:20Z");
         assert_eq!(super::shown_str("-"), "-");
+        assert_eq!(
+            super::shown_in("sync (2023-11-14T22:13:20Z)"),
+            "sync (2023-11-14T22:13:20Z)"
+        );
+    }
+
+    #[test]
+    fn times_in_text_are_found_whole() {
+        let t = super::rewrite_times(
+            "older than a's last sync (2023-11-14T22:13:20Z (seq 7)); 12 of 2023-11-14T22:13:20.5Z, 2023-11-14Z",
+            |us| format!("<{us}>"),
+        );
+        assert_eq!(
+            t,
+            "older than a's last sync (<1700000000000000> (seq 7)); 12 of 2023-11-14T22:13:20.5Z, 2023-11-14Z"
+        );
+        assert_eq!(super::rewrite_times("", |_| String::new()), "");
     }
 }
 

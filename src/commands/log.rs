@@ -191,36 +191,9 @@ pub(super) async fn log_export(store: &AnyStore, output: Option<&Path>) -> Resul
     let tmp = tempfile::NamedTempFile::new_in(&dir)?;
     let (head, _) = store.head().await?;
     let bar = output::progress(head, "export");
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-    let mut v = ChainVerifier::default();
-    let r = projection::scan(store, 0, Some(&bar), |e| {
-        v.check(e)
-            .map_err(|(seq, reason)| Error::ChainBroken { seq, reason })?;
-        serde_json::to_writer(&mut w, e).map_err(Error::store)?;
-        w.write_all(b"\n")?;
-        Ok(ControlFlow::Continue(()))
-    })
-    .await;
+    let r = crate::project::carry::export(store, tmp.as_file(), Some(&bar)).await;
     bar.finish_and_clear();
     r?;
-    w.flush()?;
-    drop(w);
-    let (head_seq, head_hash) = store.head().await?;
-    if head_seq < v.last_seq() || (head_seq == v.last_seq() && head_hash != v.last_hash()) {
-        return Err(Error::ChainBroken {
-            seq: head_seq.min(v.last_seq()),
-            reason: "the head does not match the last event".into(),
-        });
-    }
-    if head_seq > v.last_seq() && head == head_seq {
-        return Err(Error::ChainBroken {
-            seq: v.last_seq() + 1,
-            reason: format!(
-                "the log ends at seq {} but its head says {head_seq} (rows removed)",
-                v.last_seq()
-            ),
-        });
-    }
     match output {
         Some(path) => {
             tmp.persist(path).map_err(|e| Error::Io(e.error))?;
@@ -237,69 +210,16 @@ pub(super) async fn log_export(store: &AnyStore, output: Option<&Path>) -> Resul
     Ok(Exit::Ok)
 }
 
-/// Read and verify an export file completely; nothing is written here.
-pub fn read_export(file: &Path) -> Result<Vec<StoredEvent>> {
-    let f = std::fs::File::open(file)
-        .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
-    let mut events = Vec::new();
-    let mut chain = ChainVerifier::default();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line =
-            line.map_err(|e| Error::BadInput(format!("{}:{}: {e}", file.display(), i + 1)))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let e: StoredEvent = serde_json::from_str(&line).map_err(|e| {
-            Error::BadInput(format!(
-                "{}:{}: not a dirsync log line: {e}",
-                file.display(),
-                i + 1
-            ))
-        })?;
-        chain.check(&e).map_err(|(seq, reason)| {
-            Error::BadInput(format!(
-                "{}:{}: chain broken at seq {seq}: {reason}; nothing imported",
-                file.display(),
-                i + 1
-            ))
-        })?;
-        e.decode().map_err(|err| {
-            Error::BadInput(format!(
-                "{}:{}: {err}; nothing imported",
-                file.display(),
-                i + 1
-            ))
-        })?;
-        events.push(e);
-    }
-    Ok(events)
-}
-
 pub(super) async fn log_import(store: &AnyStore, file: &Path, fmt: Format) -> Result<Exit> {
-    let events = read_export(file)?;
-    let (head, head_hash) = store.head().await?;
-    // The store must hold a prefix of the file: then only the rest is appended.
-    if head > 0 {
-        let ours = events.get(head as usize - 1);
-        if ours.map(|e| e.hash) != Some(head_hash) {
-            return Err(Error::BadInput(format!(
-                "{}: the store already holds a different log (its seq {head} is not in the file); nothing imported",
-                file.display()
-            )));
-        }
-    }
-    let new = &events[(head as usize).min(events.len())..];
-    store.append_raw(new).await?;
-    let state = projection::refresh(store, 0).await?;
+    let events = crate::project::carry::read_file(file)?;
+    let done = crate::project::carry::import(store, &events, file).await?;
     match fmt {
-        Format::Json => {
-            emit_json(&json!({"imported": new.len(), "already_present": head, "head": state.seq}))?
-        }
+        Format::Json => emit_json(
+            &json!({"imported": done.imported, "already_present": done.already_present, "head": done.head}),
+        )?,
         Format::Table | Format::Csv => print(&format!(
             "imported {} events ({} already present); log now ends at seq {}\n",
-            new.len(),
-            head,
-            state.seq
+            done.imported, done.already_present, done.head
         ))?,
     }
     Ok(Exit::Ok)

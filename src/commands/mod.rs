@@ -31,7 +31,7 @@ use self::report::*;
 use self::status::*;
 use self::sync::*;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -45,7 +45,7 @@ use crate::cli::{
 };
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
-use crate::log::{AnyStore, ChainVerifier, Event, OpenMode, Store, StoredEvent};
+use crate::log::{AnyStore, OpenMode, Store, StoredEvent};
 use crate::ops::notify::{self, Notification, Notifier, NotifyEvent};
 use crate::output::{self, print, table, time};
 use crate::project::replay::{self as projection, Until};

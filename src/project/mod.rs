@@ -3,6 +3,7 @@
 //! Each projection has a pure `apply(&mut self, &Meta, &Event)`; [`State`] holds them all and
 //! is what replay rebuilds, snapshots store, and commands read.
 
+pub mod carry;
 pub mod replay;
 pub mod snapshot;
 

@@ -255,8 +255,9 @@ async fn replay_equals_the_projections_kept_along_the_way(b: Backend) {
     let mid = at_tenths[4].seq;
     let run = f.cli(&["replay", "--until", &mid.to_string(), "--format", "json"]);
     assert_eq!(run.code, 0, "{run:?}");
-    let printed: State = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(printed, at_tenths[4]);
+    // As JSON output shows the projections: log points as {"seq", "at"}.
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed, dirsync::output::json_value(&at_tenths[4]).unwrap());
 
     // A stored projection that no longer matches the log is found.
     let mut wrong = live.clone();
@@ -391,8 +392,8 @@ async fn until_a_time_and_bad_until_values() {
         .unwrap();
     let run = f.cli(&["replay", "--until", &cut.to_rfc3339(), "--format", "json"]);
     assert_eq!(run.code, 0, "{run:?}");
-    let s: State = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(s.seq, 5);
+    let s: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(s["seq"], 5);
     let run = f.cli(&["replay", "--until", "yesterday-ish"]);
     assert_eq!(run.code, 2, "{run:?}");
 }

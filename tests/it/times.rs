@@ -128,15 +128,21 @@ async fn openldap_json_times_are_rfc3339_and_tables_honour_local_time() {
         dir.join("playbooks/new-computer.toml"),
     )
     .unwrap();
-    lab.sync("old", &[]);
-    let run = lab.cli(&["handover", "--from", "old", "--to", "new"]);
+    let mut bad = Vec::new();
+    let first = lab.sync("old", &[]);
+    offenders(&first, "sync", &mut bad);
+    let run = lab.cli(&[
+        "handover", "--from", "old", "--to", "new", "--format", "json",
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
+    offenders(&documents(&run)[0], "handover", &mut bad);
     // Two deletions over the threshold of one: held.
     for u in ["u5", "u6"] {
         lab.slapd().ldapdelete(&format!("uid={u},{PEOPLE}")).await;
     }
-    let (run, _) = lab.run("new", &[]);
+    let (run, held) = lab.run("new", &[]);
     assert_eq!(run.code, 3, "{run:?}");
+    offenders(&held, "sync (held)", &mut bad);
     let state = lab.state().await;
     let head = state.seq.to_string();
     let u1 = format!("uid=u1,{PEOPLE}");
@@ -161,8 +167,12 @@ async fn openldap_json_times_are_rfc3339_and_tables_honour_local_time() {
         vec!["mapping", "show"],
         vec!["playbook", "list"],
         vec!["sync", "--instance", "new", "--dry-run"],
+        vec!["audit", "missed-deletes", "--refresh", "--instance", "new"],
+        vec!["replay", "--verify"],
+        vec!["replay", "--to-target", "--dry-run", "--instance", "new"],
+        vec!["report", "--html", "report.html"],
+        vec!["preflight", "--instance", "new"],
     ];
-    let mut bad = Vec::new();
     for c in &commands {
         let mut args = c.clone();
         args.extend(["--format", "json"]);
@@ -176,6 +186,8 @@ async fn openldap_json_times_are_rfc3339_and_tables_honour_local_time() {
         }
     }
     assert_eq!(bad, Vec::<String>::new());
+    // As the log stands now (`audit --refresh` imported).
+    let state = lab.state().await;
 
     // Whole values: a log point is {"seq", "at"} in the replayed state as everywhere.
     let t = |a: &dirsync::project::At| json!({"seq": a.seq, "at": dirsync::output::time(a.at_us)});
