@@ -159,6 +159,7 @@ fn op(o: ExportOp) -> &'static str {
         ExportOp::Update => "updated",
         ExportOp::Delete => "deleted",
         ExportOp::Match => "matched",
+        ExportOp::Disable => "disabled (awaiting deletion)",
     }
 }
 
@@ -254,6 +255,7 @@ pub fn summary(
                 ExportOp::Update => "update",
                 ExportOp::Delete => "delete",
                 ExportOp::Match => "match",
+                ExportOp::Disable => "disable",
             },
             f.status.map_or(String::new(), |s| format!(" ({s})")),
             f.error

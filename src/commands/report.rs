@@ -132,7 +132,8 @@ pub(super) async fn report_cmd(
 
     let min_us = i64::try_from((cfg.sync.interval * 2).as_micros()).unwrap_or(i64::MAX);
     let gaps = crate::audit::gaps::gaps(&state, now, min_us);
-    let missed = crate::audit::missed::missed_deletes(&state, &state.cursors, now);
+    let missed =
+        crate::audit::missed::missed_deletes(&state, &state.cursors, now, cfg.sync.on_delete);
     let handovers: Vec<_> = state
         .handovers
         .handovers

@@ -451,6 +451,9 @@ pub enum ExportOp {
     Delete,
     /// An existing target object was matched to the anchor (hard or soft match).
     Match,
+    /// A user gone from the source was set inactive in the target (`[sync] on_delete =
+    /// "disable"`); it is deleted once `disabled_for` has passed since this was recorded.
+    Disable,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

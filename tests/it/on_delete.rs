@@ -1,0 +1,236 @@
+//! `[sync] on_delete = "disable"` with `disabled_for`, end to end through the binary: real
+//! slapd into scim2-server. A user gone from the source is set inactive first and deleted
+//! only once `disabled_for` has passed since the disable was recorded (the deletion guard
+//! counts only that deletion).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use dirsync::log::event::ExportOp;
+
+use crate::common::dirsync;
+use crate::sync_export::E2e;
+
+const PEOPLE: &str = "ou=people,dc=example,dc=org";
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+/// Append `[sync]` keys to the lab's configuration (its last section is `[sync]`).
+fn add_sync_keys(lab: &E2e, keys: &str) {
+    let p = lab.dir.path().join("dirsync.toml");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str(keys);
+    std::fs::write(&p, text).unwrap();
+}
+
+/// The target's `active` of each user, by userName.
+async fn active_by_name(lab: &E2e) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = lab
+        .view
+        .all("Users")
+        .await
+        .iter()
+        .map(|u| {
+            (
+                u["userName"].as_str().unwrap().to_string(),
+                u["active"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `audit missed-deletes --format json`: (anchor, state, status) of each row, and the
+/// missed count.
+fn audit(lab: &E2e) -> (Vec<(String, String, String)>, u64) {
+    let run = lab.cli(&["audit", "missed-deletes", "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    let mut rows: Vec<(String, String, String)> = v["missed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["anchor"].as_str().unwrap().to_string(),
+                m["state"].as_str().unwrap().to_string(),
+                m["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    (rows, n(&v, "missed_count"))
+}
+
+fn user_dn(i: u32) -> String {
+    format!("uid=u{i},{PEOPLE}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openldap_disables_first_and_deletes_after_disabled_for_counting_only_deletions() {
+    // Threshold 2: three disables in one cycle are not deletions; their deletions are.
+    let lab = E2e::ldap(5, "2").await;
+    add_sync_keys(&lab, "on_delete = \"disable\"\ndisabled_for = \"2s\"\n");
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "created"), 7, "{v}");
+    let gone: Vec<String> = vec![
+        lab.anchor(&user_dn(3)).await,
+        lab.anchor(&user_dn(4)).await,
+        lab.anchor(&user_dn(5)).await,
+    ];
+    for i in 3..=5 {
+        lab.slapd().ldapdelete(&user_dn(i)).await;
+    }
+
+    // The next cycle sets them inactive: exit 0, nothing held, nothing deleted.
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (
+            n(&v, "disabled"),
+            n(&v, "deleted"),
+            n(&v, "held"),
+            n(&v, "updated")
+        ),
+        (3, 0, 0, 0),
+        "{v}"
+    );
+    let names = |flags: [bool; 5]| -> Vec<(String, bool)> {
+        (1..=5)
+            .map(|i| (format!("u{i}@example.org"), flags[i - 1]))
+            .collect()
+    };
+    assert_eq!(
+        active_by_name(&lab).await,
+        names([true, true, false, false, false])
+    );
+    // Recorded as export outcomes, the clock starting at their record.
+    let state = lab.state().await;
+    let disabled_at: Vec<i64> = gone
+        .iter()
+        .map(|a| state.ledger.entries[a].disabled.expect("disabled").at_us)
+        .collect();
+    // Before its time the audit says pending (state disabled), never missed.
+    let mut want: Vec<(String, String, String)> = gone
+        .iter()
+        .map(|a| (a.clone(), "disabled".to_string(), "pending".to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(audit(&lab), (want.clone(), 0));
+
+    // Another cycle before disabled_for has passed: nothing, three awaiting deletion.
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(n(&v, "disabled"), 0, "disabled once: {v}");
+    if chrono::Utc::now().timestamp_micros() < disabled_at.iter().min().unwrap() + 2_000_000 {
+        // (On a machine slow enough to pass 2 s here, the next step's checks stand alone.)
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(
+            (n(&v, "deleted"), n(&v, "held"), n(&v, "awaiting_deletion")),
+            (0, 0, 3),
+            "{v}"
+        );
+    }
+
+    // Past disabled_for: the deletions are planned, and the guard counts them (3 > 2).
+    let due = disabled_at.iter().max().unwrap() + 2_000_000;
+    let wait = due - chrono::Utc::now().timestamp_micros();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_micros(wait as u64 + 100_000)).await;
+    }
+    let (run, v) = lab.run("a", &[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!((n(&v, "held"), n(&v, "deleted")), (3, 0), "{v}");
+    let plan = v["held_plan"].as_str().unwrap().to_string();
+    let shown = lab.cli(&["deletions", "show", "--format", "json"]);
+    let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+    let mut held: Vec<String> = shown[0]["deletions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["anchor"].as_str().unwrap().to_string())
+        .collect();
+    held.sort();
+    let mut sorted = gone.clone();
+    sorted.sort();
+    assert_eq!(held, sorted);
+    // Due, and held by a completed sync that did not delete them: missed now.
+    let missed: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, _, _)| (a.clone(), "held".to_string(), "missed".to_string()))
+        .collect();
+    assert_eq!(audit(&lab), (missed, 3));
+
+    // Approved, they go.
+    let run = lab.cli(&["deletions", "approve", "--plan", &plan]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "deleted"), n(&v, "disabled")), (3, 0), "{v}");
+    assert_eq!(
+        active_by_name(&lab).await,
+        vec![
+            ("u1@example.org".to_string(), true),
+            ("u2@example.org".to_string(), true)
+        ]
+    );
+    assert_eq!(audit(&lab), (vec![], 0));
+    // The log holds each disable before each deletion.
+    let state = lab.state().await;
+    for a in &gone {
+        let l = &state.ledger.entries[a];
+        assert!(l.deleted.is_some(), "{a}");
+    }
+    let store = lab.store().await;
+    use dirsync::log::Store;
+    let ops: Vec<(String, ExportOp)> = store
+        .read(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e.decode().unwrap() {
+            dirsync::log::event::Event::ExportApplied(x) if gone.contains(&x.anchor) => {
+                Some((x.anchor, x.op))
+            }
+            _ => None,
+        })
+        .collect();
+    for a in &gone {
+        let mine: Vec<ExportOp> = ops
+            .iter()
+            .filter(|(x, _)| x == a)
+            .map(|(_, op)| *op)
+            .collect();
+        assert_eq!(
+            mine,
+            vec![ExportOp::Create, ExportOp::Disable, ExportOp::Delete],
+            "{a}"
+        );
+    }
+}
+
+#[test]
+fn bad_on_delete_and_disabled_for_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        (
+            "[sync]\non_delete = \"archive\"\n".to_string(),
+            "sync.on_delete",
+        ),
+        (
+            "[sync]\non_delete = \"disable\"\ndisabled_for = \"a month\"\n".to_string(),
+            "sync.disabled_for",
+        ),
+    ] {
+        let cfg = dir.path().join("dirsync.toml");
+        std::fs::write(&cfg, format!("[store]\nurl = \"sqlite://log.db\"\n{text}")).unwrap();
+        let run = dirsync(
+            dir.path(),
+            &["--config", cfg.to_str().unwrap(), "sync", "--instance", "a"],
+        );
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains(key), "{run:?}");
+        assert!(!dir.path().join("log.db").exists(), "nothing written");
+    }
+}
