@@ -199,6 +199,17 @@ pub struct SourceConfig {
     /// The source attributes the mapping reads (lower case): imports keep them besides the
     /// kind's own list.
     pub mapped: Vec<String>,
+    /// `[source] member_of`: only users that are members, direct or nested, of these groups
+    /// are in scope (resolved from the source projection); empty: no such rule.
+    pub member_of: Vec<String>,
+}
+
+impl SourceConfig {
+    /// The scope rules: base DN, include, exclude and member_of.
+    pub fn scope(&self) -> crate::sync::scope::Scope {
+        crate::sync::scope::Scope::new(&self.base_dn, &self.include, &self.exclude)
+            .with_member_of(&self.member_of)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -371,6 +382,8 @@ struct RawSource {
     #[serde(default)]
     exclude: Vec<String>,
     anchor: Option<String>,
+    #[serde(default)]
+    member_of: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -569,7 +582,18 @@ impl Config {
                         *slot = d;
                     }
                 }
+                if let Some(bad_dn) = s
+                    .member_of
+                    .iter()
+                    .find(|d| !crate::source::dn::looks_like_dn(d))
+                {
+                    return Err(bad(
+                        "source.member_of",
+                        format!("`{bad_dn}` is not a DN (e.g. \"cn=sync-users,ou=groups,dc=example,dc=com\")"),
+                    ));
+                }
                 Some(SourceConfig {
+                    member_of: s.member_of,
                     anchor,
                     kind: s.kind,
                     limits,
@@ -1015,7 +1039,7 @@ reconcile_target = "12h"
     }
 
     #[test]
-    fn on_delete_and_disabled_for_are_parsed_and_checked() {
+    fn on_delete_disabled_for_and_member_of_are_parsed_and_checked() {
         let d = Config::parse("", Path::new("."), None).unwrap();
         assert_eq!(d.sync.on_delete, OnDelete::Delete);
         let c = Config::parse(
@@ -1048,6 +1072,19 @@ reconcile_target = "12h"
                 "{text}"
             );
         }
+        let c = Config::parse(
+            &FULL.replace(
+                "[target]",
+                "member_of = [\"CN=Sync,OU=Groups,DC=test,DC=lan\"]\n[target]",
+            ),
+            Path::new("."),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.source().unwrap().member_of,
+            vec!["CN=Sync,OU=Groups,DC=test,DC=lan".to_string()]
+        );
         for (text, key, shown) in [
             (
                 "[sync]\non_delete = \"archive\"",
@@ -1060,6 +1097,11 @@ reconcile_target = "12h"
                 "a month",
             ),
             ("[sync]\ndisabled_for = \"0s\"", "sync.disabled_for", "zero"),
+            (
+                &FULL.replace("[target]", "member_of = [\"sync-users\"]\n[target]"),
+                "source.member_of",
+                "sync-users",
+            ),
         ] {
             let e = Config::parse(text, Path::new("."), Some(Path::new("d.toml"))).unwrap_err();
             let m = e.to_string();

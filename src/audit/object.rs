@@ -225,6 +225,10 @@ pub fn summary(
         }
         Event::ObjectDeleted(d) => match &d.evidence {
             DeletionEvidence::LeftScope { dn } => format!("left the scope: {dn}"),
+            DeletionEvidence::NotMember { groups } => format!(
+                "left the scope: not a member of {} ([source] member_of)",
+                groups.join("; ")
+            ),
             DeletionEvidence::Tombstone { deleted_at, .. } => format!(
                 "deleted in the source (tombstone{})",
                 deleted_at.map_or(String::new(), |t| format!(

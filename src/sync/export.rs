@@ -34,7 +34,6 @@ use serde::Serialize;
 
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
-use super::scope::Scope;
 use crate::config::{Config, Hold};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
@@ -464,7 +463,7 @@ async fn sync_cycle(
         reconcile_every: Some(cfg.sync.reconcile_target),
         full: opts.full,
     };
-    let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
+    let scope = src_cfg.scope();
     let import_opts = ImportOptions {
         instance: opts.instance.clone(),
         full: opts.full,

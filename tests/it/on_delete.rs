@@ -1,7 +1,9 @@
-//! `[sync] on_delete = "disable"` with `disabled_for`, end to end through the binary: real
-//! slapd into scim2-server. A user gone from the source is set inactive first and deleted
-//! only once `disabled_for` has passed since the disable was recorded (the deletion guard
-//! counts only that deletion).
+//! `[sync] on_delete = "disable"` with `disabled_for`, and `[source] member_of`, end to end
+//! through the binary: real slapd into scim2-server. A user gone from the source is set
+//! inactive first and deleted only once `disabled_for` has passed since the disable was
+//! recorded (the deletion guard counts only that deletion); one that comes back before is
+//! re-enabled; `member_of` admits direct and nested members (a nested cycle included) and
+//! follows joins and leaves.
 
 use std::time::Duration;
 
@@ -10,9 +12,10 @@ use serde_json::Value;
 use dirsync::log::event::ExportOp;
 
 use crate::common::dirsync;
-use crate::sync_export::E2e;
+use crate::sync_export::{ldap_source, E2e, Source};
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
+const GROUPS: &str = "ou=groups,dc=example,dc=org";
 
 fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
@@ -210,9 +213,123 @@ async fn openldap_disables_first_and_deletes_after_disabled_for_counting_only_de
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openldap_member_of_follows_nested_joins_and_leaves_and_re_enables_on_return() {
+    let (slapd, mut source) = ldap_source(4, &["team"]).await;
+    // sync names u1 and the nested group, which names u3 and sync again (a cycle).
+    slapd
+        .ldapadd(&format!(
+            "dn: cn=sync,{GROUPS}\nobjectClass: groupOfNames\ncn: sync\n\
+             member: {}\nmember: cn=nested,{GROUPS}\n\n\
+             dn: cn=nested,{GROUPS}\nobjectClass: groupOfNames\ncn: nested\n\
+             member: {}\nmember: cn=sync,{GROUPS}\n\n",
+            user_dn(1),
+            user_dn(3)
+        ))
+        .await;
+    source.push_str(&format!("member_of = [\"CN=Sync, {GROUPS}\"]\n"));
+    let pw = slapd.password().to_string();
+    let lab = E2e::new(Source::Ldap(slapd), &source, &pw, "500").await;
+    add_sync_keys(&lab, "on_delete = \"disable\"\ndisabled_for = \"1h\"\n");
+
+    // u1 (direct) and u3 (nested) only; the groups are scoped by the DN rules.
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "created"), n(&v, "deleted")), (5, 0), "{v}");
+    let on = |names: &[(u32, bool)]| -> Vec<(String, bool)> {
+        names
+            .iter()
+            .map(|(i, a)| (format!("u{i}@example.org"), *a))
+            .collect()
+    };
+    assert_eq!(active_by_name(&lab).await, on(&[(1, true), (3, true)]));
+    // team (u1, u2) holds only its synced member.
+    let users = lab.view.users_by_anchor().await;
+    let groups = lab.view.groups_by_anchor().await;
+    let team = lab.anchor(&format!("cn=team,{GROUPS}")).await;
+    let u1 = lab.anchor(&user_dn(1)).await;
+    let members: Vec<&str> = groups[&team]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, vec![users[&u1]["id"].as_str().unwrap()]);
+
+    // u2 joins the nested group: it comes into scope.
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: cn=nested,{GROUPS}\nchangetype: modify\nadd: member\nmember: {}\n\n",
+            user_dn(2)
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "created"), 1, "{v}");
+    assert_eq!(
+        active_by_name(&lab).await,
+        on(&[(1, true), (2, true), (3, true)])
+    );
+
+    // u3 leaves the nested group: out of scope, so disabled (not deleted).
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: cn=nested,{GROUPS}\nchangetype: modify\ndelete: member\nmember: {}\n\n",
+            user_dn(3)
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "disabled"), n(&v, "deleted")), (1, 0), "{v}");
+    assert_eq!(
+        active_by_name(&lab).await,
+        on(&[(1, true), (2, true), (3, false)])
+    );
+    let u3 = lab.anchor(&user_dn(3)).await;
+    let state = lab.state().await;
+    assert_eq!(
+        state.objects.objects[&u3]
+            .deletion
+            .as_ref()
+            .map(|d| (d.evidence.label(), d.evidence.detail())),
+        Some((
+            "not-member",
+            Some(format!("not a member of CN=Sync, {GROUPS}"))
+        ))
+    );
+    assert!(state.ledger.entries[&u3].disabled.is_some());
+
+    // u3 joins sync directly before disabled_for: re-enabled, never deleted.
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: cn=sync,{GROUPS}\nchangetype: modify\nadd: member\nmember: {}\n\n",
+            user_dn(3)
+        ))
+        .await;
+    // Two updates: u3 (active again) and sync (u3 is its member in the target again).
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (n(&v, "updated"), n(&v, "disabled"), n(&v, "deleted")),
+        (2, 0, 0),
+        "{v}"
+    );
+    assert_eq!(
+        active_by_name(&lab).await,
+        on(&[(1, true), (2, true), (3, true)])
+    );
+    assert_eq!(lab.state().await.ledger.entries[&u3].disabled, None);
+    // Nothing more to do.
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (n(&v, "created"), n(&v, "updated"), n(&v, "deleted")),
+        (0, 0, 0),
+        "{v}"
+    );
+    assert_eq!(audit(&lab), (vec![], 0));
+}
+
 #[test]
-fn bad_on_delete_and_disabled_for_exit_2_naming_the_key() {
+fn bad_on_delete_disabled_for_and_member_of_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
+    let source = "[source]\nkind = \"openldap\"\nurl = \"ldap://127.0.0.1:1\"\n\
+                  bind_dn = \"cn=admin\"\npassword_env = \"PW\"\nbase_dn = \"dc=example,dc=org\"\n";
     for (text, key) in [
         (
             "[sync]\non_delete = \"archive\"\n".to_string(),
@@ -221,6 +338,10 @@ fn bad_on_delete_and_disabled_for_exit_2_naming_the_key() {
         (
             "[sync]\non_delete = \"disable\"\ndisabled_for = \"a month\"\n".to_string(),
             "sync.disabled_for",
+        ),
+        (
+            format!("{source}member_of = [\"sync-users\"]\n"),
+            "source.member_of",
         ),
     ] {
         let cfg = dir.path().join("dirsync.toml");
