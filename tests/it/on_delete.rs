@@ -1,9 +1,9 @@
 //! `[sync] on_delete = "disable"` with `disabled_for`, and `[source] member_of`, end to end
-//! through the binary: real slapd into scim2-server. A user gone from the source is set
-//! inactive first and deleted only once `disabled_for` has passed since the disable was
-//! recorded (the deletion guard counts only that deletion); one that comes back before is
-//! re-enabled; `member_of` admits direct and nested members (a nested cycle included) and
-//! follows joins and leaves.
+//! through the binary: real slapd (and Samba AD DC, one case) into scim2-server. A user gone
+//! from the source is set inactive first and deleted only once `disabled_for` has passed
+//! since the disable was recorded (the deletion guard counts only that deletion); one that
+//! comes back before is re-enabled; `member_of` admits direct and nested members (a nested
+//! cycle included) and follows joins and leaves.
 
 use std::time::Duration;
 
@@ -354,4 +354,92 @@ fn bad_on_delete_disabled_for_and_member_of_exit_2_naming_the_key() {
         assert!(run.stderr.contains(key), "{run:?}");
         assert!(!dir.path().join("log.db").exists(), "nothing written");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samba_member_of_leave_and_tombstone_disable_first_then_delete() {
+    const STAFF: &str = "OU=Staff,DC=test,DC=lan";
+    let samba = crate::lab::Samba::start().await;
+    let mut ldif = format!("dn: {STAFF}\nobjectClass: organizationalUnit\n\n");
+    for i in 1..=5 {
+        ldif.push_str(&format!(
+            "dn: CN=u{i},{STAFF}\nobjectClass: user\nsAMAccountName: u{i}\n\
+             userPrincipalName: u{i}@test.lan\nsn: N{i}\nuserAccountControl: 512\n\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: CN=Team,{STAFF}\nobjectClass: group\nsAMAccountName: team\n\
+         member: CN=u1,{STAFF}\nmember: CN=u2,{STAFF}\nmember: CN=u3,{STAFF}\n\
+         member: CN=u4,{STAFF}\n\n"
+    ));
+    samba.ldapadd(&ldif).await;
+    let source = format!(
+        "kind = \"ad\"\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"pw\"\n\
+         base_dn = \"DC=test,DC=lan\"\ninclude = [\"{STAFF}\"]\n\
+         member_of = [\"cn=team,ou=staff,dc=test,dc=lan\"]\n",
+        samba.url(),
+        samba.bind_dn()
+    );
+    let pw = samba.password().to_string();
+    let lab = E2e::new(Source::Ad(samba), &source, &pw, "500").await;
+    add_sync_keys(&lab, "on_delete = \"disable\"\ndisabled_for = \"2s\"\n");
+    let on = |names: &[(u32, bool)]| -> Vec<(String, bool)> {
+        names
+            .iter()
+            .map(|(i, a)| (format!("u{i}@test.lan"), *a))
+            .collect()
+    };
+
+    // u1..u4 (Team's members) and Team; u5 is no member.
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "created"), 5, "{v}");
+    assert_eq!(
+        active_by_name(&lab).await,
+        on(&[(1, true), (2, true), (3, true), (4, true)])
+    );
+
+    // u2 leaves Team, u1 is deleted (a tombstone): both are disabled, not deleted.
+    lab.samba()
+        .ldapmodify(&format!(
+            "dn: CN=Team,{STAFF}\nchangetype: modify\ndelete: member\nmember: CN=u2,{STAFF}\n\n"
+        ))
+        .await;
+    lab.samba().ldapdelete(&format!("CN=u1,{STAFF}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "disabled"), n(&v, "deleted")), (2, 0), "{v}");
+    assert_eq!(
+        active_by_name(&lab).await,
+        on(&[(1, false), (2, false), (3, true), (4, true)])
+    );
+    let state = lab.state().await;
+    let mut evidence: Vec<&str> = state
+        .objects
+        .objects
+        .values()
+        .filter_map(|r| r.deletion.as_ref().map(|d| d.evidence.label()))
+        .collect();
+    evidence.sort();
+    assert_eq!(
+        evidence,
+        vec!["not-member", "not-member", "tombstone"],
+        "u2, u5, u1"
+    );
+
+    // After disabled_for, the next cycle deletes both.
+    let due = state
+        .ledger
+        .entries
+        .values()
+        .filter_map(|l| l.disabled.map(|d| d.at_us))
+        .max()
+        .unwrap()
+        + 2_000_000;
+    let wait = due - chrono::Utc::now().timestamp_micros();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_micros(wait as u64 + 100_000)).await;
+    }
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "deleted"), n(&v, "disabled")), (2, 0), "{v}");
+    assert_eq!(active_by_name(&lab).await, on(&[(3, true), (4, true)]));
+    assert_eq!(audit(&lab), (vec![], 0));
 }
