@@ -451,6 +451,7 @@ async fn sync_cycle(
         mapping: cfg.mapping()?,
         threshold: cfg.sync.deletion_threshold,
         on_delete: cfg.sync.on_delete,
+        now_us,
         hold: cfg.sync.hold,
         instance: &opts.instance,
         fence,
@@ -668,6 +669,7 @@ async fn export_log_locked(
         mapping: &opts.mapping,
         threshold: opts.threshold,
         on_delete: crate::config::OnDelete::Delete,
+        now_us: chrono::Utc::now().timestamp_micros(),
         hold: opts.hold,
         instance: &opts.instance,
         fence: Some(fence),
@@ -881,6 +883,9 @@ struct Cycle<'a> {
     threshold: crate::config::Threshold,
     /// `[sync] on_delete`: users gone from the source are deleted, or disabled first.
     on_delete: crate::config::OnDelete,
+    /// The cycle's clock for `on_delete`'s due times, read once: every plan of the cycle
+    /// (the guard's and the export's) sees the same users due.
+    now_us: i64,
     /// What a tripped guard holds: the deletions, or the whole cycle.
     hold: crate::config::Hold,
     instance: &'a str,
@@ -1052,11 +1057,11 @@ impl Cycle<'_> {
         }
     }
 
-    /// The plan under `[sync] on_delete`, as of now.
+    /// The plan under `[sync] on_delete`, as of the cycle's clock.
     fn plan(&self, state: &State, only: Option<ObjectKind>) -> Plan {
         let removal = Removal {
             on_delete: self.on_delete,
-            now_us: chrono::Utc::now().timestamp_micros(),
+            now_us: self.now_us,
         };
         plan_at(state, self.mapping, only, &removal)
     }
