@@ -77,7 +77,10 @@ fn user_dn(i: u32) -> String {
 async fn openldap_disables_first_and_deletes_after_disabled_for_counting_only_deletions() {
     // Threshold 2: three disables in one cycle are not deletions; their deletions are.
     let lab = E2e::ldap(5, "2").await;
-    add_sync_keys(&lab, "on_delete = \"disable\"\ndisabled_for = \"2s\"\n");
+    add_sync_keys(
+        &lab,
+        "on_delete = \"disable\"\ndisabled_for = \"4s\"\nlease = \"3s\"\n",
+    );
     let v = lab.sync("a", &[]);
     assert_eq!(n(&v, "created"), 7, "{v}");
     let gone: Vec<String> = vec![
@@ -124,11 +127,12 @@ async fn openldap_disables_first_and_deletes_after_disabled_for_counting_only_de
     want.sort();
     assert_eq!(audit(&lab), (want.clone(), 0));
 
-    // Another cycle before disabled_for has passed: nothing, three awaiting deletion.
-    let (run, v) = lab.run("a", &[]);
+    // Another instance takes over (a handover) before disabled_for has passed: the
+    // schedule is the log's, so nothing is disabled again, three await deletion.
+    let (run, v) = lab.run("b", &["--take-over"]);
     assert_eq!(n(&v, "disabled"), 0, "disabled once: {v}");
-    if chrono::Utc::now().timestamp_micros() < disabled_at.iter().min().unwrap() + 2_000_000 {
-        // (On a machine slow enough to pass 2 s here, the next step's checks stand alone.)
+    if chrono::Utc::now().timestamp_micros() < disabled_at.iter().min().unwrap() + 4_000_000 {
+        // (On a machine slow enough to pass 4 s here, the next step's checks stand alone.)
         assert_eq!(run.code, 0, "{run:?}");
         assert_eq!(
             (n(&v, "deleted"), n(&v, "held"), n(&v, "awaiting_deletion")),
@@ -138,12 +142,12 @@ async fn openldap_disables_first_and_deletes_after_disabled_for_counting_only_de
     }
 
     // Past disabled_for: the deletions are planned, and the guard counts them (3 > 2).
-    let due = disabled_at.iter().max().unwrap() + 2_000_000;
+    let due = disabled_at.iter().max().unwrap() + 4_000_000;
     let wait = due - chrono::Utc::now().timestamp_micros();
     if wait > 0 {
         tokio::time::sleep(Duration::from_micros(wait as u64 + 100_000)).await;
     }
-    let (run, v) = lab.run("a", &[]);
+    let (run, v) = lab.run("b", &[]);
     assert_eq!(run.code, 3, "{run:?}");
     assert_eq!((n(&v, "held"), n(&v, "deleted")), (3, 0), "{v}");
     let plan = v["held_plan"].as_str().unwrap().to_string();
@@ -169,7 +173,7 @@ async fn openldap_disables_first_and_deletes_after_disabled_for_counting_only_de
     // Approved, they go.
     let run = lab.cli(&["deletions", "approve", "--plan", &plan]);
     assert_eq!(run.code, 0, "{run:?}");
-    let v = lab.sync("a", &[]);
+    let v = lab.sync("b", &[]);
     assert_eq!((n(&v, "deleted"), n(&v, "disabled")), (3, 0), "{v}");
     assert_eq!(
         active_by_name(&lab).await,
