@@ -198,7 +198,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let state = dirsync::project::snapshot::decode(&body)?;
         let decode_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let n = dirsync::audit::missed::missed_deletes(&state, &state.cursors, 0).len();
+        let n = dirsync::audit::missed::missed_deletes(
+            &state,
+            &state.cursors,
+            0,
+            dirsync::config::OnDelete::Delete,
+        )
+        .len();
         let audit_pure_s = t.elapsed().as_secs_f64();
         assert_eq!(n as u64, deleted);
         let t = Instant::now();

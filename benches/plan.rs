@@ -26,7 +26,7 @@ use dirsync::log::event::{
     AttrValue, Attrs, Event, ExportApplied, ExportOp, ObjectImported, ObjectKind, SourceObject,
 };
 use dirsync::plan::mapping::{Desired, Mapping, RawRule, Unmappable};
-use dirsync::plan::plan::{plan, plan_with, References};
+use dirsync::plan::plan::{plan, plan_with, References, Removal};
 use dirsync::project::{Meta, ObjectRecord, State};
 use dirsync::target::{Mapped, MappedUser};
 
@@ -235,6 +235,7 @@ fn main() {
                         &s_default,
                         None,
                         &References::none(),
+                        &Removal::delete(),
                         &compiled_in,
                     ))
                 }),

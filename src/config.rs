@@ -129,6 +129,22 @@ pub enum Hold {
     All,
 }
 
+/// What a user gone from the source (deleted or out of scope) becomes in the target:
+/// `[sync] on_delete` with `disabled_for`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDelete {
+    /// Deleted from the target by the next cycle (the default).
+    #[default]
+    Delete,
+    /// Set inactive (SCIM `active = false`, Graph `accountEnabled = false`) by the next
+    /// cycle, and deleted once `after` has passed since that disable was recorded. Groups
+    /// are deleted at once.
+    Disable { after: Duration },
+}
+
+/// The default `[sync] disabled_for`.
+pub const DISABLED_FOR: Duration = Duration::from_secs(30 * 86_400);
+
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// `sqlite://ABSOLUTE_PATH` or a PostgreSQL URL.
@@ -183,6 +199,17 @@ pub struct SourceConfig {
     /// The source attributes the mapping reads (lower case): imports keep them besides the
     /// kind's own list.
     pub mapped: Vec<String>,
+    /// `[source] member_of`: only users that are members, direct or nested, of these groups
+    /// are in scope (resolved from the source projection); empty: no such rule.
+    pub member_of: Vec<String>,
+}
+
+impl SourceConfig {
+    /// The scope rules: base DN, include, exclude and member_of.
+    pub fn scope(&self) -> crate::sync::scope::Scope {
+        crate::sync::scope::Scope::new(&self.base_dn, &self.include, &self.exclude)
+            .with_member_of(&self.member_of)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -218,6 +245,8 @@ pub struct SyncConfig {
     /// How often a plain `sync` reads the whole target and repairs drift (`sync --full`
     /// always does): `[sync] reconcile_target`, default 24 h.
     pub reconcile_target: Duration,
+    /// `[sync] on_delete` / `disabled_for`.
+    pub on_delete: OnDelete,
 }
 
 impl Default for SyncConfig {
@@ -229,6 +258,7 @@ impl Default for SyncConfig {
             lease: crate::sync::export::LEASE,
             cycle_timeout: Duration::from_secs(30 * 60),
             reconcile_target: Duration::from_secs(24 * 3600),
+            on_delete: OnDelete::Delete,
         }
     }
 }
@@ -352,6 +382,8 @@ struct RawSource {
     #[serde(default)]
     exclude: Vec<String>,
     anchor: Option<String>,
+    #[serde(default)]
+    member_of: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -385,6 +417,8 @@ struct RawSync {
     lease: Option<String>,
     cycle_timeout: Option<String>,
     reconcile_target: Option<String>,
+    on_delete: Option<String>,
+    disabled_for: Option<String>,
 }
 
 const DEFAULT_STORE: &str = "sqlite://dirsync.db";
@@ -548,7 +582,18 @@ impl Config {
                         *slot = d;
                     }
                 }
+                if let Some(bad_dn) = s
+                    .member_of
+                    .iter()
+                    .find(|d| !crate::source::dn::looks_like_dn(d))
+                {
+                    return Err(bad(
+                        "source.member_of",
+                        format!("`{bad_dn}` is not a DN (e.g. \"cn=sync-users,ou=groups,dc=example,dc=com\")"),
+                    ));
+                }
                 Some(SourceConfig {
+                    member_of: s.member_of,
                     anchor,
                     kind: s.kind,
                     limits,
@@ -667,6 +712,27 @@ impl Config {
                     ));
                 }
             }
+            let after = match s.disabled_for {
+                None => DISABLED_FOR,
+                Some(d) => {
+                    let after = humantime::parse_duration(&d)
+                        .map_err(|e| bad("sync.disabled_for", format!("`{d}`: {e}")))?;
+                    if after.is_zero() {
+                        return Err(bad("sync.disabled_for", "must be more than zero".into()));
+                    }
+                    after
+                }
+            };
+            sync.on_delete = match s.on_delete.as_deref() {
+                None | Some("delete") => OnDelete::Delete,
+                Some("disable") => OnDelete::Disable { after },
+                Some(other) => {
+                    return Err(bad(
+                        "sync.on_delete",
+                        format!("`{other}`: must be \"delete\" or \"disable\""),
+                    ))
+                }
+            };
             if let Some(t) = s.deletion_threshold {
                 sync.deletion_threshold = match t {
                     RawThreshold::Count(n) => Threshold::Count(n),
@@ -969,6 +1035,81 @@ reconcile_target = "12h"
                 .unwrap_err()
                 .to_string();
             assert!(m.contains(key), "{m}");
+        }
+    }
+
+    #[test]
+    fn on_delete_disabled_for_and_member_of_are_parsed_and_checked() {
+        let d = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(d.sync.on_delete, OnDelete::Delete);
+        let c = Config::parse(
+            "[sync]\non_delete = \"disable\"\ndisabled_for = \"12h\"\n",
+            Path::new("."),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.sync.on_delete,
+            OnDelete::Disable {
+                after: Duration::from_secs(12 * 3600)
+            }
+        );
+        for (text, want) in [
+            ("on_delete = \"disable\"", DISABLED_FOR),
+            (
+                "on_delete = \"disable\"\ndisabled_for = \"90s\"",
+                Duration::from_secs(90),
+            ),
+            (
+                "on_delete = \"disable\"\ndisabled_for = \"30d\"",
+                Duration::from_secs(30 * 86_400),
+            ),
+        ] {
+            let c = Config::parse(&format!("[sync]\n{text}"), Path::new("."), None).unwrap();
+            assert_eq!(
+                c.sync.on_delete,
+                OnDelete::Disable { after: want },
+                "{text}"
+            );
+        }
+        let c = Config::parse(
+            &FULL.replace(
+                "[target]",
+                "member_of = [\"CN=Sync,OU=Groups,DC=test,DC=lan\"]\n[target]",
+            ),
+            Path::new("."),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.source().unwrap().member_of,
+            vec!["CN=Sync,OU=Groups,DC=test,DC=lan".to_string()]
+        );
+        for (text, key, shown) in [
+            (
+                "[sync]\non_delete = \"archive\"",
+                "sync.on_delete",
+                "archive",
+            ),
+            (
+                "[sync]\non_delete = \"disable\"\ndisabled_for = \"a month\"",
+                "sync.disabled_for",
+                "a month",
+            ),
+            ("[sync]\ndisabled_for = \"0s\"", "sync.disabled_for", "zero"),
+            (
+                &FULL.replace("[target]", "member_of = [\"sync-users\"]\n[target]"),
+                "source.member_of",
+                "sync-users",
+            ),
+        ] {
+            let e = Config::parse(text, Path::new("."), Some(Path::new("d.toml"))).unwrap_err();
+            let m = e.to_string();
+            assert!(
+                m.contains(key) && m.contains(shown) && m.contains("d.toml"),
+                "{m}"
+            );
+            assert_eq!(e.exit(), crate::Exit::BadInput);
         }
     }
 

@@ -86,7 +86,7 @@ pub async fn missed_deletes(
             (replay::refresh(store, SNAPSHOT_EVERY).await?, Some(fresh))
         }
     };
-    let missed = missed::missed_deletes(&state, &cursors, now_us);
+    let missed = missed::missed_deletes(&state, &cursors, now_us, cfg.sync.on_delete);
     Ok(MissedAudit {
         as_of: missed::AsOf::of(&state),
         state,

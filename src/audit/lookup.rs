@@ -191,6 +191,7 @@ pub async fn report(
     store: &AnyStore,
     since: Option<Until>,
     interval: std::time::Duration,
+    on_delete: crate::config::OnDelete,
 ) -> Result<Report> {
     let (head_seq, head_hash) = store.head().await?;
     let (after, since_us) = match since {
@@ -284,7 +285,7 @@ pub async fn report(
 
     let min_us = i64::try_from((interval * 2).as_micros()).unwrap_or(i64::MAX);
     let gaps = crate::audit::gaps::gaps(&state, now, min_us);
-    let missed = crate::audit::missed::missed_deletes(&state, &state.cursors, now);
+    let missed = crate::audit::missed::missed_deletes(&state, &state.cursors, now, on_delete);
     let handovers: Vec<_> = state
         .handovers
         .handovers

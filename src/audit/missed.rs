@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{ledger_name, point, point_utc, time_opt};
+use crate::config::OnDelete;
 use crate::log::event::ExportOp;
 use crate::log::event::ObjectKind;
 use crate::output::time;
+use crate::plan::plan::Removal;
 use crate::project::{At, Cursors, InstanceStatus, State};
 
 /// Whether a deletion will reach the target without anyone acting.
@@ -43,6 +45,9 @@ pub enum DeleteState {
     Held,
     /// Its export was tried and failed.
     Failed,
+    /// Set inactive in the target, its deletion waiting for `[sync] disabled_for` to pass
+    /// (`on_delete = "disable"`).
+    Disabled,
 }
 
 impl DeleteState {
@@ -51,6 +56,7 @@ impl DeleteState {
             DeleteState::Unsent => "unsent",
             DeleteState::Held => "held",
             DeleteState::Failed => "failed",
+            DeleteState::Disabled => "disabled",
         }
     }
 }
@@ -222,8 +228,16 @@ fn exporter(state: &State) -> Exporter<'_> {
 
 /// The audit (pure). `cursors` are the instances' cursors to judge what could reveal each
 /// deletion: those before a fresh import, when one was made for the audit. `now_us` is the
-/// clock. Sorted by when the deletion was recorded, then anchor.
-pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<MissedDelete> {
+/// clock; `on_delete` the `[sync]` policy: a user disabled in the target and not yet due
+/// for deletion is `pending` (state `disabled`), and once due it is judged from its due
+/// time. Sorted by when the deletion was recorded, then anchor.
+pub fn missed_deletes(
+    state: &State,
+    cursors: &Cursors,
+    now_us: i64,
+    on_delete: OnDelete,
+) -> Vec<MissedDelete> {
+    let removal = Removal { on_delete, now_us };
     let syncs = sync_points(state);
     let lifetime_us = state
         .objects
@@ -306,7 +320,30 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
         // When the log learnt that it must go: its deletion, or (an anchor the source
         // never had) its last export.
         let since = deletion.map_or(l.last_export, |d| d.at);
+        // A user disabled in the target (`on_delete = "disable"`): due for deletion then.
+        let due = match (l.kind, l.disabled.as_ref()) {
+            (ObjectKind::User, Some(d)) => removal.due_us(d).map(|u| (*d, u)),
+            _ => None,
+        };
+        let (st, state_detail) = match due {
+            Some((d, u)) if st == DeleteState::Unsent => (
+                DeleteState::Disabled,
+                Some(format!(
+                    "disabled at {}, deletion due {}",
+                    point_utc(&d),
+                    time(u)
+                )),
+            ),
+            _ => (st, state_detail),
+        };
         let (status, status_detail) = match &exporter {
+            _ if due.is_some_and(|(_, u)| now_us < u) => (
+                Status::Pending,
+                format!(
+                    "disabled in the target (on_delete = \"disable\"); its deletion is due at {}",
+                    due.map_or(String::new(), |(_, u)| time(u))
+                ),
+            ),
             Exporter::None(why) => (Status::Missed, why.clone()),
             Exporter::Active { name, .. } if approved.contains(anchor.as_str()) => (
                 Status::Pending,
@@ -315,12 +352,19 @@ pub fn missed_deletes(state: &State, cursors: &Cursors, now_us: i64) -> Vec<Miss
             Exporter::Active {
                 name,
                 last_sync: Some(s),
-            } if s.seq > since.seq => (
+            } if due.map_or(s.seq > since.seq, |(_, u)| s.at_us > u) => (
                 Status::Missed,
-                format!(
-                    "older than {name}'s last completed sync ({}), which did not export it",
-                    point_utc(s)
-                ),
+                match due {
+                    Some((_, u)) => format!(
+                        "due for deletion at {}, before {name}'s last completed sync ({}), which did not delete it",
+                        time(u),
+                        point_utc(s)
+                    ),
+                    None => format!(
+                        "older than {name}'s last completed sync ({}), which did not export it",
+                        point_utc(s)
+                    ),
+                },
             ),
             Exporter::Active { name, .. } => match &waiting {
                 Some((h, held)) if held.contains(anchor.as_str()) => (
@@ -540,7 +584,7 @@ mod tests {
         l.export("zz", ExportOp::Match, "stray@example.org");
 
         let now = l.now;
-        let v = missed_deletes(&l.state, &l.state.cursors, now);
+        let v = missed_deletes(&l.state, &l.state.cursors, now, OnDelete::Delete);
         assert_eq!(anchors(&v), ["a2", "a3", "a5", "a6", "zz"]);
         let by = |a: &str| v.iter().find(|m| m.anchor == a).unwrap();
         let m2 = by("a2");
@@ -576,7 +620,7 @@ mod tests {
                 approved_by: None,
             }),
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             v.iter().find(|m| m.anchor == "a5").unwrap().state,
             DeleteState::Unsent
@@ -602,14 +646,19 @@ mod tests {
             },
         );
         l.cursor("new");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             v[0].revealable_by,
             ["old"],
             "new's cursor is past the deletion"
         );
         // Three days later old's cursor is past the two-day lifetime.
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now + 3 * DAY);
+        let v = missed_deletes(
+            &l.state,
+            &l.state.cursors,
+            l.now + 3 * DAY,
+            OnDelete::Delete,
+        );
         assert!(v[0].revealable_by.is_empty());
         // A tombstone made before the cursor was taken is not revealed by it.
         let mut l = synced();
@@ -622,7 +671,7 @@ mod tests {
                 last_known_parent: None,
             },
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert!(v[0].revealable_by.is_empty());
     }
 
@@ -636,12 +685,12 @@ mod tests {
         );
         l.run("a", "staging");
         l.run("a", "dry-run");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].gap.from.as_ref().unwrap().at.seq, last);
         assert_eq!(v[0].gap.to, None, "no sync exported since");
         l.export("a1", ExportOp::Delete, "");
         l.run("a", "sync");
-        assert!(missed_deletes(&l.state, &l.state.cursors, l.now).is_empty());
+        assert!(missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete).is_empty());
     }
 
     fn holds(l: &mut Log, instance: &str, epoch: u64) {
@@ -655,10 +704,75 @@ mod tests {
     }
 
     fn statuses(l: &Log) -> Vec<(String, Status)> {
-        missed_deletes(&l.state, &l.state.cursors, l.now)
+        missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete)
             .into_iter()
             .map(|m| (m.anchor, m.status))
             .collect()
+    }
+
+    #[test]
+    fn a_disabled_user_is_pending_until_its_deletion_is_due_and_missed_after() {
+        let mut l = synced();
+        holds(&mut l, "a", 1);
+        l.delete(
+            "a1",
+            DeletionEvidence::SyncDelete {
+                phase: "delete".into(),
+            },
+        );
+        let disabled_seq = l.export("a1", ExportOp::Disable, "u1@example.org");
+        let disabled_at = l.now;
+        let policy = OnDelete::Disable {
+            after: std::time::Duration::from_secs(30 * 86_400),
+        };
+        let due = disabled_at + 30 * DAY;
+        // Syncs that (rightly) did not delete it leave it pending before its time.
+        l.run("a", "sync");
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, policy);
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (
+                v[0].state,
+                v[0].state_detail.clone(),
+                v[0].status,
+                v[0].status_detail.clone()
+            ),
+            (
+                DeleteState::Disabled,
+                Some(format!(
+                    "disabled at {}, deletion due {}",
+                    point(&At {
+                        seq: disabled_seq,
+                        at_us: disabled_at
+                    }),
+                    time(due)
+                )),
+                Status::Pending,
+                format!(
+                    "disabled in the target (on_delete = \"disable\"); its deletion is due at {}",
+                    time(due)
+                )
+            )
+        );
+        // Due, and no completed sync since: the holder's next cycle deletes it.
+        l.now = due;
+        assert_eq!(
+            missed_deletes(&l.state, &l.state.cursors, l.now, policy)[0].status,
+            Status::Pending
+        );
+        // A completed sync after the due time that did not delete it: missed.
+        let s = l.run("a", "sync");
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, policy);
+        assert_eq!(v[0].status, Status::Missed);
+        assert!(
+            v[0].status_detail.starts_with("due for deletion at ")
+                && v[0].status_detail.contains(&format!("(seq {s})")),
+            "{}",
+            v[0].status_detail
+        );
+        // Under on_delete = "delete" the disabled user is judged from its deletion.
+        let v = missed_deletes(&l.state, &l.state.cursors, disabled_at, OnDelete::Delete);
+        assert_eq!(v[0].status, Status::Missed);
     }
 
     #[test]
@@ -677,7 +791,7 @@ mod tests {
         assert_eq!(statuses(&l), [("a1".into(), Status::Missed)]);
         holds(&mut l, "a", 1);
         // Seen after a's last completed sync: a's next cycle exports it.
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].status, Status::Pending);
         assert_eq!(
             v[0].status_detail,
@@ -688,7 +802,7 @@ mod tests {
         l.run("b", "staging");
         assert_eq!(statuses(&l), [("a1".into(), Status::Pending)]);
         let s = l.run("a", "sync");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].status, Status::Missed);
         assert!(
             v[0].status_detail.contains(&format!("(seq {s})")),
@@ -712,7 +826,7 @@ mod tests {
         );
         l.at("a", Event::InstanceStarted(Default::default()));
         l.at("a", Event::InstanceRetired(Default::default()));
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             v[1].status_detail,
             "the holder a is retired, and every other instance is fenced"
@@ -745,7 +859,7 @@ mod tests {
             }),
         );
         l.run("a", "sync");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             (v[0].state, v[0].status),
             (DeleteState::Held, Status::Missed)
@@ -757,7 +871,7 @@ mod tests {
                 approved_by: None,
             }),
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             (v[0].state, v[0].status, v[0].status_detail.as_str()),
             (
@@ -804,7 +918,7 @@ mod tests {
                 reason: Some(crate::log::event::FailureReason::Held),
             }),
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             (v[0].state, v[0].status, v[0].status_detail.as_str()),
             (
@@ -880,7 +994,7 @@ mod tests {
                 dn: "uid=u1,ou=x".into(),
             },
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now);
+        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].row().len(), HEADERS.len());
         assert_eq!(v[0].row()[11], "unsent");
         assert_eq!(

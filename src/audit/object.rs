@@ -159,6 +159,7 @@ fn op(o: ExportOp) -> &'static str {
         ExportOp::Update => "updated",
         ExportOp::Delete => "deleted",
         ExportOp::Match => "matched",
+        ExportOp::Disable => "disabled (awaiting deletion)",
     }
 }
 
@@ -224,6 +225,10 @@ pub fn summary(
         }
         Event::ObjectDeleted(d) => match &d.evidence {
             DeletionEvidence::LeftScope { dn } => format!("left the scope: {dn}"),
+            DeletionEvidence::NotMember { groups } => format!(
+                "left the scope: not a member of {} ([source] member_of)",
+                groups.join("; ")
+            ),
             DeletionEvidence::Tombstone { deleted_at, .. } => format!(
                 "deleted in the source (tombstone{})",
                 deleted_at.map_or(String::new(), |t| format!(
@@ -254,6 +259,7 @@ pub fn summary(
                 ExportOp::Update => "update",
                 ExportOp::Delete => "delete",
                 ExportOp::Match => "match",
+                ExportOp::Disable => "disable",
             },
             f.status.map_or(String::new(), |s| format!(" ({s})")),
             f.error

@@ -164,6 +164,12 @@ pub(super) fn sync_table(r: &crate::sync::export::SyncReport) -> String {
             ]],
         ));
     }
+    if r.disabled > 0 || r.awaiting_deletion > 0 {
+        out.push_str(&format!(
+            "\non_delete = \"disable\": {} user(s) set inactive this cycle; {} disabled user(s) awaiting deletion\n",
+            r.disabled, r.awaiting_deletion
+        ));
+    }
     if let Some(d) = &r.reconcile {
         out.push_str(&format!(
             "\ntarget reconciled: {} objects read; drift found: {} missing, {} changed, {} duplicates; repaired: {} recreated, {} restored, {} removed; {} failed\n",

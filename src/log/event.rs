@@ -276,6 +276,9 @@ pub enum DeletionEvidence {
     AbsentFromFullImport { run_id: String },
     /// Still exists, but moved out of the configured scope.
     LeftScope { dn: String },
+    /// A user still in the DN scope that is no member, direct or nested, of any group of
+    /// `[source] member_of` (those groups' DNs).
+    NotMember { groups: Vec<String> },
 }
 
 impl DeletionEvidence {
@@ -289,6 +292,9 @@ impl DeletionEvidence {
             DeletionEvidence::SyncDelete { phase } => Some(phase.clone()),
             DeletionEvidence::AbsentFromFullImport { run_id } => Some(format!("run {run_id}")),
             DeletionEvidence::LeftScope { dn } => Some(dn.clone()),
+            DeletionEvidence::NotMember { groups } => {
+                Some(format!("not a member of {}", groups.join("; ")))
+            }
         }
     }
 
@@ -308,6 +314,7 @@ impl DeletionEvidence {
             DeletionEvidence::SyncDelete { .. } => "rfc4533-delete",
             DeletionEvidence::AbsentFromFullImport { .. } => "absent-from-full-import",
             DeletionEvidence::LeftScope { .. } => "left-scope",
+            DeletionEvidence::NotMember { .. } => "not-member",
         }
     }
 }
@@ -451,6 +458,9 @@ pub enum ExportOp {
     Delete,
     /// An existing target object was matched to the anchor (hard or soft match).
     Match,
+    /// A user gone from the source was set inactive in the target (`[sync] on_delete =
+    /// "disable"`); it is deleted once `disabled_for` has passed since this was recorded.
+    Disable,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

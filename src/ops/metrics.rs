@@ -295,7 +295,7 @@ pub fn exported_ops(r: &SyncReport) -> [(&'static str, u64); 4] {
         .map_or((0, 0), |c| (c.restored, c.removed));
     [
         ("create", r.created + r.recreated),
-        ("update", r.updated + restored),
+        ("update", r.updated + restored + r.disabled),
         ("delete", r.deleted + r.duplicates_removed + removed),
         ("match", r.matched),
     ]

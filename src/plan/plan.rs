@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::Threshold;
+use crate::config::{OnDelete, Threshold};
 use crate::log::event::{DeletionsHeld, DeletionsHoldEnded, Event, ObjectKind};
 use crate::plan::mapping::{resolve_group, Desired, Mapping, Unmappable};
 use crate::project::{LedgerEntry, ObjectRecord, State};
@@ -30,8 +30,15 @@ pub struct Plan {
     pub new: Vec<(String, Mapped)>,
     /// Owned objects whose mapped state differs from what we last exported.
     pub updates: Vec<Op>,
-    /// Owned objects no longer live in scope in the source.
+    /// Owned objects no longer live in scope in the source, to delete now: what the
+    /// deletion guard counts. Under `on_delete = "disable"` a user's deletion is planned
+    /// only once `disabled_for` has passed since its disable was recorded.
     pub deletes: Vec<Op>,
+    /// Users gone from the source, to set inactive first (`on_delete = "disable"`): updates
+    /// to `active = false`, recorded as `ExportOp::Disable`. Not deletions.
+    pub disables: Vec<Op>,
+    /// Users disabled and not yet due for deletion: anchor and when they are due (µs).
+    pub awaiting: Vec<(String, i64)>,
     /// Source objects that cannot be exported, and why (e.g. no userName).
     pub unmappable: Vec<(String, String)>,
     /// Group members not (yet) in the target, left out of their groups for now.
@@ -44,7 +51,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.new.is_empty() && self.updates.is_empty() && self.deletes.is_empty()
+        self.new.is_empty()
+            && self.updates.is_empty()
+            && self.deletes.is_empty()
+            && self.disables.is_empty()
     }
 
     /// The anchors of the planned deletions, sorted: what the guard and approvals hash.
@@ -66,13 +76,81 @@ enum Need<'a> {
     Unmappable(&'a String, String),
 }
 
+/// How owned objects gone from the source leave the target (`[sync] on_delete`), and the
+/// clock a disabled user's due time is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removal {
+    pub on_delete: OnDelete,
+    pub now_us: i64,
+}
+
+impl Removal {
+    /// Deleted at once (`on_delete = "delete"`): no clock needed.
+    pub fn delete() -> Removal {
+        Removal::default()
+    }
+
+    /// When a user disabled at `disabled` is due for deletion (µs), under `on_delete =
+    /// "disable"`; None under "delete" (due now).
+    pub fn due_us(&self, disabled: &crate::project::At) -> Option<i64> {
+        match self.on_delete {
+            OnDelete::Delete => None,
+            OnDelete::Disable { after } => Some(
+                disabled
+                    .at_us
+                    .saturating_add(i64::try_from(after.as_micros()).unwrap_or(i64::MAX)),
+            ),
+        }
+    }
+}
+
+/// What becomes of one owned object gone from the source (pure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// Delete it now: counted by the deletion guard.
+    Delete,
+    /// Set it inactive first (a user not disabled yet, under `on_delete = "disable"`).
+    Disable,
+    /// Disabled, deleted from `due_us` on.
+    Awaiting { due_us: i64 },
+}
+
+/// [`Gone`] for an owned object of `kind` whose ledger entry says it was disabled at
+/// `disabled` (if it was). Groups are deleted at once, as Entra Cloud Sync does: a group
+/// has no inactive state to park it in.
+pub fn gone(removal: &Removal, kind: ObjectKind, disabled: Option<&crate::project::At>) -> Gone {
+    if kind != ObjectKind::User || removal.on_delete == OnDelete::Delete {
+        return Gone::Delete;
+    }
+    match disabled.and_then(|d| removal.due_us(d)) {
+        None => Gone::Disable,
+        Some(due_us) if removal.now_us >= due_us => Gone::Delete,
+        Some(due_us) => Gone::Awaiting { due_us },
+    }
+}
+
 /// The plan for objects of `only` (all kinds when None), mapped by `mapping`. Deletions
-/// are always planned for every kind, since the guard must see them all.
+/// are always planned for every kind, since the guard must see them all. Owned objects
+/// gone from the source are deleted at once (see [`plan_at`]).
 pub fn plan(state: &State, mapping: &Mapping, only: Option<ObjectKind>) -> Plan {
+    plan_at(state, mapping, only, &Removal::delete())
+}
+
+/// [`plan`] under a `[sync] on_delete` policy and a clock.
+pub fn plan_at(
+    state: &State,
+    mapping: &Mapping,
+    only: Option<ObjectKind>,
+    removal: &Removal,
+) -> Plan {
     let refs = References::new(state, mapping);
-    plan_with(state, only, &refs, &|anchor: &str, rec: &ObjectRecord| {
-        mapping.map(anchor, rec)
-    })
+    plan_with(
+        state,
+        only,
+        &refs,
+        removal,
+        &|anchor: &str, rec: &ObjectRecord| mapping.map(anchor, rec),
+    )
 }
 
 /// How the reference attributes of a mapping (`manager`) find the objects they name: by
@@ -126,6 +204,7 @@ pub fn plan_with(
     state: &State,
     only: Option<ObjectKind>,
     refs: &References<'_>,
+    removal: &Removal,
     map: &MapFn<'_>,
 ) -> Plan {
     let ledger = &state.ledger;
@@ -157,7 +236,11 @@ pub fn plan_with(
             .filter(|l| l.deleted.is_none())
         {
             None => Some(Need::New(anchor, mapped)),
-            Some(l) if l.state.as_ref() != Some(&mapped) => Some(Need::Update(anchor, l, mapped)),
+            // A user disabled while it was gone is back: re-enabled (the update's record
+            // ends its wait for deletion) even when nothing else differs.
+            Some(l) if l.state.as_ref() != Some(&mapped) || l.disabled.is_some() => {
+                Some(Need::Update(anchor, l, mapped))
+            }
             Some(_) => None,
         }
     });
@@ -178,19 +261,59 @@ pub fn plan_with(
             Need::Unmappable(anchor, why) => out.unmappable.push((anchor.clone(), why)),
         }
     }
-    let mut deletes: Vec<Op> = ledger
-        .owned()
-        .filter(|(a, _)| !is_live(a))
-        .map(|(a, l)| Op::Delete {
+    let mut deletes: Vec<Op> = Vec::new();
+    for (a, l) in ledger.owned().filter(|(a, _)| !is_live(a)) {
+        let delete = Op::Delete {
             anchor: a.clone(),
             kind: l.kind,
             target_id: l.target_id.clone(),
-        })
-        .collect();
+        };
+        match gone(removal, l.kind, l.disabled.as_ref()) {
+            Gone::Delete => deletes.push(delete),
+            Gone::Awaiting { due_us } => out.awaiting.push((a.clone(), due_us)),
+            Gone::Disable => match disable_op(state, refs, a, l, map) {
+                Some(op) => out.disables.push(op),
+                // Nothing to write it inactive with (no state, no record to map).
+                None => deletes.push(delete),
+            },
+        }
+    }
+    out.disables.sort_by(|a, b| a.anchor().cmp(b.anchor()));
+    out.awaiting.sort();
     // Groups first: members are removed with the group, not one by one.
     deletes.sort_by(|a, b| (b.kind(), a.anchor()).cmp(&(a.kind(), b.anchor())));
     out.deletes = deletes;
     out
+}
+
+/// The update that sets the owned user `anchor` inactive: its last exported state with
+/// `active = false` (or, without one, its last source record mapped so).
+fn disable_op(
+    state: &State,
+    refs: &References<'_>,
+    anchor: &str,
+    l: &LedgerEntry,
+    map: &MapFn<'_>,
+) -> Option<Op> {
+    let from = l.state.clone();
+    let base = match &from {
+        Some(m) => m.clone(),
+        None => {
+            let rec = state.objects.objects.get(anchor)?;
+            desired_with(state, refs, anchor, rec, map).ok()?.0
+        }
+    };
+    let Mapped::User(mut to) = base else {
+        return None;
+    };
+    to.active = false;
+    Some(Op::Update {
+        anchor: anchor.to_string(),
+        target_id: l.target_id.clone(),
+        from,
+        to: Mapped::User(to),
+        etag: l.etag.clone(),
+    })
 }
 
 /// What the target should hold for the live source object `rec`: its mapped form, with a
@@ -546,6 +669,18 @@ mod tests {
                 etag: None,
             }))
         }
+        fn exported_op(self, anchor: &str, id: &str, state: &Mapped, op: ExportOp) -> Given {
+            let kind = state.kind();
+            self.event(Event::ExportApplied(ExportApplied {
+                epoch: 1,
+                anchor: anchor.into(),
+                kind,
+                op,
+                target_id: id.into(),
+                state: Some(serde_json::to_value(state).unwrap()),
+                etag: None,
+            }))
+        }
         fn deleted(self, anchor: &str) -> Given {
             self.event(Event::ObjectDeleted(ObjectDeleted {
                 anchor: anchor.into(),
@@ -645,6 +780,110 @@ mod tests {
             panic!()
         };
         assert!(gr.members.is_empty(), "a deleted member is not resolved");
+    }
+
+    #[test]
+    fn a_gone_user_is_disabled_then_deleted_when_due_and_groups_go_at_once() {
+        use std::time::Duration;
+        let disable = |now_us| Removal {
+            on_delete: OnDelete::Disable {
+                after: Duration::from_micros(100),
+            },
+            now_us,
+        };
+        let at = |us| crate::project::At { seq: 1, at_us: us };
+        // The pure decision.
+        assert_eq!(
+            gone(&Removal::delete(), ObjectKind::User, None),
+            Gone::Delete
+        );
+        assert_eq!(gone(&disable(0), ObjectKind::Group, None), Gone::Delete);
+        assert_eq!(gone(&disable(0), ObjectKind::User, None), Gone::Disable);
+        assert_eq!(
+            gone(&disable(149), ObjectKind::User, Some(&at(50))),
+            Gone::Awaiting { due_us: 150 }
+        );
+        assert_eq!(
+            gone(&disable(150), ObjectKind::User, Some(&at(50))),
+            Gone::Delete
+        );
+        // A disabled user under "delete" (the policy changed): deleted now.
+        assert_eq!(
+            gone(&Removal::delete(), ObjectKind::User, Some(&at(50))),
+            Gone::Delete
+        );
+
+        // Through the plan: a1 (user) and g1 (group) deleted in the source.
+        let g = Given::new()
+            .user("a1", "ann@t")
+            .exported("a1", "T1", &u("ann@t"))
+            .group("g1", "Staff", &[])
+            .exported(
+                "g1",
+                "G1",
+                &Mapped::Group(crate::target::MappedGroup {
+                    display_name: "Staff".into(),
+                    ..Default::default()
+                }),
+            )
+            .deleted("a1")
+            .deleted("g1");
+        let p = plan_at(&g.state, &ad(), None, &disable(1_000));
+        let mut off = match u("ann@t") {
+            Mapped::User(u) => u,
+            Mapped::Group(_) => unreachable!(),
+        };
+        off.active = false;
+        assert_eq!(
+            p.disables,
+            vec![Op::Update {
+                anchor: "a1".into(),
+                target_id: "T1".into(),
+                from: Some(u("ann@t")),
+                to: Mapped::User(off.clone()),
+                etag: None,
+            }]
+        );
+        assert_eq!(p.delete_anchors(), vec!["g1".to_string()], "groups at once");
+        assert!(p.awaiting.is_empty());
+        // The disable is recorded (seq 7, at 7 µs): it waits, then it is due.
+        let g = g.event(Event::ExportApplied(ExportApplied {
+            epoch: 1,
+            anchor: "a1".into(),
+            kind: ObjectKind::User,
+            op: ExportOp::Disable,
+            target_id: "T1".into(),
+            state: Some(serde_json::to_value(Mapped::User(off.clone())).unwrap()),
+            etag: None,
+        }));
+        let disabled_at = g.state.ledger.entries["a1"].disabled.unwrap();
+        assert_eq!(disabled_at, crate::project::At { seq: 7, at_us: 7 });
+        let p = plan_at(&g.state, &ad(), None, &disable(106));
+        assert!(p.disables.is_empty());
+        assert_eq!(p.awaiting, vec![("a1".to_string(), 107)]);
+        assert_eq!(p.delete_anchors(), vec!["g1".to_string()]);
+        let p = plan_at(&g.state, &ad(), None, &disable(107));
+        assert!(p.awaiting.is_empty());
+        assert_eq!(p.delete_anchors(), vec!["a1".to_string(), "g1".to_string()]);
+        // Back before its time: re-enabled by an update, and no longer awaiting deletion.
+        let g = g.user("a1", "ann@t");
+        let p = plan_at(&g.state, &ad(), None, &disable(106));
+        assert_eq!(
+            p.updates,
+            vec![Op::Update {
+                anchor: "a1".into(),
+                target_id: "T1".into(),
+                from: Some(Mapped::User(off)),
+                to: u("ann@t"),
+                etag: None,
+            }]
+        );
+        assert!(p.awaiting.is_empty() && p.disables.is_empty());
+        let g = g.exported_op("a1", "T1", &u("ann@t"), ExportOp::Update);
+        assert_eq!(g.state.ledger.entries["a1"].disabled, None, "re-enabled");
+        assert!(plan_at(&g.state, &ad(), None, &disable(106))
+            .updates
+            .is_empty());
     }
 
     #[test]

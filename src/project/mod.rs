@@ -346,6 +346,10 @@ pub struct LedgerEntry {
     pub etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<At>,
+    /// When a user gone from the source was set inactive, awaiting its deletion (`[sync]
+    /// on_delete = "disable"`); cleared by any later create, update or match (re-enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<At>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,15 +408,21 @@ impl Ledger {
                                 epoch: x.epoch,
                                 etag: x.etag.clone(),
                                 deleted: None,
+                                disabled: None,
                             }),
                         );
                     }
-                    ExportOp::Update => {
+                    ExportOp::Update | ExportOp::Disable => {
                         if let Some(l) = self.entries.get_mut(&x.anchor) {
                             l.state = x.state.as_ref().and_then(Mapped::from_state);
                             l.etag.clone_from(&x.etag);
                             l.last_export = m.into();
                             l.epoch = x.epoch;
+                            // The first disable starts the clock; an update re-enables.
+                            l.disabled = match x.op {
+                                ExportOp::Disable => l.disabled.or(Some(m.into())),
+                                _ => None,
+                            };
                         }
                     }
                     ExportOp::Delete => {

@@ -27,7 +27,7 @@ use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
-const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x07";
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x08";
 
 /// Entries per chunk of a map section: enough that a chunk is worth a thread's time, few
 /// enough that a 100,000-object directory keeps two cores busy.
@@ -336,6 +336,7 @@ impl Writer {
             epoch,
             etag,
             deleted,
+            disabled,
         } = l;
         self.kind(*kind);
         self.str(target_id);
@@ -356,6 +357,10 @@ impl Writer {
         }
         self.flag(deleted.is_some());
         if let Some(d) = deleted {
+            self.at(d);
+        }
+        self.flag(disabled.is_some());
+        if let Some(d) = disabled {
             self.at(d);
         }
         Ok(())
@@ -604,6 +609,7 @@ impl<'a> Reader<'a> {
             None
         };
         let deleted = if self.flag()? { Some(self.at()?) } else { None };
+        let disabled = if self.flag()? { Some(self.at()?) } else { None };
         Ok(LedgerEntry {
             kind,
             target_id,
@@ -614,6 +620,7 @@ impl<'a> Reader<'a> {
             epoch,
             etag,
             deleted,
+            disabled,
         })
     }
 
@@ -750,6 +757,7 @@ mod tests {
                 epoch: 2,
                 etag: Some("W/\"1\"".into()),
                 deleted: Some(at(11, 11)),
+                disabled: Some(at(10, 10)),
             }),
         );
         s.ledger.entries.insert(
@@ -767,6 +775,7 @@ mod tests {
                 epoch: 1,
                 etag: None,
                 deleted: None,
+                disabled: None,
             }),
         );
         s.relationship.holder = Some("new".into());

@@ -62,6 +62,42 @@ pub(crate) fn normalise_slowly(dn: &str) -> String {
     out
 }
 
+/// Whether `dn` has the shape of a DN (RFC 4514): one or more RDNs separated by unescaped
+/// commas, each `type=value` (or several joined by `+`), the type a name or an OID, the
+/// value not empty. What configuration checks DNs with; the server decides the rest.
+pub fn looks_like_dn(dn: &str) -> bool {
+    let mut parts: Vec<String> = vec![String::new()];
+    let mut escaped = false;
+    for c in dn.chars() {
+        match c {
+            _ if escaped => {
+                escaped = false;
+                if let Some(p) = parts.last_mut() {
+                    p.push('x');
+                }
+            }
+            '\\' => escaped = true,
+            ',' | '+' => parts.push(String::new()),
+            c => {
+                if let Some(p) = parts.last_mut() {
+                    p.push(c);
+                }
+            }
+        }
+    }
+    !escaped
+        && parts.iter().all(|ava| {
+            let Some((t, v)) = ava.split_once('=') else {
+                return false;
+            };
+            let t = t.trim();
+            let name = t.starts_with(|c: char| c.is_ascii_alphabetic())
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            let oid = !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.');
+            (name || oid) && !v.trim().is_empty()
+        })
+}
+
 /// `c` in lower case (ASCII without a look-up in the Unicode tables).
 fn push_lower(out: &mut String, c: char) {
     if c.is_ascii() {
@@ -74,6 +110,30 @@ fn push_lower(out: &mut String, c: char) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_looks_like_a_dn() {
+        for good in [
+            "cn=sync-users,ou=groups,dc=example,dc=com",
+            "CN=Smith\\, Ann,OU=Staff,DC=test,DC=lan",
+            "cn=a+uid=b,dc=x",
+            "2.5.4.3=x,dc=y",
+            "dc=com",
+        ] {
+            assert!(looks_like_dn(good), "{good}");
+        }
+        for bad in [
+            "",
+            "sync-users",
+            "cn=,dc=x",
+            "=x,dc=y",
+            "cn=x,,dc=y",
+            "cn=x\\",
+            "c n=x",
+        ] {
+            assert!(!looks_like_dn(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn normalised_dns_are_lower_case_without_separator_spaces() {

@@ -172,6 +172,7 @@ mod tests {
                 epoch: 2,
                 etag: None,
                 deleted: None,
+                disabled: None,
             }),
         );
     }

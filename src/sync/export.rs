@@ -34,7 +34,6 @@ use serde::Serialize;
 
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
-use super::scope::Scope;
 use crate::config::{Config, Hold};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
@@ -47,7 +46,9 @@ use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
 use crate::plan::mapping::Mapping;
 use crate::plan::matching::{swap_case, Index, Match};
-use crate::plan::plan::{guard, guard_event, plan, recent_deletions, GuardInput, Plan, Verdict};
+use crate::plan::plan::{
+    guard, guard_event, plan_at, recent_deletions, GuardInput, Plan, Removal, Verdict,
+};
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Lease, Meta, State};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
@@ -133,6 +134,11 @@ pub struct SyncReport {
     /// Target objects removed because another one carrying the same anchor was kept (late
     /// creates, `sync::duplicates`).
     pub duplicates_removed: u64,
+    /// Users gone from the source set inactive this cycle (`[sync] on_delete = "disable"`);
+    /// not counted in `updated` nor by the deletion guard.
+    pub disabled: u64,
+    /// Users disabled earlier whose deletion is not due yet.
+    pub awaiting_deletion: u64,
     /// When this cycle read the whole target (`--full`, or `[sync] reconcile_target`
     /// passed): the drift found and repaired.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -444,6 +450,8 @@ async fn sync_cycle(
         target: target.as_ref(),
         mapping: cfg.mapping()?,
         threshold: cfg.sync.deletion_threshold,
+        on_delete: cfg.sync.on_delete,
+        now_us,
         hold: cfg.sync.hold,
         instance: &opts.instance,
         fence,
@@ -456,7 +464,7 @@ async fn sync_cycle(
         reconcile_every: Some(cfg.sync.reconcile_target),
         full: opts.full,
     };
-    let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
+    let scope = src_cfg.scope();
     let import_opts = ImportOptions {
         instance: opts.instance.clone(),
         full: opts.full,
@@ -660,6 +668,8 @@ async fn export_log_locked(
         target: Some(target),
         mapping: &opts.mapping,
         threshold: opts.threshold,
+        on_delete: crate::config::OnDelete::Delete,
+        now_us: chrono::Utc::now().timestamp_micros(),
         hold: opts.hold,
         instance: &opts.instance,
         fence: Some(fence),
@@ -871,6 +881,11 @@ struct Cycle<'a> {
     target: Option<&'a AnyTarget>,
     mapping: &'a Mapping,
     threshold: crate::config::Threshold,
+    /// `[sync] on_delete`: users gone from the source are deleted, or disabled first.
+    on_delete: crate::config::OnDelete,
+    /// The cycle's clock for `on_delete`'s due times, read once: every plan of the cycle
+    /// (the guard's and the export's) sees the same users due.
+    now_us: i64,
     /// What a tripped guard holds: the deletions, or the whole cycle.
     hold: crate::config::Hold,
     instance: &'a str,
@@ -931,6 +946,8 @@ struct Repairing {
     restore: HashSet<String>,
     /// Every op is the deletion of a duplicate (recorded as DuplicateRemoved).
     duplicates: bool,
+    /// Every op sets a user gone from the source inactive (recorded as `ExportOp::Disable`).
+    disabling: bool,
 }
 
 impl Cycle<'_> {
@@ -942,7 +959,8 @@ impl Cycle<'_> {
         report: &mut SyncReport,
         saving: Option<replay::Saving>,
     ) -> Result<()> {
-        let whole = plan(&state, self.mapping, None);
+        let whole = self.plan(&state, None);
+        report.awaiting_deletion = whole.awaiting.len() as u64;
         if let Some(saving) = saving {
             saving.finish().await?;
         }
@@ -1039,6 +1057,15 @@ impl Cycle<'_> {
         }
     }
 
+    /// The plan under `[sync] on_delete`, as of the cycle's clock.
+    fn plan(&self, state: &State, only: Option<ObjectKind>) -> Plan {
+        let removal = Removal {
+            on_delete: self.on_delete,
+            now_us: self.now_us,
+        };
+        plan_at(state, self.mapping, only, &removal)
+    }
+
     /// Whether this cycle reads the whole target (pure but for the clock's `now`).
     fn reconcile_due(&self, state: &State, now_us: i64) -> bool {
         self.reconcile_every.is_some_and(|every| {
@@ -1095,6 +1122,12 @@ impl Cycle<'_> {
             ),
         }
         lines.extend(p.updates.into_iter().map(|op| Self::line(state, op)));
+        lines.extend(p.disables.into_iter().map(|op| {
+            let mut line = Self::line(state, op);
+            line.op = "disable";
+            line.detail = Some("gone from the source: set inactive, deleted later".into());
+            line
+        }));
         lines.extend(p.deletes.into_iter().map(|op| Self::line(state, op)));
         report.plan = lines;
         Ok(())
@@ -1257,7 +1290,7 @@ impl Cycle<'_> {
                 break;
             }
             state = replay::advance(self.store, state).await?;
-            let mut p = plan(&state, self.mapping, Some(kind));
+            let mut p = self.plan(&state, Some(kind));
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
             if pass >= 2 {
@@ -1373,7 +1406,7 @@ impl Cycle<'_> {
                 }
             }
             // Matched objects now have a ledger state: their differences are updates.
-            let mut updates = plan(&state, self.mapping, Some(kind)).updates;
+            let mut updates = self.plan(&state, Some(kind)).updates;
             let mut repairing = Repairing::default();
             if let Some(l) = listing.filter(|_| pass < 2) {
                 let (r, s) = self
@@ -1400,6 +1433,16 @@ impl Cycle<'_> {
             creates.extend(updates);
             self.run_ops(creates, fence, report, &repairing).await?;
         }
+        // Users gone from the source are set inactive (`on_delete = "disable"`): not
+        // deletions, so the guard does not hold them.
+        state = replay::advance(self.store, state).await?;
+        let mut disables = self.plan(&state, None).disables;
+        disables.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
+        let disabling = Repairing {
+            disabling: true,
+            ..Default::default()
+        };
+        self.run_ops(disables, fence, report, &disabling).await?;
         if hold_deletions {
             // The guard holds this cycle's deletions (the duplicates' too); the creates and
             // updates are out. A reconcile with duplicates left is not done: the next
@@ -1407,7 +1450,7 @@ impl Cycle<'_> {
             return Ok(());
         }
         state = replay::advance(self.store, state).await?;
-        let mut deletes = plan(&state, self.mapping, None).deletes;
+        let mut deletes = self.plan(&state, None).deletes;
         deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         self.run_ops(deletes, fence, report, &Repairing::default())
             .await?;
@@ -1752,6 +1795,7 @@ impl Cycle<'_> {
                                 report.recreated += 1
                             }
                             Op::Create { .. } => report.created += 1,
+                            Op::Update { .. } if repairing.disabling => report.disabled += 1,
                             Op::Update { .. } => report.updated += 1,
                             Op::Delete { .. } => report.deleted += 1,
                         }
@@ -1767,7 +1811,11 @@ impl Cycle<'_> {
                                 epoch: fence.epoch,
                                 anchor: op.anchor().to_string(),
                                 kind: op.kind(),
-                                op: export_op(&op),
+                                op: if repairing.disabling {
+                                    ExportOp::Disable
+                                } else {
+                                    export_op(&op)
+                                },
                                 target_id,
                                 state,
                                 etag,
@@ -1780,6 +1828,29 @@ impl Cycle<'_> {
                     // Issue 18.2: deleted in the target out of band. Recorded as the
                     // failed update it is, then created again (next chunk) with the whole
                     // state; its creation records the new target id.
+                    // A user to disable that is gone from the target already: what the disable
+                    // waited for is done (as a deletion answered 404 counts as done).
+                    Outcome::Failed(e) if e.gone && repairing.disabling => {
+                        sent += 1;
+                        bar.inc(1);
+                        tracing::info!(
+                            "target: {} is gone from the target ({e}); recorded as deleted",
+                            op.anchor()
+                        );
+                        events.push(NewEvent::new(
+                            stream::TARGET,
+                            self.instance,
+                            Event::ExportApplied(ExportApplied {
+                                epoch: fence.epoch,
+                                anchor: op.anchor().to_string(),
+                                kind: op.kind(),
+                                op: ExportOp::Delete,
+                                target_id: target_id_of(&op).to_string(),
+                                state: None,
+                                etag: None,
+                            }),
+                        ));
+                    }
                     Outcome::Failed(e) if e.gone && matches!(op, Op::Update { .. }) => {
                         if let Op::Update { anchor, to, .. } = op {
                             tracing::warn!(
@@ -1849,7 +1920,11 @@ impl Cycle<'_> {
                             Event::ExportFailed(ExportFailed {
                                 epoch: fence.epoch,
                                 anchor: op.anchor().to_string(),
-                                op: export_op(&op),
+                                op: if repairing.disabling {
+                                    ExportOp::Disable
+                                } else {
+                                    export_op(&op)
+                                },
                                 status: e.status,
                                 error: e.message,
                             }),
@@ -1916,6 +1991,7 @@ mod tests {
                 epoch: 1,
                 etag: None,
                 deleted: None,
+                disabled: None,
             }),
         );
     }

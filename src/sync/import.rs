@@ -24,13 +24,15 @@ pub fn full_import_events(
 ) -> Vec<Event> {
     // Known live objects the source no longer returns: deleted (in the log's order). With
     // none known (a first import), there is nothing to look up.
-    let mut gone: Vec<&String> = if current.live().next().is_none() {
+    let mut gone: Vec<&String> = if current.live().next().is_none() && scope.member_of().is_empty()
+    {
         Vec::new()
     } else {
-        let present: foldhash::HashSet<&str> = seen.iter().map(|o| o.anchor.as_str()).collect();
+        let returned: foldhash::HashSet<&str> = seen.iter().map(|o| o.anchor.as_str()).collect();
         current
-            .live()
-            .filter(|(a, _)| !present.contains(a.as_str()))
+            .objects
+            .iter()
+            .filter(|(a, r)| present(r, scope) && !returned.contains(a.as_str()))
             .map(|(a, _)| a)
             .collect()
     };
@@ -58,7 +60,7 @@ pub fn full_import_events(
                     }
                 }
             }
-            if known.is_some_and(|r| r.live()) {
+            if known.is_some_and(|r| present(r, scope)) {
                 summary.left_scope += 1;
                 events.push(Event::ObjectDeleted(ObjectDeleted {
                     anchor: o.anchor.clone(),
@@ -76,7 +78,7 @@ pub fn full_import_events(
                     returned: false,
                 }));
             }
-            Some(r) if !r.live() => {
+            Some(r) if !present(r, scope) => {
                 summary.added += 1;
                 events.push(Event::ObjectImported(ObjectImported {
                     object: o,
@@ -106,8 +108,145 @@ pub fn full_import_events(
             },
         }));
     }
+    if !scope.member_of().is_empty() {
+        let work = overlay(current, &events, SourceObjects::default());
+        events.extend(member_of_events(current, &work, scope, &mut summary));
+    }
     events.push(Event::ImportCompleted(summary));
     events
+}
+
+/// Whether a record counts as present for the DN rules: live, or (with `[source]
+/// member_of`) a user set aside only because it is no member of those groups. Such a user
+/// is kept current like a live one, and comes back when it joins a group (see
+/// [`member_of_events`]).
+fn present(r: &crate::project::ObjectRecord, scope: &Scope) -> bool {
+    r.live()
+        || (!scope.member_of().is_empty()
+            && matches!(
+                r.deletion.as_ref().map(|d| &d.evidence),
+                Some(DeletionEvidence::NotMember { .. })
+            ))
+}
+
+/// `work` with `events` folded in: the records they touch, copied from `current` first.
+fn overlay(current: &SourceObjects, events: &[Event], mut work: SourceObjects) -> SourceObjects {
+    for (k, e) in events.iter().enumerate() {
+        let anchor = match e {
+            Event::ObjectChanged(c) => Some(&c.anchor),
+            Event::ObjectDeleted(d) => Some(&d.anchor),
+            Event::ObjectImported(i) => Some(&i.object.anchor),
+            _ => None,
+        };
+        if let Some(a) = anchor {
+            if !work.objects.contains_key(a) {
+                if let Some(r) = current.objects.get(a) {
+                    work.objects.insert(a.clone(), r.clone());
+                }
+            }
+        }
+        let m = crate::project::Meta {
+            seq: k as u64,
+            instance: "",
+            recorded_at_us: 0,
+        };
+        work.apply(&m, e);
+    }
+    work
+}
+
+/// The users `[source] member_of` admits: members, direct or through nested groups, of
+/// the live groups it names, in the source projection `get` reads (pure). A group met
+/// twice is followed once, so nested cycles end.
+pub fn members_of<'a>(
+    roots: impl Iterator<Item = &'a String>,
+    get: impl Fn(&str) -> Option<&'a crate::project::ObjectRecord>,
+) -> std::collections::HashSet<&'a str> {
+    use crate::log::event::ObjectKind;
+    let mut users = std::collections::HashSet::new();
+    let mut seen_groups = std::collections::HashSet::new();
+    let mut stack: Vec<&'a String> = roots.collect();
+    while let Some(g) = stack.pop() {
+        if !seen_groups.insert(g.as_str()) {
+            continue;
+        }
+        let Some(rec) = get(g) else { continue };
+        for m in &rec.members {
+            match get(m) {
+                Some(r) if r.kind == ObjectKind::Group && r.live() => stack.push(m),
+                Some(r) if r.kind == ObjectKind::User => {
+                    users.insert(m.as_str());
+                }
+                _ => {}
+            }
+        }
+    }
+    users
+}
+
+/// With `[source] member_of`: after this import's other events (folded into `work` over
+/// `current`), a user that is live but no member of those groups is set aside
+/// (`ObjectDeleted`, evidence `not-member`), and one set aside so that is a member now comes
+/// back (`ObjectImported`, returned). Sorted by anchor.
+fn member_of_events(
+    current: &SourceObjects,
+    work: &SourceObjects,
+    scope: &Scope,
+    summary: &mut ImportCompleted,
+) -> Vec<Event> {
+    use crate::log::event::ObjectKind;
+    let get = |a: &str| {
+        work.objects
+            .get(a)
+            .or_else(|| current.objects.get(a))
+            .map(|r| &**r)
+    };
+    let all = || {
+        work.objects.iter().chain(
+            current
+                .objects
+                .iter()
+                .filter(|(a, _)| !work.objects.contains_key(*a)),
+        )
+    };
+    let roots: Vec<&String> = all()
+        .filter(|(_, r)| r.kind == ObjectKind::Group && r.live() && scope.is_member_of_group(&r.dn))
+        .map(|(a, _)| a)
+        .collect();
+    let members = members_of(roots.into_iter(), get);
+    let mut out: Vec<(&String, Event)> = Vec::new();
+    for (a, r) in all().filter(|(_, r)| r.kind == ObjectKind::User) {
+        let member = members.contains(a.as_str());
+        if r.live() && !member {
+            summary.left_scope += 1;
+            out.push((
+                a,
+                Event::ObjectDeleted(ObjectDeleted {
+                    anchor: a.clone(),
+                    evidence: DeletionEvidence::NotMember {
+                        groups: scope.member_of().to_vec(),
+                    },
+                }),
+            ));
+        } else if member && !r.live() && present(r, scope) {
+            summary.added += 1;
+            out.push((
+                a,
+                Event::ObjectImported(ObjectImported {
+                    object: SourceObject {
+                        anchor: a.clone(),
+                        kind: r.kind,
+                        dn: r.dn.clone(),
+                        attrs: r.attrs.clone(),
+                        members: r.members.clone(),
+                    },
+                    returned: true,
+                }),
+            ));
+        }
+    }
+    out.sort_by(|x, y| x.0.cmp(y.0));
+    out.into_iter().map(|(_, e)| e).collect()
 }
 
 /// The result of planning a delta: the events, or the anchors whose whole object the caller
@@ -167,10 +306,11 @@ pub fn delta_events(
                     }
                 }
                 let mut gone: Vec<&String> = current
-                    .live()
-                    .filter(|(a, _)| !still.contains(a.as_str()))
+                    .objects
+                    .iter()
+                    .filter(|(a, r)| present(r, scope) && !still.contains(a.as_str()))
                     // Already deleted by an earlier change of this delta.
-                    .filter(|(a, _)| work.objects.get(*a).is_none_or(|r| r.live()))
+                    .filter(|(a, _)| work.objects.get(*a).is_none_or(|r| present(r, scope)))
                     .map(|(a, _)| a)
                     .collect();
                 gone.sort();
@@ -267,7 +407,7 @@ pub fn delta_events(
                         // reports a cleared attribute so).
                         now.attrs.retain(|_, v| !v.is_empty());
                         now.kind = r.kind;
-                        let live = r.live();
+                        let live = present(r, scope);
                         if live && !in_scope {
                             s.left_scope += 1;
                             if let Some(ch) = diff(anchor, &r.dn, &r.attrs, &r.members, &now) {
@@ -297,16 +437,18 @@ pub fn delta_events(
             Change::Deleted { evidence, .. } => {
                 let known = work.objects.get(anchor);
                 let record = match known {
-                    Some(r) if r.live() => true,
+                    Some(r) if present(r, scope) => true,
                     // Gone from scope earlier, now really deleted: keep the stronger evidence.
                     Some(r) => matches!(
                         r.deletion.as_ref().map(|d| &d.evidence),
-                        Some(DeletionEvidence::LeftScope { .. })
+                        Some(
+                            DeletionEvidence::LeftScope { .. } | DeletionEvidence::NotMember { .. }
+                        )
                     ),
                     None => false,
                 };
                 if record {
-                    if known.is_some_and(|r| r.live()) {
+                    if known.is_some_and(|r| present(r, scope)) {
                         s.deleted += 1;
                     }
                     events.push(Event::ObjectDeleted(ObjectDeleted {
@@ -379,6 +521,12 @@ pub fn delta_events(
             work.apply(&m, e);
         }
     }
+    if !scope.member_of().is_empty() {
+        // Every record this delta touched, as it leaves them (groups' member removals
+        // included, which the working copy above does not carry).
+        let after = overlay(current, &events, SourceObjects::default());
+        events.extend(member_of_events(current, &after, scope, &mut s));
+    }
     events.push(Event::ImportCompleted(s));
     DeltaPlan::Events(events)
 }
@@ -448,6 +596,140 @@ mod tests {
                 e,
             );
         }
+    }
+
+    fn group(anchor: &str, cn: &str, members: &[&str]) -> SourceObject {
+        SourceObject {
+            anchor: anchor.into(),
+            kind: ObjectKind::Group,
+            dn: format!("CN={cn},OU=Groups,DC=test,DC=lan"),
+            attrs: Attrs::from([("cn".into(), vec![AttrValue::Text(cn.into())])]),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    fn live_users(state: &State) -> Vec<String> {
+        let mut v: Vec<String> = state
+            .objects
+            .live()
+            .filter(|(_, r)| r.kind == ObjectKind::User)
+            .map(|(a, _)| a.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn delta(state: &State, changes: &[Change], scope: &Scope) -> Vec<Event> {
+        match delta_events(&state.objects, changes, scope, "d") {
+            DeltaPlan::Events(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn member_of_admits_direct_and_nested_members_and_follows_joins_and_leaves() {
+        let groups = vec!["cn=Sync, ou=Groups, dc=test, dc=lan".to_string()];
+        let scope = Scope::new("DC=test,DC=lan", &[], &[]).with_member_of(&groups);
+        let not_member = DeletionEvidence::NotMember {
+            groups: groups.clone(),
+        };
+        let deleted = |a: &str| {
+            Event::ObjectDeleted(ObjectDeleted {
+                anchor: a.into(),
+                evidence: not_member.clone(),
+            })
+        };
+        // gs names a0 and the nested gn, which names a1 and gs again (a cycle); a2 is in
+        // no group, gx (not a member_of group) names a3.
+        let mut dir: Vec<SourceObject> = (0..4).map(|i| user(i, "Staff", "t")).collect();
+        dir.push(group("gs", "Sync", &["a0", "gn"]));
+        dir.push(group("gn", "Nested", &["a1", "gs"]));
+        dir.push(group("gx", "Other", &["a3"]));
+        let mut state = State::default();
+        let first = full_import_events(&state.objects, dir.clone(), &scope, "r1");
+        let tail: Vec<Event> = first[first.len() - 3..].to_vec();
+        assert_eq!(
+            tail,
+            vec![
+                deleted("a2"),
+                deleted("a3"),
+                Event::ImportCompleted(ImportCompleted {
+                    run_id: "r1".into(),
+                    full: true,
+                    seen: 7,
+                    added: 7,
+                    changed: 0,
+                    deleted: 0,
+                    left_scope: 2,
+                })
+            ]
+        );
+        apply_all(&mut state, &first);
+        assert_eq!(live_users(&state), vec!["a0", "a1"]);
+        // Unchanged: one event, the non-members are not brought back and set aside again.
+        let again = full_import_events(&state.objects, dir.clone(), &scope, "r2");
+        assert_eq!(again.len(), 1, "{again:?}");
+        // A non-member changes: its record is kept current, it stays out.
+        let mut changed = dir.clone();
+        changed[2] = user(2, "Staff", "boss");
+        let ch = full_import_events(&state.objects, changed.clone(), &scope, "r3");
+        assert!(
+            matches!(ch.as_slice(), [Event::ObjectChanged(c), Event::ImportCompleted(_)] if c.anchor == "a2"),
+            "{ch:?}"
+        );
+        apply_all(&mut state, &ch);
+        // a2 joins the nested group: it comes back, with its current attributes.
+        let join = delta(
+            &state,
+            &[Change::Members {
+                anchor: "gn".into(),
+                added: vec!["a2".into()],
+                removed: vec![],
+            }],
+            &scope,
+        );
+        assert_eq!(
+            join[1],
+            Event::ObjectImported(ObjectImported {
+                object: changed[2].clone(),
+                returned: true,
+            })
+        );
+        apply_all(&mut state, &join);
+        assert_eq!(live_users(&state), vec!["a0", "a1", "a2"]);
+        // The nested group leaves the member_of group: a1 and a2 leave scope.
+        let leave = delta(
+            &state,
+            &[Change::Members {
+                anchor: "gs".into(),
+                added: vec![],
+                removed: vec!["gn".into()],
+            }],
+            &scope,
+        );
+        assert_eq!(leave[1..3], [deleted("a1"), deleted("a2")]);
+        apply_all(&mut state, &leave);
+        assert_eq!(live_users(&state), vec!["a0"]);
+        // A non-member really deleted: the stronger evidence is recorded.
+        let gone = delta(
+            &state,
+            &[Change::Deleted {
+                anchor: "a3".into(),
+                evidence: DeletionEvidence::SyncDelete {
+                    phase: "delete".into(),
+                },
+            }],
+            &scope,
+        );
+        assert!(
+            matches!(&gone[0], Event::ObjectDeleted(d) if d.anchor == "a3" && d.evidence.label() == "rfc4533-delete"),
+            "{gone:?}"
+        );
+        // Without member_of every user the DN rules admit is in scope again.
+        let open = Scope::new("DC=test,DC=lan", &[], &[]);
+        let all = full_import_events(&state.objects, changed, &open, "r4");
+        apply_all(&mut state, &all);
+        assert_eq!(live_users(&state), vec!["a0", "a1", "a2", "a3"]);
     }
 
     #[test]

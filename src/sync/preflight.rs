@@ -18,7 +18,6 @@ use serde::Serialize;
 
 use super::export::with_planned;
 use super::run::{import_run, probe_source, ImportOptions};
-use super::scope::Scope;
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::log::event::{Attrs, ObjectKind};
 use crate::log::{AnyStore, OpenMode};
@@ -328,7 +327,7 @@ async fn source_checks(
     progress: &ProgressBar,
 ) -> Vec<Check> {
     let mut out = Vec::new();
-    let scope = Scope::new(&src.base_dn, &src.include, &src.exclude);
+    let scope = src.scope();
     let opts = ImportOptions {
         instance: instance.to_string(),
         full: true,
@@ -420,6 +419,7 @@ mod tests {
             anchor: None,
             limits: Default::default(),
             mapped: Vec::new(),
+            member_of: Vec::new(),
         }
     }
 

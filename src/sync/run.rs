@@ -196,7 +196,7 @@ pub async fn import(
     progress: &ProgressBar,
 ) -> Result<ImportReport> {
     let src_cfg = cfg.source()?.clone();
-    let scope = Scope::new(&src_cfg.base_dn, &src_cfg.include, &src_cfg.exclude);
+    let scope = src_cfg.scope();
     let checks = async {
         let state = replay::refresh(store, 10_000).await?;
         refuse_retired(&state, &opts.instance)?;

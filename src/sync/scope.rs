@@ -25,6 +25,10 @@ pub struct Scope {
     base: String,
     include: Vec<String>,
     exclude: Vec<String>,
+    /// `[source] member_of`: the groups (as configured, and normalised) whose members,
+    /// direct or nested, are the only users in scope; empty: every user the DN rules admit.
+    member_of: Vec<String>,
+    member_of_normal: Vec<String>,
 }
 
 impl Scope {
@@ -33,7 +37,27 @@ impl Scope {
             base: normalise_dn(base_dn),
             include: include.iter().map(|d| normalise_dn(d)).collect(),
             exclude: exclude.iter().map(|d| normalise_dn(d)).collect(),
+            member_of: Vec::new(),
+            member_of_normal: Vec::new(),
         }
+    }
+
+    /// Only users that are members (direct or nested) of `groups` are in scope.
+    pub fn with_member_of(mut self, groups: &[String]) -> Scope {
+        self.member_of = groups.to_vec();
+        self.member_of_normal = groups.iter().map(|d| normalise_dn(d)).collect();
+        self
+    }
+
+    /// The `member_of` groups as configured (empty: no such rule).
+    pub fn member_of(&self) -> &[String] {
+        &self.member_of
+    }
+
+    /// Whether `dn` is one of the `member_of` groups.
+    pub fn is_member_of_group(&self, dn: &str) -> bool {
+        let n = normalise_dn(dn);
+        self.member_of_normal.contains(&n)
     }
 
     pub fn contains(&self, dn: &str) -> bool {

@@ -14,6 +14,7 @@ mod lab_smoke;
 mod log_store;
 mod mapping;
 mod notify;
+mod on_delete;
 mod ops;
 mod package;
 mod playbook;

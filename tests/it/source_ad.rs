@@ -41,6 +41,7 @@ async fn fixture() -> Fixture {
         exclude: vec![],
         anchor: None,
         mapped: Vec::new(),
+        member_of: Vec::new(),
     };
     Fixture {
         samba,

@@ -439,3 +439,59 @@ async fn mapped_properties_reach_graph_and_a_mapping_change_updates_them() {
         "{v}"
     );
 }
+
+/// `[sync] on_delete = "disable"` against Graph: a user deleted in the source has
+/// `accountEnabled = false` first, and is deleted by the first cycle after `disabled_for`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_delete_disable_sets_account_enabled_false_then_deletes() {
+    let lab = Lab::start(4, 100, 500).await;
+    let p = lab.dir.path().join("dirsync.toml");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str("on_delete = \"disable\"\ndisabled_for = \"2s\"\n");
+    std::fs::write(&p, text).unwrap();
+    let v = lab.sync("a", &[]);
+    assert_eq!(v["created"], 5, "{v}");
+    lab.slapd.ldapdelete(&format!("uid=u3,{PEOPLE}")).await;
+    let enabled = |lab: &Lab| -> Vec<(String, Value)> {
+        let mut v: Vec<(String, Value)> = lab
+            .graph
+            .users()
+            .iter()
+            .map(|u| {
+                (
+                    u["userPrincipalName"].as_str().unwrap().to_string(),
+                    u["accountEnabled"].clone(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (&v["disabled"], &v["deleted"]),
+        (&json!(1), &json!(0)),
+        "{v}"
+    );
+    assert_eq!(
+        enabled(&lab),
+        [(1, true), (2, true), (3, false), (4, true)]
+            .iter()
+            .map(|(i, e)| (format!("u{i}@example.org"), json!(e)))
+            .collect::<Vec<_>>()
+    );
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (&v["disabled"], &v["deleted"]),
+        (&json!(0), &json!(1)),
+        "{v}"
+    );
+    assert_eq!(
+        lab.upns(),
+        ["u1@example.org", "u2@example.org", "u4@example.org"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>()
+    );
+}
