@@ -195,11 +195,16 @@ pub(crate) async fn probe_source(cfg: &SourceConfig) -> Result<()> {
     Ok(())
 }
 
+/// Connect and bind to the source, with the import's deadline from now.
+async fn open_source(cfg: &SourceConfig) -> Result<Box<dyn source::Source>> {
+    connect(cfg, Instant::now() + cfg.limits.import_timeout).await
+}
+
 /// Connect and bind to the source (a wrong password or an unreachable server fails here,
 /// before the run's start is recorded), then check the anchor on that connection. The
 /// connection goes on to the run's first read: one connection and bind per cycle.
 pub(crate) async fn open_and_check(cfg: &SourceConfig, state: &State) -> Result<Checked> {
-    let mut src = connect(cfg, Instant::now() + cfg.limits.import_timeout).await?;
+    let mut src = open_source(cfg).await?;
     match super::anchor::check(src.client(), cfg, state).await {
         Ok(record) => Ok(Checked {
             record,
