@@ -969,6 +969,10 @@ impl super::Source for AdSource {
         })
     }
 
+    fn client(&mut self) -> &mut LdapClient {
+        AdSource::client(self)
+    }
+
     fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(AdSource::close(*self))
     }

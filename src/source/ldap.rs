@@ -307,6 +307,15 @@ impl LdapClient {
         &self.url
     }
 
+    /// Everything on this connection from now on must be done by `deadline` (a connection
+    /// opened for the checks before a run, handed on to the run's import).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.opts.deadline = deadline;
+        if let Some(w) = &mut self.wire {
+            w.set_import_deadline(deadline);
+        }
+    }
+
     /// The connection, connected again if an earlier operation failed midway.
     async fn wire(&mut self) -> Result<&mut Wire> {
         if self.wire.is_none() {

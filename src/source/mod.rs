@@ -69,6 +69,10 @@ pub trait Source: Send {
     /// `Error::SourceCookieRejected`; one dirsync itself cannot use, `Error::CookieUnusable`.
     fn delta<'a>(&'a mut self, cookie: &'a [u8]) -> SourceFuture<'a, Read>;
 
+    /// The connection, for the checks a run makes before it records anything (the anchor
+    /// check): they share the read's connection and bind instead of opening their own.
+    fn client(&mut self) -> &mut LdapClient;
+
     /// Unbind and close. Errors are ignored: the connection is going away anyway.
     fn close(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }

@@ -821,6 +821,10 @@ impl super::Source for OpenLdapSource {
         })
     }
 
+    fn client(&mut self) -> &mut LdapClient {
+        OpenLdapSource::client(self)
+    }
+
     fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(OpenLdapSource::close(*self))
     }
@@ -871,6 +875,10 @@ impl super::Source for GenericLdapSource {
                     .into(),
             ))
         })
+    }
+
+    fn client(&mut self) -> &mut LdapClient {
+        self.0.client()
     }
 
     fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {

@@ -471,6 +471,11 @@ impl Wire {
         Ok(())
     }
 
+    /// The import's deadline from now on.
+    pub(crate) fn set_import_deadline(&mut self, deadline: Option<Instant>) {
+        self.import_deadline = deadline;
+    }
+
     /// A new operation starts: it has `operation_timeout` from now.
     fn begin_operation(&mut self) {
         self.op_deadline = Instant::now() + self.limits.operation_timeout;

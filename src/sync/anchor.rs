@@ -294,22 +294,18 @@ fn owned_sample(state: &State) -> Vec<(String, String)> {
         .collect()
 }
 
-/// What [`check`] found before a run recorded anything: the attribute to record with the
-/// import (the first import), if any. The run's first try uses it instead of reading the
-/// source again; a retry after a conflicting append checks again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Checked(pub Option<String>);
-
-/// The check made before an import records anything: the attribute to record with it (the
-/// first import), or the refusal as a configuration error (exit 2).
-pub async fn check(cfg: &SourceConfig, state: &State) -> Result<Option<String>> {
-    let mut client = LdapClient::connect(cfg, &ConnectOptions::default()).await?;
-    let r = check_with(&mut client, cfg, state).await;
-    client.close().await;
-    r
+/// What the checks before a run found: the attribute to record with the import (the first
+/// import), if any, and the connection they were made on, which the run's first read of the
+/// source uses instead of connecting and binding again. A retry after a conflicting append
+/// checks again.
+pub struct Checked {
+    pub record: Option<String>,
+    pub source: Option<Box<dyn crate::source::Source>>,
 }
 
-async fn check_with(
+/// The check made on `client` before an import records anything: the attribute to record
+/// with it (the first import), or the refusal as a configuration error (exit 2).
+pub async fn check(
     client: &mut LdapClient,
     cfg: &SourceConfig,
     state: &State,

@@ -33,7 +33,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::reconcile::{self, Duplicate, Listing};
-use super::run::{import_run, probe_source, refuse_retired, ImportOptions, ImportReport};
+use super::run::{import_run, open_and_check, refuse_retired, ImportOptions, ImportReport};
 use crate::config::{Config, Hold};
 use crate::error::{Error, Exit, Result};
 use crate::log::event::{
@@ -406,8 +406,7 @@ async fn sync_cycle(
         refuse_retired(&state, &opts.instance)?;
         // Checks before the run's start is recorded: the source bind, the target's
         // credentials, and (exporting) the relationship.
-        probe_source(&src_cfg).await?;
-        let checked = super::anchor::Checked(super::anchor::check(&src_cfg, &state).await?);
+        let checked = open_and_check(&src_cfg, &state).await?;
         if let Some(t) = &target {
             t.probe().await?;
         }

@@ -10,6 +10,7 @@ use base64::Engine;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::anchor::Checked;
 use super::import::{delta_events, full_import_events, DeltaPlan};
 use super::scope::Scope;
 use crate::config::{Config, SourceConfig};
@@ -102,17 +103,26 @@ fn transient(e: &Error) -> bool {
 /// Read the source, retrying with backoff when the connection fails, all of it by
 /// `deadline` (the import's). A delta whose cookie the server rejects comes back as
 /// `Err(SourceCookieRejected)` for the caller to handle.
+/// `open`: a connection made for the checks before the run, used by the first attempt.
 async fn read_source(
     cfg: &SourceConfig,
     cookie: Option<&[u8]>,
     progress: &ProgressBar,
     deadline: Instant,
+    mut open: Option<Box<dyn source::Source>>,
 ) -> Result<(Read, Option<SourceInfoRecorded>, &'static str)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let open = open.take();
         let r = async {
-            let mut src = connect(cfg, deadline).await?;
+            let mut src = match open {
+                Some(mut src) => {
+                    src.client().set_deadline(Some(deadline));
+                    src
+                }
+                None => connect(cfg, deadline).await?,
+            };
             let info = src.info().await?;
             progress.set_message(if cookie.is_some() {
                 "delta"
@@ -181,11 +191,30 @@ pub(crate) fn refuse_retired(state: &State, instance: &str) -> Result<()> {
 
 /// Connect and bind to the source, then hang up: the check made before anything is recorded.
 pub(crate) async fn probe_source(cfg: &SourceConfig) -> Result<()> {
-    connect(cfg, Instant::now() + cfg.limits.import_timeout)
-        .await?
-        .close()
-        .await;
+    open_source(cfg).await?.close().await;
     Ok(())
+}
+
+/// Connect and bind to the source, with the import's deadline from now.
+async fn open_source(cfg: &SourceConfig) -> Result<Box<dyn source::Source>> {
+    connect(cfg, Instant::now() + cfg.limits.import_timeout).await
+}
+
+/// Connect and bind to the source (a wrong password or an unreachable server fails here,
+/// before the run's start is recorded), then check the anchor on that connection. The
+/// connection goes on to the run's first read: one connection and bind per cycle.
+pub(crate) async fn open_and_check(cfg: &SourceConfig, state: &State) -> Result<Checked> {
+    let mut src = open_source(cfg).await?;
+    match super::anchor::check(src.client(), cfg, state).await {
+        Ok(record) => Ok(Checked {
+            record,
+            source: Some(src),
+        }),
+        Err(e) => {
+            src.close().await;
+            Err(e)
+        }
+    }
 }
 
 /// One import for `opts.instance`: full, or delta from its cursor.
@@ -200,13 +229,10 @@ pub async fn import(
     let checks = async {
         let state = replay::refresh(store, 10_000).await?;
         refuse_retired(&state, &opts.instance)?;
-        // Reach and bind before recording the start: a wrong password or an unreachable
-        // server records only the failed run.
-        probe_source(&src_cfg).await?;
-        // An import that would re-key the objects is refused before anything is recorded.
-        Ok(super::anchor::Checked(
-            super::anchor::check(&src_cfg, &state).await?,
-        ))
+        // Reach and bind before recording the start (a wrong password or an unreachable
+        // server records only the failed run); an import that would re-key the objects is
+        // refused before anything is recorded.
+        open_and_check(&src_cfg, &state).await
     }
     .await;
     let checked = match checks {
@@ -274,7 +300,7 @@ pub(crate) async fn import_run(
     scope: &Scope,
     opts: &ImportOptions,
     run_id: &str,
-    checked: Option<super::anchor::Checked>,
+    mut checked: Option<Checked>,
     progress: &ProgressBar,
 ) -> Result<ImportReport> {
     let kind = source::cursor_kind(src_cfg.kind);
@@ -294,9 +320,12 @@ pub(crate) async fn import_run(
         let state = replay::refresh(store, 10_000).await?;
         // The attribute to record with a first import: as checked before the run (each
         // check is a connection and a few searches), and again after a conflicting append.
-        let anchor = match (&checked, tries) {
-            (Some(c), 1) => c.0.clone(),
-            _ => super::anchor::check(src_cfg, &state).await?,
+        let Checked {
+            record: anchor,
+            source: open,
+        } = match checked.take() {
+            Some(c) => c,
+            None => open_and_check(src_cfg, &state).await?,
         };
         let mut report = ImportReport {
             run_id: run_id.to_string(),
@@ -333,14 +362,14 @@ pub(crate) async fn import_run(
             report.fallback = Some("no cursor for this instance yet".into());
         }
         let (mut read, info, cursor_kind) =
-            match read_source(src_cfg, cursor.as_deref(), progress, deadline).await {
+            match read_source(src_cfg, cursor.as_deref(), progress, deadline, open).await {
                 Err(Error::SourceCookieRejected(why)) => {
                     invalidated = Some(format!("the source rejected the cursor: {why}"));
-                    read_source(src_cfg, None, progress, deadline).await?
+                    read_source(src_cfg, None, progress, deadline, None).await?
                 }
                 Err(Error::CookieUnusable(why)) => {
                     invalidated = Some(format!("dirsync cannot use the cursor: {why}"));
-                    read_source(src_cfg, None, progress, deadline).await?
+                    read_source(src_cfg, None, progress, deadline, None).await?
                 }
                 other => other?,
             };
@@ -364,7 +393,7 @@ pub(crate) async fn import_run(
                         anchors.len(),
                         anchors[0]
                     ));
-                    read = read_source(src_cfg, None, progress, deadline).await?.0;
+                    read = read_source(src_cfg, None, progress, deadline, None).await?.0;
                     if let Read::Full { objects, .. } = &read {
                         received = objects.len() as u64;
                     }
