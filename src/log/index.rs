@@ -5,10 +5,13 @@
 //! store) and never covered by the hash chain: they are derived from the payloads and can be
 //! rebuilt from them at any time.
 //!
-//! - `event_anchors (anchor, seq)`: every anchor an event is about: the object imported,
+//! - `event_anchors (anchor_hash, seq)`: every anchor an event is about: the object imported,
 //!   changed, deleted, exported, failed or removed as a duplicate; a group's members as the
 //!   change adds or removes them (and as it was imported); each anchor of a held deletion
-//!   list; both anchors of a re-key.
+//!   list; both anchors of a re-key. The anchor is kept as its [`anchor_hash`]: a row of two
+//!   integers costs an append a fraction of one with the anchor's text (schema 3), and a
+//!   reader keeps only the events whose payload names the anchor ([`names`]), so two anchors
+//!   with one hash never mix.
 //! - `object_keys (key, anchor)`: the lower-cased names an object was known by: its DN, its
 //!   `mail`, `userPrincipalName` and `uid`, the userName, e-mail and group name an export
 //!   recorded, and its anchor when that is not already lower case. A key stays once seen:
@@ -114,6 +117,56 @@ impl Rows {
         self.anchors.extend(other.anchors);
         self.keys.extend(other.keys);
     }
+
+    /// The rows as the stores write them ([`Ready`]).
+    pub fn ready(self) -> Ready {
+        let mut anchors: Vec<(i64, i64)> = self
+            .anchors
+            .iter()
+            .map(|(a, s)| (anchor_hash(a), *s as i64))
+            .collect();
+        anchors.sort_unstable();
+        anchors.dedup();
+        let mut keys = self.keys;
+        keys.sort_unstable();
+        keys.dedup();
+        Ready { anchors, keys }
+    }
+}
+
+/// Index rows ready to write: `event_anchors` rows as (anchor hash, seq) and `object_keys`
+/// rows, each list sorted in its table's key order (inserts walk each b-tree once, left to
+/// right) and each row once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    pub anchors: Vec<(i64, i64)>,
+    pub keys: Vec<(String, String)>,
+}
+
+impl Ready {
+    /// The rows of stored events.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a super::StoredEvent>) -> Ready {
+        Rows::of(events).ready()
+    }
+}
+
+/// The `event_anchors` key of an anchor: 64-bit FNV-1a of its UTF-8 bytes, as a signed
+/// integer (both databases' integers are). Fixed here for good: stored indexes are made of it.
+pub fn anchor_hash(anchor: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let h = anchor
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    h as i64
+}
+
+/// Whether the event `seq` of this type and payload is about `anchor` (has an
+/// `event_anchors` row for it): what a reader checks of each event found by the anchor's hash.
+pub fn names(seq: u64, event_type: &str, payload: &str, anchor: &str) -> bool {
+    let mut r = Rows::default();
+    r.add(seq, event_type, payload);
+    r.anchors.iter().any(|(a, _)| a == anchor)
 }
 
 fn add_attr_keys<'a>(keys: &mut Vec<(String, &'a str)>, attrs: &AttrsRef<'_>, anchor: &'a str) {
@@ -285,5 +338,49 @@ mod tests {
         let mut r = Rows::default();
         r.add(1, "ObjectChanged", "not json");
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn ready_rows_are_hashed_sorted_and_once_each() {
+        let r = Rows {
+            anchors: vec![("b".into(), 2), ("a".into(), 1), ("b".into(), 2)],
+            keys: vec![
+                ("y".into(), "b".into()),
+                ("x".into(), "a".into()),
+                ("y".into(), "b".into()),
+            ],
+        };
+        let mut anchors = vec![(anchor_hash("a"), 1), (anchor_hash("b"), 2)];
+        anchors.sort_unstable();
+        assert_eq!(
+            r.ready(),
+            Ready {
+                anchors,
+                keys: vec![("x".into(), "a".into()), ("y".into(), "b".into())],
+            }
+        );
+    }
+
+    #[test]
+    fn the_anchor_hash_is_64_bit_fnv_1a() {
+        // The published FNV-1a 64 test values: stored indexes depend on them never changing.
+        assert_eq!(anchor_hash(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+        assert_eq!(anchor_hash("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
+        assert_eq!(anchor_hash("foobar"), 0x8594_4171_f739_67e8_u64 as i64);
+        assert_ne!(anchor_hash("AB-1"), anchor_hash("ab-1"));
+    }
+
+    #[test]
+    fn an_event_names_the_anchors_it_is_about_only() {
+        let e = Event::ObjectChanged(ObjectChanged {
+            anchor: "a".into(),
+            members_added: vec!["m".into()],
+            ..Default::default()
+        });
+        let names = |anchor| names(3, e.event_type(), &e.payload(), anchor);
+        assert!(names("a"));
+        assert!(names("m"));
+        assert!(!names("A"));
+        assert!(!names("b"));
     }
 }

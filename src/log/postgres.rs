@@ -107,7 +107,7 @@ async fn copy_batch(
                 break;
             }
         }
-        (parts.finish(), index)
+        (parts.finish(), index.ready())
     });
     // A conflict comes with the first chunk: see it before the COPY starts.
     let (first_buf, mut written) = match rx.recv().await {
@@ -201,15 +201,16 @@ impl PgStore {
         for (v, sql) in migrate::POSTGRES {
             if *v > current.unwrap_or(0) {
                 sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await?;
-                if *v == migrate::HISTORY_INDEX {
-                    Self::fill_index(&mut tx).await?;
-                }
                 sqlx::query("INSERT INTO dirsync_schema (version, applied_at_us) VALUES ($1, $2)")
                     .bind(v)
                     .bind(store::now_us())
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        let fill = migrate::index_to_fill(current.unwrap_or(0), migrate::POSTGRES);
+        if fill.any() {
+            Self::fill_index(&mut tx, fill).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -243,13 +244,12 @@ impl PgStore {
     }
 
     /// Insert history index rows (`src/log/index.rs`); a key already known is kept.
-    async fn insert_index(conn: &mut sqlx::PgConnection, rows: &index::Rows) -> Result<()> {
+    async fn insert_index(conn: &mut sqlx::PgConnection, rows: &index::Ready) -> Result<()> {
         for chunk in rows.anchors.chunks(INSERT_CHUNK) {
-            let (anchors, seqs): (Vec<&str>, Vec<i64>) =
-                chunk.iter().map(|(a, s)| (a.as_str(), *s as i64)).unzip();
+            let (anchors, seqs): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
             sqlx::query(
-                "INSERT INTO event_anchors (anchor, seq) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO event_anchors (anchor_hash, seq) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING",
             )
             .bind(&anchors)
             .bind(&seqs)
@@ -260,7 +260,7 @@ impl PgStore {
             let (keys, anchors): (Vec<&str>, Vec<&str>) =
                 chunk.iter().map(|(k, a)| (k.as_str(), a.as_str())).unzip();
             sqlx::query(
-                "INSERT INTO object_keys (key, anchor) SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) \
+                "INSERT INTO object_keys (key, anchor) SELECT * FROM UNNEST($1::text[], $2::text[]) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(&keys)
@@ -271,8 +271,9 @@ impl PgStore {
         Ok(())
     }
 
-    /// Fill the history index from the events already stored (the migration that adds it).
-    async fn fill_index(conn: &mut sqlx::PgConnection) -> Result<()> {
+    /// Fill the history index tables `fill` names from the events already stored (a
+    /// migration that adds or empties them).
+    async fn fill_index(conn: &mut sqlx::PgConnection, fill: migrate::Fill) -> Result<()> {
         let mut after = 0i64;
         loop {
             let page = sqlx::query(
@@ -291,12 +292,19 @@ impl PgStore {
                 let seq: i64 = r.try_get(0)?;
                 rows.add(seq as u64, r.try_get(1)?, r.try_get(2)?);
             }
-            Self::insert_index(conn, &rows).await?;
+            let mut ready = rows.ready();
+            if !fill.anchors {
+                ready.anchors.clear();
+            }
+            if !fill.keys {
+                ready.keys.clear();
+            }
+            Self::insert_index(conn, &ready).await?;
         }
     }
 
     async fn insert_rows(conn: &mut sqlx::PgConnection, rows: &[StoredEvent]) -> Result<()> {
-        Self::insert_index(conn, &index::Rows::of(rows)).await?;
+        Self::insert_index(conn, &index::Ready::of(rows)).await?;
         if rows.len() >= COPY_MIN {
             let mut buf = Vec::new();
             copy_header(&mut buf);
@@ -599,7 +607,7 @@ impl PgStore {
         let sql = q.sql(COLUMNS, true);
         let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(a) = &q.anchor {
-            query = query.bind(a.as_str());
+            query = query.bind(index::anchor_hash(a));
         }
         if let Some(t) = &q.event_type {
             query = query.bind(t.as_str());
@@ -613,16 +621,13 @@ impl PgStore {
         rows.iter().map(|r| Ok(row_ref(r)?.to_owned())).collect()
     }
 
-    pub(crate) async fn anchors_named(&self, key: &str, lower: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT anchor FROM object_keys WHERE key = $2 \
-             UNION SELECT anchor FROM event_anchors WHERE anchor = $1 \
-             UNION SELECT anchor FROM event_anchors WHERE anchor = $2",
+    pub(crate) async fn anchors_keyed(&self, lower: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT anchor FROM object_keys WHERE key = $1")
+                .bind(lower)
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .bind(key)
-        .bind(lower)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// Take the session-level advisory lock `name` on a connection of its own, or None when

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use super::hash::{self, Hash, HashInput};
+use super::index;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::{Event, StoredEvent, SCHEMA_VERSION};
@@ -191,7 +192,7 @@ impl HistoryQuery {
         let mut cond = Vec::new();
         let seq = if self.anchor.is_some() {
             sql.push_str("event_anchors a JOIN events e ON e.seq = a.seq");
-            cond.push(format!("a.anchor = {}", p()));
+            cond.push(format!("a.anchor_hash = {}", p()));
             "a.seq"
         } else {
             sql.push_str("events e");
@@ -345,21 +346,52 @@ macro_rules! delegate {
 
 impl AnyStore {
     /// Up to `limit` events of `q` with seq > `after`, in order, read through the history
-    /// index.
+    /// index. With an anchor, the index finds the events by the anchor's hash and only those
+    /// whose payload names the anchor are kept (pages are read until `limit` such events or
+    /// the end, so a short answer still means the end).
     pub async fn history(
         &self,
         q: &HistoryQuery,
-        after: u64,
+        mut after: u64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
-        delegate!(self, s => s.history(q, after, limit).await)
+        let Some(anchor) = q.anchor.as_deref() else {
+            return delegate!(self, s => s.history(q, after, limit).await);
+        };
+        let mut out: Vec<StoredEvent> = Vec::new();
+        while out.len() < limit as usize {
+            let want = limit - out.len() as u32;
+            let page = delegate!(self, s => s.history(q, after, want).await)?;
+            let full = page.len() == want as usize;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            out.extend(
+                page.into_iter()
+                    .filter(|e| index::names(e.seq, &e.event_type, &e.payload, anchor)),
+            );
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The anchors of the objects known by `key` (compared lower-cased: an anchor, a DN, a
     /// mail, a userPrincipalName or uid, an exported userName or group name), and `key`
     /// itself when events name it as an anchor. Sorted, each once.
     pub async fn anchors_named(&self, key: &str) -> Result<Vec<String>> {
-        let mut out = delegate!(self, s => s.anchors_named(key, &key.to_lowercase()).await)?;
+        let lower = key.to_lowercase();
+        let mut out = delegate!(self, s => s.anchors_keyed(&lower).await)?;
+        let names: &[&str] = if lower == key { &[key] } else { &[key, &lower] };
+        for a in names {
+            let q = HistoryQuery {
+                anchor: Some(a.to_string()),
+                ..Default::default()
+            };
+            if !self.history(&q, 0, 1).await?.is_empty() {
+                out.push(a.to_string());
+            }
+        }
         out.sort_unstable();
         out.dedup();
         Ok(out)

@@ -434,7 +434,7 @@ async fn init_fills_the_history_index_of_an_older_store(backend: Backend) {
     // Back to schema 1: no index.
     f.raw_sql(
         "DROP TABLE event_anchors; DROP TABLE object_keys; DROP INDEX events_type; \
-         DELETE FROM dirsync_schema WHERE version = 2;",
+         DELETE FROM dirsync_schema WHERE version >= 2;",
     )
     .await;
     let run = f.cli(&["log", "show", "--anchor", "x1"]);
@@ -478,6 +478,35 @@ async fn init_fills_the_history_index_of_an_older_store(backend: Backend) {
     // Known by its old mail still (no other object has it now).
     let v = json(&f.cli(&["object", "show", "two@x", "--format", "json"]));
     assert_eq!(v["anchor"], "x2");
+
+    // Back to schema 2: event_anchors keyed by the anchor's text (one stale row in it).
+    f.raw_sql(
+        "DROP TABLE event_anchors; \
+         CREATE TABLE event_anchors (anchor TEXT NOT NULL, seq BIGINT NOT NULL, \
+             PRIMARY KEY (anchor, seq)); \
+         INSERT INTO event_anchors (anchor, seq) VALUES ('x1', 2); \
+         DELETE FROM dirsync_schema WHERE version = 3;",
+    )
+    .await;
+    let run = f.cli(&["log", "show", "--anchor", "x1"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let run = f.cli(&["init"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        lines(&f.cli(&["log", "show", "--anchor", "x1", "--format", "json"])),
+        expected
+    );
+    let x2: Vec<u64> = lines(&f.cli(&["log", "show", "--anchor", "x2", "--format", "json"]))
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(x2, [2, 3004]);
+    let v = json(&f.cli(&["object", "show", "new@x", "--format", "json"]));
+    assert_eq!(v["anchor"], "x2");
+    let v = json(&f.cli(&["object", "show", "BULK7", "--format", "json"]));
+    assert_eq!(v["anchor"], "bulk7");
+    let run = f.cli(&["log", "verify"]);
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 both_backends!(init_fills_the_history_index_of_an_older_store);
