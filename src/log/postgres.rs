@@ -91,11 +91,11 @@ async fn copy_batch(
         let mut parts = store::Parts::new(head, versions, batch, now_us, keep);
         let mut index = index::Rows::default();
         for rows in parts.by_ref() {
-            let msg = rows.and_then(|rows| {
+            let msg = rows.and_then(|(rows, part_index)| {
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                     return Err(Error::Store("an append prepared no rows".into()));
                 };
-                index.extend(index::Rows::of(&rows));
+                index.extend(part_index);
                 let mut buf = Vec::with_capacity(rows.len() * 512);
                 for r in &rows {
                     copy_row(&mut buf, r);

@@ -658,7 +658,10 @@ fn insert_batch(
     now_us: i64,
 ) -> Result<Written> {
     let rows = store::prepare(head, versions, batch, now_us)?;
-    insert_rows(conn, &rows, &index::Ready::of(&rows))?;
+    let index = rows.first().map_or_else(index::Rows::default, |first| {
+        store::index_rows(first.seq, &batch.events)
+    });
+    insert_rows(conn, &rows, &index.ready())?;
     match (rows.first(), rows.last()) {
         (Some(first), Some(last)) => Ok((first.seq, last.seq, last.hash)),
         _ => Err(Error::Store("an append prepared no rows".into())),
@@ -688,10 +691,7 @@ fn insert_pipelined(
             let mut parts = store::Parts::new(head, owned_versions, batch, now_us, keep);
             for rows in parts.by_ref() {
                 let failed = rows.is_err();
-                let rows = rows.map(|r| {
-                    let i = index::Ready::of(&r);
-                    (r, i)
-                });
+                let rows = rows.map(|(r, i)| (r, i.ready()));
                 if rows_tx.send(rows).is_err() || failed {
                     break;
                 }

@@ -526,7 +526,8 @@ impl Parts {
 }
 
 impl Iterator for Parts {
-    type Item = Result<Vec<StoredEvent>>;
+    /// A part's rows and their history index rows (made from the typed events).
+    type Item = Result<(Vec<StoredEvent>, index::Rows)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
@@ -543,18 +544,32 @@ impl Iterator for Parts {
             idempotency_key: self.idempotency_key.take(),
         };
         let rows = prepare(self.head, &mut self.versions, &part, self.now_us);
-        match &rows {
+        match rows {
             Ok(r) => {
+                let mut index = index::Rows::default();
                 if let (Some(first), Some(last)) = (r.first(), r.last()) {
                     self.head = (last.seq, last.hash);
+                    index = index_rows(first.seq, &part.events);
                     // What is not kept is freed here, on the preparing thread.
                     part.hand_over(first.seq, self.now_us, self.keep.clone());
                 }
+                Some(Ok((r, index)))
             }
-            Err(_) => self.failed = true,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
         }
-        Some(rows)
     }
+}
+
+/// The history index rows of `events`, the first of them at seq `first_seq`.
+pub(crate) fn index_rows(first_seq: u64, events: &[NewEvent]) -> index::Rows {
+    let mut rows = index::Rows::default();
+    for (seq, e) in (first_seq..).zip(events) {
+        rows.add_event(seq, &e.event);
+    }
+    rows
 }
 
 /// Turn a batch into stored rows after checking its expectations: the pure half of append.
