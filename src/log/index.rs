@@ -208,24 +208,58 @@ impl Rows {
         let mut keys = self.keys;
         keys.sort_unstable();
         keys.dedup();
-        Ready { anchors, keys }
+        Ready {
+            anchors,
+            keys,
+            types: Vec::new(),
+        }
     }
 }
 
-/// Index rows ready to write: `event_anchors` rows as (anchor hash, seq) and `object_keys`
-/// rows, each list sorted in its table's key order (inserts walk each b-tree once, left to
-/// right) and each row once.
+/// Index rows ready to write: `event_anchors` rows as (anchor hash, seq), `object_keys`
+/// rows and `event_type_blocks` rows, each list sorted in its table's key order (inserts
+/// walk each b-tree once, left to right) and each row once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     pub anchors: Vec<(i64, i64)>,
     pub keys: Vec<(String, String)>,
+    pub types: Vec<(String, i64)>,
 }
 
 impl Ready {
     /// The rows of stored events.
-    pub fn of<'a>(events: impl IntoIterator<Item = &'a super::StoredEvent>) -> Ready {
-        Rows::of(events).ready()
+    pub fn of(events: &[super::StoredEvent]) -> Ready {
+        let mut r = Rows::of(events).ready();
+        r.add_types(events);
+        r
     }
+
+    /// Add the `event_type_blocks` rows of these events.
+    pub fn add_types(&mut self, events: &[super::StoredEvent]) {
+        let mut last: Option<(&str, i64)> = None;
+        for e in events {
+            let row = (e.event_type.as_str(), type_block(e.seq));
+            if last != Some(row) {
+                self.types.push((row.0.to_string(), row.1));
+                last = Some(row);
+            }
+        }
+        self.types.sort_unstable();
+        self.types.dedup();
+    }
+}
+
+/// Seqs per `event_type_blocks` block, as a shift: the block of seq s is s >> 8.
+pub const TYPE_BLOCK_BITS: u32 = 8;
+
+/// The `event_type_blocks` block of a seq.
+pub fn type_block(seq: u64) -> i64 {
+    (seq >> TYPE_BLOCK_BITS) as i64
+}
+
+/// The first seq of a block.
+pub fn block_start(block: i64) -> u64 {
+    (block as u64) << TYPE_BLOCK_BITS
 }
 
 /// The `event_anchors` key of an anchor: 64-bit FNV-1a of its UTF-8 bytes, as a signed
@@ -568,6 +602,7 @@ mod tests {
             Ready {
                 anchors,
                 keys: vec![("x".into(), "a".into()), ("y".into(), "b".into())],
+                types: vec![],
             }
         );
     }

@@ -10,7 +10,7 @@ pub(crate) const SQLITE: &[(i64, &str)] = &[
     ),
     (
         3,
-        include_str!("../../migrations/sqlite/0003_anchor_hash.sql"),
+        include_str!("../../migrations/sqlite/0003_cheaper_index.sql"),
     ),
 ];
 /// (version, SQL) for PostgreSQL.
@@ -22,7 +22,7 @@ pub(crate) const POSTGRES: &[(i64, &str)] = &[
     ),
     (
         3,
-        include_str!("../../migrations/postgres/0003_anchor_hash.sql"),
+        include_str!("../../migrations/postgres/0003_cheaper_index.sql"),
     ),
 ];
 /// The version that adds the history index (`src/log/index.rs`).

@@ -90,12 +90,14 @@ async fn copy_batch(
         // A short first part lets the COPY start sooner.
         let mut parts = store::Parts::new(head, versions, batch, now_us, keep);
         let mut index = index::Rows::default();
+        let mut types = index::Ready::default();
         for rows in parts.by_ref() {
             let msg = rows.and_then(|(rows, part_index)| {
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                     return Err(Error::Store("an append prepared no rows".into()));
                 };
                 index.extend(part_index);
+                types.add_types(&rows);
                 let mut buf = Vec::with_capacity(rows.len() * 512);
                 for r in &rows {
                     copy_row(&mut buf, r);
@@ -107,7 +109,9 @@ async fn copy_batch(
                 break;
             }
         }
-        (parts.finish(), index.ready())
+        let mut ready = index.ready();
+        ready.types = types.types;
+        (parts.finish(), ready)
     });
     // A conflict comes with the first chunk: see it before the COPY starts.
     let (first_buf, mut written) = match rx.recv().await {
@@ -265,6 +269,23 @@ impl PgStore {
             )
             .bind(&keys)
             .bind(&anchors)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Self::insert_types(conn, rows).await
+    }
+
+    /// Insert `event_type_blocks` rows.
+    async fn insert_types(conn: &mut sqlx::PgConnection, rows: &index::Ready) -> Result<()> {
+        for chunk in rows.types.chunks(INSERT_CHUNK) {
+            let (types, blocks): (Vec<&str>, Vec<i64>) =
+                chunk.iter().map(|(t, b)| (t.as_str(), *b)).unzip();
+            sqlx::query(
+                "INSERT INTO event_type_blocks (event_type, block) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&types)
+            .bind(&blocks)
             .execute(&mut *conn)
             .await?;
         }
@@ -619,6 +640,27 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| Ok(row_ref(r)?.to_owned())).collect()
+    }
+
+    /// Up to `limit` blocks from `from` to `to` (`src/log/index.rs`, type_block) that hold
+    /// an event of this type, in order.
+    pub(crate) async fn type_blocks(
+        &self,
+        event_type: &str,
+        from: i64,
+        to: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT block FROM event_type_blocks WHERE event_type = $1 \
+             AND block >= $2 AND block <= $3 ORDER BY block LIMIT $4",
+        )
+        .bind(event_type)
+        .bind(from)
+        .bind(to)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub(crate) async fn anchors_keyed(&self, lower: &str) -> Result<Vec<String>> {

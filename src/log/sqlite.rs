@@ -549,8 +549,11 @@ fn insert_index(conn: &Connection, rows: &index::Ready) -> Result<()> {
         }
         Ok(())
     }
+    static TYPES: OnceLock<String> = OnceLock::new();
+    const TYPE: &str = "INSERT OR IGNORE INTO event_type_blocks (event_type, block) VALUES ";
     many(conn, ANCHOR, &ANCHORS, &rows.anchors)?;
-    many(conn, KEY, &KEYS, &rows.keys)
+    many(conn, KEY, &KEYS, &rows.keys)?;
+    many(conn, TYPE, &TYPES, &rows.types)
 }
 
 fn head_on(conn: &Connection) -> Result<(u64, Hash)> {
@@ -661,7 +664,9 @@ fn insert_batch(
     let index = rows.first().map_or_else(index::Rows::default, |first| {
         store::index_rows(first.seq, &batch.events)
     });
-    insert_rows(conn, &rows, &index.ready())?;
+    let mut index = index.ready();
+    index.add_types(&rows);
+    insert_rows(conn, &rows, &index)?;
     match (rows.first(), rows.last()) {
         (Some(first), Some(last)) => Ok((first.seq, last.seq, last.hash)),
         _ => Err(Error::Store("an append prepared no rows".into())),
@@ -691,7 +696,11 @@ fn insert_pipelined(
             let mut parts = store::Parts::new(head, owned_versions, batch, now_us, keep);
             for rows in parts.by_ref() {
                 let failed = rows.is_err();
-                let rows = rows.map(|(r, i)| (r, i.ready()));
+                let rows = rows.map(|(r, i)| {
+                    let mut i = i.ready();
+                    i.add_types(&r);
+                    (r, i)
+                });
                 if rows_tx.send(rows).is_err() || failed {
                     break;
                 }
@@ -913,6 +922,35 @@ impl SqliteStore {
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(sql)? {
                 out.push(row_ref(r)?.to_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Up to `limit` blocks from `from` to `to` (`src/log/index.rs`, type_block) that hold
+    /// an event of this type, in order.
+    pub(crate) async fn type_blocks(
+        &self,
+        event_type: &str,
+        from: i64,
+        to: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>> {
+        let event_type = event_type.to_string();
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT block FROM event_type_blocks WHERE event_type = ?1 \
+                     AND block >= ?2 AND block <= ?3 ORDER BY block LIMIT ?4",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt
+                .query(params![event_type, from, to, i64::from(limit)])
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql)? {
+                out.push(int(r, 0)?);
             }
             Ok(out)
         })

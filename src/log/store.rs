@@ -356,7 +356,10 @@ impl AnyStore {
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
         let Some(anchor) = q.anchor.as_deref() else {
-            return delegate!(self, s => s.history(q, after, limit).await);
+            return match q.event_type.as_deref() {
+                Some(t) => self.history_of_type(q, t, after, limit).await,
+                None => delegate!(self, s => s.history(q, after, limit).await),
+            };
         };
         let mut out: Vec<StoredEvent> = Vec::new();
         while out.len() < limit as usize {
@@ -372,6 +375,54 @@ impl AnyStore {
             if !full {
                 break;
             }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::history`] of a type alone: the blocks of the log that hold the type
+    /// (`event_type_blocks`), then their events of the type, a run of consecutive blocks
+    /// at a time.
+    async fn history_of_type(
+        &self,
+        q: &HistoryQuery,
+        event_type: &str,
+        mut after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        /// Blocks looked up at a time.
+        const BLOCKS: u32 = 64;
+        let until = q.until_or_max() as u64;
+        let mut out: Vec<StoredEvent> = Vec::new();
+        while out.len() < limit as usize && after < until {
+            let (from, to) = (index::type_block(after + 1), index::type_block(until));
+            let blocks = delegate!(self, s => s.type_blocks(event_type, from, to, BLOCKS).await)?;
+            let Some(&last_block) = blocks.last() else {
+                break;
+            };
+            let mut runs: Vec<(i64, i64)> = Vec::new();
+            for b in blocks {
+                match runs.last_mut() {
+                    Some((_, end)) if *end + 1 == b => *end = b,
+                    _ => runs.push((b, b)),
+                }
+            }
+            for (first, last) in runs {
+                // Seqs after `lo`, up to `hi`: the run's, within what is asked.
+                let lo = after.max(index::block_start(first).saturating_sub(1));
+                let hi = until.min(index::block_start(last + 1) - 1);
+                let run = HistoryQuery {
+                    until: Some(hi),
+                    ..q.clone()
+                };
+                let want = limit - out.len() as u32;
+                let page = delegate!(self, s => s.history(&run, lo, want).await)?;
+                out.extend(page);
+                if out.len() >= limit as usize {
+                    return Ok(out);
+                }
+                after = hi;
+            }
+            after = after.max(until.min(index::block_start(last_block + 1) - 1));
         }
         Ok(out)
     }
