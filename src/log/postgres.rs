@@ -248,12 +248,15 @@ impl PgStore {
     }
 
     /// Insert history index rows (`src/log/index.rs`); a key already known is kept.
+    /// `event_anchors` rows go in without `ON CONFLICT` (a speculative insertion per row):
+    /// they are new whenever they are written, the seqs being those just appended (or, in
+    /// the migration, the table being empty) and each row once in [`index::Ready`].
     async fn insert_index(conn: &mut sqlx::PgConnection, rows: &index::Ready) -> Result<()> {
         for chunk in rows.anchors.chunks(INSERT_CHUNK) {
             let (anchors, seqs): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
             sqlx::query(
                 "INSERT INTO event_anchors (anchor_hash, seq) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING",
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[])",
             )
             .bind(&anchors)
             .bind(&seqs)

@@ -433,7 +433,12 @@ async fn init_fills_the_history_index_of_an_older_store(backend: Backend) {
     // `log show --type` (through event_type_blocks) gives what a scan of the log gives.
     let by_type = |f: &Fresh| {
         let all = lines(&f.cli(&["log", "show", "--format", "json"]));
-        for t in ["ObjectImported", "ObjectDeleted", "ObjectChanged", "CursorAdvanced"] {
+        for t in [
+            "ObjectImported",
+            "ObjectDeleted",
+            "ObjectChanged",
+            "CursorAdvanced",
+        ] {
             let of_type: Vec<Value> = all.iter().filter(|e| e["type"] == t).cloned().collect();
             let show = |more: &[&str]| {
                 let mut args = vec!["log", "show", "--type", t, "--format", "json"];
