@@ -8,6 +8,10 @@ pub(crate) const SQLITE: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_history_index.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_cheaper_index.sql"),
+    ),
 ];
 /// (version, SQL) for PostgreSQL.
 pub(crate) const POSTGRES: &[(i64, &str)] = &[
@@ -16,10 +20,39 @@ pub(crate) const POSTGRES: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_history_index.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_cheaper_index.sql"),
+    ),
 ];
-/// The version that adds the history index (`src/log/index.rs`): applying it also fills
-/// the index from the events already stored, in the same transaction.
+/// The version that adds the history index (`src/log/index.rs`).
 pub(crate) const HISTORY_INDEX: i64 = 2;
+/// The version that keys `event_anchors` by the anchor's hash (and empties it).
+pub(crate) const ANCHOR_HASH: i64 = 3;
+
+/// Which history index tables a migration from schema `found` must fill from the events
+/// already stored, once every script has run, in the same transaction: none when the store
+/// had them current; `event_anchors` alone from schema 2; both from an older one.
+pub(crate) fn index_to_fill(found: i64, list: &[(i64, &str)]) -> Fill {
+    let latest = latest(list);
+    Fill {
+        anchors: found < ANCHOR_HASH && latest >= ANCHOR_HASH,
+        keys: found < HISTORY_INDEX && latest >= HISTORY_INDEX,
+    }
+}
+
+/// The index tables to fill (see [`index_to_fill`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fill {
+    pub anchors: bool,
+    pub keys: bool,
+}
+
+impl Fill {
+    pub(crate) fn any(self) -> bool {
+        self.anchors || self.keys
+    }
+}
 /// Events read at a time while the index is filled.
 pub(crate) const FILL_PAGE: i64 = 10_000;
 
@@ -47,5 +80,38 @@ pub(crate) fn check(found: i64, list: &[(i64, &str)]) -> crate::error::Result<()
         })
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migration_fills_the_index_tables_it_empties_or_adds() {
+        let fill = |found| index_to_fill(found, SQLITE);
+        assert_eq!(
+            fill(0),
+            Fill {
+                anchors: true,
+                keys: true
+            }
+        );
+        assert_eq!(
+            fill(1),
+            Fill {
+                anchors: true,
+                keys: true
+            }
+        );
+        assert_eq!(
+            fill(2),
+            Fill {
+                anchors: true,
+                keys: false
+            }
+        );
+        assert!(!fill(3).any());
+        assert_eq!(latest(SQLITE), latest(POSTGRES));
     }
 }

@@ -90,12 +90,14 @@ async fn copy_batch(
         // A short first part lets the COPY start sooner.
         let mut parts = store::Parts::new(head, versions, batch, now_us, keep);
         let mut index = index::Rows::default();
+        let mut types = index::Ready::default();
         for rows in parts.by_ref() {
-            let msg = rows.and_then(|rows| {
+            let msg = rows.and_then(|(rows, part_index)| {
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                     return Err(Error::Store("an append prepared no rows".into()));
                 };
-                index.extend(index::Rows::of(&rows));
+                index.extend(part_index);
+                types.add_types(&rows);
                 let mut buf = Vec::with_capacity(rows.len() * 512);
                 for r in &rows {
                     copy_row(&mut buf, r);
@@ -107,7 +109,9 @@ async fn copy_batch(
                 break;
             }
         }
-        (parts.finish(), index)
+        let mut ready = index.ready();
+        ready.types = types.types;
+        (parts.finish(), ready)
     });
     // A conflict comes with the first chunk: see it before the COPY starts.
     let (first_buf, mut written) = match rx.recv().await {
@@ -201,15 +205,16 @@ impl PgStore {
         for (v, sql) in migrate::POSTGRES {
             if *v > current.unwrap_or(0) {
                 sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await?;
-                if *v == migrate::HISTORY_INDEX {
-                    Self::fill_index(&mut tx).await?;
-                }
                 sqlx::query("INSERT INTO dirsync_schema (version, applied_at_us) VALUES ($1, $2)")
                     .bind(v)
                     .bind(store::now_us())
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        let fill = migrate::index_to_fill(current.unwrap_or(0), migrate::POSTGRES);
+        if fill.any() {
+            Self::fill_index(&mut tx, fill).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -243,13 +248,15 @@ impl PgStore {
     }
 
     /// Insert history index rows (`src/log/index.rs`); a key already known is kept.
-    async fn insert_index(conn: &mut sqlx::PgConnection, rows: &index::Rows) -> Result<()> {
+    /// `event_anchors` rows go in without `ON CONFLICT` (a speculative insertion per row):
+    /// they are new whenever they are written, the seqs being those just appended (or, in
+    /// the migration, the table being empty) and each row once in [`index::Ready`].
+    async fn insert_index(conn: &mut sqlx::PgConnection, rows: &index::Ready) -> Result<()> {
         for chunk in rows.anchors.chunks(INSERT_CHUNK) {
-            let (anchors, seqs): (Vec<&str>, Vec<i64>) =
-                chunk.iter().map(|(a, s)| (a.as_str(), *s as i64)).unzip();
+            let (anchors, seqs): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
             sqlx::query(
-                "INSERT INTO event_anchors (anchor, seq) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO event_anchors (anchor_hash, seq) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[])",
             )
             .bind(&anchors)
             .bind(&seqs)
@@ -260,7 +267,7 @@ impl PgStore {
             let (keys, anchors): (Vec<&str>, Vec<&str>) =
                 chunk.iter().map(|(k, a)| (k.as_str(), a.as_str())).unzip();
             sqlx::query(
-                "INSERT INTO object_keys (key, anchor) SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) \
+                "INSERT INTO object_keys (key, anchor) SELECT * FROM UNNEST($1::text[], $2::text[]) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(&keys)
@@ -268,11 +275,29 @@ impl PgStore {
             .execute(&mut *conn)
             .await?;
         }
+        Self::insert_types(conn, rows).await
+    }
+
+    /// Insert `event_type_blocks` rows.
+    async fn insert_types(conn: &mut sqlx::PgConnection, rows: &index::Ready) -> Result<()> {
+        for chunk in rows.types.chunks(INSERT_CHUNK) {
+            let (types, blocks): (Vec<&str>, Vec<i64>) =
+                chunk.iter().map(|(t, b)| (t.as_str(), *b)).unzip();
+            sqlx::query(
+                "INSERT INTO event_type_blocks (event_type, block) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&types)
+            .bind(&blocks)
+            .execute(&mut *conn)
+            .await?;
+        }
         Ok(())
     }
 
-    /// Fill the history index from the events already stored (the migration that adds it).
-    async fn fill_index(conn: &mut sqlx::PgConnection) -> Result<()> {
+    /// Fill the history index tables `fill` names from the events already stored (a
+    /// migration that adds or empties them).
+    async fn fill_index(conn: &mut sqlx::PgConnection, fill: migrate::Fill) -> Result<()> {
         let mut after = 0i64;
         loop {
             let page = sqlx::query(
@@ -291,12 +316,19 @@ impl PgStore {
                 let seq: i64 = r.try_get(0)?;
                 rows.add(seq as u64, r.try_get(1)?, r.try_get(2)?);
             }
-            Self::insert_index(conn, &rows).await?;
+            let mut ready = rows.ready();
+            if !fill.anchors {
+                ready.anchors.clear();
+            }
+            if !fill.keys {
+                ready.keys.clear();
+            }
+            Self::insert_index(conn, &ready).await?;
         }
     }
 
     async fn insert_rows(conn: &mut sqlx::PgConnection, rows: &[StoredEvent]) -> Result<()> {
-        Self::insert_index(conn, &index::Rows::of(rows)).await?;
+        Self::insert_index(conn, &index::Ready::of(rows)).await?;
         if rows.len() >= COPY_MIN {
             let mut buf = Vec::new();
             copy_header(&mut buf);
@@ -599,7 +631,7 @@ impl PgStore {
         let sql = q.sql(COLUMNS, true);
         let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(a) = &q.anchor {
-            query = query.bind(a.as_str());
+            query = query.bind(index::anchor_hash(a));
         }
         if let Some(t) = &q.event_type {
             query = query.bind(t.as_str());
@@ -613,16 +645,34 @@ impl PgStore {
         rows.iter().map(|r| Ok(row_ref(r)?.to_owned())).collect()
     }
 
-    pub(crate) async fn anchors_named(&self, key: &str, lower: &str) -> Result<Vec<String>> {
+    /// Up to `limit` blocks from `from` to `to` (`src/log/index.rs`, type_block) that hold
+    /// an event of this type, in order.
+    pub(crate) async fn type_blocks(
+        &self,
+        event_type: &str,
+        from: i64,
+        to: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>> {
         Ok(sqlx::query_scalar(
-            "SELECT anchor FROM object_keys WHERE key = $2 \
-             UNION SELECT anchor FROM event_anchors WHERE anchor = $1 \
-             UNION SELECT anchor FROM event_anchors WHERE anchor = $2",
+            "SELECT block FROM event_type_blocks WHERE event_type = $1 \
+             AND block >= $2 AND block <= $3 ORDER BY block LIMIT $4",
         )
-        .bind(key)
-        .bind(lower)
+        .bind(event_type)
+        .bind(from)
+        .bind(to)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    pub(crate) async fn anchors_keyed(&self, lower: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT anchor FROM object_keys WHERE key = $1")
+                .bind(lower)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Take the session-level advisory lock `name` on a connection of its own, or None when

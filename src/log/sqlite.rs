@@ -456,9 +456,6 @@ fn migrate_to_latest(conn: &mut Connection, found: i64) -> Result<()> {
     for (v, script) in migrate::SQLITE {
         if *v > current.unwrap_or(0) {
             tx.execute_batch(script).map_err(sql)?;
-            if *v == migrate::HISTORY_INDEX {
-                fill_index(&tx)?;
-            }
             tx.execute(
                 "INSERT INTO dirsync_schema (version, applied_at_us) VALUES (?1, ?2)",
                 params![v, store::now_us()],
@@ -466,11 +463,16 @@ fn migrate_to_latest(conn: &mut Connection, found: i64) -> Result<()> {
             .map_err(sql)?;
         }
     }
+    let fill = migrate::index_to_fill(current.unwrap_or(0), migrate::SQLITE);
+    if fill.any() {
+        fill_index(&tx, fill)?;
+    }
     tx.commit().map_err(sql)
 }
 
-/// Fill the history index from the events already stored (the migration that adds it).
-fn fill_index(conn: &Connection) -> Result<()> {
+/// Fill the history index tables `fill` names from the events already stored (a migration
+/// that adds or empties them).
+fn fill_index(conn: &Connection, fill: migrate::Fill) -> Result<()> {
     let mut after = 0i64;
     loop {
         let mut rows = index::Rows::default();
@@ -493,58 +495,65 @@ fn fill_index(conn: &Connection) -> Result<()> {
         let Some(last) = last else {
             return Ok(());
         };
-        insert_index(conn, &rows)?;
+        let mut ready = rows.ready();
+        if !fill.anchors {
+            ready.anchors.clear();
+        }
+        if !fill.keys {
+            ready.keys.clear();
+        }
+        insert_index(conn, &ready)?;
         after = last;
     }
 }
 
 /// Index rows per multi-row INSERT (2 parameters each).
-const INDEX_ROWS: usize = 200;
+const INDEX_ROWS: usize = 100;
 
-/// Insert history index rows (`src/log/index.rs`), [`INDEX_ROWS`] per statement; a row
-/// already there (a key known before) is kept.
-fn insert_index(conn: &Connection, rows: &index::Rows) -> Result<()> {
-    fn many<'a>(
+/// Insert history index rows (`src/log/index.rs`), [`INDEX_ROWS`] per statement (cached,
+/// as are the one-row statements for the rest); a row already there (a key known before) is
+/// kept.
+fn insert_index(conn: &Connection, rows: &index::Ready) -> Result<()> {
+    static ANCHORS: OnceLock<String> = OnceLock::new();
+    static KEYS: OnceLock<String> = OnceLock::new();
+    const ANCHOR: &str = "INSERT OR IGNORE INTO event_anchors (anchor_hash, seq) VALUES ";
+    const KEY: &str = "INSERT OR IGNORE INTO object_keys (key, anchor) VALUES ";
+    fn many<A: rusqlite::ToSql, B: rusqlite::ToSql>(
         conn: &Connection,
-        table: &str,
-        rows: impl Iterator<Item = (&'a str, rusqlite::types::Value)>,
+        head: &str,
+        all: &'static OnceLock<String>,
+        rows: &[(A, B)],
     ) -> Result<()> {
-        let statement = |n: usize| {
-            let cols = if table == "event_anchors" {
-                "anchor, seq"
-            } else {
-                "key, anchor"
-            };
-            format!(
-                "INSERT OR IGNORE INTO {table} ({cols}) VALUES {}",
-                vec!["(?,?)"; n].join(",")
-            )
-        };
-        let all: Vec<_> = rows.collect();
-        for chunk in all.chunks(INDEX_ROWS) {
-            let mut stmt = conn.prepare_cached(&statement(chunk.len())).map_err(sql)?;
-            for (i, (a, b)) in chunk.iter().enumerate() {
-                stmt.raw_bind_parameter(2 * i + 1, a).map_err(sql)?;
-                stmt.raw_bind_parameter(2 * i + 2, b).map_err(sql)?;
+        let statement = |n: usize| format!("{head}{}", vec!["(?,?)"; n].join(","));
+        let mut chunks = rows.chunks_exact(INDEX_ROWS);
+        if rows.len() >= INDEX_ROWS {
+            let mut stmt = conn
+                .prepare_cached(all.get_or_init(|| statement(INDEX_ROWS)))
+                .map_err(sql)?;
+            for chunk in &mut chunks {
+                for (i, (a, b)) in chunk.iter().enumerate() {
+                    stmt.raw_bind_parameter(2 * i + 1, a).map_err(sql)?;
+                    stmt.raw_bind_parameter(2 * i + 2, b).map_err(sql)?;
+                }
+                stmt.raw_execute().map_err(sql)?;
             }
-            stmt.raw_execute().map_err(sql)?;
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut stmt = conn.prepare_cached(&statement(1)).map_err(sql)?;
+            for (a, b) in rest {
+                stmt.raw_bind_parameter(1, a).map_err(sql)?;
+                stmt.raw_bind_parameter(2, b).map_err(sql)?;
+                stmt.raw_execute().map_err(sql)?;
+            }
         }
         Ok(())
     }
-    many(
-        conn,
-        "event_anchors",
-        rows.anchors
-            .iter()
-            .map(|(a, s)| (a.as_str(), rusqlite::types::Value::Integer(*s as i64))),
-    )?;
-    many(
-        conn,
-        "object_keys",
-        rows.keys
-            .iter()
-            .map(|(k, a)| (k.as_str(), rusqlite::types::Value::Text(a.clone()))),
-    )
+    static TYPES: OnceLock<String> = OnceLock::new();
+    const TYPE: &str = "INSERT OR IGNORE INTO event_type_blocks (event_type, block) VALUES ";
+    many(conn, ANCHOR, &ANCHORS, &rows.anchors)?;
+    many(conn, KEY, &KEYS, &rows.keys)?;
+    many(conn, TYPE, &TYPES, &rows.types)
 }
 
 fn head_on(conn: &Connection) -> Result<(u64, Hash)> {
@@ -602,7 +611,7 @@ fn bind_row(stmt: &mut rusqlite::Statement<'_>, n: usize, r: &StoredEvent) -> Re
 
 /// Insert rows, `INSERT_ROWS` per statement: per-statement work is a good part of
 /// SQLite's cost for one row; then their history index rows.
-fn insert_rows(conn: &Connection, rows: &[StoredEvent], index: &index::Rows) -> Result<()> {
+fn insert_rows(conn: &Connection, rows: &[StoredEvent], index: &index::Ready) -> Result<()> {
     static MANY: OnceLock<String> = OnceLock::new();
     let mut chunks = rows.chunks_exact(INSERT_ROWS);
     if rows.len() >= INSERT_ROWS {
@@ -652,7 +661,12 @@ fn insert_batch(
     now_us: i64,
 ) -> Result<Written> {
     let rows = store::prepare(head, versions, batch, now_us)?;
-    insert_rows(conn, &rows, &index::Rows::of(&rows))?;
+    let index = rows.first().map_or_else(index::Rows::default, |first| {
+        store::index_rows(first.seq, &batch.events)
+    });
+    let mut index = index.ready();
+    index.add_types(&rows);
+    insert_rows(conn, &rows, &index)?;
     match (rows.first(), rows.last()) {
         (Some(first), Some(last)) => Ok((first.seq, last.seq, last.hash)),
         _ => Err(Error::Store("an append prepared no rows".into())),
@@ -674,7 +688,7 @@ fn insert_pipelined(
     std::thread::scope(|s| {
         // Each part comes with its history index rows, made on the preparing thread.
         let (rows_tx, rows_rx) =
-            std::sync::mpsc::sync_channel::<Result<(Vec<StoredEvent>, index::Rows)>>(2);
+            std::sync::mpsc::sync_channel::<Result<(Vec<StoredEvent>, index::Ready)>>(2);
         // Inserted rows go back to the preparing thread to be freed there.
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<StoredEvent>>();
         let preparer = s.spawn(move || {
@@ -682,8 +696,9 @@ fn insert_pipelined(
             let mut parts = store::Parts::new(head, owned_versions, batch, now_us, keep);
             for rows in parts.by_ref() {
                 let failed = rows.is_err();
-                let rows = rows.map(|r| {
-                    let i = index::Rows::of(&r);
+                let rows = rows.map(|(r, i)| {
+                    let mut i = i.ready();
+                    i.add_types(&r);
                     (r, i)
                 });
                 if rows_tx.send(rows).is_err() || failed {
@@ -825,7 +840,7 @@ impl Store for SqliteStore {
             streams.dedup();
             let versions = versions(&tx, &streams)?;
             let next = store::check_raw_continuation(head, &versions, &events)?;
-            insert_rows(&tx, &events, &index::Rows::of(&events))?;
+            insert_rows(&tx, &events, &index::Ready::of(&events))?;
             if let Some(last) = events.last() {
                 finish(&tx, &next, last.seq, &last.hash)?;
             }
@@ -893,7 +908,7 @@ impl SqliteStore {
             let mut stmt = conn.prepare_cached(&q.sql(COLUMNS, false)).map_err(sql)?;
             let mut params: Vec<rusqlite::types::Value> = Vec::new();
             if let Some(a) = &q.anchor {
-                params.push(a.clone().into());
+                params.push(index::anchor_hash(a).into());
             }
             if let Some(t) = &q.event_type {
                 params.push(t.clone().into());
@@ -913,17 +928,42 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn anchors_named(&self, key: &str, lower: &str) -> Result<Vec<String>> {
-        let (key, lower) = (key.to_string(), lower.to_string());
+    /// Up to `limit` blocks from `from` to `to` (`src/log/index.rs`, type_block) that hold
+    /// an event of this type, in order.
+    pub(crate) async fn type_blocks(
+        &self,
+        event_type: &str,
+        from: i64,
+        to: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>> {
+        let event_type = event_type.to_string();
         self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT anchor FROM object_keys WHERE key = ?2 \
-                     UNION SELECT anchor FROM event_anchors WHERE anchor = ?1 \
-                     UNION SELECT anchor FROM event_anchors WHERE anchor = ?2",
+                    "SELECT block FROM event_type_blocks WHERE event_type = ?1 \
+                     AND block >= ?2 AND block <= ?3 ORDER BY block LIMIT ?4",
                 )
                 .map_err(sql)?;
-            let mut rows = stmt.query([key.as_str(), lower.as_str()]).map_err(sql)?;
+            let mut rows = stmt
+                .query(params![event_type, from, to, i64::from(limit)])
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql)? {
+                out.push(int(r, 0)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn anchors_keyed(&self, lower: &str) -> Result<Vec<String>> {
+        let lower = lower.to_string();
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT anchor FROM object_keys WHERE key = ?1")
+                .map_err(sql)?;
+            let mut rows = stmt.query([lower.as_str()]).map_err(sql)?;
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(sql)? {
                 out.push(text(r, 0)?.to_string());

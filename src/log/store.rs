@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use super::hash::{self, Hash, HashInput};
+use super::index;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::{Event, StoredEvent, SCHEMA_VERSION};
@@ -191,7 +192,7 @@ impl HistoryQuery {
         let mut cond = Vec::new();
         let seq = if self.anchor.is_some() {
             sql.push_str("event_anchors a JOIN events e ON e.seq = a.seq");
-            cond.push(format!("a.anchor = {}", p()));
+            cond.push(format!("a.anchor_hash = {}", p()));
             "a.seq"
         } else {
             sql.push_str("events e");
@@ -345,21 +346,103 @@ macro_rules! delegate {
 
 impl AnyStore {
     /// Up to `limit` events of `q` with seq > `after`, in order, read through the history
-    /// index.
+    /// index. With an anchor, the index finds the events by the anchor's hash and only those
+    /// whose payload names the anchor are kept (pages are read until `limit` such events or
+    /// the end, so a short answer still means the end).
     pub async fn history(
         &self,
         q: &HistoryQuery,
-        after: u64,
+        mut after: u64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>> {
-        delegate!(self, s => s.history(q, after, limit).await)
+        let Some(anchor) = q.anchor.as_deref() else {
+            return match q.event_type.as_deref() {
+                Some(t) => self.history_of_type(q, t, after, limit).await,
+                None => delegate!(self, s => s.history(q, after, limit).await),
+            };
+        };
+        let mut out: Vec<StoredEvent> = Vec::new();
+        while out.len() < limit as usize {
+            let want = limit - out.len() as u32;
+            let page = delegate!(self, s => s.history(q, after, want).await)?;
+            let full = page.len() == want as usize;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            out.extend(
+                page.into_iter()
+                    .filter(|e| index::names(e.seq, &e.event_type, &e.payload, anchor)),
+            );
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::history`] of a type alone: the blocks of the log that hold the type
+    /// (`event_type_blocks`), then their events of the type, a run of consecutive blocks
+    /// at a time.
+    async fn history_of_type(
+        &self,
+        q: &HistoryQuery,
+        event_type: &str,
+        mut after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        /// Blocks looked up at a time.
+        const BLOCKS: u32 = 64;
+        let until = q.until_or_max() as u64;
+        let mut out: Vec<StoredEvent> = Vec::new();
+        while out.len() < limit as usize && after < until {
+            let (from, to) = (index::type_block(after + 1), index::type_block(until));
+            let blocks = delegate!(self, s => s.type_blocks(event_type, from, to, BLOCKS).await)?;
+            let Some(&last_block) = blocks.last() else {
+                break;
+            };
+            let mut runs: Vec<(i64, i64)> = Vec::new();
+            for b in blocks {
+                match runs.last_mut() {
+                    Some((_, end)) if *end + 1 == b => *end = b,
+                    _ => runs.push((b, b)),
+                }
+            }
+            for (first, last) in runs {
+                // Seqs after `lo`, up to `hi`: the run's, within what is asked.
+                let lo = after.max(index::block_start(first).saturating_sub(1));
+                let hi = until.min(index::block_start(last + 1) - 1);
+                let run = HistoryQuery {
+                    until: Some(hi),
+                    ..q.clone()
+                };
+                let want = limit - out.len() as u32;
+                let page = delegate!(self, s => s.history(&run, lo, want).await)?;
+                out.extend(page);
+                if out.len() >= limit as usize {
+                    return Ok(out);
+                }
+                after = hi;
+            }
+            after = after.max(until.min(index::block_start(last_block + 1) - 1));
+        }
+        Ok(out)
     }
 
     /// The anchors of the objects known by `key` (compared lower-cased: an anchor, a DN, a
     /// mail, a userPrincipalName or uid, an exported userName or group name), and `key`
     /// itself when events name it as an anchor. Sorted, each once.
     pub async fn anchors_named(&self, key: &str) -> Result<Vec<String>> {
-        let mut out = delegate!(self, s => s.anchors_named(key, &key.to_lowercase()).await)?;
+        let lower = key.to_lowercase();
+        let mut out = delegate!(self, s => s.anchors_keyed(&lower).await)?;
+        let names: &[&str] = if lower == key { &[key] } else { &[key, &lower] };
+        for a in names {
+            let q = HistoryQuery {
+                anchor: Some(a.to_string()),
+                ..Default::default()
+            };
+            if !self.history(&q, 0, 1).await?.is_empty() {
+                out.push(a.to_string());
+            }
+        }
         out.sort_unstable();
         out.dedup();
         Ok(out)
@@ -494,7 +577,8 @@ impl Parts {
 }
 
 impl Iterator for Parts {
-    type Item = Result<Vec<StoredEvent>>;
+    /// A part's rows and their history index rows (made from the typed events).
+    type Item = Result<(Vec<StoredEvent>, index::Rows)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
@@ -511,18 +595,32 @@ impl Iterator for Parts {
             idempotency_key: self.idempotency_key.take(),
         };
         let rows = prepare(self.head, &mut self.versions, &part, self.now_us);
-        match &rows {
+        match rows {
             Ok(r) => {
+                let mut index = index::Rows::default();
                 if let (Some(first), Some(last)) = (r.first(), r.last()) {
                     self.head = (last.seq, last.hash);
+                    index = index_rows(first.seq, &part.events);
                     // What is not kept is freed here, on the preparing thread.
                     part.hand_over(first.seq, self.now_us, self.keep.clone());
                 }
+                Some(Ok((r, index)))
             }
-            Err(_) => self.failed = true,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
         }
-        Some(rows)
     }
+}
+
+/// The history index rows of `events`, the first of them at seq `first_seq`.
+pub(crate) fn index_rows(first_seq: u64, events: &[NewEvent]) -> index::Rows {
+    let mut rows = index::Rows::default();
+    for (seq, e) in (first_seq..).zip(events) {
+        rows.add_event(seq, &e.event);
+    }
+    rows
 }
 
 /// Turn a batch into stored rows after checking its expectations: the pure half of append.
