@@ -424,6 +424,17 @@ async fn measure(
         verify.push(r.secs);
         verify_rss.push(r.rss_mb);
     }
+    if std::env::var_os("DIRSYNC_BENCH_HOLD").is_some() {
+        // For profiling by hand: the lab and both stores stay until the bench is killed.
+        eprintln!(
+            "holding: ours in {}, --compare's in {:?}",
+            dir.display(),
+            compare_dir.as_ref().map(|c| c.path().to_path_buf())
+        );
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     let load_after = load_average();
     let t_ls = median(&baseline);
     let mut rows = vec![

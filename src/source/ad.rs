@@ -87,6 +87,9 @@ const BINARY_ATTRS: &[&str] = &[
     "ntsecuritydescriptor",
 ];
 
+/// The attribute an AD anchor comes from when an object has it (else its objectGUID).
+pub const CONSISTENCY_GUID: &str = "ms-DS-ConsistencyGuid";
+
 /// Tuning. The defaults suit real AD (MaxPageSize 1000, MaxValRange 1500).
 #[derive(Clone, Debug)]
 pub struct AdOptions {
@@ -224,6 +227,8 @@ pub struct AdSource {
     client: LdapClient,
     cfg: SourceConfig,
     opts: AdOptions,
+    /// Whether anchors come from ms-DS-ConsistencyGuid, when the anchor check said so.
+    consistency: Option<bool>,
 }
 
 impl AdSource {
@@ -238,6 +243,7 @@ impl AdSource {
             client,
             cfg: cfg.clone(),
             opts,
+            consistency: None,
         })
     }
 
@@ -581,8 +587,13 @@ impl AdSource {
         out.cookie = next;
         out.referrals_skipped = referrals;
 
-        // Anchors differ from objectGUIDs only for objects with mS-DS-ConsistencyGuid.
-        let uses_consistency = self.client.exists(&nc, "(mS-DS-ConsistencyGuid=*)").await?;
+        // Anchors differ from objectGUIDs only for objects with mS-DS-ConsistencyGuid: as
+        // the anchor check found (a search for the attribute is a scan of the whole
+        // directory on Samba), else asked here.
+        let uses_consistency = match self.consistency {
+            Some(c) => c,
+            None => self.client.exists(&nc, "(mS-DS-ConsistencyGuid=*)").await?,
+        };
 
         let mut guids: Vec<String> = Vec::new();
         let mut items: Vec<PendingItem> = Vec::new();
@@ -967,6 +978,10 @@ impl super::Source for AdSource {
                 referrals: d.referrals_skipped,
             })
         })
+    }
+
+    fn anchor_in_use(&mut self, attribute: Option<&str>) {
+        self.consistency = attribute.map(|a| a.eq_ignore_ascii_case(CONSISTENCY_GUID));
     }
 
     fn client(&mut self) -> &mut LdapClient {

@@ -69,6 +69,10 @@ pub trait Source: Send {
     /// `Error::SourceCookieRejected`; one dirsync itself cannot use, `Error::CookieUnusable`.
     fn delta<'a>(&'a mut self, cookie: &'a [u8]) -> SourceFuture<'a, Read>;
 
+    /// The attribute the run anchors on, as the anchor check found it (`None`: unknown):
+    /// a source that would otherwise work it out from the directory on each read uses it.
+    fn anchor_in_use(&mut self, _attribute: Option<&str>) {}
+
     /// The connection, for the checks a run makes before it records anything (the anchor
     /// check): they share the read's connection and bind instead of opening their own.
     fn client(&mut self) -> &mut LdapClient;

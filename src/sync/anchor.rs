@@ -30,7 +30,7 @@ use crate::source::{ConnectOptions, LdapClient};
 /// The AD anchor attributes: `ms-DS-ConsistencyGuid` means "where set, else objectGUID"
 /// (what the AD source reads), `objectGUID` the objectGUID alone.
 pub const AD_OBJECT_GUID: &str = "objectGUID";
-pub const AD_CONSISTENCY_GUID: &str = "ms-DS-ConsistencyGuid";
+pub const AD_CONSISTENCY_GUID: &str = crate::source::ad::CONSISTENCY_GUID;
 /// The one anchor of `kind = "openldap"`: its RFC 4533 deltas name entries by it.
 pub const ENTRY_UUID: &str = "entryUUID";
 /// The anchors `kind = "ldap"` tries, in order, when none is pinned.
@@ -300,16 +300,20 @@ fn owned_sample(state: &State) -> Vec<(String, String)> {
 /// checks again.
 pub struct Checked {
     pub record: Option<String>,
+    /// The attribute the run anchors on (recorded, pinned or detected), when there is one:
+    /// the source reads anchors by it instead of working it out again.
+    pub in_use: Option<String>,
     pub source: Option<Box<dyn crate::source::Source>>,
 }
 
 /// The check made on `client` before an import records anything: the attribute to record
-/// with it (the first import), or the refusal as a configuration error (exit 2).
+/// with it (the first import) and the attribute in use, or the refusal as a configuration
+/// error (exit 2).
 pub async fn check(
     client: &mut LdapClient,
     cfg: &SourceConfig,
     state: &State,
-) -> Result<Option<String>> {
+) -> Result<(Option<String>, Option<String>)> {
     let recorded = state.objects.anchor_attribute.as_deref();
     let detected = detect(client, cfg).await?;
     let (attr, record) = match decide(recorded, cfg.anchor.as_deref(), detected.as_deref()) {
@@ -328,7 +332,7 @@ pub async fn check(
         Decision::Record(a) => (a.clone(), Some(a)),
         Decision::Keep => match recorded.or(detected.as_deref()) {
             Some(a) => (a.to_string(), None),
-            None => return Ok(None),
+            None => return Ok((None, None)),
         },
     };
     // Are the values still those of the ledger? (Also when nothing was recorded yet: a log
@@ -360,7 +364,7 @@ pub async fn check(
             .message(),
         ));
     }
-    Ok(record)
+    Ok((record, Some(attr)))
 }
 
 /// One directory entry as `anchors migrate` reads it.

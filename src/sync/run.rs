@@ -110,6 +110,7 @@ async fn read_source(
     progress: &ProgressBar,
     deadline: Instant,
     mut open: Option<Box<dyn source::Source>>,
+    anchor_in_use: Option<&str>,
 ) -> Result<(Read, Option<SourceInfoRecorded>, &'static str)> {
     let mut attempt = 0;
     loop {
@@ -121,7 +122,11 @@ async fn read_source(
                     src.client().set_deadline(Some(deadline));
                     src
                 }
-                None => connect(cfg, deadline).await?,
+                None => {
+                    let mut src = connect(cfg, deadline).await?;
+                    src.anchor_in_use(anchor_in_use);
+                    src
+                }
             };
             let info = src.info().await?;
             progress.set_message(if cookie.is_some() {
@@ -206,10 +211,14 @@ async fn open_source(cfg: &SourceConfig) -> Result<Box<dyn source::Source>> {
 pub(crate) async fn open_and_check(cfg: &SourceConfig, state: &State) -> Result<Checked> {
     let mut src = open_source(cfg).await?;
     match super::anchor::check(src.client(), cfg, state).await {
-        Ok(record) => Ok(Checked {
-            record,
-            source: Some(src),
-        }),
+        Ok((record, in_use)) => {
+            src.anchor_in_use(in_use.as_deref());
+            Ok(Checked {
+                record,
+                in_use,
+                source: Some(src),
+            })
+        }
         Err(e) => {
             src.close().await;
             Err(e)
@@ -322,6 +331,7 @@ pub(crate) async fn import_run(
         // check is a connection and a few searches), and again after a conflicting append.
         let Checked {
             record: anchor,
+            in_use,
             source: open,
         } = match checked.take() {
             Some(c) => c,
@@ -362,14 +372,22 @@ pub(crate) async fn import_run(
             report.fallback = Some("no cursor for this instance yet".into());
         }
         let (mut read, info, cursor_kind) =
-            match read_source(src_cfg, cursor.as_deref(), progress, deadline, open).await {
+            match read_source(
+                src_cfg,
+                cursor.as_deref(),
+                progress,
+                deadline,
+                open,
+                in_use.as_deref(),
+            )
+            .await {
                 Err(Error::SourceCookieRejected(why)) => {
                     invalidated = Some(format!("the source rejected the cursor: {why}"));
-                    read_source(src_cfg, None, progress, deadline, None).await?
+                    read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?
                 }
                 Err(Error::CookieUnusable(why)) => {
                     invalidated = Some(format!("dirsync cannot use the cursor: {why}"));
-                    read_source(src_cfg, None, progress, deadline, None).await?
+                    read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?
                 }
                 other => other?,
             };
@@ -393,7 +411,7 @@ pub(crate) async fn import_run(
                         anchors.len(),
                         anchors[0]
                     ));
-                    read = read_source(src_cfg, None, progress, deadline, None).await?.0;
+                    read = read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?.0;
                     if let Read::Full { objects, .. } = &read {
                         received = objects.len() as u64;
                     }
