@@ -371,26 +371,26 @@ pub(crate) async fn import_run(
         if cursor.is_none() && !opts.full && !always_full && invalidated.is_none() {
             report.fallback = Some("no cursor for this instance yet".into());
         }
-        let (mut read, info, cursor_kind) =
-            match read_source(
-                src_cfg,
-                cursor.as_deref(),
-                progress,
-                deadline,
-                open,
-                in_use.as_deref(),
-            )
-            .await {
-                Err(Error::SourceCookieRejected(why)) => {
-                    invalidated = Some(format!("the source rejected the cursor: {why}"));
-                    read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?
-                }
-                Err(Error::CookieUnusable(why)) => {
-                    invalidated = Some(format!("dirsync cannot use the cursor: {why}"));
-                    read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?
-                }
-                other => other?,
-            };
+        let (mut read, info, cursor_kind) = match read_source(
+            src_cfg,
+            cursor.as_deref(),
+            progress,
+            deadline,
+            open,
+            in_use.as_deref(),
+        )
+        .await
+        {
+            Err(Error::SourceCookieRejected(why)) => {
+                invalidated = Some(format!("the source rejected the cursor: {why}"));
+                read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?
+            }
+            Err(Error::CookieUnusable(why)) => {
+                invalidated = Some(format!("dirsync cannot use the cursor: {why}"));
+                read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?
+            }
+            other => other?,
+        };
         phase("source read");
         let mut planned = None;
         let mut received = match &read {
@@ -411,7 +411,9 @@ pub(crate) async fn import_run(
                         anchors.len(),
                         anchors[0]
                     ));
-                    read = read_source(src_cfg, None, progress, deadline, None, in_use.as_deref()).await?.0;
+                    read = read_source(src_cfg, None, progress, deadline, None, in_use.as_deref())
+                        .await?
+                        .0;
                     if let Read::Full { objects, .. } = &read {
                         received = objects.len() as u64;
                     }
