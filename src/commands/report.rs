@@ -23,8 +23,8 @@ pub(super) async fn report_cmd(
     }
     let since = since.map(|s| parse_point("--since", s)).transpose()?;
     let store = open(cfg).await?;
-    let report = crate::audit::lookup::report(&store, since, cfg.sync.interval, cfg.sync.on_delete)
-        .await?;
+    let report =
+        crate::audit::lookup::report(&store, since, cfg.sync.interval, cfg.sync.on_delete).await?;
     let page = crate::audit::report::render(&report);
     let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
     tmp.write_all(page.as_bytes())?;

@@ -393,7 +393,9 @@ pub(crate) async fn import_run(
                         anchors.len(),
                         anchors[0]
                     ));
-                    read = read_source(src_cfg, None, progress, deadline, None).await?.0;
+                    read = read_source(src_cfg, None, progress, deadline, None)
+                        .await?
+                        .0;
                     if let Read::Full { objects, .. } = &read {
                         received = objects.len() as u64;
                     }
