@@ -1824,9 +1824,6 @@ impl Cycle<'_> {
                     Outcome::Failed(e) if e.fatal => {
                         fatal.get_or_insert(e);
                     }
-                    // Issue 18.2: deleted in the target out of band. Recorded as the
-                    // failed update it is, then created again (next chunk) with the whole
-                    // state; its creation records the new target id.
                     // A user to disable that is gone from the target already: what the disable
                     // waited for is done (as a deletion answered 404 counts as done).
                     Outcome::Failed(e) if e.gone && repairing.disabling => {
@@ -1850,6 +1847,9 @@ impl Cycle<'_> {
                             }),
                         ));
                     }
+                    // Issue 18.2: deleted in the target out of band. Recorded as the
+                    // failed update it is, then created again (next chunk) with the whole
+                    // state; its creation records the new target id.
                     Outcome::Failed(e) if e.gone && matches!(op, Op::Update { .. }) => {
                         if let Op::Update { anchor, to, .. } = op {
                             tracing::warn!(
