@@ -283,35 +283,35 @@ pub fn names(seq: u64, event_type: &str, payload: &str, anchor: &str) -> bool {
 
 fn add_attr_keys<'a>(keys: &mut Vec<(String, &'a str)>, attrs: &AttrsRef<'_>, anchor: &'a str) {
     for (name, values) in &attrs.0 {
-        if KEY_ATTRIBUTES
-            .iter()
-            .any(|k| k.eq_ignore_ascii_case(name.as_str()))
-        {
-            for v in values {
-                if let AttrValueRef::Text(t) = v {
-                    if !t.trim().is_empty() {
-                        keys.push((t.trim().to_lowercase(), anchor));
-                    }
-                }
-            }
-        }
+        let texts = values.iter().filter_map(|v| match v {
+            AttrValueRef::Text(t) => Some(t.as_ref()),
+            _ => None,
+        });
+        add_key_values(keys, name.as_str(), texts, anchor);
     }
 }
 
 /// [`add_attr_keys`] for typed attributes.
 fn add_typed_attr_keys<'a>(keys: &mut Vec<(String, &'a str)>, attrs: &Attrs, anchor: &'a str) {
     for (name, values) in attrs {
-        if KEY_ATTRIBUTES
-            .iter()
-            .any(|k| k.eq_ignore_ascii_case(name.as_str()))
-        {
-            for v in values {
-                if let AttrValue::Text(t) = v {
-                    if !t.trim().is_empty() {
-                        keys.push((t.trim().to_lowercase(), anchor));
-                    }
-                }
-            }
+        let texts = values.iter().filter_map(|v| match v {
+            AttrValue::Text(t) => Some(t.as_str()),
+            _ => None,
+        });
+        add_key_values(keys, name, texts, anchor);
+    }
+}
+
+/// The keys of one attribute's text values, when it is one of [`KEY_ATTRIBUTES`].
+fn add_key_values<'a, 't>(
+    keys: &mut Vec<(String, &'a str)>,
+    name: &str,
+    texts: impl Iterator<Item = &'t str>,
+    anchor: &'a str,
+) {
+    if KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+        for t in texts.map(str::trim).filter(|t| !t.is_empty()) {
+            keys.push((t.to_lowercase(), anchor));
         }
     }
 }
