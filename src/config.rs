@@ -202,9 +202,31 @@ pub struct SourceConfig {
     /// `[source] member_of`: only users that are members, direct or nested, of these groups
     /// are in scope (resolved from the source projection); empty: no such rule.
     pub member_of: Vec<String>,
+    /// `Mapping::fingerprint` of the effective mapping (empty before the mapping is compiled).
+    pub mapping_fingerprint: String,
 }
 
 impl SourceConfig {
+    /// The effective scope, as `EffectiveConfigRecorded` records it.
+    pub fn effective(&self) -> crate::log::event::EffectiveScope {
+        let mut attributes: Vec<String> = crate::source::kept_for(self.kind)
+            .iter()
+            .map(|a| a.to_string())
+            .chain(self.mapped.iter().map(|a| a.to_ascii_lowercase()))
+            .collect();
+        attributes.sort();
+        attributes.dedup();
+        crate::log::event::EffectiveScope {
+            base_dn: self.base_dn.clone(),
+            users: self.users.clone(),
+            groups: self.groups.clone(),
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            member_of: self.member_of.clone(),
+            attributes,
+        }
+    }
+
     /// The scope rules: base DN, include, exclude and member_of.
     pub fn scope(&self) -> crate::sync::scope::Scope {
         crate::sync::scope::Scope::new(&self.base_dn, &self.include, &self.exclude)
@@ -612,6 +634,7 @@ impl Config {
                     include: s.include,
                     exclude: s.exclude,
                     mapped: Vec::new(),
+                    mapping_fingerprint: String::new(),
                 })
             }
         };
@@ -778,6 +801,7 @@ impl Config {
                 reads.sort();
                 reads.dedup();
                 src.mapped = reads;
+                src.mapping_fingerprint = m.fingerprint();
                 Some(Arc::new(m))
             }
             None if raw.mapping.is_some() => {

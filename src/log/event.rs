@@ -707,6 +707,72 @@ pub struct AnchorRecorded {
     pub attribute: String,
 }
 
+/// The scope and mapping in effect for imports (`[source]` base, filters, include,
+/// exclude, member_of; the attributes kept; the mapping), recorded by the first import and
+/// by every import whose configuration differs from the last record: what the log's source
+/// objects were imported under.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveScope {
+    pub base_dn: String,
+    pub users: String,
+    pub groups: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_of: Vec<String>,
+    /// The source attributes imports keep (lower case, sorted): the kind's own list and
+    /// what the mapping reads.
+    pub attributes: Vec<String>,
+}
+
+/// A part of the effective configuration, as [`EffectiveConfigRecorded`] names what changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigPart {
+    Base,
+    Users,
+    Groups,
+    Include,
+    Exclude,
+    MemberOf,
+    Attributes,
+    Mapping,
+}
+
+impl ConfigPart {
+    /// As the configuration spells it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ConfigPart::Base => "base_dn",
+            ConfigPart::Users => "users filter",
+            ConfigPart::Groups => "groups filter",
+            ConfigPart::Include => "include",
+            ConfigPart::Exclude => "exclude",
+            ConfigPart::MemberOf => "member_of",
+            ConfigPart::Attributes => "attributes read",
+            ConfigPart::Mapping => "mapping",
+        }
+    }
+}
+
+/// The effective scope and mapping, recorded with the import that first ran under them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveConfigRecorded {
+    /// SHA-256 (hex) of `scope`.
+    pub scope_fingerprint: String,
+    /// `Mapping::fingerprint`, as `dirsync mapping show` prints it.
+    pub mapping_fingerprint: String,
+    pub scope: EffectiveScope,
+    /// What differs from the previous record (empty for the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<ConfigPart>,
+    /// Why the change needed a full import, which this import then was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_import: Option<String>,
+}
+
 /// One ledger entry re-keyed: the same source entry, the same target object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rekey {
@@ -854,6 +920,7 @@ events! {
     TargetReset(TargetReset),
     AnchorRecorded(AnchorRecorded),
     AnchorsMigrated(AnchorsMigrated),
+    EffectiveConfigRecorded(EffectiveConfigRecorded),
     TargetReconciled(TargetReconciled),
     DuplicateRemoved(DuplicateRemoved),
     NotificationDelivered(NotificationDelivered),

@@ -4,6 +4,8 @@
 //! target already holds). The folders follow the data: source -> log -> project -> plan ->
 //! target.
 
+pub mod effective;
+pub mod filter;
 pub mod mapping;
 pub mod matching;
 #[allow(clippy::module_inception)]

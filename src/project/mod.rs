@@ -100,6 +100,18 @@ pub struct SourceObjects {
     /// Every record and migration of the anchor attribute, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anchor_history: Vec<AnchorChange>,
+    /// The scope and mapping the objects were last imported under
+    /// (`EffectiveConfigRecorded`); None before the first record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<EffectiveRecord>,
+}
+
+/// The last `EffectiveConfigRecorded`, and where it is in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveRecord {
+    pub at: At,
+    pub instance: String,
+    pub event: crate::log::event::EffectiveConfigRecorded,
 }
 
 /// The anchor attribute recorded (`from` None, nothing re-keyed) or migrated.
@@ -172,6 +184,13 @@ impl SourceObjects {
                     migrated: false,
                     rekeyed: 0,
                     unpaired: 0,
+                });
+            }
+            Event::EffectiveConfigRecorded(c) => {
+                self.effective = Some(EffectiveRecord {
+                    at: m.into(),
+                    instance: m.instance.to_string(),
+                    event: c.clone(),
                 });
             }
             Event::AnchorsMigrated(a) => {

@@ -56,6 +56,7 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
             tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
             anchor_attribute: state.objects.anchor_attribute.clone(),
             anchor_history: state.objects.anchor_history.clone(),
+            effective: state.objects.effective.clone(),
         },
         ledger: super::Ledger {
             entries: FastMap::default(),

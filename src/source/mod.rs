@@ -82,6 +82,15 @@ pub trait Source: Send {
 }
 
 /// The cursor kind a source of `kind` records ([`ALWAYS_FULL_CURSOR`]: none).
+/// The attributes imports keep for a source of `kind` besides what the mapping reads: what
+/// [`Source::kept_attributes`] gives once connected.
+pub fn kept_for(kind: SourceKind) -> &'static [&'static str] {
+    match kind {
+        SourceKind::Ad => ad::AD_ATTRIBUTES,
+        SourceKind::Openldap | SourceKind::Ldap => openldap::LDAP_ATTRIBUTES,
+    }
+}
+
 pub fn cursor_kind(kind: SourceKind) -> &'static str {
     match kind {
         SourceKind::Ad => DIRSYNC_CURSOR,

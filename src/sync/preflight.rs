@@ -419,6 +419,7 @@ mod tests {
             anchor: None,
             limits: Default::default(),
             mapped: Vec::new(),
+            mapping_fingerprint: String::new(),
             member_of: Vec::new(),
         }
     }

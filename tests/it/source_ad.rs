@@ -41,6 +41,7 @@ async fn fixture() -> Fixture {
         exclude: vec![],
         anchor: None,
         mapped: Vec::new(),
+        mapping_fingerprint: String::new(),
         member_of: Vec::new(),
     };
     Fixture {

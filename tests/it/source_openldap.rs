@@ -72,6 +72,7 @@ fn source_config(slapd: &Slapd, bind_dn: String, pw: std::path::PathBuf) -> Sour
         exclude: vec![],
         anchor: None,
         mapped: Vec::new(),
+        mapping_fingerprint: String::new(),
         member_of: Vec::new(),
     }
 }

@@ -24,6 +24,7 @@ fn cfg(slapd: &Slapd, pw: &std::path::Path, ca_file: Option<std::path::PathBuf>)
         exclude: vec![],
         anchor: None,
         mapped: Vec::new(),
+        mapping_fingerprint: String::new(),
         member_of: Vec::new(),
     }
 }
