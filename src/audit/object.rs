@@ -225,6 +225,9 @@ pub fn summary(
         }
         Event::ObjectDeleted(d) => match &d.evidence {
             DeletionEvidence::LeftScope { dn } => format!("left the scope: {dn}"),
+            DeletionEvidence::OutOfFilter { which, filter } => {
+                format!("left the scope: no longer matches the {which} filter {filter}")
+            }
             DeletionEvidence::NotMember { groups } => format!(
                 "left the scope: not a member of {} ([source] member_of)",
                 groups.join("; ")

@@ -87,6 +87,13 @@ pub(super) fn sync_table(r: &crate::sync::export::SyncReport) -> String {
             None => String::new(),
         }
     );
+    if !i.config_changed.is_empty() {
+        let parts: Vec<&str> = i.config_changed.iter().map(|p| p.label()).collect();
+        out.push_str(&format!(
+            "configuration changed since the last record: {} (recorded; applied to every object)\n",
+            parts.join(", ")
+        ));
+    }
     if let Some(f) = &i.fallback {
         out.push_str(&format!("full import because {f}\n"));
     }

@@ -279,6 +279,9 @@ pub enum DeletionEvidence {
     /// A user still in the DN scope that is no member, direct or nested, of any group of
     /// `[source] member_of` (those groups' DNs).
     NotMember { groups: Vec<String> },
+    /// Still exists, but no longer matches the configured users or groups filter (`which`:
+    /// "users" or "groups"), as evaluated over the log when that filter was narrowed.
+    OutOfFilter { which: String, filter: String },
 }
 
 impl DeletionEvidence {
@@ -294,6 +297,9 @@ impl DeletionEvidence {
             DeletionEvidence::LeftScope { dn } => Some(dn.clone()),
             DeletionEvidence::NotMember { groups } => {
                 Some(format!("not a member of {}", groups.join("; ")))
+            }
+            DeletionEvidence::OutOfFilter { which, filter } => {
+                Some(format!("no longer matches the {which} filter {filter}"))
             }
         }
     }
@@ -315,6 +321,7 @@ impl DeletionEvidence {
             DeletionEvidence::AbsentFromFullImport { .. } => "absent-from-full-import",
             DeletionEvidence::LeftScope { .. } => "left-scope",
             DeletionEvidence::NotMember { .. } => "not-member",
+            DeletionEvidence::OutOfFilter { .. } => "out-of-filter",
         }
     }
 }

@@ -249,6 +249,96 @@ fn member_of_events(
     out.into_iter().map(|(_, e)| e).collect()
 }
 
+/// A changed filter to evaluate over the projection: the one the objects were imported
+/// under (`old`) and the configured one (`new`), which narrows it.
+#[derive(Clone, Debug)]
+pub struct FilterChange {
+    pub old: crate::plan::filter::Filter,
+    pub new: crate::plan::filter::Filter,
+    /// As configured, for the evidence.
+    pub text: String,
+}
+
+/// What the configuration asks of the objects the log holds, evaluated over the projection
+/// when it changed without needing a full import ([`crate::plan::effective::decide`]).
+#[derive(Clone, Debug, Default)]
+pub struct Rescope {
+    pub users: Option<FilterChange>,
+    pub groups: Option<FilterChange>,
+    /// The attributes the log holds (lower case).
+    pub held: Vec<String>,
+}
+
+/// The events that apply `scope` and `rescope` to every object the log holds (pure), sorted
+/// by anchor: a live object outside the DN rules leaves scope (`left-scope`), one failing a
+/// narrowed filter leaves it too (`out-of-filter`); a user set aside only by `member_of`
+/// comes back when `member_of` is gone (members of changed groups are the import's
+/// [`member_of_events`]). Also returns how many live objects left.
+pub fn rescope_events(
+    current: &SourceObjects,
+    scope: &Scope,
+    rescope: &Rescope,
+) -> (Vec<Event>, u64) {
+    use crate::log::event::ObjectKind;
+    let held = |a: &str| rescope.held.iter().any(|h| h == a);
+    let mut anchors: Vec<&String> = current.objects.keys().collect();
+    anchors.sort();
+    let mut out = Vec::new();
+    let mut left = 0;
+    for a in anchors {
+        let Some(r) = current.objects.get(a) else {
+            continue;
+        };
+        let not_member = matches!(
+            r.deletion.as_ref().map(|d| &d.evidence),
+            Some(DeletionEvidence::NotMember { .. })
+        );
+        if !r.live() && !not_member {
+            continue;
+        }
+        let change = match r.kind {
+            ObjectKind::User => rescope.users.as_ref().map(|f| ("users", f)),
+            ObjectKind::Group => rescope.groups.as_ref().map(|f| ("groups", f)),
+        };
+        // A part that cannot be evaluated keeps the object (the decision asked for a full
+        // import instead whenever a filter tests what the log does not hold).
+        let failed = change.filter(|(_, f)| f.new.eval(&r.attrs, &held, Some(&f.old)) == Ok(false));
+        let evidence = if !scope.contains(&r.dn) {
+            Some(DeletionEvidence::LeftScope { dn: r.dn.clone() })
+        } else {
+            failed.map(|(which, f)| DeletionEvidence::OutOfFilter {
+                which: which.to_string(),
+                filter: f.text.clone(),
+            })
+        };
+        match evidence {
+            Some(evidence) => {
+                if r.live() {
+                    left += 1;
+                }
+                out.push(Event::ObjectDeleted(ObjectDeleted {
+                    anchor: a.clone(),
+                    evidence,
+                }));
+            }
+            None if not_member && scope.member_of().is_empty() => {
+                out.push(Event::ObjectImported(ObjectImported {
+                    object: SourceObject {
+                        anchor: a.clone(),
+                        kind: r.kind,
+                        dn: r.dn.clone(),
+                        attrs: r.attrs.clone(),
+                        members: r.members.clone(),
+                    },
+                    returned: true,
+                }));
+            }
+            None => {}
+        }
+    }
+    (out, left)
+}
+
 /// The result of planning a delta: the events, or the anchors whose whole object the caller
 /// must fetch first (a partial change to an object the log does not hold in full).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -442,7 +532,9 @@ pub fn delta_events(
                     Some(r) => matches!(
                         r.deletion.as_ref().map(|d| &d.evidence),
                         Some(
-                            DeletionEvidence::LeftScope { .. } | DeletionEvidence::NotMember { .. }
+                            DeletionEvidence::LeftScope { .. }
+                                | DeletionEvidence::NotMember { .. }
+                                | DeletionEvidence::OutOfFilter { .. }
                         )
                     ),
                     None => false,
@@ -730,6 +822,89 @@ mod tests {
         let all = full_import_events(&state.objects, changed, &open, "r4");
         apply_all(&mut state, &all);
         assert_eq!(live_users(&state), vec!["a0", "a1", "a2", "a3"]);
+    }
+
+    #[test]
+    fn a_changed_scope_is_evaluated_over_the_log() {
+        use crate::plan::filter::parse;
+        let mut state = State::default();
+        let mut dir: Vec<SourceObject> = (0..4)
+            .map(|i| {
+                user(
+                    i,
+                    if i == 3 { "Old" } else { "Staff" },
+                    if i % 2 == 0 { "Engineer" } else { "Sales" },
+                )
+            })
+            .collect();
+        dir.push(group("g1", "Eng", &["a0", "a2"]));
+        dir.push(group("g2", "Other", &["a1"]));
+        let scope = Scope::new("DC=test,DC=lan", &[], &[]);
+        let first = full_import_events(&state.objects, dir.clone(), &scope, "r1");
+        apply_all(&mut state, &first);
+        // A narrower users filter over a held attribute, and an added exclude.
+        let narrower = Scope::new("DC=test,DC=lan", &[], &["OU=Old,DC=test,DC=lan".into()]);
+        let users = "(&(objectClass=inetOrgPerson)(title=engineer))";
+        let r = Rescope {
+            users: Some(FilterChange {
+                old: parse("(objectClass=inetOrgPerson)").unwrap(),
+                new: parse(users).unwrap(),
+                text: users.into(),
+            }),
+            groups: None,
+            held: vec!["cn".into(), "title".into()],
+        };
+        let (events, left) = rescope_events(&state.objects, &narrower, &r);
+        let out_of_filter = |a: &str| {
+            Event::ObjectDeleted(ObjectDeleted {
+                anchor: a.into(),
+                evidence: DeletionEvidence::OutOfFilter {
+                    which: "users".into(),
+                    filter: users.into(),
+                },
+            })
+        };
+        assert_eq!(
+            events,
+            [
+                out_of_filter("a1"),
+                Event::ObjectDeleted(ObjectDeleted {
+                    anchor: "a3".into(),
+                    evidence: DeletionEvidence::LeftScope {
+                        dn: "CN=u3,OU=Old,DC=test,DC=lan".into()
+                    },
+                }),
+            ]
+        );
+        assert_eq!(left, 2);
+        apply_all(&mut state, &events);
+        assert_eq!(live_users(&state), ["a0", "a2"]);
+        // Nothing more to do under the same rules, and a full import agrees.
+        assert_eq!(rescope_events(&state.objects, &narrower, &r), (vec![], 0));
+        let mut again = dir.clone();
+        again.retain(|o| o.anchor != "a1"); // the server's filter leaves it out
+        let full = full_import_events(&state.objects, again, &narrower, "r2");
+        assert_eq!(full.len(), 1, "{full:?}");
+
+        // member_of added sets users aside; taken away again, they come back.
+        let groups = vec!["CN=Eng,OU=Groups,DC=test,DC=lan".to_string()];
+        let mut state = State::default();
+        let member_of = scope.clone().with_member_of(&groups);
+        let first = full_import_events(&state.objects, dir.clone(), &member_of, "r1");
+        apply_all(&mut state, &first);
+        assert_eq!(live_users(&state), ["a0", "a2"]);
+        let (events, left) = rescope_events(&state.objects, &scope, &Rescope::default());
+        assert_eq!(left, 0);
+        let back: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ObjectImported(i) if i.returned => Some(i.object.anchor.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(back, ["a1", "a3"]);
+        apply_all(&mut state, &events);
+        assert_eq!(live_users(&state), ["a0", "a1", "a2", "a3"]);
     }
 
     #[test]

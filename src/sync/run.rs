@@ -50,6 +50,10 @@ pub struct ImportReport {
     /// Why a delta became a full import, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// What of the scope and mapping differs from the last recorded
+    /// (`EffectiveConfigRecorded`): recorded with this import, and applied to every object.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config_changed: Vec<crate::log::event::ConfigPart>,
     pub seen: u64,
     pub added: u64,
     pub changed: u64,
@@ -160,6 +164,29 @@ async fn read_source(
             }
             other => return other,
         }
+    }
+}
+
+/// The filters of `now` to evaluate over objects imported under `old`: those that changed
+/// and narrow the old ones over attributes the log holds.
+fn rescope_for(
+    old: &crate::log::event::EffectiveScope,
+    now: &crate::log::event::EffectiveScope,
+) -> super::import::Rescope {
+    let change = |which: &str, o: &str, n: &str| {
+        (o.trim() != n.trim())
+            .then(|| crate::plan::effective::filter_change(which, o, n, &old.attributes).ok())
+            .flatten()
+            .map(|(old, new)| super::import::FilterChange {
+                old,
+                new,
+                text: n.to_string(),
+            })
+    };
+    super::import::Rescope {
+        users: change("users", &old.users, &now.users),
+        groups: change("groups", &old.groups, &now.groups),
+        held: old.attributes.clone(),
     }
 }
 
@@ -343,8 +370,50 @@ pub(crate) async fn import_run(
             dry_run: opts.dry_run,
             ..Default::default()
         };
+        // The scope and mapping against the last record: what to record, and whether the
+        // change needs a full import or an evaluation over the log.
+        let now = src_cfg.effective();
+        let recorded = state.objects.effective.as_ref().map(|r| &r.event);
+        let group_held = |dn: &str| {
+            let n = crate::source::dn::normalise_dn(dn);
+            state.objects.live().any(|(_, r)| {
+                r.kind == crate::log::event::ObjectKind::Group
+                    && crate::source::dn::normalise_dn(&r.dn) == n
+            })
+        };
+        let decision = crate::plan::effective::decide(
+            recorded,
+            &now,
+            &src_cfg.mapping_fingerprint,
+            !state.objects.objects.is_empty(),
+            &group_held,
+        );
+        if let Some(r) = &decision.record {
+            report.config_changed.clone_from(&r.changed);
+        }
+        let config_full = decision.full_import.clone();
+        let rescoped = match (decision.rescope, recorded) {
+            (true, Some(old)) => {
+                let r = rescope_for(&old.scope, &now);
+                let (events, left) = super::import::rescope_events(&state.objects, scope, &r);
+                (!events.is_empty()).then(|| {
+                    let mut objects = state.objects.clone();
+                    for (k, e) in events.iter().enumerate() {
+                        let m = crate::project::Meta {
+                            seq: state.seq + 1 + k as u64,
+                            instance: &opts.instance,
+                            recorded_at_us: 0,
+                        };
+                        objects.apply(&m, e);
+                    }
+                    (objects, events, left)
+                })
+            }
+            _ => None,
+        };
+        let current = rescoped.as_ref().map_or(&state.objects, |(o, _, _)| o);
         let mut invalidated = None;
-        let cursor = if opts.full || always_full {
+        let cursor = if opts.full || always_full || config_full.is_some() {
             None
         } else if let Some(why) = cursor_unusable(
             &state,
@@ -368,7 +437,12 @@ pub(crate) async fn import_run(
                     ))
                 })?
         };
-        if cursor.is_none() && !opts.full && !always_full && invalidated.is_none() {
+        if cursor.is_none()
+            && !opts.full
+            && !always_full
+            && invalidated.is_none()
+            && config_full.is_none()
+        {
             report.fallback = Some("no cursor for this instance yet".into());
         }
         let (mut read, info, cursor_kind) = match read_source(
@@ -403,7 +477,7 @@ pub(crate) async fn import_run(
             referrals,
         } = &read
         {
-            match delta_events(&state.objects, changes, scope, run_id) {
+            match delta_events(current, changes, scope, run_id) {
                 DeltaPlan::Events(ev) => planned = Some((ev, cookie.clone(), *referrals)),
                 DeltaPlan::NeedWhole(anchors) => {
                     report.fallback = Some(format!(
@@ -423,6 +497,9 @@ pub(crate) async fn import_run(
         if let Some(why) = &invalidated {
             report.fallback = Some(why.clone());
         }
+        if let Some(why) = &config_full {
+            report.fallback = Some(why.clone());
+        }
         let (events, cookie, referrals) = match (planned, read) {
             (Some(p), _) => {
                 report.mode = "delta".into();
@@ -438,7 +515,7 @@ pub(crate) async fn import_run(
             ) => {
                 report.mode = "full".into();
                 (
-                    full_import_events(&state.objects, objects, scope, run_id),
+                    full_import_events(current, objects, scope, run_id),
                     cookie,
                     referrals,
                 )
@@ -448,6 +525,18 @@ pub(crate) async fn import_run(
                     "internal: a delta was read but not planned".into(),
                 ));
             }
+        };
+        // The evaluation's events go first, and count in the import's summary.
+        let events = match rescoped {
+            Some((_, mut first, left)) => {
+                let mut events = events;
+                if let Some(Event::ImportCompleted(c)) = events.last_mut() {
+                    c.left_scope += left;
+                }
+                first.extend(events);
+                first
+            }
+            None => events,
         };
         phase("events planned");
         report.referrals_skipped = referrals;
@@ -487,6 +576,13 @@ pub(crate) async fn import_run(
                 stream::SOURCE,
                 inst.clone(),
                 Event::AnchorRecorded(AnchorRecorded { attribute }),
+            ));
+        }
+        if let Some(record) = decision.record {
+            batch.push(NewEvent::new(
+                stream::SOURCE,
+                inst.clone(),
+                Event::EffectiveConfigRecorded(record),
             ));
         }
         if let Some(reason) = invalidated {
