@@ -614,6 +614,18 @@ impl Config {
                         format!("`{bad_dn}` is not a DN (e.g. \"cn=sync-users,ou=groups,dc=example,dc=com\")"),
                     ));
                 }
+                // A filter the server could not take is the configuration's fault: said now,
+                // before anything connects or is written.
+                for (key, f) in [("source.users", &s.users), ("source.groups", &s.groups)] {
+                    if let Some(f) = f {
+                        if ldap3::parse_filter(f.as_str()).is_err() {
+                            return Err(bad(
+                                key,
+                                format!("`{f}` is not an LDAP search filter (RFC 4515)"),
+                            ));
+                        }
+                    }
+                }
                 Some(SourceConfig {
                     member_of: s.member_of,
                     anchor,
@@ -1125,6 +1137,11 @@ reconcile_target = "12h"
                 &FULL.replace("[target]", "member_of = [\"sync-users\"]\n[target]"),
                 "source.member_of",
                 "sync-users",
+            ),
+            (
+                &FULL.replace("[target]", "users = \"(&(uid=a)\"\n[target]"),
+                "source.users",
+                "(&(uid=a)",
             ),
         ] {
             let e = Config::parse(text, Path::new("."), Some(Path::new("d.toml"))).unwrap_err();

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::{ledger_name, show_values, Item};
-use crate::log::event::{AttrName, Attrs, DeletionEvidence, ObjectKind};
+use crate::log::event::{AttrName, Attrs, DeletionEvidence, EffectiveScope, ObjectKind};
 use crate::plan::mapping::Mapping;
 use crate::plan::plan::plan;
 use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
@@ -309,6 +309,16 @@ pub struct WhatIf {
     pub change: Vec<Item>,
     /// In the other scope but not exportable under its mapping.
     pub unmappable: Vec<Item>,
+    /// The parts of the other configuration the log cannot evaluate, and why: what the
+    /// lists above may leave out.
+    pub cannot_evaluate: Vec<CannotEvaluate>,
+}
+
+/// A part of a what-if configuration the log cannot (wholly) evaluate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CannotEvaluate {
+    pub part: crate::log::event::ConfigPart,
+    pub why: String,
 }
 
 pub const WHAT_IF_HEADERS: [&str; 5] = ["CHANGE", "KIND", "ANCHOR", "NAME", "DETAIL"];
@@ -328,41 +338,250 @@ impl WhatIf {
     }
 }
 
+/// The configuration a what-if replays under: its DN rules and `member_of` (`scope`), and,
+/// when known, its filters and attributes (`other`) and those the log's objects were
+/// imported under (`under`).
+pub struct Other<'a> {
+    pub scope: &'a Scope,
+    pub other: Option<&'a EffectiveScope>,
+    pub under: Option<&'a EffectiveScope>,
+}
+
 /// Replay the recorded source history under `scope` and the mapping of `kind`, and compare
 /// with the target as the ledger holds it today (pure).
+pub fn what_if(state: &State, scope: &Scope, mapping: &Mapping) -> WhatIf {
+    what_if_under(
+        state,
+        &Other {
+            scope,
+            other: None,
+            under: None,
+        },
+        mapping,
+    )
+}
+
+/// [`what_if`] with the other configuration's filters and `member_of` evaluated over the
+/// projection (RFC 4515, see [`crate::plan::filter`]).
 ///
 /// The log records only what was in the scope it was imported under: a wider scope can
 /// bring back objects that moved out of it (with their last known attributes) but not
-/// objects the log never saw. Group members that would only join are not in the target
-/// yet, so they are not counted as a group's change.
-pub fn what_if(state: &State, scope: &Scope, mapping: &Mapping) -> WhatIf {
+/// objects the log never saw; such parts are listed in `cannot_evaluate`. Group members
+/// that would only join are not in the target yet, so they are not counted as a group's
+/// change.
+pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> WhatIf {
+    use crate::log::event::ConfigPart;
+    use crate::plan::effective::{dn_widening, filter_change};
+    use crate::plan::filter::{self, Filter};
+    let scope = other.scope;
+    let mut cannot: Vec<CannotEvaluate> = Vec::new();
+    let mut say = |part: ConfigPart, why: String| cannot.push(CannotEvaluate { part, why });
+    // The filters to evaluate: (which, the other one, the one the objects were imported
+    // under, as configured).
+    let mut filters: Vec<(ObjectKind, &str, Filter, Option<Filter>, String)> = Vec::new();
+    let mut held: Vec<String> = Vec::new();
+    if let (Some(o), Some(u)) = (other.other, other.under) {
+        held.clone_from(&u.attributes);
+        let (ob, ub) = (
+            crate::source::dn::normalise_dn(&o.base_dn),
+            crate::source::dn::normalise_dn(&u.base_dn),
+        );
+        if ob != ub && !Scope::new(&u.base_dn, &[], &[]).contains(&o.base_dn) {
+            say(
+                ConfigPart::Base,
+                format!(
+                    "base_dn {} is not under {}, which the log's objects were imported under: objects outside it are not in the log",
+                    o.base_dn, u.base_dn
+                ),
+            );
+        }
+        for (kind, which, part, of, uf) in [
+            (
+                ObjectKind::User,
+                "users",
+                ConfigPart::Users,
+                &o.users,
+                &u.users,
+            ),
+            (
+                ObjectKind::Group,
+                "groups",
+                ConfigPart::Groups,
+                &o.groups,
+                &u.groups,
+            ),
+        ] {
+            if of.trim() == uf.trim() {
+                continue;
+            }
+            match filter::parse(of) {
+                Err(e) => say(
+                    part,
+                    format!("the {which} filter `{of}` cannot be read here ({e}): not evaluated"),
+                ),
+                Ok(new) => {
+                    if let Err(why) = filter_change(which, uf, of, &held) {
+                        say(part, why);
+                    }
+                    filters.push((kind, which, new, filter::parse(uf).ok(), of.clone()));
+                }
+            }
+        }
+        if ob == ub {
+            for why in dn_widening(u, o) {
+                say(ConfigPart::Exclude, why);
+            }
+        }
+        let new: Vec<&str> = o
+            .attributes
+            .iter()
+            .filter(|a| !held.contains(a))
+            .map(String::as_str)
+            .collect();
+        if !new.is_empty() {
+            say(
+                ConfigPart::Attributes,
+                format!(
+                    "the mapping reads {}, which the log does not hold: mapped as if absent",
+                    new.join(", ")
+                ),
+            );
+        }
+    }
+    let held_fn = |a: &str| held.iter().any(|h| h == a);
     let mut sim = State {
         seq: state.seq,
         ledger: state.ledger.clone(),
         ..Default::default()
     };
     let mut came_back = BTreeSet::new();
+    let mut why_out: BTreeMap<String, String> = BTreeMap::new();
+    let mut unknown: BTreeMap<&str, (usize, String)> = BTreeMap::new();
     for (anchor, r) in &state.objects.objects {
         let mut r = r.clone();
-        match &r.deletion {
-            None if !scope.contains(&r.dn) => {
-                r.deletion = Some(Deletion {
-                    evidence: DeletionEvidence::LeftScope { dn: r.dn.clone() },
-                    at: r.last_changed,
-                    instance: "what-if".into(),
-                });
+        // Where it would stand under the other configuration, if the log can tell.
+        let before = r.deletion.as_ref().map(|d| &d.evidence);
+        let candidate = match before {
+            None => true,
+            Some(DeletionEvidence::LeftScope { .. })
+            | Some(DeletionEvidence::OutOfFilter { .. })
+            | Some(DeletionEvidence::NotMember { .. }) => true,
+            Some(_) => false,
+        };
+        if !candidate {
+            sim.objects.objects.insert(anchor.clone(), r);
+            continue;
+        }
+        let dn = match before {
+            Some(DeletionEvidence::LeftScope { dn }) => dn.clone(),
+            _ => r.dn.clone(),
+        };
+        let mut out: Option<String> = (!scope.contains(&dn)).then(|| format!("out of scope: {dn}"));
+        if out.is_none() {
+            for (kind, which, f, old, text) in &filters {
+                if *kind != r.kind {
+                    continue;
+                }
+                match f.eval(&r.attrs, &held_fn, old.as_ref()) {
+                    Ok(true) => {}
+                    Ok(false) => out = Some(format!("no longer matches the {which} filter {text}")),
+                    Err(u) => {
+                        let e = unknown.entry(which).or_insert((0, u.to_string()));
+                        e.0 += 1;
+                    }
+                }
             }
-            Some(Deletion {
-                evidence: DeletionEvidence::LeftScope { dn },
-                ..
-            }) if scope.contains(dn) => {
-                r.dn = dn.clone();
-                r.deletion = None;
-                came_back.insert(anchor.clone());
+        }
+        // An object set aside by a filter stays out unless the other filter is evaluated.
+        if out.is_none() {
+            if let Some(DeletionEvidence::OutOfFilter { which, filter }) = before {
+                let evaluated = filters.iter().any(|(_, w, ..)| w == which);
+                if !evaluated {
+                    out = Some(format!("no longer matches the {which} filter {filter}"));
+                }
             }
-            _ => {}
+        }
+        match out {
+            Some(why) => {
+                if r.live() {
+                    r.deletion = Some(Deletion {
+                        evidence: DeletionEvidence::LeftScope { dn: dn.clone() },
+                        at: r.last_changed,
+                        instance: "what-if".into(),
+                    });
+                    why_out.insert(anchor.clone(), why);
+                }
+            }
+            None => {
+                if !r.live() {
+                    r.dn = dn;
+                    r.deletion = None;
+                    came_back.insert(anchor.clone());
+                }
+            }
         }
         sim.objects.objects.insert(anchor.clone(), r);
+    }
+    // member_of over what the other configuration keeps, as an import evaluates it.
+    if !scope.member_of().is_empty() {
+        let missing: Vec<&String> = scope
+            .member_of()
+            .iter()
+            .filter(|g| {
+                let g = crate::source::dn::normalise_dn(g);
+                !sim.objects.live().any(|(_, r)| {
+                    r.kind == ObjectKind::Group && crate::source::dn::normalise_dn(&r.dn) == g
+                })
+            })
+            .collect();
+        if !missing.is_empty() {
+            say(
+                ConfigPart::MemberOf,
+                format!(
+                    "member_of names {}, which the log does not hold as a group: its members count as none",
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        let members: BTreeSet<String> = {
+            let objects = &sim.objects.objects;
+            let roots: Vec<&String> = objects
+                .iter()
+                .filter(|(_, r)| {
+                    r.kind == ObjectKind::Group && r.live() && scope.is_member_of_group(&r.dn)
+                })
+                .map(|(a, _)| a)
+                .collect();
+            crate::sync::import::members_of(roots.into_iter(), |a| objects.get(a).map(|r| &**r))
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        };
+        let groups = scope.member_of().join("; ");
+        for (anchor, r) in sim.objects.objects.iter_mut() {
+            if r.kind != ObjectKind::User || !r.live() || members.contains(anchor) {
+                continue;
+            }
+            r.deletion = Some(Deletion {
+                evidence: DeletionEvidence::NotMember {
+                    groups: scope.member_of().to_vec(),
+                },
+                at: r.last_changed,
+                instance: "what-if".into(),
+            });
+            came_back.remove(anchor);
+            why_out.insert(anchor.clone(), format!("not a member of {groups}"));
+        }
+    }
+    for (which, (n, why)) in unknown {
+        say(
+            if which == "users" {
+                ConfigPart::Users
+            } else {
+                ConfigPart::Groups
+            },
+            format!("the {which} filter cannot be evaluated for {n} object(s): {why}"),
+        );
     }
     let p = plan(&sim, mapping, None);
     let dn = |a: &str| {
@@ -372,14 +591,20 @@ pub fn what_if(state: &State, scope: &Scope, mapping: &Mapping) -> WhatIf {
             .map(|r| r.dn.clone())
             .unwrap_or_default()
     };
-    let mut out = WhatIf::default();
+    let mut out = WhatIf {
+        cannot_evaluate: cannot,
+        ..WhatIf::default()
+    };
     for op in &p.deletes {
         let a = op.anchor();
         out.leave.push(Item {
             anchor: a.to_string(),
             kind: op.kind(),
             name: ledger_name(state, a),
-            detail: vec![format!("out of scope: {}", dn(a))],
+            detail: vec![why_out
+                .get(a)
+                .cloned()
+                .unwrap_or_else(|| format!("out of scope: {}", dn(a)))],
         });
     }
     for (a, m) in &p.new {
@@ -514,6 +739,116 @@ mod tests {
         assert_eq!(last[..5], ["target", "reconciled", "", "", "b"]);
         assert!(last[5].contains("found 2 missing") && last[5].contains("2 recreated"));
         assert!(diff(&before, &mid).reconciles.is_empty());
+    }
+
+    #[test]
+    fn what_if_evaluates_filters_and_member_of_over_the_log_or_says_why_not() {
+        use crate::log::event::ConfigPart;
+        let mut l = Log::new();
+        for a in ["a1", "a2", "a3", "a4"] {
+            l.import(a, &format!("uid={a},ou=p,dc=t"), a);
+            l.export(a, ExportOp::Create, a);
+        }
+        for a in ["a1", "a2"] {
+            l.at(
+                "a",
+                Event::ObjectChanged(ObjectChanged {
+                    anchor: a.into(),
+                    set: Attrs::from([("title".into(), vec![AttrValue::Text("Engineer".into())])]),
+                    ..Default::default()
+                }),
+            );
+        }
+        let under = EffectiveScope {
+            base_dn: "dc=t".into(),
+            users: "(objectClass=inetOrgPerson)".into(),
+            groups: "(objectClass=groupOfNames)".into(),
+            attributes: vec!["cn".into(), "title".into(), "uid".into()],
+            ..Default::default()
+        };
+        let kind = &Mapping::default_for(
+            crate::config::SourceKind::Openldap,
+            crate::config::TargetKind::Scim,
+        );
+        let scope = Scope::new("dc=t", &[], &[]);
+        let run = |users: &str| {
+            let other = EffectiveScope {
+                users: users.into(),
+                ..under.clone()
+            };
+            what_if_under(
+                &l.state,
+                &Other {
+                    scope: &scope,
+                    other: Some(&other),
+                    under: Some(&under),
+                },
+                kind,
+            )
+        };
+        let users = "(&(objectClass=inetOrgPerson)(title=ENGINEER))";
+        let w = run(users);
+        let item = |a: &str| Item {
+            anchor: a.into(),
+            kind: ObjectKind::User,
+            name: a.into(),
+            detail: vec![format!("no longer matches the users filter {users}")],
+        };
+        assert_eq!(
+            (w.leave, w.cannot_evaluate),
+            (vec![item("a3"), item("a4")], vec![])
+        );
+        // Wider, over an attribute the log does not hold: said, part by part.
+        let w = run("(objectClass=person)");
+        assert!(w.leave.is_empty());
+        assert_eq!(
+            w.cannot_evaluate,
+            [
+                CannotEvaluate {
+                    part: ConfigPart::Users,
+                    why: "the users filter `(objectClass=person)` is wider than or different from `(objectClass=inetOrgPerson)`, which the log's objects were imported under: objects it admits may not be in the log".into(),
+                },
+                CannotEvaluate {
+                    part: ConfigPart::Users,
+                    why: "the users filter cannot be evaluated for 4 object(s): it tests objectclass, which the log does not hold".into(),
+                },
+            ]
+        );
+        // member_of: the users outside the group leave; a group the log lacks is named.
+        let g = "cn=g,ou=g,dc=t";
+        l.at(
+            "a",
+            Event::ObjectImported(crate::log::event::ObjectImported {
+                object: crate::log::event::SourceObject {
+                    anchor: "g1".into(),
+                    kind: ObjectKind::Group,
+                    dn: g.into(),
+                    attrs: Attrs::new(),
+                    members: ["a2".to_string()].into(),
+                },
+                returned: false,
+            }),
+        );
+        let groups = vec![g.to_string(), "cn=nope,dc=t".to_string()];
+        let scope = Scope::new("dc=t", &[], &[]).with_member_of(&groups);
+        let w = what_if_under(
+            &l.state,
+            &Other {
+                scope: &scope,
+                other: Some(&under),
+                under: Some(&under),
+            },
+            kind,
+        );
+        let left: Vec<&str> = w.leave.iter().map(|i| i.anchor.as_str()).collect();
+        assert_eq!(left, ["a1", "a3", "a4"]);
+        assert_eq!(
+            w.cannot_evaluate,
+            [CannotEvaluate {
+                part: ConfigPart::MemberOf,
+                why: "member_of names cn=nope,dc=t, which the log does not hold as a group: its members count as none".into(),
+            }]
+        );
     }
 
     #[test]

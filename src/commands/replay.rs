@@ -152,9 +152,24 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
     if let Some(path) = &a.what_if {
         let other = Config::load(path)?;
         let src = other.source()?;
-        let scope = crate::sync::scope::Scope::new(&src.base_dn, &src.include, &src.exclude);
+        let scope = src.scope();
         let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
-        let w = history::what_if(&state, &scope, other.mapping()?);
+        let other_scope = src.effective();
+        // What the log's objects were imported under: as recorded, else (a log from
+        // before such records) as this configuration says.
+        let under = match &state.objects.effective {
+            Some(r) => r.event.scope.clone(),
+            None => cfg.source()?.effective(),
+        };
+        let w = history::what_if_under(
+            &state,
+            &history::Other {
+                scope: &scope,
+                other: Some(&other_scope),
+                under: Some(&under),
+            },
+            other.mapping()?,
+        );
         let v = output::json_value(&w).map_err(Error::store)?;
         if fmt == Format::Table {
             print(&format!(
@@ -168,6 +183,17 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
             ))?;
         }
         emit_rows(fmt, &history::WHAT_IF_HEADERS, &w.rows(), &v)?;
+        if fmt != Format::Json {
+            // Said after the rows (and on stderr for CSV, which is rows only).
+            for c in &w.cannot_evaluate {
+                let line = format!("cannot evaluate {}: {}", c.part.label(), c.why);
+                if fmt == Format::Table {
+                    print(&format!("{line}\n"))?;
+                } else {
+                    eprintln!("dirsync: {line}");
+                }
+            }
+        }
         return Ok(Exit::Ok);
     }
     let instance = crate::cli::instance_or_host(a.instance.clone())?;

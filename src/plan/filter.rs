@@ -168,7 +168,7 @@ impl Parser<'_> {
         if desc.ends_with(':') {
             // Extensible: `attr:dn:rule:=value`.
             self.expect(b'=')?;
-            let _value = self.value()?;
+            self.value()?;
             let text = std::str::from_utf8(&self.s[start..self.at]).unwrap_or_default();
             return Ok(Filter::Extensible(text.to_string()));
         }
@@ -465,7 +465,7 @@ impl Filter {
             }
             Filter::Equal(a, want) | Filter::Approx(a, want) => {
                 let want = fold(want);
-                values(a)?.iter().any(|v| *v == want)
+                values(a)?.contains(&want)
             }
             Filter::GreaterOrEqual(a, bound) => {
                 let bound = fold(bound);
