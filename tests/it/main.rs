@@ -20,6 +20,7 @@ mod package;
 mod playbook;
 mod preflight;
 mod replay;
+mod scope_change;
 mod service;
 mod source_389;
 mod source_ad;
