@@ -214,9 +214,72 @@ fn member_of_events(
         .map(|(a, _)| a)
         .collect();
     let members = members_of(roots.into_iter(), get);
+    let users = all().filter(|(_, r)| r.kind == ObjectKind::User);
+    member_of_verdicts(users, |a| members.contains(a), scope, summary)
+}
+
+/// [`member_of_events`] for an import that touched no group: only the users it touched
+/// (those in `work`) can have joined or left, so only they are judged, against the groups
+/// the `member_of` groups reach (found among the groups of `current`, which this import
+/// left as they were). What it costs grows with the users touched and the groups, not
+/// with every user of the directory.
+fn member_of_touched(
+    current: &SourceObjects,
+    work: &SourceObjects,
+    scope: &Scope,
+    summary: &mut ImportCompleted,
+) -> Vec<Event> {
+    use crate::log::event::ObjectKind;
+    let groups: Vec<(&String, &crate::project::ObjectRecord)> = current
+        .objects
+        .iter()
+        .filter(|(_, r)| r.kind == ObjectKind::Group && r.live())
+        .map(|(a, r)| (a, &**r))
+        .collect();
+    let mut reached: Vec<&crate::project::ObjectRecord> = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (a, r) in &groups {
+        if scope.is_member_of_group(&r.dn) {
+            seen.insert(a.as_str());
+            reached.push(r);
+        }
+    }
+    // Nested groups: those a reached group lists, until no more are found.
+    loop {
+        let before = reached.len();
+        for (a, r) in &groups {
+            if !seen.contains(a.as_str()) && reached.iter().any(|g| g.members.contains(*a)) {
+                seen.insert(a.as_str());
+                reached.push(r);
+            }
+        }
+        if reached.len() == before {
+            break;
+        }
+    }
+    let users = work
+        .objects
+        .iter()
+        .filter(|(_, r)| r.kind == ObjectKind::User);
+    member_of_verdicts(
+        users,
+        |a| reached.iter().any(|g| g.members.contains(a)),
+        scope,
+        summary,
+    )
+}
+
+/// For each of `users`: set aside when live and no member, back when a member and set
+/// aside by `member_of`. Sorted by anchor.
+fn member_of_verdicts<'a>(
+    users: impl Iterator<Item = (&'a String, &'a Box<crate::project::ObjectRecord>)>,
+    is_member: impl Fn(&str) -> bool,
+    scope: &Scope,
+    summary: &mut ImportCompleted,
+) -> Vec<Event> {
     let mut out: Vec<(&String, Event)> = Vec::new();
-    for (a, r) in all().filter(|(_, r)| r.kind == ObjectKind::User) {
-        let member = members.contains(a.as_str());
+    for (a, r) in users {
+        let member = is_member(a.as_str());
         if r.live() && !member {
             summary.left_scope += 1;
             out.push((
@@ -267,6 +330,8 @@ pub struct Rescope {
     pub groups: Option<FilterChange>,
     /// The attributes the log holds (lower case).
     pub held: Vec<String>,
+    /// `member_of` changed: every user is judged against its groups anew.
+    pub member_of: bool,
 }
 
 /// The events that apply `scope` and `rescope` to every object the log holds (pure), sorted
@@ -335,6 +400,20 @@ pub fn rescope_events(
             }
             None => {}
         }
+    }
+    if rescope.member_of && !scope.member_of().is_empty() {
+        let work = overlay(current, &out, SourceObjects::default());
+        let mut s = ImportCompleted {
+            run_id: String::new(),
+            full: false,
+            seen: 0,
+            added: 0,
+            changed: 0,
+            deleted: 0,
+            left_scope: 0,
+        };
+        out.extend(member_of_events(current, &work, scope, &mut s));
+        left += s.left_scope;
     }
     (out, left)
 }
@@ -617,7 +696,21 @@ pub fn delta_events(
         // Every record this delta touched, as it leaves them (groups' member removals
         // included, which the working copy above does not carry).
         let after = overlay(current, &events, SourceObjects::default());
-        events.extend(member_of_events(current, &after, scope, &mut s));
+        let groups_touched = after
+            .objects
+            .values()
+            .any(|r| r.kind == crate::log::event::ObjectKind::Group)
+            || after.objects.keys().any(|a| {
+                current
+                    .objects
+                    .get(a)
+                    .is_some_and(|r| r.kind == crate::log::event::ObjectKind::Group)
+            });
+        events.extend(if groups_touched {
+            member_of_events(current, &after, scope, &mut s)
+        } else {
+            member_of_touched(current, &after, scope, &mut s)
+        });
     }
     events.push(Event::ImportCompleted(s));
     DeltaPlan::Events(events)
@@ -825,6 +918,102 @@ mod tests {
     }
 
     #[test]
+    fn member_of_judges_only_the_touched_users_when_no_group_changed() {
+        let groups = vec!["CN=Sync,OU=Groups,DC=test,DC=lan".to_string()];
+        let scope = Scope::new("DC=test,DC=lan", &[], &[]).with_member_of(&groups);
+        let mut dir: Vec<SourceObject> = (0..6).map(|i| user(i, "Staff", "t")).collect();
+        dir.push(group("gs", "Sync", &["a0", "gn", "a9"]));
+        dir.push(group("gn", "Nested", &["a1", "a8"]));
+        dir.push(group("gx", "Other", &["a2"]));
+        let mut state = State::default();
+        let first = full_import_events(&state.objects, dir, &scope, "r");
+        apply_all(&mut state, &first);
+        assert_eq!(live_users(&state), ["a0", "a1"]);
+        let mut moved = user(1, "Staff", "t");
+        moved.dn = "CN=u1,OU=Elsewhere,DC=test,DC=lan".into();
+        let deltas: Vec<Vec<Change>> = vec![
+            // New users: a member directly, one through the nested group, one of neither.
+            vec![
+                Change::Upsert {
+                    object: user(9, "Staff", "t"),
+                    whole: true,
+                },
+                Change::Upsert {
+                    object: user(8, "Staff", "t"),
+                    whole: true,
+                },
+                Change::Upsert {
+                    object: user(7, "Staff", "t"),
+                    whole: true,
+                },
+            ],
+            // Changes of members and non-members, a rename, a deletion.
+            vec![
+                Change::Upsert {
+                    object: user(0, "Staff", "boss"),
+                    whole: true,
+                },
+                Change::Upsert {
+                    object: user(3, "Staff", "boss"),
+                    whole: true,
+                },
+                Change::Upsert {
+                    object: moved,
+                    whole: true,
+                },
+                Change::Deleted {
+                    anchor: "a2".into(),
+                    evidence: DeletionEvidence::SyncDelete {
+                        phase: "delete".into(),
+                    },
+                },
+            ],
+        ];
+        for changes in deltas {
+            let events = delta(&state, &changes, &scope);
+            // What the whole evaluation says of the same delta.
+            let body = &events[..events.len() - 1];
+            let plain: Vec<Event> = body
+                .iter()
+                .filter(|e| {
+                    !matches!(
+                        e,
+                        Event::ObjectDeleted(ObjectDeleted {
+                            evidence: DeletionEvidence::NotMember { .. },
+                            ..
+                        })
+                    )
+                })
+                .filter(|e| {
+                    !matches!(
+                        e,
+                        Event::ObjectImported(ObjectImported { returned: true, .. })
+                    )
+                })
+                .cloned()
+                .collect();
+            let after = overlay(&state.objects, &plain, SourceObjects::default());
+            let mut s1 = ImportCompleted {
+                run_id: String::new(),
+                full: false,
+                seen: 0,
+                added: 0,
+                changed: 0,
+                deleted: 0,
+                left_scope: 0,
+            };
+            let mut s2 = s1.clone();
+            let whole = member_of_events(&state.objects, &after, &scope, &mut s1);
+            let touched = member_of_touched(&state.objects, &after, &scope, &mut s2);
+            assert_eq!(touched, whole);
+            assert_eq!(s1, s2);
+            assert_eq!(body[plain.len()..].to_vec(), whole);
+            apply_all(&mut state, &events);
+        }
+        assert_eq!(live_users(&state), ["a0", "a1", "a8", "a9"]);
+    }
+
+    #[test]
     fn a_changed_scope_is_evaluated_over_the_log() {
         use crate::plan::filter::parse;
         let mut state = State::default();
@@ -853,6 +1042,7 @@ mod tests {
             }),
             groups: None,
             held: vec!["cn".into(), "title".into()],
+            member_of: false,
         };
         let (events, left) = rescope_events(&state.objects, &narrower, &r);
         let out_of_filter = |a: &str| {
@@ -888,8 +1078,26 @@ mod tests {
 
         // member_of added sets users aside; taken away again, they come back.
         let groups = vec!["CN=Eng,OU=Groups,DC=test,DC=lan".to_string()];
-        let mut state = State::default();
         let member_of = scope.clone().with_member_of(&groups);
+        let mut state = State::default();
+        apply_all(&mut state, &first);
+        let added = Rescope {
+            member_of: true,
+            ..Rescope::default()
+        };
+        let (events, left) = rescope_events(&state.objects, &member_of, &added);
+        let set_aside: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ObjectDeleted(ObjectDeleted {
+                    anchor,
+                    evidence: DeletionEvidence::NotMember { .. },
+                }) => Some(anchor.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!((set_aside, left, events.len()), (vec!["a1", "a3"], 2, 2));
+        let mut state = State::default();
         let first = full_import_events(&state.objects, dir.clone(), &member_of, "r1");
         apply_all(&mut state, &first);
         assert_eq!(live_users(&state), ["a0", "a2"]);

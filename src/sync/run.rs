@@ -187,6 +187,7 @@ fn rescope_for(
         users: change("users", &old.users, &now.users),
         groups: change("groups", &old.groups, &now.groups),
         held: old.attributes.clone(),
+        member_of: old.member_of != now.member_of,
     }
 }
 
