@@ -312,6 +312,9 @@ pub struct WhatIf {
     /// The parts of the other configuration the log cannot evaluate, and why: what the
     /// lists above may leave out.
     pub cannot_evaluate: Vec<CannotEvaluate>,
+    /// The scope and mapping the log's objects were imported under, as last recorded
+    /// (None: a log from before such records; the command's configuration stood in).
+    pub recorded: Option<crate::project::EffectiveRecord>,
 }
 
 /// A part of a what-if configuration the log cannot (wholly) evaluate.
@@ -593,6 +596,7 @@ pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> Wha
     };
     let mut out = WhatIf {
         cannot_evaluate: cannot,
+        recorded: state.objects.effective.clone(),
         ..WhatIf::default()
     };
     for op in &p.deletes {

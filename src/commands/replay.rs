@@ -172,6 +172,13 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
         );
         let v = output::json_value(&w).map_err(Error::store)?;
         if fmt == Format::Table {
+            if let Some(r) = &w.recorded {
+                print(&format!(
+                    "the log's objects were imported under the scope and mapping recorded at seq {} ({})\n",
+                    r.at.seq,
+                    output::shown(r.at.at_us)
+                ))?;
+            }
             print(&format!(
                 "under {}: {} would leave the target, {} join, {} change, {} unmappable (log as of seq {})\n",
                 path.display(),

@@ -228,12 +228,55 @@ async fn a_filter_change_runs_a_full_import_by_itself_and_a_narrower_one_is_eval
     );
     let users: BTreeSet<String> = lab.view.users_by_anchor().await.into_keys().collect();
     assert_eq!(users, u[3..5].iter().cloned().collect());
-    // The same configuration as what-if: nothing would change.
+    // The same configuration as what-if: nothing would change. It names the record it
+    // compared with, its time in RFC 3339.
     let w = what_if(&lab, |c| c.to_string());
     assert_eq!(
         (&w["leave"], &w["join"], &w["change"], &w["cannot_evaluate"]),
         (&json!([]), &json!([]), &json!([]), &json!([]))
     );
+    let last = lab.state().await.objects.effective.unwrap();
+    let at = w["recorded"]["at"]["at"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{w}");
+    assert_eq!(
+        (
+            &w["recorded"]["at"]["seq"],
+            &w["recorded"]["instance"],
+            &w["recorded"]["event"]
+        ),
+        (
+            &json!(last.at.seq),
+            &json!("a"),
+            &serde_json::to_value(&last.event).unwrap()
+        )
+    );
+
+    // The log shows the three records as recorded, and its chain and projections check.
+    let run = lab.cli(&[
+        "log",
+        "show",
+        "--type",
+        "EffectiveConfigRecorded",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let shown: Vec<EffectiveConfigRecorded> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(v["recorded_at"].as_str().unwrap()).is_ok()
+            );
+            serde_json::from_value(v["payload"].clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(shown.len(), 3);
+    assert_eq!(shown, records_after(&lab, 0).await);
+    assert_eq!(lab.cli(&["log", "verify"]).code, 0);
+    let run = lab.cli(&["replay", "--verify"]);
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,4 +477,33 @@ async fn an_added_exclude_and_member_of_take_effect_without_a_full_import() {
         exported(&lab, head, ExportOp::Create).await,
         BTreeSet::from([u3])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_is_not_rfc_4515_is_exit_2_naming_the_key_with_nothing_written() {
+    let lab = E2e::ldap(2, "500").await;
+    lab.sync("a", &[]);
+    let head = lab.head().await;
+    let good = edit_config(&lab, |c| with_users(c, "(&(objectClass=inetOrgPerson)"));
+    for args in [
+        vec!["sync", "--instance", "a"],
+        vec!["sync", "--instance", "a", "--dry-run"],
+    ] {
+        let run = lab.cli(&args);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert_eq!(
+            run.stderr.trim(),
+            "dirsync: configuration: dirsync.toml: source.users: `(&(objectClass=inetOrgPerson)` is not an LDAP search filter (RFC 4515)",
+            "{run:?}"
+        );
+    }
+    // The same as the what-if configuration.
+    let bad = std::fs::read_to_string(lab.dir.path().join("dirsync.toml")).unwrap();
+    std::fs::write(lab.dir.path().join("dirsync.toml"), good).unwrap();
+    std::fs::write(lab.dir.path().join("bad.toml"), bad).unwrap();
+    let run = lab.cli(&["replay", "--what-if", "bad.toml", "--format", "json"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+    assert!(run.stderr.contains("source.users"), "{run:?}");
+    assert_eq!(lab.head().await, head);
 }
