@@ -469,11 +469,15 @@ impl Filter {
             }
             Filter::GreaterOrEqual(a, bound) => {
                 let bound = fold(bound);
-                values(a)?.iter().any(|v| *v >= bound)
+                values(a)?
+                    .iter()
+                    .any(|v| order(v, &bound) != std::cmp::Ordering::Less)
             }
             Filter::LessOrEqual(a, bound) => {
                 let bound = fold(bound);
-                values(a)?.iter().any(|v| *v <= bound)
+                values(a)?
+                    .iter()
+                    .any(|v| order(v, &bound) != std::cmp::Ordering::Greater)
             }
             Filter::Substring {
                 attr,
@@ -490,6 +494,15 @@ impl Filter {
             }
             Filter::Extensible(x) => return Err(Unknown::Extensible(x.clone())),
         })
+    }
+}
+
+/// The ordering of two folded values: as integers when both are (integerOrderingMatch, for
+/// uidNumber and the like), else as strings (caseIgnoreOrderingMatch).
+fn order(v: &str, bound: &str) -> std::cmp::Ordering {
+    match (v.parse::<i128>(), bound.parse::<i128>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => v.cmp(bound),
     }
 }
 
@@ -614,6 +627,12 @@ mod tests {
         assert_eq!(yes("(title=*)"), Ok(true));
         assert_eq!(yes("(departmentNumber>=40)"), Ok(true));
         assert_eq!(yes("(departmentNumber<=40)"), Ok(false));
+        // Integers compare as integers, not as text ("42" < "9" as text).
+        assert_eq!(yes("(departmentNumber>=9)"), Ok(true));
+        assert_eq!(yes("(departmentNumber<=100)"), Ok(true));
+        assert_eq!(yes("(title>=F)"), Ok(true));
+        assert_eq!(yes("(title<=F)"), Ok(true));
+        assert_eq!(yes("(title>=M)"), Ok(false));
         assert_eq!(yes("(!(title=boss))"), Ok(true));
         assert_eq!(yes("(&(title=lead)(!(cn=bob)))"), Ok(true));
         assert_eq!(yes("(|(title=boss)(cn=ann smith))"), Ok(true));
