@@ -507,3 +507,41 @@ async fn a_filter_that_is_not_rfc_4515_is_exit_2_naming_the_key_with_nothing_wri
     assert!(run.stderr.contains("source.users"), "{run:?}");
     assert_eq!(lab.head().await, head);
 }
+
+/// Against Samba AD DC (DirSync deltas carry only changed attributes): a narrowed default
+/// users filter is evaluated over the log; what-if and the sync name the same user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_a_narrower_users_filter_is_evaluated_and_what_if_agrees() {
+    let lab = E2e::ad().await;
+    lab.sync("a", &[]);
+    let u4 = lab.anchor("CN=u4,OU=Staff,DC=test,DC=lan").await;
+    let narrower = "(&(objectClass=user)(objectCategory=person)(!(sAMAccountName=u4)))";
+    let w = what_if(&lab, |c| with_users(c, narrower));
+    assert_eq!(w["cannot_evaluate"], json!([]), "{w}");
+    assert_eq!(anchors(&w["leave"]), BTreeSet::from([u4.clone()]));
+    let head = lab.head().await;
+    edit_config(&lab, |c| with_users(c, narrower));
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (
+            &v["import"]["mode"],
+            &v["import"]["config_changed"],
+            &v["deleted"]
+        ),
+        (&json!("delta"), &json!(["users"]), &json!(1)),
+        "{v}"
+    );
+    assert_eq!(
+        exported(&lab, head, ExportOp::Delete).await,
+        anchors(&w["leave"])
+    );
+    // Unchanged since: a plain delta, nothing recorded, nothing exported.
+    let head = lab.head().await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (&v["import"]["mode"], &v["deleted"], &v["created"]),
+        (&json!("delta"), &json!(0), &json!(0)),
+        "{v}"
+    );
+    assert_eq!(records_after(&lab, head).await, []);
+}
