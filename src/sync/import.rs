@@ -218,11 +218,36 @@ fn member_of_events(
     member_of_verdicts(users, |a| members.contains(a), scope, summary)
 }
 
-/// [`member_of_events`] for an import that touched no group: only the users it touched
-/// (those in `work`) can have joined or left, so only they are judged, against the groups
-/// the `member_of` groups reach (found among the groups of `current`, which this import
-/// left as they were). What it costs grows with the users touched and the groups, not
-/// with every user of the directory.
+/// The groups `[source] member_of` reaches among `groups` (live): the groups it names and
+/// the groups nested in them, by anchor.
+fn reach<'a>(
+    groups: &[(&'a String, &'a crate::project::ObjectRecord)],
+    scope: &Scope,
+) -> std::collections::HashMap<&'a str, &'a crate::project::ObjectRecord> {
+    let mut reached: std::collections::HashMap<&str, &crate::project::ObjectRecord> = groups
+        .iter()
+        .filter(|(_, r)| scope.is_member_of_group(&r.dn))
+        .map(|(a, r)| (a.as_str(), *r))
+        .collect();
+    // Nested groups: those a reached group lists, until no more are found.
+    loop {
+        let before = reached.len();
+        for (a, r) in groups {
+            if !reached.contains_key(a.as_str()) && reached.values().any(|g| g.members.contains(*a))
+            {
+                reached.insert(a.as_str(), r);
+            }
+        }
+        if reached.len() == before {
+            return reached;
+        }
+    }
+}
+
+/// [`member_of_events`] for a delta: only the users whose membership this import can have
+/// changed are judged: those it touched, those who joined or left a group it touched that
+/// `member_of` reaches, and the members of the groups that came into or left that reach. What it costs grows with what changed (and one pass over the projection to
+/// find its groups), not with every user of the directory.
 fn member_of_touched(
     current: &SourceObjects,
     work: &SourceObjects,
@@ -230,40 +255,68 @@ fn member_of_touched(
     summary: &mut ImportCompleted,
 ) -> Vec<Event> {
     use crate::log::event::ObjectKind;
-    let groups: Vec<(&String, &crate::project::ObjectRecord)> = current
+    use crate::project::ObjectRecord;
+    let live_group = |r: &ObjectRecord| r.kind == ObjectKind::Group && r.live();
+    let before_groups: Vec<(&String, &ObjectRecord)> = current
         .objects
         .iter()
-        .filter(|(_, r)| r.kind == ObjectKind::Group && r.live())
+        .filter(|(_, r)| live_group(r))
         .map(|(a, r)| (a, &**r))
         .collect();
-    let mut reached: Vec<&crate::project::ObjectRecord> = Vec::new();
-    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for (a, r) in &groups {
-        if scope.is_member_of_group(&r.dn) {
-            seen.insert(a.as_str());
-            reached.push(r);
-        }
-    }
-    // Nested groups: those a reached group lists, until no more are found.
-    loop {
-        let before = reached.len();
-        for (a, r) in &groups {
-            if !seen.contains(a.as_str()) && reached.iter().any(|g| g.members.contains(*a)) {
-                seen.insert(a.as_str());
-                reached.push(r);
-            }
-        }
-        if reached.len() == before {
-            break;
-        }
-    }
-    let users = work
+    let after_groups: Vec<(&String, &ObjectRecord)> = before_groups
+        .iter()
+        .filter(|(a, _)| !work.objects.contains_key(*a))
+        .copied()
+        .chain(
+            work.objects
+                .iter()
+                .filter(|(_, r)| live_group(r))
+                .map(|(a, r)| (a, &**r)),
+        )
+        .collect();
+    let before = reach(&before_groups, scope);
+    let after = reach(&after_groups, scope);
+    let mut candidates: std::collections::BTreeSet<&str> = work
         .objects
         .iter()
-        .filter(|(_, r)| r.kind == ObjectKind::User);
+        .filter(|(_, r)| r.kind == ObjectKind::User)
+        .map(|(a, _)| a.as_str())
+        .collect();
+    // Groups all of whose members may have moved: those that came into or left the reach.
+    let mut whole: Vec<&str> = before
+        .keys()
+        .filter(|g| !after.contains_key(*g))
+        .chain(after.keys().filter(|g| !before.contains_key(*g)))
+        .copied()
+        .collect();
+    for g in work.objects.keys() {
+        if let (Some(b), Some(a)) = (before.get(g.as_str()), after.get(g.as_str())) {
+            // Reached before and after: only who joined or left it.
+            candidates.extend(
+                b.members
+                    .symmetric_difference(&a.members)
+                    .map(String::as_str),
+            );
+        } else {
+            whole.push(g.as_str());
+        }
+    }
+    for g in whole {
+        for side in [&before, &after] {
+            if let Some(r) = side.get(g) {
+                candidates.extend(r.members.iter().map(String::as_str));
+            }
+        }
+    }
+    let users = candidates.into_iter().filter_map(|a| {
+        work.objects
+            .get_key_value(a)
+            .or_else(|| current.objects.get_key_value(a))
+            .filter(|(_, r)| r.kind == ObjectKind::User)
+    });
     member_of_verdicts(
         users,
-        |a| reached.iter().any(|g| g.members.contains(a)),
+        |a| after.values().any(|g| g.members.contains(a)),
         scope,
         summary,
     )
@@ -426,12 +479,27 @@ pub enum DeltaPlan {
     NeedWhole(Vec<String>),
 }
 
+/// How `[source] member_of` judges the users after an import's other events: every user
+/// ([`member_of_events`]) or those the import can have moved ([`member_of_touched`]).
+type Judge = fn(&SourceObjects, &SourceObjects, &Scope, &mut ImportCompleted) -> Vec<Event>;
+
 /// The events a delta import implies, ending with its `ImportCompleted`.
 pub fn delta_events(
     current: &SourceObjects,
     changes: &[Change],
     scope: &Scope,
     run_id: &str,
+) -> DeltaPlan {
+    delta_events_judged(current, changes, scope, run_id, member_of_touched)
+}
+
+/// [`delta_events`] with `member_of` judged by `judge`.
+fn delta_events_judged(
+    current: &SourceObjects,
+    changes: &[Change],
+    scope: &Scope,
+    run_id: &str,
+    judge: Judge,
 ) -> DeltaPlan {
     let need: Vec<String> = changes
         .iter()
@@ -696,21 +764,7 @@ pub fn delta_events(
         // Every record this delta touched, as it leaves them (groups' member removals
         // included, which the working copy above does not carry).
         let after = overlay(current, &events, SourceObjects::default());
-        let groups_touched = after
-            .objects
-            .values()
-            .any(|r| r.kind == crate::log::event::ObjectKind::Group)
-            || after.objects.keys().any(|a| {
-                current
-                    .objects
-                    .get(a)
-                    .is_some_and(|r| r.kind == crate::log::event::ObjectKind::Group)
-            });
-        events.extend(if groups_touched {
-            member_of_events(current, &after, scope, &mut s)
-        } else {
-            member_of_touched(current, &after, scope, &mut s)
-        });
+        events.extend(judge(current, &after, scope, &mut s));
     }
     events.push(Event::ImportCompleted(s));
     DeltaPlan::Events(events)
@@ -918,7 +972,7 @@ mod tests {
     }
 
     #[test]
-    fn member_of_judges_only_the_touched_users_when_no_group_changed() {
+    fn member_of_judges_only_the_users_a_delta_can_have_moved() {
         let groups = vec!["CN=Sync,OU=Groups,DC=test,DC=lan".to_string()];
         let scope = Scope::new("DC=test,DC=lan", &[], &[]).with_member_of(&groups);
         let mut dir: Vec<SourceObject> = (0..6).map(|i| user(i, "Staff", "t")).collect();
@@ -968,49 +1022,94 @@ mod tests {
                     },
                 },
             ],
+            // A member leaves the named group.
+            vec![Change::Members {
+                anchor: "gs".into(),
+                added: vec![],
+                removed: vec!["a0".into()],
+            }],
+            // A group joins the nested one, bringing its member back.
+            vec![
+                Change::Members {
+                    anchor: "gx".into(),
+                    added: vec!["a3".into()],
+                    removed: vec![],
+                },
+                Change::Members {
+                    anchor: "gn".into(),
+                    added: vec!["gx".into()],
+                    removed: vec![],
+                },
+            ],
+            // The nested group is deleted: its members, nested ones too, leave.
+            vec![Change::Deleted {
+                anchor: "gn".into(),
+                evidence: DeletionEvidence::SyncDelete {
+                    phase: "delete".into(),
+                },
+            }],
         ];
+        let mut live = Vec::new();
         for changes in deltas {
             let events = delta(&state, &changes, &scope);
-            // What the whole evaluation says of the same delta.
-            let body = &events[..events.len() - 1];
-            let plain: Vec<Event> = body
-                .iter()
-                .filter(|e| {
-                    !matches!(
-                        e,
-                        Event::ObjectDeleted(ObjectDeleted {
-                            evidence: DeletionEvidence::NotMember { .. },
-                            ..
-                        })
-                    )
-                })
-                .filter(|e| {
-                    !matches!(
-                        e,
-                        Event::ObjectImported(ObjectImported { returned: true, .. })
-                    )
-                })
-                .cloned()
-                .collect();
-            let after = overlay(&state.objects, &plain, SourceObjects::default());
-            let mut s1 = ImportCompleted {
-                run_id: String::new(),
-                full: false,
-                seen: 0,
-                added: 0,
-                changed: 0,
-                deleted: 0,
-                left_scope: 0,
-            };
-            let mut s2 = s1.clone();
-            let whole = member_of_events(&state.objects, &after, &scope, &mut s1);
-            let touched = member_of_touched(&state.objects, &after, &scope, &mut s2);
-            assert_eq!(touched, whole);
-            assert_eq!(s1, s2);
-            assert_eq!(body[plain.len()..].to_vec(), whole);
+            // What judging every user says of the same delta.
+            let whole =
+                delta_events_judged(&state.objects, &changes, &scope, "d", member_of_events);
+            assert_eq!(DeltaPlan::Events(events.clone()), whole);
             apply_all(&mut state, &events);
+            live.push(live_users(&state));
         }
-        assert_eq!(live_users(&state), ["a0", "a1", "a8", "a9"]);
+        assert_eq!(
+            live,
+            [
+                vec!["a0", "a1", "a8", "a9"],
+                vec!["a0", "a1", "a8", "a9"],
+                vec!["a1", "a8", "a9"],
+                vec!["a1", "a3", "a8", "a9"],
+                vec!["a9"],
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a delta changes (members, nesting, users, deletions), judging only the
+        /// users it can have moved gives the events judging every user gives.
+        #[test]
+        fn member_of_of_a_delta_equals_judging_everyone(
+            members in proptest::collection::vec(proptest::collection::vec(0usize..10, 0..5), 4),
+            ops in proptest::collection::vec((0usize..5, 0usize..4, 0usize..10), 1..6),
+        ) {
+            // Users a0..a5, groups g0 (named by member_of) .. g3; a member index above 5
+            // names group g(i-6).
+            let name = |i: usize| if i < 6 { format!("a{i}") } else { format!("g{}", i - 6) };
+            let groups = vec!["CN=G0,OU=Groups,DC=test,DC=lan".to_string()];
+            let scope = Scope::new("DC=test,DC=lan", &[], &[]).with_member_of(&groups);
+            let mut dir: Vec<SourceObject> = (0..6).map(|i| user(i, "Staff", "t")).collect();
+            for (g, m) in members.iter().enumerate() {
+                let m: Vec<String> = m.iter().map(|i| name(*i)).collect();
+                let m: Vec<&str> = m.iter().map(String::as_str).collect();
+                dir.push(group(&format!("g{g}"), &format!("G{g}"), &m));
+            }
+            let mut state = State::default();
+            let first = full_import_events(&state.objects, dir, &scope, "r");
+            apply_all(&mut state, &first);
+            let changes: Vec<Change> = ops
+                .iter()
+                .map(|&(op, g, x)| match op {
+                    0 => Change::Members { anchor: format!("g{g}"), added: vec![name(x)], removed: vec![] },
+                    1 => Change::Members { anchor: format!("g{g}"), added: vec![], removed: vec![name(x)] },
+                    2 => Change::Upsert { object: user((x % 6) as u32 + 10, "Staff", "t"), whole: true },
+                    3 => Change::Deleted {
+                        anchor: name(x),
+                        evidence: DeletionEvidence::SyncDelete { phase: "delete".into() },
+                    },
+                    _ => Change::Upsert { object: user((x % 6) as u32, "Staff", "new"), whole: true },
+                })
+                .collect();
+            let touched = delta_events(&state.objects, &changes, &scope, "d");
+            let whole = delta_events_judged(&state.objects, &changes, &scope, "d", member_of_events);
+            proptest::prop_assert_eq!(touched, whole);
+        }
     }
 
     #[test]
