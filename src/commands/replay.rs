@@ -193,7 +193,7 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
         if fmt != Format::Json {
             // Said after the rows (and on stderr for CSV, which is rows only).
             for c in &w.cannot_evaluate {
-                let line = format!("cannot evaluate {}: {}", c.part.label(), c.why);
+                let line = format!("cannot evaluate: {}", c.why);
                 if fmt == Format::Table {
                     print(&format!("{line}\n"))?;
                 } else {

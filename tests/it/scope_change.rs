@@ -146,6 +146,15 @@ async fn a_filter_change_runs_a_full_import_by_itself_and_a_narrower_one_is_eval
         ])
     );
     assert_eq!(anchors(&w["leave"]), u[..3].iter().cloned().collect());
+    // The table says it in one line each, after the rows.
+    let run = lab.cli(&["replay", "--what-if", "other.toml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.ends_with(&format!(
+            "cannot evaluate: {why}\ncannot evaluate: the users filter cannot be evaluated for 3 object(s): it tests objectclass, which the log does not hold\n"
+        )),
+        "{run:?}"
+    );
     // The next sync imports in full by itself, records why, and the target ends as the new
     // scope says.
     let head = lab.head().await;
