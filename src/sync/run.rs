@@ -393,9 +393,16 @@ pub(crate) async fn import_run(
             report.config_changed.clone_from(&r.changed);
         }
         let config_full = decision.full_import.clone();
-        let rescoped = match (decision.rescope, recorded) {
-            (true, Some(old)) => {
-                let r = rescope_for(&old.scope, &now);
+        // A change the log can evaluate is evaluated; one that needs a full import has its
+        // DN rules applied first all the same, so that what falls outside them leaves as
+        // out of scope (`left-scope`), not as absent from the import.
+        let rescope = match (decision.rescope, config_full.is_some(), recorded) {
+            (true, _, Some(old)) => Some(rescope_for(&old.scope, &now)),
+            (false, true, Some(_)) => Some(super::import::Rescope::default()),
+            _ => None,
+        };
+        let rescoped = match rescope {
+            Some(r) => {
                 let (events, left) = super::import::rescope_events(&state.objects, scope, &r);
                 (!events.is_empty()).then(|| {
                     let mut objects = state.objects.clone();

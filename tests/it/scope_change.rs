@@ -554,3 +554,67 @@ async fn ad_a_narrower_users_filter_is_evaluated_and_what_if_agrees() {
     );
     assert_eq!(records_after(&lab, head).await, []);
 }
+
+/// Another base DN needs a full import; what falls outside the new base leaves as out of
+/// scope (`left-scope`), not as absent from that import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_change_runs_a_full_import_and_what_is_outside_it_leaves_scope() {
+    let lab = E2e::ldap(2, "500").await;
+    lab.sync("a", &[]);
+    let groups = [
+        (
+            lab.anchor(&format!("cn=crew,{GROUPS}")).await,
+            format!("cn=crew,{GROUPS}"),
+        ),
+        (
+            lab.anchor(&format!("cn=team,{GROUPS}")).await,
+            format!("cn=team,{GROUPS}"),
+        ),
+    ];
+    let head = lab.head().await;
+    edit_config(&lab, |c| {
+        c.replace(
+            "base_dn = \"dc=example,dc=org\"",
+            &format!("base_dn = \"{PEOPLE}\""),
+        )
+    });
+    let v = lab.sync("a", &[]);
+    let why = format!(
+        "the base DN changed from dc=example,dc=org to {PEOPLE}: objects under it may not be in the log"
+    );
+    assert_eq!(
+        (
+            &v["import"]["mode"],
+            &v["import"]["fallback"],
+            &v["import"]["config_changed"],
+            &v["import"]["left_scope"],
+            &v["deleted"]
+        ),
+        (
+            &json!("full"),
+            &json!(why),
+            &json!(["base"]),
+            &json!(2),
+            &json!(2)
+        ),
+        "{v}"
+    );
+    let mut deleted: Vec<ObjectDeleted> = events_after(&lab, head)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ObjectDeleted(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    deleted.sort_by(|a, b| a.anchor.cmp(&b.anchor));
+    let mut want: Vec<ObjectDeleted> = groups
+        .iter()
+        .map(|(a, dn)| ObjectDeleted {
+            anchor: a.clone(),
+            evidence: DeletionEvidence::LeftScope { dn: dn.clone() },
+        })
+        .collect();
+    want.sort_by(|a, b| a.anchor.cmp(&b.anchor));
+    assert_eq!(deleted, want);
+}
