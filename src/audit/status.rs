@@ -177,16 +177,16 @@ pub struct Ask<'a> {
 
 /// The status (pure).
 pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
-    let rel = &state.relationship;
+    let rel = &state.control.relationship;
     let holder = rel.holder.as_deref();
     let lifetime_us = state
-        .objects
+        .control
         .tombstone_lifetime_days
         .map(|d| i64::from(d) * DAY_US);
     let held = current_hold(state);
     let handover = handover_in_progress(state);
     let row = |name: &str| -> InstanceRow {
-        let rec = state.instances.instances.get(name);
+        let rec = state.control.instances.instances.get(name);
         let status = rec.map(|r| r.status).unwrap_or_default();
         let role = match status {
             InstanceStatus::Retired => Role::Retired,
@@ -231,7 +231,7 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
                 .as_ref()
                 .filter(|h| h.by == name)
                 .map_or(0, |h| h.count),
-            cursor: state.cursors.current.get(name).map(|c| {
+            cursor: state.control.cursors.current.get(name).map(|c| {
                 let age = ask.now_us.saturating_sub(c.at.at_us).max(0);
                 CursorAge {
                     at: time(c.at.at_us),
@@ -248,6 +248,7 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
     let names: Vec<&str> = match ask.instance {
         Some(i) => vec![i],
         None => state
+            .control
             .instances
             .instances
             .keys()
@@ -260,7 +261,7 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
         instances,
         holder: holder.map(str::to_string),
         epoch: rel.epoch,
-        tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+        tombstone_lifetime_days: state.control.tombstone_lifetime_days,
         deletions_held: held,
         handover,
         quarantined: quarantined(state),
@@ -275,7 +276,7 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
 /// cycle superseded, or ended by holding nothing, is not held any more (it stays
 /// unapproved forever).
 fn current_hold(state: &State) -> Option<Held> {
-    let (hash, plan) = state.guard.waiting()?;
+    let (hash, plan) = state.control.guard.waiting()?;
     Some(Held {
         plan_hash: hash.clone(),
         count: plan.anchors.len() as u64,
@@ -287,8 +288,8 @@ fn current_hold(state: &State) -> Option<Held> {
 
 /// The last handover, when it has not completed.
 fn handover_in_progress(state: &State) -> Option<HandoverInProgress> {
-    let id = state.handovers.last.as_ref()?;
-    let h = state.handovers.handovers.get(id)?;
+    let id = state.control.handovers.last.as_ref()?;
+    let h = state.control.handovers.handovers.get(id)?;
     if h.completed.is_some() {
         return None;
     }
@@ -355,7 +356,7 @@ fn quarantined_name(state: &State, anchor: &str) -> String {
 /// The health of the instances asked about: the named one, else the holder (or, with
 /// none, every live instance).
 fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held>) -> Health {
-    let holder = state.relationship.holder.as_deref();
+    let holder = state.control.relationship.holder.as_deref();
     let subjects: Vec<&InstanceRow> = match (ask.instance, holder) {
         (Some(_), _) => rows.iter().collect(),
         (None, Some(h)) => rows.iter().filter(|r| r.instance == h).collect(),
@@ -379,7 +380,7 @@ fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held
                 4,
                 format!(
                     "{name} is fenced: {h} holds the sync relationship (epoch {})",
-                    state.relationship.epoch
+                    state.control.relationship.epoch
                 ),
                 &mut problems,
             );
@@ -417,6 +418,7 @@ fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held
             continue;
         }
         let ran = state
+            .control
             .instances
             .instances
             .get(&r.instance)
@@ -424,6 +426,7 @@ fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held
             .map(|(_, at)| at.at_us)
             .max(held_last.and_then(|_| {
                 state
+                    .control
                     .instances
                     .instances
                     .get(&r.instance)
@@ -839,7 +842,7 @@ mod tests {
             }),
         ));
         let mut st = fold(&events);
-        st.objects.tombstone_lifetime_days = Some(1);
+        st.control.tombstone_lifetime_days = Some(1);
         let r = status(&st, &ask(None, T0 + DAY_US + 3 * S));
         assert_eq!(
             r.quarantined,

@@ -7,7 +7,7 @@ pub(super) async fn status(cfg: &Config, instance: Option<String>, fmt: Format) 
     let store = open(cfg).await?;
     let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
     if let Some(i) = &instance {
-        if !state.instances.instances.contains_key(i) {
+        if !state.control.instances.instances.contains_key(i) {
             return Err(Error::BadInput(format!(
                 "the log knows no instance `{i}` (see `dirsync instance list`)"
             )));

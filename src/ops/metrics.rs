@@ -181,12 +181,13 @@ impl Metrics {
     /// What the projections say: the relationship, the log's head, the instance's cursor.
     pub fn state(&self, state: &State) {
         let m = &self.0;
-        m.epoch.set(clamp(state.relationship.epoch));
+        m.epoch.set(clamp(state.control.relationship.epoch));
         m.is_holder
             .get_or_create(&self.labels())
-            .set(i64::from(state.relationship.held_by(&m.instance)));
+            .set(i64::from(state.control.relationship.held_by(&m.instance)));
         m.head_seq.set(clamp(state.seq));
         let at = state
+            .control
             .cursors
             .current
             .get(&m.instance)

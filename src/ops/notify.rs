@@ -192,6 +192,7 @@ pub fn after_cycle(
         Ok(r) if r.held > 0 => {
             let new = match (&r.held_plan, state) {
                 (Some(plan), Some(s)) => s
+                    .control
                     .guard
                     .plans
                     .get(plan)
@@ -215,8 +216,8 @@ pub fn after_cycle(
             NotifyEvent::Fenced,
             instance,
             json!({
-                "holder": state.and_then(|s| s.relationship.holder.clone()),
-                "epoch": state.map(|s| s.relationship.epoch),
+                "holder": state.and_then(|s| s.control.relationship.holder.clone()),
+                "epoch": state.map(|s| s.control.relationship.epoch),
                 "error": e.to_string(),
             }),
         )),
@@ -649,7 +650,7 @@ mod tests {
         });
         // Held since the cycle began: new; held before: already told.
         let mut state = State::default();
-        state.guard.plans.insert(
+        state.control.guard.plans.insert(
             "p1".into(),
             crate::project::HeldDeletions {
                 anchors: vec!["x".into(), "y".into()],

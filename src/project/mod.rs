@@ -92,8 +92,6 @@ pub struct SourceObjects {
     /// The last complete full import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_full_import: Option<At>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tombstone_lifetime_days: Option<u32>,
     /// The attribute the anchors come from, as recorded (`AnchorRecorded`, `AnchorsMigrated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor_attribute: Option<String>,
@@ -159,9 +157,6 @@ impl SourceObjects {
                 }
             }
             Event::ImportCompleted(i) if i.full => self.last_full_import = Some(m.into()),
-            Event::SourceInfoRecorded(s) if s.tombstone_lifetime_days.is_some() => {
-                self.tombstone_lifetime_days = s.tombstone_lifetime_days;
-            }
             Event::AnchorRecorded(a) => {
                 self.anchor_attribute = Some(a.attribute.clone());
                 self.anchor_history.push(AnchorChange {
@@ -369,6 +364,36 @@ fn one() -> u32 {
     1
 }
 
+impl ExportFailure {
+    /// The failure recorded by `f` after `before` (the anchor's last one, if any). Only the
+    /// object's own refusals count towards quarantine: a target that is down, throttling or
+    /// refusing our credentials fails every object alike.
+    pub fn after(
+        before: Option<&ExportFailure>,
+        m: &Meta<'_>,
+        f: &crate::log::event::ExportFailed,
+    ) -> ExportFailure {
+        ExportFailure {
+            op: f.op,
+            error: f.error.clone(),
+            status: f.status,
+            at: m.into(),
+            count: before.map_or(0, |p| p.count) + u32::from(about_the_object(f.status)),
+        }
+    }
+
+    /// Whether this failure quarantines its object (`sync::export` skips it), when the
+    /// object last changed (or was deleted) at seq `changed`: [`QUARANTINE_AFTER`] of its
+    /// own refusals in a row, and no change since the last (a matching conflict is never
+    /// sent again anyway).
+    pub fn quarantines(&self, changed: u64) -> bool {
+        self.op != ExportOp::Match && self.count >= QUARANTINE_AFTER && changed < self.at.seq
+    }
+}
+
+/// Exports of one object refused in a row before it is quarantined.
+pub const QUARANTINE_AFTER: u32 = 5;
+
 /// Whether a failed export's status says the target refused that object itself (a 4xx
 /// other than authentication, rate limits and timeouts), rather than failing everything.
 pub fn about_the_object(status: Option<u16>) -> bool {
@@ -455,20 +480,8 @@ impl Ledger {
                 self.failures.clear();
             }
             Event::ExportFailed(f) => {
-                let before = self.failures.get(&f.anchor).map_or(0, |p| p.count);
-                // Only the object's own refusals count towards quarantine: a target that is
-                // down, throttling or refusing our credentials fails every object alike.
-                let count = before + u32::from(about_the_object(f.status));
-                self.failures.insert(
-                    f.anchor.clone(),
-                    ExportFailure {
-                        op: f.op,
-                        error: f.error.clone(),
-                        status: f.status,
-                        at: m.into(),
-                        count,
-                    },
-                );
+                let next = ExportFailure::after(self.failures.get(&f.anchor), m, f);
+                self.failures.insert(f.anchor.clone(), next);
             }
             _ => {}
         }
@@ -945,17 +958,113 @@ impl Handovers {
     }
 }
 
-/// Every projection, as of `seq`.
+/// Failed exports that count towards quarantine: the ledger's failures whose count is at
+/// least one (their objects' own refusals, see [`ExportFailure::after`]). Kept small: a
+/// target that fails every object alike (down, throttling) adds nothing here. `status`
+/// finds the quarantined among them. Only the events of exports concern it, none of one
+/// source object (the split fold folds those apart).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    pub seq: u64,
-    pub objects: SourceObjects,
-    pub ledger: Ledger,
+pub struct Suspects {
+    pub failures: BTreeMap<String, ExportFailure>,
+}
+
+impl Suspects {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::ExportFailed(f) => {
+                let failure = ExportFailure::after(self.failures.get(&f.anchor), m, f);
+                if failure.count > 0 {
+                    self.failures.insert(f.anchor.clone(), failure);
+                }
+            }
+            Event::ExportApplied(x) => {
+                self.failures.remove(&x.anchor);
+            }
+            Event::AnchorsMigrated(a) => {
+                for r in &a.rekeyed {
+                    if let Some(f) = self.failures.remove(&r.old) {
+                        self.failures.insert(r.new.clone(), f);
+                    }
+                }
+            }
+            Event::TargetReset(_) => self.failures.clear(),
+            _ => {}
+        }
+    }
+
+    /// The anchors that are quarantined unless their objects changed since their last
+    /// failure (see [`ExportFailure::quarantines`]), in order.
+    pub fn candidates(&self) -> impl Iterator<Item = (&String, &ExportFailure)> {
+        self.failures.iter().filter(|(_, f)| f.quarantines(0))
+    }
+}
+
+/// The control projections: everything a command needs that does not grow with the
+/// directory (who holds the relationship, the instances, their cursors, held deletions,
+/// handovers, the source's tombstone lifetime, the objects close to quarantine). The store
+/// keeps it beside the log, folded in the transaction of every append
+/// ([`crate::log::store::Store::control`]), so that `status` and `instance list` read it
+/// alone; replay folds it with the rest of [`State`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
     pub cursors: Cursors,
     pub relationship: Relationship,
     pub instances: Instances,
     pub guard: Guard,
     pub handovers: Handovers,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstone_lifetime_days: Option<u32>,
+    #[serde(default)]
+    pub suspects: Suspects,
+}
+
+impl Control {
+    /// The fold step of the control projections.
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        self.cursors.apply(m, e);
+        self.relationship.apply(m, e);
+        self.instances.apply(m, e);
+        self.guard.apply(m, e);
+        self.handovers.apply(m, e);
+        self.suspects.apply(m, e);
+        if let Event::SourceInfoRecorded(s) = e {
+            if s.tombstone_lifetime_days.is_some() {
+                self.tombstone_lifetime_days = s.tombstone_lifetime_days;
+            }
+        }
+    }
+
+    /// Names the projections that differ from `other`.
+    pub fn differences(&self, other: &Control) -> Vec<String> {
+        let named: [(&str, bool); 7] = [
+            ("cursors", self.cursors != other.cursors),
+            ("relationship", self.relationship != other.relationship),
+            ("instances", self.instances != other.instances),
+            ("guard", self.guard != other.guard),
+            ("handovers", self.handovers != other.handovers),
+            (
+                "tombstone lifetime",
+                self.tombstone_lifetime_days != other.tombstone_lifetime_days,
+            ),
+            ("quarantine suspects", self.suspects != other.suspects),
+        ];
+        named
+            .iter()
+            .filter(|(_, d)| *d)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+}
+
+/// Every projection, as of `seq`: the control projections and the two that grow with the
+/// directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub seq: u64,
+    pub objects: SourceObjects,
+    pub ledger: Ledger,
+    #[serde(flatten)]
+    pub control: Control,
 }
 
 impl State {
@@ -963,11 +1072,7 @@ impl State {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
         self.objects.apply(m, e);
         self.ledger.apply(m, e);
-        self.cursors.apply(m, e);
-        self.relationship.apply(m, e);
-        self.instances.apply(m, e);
-        self.guard.apply(m, e);
-        self.handovers.apply(m, e);
+        self.control.apply(m, e);
         self.seq = m.seq;
     }
 
@@ -977,11 +1082,7 @@ impl State {
         // Each projection reads only the event and changes only itself, so the order of
         // the calls does not matter: the one that takes the event goes last.
         self.ledger.apply(m, &e);
-        self.cursors.apply(m, &e);
-        self.relationship.apply(m, &e);
-        self.instances.apply(m, &e);
-        self.guard.apply(m, &e);
-        self.handovers.apply(m, &e);
+        self.control.apply(m, &e);
         self.objects.apply_owned(m, e);
         self.seq = m.seq;
     }
@@ -1015,14 +1116,7 @@ impl State {
                 k.unwrap_or_default()
             ));
         }
-        let named: [(&str, bool); 5] = [
-            ("cursors", self.cursors != other.cursors),
-            ("relationship", self.relationship != other.relationship),
-            ("instances", self.instances != other.instances),
-            ("guard", self.guard != other.guard),
-            ("handovers", self.handovers != other.handovers),
-        ];
-        out.extend(named.iter().filter(|(_, d)| *d).map(|(n, _)| n.to_string()));
+        out.extend(self.control.differences(&other.control));
         out
     }
 }

@@ -27,7 +27,7 @@ const CONFLICT_RETRIES: u32 = 10;
 
 /// What `change` of `instance` records, decided on `state` (pure).
 pub fn decide(state: &State, instance: &str, change: Change) -> Result<Event> {
-    let rec = state.instances.instances.get(instance);
+    let rec = state.control.instances.instances.get(instance);
     let retired = rec.map(|r| r.status) == Some(InstanceStatus::Retired);
     Ok(match change {
         Change::Stop if retired => {
@@ -105,8 +105,9 @@ pub struct Listed {
 
 /// Every instance the log knows, by name (pure).
 pub fn list(state: &State) -> Vec<Listed> {
-    let holder = state.relationship.holder.as_deref();
+    let holder = state.control.relationship.holder.as_deref();
     state
+        .control
         .instances
         .instances
         .iter()
@@ -116,10 +117,10 @@ pub fn list(state: &State) -> Vec<Listed> {
                 instance: n.clone(),
                 status: r.status,
                 holds_relationship: holds,
-                epoch: holds.then_some(state.relationship.epoch),
+                epoch: holds.then_some(state.control.relationship.epoch),
                 running: r.running.as_ref().map(|(id, _)| id.clone()),
                 last_completed: r.last_completed.as_ref().map(|(_, a)| *a),
-                cursor: state.cursors.current.get(n).map(|c| c.at),
+                cursor: state.control.cursors.current.get(n).map(|c| c.at),
             }
         })
         .collect()

@@ -110,7 +110,12 @@ async fn service(
         }
         let state = replay::refresh(store, 10_000).await?;
         metrics.state(&state);
-        let status = state.instances.instances.get(instance).map(|r| r.status);
+        let status = state
+            .control
+            .instances
+            .instances
+            .get(instance)
+            .map(|r| r.status);
         // Let go of the state before the cycle: its import then folds the copy this process
         // remembers in place instead of copying it.
         drop(state);
