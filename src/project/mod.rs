@@ -1006,6 +1006,7 @@ impl Suspects {
 /// ([`crate::log::store::Store::control`]), so that `status` and `instance list` read it
 /// alone; replay folds it with the rest of [`State`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Control {
     pub cursors: Cursors,
     pub relationship: Relationship,
