@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::log::event::{stream, Event, NotificationDelivered, NotificationFailed};
 use crate::log::store::Batch;
 use crate::log::{AnyStore, NewEvent, Store};
-use crate::project::State;
+use crate::project::Control;
 use crate::sync::export::SyncReport;
 
 /// What happened (INTERFACE.md). Open: `failover` comes with high availability.
@@ -182,7 +182,7 @@ pub fn receiver_of(url: &str) -> String {
 pub fn after_cycle(
     instance: &str,
     result: &Result<SyncReport>,
-    state: Option<&State>,
+    state: Option<&Control>,
     began_us: i64,
     failures_in_row: u32,
     failures_before_alert: u32,
@@ -192,7 +192,6 @@ pub fn after_cycle(
         Ok(r) if r.held > 0 => {
             let new = match (&r.held_plan, state) {
                 (Some(plan), Some(s)) => s
-                    .control
                     .guard
                     .plans
                     .get(plan)
@@ -216,8 +215,8 @@ pub fn after_cycle(
             NotifyEvent::Fenced,
             instance,
             json!({
-                "holder": state.and_then(|s| s.control.relationship.holder.clone()),
-                "epoch": state.map(|s| s.control.relationship.epoch),
+                "holder": state.and_then(|s| s.relationship.holder.clone()),
+                "epoch": state.map(|s| s.relationship.epoch),
                 "error": e.to_string(),
             }),
         )),
@@ -649,8 +648,8 @@ mod tests {
             ..Default::default()
         });
         // Held since the cycle began: new; held before: already told.
-        let mut state = State::default();
-        state.control.guard.plans.insert(
+        let mut state = Control::default();
+        state.guard.plans.insert(
             "p1".into(),
             crate::project::HeldDeletions {
                 anchors: vec!["x".into(), "y".into()],

@@ -1134,6 +1134,72 @@ pub async fn verify_projections(
     Ok((rebuilt.seq, compared))
 }
 
+/// The projections of a few source objects as the whole fold has them: a [`State`] whose
+/// source objects and ledger entries under `anchors` are those of the state now (it may
+/// hold others, partly). Folds only the events that touch them, found through the history
+/// index (`src/log/index.rs`), with those that concern every ledger entry (`TargetReset`)
+/// and, for an anchor a re-key gave an object, the events of its old anchor.
+pub async fn state_of(store: &AnyStore, anchors: &[String]) -> Result<State> {
+    use crate::log::store::HistoryQuery;
+    const LIMIT: u32 = 1_000;
+    if anchors.is_empty() {
+        return Ok(State::default());
+    }
+    let mut events: BTreeMap<u64, StoredEvent> = BTreeMap::new();
+    let mut queries: Vec<HistoryQuery> = vec![HistoryQuery {
+        event_type: Some("TargetReset".into()),
+        ..Default::default()
+    }];
+    let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    queries.extend(anchors.iter().map(|a| HistoryQuery {
+        anchor: Some(a.clone()),
+        ..Default::default()
+    }));
+    while let Some(q) = queries.pop() {
+        if let Some(a) = &q.anchor {
+            if !seen.insert(a.clone()) {
+                continue;
+            }
+        }
+        let mut after = 0;
+        loop {
+            let page = store.history(&q, after, LIMIT).await?;
+            let full = page.len() == LIMIT as usize;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page {
+                if let (Some(a), "AnchorsMigrated") = (&q.anchor, e.event_type.as_str()) {
+                    if let Event::AnchorsMigrated(m) =
+                        Event::decode(&e.event_type, e.schema_version, &e.payload)?
+                    {
+                        queries.extend(m.rekeyed.iter().filter(|r| &r.new == a).map(|r| {
+                            HistoryQuery {
+                                anchor: Some(r.old.clone()),
+                                ..Default::default()
+                            }
+                        }));
+                    }
+                }
+                events.insert(e.seq, e);
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    let mut state = State::default();
+    for e in events.values() {
+        let event = Event::decode(&e.event_type, e.schema_version, &e.payload)?;
+        let m = Meta {
+            seq: e.seq,
+            instance: &e.instance,
+            recorded_at_us: e.recorded_at_us,
+        };
+        state.apply(&m, &event);
+    }
+    Ok(state)
+}
+
 /// The control projections now (see [`crate::project::Control`]), and the seq they are
 /// folded up to: the row the store keeps at the head of the log, read without folding
 /// anything. Every command that needs no source object nor ledger entry reads this.
