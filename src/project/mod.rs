@@ -469,9 +469,11 @@ impl Ledger {
                         l.state = None;
                         self.entries.insert(r.new.clone(), l);
                     }
-                    if let Some(f) = self.failures.remove(&r.old) {
-                        self.failures.insert(r.new.clone(), f);
-                    }
+                    // The new anchor's failures are the old one's (or none).
+                    match self.failures.remove(&r.old) {
+                        Some(f) => self.failures.insert(r.new.clone(), f),
+                        None => self.failures.remove(&r.new),
+                    };
                 }
             }
             // The target was emptied: nothing there is ours any more.
@@ -980,11 +982,13 @@ impl Suspects {
             Event::ExportApplied(x) => {
                 self.failures.remove(&x.anchor);
             }
+            // As the ledger re-keys its failures: the new anchor's are the old one's.
             Event::AnchorsMigrated(a) => {
                 for r in &a.rekeyed {
-                    if let Some(f) = self.failures.remove(&r.old) {
-                        self.failures.insert(r.new.clone(), f);
-                    }
+                    match self.failures.remove(&r.old) {
+                        Some(f) => self.failures.insert(r.new.clone(), f),
+                        None => self.failures.remove(&r.new),
+                    };
                 }
             }
             Event::TargetReset(_) => self.failures.clear(),
@@ -1125,7 +1129,186 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::event::ExportFailed;
+    use crate::log::event::{
+        AnchorsMigrated, ExportApplied, ExportFailed, ObjectDeleted, Rekey, SourceInfoRecorded,
+        SyncRelationshipEstablished, TargetReset,
+    };
+
+    fn meta(seq: u64) -> Meta<'static> {
+        Meta {
+            seq,
+            instance: "a",
+            recorded_at_us: seq as i64 * 1_000,
+        }
+    }
+
+    fn at(seq: u64) -> At {
+        At {
+            seq,
+            at_us: seq as i64 * 1_000,
+        }
+    }
+
+    fn failed(anchor: &str, status: Option<u16>) -> Event {
+        Event::ExportFailed(ExportFailed {
+            epoch: 1,
+            anchor: anchor.into(),
+            op: ExportOp::Update,
+            status,
+            error: "e".into(),
+        })
+    }
+
+    /// The control projections after a few events, as a whole value: the tombstone
+    /// lifetime, the relationship and its holder's instance record, and the suspects, which
+    /// keep the object's own refusals and forget a target that failed everything.
+    #[test]
+    fn control_folds_the_small_projections() {
+        let mut c = Control::default();
+        let events = [
+            Event::SourceInfoRecorded(SourceInfoRecorded {
+                tombstone_lifetime_days: Some(180),
+                highest_usn: None,
+            }),
+            Event::SyncRelationshipEstablished(SyncRelationshipEstablished {
+                holder: "a".into(),
+                epoch: 2,
+            }),
+            failed("x", Some(400)),
+            failed("y", Some(503)),
+            // An event of one source object: no control projection's business.
+            Event::ObjectDeleted(ObjectDeleted {
+                anchor: "x".into(),
+                evidence: DeletionEvidence::SyncDelete {
+                    phase: "refreshDeletes".into(),
+                },
+            }),
+            // A later lifetime of none changes nothing.
+            Event::SourceInfoRecorded(SourceInfoRecorded {
+                tombstone_lifetime_days: None,
+                highest_usn: Some(7),
+            }),
+        ];
+        for (i, e) in events.iter().enumerate() {
+            c.apply(&meta(i as u64 + 1), e);
+        }
+        let want = Control {
+            relationship: Relationship {
+                holder: Some("a".into()),
+                epoch: 2,
+                since: Some(at(2)),
+                ..Default::default()
+            },
+            instances: Instances {
+                instances: BTreeMap::from([(
+                    "a".into(),
+                    InstanceRecord {
+                        first_seen: at(2),
+                        ..Default::default()
+                    },
+                )]),
+            },
+            tombstone_lifetime_days: Some(180),
+            suspects: Suspects {
+                failures: BTreeMap::from([(
+                    "x".into(),
+                    ExportFailure {
+                        op: ExportOp::Update,
+                        error: "e".into(),
+                        status: Some(400),
+                        at: at(3),
+                        count: 1,
+                    },
+                )]),
+            },
+            ..Default::default()
+        };
+        assert_eq!(c, want);
+        // It reads back as it was written (the stored row's body).
+        let body = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Control>(&body).unwrap(), c);
+        assert_eq!(
+            serde_json::from_str::<Control>("{}").unwrap(),
+            Control::default()
+        );
+    }
+
+    /// Whatever mix of failures, successes, re-keys and resets: the suspects are exactly the
+    /// ledger's failures with a count, and the candidates those the ledger's rule
+    /// (`sync::export::quarantined`) would quarantine when the object has not changed.
+    #[test]
+    fn the_suspects_are_the_ledgers_counted_failures() {
+        let mut ledger = Ledger::default();
+        let mut control = Control::default();
+        // A fixed pseudo-random walk (no seed to pass around: the walk is the test).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let anchors = ["p", "q", "r", "s"];
+        let mut ever_candidates = 0;
+        for seq in 1..3_000 {
+            let a = anchors[next(4) as usize].to_string();
+            let e = match next(20) {
+                0..=11 => failed(
+                    &a,
+                    [None, Some(503), Some(429), Some(400), Some(409)][next(5) as usize],
+                ),
+                12 | 13 => Event::ExportApplied(ExportApplied {
+                    epoch: 1,
+                    anchor: a,
+                    kind: ObjectKind::User,
+                    op: ExportOp::Update,
+                    target_id: "t".into(),
+                    state: None,
+                    etag: None,
+                }),
+                14 => Event::ExportFailed(ExportFailed {
+                    epoch: 1,
+                    anchor: a,
+                    op: ExportOp::Match,
+                    status: Some(409),
+                    error: "conflict".into(),
+                }),
+                15 => Event::AnchorsMigrated(AnchorsMigrated {
+                    from: None,
+                    to: "entryUUID".into(),
+                    rekeyed: vec![Rekey {
+                        old: a,
+                        new: anchors[next(4) as usize].to_string(),
+                    }],
+                    unpaired: vec![],
+                }),
+                16 => Event::TargetReset(TargetReset { reason: "r".into() }),
+                _ => Event::ObjectDeleted(ObjectDeleted {
+                    anchor: a,
+                    evidence: DeletionEvidence::SyncDelete { phase: "p".into() },
+                }),
+            };
+            ledger.apply(&meta(seq), &e);
+            control.apply(&meta(seq), &e);
+            let counted: BTreeMap<String, ExportFailure> = ledger
+                .failures
+                .iter()
+                .filter(|(_, f)| f.count > 0)
+                .map(|(a, f)| (a.clone(), f.clone()))
+                .collect();
+            assert_eq!(control.suspects.failures, counted, "seq {seq}");
+            let candidates: Vec<&String> = control.suspects.candidates().map(|(a, _)| a).collect();
+            let quarantined: Vec<&String> = ledger
+                .failures
+                .iter()
+                .filter(|(_, f)| f.quarantines(0))
+                .map(|(a, _)| a)
+                .collect();
+            assert_eq!(candidates, quarantined, "seq {seq}");
+            ever_candidates += candidates.len();
+        }
+        assert!(ever_candidates > 0, "the walk reached quarantine");
+    }
 
     #[test]
     fn only_the_objects_own_refusals_count_towards_quarantine() {
