@@ -200,7 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let n = dirsync::audit::missed::missed_deletes(
             &state,
-            &state.cursors,
+            &state.control.cursors,
             0,
             dirsync::config::OnDelete::Delete,
         )

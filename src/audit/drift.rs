@@ -105,10 +105,16 @@ pub const HEADERS: [&str; 10] = [
 
 /// The report (pure): `every` is the configured `[sync] reconcile_target`.
 pub fn drift(state: &State, every: std::time::Duration) -> DriftReport {
-    let last = state.relationship.last_reconcile();
+    let last = state.control.relationship.last_reconcile();
     let every_us = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
     DriftReport {
-        reconciles: state.relationship.reconciles.iter().map(Row::of).collect(),
+        reconciles: state
+            .control
+            .relationship
+            .reconciles
+            .iter()
+            .map(Row::of)
+            .collect(),
         last_complete: last,
         next_due: last.map(|a| time(a.at_us.saturating_add(every_us))),
     }

@@ -50,7 +50,7 @@ pub async fn missed_deletes(
     now_us: i64,
 ) -> Result<MissedAudit> {
     let before = replay::refresh(store, SNAPSHOT_EVERY).await?;
-    let cursors = before.cursors.clone();
+    let cursors = before.control.cursors.clone();
     let (state, fresh) = match fresh_as {
         None => (before, None),
         Some(instance) => {
@@ -61,7 +61,7 @@ pub async fn missed_deletes(
                 ));
             }
             // An import as an instance the log does not know would create one.
-            if !before.instances.instances.contains_key(instance) {
+            if !before.control.instances.instances.contains_key(instance) {
                 return Err(Error::BadInput(format!(
                     "--refresh --instance {instance}: no such instance (see `dirsync instance list`); the audit imports as an existing one"
                 )));

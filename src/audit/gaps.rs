@@ -82,7 +82,7 @@ impl GapReport {
 /// longer than the tombstone lifetime.
 pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
     let lifetime = state
-        .objects
+        .control
         .tombstone_lifetime_days
         .map(|d| i64::from(d) * DAY_US);
     let mut deletions: Vec<u64> = state
@@ -98,7 +98,7 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
     };
     let exceeds = |len: i64| lifetime.is_some_and(|l| len > l);
     let mut instances = Vec::new();
-    for (name, r) in &state.instances.instances {
+    for (name, r) in &state.control.instances.instances {
         let mut windows = Vec::new();
         let mut prev: Option<At> = None;
         for s in &r.syncs {
@@ -131,7 +131,7 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
             deletions: between(since.seq, end_seq),
             exceeds_lifetime: exceeds(len),
         });
-        let cursor = state.cursors.current.get(name).map(|c| c.at);
+        let cursor = state.control.cursors.current.get(name).map(|c| c.at);
         let cursor_age_us = cursor.map(|c| now_us - c.at_us);
         let cursor_expired = r.retired.is_none() && cursor_age_us.is_some_and(exceeds);
         instances.push(InstanceGaps {
@@ -146,7 +146,7 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
         });
     }
     GapReport {
-        tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+        tombstone_lifetime_days: state.control.tombstone_lifetime_days,
         instances,
     }
 }

@@ -287,6 +287,7 @@ pub fn diff(a: &State, b: &State) -> Diff {
     let (from, to) = (a.seq.min(b.seq), a.seq.max(b.seq));
     let later = if b.seq >= a.seq { b } else { a };
     out.reconciles = later
+        .control
         .relationship
         .reconciles
         .iter()

@@ -268,6 +268,7 @@ pub async fn report(
     for (s, e) in of_type(store, "DeletionsApproved", after).await? {
         if let Event::DeletionsApproved(a) = e {
             let n = state
+                .control
                 .guard
                 .plans
                 .get(&a.plan_hash)
@@ -285,8 +286,10 @@ pub async fn report(
 
     let min_us = i64::try_from((interval * 2).as_micros()).unwrap_or(i64::MAX);
     let gaps = crate::audit::gaps::gaps(&state, now, min_us);
-    let missed = crate::audit::missed::missed_deletes(&state, &state.cursors, now, on_delete);
+    let missed =
+        crate::audit::missed::missed_deletes(&state, &state.control.cursors, now, on_delete);
     let handovers: Vec<_> = state
+        .control
         .handovers
         .handovers
         .iter()
@@ -299,6 +302,7 @@ pub async fn report(
         Err(e) => return Err(e),
     };
     let instances = state
+        .control
         .instances
         .instances
         .iter()
@@ -311,7 +315,7 @@ pub async fn report(
         head_seq,
         head_hash: hex::encode(head_hash),
         chain,
-        tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+        tombstone_lifetime_days: state.control.tombstone_lifetime_days,
         instances,
         facts,
         gaps,

@@ -118,6 +118,7 @@ const DAY_US: i64 = 86_400 * 1_000_000;
 /// Every completed sync of every instance, oldest first.
 pub fn sync_points(state: &State) -> Vec<SyncPoint> {
     let mut v: Vec<SyncPoint> = state
+        .control
         .instances
         .instances
         .iter()
@@ -154,6 +155,7 @@ pub struct AsOf {
 impl AsOf {
     pub fn of(state: &State) -> AsOf {
         let last_import = state
+            .control
             .instances
             .instances
             .iter()
@@ -208,10 +210,10 @@ enum Exporter<'a> {
 }
 
 fn exporter(state: &State) -> Exporter<'_> {
-    let Some(name) = state.relationship.holder.as_deref() else {
+    let Some(name) = state.control.relationship.holder.as_deref() else {
         return Exporter::None("no instance holds the sync relationship".into());
     };
-    let rec = state.instances.instances.get(name);
+    let rec = state.control.instances.instances.get(name);
     match rec.map(|r| r.status) {
         Some(InstanceStatus::Stopped) => Exporter::None(format!(
             "the holder {name} is stopped, and every other instance is fenced"
@@ -240,10 +242,11 @@ pub fn missed_deletes(
     let removal = Removal { on_delete, now_us };
     let syncs = sync_points(state);
     let lifetime_us = state
-        .objects
+        .control
         .tombstone_lifetime_days
         .map(|d| i64::from(d) * DAY_US);
     let held: HashMap<&str, &str> = state
+        .control
         .guard
         .plans
         .iter()
@@ -253,10 +256,11 @@ pub fn missed_deletes(
     let exporter = exporter(state);
     // An approved list that stands: the holder's next cycle exports it.
     let approved: std::collections::HashSet<&str> = state
+        .control
         .guard
         .current
         .as_ref()
-        .and_then(|h| state.guard.plans.get(h))
+        .and_then(|h| state.control.guard.plans.get(h))
         .filter(|p| p.approved.is_some())
         .map(|p| p.anchors.iter().map(String::as_str).collect())
         .unwrap_or_default();
@@ -264,7 +268,7 @@ pub fn missed_deletes(
     // `[sync] hold = "all"` its held cycles failed (`SyncRunFailed`, reason held), so no
     // completed sync may be newer than these deletions: they are missed all the same.
     let waiting: Option<(&String, std::collections::HashSet<&str>)> =
-        state.guard.waiting().map(|(h, p)| {
+        state.control.guard.waiting().map(|(h, p)| {
             (
                 h,
                 p.anchors
@@ -584,7 +588,7 @@ mod tests {
         l.export("zz", ExportOp::Match, "stray@example.org");
 
         let now = l.now;
-        let v = missed_deletes(&l.state, &l.state.cursors, now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, now, OnDelete::Delete);
         assert_eq!(anchors(&v), ["a2", "a3", "a5", "a6", "zz"]);
         let by = |a: &str| v.iter().find(|m| m.anchor == a).unwrap();
         let m2 = by("a2");
@@ -620,7 +624,7 @@ mod tests {
                 approved_by: None,
             }),
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             v.iter().find(|m| m.anchor == "a5").unwrap().state,
             DeleteState::Unsent
@@ -646,7 +650,7 @@ mod tests {
             },
         );
         l.cursor("new");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             v[0].revealable_by,
             ["old"],
@@ -655,7 +659,7 @@ mod tests {
         // Three days later old's cursor is past the two-day lifetime.
         let v = missed_deletes(
             &l.state,
-            &l.state.cursors,
+            &l.state.control.cursors,
             l.now + 3 * DAY,
             OnDelete::Delete,
         );
@@ -671,7 +675,7 @@ mod tests {
                 last_known_parent: None,
             },
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert!(v[0].revealable_by.is_empty());
     }
 
@@ -685,12 +689,14 @@ mod tests {
         );
         l.run("a", "staging");
         l.run("a", "dry-run");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].gap.from.as_ref().unwrap().at.seq, last);
         assert_eq!(v[0].gap.to, None, "no sync exported since");
         l.export("a1", ExportOp::Delete, "");
         l.run("a", "sync");
-        assert!(missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete).is_empty());
+        assert!(
+            missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete).is_empty()
+        );
     }
 
     fn holds(l: &mut Log, instance: &str, epoch: u64) {
@@ -704,7 +710,7 @@ mod tests {
     }
 
     fn statuses(l: &Log) -> Vec<(String, Status)> {
-        missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete)
+        missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete)
             .into_iter()
             .map(|m| (m.anchor, m.status))
             .collect()
@@ -728,7 +734,7 @@ mod tests {
         let due = disabled_at + 30 * DAY;
         // Syncs that (rightly) did not delete it leave it pending before its time.
         l.run("a", "sync");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, policy);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, policy);
         assert_eq!(v.len(), 1);
         assert_eq!(
             (
@@ -757,12 +763,12 @@ mod tests {
         // Due, and no completed sync since: the holder's next cycle deletes it.
         l.now = due;
         assert_eq!(
-            missed_deletes(&l.state, &l.state.cursors, l.now, policy)[0].status,
+            missed_deletes(&l.state, &l.state.control.cursors, l.now, policy)[0].status,
             Status::Pending
         );
         // A completed sync after the due time that did not delete it: missed.
         let s = l.run("a", "sync");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, policy);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, policy);
         assert_eq!(v[0].status, Status::Missed);
         assert!(
             v[0].status_detail.starts_with("due for deletion at ")
@@ -771,7 +777,12 @@ mod tests {
             v[0].status_detail
         );
         // Under on_delete = "delete" the disabled user is judged from its deletion.
-        let v = missed_deletes(&l.state, &l.state.cursors, disabled_at, OnDelete::Delete);
+        let v = missed_deletes(
+            &l.state,
+            &l.state.control.cursors,
+            disabled_at,
+            OnDelete::Delete,
+        );
         assert_eq!(v[0].status, Status::Missed);
     }
 
@@ -791,7 +802,7 @@ mod tests {
         assert_eq!(statuses(&l), [("a1".into(), Status::Missed)]);
         holds(&mut l, "a", 1);
         // Seen after a's last completed sync: a's next cycle exports it.
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].status, Status::Pending);
         assert_eq!(
             v[0].status_detail,
@@ -802,7 +813,7 @@ mod tests {
         l.run("b", "staging");
         assert_eq!(statuses(&l), [("a1".into(), Status::Pending)]);
         let s = l.run("a", "sync");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].status, Status::Missed);
         assert!(
             v[0].status_detail.contains(&format!("(seq {s})")),
@@ -826,7 +837,7 @@ mod tests {
         );
         l.at("a", Event::InstanceStarted(Default::default()));
         l.at("a", Event::InstanceRetired(Default::default()));
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             v[1].status_detail,
             "the holder a is retired, and every other instance is fenced"
@@ -859,7 +870,7 @@ mod tests {
             }),
         );
         l.run("a", "sync");
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             (v[0].state, v[0].status),
             (DeleteState::Held, Status::Missed)
@@ -871,7 +882,7 @@ mod tests {
                 approved_by: None,
             }),
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             (v[0].state, v[0].status, v[0].status_detail.as_str()),
             (
@@ -918,7 +929,7 @@ mod tests {
                 reason: Some(crate::log::event::FailureReason::Held),
             }),
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(
             (v[0].state, v[0].status, v[0].status_detail.as_str()),
             (
@@ -994,7 +1005,7 @@ mod tests {
                 dn: "uid=u1,ou=x".into(),
             },
         );
-        let v = missed_deletes(&l.state, &l.state.cursors, l.now, OnDelete::Delete);
+        let v = missed_deletes(&l.state, &l.state.control.cursors, l.now, OnDelete::Delete);
         assert_eq!(v[0].row().len(), HEADERS.len());
         assert_eq!(v[0].row()[11], "unsent");
         assert_eq!(

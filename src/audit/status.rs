@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::Exit;
 use crate::log::event::{ExportOp, FailureReason, ObjectKind};
 use crate::output::time;
-use crate::project::{InstanceStatus, State, StepState};
+use crate::project::{Control, InstanceStatus, State, StepState};
 
 const DAY_US: i64 = 86_400 * 1_000_000;
 
@@ -176,17 +176,17 @@ pub struct Ask<'a> {
 }
 
 /// The status (pure).
-pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
-    let rel = &state.relationship;
+/// `c`: the control projections as of `seq`; `objects`: a state holding at least the source
+/// objects and ledger entries of the quarantine candidates (`Suspects::candidates`) as of
+/// `seq` (the whole state, or [`crate::project::replay::state_of`] them).
+pub fn status(c: &Control, seq: u64, objects: &State, ask: &Ask<'_>) -> StatusReport {
+    let rel = &c.relationship;
     let holder = rel.holder.as_deref();
-    let lifetime_us = state
-        .objects
-        .tombstone_lifetime_days
-        .map(|d| i64::from(d) * DAY_US);
-    let held = current_hold(state);
-    let handover = handover_in_progress(state);
+    let lifetime_us = c.tombstone_lifetime_days.map(|d| i64::from(d) * DAY_US);
+    let held = current_hold(c);
+    let handover = handover_in_progress(c);
     let row = |name: &str| -> InstanceRow {
-        let rec = state.instances.instances.get(name);
+        let rec = c.instances.instances.get(name);
         let status = rec.map(|r| r.status).unwrap_or_default();
         let role = match status {
             InstanceStatus::Retired => Role::Retired,
@@ -231,7 +231,7 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
                 .as_ref()
                 .filter(|h| h.by == name)
                 .map_or(0, |h| h.count),
-            cursor: state.cursors.current.get(name).map(|c| {
+            cursor: c.cursors.current.get(name).map(|c| {
                 let age = ask.now_us.saturating_sub(c.at.at_us).max(0);
                 CursorAge {
                     at: time(c.at.at_us),
@@ -247,25 +247,20 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
     };
     let names: Vec<&str> = match ask.instance {
         Some(i) => vec![i],
-        None => state
-            .instances
-            .instances
-            .keys()
-            .map(String::as_str)
-            .collect(),
+        None => c.instances.instances.keys().map(String::as_str).collect(),
     };
     let instances: Vec<InstanceRow> = names.iter().map(|n| row(n)).collect();
-    let health = health(state, ask, &instances, held.as_ref());
+    let health = health(c, ask, &instances, held.as_ref());
     StatusReport {
         instances,
         holder: holder.map(str::to_string),
         epoch: rel.epoch,
-        tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
+        tombstone_lifetime_days: c.tombstone_lifetime_days,
         deletions_held: held,
         handover,
-        quarantined: quarantined(state),
+        quarantined: quarantined(c, objects),
         health,
-        seq: state.seq,
+        seq,
         checked_at: time(ask.now_us),
     }
 }
@@ -274,8 +269,8 @@ pub fn status(state: &State, ask: &Ask<'_>) -> StatusReport {
 /// ([`crate::project::Guard::waiting`]), which the next cycle holds again. A list a later
 /// cycle superseded, or ended by holding nothing, is not held any more (it stays
 /// unapproved forever).
-fn current_hold(state: &State) -> Option<Held> {
-    let (hash, plan) = state.guard.waiting()?;
+fn current_hold(c: &Control) -> Option<Held> {
+    let (hash, plan) = c.guard.waiting()?;
     Some(Held {
         plan_hash: hash.clone(),
         count: plan.anchors.len() as u64,
@@ -286,9 +281,9 @@ fn current_hold(state: &State) -> Option<Held> {
 }
 
 /// The last handover, when it has not completed.
-fn handover_in_progress(state: &State) -> Option<HandoverInProgress> {
-    let id = state.handovers.last.as_ref()?;
-    let h = state.handovers.handovers.get(id)?;
+fn handover_in_progress(c: &Control) -> Option<HandoverInProgress> {
+    let id = c.handovers.last.as_ref()?;
+    let h = c.handovers.handovers.get(id)?;
     if h.completed.is_some() {
         return None;
     }
@@ -311,14 +306,20 @@ fn handover_in_progress(state: &State) -> Option<HandoverInProgress> {
     })
 }
 
-/// Every quarantined object (`sync::export::quarantined`), by anchor.
-fn quarantined(state: &State) -> Vec<Quarantined> {
-    state
-        .ledger
-        .failures
-        .keys()
-        .filter_map(|anchor| {
-            let f = crate::sync::export::quarantined(state, anchor)?;
+/// Every quarantined object (`sync::export::quarantined`), by anchor: the candidates the
+/// control projections keep whose objects did not change since their last failure.
+fn quarantined(c: &Control, state: &State) -> Vec<Quarantined> {
+    c.suspects
+        .candidates()
+        .filter_map(|(anchor, f)| {
+            let changed = state.objects.objects.get(anchor).map_or(0, |r| {
+                r.last_changed
+                    .seq
+                    .max(r.deletion.as_ref().map_or(0, |d| d.at.seq))
+            });
+            if !f.quarantines(changed) {
+                return None;
+            }
             Some(Quarantined {
                 anchor: anchor.clone(),
                 kind: state
@@ -354,8 +355,8 @@ fn quarantined_name(state: &State, anchor: &str) -> String {
 
 /// The health of the instances asked about: the named one, else the holder (or, with
 /// none, every live instance).
-fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held>) -> Health {
-    let holder = state.relationship.holder.as_deref();
+fn health(c: &Control, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held>) -> Health {
+    let holder = c.relationship.holder.as_deref();
     let subjects: Vec<&InstanceRow> = match (ask.instance, holder) {
         (Some(_), _) => rows.iter().collect(),
         (None, Some(h)) => rows.iter().filter(|r| r.instance == h).collect(),
@@ -379,7 +380,7 @@ fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held
                 4,
                 format!(
                     "{name} is fenced: {h} holds the sync relationship (epoch {})",
-                    state.relationship.epoch
+                    c.relationship.epoch
                 ),
                 &mut problems,
             );
@@ -416,15 +417,14 @@ fn health(state: &State, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held
         if r.role == Role::Retired || (r.role == Role::Stopped && !holds) {
             continue;
         }
-        let ran = state
+        let ran = c
             .instances
             .instances
             .get(&r.instance)
             .and_then(|i| i.last_completed.as_ref())
             .map(|(_, at)| at.at_us)
             .max(held_last.and_then(|_| {
-                state
-                    .instances
+                c.instances
                     .instances
                     .get(&r.instance)
                     .and_then(|i| i.last_failed.as_ref())
@@ -494,6 +494,11 @@ mod tests {
         st
     }
 
+    /// The status of the whole state `st`.
+    fn status_of(st: &State, ask: &Ask<'_>) -> StatusReport {
+        status(&st.control, st.seq, st, ask)
+    }
+
     fn ask(instance: Option<&str>, now_us: i64) -> Ask<'_> {
         Ask {
             instance,
@@ -539,7 +544,7 @@ mod tests {
     #[test]
     fn a_healthy_holder() {
         let st = fold(&[est("a", 1), ("a", started("r1")), ("a", completed("r1"))]);
-        let r = status(&st, &ask(None, T0 + 10 * S));
+        let r = status(&st.control, st.seq, &st, &ask(None, T0 + 10 * S));
         assert_eq!(
             r.instances,
             vec![InstanceRow {
@@ -580,7 +585,7 @@ mod tests {
                 failed("r2", Some(FailureReason::Target), "target: down"),
             ),
         ]);
-        let r = status(&st, &ask(None, T0 + 10 * S));
+        let r = status(&st.control, st.seq, &st, &ask(None, T0 + 10 * S));
         let f = r.instances[0].last_failure.clone().unwrap();
         assert_eq!(
             (f.reason, f.error.as_str(), r.instances[0].last_cycle_failed),
@@ -596,8 +601,14 @@ mod tests {
         );
         // Succeeded, but longer ago than three intervals.
         let st = fold(&[est("a", 1), ("a", started("r1")), ("a", completed("r1"))]);
-        assert_eq!(status(&st, &ask(None, T0 + 180 * S)).exit(), Exit::Ok);
-        assert_eq!(status(&st, &ask(None, T0 + 183 * S)).exit(), Exit::Failure);
+        assert_eq!(
+            status(&st.control, st.seq, &st, &ask(None, T0 + 180 * S)).exit(),
+            Exit::Ok
+        );
+        assert_eq!(
+            status(&st.control, st.seq, &st, &ask(None, T0 + 183 * S)).exit(),
+            Exit::Failure
+        );
         // A stopped holder: nobody exports, so three intervals without a success count;
         // a stopped instance that does not hold the relationship is not expected to sync.
         let events = vec![
@@ -608,11 +619,14 @@ mod tests {
             ("b", Event::InstanceStopped(InstanceLifecycle::default())),
         ];
         let st = fold(&events);
-        let r = status(&st, &ask(None, T0 + 100 * S));
+        let r = status(&st.control, st.seq, &st, &ask(None, T0 + 100 * S));
         assert_eq!((r.instances[0].role, r.exit()), (Role::Stopped, Exit::Ok));
-        assert_eq!(status(&st, &ask(None, T0 + 1000 * S)).exit(), Exit::Failure);
         assert_eq!(
-            status(&st, &ask(Some("b"), T0 + 1000 * S)).exit(),
+            status(&st.control, st.seq, &st, &ask(None, T0 + 1000 * S)).exit(),
+            Exit::Failure
+        );
+        assert_eq!(
+            status(&st.control, st.seq, &st, &ask(Some("b"), T0 + 1000 * S)).exit(),
             Exit::Fenced
         );
     }
@@ -634,7 +648,7 @@ mod tests {
             ("d", Event::InstanceRetired(InstanceLifecycle::default())),
         ]);
         let now = T0 + 20 * S;
-        let r = status(&st, &ask(None, now));
+        let r = status(&st.control, st.seq, &st, &ask(None, now));
         let roles: Vec<(&str, Role, Option<u64>)> = r
             .instances
             .iter()
@@ -652,12 +666,18 @@ mod tests {
         // Without --instance, the holder's health: fine.
         assert_eq!(r.exit(), Exit::Ok);
         // The fenced instance: 4, before its failed cycle's 1.
-        let r = status(&st, &ask(Some("a"), now));
+        let r = status(&st.control, st.seq, &st, &ask(Some("a"), now));
         assert_eq!((r.exit(), r.health.problems.len()), (Exit::Fenced, 2));
         assert_eq!(r.instances.len(), 1);
-        assert_eq!(status(&st, &ask(Some("b"), now)).exit(), Exit::Ok);
+        assert_eq!(
+            status(&st.control, st.seq, &st, &ask(Some("b"), now)).exit(),
+            Exit::Ok
+        );
         // A retired instance is not fenced, and not expected to sync.
-        assert_eq!(status(&st, &ask(Some("d"), now)).exit(), Exit::Ok);
+        assert_eq!(
+            status(&st.control, st.seq, &st, &ask(Some("d"), now)).exit(),
+            Exit::Ok
+        );
     }
 
     #[test]
@@ -679,13 +699,19 @@ mod tests {
             ),
         ];
         let st = fold(&events);
-        let r = status(&st, &ask(None, T0 + 10 * S));
+        let r = status(&st.control, st.seq, &st, &ask(None, T0 + 10 * S));
         // The held cycle failed, and the hold is what is reported; held cycles are not
         // stale ones either.
         assert_eq!(r.exit(), Exit::Held);
         assert!(r.instances[0].last_cycle_failed);
-        assert_eq!(status(&st, &ask(None, T0 + 185 * S)).exit(), Exit::Held);
-        assert_eq!(status(&st, &ask(None, T0 + 186 * S)).exit(), Exit::Failure);
+        assert_eq!(
+            status(&st.control, st.seq, &st, &ask(None, T0 + 185 * S)).exit(),
+            Exit::Held
+        );
+        assert_eq!(
+            status(&st.control, st.seq, &st, &ask(None, T0 + 186 * S)).exit(),
+            Exit::Failure
+        );
         assert_eq!(r.instances[0].deletions_held, 2);
         assert_eq!(
             r.deletions_held,
@@ -707,14 +733,20 @@ mod tests {
             }),
         ));
         assert_eq!(
-            status(&fold(&approved), &ask(None, T0)).deletions_held,
+            status(
+                &fold(&approved).control,
+                0,
+                &State::default(),
+                &ask(None, T0)
+            )
+            .deletions_held,
             None
         );
         // A cycle that completes while the list stands ([sync] hold = "deletions": it
         // exported its creates and updates, the deletions wait): still held, exit 3.
         events.push(("a", started("r3")));
         events.push(("a", completed("r3")));
-        let r = status(&fold(&events), &ask(None, T0 + 10 * S));
+        let r = status_of(&fold(&events), &ask(None, T0 + 10 * S));
         assert_eq!(
             (r.deletions_held.clone().map(|h| h.plan_hash), r.exit()),
             (Some("abc".into()), Exit::Held)
@@ -730,7 +762,7 @@ mod tests {
                 reason: "1 deletion exceeds the threshold of 0".into(),
             }),
         ));
-        let r = status(&fold(&superseded), &ask(None, T0 + 10 * S));
+        let r = status_of(&fold(&superseded), &ask(None, T0 + 10 * S));
         assert_eq!(
             (
                 r.deletions_held.clone().map(|h| (h.plan_hash, h.count)),
@@ -748,7 +780,7 @@ mod tests {
         ));
         events.push(("a", started("r4")));
         events.push(("a", completed("r4")));
-        let r = status(&fold(&events), &ask(None, T0 + 10 * S));
+        let r = status_of(&fold(&events), &ask(None, T0 + 10 * S));
         assert_eq!((r.deletions_held.clone(), r.exit()), (None, Exit::Ok));
     }
 
@@ -777,7 +809,7 @@ mod tests {
             ),
             ("a", completed("r2")),
         ]);
-        let r = status(&st, &ask(None, T0 + 10 * S));
+        let r = status(&st.control, st.seq, &st, &ask(None, T0 + 10 * S));
         assert_eq!((r.exit(), r.health.problems.len()), (Exit::Held, 1));
     }
 
@@ -839,8 +871,8 @@ mod tests {
             }),
         ));
         let mut st = fold(&events);
-        st.objects.tombstone_lifetime_days = Some(1);
-        let r = status(&st, &ask(None, T0 + DAY_US + 3 * S));
+        st.control.tombstone_lifetime_days = Some(1);
+        let r = status(&st.control, st.seq, &st, &ask(None, T0 + DAY_US + 3 * S));
         assert_eq!(
             r.quarantined,
             vec![Quarantined {

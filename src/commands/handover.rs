@@ -4,12 +4,12 @@ pub(super) async fn handover(cfg: &Config, a: HandoverArgs, fmt: Format) -> Resu
     use crate::playbook::runner;
     let store = open(cfg).await?;
     if let Some(HandoverCommand::Status) = a.command {
-        let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
-        let Some((id, h)) = state
+        let (_, control) = projection::control(&store).await?;
+        let Some((id, h)) = control
             .handovers
             .last
             .as_ref()
-            .and_then(|id| state.handovers.handovers.get(id).map(|h| (id, h)))
+            .and_then(|id| control.handovers.handovers.get(id).map(|h| (id, h)))
         else {
             return match fmt {
                 Format::Json => emit_json(&json!(null)).map(|()| Exit::Ok),

@@ -5,7 +5,7 @@ use crate::sync::instance::{self as lifecycle, Change};
 pub(super) async fn instance(store: &AnyStore, c: InstanceCommand, fmt: Format) -> Result<Exit> {
     let (name, change) = match c {
         InstanceCommand::List => {
-            return list_instances(&*projection::refresh(store, SNAPSHOT_EVERY).await?, fmt);
+            return list_instances(&projection::control(store).await?.1, fmt);
         }
         InstanceCommand::Stop { instance } => (instance, Change::Stop),
         InstanceCommand::Start { instance } => (instance, Change::Start),
@@ -19,8 +19,8 @@ pub(super) async fn instance(store: &AnyStore, c: InstanceCommand, fmt: Format) 
     Ok(Exit::Ok)
 }
 
-pub(super) fn list_instances(state: &State, fmt: Format) -> Result<Exit> {
-    let list = lifecycle::list(state);
+pub(super) fn list_instances(control: &Control, fmt: Format) -> Result<Exit> {
+    let list = lifecycle::list(control);
     if fmt == Format::Json {
         emit_json(&list)?;
         return Ok(Exit::Ok);

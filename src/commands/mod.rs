@@ -49,7 +49,7 @@ use crate::log::{AnyStore, OpenMode, Store, StoredEvent};
 use crate::ops::notify::{self, Notification, Notifier, NotifyEvent};
 use crate::output::{self, print, table, time};
 use crate::project::replay::{self as projection, Until};
-use crate::project::State;
+use crate::project::{Control, State};
 
 /// Replay at most this many events past the stored projections before storing them again.
 const SNAPSHOT_EVERY: u64 = 10_000;

@@ -104,6 +104,7 @@ pub fn print_state(s: &State, fmt: Format) -> Result<()> {
         &rows,
     ));
     let rows: Vec<Vec<String>> = s
+        .control
         .cursors
         .current
         .iter()
@@ -113,9 +114,9 @@ pub fn print_state(s: &State, fmt: Format) -> Result<()> {
     out.push_str(&table(&["INSTANCE", "KIND", "ADVANCED"], &rows));
     out.push_str(&format!(
         "\nsync relationship: {} (epoch {}, since {})\n",
-        s.relationship.holder.as_deref().unwrap_or("none"),
-        s.relationship.epoch,
-        at(s.relationship.since.as_ref())
+        s.control.relationship.holder.as_deref().unwrap_or("none"),
+        s.control.relationship.epoch,
+        at(s.control.relationship.since.as_ref())
     ));
     print(&out)?;
     Ok(())

@@ -5,16 +5,26 @@ use crate::audit::status::{self, Ask, StatusReport};
 
 pub(super) async fn status(cfg: &Config, instance: Option<String>, fmt: Format) -> Result<Exit> {
     let store = open(cfg).await?;
-    let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+    // The control projections, and the few objects quarantine candidates name: never the
+    // whole state.
+    let (seq, control) = projection::control(&store).await?;
+    let candidates: Vec<String> = control
+        .suspects
+        .candidates()
+        .map(|(a, _)| a.clone())
+        .collect();
+    let objects = projection::state_of(&store, &candidates).await?;
     if let Some(i) = &instance {
-        if !state.instances.instances.contains_key(i) {
+        if !control.instances.instances.contains_key(i) {
             return Err(Error::BadInput(format!(
                 "the log knows no instance `{i}` (see `dirsync instance list`)"
             )));
         }
     }
     let r = status::status(
-        &state,
+        &control,
+        seq,
+        &objects,
         &Ask {
             instance: instance.as_deref(),
             now_us: Utc::now().timestamp_micros(),

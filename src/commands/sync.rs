@@ -25,8 +25,9 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
     );
     if notifier.active() && tell && !opts.dry_run && !opts.staging {
         // Held deletions and fencing; failures in a row are counted by `dirsync run`.
-        let state = projection::refresh(&store, SNAPSHOT_EVERY).await.ok();
-        for n in notify::after_cycle(&opts.instance, &r, state.as_deref(), began_us, 0, u32::MAX) {
+        let control = projection::control(&store).await.ok();
+        let control = control.as_ref().map(|(_, c)| c);
+        for n in notify::after_cycle(&opts.instance, &r, control, began_us, 0, u32::MAX) {
             notifier.send(n);
         }
     }

@@ -12,6 +12,7 @@ pub(crate) const SQLITE: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_cheaper_index.sql"),
     ),
+    (4, include_str!("../../migrations/sqlite/0004_control.sql")),
 ];
 /// (version, SQL) for PostgreSQL.
 pub(crate) const POSTGRES: &[(i64, &str)] = &[
@@ -24,11 +25,24 @@ pub(crate) const POSTGRES: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_cheaper_index.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_control.sql"),
+    ),
 ];
 /// The version that adds the history index (`src/log/index.rs`).
 pub(crate) const HISTORY_INDEX: i64 = 2;
 /// The version that keys `event_anchors` by the anchor's hash (and empties it).
 pub(crate) const ANCHOR_HASH: i64 = 3;
+
+/// The version that adds the stored control projections (`src/log/control.rs`).
+pub(crate) const CONTROL: i64 = 4;
+
+/// Whether a migration from schema `found` must fold the control projections from the
+/// events already stored (in the same transaction, once every script has run).
+pub(crate) fn control_to_fill(found: i64, list: &[(i64, &str)]) -> bool {
+    found < CONTROL && latest(list) >= CONTROL
+}
 
 /// Which history index tables a migration from schema `found` must fill from the events
 /// already stored, once every script has run, in the same transaction: none when the store
@@ -112,6 +126,11 @@ mod tests {
             }
         );
         assert!(!fill(3).any());
+        assert!(!fill(4).any());
         assert_eq!(latest(SQLITE), latest(POSTGRES));
+        for (found, refold) in [(0, true), (2, true), (3, true), (4, false)] {
+            assert_eq!(control_to_fill(found, SQLITE), refold, "{found}");
+            assert_eq!(control_to_fill(found, POSTGRES), refold, "{found}");
+        }
     }
 }

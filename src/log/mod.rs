@@ -1,6 +1,7 @@
 //! The event log: the system of record. Append-only, hash-chained, on SQLite or PostgreSQL.
 
 mod attrs;
+pub mod control;
 pub mod event;
 pub mod hash;
 pub mod index;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
+use super::control::{self, StoredControl};
 use super::hash::EventRef;
 use super::index;
 use super::migrate;
@@ -81,14 +82,15 @@ async fn copy_batch(
     conn: &mut sqlx::PgConnection,
     head: (u64, Hash),
     versions: HashMap<String, u64>,
+    control: StoredControl,
     batch: Batch,
     now_us: i64,
     keep: Option<Keep>,
-) -> Result<(Written, HashMap<String, u64>)> {
+) -> Result<(Written, (HashMap<String, u64>, StoredControl))> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Vec<u8>, Written)>>(2);
     let preparer = tokio::task::spawn_blocking(move || {
         // A short first part lets the COPY start sooner.
-        let mut parts = store::Parts::new(head, versions, batch, now_us, keep);
+        let mut parts = store::Parts::new(head, versions, batch, now_us, keep, control);
         let mut index = index::Rows::default();
         let mut types = index::Ready::default();
         for rows in parts.by_ref() {
@@ -216,7 +218,85 @@ impl PgStore {
         if fill.any() {
             Self::fill_index(&mut tx, fill).await?;
         }
+        if migrate::control_to_fill(current.unwrap_or(0), migrate::POSTGRES) {
+            let (head, _) = Self::lock_head(&mut tx).await?;
+            let c = Self::refold_control(&mut tx, head).await?;
+            Self::write_control(&mut tx, &c).await?;
+        }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stored control projections row, if there is one.
+    async fn read_control(conn: &mut sqlx::PgConnection) -> Result<Option<StoredControl>> {
+        let row = sqlx::query("SELECT seq, body FROM control WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|r| {
+            let seq: i64 = r.try_get(0)?;
+            StoredControl::read(seq as u64, r.try_get(1)?)
+        })
+        .transpose()
+    }
+
+    /// The control projections at `head`, the seq the append locked: the stored row, or,
+    /// when it is not at `head` (or missing), folded again from the log.
+    async fn control_at(conn: &mut sqlx::PgConnection, head: u64) -> Result<StoredControl> {
+        match Self::read_control(conn).await? {
+            Some(c) if c.seq == head => Ok(c),
+            _ => Self::refold_control(conn, head).await,
+        }
+    }
+
+    /// The control projections folded from the log up to `head` (`src/log/control.rs`).
+    async fn refold_control(conn: &mut sqlx::PgConnection, head: u64) -> Result<StoredControl> {
+        let mut c = StoredControl::default();
+        let sql = control::refold_sql(true);
+        loop {
+            let page = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(c.seq as i64)
+                .bind(control::REFOLD_PAGE)
+                .fetch_all(&mut *conn)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in &page {
+                let seq: i64 = r.try_get(0)?;
+                let schema: i32 = r.try_get(2)?;
+                c.apply_stored(
+                    seq as u64,
+                    r.try_get(1)?,
+                    schema as u32,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                )?;
+            }
+        }
+        c.seq = head;
+        c.touched = true;
+        Ok(c)
+    }
+
+    /// Write the control projections back: the whole row when an event changed them,
+    /// else only its seq.
+    async fn write_control(conn: &mut sqlx::PgConnection, c: &StoredControl) -> Result<()> {
+        if c.touched {
+            sqlx::query(
+                "INSERT INTO control (id, seq, body) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, body = excluded.body",
+            )
+            .bind(c.seq as i64)
+            .bind(c.body()?)
+            .execute(&mut *conn)
+            .await?;
+        } else {
+            sqlx::query("UPDATE control SET seq = $1 WHERE id = 1")
+                .bind(c.seq as i64)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 
@@ -501,6 +581,7 @@ impl PgStore {
             return Ok(AppendOutcome::nothing_after(head.0));
         }
         let mut versions = Self::versions(&mut tx, &batch.streams()).await?;
+        let mut control = Self::control_at(&mut tx, head.0).await?;
         let now = store::now_us();
         let (first_seq, last_seq, last_hash) = if batch.events.len() < COPY_MIN {
             let rows = store::prepare(head, &mut versions, &batch, now)?;
@@ -508,17 +589,21 @@ impl PgStore {
             match (rows.first(), rows.last()) {
                 (Some(first), Some(last)) => {
                     let written = (first.seq, last.seq, last.hash);
+                    control.apply_new(first.seq, now, &batch.events);
                     batch.hand_over(first.seq, now, keep);
                     written
                 }
                 _ => return Err(Error::Store("an append prepared no rows".into())),
             }
         } else {
-            let (written, next) = copy_batch(&mut tx, head, versions, batch, now, keep).await?;
+            let (written, (next, folded)) =
+                copy_batch(&mut tx, head, versions, control, batch, now, keep).await?;
             versions = next;
+            control = folded;
             written
         };
         Self::finish(&mut tx, &versions, last_seq, &last_hash).await?;
+        Self::write_control(&mut tx, &control).await?;
         tx.commit().await?;
         Ok(AppendOutcome::Appended {
             first_seq,
@@ -576,8 +661,11 @@ impl Store for PgStore {
         streams.dedup();
         let versions = Self::versions(&mut tx, &streams).await?;
         let next = store::check_raw_continuation(head, &versions, events)?;
+        let mut control = Self::control_at(&mut tx, head.0).await?;
+        control.apply_rows(events)?;
         Self::insert_rows(&mut tx, events).await?;
         Self::finish(&mut tx, &next, last.seq, &last.hash).await?;
+        Self::write_control(&mut tx, &control).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -612,6 +700,13 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn control(&self) -> Result<StoredControl> {
+        let mut conn = self.pool.acquire().await?;
+        Self::read_control(&mut conn)
+            .await?
+            .ok_or_else(|| Error::Store("the control projections row is missing".into()))
     }
 
     fn describe(&self) -> String {

@@ -24,6 +24,7 @@ use rusqlite::hooks::Wal;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+use super::control::{self, StoredControl};
 use super::hash::{EventRef, FoldRef};
 use super::index;
 use super::migrate;
@@ -251,15 +252,18 @@ impl SqliteStore {
                 return Ok(AppendOutcome::nothing_after(head.0));
             }
             let mut versions = versions(&tx, &batch.streams())?;
+            let mut control = control_at(&tx, head.0)?;
             let now = store::now_us();
             let (first_seq, last_seq, last_hash) = if batch.events.len() < PIPELINE_MIN {
                 let written = insert_batch(&tx, head, &mut versions, &batch, now)?;
+                control.apply_new(written.0, now, &batch.events);
                 batch.hand_over(written.0, now, keep);
                 written
             } else {
-                insert_pipelined(&tx, head, &mut versions, batch, now, keep)?
+                insert_pipelined(&tx, head, &mut versions, &mut control, batch, now, keep)?
             };
             finish(&tx, &versions, last_seq, &last_hash)?;
+            write_control(&tx, &control)?;
             tx.commit().map_err(sql)?;
             Ok(AppendOutcome::Appended {
                 first_seq,
@@ -467,6 +471,10 @@ fn migrate_to_latest(conn: &mut Connection, found: i64) -> Result<()> {
     if fill.any() {
         fill_index(&tx, fill)?;
     }
+    if migrate::control_to_fill(current.unwrap_or(0), migrate::SQLITE) {
+        let (head, _) = head_on(&tx)?;
+        write_control(&tx, &refold_control(&tx, head)?)?;
+    }
     tx.commit().map_err(sql)
 }
 
@@ -554,6 +562,77 @@ fn insert_index(conn: &Connection, rows: &index::Ready) -> Result<()> {
     many(conn, ANCHOR, &ANCHORS, &rows.anchors)?;
     many(conn, KEY, &KEYS, &rows.keys)?;
     many(conn, TYPE, &TYPES, &rows.types)
+}
+
+/// The stored control projections row, if there is one.
+fn read_control(conn: &Connection) -> Result<Option<StoredControl>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, body FROM control WHERE id = 1")
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    match rows.next().map_err(sql)? {
+        Some(r) => Ok(Some(StoredControl::read(int(r, 0)? as u64, text(r, 1)?)?)),
+        None => Ok(None),
+    }
+}
+
+/// The control projections at `head`, the seq the append locked: the stored row, or, when
+/// it is not at `head` (or missing), folded again from the log.
+fn control_at(conn: &Connection, head: u64) -> Result<StoredControl> {
+    match read_control(conn)? {
+        Some(c) if c.seq == head => Ok(c),
+        _ => refold_control(conn, head),
+    }
+}
+
+/// The control projections folded from the log up to `head` (`src/log/control.rs`).
+fn refold_control(conn: &Connection, head: u64) -> Result<StoredControl> {
+    let mut c = StoredControl::default();
+    let mut stmt = conn
+        .prepare_cached(&control::refold_sql(false))
+        .map_err(sql)?;
+    loop {
+        let mut rows = stmt
+            .query(params![c.seq as i64, control::REFOLD_PAGE])
+            .map_err(sql)?;
+        let before = c.seq;
+        while let Some(r) = rows.next().map_err(sql)? {
+            c.apply_stored(
+                int(r, 0)? as u64,
+                text(r, 1)?,
+                int(r, 2)? as u32,
+                text(r, 3)?,
+                int(r, 4)?,
+                text(r, 5)?,
+            )?;
+        }
+        if c.seq == before {
+            break;
+        }
+    }
+    c.seq = head;
+    c.touched = true;
+    Ok(c)
+}
+
+/// Write the control projections back: the whole row when an event changed them, else
+/// only its seq.
+fn write_control(conn: &Connection, c: &StoredControl) -> Result<()> {
+    if c.touched {
+        conn.prepare_cached(
+            "INSERT INTO control (id, seq, body) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, body = excluded.body",
+        )
+        .map_err(sql)?
+        .execute(params![c.seq as i64, c.body()?])
+        .map_err(sql)?;
+    } else {
+        conn.prepare_cached("UPDATE control SET seq = ?1 WHERE id = 1")
+            .map_err(sql)?
+            .execute(params![c.seq as i64])
+            .map_err(sql)?;
+    }
+    Ok(())
 }
 
 fn head_on(conn: &Connection) -> Result<(u64, Hash)> {
@@ -680,11 +759,13 @@ fn insert_pipelined(
     conn: &Connection,
     head: (u64, Hash),
     versions: &mut HashMap<String, u64>,
+    control: &mut StoredControl,
     batch: Batch,
     now_us: i64,
     keep: Option<Keep>,
 ) -> Result<Written> {
     let owned_versions = std::mem::take(versions);
+    let owned_control = std::mem::take(control);
     std::thread::scope(|s| {
         // Each part comes with its history index rows, made on the preparing thread.
         let (rows_tx, rows_rx) =
@@ -693,7 +774,8 @@ fn insert_pipelined(
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<StoredEvent>>();
         let preparer = s.spawn(move || {
             // A short first part lets the inserting thread start sooner.
-            let mut parts = store::Parts::new(head, owned_versions, batch, now_us, keep);
+            let mut parts =
+                store::Parts::new(head, owned_versions, batch, now_us, keep, owned_control);
             for rows in parts.by_ref() {
                 let failed = rows.is_err();
                 let rows = rows.map(|(r, i)| {
@@ -735,11 +817,12 @@ fn insert_pipelined(
         }
         drop(rows_rx);
         drop(done_tx);
-        let final_versions = preparer
+        let (final_versions, final_control) = preparer
             .join()
             .map_err(|_| Error::Store("preparing the append panicked".into()))?;
         result?;
         *versions = final_versions;
+        *control = final_control;
         written.ok_or_else(|| Error::Store("an append prepared no rows".into()))
     })
 }
@@ -840,10 +923,13 @@ impl Store for SqliteStore {
             streams.dedup();
             let versions = versions(&tx, &streams)?;
             let next = store::check_raw_continuation(head, &versions, &events)?;
+            let mut control = control_at(&tx, head.0)?;
+            control.apply_rows(&events)?;
             insert_rows(&tx, &events, &index::Ready::of(&events))?;
             if let Some(last) = events.last() {
                 finish(&tx, &next, last.seq, &last.hash)?;
             }
+            write_control(&tx, &control)?;
             tx.commit().map_err(sql)
         })
         .await
@@ -887,6 +973,16 @@ impl Store for SqliteStore {
             ])
             .map_err(sql)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn control(&self) -> Result<StoredControl> {
+        self.with_reader(|conn| match read_control(conn)? {
+            Some(c) => Ok(c),
+            None => Err(Error::Store(
+                "the control projections row is missing".into(),
+            )),
         })
         .await
     }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use super::control::StoredControl;
 use super::hash::{self, Hash, HashInput};
 use super::index;
 use super::postgres::PgStore;
@@ -250,6 +251,9 @@ pub trait Store: Send + Sync {
     fn append_raw(&self, events: &[StoredEvent]) -> impl Future<Output = Result<()>> + Send;
     fn load_snapshot(&self, name: &str) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
     fn save_snapshot(&self, snap: &Snapshot) -> impl Future<Output = Result<()>> + Send;
+    /// The control projections as stored (`src/log/control.rs`): folded up to the head of
+    /// the log as it was when read.
+    fn control(&self) -> impl Future<Output = Result<StoredControl>> + Send;
     /// A short description for messages (never contains secrets).
     fn describe(&self) -> String;
 }
@@ -499,6 +503,9 @@ impl Store for AnyStore {
     async fn save_snapshot(&self, snap: &Snapshot) -> Result<()> {
         delegate!(self, s => s.save_snapshot(snap).await)
     }
+    async fn control(&self) -> Result<StoredControl> {
+        delegate!(self, s => s.control().await)
+    }
     fn describe(&self) -> String {
         delegate!(self, s => s.describe())
     }
@@ -542,6 +549,8 @@ pub(crate) struct Parts {
     failed: bool,
     /// Where each part's events go once it is prepared (otherwise they are freed).
     keep: Option<Keep>,
+    /// The stored control projections, folded part by part.
+    control: StoredControl,
 }
 
 impl Parts {
@@ -551,6 +560,7 @@ impl Parts {
         batch: Batch,
         now_us: i64,
         keep: Option<Keep>,
+        control: StoredControl,
     ) -> Parts {
         let Batch {
             events,
@@ -567,12 +577,13 @@ impl Parts {
             size: PREPARE_CHUNK / 4,
             failed: false,
             keep,
+            control,
         }
     }
 
-    /// The streams' versions after the parts prepared so far.
-    pub(crate) fn finish(self) -> HashMap<String, u64> {
-        self.versions
+    /// The streams' versions and the control projections after the parts prepared so far.
+    pub(crate) fn finish(self) -> (HashMap<String, u64>, StoredControl) {
+        (self.versions, self.control)
     }
 }
 
@@ -601,6 +612,7 @@ impl Iterator for Parts {
                 if let (Some(first), Some(last)) = (r.first(), r.last()) {
                     self.head = (last.seq, last.hash);
                     index = index_rows(first.seq, &part.events);
+                    self.control.apply_new(first.seq, self.now_us, &part.events);
                     // What is not kept is freed here, on the preparing thread.
                     part.hand_over(first.seq, self.now_us, self.keep.clone());
                 }

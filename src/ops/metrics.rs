@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use super::Outcome;
 use crate::error::{Error, Result};
-use crate::project::State;
+use crate::project::Control;
 use crate::sync::export::SyncReport;
 
 type Labels = Vec<(&'static str, String)>;
@@ -179,14 +179,15 @@ impl Metrics {
     }
 
     /// What the projections say: the relationship, the log's head, the instance's cursor.
-    pub fn state(&self, state: &State) {
+    /// `seq`: the log's head the control projections are folded up to.
+    pub fn state(&self, seq: u64, control: &Control) {
         let m = &self.0;
-        m.epoch.set(clamp(state.relationship.epoch));
+        m.epoch.set(clamp(control.relationship.epoch));
         m.is_holder
             .get_or_create(&self.labels())
-            .set(i64::from(state.relationship.held_by(&m.instance)));
-        m.head_seq.set(clamp(state.seq));
-        let at = state
+            .set(i64::from(control.relationship.held_by(&m.instance)));
+        m.head_seq.set(clamp(seq));
+        let at = control
             .cursors
             .current
             .get(&m.instance)

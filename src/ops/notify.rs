@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::log::event::{stream, Event, NotificationDelivered, NotificationFailed};
 use crate::log::store::Batch;
 use crate::log::{AnyStore, NewEvent, Store};
-use crate::project::State;
+use crate::project::Control;
 use crate::sync::export::SyncReport;
 
 /// What happened (INTERFACE.md). Open: `failover` comes with high availability.
@@ -182,7 +182,7 @@ pub fn receiver_of(url: &str) -> String {
 pub fn after_cycle(
     instance: &str,
     result: &Result<SyncReport>,
-    state: Option<&State>,
+    state: Option<&Control>,
     began_us: i64,
     failures_in_row: u32,
     failures_before_alert: u32,
@@ -648,7 +648,7 @@ mod tests {
             ..Default::default()
         });
         // Held since the cycle began: new; held before: already told.
-        let mut state = State::default();
+        let mut state = Control::default();
         state.guard.plans.insert(
             "p1".into(),
             crate::project::HeldDeletions {

@@ -563,6 +563,7 @@ pub fn guard_event(current: Option<&str>, verdict: &Verdict, deletes: &[String])
 /// operator approved do not count against later cycles: they were looked at.
 pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
     let approved: std::collections::HashSet<&str> = state
+        .control
         .guard
         .plans
         .values()
@@ -581,6 +582,7 @@ pub fn recent_deletions(state: &State, now_us: i64) -> u64 {
         .count();
     // Duplicates removed from the target (sync::reconcile) are deletions too.
     let duplicates = state
+        .control
         .guard
         .duplicates_removed
         .iter()
@@ -1031,10 +1033,13 @@ mod tests {
             })
         };
         let g = Given::new().event(held("h1"));
-        assert_eq!(g.state.guard.waiting().map(|(h, _)| h.as_str()), Some("h1"));
+        assert_eq!(
+            g.state.control.guard.waiting().map(|(h, _)| h.as_str()),
+            Some("h1")
+        );
         let g = g.event(held("h2"));
         assert_eq!(
-            g.state.guard.current.as_deref(),
+            g.state.control.guard.current.as_deref(),
             Some("h2"),
             "h1 superseded"
         );
@@ -1043,26 +1048,30 @@ mod tests {
             reason: "stale".into(),
         }));
         assert_eq!(
-            g.state.guard.current.as_deref(),
+            g.state.control.guard.current.as_deref(),
             Some("h2"),
             "h1 ended nothing"
         );
         // h1 held anew: it stands again, held at its new seq.
         let g = g.event(held("h1"));
-        assert_eq!(g.state.guard.current.as_deref(), Some("h1"));
-        assert_eq!(g.state.guard.plans["h1"].held.seq, g.seq);
+        assert_eq!(g.state.control.guard.current.as_deref(), Some("h1"));
+        assert_eq!(g.state.control.guard.plans["h1"].held.seq, g.seq);
         let g = g.event(Event::DeletionsApproved(DeletionsApproved {
             plan_hash: "h1".into(),
             approved_by: None,
         }));
-        assert_eq!(g.state.guard.current.as_deref(), Some("h1"));
-        assert_eq!(g.state.guard.waiting(), None, "approved: nothing waits");
+        assert_eq!(g.state.control.guard.current.as_deref(), Some("h1"));
+        assert_eq!(
+            g.state.control.guard.waiting(),
+            None,
+            "approved: nothing waits"
+        );
         let g = g.event(Event::DeletionsHoldEnded(DeletionsHoldEnded {
             plan_hash: "h1".into(),
             reason: "exported".into(),
         }));
-        assert_eq!(g.state.guard.current, None);
-        assert_eq!(g.state.guard.plans.len(), 2, "kept for the record");
+        assert_eq!(g.state.control.guard.current, None);
+        assert_eq!(g.state.control.guard.plans.len(), 2, "kept for the record");
     }
 
     fn anchors(n: usize) -> Vec<String> {

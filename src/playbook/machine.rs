@@ -86,7 +86,7 @@ pub fn instance(h: &HandoverRecord, role: Role) -> &str {
 pub fn ready(state: &State, h: &HandoverRecord, i: usize, step: &Step) -> Ready {
     let name = instance(h, step.role);
     let same = h.from == h.to;
-    let rec = state.instances.instances.get(name);
+    let rec = state.control.instances.instances.get(name);
     let running = rec.and_then(|r| r.running.as_ref());
     let retired = rec.is_some_and(|r| r.status == InstanceStatus::Retired);
     match step.action {
@@ -214,7 +214,7 @@ mod tests {
     }
 
     fn rec(s: &State) -> &HandoverRecord {
-        &s.handovers.handovers["h1"]
+        &s.control.handovers.handovers["h1"]
     }
 
     #[test]
@@ -254,11 +254,11 @@ mod tests {
     fn begin_resumes_the_same_refuses_another_and_no_ops_a_finished_one() {
         let s = given(&[("n", started(2))]);
         assert_eq!(
-            begin(&s.handovers, "old", "new", "new-computer"),
+            begin(&s.control.handovers, "old", "new", "new-computer"),
             Begin::Resume("h1".into())
         );
         assert!(matches!(
-            begin(&s.handovers, "old", "other", "new-computer"),
+            begin(&s.control.handovers, "old", "other", "new-computer"),
             Begin::Refuse(_)
         ));
         let s = given(&[
@@ -272,15 +272,15 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            begin(&s.handovers, "old", "new", "new-computer"),
+            begin(&s.control.handovers, "old", "new", "new-computer"),
             Begin::AlreadyDone("h1".into())
         );
         assert_eq!(
-            begin(&s.handovers, "new", "newer", "new-computer"),
+            begin(&s.control.handovers, "new", "newer", "new-computer"),
             Begin::Start
         );
         assert_eq!(
-            begin(&State::default().handovers, "a", "b", "c"),
+            begin(&State::default().control.handovers, "a", "b", "c"),
             Begin::Start
         );
     }

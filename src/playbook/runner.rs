@@ -121,6 +121,7 @@ pub fn report(id: &str, h: &HandoverRecord) -> HandoverReport {
 /// The recorded handover `id` (the log is the only source of ids, so a miss is a store fault).
 fn recorded<'a>(state: &'a State, id: &str) -> Result<&'a HandoverRecord> {
     state
+        .control
         .handovers
         .handovers
         .get(id)
@@ -146,7 +147,7 @@ pub async fn handover(
     // The runner folds its own copy forward (the sync steps share the remembered one).
     let mut state = std::sync::Arc::unwrap_or_clone(replay::refresh(store, 10_000).await?);
     let described: Vec<String> = pb.steps.iter().map(|s| s.describe()).collect();
-    let id = match machine::begin(&state.handovers, &opts.from, &opts.to, &pb.name) {
+    let id = match machine::begin(&state.control.handovers, &opts.from, &opts.to, &pb.name) {
         Begin::Refuse(why) => return Err(Error::Refused(why)),
         Begin::AlreadyDone(id) => {
             say(&format!("handover {id} is already complete: nothing to do"));
@@ -211,6 +212,7 @@ pub async fn handover(
     loop {
         state = replay::fold(store, state, Until::Head).await?;
         let h = state
+            .control
             .handovers
             .handovers
             .get(&id)
@@ -437,6 +439,7 @@ async fn abandon_run(
     why: &str,
 ) -> Result<()> {
     let Some((run_id, at)) = state
+        .control
         .instances
         .instances
         .get(name)
@@ -566,6 +569,7 @@ async fn run_action(
         }
         Action::WaitSync => {
             let last = state
+                .control
                 .instances
                 .instances
                 .get(name)
@@ -577,7 +581,7 @@ async fn run_action(
             .and_then(synced),
         Action::ReplayCursor => {
             let old = machine::instance(h, Role::Old);
-            let Some(c) = state.cursors.current.get(old) else {
+            let Some(c) = state.control.cursors.current.get(old) else {
                 return Ok(json!({
                     "skipped": format!("{old} has no cursor in the log: reconciliation finds its deletions")
                 }));

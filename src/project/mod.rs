@@ -92,8 +92,6 @@ pub struct SourceObjects {
     /// The last complete full import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_full_import: Option<At>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tombstone_lifetime_days: Option<u32>,
     /// The attribute the anchors come from, as recorded (`AnchorRecorded`, `AnchorsMigrated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor_attribute: Option<String>,
@@ -171,9 +169,6 @@ impl SourceObjects {
                 }
             }
             Event::ImportCompleted(i) if i.full => self.last_full_import = Some(m.into()),
-            Event::SourceInfoRecorded(s) if s.tombstone_lifetime_days.is_some() => {
-                self.tombstone_lifetime_days = s.tombstone_lifetime_days;
-            }
             Event::AnchorRecorded(a) => {
                 self.anchor_attribute = Some(a.attribute.clone());
                 self.anchor_history.push(AnchorChange {
@@ -388,6 +383,36 @@ fn one() -> u32 {
     1
 }
 
+impl ExportFailure {
+    /// The failure recorded by `f` after `before` (the anchor's last one, if any). Only the
+    /// object's own refusals count towards quarantine: a target that is down, throttling or
+    /// refusing our credentials fails every object alike.
+    pub fn after(
+        before: Option<&ExportFailure>,
+        m: &Meta<'_>,
+        f: &crate::log::event::ExportFailed,
+    ) -> ExportFailure {
+        ExportFailure {
+            op: f.op,
+            error: f.error.clone(),
+            status: f.status,
+            at: m.into(),
+            count: before.map_or(0, |p| p.count) + u32::from(about_the_object(f.status)),
+        }
+    }
+
+    /// Whether this failure quarantines its object (`sync::export` skips it), when the
+    /// object last changed (or was deleted) at seq `changed`: [`QUARANTINE_AFTER`] of its
+    /// own refusals in a row, and no change since the last (a matching conflict is never
+    /// sent again anyway).
+    pub fn quarantines(&self, changed: u64) -> bool {
+        self.op != ExportOp::Match && self.count >= QUARANTINE_AFTER && changed < self.at.seq
+    }
+}
+
+/// Exports of one object refused in a row before it is quarantined.
+pub const QUARANTINE_AFTER: u32 = 5;
+
 /// Whether a failed export's status says the target refused that object itself (a 4xx
 /// other than authentication, rate limits and timeouts), rather than failing everything.
 pub fn about_the_object(status: Option<u16>) -> bool {
@@ -463,9 +488,11 @@ impl Ledger {
                         l.state = None;
                         self.entries.insert(r.new.clone(), l);
                     }
-                    if let Some(f) = self.failures.remove(&r.old) {
-                        self.failures.insert(r.new.clone(), f);
-                    }
+                    // The new anchor's failures are the old one's (or none).
+                    match self.failures.remove(&r.old) {
+                        Some(f) => self.failures.insert(r.new.clone(), f),
+                        None => self.failures.remove(&r.new),
+                    };
                 }
             }
             // The target was emptied: nothing there is ours any more.
@@ -474,20 +501,8 @@ impl Ledger {
                 self.failures.clear();
             }
             Event::ExportFailed(f) => {
-                let before = self.failures.get(&f.anchor).map_or(0, |p| p.count);
-                // Only the object's own refusals count towards quarantine: a target that is
-                // down, throttling or refusing our credentials fails every object alike.
-                let count = before + u32::from(about_the_object(f.status));
-                self.failures.insert(
-                    f.anchor.clone(),
-                    ExportFailure {
-                        op: f.op,
-                        error: f.error.clone(),
-                        status: f.status,
-                        at: m.into(),
-                        count,
-                    },
-                );
+                let next = ExportFailure::after(self.failures.get(&f.anchor), m, f);
+                self.failures.insert(f.anchor.clone(), next);
             }
             _ => {}
         }
@@ -964,17 +979,116 @@ impl Handovers {
     }
 }
 
-/// Every projection, as of `seq`.
+/// Failed exports that count towards quarantine: the ledger's failures whose count is at
+/// least one (their objects' own refusals, see [`ExportFailure::after`]). Kept small: a
+/// target that fails every object alike (down, throttling) adds nothing here. `status`
+/// finds the quarantined among them. Only the events of exports concern it, none of one
+/// source object (the split fold folds those apart).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    pub seq: u64,
-    pub objects: SourceObjects,
-    pub ledger: Ledger,
+pub struct Suspects {
+    pub failures: BTreeMap<String, ExportFailure>,
+}
+
+impl Suspects {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::ExportFailed(f) => {
+                let failure = ExportFailure::after(self.failures.get(&f.anchor), m, f);
+                if failure.count > 0 {
+                    self.failures.insert(f.anchor.clone(), failure);
+                }
+            }
+            Event::ExportApplied(x) => {
+                self.failures.remove(&x.anchor);
+            }
+            // As the ledger re-keys its failures: the new anchor's are the old one's.
+            Event::AnchorsMigrated(a) => {
+                for r in &a.rekeyed {
+                    match self.failures.remove(&r.old) {
+                        Some(f) => self.failures.insert(r.new.clone(), f),
+                        None => self.failures.remove(&r.new),
+                    };
+                }
+            }
+            Event::TargetReset(_) => self.failures.clear(),
+            _ => {}
+        }
+    }
+
+    /// The anchors that are quarantined unless their objects changed since their last
+    /// failure (see [`ExportFailure::quarantines`]), in order.
+    pub fn candidates(&self) -> impl Iterator<Item = (&String, &ExportFailure)> {
+        self.failures.iter().filter(|(_, f)| f.quarantines(0))
+    }
+}
+
+/// The control projections: everything a command needs that does not grow with the
+/// directory (who holds the relationship, the instances, their cursors, held deletions,
+/// handovers, the source's tombstone lifetime, the objects close to quarantine). The store
+/// keeps it beside the log, folded in the transaction of every append
+/// ([`crate::log::store::Store::control`]), so that `status` and `instance list` read it
+/// alone; replay folds it with the rest of [`State`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Control {
     pub cursors: Cursors,
     pub relationship: Relationship,
     pub instances: Instances,
     pub guard: Guard,
     pub handovers: Handovers,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstone_lifetime_days: Option<u32>,
+    #[serde(default)]
+    pub suspects: Suspects,
+}
+
+impl Control {
+    /// The fold step of the control projections.
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        self.cursors.apply(m, e);
+        self.relationship.apply(m, e);
+        self.instances.apply(m, e);
+        self.guard.apply(m, e);
+        self.handovers.apply(m, e);
+        self.suspects.apply(m, e);
+        if let Event::SourceInfoRecorded(s) = e {
+            if s.tombstone_lifetime_days.is_some() {
+                self.tombstone_lifetime_days = s.tombstone_lifetime_days;
+            }
+        }
+    }
+
+    /// Names the projections that differ from `other`.
+    pub fn differences(&self, other: &Control) -> Vec<String> {
+        let named: [(&str, bool); 7] = [
+            ("cursors", self.cursors != other.cursors),
+            ("relationship", self.relationship != other.relationship),
+            ("instances", self.instances != other.instances),
+            ("guard", self.guard != other.guard),
+            ("handovers", self.handovers != other.handovers),
+            (
+                "tombstone lifetime",
+                self.tombstone_lifetime_days != other.tombstone_lifetime_days,
+            ),
+            ("quarantine suspects", self.suspects != other.suspects),
+        ];
+        named
+            .iter()
+            .filter(|(_, d)| *d)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+}
+
+/// Every projection, as of `seq`: the control projections and the two that grow with the
+/// directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub seq: u64,
+    pub objects: SourceObjects,
+    pub ledger: Ledger,
+    #[serde(flatten)]
+    pub control: Control,
 }
 
 impl State {
@@ -982,11 +1096,7 @@ impl State {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
         self.objects.apply(m, e);
         self.ledger.apply(m, e);
-        self.cursors.apply(m, e);
-        self.relationship.apply(m, e);
-        self.instances.apply(m, e);
-        self.guard.apply(m, e);
-        self.handovers.apply(m, e);
+        self.control.apply(m, e);
         self.seq = m.seq;
     }
 
@@ -996,11 +1106,7 @@ impl State {
         // Each projection reads only the event and changes only itself, so the order of
         // the calls does not matter: the one that takes the event goes last.
         self.ledger.apply(m, &e);
-        self.cursors.apply(m, &e);
-        self.relationship.apply(m, &e);
-        self.instances.apply(m, &e);
-        self.guard.apply(m, &e);
-        self.handovers.apply(m, &e);
+        self.control.apply(m, &e);
         self.objects.apply_owned(m, e);
         self.seq = m.seq;
     }
@@ -1034,14 +1140,7 @@ impl State {
                 k.unwrap_or_default()
             ));
         }
-        let named: [(&str, bool); 5] = [
-            ("cursors", self.cursors != other.cursors),
-            ("relationship", self.relationship != other.relationship),
-            ("instances", self.instances != other.instances),
-            ("guard", self.guard != other.guard),
-            ("handovers", self.handovers != other.handovers),
-        ];
-        out.extend(named.iter().filter(|(_, d)| *d).map(|(n, _)| n.to_string()));
+        out.extend(self.control.differences(&other.control));
         out
     }
 }
@@ -1049,7 +1148,186 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::event::ExportFailed;
+    use crate::log::event::{
+        AnchorsMigrated, ExportApplied, ExportFailed, ObjectDeleted, Rekey, SourceInfoRecorded,
+        SyncRelationshipEstablished, TargetReset,
+    };
+
+    fn meta(seq: u64) -> Meta<'static> {
+        Meta {
+            seq,
+            instance: "a",
+            recorded_at_us: seq as i64 * 1_000,
+        }
+    }
+
+    fn at(seq: u64) -> At {
+        At {
+            seq,
+            at_us: seq as i64 * 1_000,
+        }
+    }
+
+    fn failed(anchor: &str, status: Option<u16>) -> Event {
+        Event::ExportFailed(ExportFailed {
+            epoch: 1,
+            anchor: anchor.into(),
+            op: ExportOp::Update,
+            status,
+            error: "e".into(),
+        })
+    }
+
+    /// The control projections after a few events, as a whole value: the tombstone
+    /// lifetime, the relationship and its holder's instance record, and the suspects, which
+    /// keep the object's own refusals and forget a target that failed everything.
+    #[test]
+    fn control_folds_the_small_projections() {
+        let mut c = Control::default();
+        let events = [
+            Event::SourceInfoRecorded(SourceInfoRecorded {
+                tombstone_lifetime_days: Some(180),
+                highest_usn: None,
+            }),
+            Event::SyncRelationshipEstablished(SyncRelationshipEstablished {
+                holder: "a".into(),
+                epoch: 2,
+            }),
+            failed("x", Some(400)),
+            failed("y", Some(503)),
+            // An event of one source object: no control projection's business.
+            Event::ObjectDeleted(ObjectDeleted {
+                anchor: "x".into(),
+                evidence: DeletionEvidence::SyncDelete {
+                    phase: "refreshDeletes".into(),
+                },
+            }),
+            // A later lifetime of none changes nothing.
+            Event::SourceInfoRecorded(SourceInfoRecorded {
+                tombstone_lifetime_days: None,
+                highest_usn: Some(7),
+            }),
+        ];
+        for (i, e) in events.iter().enumerate() {
+            c.apply(&meta(i as u64 + 1), e);
+        }
+        let want = Control {
+            relationship: Relationship {
+                holder: Some("a".into()),
+                epoch: 2,
+                since: Some(at(2)),
+                ..Default::default()
+            },
+            instances: Instances {
+                instances: BTreeMap::from([(
+                    "a".into(),
+                    InstanceRecord {
+                        first_seen: at(2),
+                        ..Default::default()
+                    },
+                )]),
+            },
+            tombstone_lifetime_days: Some(180),
+            suspects: Suspects {
+                failures: BTreeMap::from([(
+                    "x".into(),
+                    ExportFailure {
+                        op: ExportOp::Update,
+                        error: "e".into(),
+                        status: Some(400),
+                        at: at(3),
+                        count: 1,
+                    },
+                )]),
+            },
+            ..Default::default()
+        };
+        assert_eq!(c, want);
+        // It reads back as it was written (the stored row's body).
+        let body = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Control>(&body).unwrap(), c);
+        assert_eq!(
+            serde_json::from_str::<Control>("{}").unwrap(),
+            Control::default()
+        );
+    }
+
+    /// Whatever mix of failures, successes, re-keys and resets: the suspects are exactly the
+    /// ledger's failures with a count, and the candidates those the ledger's rule
+    /// (`sync::export::quarantined`) would quarantine when the object has not changed.
+    #[test]
+    fn the_suspects_are_the_ledgers_counted_failures() {
+        let mut ledger = Ledger::default();
+        let mut control = Control::default();
+        // A fixed pseudo-random walk (no seed to pass around: the walk is the test).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let anchors = ["p", "q", "r", "s"];
+        let mut ever_candidates = 0;
+        for seq in 1..3_000 {
+            let a = anchors[next(4) as usize].to_string();
+            let e = match next(20) {
+                0..=11 => failed(
+                    &a,
+                    [None, Some(503), Some(429), Some(400), Some(409)][next(5) as usize],
+                ),
+                12 | 13 => Event::ExportApplied(ExportApplied {
+                    epoch: 1,
+                    anchor: a,
+                    kind: ObjectKind::User,
+                    op: ExportOp::Update,
+                    target_id: "t".into(),
+                    state: None,
+                    etag: None,
+                }),
+                14 => Event::ExportFailed(ExportFailed {
+                    epoch: 1,
+                    anchor: a,
+                    op: ExportOp::Match,
+                    status: Some(409),
+                    error: "conflict".into(),
+                }),
+                15 => Event::AnchorsMigrated(AnchorsMigrated {
+                    from: None,
+                    to: "entryUUID".into(),
+                    rekeyed: vec![Rekey {
+                        old: a,
+                        new: anchors[next(4) as usize].to_string(),
+                    }],
+                    unpaired: vec![],
+                }),
+                16 => Event::TargetReset(TargetReset { reason: "r".into() }),
+                _ => Event::ObjectDeleted(ObjectDeleted {
+                    anchor: a,
+                    evidence: DeletionEvidence::SyncDelete { phase: "p".into() },
+                }),
+            };
+            ledger.apply(&meta(seq), &e);
+            control.apply(&meta(seq), &e);
+            let counted: BTreeMap<String, ExportFailure> = ledger
+                .failures
+                .iter()
+                .filter(|(_, f)| f.count > 0)
+                .map(|(a, f)| (a.clone(), f.clone()))
+                .collect();
+            assert_eq!(control.suspects.failures, counted, "seq {seq}");
+            let candidates: Vec<&String> = control.suspects.candidates().map(|(a, _)| a).collect();
+            let quarantined: Vec<&String> = ledger
+                .failures
+                .iter()
+                .filter(|(_, f)| f.quarantines(0))
+                .map(|(a, _)| a)
+                .collect();
+            assert_eq!(candidates, quarantined, "seq {seq}");
+            ever_candidates += candidates.len();
+        }
+        assert!(ever_candidates > 0, "the walk reached quarantine");
+    }
 
     #[test]
     fn only_the_objects_own_refusals_count_towards_quarantine() {

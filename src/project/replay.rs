@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use tokio::task::JoinHandle;
 
-use super::{At, FastMap, Meta, ObjectRecord, SourceObjects, State};
+use super::{At, Control, FastMap, Meta, ObjectRecord, SourceObjects, State};
 use crate::error::{Error, Result};
 use crate::log::event::ObjectChangedRef;
 use crate::log::hash::{EventRef, FoldRef, Link};
@@ -1075,43 +1075,137 @@ async fn current_base(store: &AnyStore) -> Result<State> {
     Ok(stored(store).await?.unwrap_or_default())
 }
 
-/// `replay --verify`: rebuild from seq 0 and compare with the stored projections at the
-/// snapshot's seq, then carry on to the head so every event is decoded once.
-/// Returns (events replayed, whether a stored snapshot was compared).
+/// `replay --verify`: rebuild from seq 0 and compare with the stored projections (the
+/// snapshot, and the control projections the store keeps beside the log) at their seqs,
+/// then carry on to the head so every event is decoded once. Returns (events replayed,
+/// whether a stored snapshot was compared).
 pub async fn verify_projections(
     store: &AnyStore,
     progress: Option<&ProgressBar>,
 ) -> Result<(u64, bool)> {
-    let Some(snap) = store.load_snapshot(SNAPSHOT).await? else {
-        let rebuilt = fold_with(store, State::default(), Until::Head, progress).await?;
-        return Ok((rebuilt.seq, false));
+    // Read first: appends made while the log is folded are folded too, past its seq.
+    let control = store.control().await?;
+    let snapshot = match store.load_snapshot(SNAPSHOT).await? {
+        None => None,
+        Some(snap) => {
+            let stored_state = super::snapshot::decode(&snap.body).map_err(|e| {
+                Error::ProjectionMismatch(format!("stored projections cannot be read: {e}"))
+            })?;
+            if stored_state.seq != snap.seq {
+                return Err(Error::ProjectionMismatch(format!(
+                    "stored projections claim seq {} but are filed at seq {}",
+                    stored_state.seq, snap.seq
+                )));
+            }
+            Some(stored_state)
+        }
     };
-    let stored_state = super::snapshot::decode(&snap.body).map_err(|e| {
-        Error::ProjectionMismatch(format!("stored projections cannot be read: {e}"))
-    })?;
-    if stored_state.seq != snap.seq {
-        return Err(Error::ProjectionMismatch(format!(
-            "stored projections claim seq {} but are filed at seq {}",
-            stored_state.seq, snap.seq
-        )));
+    let compared = snapshot.is_some();
+    // The points to compare at, in order of seq.
+    let mut points: Vec<(u64, Option<State>)> = vec![(control.seq, None)];
+    if let Some(s) = snapshot {
+        points.push((s.seq, Some(s)));
     }
-    let at = fold_with(store, State::default(), Until::Seq(snap.seq), progress).await?;
-    if at.seq != snap.seq {
-        return Err(Error::ProjectionMismatch(format!(
-            "stored projections are at seq {} but the log ends at {}",
-            snap.seq, at.seq
-        )));
-    }
-    let diffs = at.differences(&stored_state);
-    if !diffs.is_empty() {
-        return Err(Error::ProjectionMismatch(format!(
-            "stored projections at seq {} differ from the log: {}",
-            snap.seq,
-            diffs.join("; ")
-        )));
+    points.sort_by_key(|(seq, _)| *seq);
+    let mut at = State::default();
+    for (seq, stored_state) in points {
+        at = fold_with(store, at, Until::Seq(seq), progress).await?;
+        if at.seq != seq {
+            return Err(Error::ProjectionMismatch(format!(
+                "stored projections are at seq {seq} but the log ends at {}",
+                at.seq
+            )));
+        }
+        let (what, diffs) = match &stored_state {
+            Some(s) => ("stored projections", at.differences(s)),
+            None => (
+                "the stored control projections",
+                at.control.differences(&control.control),
+            ),
+        };
+        if !diffs.is_empty() {
+            return Err(Error::ProjectionMismatch(format!(
+                "{what} at seq {seq} differ from the log: {}",
+                diffs.join("; ")
+            )));
+        }
     }
     let rebuilt = fold_with(store, at, Until::Head, progress).await?;
-    Ok((rebuilt.seq, true))
+    Ok((rebuilt.seq, compared))
+}
+
+/// The projections of a few source objects as the whole fold has them: a [`State`] whose
+/// source objects and ledger entries under `anchors` are those of the state now (it may
+/// hold others, partly). Folds only the events that touch them, found through the history
+/// index (`src/log/index.rs`), with those that concern every ledger entry (`TargetReset`)
+/// and, for an anchor a re-key gave an object, the events of its old anchor.
+pub async fn state_of(store: &AnyStore, anchors: &[String]) -> Result<State> {
+    use crate::log::store::HistoryQuery;
+    const LIMIT: u32 = 1_000;
+    if anchors.is_empty() {
+        return Ok(State::default());
+    }
+    let mut events: BTreeMap<u64, StoredEvent> = BTreeMap::new();
+    let mut queries: Vec<HistoryQuery> = vec![HistoryQuery {
+        event_type: Some("TargetReset".into()),
+        ..Default::default()
+    }];
+    let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    queries.extend(anchors.iter().map(|a| HistoryQuery {
+        anchor: Some(a.clone()),
+        ..Default::default()
+    }));
+    while let Some(q) = queries.pop() {
+        if let Some(a) = &q.anchor {
+            if !seen.insert(a.clone()) {
+                continue;
+            }
+        }
+        let mut after = 0;
+        loop {
+            let page = store.history(&q, after, LIMIT).await?;
+            let full = page.len() == LIMIT as usize;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page {
+                if let (Some(a), "AnchorsMigrated") = (&q.anchor, e.event_type.as_str()) {
+                    if let Event::AnchorsMigrated(m) =
+                        Event::decode(&e.event_type, e.schema_version, &e.payload)?
+                    {
+                        queries.extend(m.rekeyed.iter().filter(|r| &r.new == a).map(|r| {
+                            HistoryQuery {
+                                anchor: Some(r.old.clone()),
+                                ..Default::default()
+                            }
+                        }));
+                    }
+                }
+                events.insert(e.seq, e);
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    let mut state = State::default();
+    for e in events.values() {
+        let event = Event::decode(&e.event_type, e.schema_version, &e.payload)?;
+        let m = Meta {
+            seq: e.seq,
+            instance: &e.instance,
+            recorded_at_us: e.recorded_at_us,
+        };
+        state.apply(&m, &event);
+    }
+    Ok(state)
+}
+
+/// The control projections now (see [`crate::project::Control`]), and the seq they are
+/// folded up to: the row the store keeps at the head of the log, read without folding
+/// anything. Every command that needs no source object nor ledger entry reads this.
+pub async fn control(store: &AnyStore) -> Result<(u64, Control)> {
+    let c = store.control().await?;
+    Ok((c.seq, c.control))
 }
 
 #[cfg(test)]

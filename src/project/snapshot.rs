@@ -27,7 +27,7 @@ use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
-const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x08";
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x09";
 
 /// Entries per chunk of a map section: enough that a chunk is worth a thread's time, few
 /// enough that a 100,000-object directory keeps two cores busy.
@@ -53,7 +53,6 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
         objects: super::SourceObjects {
             objects: FastMap::default(),
             last_full_import: state.objects.last_full_import,
-            tombstone_lifetime_days: state.objects.tombstone_lifetime_days,
             anchor_attribute: state.objects.anchor_attribute.clone(),
             anchor_history: state.objects.anchor_history.clone(),
             effective: state.objects.effective.clone(),
@@ -64,11 +63,7 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
         },
         ..State::default()
     };
-    rest.cursors.clone_from(&state.cursors);
-    rest.relationship.clone_from(&state.relationship);
-    rest.instances.clone_from(&state.instances);
-    rest.guard.clone_from(&state.guard);
-    rest.handovers.clone_from(&state.handovers);
+    rest.control.clone_from(&state.control);
     let rest = serde_json::to_vec(&rest)?;
 
     let (objects, ledger) = std::thread::scope(|s| {
@@ -691,7 +686,7 @@ mod tests {
             ..State::default()
         };
         s.objects.last_full_import = Some(at(7, -3));
-        s.objects.tombstone_lifetime_days = Some(180);
+        s.control.tombstone_lifetime_days = Some(180);
         s.objects.anchor_attribute = Some("entryUUID".into());
         s.objects.anchor_history.push(super::super::AnchorChange {
             at: at(8, 1),
@@ -779,8 +774,8 @@ mod tests {
                 disabled: None,
             }),
         );
-        s.relationship.holder = Some("new".into());
-        s.relationship.epoch = 2;
+        s.control.relationship.holder = Some("new".into());
+        s.control.relationship.epoch = 2;
         s
     }
 

@@ -570,7 +570,7 @@ pub async fn migrate(
     )];
     // The source projection still holds the old anchors: the next import is full, and
     // brings every object in under its new anchor.
-    for inst in state.cursors.current.keys() {
+    for inst in state.control.cursors.current.keys() {
         batch.push(NewEvent::new(
             stream::cursor(inst),
             inst.to_string(),

@@ -24,7 +24,10 @@ pub enum PlanStatus {
 
 /// Where the held list `hash` stands (pure).
 pub fn plan_status(state: &State, hash: &str, p: &HeldDeletions) -> PlanStatus {
-    match (p.approved, state.guard.current.as_deref() == Some(hash)) {
+    match (
+        p.approved,
+        state.control.guard.current.as_deref() == Some(hash),
+    ) {
         (Some(_), _) => PlanStatus::Approved,
         (None, true) => PlanStatus::Held,
         (None, false) => PlanStatus::Superseded,
@@ -125,10 +128,10 @@ pub struct HeldPlan {
 
 /// Every held list: the one that stands first, then the others, latest first (pure).
 pub fn plans(state: &State) -> Vec<HeldPlan> {
-    let mut plans: Vec<(&String, &HeldDeletions)> = state.guard.plans.iter().collect();
+    let mut plans: Vec<(&String, &HeldDeletions)> = state.control.guard.plans.iter().collect();
     plans.sort_by_key(|(h, p)| {
         (
-            state.guard.current.as_ref() != Some(*h),
+            state.control.guard.current.as_ref() != Some(*h),
             std::cmp::Reverse(p.held.seq),
         )
     });
@@ -137,7 +140,7 @@ pub fn plans(state: &State) -> Vec<HeldPlan> {
         .map(|(h, p)| HeldPlan {
             plan_hash: h.clone(),
             status: plan_status(state, h, p),
-            current: state.guard.current.as_ref() == Some(h),
+            current: state.control.guard.current.as_ref() == Some(h),
             reason: p.reason.clone(),
             held_at_us: p.held.at_us,
             approved_us: p.approved.map(|a| a.at_us),
@@ -160,7 +163,7 @@ pub enum Approval {
 /// decided on `state` (pure). A list that no longer stands (a later cycle held another, or
 /// none) is refused, naming the one that does: approving it would release nothing.
 pub fn decide(state: &State, prefix: &str) -> Result<Approval> {
-    let hash = match find_plan(state.guard.plans.keys(), prefix) {
+    let hash = match find_plan(state.control.guard.plans.keys(), prefix) {
         PlanPrefix::Malformed => {
             return Err(Error::BadInput(format!(
                 "--plan `{prefix}`: give at least {MIN_PLAN_PREFIX} hex digits of the plan hash (`dirsync deletions show`)"
@@ -180,7 +183,7 @@ pub fn decide(state: &State, prefix: &str) -> Result<Approval> {
         }
         PlanPrefix::One(h) => h.to_string(),
     };
-    let Some(p) = state.guard.plans.get(&hash) else {
+    let Some(p) = state.control.guard.plans.get(&hash) else {
         return Err(Error::BadInput(format!(
             "no held deletions with a plan hash starting `{prefix}`: see `dirsync deletions show`"
         )));
@@ -189,8 +192,8 @@ pub fn decide(state: &State, prefix: &str) -> Result<Approval> {
     if let Some(at) = p.approved {
         return Ok(Approval::Already { hash, count, at });
     }
-    if state.guard.current.as_deref() != Some(hash.as_str()) {
-        let now = match state.guard.waiting() {
+    if state.control.guard.current.as_deref() != Some(hash.as_str()) {
+        let now = match state.control.guard.waiting() {
             Some((c, cp)) => format!(
                 "the held list is plan {} ({} deletion(s), held {})",
                 short_hash(c),

@@ -32,6 +32,7 @@ pub const WATCH: Duration = Duration::from_secs(20 * 60);
 pub fn watching(state: &State, took_over: bool, now_us: i64) -> bool {
     took_over
         || state
+            .control
             .relationship
             .uncertain
             .as_ref()
@@ -317,7 +318,7 @@ mod tests {
         apply(&mut state, min, done("b1"));
         apply(&mut state, min, failed(ExportOp::Create, Some(409)));
         apply(&mut state, min, failed(ExportOp::Update, None));
-        assert_eq!(state.relationship.uncertain, None);
+        assert_eq!(state.control.relationship.uncertain, None);
         // A create without an answer.
         apply(&mut state, 2 * min, failed(ExportOp::Create, None));
         assert!(watching(&state, false, 3 * min));
@@ -325,18 +326,18 @@ mod tests {
         // A 5xx; a claim after one never completed (a crash); a take-over.
         apply(&mut state, 100 * min, failed(ExportOp::Create, Some(502)));
         assert_eq!(
-            state.relationship.uncertain.as_ref().unwrap().at_us,
+            state.control.relationship.uncertain.as_ref().unwrap().at_us,
             100 * min
         );
         apply(&mut state, 200 * min, claim("b2"));
         apply(&mut state, 201 * min, claim("b3"));
         assert_eq!(
-            state.relationship.uncertain.as_ref().unwrap().at_us,
+            state.control.relationship.uncertain.as_ref().unwrap().at_us,
             201 * min
         );
         apply(&mut state, 300 * min, established(2));
         assert_eq!(
-            state.relationship.uncertain.as_ref().unwrap().at_us,
+            state.control.relationship.uncertain.as_ref().unwrap().at_us,
             300 * min
         );
         assert!(watching(&state, false, 301 * min));

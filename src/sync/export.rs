@@ -62,7 +62,7 @@ pub const LEASE: Duration = Duration::from_secs(30);
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Failed exports in a row after which an object is quarantined: skipped by every cycle
 /// until its source changes (then tried once more) or a `sync --full` tries it again.
-pub const QUARANTINE_AFTER: u32 = 5;
+pub use crate::project::QUARANTINE_AFTER;
 /// With more new objects than this, the target is listed once for matching instead of
 /// being asked about each new object.
 pub const LIST_ABOVE: usize = 20;
@@ -187,8 +187,8 @@ struct Fence {
 fn fenced_message(state: &State, instance: &str) -> String {
     format!(
         "{} holds the sync relationship (epoch {}); {instance} exports nothing. `dirsync sync --instance {instance} --take-over` takes it over",
-        state.relationship.holder.as_deref().unwrap_or("another instance"),
-        state.relationship.epoch
+        state.control.relationship.holder.as_deref().unwrap_or("another instance"),
+        state.control.relationship.epoch
     )
 }
 
@@ -226,7 +226,7 @@ async fn acquire(
         // The version first, then the state: a change in between fails the append below.
         let version = store.stream_version(stream::RELATIONSHIP).await?;
         state = replay::advance(store, state).await?;
-        let rel = &state.relationship;
+        let rel = &state.control.relationship;
         if !take_over && rel.holder.is_some() {
             if rel.held_by(instance) {
                 let epoch = rel.epoch;
@@ -293,7 +293,7 @@ pub fn takeover_wait(lease: &Lease, now_us: i64) -> Duration {
 
 /// Sleep until the last export lease of another instance and its requests have ended.
 async fn wait_for_lease(state: &State, instance: &str, progress: &ProgressBar) {
-    let Some(lease) = &state.relationship.lease else {
+    let Some(lease) = &state.control.relationship.lease else {
         return;
     };
     if lease.instance == instance {
@@ -761,15 +761,12 @@ fn how_to_look_up<'a>(new: &[(String, Mapped)], state: &'a State, kind: ObjectKi
 /// last one.
 pub fn quarantined<'a>(state: &'a State, anchor: &str) -> Option<&'a ExportFailure> {
     let f = state.ledger.failures.get(anchor)?;
-    if f.op == ExportOp::Match || f.count < QUARANTINE_AFTER {
-        return None;
-    }
     let changed = state.objects.objects.get(anchor).map_or(0, |r| {
         r.last_changed
             .seq
             .max(r.deletion.as_ref().map_or(0, |d| d.at.seq))
     });
-    (changed < f.at.seq).then_some(f)
+    f.quarantines(changed).then_some(f)
 }
 
 /// What matching decided for one new object.
@@ -1012,6 +1009,7 @@ impl Cycle<'_> {
             },
             |h| {
                 state
+                    .control
                     .guard
                     .plans
                     .get(h)
@@ -1021,7 +1019,8 @@ impl Cycle<'_> {
         let dry_run = report.mode == "dry-run";
         // A dry run records nothing: its list has no plan to approve.
         if !dry_run {
-            if let Some(e) = guard_event(state.guard.current.as_deref(), &verdict, &deletes) {
+            if let Some(e) = guard_event(state.control.guard.current.as_deref(), &verdict, &deletes)
+            {
                 self.store
                     .append(Batch::new(vec![NewEvent::new(
                         stream::GUARD,
@@ -1070,7 +1069,7 @@ impl Cycle<'_> {
         self.reconcile_every.is_some_and(|every| {
             reconcile::due(
                 self.full,
-                state.relationship.last_reconcile(),
+                state.control.relationship.last_reconcile(),
                 now_us,
                 every,
             )

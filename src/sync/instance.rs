@@ -8,8 +8,8 @@ use crate::log::event::{stream, InstanceLifecycle};
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, Event, NewEvent, Store};
 use crate::output::time;
-use crate::project::replay::{self, REFRESH_THRESHOLD};
-use crate::project::{At, InstanceStatus, State};
+use crate::project::replay;
+use crate::project::{At, Control, InstanceStatus};
 
 /// A change of an instance's lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,9 +25,9 @@ pub enum Change {
 /// Attempts at recording a change when other writers keep changing the instance's stream.
 const CONFLICT_RETRIES: u32 = 10;
 
-/// What `change` of `instance` records, decided on `state` (pure).
-pub fn decide(state: &State, instance: &str, change: Change) -> Result<Event> {
-    let rec = state.instances.instances.get(instance);
+/// What `change` of `instance` records, decided on the control projections (pure).
+pub fn decide(control: &Control, instance: &str, change: Change) -> Result<Event> {
+    let rec = control.instances.instances.get(instance);
     let retired = rec.map(|r| r.status) == Some(InstanceStatus::Retired);
     Ok(match change {
         Change::Stop if retired => {
@@ -73,8 +73,8 @@ pub async fn record(store: &AnyStore, instance: &str, change: Change) -> Result<
     let what = loop {
         tries += 1;
         let version = store.stream_version(&s).await?;
-        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
-        let event = decide(&state, instance, change)?;
+        let (_, control) = replay::control(store).await?;
+        let event = decide(&control, instance, change)?;
         let what = event.event_type();
         let batch = Batch::new(vec![NewEvent::new(s.clone(), instance.to_string(), event)])
             .expect(s.clone(), Expected::Exactly(version));
@@ -84,7 +84,6 @@ pub async fn record(store: &AnyStore, instance: &str, change: Change) -> Result<
         };
         break what;
     };
-    replay::refresh(store, REFRESH_THRESHOLD).await?;
     Ok(what)
 }
 
@@ -104,9 +103,9 @@ pub struct Listed {
 }
 
 /// Every instance the log knows, by name (pure).
-pub fn list(state: &State) -> Vec<Listed> {
-    let holder = state.relationship.holder.as_deref();
-    state
+pub fn list(control: &Control) -> Vec<Listed> {
+    let holder = control.relationship.holder.as_deref();
+    control
         .instances
         .instances
         .iter()
@@ -116,10 +115,10 @@ pub fn list(state: &State) -> Vec<Listed> {
                 instance: n.clone(),
                 status: r.status,
                 holds_relationship: holds,
-                epoch: holds.then_some(state.relationship.epoch),
+                epoch: holds.then_some(control.relationship.epoch),
                 running: r.running.as_ref().map(|(id, _)| id.clone()),
                 last_completed: r.last_completed.as_ref().map(|(_, a)| *a),
-                cursor: state.cursors.current.get(n).map(|c| c.at),
+                cursor: control.cursors.current.get(n).map(|c| c.at),
             }
         })
         .collect()
@@ -131,7 +130,7 @@ mod tests {
     use crate::log::event::{CursorAdvanced, SyncRelationshipEstablished, SyncRunStarted};
     use crate::project::Meta;
 
-    fn apply(s: &mut State, seq: u64, instance: &str, e: Event) {
+    fn apply(s: &mut Control, seq: u64, instance: &str, e: Event) {
         let m = Meta {
             seq,
             instance,
@@ -149,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_retired_instance_is_neither_stopped_nor_started() {
-        let mut s = State::default();
+        let mut s = Control::default();
         apply(
             &mut s,
             1,
@@ -181,7 +180,7 @@ mod tests {
 
     #[test]
     fn retiring_needs_a_known_instance_and_force_during_a_run() {
-        let mut s = State::default();
+        let mut s = Control::default();
         match decide(&s, "a", Change::Retire { force: true }) {
             Err(Error::BadInput(m)) => assert_eq!(m, "the log knows no instance named a"),
             other => panic!("{other:?}"),
@@ -224,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_list_names_the_holder_its_epoch_and_each_cursor() {
-        let mut s = State::default();
+        let mut s = Control::default();
         apply(
             &mut s,
             1,

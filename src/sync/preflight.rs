@@ -347,7 +347,7 @@ async fn source_checks(
         out.push(check(
             "tombstone lifetime",
             state
-                .objects
+                .control
                 .tombstone_lifetime_days
                 .map(|d| format!("{d} days: a cursor older than that falls back to a full import"))
                 .ok_or_else(|| "unknown".to_string()),

@@ -198,14 +198,14 @@ fn retry_wait(attempt: u32) -> Duration {
 
 /// Why the instance's cursor cannot be used for a delta, if it cannot.
 fn cursor_unusable(state: &State, instance: &str, kind: &str, now_us: i64) -> Option<String> {
-    let c = state.cursors.current.get(instance)?;
+    let c = state.control.cursors.current.get(instance)?;
     if c.kind != kind {
         return Some(format!(
             "the cursor is a {} cursor, the source needs {kind}",
             c.kind
         ));
     }
-    let days = state.objects.tombstone_lifetime_days?;
+    let days = state.control.tombstone_lifetime_days?;
     let age_days = (now_us - c.at.at_us) / 86_400_000_000;
     (age_days >= i64::from(days)).then(|| {
         format!("the cursor is {age_days} days old, past the {days}-day tombstone lifetime: deletions older than that are no longer visible to it")
@@ -214,7 +214,7 @@ fn cursor_unusable(state: &State, instance: &str, kind: &str, now_us: i64) -> Op
 
 /// A retired instance neither imports nor exports.
 pub(crate) fn refuse_retired(state: &State, instance: &str) -> Result<()> {
-    match state.instances.instances.get(instance) {
+    match state.control.instances.instances.get(instance) {
         Some(r) if r.status == InstanceStatus::Retired => {
             Err(Error::Refused(format!("instance {instance} is retired")))
         }
@@ -433,6 +433,7 @@ pub(crate) async fn import_run(
             None
         } else {
             state
+                .control
                 .cursors
                 .current
                 .get(&opts.instance)
@@ -570,7 +571,7 @@ pub(crate) async fn import_run(
         let mut batch: Vec<NewEvent> = Vec::with_capacity(events.len() + 3);
         if let Some(info) = info {
             if info.tombstone_lifetime_days.is_some()
-                && info.tombstone_lifetime_days != state.objects.tombstone_lifetime_days
+                && info.tombstone_lifetime_days != state.control.tombstone_lifetime_days
             {
                 batch.push(NewEvent::new(
                     stream::SOURCE,

@@ -108,12 +108,11 @@ async fn service(
             say("terminated: exiting");
             break Ok(Exit::Ok);
         }
-        let state = replay::refresh(store, 10_000).await?;
-        metrics.state(&state);
-        let status = state.instances.instances.get(instance).map(|r| r.status);
-        // Let go of the state before the cycle: its import then folds the copy this process
-        // remembers in place instead of copying it.
-        drop(state);
+        // The control projections alone: a stopped instance polls them without loading
+        // the directory.
+        let (seq, control) = replay::control(store).await?;
+        metrics.state(seq, &control);
+        let status = control.instances.instances.get(instance).map(|r| r.status);
         match status {
             Some(InstanceStatus::Retired) => {
                 say(&format!("{instance} is retired: exiting"));
@@ -155,23 +154,21 @@ async fn service(
             Outcome::Skipped => failures,
             _ => 0,
         };
-        // The relationship, the head and the cursor as the cycle left them (the cycle's own
-        // end brought the remembered projections up to date: this folds nothing new).
-        let state = replay::refresh(store, 10_000).await.ok();
-        if let Some(state) = &state {
-            metrics.state(state);
+        // The relationship, the head and the cursor as the cycle left them.
+        let control = replay::control(store).await.ok();
+        if let Some((seq, c)) = &control {
+            metrics.state(*seq, c);
         }
         for n in notify::after_cycle(
             instance,
             &result,
-            state.as_deref(),
+            control.as_ref().map(|(_, c)| c),
             began_us,
             failures,
             notifier.failures_before_alert(),
         ) {
             notifier.send(n);
         }
-        drop(state);
         match result {
             Ok(r) => say(&format!(
                 "sync {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}{}",

@@ -179,7 +179,10 @@ async fn openldap_the_audit_reads_and_only_refresh_writes() {
     };
     let (head, listed) = (lab.head().await, instances(&lab));
     let state = lab.state().await;
-    let last_import = state.instances.instances["a"].last_import.unwrap().0;
+    let last_import = state.control.instances.instances["a"]
+        .last_import
+        .unwrap()
+        .0;
     for _ in 0..2 {
         let run = lab.cli(&[
             "audit",

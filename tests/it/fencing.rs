@@ -287,6 +287,7 @@ async fn a_take_over_waits_out_a_killed_holders_lease_and_its_requests() {
     let lease = lab
         .state()
         .await
+        .control
         .relationship
         .lease
         .expect("a's lease is open");
@@ -351,7 +352,7 @@ async fn late_creates_of_the_same_holder_are_removed_too() {
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!([count(&v, "created"), count(&v, "failures")], [2, 2], "{v}");
     assert_eq!(proxy.held(), 2);
-    assert!(lab.state().await.relationship.uncertain.is_some());
+    assert!(lab.state().await.control.relationship.uncertain.is_some());
     // The next cycle creates them (nothing in the target yet), then the first creates land.
     proxy.set_rules(ProxyRules::default());
     let v = lab.sync("a", &[]);

@@ -281,18 +281,21 @@ async fn openldap_hold_all_holds_the_whole_cycle() {
     // The cycle exported nothing: it is recorded as failed, held (not completed), and
     // status exits 3 from the held list.
     let state = lab.state().await;
-    let failed = state.instances.instances["a"].last_failed.clone().unwrap();
+    let failed = state.control.instances.instances["a"]
+        .last_failed
+        .clone()
+        .unwrap();
     assert_eq!(
         (failed.run_id.as_str(), failed.reason),
         (v["run_id"].as_str().unwrap(), Some(FailureReason::Held))
     );
     assert!(
-        state.instances.instances["a"]
+        state.control.instances.instances["a"]
             .last_completed
             .as_ref()
             .is_some_and(|(_, at)| at.seq < failed.at.seq),
         "{:?}",
-        state.instances.instances["a"]
+        state.control.instances.instances["a"]
     );
     let status = lab.cli(&["status", "--format", "json"]);
     assert_eq!(status.code, 3, "{status:?}");

@@ -439,9 +439,9 @@ async fn new_computer_catches_what_the_stopped_window_hid(
     lab.assert_target_equals_source().await;
 
     let state = lab.state().await;
-    assert_eq!(state.relationship.holder.as_deref(), Some("new"));
+    assert_eq!(state.control.relationship.holder.as_deref(), Some("new"));
     assert_eq!(
-        state.instances.instances["old"].status,
+        state.control.instances.instances["old"].status,
         dirsync::project::InstanceStatus::Retired
     );
     // Completed: running it again does nothing; the chain is whole.
@@ -527,7 +527,7 @@ async fn reinstall_reconciles_on_the_same_computer() {
     assert_eq!(v["summary"]["deletions_by_reconciliation"], 6, "{v}");
     lab.assert_target_equals_source().await;
     assert_ne!(
-        lab.state().await.instances.instances["old"].status,
+        lab.state().await.control.instances.instances["old"].status,
         dirsync::project::InstanceStatus::Retired,
         "the same instance is not retired"
     );
@@ -567,9 +567,9 @@ async fn failover_exports_the_deletions_the_dead_holder_imported_and_never_expor
     assert_eq!(v["summary"]["created"], 0, "{v}");
     lab.assert_target_equals_source().await;
     let state = lab.state().await;
-    assert_eq!(state.relationship.holder.as_deref(), Some("new"));
+    assert_eq!(state.control.relationship.holder.as_deref(), Some("new"));
     assert_ne!(
-        state.instances.instances["old"].status,
+        state.control.instances.instances["old"].status,
         dirsync::project::InstanceStatus::Retired,
         "the dead holder is fenced, not retired: it may come back as a standby"
     );
@@ -587,12 +587,12 @@ fn check_single_writer(events: &[dirsync::log::StoredEvent]) {
         match &ev {
             Event::ExportBatchStarted(b) => {
                 assert_eq!(
-                    state.relationship.holder.as_deref(),
+                    state.control.relationship.holder.as_deref(),
                     Some(e.instance.as_str()),
                     "seq {}: a claim by a non-holder",
                     e.seq
                 );
-                assert_eq!(b.epoch, state.relationship.epoch, "seq {}", e.seq);
+                assert_eq!(b.epoch, state.control.relationship.epoch, "seq {}", e.seq);
             }
             Event::ExportApplied(x) if x.op == ExportOp::Create => {
                 *creates.entry(x.anchor.clone()).or_default() += 1;

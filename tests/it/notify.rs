@@ -224,8 +224,8 @@ async fn held_deletions_are_told_once_signed_to_the_webhook_and_to_the_command()
     );
 
     let state = lab.state().await;
-    let (plan, held) = state.guard.plans.iter().next().unwrap();
-    assert_eq!(state.guard.plans.len(), 1);
+    let (plan, held) = state.control.guard.plans.iter().next().unwrap();
+    assert_eq!(state.control.guard.plans.len(), 1);
     let mut v: Value = serde_json::from_slice(body).unwrap();
     let at = v["at"].as_str().unwrap().to_string();
     let parsed = chrono::DateTime::parse_from_rfc3339(&at).unwrap();
@@ -355,14 +355,23 @@ async fn a_receiver_that_never_answers_and_a_hanging_hook_do_not_hold_up_cycles(
     let a1 = lab.anchor(&format!("uid=u1,{PEOPLE}")).await;
     lab.slapd().ldapmodify(&delete_users(&[3, 4])).await;
     until(30, "the hold", || async {
-        !lab.state().await.guard.plans.is_empty()
+        !lab.state().await.control.guard.plans.is_empty()
     })
     .await;
     until(10, "the hook to start", || async { pidfile.exists() }).await;
     // While both receivers hang, cycles go on: the approved deletions and a change are
     // exported at once.
     let t = Instant::now();
-    let plan = lab.state().await.guard.plans.keys().next().unwrap().clone();
+    let plan = lab
+        .state()
+        .await
+        .control
+        .guard
+        .plans
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
     let r = lab.cli(&["deletions", "approve", "--plan", &plan]);
     assert_eq!(r.code, 0, "{r:?}");
     lab.slapd()
@@ -622,5 +631,5 @@ async fn fencing_missed_deletions_and_handovers_are_told() {
             ),
         ]
     );
-    assert!(state.handovers.last.is_some());
+    assert!(state.control.handovers.last.is_some());
 }

@@ -241,7 +241,7 @@ async fn metrics_and_health_are_served_while_cycles_run() {
         "{text}"
     );
     let state = lab.state().await;
-    assert_eq!(state.relationship.epoch, 1);
+    assert_eq!(state.control.relationship.epoch, 1);
     assert_eq!(
         expect(&[
             (

@@ -371,9 +371,147 @@ async fn appends_written_through_equal_the_log(b: Backend) {
     assert_eq!(*now, rebuilt);
 }
 
+/// The control projections the store keeps (`src/log/control.rs`) equal the fold of the
+/// log after every append: small batches, batches prepared part by part, a `log import`
+/// (raw rows), a migration that adds them to a store without them, and a row left behind
+/// the head. A row that differs from the log is found by `replay --verify`.
+async fn stored_control_equals_the_fold(b: Backend) {
+    let mut rng = StdRng::seed_from_u64(0xc0de);
+    let f = Fresh::new(b).await;
+    let check = |store: dirsync::log::AnyStore, what: String| async move {
+        let stored = store.control().await.unwrap();
+        let rebuilt = replay::rebuild(&store, Until::Head).await.unwrap();
+        assert_eq!(stored.seq, rebuilt.seq, "{what}");
+        assert_eq!(stored.control, rebuilt.control, "{what}");
+    };
+    check(f.store.clone(), "empty".into()).await;
+    for round in 0..30 {
+        // Some batches large enough to be prepared in parts (SQLite from 2048 events,
+        // PostgreSQL's COPY from 256).
+        let n = match round % 10 {
+            4 => 300,
+            9 => 2_500,
+            _ => rng.gen_range(1..40),
+        };
+        let batch: Vec<NewEvent> = (0..n).map(|_| random_event(&mut rng)).collect();
+        f.store.append(Batch::new(batch)).await.unwrap();
+        check(f.store.clone(), format!("round {round}")).await;
+    }
+    let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    // The sequence reached every control projection.
+    let c = &rebuilt.control;
+    assert!(
+        !c.instances.instances.is_empty()
+            && c.relationship.holder.is_some()
+            && !c.cursors.current.is_empty()
+            && !c.guard.plans.is_empty()
+            && !c.handovers.handovers.is_empty()
+            && !c.suspects.failures.is_empty(),
+        "{c:?}"
+    );
+
+    // `log import`: the rows as stored elsewhere.
+    let other = Fresh::new(b).await;
+    let mut after = 0;
+    loop {
+        let page = f.store.read(after, 700).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        other.store.append_raw(&page).await.unwrap();
+    }
+    check(other.store.clone(), "imported".into()).await;
+    assert_eq!(
+        other.store.control().await.unwrap().control,
+        rebuilt.control
+    );
+
+    // A store from before schema 4: the migration folds what it holds.
+    other
+        .raw_sql("DROP TABLE control; DELETE FROM dirsync_schema WHERE version = 4;")
+        .await;
+    let migrated = dirsync::log::AnyStore::open(&other.url, dirsync::log::OpenMode::Init)
+        .await
+        .unwrap();
+    check(migrated.clone(), "migrated".into()).await;
+
+    // A row behind the head (written by something that did not keep it): the next append
+    // folds it again.
+    other
+        .raw_sql("UPDATE control SET seq = seq - 1, body = '{}' WHERE id = 1")
+        .await;
+    migrated
+        .append(Batch::new(vec![random_event(&mut rng)]))
+        .await
+        .unwrap();
+    check(migrated.clone(), "refolded".into()).await;
+
+    let run = f.cli(&["replay", "--verify"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    f.raw_sql("UPDATE control SET body = '{\"tombstone_lifetime_days\": 99}' WHERE id = 1")
+        .await;
+    let run = f.cli(&["replay", "--verify"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr.contains("the stored control projections at seq"),
+        "{run:?}"
+    );
+}
+
+/// `instance list` and `status` read the control projections, never the events of source
+/// objects: with every such payload destroyed (which any fold of the log trips over),
+/// they still answer, as the fold of the log before the damage says.
+async fn instance_list_and_status_read_no_object_event(b: Backend) {
+    let mut rng = StdRng::seed_from_u64(0x1157);
+    let f = Fresh::new(b).await;
+    while f.store.head().await.unwrap().0 < 500 {
+        let batch: Vec<NewEvent> = (0..20).map(|_| random_event(&mut rng)).collect();
+        f.store.append(Batch::new(batch)).await.unwrap();
+    }
+    let before = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    let want =
+        dirsync::output::json_value(&dirsync::sync::instance::list(&before.control)).unwrap();
+    let status_before = f.cli(&["status", "--format", "json"]);
+    f.raw_sql(crate::common::drop_guard_sql(b)).await;
+    // Status reads the events of the quarantine candidates' objects (to tell whether they
+    // changed since, and their names): those are kept.
+    let kept: String = before
+        .control
+        .suspects
+        .candidates()
+        .map(|(a, _)| format!(" AND payload NOT LIKE '%{a}%'"))
+        .collect();
+    f.raw_sql(&format!(
+        "UPDATE events SET payload = 'not an event' \
+         WHERE event_type IN ('ObjectImported', 'ObjectChanged', 'ObjectDeleted'){kept}"
+    ))
+    .await;
+    // Any fold of the log fails now.
+    let run = f.cli(&["replay", "--verify"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let run = f.cli(&["instance", "list", "--format", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(got, want);
+    let status_after = f.cli(&["status", "--format", "json"]);
+    assert_eq!(status_after.code, status_before.code, "{status_after:?}");
+    // The same report, but for the time it was checked at (and the cursor ages from it).
+    let strip = |r: &crate::common::Run| {
+        let mut v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        v["checked_at"] = serde_json::Value::Null;
+        for i in v["instances"].as_array_mut().unwrap() {
+            i["cursor"] = serde_json::Value::Null;
+        }
+        v
+    };
+    assert_eq!(strip(&status_after), strip(&status_before));
+    assert_eq!(strip(&status_after)["seq"], before.seq);
+}
+
 both_backends!(
     replay_equals_the_projections_kept_along_the_way,
-    appends_written_through_equal_the_log
+    appends_written_through_equal_the_log,
+    stored_control_equals_the_fold,
+    instance_list_and_status_read_no_object_event
 );
 
 #[tokio::test]

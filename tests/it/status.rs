@@ -113,10 +113,10 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
     let (run, v) = status(&lab, &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let state = lab.state().await;
-    let rec = &state.instances.instances["a"];
+    let rec = &state.control.instances.instances["a"];
     let (run_id, done) = rec.last_completed.clone().unwrap();
     assert_eq!(run_id, s["run_id"].as_str().unwrap());
-    let cursor = &state.cursors.current["a"];
+    let cursor = &state.control.cursors.current["a"];
     let mut row = v["instances"][0].clone();
     let age = row["cursor"]["age_seconds"].as_i64().unwrap();
     assert!((0..60).contains(&age), "{row}");

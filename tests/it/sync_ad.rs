@@ -93,7 +93,7 @@ async fn staging_imports_follow_the_directory() {
         .unwrap()
         .1;
     assert_eq!(team.members.len(), 2, "members resolved to anchors");
-    assert!(state.cursors.current.contains_key("old"));
+    assert!(state.control.cursors.current.contains_key("old"));
 
     // Nothing changed: a delta records its completion and the cursor, nothing more.
     let before = lab.store().await.head().await.unwrap().0;
@@ -214,7 +214,7 @@ async fn staging_imports_follow_the_directory() {
     assert_eq!(v["mode"], "full", "{v}");
     assert!(v["fallback"].as_str().unwrap().contains("rejected"), "{v}");
     let state = replay::current(&lab.store().await).await.unwrap();
-    assert!(state.cursors.invalidated.contains_key("old"));
+    assert!(state.control.cursors.invalidated.contains_key("old"));
     assert_eq!(
         replay::verify_chain(&lab.store().await, None)
             .await

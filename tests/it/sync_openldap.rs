@@ -116,7 +116,7 @@ async fn staging_imports_follow_the_directory(session_log: bool) {
     assert_eq!(counts(&v), [6, 6, 0, 0, 0], "{v}");
     let state = lab.state().await;
     assert_eq!(by_rdn(&state, "cn=team").1.members.len(), 2);
-    assert!(state.cursors.current.contains_key("old"));
+    assert!(state.control.cursors.current.contains_key("old"));
     let u1 = by_rdn(&state, "uid=u1").1;
     assert!(!u1.attrs.contains_key("userpassword"), "{:?}", u1.attrs);
     assert!(u1.attrs.contains_key("mail"));
@@ -230,7 +230,7 @@ async fn staging_imports_follow_the_directory(session_log: bool) {
     assert!(!why.contains("rejected"), "{v}");
     assert_eq!(counts(&v)[1..], [0, 0, 0, 0], "{v}");
     let state = lab.state().await;
-    assert!(state.cursors.invalidated.contains_key("old"));
+    assert!(state.control.cursors.invalidated.contains_key("old"));
     assert_eq!(
         replay::verify_chain(&lab.store().await, None)
             .await
@@ -261,7 +261,7 @@ async fn generic_ldap_is_imported_in_full_every_time() {
     assert!(v.get("fallback").is_none(), "{v}");
     let state = lab.state().await;
     assert!(
-        !state.cursors.current.contains_key("old"),
+        !state.control.cursors.current.contains_key("old"),
         "no cursor for a source without change tracking"
     );
     let u1 = by_rdn(&state, "uid=u1").0.clone();
@@ -309,7 +309,7 @@ async fn generic_ldap_is_imported_in_full_every_time() {
         "absent-from-full-import"
     );
     assert!(state.objects.objects[&u1].live());
-    assert!(state.cursors.current.is_empty());
+    assert!(state.control.cursors.current.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,7 +139,7 @@ async fn a_wiped_target_is_restored_by_sync_full() {
         assert_eq!(&state.ledger.entries[anchor].target_id, &u["id"]);
     }
     // Recorded: found and repaired, for the audit.
-    let r = state.relationship.reconciles.last().unwrap();
+    let r = state.control.relationship.reconciles.last().unwrap();
     assert_eq!(
         [r.found.missing, r.found.recreated, r.found.failed],
         [52, 52, 0]

@@ -193,30 +193,30 @@ async fn openldap_json_times_are_rfc3339_and_tables_honour_local_time() {
     let t = |a: &dirsync::project::At| json!({"seq": a.seq, "at": dirsync::output::time(a.at_us)});
     let replayed: Value =
         serde_json::from_str(&lab.cli(&["replay", "--format", "json"]).stdout).unwrap();
-    let rel = &state.relationship;
+    let rel = &state.control.relationship;
     assert_eq!(
         replayed["relationship"]["since"],
         t(rel.since.as_ref().unwrap())
     );
-    let new = &state.instances.instances["new"];
+    let new = &state.control.instances.instances["new"];
     assert_eq!(
         replayed["instances"]["instances"]["new"]["syncs"],
         Value::from(new.syncs.iter().map(t).collect::<Vec<_>>())
     );
     let listed: Value =
         serde_json::from_str(&lab.cli(&["instance", "list", "--format", "json"]).stdout).unwrap();
-    let old = &state.instances.instances["old"];
+    let old = &state.control.instances.instances["old"];
     assert_eq!(
         listed,
         json!([
             {"instance": "new", "status": "active", "holds_relationship": true,
              "epoch": rel.epoch, "running": null,
              "last_completed": t(&new.last_completed.as_ref().unwrap().1),
-             "cursor": t(&state.cursors.current["new"].at)},
+             "cursor": t(&state.control.cursors.current["new"].at)},
             {"instance": "old", "status": old.status.as_str(), "holds_relationship": false,
              "epoch": null, "running": null,
              "last_completed": t(&old.last_completed.as_ref().unwrap().1),
-             "cursor": state.cursors.current.get("old").map(|c| t(&c.at))},
+             "cursor": state.control.cursors.current.get("old").map(|c| t(&c.at))},
         ])
     );
 
