@@ -675,6 +675,47 @@ impl PgStore {
         )
     }
 
+    /// Record `beat` as its instance's heartbeat (one row per instance, outside the chain).
+    pub(crate) async fn beat(&self, b: &crate::ha::Heartbeat) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO heartbeats (instance, role, epoch, at_us, host, pid) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (instance) DO UPDATE SET \
+             role = excluded.role, epoch = excluded.epoch, at_us = excluded.at_us, \
+             host = excluded.host, pid = excluded.pid",
+        )
+        .bind(&b.instance)
+        .bind(&b.role)
+        .bind(b.epoch as i64)
+        .bind(b.at_us)
+        .bind(&b.host)
+        .bind(i64::from(b.pid))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every instance's last heartbeat, by instance name.
+    pub(crate) async fn heartbeats(&self) -> Result<Vec<crate::ha::Heartbeat>> {
+        let rows: Vec<(String, String, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT instance, role, epoch, at_us, host, pid FROM heartbeats ORDER BY instance",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(instance, role, epoch, at_us, host, pid)| crate::ha::Heartbeat {
+                    instance,
+                    role,
+                    epoch: epoch as u64,
+                    at_us,
+                    host,
+                    pid: pid as u32,
+                },
+            )
+            .collect())
+    }
+
     /// Take the session-level advisory lock `name` on a connection of its own, or None when
     /// another session holds it. The server releases it when that connection ends, so a
     /// crashed holder never leaves it taken.
