@@ -319,6 +319,14 @@ async fn service(
         let staging = match action {
             ha::Action::Export => {
                 standby_said = false;
+                // What the heartbeats say during the cycle: the epoch held, or (nobody
+                // holds yet) the one the cycle establishes; a cycle fenced sets it back.
+                if rel.held_by(instance) {
+                    role = ha::Role::Holder(rel.epoch);
+                    set_belief(&belief, role, rel.epoch);
+                } else if rel.holder.is_none() {
+                    set_belief(&belief, ha::Role::Holder(rel.epoch + 1), rel.epoch);
+                }
                 false
             }
             ha::Action::Import => {
@@ -345,7 +353,7 @@ async fn service(
                 notifier.send(notify::Notification::new(
                     notify::NotifyEvent::Fenced,
                     instance,
-                    serde_json::json!({"holder": by, "epoch": epoch, "held": held, "error": e.to_string()}),
+                    serde_json::json!({"holder": by, "epoch": epoch, "error": e.to_string()}),
                 ));
                 role = ha::Role::Standby;
                 set_belief(&belief, role, epoch);

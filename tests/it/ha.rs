@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use dirsync::log::event::{Event, FailoverStarted, InstanceFenced};
 use dirsync::log::{AnyStore, OpenMode, Store};
 use dirsync::project::{replay, State};
+use serde_json::{json, Value};
 
 use crate::common::{bin, dirsync, Run};
 use crate::lab::{self, ProxyRules, ScimProxy};
@@ -81,11 +82,16 @@ impl Ha {
     }
 
     fn spawn_with(&self, name: &str, config: &str, standby: bool) -> Service {
+        self.spawn_args(name, config, standby, &[])
+    }
+
+    fn spawn_args(&self, name: &str, config: &str, standby: bool, extra: &[&str]) -> Service {
         let log = self.lab.dir.path().join(format!("{name}.log"));
         let mut args = vec!["--config", config, "run", "--instance", name];
         if standby {
             args.push("--standby");
         }
+        args.extend_from_slice(extra);
         let child = Command::new(bin())
             .args(&args)
             .current_dir(self.lab.dir.path())
@@ -238,8 +244,10 @@ async fn delete_users(lab: &E2e, users: std::ops::RangeInclusive<u32>) {
 async fn a_standby_takes_over_from_a_killed_holder_and_catches_its_deletions() {
     let ha = Ha::new(400, "interval = \"2s\"").await;
     let mut a = ha.spawn("a", false);
-    let mut b = ha.spawn("b", true);
-    let mut c = ha.spawn("c", true);
+    let ports = [free_port(), free_port()];
+    let listen = ports.map(|p| format!("127.0.0.1:{p}"));
+    let mut b = ha.spawn_args("b", "dirsync.toml", true, &["--listen", &listen[0]]);
+    let mut c = ha.spawn_args("c", "dirsync.toml", true, &["--listen", &listen[1]]);
     // Mid-export: some users are in the target (the 400 take several chunks).
     until(60, "a's export to begin", async || {
         ha.lab.view.count("Users").await >= 100
@@ -297,6 +305,81 @@ async fn a_standby_takes_over_from_a_killed_holder_and_catches_its_deletions() {
     assert_eq!(by_loser, 0);
     let verify = ha.cli(&["log", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
+
+    // Operators see it: status (roles, heartbeats, the last failover), handover status,
+    // the metrics of both standbys.
+    let st = ha.cli(&["status", "--format", "json"]);
+    let v: Value = serde_json::from_str(&st.stdout).unwrap_or_else(|_| panic!("{st:?}"));
+    let rows: BTreeMap<String, (String, String, bool)> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["instance"].as_str().unwrap().to_string(),
+                (
+                    i["role"].as_str().unwrap().to_string(),
+                    i["heartbeat"]["role"].as_str().unwrap_or("-").to_string(),
+                    i["heartbeat"]["silent"].as_bool().unwrap_or(false),
+                ),
+            )
+        })
+        .collect();
+    let row = |role: &str, beat: &str, silent: bool| (role.to_string(), beat.to_string(), silent);
+    assert_eq!(
+        rows,
+        BTreeMap::from([
+            ("a".to_string(), row("standby", "holder", true)),
+            (winner.clone(), row("holder", "holder", false)),
+            (loser_name.clone(), row("standby", "standby", false)),
+        ])
+    );
+    let last = &v["last_failover"];
+    assert_eq!(
+        (&last["old"], &last["new"], &last["epoch"], &v["failovers"]),
+        (&json!("a"), &json!(winner), &json!(2), &json!(1)),
+        "{v}"
+    );
+    assert!(last["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("no heartbeat from a for "));
+    let hs = ha.cli(&["handover", "status", "--format", "json"]);
+    let h: Value = serde_json::from_str(&hs.stdout).unwrap_or_else(|_| panic!("{hs:?}"));
+    assert_eq!(
+        (&h["playbook"], &h["from"], &h["to"], &h["status"]),
+        (
+            &json!("failover"),
+            &json!("a"),
+            &json!(winner),
+            &json!("completed")
+        ),
+        "{h}"
+    );
+    for (name, port) in [("b", ports[0]), ("c", ports[1])] {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let won = u8::from(name == winner);
+        for line in [
+            format!("dirsync_failovers_total{{instance=\"{name}\"}} {won}"),
+            format!("dirsync_is_holder{{instance=\"{name}\"}} {won}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
+}
+
+/// A port free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// SIGSTOP the holder past failover_after in the middle of an export; a standby takes
