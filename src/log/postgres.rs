@@ -149,12 +149,23 @@ pub struct PgStore {
     url: String,
 }
 
+/// How long a session may sit idle inside a transaction before the server ends it. No
+/// transaction of dirsync's pauses between statements for more than a moment (the longest
+/// gap is preparing the next part of a batch); a holder cut off mid-transaction delays a
+/// standby's take-over by at most this much.
+const IDLE_IN_TRANSACTION: &str = "10s";
+
 impl PgStore {
     pub async fn open(url: &str, mode: OpenMode) -> Result<PgStore> {
         let shown = redact_url(url);
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e| Error::Config(format!("store.url `{shown}`: {e}")))?;
+        // A client cut off in the middle of a transaction (a network partition that drops
+        // packets without a reset) would keep its row locks, the log's head among them, for
+        // as long as the server's TCP keepalive takes: every other instance's append,
+        // a standby's take-over included, would wait. The server ends such a session instead.
+        let opts = opts.options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))

@@ -252,8 +252,24 @@ async fn service(
             break Ok(Exit::Ok);
         }
         // The version before the state: a take-over in between fails the election's append.
-        let version = store.stream_version(stream::RELATIONSHIP).await?;
-        let state = replay::refresh(store, 10_000).await?;
+        // A store out of reach (a partition) is waited out, exporting nothing: a claim needs
+        // the store, and the heartbeats stop, so a standby takes over.
+        let read = async {
+            let version = store.stream_version(stream::RELATIONSHIP).await?;
+            let state = replay::refresh(store, 10_000).await?;
+            Ok::<_, Error>((version, state))
+        };
+        let (version, state) = match read.await {
+            Ok(r) => r,
+            Err(e) => {
+                say(&format!(
+                    "the store cannot be read: {e}; trying again in {}",
+                    humantime::format_duration(cfg.ha.heartbeat)
+                ));
+                nap(cfg.ha.heartbeat).await;
+                continue;
+            }
+        };
         metrics.state(&state);
         let status = state.instances.instances.get(instance).map(|r| r.status);
         let rel = state.relationship.clone();
@@ -303,7 +319,14 @@ async fn service(
             failing_over = None;
         }
         let beats = if standby {
-            store.heartbeats().await?
+            match store.heartbeats().await {
+                Ok(b) => b,
+                Err(e) => {
+                    say(&format!("the heartbeats cannot be read: {e}"));
+                    nap(cfg.ha.heartbeat).await;
+                    continue;
+                }
+            }
         } else {
             Vec::new()
         };
@@ -377,13 +400,17 @@ async fn service(
                     last_heartbeat_us,
                     reason: reason.clone(),
                 };
-                match contend(store, instance, version, rel.epoch, started).await? {
-                    None => {
+                match contend(store, instance, version, rel.epoch, started).await {
+                    Err(e) => {
+                        say(&format!("{reason}: taking over failed: {e}"));
+                        nap(cfg.ha.heartbeat).await;
+                    }
+                    Ok(None) => {
                         say(&format!(
                             "{reason}: another standby took over first; standing by"
                         ));
                     }
-                    Some(epoch) => {
+                    Ok(Some(epoch)) => {
                         role = ha::Role::Holder(epoch);
                         set_belief(&belief, role, epoch);
                         // Beat now: the other standbys see the new holder alive at once.

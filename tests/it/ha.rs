@@ -563,3 +563,145 @@ async fn a_second_standby_of_one_name_and_an_unsafe_failover_after_are_refused()
     );
     assert_eq!(ha.head().await, head, "nothing written");
 }
+
+/// A TCP proxy that can cut its connections the way a partition does: bytes stop flowing
+/// both ways, the sockets stay open (no reset), and new connections get nowhere.
+struct Partition {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn start(upstream: String) -> Partition {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                let flag = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if flag.load(Ordering::SeqCst) {
+                        // Held open, never answered.
+                        std::future::pending::<()>().await;
+                        drop(down);
+                        return;
+                    }
+                    let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    let pump = |mut r: tokio::net::tcp::OwnedReadHalf,
+                                mut w: tokio::net::tcp::OwnedWriteHalf,
+                                flag: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if flag.load(Ordering::SeqCst) {
+                                let _held = (r, w);
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let a = tokio::spawn(pump(dr, uw, flag.clone()));
+                    let b = tokio::spawn(pump(ur, dw, flag));
+                    let _ = tokio::join!(a, b);
+                });
+            }
+        });
+        Partition { port, cut, task }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A holder whose link to PostgreSQL is cut in the middle of its export stops exporting
+/// (it cannot claim another chunk, and its last claim's lease ends), its heartbeats stop,
+/// and a standby takes over and makes the target exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_cut_off_from_the_store_stops_exporting_and_a_standby_takes_over() {
+    let ha = Ha::new(400, "interval = \"2s\"").await;
+    let direct = std::fs::read_to_string(ha.lab.dir.path().join("dirsync.toml")).unwrap();
+    std::fs::write(ha.lab.dir.path().join("b.toml"), &direct).unwrap();
+    // a: the store through the partition, the target through a recording proxy.
+    let upstream = ha
+        .url
+        .strip_prefix("postgres://postgres@")
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    let partition = Partition::start(upstream.clone()).await;
+    let proxy: ScimProxy =
+        crate::target_scim_differ::behind_proxy(&ha.lab, ProxyRules::default()).await;
+    let a_toml = std::fs::read_to_string(ha.lab.dir.path().join("dirsync.toml"))
+        .unwrap()
+        .replace(&upstream, &format!("127.0.0.1:{}", partition.port));
+    std::fs::write(ha.lab.dir.path().join("a.toml"), a_toml).unwrap();
+    let a = ha.spawn_with("a", "a.toml", false);
+    let b = ha.spawn_with("b", "b.toml", true);
+    until(60, "a's export to begin", async || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
+            >= 100
+    })
+    .await;
+    partition.cut();
+    let cut_at = chrono::Utc::now();
+    // Within failover_after and the lease, or, when the cut caught a in the middle of a
+    // transaction, once the server has ended that session (idle in transaction, 10 s).
+    let end = Instant::now() + Duration::from_secs(90);
+    while ha.failovers().await.len() != 1 {
+        assert!(
+            Instant::now() < end,
+            "b did not take over\n--- a\n{}\n--- b\n{}",
+            a.output(),
+            b.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "b took over {:.1}s after the cut",
+        (chrono::Utc::now() - cut_at).num_milliseconds() as f64 / 1000.0
+    );
+    ha.until_exact(&(1..=400).collect::<Vec<_>>(), 120, &[&a, &b])
+        .await;
+    let f = &ha.failovers().await[0];
+    assert_eq!((f.old.as_str(), f.new.as_str(), f.epoch), ("a", "b", 2));
+    // a's last write went out before its lease (3 s) ended.
+    let lease_end = cut_at + chrono::Duration::seconds(3);
+    let late: Vec<String> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.at >= lease_end)
+        .map(|r| format!("{} {} at {}", r.method, r.target, r.at))
+        .collect();
+    assert_eq!(late, Vec::<String>::new(), "a wrote after its lease ended");
+    let verify = ha.cli(&["log", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
