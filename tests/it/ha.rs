@@ -705,3 +705,82 @@ async fn a_holder_cut_off_from_the_store_stops_exporting_and_a_standby_takes_ove
     let verify = ha.cli(&["log", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
 }
+
+/// Kill -9 whichever service holds, at a random moment (perhaps in the middle of the
+/// previous failover's playbook), with source changes in between, a few rounds; each
+/// killed service comes back as a standby once another has taken over. The target ends
+/// exactly equal to the source, one failover per kill, the chain valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kills_of_the_holder_end_exact() {
+    const ROUNDS: u32 = 3;
+    let ha = Ha::new(60, "interval = \"1s\"").await;
+    let first = ha.cli(&["sync", "--instance", "a"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let mut services: BTreeMap<String, Service> = ["a", "b", "c"]
+        .iter()
+        .map(|n| (n.to_string(), ha.spawn(n, true)))
+        .collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        // xorshift64
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut live: Vec<u32> = (1..=60).collect();
+    let mut added = 60;
+    for round in 0..ROUNDS {
+        tokio::time::sleep(Duration::from_millis(next() % 3000)).await;
+        let holder = ha.state().await.relationship.holder.unwrap();
+        let mut killed = services.remove(&holder).unwrap();
+        killed.signal(libc::SIGKILL);
+        assert_eq!(killed.exit_code(10).await, None);
+        let epoch = ha.state().await.relationship.epoch;
+        // Changes while the holder is dead: one deletion, one new user.
+        // (u1 and u2 stay: they are the groups' members.)
+        let gone = live.remove(2 + (next() % (live.len() as u64 - 2)) as usize);
+        delete_users(&ha.lab, gone..=gone).await;
+        added += 1;
+        ha.lab.slapd().ldapadd(&ldap_user(added)).await;
+        live.push(added);
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            let rel = ha.state().await.relationship;
+            if rel.epoch > epoch && rel.holder.as_deref() != Some(holder.as_str()) {
+                eprintln!(
+                    "round {round}: {holder} killed, {} took epoch {}",
+                    rel.holder.unwrap_or_default(),
+                    rel.epoch
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "nobody took over from {holder}\n{}",
+                services
+                    .values()
+                    .map(|s| format!("--- {}\n{}", s.name, s.output()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // It comes back as a standby.
+        drop(killed);
+        services.insert(holder.clone(), ha.spawn(&holder, true));
+    }
+    let refs: Vec<&Service> = services.values().collect();
+    ha.until_exact(&live, 180, &refs).await;
+    let failovers = ha.failovers().await;
+    assert_eq!(failovers.len(), ROUNDS as usize, "{failovers:?}");
+    let state = ha.state().await;
+    assert_eq!(state.relationship.epoch, u64::from(ROUNDS) + 1);
+    let verify = ha.cli(&["log", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
