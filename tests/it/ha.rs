@@ -243,6 +243,14 @@ async fn delete_users(lab: &E2e, users: std::ops::RangeInclusive<u32>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_holder_and_catches_its_deletions() {
     let ha = Ha::new(400, "interval = \"2s\"").await;
+    // Notifications go to a command that keeps them.
+    let cfg = ha.lab.dir.path().join("dirsync.toml");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{toml}[notify]\ncommand = [\"sh\", \"-c\", \"cat >> notes.jsonl; echo >> notes.jsonl\"]\n"),
+    )
+    .unwrap();
     let mut a = ha.spawn("a", false);
     let ports = [free_port(), free_port()];
     let listen = ports.map(|p| format!("127.0.0.1:{p}"));
@@ -355,6 +363,31 @@ async fn a_standby_takes_over_from_a_killed_holder_and_catches_its_deletions() {
             &json!("completed")
         ),
         "{h}"
+    );
+    // The winner told someone: one `failover` notification.
+    until(30, "the failover notification", async || {
+        std::fs::read_to_string(ha.lab.dir.path().join("notes.jsonl"))
+            .is_ok_and(|n| n.contains("\"event\":\"failover\""))
+    })
+    .await;
+    let notes = std::fs::read_to_string(ha.lab.dir.path().join("notes.jsonl")).unwrap_or_default();
+    let failover_notes: Vec<Value> = notes
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|n| n["event"] == "failover")
+        .map(|mut n| {
+            n["at"] = json!("AT");
+            n["details"]["last_heartbeat"] = json!(n["details"]["last_heartbeat"].is_string());
+            n["details"]["reason"] =
+                json!(n["details"]["reason"].as_str() == Some(f.reason.as_str()));
+            n
+        })
+        .collect();
+    assert_eq!(
+        failover_notes,
+        vec![json!({"event": "failover", "instance": winner, "at": "AT",
+            "details": {"old": "a", "new": winner, "epoch": 2, "last_heartbeat": true, "reason": true}})]
     );
     for (name, port) in [("b", ports[0]), ("c", ports[1])] {
         let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
