@@ -586,6 +586,15 @@ async fn a_second_standby_of_one_name_and_an_unsafe_failover_after_are_refused()
         .unwrap()
         .replace("failover_after = \"5s\"", "failover_after = \"4s\"");
     std::fs::write(ha.lab.dir.path().join("bad.toml"), toml).unwrap();
+    // b's first staging cycle has ended (it would write beside the refused one).
+    until(60, "b's first cycle", async || {
+        let s = ha.state().await;
+        s.instances
+            .instances
+            .get("b")
+            .is_some_and(|r| r.last_completed.is_some() && r.running.is_none())
+    })
+    .await;
     let head = ha.head().await;
     let mut bad = ha.spawn_with("c", "bad.toml", true);
     assert_eq!(bad.exit_code(30).await, Some(2), "{}", bad.output());
