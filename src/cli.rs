@@ -74,6 +74,12 @@ pub enum Command {
         /// e.g. 127.0.0.1:9464.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Stand by: import every interval (warm state) and export nothing, until the
+        /// holder's heartbeat is older than `[ha] failover_after`; then take over through
+        /// the store's epoch bump and run the `failover` playbook. A holder fenced by a
+        /// newer epoch stands by instead of exiting 4.
+        #[arg(long)]
+        standby: bool,
     },
     /// Audits over the log: missed deletions, sync gaps.
     #[command(subcommand)]

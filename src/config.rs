@@ -314,6 +314,44 @@ impl Default for NotifyConfig {
     }
 }
 
+/// `[ha]`: heartbeats and failover between a holder and its standbys (`dirsync run
+/// --standby`; README, High availability).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HaConfig {
+    /// How often a running service records that it is alive (`heartbeat`, default 10 s).
+    pub heartbeat: Duration,
+    /// How old the holder's last heartbeat must be before a standby takes over
+    /// (`failover_after`, default 60 s). More than the lease plus the heartbeat.
+    pub failover_after: Duration,
+}
+
+impl HaConfig {
+    /// The defaults, with `failover_after` raised above a long lease (`[ha]` not given).
+    pub fn defaults_for(lease: Duration) -> HaConfig {
+        let heartbeat = Duration::from_secs(10);
+        HaConfig {
+            heartbeat,
+            failover_after: Duration::from_secs(60).max(lease + heartbeat * 2),
+        }
+    }
+
+    /// Why these values are unsafe with `lease`, if they are: a standby must not take over
+    /// while the holder may still be inside a lease it renewed since its last heartbeat.
+    pub fn unsafe_with(&self, lease: Duration) -> Option<String> {
+        if self.heartbeat.is_zero() {
+            return Some("ha.heartbeat: must be more than zero".into());
+        }
+        (self.failover_after <= lease + self.heartbeat).then(|| {
+            format!(
+                "ha.failover_after: {} must exceed the export lease ({}, [sync] lease) plus the heartbeat ({})",
+                humantime::format_duration(self.failover_after),
+                humantime::format_duration(lease),
+                humantime::format_duration(self.heartbeat)
+            )
+        })
+    }
+}
+
 /// The shortest and longest `[sync] lease`.
 pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(600));
 
@@ -332,6 +370,8 @@ pub struct Config {
     pub mapping: Option<Arc<Mapping>>,
     /// `[notify]`, when given.
     pub notify: Option<NotifyConfig>,
+    /// `[ha]`, or its defaults.
+    pub ha: HaConfig,
 }
 
 // ---- raw file shape ----
@@ -345,6 +385,14 @@ struct RawConfig {
     sync: Option<RawSync>,
     mapping: Option<RawMapping>,
     notify: Option<RawNotify>,
+    ha: Option<RawHa>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    heartbeat: Option<String>,
+    failover_after: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -895,6 +943,20 @@ impl Config {
                 Some(c)
             }
         };
+        let mut ha = HaConfig::defaults_for(sync.lease);
+        if let Some(h) = raw.ha {
+            if let Some(b) = h.heartbeat {
+                ha.heartbeat = humantime::parse_duration(&b)
+                    .map_err(|e| bad("ha.heartbeat", format!("`{b}`: {e}")))?;
+            }
+            if let Some(f) = h.failover_after {
+                ha.failover_after = humantime::parse_duration(&f)
+                    .map_err(|e| bad("ha.failover_after", format!("`{f}`: {e}")))?;
+            }
+            if let Some(why) = ha.unsafe_with(sync.lease) {
+                return Err(Error::Config(format!("{name}: {why}")));
+            }
+        }
         Ok(Config {
             path: path.map(Path::to_path_buf),
             store,
@@ -903,6 +965,7 @@ impl Config {
             sync,
             mapping,
             notify,
+            ha,
         })
     }
 
@@ -1053,6 +1116,36 @@ reconcile_target = "12h"
     }
 
     #[test]
+    fn ha_has_defaults_and_failover_after_must_exceed_lease_plus_heartbeat() {
+        let d = Config::parse("", Path::new("."), None).unwrap();
+        assert_eq!(
+            d.ha,
+            HaConfig {
+                heartbeat: Duration::from_secs(10),
+                failover_after: Duration::from_secs(60)
+            }
+        );
+        // Without [ha], a long lease raises the default instead of refusing.
+        let d = Config::parse("[sync]\nlease = \"2m\"", Path::new("."), None).unwrap();
+        assert_eq!(d.ha.failover_after, Duration::from_secs(140));
+        let c = Config::parse(
+            "[sync]\nlease = \"3s\"\n[ha]\nheartbeat = \"1s\"\nfailover_after = \"5s\"",
+            Path::new("."),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.ha,
+            HaConfig {
+                heartbeat: Duration::from_secs(1),
+                failover_after: Duration::from_secs(5)
+            }
+        );
+        let e = Config::parse("[ha]\nfailover_after = \"40s\"", Path::new("."), None).unwrap_err();
+        assert_eq!(e.exit(), crate::Exit::BadInput);
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (text, key) in [
             (
@@ -1066,6 +1159,14 @@ reconcile_target = "12h"
             ("[sync]\ncycle_timeout = \"later\"", "sync.cycle_timeout"),
             ("[sync]\nreconcile_target = \"0s\"", "sync.reconcile_target"),
             ("[store]\nurl = \"mysql://x\"", "store.url"),
+            ("[ha]\nheartbeat = \"often\"", "ha.heartbeat"),
+            ("[ha]\nheartbeat = \"0s\"", "ha.heartbeat"),
+            // The default lease is 30 s: 30 s + 10 s is not exceeded.
+            ("[ha]\nfailover_after = \"40s\"", "ha.failover_after"),
+            (
+                "[sync]\nlease = \"3s\"\n[ha]\nheartbeat = \"1s\"\nfailover_after = \"4s\"",
+                "ha.failover_after",
+            ),
         ] {
             let m = Config::parse(text, Path::new("."), None)
                 .unwrap_err()

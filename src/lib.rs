@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod error;
+pub mod ha;
 pub mod log;
 pub mod plan;
 pub mod playbook;

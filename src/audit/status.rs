@@ -105,6 +105,35 @@ pub struct InstanceRow {
     pub cursor: Option<CursorAge>,
     /// The id of a handover in progress from or to it.
     pub handover: Option<String>,
+    /// Its service's last heartbeat (`dirsync run`), if one ever ran on this store.
+    pub heartbeat: Option<HeartbeatRow>,
+}
+
+/// A service's last heartbeat as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeartbeatRow {
+    pub at: String,
+    pub age_seconds: i64,
+    /// What the service believed itself to be: holder or standby.
+    pub role: String,
+    pub epoch: u64,
+    pub host: String,
+    pub pid: u32,
+    /// Older than `[ha] failover_after`: the service is not running (or cannot reach the
+    /// store); a standby takes over from a silent holder.
+    pub silent: bool,
+}
+
+/// The last failover, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailoverRow {
+    pub old: String,
+    pub new: String,
+    pub epoch: u64,
+    pub at: String,
+    pub seq: u64,
+    pub last_heartbeat: Option<String>,
+    pub reason: String,
 }
 
 /// The current held list, unapproved (the guard's `waiting()`).
@@ -148,6 +177,9 @@ pub struct StatusReport {
     pub deletions_held: Option<Held>,
     pub handover: Option<HandoverInProgress>,
     pub quarantined: Vec<Quarantined>,
+    /// The last failover (`run --standby`), and how many were recorded.
+    pub last_failover: Option<FailoverRow>,
+    pub failovers: u64,
     pub health: Health,
     /// The log's seq the status speaks as of.
     pub seq: u64,
@@ -173,6 +205,10 @@ pub struct Ask<'a> {
     pub now_us: i64,
     /// `[sync] interval`: no success within three of them is unhealthy.
     pub interval_us: i64,
+    /// The services' heartbeats (stored outside the log).
+    pub heartbeats: &'a [crate::ha::Heartbeat],
+    /// `[ha] failover_after`: a heartbeat older than this is silent.
+    pub failover_after_us: i64,
 }
 
 /// The status (pure).
@@ -243,6 +279,18 @@ pub fn status(c: &Control, seq: u64, objects: &State, ask: &Ask<'_>) -> StatusRe
                 .as_ref()
                 .filter(|h| h.from == name || h.to == name)
                 .map(|h| h.handover_id.clone()),
+            heartbeat: ask.heartbeats.iter().find(|h| h.instance == name).map(|h| {
+                let age = ask.now_us.saturating_sub(h.at_us).max(0);
+                HeartbeatRow {
+                    at: time(h.at_us),
+                    age_seconds: age / 1_000_000,
+                    role: h.role.clone(),
+                    epoch: h.epoch,
+                    host: h.host.clone(),
+                    pid: h.pid,
+                    silent: age > ask.failover_after_us,
+                }
+            }),
         }
     };
     let names: Vec<&str> = match ask.instance {
@@ -259,6 +307,16 @@ pub fn status(c: &Control, seq: u64, objects: &State, ask: &Ask<'_>) -> StatusRe
         deletions_held: held,
         handover,
         quarantined: quarantined(c, objects),
+        last_failover: rel.last_failover.as_ref().map(|(at, f)| FailoverRow {
+            old: f.old.clone(),
+            new: f.new.clone(),
+            epoch: f.epoch,
+            at: time(at.at_us),
+            seq: at.seq,
+            last_heartbeat: f.last_heartbeat_us.map(time),
+            reason: f.reason.clone(),
+        }),
+        failovers: rel.failovers,
         health,
         seq,
         checked_at: time(ask.now_us),
@@ -504,6 +562,8 @@ mod tests {
             instance,
             now_us,
             interval_us: 60 * S,
+            heartbeats: &[],
+            failover_after_us: 60 * S,
         }
     }
 
@@ -562,6 +622,7 @@ mod tests {
                 deletions_held: 0,
                 cursor: None,
                 handover: None,
+                heartbeat: None,
             }]
         );
         assert_eq!(
@@ -572,6 +633,75 @@ mod tests {
             }
         );
         assert_eq!(r.exit(), Exit::Ok);
+    }
+
+    #[test]
+    fn heartbeats_and_the_last_failover() {
+        use crate::log::event::FailoverStarted;
+        let f = FailoverStarted {
+            old: "a".into(),
+            new: "b".into(),
+            epoch: 2,
+            last_heartbeat_us: Some(T0 + S),
+            reason: "no heartbeat from a for 61s (failover_after 1m)".into(),
+        };
+        let st = fold(&[
+            est("a", 1),
+            ("b", started("r1")),
+            ("b", completed("r1")),
+            est("b", 2),
+            ("b", Event::FailoverStarted(f.clone())),
+        ]);
+        let beat = |instance: &str, at_us: i64, role: &str, epoch: u64| crate::ha::Heartbeat {
+            instance: instance.into(),
+            role: role.into(),
+            epoch,
+            at_us,
+            host: "h".into(),
+            pid: 7,
+        };
+        let beats = [
+            beat("a", T0 + S, "holder", 1),
+            beat("b", T0 + 70 * S, "holder", 2),
+        ];
+        let mut a = ask(None, T0 + 71 * S);
+        a.heartbeats = &beats;
+        let r = status_of(&st, &a);
+        assert_eq!(
+            r.last_failover,
+            Some(FailoverRow {
+                old: "a".into(),
+                new: "b".into(),
+                epoch: 2,
+                at: time(T0 + 4 * S),
+                seq: 5,
+                last_heartbeat: Some(time(T0 + S)),
+                reason: f.reason.clone(),
+            })
+        );
+        assert_eq!(r.failovers, 1);
+        // a, silent since its last beat as the holder of epoch 1, is a standby now.
+        let rows: Vec<(&str, Role, Option<HeartbeatRow>)> = r
+            .instances
+            .iter()
+            .map(|i| (i.instance.as_str(), i.role, i.heartbeat.clone()))
+            .collect();
+        let row = |at_us: i64, age_seconds: i64, epoch: u64, silent: bool| HeartbeatRow {
+            at: time(at_us),
+            age_seconds,
+            role: "holder".into(),
+            epoch,
+            host: "h".into(),
+            pid: 7,
+            silent,
+        };
+        assert_eq!(
+            rows,
+            vec![
+                ("a", Role::Standby, Some(row(T0 + S, 70, 1, true))),
+                ("b", Role::Holder, Some(row(T0 + 70 * S, 1, 2, false))),
+            ]
+        );
     }
 
     #[test]

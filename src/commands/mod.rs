@@ -154,7 +154,11 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
         }
         // Answered above, before the configuration is read.
         Command::Playbook(_) | Command::Completions { .. } | Command::Man { .. } => Ok(Exit::Ok),
-        Command::Run { instance, listen } => {
+        Command::Run {
+            instance,
+            listen,
+            standby,
+        } => {
             let instance = crate::cli::instance_or_host(instance)?;
             // Bound before the store is opened: a bad address is bad usage, nothing written.
             let listener = match listen {
@@ -164,9 +168,15 @@ pub async fn execute(cli: Cli) -> Result<Exit> {
             let store = open(&cfg).await?;
             let notifier = Notifier::start(&cfg, notify::Record::Log(store.clone()))?;
             // Each line carries its time: a journal or a file keeps when each cycle ended.
-            crate::sync::service::serve(&cfg, &store, &instance, listener, notifier, &|l| {
-                eprintln!("dirsync run: {} {l}", time(Utc::now().timestamp_micros()))
-            })
+            crate::sync::service::serve(
+                &cfg,
+                &store,
+                &instance,
+                standby,
+                listener,
+                notifier,
+                &|l| eprintln!("dirsync run: {} {l}", time(Utc::now().timestamp_micros())),
+            )
             .await
         }
     }

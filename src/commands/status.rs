@@ -21,6 +21,7 @@ pub(super) async fn status(cfg: &Config, instance: Option<String>, fmt: Format) 
             )));
         }
     }
+    let heartbeats = store.heartbeats().await?;
     let r = status::status(
         &control,
         seq,
@@ -29,6 +30,8 @@ pub(super) async fn status(cfg: &Config, instance: Option<String>, fmt: Format) 
             instance: instance.as_deref(),
             now_us: Utc::now().timestamp_micros(),
             interval_us: i64::try_from(cfg.sync.interval.as_micros()).unwrap_or(i64::MAX),
+            heartbeats: &heartbeats,
+            failover_after_us: i64::try_from(cfg.ha.failover_after.as_micros()).unwrap_or(i64::MAX),
         },
     );
     match fmt {
@@ -69,6 +72,14 @@ fn status_table(r: &StatusReport) -> String {
                     format!("since {}", output::shown_str(&run.since))
                 }),
                 i.handover.clone().unwrap_or_else(|| "-".into()),
+                i.heartbeat.as_ref().map_or("-".into(), |h| {
+                    format!(
+                        "{} ago ({}){}",
+                        span(h.age_seconds.saturating_mul(1_000_000)),
+                        h.role,
+                        if h.silent { " silent" } else { "" }
+                    )
+                }),
             ]
         })
         .collect();
@@ -83,6 +94,7 @@ fn status_table(r: &StatusReport) -> String {
             "CURSOR AGE",
             "RUNNING",
             "HANDOVER",
+            "HEARTBEAT",
         ],
         &rows,
     );
@@ -98,6 +110,17 @@ fn status_table(r: &StatusReport) -> String {
         if let Some(f) = i.last_failure.as_ref().filter(|_| i.last_cycle_failed) {
             out.push_str(&format!("last failure of {}: {}\n", i.instance, f.error));
         }
+    }
+    if let Some(f) = &r.last_failover {
+        out.push_str(&format!(
+            "last failover: {} -> {} (epoch {}) at {}: {} ({} failover(s) in all)\n",
+            f.old,
+            f.new,
+            f.epoch,
+            output::shown_str(&f.at),
+            f.reason,
+            r.failovers
+        ));
     }
     if let Some(h) = &r.handover {
         out.push_str(&format!(

@@ -537,6 +537,30 @@ pub struct SyncRelationshipEstablished {
     pub epoch: u64,
 }
 
+/// A standby won the election (the epoch bump recorded in the same batch) because the
+/// holder `old` fell silent: it now runs the `failover` playbook (`dirsync run --standby`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverStarted {
+    pub old: String,
+    pub new: String,
+    /// The epoch the new holder took.
+    pub epoch: u64,
+    /// The old holder's last heartbeat (microseconds since the epoch), if it wrote one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_us: Option<i64>,
+    pub reason: String,
+}
+
+/// A service that held epoch `held` found `by` holding the newer `epoch`: it exports
+/// nothing more (and becomes a standby, or exits 4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceFenced {
+    pub instance: String,
+    pub by: String,
+    pub epoch: u64,
+    pub held: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRunStarted {
     pub run_id: String,
@@ -932,6 +956,8 @@ events! {
     DuplicateRemoved(DuplicateRemoved),
     NotificationDelivered(NotificationDelivered),
     NotificationFailed(NotificationFailed),
+    FailoverStarted(FailoverStarted),
+    InstanceFenced(InstanceFenced),
 }
 
 /// Well-known stream ids. A stream is the unit of optimistic concurrency.

@@ -13,6 +13,10 @@ pub(crate) const SQLITE: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0003_cheaper_index.sql"),
     ),
     (4, include_str!("../../migrations/sqlite/0004_control.sql")),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_heartbeats.sql"),
+    ),
 ];
 /// (version, SQL) for PostgreSQL.
 pub(crate) const POSTGRES: &[(i64, &str)] = &[
@@ -28,6 +32,10 @@ pub(crate) const POSTGRES: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_control.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_heartbeats.sql"),
     ),
 ];
 /// The version that adds the history index (`src/log/index.rs`).
@@ -127,8 +135,9 @@ mod tests {
         );
         assert!(!fill(3).any());
         assert!(!fill(4).any());
+        assert!(!fill(5).any());
         assert_eq!(latest(SQLITE), latest(POSTGRES));
-        for (found, refold) in [(0, true), (2, true), (3, true), (4, false)] {
+        for (found, refold) in [(0, true), (2, true), (3, true), (4, false), (5, false)] {
             assert_eq!(control_to_fill(found, SQLITE), refold, "{found}");
             assert_eq!(control_to_fill(found, POSTGRES), refold, "{found}");
         }

@@ -151,12 +151,23 @@ pub struct PgStore {
     url: String,
 }
 
+/// How long a session may sit idle inside a transaction before the server ends it. No
+/// transaction of dirsync's pauses between statements for more than a moment (the longest
+/// gap is preparing the next part of a batch); a holder cut off mid-transaction delays a
+/// standby's take-over by at most this much.
+const IDLE_IN_TRANSACTION: &str = "10s";
+
 impl PgStore {
     pub async fn open(url: &str, mode: OpenMode) -> Result<PgStore> {
         let shown = redact_url(url);
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e| Error::Config(format!("store.url `{shown}`: {e}")))?;
+        // A client cut off in the middle of a transaction (a network partition that drops
+        // packets without a reset) would keep its row locks, the log's head among them, for
+        // as long as the server's TCP keepalive takes: every other instance's append,
+        // a standby's take-over included, would wait. The server ends such a session instead.
+        let opts = opts.options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -768,6 +779,47 @@ impl PgStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    /// Record `beat` as its instance's heartbeat (one row per instance, outside the chain).
+    pub(crate) async fn beat(&self, b: &crate::ha::Heartbeat) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO heartbeats (instance, role, epoch, at_us, host, pid) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (instance) DO UPDATE SET \
+             role = excluded.role, epoch = excluded.epoch, at_us = excluded.at_us, \
+             host = excluded.host, pid = excluded.pid",
+        )
+        .bind(&b.instance)
+        .bind(&b.role)
+        .bind(b.epoch as i64)
+        .bind(b.at_us)
+        .bind(&b.host)
+        .bind(i64::from(b.pid))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every instance's last heartbeat, by instance name.
+    pub(crate) async fn heartbeats(&self) -> Result<Vec<crate::ha::Heartbeat>> {
+        let rows: Vec<(String, String, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT instance, role, epoch, at_us, host, pid FROM heartbeats ORDER BY instance",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(instance, role, epoch, at_us, host, pid)| crate::ha::Heartbeat {
+                    instance,
+                    role,
+                    epoch: epoch as u64,
+                    at_us,
+                    host,
+                    pid: pid as u32,
+                },
+            )
+            .collect())
     }
 
     /// Take the session-level advisory lock `name` on a connection of its own, or None when

@@ -1069,6 +1069,57 @@ impl SqliteStore {
         .await
     }
 
+    /// Record `beat` as its instance's heartbeat (one row per instance, outside the chain).
+    pub(crate) async fn beat(&self, beat: &crate::ha::Heartbeat) -> Result<()> {
+        let b = beat.clone();
+        self.with_writer(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO heartbeats (instance, role, epoch, at_us, host, pid) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (instance) DO UPDATE SET \
+                 role = excluded.role, epoch = excluded.epoch, at_us = excluded.at_us, \
+                 host = excluded.host, pid = excluded.pid",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    b.instance,
+                    b.role,
+                    b.epoch as i64,
+                    b.at_us,
+                    b.host,
+                    i64::from(b.pid)
+                ])
+            })
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every instance's last heartbeat, by instance name.
+    pub(crate) async fn heartbeats(&self) -> Result<Vec<crate::ha::Heartbeat>> {
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT instance, role, epoch, at_us, host, pid FROM heartbeats ORDER BY instance",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql)? {
+                out.push(crate::ha::Heartbeat {
+                    instance: text(r, 0)?.to_string(),
+                    role: text(r, 1)?.to_string(),
+                    epoch: int(r, 2)? as u64,
+                    at_us: int(r, 3)?,
+                    host: text(r, 4)?.to_string(),
+                    pid: int(r, 5)? as u32,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Take the advisory lock `name` (a `flock` on `DB.NAME.lock` beside the database), or
     /// None when another process holds it. The operating system releases it when the
     /// holder dies, so a crashed holder never leaves it taken.

@@ -339,6 +339,25 @@ impl AnyStore {
     }
 }
 
+impl AnyStore {
+    /// Record a service's heartbeat (`[ha] heartbeat`): overwritten in place, outside the
+    /// hash chain, so an idle deployment does not grow the log.
+    pub async fn beat(&self, beat: &crate::ha::Heartbeat) -> Result<()> {
+        match self {
+            AnyStore::Sqlite(s) => s.beat(beat).await,
+            AnyStore::Postgres(s) => s.beat(beat).await,
+        }
+    }
+
+    /// Every instance's last heartbeat.
+    pub async fn heartbeats(&self) -> Result<Vec<crate::ha::Heartbeat>> {
+        match self {
+            AnyStore::Sqlite(s) => s.heartbeats().await,
+            AnyStore::Postgres(s) => s.heartbeats().await,
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {

@@ -45,6 +45,7 @@ struct Inner {
     deletions_held: Gauge,
     epoch: Gauge,
     is_holder: Family<Labels, Gauge>,
+    failovers: Family<Labels, Counter>,
     head_seq: Gauge,
     cursor: Arc<CursorAge>,
     /// A cycle has completed since the service started.
@@ -103,6 +104,12 @@ impl Metrics {
             "1 when this instance holds the sync relationship (may export), else 0",
             is_holder.clone(),
         );
+        let failovers = Family::<Labels, Counter>::default();
+        registry.register(
+            "dirsync_failovers",
+            "Failovers this service won (`run --standby`: the holder fell silent and it took over)",
+            failovers.clone(),
+        );
         let head_seq = Gauge::default();
         registry.register(
             "dirsync_log_head_seq",
@@ -125,6 +132,7 @@ impl Metrics {
             drop(exported.get_or_create(&me("op", op)));
         }
         drop(is_holder.get_or_create(&vec![("instance", instance.to_string())]));
+        drop(failovers.get_or_create(&vec![("instance", instance.to_string())]));
         Metrics(Arc::new(Inner {
             registry,
             instance: instance.to_string(),
@@ -135,6 +143,7 @@ impl Metrics {
             deletions_held,
             epoch,
             is_holder,
+            failovers,
             head_seq,
             cursor,
             ready: AtomicBool::new(false),
@@ -194,6 +203,11 @@ impl Metrics {
             .map_or(NONE, |c| c.at.at_us);
         m.cursor.at_us.store(at, Ordering::SeqCst);
         self.tick();
+    }
+
+    /// This service won a failover.
+    pub fn failover(&self) {
+        self.0.failovers.get_or_create(&self.labels()).inc();
     }
 
     /// The service loop lives.

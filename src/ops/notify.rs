@@ -26,7 +26,7 @@ use crate::log::{AnyStore, NewEvent, Store};
 use crate::project::Control;
 use crate::sync::export::SyncReport;
 
-/// What happened (INTERFACE.md). Open: `failover` comes with high availability.
+/// What happened (INTERFACE.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyEvent {
@@ -36,6 +36,7 @@ pub enum NotifyEvent {
     HandoverCompleted,
     HandoverFailed,
     MissedDeletionsFound,
+    Failover,
 }
 
 impl NotifyEvent {
@@ -47,6 +48,7 @@ impl NotifyEvent {
             NotifyEvent::HandoverCompleted => "handover_completed",
             NotifyEvent::HandoverFailed => "handover_failed",
             NotifyEvent::MissedDeletionsFound => "missed_deletions_found",
+            NotifyEvent::Failover => "failover",
         }
     }
 }

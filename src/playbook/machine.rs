@@ -18,6 +18,9 @@ pub enum Begin {
     Refuse(String),
 }
 
+/// The built-in playbook a standby runs when it takes over from a silent holder.
+pub const FAILOVER: &str = "failover";
+
 pub fn begin(h: &Handovers, from: &str, to: &str, playbook: &str) -> Begin {
     let Some((id, rec)) = h
         .last
@@ -27,6 +30,11 @@ pub fn begin(h: &Handovers, from: &str, to: &str, playbook: &str) -> Begin {
         return Begin::Start;
     };
     let same = rec.from == from && rec.to == to && rec.playbook == playbook;
+    // A failover whose new holder died before finishing it is superseded by the next
+    // failover (from that holder): nobody is left to resume it.
+    if rec.completed.is_none() && !same && rec.playbook == FAILOVER && playbook == FAILOVER {
+        return Begin::Start;
+    }
     match (rec.completed.is_some(), same) {
         (false, true) => Begin::Resume(id.clone()),
         (false, false) => Begin::Refuse(format!(
@@ -283,6 +291,37 @@ mod tests {
             begin(&State::default().control.handovers, "a", "b", "c"),
             Begin::Start
         );
+    }
+
+    #[test]
+    fn an_unfinished_failover_is_superseded_by_the_next_failover_only() {
+        let failover = Event::HandoverStarted(HandoverStarted {
+            handover_id: "h1".into(),
+            from: "a".into(),
+            to: "b".into(),
+            playbook: FAILOVER.into(),
+            steps: vec!["sync".into()],
+        });
+        let s = given(&[("b", failover)]);
+        // b died mid-failover; c takes over from b.
+        assert_eq!(
+            begin(&s.control.handovers, "b", "c", FAILOVER),
+            Begin::Start
+        );
+        assert_eq!(
+            begin(&s.control.handovers, "a", "b", FAILOVER),
+            Begin::Resume("h1".into())
+        );
+        assert!(matches!(
+            begin(&s.control.handovers, "b", "c", "new-computer"),
+            Begin::Refuse(_)
+        ));
+        // An unfinished handover of another playbook is not superseded by a failover.
+        let s = given(&[("n", started(2))]);
+        assert!(matches!(
+            begin(&s.control.handovers, "new", "c", FAILOVER),
+            Begin::Refuse(_)
+        ));
     }
 
     fn pb_step(action: &str, role: &str, extra: &str) -> Step {

@@ -590,6 +590,16 @@ pub struct Relationship {
     /// reconcile_target` interval, or per `sync --full`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reconciles: Vec<Reconcile>,
+    /// The last failover (`dirsync run --standby`): when it was recorded, and what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<(At, crate::log::event::FailoverStarted)>,
+    /// Failovers recorded, ever.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failovers: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One reconcile of the whole target, as recorded.
@@ -622,6 +632,10 @@ impl Relationship {
                     until_us: b.lease_until.timestamp_micros(),
                     from_us: m.recorded_at_us,
                 });
+            }
+            Event::FailoverStarted(f) => {
+                self.last_failover = Some((m.into(), f.clone()));
+                self.failovers += 1;
             }
             Event::TargetReconciled(r) => self.reconciles.push(Reconcile {
                 at: m.into(),

@@ -227,11 +227,16 @@ async fn acquire(
         let version = store.stream_version(stream::RELATIONSHIP).await?;
         state = replay::advance(store, state).await?;
         let rel = &state.control.relationship;
-        if !take_over && rel.holder.is_some() {
-            if rel.held_by(instance) {
-                let epoch = rel.epoch;
-                return Ok((Fence { epoch, version }, state));
+        if rel.held_by(instance) && rel.epoch > 0 {
+            let epoch = rel.epoch;
+            if take_over {
+                // Taken already (a failover's election bumped the epoch): no second bump,
+                // but the previous holder's lease is still waited out.
+                wait_for_lease(&state, instance, progress).await;
             }
+            return Ok((Fence { epoch, version }, state));
+        }
+        if !take_over && rel.holder.is_some() {
             return Err(Error::Fenced(fenced_message(&state, instance)));
         }
         let epoch = rel.epoch + 1;

@@ -6,6 +6,7 @@ mod common;
 mod cycle;
 mod fencing;
 mod guard;
+mod ha;
 mod handover;
 mod hardening;
 mod history;

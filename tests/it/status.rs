@@ -142,6 +142,7 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
                 "expired": false,
             },
             "handover": null,
+            "heartbeat": null,
         })
     );
     assert_eq!(
