@@ -382,7 +382,10 @@ impl Mapping {
                     _ => Slot::Extra,
                 }),
                 TargetKind::Graph => {
-                    crate::target::graph::extra_property(&r.key).map(|()| Slot::Extra)
+                    crate::target::graph::extra_property(&r.key).map(|p| match p {
+                        crate::target::graph::ExtraProperty::Reference => Slot::Reference,
+                        crate::target::graph::ExtraProperty::Plain => Slot::Extra,
+                    })
                 }
             }
             .map_err(at)?;
