@@ -374,4 +374,73 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
     let v = lab.sync("a", &["--full"]);
     assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
     assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+    let (ann_id, bob_id, carol_id) = (
+        ann["id"].as_str().unwrap().to_string(),
+        bob["id"].as_str().unwrap().to_string(),
+        carol["id"].as_str().unwrap().to_string(),
+    );
+    let ann_anchor = lab.anchor(&format!("uid=ann,{PEOPLE}")).await;
+    let bob_anchor = lab.anchor(&format!("uid=bob,{PEOPLE}")).await;
+    let recorded_manager =
+        |state: &dirsync::project::State, anchor: &str| match state.ledger.entries[anchor]
+            .state
+            .as_ref()
+        {
+            Some(dirsync::target::Mapped::User(u)) => u
+                .extra
+                .get(format!("{ENTERPRISE}:manager").as_str())
+                .map(|m| m.to_string()),
+            other => panic!("{other:?}"),
+        };
+
+    // The manager renamed: the same object, so bob keeps ann's target id. (slapd here has
+    // no refint overlay: bob's manager is changed to the new DN as refint, or AD, would.)
+    lab.slapd()
+        .ldapmodrdn(&format!("uid=ann,{PEOPLE}"), "uid=anna", None)
+        .await;
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=bob,{PEOPLE}\nchangetype: modify\nreplace: manager\nmanager: uid=anna,{PEOPLE}\n\n"
+        ))
+        .await;
+    let before = lab.view.users_by_anchor().await;
+    let v = lab.sync("a", &[]);
+    // ann's userName follows her uid; bob has nothing to update.
+    assert_eq!((n(&v, "updated"), n(&v, "created")), (1, 0), "{v}");
+    let users = lab.view.users_by_anchor().await;
+    assert_eq!(users[&ann_anchor]["id"], json!(ann_id));
+    assert_eq!(users[&ann_anchor]["userName"], json!("anna"));
+    assert_eq!(users[&bob_anchor], before[&bob_anchor]);
+    assert_eq!(
+        recorded_manager(&lab.state().await, &bob_anchor),
+        Some(ann_id.clone())
+    );
+
+    // The manager deleted: bob's manager cleared, in the target and in the log.
+    lab.slapd().ldapdelete(&format!("uid=anna,{PEOPLE}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (n(&v, "updated"), n(&v, "deleted"), n(&v, "created")),
+        (1, 1, 0),
+        "{v}"
+    );
+    let users = lab.view.users_by_anchor().await;
+    assert!(!users.contains_key(&ann_anchor));
+    assert_eq!(users[&bob_anchor]["id"], json!(bob_id));
+    assert_eq!(
+        users[&bob_anchor][ENTERPRISE],
+        json!({"employeeNumber": "2"})
+    );
+    let carol_now = users.values().find(|u| u["userName"] == "carol").unwrap();
+    assert_eq!(
+        (&carol_now["id"], &carol_now[ENTERPRISE]),
+        (
+            &json!(carol_id),
+            &json!({"employeeNumber": "3", "manager": {"value": bob_id}})
+        )
+    );
+    assert_eq!(recorded_manager(&lab.state().await, &bob_anchor), None);
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
 }
