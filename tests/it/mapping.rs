@@ -444,3 +444,158 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
     assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
     assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
 }
+
+const ACME: &str = "urn:example:params:scim:schemas:extension:acme:2.0:User";
+
+/// scim2-server publishing one more extension of User, ACME with `badgeNumber`; and the
+/// files that make it so (kept alive with the server).
+async fn scim_with_acme() -> (crate::lab::Scim, tempfile::TempDir) {
+    // The schemas and resource types scim2-server publishes by default, plus ACME.
+    let plain = crate::lab::Scim::tenant().await;
+    let http = reqwest::Client::new();
+    let read = |what: &'static str| {
+        let req = http
+            .get(format!("{}/{what}", plain.base_url()))
+            .bearer_auth(plain.token());
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            let mut list = v["Resources"].as_array().unwrap().clone();
+            for r in &mut list {
+                r.as_object_mut().unwrap().remove("meta");
+            }
+            list
+        }
+    };
+    let mut schemas = read("Schemas").await;
+    schemas.push(json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": ACME,
+        "name": "AcmeUser",
+        "description": "Acme's user extension",
+        "attributes": [{
+            "name": "badgeNumber", "type": "string", "multiValued": false, "required": false,
+            "caseExact": false, "mutability": "readWrite", "returned": "default",
+            "uniqueness": "none",
+        }],
+    }));
+    let mut types = read("ResourceTypes").await;
+    let user = types.iter_mut().find(|t| t["name"] == "User").unwrap();
+    user["schemaExtensions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"schema": ACME, "required": false}));
+    let files = tempfile::tempdir().unwrap();
+    let (s, t) = (
+        files.path().join("schemas.json"),
+        files.path().join("types.json"),
+    );
+    std::fs::write(&s, Value::Array(schemas).to_string()).unwrap();
+    std::fs::write(&t, Value::Array(types).to_string()).unwrap();
+    let scim = crate::lab::Scim::start_with(&[
+        "--schema",
+        s.to_str().unwrap(),
+        "--resource-type",
+        t.to_str().unwrap(),
+    ])
+    .await;
+    (scim, files)
+}
+
+/// Preflight's `target schema` row and its (check, result, detail).
+fn schema_row(lab: &E2e) -> (i32, Option<(String, String)>) {
+    let run = lab.cli(&["preflight", "--instance", "a", "--format", "json"]);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+    let row = v.as_array().and_then(|a| {
+        a.iter().find(|c| c["check"] == "target schema").map(|c| {
+            (
+                match c["ok"].as_bool() {
+                    Some(true) => "ok".to_string(),
+                    _ => "FAIL".to_string(),
+                },
+                c["detail"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    });
+    (run.code, row)
+}
+
+/// Attributes of an extension schema the server publishes are written and read back; a
+/// key of a schema it does not publish, or an attribute its schema lacks, fails preflight
+/// with one line naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_schemas_are_checked_against_the_target_and_exported() {
+    let (scim, _files) = scim_with_acme().await;
+    let lab = E2e::ldap(0, "500").await;
+    // The lab's target is a tenant of the shared server: point it at this one instead.
+    let conf = lab.dir.path().join("dirsync.toml");
+    let toml = std::fs::read_to_string(&conf).unwrap();
+    let url = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \"").filter(|u| u.contains("/v2")))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    std::fs::write(&conf, toml.replace(&url, scim.base_url())).unwrap();
+    std::fs::write(lab.dir.path().join("token"), format!("{}\n", scim.token())).unwrap();
+    let view = crate::sync_export::ScimView::of(scim.base_url(), scim.token());
+    lab.slapd()
+        .ldapadd(&format!(
+            "dn: uid=ann,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: ann\ncn: Ann\nsn: A\nemployeeNumber: 1001\n\n"
+        ))
+        .await;
+    let base = std::fs::read_to_string(&conf).unwrap();
+    let with = |rows: &str| std::fs::write(&conf, format!("{base}[mapping.user]\n{rows}")).unwrap();
+
+    // Published: preflight passes the row, and the value reaches the server and comes back.
+    with(&format!(
+        "\"{ACME}:badgeNumber\" = \"src.employeenumber[0]\"\n\"{ENTERPRISE}:employeeNumber\" = \"src.uid[0]\"\n"
+    ));
+    assert_eq!(
+        schema_row(&lab),
+        (
+            0,
+            Some((
+                "ok".into(),
+                "the target publishes every extension attribute the mapping sets (2)".into()
+            ))
+        )
+    );
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "created"), n(&v, "unmappable")), (3, 0), "{v}");
+    let ann = lab.anchor(&format!("uid=ann,{PEOPLE}")).await;
+    let u = written(view.users_by_anchor().await.remove(&ann).unwrap());
+    assert_eq!(
+        u,
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE, ACME],
+            "externalId": ann,
+            "userName": "ann",
+            "displayName": "Ann",
+            "name": {"familyName": "A"},
+            "active": true,
+            ACME: {"badgeNumber": "1001"},
+            ENTERPRISE: {"employeeNumber": "ann"},
+        })
+    );
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+
+    // An attribute the schema lacks, and a schema the server does not publish: each fails
+    // preflight (exit 1) in one line naming the key; nothing is written.
+    let head = lab.head().await;
+    for (row, want) in [
+        (
+            format!("\"{ACME}:shoeSize\" = \"'44'\"\n"),
+            format!("mapping.user.\"{ACME}:shoeSize\": the target's schema {ACME} has no attribute `shoeSize` (it has badgeNumber)"),
+        ),
+        (
+            "\"urn:example:params:scim:schemas:extension:other:1.0:User:x\" = \"'x'\"\n".to_string(),
+            format!("mapping.user.\"urn:example:params:scim:schemas:extension:other:1.0:User:x\": the target publishes no schema urn:example:params:scim:schemas:extension:other:1.0:User (its /Schemas: urn:ietf:params:scim:schemas:core:2.0:User, urn:ietf:params:scim:schemas:core:2.0:Group, {ENTERPRISE}, {ACME})"),
+        ),
+    ] {
+        with(&row);
+        assert_eq!(schema_row(&lab), (1, Some(("FAIL".into(), want))), "{row}");
+    }
+    assert_eq!(lab.head().await, head, "preflight records nothing");
+}
