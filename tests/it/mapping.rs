@@ -599,3 +599,129 @@ async fn extension_schemas_are_checked_against_the_target_and_exported() {
     }
     assert_eq!(lab.head().await, head, "preflight records nothing");
 }
+
+const STAFF: &str = "OU=Staff,DC=test,DC=lan";
+
+/// (active, the manager's userName) per userName, as the target holds them.
+async fn active_and_manager(lab: &E2e) -> BTreeMap<String, (bool, Option<String>)> {
+    let users = lab.view.users_by_anchor().await;
+    let name_of = |id: &Value| {
+        users
+            .values()
+            .find(|u| &u["id"] == id)
+            .map(|u| u["userName"].as_str().unwrap().to_string())
+    };
+    users
+        .values()
+        .map(|u| {
+            (
+                u["userName"].as_str().unwrap().to_string(),
+                (
+                    u["active"].as_bool().unwrap(),
+                    name_of(&u[ENTERPRISE]["manager"]["value"]),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Samba AD into scim2-server: `active` from userAccountControl's ACCOUNTDISABLE bit (2)
+/// and the enterprise `manager` from AD's manager attribute, configured, end to end: a
+/// chain created in one cycle, a user disabled and enabled, the manager renamed (AD
+/// follows the link: the report keeps its manager) and deleted (the report's is cleared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_user_account_control_and_manager_map_end_to_end() {
+    let lab = E2e::ad().await;
+    let samba = lab.samba();
+    samba
+        .ldapmodify(&format!(
+            "dn: CN=u2,{STAFF}\nchangetype: modify\nadd: manager\nmanager: CN=u1,{STAFF}\n\n\
+             dn: CN=u3,{STAFF}\nchangetype: modify\nadd: manager\nmanager: CN=u2,{STAFF}\n\n\
+             dn: CN=u4,{STAFF}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n"
+        ))
+        .await;
+    append(
+        &lab,
+        &format!(
+            "[mapping.user]\n\
+             active = \"!has(src.useraccountcontrol) || int(src.useraccountcontrol[0]) / 2 % 2 == 0\"\n\
+             \"{ENTERPRISE}:manager\" = \"has(src.manager) ? src.manager[0] : null\"\n"
+        ),
+    );
+    let want = |rows: &[(&str, bool, Option<&str>)]| {
+        rows.iter()
+            .map(|(u, a, m)| {
+                (
+                    format!("{u}@test.lan"),
+                    (*a, m.map(|m| format!("{m}@test.lan"))),
+                )
+            })
+            .collect::<BTreeMap<String, (bool, Option<String>)>>()
+    };
+    let v = lab.sync("a", &[]);
+    // u1..u4 and Team; the two managers set by updates in the same cycle.
+    assert_eq!(
+        (n(&v, "created"), n(&v, "updated"), n(&v, "unmappable")),
+        (5, 2, 0),
+        "{v}"
+    );
+    assert_eq!(
+        active_and_manager(&lab).await,
+        want(&[
+            ("u1", true, None),
+            ("u2", true, Some("u1")),
+            ("u3", true, Some("u2")),
+            ("u4", false, None),
+        ])
+    );
+
+    // Disabled and enabled through userAccountControl.
+    samba
+        .ldapmodify(&format!(
+            "dn: CN=u1,{STAFF}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n\
+             dn: CN=u4,{STAFF}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 512\n\n"
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "updated"), n(&v, "created")), (2, 0), "{v}");
+    assert_eq!(
+        active_and_manager(&lab).await,
+        want(&[
+            ("u1", false, None),
+            ("u2", true, Some("u1")),
+            ("u3", true, Some("u2")),
+            ("u4", true, None),
+        ])
+    );
+
+    // u1 renamed: AD's manager link follows it, and so does u2's manager in the target.
+    samba
+        .ldapmodrdn(&format!("CN=u1,{STAFF}"), "CN=u1-renamed", None)
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "created") + n(&v, "deleted"), 0, "{v}");
+    let renamed = want(&[
+        ("u1", false, None),
+        ("u2", true, Some("u1")),
+        ("u3", true, Some("u2")),
+        ("u4", true, None),
+    ]);
+    assert_eq!(active_and_manager(&lab).await, renamed);
+    // A full import reads u2's manager under the new name: the same object, nothing to do.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(active_and_manager(&lab).await, renamed);
+
+    // u2 deleted: u3's manager cleared.
+    samba.ldapdelete(&format!("CN=u2,{STAFF}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "deleted"), n(&v, "created")), (1, 0), "{v}");
+    assert_eq!(
+        active_and_manager(&lab).await,
+        want(&[("u1", false, None), ("u3", true, None), ("u4", true, None)])
+    );
+    // A full import and reconcile agree: nothing to do.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+}
