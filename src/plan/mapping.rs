@@ -216,6 +216,8 @@ enum Fast {
     First(String),
     /// `has(src.a)`.
     Has(String),
+    /// `has(src.a) ? src.a[0] : REST` (the default table's shape): one lookup.
+    FirstOr(String, Box<Fast>),
     Cond(Box<[Fast; 3]>),
     Not(Box<Fast>),
     And(Box<[Fast; 2]>),
@@ -266,11 +268,17 @@ impl Fast {
                 (operators::INDEX, None, 2) if matches!(&c.args[1].expr, Expr::Literal(LiteralValue::Int(i)) if *i.inner() == 0) => {
                     src_field(&c.args[0].expr, false).map(Fast::First)
                 }
-                (operators::CONDITIONAL, None, 3) => Some(Fast::Cond(Box::new([
-                    Fast::lower(&c.args[0].expr)?,
-                    Fast::lower(&c.args[1].expr)?,
-                    Fast::lower(&c.args[2].expr)?,
-                ]))),
+                (operators::CONDITIONAL, None, 3) => {
+                    let [c, yes, no] = [
+                        Fast::lower(&c.args[0].expr)?,
+                        Fast::lower(&c.args[1].expr)?,
+                        Fast::lower(&c.args[2].expr)?,
+                    ];
+                    Some(match (c, yes) {
+                        (Fast::Has(a), Fast::First(b)) if a == b => Fast::FirstOr(a, Box::new(no)),
+                        (c, yes) => Fast::Cond(Box::new([c, yes, no])),
+                    })
+                }
                 (operators::LOGICAL_NOT, None, 1) => {
                     Some(Fast::Not(Box::new(Fast::lower(&c.args[0].expr)?)))
                 }
@@ -324,6 +332,10 @@ impl Fast {
             Fast::Anchor => FastVal::Str(Cow::Borrowed(anchor)),
             Fast::First(a) => FastVal::Str(Cow::Borrowed(src.first(a)?)),
             Fast::Has(a) => FastVal::Bool(src.first(a).is_some()),
+            Fast::FirstOr(a, rest) => match src.first(a) {
+                Some(v) => FastVal::Str(Cow::Borrowed(v)),
+                None => rest.eval(src, dn, anchor)?,
+            },
             Fast::Cond(x) => {
                 let [c, yes, no] = &**x;
                 if bool_of(c)? {
