@@ -186,6 +186,8 @@ pub enum Origin {
 pub struct Rule {
     /// The target attribute as the target names it (SCIM path or Graph property).
     pub key: String,
+    /// The same, as the mapped object's `extra` keys it: a clone allocates nothing.
+    extra_key: CompactString,
     pub slot: Slot,
     pub expr: String,
     pub origin: Origin,
@@ -237,7 +239,33 @@ enum Fast {
 enum FastVal<'a> {
     Null,
     Bool(bool),
-    Str(std::borrow::Cow<'a, str>),
+    Str(Txt<'a>),
+}
+
+/// A string of the fast path: borrowed, or made (a short one inline, without allocating).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Txt<'a> {
+    Borrowed(&'a str),
+    Made(CompactString),
+}
+
+impl std::ops::Deref for Txt<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Txt::Borrowed(s) => s,
+            Txt::Made(s) => s,
+        }
+    }
+}
+
+impl Txt<'_> {
+    fn into_compact(self) -> CompactString {
+        match self {
+            Txt::Borrowed(s) => CompactString::new(s),
+            Txt::Made(s) => s,
+        }
+    }
 }
 
 impl Fast {
@@ -315,7 +343,6 @@ impl Fast {
     /// The value, or None: the interpreter decides (a missing attribute indexed, an operand
     /// of a type the shape does not take).
     fn eval<'a>(&'a self, src: &Src<'a>, dn: &'a str, anchor: &'a str) -> Option<FastVal<'a>> {
-        use std::borrow::Cow;
         let bool_of = |f: &'a Fast| match f.eval(src, dn, anchor)? {
             FastVal::Bool(b) => Some(b),
             _ => None,
@@ -327,13 +354,13 @@ impl Fast {
         Some(match self {
             Fast::Null => FastVal::Null,
             Fast::Bool(b) => FastVal::Bool(*b),
-            Fast::Lit(s) => FastVal::Str(Cow::Borrowed(s)),
-            Fast::Dn => FastVal::Str(Cow::Borrowed(dn)),
-            Fast::Anchor => FastVal::Str(Cow::Borrowed(anchor)),
-            Fast::First(a) => FastVal::Str(Cow::Borrowed(src.first(a)?)),
+            Fast::Lit(s) => FastVal::Str(Txt::Borrowed(s)),
+            Fast::Dn => FastVal::Str(Txt::Borrowed(dn)),
+            Fast::Anchor => FastVal::Str(Txt::Borrowed(anchor)),
+            Fast::First(a) => FastVal::Str(Txt::Borrowed(src.first(a)?)),
             Fast::Has(a) => FastVal::Bool(src.first(a).is_some()),
             Fast::FirstOr(a, rest) => match src.first(a) {
-                Some(v) => FastVal::Str(Cow::Borrowed(v)),
+                Some(v) => FastVal::Str(Txt::Borrowed(v)),
                 None => rest.eval(src, dn, anchor)?,
             },
             Fast::Cond(x) => {
@@ -350,7 +377,7 @@ impl Fast {
             Fast::Or(x) => FastVal::Bool(bool_of(&x[0])? || bool_of(&x[1])?),
             Fast::Eq(x, eq) => {
                 let same = match (x[0].eval(src, dn, anchor)?, x[1].eval(src, dn, anchor)?) {
-                    (FastVal::Str(a), FastVal::Str(b)) => a == b,
+                    (FastVal::Str(a), FastVal::Str(b)) => *a == *b,
                     (FastVal::Bool(a), FastVal::Bool(b)) => a == b,
                     _ => return None,
                 };
@@ -358,10 +385,21 @@ impl Fast {
             }
             Fast::Concat(x) => {
                 let (a, b) = (str_of(&x[0])?, str_of(&x[1])?);
-                FastVal::Str(Cow::Owned([a.as_ref(), b.as_ref()].concat()))
+                let mut c = CompactString::with_capacity(a.len() + b.len());
+                c.push_str(&a);
+                c.push_str(&b);
+                FastVal::Str(Txt::Made(c))
             }
-            Fast::Lower(x) => FastVal::Str(Cow::Owned(str_of(x)?.to_ascii_lowercase())),
-            Fast::Upper(x) => FastVal::Str(Cow::Owned(str_of(x)?.to_ascii_uppercase())),
+            Fast::Lower(x) => {
+                let mut c = str_of(x)?.into_compact();
+                c.make_ascii_lowercase();
+                FastVal::Str(Txt::Made(c))
+            }
+            Fast::Upper(x) => {
+                let mut c = str_of(x)?.into_compact();
+                c.make_ascii_uppercase();
+                FastVal::Str(Txt::Made(c))
+            }
             Fast::In(x, items) => {
                 let v = str_of(x)?;
                 FastVal::Bool(items.iter().any(|i| *i == *v))
@@ -593,7 +631,7 @@ impl Mapping {
                                 Slot::Title => &mut u.title,
                                 Slot::Department => &mut u.department,
                                 Slot::Extra | Slot::Reference => {
-                                    u.extra.insert(CompactString::new(&r.key), s);
+                                    u.extra.insert(r.extra_key.clone(), s);
                                     continue;
                                 }
                                 Slot::Active | Slot::GroupName => continue,
@@ -702,7 +740,7 @@ fn eval<'v>(
                 return Ok(if s.trim().is_empty() {
                     Out::Null
                 } else {
-                    Out::Text(CompactString::new(s))
+                    Out::Text(s.into_compact())
                 });
             }
             _ => {}
@@ -954,6 +992,7 @@ fn compile_rule(
     }
     Ok(Rule {
         key: key.to_string(),
+        extra_key: interned(key),
         slot,
         expr: expr.to_string(),
         origin,
@@ -961,6 +1000,30 @@ fn compile_rule(
         fast: Fast::lower(&root.expr),
         program,
     })
+}
+
+/// `key` as a string whose clones allocate nothing: inline when short, else a reference to
+/// one copy kept for the life of the process (one per distinct key, however often a mapping
+/// is compiled).
+fn interned(key: &str) -> CompactString {
+    use std::sync::{Mutex, OnceLock};
+    if key.len() <= std::mem::size_of::<CompactString>() {
+        return CompactString::new(key);
+    }
+    static KEYS: OnceLock<Mutex<std::collections::HashSet<&'static str>>> = OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kept: &'static str = match keys.get(key) {
+        Some(k) => k,
+        None => {
+            let k: &'static str = Box::leak(key.to_string().into_boxed_str());
+            keys.insert(k);
+            k
+        }
+    };
+    CompactString::const_new(kept)
 }
 
 /// Unknown variables and functions (checked before anything runs), and the source
@@ -1366,6 +1429,11 @@ mod tests {
             ),
             ("nickName", "true ? src.uid[0] : 'b'", true),
             ("nickName", "src.uid[0] == 'u' ? 'yes' : 'no'", true),
+            (
+                "nickName",
+                "src.uid[0].lowerAscii() == src.uid[0] ? 'lower' : 'not'",
+                true,
+            ),
             (
                 "nickName",
                 "has(src.sn) && src.sn[0] != 'S' ? src.sn[0] : 'none'",
