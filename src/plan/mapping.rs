@@ -11,10 +11,12 @@
 //! object [`Unmappable`]; a group's members are not mapped by an expression: they are the
 //! synced members' target ids (resolved in the plan).
 //!
-//! Speed: an object's expressions are all evaluated against one context whose variables
-//! are resolved on access from the object itself, borrowed (no copy of its attributes,
-//! no map built per object or per expression); a value read is a string borrowing the
-//! object's own bytes.
+//! Speed: expressions of the shapes mappings are mostly written in are lowered at load to
+//! plain code ([`Fast`]) that gives the interpreter's value (unit-tested against it); the
+//! rest are evaluated against one context per object, made only when needed, whose
+//! variables are resolved on access from the object itself, borrowed (no copy of its
+//! attributes, no map built per object or per expression); a value read is a string
+//! borrowing the object's own bytes.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -184,30 +186,90 @@ pub enum Origin {
 pub struct Rule {
     /// The target attribute as the target names it (SCIM path or Graph property).
     pub key: String,
+    /// The same, as the mapped object's `extra` keys it: a clone allocates nothing.
+    extra_key: CompactString,
     pub slot: Slot,
     pub expr: String,
     pub origin: Origin,
     /// Lower-case source attributes the expression reads (`src.NAME`).
     pub reads: BTreeSet<String>,
     program: Program,
-    /// The same expression lowered to plain code when it has one of the shapes the
-    /// default table is written in (`src.a[0]`, `has(src.a) ? src.a[0] : REST`, `null`):
-    /// the same result, without the interpreter.
+    /// The same expression lowered to plain code when every part of it has one of the
+    /// shapes [`Fast`] knows (the default table's rows all do): the interpreter's value,
+    /// without the interpreter.
     fast: Option<Fast>,
 }
 
-/// An expression of the default table's shapes, evaluated directly on the attributes.
+/// An expression lowered to plain code: the subset of CEL mappings are mostly written in
+/// (`src.a[0]`, `has(src.a)`, `? :`, `!`, `&&`, `||`, `==`, `!=`, `in [...]` of string
+/// literals, string `+`, `lowerAscii()`, `upperAscii()`, string, bool and null literals,
+/// `dn`, `anchor`), each shape typed at load so that it runs only where the interpreter
+/// would give a value. What the fast path cannot tell for certain (an attribute missing
+/// where it is indexed, an operand of another type) it leaves to the interpreter, which
+/// then gives its own value or error: the fast path never decides an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Fast {
     Null,
-    /// `src.a[0]`: the first value; an object without one fails as CEL does.
+    Bool(bool),
+    Lit(String),
+    Dn,
+    Anchor,
+    /// `src.a[0]`: the first value.
     First(String),
-    /// `has(src.a) ? src.a[0] : REST`.
+    /// `has(src.a)`.
+    Has(String),
+    /// `has(src.a) ? src.a[0] : REST` (the default table's shape): one lookup.
     FirstOr(String, Box<Fast>),
+    Cond(Box<[Fast; 3]>),
+    Not(Box<Fast>),
+    And(Box<[Fast; 2]>),
+    Or(Box<[Fast; 2]>),
+    /// `==` (true) or `!=` (false) of two strings or two bools.
+    Eq(Box<[Fast; 2]>, bool),
+    /// String `+`.
+    Concat(Box<[Fast; 2]>),
+    Lower(Box<Fast>),
+    Upper(Box<Fast>),
+    /// `x in ['a', 'b']`.
+    In(Box<Fast>, Vec<String>),
+}
+
+/// A value of the fast path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FastVal<'a> {
+    Null,
+    Bool(bool),
+    Str(Txt<'a>),
+}
+
+/// A string of the fast path: borrowed, or made (a short one inline, without allocating).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Txt<'a> {
+    Borrowed(&'a str),
+    Made(CompactString),
+}
+
+impl std::ops::Deref for Txt<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Txt::Borrowed(s) => s,
+            Txt::Made(s) => s,
+        }
+    }
+}
+
+impl Txt<'_> {
+    fn into_compact(self) -> CompactString {
+        match self {
+            Txt::Borrowed(s) => CompactString::new(s),
+            Txt::Made(s) => s,
+        }
+    }
 }
 
 impl Fast {
-    /// `e` lowered, when it has one of the shapes.
+    /// `e` lowered, when every part of it has one of the shapes.
     fn lower(e: &Expr) -> Option<Fast> {
         let src_field = |e: &Expr, test: bool| match e {
             Expr::Select(s)
@@ -217,48 +279,132 @@ impl Fast {
             }
             _ => None,
         };
-        let first = |e: &Expr| match e {
-            Expr::Call(c)
-                if c.func_name == operators::INDEX
-                    && c.target.is_none()
-                    && c.args.len() == 2
-                    && matches!(&c.args[1].expr, Expr::Literal(LiteralValue::Int(i)) if *i.inner() == 0) =>
-            {
-                src_field(&c.args[0].expr, false)
-            }
-            _ => None,
+        let two = |c: &cel::common::ast::CallExpr| -> Option<Box<[Fast; 2]>> {
+            Some(Box::new([
+                Fast::lower(&c.args[0].expr)?,
+                Fast::lower(&c.args[1].expr)?,
+            ]))
         };
         match e {
             Expr::Literal(LiteralValue::Null) => Some(Fast::Null),
-            Expr::Call(c)
-                if c.func_name == operators::CONDITIONAL
-                    && c.args.len() == 3
-                    && c.target.is_none() =>
-            {
-                let tested = src_field(&c.args[0].expr, true)?;
-                let taken = first(&c.args[1].expr)?;
-                (tested == taken).then_some(())?;
-                Some(Fast::FirstOr(
-                    taken,
-                    Box::new(Fast::lower(&c.args[2].expr)?),
-                ))
-            }
-            e => first(e).map(Fast::First),
+            Expr::Literal(LiteralValue::Boolean(b)) => Some(Fast::Bool(*b.inner())),
+            Expr::Literal(LiteralValue::String(s)) => Some(Fast::Lit(s.inner().to_string())),
+            Expr::Ident(n) if n == "dn" => Some(Fast::Dn),
+            Expr::Ident(n) if n == "anchor" => Some(Fast::Anchor),
+            Expr::Select(_) => src_field(e, true).map(Fast::Has),
+            Expr::Call(c) => match (c.func_name.as_str(), c.target.as_deref(), c.args.len()) {
+                (operators::INDEX, None, 2) if matches!(&c.args[1].expr, Expr::Literal(LiteralValue::Int(i)) if *i.inner() == 0) => {
+                    src_field(&c.args[0].expr, false).map(Fast::First)
+                }
+                (operators::CONDITIONAL, None, 3) => {
+                    let [c, yes, no] = [
+                        Fast::lower(&c.args[0].expr)?,
+                        Fast::lower(&c.args[1].expr)?,
+                        Fast::lower(&c.args[2].expr)?,
+                    ];
+                    Some(match (c, yes) {
+                        (Fast::Has(a), Fast::First(b)) if a == b => Fast::FirstOr(a, Box::new(no)),
+                        (c, yes) => Fast::Cond(Box::new([c, yes, no])),
+                    })
+                }
+                (operators::LOGICAL_NOT, None, 1) => {
+                    Some(Fast::Not(Box::new(Fast::lower(&c.args[0].expr)?)))
+                }
+                (operators::LOGICAL_AND, None, 2) => two(c).map(Fast::And),
+                (operators::LOGICAL_OR, None, 2) => two(c).map(Fast::Or),
+                (operators::EQUALS, None, 2) => two(c).map(|b| Fast::Eq(b, true)),
+                (operators::NOT_EQUALS, None, 2) => two(c).map(|b| Fast::Eq(b, false)),
+                (operators::ADD, None, 2) => two(c).map(Fast::Concat),
+                (operators::IN, None, 2) => {
+                    let Expr::List(l) = &c.args[1].expr else {
+                        return None;
+                    };
+                    if !l.optional_indices.is_empty() {
+                        return None;
+                    }
+                    let items = l
+                        .elements
+                        .iter()
+                        .map(|x| match &x.expr {
+                            Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_string()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<String>>>()?;
+                    Some(Fast::In(Box::new(Fast::lower(&c.args[0].expr)?), items))
+                }
+                ("lowerAscii", Some(t), 0) => Some(Fast::Lower(Box::new(Fast::lower(&t.expr)?))),
+                ("upperAscii", Some(t), 0) => Some(Fast::Upper(Box::new(Fast::lower(&t.expr)?))),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
-    fn eval<'a>(&self, src: &Src<'a>) -> Result<Option<&'a str>, ExecutionError> {
-        match self {
-            Fast::Null => Ok(None),
-            Fast::First(a) => src
-                .first(a)
-                .map(Some)
-                .ok_or_else(|| ExecutionError::no_such_key(a)),
+    /// The value, or None: the interpreter decides (a missing attribute indexed, an operand
+    /// of a type the shape does not take).
+    fn eval<'a>(&'a self, src: &Src<'a>, dn: &'a str, anchor: &'a str) -> Option<FastVal<'a>> {
+        let bool_of = |f: &'a Fast| match f.eval(src, dn, anchor)? {
+            FastVal::Bool(b) => Some(b),
+            _ => None,
+        };
+        let str_of = |f: &'a Fast| match f.eval(src, dn, anchor)? {
+            FastVal::Str(s) => Some(s),
+            _ => None,
+        };
+        Some(match self {
+            Fast::Null => FastVal::Null,
+            Fast::Bool(b) => FastVal::Bool(*b),
+            Fast::Lit(s) => FastVal::Str(Txt::Borrowed(s)),
+            Fast::Dn => FastVal::Str(Txt::Borrowed(dn)),
+            Fast::Anchor => FastVal::Str(Txt::Borrowed(anchor)),
+            Fast::First(a) => FastVal::Str(Txt::Borrowed(src.first(a)?)),
+            Fast::Has(a) => FastVal::Bool(src.first(a).is_some()),
             Fast::FirstOr(a, rest) => match src.first(a) {
-                Some(v) => Ok(Some(v)),
-                None => rest.eval(src),
+                Some(v) => FastVal::Str(Txt::Borrowed(v)),
+                None => rest.eval(src, dn, anchor)?,
             },
-        }
+            Fast::Cond(x) => {
+                let [c, yes, no] = &**x;
+                if bool_of(c)? {
+                    yes.eval(src, dn, anchor)?
+                } else {
+                    no.eval(src, dn, anchor)?
+                }
+            }
+            Fast::Not(x) => FastVal::Bool(!bool_of(x)?),
+            // Left first; a false left is false whatever the right (as the interpreter).
+            Fast::And(x) => FastVal::Bool(bool_of(&x[0])? && bool_of(&x[1])?),
+            Fast::Or(x) => FastVal::Bool(bool_of(&x[0])? || bool_of(&x[1])?),
+            Fast::Eq(x, eq) => {
+                let same = match (x[0].eval(src, dn, anchor)?, x[1].eval(src, dn, anchor)?) {
+                    (FastVal::Str(a), FastVal::Str(b)) => *a == *b,
+                    (FastVal::Bool(a), FastVal::Bool(b)) => a == b,
+                    _ => return None,
+                };
+                FastVal::Bool(same == *eq)
+            }
+            Fast::Concat(x) => {
+                let (a, b) = (str_of(&x[0])?, str_of(&x[1])?);
+                let mut c = CompactString::with_capacity(a.len() + b.len());
+                c.push_str(&a);
+                c.push_str(&b);
+                FastVal::Str(Txt::Made(c))
+            }
+            Fast::Lower(x) => {
+                let mut c = str_of(x)?.into_compact();
+                c.make_ascii_lowercase();
+                FastVal::Str(Txt::Made(c))
+            }
+            Fast::Upper(x) => {
+                let mut c = str_of(x)?.into_compact();
+                c.make_ascii_uppercase();
+                FastVal::Str(Txt::Made(c))
+            }
+            Fast::In(x, items) => {
+                let v = str_of(x)?;
+                FastVal::Bool(items.iter().any(|i| *i == *v))
+            }
+        })
     }
 }
 
@@ -382,7 +528,10 @@ impl Mapping {
                     _ => Slot::Extra,
                 }),
                 TargetKind::Graph => {
-                    crate::target::graph::extra_property(&r.key).map(|()| Slot::Extra)
+                    crate::target::graph::extra_property(&r.key).map(|p| match p {
+                        crate::target::graph::ExtraProperty::Reference => Slot::Reference,
+                        crate::target::graph::ExtraProperty::Plain => Slot::Extra,
+                    })
                 }
             }
             .map_err(at)?;
@@ -459,8 +608,8 @@ impl Mapping {
             dn: CelString::from(o.dn.as_str()),
             anchor: CelString::from(anchor),
         };
-        let mut ctx = Context::with_env(Arc::clone(&self.env));
-        ctx.set_variable_resolver(&vars);
+        // Made only when a rule needs the interpreter.
+        let mut ctx = None;
         match o.kind {
             ObjectKind::User => {
                 let mut u = MappedUser {
@@ -468,7 +617,7 @@ impl Mapping {
                     ..MappedUser::default()
                 };
                 for r in &self.user {
-                    match eval(r, &vars.src, &ctx)? {
+                    match eval(&self.env, r, &vars, &mut ctx)? {
                         Out::Text(s) => {
                             let slot = match r.slot {
                                 Slot::UserName => {
@@ -482,7 +631,7 @@ impl Mapping {
                                 Slot::Title => &mut u.title,
                                 Slot::Department => &mut u.department,
                                 Slot::Extra | Slot::Reference => {
-                                    u.extra.insert(CompactString::new(&r.key), s);
+                                    u.extra.insert(r.extra_key.clone(), s);
                                     continue;
                                 }
                                 Slot::Active | Slot::GroupName => continue,
@@ -504,7 +653,7 @@ impl Mapping {
             ObjectKind::Group => {
                 let mut display_name = None;
                 for r in &self.group {
-                    if let Out::Text(s) = eval(r, &vars.src, &ctx)? {
+                    if let Out::Text(s) = eval(&self.env, r, &vars, &mut ctx)? {
                         display_name = Some(s);
                     }
                 }
@@ -534,12 +683,11 @@ impl Mapping {
             dn: CelString::from(o.dn.as_str()),
             anchor: CelString::from(anchor),
         };
-        let mut ctx = Context::with_env(Arc::clone(&self.env));
-        ctx.set_variable_resolver(&vars);
+        let mut ctx = None;
         self.rules(o.kind)
             .iter()
             .map(|r| {
-                let v = match eval(r, &vars.src, &ctx) {
+                let v = match eval(&self.env, r, &vars, &mut ctx) {
                     Ok(Out::Text(s)) => Ok(serde_json::Value::from(s.as_str())),
                     Ok(Out::Bool(b)) => Ok(serde_json::Value::Bool(b)),
                     Ok(Out::Null) => Ok(serde_json::Value::Null),
@@ -575,15 +723,40 @@ enum Out {
     Null,
 }
 
-fn eval(r: &Rule, src: &Src<'_>, ctx: &Context<'_, '_>) -> Result<Out, Unmappable> {
-    let fail = |why: String| Unmappable(format!("{} `{}`: {why}", r.key, r.expr));
+/// `r` for the object whose variables are `vars`: by the fast path when it gives a value
+/// of the slot's type, else by the interpreter in `ctx` (made on first need).
+fn eval<'v>(
+    env: &Arc<Env>,
+    r: &Rule,
+    vars: &'v Vars<'v>,
+    ctx: &mut Option<Context<'v, 'v>>,
+) -> Result<Out, Unmappable> {
     if let Some(f) = &r.fast {
-        return match f.eval(src) {
-            Ok(Some(s)) => Ok(Out::Text(CompactString::new(s))),
-            Ok(None) => Ok(Out::Null),
-            Err(e) => Err(fail(explain(&e))),
-        };
+        match f.eval(&vars.src, vars.dn.inner(), vars.anchor.inner()) {
+            Some(FastVal::Null) => return Ok(Out::Null),
+            Some(FastVal::Bool(b)) if r.slot.wants_bool() => return Ok(Out::Bool(b)),
+            Some(FastVal::Str(s)) if !r.slot.wants_bool() => {
+                // A blank value is no value, as a blank source value is.
+                return Ok(if s.trim().is_empty() {
+                    Out::Null
+                } else {
+                    Out::Text(s.into_compact())
+                });
+            }
+            _ => {}
+        }
     }
+    let ctx = ctx.get_or_insert_with(|| {
+        let mut c = Context::with_env(Arc::clone(env));
+        c.set_variable_resolver(vars);
+        c
+    });
+    interpret(r, ctx)
+}
+
+/// `r` by the interpreter.
+fn interpret(r: &Rule, ctx: &Context<'_, '_>) -> Result<Out, Unmappable> {
+    let fail = |why: String| Unmappable(format!("{} `{}`: {why}", r.key, r.expr));
     let v = cel::Value::resolve_val(r.program.expression(), ctx).map_err(|e| fail(explain(&e)))?;
     if v.downcast_ref::<CelNull>().is_some() {
         return Ok(Out::Null);
@@ -819,17 +992,38 @@ fn compile_rule(
     }
     Ok(Rule {
         key: key.to_string(),
+        extra_key: interned(key),
         slot,
         expr: expr.to_string(),
         origin,
         reads,
-        fast: if slot.wants_bool() {
-            None
-        } else {
-            Fast::lower(&root.expr)
-        },
+        fast: Fast::lower(&root.expr),
         program,
     })
+}
+
+/// `key` as a string whose clones allocate nothing: inline when short, else a reference to
+/// one copy kept for the life of the process (one per distinct key, however often a mapping
+/// is compiled).
+fn interned(key: &str) -> CompactString {
+    use std::sync::{Mutex, OnceLock};
+    if key.len() <= std::mem::size_of::<CompactString>() {
+        return CompactString::new(key);
+    }
+    static KEYS: OnceLock<Mutex<std::collections::HashSet<&'static str>>> = OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kept: &'static str = match keys.get(key) {
+        Some(k) => k,
+        None => {
+            let k: &'static str = Box::leak(key.to_string().into_boxed_str());
+            keys.insert(k);
+            k
+        }
+    };
+    CompactString::const_new(kept)
 }
 
 /// Unknown variables and functions (checked before anything runs), and the source
@@ -1148,31 +1342,152 @@ mod tests {
         );
     }
 
+    /// The objects the fast path is held to the interpreter on: values present, absent,
+    /// blank, padded, in another case, non-ASCII.
+    const OBJECTS: &[&[(&str, &str)]] = &[
+        &[
+            ("uid", "u"),
+            ("mail", " m@x "),
+            ("cn", "C d"),
+            ("ou", "O"),
+            ("sn", "S"),
+        ],
+        &[
+            ("userprincipalname", "p@x"),
+            ("displayname", "D"),
+            ("sn", ""),
+            ("useraccountcontrol", "514"),
+        ],
+        &[("cn", "only")],
+        &[("UID", "upper")],
+        &[],
+        &[("uid", "v"), ("nsaccountlock", "TRUE"), ("title", "T")],
+        &[
+            ("uid", "w"),
+            ("nsaccountlock", " true "),
+            ("a", "x"),
+            ("b", "y"),
+        ],
+        &[("uid", "true"), ("nsaccountlock", "false"), ("a", "  ")],
+        &[("cn", "ÆbC"), ("uid", "u"), ("a", "x")],
+    ];
+
+    /// `m` with every rule's fast path, and without any.
+    fn fast_and_slow(m: impl Fn() -> Mapping) -> (Mapping, Mapping) {
+        let mut slow = m();
+        for r in slow.user.iter_mut().chain(slow.group.iter_mut()) {
+            r.fast = None;
+        }
+        (m(), slow)
+    }
+
+    fn assert_same(fast: &Mapping, slow: &Mapping, what: &str) {
+        for attrs in OBJECTS {
+            for k in [ObjectKind::User, ObjectKind::Group] {
+                let r = rec(k, attrs);
+                assert_eq!(fast.map("a", &r), slow.map("a", &r), "{what} {attrs:?}");
+                let values = |m: &Mapping| -> Vec<(String, Result<serde_json::Value, String>)> {
+                    m.each("a", &r)
+                        .into_iter()
+                        .map(|(rule, v)| (rule.key.clone(), v))
+                        .collect()
+                };
+                assert_eq!(values(fast), values(slow), "{what} {attrs:?}");
+            }
+        }
+    }
+
     #[test]
     fn the_fast_path_gives_what_the_interpreter_gives() {
         for kind in [SourceKind::Ad, SourceKind::Openldap] {
-            let fast = Mapping::default_for(kind, TargetKind::Scim);
-            let lowered = fast.user.iter().filter(|r| r.fast.is_some()).count();
-            assert_eq!(lowered, 7, "{kind:?}: every string row of the defaults");
-            let mut slow = Mapping::default_for(kind, TargetKind::Scim);
-            for r in slow.user.iter_mut().chain(slow.group.iter_mut()) {
-                r.fast = None;
-            }
-            for attrs in [
-                &[("uid", "u"), ("mail", " m@x "), ("cn", "C"), ("ou", "O")][..],
-                &[
-                    ("userprincipalname", "p@x"),
-                    ("displayname", "D"),
-                    ("sn", ""),
-                ][..],
-                &[("cn", "only")][..],
-                &[("UID", "upper")][..],
-            ] {
-                for k in [ObjectKind::User, ObjectKind::Group] {
-                    let r = rec(k, attrs);
-                    assert_eq!(fast.map("a", &r), slow.map("a", &r), "{kind:?} {attrs:?}");
-                }
-            }
+            let m = Mapping::default_for(kind, TargetKind::Scim);
+            let lowered = m.user.iter().filter(|r| r.fast.is_some()).count();
+            // AD's active reads an int: the interpreter's.
+            let want = if kind == SourceKind::Ad { 7 } else { 8 };
+            assert_eq!(lowered, want, "{kind:?}: the default rows");
+            let (fast, slow) = fast_and_slow(|| Mapping::default_for(kind, TargetKind::Scim));
+            assert_same(&fast, &slow, &format!("{kind:?} defaults"));
+        }
+        // (slot, expression, lowered): each against the interpreter on every object, value
+        // or error alike.
+        let cases = [
+            ("nickName", "src.uid[0]", true),
+            ("nickName", "has(src.mail) ? src.mail[0] : src.uid[0]", true),
+            ("nickName", "null", true),
+            ("nickName", "'lit'", true),
+            ("nickName", "'  '", true),
+            ("nickName", "dn", true),
+            ("nickName", "anchor + '/' + dn", true),
+            ("nickName", "'x-' + src.uid[0]", true),
+            ("nickName", "src.uid[0] + '@' + src.mail[0]", true),
+            ("nickName", "src.cn[0].lowerAscii()", true),
+            ("nickName", "src.cn[0].upperAscii()", true),
+            (
+                "nickName",
+                "has(src.cn) ? src.cn[0].lowerAscii() : null",
+                true,
+            ),
+            ("nickName", "true ? src.uid[0] : 'b'", true),
+            ("nickName", "src.uid[0] == 'u' ? 'yes' : 'no'", true),
+            (
+                "nickName",
+                "src.uid[0].lowerAscii() == src.uid[0] ? 'lower' : 'not'",
+                true,
+            ),
+            (
+                "nickName",
+                "has(src.sn) && src.sn[0] != 'S' ? src.sn[0] : 'none'",
+                true,
+            ),
+            ("nickName", "src.UID[0]", true),
+            ("nickName", "has(src.title) ? 'T' : null", true),
+            ("nickName", "src.uid[0] in ['u', 'v'] ? 'in' : 'out'", true),
+            ("nickName", "has(src.a) || has(src.b) ? 'ab' : 'none'", true),
+            ("nickName", "has(src.a) ? src.a[0] : 'blank or none'", true),
+            // A bool in a string slot, a comparison of a string with a bool: the
+            // interpreter's errors.
+            ("nickName", "has(src.title) ? true : 'a'", true),
+            ("nickName", "src.uid[0] == true ? 'a' : 'b'", true),
+            ("nickName", "src.cn[0].trim()", false),
+            ("nickName", "src['uid'][0]", false),
+            ("nickName", "has(src.a) ? src.a[1] : 'x'", false),
+            ("active", "!has(src.nsaccountlock)", true),
+            ("active", "has(src.a) && src.a[0] == 'x'", true),
+            ("active", "src.a[0] == 'x' && has(src.b)", true),
+            ("active", "src.missing[0] == 'x' || true", true),
+            ("active", "false && src.missing[0] == 'x'", true),
+            ("active", "true || src.missing[0] == 'x'", true),
+            (
+                "active",
+                "src.uid[0].lowerAscii() in ['tRUE', 'true']",
+                true,
+            ),
+            ("active", "dn == anchor", true),
+            ("active", "src.uid[0] in ['U', 'v']", true),
+            ("active", "has(src.title) ? true : null", true),
+            ("active", "has(src.title) ? true : 'no'", true),
+            (
+                "active",
+                "!(has(src.nsaccountlock) && src.nsaccountlock[0] in ['TRUE', 'true'])",
+                true,
+            ),
+            ("active", "size(src.uid) > 0", false),
+        ];
+        for (key, expr, lowers) in cases {
+            let compile = || {
+                Mapping::compile(
+                    SourceKind::Openldap,
+                    TargetKind::Scim,
+                    &[raw(key, expr)],
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("{expr}: {e}"))
+            };
+            let m = compile();
+            let rule = m.user.iter().find(|r| r.key == key).unwrap();
+            assert_eq!(rule.fast.is_some(), lowers, "{expr}");
+            let (fast, slow) = fast_and_slow(compile);
+            assert_same(&fast, &slow, expr);
         }
     }
 

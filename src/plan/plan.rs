@@ -184,14 +184,18 @@ impl<'a> References<'a> {
         References { keys, by_dn }
     }
 
-    /// The anchor of the live object that `value` (an anchor or a DN) names.
+    /// The anchor of the live object that `value` (an anchor or a DN) names: by its DN, or
+    /// by a DN it had before it was renamed (AD's links follow a rename; the report's
+    /// value read earlier still has the old name).
     fn anchor<'s>(&'s self, state: &'s State, value: &'s str) -> Option<&'s str> {
-        if state.objects.objects.get(value).is_some_and(|r| r.live()) {
+        let live = |a: &str| state.objects.objects.get(a).is_some_and(|r| r.live());
+        if live(value) {
             return Some(value);
         }
         self.by_dn
             .get(&crate::source::dn::normalise_dn(value))
             .copied()
+            .or_else(|| state.objects.formerly(value))
     }
 }
 

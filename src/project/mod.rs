@@ -102,6 +102,50 @@ pub struct SourceObjects {
     /// (`EffectiveConfigRecorded`); None before the first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<EffectiveRecord>,
+    /// DNs objects had before a rename (normalised) -> the anchors of the objects renamed
+    /// from them: a reference attribute (`manager`) that still names the old DN names the
+    /// same object. AD keeps its links on the object, not the name, so a report is not
+    /// changed (nor reported by DirSync) when its manager is renamed. A set, so that the
+    /// projection does not depend on the order objects are folded in.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub former_dns: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The object `anchor` moved from `old` to `new`: remember `old` as its former DN.
+fn renamed(former: &mut BTreeMap<String, BTreeSet<String>>, anchor: &str, old: &str, new: &str) {
+    if old == new {
+        return;
+    }
+    let old = crate::source::dn::normalise_dn(old);
+    if old != crate::source::dn::normalise_dn(new) {
+        former.entry(old).or_default().insert(anchor.to_string());
+    }
+}
+
+impl SourceObjects {
+    /// The anchor of the live object once named `dn` (any spelling), if exactly one live
+    /// object was renamed from it (two would be a guess).
+    pub fn formerly(&self, dn: &str) -> Option<&str> {
+        if self.former_dns.is_empty() {
+            return None;
+        }
+        let mut live = self
+            .former_dns
+            .get(&crate::source::dn::normalise_dn(dn))?
+            .iter()
+            .filter(|a| self.objects.get(*a).is_some_and(|r| r.live()));
+        match (live.next(), live.next()) {
+            (Some(a), None) => Some(a.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Fold the former DNs another fold of other objects recorded into these.
+    pub fn merge_former_dns(&mut self, other: BTreeMap<String, BTreeSet<String>>) {
+        for (dn, anchors) in other {
+            self.former_dns.entry(dn).or_default().extend(anchors);
+        }
+    }
 }
 
 /// The last `EffectiveConfigRecorded`, and where it is in the log.
@@ -130,6 +174,9 @@ impl SourceObjects {
     pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
         match e {
             Event::ObjectImported(i) => {
+                if let Some(r) = self.objects.get(&i.object.anchor) {
+                    renamed(&mut self.former_dns, &i.object.anchor, &r.dn, &i.object.dn);
+                }
                 let first = self
                     .objects
                     .get(&i.object.anchor)
@@ -142,6 +189,7 @@ impl SourceObjects {
             Event::ObjectChanged(c) => {
                 if let Some(r) = self.objects.get_mut(&c.anchor) {
                     if let Some(dn) = &c.dn {
+                        renamed(&mut self.former_dns, &c.anchor, &r.dn, dn);
                         r.dn.clone_from(dn);
                     }
                     for (k, v) in &c.set {
@@ -231,7 +279,8 @@ impl SourceObjects {
                 match self.objects.entry(anchor) {
                     Entry::Occupied(mut o) => {
                         let first = o.get().first_seen;
-                        *o.get_mut() = record(first);
+                        let old = std::mem::replace(o.get_mut(), record(first));
+                        renamed(&mut self.former_dns, o.key(), &old.dn, &o.get().dn);
                     }
                     Entry::Vacant(v) => {
                         v.insert(record(m.into()));
@@ -241,6 +290,7 @@ impl SourceObjects {
             Event::ObjectChanged(c) => {
                 if let Some(r) = self.objects.get_mut(&c.anchor) {
                     if let Some(dn) = c.dn {
+                        renamed(&mut self.former_dns, &c.anchor, &r.dn, &dn);
                         r.dn = dn;
                     }
                     for (k, v) in c.set {
@@ -286,6 +336,7 @@ impl SourceObjects {
             return;
         };
         if let Some(dn) = c.dn {
+            renamed(&mut self.former_dns, c.anchor.as_str(), &r.dn, dn.as_str());
             r.dn.clear();
             r.dn.push_str(dn.as_str());
         }
@@ -1373,5 +1424,98 @@ mod tests {
         assert_eq!(fail(&mut ledger, 6, Some(409)), 2);
         assert_eq!(fail(&mut ledger, 7, Some(500)), 2);
         assert_eq!(ledger.failures["x"].status, Some(500));
+    }
+
+    #[test]
+    fn a_rename_leaves_the_old_dn_naming_the_object_by_every_fold() {
+        use crate::log::event::{ObjectChanged, ObjectImported, SourceObject, SCHEMA_VERSION};
+        let m = Meta {
+            seq: 1,
+            instance: "a",
+            recorded_at_us: 0,
+        };
+        let imported = |dn: &str| {
+            Event::ObjectImported(ObjectImported {
+                object: SourceObject {
+                    anchor: "g1".into(),
+                    kind: ObjectKind::User,
+                    dn: dn.into(),
+                    attrs: Attrs::default(),
+                    members: BTreeSet::new(),
+                },
+                returned: false,
+            })
+        };
+        let changed = ObjectChanged {
+            anchor: "g1".into(),
+            dn: Some("CN=Ann B,OU=Staff,DC=x".into()),
+            set: Attrs::default(),
+            removed: Vec::new(),
+            members_added: Vec::new(),
+            members_removed: Vec::new(),
+        };
+        let payload = serde_json::to_string(&changed).unwrap();
+        let want = BTreeMap::from([(
+            "cn=ann,ou=staff,dc=x".to_string(),
+            BTreeSet::from(["g1".to_string()]),
+        )]);
+        // Borrowed, owned, and in place from the payload: the same projection.
+        let mut folds = Vec::new();
+        for way in 0..3 {
+            let mut o = SourceObjects::default();
+            o.apply(&m, &imported("CN=Ann,OU=Staff,DC=x"));
+            match way {
+                0 => o.apply(&m, &Event::ObjectChanged(changed.clone())),
+                1 => o.apply_owned(&m, Event::ObjectChanged(changed.clone())),
+                _ => o.apply_changed(
+                    At::from(&m),
+                    ObjectChangedRef::decode(SCHEMA_VERSION, &payload).unwrap(),
+                ),
+            }
+            assert_eq!(o.former_dns, want, "fold {way}");
+            assert_eq!(o.formerly("cn=ANN, ou=Staff,dc=x"), Some("g1"));
+            assert_eq!(o.formerly("CN=Ann B,OU=Staff,DC=x"), None);
+            folds.push(o);
+        }
+        // A full import that finds the object under another name records it too; the
+        // same name (any spelling) is no rename.
+        let mut o = SourceObjects::default();
+        o.apply(&m, &imported("CN=Ann,OU=Staff,DC=x"));
+        o.apply_owned(&m, imported("cn=ann,ou=staff,dc=x"));
+        assert!(o.former_dns.is_empty());
+        o.apply_owned(&m, imported("CN=Ann B,OU=Staff,DC=x"));
+        assert_eq!(o.former_dns, want);
+        o.apply(&m, &imported("CN=Ann C,OU=Staff,DC=x"));
+        assert_eq!(o.formerly("CN=Ann B,OU=Staff,DC=x"), Some("g1"));
+        // Deleted, it names nothing; two live objects once of one name: no guess.
+        let mut two = o.clone();
+        two.merge_former_dns(BTreeMap::from([(
+            "cn=ann b,ou=staff,dc=x".to_string(),
+            BTreeSet::from(["g2".to_string()]),
+        )]));
+        two.apply(
+            &m,
+            &Event::ObjectImported(ObjectImported {
+                object: SourceObject {
+                    anchor: "g2".into(),
+                    kind: ObjectKind::User,
+                    dn: "CN=Ann D,OU=Staff,DC=x".into(),
+                    attrs: Attrs::default(),
+                    members: BTreeSet::new(),
+                },
+                returned: false,
+            }),
+        );
+        assert_eq!(two.formerly("CN=Ann B,OU=Staff,DC=x"), None);
+        o.apply(
+            &m,
+            &Event::ObjectDeleted(crate::log::event::ObjectDeleted {
+                anchor: "g1".into(),
+                evidence: crate::log::event::DeletionEvidence::SyncDelete {
+                    phase: "delete".into(),
+                },
+            }),
+        );
+        assert_eq!(o.formerly("CN=Ann B,OU=Staff,DC=x"), None);
     }
 }

@@ -533,6 +533,7 @@ async fn fold_split(
         .map_err(|_| Error::Store("the second fold thread panicked".into()))??;
     folded?;
     state.objects.objects.extend(objects.objects);
+    state.objects.merge_former_dns(objects.former_dns);
     state.seq = state.seq.max(seq);
     Ok(state)
 }

@@ -56,6 +56,7 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
             anchor_attribute: state.objects.anchor_attribute.clone(),
             anchor_history: state.objects.anchor_history.clone(),
             effective: state.objects.effective.clone(),
+            former_dns: state.objects.former_dns.clone(),
         },
         ledger: super::Ledger {
             entries: FastMap::default(),
@@ -697,6 +698,9 @@ mod tests {
             rekeyed: 3,
             unpaired: 1,
         });
+        s.objects
+            .former_dns
+            .insert("cn=old,ou=x".into(), BTreeSet::from(["a".into()]));
         s.objects.objects.insert(
             "a".into(),
             Box::new(ObjectRecord {

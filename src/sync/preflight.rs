@@ -21,9 +21,10 @@ use super::run::{import_run, probe_source, ImportOptions};
 use crate::config::{Config, SourceConfig, SourceKind};
 use crate::log::event::{Attrs, ObjectKind};
 use crate::log::{AnyStore, OpenMode};
-use crate::plan::mapping::{Desired, Mapping, Rule, Slot};
+use crate::plan::mapping::{Desired, Mapping, Origin, Rule, Slot};
 use crate::project::replay;
 use crate::source::ldap::{ConnectOptions, LdapClient};
+use crate::target::scim::ExtraPath;
 use crate::target::{AnyTarget, Target};
 
 #[derive(Clone, Debug, Serialize)]
@@ -264,12 +265,159 @@ pub async fn preflight(cfg: &Config, instance: &str, progress: &ProgressBar) -> 
             out.push(check("target", r));
             if reached {
                 if let Ok(target) = AnyTarget::from_config(t) {
+                    if let (AnyTarget::Scim(scim), Some(mapping)) = (&target, &cfg.mapping) {
+                        out.extend(target_schema(scim, mapping).await);
+                    }
                     out.push(target_holds_the_ledger(&store, &target).await);
                 }
             }
         }
     }
     out
+}
+
+/// The `[mapping.user]` keys of an extension schema (`URN:attribute`), as (key, URN,
+/// attribute).
+fn extension_keys(mapping: &Mapping) -> Vec<(&str, &str, &str)> {
+    mapping
+        .user
+        .iter()
+        .filter(|r| matches!(r.origin, Origin::Config { .. }))
+        .filter_map(|r| match crate::target::scim::extra_path(&r.key) {
+            Ok(ExtraPath::Extension { schema, attr } | ExtraPath::Reference { schema, attr }) => {
+                Some((r.key.as_str(), schema, attr))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `target schema` row (SCIM, when the mapping has extension keys): each key's schema
+/// URN is one the target publishes in `/Schemas` and extends its User resource type with
+/// (`/ResourceTypes`), and the schema has the attribute.
+async fn target_schema(t: &crate::target::scim::ScimTarget, mapping: &Mapping) -> Option<Check> {
+    if extension_keys(mapping).is_empty() {
+        return None;
+    }
+    let read = |e: crate::target::TargetError| check("target schema", Err(e.to_string()));
+    let schemas = match t.discovery("Schemas").await {
+        Ok(v) => v,
+        Err(e) => return Some(read(e)),
+    };
+    let types = match t.discovery("ResourceTypes").await {
+        Ok(v) => v,
+        Err(e) => return Some(read(e)),
+    };
+    Some(schema_verdict(mapping, schemas.as_ref(), types.as_ref()))
+}
+
+/// A key of a JSON object, its name compared case-insensitively (RFC 7643 §2.1).
+fn field<'v>(v: &'v serde_json::Value, name: &str) -> Option<&'v serde_json::Value> {
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, x)| x)
+}
+
+/// The resources of a discovery answer: a ListResponse's `Resources`, or a bare list.
+fn resources(v: &serde_json::Value) -> &[serde_json::Value] {
+    match v {
+        serde_json::Value::Array(a) => a,
+        v => field(v, "Resources")
+            .and_then(serde_json::Value::as_array)
+            .map_or(&[], Vec::as_slice),
+    }
+}
+
+fn text<'v>(v: &'v serde_json::Value, name: &str) -> &'v str {
+    field(v, name)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+}
+
+/// [`target_schema`]'s verdict on the target's `/Schemas` and `/ResourceTypes` answers
+/// (None: not published) (pure).
+fn schema_verdict(
+    mapping: &Mapping,
+    schemas: Option<&serde_json::Value>,
+    types: Option<&serde_json::Value>,
+) -> Check {
+    let keys = extension_keys(mapping);
+    let Some(schemas) = schemas else {
+        return warn(
+            "target schema",
+            format!(
+                "the target does not publish /Schemas: cannot check {}",
+                keys.iter()
+                    .map(|(k, _, _)| format!("mapping.user.\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    };
+    let published = resources(schemas);
+    // The User resource type's extensions, when /ResourceTypes is published.
+    let extensions: Option<Vec<&str>> = types.map(|t| {
+        resources(t)
+            .iter()
+            .filter(|r| {
+                text(r, "name").eq_ignore_ascii_case("User")
+                    || text(r, "endpoint").eq_ignore_ascii_case("/Users")
+            })
+            .flat_map(|r| {
+                field(r, "schemaExtensions")
+                    .and_then(serde_json::Value::as_array)
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .map(|e| text(e, "schema"))
+            .collect()
+    });
+    let mut bad = Vec::new();
+    for (key, urn, attr) in &keys {
+        let schema = published
+            .iter()
+            .find(|s| text(s, "id").eq_ignore_ascii_case(urn));
+        let Some(schema) = schema else {
+            let ids: Vec<&str> = published.iter().map(|s| text(s, "id")).collect();
+            bad.push(format!(
+                "mapping.user.\"{key}\": the target publishes no schema {urn} (its /Schemas: {})",
+                ids.join(", ")
+            ));
+            continue;
+        };
+        if let Some(ext) = &extensions {
+            if !ext.iter().any(|e| e.eq_ignore_ascii_case(urn)) {
+                bad.push(format!(
+                    "mapping.user.\"{key}\": {urn} is not an extension of the target's User resource type (its schemaExtensions: {})",
+                    if ext.is_empty() { "none".to_string() } else { ext.join(", ") }
+                ));
+                continue;
+            }
+        }
+        let names: Vec<&str> = field(schema, "attributes")
+            .and_then(serde_json::Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|a| text(a, "name"))
+            .collect();
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(attr)) {
+            bad.push(format!(
+                "mapping.user.\"{key}\": the target's schema {urn} has no attribute `{attr}` (it has {})",
+                names.join(", ")
+            ));
+        }
+    }
+    check(
+        "target schema",
+        if bad.is_empty() {
+            Ok(format!(
+                "the target publishes every extension attribute the mapping sets ({})",
+                keys.len()
+            ))
+        } else {
+            Err(bad.join("; "))
+        },
+    )
 }
 
 /// The `target content` row: whether the target still holds every object the ledger
@@ -429,6 +577,82 @@ mod tests {
             .iter()
             .map(|(k, v)| (*k, vec![AttrValue::Text((*v).into())]))
             .collect()
+    }
+
+    #[test]
+    fn extension_keys_must_be_published_by_the_target() {
+        use crate::plan::mapping::RawRule;
+        const ACME: &str = "urn:example:acme:2.0:User";
+        const ENT: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        let mapping = |keys: &[&str]| {
+            let rows: Vec<RawRule> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| RawRule {
+                    key: k.to_string(),
+                    expr: "'x'".into(),
+                    line: 10 + i,
+                })
+                .collect();
+            Mapping::compile(
+                SourceKind::Openldap,
+                crate::config::TargetKind::Scim,
+                &rows,
+                &[],
+            )
+            .unwrap()
+        };
+        let schemas = serde_json::json!({"Resources": [
+            {"id": "urn:ietf:params:scim:schemas:core:2.0:User", "attributes": [{"name": "userName"}]},
+            {"id": ENT, "attributes": [{"name": "employeeNumber"}, {"name": "manager"}]},
+            {"id": ACME, "attributes": [{"name": "badgeNumber"}]},
+        ]});
+        // Attribute names in any case (RFC 7643 §2.1), as a server may spell its keys.
+        let types = serde_json::json!({"Resources": [
+            {"Name": "User", "Endpoint": "/Users", "SchemaExtensions": [{"Schema": ENT}, {"Schema": ACME}]},
+            {"name": "Group", "endpoint": "/Groups"},
+        ]});
+        let verdict = |keys: &[&str], types: Option<&serde_json::Value>| {
+            let c = schema_verdict(&mapping(keys), Some(&schemas), types);
+            (c.result(), c.detail)
+        };
+        let good = [
+            format!("{ENT}:employeeNumber"),
+            format!("{ENT}:manager"),
+            format!("{ACME}:BADGENUMBER"),
+        ];
+        let good: Vec<&str> = good.iter().map(String::as_str).collect();
+        assert_eq!(
+            verdict(&good, Some(&types)),
+            (
+                "ok",
+                "the target publishes every extension attribute the mapping sets (3)".into()
+            )
+        );
+        // Neither nickName (core) nor the default department is this check's business.
+        assert!(extension_keys(&mapping(&["nickName"])).is_empty());
+        assert_eq!(
+            verdict(&["urn:example:other:1.0:User:x"], Some(&types)),
+            ("FAIL", "mapping.user.\"urn:example:other:1.0:User:x\": the target publishes no schema urn:example:other:1.0:User (its /Schemas: urn:ietf:params:scim:schemas:core:2.0:User, urn:ietf:params:scim:schemas:extension:enterprise:2.0:User, urn:example:acme:2.0:User)".into())
+        );
+        assert_eq!(
+            verdict(&[&format!("{ACME}:shoeSize")], Some(&types)),
+            ("FAIL", format!("mapping.user.\"{ACME}:shoeSize\": the target's schema {ACME} has no attribute `shoeSize` (it has badgeNumber)"))
+        );
+        let types_without_acme = serde_json::json!([
+            {"name": "User", "endpoint": "/Users", "schemaExtensions": [{"schema": ENT}]},
+        ]);
+        assert_eq!(
+            verdict(&[&format!("{ACME}:badgeNumber")], Some(&types_without_acme)),
+            ("FAIL", format!("mapping.user.\"{ACME}:badgeNumber\": {ACME} is not an extension of the target's User resource type (its schemaExtensions: {ENT})"))
+        );
+        // Without /ResourceTypes the schema alone decides.
+        assert_eq!(verdict(&[&format!("{ACME}:badgeNumber")], None).0, "ok");
+        let c = schema_verdict(&mapping(&[&format!("{ACME}:badgeNumber")]), None, None);
+        assert_eq!(
+            (c.result(), c.detail.as_str()),
+            ("warn", "the target does not publish /Schemas: cannot check mapping.user.\"urn:example:acme:2.0:User:badgeNumber\"")
+        );
     }
 
     #[test]

@@ -509,7 +509,11 @@ impl Inner {
     // ---- reads ----
 
     fn users_url(&self, filter: Option<&str>) -> String {
-        let mut q = vec![("$select", USER_SELECT.to_string())];
+        let mut q = vec![
+            ("$select", USER_SELECT.to_string()),
+            // The manager's id, compared like the other mapped properties.
+            ("$expand", format!("{MANAGER}($select=id)")),
+        ];
         match filter {
             Some(f) => q.push(("$filter", f.to_string())),
             None => q.push(("$top", "999".to_string())),
@@ -816,12 +820,17 @@ impl Target for GraphTarget {
 /// What a request does, which decides how its answer is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
-    CreateUser,
+    /// Create a user, then set its manager (a target id) when it has one.
+    CreateUser(Option<String>),
     /// Create a group, then add these members.
     CreateGroup(Vec<String>),
     Patch,
     AddMember,
     RemoveMember,
+    /// `PUT /users/{id}/manager/$ref`.
+    SetManager,
+    /// `DELETE /users/{id}/manager/$ref`.
+    RemoveManager,
     Delete,
 }
 
@@ -950,7 +959,7 @@ impl Run {
     fn done(&mut self, r: Req, body: &Body) {
         let op = r.op;
         match &r.step {
-            Step::CreateUser | Step::CreateGroup(_) => {
+            Step::CreateUser(_) | Step::CreateGroup(_) => {
                 let id = match body {
                     Body::Json(v) => v.get("id").and_then(Value::as_str).map(str::to_string),
                     _ => None,
@@ -962,10 +971,14 @@ impl Run {
                     );
                     return;
                 };
-                if let Step::CreateGroup(members) = &r.step {
-                    for m in members {
-                        self.push(op, member_add(&id, m));
+                match &r.step {
+                    Step::CreateGroup(members) => {
+                        for m in members {
+                            self.push(op, member_add(&id, m));
+                        }
                     }
+                    Step::CreateUser(Some(manager)) => self.push(op, manager_set(&id, manager)),
+                    _ => {}
                 }
                 self.ops[op].target_id = id;
             }
@@ -1013,7 +1026,13 @@ enum Verdict {
 fn classify(step: &Step, status: u16, body: &Body) -> Verdict {
     match status {
         200..=299 => Verdict::Done,
-        404 if matches!(step, Step::Delete | Step::RemoveMember) => Verdict::Done,
+        404 if matches!(
+            step,
+            Step::Delete | Step::RemoveMember | Step::RemoveManager
+        ) =>
+        {
+            Verdict::Done
+        }
         400 if *step == Step::AddMember && error_message(body).contains("already exist") => {
             Verdict::Done
         }
@@ -1040,7 +1059,11 @@ fn plan_op(op: &Op, anchor_attr: &str) -> Result<OpPlan, TargetError> {
                 Mapped::User(u) => {
                     let body = user_create_body(anchor, u, &random_password())
                         .ok_or_else(|| bad_anchor(anchor))?;
-                    (Step::CreateUser, "/users", body)
+                    (
+                        Step::CreateUser(u.extra.get(MANAGER).map(|m| m.to_string())),
+                        "/users",
+                        body,
+                    )
                 }
                 Mapped::Group(g) => (
                     Step::CreateGroup(g.members.iter().cloned().collect()),
@@ -1080,6 +1103,18 @@ fn plan_op(op: &Op, anchor_attr: &str) -> Result<OpPlan, TargetError> {
                             url: format!("/users/{}", seg(target_id)),
                             body: Some(Value::Object(patch)),
                         });
+                    }
+                    // The manager is a relationship, not a property: its own request.
+                    let was = from.and_then(|f| f.extra.get(MANAGER));
+                    match u.extra.get(MANAGER) {
+                        Some(m) if was != Some(m) => requests.push(manager_set(target_id, m)),
+                        None if was.is_some() => requests.push(Planned {
+                            step: Step::RemoveManager,
+                            method: "DELETE",
+                            url: format!("/users/{}/manager/$ref", seg(target_id)),
+                            body: None,
+                        }),
+                        _ => {}
                     }
                 }
                 Mapped::Group(g) => {
@@ -1137,6 +1172,18 @@ fn member_add(group: &str, member: &str) -> Planned {
         url: format!("/groups/{}/members/$ref", seg(group)),
         body: Some(json!({
             "@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{}", seg(member))
+        })),
+    }
+}
+
+/// `PUT /users/{user}/manager/$ref`: `manager` (a user's id) becomes `user`'s manager.
+fn manager_set(user: &str, manager: &str) -> Planned {
+    Planned {
+        step: Step::SetManager,
+        method: "PUT",
+        url: format!("/users/{}/manager/$ref", seg(user)),
+        body: Some(json!({
+            "@odata.id": format!("https://graph.microsoft.com/v1.0/users/{}", seg(manager))
         })),
     }
 }
@@ -1248,22 +1295,37 @@ const EXTRA_PROPS: &[&str] = &[
 ];
 /// `onPremisesExtensionAttributes.extensionAttribute1` .. `15`.
 const EXTENSION_ATTRS: &str = "onPremisesExtensionAttributes";
+/// The user's manager: a reference (the mapping gives the manager's DN or anchor, the plan
+/// its target id), written with `manager/$ref` rather than as a property.
+pub const MANAGER: &str = "manager";
+
+/// What a `[mapping.user]` key of a Graph target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtraProperty {
+    /// A string property of the user.
+    Plain,
+    /// `manager`: a reference to another user.
+    Reference,
+}
 
 /// Whether the mapping may set the user property `key`, or why not.
-pub fn extra_property(key: &str) -> std::result::Result<(), String> {
+pub fn extra_property(key: &str) -> std::result::Result<ExtraProperty, String> {
+    if key == MANAGER {
+        return Ok(ExtraProperty::Reference);
+    }
     if EXTRA_PROPS.contains(&key) {
-        return Ok(());
+        return Ok(ExtraProperty::Plain);
     }
     if let Some(n) = key
         .strip_prefix(EXTENSION_ATTRS)
         .and_then(|r| r.strip_prefix(".extensionAttribute"))
     {
         if n.parse::<u8>().is_ok_and(|n| (1..=15).contains(&n)) && !n.starts_with('0') {
-            return Ok(());
+            return Ok(ExtraProperty::Plain);
         }
     }
     Err(format!(
-        "not a Graph user property dirsync writes: {}, {EXTENSION_ATTRS}.extensionAttribute1..15",
+        "not a Graph user property dirsync writes: {}, {EXTENSION_ATTRS}.extensionAttribute1..15, {MANAGER}",
         EXTRA_PROPS.join(", ")
     ))
 }
@@ -1292,6 +1354,8 @@ fn user_attrs(u: &MappedUser) -> Vec<(&str, Value)> {
             Some(a) => {
                 ext.insert(a.to_string(), Value::from(v.as_str()));
             }
+            // Written with manager/$ref (plan_op).
+            None if k == MANAGER => {}
             None if k == "businessPhones" => out.push((k.as_str(), json!([v.as_str()]))),
             None => out.push((k.as_str(), Value::from(v.as_str()))),
         }
@@ -1585,6 +1649,13 @@ fn remote_extras(v: &Value) -> BTreeMap<CompactString, CompactString> {
         if let Some(s) = value {
             out.insert(CompactString::new(p), CompactString::new(s));
         }
+    }
+    if let Some(m) = v
+        .get(MANAGER)
+        .and_then(|m| m.get("id"))
+        .and_then(Value::as_str)
+    {
+        out.insert(CompactString::new(MANAGER), CompactString::new(m));
     }
     for (a, x) in v
         .get(EXTENSION_ATTRS)
@@ -2051,6 +2122,78 @@ mod tests {
             attr,
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn the_manager_is_a_reference_request_not_a_property() {
+        let with = |m: Option<&str>| {
+            let mut u = user();
+            if let Some(m) = m {
+                u.extra.insert(MANAGER.into(), m.into());
+            }
+            u
+        };
+        let requests = |from: Option<&str>, to: Option<&str>| -> Vec<Planned> {
+            plan_op(
+                &Op::Update {
+                    anchor: A.into(),
+                    target_id: "u1".into(),
+                    from: Some(Mapped::User(with(from))),
+                    to: Mapped::User(with(to)),
+                    etag: None,
+                },
+                "ext",
+            )
+            .unwrap()
+            .requests
+        };
+        let set = |user: &str, m: &str| Planned {
+            step: Step::SetManager,
+            method: "PUT",
+            url: format!("/users/{user}/manager/$ref"),
+            body: Some(json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/users/{m}")})),
+        };
+        assert_eq!(requests(None, Some("m1")), [set("u1", "m1")]);
+        assert_eq!(requests(Some("m1"), Some("m2")), [set("u1", "m2")]);
+        assert_eq!(requests(Some("m1"), Some("m1")), []);
+        assert_eq!(
+            requests(Some("m1"), None),
+            [Planned {
+                step: Step::RemoveManager,
+                method: "DELETE",
+                url: "/users/u1/manager/$ref".into(),
+                body: None,
+            }]
+        );
+        // A create carries the manager for after the user exists; the body has none.
+        let p = plan_op(
+            &Op::Create {
+                anchor: A.into(),
+                object: Mapped::User(with(Some("m1"))),
+            },
+            "ext",
+        )
+        .unwrap();
+        assert_eq!(p.requests.len(), 1);
+        assert_eq!(p.requests[0].step, Step::CreateUser(Some("m1".into())));
+        assert!(p.requests[0].body.as_ref().unwrap().get(MANAGER).is_none());
+        let mut run = Run::new(1, Instant::now() + Duration::from_secs(60), 3);
+        run.push(0, p.requests[0].clone());
+        let r = run.take_ready(Instant::now()).remove(0);
+        run.done(r, &Body::Json(json!({"id": "new"})));
+        let next: Vec<Planned> = run.queue.iter().map(|r| r.planned.clone()).collect();
+        assert_eq!(next, [set("new", "m1")]);
+        // Removing a manager the user no longer has is done; setting one that is gone is not.
+        assert!(matches!(
+            classify(&Step::RemoveManager, 404, &Body::Empty),
+            Verdict::Done
+        ));
+        assert!(matches!(
+            classify(&Step::SetManager, 404, &Body::Empty),
+            Verdict::Failed
+        ));
+        assert_eq!(extra_property("manager"), Ok(ExtraProperty::Reference));
+        assert_eq!(extra_property("employeeId"), Ok(ExtraProperty::Plain));
     }
 
     #[test]

@@ -526,6 +526,30 @@ impl ScimTarget {
             .await
     }
 
+    /// A discovery endpoint (`Schemas`, `ResourceTypes`; RFC 7644 §4) as JSON; None when
+    /// the server answers 404 (it does not publish it).
+    pub async fn discovery(
+        &self,
+        endpoint: &str,
+    ) -> std::result::Result<Option<Value>, TargetError> {
+        let req = Req::new(
+            Method::GET,
+            self.url(&[endpoint]),
+            format!("read /{endpoint}"),
+        );
+        let reply = self
+            .send(&req, Gate::NONE)
+            .await
+            .map_err(SendError::into_error)?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !reply.status.is_success() {
+            return Err(reply_error(&req.what, &reply));
+        }
+        reply_json(&req.what, &reply).map(Some)
+    }
+
     async fn delete(&self, kind: ObjectKind, target_id: &str, gate: Gate<'_>) -> Done {
         let what = format!("delete {} {target_id}", kind.as_str());
         let req = Req::new(Method::DELETE, self.url(&[endpoint(kind), target_id]), what);

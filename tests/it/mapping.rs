@@ -374,4 +374,354 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
     let v = lab.sync("a", &["--full"]);
     assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
     assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+    let (ann_id, bob_id, carol_id) = (
+        ann["id"].as_str().unwrap().to_string(),
+        bob["id"].as_str().unwrap().to_string(),
+        carol["id"].as_str().unwrap().to_string(),
+    );
+    let ann_anchor = lab.anchor(&format!("uid=ann,{PEOPLE}")).await;
+    let bob_anchor = lab.anchor(&format!("uid=bob,{PEOPLE}")).await;
+    let recorded_manager =
+        |state: &dirsync::project::State, anchor: &str| match state.ledger.entries[anchor]
+            .state
+            .as_ref()
+        {
+            Some(dirsync::target::Mapped::User(u)) => u
+                .extra
+                .get(format!("{ENTERPRISE}:manager").as_str())
+                .map(|m| m.to_string()),
+            other => panic!("{other:?}"),
+        };
+
+    // The manager renamed: the same object, so bob keeps ann's target id. (slapd here has
+    // no refint overlay: bob's manager is changed to the new DN as refint, or AD, would.)
+    lab.slapd()
+        .ldapmodrdn(&format!("uid=ann,{PEOPLE}"), "uid=anna", None)
+        .await;
+    lab.slapd()
+        .ldapmodify(&format!(
+            "dn: uid=bob,{PEOPLE}\nchangetype: modify\nreplace: manager\nmanager: uid=anna,{PEOPLE}\n\n"
+        ))
+        .await;
+    let before = lab.view.users_by_anchor().await;
+    let v = lab.sync("a", &[]);
+    // ann's userName follows her uid; bob has nothing to update.
+    assert_eq!((n(&v, "updated"), n(&v, "created")), (1, 0), "{v}");
+    let users = lab.view.users_by_anchor().await;
+    assert_eq!(users[&ann_anchor]["id"], json!(ann_id));
+    assert_eq!(users[&ann_anchor]["userName"], json!("anna"));
+    assert_eq!(users[&bob_anchor], before[&bob_anchor]);
+    assert_eq!(
+        recorded_manager(&lab.state().await, &bob_anchor),
+        Some(ann_id.clone())
+    );
+
+    // The manager deleted: bob's manager cleared, in the target and in the log.
+    lab.slapd().ldapdelete(&format!("uid=anna,{PEOPLE}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(
+        (n(&v, "updated"), n(&v, "deleted"), n(&v, "created")),
+        (1, 1, 0),
+        "{v}"
+    );
+    let users = lab.view.users_by_anchor().await;
+    assert!(!users.contains_key(&ann_anchor));
+    assert_eq!(users[&bob_anchor]["id"], json!(bob_id));
+    assert_eq!(
+        users[&bob_anchor][ENTERPRISE],
+        json!({"employeeNumber": "2"})
+    );
+    let carol_now = users.values().find(|u| u["userName"] == "carol").unwrap();
+    assert_eq!(
+        (&carol_now["id"], &carol_now[ENTERPRISE]),
+        (
+            &json!(carol_id),
+            &json!({"employeeNumber": "3", "manager": {"value": bob_id}})
+        )
+    );
+    assert_eq!(recorded_manager(&lab.state().await, &bob_anchor), None);
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+}
+
+const ACME: &str = "urn:example:params:scim:schemas:extension:acme:2.0:User";
+
+/// scim2-server publishing one more extension of User, ACME with `badgeNumber`; and the
+/// files that make it so (kept alive with the server).
+async fn scim_with_acme() -> (crate::lab::Scim, tempfile::TempDir) {
+    // The schemas and resource types scim2-server publishes by default, plus ACME.
+    let plain = crate::lab::Scim::tenant().await;
+    let http = reqwest::Client::new();
+    let read = |what: &'static str| {
+        let req = http
+            .get(format!("{}/{what}", plain.base_url()))
+            .bearer_auth(plain.token());
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            let mut list = v["Resources"].as_array().unwrap().clone();
+            for r in &mut list {
+                r.as_object_mut().unwrap().remove("meta");
+            }
+            list
+        }
+    };
+    let mut schemas = read("Schemas").await;
+    schemas.push(json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": ACME,
+        "name": "AcmeUser",
+        "description": "Acme's user extension",
+        "attributes": [{
+            "name": "badgeNumber", "type": "string", "multiValued": false, "required": false,
+            "caseExact": false, "mutability": "readWrite", "returned": "default",
+            "uniqueness": "none",
+        }],
+    }));
+    let mut types = read("ResourceTypes").await;
+    let user = types.iter_mut().find(|t| t["name"] == "User").unwrap();
+    user["schemaExtensions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"schema": ACME, "required": false}));
+    let files = tempfile::tempdir().unwrap();
+    let (s, t) = (
+        files.path().join("schemas.json"),
+        files.path().join("types.json"),
+    );
+    std::fs::write(&s, Value::Array(schemas).to_string()).unwrap();
+    std::fs::write(&t, Value::Array(types).to_string()).unwrap();
+    let scim = crate::lab::Scim::start_with(&[
+        "--schema",
+        s.to_str().unwrap(),
+        "--resource-type",
+        t.to_str().unwrap(),
+    ])
+    .await;
+    (scim, files)
+}
+
+/// Preflight's `target schema` row and its (check, result, detail).
+fn schema_row(lab: &E2e) -> (i32, Option<(String, String)>) {
+    let run = lab.cli(&["preflight", "--instance", "a", "--format", "json"]);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+    let row = v.as_array().and_then(|a| {
+        a.iter().find(|c| c["check"] == "target schema").map(|c| {
+            (
+                match c["ok"].as_bool() {
+                    Some(true) => "ok".to_string(),
+                    _ => "FAIL".to_string(),
+                },
+                c["detail"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    });
+    (run.code, row)
+}
+
+/// Attributes of an extension schema the server publishes are written and read back; a
+/// key of a schema it does not publish, or an attribute its schema lacks, fails preflight
+/// with one line naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_schemas_are_checked_against_the_target_and_exported() {
+    let (scim, _files) = scim_with_acme().await;
+    let lab = E2e::ldap(0, "500").await;
+    // The lab's target is a tenant of the shared server: point it at this one instead.
+    let conf = lab.dir.path().join("dirsync.toml");
+    let toml = std::fs::read_to_string(&conf).unwrap();
+    let url = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \"").filter(|u| u.contains("/v2")))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    std::fs::write(&conf, toml.replace(&url, scim.base_url())).unwrap();
+    std::fs::write(lab.dir.path().join("token"), format!("{}\n", scim.token())).unwrap();
+    let view = crate::sync_export::ScimView::of(scim.base_url(), scim.token());
+    lab.slapd()
+        .ldapadd(&format!(
+            "dn: uid=ann,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: ann\ncn: Ann\nsn: A\nemployeeNumber: 1001\n\n"
+        ))
+        .await;
+    let base = std::fs::read_to_string(&conf).unwrap();
+    let with = |rows: &str| std::fs::write(&conf, format!("{base}[mapping.user]\n{rows}")).unwrap();
+
+    // Published: preflight passes the row, and the value reaches the server and comes back.
+    with(&format!(
+        "\"{ACME}:badgeNumber\" = \"src.employeenumber[0]\"\n\"{ENTERPRISE}:employeeNumber\" = \"src.uid[0]\"\n"
+    ));
+    assert_eq!(
+        schema_row(&lab),
+        (
+            0,
+            Some((
+                "ok".into(),
+                "the target publishes every extension attribute the mapping sets (2)".into()
+            ))
+        )
+    );
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "created"), n(&v, "unmappable")), (3, 0), "{v}");
+    let ann = lab.anchor(&format!("uid=ann,{PEOPLE}")).await;
+    let u = written(view.users_by_anchor().await.remove(&ann).unwrap());
+    assert_eq!(
+        u,
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE, ACME],
+            "externalId": ann,
+            "userName": "ann",
+            "displayName": "Ann",
+            "name": {"familyName": "A"},
+            "active": true,
+            ACME: {"badgeNumber": "1001"},
+            ENTERPRISE: {"employeeNumber": "ann"},
+        })
+    );
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+
+    // An attribute the schema lacks, and a schema the server does not publish: each fails
+    // preflight (exit 1) in one line naming the key; nothing is written.
+    let head = lab.head().await;
+    for (row, want) in [
+        (
+            format!("\"{ACME}:shoeSize\" = \"'44'\"\n"),
+            format!("mapping.user.\"{ACME}:shoeSize\": the target's schema {ACME} has no attribute `shoeSize` (it has badgeNumber)"),
+        ),
+        (
+            "\"urn:example:params:scim:schemas:extension:other:1.0:User:x\" = \"'x'\"\n".to_string(),
+            format!("mapping.user.\"urn:example:params:scim:schemas:extension:other:1.0:User:x\": the target publishes no schema urn:example:params:scim:schemas:extension:other:1.0:User (its /Schemas: urn:ietf:params:scim:schemas:core:2.0:User, urn:ietf:params:scim:schemas:core:2.0:Group, {ENTERPRISE}, {ACME})"),
+        ),
+    ] {
+        with(&row);
+        assert_eq!(schema_row(&lab), (1, Some(("FAIL".into(), want))), "{row}");
+    }
+    assert_eq!(lab.head().await, head, "preflight records nothing");
+}
+
+const STAFF: &str = "OU=Staff,DC=test,DC=lan";
+
+/// (active, the manager's userName) per userName, as the target holds them.
+async fn active_and_manager(lab: &E2e) -> BTreeMap<String, (bool, Option<String>)> {
+    let users = lab.view.users_by_anchor().await;
+    let name_of = |id: &Value| {
+        users
+            .values()
+            .find(|u| &u["id"] == id)
+            .map(|u| u["userName"].as_str().unwrap().to_string())
+    };
+    users
+        .values()
+        .map(|u| {
+            (
+                u["userName"].as_str().unwrap().to_string(),
+                (
+                    u["active"].as_bool().unwrap(),
+                    name_of(&u[ENTERPRISE]["manager"]["value"]),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Samba AD into scim2-server: `active` from userAccountControl's ACCOUNTDISABLE bit (2)
+/// and the enterprise `manager` from AD's manager attribute, configured, end to end: a
+/// chain created in one cycle, a user disabled and enabled, the manager renamed (AD
+/// follows the link: the report keeps its manager) and deleted (the report's is cleared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_user_account_control_and_manager_map_end_to_end() {
+    let lab = E2e::ad().await;
+    let samba = lab.samba();
+    samba
+        .ldapmodify(&format!(
+            "dn: CN=u2,{STAFF}\nchangetype: modify\nadd: manager\nmanager: CN=u1,{STAFF}\n\n\
+             dn: CN=u3,{STAFF}\nchangetype: modify\nadd: manager\nmanager: CN=u2,{STAFF}\n\n\
+             dn: CN=u4,{STAFF}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n"
+        ))
+        .await;
+    append(
+        &lab,
+        &format!(
+            "[mapping.user]\n\
+             active = \"!has(src.useraccountcontrol) || int(src.useraccountcontrol[0]) / 2 % 2 == 0\"\n\
+             \"{ENTERPRISE}:manager\" = \"has(src.manager) ? src.manager[0] : null\"\n"
+        ),
+    );
+    let want = |rows: &[(&str, bool, Option<&str>)]| {
+        rows.iter()
+            .map(|(u, a, m)| {
+                (
+                    format!("{u}@test.lan"),
+                    (*a, m.map(|m| format!("{m}@test.lan"))),
+                )
+            })
+            .collect::<BTreeMap<String, (bool, Option<String>)>>()
+    };
+    let v = lab.sync("a", &[]);
+    // u1..u4 and Team; the two managers set by updates in the same cycle.
+    assert_eq!(
+        (n(&v, "created"), n(&v, "updated"), n(&v, "unmappable")),
+        (5, 2, 0),
+        "{v}"
+    );
+    assert_eq!(
+        active_and_manager(&lab).await,
+        want(&[
+            ("u1", true, None),
+            ("u2", true, Some("u1")),
+            ("u3", true, Some("u2")),
+            ("u4", false, None),
+        ])
+    );
+
+    // Disabled and enabled through userAccountControl.
+    samba
+        .ldapmodify(&format!(
+            "dn: CN=u1,{STAFF}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n\n\
+             dn: CN=u4,{STAFF}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 512\n\n"
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "updated"), n(&v, "created")), (2, 0), "{v}");
+    assert_eq!(
+        active_and_manager(&lab).await,
+        want(&[
+            ("u1", false, None),
+            ("u2", true, Some("u1")),
+            ("u3", true, Some("u2")),
+            ("u4", true, None),
+        ])
+    );
+
+    // u1 renamed: AD's manager link follows it, and so does u2's manager in the target.
+    samba
+        .ldapmodrdn(&format!("CN=u1,{STAFF}"), "CN=u1-renamed", None)
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(n(&v, "created") + n(&v, "deleted"), 0, "{v}");
+    let renamed = want(&[
+        ("u1", false, None),
+        ("u2", true, Some("u1")),
+        ("u3", true, Some("u2")),
+        ("u4", true, None),
+    ]);
+    assert_eq!(active_and_manager(&lab).await, renamed);
+    // A full import reads u2's manager under the new name: the same object, nothing to do.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(active_and_manager(&lab).await, renamed);
+
+    // u2 deleted: u3's manager cleared.
+    samba.ldapdelete(&format!("CN=u2,{STAFF}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!((n(&v, "deleted"), n(&v, "created")), (1, 0), "{v}");
+    assert_eq!(
+        active_and_manager(&lab).await,
+        want(&[("u1", false, None), ("u3", true, None), ("u4", true, None)])
+    );
+    // A full import and reconcile agree: nothing to do.
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
 }

@@ -27,9 +27,14 @@ pub struct ScimView {
 
 impl ScimView {
     pub fn new(t: &ScimTenant) -> ScimView {
+        ScimView::of(t.base_url(), t.token())
+    }
+
+    /// The service at `base` (`.../v2`), read with `token`.
+    pub fn of(base: &str, token: &str) -> ScimView {
         ScimView {
-            base: t.base_url().to_string(),
-            token: t.token().to_string(),
+            base: base.to_string(),
+            token: token.to_string(),
             http: reqwest::Client::new(),
         }
     }

@@ -1,10 +1,13 @@
 //! `dirsync sync` from slapd into the fake Microsoft Graph (`lab::graph`), through the
 //! binary, with throttling on: the same flows as `sync_export` against scim2-server.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use dirsync::log::{AnyStore, OpenMode};
+use dirsync::project::replay;
 use dirsync::target::graph::immutable_id;
+use dirsync::target::Mapped;
 use serde_json::{json, Value};
 
 use crate::common::{dirsync, Run};
@@ -494,4 +497,153 @@ async fn on_delete_disable_sets_account_enabled_false_then_deletes() {
             .map(|s| s.to_string())
             .collect::<BTreeSet<_>>()
     );
+}
+
+/// The users' managers as the log's ledger holds them: upn -> the manager's target id.
+async fn recorded_managers(lab: &Lab) -> BTreeMap<String, Option<String>> {
+    let url = format!("sqlite://{}", lab.dir.path().join("log.db").display());
+    let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
+    let state = replay::current(&store).await.unwrap();
+    state
+        .ledger
+        .entries
+        .values()
+        .filter(|l| l.deleted.is_none())
+        .filter_map(|l| match &l.state {
+            Some(Mapped::User(u)) => Some((
+                u.user_name.to_string(),
+                u.extra.get("manager").map(|m| m.to_string()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `manager` via `manager/$ref`: a chain (u1 manages u2 manages u3) created in one cycle,
+/// read back by a reconcile, then changed, removed, and cleared when the manager is
+/// deleted; each recorded in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_chain_is_set_in_one_cycle_then_changed_and_removed() {
+    let lab = Lab::start(3, 1000, 500).await;
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u2,{PEOPLE}\nchangetype: modify\nadd: manager\nmanager: uid=u1,{PEOPLE}\n\n\
+             dn: uid=u3,{PEOPLE}\nchangetype: modify\nadd: manager\nmanager: UID=U2,{PEOPLE}\n\n"
+        ))
+        .await;
+    let conf = lab.dir.path().join("dirsync.toml");
+    let mut toml = std::fs::read_to_string(&conf).unwrap();
+    toml.push_str("[mapping.user]\nmanager = \"has(src.manager) ? src.manager[0] : null\"\n");
+    std::fs::write(&conf, &toml).unwrap();
+    let id = |upn: &str| {
+        lab.graph.user_by_upn(upn).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let managers = |lab: &Lab| -> BTreeMap<String, Option<String>> {
+        ["u1", "u2", "u3"]
+            .iter()
+            .filter_map(|u| {
+                let upn = format!("{u}@example.org");
+                let id = lab.graph.user_by_upn(&upn)?["id"].as_str()?.to_string();
+                Some((upn, lab.graph.manager_of(&id)))
+            })
+            .collect()
+    };
+    let want = |pairs: &[(&str, Option<&str>)]| -> BTreeMap<String, Option<String>> {
+        pairs
+            .iter()
+            .map(|(u, m)| {
+                (
+                    format!("{u}@example.org"),
+                    m.map(|m| id(&format!("{m}@example.org"))),
+                )
+            })
+            .collect()
+    };
+    // Three users and team created; the two managers set once their users had ids.
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [4, 2, 0, 0, 0, 0, 0], "{v}");
+    let chain = want(&[("u1", None), ("u2", Some("u1")), ("u3", Some("u2"))]);
+    assert_eq!(managers(&lab), chain);
+    assert_eq!(recorded_managers(&lab).await, chain);
+    let mut puts: Vec<(String, String, Value)> = lab
+        .graph
+        .requests()
+        .into_iter()
+        .filter(|r| r.url.contains("/manager"))
+        .map(|r| (r.method, r.url, r.body))
+        .collect();
+    puts.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut want_puts: Vec<(String, String, Value)> = [("u2", "u1"), ("u3", "u2")]
+        .iter()
+        .map(|(u, m)| {
+            (
+                "PUT".to_string(),
+                format!("/users/{}/manager/$ref", id(&format!("{u}@example.org"))),
+                json!({"@odata.id": format!(
+                    "https://graph.microsoft.com/v1.0/users/{}",
+                    id(&format!("{m}@example.org"))
+                )}),
+            )
+        })
+        .collect();
+    want_puts.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(puts, want_puts);
+    // Nothing left to do; a reconcile reads the managers back (no drift).
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
+    assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+
+    // A new manager.
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u3,{PEOPLE}\nchangetype: modify\nreplace: manager\nmanager: uid=u1,{PEOPLE}\n\n"
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 1, 0, 0, 0, 0, 0], "{v}");
+    let changed = want(&[("u1", None), ("u2", Some("u1")), ("u3", Some("u1"))]);
+    assert_eq!(managers(&lab), changed);
+    assert_eq!(recorded_managers(&lab).await, changed);
+
+    // The source's manager gone: the reference removed.
+    lab.slapd
+        .ldapmodify(&format!(
+            "dn: uid=u3,{PEOPLE}\nchangetype: modify\ndelete: manager\n\n"
+        ))
+        .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 1, 0, 0, 0, 0, 0], "{v}");
+    let removed = want(&[("u1", None), ("u2", Some("u1")), ("u3", None)]);
+    assert_eq!(managers(&lab), removed);
+    assert_eq!(recorded_managers(&lab).await, removed);
+    let last = lab
+        .graph
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.url.contains("/manager"));
+    assert_eq!(
+        last.map(|r| (r.method, r.url, r.status)),
+        Some((
+            "DELETE".to_string(),
+            format!("/users/{}/manager/$ref", id("u3@example.org")),
+            204
+        ))
+    );
+
+    // The manager deleted: u1 gone, u2's manager cleared, in the target and the log (the
+    // other update: team loses u1).
+    lab.slapd.ldapdelete(&format!("uid=u1,{PEOPLE}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(counts(&v), [0, 2, 1, 0, 0, 0, 0], "{v}");
+    let cleared = want(&[("u2", None), ("u3", None)]);
+    assert_eq!(managers(&lab), cleared);
+    assert_eq!(recorded_managers(&lab).await, cleared);
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(counts(&v), [0; 7], "{v}");
 }

@@ -33,6 +33,12 @@
 //!   (204; 400 "One or more added object references already exist…" when already a member;
 //!   404 when either object does not exist), `DELETE /groups/{id}/members/{id}/$ref`
 //!   (204; 404 when not a member), `GET /groups/{id}/members` (paged).
+//! * A user's manager: `PUT /users/{id}/manager/$ref` with `{"@odata.id":
+//!   ".../users/{id}"}` (204, replacing any manager; 404 when either user does not exist),
+//!   `DELETE /users/{id}/manager/$ref` (204; 404 when the user has no manager),
+//!   `GET /users/{id}/manager` (the manager; 404 when none), and `$expand=manager` on
+//!   users (`manager` present only when set). Deleting a user removes it as anyone's
+//!   manager.
 //! * `POST /$batch`: at most 20 requests (more is 400), unique ids, relative URLs,
 //!   per-request status, headers and body, `dependsOn` (a request whose dependency failed
 //!   is 424). Requests run in order; answers come back in **reverse** order, since Graph
@@ -207,6 +213,8 @@ struct Fake {
     opts: GraphFakeOptions,
     base: String,
     users: BTreeMap<String, Map<String, Value>>,
+    /// User id -> its manager's id.
+    managers: BTreeMap<String, String>,
     groups: BTreeMap<String, GroupRec>,
     tokens: HashMap<String, Tok>,
     reject_all_tokens: bool,
@@ -673,12 +681,12 @@ impl Fake {
             ("GET", ["users"]) => Ok(self.list_users(&query)),
             ("POST", ["users"]) => obj().map(|o| self.create_user(o)),
             ("GET", ["users", id]) => Ok(match self.users.get(*id) {
-                Some(u) => Ans::new(
-                    200,
-                    Value::Object(project(id, u, q(&query, "$select"), USER_DEFAULT)),
-                ),
+                Some(u) => Ans::new(200, Value::Object(self.user_view(id, u, &query))),
                 None => Ans::not_found(id),
             }),
+            ("GET", ["users", id, "manager"]) => Ok(self.get_manager(id, &query)),
+            ("PUT", ["users", id, "manager", "$ref"]) => obj().map(|o| self.set_manager(id, &o)),
+            ("DELETE", ["users", id, "manager", "$ref"]) => Ok(self.remove_manager(id)),
             ("PATCH", ["users", id]) => obj().map(|o| self.patch_user(id, o)),
             ("DELETE", ["users", id]) => Ok(self.delete(id, true)),
             ("GET", ["groups"]) => Ok(self.list_groups(&query)),
@@ -753,9 +761,86 @@ impl Fake {
             .users
             .iter()
             .filter(|(id, u)| filter.as_ref().is_none_or(|f| matches_filter(u, id, f)))
-            .map(|(id, u)| Value::Object(project(id, u, q(query, "$select"), USER_DEFAULT)))
+            .map(|(id, u)| Value::Object(self.user_view(id, u, query)))
             .collect();
         self.page("users", query, items, self.opts.page_size)
+    }
+
+    /// A user as a read shows it: `$select`ed, with its manager under `$expand=manager`.
+    fn user_view(
+        &self,
+        id: &str,
+        u: &Map<String, Value>,
+        query: &[(String, String)],
+    ) -> Map<String, Value> {
+        let mut v = project(id, u, q(query, "$select"), USER_DEFAULT);
+        if q(query, "$expand").is_some_and(|e| e == "manager" || e.starts_with("manager(")) {
+            if let Some(m) = self.managers.get(id) {
+                v.insert(
+                    "manager".into(),
+                    json!({"@odata.type": "#microsoft.graph.user", "id": m}),
+                );
+            }
+        }
+        v
+    }
+
+    fn get_manager(&self, id: &str, query: &[(String, String)]) -> Ans {
+        if !self.users.contains_key(id) {
+            return Ans::not_found(id);
+        }
+        match self
+            .managers
+            .get(id)
+            .and_then(|m| Some((m, self.users.get(m)?)))
+        {
+            Some((m, u)) => {
+                let mut v = project(m, u, q(query, "$select"), USER_DEFAULT);
+                v.insert(
+                    "@odata.type".into(),
+                    Value::String("#microsoft.graph.user".into()),
+                );
+                Ans::new(200, Value::Object(v))
+            }
+            None => Self::no_manager(),
+        }
+    }
+
+    fn no_manager() -> Ans {
+        Ans::error(
+            404,
+            "Request_ResourceNotFound",
+            "Resource 'manager' does not exist or one of its queried reference-property objects are not present.",
+        )
+    }
+
+    fn set_manager(&mut self, id: &str, o: &Map<String, Value>) -> Ans {
+        let Some(mid) = o
+            .get("@odata.id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
+            .map(pct_decode)
+        else {
+            return Ans::bad("Invalid object identifier: the body needs '@odata.id'.");
+        };
+        if !self.users.contains_key(id) {
+            return Ans::not_found(id);
+        }
+        if !self.users.contains_key(&mid) {
+            return Ans::not_found(&mid);
+        }
+        self.managers.insert(id.to_string(), mid);
+        Ans::empty(204)
+    }
+
+    fn remove_manager(&mut self, id: &str) -> Ans {
+        if !self.users.contains_key(id) {
+            return Ans::not_found(id);
+        }
+        match self.managers.remove(id) {
+            Some(_) => Ans::empty(204),
+            None => Self::no_manager(),
+        }
     }
 
     fn group_view(&self, id: &str, g: &GroupRec, query: &[(String, String)]) -> Map<String, Value> {
@@ -1000,6 +1085,8 @@ impl Fake {
         for g in self.groups.values_mut() {
             g.members.remove(id);
         }
+        self.managers.remove(id);
+        self.managers.retain(|_, m| m != id);
         Ans::empty(204)
     }
 
@@ -1262,6 +1349,7 @@ impl GraphFake {
             opts,
             base: format!("http://{addr}/v1.0"),
             users: BTreeMap::new(),
+            managers: BTreeMap::new(),
             groups: BTreeMap::new(),
             tokens: HashMap::new(),
             reject_all_tokens: false,
@@ -1349,6 +1437,10 @@ impl GraphFake {
                 .as_str()
                 .is_some_and(|x| x.eq_ignore_ascii_case(upn))
         })
+    }
+    /// The id of the user's manager, if it has one.
+    pub fn manager_of(&self, id: &str) -> Option<String> {
+        self.s().managers.get(id).cloned()
     }
     /// Every group: stored properties, `id`, and `members` (ids).
     pub fn groups(&self) -> Vec<Value> {

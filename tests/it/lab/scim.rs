@@ -65,9 +65,14 @@ static SHARED: OnceCell<Shared> = OnceCell::const_new();
 impl Scim {
     /// Starts a server of its own on a free port.
     pub async fn start() -> Scim {
+        Scim::start_with(&[]).await
+    }
+
+    /// [`Scim::start`] with more arguments, e.g. `--schema FILE --resource-type FILE`.
+    pub async fn start_with(args: &[&str]) -> Scim {
         let dir = proc::instance_dir("scim");
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let (process, root) = launch(dir.path(), &token, false).await;
+        let (process, root) = launch(dir.path(), &token, false, args).await;
         Scim {
             process,
             base_url: format!("{root}/v2"),
@@ -82,7 +87,7 @@ impl Scim {
             .get_or_init(|| async {
                 let dir = proc::instance_dir("scim").keep();
                 let token = uuid::Uuid::new_v4().simple().to_string();
-                let (process, root) = launch(&dir, &token, true).await;
+                let (process, root) = launch(&dir, &token, true, &[]).await;
                 Shared {
                     process,
                     root,
@@ -125,7 +130,7 @@ fn scim2_server() -> PathBuf {
 }
 
 /// Starts scim2-server on a free port; returns it and `http://127.0.0.1:P`.
-async fn launch(dir: &Path, token: &str, dynamic: bool) -> (ServerProcess, String) {
+async fn launch(dir: &Path, token: &str, dynamic: bool, args: &[&str]) -> (ServerProcess, String) {
     let bin = scim2_server();
     let log = dir.join("scim2-server.log");
     let client = reqwest::Client::new();
@@ -136,6 +141,7 @@ async fn launch(dir: &Path, token: &str, dynamic: bool) -> (ServerProcess, Strin
         if dynamic {
             cmd.arg("--dynamic-tenants");
         }
+        cmd.args(args);
         cmd.env("PYTHONUNBUFFERED", "1").current_dir(dir);
         let mut process = proc::spawn_server(
             "scim2-server",
