@@ -58,8 +58,12 @@ pub fn run(cli: cli::Cli) -> Exit {
     init_tracing();
     output::set_local_time(cli.local_time);
     let json = cli.format == cli::Format::Json;
+    // Workers get a main thread's stack (tokio's default is 2 MiB): a command's future nests
+    // deep (the service loop runs a failover's playbook, which runs a sync), and polling it
+    // takes stack in proportion, more so in a debug build.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(rt) => rt,

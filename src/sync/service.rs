@@ -551,7 +551,8 @@ async fn failover_playbook(
         playbook: "failover".into(),
         dry_run: false,
     };
-    match handover(cfg, store, &opts, &ProgressBar::hidden(), say).await {
+    // On the heap: the playbook's sync is a large future inside the service loop's.
+    match Box::pin(handover(cfg, store, &opts, &ProgressBar::hidden(), say)).await {
         Ok(_) => Ok(()),
         Err(Error::Refused(why)) => {
             say(&format!(
