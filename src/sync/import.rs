@@ -129,6 +129,21 @@ fn present(r: &crate::project::ObjectRecord, scope: &Scope) -> bool {
             ))
 }
 
+/// The object `anchor` back in scope as the log last recorded it (`ObjectImported`,
+/// returned): a rule change over the log brings it back without reading the source.
+fn returned_as_recorded(anchor: &str, r: &crate::project::ObjectRecord) -> Event {
+    Event::ObjectImported(ObjectImported {
+        object: SourceObject {
+            anchor: anchor.to_string(),
+            kind: r.kind,
+            dn: r.dn.clone(),
+            attrs: r.attrs.clone(),
+            members: r.members.clone(),
+        },
+        returned: true,
+    })
+}
+
 /// `work` with `events` folded in: the records they touch, copied from `current` first.
 fn overlay(current: &SourceObjects, events: &[Event], mut work: SourceObjects) -> SourceObjects {
     for (k, e) in events.iter().enumerate() {
@@ -346,19 +361,7 @@ fn member_of_verdicts<'a>(
             ));
         } else if member && !r.live() && present(r, scope) {
             summary.added += 1;
-            out.push((
-                a,
-                Event::ObjectImported(ObjectImported {
-                    object: SourceObject {
-                        anchor: a.clone(),
-                        kind: r.kind,
-                        dn: r.dn.clone(),
-                        attrs: r.attrs.clone(),
-                        members: r.members.clone(),
-                    },
-                    returned: true,
-                }),
-            ));
+            out.push((a, returned_as_recorded(a, r)));
         }
     }
     out.sort_by(|x, y| x.0.cmp(y.0));
@@ -440,16 +443,7 @@ pub fn rescope_events(
                 }));
             }
             None if not_member && scope.member_of().is_empty() => {
-                out.push(Event::ObjectImported(ObjectImported {
-                    object: SourceObject {
-                        anchor: a.clone(),
-                        kind: r.kind,
-                        dn: r.dn.clone(),
-                        attrs: r.attrs.clone(),
-                        members: r.members.clone(),
-                    },
-                    returned: true,
-                }));
+                out.push(returned_as_recorded(a, r));
             }
             None => {}
         }
