@@ -80,32 +80,49 @@ struct Belief {
     epoch: u64,
 }
 
-/// Write this service's heartbeat every `[ha] heartbeat` until aborted. Each write is cut
-/// to one heartbeat: a store that does not answer (a partition) makes the beats stop, so the
-/// standbys see a silent holder.
+/// The belief, and a wake-up for the heartbeat task when the role changes: a role is beaten
+/// as soon as it changes, not up to a heartbeat later (a holder killed early in its first
+/// cycle has said it was the holder; a standby sees a new holder alive at once).
+struct Beliefs {
+    now: Mutex<Belief>,
+    changed: tokio::sync::Notify,
+}
+
+impl Beliefs {
+    fn get(&self) -> Belief {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The heartbeat `instance` writes now.
+    fn beat(&self, instance: &str) -> ha::Heartbeat {
+        let b = self.get();
+        ha::Heartbeat {
+            instance: instance.to_string(),
+            role: b.role.name().into(),
+            epoch: match b.role {
+                ha::Role::Holder(e) => e,
+                ha::Role::Standby => b.epoch,
+            },
+            at_us: chrono::Utc::now().timestamp_micros(),
+            host: crate::cli::host_name(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// Write this service's heartbeat every `[ha] heartbeat`, and at once when its role
+/// changes, until aborted. Each write is cut to one heartbeat: a store that does not answer
+/// (a partition) makes the beats stop, so the standbys see a silent holder.
 fn heartbeats(
     store: AnyStore,
     instance: String,
     every: Duration,
-    belief: Arc<Mutex<Belief>>,
+    belief: Arc<Beliefs>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let host = crate::cli::host_name();
-        let pid = std::process::id();
         let mut failing = false;
         loop {
-            let b = *belief.lock().unwrap_or_else(|p| p.into_inner());
-            let beat = ha::Heartbeat {
-                instance: instance.clone(),
-                role: b.role.name().into(),
-                epoch: match b.role {
-                    ha::Role::Holder(e) => e,
-                    ha::Role::Standby => b.epoch,
-                },
-                at_us: chrono::Utc::now().timestamp_micros(),
-                host: host.clone(),
-                pid,
-            };
+            let beat = belief.beat(&instance);
             match tokio::time::timeout(every, store.beat(&beat)).await {
                 Ok(Ok(())) => failing = false,
                 Ok(Err(e)) if !failing => {
@@ -118,15 +135,23 @@ fn heartbeats(
                 }
                 _ => {}
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = belief.changed.notified() => {}
+            }
         }
     })
 }
 
-fn set_belief(belief: &Mutex<Belief>, role: ha::Role, epoch: u64) {
-    let mut b = belief.lock().unwrap_or_else(|p| p.into_inner());
+fn set_belief(belief: &Beliefs, role: ha::Role, epoch: u64) {
+    let mut b = belief.now.lock().unwrap_or_else(|p| p.into_inner());
+    let changed = b.role != role;
     b.role = role;
     b.epoch = epoch;
+    drop(b);
+    if changed {
+        belief.changed.notify_one();
+    }
 }
 
 /// Record that `instance`, which held `held`, found `by` holding `epoch`.
@@ -214,10 +239,13 @@ async fn service(
             stop.store(true, Ordering::SeqCst);
         })
     };
-    let belief = Arc::new(Mutex::new(Belief {
-        role: ha::Role::Standby,
-        epoch: 0,
-    }));
+    let belief = Arc::new(Beliefs {
+        now: Mutex::new(Belief {
+            role: ha::Role::Standby,
+            epoch: 0,
+        }),
+        changed: tokio::sync::Notify::new(),
+    });
     let beating = heartbeats(
         store.clone(),
         instance.to_string(),
@@ -414,16 +442,7 @@ async fn service(
                         role = ha::Role::Holder(epoch);
                         set_belief(&belief, role, epoch);
                         // Beat now: the other standbys see the new holder alive at once.
-                        let _ = store
-                            .beat(&ha::Heartbeat {
-                                instance: instance.to_string(),
-                                role: role.name().into(),
-                                epoch,
-                                at_us: chrono::Utc::now().timestamp_micros(),
-                                host: crate::cli::host_name(),
-                                pid: std::process::id(),
-                            })
-                            .await;
+                        let _ = store.beat(&belief.beat(instance)).await;
                         metrics.failover();
                         say(&format!(
                             "failover: {reason}; {instance} took epoch {epoch} and runs the failover playbook"
