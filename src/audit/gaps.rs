@@ -101,7 +101,8 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
     for (name, r) in &state.control.instances.instances {
         let mut windows = Vec::new();
         let mut prev: Option<At> = None;
-        for s in &r.syncs {
+        let syncs = state.sync_history.of(name);
+        for s in syncs {
             if let Some(p) = prev {
                 let len = s.at_us - p.at_us;
                 if len >= min_us || exceeds(len) {
@@ -137,7 +138,7 @@ pub fn gaps(state: &State, now_us: i64, min_us: i64) -> GapReport {
         instances.push(InstanceGaps {
             instance: name.clone(),
             status: r.status.as_str().to_string(),
-            syncs: r.syncs.len() as u64,
+            syncs: syncs.len() as u64,
             last_sync: prev,
             cursor,
             cursor_age_us,

@@ -118,12 +118,11 @@ const DAY_US: i64 = 86_400 * 1_000_000;
 /// Every completed sync of every instance, oldest first.
 pub fn sync_points(state: &State) -> Vec<SyncPoint> {
     let mut v: Vec<SyncPoint> = state
-        .control
-        .instances
-        .instances
+        .sync_history
+        .syncs
         .iter()
-        .flat_map(|(name, r)| {
-            r.syncs.iter().map(move |at| SyncPoint {
+        .flat_map(|(name, syncs)| {
+            syncs.iter().map(move |at| SyncPoint {
                 instance: name.clone(),
                 at: *at,
             })
@@ -223,7 +222,7 @@ fn exporter(state: &State) -> Exporter<'_> {
         )),
         _ => Exporter::Active {
             name,
-            last_sync: rec.and_then(|r| r.syncs.last().copied()),
+            last_sync: state.sync_history.of(name).last().copied(),
         },
     }
 }

@@ -9,8 +9,10 @@
 //! holder, the held list, the handover), and an append holds the head lock anyway, so
 //! reading, folding and rewriting one row is one lookup and one UPDATE. Rows per part would
 //! save rewriting what an append does not touch; they are worth it once a part grows with
-//! time, which only each instance's list of exporting runs does (the audit's sync gaps,
-//! one entry per cycle).
+//! time. None does: the one that would (each instance's completed syncs, one entry per
+//! cycle, for the audit's sync gaps) is kept outside [`Control`]
+//! ([`crate::project::SyncHistory`]). The body carries a format number: a row written by
+//! a build of another format is folded again from the log rather than trusted.
 //!
 //! The row is derived, never covered by the hash chain: the migration that adds it folds
 //! the log already stored, an append whose row is not at the head it locked folds it again
@@ -26,6 +28,10 @@ use crate::project::{Control, Meta};
 /// without decoding.
 pub(crate) const OBJECT_EVENTS: [&str; 3] = ["ObjectImported", "ObjectChanged", "ObjectDeleted"];
 
+/// The layout and meaning of the body this build writes. A build whose fold or fields
+/// differ writes another; a row of another is folded again from the log, never trusted.
+const FORMAT: u32 = 1;
+
 /// The stored row: the control projections as of `seq`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredControl {
@@ -36,24 +42,57 @@ pub struct StoredControl {
     pub(crate) touched: bool,
 }
 
+/// The row as a reader finds it.
+pub(crate) enum Row {
+    /// None yet (a store before schema 4 that was not migrated).
+    Missing,
+    /// Written by a build of another [`FORMAT`]: the control projections as of `seq` must be
+    /// folded again from the log.
+    Stale {
+        seq: u64,
+    },
+    Current(Box<StoredControl>),
+}
+
+#[derive(serde::Serialize)]
+struct BodyOut<'a> {
+    format: u32,
+    #[serde(flatten)]
+    control: &'a Control,
+}
+
+#[derive(serde::Deserialize)]
+struct Format {
+    #[serde(default)]
+    format: u32,
+}
+
 impl StoredControl {
     /// The row as read: `seq` and the JSON body.
-    pub(crate) fn read(seq: u64, body: &str) -> Result<StoredControl> {
-        let control = serde_json::from_str(body).map_err(|e| {
+    pub(crate) fn read(seq: u64, body: &str) -> Result<Row> {
+        let bad = |e: serde_json::Error| {
             Error::Store(format!(
                 "the stored control projections cannot be read: {e}"
             ))
-        })?;
-        Ok(StoredControl {
+        };
+        if serde_json::from_str::<Format>(body).map_err(bad)?.format != FORMAT {
+            return Ok(Row::Stale { seq });
+        }
+        let control = serde_json::from_str(body).map_err(bad)?;
+        Ok(Row::Current(Box::new(StoredControl {
             seq,
             control,
             touched: false,
-        })
+        })))
     }
 
     /// The body to write.
     pub(crate) fn body(&self) -> Result<String> {
-        serde_json::to_string(&self.control).map_err(Error::store)
+        serde_json::to_string(&BodyOut {
+            format: FORMAT,
+            control: &self.control,
+        })
+        .map_err(Error::store)
     }
 
     /// Fold events being appended, the first at `first_seq`, all recorded at `now_us`.

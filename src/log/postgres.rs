@@ -238,23 +238,26 @@ impl PgStore {
         Ok(())
     }
 
-    /// The stored control projections row, if there is one.
-    async fn read_control(conn: &mut sqlx::PgConnection) -> Result<Option<StoredControl>> {
+    /// The stored control projections row.
+    async fn read_control(conn: &mut sqlx::PgConnection) -> Result<control::Row> {
         let row = sqlx::query("SELECT seq, body FROM control WHERE id = 1")
             .fetch_optional(&mut *conn)
             .await?;
-        row.map(|r| {
-            let seq: i64 = r.try_get(0)?;
-            StoredControl::read(seq as u64, r.try_get(1)?)
-        })
-        .transpose()
+        match row {
+            Some(r) => {
+                let seq: i64 = r.try_get(0)?;
+                StoredControl::read(seq as u64, r.try_get(1)?)
+            }
+            None => Ok(control::Row::Missing),
+        }
     }
 
     /// The control projections at `head`, the seq the append locked: the stored row, or,
-    /// when it is not at `head` (or missing), folded again from the log.
+    /// when it is not at `head` (or missing, or of another format), folded again from the
+    /// log.
     async fn control_at(conn: &mut sqlx::PgConnection, head: u64) -> Result<StoredControl> {
         match Self::read_control(conn).await? {
-            Some(c) if c.seq == head => Ok(c),
+            control::Row::Current(c) if c.seq == head => Ok(*c),
             _ => Self::refold_control(conn, head).await,
         }
     }
@@ -715,9 +718,13 @@ impl Store for PgStore {
 
     async fn control(&self) -> Result<StoredControl> {
         let mut conn = self.pool.acquire().await?;
-        Self::read_control(&mut conn)
-            .await?
-            .ok_or_else(|| Error::Store("the control projections row is missing".into()))
+        match Self::read_control(&mut conn).await? {
+            control::Row::Current(c) => Ok(*c),
+            control::Row::Stale { seq } => Self::refold_control(&mut conn, seq).await,
+            control::Row::Missing => Err(Error::Store(
+                "the control projections row is missing".into(),
+            )),
+        }
     }
 
     fn describe(&self) -> String {

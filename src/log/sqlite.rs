@@ -564,23 +564,23 @@ fn insert_index(conn: &Connection, rows: &index::Ready) -> Result<()> {
     many(conn, TYPE, &TYPES, &rows.types)
 }
 
-/// The stored control projections row, if there is one.
-fn read_control(conn: &Connection) -> Result<Option<StoredControl>> {
+/// The stored control projections row.
+fn read_control(conn: &Connection) -> Result<control::Row> {
     let mut stmt = conn
         .prepare_cached("SELECT seq, body FROM control WHERE id = 1")
         .map_err(sql)?;
     let mut rows = stmt.query([]).map_err(sql)?;
     match rows.next().map_err(sql)? {
-        Some(r) => Ok(Some(StoredControl::read(int(r, 0)? as u64, text(r, 1)?)?)),
-        None => Ok(None),
+        Some(r) => StoredControl::read(int(r, 0)? as u64, text(r, 1)?),
+        None => Ok(control::Row::Missing),
     }
 }
 
 /// The control projections at `head`, the seq the append locked: the stored row, or, when
-/// it is not at `head` (or missing), folded again from the log.
+/// it is not at `head` (or missing, or of another format), folded again from the log.
 fn control_at(conn: &Connection, head: u64) -> Result<StoredControl> {
     match read_control(conn)? {
-        Some(c) if c.seq == head => Ok(c),
+        control::Row::Current(c) if c.seq == head => Ok(*c),
         _ => refold_control(conn, head),
     }
 }
@@ -979,8 +979,9 @@ impl Store for SqliteStore {
 
     async fn control(&self) -> Result<StoredControl> {
         self.with_reader(|conn| match read_control(conn)? {
-            Some(c) => Ok(c),
-            None => Err(Error::Store(
+            control::Row::Current(c) => Ok(*c),
+            control::Row::Stale { seq } => refold_control(conn, seq),
+            control::Row::Missing => Err(Error::Store(
                 "the control projections row is missing".into(),
             )),
         })

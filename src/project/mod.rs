@@ -760,10 +760,6 @@ pub struct InstanceRecord {
     /// The mode of the run in progress (sync, staging, export, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_mode: Option<String>,
-    /// When each completed run that exported (mode sync or export) ended, oldest first:
-    /// the audit's sync gaps are the windows between them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub syncs: Vec<At>,
     /// When it was retired (while it is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<At>,
@@ -826,15 +822,6 @@ impl Instances {
                 rec.running_mode = Some(s.mode.clone());
             }
             Event::SyncRunCompleted(s) => {
-                let same = rec.running.as_ref().is_some_and(|(id, _)| *id == s.run_id);
-                if same
-                    && rec
-                        .running_mode
-                        .as_deref()
-                        .is_some_and(|md| EXPORTING_MODES.contains(&md))
-                {
-                    rec.syncs.push(m.into());
-                }
                 rec.running = None;
                 rec.running_mode = None;
                 rec.last_completed = Some((s.run_id.clone(), m.into()));
@@ -1145,8 +1132,49 @@ impl Control {
     }
 }
 
-/// Every projection, as of `seq`: the control projections and the two that grow with the
-/// directory.
+/// When each instance's completed runs that exported (mode sync or export) ended, oldest
+/// first: the audit's sync gaps are the windows between them. Apart from the control
+/// projections, which the store rewrites at every append: this grows by one entry per
+/// cycle, and only the audit reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncHistory {
+    pub syncs: BTreeMap<String, Vec<At>>,
+    /// The exporting run each instance has in progress (its id).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    running: BTreeMap<String, String>,
+}
+
+impl SyncHistory {
+    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::SyncRunStarted(s) if EXPORTING_MODES.contains(&s.mode.as_str()) => {
+                self.running
+                    .insert(m.instance.to_string(), s.run_id.clone());
+            }
+            Event::SyncRunStarted(_) | Event::SyncRunFailed(_) | Event::InstanceRetired(_) => {
+                self.running.remove(m.instance);
+            }
+            Event::SyncRunCompleted(s) => {
+                let ended = self.running.remove(m.instance);
+                if ended.as_deref() == Some(s.run_id.as_str()) {
+                    self.syncs
+                        .entry(m.instance.to_string())
+                        .or_default()
+                        .push(m.into());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `instance`'s completed syncs, oldest first.
+    pub fn of(&self, instance: &str) -> &[At] {
+        self.syncs.get(instance).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Every projection, as of `seq`: the control projections, the two that grow with the
+/// directory, and the history of completed syncs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub seq: u64,
@@ -1154,6 +1182,8 @@ pub struct State {
     pub ledger: Ledger,
     #[serde(flatten)]
     pub control: Control,
+    #[serde(default)]
+    pub sync_history: SyncHistory,
 }
 
 impl State {
@@ -1162,6 +1192,7 @@ impl State {
         self.objects.apply(m, e);
         self.ledger.apply(m, e);
         self.control.apply(m, e);
+        self.sync_history.apply(m, e);
         self.seq = m.seq;
     }
 
@@ -1172,6 +1203,7 @@ impl State {
         // the calls does not matter: the one that takes the event goes last.
         self.ledger.apply(m, &e);
         self.control.apply(m, &e);
+        self.sync_history.apply(m, &e);
         self.objects.apply_owned(m, e);
         self.seq = m.seq;
     }
@@ -1206,6 +1238,9 @@ impl State {
             ));
         }
         out.extend(self.control.differences(&other.control));
+        if self.sync_history != other.sync_history {
+            out.push("sync history".into());
+        }
         out
     }
 }
@@ -1392,6 +1427,64 @@ mod tests {
             ever_candidates += candidates.len();
         }
         assert!(ever_candidates > 0, "the walk reached quarantine");
+    }
+
+    #[test]
+    fn the_sync_history_keeps_completed_exporting_runs_only() {
+        use crate::log::event::{SyncRunCompleted, SyncRunFailed, SyncRunStarted};
+        let started = |id: &str, mode: &str| {
+            Event::SyncRunStarted(SyncRunStarted {
+                run_id: id.into(),
+                full: false,
+                mode: mode.into(),
+            })
+        };
+        let completed = |id: &str| {
+            Event::SyncRunCompleted(SyncRunCompleted {
+                run_id: id.into(),
+                ..Default::default()
+            })
+        };
+        let on = |seq: u64, instance: &'static str| Meta {
+            seq,
+            instance,
+            recorded_at_us: seq as i64 * 1_000,
+        };
+        let mut h = SyncHistory::default();
+        let events = [
+            (on(1, "a"), started("r1", "sync")),
+            (on(2, "a"), completed("r1")),
+            // Staging exports nothing.
+            (on(3, "b"), started("r2", "staging")),
+            (on(4, "b"), completed("r2")),
+            // Failed, then a completion of another run id.
+            (on(5, "a"), started("r3", "export")),
+            (
+                on(6, "a"),
+                Event::SyncRunFailed(SyncRunFailed {
+                    run_id: "r3".into(),
+                    error: "e".into(),
+                    reason: None,
+                }),
+            ),
+            (on(7, "a"), completed("r3")),
+            (on(8, "b"), started("r4", "export")),
+            (on(9, "a"), started("r5", "sync")),
+            (on(10, "b"), completed("r4")),
+            (on(11, "a"), completed("r5")),
+        ];
+        for (m, e) in &events {
+            h.apply(m, e);
+        }
+        assert_eq!(
+            h.syncs,
+            BTreeMap::from([
+                ("a".to_string(), vec![at(2), at(11)]),
+                ("b".to_string(), vec![at(10)]),
+            ])
+        );
+        assert!(h.running.is_empty());
+        assert_eq!(h.of("c"), &[] as &[At]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
-const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x09";
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x0a";
 
 /// Entries per chunk of a map section: enough that a chunk is worth a thread's time, few
 /// enough that a 100,000-object directory keeps two cores busy.
@@ -65,6 +65,7 @@ pub fn encode(state: &State) -> Res<Vec<u8>> {
         ..State::default()
     };
     rest.control.clone_from(&state.control);
+    rest.sync_history.clone_from(&state.sync_history);
     let rest = serde_json::to_vec(&rest)?;
 
     let (objects, ledger) = std::thread::scope(|s| {

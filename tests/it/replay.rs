@@ -448,10 +448,24 @@ async fn stored_control_equals_the_fold(b: Backend) {
         .unwrap();
     check(migrated.clone(), "refolded".into()).await;
 
+    // A row written by a build of another body format, at the head: readers fold it again
+    // from the log, and the next append writes this build's.
+    other
+        .raw_sql("UPDATE control SET body = '{\"format\": 0, \"tombstone_lifetime_days\": 99}' WHERE id = 1")
+        .await;
+    check(migrated.clone(), "another format".into()).await;
+    migrated
+        .append(Batch::new(vec![random_event(&mut rng)]))
+        .await
+        .unwrap();
+    check(migrated.clone(), "another format, appended".into()).await;
+
     let run = f.cli(&["replay", "--verify"]);
     assert_eq!(run.code, 0, "{run:?}");
-    f.raw_sql("UPDATE control SET body = '{\"tombstone_lifetime_days\": 99}' WHERE id = 1")
-        .await;
+    f.raw_sql(
+        "UPDATE control SET body = '{\"format\": 1, \"tombstone_lifetime_days\": 99}' WHERE id = 1",
+    )
+    .await;
     let run = f.cli(&["replay", "--verify"]);
     assert_eq!(run.code, 5, "{run:?}");
     assert!(

@@ -200,8 +200,15 @@ async fn openldap_json_times_are_rfc3339_and_tables_honour_local_time() {
     );
     let new = &state.control.instances.instances["new"];
     assert_eq!(
-        replayed["instances"]["instances"]["new"]["syncs"],
-        Value::from(new.syncs.iter().map(t).collect::<Vec<_>>())
+        replayed["sync_history"]["syncs"]["new"],
+        Value::from(
+            state
+                .sync_history
+                .of("new")
+                .iter()
+                .map(t)
+                .collect::<Vec<_>>()
+        )
     );
     let listed: Value =
         serde_json::from_str(&lab.cli(&["instance", "list", "--format", "json"]).stdout).unwrap();
