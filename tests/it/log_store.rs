@@ -269,6 +269,38 @@ async fn concurrent_processes_keep_one_chain(b: Backend) {
     assert_eq!(list.as_array().unwrap().len(), 32);
 }
 
+/// `log verify` while another process appends (a service running): what was appended
+/// during the check is not "rows removed".
+async fn verify_while_appending_passes(b: Backend) {
+    let f = Fresh::new(b).await;
+    fill(&f.store, 200).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let store = f.store.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                store
+                    .append(Batch::new(vec![cursor("w", &format!("w{i}"))]))
+                    .await
+                    .unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    let mut runs = Vec::new();
+    for _ in 0..10 {
+        let run = f.cli(&["log", "verify"]);
+        runs.push((run.code, run.stderr));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let appended = writer.await.unwrap();
+    assert!(appended > 10, "{appended} appended during the checks");
+    assert_eq!(runs, vec![(0, String::new()); 10]);
+}
+
 /// Each kind of tampering is found by `log verify`, which names the first bad seq.
 async fn tampering_is_detected(b: Backend) {
     type Tamper = (&'static str, &'static str, u64);
@@ -433,6 +465,7 @@ both_backends!(
     concurrent_processes_keep_one_chain,
     commands_on_one_instance_at_once_all_land,
     tampering_is_detected,
+    verify_while_appending_passes,
     the_store_refuses_to_rewrite_history,
     export_import_round_trip_to_the_other_backend,
     bad_import_files_write_nothing,
