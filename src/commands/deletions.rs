@@ -11,7 +11,11 @@ pub(super) async fn deletions(store: &AnyStore, c: DeletionsCommand, fmt: Format
 }
 
 async fn show(store: &AnyStore, fmt: Format) -> Result<Exit> {
-    let state = projection::refresh(store, SNAPSHOT_EVERY).await?;
+    // The control projections, and the source objects and ledger entries of the held
+    // lists only: not the directory.
+    let (_, control) = projection::control(store).await?;
+    let mut state = projection::state_of(store, &held::anchors(&control)).await?;
+    state.control = control;
     let plans = held::plans(&state);
     if fmt == Format::Json {
         emit_json(&plans)?;

@@ -9,8 +9,8 @@ use crate::log::event::{stream, DeletionsApproved};
 use crate::log::store::{Batch, Expected};
 use crate::log::{AnyStore, Event, NewEvent, Store};
 use crate::plan::plan::{find_plan, short_hash, PlanPrefix, MIN_PLAN_PREFIX};
-use crate::project::replay::{self, REFRESH_THRESHOLD};
-use crate::project::{At, HeldDeletions, State};
+use crate::project::replay;
+use crate::project::{At, Control, HeldDeletions, State};
 
 /// Where a held list stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -126,7 +126,26 @@ pub struct HeldPlan {
     pub deletions: Vec<HeldDeletion>,
 }
 
-/// Every held list: the one that stands first, then the others, latest first (pure).
+/// The anchors [`plans`] reads the source objects and ledger entries of: every held list's
+/// keys, and the anchor of each duplicate key (`ANCHOR@TARGET_ID`).
+pub fn anchors(control: &Control) -> Vec<String> {
+    let mut out: Vec<String> = control
+        .guard
+        .plans
+        .values()
+        .flat_map(|p| &p.anchors)
+        .flat_map(|k| {
+            let anchor = k.split_once('@').map(|(a, _)| a.to_string());
+            std::iter::once(k.clone()).chain(anchor)
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Every held list: the one that stands first, then the others, latest first (pure). Needs
+/// the source objects and ledger entries of [`anchors`] only.
 pub fn plans(state: &State) -> Vec<HeldPlan> {
     let mut plans: Vec<(&String, &HeldDeletions)> = state.control.guard.plans.iter().collect();
     plans.sort_by_key(|(h, p)| {
@@ -162,8 +181,8 @@ pub enum Approval {
 /// What approving the held list named by `prefix` (a unique prefix of its hash) does,
 /// decided on `state` (pure). A list that no longer stands (a later cycle held another, or
 /// none) is refused, naming the one that does: approving it would release nothing.
-pub fn decide(state: &State, prefix: &str) -> Result<Approval> {
-    let hash = match find_plan(state.control.guard.plans.keys(), prefix) {
+pub fn decide(control: &Control, prefix: &str) -> Result<Approval> {
+    let hash = match find_plan(control.guard.plans.keys(), prefix) {
         PlanPrefix::Malformed => {
             return Err(Error::BadInput(format!(
                 "--plan `{prefix}`: give at least {MIN_PLAN_PREFIX} hex digits of the plan hash (`dirsync deletions show`)"
@@ -183,7 +202,7 @@ pub fn decide(state: &State, prefix: &str) -> Result<Approval> {
         }
         PlanPrefix::One(h) => h.to_string(),
     };
-    let Some(p) = state.control.guard.plans.get(&hash) else {
+    let Some(p) = control.guard.plans.get(&hash) else {
         return Err(Error::BadInput(format!(
             "no held deletions with a plan hash starting `{prefix}`: see `dirsync deletions show`"
         )));
@@ -192,8 +211,8 @@ pub fn decide(state: &State, prefix: &str) -> Result<Approval> {
     if let Some(at) = p.approved {
         return Ok(Approval::Already { hash, count, at });
     }
-    if state.control.guard.current.as_deref() != Some(hash.as_str()) {
-        let now = match state.control.guard.waiting() {
+    if control.guard.current.as_deref() != Some(hash.as_str()) {
+        let now = match control.guard.waiting() {
             Some((c, cp)) => format!(
                 "the held list is plan {} ({} deletion(s), held {})",
                 short_hash(c),
@@ -221,8 +240,8 @@ pub async fn approve(
 ) -> Result<Approval> {
     for _ in 0..3 {
         let version = store.stream_version(stream::GUARD).await?;
-        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
-        let (hash, count) = match decide(&state, prefix)? {
+        let (_, control) = replay::control(store).await?;
+        let (hash, count) = match decide(&control, prefix)? {
             Approval::Approved { hash, count } => (hash, count),
             already => return Ok(already),
         };
@@ -282,20 +301,20 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            err(decide(&s, "aaaaaaaa")),
+            err(decide(&s.control, "aaaaaaaa")),
             "plan aaaaaaaa1111 is no longer the held list: the held list is plan bbbbbbbb2222 \
              (2 deletion(s), held 1970-01-01T00:00:02Z); nothing approved (see `dirsync deletions show`)"
         );
         assert_eq!(
-            err(decide(&s, "aaaa")),
+            err(decide(&s.control, "aaaa")),
             "--plan `aaaa`: give at least 8 hex digits of the plan hash (`dirsync deletions show`)"
         );
         assert_eq!(
-            err(decide(&s, "cccccccc")),
+            err(decide(&s.control, "cccccccc")),
             "no held deletions with a plan hash starting `cccccccc`: see `dirsync deletions show`"
         );
         assert_eq!(
-            decide(&s, "BBBBBBBB").unwrap(),
+            decide(&s.control, "BBBBBBBB").unwrap(),
             Approval::Approved {
                 hash: H2.into(),
                 count: 2
@@ -310,7 +329,7 @@ mod tests {
             }),
         );
         assert_eq!(
-            decide(&s, H2).unwrap(),
+            decide(&s.control, H2).unwrap(),
             Approval::Already {
                 hash: H2.into(),
                 count: 2,
@@ -331,7 +350,7 @@ mod tests {
             }),
         );
         assert_eq!(
-            err(decide(&s, H1)),
+            err(decide(&s.control, H1)),
             "plan aaaaaaaa1111 is no longer the held list: no deletions are held now; nothing approved (see `dirsync deletions show`)"
         );
     }
