@@ -4,6 +4,7 @@ mod anchors;
 mod audit;
 mod common;
 mod cycle;
+mod faults;
 mod fencing;
 mod guard;
 mod ha;
