@@ -8,12 +8,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use dirsync::log::event::{AttrValue, ObjectKind};
+use dirsync::log::event::{
+    AttrValue, Event, FailureReason, ObjectKind, SyncRunFailed, SyncRunStarted,
+};
 use dirsync::log::{AnyStore, OpenMode};
 use dirsync::project::{replay, ObjectRecord, State};
 
 use crate::common::{bin, dirsync};
-use crate::lab::{Slapd, SlapdOptions};
+use crate::lab::{Slapd, SlapdOptions, SmallFs};
 
 /// Users in the directory of the kill loop (issue 19: 100,000 in the suite).
 const USERS: u64 = 100_000;
@@ -304,4 +306,142 @@ async fn kill_9_during_a_full_import_of_100000_entries_leaves_a_consistent_store
         t0.elapsed().as_secs_f64(),
         history.join("\n  ")
     );
+}
+
+/// Users of the disk-full tests: an import of them needs a few MB of store.
+const FULL_USERS: u64 = 5_000;
+
+/// How the store runs out of room.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Room {
+    /// The store on a tmpfs shrunk to what it holds plus 256 KiB: ENOSPC, a full disk.
+    Tmpfs,
+    /// The sync run under RLIMIT_FSIZE of the largest store file plus 256 KiB, SIGXFSZ
+    /// ignored: writes past it fail with EFBIG. No mount needed.
+    FileSizeLimit,
+}
+
+/// The store runs out of room in the middle of a full import: `sync` says so in one line
+/// naming the store, exits 1, and leaves nothing half-written: with room again the log
+/// verifies, the projections equal a replay, and the next sync imports everything.
+async fn out_of_room_during_an_import(room: Room) {
+    let mut slapd = Slapd::start(SlapdOptions::default()).await;
+    slapd.load_users(FULL_USERS).await;
+    let (fs, room) = match room {
+        Room::Tmpfs => match SmallFs::mount(64 << 20) {
+            Ok(fs) => (Some(fs), Room::Tmpfs),
+            Err(why) => {
+                // Not silently: the same checks run, with a file size limit for the full disk.
+                eprintln!(
+                    "NOTE: cannot mount a tmpfs here ({why}); the disk is full by a file size \
+                     limit instead"
+                );
+                (None, Room::FileSizeLimit)
+            }
+        },
+        Room::FileSizeLimit => (None, Room::FileSizeLimit),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fs.as_ref().map(|f| f.path()).unwrap_or(tmp.path());
+    write_config(dir, &slapd);
+    let run = dirsync(dir, &["init"]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let args = ["sync", "--instance", "x", "--staging"];
+    let (run, expected) = match (&fs, room) {
+        (Some(fs), _) => {
+            fs.resize(fs.used() + (256 << 10));
+            (
+                dirsync(dir, &args),
+                "no space left on the device (SQLite: database or disk is full)",
+            )
+        }
+        (None, _) => {
+            let largest = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .max()
+                .unwrap();
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg("trap '' XFSZ; limit=$1; shift; exec prlimit --fsize=\"$limit\" -- \"$0\" \"$@\"")
+                .arg(bin())
+                .arg((largest + (256 << 10)).to_string())
+                .args(args)
+                .current_dir(dir)
+                .env_remove("DIRSYNC_CONFIG")
+                .output()
+                .unwrap();
+            (
+                out.into(),
+                "File too large (os error 27) (SQLite: disk I/O error)",
+            )
+        }
+    };
+    eprintln!("{room:?}: {run:?}");
+    // The store as the configuration names it (relative to its file).
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (
+            1,
+            "",
+            format!("dirsync: store ./log.db: {expected}\n").as_str()
+        ),
+        "{run:?}"
+    );
+
+    if let Some(fs) = &fs {
+        fs.resize(256 << 20);
+    }
+    assert_store_verifies(dir, &format!("after running out of room ({room:?})"));
+    // The run's start, and its failure when there was room for that: no import event.
+    let events = events(dir).await;
+    let error = format!("store ./log.db: {expected}");
+    match events.as_slice() {
+        [Event::SyncRunStarted(SyncRunStarted { full, mode, .. })] => {
+            assert_eq!((*full, mode.as_str()), (false, "staging"), "{events:?}")
+        }
+        [Event::SyncRunStarted(started), Event::SyncRunFailed(failed)] => {
+            assert_eq!(
+                (started.full, started.mode.as_str()),
+                (false, "staging"),
+                "{events:?}"
+            );
+            assert_eq!(
+                failed,
+                &SyncRunFailed {
+                    run_id: started.run_id.clone(),
+                    error,
+                    reason: Some(FailureReason::Store),
+                },
+                "{events:?}"
+            );
+        }
+        other => panic!("{room:?}: {other:?}"),
+    }
+    eprintln!("{room:?}: events {events:?}");
+    let v = sync(dir, &[]);
+    assert_eq!(v["added"], FULL_USERS, "{v}");
+    assert_store_verifies(dir, "after the next sync");
+    assert_eq!(users_by_dn(&state(dir).await).len() as u64, FULL_USERS);
+}
+
+/// The events of the store in `dir`, decoded.
+async fn events(dir: &Path) -> Vec<Event> {
+    use dirsync::log::Store;
+    let url = format!("sqlite://{}", dir.join("log.db").display());
+    let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
+    let rows = store.read(0, 1_000_000).await.unwrap();
+    rows.iter().map(|e| e.decode().unwrap()).collect()
+}
+
+/// A real full disk (a tmpfs; a file size limit where no tmpfs can be mounted, said so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_full_during_an_import_is_one_line_exit_1_and_nothing_half_written() {
+    out_of_room_during_an_import(Room::Tmpfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_size_limit_during_an_import_is_one_line_exit_1_and_nothing_half_written() {
+    out_of_room_during_an_import(Room::FileSizeLimit).await;
 }
