@@ -11,6 +11,7 @@ mod ha;
 mod handover;
 mod hardening;
 mod history;
+mod kill_loop;
 mod lab;
 mod lab_smoke;
 mod log_store;
