@@ -9,13 +9,24 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dirsync::log::event::{AttrValue, Event, ObjectKind};
 use dirsync::log::{AnyStore, OpenMode};
 use dirsync::project::{replay, ObjectRecord, State};
 
 use crate::lab::{Slapd, SlapdOptions};
+
+/// The import's phase marks in its debug log (the start of the run, then where each phase
+/// ends), and the phase each kill aims at in turn: reading, planning, the append's
+/// transaction twice, what follows the append.
+const MARKS: [&str; 4] = [
+    "(start)",
+    "source read",
+    "events planned",
+    "events appended",
+];
+const PLAN: [usize; 5] = [0, 1, 2, 2, 3];
 
 /// Users compared whole against the directory.
 const SAMPLE: usize = 25;
@@ -244,9 +255,11 @@ pub struct KillLoop {
 /// `kill -9` of `dirsync sync --full` at random points of a full import of `users` users
 /// (slapd loaded by slapadd), `kills` times into the same store: after each, `log verify` and `replay --verify` pass;
 /// then a sync completes and the projected users equal the directory's (count, a sample
-/// compared whole with ldapsearch) and an uninterrupted import's (all of them). The delays
-/// are drawn within the uninterrupted import's measured time, from `seed`, printed first
-/// (see [`seed`]). Panics with the seed on any failure.
+/// compared whole with ldapsearch) and an uninterrupted import's (all of them). Each kill
+/// aims at a phase in turn ([`PLAN`]): the run's debug log is followed to that phase's
+/// start, then the run is killed at a random point of the uninterrupted import's time for
+/// that phase, drawn from `seed`, printed first (see [`seed`]). Panics with the seed on
+/// any failure.
 pub async fn kill_loop(users: u64, kills: usize, seed: u64) -> KillLoop {
     eprintln!("kill loop: seed {seed} (DIRSYNC_KILL_SEED={seed} repeats it)");
     let mut rng = Rng(seed);
@@ -264,6 +277,26 @@ pub async fn kill_loop(users: u64, kills: usize, seed: u64) -> KillLoop {
         "kill loop: {users} users loaded in {:.1} s",
         loaded.as_secs_f64()
     );
+    // Read the directory once first: the reference import, which times the kills, would
+    // otherwise find slapd's pages cold and take longer than the runs it times (seen at
+    // 1,000,000: 60 s cold, and later runs done in under 42 s).
+    let status = Command::new("ldapsearch")
+        .args([
+            "-x",
+            "-LLL",
+            "-H",
+            &slapd.url(),
+            "-D",
+            slapd.bind_dn(),
+            "-w",
+        ])
+        .arg(slapd.password())
+        .args(["-E", "pr=1000/noprompt", "-b", slapd.people_dn(), "(uid=*)"])
+        .env("LDAPNOINIT", "1")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "ldapsearch to warm slapd: {status}");
     // The uninterrupted import: its time bounds the delays, its objects are the reference.
     let reference = store_dir(&slapd);
     let logs = tempfile::tempdir().unwrap();
@@ -282,14 +315,45 @@ pub async fn kill_loop(users: u64, kills: usize, seed: u64) -> KillLoop {
 
     let dir = store_dir(&slapd);
     let mut history = Vec::new();
+    // Where each phase of the reference ended, ms: reading, planning, the append's
+    // transaction, what follows it (the end event, the snapshot).
+    let reference_phases = phases(&read(&reference_log));
+    let at = |name: &str| {
+        reference_phases
+            .iter()
+            .find(|(p, _)| p == name)
+            .map(|(_, ms)| *ms)
+            .unwrap_or_else(|| panic!("no phase {name:?} in {reference_phases:?}"))
+    };
+    let bounds = [
+        0,
+        at(MARKS[1]),
+        at(MARKS[2]),
+        at(MARKS[3]),
+        import_time.as_millis() as u64,
+    ];
     for k in 0..kills {
-        // Stratified: kill k falls in the k-th of kills equal spans of the import's time
-        // (and a little beyond), so that every phase has its chance in each run: reading,
-        // planning, the append's transaction, the end event and the snapshot after it.
-        let span = import_time.mul_f64(1.1 / kills as f64);
-        let delay = span.mul_f64(k as f64 + rng.unit());
+        // Kill k targets phase PLAN[k]: the run is followed through its log to that phase's
+        // start, then killed at a random point of the reference's time for that phase, so
+        // that a slower or faster machine still cuts the phase aimed at.
+        let phase = PLAN[k % PLAN.len()];
+        let delay =
+            Duration::from_millis(bounds[phase + 1] - bounds[phase]).mul_f64(0.9 * rng.unit());
         let log = logs.path().join(format!("kill{k}.log"));
         let mut child = spawn_sync(dir.path(), &log);
+        if phase > 0 {
+            let deadline = Instant::now() + import_time * 10;
+            while !phases(&read(&log)).iter().any(|(p, _)| p == MARKS[phase])
+                && child.try_wait().unwrap().is_none()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "kill {k}: no {:?} (seed {seed})",
+                    MARKS[phase]
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         tokio::time::sleep(delay).await;
         let outcome = match child.try_wait().unwrap() {
             Some(status) => format!("ended before the kill ({status})"),
@@ -304,10 +368,11 @@ pub async fn kill_loop(users: u64, kills: usize, seed: u64) -> KillLoop {
             .map(|(p, _)| p.clone())
             .unwrap_or_else(|| "(none)".into());
         let context = format!(
-            "kill {k} at {:.2} s of {:.2} s: {outcome}, last phase {reached:?}, log head {} \
-             (seed {seed})",
+            "kill {k} {:.2} s after {:?} (of {:.2} s in the reference): {outcome}, last phase \
+             {reached:?}, log head {} (seed {seed})",
             delay.as_secs_f64(),
-            import_time.as_secs_f64(),
+            MARKS[phase],
+            (bounds[phase + 1] - bounds[phase]) as f64 / 1000.0,
             head(dir.path()).await,
         );
         eprintln!("kill loop: {context}");
