@@ -14,6 +14,11 @@ pub enum Error {
     /// The store could not be opened or used (unreachable, I/O, SQL error).
     #[error("store: {0}")]
     Store(String),
+    /// SQLite could not use the store's files: no room left on their file system (disk
+    /// full, a quota, a file size limit) or an I/O error, with the system's own error when
+    /// it gave one. A transaction that failed so was rolled back.
+    #[error("store {path}: {problem}")]
+    StoreFiles { path: String, problem: String },
     /// The store was written by a newer dirsync (a migration we do not know).
     #[error("store schema version {found} is newer than this dirsync supports ({supported}); upgrade dirsync")]
     SchemaTooNew { found: i64, supported: i64 },
@@ -96,6 +101,7 @@ impl Error {
             | Error::NotInitialised { .. } => Exit::BadInput,
             Error::ChainBroken { .. } | Error::ProjectionMismatch(_) => Exit::Found,
             Error::Store(_)
+            | Error::StoreFiles { .. }
             | Error::Conflict { .. }
             | Error::Refused(_)
             | Error::Io(_)

@@ -642,6 +642,7 @@ impl FailureReason {
             | Error::SourceMisbehaved(_) => FailureReason::Source,
             Error::Target(_) | Error::CycleTimeout(_) => FailureReason::Target,
             Error::Store(_)
+            | Error::StoreFiles { .. }
             | Error::SchemaTooNew { .. }
             | Error::NotInitialised { .. }
             | Error::Conflict { .. }

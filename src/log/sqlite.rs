@@ -101,9 +101,45 @@ fn note_wal_frames(_: &Wal, frames: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// An SQL error with no better name: `Error::Store` with SQLite's message.
+/// An SQL error with no better name: `Error::Store` with SQLite's message. A disk full or
+/// an I/O error is [`Error::StoreFiles`], whose path and system error [`files_error`]
+/// fills in where the connection is at hand.
 fn sql(e: rusqlite::Error) -> Error {
-    Error::Store(e.to_string())
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure) => Error::StoreFiles {
+            path: String::new(),
+            problem: e.to_string(),
+        },
+        _ => Error::Store(e.to_string()),
+    }
+}
+
+/// [`Error::StoreFiles`] made plain: the store's path, and what the system said. SQLite
+/// reports a file system out of room as "database or disk is full" (ENOSPC); other
+/// failed writes, EFBIG past a file size limit or EDQUOT among them, as a "disk I/O
+/// error", whose errno it keeps on the connection.
+fn files_error(e: Error, path: &Path, conn: &Connection) -> Error {
+    let Error::StoreFiles { problem, .. } = e else {
+        return e;
+    };
+    let problem = if problem.contains("disk is full") {
+        format!("no space left on the device (SQLite: {problem})")
+    } else {
+        // SAFETY: the handle is the open connection `conn` borrows, and
+        // sqlite3_system_errno only reads the errno it recorded at its last I/O error.
+        let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+        match errno {
+            0 => problem,
+            n => format!(
+                "{} (SQLite: {problem})",
+                std::io::Error::from_raw_os_error(n)
+            ),
+        }
+    };
+    Error::StoreFiles {
+        path: path.display().to_string(),
+        problem,
+    }
 }
 
 /// Errors SQLite gives for a file that is not a usable database, as one clear message.
@@ -290,7 +326,7 @@ impl SqliteStore {
         let (out, frames) = blocking(move || {
             let mut conn = lock(&inner.writer);
             WAL_FRAMES.with(|c| c.set(0));
-            let out = f(&mut conn);
+            let out = f(&mut conn).map_err(|e| files_error(e, &inner.path, &conn));
             let frames = WAL_FRAMES.with(|c| c.replace(0));
             if frames >= CHECKPOINT_CAP {
                 checkpoint(&conn);
@@ -328,7 +364,7 @@ impl SqliteStore {
                 Some(c) => c,
                 None => connect(&inner.path, false, Role::Reader)?,
             };
-            let out = f(&conn);
+            let out = f(&conn).map_err(|e| files_error(e, &inner.path, &conn));
             let mut idle = lock(&inner.readers);
             if idle.len() < IDLE_READERS {
                 idle.push(conn);

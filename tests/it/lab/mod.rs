@@ -23,6 +23,7 @@ pub mod samba;
 pub mod scim;
 pub mod scim_proxy;
 pub mod slapd;
+pub mod smallfs;
 
 pub use graph::GraphFake;
 pub use postgres::{pg_database, pg_server_pid, pg_server_url};
@@ -30,4 +31,5 @@ pub use samba::Samba;
 pub use scim::{Scim, ScimTenant};
 pub use scim_proxy::{ProxyRules, ScimProxy};
 pub use slapd::{Slapd, SlapdOptions};
+pub use smallfs::SmallFs;
 pub mod ds389;
