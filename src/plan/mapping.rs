@@ -698,13 +698,13 @@ impl Mapping {
             .collect()
     }
 
-    /// The keys of the reference rules (`manager`): their values are DNs or anchors until
-    /// the plan resolves them.
-    pub fn references(&self) -> impl Iterator<Item = &str> {
+    /// The keys and expressions of the reference rules (`manager`): their values are DNs
+    /// or anchors until the plan resolves them.
+    pub fn references(&self) -> impl Iterator<Item = (&str, &str)> {
         self.user
             .iter()
             .filter(|r| r.slot == Slot::Reference)
-            .map(|r| r.key.as_str())
+            .map(|r| (r.key.as_str(), r.expr.as_str()))
     }
 
     /// The rules of `kind`.
