@@ -607,9 +607,14 @@ impl Mapping {
                 .map_or("", |(k, _)| *k);
             let given = user.iter().find(|r| r.key == key);
             users.push(match given {
-                Some(r) => {
-                    compile_rule(&env, &mut user_names, &r.key, slot, &r.expr, Origin::Config { line: r.line })?
-                }
+                Some(r) => compile_rule(
+                    &env,
+                    &mut user_names,
+                    &r.key,
+                    slot,
+                    &r.expr,
+                    Origin::Config { line: r.line },
+                )?,
                 None => compile_rule(&env, &mut user_names, key, slot, expr, Origin::Default)
                     .map_err(|e| format!("the default mapping: {e}"))?,
             });

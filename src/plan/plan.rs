@@ -288,7 +288,9 @@ pub fn plan_with(
         }
     });
     out.unresolved_members = unresolved.into_inner();
-    out.dangling = dangling.into_inner().unwrap_or_else(PoisonError::into_inner);
+    out.dangling = dangling
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
     out.dangling.sort();
     // Sized once: for a first sync that is every object, a list of tens of megabytes.
     out.new
@@ -1008,7 +1010,10 @@ mod tests {
         };
         assert_eq!(
             p.dangling,
-            vec![dangling("a5", "CN=nobody,DC=t"), dangling("a7", "CN=a6,DC=t")]
+            vec![
+                dangling("a5", "CN=nobody,DC=t"),
+                dangling("a7", "CN=a6,DC=t")
+            ]
         );
         assert_eq!(
             p.dangling[0].detail(),
@@ -1020,7 +1025,10 @@ mod tests {
         assert!(p.new.iter().all(|(a, _)| a != "a5"), "{p:?}");
         assert_eq!(
             p.dangling,
-            vec![dangling("a5", "CN=nobody,DC=t"), dangling("a7", "CN=a6,DC=t")]
+            vec![
+                dangling("a5", "CN=nobody,DC=t"),
+                dangling("a7", "CN=a6,DC=t")
+            ]
         );
     }
 
