@@ -418,6 +418,11 @@ async fn sync_cycle(
         if let Some(t) = &target {
             t.probe().await?;
         }
+        // A mapping that writes an extension the SCIM target does not hold is refused
+        // before anything is recorded or exported (once per process).
+        if let (Some(AnyTarget::Scim(scim)), Some(t)) = (&target, &cfg.target) {
+            super::preflight::require_target_schema(scim, &t.url, cfg.mapping()?).await?;
+        }
         if exporting {
             let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
             return Ok((s, checked, Some(f)));

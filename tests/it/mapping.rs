@@ -372,7 +372,11 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
         })
     };
     let nobody = format!("uid=nobody,{PEOPLE}");
-    assert_eq!(v["problems"], json!([unresolved(&dave_anchor, &nobody)]), "{v}");
+    assert_eq!(
+        v["problems"],
+        json!([unresolved(&dave_anchor, &nobody)]),
+        "{v}"
+    );
     let users = lab.view.users_by_anchor().await;
     let by_name = |name: &str| {
         users
@@ -396,7 +400,11 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
     let v = lab.sync("a", &["--full"]);
     assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
     assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
-    assert_eq!(v["problems"], json!([unresolved(&dave_anchor, &nobody)]), "{v}");
+    assert_eq!(
+        v["problems"],
+        json!([unresolved(&dave_anchor, &nobody)]),
+        "{v}"
+    );
     let table = lab.cli(&["sync", "--instance", "a"]);
     assert_eq!(table.code, 0, "{table:?}");
     let problems: Vec<Vec<&str>> = table
@@ -408,12 +416,17 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
         .collect();
     assert_eq!(
         problems,
-        vec![vec!["PROBLEM", "ANCHOR"], vec!["unresolved_reference", &dave_anchor]],
+        vec![
+            vec!["PROBLEM", "ANCHOR"],
+            vec!["unresolved_reference", &dave_anchor]
+        ],
         "{}",
         table.stdout
     );
     assert!(
-        table.stdout.contains(&format!("gave \"{nobody}\", which names no object in scope")),
+        table.stdout.contains(&format!(
+            "gave \"{nobody}\", which names no object in scope"
+        )),
         "{}",
         table.stdout
     );
@@ -650,9 +663,48 @@ async fn extension_schemas_are_checked_against_the_target_and_exported() {
         ),
     ] {
         with(&row);
-        assert_eq!(schema_row(&lab), (1, Some(("FAIL".into(), want))), "{row}");
+        assert_eq!(
+            schema_row(&lab),
+            (1, Some(("FAIL".into(), want.clone()))),
+            "{row}"
+        );
+        // `sync` and `run` refuse it themselves, as bad configuration: exit 2, one line,
+        // nothing recorded, nothing exported.
+        let users = view.users_by_anchor().await;
+        let error = format!(
+            "configuration: the target cannot hold what the mapping writes: {want}; nothing exported"
+        );
+        let line = format!("dirsync: {error}");
+        let (run, v) = lab.run("a", &[]);
+        let said: Value = serde_json::from_str(run.stderr.trim()).unwrap_or(Value::Null);
+        assert_eq!(
+            (run.code, said, v),
+            (2, json!({"error": error, "exit": 2}), Value::Null),
+            "{row}"
+        );
+        let run = lab.cli(&["sync", "--instance", "a"]);
+        assert_eq!((run.code, run.stderr.trim()), (2, line.as_str()), "{row}");
+        let service = tokio::process::Command::new(crate::common::bin())
+            .args(["run", "--instance", "a"])
+            .current_dir(lab.dir.path())
+            .env_remove("DIRSYNC_CONFIG")
+            .kill_on_drop(true)
+            .output();
+        let service: crate::common::Run =
+            tokio::time::timeout(std::time::Duration::from_secs(60), service)
+                .await
+                .expect("`run` refused the mapping and exited")
+                .unwrap()
+                .into();
+        assert_eq!(service.code, 2, "{service:?}");
+        assert_eq!(service.stderr.lines().last(), Some(line.as_str()), "{service:?}");
+        assert_eq!(view.users_by_anchor().await, users, "{row}: nothing exported");
     }
-    assert_eq!(lab.head().await, head, "preflight records nothing");
+    assert_eq!(
+        lab.head().await,
+        head,
+        "preflight, and sync refusing, record nothing"
+    );
 }
 
 const STAFF: &str = "OU=Staff,DC=test,DC=lan";
