@@ -12,11 +12,12 @@
 //! synced members' target ids (resolved in the plan).
 //!
 //! Speed: expressions of the shapes mappings are mostly written in are lowered at load to
-//! plain code ([`Fast`]) that gives the interpreter's value (unit-tested against it); the
-//! rest are evaluated against one context per object, made only when needed, whose
-//! variables are resolved on access from the object itself, borrowed (no copy of its
-//! attributes, no map built per object or per expression); a value read is a string
-//! borrowing the object's own bytes.
+//! plain code ([`Fast`]) that gives the interpreter's value (unit-tested against it), the
+//! source attributes it reads given slots at load and an object's found in one pass over
+//! its sorted attributes ([`Names`]); the rest are evaluated against one context per
+//! object, made only when needed, whose variables are resolved on access from the object
+//! itself, borrowed (no copy of its attributes, no map built per object or per
+//! expression); a value read is a string borrowing the object's own bytes.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -729,8 +730,9 @@ impl Mapping {
                     active: true,
                     ..MappedUser::default()
                 };
-                // The other attributes, in key order (as the rules are), built into their map
-                // at once: inserting them one by one compares each key with all before it.
+                // The other attributes, in key order (as the rules are), put in their map last
+                // key first: a map's node is searched from its first key, so each insert then
+                // compares one key, where in key order each compares every key before it.
                 let mut extra: smallvec::SmallVec<[(CompactString, CompactString); 12]> =
                     smallvec::SmallVec::new();
                 for r in &self.user {
@@ -765,8 +767,8 @@ impl Mapping {
                         Out::Null => {}
                     }
                 }
-                if !extra.is_empty() {
-                    u.extra = extra.into_iter().collect();
+                for (k, v) in extra.into_iter().rev() {
+                    u.extra.insert(k, v);
                 }
                 Ok(Desired::User(u))
             }
