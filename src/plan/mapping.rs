@@ -1112,7 +1112,7 @@ fn compile_rule(
     }
     Ok(Rule {
         key: key.to_string(),
-        extra_key: interned(key),
+        extra_key: crate::target::interned(key),
         slot,
         expr: expr.to_string(),
         origin,
@@ -1128,30 +1128,6 @@ fn compile_rule(
         },
         program,
     })
-}
-
-/// `key` as a string whose clones allocate nothing: inline when short, else a reference to
-/// one copy kept for the life of the process (one per distinct key, however often a mapping
-/// is compiled).
-fn interned(key: &str) -> CompactString {
-    use std::sync::{Mutex, OnceLock};
-    if key.len() <= std::mem::size_of::<CompactString>() {
-        return CompactString::new(key);
-    }
-    static KEYS: OnceLock<Mutex<std::collections::HashSet<&'static str>>> = OnceLock::new();
-    let mut keys = KEYS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let kept: &'static str = match keys.get(key) {
-        Some(k) => k,
-        None => {
-            let k: &'static str = Box::leak(key.to_string().into_boxed_str());
-            keys.insert(k);
-            k
-        }
-    };
-    CompactString::const_new(kept)
 }
 
 /// Unknown variables and functions (checked before anything runs), and the source
