@@ -155,6 +155,7 @@ pub(super) fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                 "RECREATED",
                 "QUARANTINED",
                 "UNMAPPABLE",
+                "UNRESOLVED REFERENCES",
                 "DUPLICATES REMOVED",
             ],
             &[vec![
@@ -168,6 +169,7 @@ pub(super) fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                 r.recreated.to_string(),
                 r.quarantined.to_string(),
                 r.unmappable.to_string(),
+                r.unresolved_references.to_string(),
                 r.duplicates_removed.to_string(),
             ]],
         ));

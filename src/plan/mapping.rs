@@ -12,11 +12,12 @@
 //! synced members' target ids (resolved in the plan).
 //!
 //! Speed: expressions of the shapes mappings are mostly written in are lowered at load to
-//! plain code ([`Fast`]) that gives the interpreter's value (unit-tested against it); the
-//! rest are evaluated against one context per object, made only when needed, whose
-//! variables are resolved on access from the object itself, borrowed (no copy of its
-//! attributes, no map built per object or per expression); a value read is a string
-//! borrowing the object's own bytes.
+//! plain code ([`Fast`]) that gives the interpreter's value (unit-tested against it), the
+//! source attributes it reads given slots at load and an object's found in one pass over
+//! its sorted attributes ([`Names`]); the rest are evaluated against one context per
+//! object, made only when needed, whose variables are resolved on access from the object
+//! itself, borrowed (no copy of its attributes, no map built per object or per
+//! expression); a value read is a string borrowing the object's own bytes.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -215,11 +216,11 @@ enum Fast {
     Dn,
     Anchor,
     /// `src.a[0]`: the first value.
-    First(String),
+    First(Key),
     /// `has(src.a)`.
-    Has(String),
+    Has(Key),
     /// `has(src.a) ? src.a[0] : REST` (the default table's shape): one lookup.
-    FirstOr(String, Box<Fast>),
+    FirstOr(Key, Box<Fast>),
     Cond(Box<[Fast; 3]>),
     Not(Box<Fast>),
     And(Box<[Fast; 2]>),
@@ -268,9 +269,95 @@ impl Txt<'_> {
     }
 }
 
+/// The source attributes the fast path of one kind's rules reads, each given a slot when
+/// the mapping is compiled; an object's are looked up together, in one pass over its
+/// sorted attributes ([`Names::resolve`]), rather than by name once per expression.
+#[derive(Clone, Debug, Default)]
+struct Names {
+    /// By slot.
+    names: Vec<String>,
+    /// (name, slot), sorted by name as [`Attrs`] sorts its names.
+    sorted: Vec<(String, usize)>,
+}
+
+/// Where `src.NAME` is found: the slot of NAME as written, and of NAME lower-cased (the
+/// same slot when it is lower case), looked up in that order as the indexer does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    exact: usize,
+    folded: usize,
+}
+
+/// An object's first text value (trimmed, blanks left out) of each of [`Names`], by slot.
+type Firsts<'a> = smallvec::SmallVec<[Option<&'a str>; 24]>;
+
+impl Names {
+    fn key(&mut self, name: &str) -> Key {
+        let exact = self.slot(name);
+        let folded = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.slot(&name.to_ascii_lowercase())
+        } else {
+            exact
+        };
+        Key { exact, folded }
+    }
+
+    fn slot(&mut self, name: &str) -> usize {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                self.names.push(name.to_string());
+                let i = self.names.len() - 1;
+                let at = self.sorted.partition_point(|(n, _)| n.as_str() < name);
+                self.sorted.insert(at, (name.to_string(), i));
+                i
+            }
+        }
+    }
+
+    /// The first values of `attrs` by slot: one merge of two sorted lists.
+    fn resolve<'a>(&self, attrs: &'a Attrs) -> Firsts<'a> {
+        let mut out: Firsts<'a> = smallvec::smallvec![None; self.names.len()];
+        let mut want = self.sorted.iter().peekable();
+        'attrs: for (name, values) in attrs {
+            let name = name.as_str();
+            while let Some((w, slot)) = want.peek() {
+                match cmp_names(w, name) {
+                    std::cmp::Ordering::Less => {
+                        want.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        out[*slot] = texts(values).next();
+                        want.next();
+                        continue 'attrs;
+                    }
+                    std::cmp::Ordering::Greater => continue 'attrs,
+                }
+            }
+            break;
+        }
+        out
+    }
+}
+
+/// `a.cmp(b)`, most often told by the first bytes without a call to compare the rest.
+fn cmp_names(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
+    }
+}
+
+impl Key {
+    fn first<'a>(self, firsts: &Firsts<'a>) -> Option<&'a str> {
+        firsts[self.exact].or(firsts[self.folded])
+    }
+}
+
 impl Fast {
-    /// `e` lowered, when every part of it has one of the shapes.
-    fn lower(e: &Expr) -> Option<Fast> {
+    /// `e` lowered, when every part of it has one of the shapes; the attributes it reads
+    /// given slots in `names`.
+    fn lower(e: &Expr, names: &mut Names) -> Option<Fast> {
         let src_field = |e: &Expr, test: bool| match e {
             Expr::Select(s)
                 if s.test == test && matches!(&s.operand.expr, Expr::Ident(n) if n == "src") =>
@@ -279,28 +366,28 @@ impl Fast {
             }
             _ => None,
         };
-        let two = |c: &cel::common::ast::CallExpr| -> Option<Box<[Fast; 2]>> {
+        fn two(c: &cel::common::ast::CallExpr, names: &mut Names) -> Option<Box<[Fast; 2]>> {
             Some(Box::new([
-                Fast::lower(&c.args[0].expr)?,
-                Fast::lower(&c.args[1].expr)?,
+                Fast::lower(&c.args[0].expr, names)?,
+                Fast::lower(&c.args[1].expr, names)?,
             ]))
-        };
+        }
         match e {
             Expr::Literal(LiteralValue::Null) => Some(Fast::Null),
             Expr::Literal(LiteralValue::Boolean(b)) => Some(Fast::Bool(*b.inner())),
             Expr::Literal(LiteralValue::String(s)) => Some(Fast::Lit(s.inner().to_string())),
             Expr::Ident(n) if n == "dn" => Some(Fast::Dn),
             Expr::Ident(n) if n == "anchor" => Some(Fast::Anchor),
-            Expr::Select(_) => src_field(e, true).map(Fast::Has),
+            Expr::Select(_) => src_field(e, true).map(|f| Fast::Has(names.key(&f))),
             Expr::Call(c) => match (c.func_name.as_str(), c.target.as_deref(), c.args.len()) {
                 (operators::INDEX, None, 2) if matches!(&c.args[1].expr, Expr::Literal(LiteralValue::Int(i)) if *i.inner() == 0) => {
-                    src_field(&c.args[0].expr, false).map(Fast::First)
+                    src_field(&c.args[0].expr, false).map(|f| Fast::First(names.key(&f)))
                 }
                 (operators::CONDITIONAL, None, 3) => {
                     let [c, yes, no] = [
-                        Fast::lower(&c.args[0].expr)?,
-                        Fast::lower(&c.args[1].expr)?,
-                        Fast::lower(&c.args[2].expr)?,
+                        Fast::lower(&c.args[0].expr, names)?,
+                        Fast::lower(&c.args[1].expr, names)?,
+                        Fast::lower(&c.args[2].expr, names)?,
                     ];
                     Some(match (c, yes) {
                         (Fast::Has(a), Fast::First(b)) if a == b => Fast::FirstOr(a, Box::new(no)),
@@ -308,13 +395,13 @@ impl Fast {
                     })
                 }
                 (operators::LOGICAL_NOT, None, 1) => {
-                    Some(Fast::Not(Box::new(Fast::lower(&c.args[0].expr)?)))
+                    Some(Fast::Not(Box::new(Fast::lower(&c.args[0].expr, names)?)))
                 }
-                (operators::LOGICAL_AND, None, 2) => two(c).map(Fast::And),
-                (operators::LOGICAL_OR, None, 2) => two(c).map(Fast::Or),
-                (operators::EQUALS, None, 2) => two(c).map(|b| Fast::Eq(b, true)),
-                (operators::NOT_EQUALS, None, 2) => two(c).map(|b| Fast::Eq(b, false)),
-                (operators::ADD, None, 2) => two(c).map(Fast::Concat),
+                (operators::LOGICAL_AND, None, 2) => two(c, names).map(Fast::And),
+                (operators::LOGICAL_OR, None, 2) => two(c, names).map(Fast::Or),
+                (operators::EQUALS, None, 2) => two(c, names).map(|b| Fast::Eq(b, true)),
+                (operators::NOT_EQUALS, None, 2) => two(c, names).map(|b| Fast::Eq(b, false)),
+                (operators::ADD, None, 2) => two(c, names).map(Fast::Concat),
                 (operators::IN, None, 2) => {
                     let Expr::List(l) = &c.args[1].expr else {
                         return None;
@@ -330,10 +417,17 @@ impl Fast {
                             _ => None,
                         })
                         .collect::<Option<Vec<String>>>()?;
-                    Some(Fast::In(Box::new(Fast::lower(&c.args[0].expr)?), items))
+                    Some(Fast::In(
+                        Box::new(Fast::lower(&c.args[0].expr, names)?),
+                        items,
+                    ))
                 }
-                ("lowerAscii", Some(t), 0) => Some(Fast::Lower(Box::new(Fast::lower(&t.expr)?))),
-                ("upperAscii", Some(t), 0) => Some(Fast::Upper(Box::new(Fast::lower(&t.expr)?))),
+                ("lowerAscii", Some(t), 0) => {
+                    Some(Fast::Lower(Box::new(Fast::lower(&t.expr, names)?)))
+                }
+                ("upperAscii", Some(t), 0) => {
+                    Some(Fast::Upper(Box::new(Fast::lower(&t.expr, names)?)))
+                }
                 _ => None,
             },
             _ => None,
@@ -342,7 +436,12 @@ impl Fast {
 
     /// The value, or None: the interpreter decides (a missing attribute indexed, an operand
     /// of a type the shape does not take).
-    fn eval<'a>(&'a self, src: &Src<'a>, dn: &'a str, anchor: &'a str) -> Option<FastVal<'a>> {
+    fn eval<'a, 'v: 'a>(
+        &'a self,
+        src: &Firsts<'v>,
+        dn: &'a str,
+        anchor: &'a str,
+    ) -> Option<FastVal<'a>> {
         let bool_of = |f: &'a Fast| match f.eval(src, dn, anchor)? {
             FastVal::Bool(b) => Some(b),
             _ => None,
@@ -357,9 +456,9 @@ impl Fast {
             Fast::Lit(s) => FastVal::Str(Txt::Borrowed(s)),
             Fast::Dn => FastVal::Str(Txt::Borrowed(dn)),
             Fast::Anchor => FastVal::Str(Txt::Borrowed(anchor)),
-            Fast::First(a) => FastVal::Str(Txt::Borrowed(src.first(a)?)),
-            Fast::Has(a) => FastVal::Bool(src.first(a).is_some()),
-            Fast::FirstOr(a, rest) => match src.first(a) {
+            Fast::First(a) => FastVal::Str(Txt::Borrowed(a.first(src)?)),
+            Fast::Has(a) => FastVal::Bool(a.first(src).is_some()),
+            Fast::FirstOr(a, rest) => match a.first(src) {
                 Some(v) => FastVal::Str(Txt::Borrowed(v)),
                 None => rest.eval(src, dn, anchor)?,
             },
@@ -460,6 +559,9 @@ pub struct Mapping {
     /// Users' rules, in slot order (userName first), extras after, by key.
     pub user: Vec<Rule>,
     pub group: Vec<Rule>,
+    /// The source attributes the users' and the groups' fast paths read, by slot.
+    user_names: Names,
+    group_names: Names,
 }
 
 impl fmt::Debug for Mapping {
@@ -498,6 +600,7 @@ impl Mapping {
             TargetKind::Graph => GRAPH_USER,
         };
         let mut users = Vec::new();
+        let (mut user_names, mut group_names) = (Names::default(), Names::default());
         for (slot, expr) in defaults(source) {
             let key = table
                 .iter()
@@ -505,10 +608,15 @@ impl Mapping {
                 .map_or("", |(k, _)| *k);
             let given = user.iter().find(|r| r.key == key);
             users.push(match given {
-                Some(r) => {
-                    compile_rule(&env, &r.key, slot, &r.expr, Origin::Config { line: r.line })?
-                }
-                None => compile_rule(&env, key, slot, expr, Origin::Default)
+                Some(r) => compile_rule(
+                    &env,
+                    &mut user_names,
+                    &r.key,
+                    slot,
+                    &r.expr,
+                    Origin::Config { line: r.line },
+                )?,
+                None => compile_rule(&env, &mut user_names, key, slot, expr, Origin::Default)
                     .map_err(|e| format!("the default mapping: {e}"))?,
             });
         }
@@ -537,6 +645,7 @@ impl Mapping {
             .map_err(at)?;
             users.push(compile_rule(
                 &env,
+                &mut user_names,
                 &r.key,
                 slot,
                 &r.expr,
@@ -558,6 +667,7 @@ impl Mapping {
         groups.push(match group.first() {
             Some(r) => compile_rule(
                 &env,
+                &mut group_names,
                 "displayName",
                 Slot::GroupName,
                 &r.expr,
@@ -565,6 +675,7 @@ impl Mapping {
             )?,
             None => compile_rule(
                 &env,
+                &mut group_names,
                 "displayName",
                 Slot::GroupName,
                 DEFAULT_GROUP_NAME,
@@ -578,6 +689,8 @@ impl Mapping {
             env: Arc::new(env),
             user: users,
             group: groups,
+            user_names,
+            group_names,
         })
     }
 
@@ -608,6 +721,7 @@ impl Mapping {
             dn: CelString::from(o.dn.as_str()),
             anchor: CelString::from(anchor),
         };
+        let firsts = self.names(o.kind).resolve(&o.attrs);
         // Made only when a rule needs the interpreter.
         let mut ctx = None;
         match o.kind {
@@ -616,8 +730,13 @@ impl Mapping {
                     active: true,
                     ..MappedUser::default()
                 };
+                // The other attributes, in key order (as the rules are), put in their map last
+                // key first: a map's node is searched from its first key, so each insert then
+                // compares one key, where in key order each compares every key before it.
+                let mut extra: smallvec::SmallVec<[(CompactString, CompactString); 12]> =
+                    smallvec::SmallVec::new();
                 for r in &self.user {
-                    match eval(&self.env, r, &vars, &mut ctx)? {
+                    match eval(&self.env, r, &vars, &firsts, &mut ctx)? {
                         Out::Text(s) => {
                             let slot = match r.slot {
                                 Slot::UserName => {
@@ -631,7 +750,7 @@ impl Mapping {
                                 Slot::Title => &mut u.title,
                                 Slot::Department => &mut u.department,
                                 Slot::Extra | Slot::Reference => {
-                                    u.extra.insert(r.extra_key.clone(), s);
+                                    extra.push((r.extra_key.clone(), s));
                                     continue;
                                 }
                                 Slot::Active | Slot::GroupName => continue,
@@ -648,12 +767,15 @@ impl Mapping {
                         Out::Null => {}
                     }
                 }
+                for (k, v) in extra.into_iter().rev() {
+                    u.extra.insert(k, v);
+                }
                 Ok(Desired::User(u))
             }
             ObjectKind::Group => {
                 let mut display_name = None;
                 for r in &self.group {
-                    if let Out::Text(s) = eval(&self.env, r, &vars, &mut ctx)? {
+                    if let Out::Text(s) = eval(&self.env, r, &vars, &firsts, &mut ctx)? {
                         display_name = Some(s);
                     }
                 }
@@ -683,11 +805,12 @@ impl Mapping {
             dn: CelString::from(o.dn.as_str()),
             anchor: CelString::from(anchor),
         };
+        let firsts = self.names(o.kind).resolve(&o.attrs);
         let mut ctx = None;
         self.rules(o.kind)
             .iter()
             .map(|r| {
-                let v = match eval(&self.env, r, &vars, &mut ctx) {
+                let v = match eval(&self.env, r, &vars, &firsts, &mut ctx) {
                     Ok(Out::Text(s)) => Ok(serde_json::Value::from(s.as_str())),
                     Ok(Out::Bool(b)) => Ok(serde_json::Value::Bool(b)),
                     Ok(Out::Null) => Ok(serde_json::Value::Null),
@@ -698,13 +821,20 @@ impl Mapping {
             .collect()
     }
 
-    /// The keys of the reference rules (`manager`): their values are DNs or anchors until
-    /// the plan resolves them.
-    pub fn references(&self) -> impl Iterator<Item = &str> {
+    /// The keys and expressions of the reference rules (`manager`): their values are DNs
+    /// or anchors until the plan resolves them.
+    pub fn references(&self) -> impl Iterator<Item = (&str, &str)> {
         self.user
             .iter()
             .filter(|r| r.slot == Slot::Reference)
-            .map(|r| r.key.as_str())
+            .map(|r| (r.key.as_str(), r.expr.as_str()))
+    }
+
+    fn names(&self, kind: ObjectKind) -> &Names {
+        match kind {
+            ObjectKind::User => &self.user_names,
+            ObjectKind::Group => &self.group_names,
+        }
     }
 
     /// The rules of `kind`.
@@ -729,10 +859,11 @@ fn eval<'v>(
     env: &Arc<Env>,
     r: &Rule,
     vars: &'v Vars<'v>,
+    firsts: &Firsts<'_>,
     ctx: &mut Option<Context<'v, 'v>>,
 ) -> Result<Out, Unmappable> {
     if let Some(f) = &r.fast {
-        match f.eval(&vars.src, vars.dn.inner(), vars.anchor.inner()) {
+        match f.eval(firsts, vars.dn.inner(), vars.anchor.inner()) {
             Some(FastVal::Null) => return Ok(Out::Null),
             Some(FastVal::Bool(b)) if r.slot.wants_bool() => return Ok(Out::Bool(b)),
             Some(FastVal::Str(s)) if !r.slot.wants_bool() => {
@@ -822,18 +953,6 @@ fn texts(values: &Values) -> impl Iterator<Item = &str> {
 }
 
 impl<'a> Src<'a> {
-    /// `src.NAME[0]`: the first text value (names looked up as the indexer does).
-    fn first(&self, name: &str) -> Option<&'a str> {
-        let values = match self.values(name) {
-            Some(v) => v,
-            None if name.bytes().any(|b| b.is_ascii_uppercase()) => {
-                self.values(&name.to_ascii_lowercase())?
-            }
-            None => return None,
-        };
-        texts(values).next()
-    }
-
     fn values(&self, name: &str) -> Option<&'a Values> {
         let values = self.0.get(name)?;
         texts(values).next().is_some().then_some(values)
@@ -943,6 +1062,7 @@ impl Ty {
 
 fn compile_rule(
     env: &Env,
+    names: &mut Names,
     key: &str,
     slot: Slot,
     expr: &str,
@@ -992,38 +1112,22 @@ fn compile_rule(
     }
     Ok(Rule {
         key: key.to_string(),
-        extra_key: interned(key),
+        extra_key: crate::target::interned(key),
         slot,
         expr: expr.to_string(),
         origin,
         reads,
-        fast: Fast::lower(&root.expr),
+        fast: {
+            // Slots only for what lowers: the rest is the interpreter's.
+            let mut more = names.clone();
+            let fast = Fast::lower(&root.expr, &mut more);
+            if fast.is_some() {
+                *names = more;
+            }
+            fast
+        },
         program,
     })
-}
-
-/// `key` as a string whose clones allocate nothing: inline when short, else a reference to
-/// one copy kept for the life of the process (one per distinct key, however often a mapping
-/// is compiled).
-fn interned(key: &str) -> CompactString {
-    use std::sync::{Mutex, OnceLock};
-    if key.len() <= std::mem::size_of::<CompactString>() {
-        return CompactString::new(key);
-    }
-    static KEYS: OnceLock<Mutex<std::collections::HashSet<&'static str>>> = OnceLock::new();
-    let mut keys = KEYS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let kept: &'static str = match keys.get(key) {
-        Some(k) => k,
-        None => {
-            let k: &'static str = Box::leak(key.to_string().into_boxed_str());
-            keys.insert(k);
-            k
-        }
-    };
-    CompactString::const_new(kept)
 }
 
 /// Unknown variables and functions (checked before anything runs), and the source
@@ -1370,6 +1474,31 @@ mod tests {
         ],
         &[("uid", "true"), ("nsaccountlock", "false"), ("a", "  ")],
         &[("cn", "ÆbC"), ("uid", "u"), ("a", "x")],
+        // More names than are read, before, between and after those read (the slots are
+        // found by one pass over both sorted lists), a blank one among them.
+        &[
+            ("0", "z"),
+            ("A", "up"),
+            ("a", "x"),
+            ("aa", "y"),
+            ("b", "  "),
+            ("bb", "q"),
+            ("c", "c"),
+            ("cn", "Cn"),
+            ("cna", "no"),
+            ("d", "d"),
+            ("displayname", "Dn"),
+            ("mail", "m@x"),
+            ("mailx", "no"),
+            ("nsaccountlock", "false"),
+            ("o", "o"),
+            ("sn", "S"),
+            ("title", "T"),
+            ("u", "u"),
+            ("uid", "me"),
+            ("uidx", "no"),
+            ("zz", "z"),
+        ],
     ];
 
     /// `m` with every rule's fast path, and without any.

@@ -6,6 +6,7 @@
 //! the tests all compute exactly the same plan from the same log.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -41,8 +42,12 @@ pub struct Plan {
     pub awaiting: Vec<(String, i64)>,
     /// Source objects that cannot be exported, and why (e.g. no userName).
     pub unmappable: Vec<(String, String)>,
-    /// Group members not (yet) in the target, left out of their groups for now.
+    /// Group members (and references) not (yet) in the target, left out for now.
     pub unresolved_members: usize,
+    /// Reference attributes (`manager`) whose value names no live object in scope: the
+    /// object is exported without that attribute, and this says why. Sorted by anchor,
+    /// then key.
+    pub dangling: Vec<Dangling>,
     /// Live, in-scope source objects of the kinds planned.
     pub live: u64,
     /// Objects the ledger owns (all kinds).
@@ -66,6 +71,31 @@ impl Plan {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// A reference attribute (`manager`) of a live object whose value (a DN or an anchor) names
+/// no live object in scope: a manager deleted, out of scope, or misspelt. The object is
+/// exported without it; the sync reports it (problem `unresolved_reference`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dangling {
+    /// The object whose attribute it is.
+    pub anchor: String,
+    /// The target attribute (`urn:...:manager`, `manager`).
+    pub key: String,
+    /// Its expression.
+    pub expr: String,
+    /// What the expression gave.
+    pub value: String,
+}
+
+impl Dangling {
+    /// The problem's detail, as `sync` reports it.
+    pub fn detail(&self) -> String {
+        format!(
+            "{} `{}` gave \"{}\", which names no object in scope (no live object has that DN or anchor): exported without {}",
+            self.key, self.expr, self.value, self.key
+        )
     }
 }
 
@@ -156,7 +186,8 @@ pub fn plan_at(
 /// How the reference attributes of a mapping (`manager`) find the objects they name: by
 /// anchor, else by DN.
 pub struct References<'a> {
-    keys: Vec<&'a str>,
+    /// The reference rules' keys and expressions.
+    keys: Vec<(&'a str, &'a str)>,
     /// Normalised DN -> anchor of the live objects; built only when there are references.
     by_dn: std::collections::HashMap<String, &'a str>,
 }
@@ -171,7 +202,7 @@ impl<'a> References<'a> {
     }
 
     pub fn new(state: &'a State, mapping: &'a Mapping) -> References<'a> {
-        let keys: Vec<&str> = mapping.references().collect();
+        let keys: Vec<(&str, &str)> = mapping.references().collect();
         let by_dn = if keys.is_empty() {
             Default::default()
         } else {
@@ -226,10 +257,18 @@ pub fn plan_with(
     // Mapping and comparing are most of the work, and each object's are its own: on every
     // core. Objects that need nothing are dropped there.
     let unresolved = AtomicUsize::new(0);
+    // Rare (a reference naming nothing): a lock taken only then.
+    let dangling = Mutex::new(Vec::new());
     let needs = crate::par::filter_map(&live, 4096, |&(anchor, rec)| {
         let mapped = match desired_with(state, refs, anchor, rec, map) {
-            Ok((m, missing)) => {
+            Ok((m, missing, gone)) => {
                 unresolved.fetch_add(missing, Ordering::Relaxed);
+                if !gone.is_empty() {
+                    dangling
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .extend(gone);
+                }
                 m
             }
             Err(why) => return Some(Need::Unmappable(anchor, why)),
@@ -249,6 +288,10 @@ pub fn plan_with(
         }
     });
     out.unresolved_members = unresolved.into_inner();
+    out.dangling = dangling
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    out.dangling.sort();
     // Sized once: for a first sync that is every object, a list of tens of megabytes.
     out.new
         .reserve_exact(needs.iter().filter(|n| matches!(n, Need::New(..))).count());
@@ -349,6 +392,7 @@ pub fn desired_in(
     desired_with(state, refs, anchor, rec, &|a: &str, r: &ObjectRecord| {
         mapping.map(a, r)
     })
+    .map(|(m, missing, _)| (m, missing))
 }
 
 fn desired_with(
@@ -357,7 +401,7 @@ fn desired_with(
     anchor: &str,
     rec: &ObjectRecord,
     map: &MapFn<'_>,
-) -> Result<(Mapped, usize), String> {
+) -> Result<(Mapped, usize, Vec<Dangling>), String> {
     // A member is in its group in the target when it is live in the source and owned.
     let resolve = |anchor: &str| {
         if !state.objects.objects.get(anchor).is_some_and(|r| r.live()) {
@@ -373,28 +417,40 @@ fn desired_with(
     match map(anchor, rec) {
         Ok(Desired::User(mut u)) => {
             // A reference is the referenced object's target id, once it has one (like a
-            // group's members); until then it is left out and counted.
+            // group's members); until then it is left out and counted. One that names no
+            // live object is left out and reported: it will not resolve by waiting.
             let mut missing = 0;
-            for key in &refs.keys {
-                let Some(v) = u.extra.get_mut(*key) else {
+            let mut dangling = Vec::new();
+            for &(key, expr) in &refs.keys {
+                let Some(v) = u.extra.get_mut(key) else {
                     continue;
                 };
-                match refs.anchor(state, v).and_then(&resolve) {
-                    Some(id) => *v = id.into(),
-                    None => {
-                        u.extra.remove(*key);
+                match refs.anchor(state, v).map(&resolve) {
+                    Some(Some(id)) => *v = id.into(),
+                    Some(None) => {
+                        u.extra.remove(key);
                         missing += 1;
+                    }
+                    None => {
+                        if let Some(value) = u.extra.remove(key) {
+                            dangling.push(Dangling {
+                                anchor: anchor.to_string(),
+                                key: key.to_string(),
+                                expr: expr.to_string(),
+                                value: value.to_string(),
+                            });
+                        }
                     }
                 }
             }
-            Ok((Mapped::User(u), missing))
+            Ok((Mapped::User(u), missing, dangling))
         }
         Ok(Desired::Group {
             display_name,
             members,
         }) => {
             let (g, missing) = resolve_group(&display_name, &members, resolve);
-            Ok((Mapped::Group(g), missing))
+            Ok((Mapped::Group(g), missing, Vec::new()))
         }
         Err(why) => Err(why.0),
     }
@@ -633,17 +689,24 @@ mod tests {
             self
         }
         fn user(self, anchor: &str, upn: &str) -> Given {
+            self.user_with(anchor, upn, &[])
+        }
+        /// A user with more attributes (name, value).
+        fn user_with(self, anchor: &str, upn: &str, more: &[(&str, &str)]) -> Given {
+            let mut attrs = vec![(
+                "userprincipalname".to_string(),
+                vec![AttrValue::Text(upn.into())],
+            )];
+            attrs.extend(
+                more.iter()
+                    .map(|(k, v)| (k.to_string(), vec![AttrValue::Text((*v).into())])),
+            );
             self.event(Event::ObjectImported(ObjectImported {
                 object: SourceObject {
                     anchor: anchor.into(),
                     kind: ObjectKind::User,
                     dn: format!("CN={anchor},DC=t"),
-                    attrs: [(
-                        "userprincipalname".to_string(),
-                        vec![AttrValue::Text(upn.into())],
-                    )]
-                    .into_iter()
-                    .collect(),
+                    attrs: attrs.into_iter().collect(),
                     members: BTreeSet::new(),
                 },
                 returned: false,
@@ -890,6 +953,83 @@ mod tests {
         assert!(plan_at(&g.state, &ad(), None, &disable(106))
             .updates
             .is_empty());
+    }
+
+    #[test]
+    fn a_reference_naming_no_object_is_left_out_and_reported_one_not_yet_exported_waits() {
+        const MANAGER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
+        const EXPR: &str = "has(src.manager) ? src.manager[0] : null";
+        let mapping = Mapping::compile(
+            SourceKind::Ad,
+            TargetKind::Scim,
+            &[crate::plan::mapping::RawRule {
+                key: MANAGER.into(),
+                expr: EXPR.into(),
+                line: 1,
+            }],
+            &[],
+        )
+        .unwrap();
+        let g = Given::new()
+            .user("a1", "ann@t")
+            // By DN (spelt otherwise), by anchor, a live user not exported yet, nobody, a
+            // deleted user.
+            .user_with("a2", "bob@t", &[("manager", "cn=A1,dc=t")])
+            .user_with("a3", "cat@t", &[("manager", "a1")])
+            .user_with("a4", "dan@t", &[("manager", "CN=a2,DC=t")])
+            .user_with("a5", "eve@t", &[("manager", "CN=nobody,DC=t")])
+            .user("a6", "fay@t")
+            .user_with("a7", "gus@t", &[("manager", "CN=a6,DC=t")])
+            .deleted("a6")
+            .exported("a1", "T1", &u("ann@t"));
+        let p = plan(&g.state, &mapping, None);
+        let with_manager = |upn: &str, id: Option<&str>| {
+            let Mapped::User(mut m) = u(upn) else {
+                unreachable!()
+            };
+            m.extra.extend(id.map(|id| (MANAGER.into(), id.into())));
+            Mapped::User(m)
+        };
+        assert_eq!(
+            p.new,
+            vec![
+                ("a2".to_string(), with_manager("bob@t", Some("T1"))),
+                ("a3".to_string(), with_manager("cat@t", Some("T1"))),
+                ("a4".to_string(), with_manager("dan@t", None)),
+                ("a5".to_string(), with_manager("eve@t", None)),
+                ("a7".to_string(), with_manager("gus@t", None)),
+            ]
+        );
+        // a4's manager (a2) is live: it resolves once a2 is exported, so it only waits.
+        assert_eq!(p.unresolved_members, 1);
+        let dangling = |anchor: &str, value: &str| Dangling {
+            anchor: anchor.into(),
+            key: MANAGER.into(),
+            expr: EXPR.into(),
+            value: value.into(),
+        };
+        assert_eq!(
+            p.dangling,
+            vec![
+                dangling("a5", "CN=nobody,DC=t"),
+                dangling("a7", "CN=a6,DC=t")
+            ]
+        );
+        assert_eq!(
+            p.dangling[0].detail(),
+            format!("{MANAGER} `{EXPR}` gave \"CN=nobody,DC=t\", which names no object in scope (no live object has that DN or anchor): exported without {MANAGER}")
+        );
+        // Reported again by a plan with nothing to export for the object.
+        let g = g.exported("a5", "T5", &with_manager("eve@t", None));
+        let p = plan(&g.state, &mapping, None);
+        assert!(p.new.iter().all(|(a, _)| a != "a5"), "{p:?}");
+        assert_eq!(
+            p.dangling,
+            vec![
+                dangling("a5", "CN=nobody,DC=t"),
+                dangling("a7", "CN=a6,DC=t")
+            ]
+        );
     }
 
     #[test]

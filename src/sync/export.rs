@@ -103,7 +103,7 @@ pub struct PlannedOp {
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
     pub anchor: String,
-    /// conflict, failure, quarantined or unmappable.
+    /// conflict, failure, quarantined, unmappable, unresolved_reference or duplicate.
     pub problem: &'static str,
     pub detail: String,
 }
@@ -144,6 +144,9 @@ pub struct SyncReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<TargetReconciled>,
     pub unmappable: u64,
+    /// Reference attributes (`manager`) naming no object in scope: those objects were
+    /// exported without them (problems `unresolved_reference`).
+    pub unresolved_references: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_plan: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -414,6 +417,11 @@ async fn sync_cycle(
         let checked = open_and_check(&src_cfg, &state).await?;
         if let Some(t) = &target {
             t.probe().await?;
+        }
+        // A mapping that writes an extension the SCIM target does not hold is refused
+        // before anything is recorded or exported (once per process).
+        if let (Some(AnyTarget::Scim(scim)), Some(t)) = (&target, &cfg.target) {
+            super::preflight::require_target_schema(scim, &t.url, cfg.mapping()?).await?;
         }
         if exporting {
             let (f, s) = acquire(store, state, &opts.instance, opts.take_over, progress).await?;
@@ -968,6 +976,10 @@ impl Cycle<'_> {
         for (anchor, why) in &whole.unmappable {
             report.unmappable += 1;
             report.problem(anchor, "unmappable", why.clone());
+        }
+        for d in &whole.dangling {
+            report.unresolved_references += 1;
+            report.problem(&d.anchor, "unresolved_reference", d.detail());
         }
         let now = chrono::Utc::now().timestamp_micros();
         let listing = match (self.fence, self.target) {

@@ -299,16 +299,65 @@ async fn target_schema(t: &crate::target::scim::ScimTarget, mapping: &Mapping) -
     if extension_keys(mapping).is_empty() {
         return None;
     }
-    let read = |e: crate::target::TargetError| check("target schema", Err(e.to_string()));
-    let schemas = match t.discovery("Schemas").await {
-        Ok(v) => v,
-        Err(e) => return Some(read(e)),
-    };
-    let types = match t.discovery("ResourceTypes").await {
-        Ok(v) => v,
-        Err(e) => return Some(read(e)),
-    };
-    Some(schema_verdict(mapping, schemas.as_ref(), types.as_ref()))
+    Some(match schema_answers(t).await {
+        Ok((schemas, types)) => schema_verdict(mapping, schemas.as_ref(), types.as_ref()),
+        Err(e) => check("target schema", Err(e.to_string())),
+    })
+}
+
+/// The target's `/Schemas` and `/ResourceTypes` answers (None: not published).
+async fn schema_answers(
+    t: &crate::target::scim::ScimTarget,
+) -> std::result::Result<
+    (Option<serde_json::Value>, Option<serde_json::Value>),
+    crate::target::TargetError,
+> {
+    Ok((
+        t.discovery("Schemas").await?,
+        t.discovery("ResourceTypes").await?,
+    ))
+}
+
+/// Before a process's first export to a SCIM target (`sync`, `run`): the `target schema`
+/// check of `preflight`, a failure of it a configuration error (exit 2, nothing exported).
+/// A target that publishes no `/Schemas` cannot be checked: that passes, as in preflight.
+/// Once per process for each target URL and mapping; a target that cannot be read is a
+/// target failure (tried again by the next cycle).
+pub(crate) async fn require_target_schema(
+    t: &crate::target::scim::ScimTarget,
+    url: &str,
+    mapping: &Mapping,
+) -> crate::error::Result<()> {
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static PASSED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    if extension_keys(mapping).is_empty() {
+        return Ok(());
+    }
+    let passed = PASSED.get_or_init(Default::default);
+    let key = format!("{url}\0{}", mapping.fingerprint());
+    if passed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&key)
+    {
+        return Ok(());
+    }
+    let (schemas, types) = schema_answers(t).await?;
+    let c = schema_verdict(mapping, schemas.as_ref(), types.as_ref());
+    if !c.ok {
+        return Err(crate::error::Error::Config(format!(
+            "the target cannot hold what the mapping writes: {}; nothing exported",
+            c.detail
+        )));
+    }
+    if c.warning {
+        tracing::warn!("target schema: {}", c.detail);
+    }
+    passed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key);
+    Ok(())
 }
 
 /// A key of a JSON object, its name compared case-insensitively (RFC 7643 §2.1).

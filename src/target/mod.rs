@@ -42,9 +42,47 @@ pub struct MappedUser {
     pub department: Option<CompactString>,
     pub active: bool,
     /// Other attributes the mapping sets (`[mapping.user]`), by the target's name for
-    /// them (a SCIM path, a Graph property): strings.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// them (a SCIM path, a Graph property): strings. Read back (the ledger's states),
+    /// their names are [`interned`]: a ledger of a million users keeps each name once,
+    /// and the plan's comparison with a freshly mapped user reads no scattered copies.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "interned_keys"
+    )]
     pub extra: BTreeMap<CompactString, CompactString>,
+}
+
+/// `extra` as read back: each long name [`interned`].
+fn interned_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<CompactString, CompactString>, D::Error> {
+    let read = BTreeMap::<CompactString, CompactString>::deserialize(d)?;
+    Ok(read.into_iter().map(|(k, v)| (interned(&k), v)).collect())
+}
+
+/// `key` as a string whose clones allocate nothing: inline when short, else a reference to
+/// one copy kept for the life of the process (one per distinct key, however often a mapping
+/// is compiled or a mapped state read back).
+pub fn interned(key: &str) -> CompactString {
+    use std::sync::{Mutex, OnceLock};
+    if key.len() <= std::mem::size_of::<CompactString>() {
+        return CompactString::new(key);
+    }
+    static KEYS: OnceLock<Mutex<std::collections::HashSet<&'static str>>> = OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kept: &'static str = match keys.get(key) {
+        Some(k) => k,
+        None => {
+            let k: &'static str = Box::leak(key.to_string().into_boxed_str());
+            keys.insert(k);
+            k
+        }
+    };
+    CompactString::const_new(kept)
 }
 
 /// A group as the target should hold it.
@@ -349,6 +387,29 @@ impl Target for AnyTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_names_read_back_are_one_copy_and_the_user_is_unchanged() {
+        let long = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber";
+        let user = MappedUser {
+            user_name: "ann".into(),
+            active: true,
+            extra: BTreeMap::from([
+                (CompactString::from(long), CompactString::from("7")),
+                (CompactString::from("nickName"), CompactString::from("a")),
+            ]),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&user).unwrap();
+        let (a, b): (MappedUser, MappedUser) = (
+            serde_json::from_value(json.clone()).unwrap(),
+            serde_json::from_value(json).unwrap(),
+        );
+        assert_eq!((&a, &b), (&user, &user));
+        let key = |u: &MappedUser| u.extra.keys().find(|k| k.len() > 24).unwrap().as_ptr();
+        assert_eq!(key(&a), key(&b), "the long name is shared, not read twice");
+        assert_ne!(key(&a), key(&user));
+    }
 
     #[test]
     fn a_request_under_a_deadline_ends_by_it() {

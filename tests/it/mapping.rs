@@ -335,7 +335,9 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
              dn: uid=bob,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: bob\ncn: Bob\nsn: B\nemployeeNumber: 2\n\
              manager: uid=ann,{PEOPLE}\n\n\
              dn: uid=carol,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: carol\ncn: Carol\nsn: C\nemployeeNumber: 3\n\
-             manager: UID=Bob,{PEOPLE}\n\n"
+             manager: UID=Bob,{PEOPLE}\n\n\
+             dn: uid=dave,{PEOPLE}\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave\nsn: D\nemployeeNumber: 4\n\
+             manager: uid=nobody,{PEOPLE}\n\n"
         ))
         .await;
     append(
@@ -346,11 +348,33 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
         ),
     );
     let v = lab.sync("a", &[]);
-    // Three users and the lab's two groups created; the two managers set once their users
-    // had target ids, in the same cycle.
+    // Four users and the lab's two groups created; the two managers set once their users
+    // had target ids, in the same cycle; dave's manager names nobody: dave is exported
+    // without one, and that is reported.
     assert_eq!(
-        (n(&v, "created"), n(&v, "updated"), n(&v, "unmappable")),
-        (5, 2, 0),
+        (
+            n(&v, "created"),
+            n(&v, "updated"),
+            n(&v, "unmappable"),
+            n(&v, "unresolved_references")
+        ),
+        (6, 2, 0, 1),
+        "{v}"
+    );
+    let dave_anchor = lab.anchor(&format!("uid=dave,{PEOPLE}")).await;
+    let unresolved = |anchor: &str, value: &str| {
+        json!({
+            "anchor": anchor,
+            "problem": "unresolved_reference",
+            "detail": format!(
+                "{ENTERPRISE}:manager `has(src.manager) ? src.manager[0] : null` gave \"{value}\", which names no object in scope (no live object has that DN or anchor): exported without {ENTERPRISE}:manager"
+            ),
+        })
+    };
+    let nobody = format!("uid=nobody,{PEOPLE}");
+    assert_eq!(
+        v["problems"],
+        json!([unresolved(&dave_anchor, &nobody)]),
         "{v}"
     );
     let users = lab.view.users_by_anchor().await;
@@ -361,6 +385,7 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
             .unwrap_or_else(|| panic!("{name}"))
     };
     let (ann, bob, carol) = (by_name("ann"), by_name("bob"), by_name("carol"));
+    assert_eq!(by_name("dave")[ENTERPRISE], json!({"employeeNumber": "4"}));
     assert_eq!(ann[ENTERPRISE], json!({"employeeNumber": "1"}));
     assert_eq!(
         bob[ENTERPRISE],
@@ -370,10 +395,41 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
         carol[ENTERPRISE],
         json!({"employeeNumber": "3", "manager": {"value": bob["id"]}})
     );
-    // Nothing left to do, and a reconcile reads the managers back.
+    // Nothing left to do, and a reconcile reads the managers back; dave's is reported
+    // again, in the table too.
     let v = lab.sync("a", &["--full"]);
     assert_eq!(n(&v, "updated") + n(&v, "created"), 0, "{v}");
     assert_eq!(v["reconcile"]["changed"], json!(0), "{v}");
+    assert_eq!(
+        v["problems"],
+        json!([unresolved(&dave_anchor, &nobody)]),
+        "{v}"
+    );
+    let table = lab.cli(&["sync", "--instance", "a"]);
+    assert_eq!(table.code, 0, "{table:?}");
+    let problems: Vec<Vec<&str>> = table
+        .stdout
+        .split_once("\nproblems:\n")
+        .map_or("", |(_, p)| p)
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(
+        problems,
+        vec![
+            vec!["PROBLEM", "ANCHOR"],
+            vec!["unresolved_reference", &dave_anchor]
+        ],
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains(&format!(
+            "gave \"{nobody}\", which names no object in scope"
+        )),
+        "{}",
+        table.stdout
+    );
     let (ann_id, bob_id, carol_id) = (
         ann["id"].as_str().unwrap().to_string(),
         bob["id"].as_str().unwrap().to_string(),
@@ -416,14 +472,26 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
         Some(ann_id.clone())
     );
 
-    // The manager deleted: bob's manager cleared, in the target and in the log.
+    // The manager deleted: bob's manager cleared, in the target and in the log; his
+    // manager attribute still names her (no refint here), which is reported.
     lab.slapd().ldapdelete(&format!("uid=anna,{PEOPLE}")).await;
     let v = lab.sync("a", &[]);
     assert_eq!(
-        (n(&v, "updated"), n(&v, "deleted"), n(&v, "created")),
-        (1, 1, 0),
+        (
+            n(&v, "updated"),
+            n(&v, "deleted"),
+            n(&v, "created"),
+            n(&v, "unresolved_references")
+        ),
+        (1, 1, 0, 2),
         "{v}"
     );
+    let mut want = vec![
+        unresolved(&bob_anchor, &format!("uid=anna,{PEOPLE}")),
+        unresolved(&dave_anchor, &nobody),
+    ];
+    want.sort_by(|a, b| a["anchor"].as_str().cmp(&b["anchor"].as_str()));
+    assert_eq!(v["problems"], Value::Array(want), "{v}");
     let users = lab.view.users_by_anchor().await;
     assert!(!users.contains_key(&ann_anchor));
     assert_eq!(users[&bob_anchor]["id"], json!(bob_id));
@@ -595,9 +663,48 @@ async fn extension_schemas_are_checked_against_the_target_and_exported() {
         ),
     ] {
         with(&row);
-        assert_eq!(schema_row(&lab), (1, Some(("FAIL".into(), want))), "{row}");
+        assert_eq!(
+            schema_row(&lab),
+            (1, Some(("FAIL".into(), want.clone()))),
+            "{row}"
+        );
+        // `sync` and `run` refuse it themselves, as bad configuration: exit 2, one line,
+        // nothing recorded, nothing exported.
+        let users = view.users_by_anchor().await;
+        let error = format!(
+            "configuration: the target cannot hold what the mapping writes: {want}; nothing exported"
+        );
+        let line = format!("dirsync: {error}");
+        let (run, v) = lab.run("a", &[]);
+        let said: Value = serde_json::from_str(run.stderr.trim()).unwrap_or(Value::Null);
+        assert_eq!(
+            (run.code, said, v),
+            (2, json!({"error": error, "exit": 2}), Value::Null),
+            "{row}"
+        );
+        let run = lab.cli(&["sync", "--instance", "a"]);
+        assert_eq!((run.code, run.stderr.trim()), (2, line.as_str()), "{row}");
+        let service = tokio::process::Command::new(crate::common::bin())
+            .args(["run", "--instance", "a"])
+            .current_dir(lab.dir.path())
+            .env_remove("DIRSYNC_CONFIG")
+            .kill_on_drop(true)
+            .output();
+        let service: crate::common::Run =
+            tokio::time::timeout(std::time::Duration::from_secs(60), service)
+                .await
+                .expect("`run` refused the mapping and exited")
+                .unwrap()
+                .into();
+        assert_eq!(service.code, 2, "{service:?}");
+        assert_eq!(service.stderr.lines().last(), Some(line.as_str()), "{service:?}");
+        assert_eq!(view.users_by_anchor().await, users, "{row}: nothing exported");
     }
-    assert_eq!(lab.head().await, head, "preflight records nothing");
+    assert_eq!(
+        lab.head().await,
+        head,
+        "preflight, and sync refusing, record nothing"
+    );
 }
 
 const STAFF: &str = "OU=Staff,DC=test,DC=lan";
