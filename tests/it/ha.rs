@@ -81,6 +81,19 @@ impl Ha {
         Ha { lab, url }
     }
 
+    /// [`Ha::new`] with the lab's SQLite store (one file, every service on this host).
+    async fn sqlite(users: u32, sync: &str) -> Ha {
+        let lab = E2e::ldap(users, &format!("500\nlease = \"3s\"\n{sync}")).await;
+        let path = lab.dir.path().join("dirsync.toml");
+        let toml = std::fs::read_to_string(&path).unwrap();
+        assert!(toml.contains("url = \"sqlite://log.db\""), "{toml}");
+        std::fs::write(&path, format!("{toml}{HA}")).unwrap();
+        let run = lab.cli(&["init"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let url = format!("sqlite://{}", lab.dir.path().join("log.db").display());
+        Ha { lab, url }
+    }
+
     fn spawn_with(&self, name: &str, config: &str, standby: bool) -> Service {
         self.spawn_args(name, config, standby, &[])
     }
@@ -408,6 +421,45 @@ async fn a_standby_takes_over_from_a_killed_holder_and_catches_its_deletions() {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
     }
+}
+
+/// The same on one SQLite store shared by two services on this host: kill -9 the holder in
+/// the middle of its first export, delete users while it is dead; the standby takes over
+/// (its file locks free once the holder's process is gone) and the target ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_standby_takes_over_from_a_killed_holder() {
+    let ha = Ha::sqlite(300, "interval = \"2s\"").await;
+    let mut a = ha.spawn("a", false);
+    let b = ha.spawn("b", true);
+    until(60, "a's export to begin", async || {
+        ha.lab.view.count("Users").await >= 50
+    })
+    .await;
+    a.signal(libc::SIGKILL);
+    assert_eq!(a.exit_code(10).await, None, "killed by a signal");
+    delete_users(&ha.lab, 291..=300).await;
+    ha.until_exact(&(1..=290).collect::<Vec<_>>(), 120, &[&a, &b])
+        .await;
+    let f = &ha.failovers().await[..];
+    assert_eq!(
+        f.iter()
+            .map(|f| (f.old.as_str(), f.new.as_str(), f.epoch))
+            .collect::<Vec<_>>(),
+        [("a", "b", 2)]
+    );
+    until(30, "the failover playbook completes", async || {
+        ha.state()
+            .await
+            .control
+            .handovers
+            .handovers
+            .values()
+            .any(|h| h.playbook == "failover" && h.from == "a" && h.completed.is_some())
+    })
+    .await;
+    assert_eq!(ha.heartbeat_role("b").await.as_deref(), Some("holder"));
+    let verify = ha.cli(&["log", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
 }
 
 /// A port free on 127.0.0.1 a moment ago.
