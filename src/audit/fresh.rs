@@ -74,6 +74,7 @@ pub async fn missed_deletes(
                 take_over: false,
                 stop: None,
                 wait_for_cycle: None,
+                quiet: false,
             };
             let r = sync(cfg, store, &opts, progress).await?;
             let fresh = FreshImport {

@@ -43,7 +43,11 @@ impl Role {
 pub struct Success {
     pub run_id: String,
     pub at: String,
+    /// Its `SyncRunCompleted`, or, for an idle cycle, the log's head when it ended.
     pub seq: u64,
+    /// An idle cycle: it found nothing and is noted outside the log (`sync::idle`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
 }
 
 /// A failed cycle.
@@ -209,6 +213,9 @@ pub struct Ask<'a> {
     pub heartbeats: &'a [crate::ha::Heartbeat],
     /// `[ha] failover_after`: a heartbeat older than this is silent.
     pub failover_after_us: i64,
+    /// Each instance's last idle cycle (stored outside the log, `sync::idle`): a success
+    /// the log does not record, and the cursor it found still current.
+    pub idle: &'a [crate::sync::idle::IdleCycle],
 }
 
 /// The status (pure).
@@ -230,13 +237,8 @@ pub fn status(c: &Control, seq: u64, objects: &State, ask: &Ask<'_>) -> StatusRe
             InstanceStatus::Active if holder == Some(name) => Role::Holder,
             InstanceStatus::Active => Role::Standby,
         };
-        let last_success = rec
-            .and_then(|r| r.last_completed.as_ref())
-            .map(|(id, at)| Success {
-                run_id: id.clone(),
-                at: time(at.at_us),
-                seq: at.seq,
-            });
+        let idle = ask.idle.iter().find(|i| i.instance == name);
+        let (last_success, _) = last_success(rec, idle);
         let last_failure = rec.and_then(|r| r.last_failed.as_ref()).map(|f| Failure {
             run_id: f.run_id.clone(),
             at: time(f.at.at_us),
@@ -268,9 +270,10 @@ pub fn status(c: &Control, seq: u64, objects: &State, ask: &Ask<'_>) -> StatusRe
                 .filter(|h| h.by == name)
                 .map_or(0, |h| h.count),
             cursor: c.cursors.current.get(name).map(|c| {
-                let age = ask.now_us.saturating_sub(c.at.at_us).max(0);
+                let current = crate::sync::idle::IdleCycle::cursor_current_at(idle, c);
+                let age = ask.now_us.saturating_sub(current.at_us).max(0);
                 CursorAge {
-                    at: time(c.at.at_us),
+                    at: time(current.at_us),
                     age_seconds: age / 1_000_000,
                     expired: lifetime_us.is_some_and(|l| age > l),
                 }
@@ -320,6 +323,45 @@ pub fn status(c: &Control, seq: u64, objects: &State, ask: &Ask<'_>) -> StatusRe
         health,
         seq,
         checked_at: time(ask.now_us),
+    }
+}
+
+/// An instance's last successful cycle: its last `SyncRunCompleted`, or its last idle cycle
+/// when that came later; with the time (µs) it ended.
+fn last_success(
+    rec: Option<&crate::project::InstanceRecord>,
+    idle: Option<&crate::sync::idle::IdleCycle>,
+) -> (Option<Success>, Option<i64>) {
+    let recorded = rec.and_then(|r| r.last_completed.as_ref());
+    match (recorded, idle) {
+        (Some((_, at)), Some(i)) if at.at_us >= i.at_us => (
+            recorded.map(|(id, at)| Success {
+                run_id: id.clone(),
+                at: time(at.at_us),
+                seq: at.seq,
+                idle: false,
+            }),
+            Some(at.at_us),
+        ),
+        (_, Some(i)) => (
+            Some(Success {
+                run_id: i.run_id.clone(),
+                at: time(i.at_us),
+                seq: i.seq,
+                idle: true,
+            }),
+            Some(i.at_us),
+        ),
+        (Some((id, at)), None) => (
+            Some(Success {
+                run_id: id.clone(),
+                at: time(at.at_us),
+                seq: at.seq,
+                idle: false,
+            }),
+            Some(at.at_us),
+        ),
+        (None, None) => (None, None),
     }
 }
 
@@ -475,19 +517,18 @@ fn health(c: &Control, ask: &Ask<'_>, rows: &[InstanceRow], held: Option<&Held>)
         if r.role == Role::Retired || (r.role == Role::Stopped && !holds) {
             continue;
         }
-        let ran = c
-            .instances
-            .instances
-            .get(&r.instance)
-            .and_then(|i| i.last_completed.as_ref())
-            .map(|(_, at)| at.at_us)
-            .max(held_last.and_then(|_| {
-                c.instances
-                    .instances
-                    .get(&r.instance)
-                    .and_then(|i| i.last_failed.as_ref())
-                    .map(|f| f.at.at_us)
-            }));
+        let ran = last_success(
+            c.instances.instances.get(&r.instance),
+            ask.idle.iter().find(|i| i.instance == r.instance),
+        )
+        .1
+        .max(held_last.and_then(|_| {
+            c.instances
+                .instances
+                .get(&r.instance)
+                .and_then(|i| i.last_failed.as_ref())
+                .map(|f| f.at.at_us)
+        }));
         let stale = ran.is_none_or(|at| ask.now_us.saturating_sub(at) > window);
         if stale {
             first(
@@ -564,6 +605,7 @@ mod tests {
             interval_us: 60 * S,
             heartbeats: &[],
             failover_after_us: 60 * S,
+            idle: &[],
         }
     }
 
@@ -615,7 +657,8 @@ mod tests {
                 last_success: Some(Success {
                     run_id: "r1".into(),
                     at: time(T0 + 2 * S),
-                    seq: 3
+                    seq: 3,
+                    idle: false,
                 }),
                 last_failure: None,
                 last_cycle_failed: false,
@@ -633,6 +676,76 @@ mod tests {
             }
         );
         assert_eq!(r.exit(), Exit::Ok);
+    }
+
+    #[test]
+    fn an_idle_cycle_outside_the_log_is_a_success_and_confirms_the_cursor() {
+        use crate::log::event::CursorAdvanced;
+        use crate::sync::idle::IdleCycle;
+        // a: a success (seq 3), its cursor (seq 4), then a failure (seq 5); interval 60 s.
+        let st = fold(&[
+            est("a", 1),
+            ("a", started("r1")),
+            (
+                "a",
+                Event::CursorAdvanced(CursorAdvanced {
+                    kind: "rfc4533".into(),
+                    cookie: "c1".into(),
+                }),
+            ),
+            ("a", completed("r1")),
+            ("a", failed("r2", Some(FailureReason::Source), "down")),
+        ]);
+        let idle = |seq: u64, at_us: i64| IdleCycle {
+            instance: "a".into(),
+            run_id: "quiet".into(),
+            mode: "sync".into(),
+            at_us,
+            seq,
+            cursor_seq: 3,
+        };
+        // An idle cycle noted before the failure does not hide it.
+        let before = [idle(4, T0 + 3 * S)];
+        let mut q = ask(None, T0 + 100 * S);
+        q.idle = &before;
+        let r = status_of(&st, &q);
+        assert!(r.instances[0].last_cycle_failed, "{r:?}");
+        assert_eq!(r.health.exit, 1);
+        // One after it (a cycle whose success the log does not record): healthy, its time
+        // the last success, and the cursor it read from current since.
+        let after = [idle(5, T0 + 90 * S)];
+        q.idle = &after;
+        let r = status_of(&st, &q);
+        let row = &r.instances[0];
+        assert_eq!(
+            (
+                &row.last_success,
+                row.last_cycle_failed,
+                &row.cursor,
+                &r.health
+            ),
+            (
+                &Some(Success {
+                    run_id: "quiet".into(),
+                    at: time(T0 + 90 * S),
+                    seq: 5,
+                    idle: true,
+                }),
+                false,
+                &Some(CursorAge {
+                    at: time(T0 + 90 * S),
+                    age_seconds: 10,
+                    expired: false,
+                }),
+                &Health {
+                    exit: 0,
+                    problems: vec![]
+                }
+            )
+        );
+        // Three intervals after the idle cycle, stale as after a recorded success.
+        q.now_us = T0 + 90 * S + 181 * S;
+        assert_eq!(status_of(&st, &q).health.exit, 1);
     }
 
     #[test]

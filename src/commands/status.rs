@@ -22,6 +22,7 @@ pub(super) async fn status(cfg: &Config, instance: Option<String>, fmt: Format) 
         }
     }
     let heartbeats = store.heartbeats().await?;
+    let idle = store.idle_cycles().await?;
     let r = status::status(
         &control,
         seq,
@@ -32,6 +33,7 @@ pub(super) async fn status(cfg: &Config, instance: Option<String>, fmt: Format) 
             interval_us: i64::try_from(cfg.sync.interval.as_micros()).unwrap_or(i64::MAX),
             heartbeats: &heartbeats,
             failover_after_us: i64::try_from(cfg.ha.failover_after.as_micros()).unwrap_or(i64::MAX),
+            idle: &idle,
         },
     );
     match fmt {

@@ -13,6 +13,7 @@ pub(super) async fn sync(cfg: &Config, a: SyncArgs, fmt: Format) -> Result<Exit>
         take_over: a.take_over,
         stop: None,
         wait_for_cycle: None,
+        quiet: false,
     };
     let bar = crate::output::spinner("sync");
     let began_us = Utc::now().timestamp_micros();

@@ -17,6 +17,10 @@ pub(crate) const SQLITE: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_heartbeats.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_idle_cycles.sql"),
+    ),
 ];
 /// (version, SQL) for PostgreSQL.
 pub(crate) const POSTGRES: &[(i64, &str)] = &[
@@ -36,6 +40,10 @@ pub(crate) const POSTGRES: &[(i64, &str)] = &[
     (
         5,
         include_str!("../../migrations/postgres/0005_heartbeats.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_idle_cycles.sql"),
     ),
 ];
 /// The version that adds the history index (`src/log/index.rs`).

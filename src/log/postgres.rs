@@ -829,6 +829,47 @@ impl PgStore {
             .collect())
     }
 
+    /// Record `c` as its instance's last idle cycle (one row per instance, outside the chain).
+    pub(crate) async fn idle_cycle(&self, c: &crate::sync::idle::IdleCycle) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO idle_cycles (instance, run_id, mode, at_us, seq, cursor_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (instance) DO UPDATE SET \
+             run_id = excluded.run_id, mode = excluded.mode, at_us = excluded.at_us, \
+             seq = excluded.seq, cursor_seq = excluded.cursor_seq",
+        )
+        .bind(&c.instance)
+        .bind(&c.run_id)
+        .bind(&c.mode)
+        .bind(c.at_us)
+        .bind(c.seq as i64)
+        .bind(c.cursor_seq as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every instance's last idle cycle, by instance name.
+    pub(crate) async fn idle_cycles(&self) -> Result<Vec<crate::sync::idle::IdleCycle>> {
+        let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT instance, run_id, mode, at_us, seq, cursor_seq FROM idle_cycles ORDER BY instance",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(instance, run_id, mode, at_us, seq, cursor_seq)| crate::sync::idle::IdleCycle {
+                    instance,
+                    run_id,
+                    mode,
+                    at_us,
+                    seq: seq as u64,
+                    cursor_seq: cursor_seq as u64,
+                },
+            )
+            .collect())
+    }
+
     /// Take the session-level advisory lock `name` on a connection of its own, or None when
     /// another session holds it. The server releases it when that connection ends, so a
     /// crashed holder never leaves it taken.

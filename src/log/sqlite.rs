@@ -1157,6 +1157,57 @@ impl SqliteStore {
         .await
     }
 
+    /// Record `c` as its instance's last idle cycle (one row per instance, outside the chain).
+    pub(crate) async fn idle_cycle(&self, c: &crate::sync::idle::IdleCycle) -> Result<()> {
+        let c = c.clone();
+        self.with_writer(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO idle_cycles (instance, run_id, mode, at_us, seq, cursor_seq) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (instance) DO UPDATE SET \
+                 run_id = excluded.run_id, mode = excluded.mode, at_us = excluded.at_us, \
+                 seq = excluded.seq, cursor_seq = excluded.cursor_seq",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    c.instance,
+                    c.run_id,
+                    c.mode,
+                    c.at_us,
+                    c.seq as i64,
+                    c.cursor_seq as i64
+                ])
+            })
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every instance's last idle cycle, by instance name.
+    pub(crate) async fn idle_cycles(&self) -> Result<Vec<crate::sync::idle::IdleCycle>> {
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT instance, run_id, mode, at_us, seq, cursor_seq FROM idle_cycles ORDER BY instance",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql)? {
+                out.push(crate::sync::idle::IdleCycle {
+                    instance: text(r, 0)?.to_string(),
+                    run_id: text(r, 1)?.to_string(),
+                    mode: text(r, 2)?.to_string(),
+                    at_us: int(r, 3)?,
+                    seq: int(r, 4)? as u64,
+                    cursor_seq: int(r, 5)? as u64,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Take the advisory lock `name` (a `flock` on `DB.NAME.lock` beside the database), or
     /// None when another process holds it. The operating system releases it when the
     /// holder dies, so a crashed holder never leaves it taken.

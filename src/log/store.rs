@@ -356,6 +356,35 @@ impl AnyStore {
             AnyStore::Postgres(s) => s.heartbeats().await,
         }
     }
+
+    /// Record an idle cycle (`sync::idle`): overwritten in place per instance, outside the
+    /// hash chain.
+    pub async fn idle_cycle(&self, c: &crate::sync::idle::IdleCycle) -> Result<()> {
+        match self {
+            AnyStore::Sqlite(s) => s.idle_cycle(c).await,
+            AnyStore::Postgres(s) => s.idle_cycle(c).await,
+        }
+    }
+
+    /// Every instance's last idle cycle, by instance name.
+    pub async fn idle_cycles(&self) -> Result<Vec<crate::sync::idle::IdleCycle>> {
+        match self {
+            AnyStore::Sqlite(s) => s.idle_cycles().await,
+            AnyStore::Postgres(s) => s.idle_cycles().await,
+        }
+    }
+
+    /// The last idle cycle of `instance`, if it had one.
+    pub async fn idle_cycle_of(
+        &self,
+        instance: &str,
+    ) -> Result<Option<crate::sync::idle::IdleCycle>> {
+        Ok(self
+            .idle_cycles()
+            .await?
+            .into_iter()
+            .find(|c| c.instance == instance))
+    }
 }
 
 macro_rules! delegate {

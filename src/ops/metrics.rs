@@ -48,6 +48,10 @@ struct Inner {
     failovers: Family<Labels, Counter>,
     head_seq: Gauge,
     cursor: Arc<CursorAge>,
+    /// The cursor (its seq) this service's last idle cycle found still current, and when
+    /// (`sync::idle`; 0: none): its age counts from then.
+    idle_cursor_seq: AtomicU64,
+    idle_cursor_at_us: AtomicI64,
     /// A cycle has completed since the service started.
     ready: AtomicBool,
     /// When the service loop last showed it lives (µs since the epoch).
@@ -146,6 +150,8 @@ impl Metrics {
             failovers,
             head_seq,
             cursor,
+            idle_cursor_seq: AtomicU64::new(0),
+            idle_cursor_at_us: AtomicI64::new(NONE),
             ready: AtomicBool::new(false),
             tick_us: AtomicI64::new(now_us()),
             stall_after,
@@ -196,13 +202,24 @@ impl Metrics {
             .get_or_create(&self.labels())
             .set(i64::from(control.relationship.held_by(&m.instance)));
         m.head_seq.set(clamp(seq));
-        let at = control
-            .cursors
-            .current
-            .get(&m.instance)
-            .map_or(NONE, |c| c.at.at_us);
+        let idle_seq = m.idle_cursor_seq.load(Ordering::SeqCst);
+        let idle_at = m.idle_cursor_at_us.load(Ordering::SeqCst);
+        let at = control.cursors.current.get(&m.instance).map_or(NONE, |c| {
+            if c.at.seq == idle_seq {
+                c.at.at_us.max(idle_at)
+            } else {
+                c.at.at_us
+            }
+        });
         m.cursor.at_us.store(at, Ordering::SeqCst);
         self.tick();
+    }
+
+    /// An idle cycle ended at `at_us` and found the cursor recorded at `cursor_seq` still
+    /// current: the cursor's age counts from then (until another cursor is recorded).
+    pub fn idle_cycle(&self, cursor_seq: u64, at_us: i64) {
+        self.0.idle_cursor_seq.store(cursor_seq, Ordering::SeqCst);
+        self.0.idle_cursor_at_us.store(at_us, Ordering::SeqCst);
     }
 
     /// This service won a failover.
@@ -354,7 +371,7 @@ fn now_us() -> i64 {
 }
 
 /// `dirsync_cursor_age_seconds{instance}`: computed at each scrape from when the cursor was
-/// recorded, so it grows between cycles. Absent while the instance has no cursor.
+/// recorded (or last found current by an idle cycle), so it grows between cycles. Absent while the instance has no cursor.
 #[derive(Debug)]
 struct CursorAge {
     instance: String,

@@ -526,6 +526,7 @@ async fn run_action(
         // A cycle of the instance in flight (the old computer's, or its service) ends
         // within cycle_timeout; the step waits for it rather than failing the handover.
         wait_for_cycle: Some(cfg.sync.cycle_timeout),
+        quiet: false,
     };
     let synced = |r: SyncReport| -> Result<serde_json::Value> {
         let detail = sync_detail(&r);

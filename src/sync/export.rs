@@ -83,6 +83,10 @@ pub struct SyncOptions {
     /// How long to wait for another cycle of the instance to end (a handover step waits
     /// out a cycle in flight); `None`: refuse at once (`sync`, `run`).
     pub wait_for_cycle: Option<Duration>,
+    /// A routine cycle of the service (`dirsync run`): when it turns out idle (nothing
+    /// imported, the cursor unmoved, nothing to export) it appends nothing to the log and
+    /// records the idle cycle outside it (`sync::idle`).
+    pub quiet: bool,
 }
 
 /// One line of a printed plan.
@@ -156,6 +160,9 @@ pub struct SyncReport {
     /// The plan, on --dry-run and --staging.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedOp>,
+    /// An idle cycle: it found nothing and appended nothing to the log (`sync::idle`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
 }
 
 impl SyncReport {
@@ -453,7 +460,20 @@ async fn sync_cycle(
         epoch: fence.map(|f| f.epoch),
         ..Default::default()
     };
-    if !opts.dry_run {
+    // A routine cycle that may turn out idle keeps its start until it records something.
+    let quiet = !opts.dry_run
+        && super::idle::may_stay_quiet(
+            opts.quiet,
+            opts.full,
+            opts.take_over,
+            state.control.instances.instances.get(&opts.instance),
+        );
+    let mut pending = quiet.then(|| SyncRunStarted {
+        run_id: report.run_id.clone(),
+        full: opts.full,
+        mode: report.mode.clone(),
+    });
+    if !opts.dry_run && !quiet {
         run_started(store, &report, opts.full).await?;
     }
     let now_us = chrono::Utc::now().timestamp_micros();
@@ -481,6 +501,7 @@ async fn sync_cycle(
         instance: opts.instance.clone(),
         full: opts.full,
         dry_run: opts.dry_run,
+        pending_start: pending.clone(),
     };
     let result = async {
         // Let go of the state while importing: the import then brings the copy this process
@@ -497,6 +518,9 @@ async fn sync_cycle(
         )
         .await?;
         phase("imported");
+        if imported.started {
+            pending = None;
+        }
         // The snapshot of the imported state is stored while the plan is made.
         let (state, saving) = replay::refresh_saving_beside(store, REFRESH_THRESHOLD).await?;
         let state = if opts.dry_run {
@@ -506,13 +530,31 @@ async fn sync_cycle(
         };
         phase("projections brought up to date");
         report.import = imported;
-        let r = run.cycle(state, &mut report, saving).await;
+        let r = run.cycle(state, &mut report, saving, &mut pending).await;
         phase("planned and exported");
         r
     }
     .await;
-    if !opts.dry_run {
-        run_ended(store, &report, cfg.sync.hold, &result).await?;
+    match (pending, &result) {
+        // Idle: nothing recorded, nor to record; the cycle is noted outside the log.
+        (Some(_), Ok(())) => {
+            report.idle = true;
+            let (seq, _) = store.head().await?;
+            store
+                .idle_cycle(&super::idle::IdleCycle {
+                    instance: opts.instance.clone(),
+                    run_id: report.run_id.clone(),
+                    mode: report.mode.clone(),
+                    at_us: chrono::Utc::now().timestamp_micros(),
+                    seq,
+                    cursor_seq: report.import.cursor_seq,
+                })
+                .await?;
+        }
+        (pending, _) if !opts.dry_run => {
+            run_ended(store, &report, cfg.sync.hold, &result, pending).await?;
+        }
+        _ => {}
     }
     phase("run recorded");
     result.map(|()| report)
@@ -591,20 +633,29 @@ fn run_end(report: &SyncReport, hold: Hold, result: &Result<()>) -> Event {
     }
 }
 
+/// Record the run's end, after its start when that was still `pending` (a cycle that may
+/// have stayed out of the log and failed, say).
 async fn run_ended(
     store: &AnyStore,
     report: &SyncReport,
     hold: Hold,
     result: &Result<()>,
+    pending: Option<SyncRunStarted>,
 ) -> Result<()> {
     let end = run_end(report, hold, result);
-    store
-        .append(Batch::new(vec![NewEvent::new(
+    let on = |e: Event| {
+        NewEvent::new(
             stream::instance(&report.instance),
             report.instance.clone(),
-            end,
-        )]))
-        .await?;
+            e,
+        )
+    };
+    let mut events: Vec<NewEvent> = pending
+        .map(|p| on(Event::SyncRunStarted(p)))
+        .into_iter()
+        .collect();
+    events.push(on(end));
+    store.append(Batch::new(events)).await?;
     replay::refresh(store, REFRESH_THRESHOLD).await?;
     Ok(())
 }
@@ -701,8 +752,8 @@ async fn export_log_locked(
         reconcile_every: None,
         full: false,
     };
-    let result = run.cycle(state, &mut report, None).await;
-    run_ended(store, &report, opts.hold, &result).await?;
+    let result = run.cycle(state, &mut report, None, &mut None).await;
+    run_ended(store, &report, opts.hold, &result, None).await?;
     result.map(|()| report)
 }
 
@@ -962,11 +1013,15 @@ struct Repairing {
 impl Cycle<'_> {
     /// Plan, guard, then print the plan or export it. `saving` (the snapshot of `state`
     /// being stored) is waited for once the plan is made, before anything is exported.
+    /// `pending`: the run's start when nothing of the cycle is recorded yet (it may stay
+    /// out of the log, `sync::idle`): recorded before anything else is, left when the cycle
+    /// has nothing to do.
     async fn cycle(
         &self,
         state: Arc<State>,
         report: &mut SyncReport,
         saving: Option<replay::Saving>,
+        pending: &mut Option<SyncRunStarted>,
     ) -> Result<()> {
         let whole = self.plan(&state, None);
         report.awaiting_deletion = whole.awaiting.len() as u64;
@@ -1034,10 +1089,36 @@ impl Cycle<'_> {
             },
         );
         let dry_run = report.mode == "dry-run";
+        let guard_e = guard_event(state.control.guard.current.as_deref(), &verdict, &deletes);
+        if pending.is_some() {
+            let holding = matches!(verdict, Verdict::Hold { .. });
+            let idle = super::idle::export_idle(&super::idle::ExportFacts {
+                exporting: self.fence.is_some(),
+                plan_empty: whole.is_empty(),
+                reconcile: listing.is_some(),
+                watch: self.watch,
+                guard_event: guard_e.is_some(),
+                holding,
+            });
+            if idle {
+                if self.fence.is_none() {
+                    self.print_plan(&state, whole, report).await?;
+                }
+                return Ok(());
+            }
+            if let Some(start) = pending.take() {
+                self.store
+                    .append(Batch::new(vec![NewEvent::new(
+                        stream::instance(self.instance),
+                        self.instance,
+                        Event::SyncRunStarted(start),
+                    )]))
+                    .await?;
+            }
+        }
         // A dry run records nothing: its list has no plan to approve.
         if !dry_run {
-            if let Some(e) = guard_event(state.control.guard.current.as_deref(), &verdict, &deletes)
-            {
+            if let Some(e) = guard_e {
                 self.store
                     .append(Batch::new(vec![NewEvent::new(
                         stream::GUARD,

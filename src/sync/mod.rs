@@ -5,6 +5,7 @@ pub mod anchor;
 pub mod deletions;
 pub mod duplicates;
 pub mod export;
+pub mod idle;
 pub mod import;
 pub mod instance;
 pub mod preflight;

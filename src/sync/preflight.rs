@@ -529,6 +529,7 @@ async fn source_checks(
         instance: instance.to_string(),
         full: true,
         dry_run: true,
+        pending_start: None,
     };
     let state = match replay::refresh(store, 10_000).await {
         Ok(s) => s,

@@ -38,6 +38,9 @@ pub struct ImportOptions {
     pub full: bool,
     /// Plan only: append nothing.
     pub dry_run: bool,
+    /// The start of a run that may stay out of the log (`sync::idle`): recorded with the
+    /// import when the import records anything but a moved cursor; else left to the caller.
+    pub pending_start: Option<SyncRunStarted>,
 }
 
 /// What an import did, for the summary.
@@ -69,6 +72,12 @@ pub struct ImportReport {
     /// On a dry run, the events that would have been recorded (for planning on top).
     #[serde(skip)]
     pub planned: Vec<Event>,
+    /// `pending_start` was recorded with the import.
+    #[serde(skip)]
+    pub started: bool,
+    /// The seq of the instance's cursor after the import (0: none).
+    #[serde(skip)]
+    pub cursor_seq: u64,
 }
 
 fn keep_attributes(o: &mut SourceObject, keep: &[&str]) {
@@ -196,8 +205,16 @@ fn retry_wait(attempt: u32) -> Duration {
     Duration::from_millis(500 * 2u64.pow(attempt))
 }
 
-/// Why the instance's cursor cannot be used for a delta, if it cannot.
-fn cursor_unusable(state: &State, instance: &str, kind: &str, now_us: i64) -> Option<String> {
+/// Why the instance's cursor cannot be used for a delta, if it cannot. Its age counts from
+/// when it was last known current: recorded, or confirmed by the instance's last idle cycle
+/// (`idle`, outside the log).
+fn cursor_unusable(
+    state: &State,
+    instance: &str,
+    kind: &str,
+    now_us: i64,
+    idle: Option<&super::idle::IdleCycle>,
+) -> Option<String> {
     let c = state.control.cursors.current.get(instance)?;
     if c.kind != kind {
         return Some(format!(
@@ -206,7 +223,8 @@ fn cursor_unusable(state: &State, instance: &str, kind: &str, now_us: i64) -> Op
         ));
     }
     let days = state.control.tombstone_lifetime_days?;
-    let age_days = (now_us - c.at.at_us) / 86_400_000_000;
+    let current = super::idle::IdleCycle::cursor_current_at(idle, c);
+    let age_days = (now_us - current.at_us) / 86_400_000_000;
     (age_days >= i64::from(days)).then(|| {
         format!("the cursor is {age_days} days old, past the {days}-day tombstone lifetime: deletions older than that are no longer visible to it")
     })
@@ -421,6 +439,14 @@ pub(crate) async fn import_run(
         };
         let current = rescoped.as_ref().map_or(&state.objects, |(o, _, _)| o);
         let mut invalidated = None;
+        // An idle cycle since the cursor was recorded found it still current.
+        let idle = match (
+            state.control.tombstone_lifetime_days,
+            state.control.cursors.current.contains_key(&opts.instance),
+        ) {
+            (Some(_), true) => store.idle_cycle_of(&opts.instance).await?,
+            _ => None,
+        };
         let cursor = if opts.full || always_full || config_full.is_some() {
             None
         } else if let Some(why) = cursor_unusable(
@@ -428,6 +454,7 @@ pub(crate) async fn import_run(
             &opts.instance,
             kind,
             chrono::Utc::now().timestamp_micros(),
+            idle.as_ref(),
         ) {
             invalidated = Some(why);
             None
@@ -568,7 +595,12 @@ pub(crate) async fn import_run(
             ) = (*seen, *added, *changed, *deleted, *left_scope);
         }
         let inst = opts.instance.clone();
-        let mut batch: Vec<NewEvent> = Vec::with_capacity(events.len() + 3);
+        // Object events, the closing ImportCompleted not counted.
+        let events_planned = events
+            .iter()
+            .filter(|e| !matches!(e, Event::ImportCompleted(_)))
+            .count();
+        let mut batch: Vec<NewEvent> = Vec::with_capacity(events.len() + 4);
         if let Some(info) = info {
             if info.tombstone_lifetime_days.is_some()
                 && info.tombstone_lifetime_days != state.control.tombstone_lifetime_days
@@ -617,6 +649,63 @@ pub(crate) async fn import_run(
                 }),
             ));
         }
+        // A run that may stay out of the log records what the import found only when it
+        // found something (`sync::idle`), its start first.
+        let mut cursor_seq = state
+            .control
+            .cursors
+            .current
+            .get(&inst)
+            .map_or(0, |c| c.at.seq);
+        if let Some(start) = opts.pending_start.clone().filter(|_| !opts.dry_run) {
+            let moved = match (
+                batch.last().map(|e| &e.event),
+                state.control.cursors.current.get(&inst),
+            ) {
+                (Some(Event::CursorAdvanced(new)), Some(old)) => {
+                    new.kind != old.kind || new.cookie != old.cookie
+                }
+                (Some(Event::CursorAdvanced(_)), None) => true,
+                _ => false,
+            };
+            let facts = super::idle::ImportFacts {
+                delta: report.mode == "delta",
+                object_events: events_planned,
+                other_records: batch.iter().any(|e| {
+                    matches!(
+                        e.event,
+                        Event::SourceInfoRecorded(_)
+                            | Event::AnchorRecorded(_)
+                            | Event::EffectiveConfigRecorded(_)
+                            | Event::CursorInvalidated(_)
+                    )
+                }),
+                tracked: cursor_kind != ALWAYS_FULL_CURSOR,
+                cursor_moved: moved,
+            };
+            match super::idle::import_record(&facts) {
+                super::idle::ImportRecord::All => {
+                    batch.insert(
+                        0,
+                        NewEvent::new(
+                            stream::instance(&inst),
+                            inst.clone(),
+                            Event::SyncRunStarted(start),
+                        ),
+                    );
+                    report.started = true;
+                }
+                super::idle::ImportRecord::CursorOnly => {
+                    batch.retain(|e| matches!(e.event, Event::CursorAdvanced(_)));
+                }
+                super::idle::ImportRecord::Nothing => {
+                    report.events = 0;
+                    report.seq = state.seq;
+                    report.cursor_seq = cursor_seq;
+                    return Ok(report);
+                }
+            }
+        }
         report.events = batch.len() as u64;
         if opts.dry_run {
             report.seq = state.seq;
@@ -647,6 +736,11 @@ pub(crate) async fn import_run(
         };
         phase("events appended");
         report.seq = appended.last_seq();
+        if cursor_kind != ALWAYS_FULL_CURSOR {
+            // The cursor is the batch's last event.
+            cursor_seq = report.seq;
+        }
+        report.cursor_seq = cursor_seq;
         folding.finish(store, &appended).await?;
         return Ok(report);
     }

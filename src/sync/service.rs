@@ -472,6 +472,7 @@ async fn service(
             take_over: false,
             stop: Some(stop.clone()),
             wait_for_cycle: None,
+            quiet: true,
         };
         let began = Instant::now();
         let began_us = chrono::Utc::now().timestamp_micros();
@@ -497,6 +498,9 @@ async fn service(
             Outcome::Skipped => failures,
             _ => 0,
         };
+        if let Some(r) = result.as_ref().ok().filter(|r| r.idle) {
+            metrics.idle_cycle(r.import.cursor_seq, chrono::Utc::now().timestamp_micros());
+        }
         // The relationship, the head and the cursor as the cycle left them.
         let control = replay::control(store).await.ok();
         if let Some((seq, c)) = &control {
@@ -515,13 +519,14 @@ async fn service(
         let now_rel = control.map(|(_, c)| c.relationship);
         match result {
             Ok(r) => say(&format!(
-                "{} {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}{}",
+                "{} {}: {} import, created {}, updated {}, deleted {}, matched {}, held {}, conflicts {}, failures {}, recreated {}, quarantined {}{}{}",
                 if staging { "staging" } else { "sync" },
                 r.run_id, r.import.mode, r.created, r.updated, r.deleted, r.matched, r.held, r.conflicts, r.failures, r.recreated, r.quarantined,
                 r.reconcile.as_ref().map_or(String::new(), |d| format!(
                     "; target reconciled: {} missing, {} changed, {} duplicates found, {} recreated, {} restored, {} removed",
                     d.missing, d.changed, d.duplicates, d.recreated, d.restored, d.removed
-                ))
+                )),
+                if r.idle { "; idle: nothing recorded" } else { "" }
             )),
             Err(e @ Error::Fenced(_)) => {
                 // Fenced in the middle of its cycle: record it when it had held an epoch.
@@ -585,6 +590,7 @@ async fn failover_playbook(
                 take_over: true,
                 stop: None,
                 wait_for_cycle: Some(Duration::from_secs(60)),
+                quiet: false,
             };
             sync(cfg, store, &opts, &ProgressBar::hidden())
                 .await

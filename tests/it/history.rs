@@ -455,7 +455,7 @@ async fn init_fills_the_history_index_of_an_older_store(backend: Backend) {
     // Back to schema 1: no index (and none of the later tables).
     f.raw_sql(
         "DROP TABLE event_anchors; DROP TABLE object_keys; DROP TABLE event_type_blocks; \
-         DROP TABLE control; DROP TABLE heartbeats; DELETE FROM dirsync_schema WHERE version >= 2;",
+         DROP TABLE control; DROP TABLE heartbeats; DROP TABLE idle_cycles; DELETE FROM dirsync_schema WHERE version >= 2;",
     )
     .await;
     let run = f.cli(&["log", "show", "--anchor", "x1"]);
@@ -500,7 +500,7 @@ async fn init_fills_the_history_index_of_an_older_store(backend: Backend) {
     let v = json(&f.cli(&["object", "show", "two@x", "--format", "json"]));
     assert_eq!(v["anchor"], "x2");
 
-    // Back to schema 2 (so without the control projections and heartbeats of 4 and 5):
+    // Back to schema 2 (so without the control projections, heartbeats and idle cycles of 4 to 6):
     // event_anchors keyed by the anchor's text (one stale row in it).
     f.raw_sql(
         "DROP TABLE event_anchors; \
@@ -508,7 +508,7 @@ async fn init_fills_the_history_index_of_an_older_store(backend: Backend) {
              PRIMARY KEY (anchor, seq)); \
          INSERT INTO event_anchors (anchor, seq) VALUES ('x1', 2); \
          DROP TABLE event_type_blocks; CREATE INDEX events_type ON events (event_type, seq); \
-         DROP TABLE control; DROP TABLE heartbeats; DELETE FROM dirsync_schema WHERE version >= 3;",
+         DROP TABLE control; DROP TABLE heartbeats; DROP TABLE idle_cycles; DELETE FROM dirsync_schema WHERE version >= 3;",
     )
     .await;
     let run = f.cli(&["log", "show", "--anchor", "x1"]);

@@ -429,7 +429,7 @@ async fn stored_control_equals_the_fold(b: Backend) {
     // what it holds.
     other
         .raw_sql(
-            "DROP TABLE control; DROP TABLE heartbeats; DELETE FROM dirsync_schema WHERE version >= 4;",
+            "DROP TABLE control; DROP TABLE heartbeats; DROP TABLE idle_cycles; DELETE FROM dirsync_schema WHERE version >= 4;",
         )
         .await;
     let migrated = dirsync::log::AnyStore::open(&other.url, dirsync::log::OpenMode::Init)
