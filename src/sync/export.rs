@@ -467,6 +467,7 @@ async fn sync_cycle(
             opts.full,
             opts.take_over,
             state.control.instances.instances.get(&opts.instance),
+            chrono::Utc::now().timestamp_micros(),
         );
     let mut pending = quiet.then(|| SyncRunStarted {
         run_id: report.run_id.clone(),

@@ -44,16 +44,23 @@ impl IdleCycle {
     }
 }
 
+/// However idle, an instance records one cycle in this time: the audit's sync gaps (the
+/// windows between recorded syncs) of an instance that runs stay this short, and the log
+/// alone shows that it ran (24 recorded cycles a day, against one a minute or more).
+pub const RECORD_IDLE_EVERY_US: i64 = 3_600 * 1_000_000;
+
 /// Whether a cycle may leave the log untouched should it turn out idle (pure): only a
 /// routine cycle of the service (`quiet`: not `sync` by hand, not a handover step, not
-/// full, not a take-over), and only when the log's last word on the instance is a run that
-/// ended well. After a failure the next success is recorded (the log shows the recovery),
-/// and a run a crash left open is closed by the next recorded one.
+/// full, not a take-over), only when the log's last word on the instance is a run that
+/// ended well, and only within [`RECORD_IDLE_EVERY_US`] of it (at `now_us`). After a
+/// failure the next success is recorded (the log shows the recovery), and a run a crash
+/// left open is closed by the next recorded one.
 pub fn may_stay_quiet(
     quiet: bool,
     full: bool,
     take_over: bool,
     rec: Option<&InstanceRecord>,
+    now_us: i64,
 ) -> bool {
     if !quiet || full || take_over {
         return false;
@@ -65,13 +72,11 @@ pub fn may_stay_quiet(
     if rec.running.is_some() {
         return false;
     }
-    let completed = rec.last_completed.as_ref().map(|(_, at)| at.seq);
+    let Some((_, completed)) = &rec.last_completed else {
+        return false;
+    };
     let failed = rec.last_failed.as_ref().map(|f| f.at.seq);
-    match (completed, failed) {
-        (Some(c), Some(f)) => c > f,
-        (Some(_), None) => true,
-        _ => false,
-    }
+    failed.is_none_or(|f| completed.seq > f) && now_us - completed.at_us < RECORD_IDLE_EVERY_US
 }
 
 /// What an import read, for [`import_record`].
@@ -167,45 +172,69 @@ mod tests {
         }
     }
 
+    /// A minute after seq 20's time.
+    const NOW: i64 = 80 * 1_000_000;
+
     #[test]
     fn only_routine_cycles_after_a_recorded_success_may_stay_quiet() {
         let ok = rec(Some(10), Some(5), None);
-        assert!(may_stay_quiet(true, false, false, Some(&ok)));
+        assert!(may_stay_quiet(true, false, false, Some(&ok), NOW));
         assert!(may_stay_quiet(
             true,
             false,
             false,
-            Some(&rec(Some(3), None, None))
+            Some(&rec(Some(3), None, None)),
+            NOW
         ));
         // By hand, full, taking over: always recorded.
-        assert!(!may_stay_quiet(false, false, false, Some(&ok)));
-        assert!(!may_stay_quiet(true, true, false, Some(&ok)));
-        assert!(!may_stay_quiet(true, false, true, Some(&ok)));
+        assert!(!may_stay_quiet(false, false, false, Some(&ok), NOW));
+        assert!(!may_stay_quiet(true, true, false, Some(&ok), NOW));
+        assert!(!may_stay_quiet(true, false, true, Some(&ok), NOW));
         // The instance's first cycle; after a failure; with a run left open by a crash.
-        assert!(!may_stay_quiet(true, false, false, None));
+        assert!(!may_stay_quiet(true, false, false, None, NOW));
         assert!(!may_stay_quiet(
             true,
             false,
             false,
-            Some(&rec(None, None, None))
+            Some(&rec(None, None, None)),
+            NOW
         ));
         assert!(!may_stay_quiet(
             true,
             false,
             false,
-            Some(&rec(Some(5), Some(10), None))
+            Some(&rec(Some(5), Some(10), None)),
+            NOW
         ));
         assert!(!may_stay_quiet(
             true,
             false,
             false,
-            Some(&rec(None, Some(10), None))
+            Some(&rec(None, Some(10), None)),
+            NOW
         ));
         assert!(!may_stay_quiet(
             true,
             false,
             false,
-            Some(&rec(Some(10), None, Some(12)))
+            Some(&rec(Some(10), None, Some(12))),
+            NOW
+        ));
+        // An hour after the last recorded success, idle or not, a cycle is recorded.
+        let hour = RECORD_IDLE_EVERY_US;
+        assert!(may_stay_quiet(
+            true,
+            false,
+            false,
+            Some(&ok),
+            10_000_000 + hour - 1
+        ));
+        assert!(!may_stay_quiet(
+            true,
+            false,
+            false,
+            Some(&ok),
+            10_000_000 + hour
         ));
     }
 
