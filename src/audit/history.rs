@@ -11,7 +11,7 @@ use crate::plan::mapping::Mapping;
 use crate::plan::plan::plan;
 use crate::project::{Deletion, LedgerEntry, ObjectRecord, State};
 use crate::sync::scope::Scope;
-use crate::target::{Mapped, Op};
+use crate::target::Op;
 
 /// Added, changed and deleted items of one projection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -134,46 +134,6 @@ fn deletion_detail(d: Option<&Deletion>) -> Vec<String> {
     }
 }
 
-/// Top-level fields of two mapped states that differ, with their values: `title: "a" ->
-/// "b"` (`(none)` when unset); a group's members as the count of ids added and removed.
-fn mapped_changes(a: Option<&Mapped>, b: Option<&Mapped>) -> Vec<String> {
-    let obj = |v: Option<&Mapped>| {
-        v.and_then(|m| serde_json::to_value(m).ok())
-            .as_ref()
-            .and_then(|v| v.as_object())
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<BTreeMap<_, _>>()
-            })
-            .unwrap_or_default()
-    };
-    let (a, b) = (obj(a), obj(b));
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let show = |v: Option<&serde_json::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let (x, y) = (a.get(k), b.get(k));
-            if k == "members" {
-                let set = |v: Option<&serde_json::Value>| -> BTreeSet<String> {
-                    v.and_then(|v| v.as_array())
-                        .map(|l| l.iter().map(|m| m.to_string()).collect())
-                        .unwrap_or_default()
-                };
-                let (x, y) = (set(x), set(y));
-                format!(
-                    "members +{} -{}",
-                    y.difference(&x).count(),
-                    x.difference(&y).count()
-                )
-            } else {
-                format!("{k}: {} -> {}", show(x), show(y))
-            }
-        })
-        .collect()
-}
-
 /// Added, changed and deleted items of one kind in one projection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Total {
@@ -273,7 +233,7 @@ pub fn diff(a: &State, b: &State) -> Diff {
                     .push(item(a, l, vec![format!("target id {}", l.target_id)]))
             }
             (Some(x), Some(y)) => {
-                let mut d = mapped_changes(x.state.as_ref(), y.state.as_ref());
+                let mut d = crate::target::mapped_changes(x.state.as_ref(), y.state.as_ref());
                 if x.target_id != y.target_id {
                     d.push(format!("target id {}", y.target_id));
                 }
@@ -633,7 +593,7 @@ pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> Wha
                 anchor: anchor.clone(),
                 kind: to.kind(),
                 name: to.name().to_string(),
-                detail: mapped_changes(from.as_ref(), Some(to)),
+                detail: crate::target::mapped_changes(from.as_ref(), Some(to)),
             });
         }
     }

@@ -131,7 +131,15 @@ pub(super) fn sync_table(r: &crate::sync::export::SyncReport) -> String {
                     p.anchor.clone(),
                     p.name.clone(),
                     p.target_id.clone().unwrap_or_default(),
-                    p.detail.clone().unwrap_or_default(),
+                    match &p.detail {
+                        Some(d) => d.clone(),
+                        None => p
+                            .changes
+                            .iter()
+                            .map(|c| format!("{}: {}", c.attribute, c.change))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    },
                 ]
             })
             .collect();
@@ -139,6 +147,25 @@ pub(super) fn sync_table(r: &crate::sync::export::SyncReport) -> String {
             &["OP", "KIND", "ANCHOR", "NAME", "TARGET ID", "DETAIL"],
             &rows,
         ));
+        // Totals: the plan's operations, and the updates' attributes.
+        let mut ops: std::collections::BTreeMap<&str, u64> = Default::default();
+        let mut attrs: std::collections::BTreeMap<&str, u64> = Default::default();
+        for p in &r.plan {
+            *ops.entry(p.op).or_default() += 1;
+            for c in &p.changes {
+                *attrs.entry(c.attribute.as_str()).or_default() += 1;
+            }
+        }
+        let counts = |m: &std::collections::BTreeMap<&str, u64>| {
+            m.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!("totals: {}\n", counts(&ops)));
+        if !attrs.is_empty() {
+            out.push_str(&format!("attributes updated: {}\n", counts(&attrs)));
+        }
     } else if r.mode != "sync" {
         out.push_str("\nplan: nothing to export\n");
     }

@@ -101,6 +101,9 @@ pub struct PlannedOp {
     pub target_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// An update's changed attributes, old -> new.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::target::FieldChange>,
 }
 
 /// Something the operator must look at: a conflict, a failed export, an unmappable object.
@@ -1245,6 +1248,7 @@ impl Cycle<'_> {
                 name: remote.name.clone(),
                 target_id: Some(remote.id),
                 detail: Some(if soft { "soft" } else { "hard" }.into()),
+                changes: vec![],
             },
             NewDecision::Create(op) => Self::line(state, op),
             NewDecision::Conflict {
@@ -1259,6 +1263,7 @@ impl Cycle<'_> {
                 name,
                 target_id: None,
                 detail: Some(why),
+                changes: vec![],
             },
         }
     }
@@ -1267,19 +1272,23 @@ impl Cycle<'_> {
     /// of a whole directory is a line per object).
     fn line(state: &State, op: Op) -> PlannedOp {
         let (op_name, kind) = (op_name(&op), op.kind());
-        let (anchor, name, target_id) = match op {
-            Op::Create { anchor, object } => (anchor, object.name().to_string(), None),
+        let (anchor, name, target_id, changes) = match op {
+            Op::Create { anchor, object } => (anchor, object.name().to_string(), None, vec![]),
             Op::Update {
                 anchor,
                 target_id,
+                from,
                 to,
                 ..
-            } => (anchor, to.name().to_string(), Some(target_id)),
+            } => {
+                let changes = crate::target::field_changes(from.as_ref(), Some(&to));
+                (anchor, to.name().to_string(), Some(target_id), changes)
+            }
             Op::Delete {
                 anchor, target_id, ..
             } => {
                 let name = crate::target::ledger_name(&state.ledger, &anchor);
-                (anchor, name, Some(target_id))
+                (anchor, name, Some(target_id), vec![])
             }
         };
         PlannedOp {
@@ -1289,6 +1298,7 @@ impl Cycle<'_> {
             name,
             target_id,
             detail: None,
+            changes,
         }
     }
 

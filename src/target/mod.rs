@@ -384,6 +384,80 @@ impl Target for AnyTarget {
     }
 }
 
+/// A top-level field of two mapped states that differs: `attribute` and its values as
+/// `"a" -> "b"` (`(none)` when unset); a group's members as the count of ids added and
+/// removed (`+2 -1`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    pub attribute: String,
+    pub change: String,
+}
+
+/// The top-level fields that differ from `a` to `b` (pure), by name; each of the mapping's
+/// extra attributes counts as a field.
+pub fn field_changes(a: Option<&Mapped>, b: Option<&Mapped>) -> Vec<FieldChange> {
+    let obj = |v: Option<&Mapped>| {
+        v.and_then(|m| serde_json::to_value(m).ok())
+            .as_ref()
+            .and_then(|v| v.as_object())
+            .map(|o| {
+                // The mapping's extra attributes are attributes of their own.
+                let mut fields = BTreeMap::new();
+                for (k, v) in o {
+                    match (k.as_str(), v.as_object()) {
+                        ("extra", Some(extra)) => {
+                            fields.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())))
+                        }
+                        _ => {
+                            fields.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                fields
+            })
+            .unwrap_or_default()
+    };
+    let (a, b) = (obj(a), obj(b));
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let (x, y) = (a.get(k), b.get(k));
+            let change = if k == "members" {
+                let set = |v: Option<&serde_json::Value>| -> BTreeSet<String> {
+                    v.and_then(|v| v.as_array())
+                        .map(|l| l.iter().map(|m| m.to_string()).collect())
+                        .unwrap_or_default()
+                };
+                let (x, y) = (set(x), set(y));
+                format!(
+                    "+{} -{}",
+                    y.difference(&x).count(),
+                    x.difference(&y).count()
+                )
+            } else {
+                format!("{} -> {}", show(x), show(y))
+            };
+            FieldChange {
+                attribute: k.clone(),
+                change,
+            }
+        })
+        .collect()
+}
+
+/// [`field_changes`] as lines: `title: "a" -> "b"`, `members +2 -1`.
+pub fn mapped_changes(a: Option<&Mapped>, b: Option<&Mapped>) -> Vec<String> {
+    field_changes(a, b)
+        .into_iter()
+        .map(|c| match c.attribute.as_str() {
+            "members" => format!("members {}", c.change),
+            _ => format!("{}: {}", c.attribute, c.change),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,6 +226,44 @@ async fn expressions_map_user_name_extras_active_and_groups() {
         s.replace("src.cn[0].lowerAscii()", "src.uid[0].upperAscii()"),
     )
     .unwrap();
+    // `--dry-run` shows each update's attributes, old -> new, and the totals.
+    let before = lab.view.users_by_anchor().await;
+    let v = lab.sync("a", &["--dry-run"]);
+    let planned: Vec<(String, String, Value)> = v["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["op"].as_str().unwrap().to_string(),
+                p["anchor"].as_str().unwrap().to_string(),
+                p["changes"].clone(),
+            )
+        })
+        .collect();
+    let change = |a: &str, new: &str| {
+        (
+            "update".to_string(),
+            a.to_string(),
+            json!([{"attribute": "nickName", "change": format!("{} -> \"{new}\"", before[a]["nickName"])}]),
+        )
+    };
+    let mut want = vec![change(&ann, "ANN"), change(&bob, "BOB")];
+    want.sort_by(|x, y| x.1.cmp(&y.1));
+    let mut planned = planned;
+    planned.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(planned, want);
+    let run = lab.cli(&["sync", "--instance", "a", "--dry-run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "nickName: {} -> \"ANN\"",
+            before[&ann]["nickName"]
+        )) && run.stdout.contains("totals: update 2\n")
+            && run.stdout.contains("attributes updated: nickName 2\n"),
+        "{}",
+        run.stdout
+    );
     let v = lab.sync("a", &[]);
     assert_eq!(n(&v, "updated"), 2, "{v}");
     let users = lab.view.users_by_anchor().await;
