@@ -19,7 +19,7 @@ mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
 
-use common::arg;
+use common::{arg, dirsync};
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -37,29 +37,6 @@ fn spawn(dir: &Path, args: &[&str]) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn dirsync")
-}
-
-/// Run dirsync in `dir`; must succeed. Returns the seconds it took.
-fn dirsync(dir: &Path, args: &[&str]) -> f64 {
-    let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_dirsync"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DIRSYNC_CONFIG")
-        .output()
-        .expect("run dirsync");
-    let secs = t.elapsed().as_secs_f64();
-    // Its phases, when asked for (`DIRSYNC_LOG=dirsync::sync=debug`).
-    if std::env::var_os("DIRSYNC_LOG").is_some() {
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    assert!(
-        out.status.success(),
-        "dirsync {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    secs
 }
 
 /// The userNames in the target, sorted (duplicates kept).

@@ -8,32 +8,9 @@ mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
 
-use common::arg;
-
-use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use common::{arg, dirsync};
 
 const OU: &str = "OU=Bench,DC=test,DC=lan";
-
-/// Run dirsync in `dir`; must succeed. Returns the seconds it took.
-fn dirsync(dir: &Path, args: &[&str]) -> f64 {
-    let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_dirsync"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DIRSYNC_CONFIG")
-        .output()
-        .expect("run dirsync");
-    let secs = t.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "dirsync {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    secs
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

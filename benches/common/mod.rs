@@ -6,6 +6,25 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Run the dirsync binary in `dir`; it must succeed. Returns the seconds it took.
+pub fn dirsync(dir: &std::path::Path, args: &[&str]) -> f64 {
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dirsync"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DIRSYNC_CONFIG")
+        .output()
+        .expect("run dirsync");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "dirsync {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secs
+}
+
 /// `--name N` from the arguments, else `default`.
 pub fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
