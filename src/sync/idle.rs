@@ -95,6 +95,9 @@ pub struct ImportFacts {
     /// The cookie read differs from the one the log holds for the instance (or it holds
     /// none, or of another kind).
     pub cursor_moved: bool,
+    /// Changes the source sent (before scoping): none means the cookie moved over changes
+    /// the search does not see.
+    pub received: u64,
 }
 
 /// What of an import to record.
@@ -109,12 +112,20 @@ pub enum ImportRecord {
 }
 
 /// Decide what of an import is worth recording (pure), for a cycle that may stay quiet: a
-/// delta that found nothing records its cursor when it moved, else nothing.
+/// delta that found nothing records its cursor when it moved over changes the source sent
+/// (out of scope, or no change to what is held), else nothing.
+///
+/// A cookie that moved while the source sent nothing is not recorded: some sources move it
+/// on every read (Samba's DirSync cookie does, over changes outside the search), and a delta
+/// from the recorded one reads those same nothing-changes again, so it is as current as the
+/// new one. Recording it would append a `CursorAdvanced` per idle cycle. The hourly recorded
+/// cycle ([`RECORD_IDLE_EVERY_US`]) records it then, so the recorded cookie never ages past
+/// an hour (DirSync cookies expire with the tombstone lifetime, months).
 pub fn import_record(f: &ImportFacts) -> ImportRecord {
     if !f.delta || f.object_events > 0 || f.other_records {
         return ImportRecord::All;
     }
-    if f.tracked && f.cursor_moved {
+    if f.tracked && f.cursor_moved && f.received > 0 {
         ImportRecord::CursorOnly
     } else {
         ImportRecord::Nothing
@@ -239,27 +250,39 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_that_found_nothing_records_only_a_moved_cursor() {
+    fn a_delta_that_found_nothing_records_only_a_cursor_moved_over_changes_read() {
         let idle = ImportFacts {
             delta: true,
             object_events: 0,
             other_records: false,
             tracked: true,
             cursor_moved: false,
+            received: 0,
         };
         assert_eq!(import_record(&idle), ImportRecord::Nothing);
+        // Changes read that were out of scope, or no change to what is held.
+        assert_eq!(
+            import_record(&ImportFacts {
+                cursor_moved: true,
+                received: 3,
+                ..idle
+            }),
+            ImportRecord::CursorOnly
+        );
+        // A cookie that moves on every read, nothing sent: the recorded one is as good.
         assert_eq!(
             import_record(&ImportFacts {
                 cursor_moved: true,
                 ..idle
             }),
-            ImportRecord::CursorOnly
+            ImportRecord::Nothing
         );
         // Untracked sources have no cursor to record (and read in full anyway).
         assert_eq!(
             import_record(&ImportFacts {
                 tracked: false,
                 cursor_moved: true,
+                received: 3,
                 ..idle
             }),
             ImportRecord::Nothing

@@ -682,6 +682,7 @@ pub(crate) async fn import_run(
                 }),
                 tracked: cursor_kind != ALWAYS_FULL_CURSOR,
                 cursor_moved: moved,
+                received,
             };
             match super::idle::import_record(&facts) {
                 super::idle::ImportRecord::All => {

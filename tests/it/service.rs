@@ -99,3 +99,50 @@ async fn the_service_obeys_the_log_and_sigterm() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// An idle service on Active Directory appends nothing: Samba's DirSync cookie moves on
+/// every read even when nothing in the search changed, and an idle cycle does not record a
+/// cookie that moved over nothing sent. A change made afterwards still arrives (read from
+/// the cookie recorded before the idle cycles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_service_on_active_directory_appends_nothing() {
+    const STAFF: &str = "OU=Staff,DC=test,DC=lan";
+    let lab = E2e::ad().await;
+    let path = lab.dir.path().join("dirsync.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{toml}interval = \"1s\"\n")).unwrap();
+    let mut child = spawn(&lab);
+    until(60, "the first cycle", || async {
+        lab.view.count("Users").await == 4
+    })
+    .await;
+    // The first cycle recorded, the second (the first that may stay quiet) begun and ended.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let head = lab.head().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let grown = lab.events_after(head).await;
+    assert_eq!(
+        grown,
+        Vec::<String>::new(),
+        "events appended in 10 s of idling"
+    );
+
+    lab.samba()
+        .ldapmodify(&format!(
+            "dn: CN=u3,{STAFF}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+        ))
+        .await;
+    let a3 = lab.anchor(&format!("CN=u3,{STAFF}")).await;
+    until(30, "the change to arrive", || async {
+        title(&lab, &a3).await == "Boss"
+    })
+    .await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "SIGTERM did not end the service");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = lab.cli(&["log", "verify"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
