@@ -270,6 +270,9 @@ pub struct WhatIf {
     pub change: Vec<Item>,
     /// In the other scope but not exportable under its mapping.
     pub unmappable: Vec<Item>,
+    /// Would be exported without a reference attribute (`manager`) whose value names no
+    /// object in the other scope (as `sync` reports `unresolved_reference`).
+    pub unresolved: Vec<Item>,
     /// The parts of the other configuration the log cannot evaluate, and why: what the
     /// lists above may leave out.
     pub cannot_evaluate: Vec<CannotEvaluate>,
@@ -295,6 +298,7 @@ impl WhatIf {
             ("join", &self.join),
             ("change", &self.change),
             ("unmappable", &self.unmappable),
+            ("unresolved_reference", &self.unresolved),
         ] {
             rows.extend(items.iter().map(|i| i.row(what)));
         }
@@ -609,11 +613,20 @@ pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> Wha
             detail: vec![why.clone()],
         });
     }
+    for d in &p.dangling {
+        out.unresolved.push(Item {
+            anchor: d.anchor.clone(),
+            kind: crate::log::event::ObjectKind::User,
+            name: dn(&d.anchor),
+            detail: vec![d.detail()],
+        });
+    }
     for v in [
         &mut out.leave,
         &mut out.join,
         &mut out.change,
         &mut out.unmappable,
+        &mut out.unresolved,
     ] {
         v.sort_by(|x, y| x.anchor.cmp(&y.anchor));
     }
@@ -624,7 +637,9 @@ pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> Wha
 mod tests {
     use super::*;
     use crate::audit::testkit::Log;
-    use crate::log::event::{AttrValue, Attrs, Event, ExportOp, ObjectChanged};
+    use crate::log::event::{
+        AttrValue, Attrs, Event, ExportOp, ObjectChanged, ObjectImported, ObjectKind, SourceObject,
+    };
 
     #[test]
     fn diff_names_added_changed_and_deleted() {
@@ -856,6 +871,83 @@ mod tests {
         assert_eq!(
             wide.rows().len(),
             wide.join.len() + wide.change.len() + wide.leave.len()
+        );
+    }
+
+    #[test]
+    fn what_if_lists_references_that_would_name_no_object() {
+        const MANAGER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
+        const EXPR: &str = "has(src.manager) ? src.manager[0] : null";
+        let mut l = Log::new();
+        let text = |s: &str| vec![AttrValue::Text(s.into())];
+        // b1's manager a1 is in ou=p; b2's is nobody the log knows.
+        l.import("a1", "uid=a1,ou=p,dc=t", "a1");
+        for (b, manager) in [("b1", "uid=a1,ou=p,dc=t"), ("b2", "uid=zz,ou=p,dc=t")] {
+            l.at(
+                "a",
+                Event::ObjectImported(ObjectImported {
+                    object: SourceObject {
+                        anchor: b.into(),
+                        kind: ObjectKind::User,
+                        dn: format!("uid={b},ou=q,dc=t"),
+                        attrs: Attrs::from([
+                            ("uid".into(), text(b)),
+                            ("cn".into(), text(b)),
+                            ("manager".into(), text(manager)),
+                        ]),
+                        members: Default::default(),
+                    },
+                    returned: false,
+                }),
+            );
+        }
+        let mapping = Mapping::compile(
+            crate::config::SourceKind::Openldap,
+            crate::config::TargetKind::Scim,
+            &[crate::plan::mapping::RawRule {
+                key: MANAGER.into(),
+                expr: EXPR.into(),
+                line: 1,
+            }],
+            &[],
+        )
+        .unwrap();
+        // Everything in scope: only b2's manager names no object.
+        let all = what_if(&l.state, &Scope::new("dc=t", &[], &[]), &mapping);
+        let unresolved = |w: &WhatIf| {
+            w.unresolved
+                .iter()
+                .map(|i| (i.anchor.clone(), i.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            unresolved(&all),
+            [("b2".to_string(), "uid=b2,ou=q,dc=t".to_string())]
+        );
+        assert!(
+            all.unresolved[0].detail[0].contains("uid=zz,ou=p,dc=t"),
+            "{all:?}"
+        );
+        // Only ou=q: a1 is out of scope, so b1's manager names no object either.
+        let q = what_if(
+            &l.state,
+            &Scope::new("dc=t", &["ou=q,dc=t".into()], &[]),
+            &mapping,
+        );
+        assert_eq!(
+            unresolved(&q),
+            [
+                ("b1".to_string(), "uid=b1,ou=q,dc=t".to_string()),
+                ("b2".to_string(), "uid=b2,ou=q,dc=t".to_string())
+            ]
+        );
+        let rows = q.rows();
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r[0] == "unresolved_reference")
+                .count(),
+            2,
+            "{rows:?}"
         );
     }
 }

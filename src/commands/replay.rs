@@ -181,12 +181,13 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
                 ))?;
             }
             print(&format!(
-                "under {}: {} would leave the target, {} join, {} change, {} unmappable (log as of seq {})\n",
+                "under {}: {} would leave the target, {} join, {} change, {} unmappable, {} unresolved reference(s) (log as of seq {})\n",
                 path.display(),
                 w.leave.len(),
                 w.join.len(),
                 w.change.len(),
                 w.unmappable.len(),
+                w.unresolved.len(),
                 state.seq
             ))?;
         }

@@ -468,6 +468,21 @@ async fn employee_number_and_a_manager_chain_are_created_in_one_cycle() {
         "{}",
         table.stdout
     );
+    // `replay --what-if` under the same configuration names the same reference, with the
+    // detail sync gave.
+    let w = lab.cli(&["replay", "--what-if", "dirsync.toml", "--format", "json"]);
+    assert_eq!(w.code, 0, "{w:?}");
+    let w: Value = serde_json::from_str(&w.stdout).unwrap();
+    assert_eq!(
+        w["unresolved"],
+        json!([{
+            "anchor": dave_anchor,
+            "kind": "user",
+            "name": format!("uid=dave,{PEOPLE}"),
+            "detail": [unresolved(&dave_anchor, &nobody)["detail"]],
+        }]),
+        "{w}"
+    );
     let (ann_id, bob_id, carol_id) = (
         ann["id"].as_str().unwrap().to_string(),
         bob["id"].as_str().unwrap().to_string(),
