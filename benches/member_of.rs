@@ -83,7 +83,7 @@ fn main() {
             instance: "i",
             recorded_at_us: 0,
         };
-        state.apply(&m, e);
+        state.apply(&m, e.clone());
     }
     let mut changed = user(4);
     changed

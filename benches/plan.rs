@@ -151,7 +151,7 @@ fn state(users: u64, owned: Option<&Mapping>) -> State {
             instance: "bench",
             recorded_at_us: seq as i64,
         };
-        s.apply(&m, &e);
+        s.apply(&m, e);
     };
     for i in 0..users {
         apply(

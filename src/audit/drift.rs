@@ -140,7 +140,7 @@ mod tests {
                     instance: "a",
                     recorded_at_us: seq as i64 * 1_000_000,
                 },
-                &Event::TargetReconciled(TargetReconciled {
+                Event::TargetReconciled(TargetReconciled {
                     run_id: "r".into(),
                     listed: 10,
                     missing: 4,

@@ -134,7 +134,7 @@ pub(crate) mod testkit {
                     instance,
                     recorded_at_us: self.now,
                 },
-                &e,
+                e,
             );
             seq
         }

@@ -123,8 +123,8 @@ pub fn fold(
             event: s.event_type.clone(),
             summary: summary(own.unwrap_or(anchor), before, e, groups),
         });
-        objects.apply(&m, e);
         ledger.apply(&m, e);
+        objects.apply(&m, e.clone());
     }
     let pick = |f: &dyn Fn(&str) -> bool| names.iter().find(|n| f(n)).cloned();
     let record = pick(&|n| objects.objects.contains_key(n))

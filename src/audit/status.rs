@@ -587,7 +587,7 @@ mod tests {
                     instance: inst,
                     recorded_at_us: T0 + i as i64 * S,
                 },
-                e,
+                e.clone(),
             );
         }
         st

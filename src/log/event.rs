@@ -352,55 +352,6 @@ pub struct ObjectChanged {
     pub members_removed: Vec<String>,
 }
 
-/// [`ObjectChanged`] with its strings borrowed from the payload where they have no escapes:
-/// replay decodes it without allocating, and makes it owned only when it applies (see
-/// [`ObjectChangedRef::decode`]).
-pub use borrowed::ObjectChanged as ObjectChangedRef;
-
-/// Named as the owned struct, so that its decoding errors read the same.
-mod borrowed {
-    use serde::Deserialize;
-
-    use super::{AttrsRef, Text};
-
-    #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-    pub struct ObjectChanged<'a> {
-        #[serde(borrow)]
-        pub anchor: Text<'a>,
-        #[serde(default, borrow)]
-        pub dn: Option<Text<'a>>,
-        #[serde(default, borrow)]
-        pub set: AttrsRef<'a>,
-        #[serde(default, borrow)]
-        pub removed: Vec<Text<'a>>,
-        #[serde(default, borrow)]
-        pub members_added: Vec<Text<'a>>,
-        #[serde(default, borrow)]
-        pub members_removed: Vec<Text<'a>>,
-    }
-}
-
-impl<'a> ObjectChangedRef<'a> {
-    /// Decode a stored `ObjectChanged` payload: accepts and refuses exactly what
-    /// [`Event::decode`] does, with the same errors.
-    pub fn decode(schema_version: u32, payload: &'a str) -> Result<ObjectChangedRef<'a>> {
-        check_schema_version(schema_version)?;
-        serde_json::from_str(payload).map_err(|e| bad_payload("ObjectChanged", schema_version, e))
-    }
-
-    pub fn into_owned(self) -> ObjectChanged {
-        let strings = |v: Vec<Text<'_>>| v.into_iter().map(Text::into_owned).collect();
-        ObjectChanged {
-            anchor: self.anchor.into_owned(),
-            dn: self.dn.map(Text::into_owned),
-            set: self.set.into_owned(),
-            removed: strings(self.removed),
-            members_added: strings(self.members_added),
-            members_removed: strings(self.members_removed),
-        }
-    }
-}
-
 fn check_schema_version(schema_version: u32) -> Result<()> {
     if schema_version > SCHEMA_VERSION {
         return Err(Error::SchemaTooNew {
@@ -1085,43 +1036,6 @@ mod tests {
         assert!(matches!(
             Event::decode("Nope", 1, "{}"),
             Err(Error::BadInput(_))
-        ));
-    }
-
-    #[test]
-    fn borrowed_change_decodes_as_the_owned_one() {
-        let payloads = [
-            r#"{"anchor":"a"}"#,
-            r#"{"anchor":"a\u00e9b","dn":"CN=\"x\",DC=y"}"#,
-            r#"{"anchor":"a","dn":null,"set":{}}"#,
-            r#"{"anchor":"a","set":{"cn":["x","y"],"photo":[{"b64":"/wAB"}],"e":[]}}"#,
-            r#"{"anchor":"a","set":{"cn":["x"],"cn":["z\n"]},"removed":["sn","sn"]}"#,
-            r#"{"anchor":"a","members_added":["b","c"],"members_removed":["d"],"x":1}"#,
-            r#"{"anchor":"a","set":{"cn":"x"}}"#,
-            r#"{"anchor":"a","set":{"cn":[1]}}"#,
-            r#"{"anchor":"a","set":{"p":[{"b64":"!!"}]}}"#,
-            r#"{"anchor":"a","set":{"p":[{"c":"x"}]}}"#,
-            r#"{"anchor":"a","set":null}"#,
-            r#"{"anchor":"a","anchor":"b"}"#,
-            r#"{"dn":"x"}"#,
-            r#"{"anchor":7}"#,
-            r#"{"anchor":"a""#,
-            r#"[]"#,
-            r#"["a",null,{"cn":["x"]}]"#,
-        ];
-        for p in payloads {
-            let owned = Event::decode("ObjectChanged", SCHEMA_VERSION, p);
-            let borrowed = ObjectChangedRef::decode(SCHEMA_VERSION, p)
-                .map(|c| Event::ObjectChanged(c.into_owned()));
-            match (owned, borrowed) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b, "{p}"),
-                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{p}"),
-                (a, b) => panic!("{p}: {a:?} vs {b:?}"),
-            }
-        }
-        assert!(matches!(
-            ObjectChangedRef::decode(SCHEMA_VERSION + 1, r#"{"anchor":"a"}"#),
-            Err(Error::SchemaTooNew { .. })
         ));
     }
 

@@ -685,7 +685,7 @@ mod tests {
                 instance: "a",
                 recorded_at_us: self.seq as i64,
             };
-            self.state.apply(&m, &e);
+            self.state.apply(&m, e);
             self
         }
         fn user(self, anchor: &str, upn: &str) -> Given {

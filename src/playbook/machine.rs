@@ -191,7 +191,7 @@ mod tests {
                     instance: inst,
                     recorded_at_us: i as i64,
                 },
-                e,
+                e.clone(),
             );
         }
         s

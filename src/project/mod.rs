@@ -13,8 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::log::event::{
-    AttrValue, AttrValueRef, Attrs, DeletionEvidence, Event, ExportOp, FailureReason,
-    ObjectChangedRef, ObjectKind, SourceObject, Values,
+    Attrs, DeletionEvidence, Event, ExportOp, FailureReason, ObjectKind, SourceObject,
 };
 use crate::target::Mapped;
 
@@ -69,17 +68,6 @@ pub struct ObjectRecord {
 impl ObjectRecord {
     pub fn live(&self) -> bool {
         self.deletion.is_none()
-    }
-    fn from_source(o: &SourceObject, at: At, first_seen: At) -> ObjectRecord {
-        ObjectRecord {
-            kind: o.kind,
-            dn: o.dn.clone(),
-            attrs: o.attrs.clone(),
-            members: o.members.clone(),
-            first_seen,
-            last_changed: at,
-            deletion: None,
-        }
     }
 }
 
@@ -171,90 +159,9 @@ pub struct AnchorChange {
 }
 
 impl SourceObjects {
-    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
-        match e {
-            Event::ObjectImported(i) => {
-                if let Some(r) = self.objects.get(&i.object.anchor) {
-                    renamed(&mut self.former_dns, &i.object.anchor, &r.dn, &i.object.dn);
-                }
-                let first = self
-                    .objects
-                    .get(&i.object.anchor)
-                    .map_or(At::from(m), |r| r.first_seen);
-                self.objects.insert(
-                    i.object.anchor.clone(),
-                    Box::new(ObjectRecord::from_source(&i.object, m.into(), first)),
-                );
-            }
-            Event::ObjectChanged(c) => {
-                if let Some(r) = self.objects.get_mut(&c.anchor) {
-                    if let Some(dn) = &c.dn {
-                        renamed(&mut self.former_dns, &c.anchor, &r.dn, dn);
-                        r.dn.clone_from(dn);
-                    }
-                    for (k, v) in &c.set {
-                        r.attrs.insert(k.clone(), v.clone());
-                    }
-                    for k in &c.removed {
-                        r.attrs.remove(k);
-                    }
-                    for a in &c.members_added {
-                        r.members.insert(a.clone());
-                    }
-                    for a in &c.members_removed {
-                        r.members.remove(a);
-                    }
-                    r.last_changed = m.into();
-                }
-            }
-            Event::ObjectDeleted(d) => {
-                if let Some(r) = self.objects.get_mut(&d.anchor) {
-                    r.deletion = Some(Deletion {
-                        evidence: d.evidence.clone(),
-                        at: m.into(),
-                        instance: m.instance.to_string(),
-                    });
-                }
-            }
-            Event::ImportCompleted(i) if i.full => self.last_full_import = Some(m.into()),
-            Event::AnchorRecorded(a) => {
-                self.anchor_attribute = Some(a.attribute.clone());
-                self.anchor_history.push(AnchorChange {
-                    at: m.into(),
-                    instance: m.instance.to_string(),
-                    from: None,
-                    to: a.attribute.clone(),
-                    migrated: false,
-                    rekeyed: 0,
-                    unpaired: 0,
-                });
-            }
-            Event::EffectiveConfigRecorded(c) => {
-                self.effective = Some(EffectiveRecord {
-                    at: m.into(),
-                    instance: m.instance.to_string(),
-                    event: c.clone(),
-                });
-            }
-            Event::AnchorsMigrated(a) => {
-                self.anchor_attribute = Some(a.to.clone());
-                self.anchor_history.push(AnchorChange {
-                    at: m.into(),
-                    instance: m.instance.to_string(),
-                    from: a.from.clone(),
-                    to: a.to.clone(),
-                    migrated: true,
-                    rekeyed: a.rekeyed.len() as u64,
-                    unpaired: a.unpaired.len() as u64,
-                });
-            }
-            _ => {}
-        }
-    }
-
-    /// [`apply`](Self::apply) for an event the caller gives up: its values move into the
-    /// projection instead of being cloned. The result is the same.
-    pub fn apply_owned(&mut self, m: &Meta<'_>, e: Event) {
+    /// The fold step of the source objects. It takes the event: its values move into the
+    /// projection (a caller that keeps the event gives a clone).
+    pub fn apply(&mut self, m: &Meta<'_>, e: Event) {
         match e {
             Event::ObjectImported(i) => {
                 let SourceObject {
@@ -317,7 +224,7 @@ impl SourceObjects {
                     });
                 }
             }
-            other => self.apply(m, &other),
+            other => self.apply_other(m, &other),
         }
     }
 
@@ -328,61 +235,44 @@ impl SourceObjects {
             .map(|(a, r)| (a, &**r))
     }
 
-    /// [`apply_owned`](Self::apply_owned) of an `ObjectChanged` (the only projection it concerns),
-    /// from the borrowed event: values are copied into the object's existing strings where it has
-    /// them, so that a change allocates only what the object gains. The result is the same.
-    pub(crate) fn apply_changed(&mut self, at: At, c: ObjectChangedRef<'_>) {
-        let Some(r) = self.objects.get_mut(c.anchor.as_str()) else {
-            return;
-        };
-        if let Some(dn) = c.dn {
-            renamed(&mut self.former_dns, c.anchor.as_str(), &r.dn, dn.as_str());
-            r.dn.clear();
-            r.dn.push_str(dn.as_str());
-        }
-        for (k, v) in c.set.0 {
-            match r.attrs.get_mut(k.as_str()) {
-                Some(old) => assign_values(old, v),
-                None => {
-                    r.attrs.insert(
-                        k.as_str(),
-                        v.into_iter()
-                            .map(AttrValueRef::into_owned)
-                            .collect::<Values>(),
-                    );
-                }
+    /// The events other than a source object's.
+    fn apply_other(&mut self, m: &Meta<'_>, e: &Event) {
+        match e {
+            Event::ImportCompleted(i) if i.full => self.last_full_import = Some(m.into()),
+            Event::AnchorRecorded(a) => {
+                self.anchor_attribute = Some(a.attribute.clone());
+                self.anchor_history.push(AnchorChange {
+                    at: m.into(),
+                    instance: m.instance.to_string(),
+                    from: None,
+                    to: a.attribute.clone(),
+                    migrated: false,
+                    rekeyed: 0,
+                    unpaired: 0,
+                });
             }
-        }
-        for k in &c.removed {
-            r.attrs.remove(k.as_str());
-        }
-        for a in c.members_added {
-            if !r.members.contains(a.as_str()) {
-                r.members.insert(a.into_owned());
+            Event::EffectiveConfigRecorded(c) => {
+                self.effective = Some(EffectiveRecord {
+                    at: m.into(),
+                    instance: m.instance.to_string(),
+                    event: c.clone(),
+                });
             }
-        }
-        for a in &c.members_removed {
-            r.members.remove(a.as_str());
-        }
-        r.last_changed = at;
-    }
-}
-
-/// `*old = new` (made owned), reusing `old`'s strings for text values.
-fn assign_values(old: &mut Values, new: Vec<AttrValueRef<'_>>) {
-    old.truncate(new.len());
-    let kept = old.len();
-    let mut new = new.into_iter();
-    for (o, n) in old.iter_mut().zip(new.by_ref().take(kept)) {
-        match (&mut *o, &n) {
-            (AttrValue::Text(t), AttrValueRef::Text(s)) => {
-                t.clear();
-                t.push_str(s);
+            Event::AnchorsMigrated(a) => {
+                self.anchor_attribute = Some(a.to.clone());
+                self.anchor_history.push(AnchorChange {
+                    at: m.into(),
+                    instance: m.instance.to_string(),
+                    from: a.from.clone(),
+                    to: a.to.clone(),
+                    migrated: true,
+                    rekeyed: a.rekeyed.len() as u64,
+                    unpaired: a.unpaired.len() as u64,
+                });
             }
-            _ => *o = n.into_owned(),
+            _ => {}
         }
     }
-    old.extend(new.map(AttrValueRef::into_owned));
 }
 
 /// How we came to own a target object.
@@ -1187,24 +1077,16 @@ pub struct State {
 }
 
 impl State {
-    /// The fold step: apply one event to every projection.
-    pub fn apply(&mut self, m: &Meta<'_>, e: &Event) {
-        self.objects.apply(m, e);
-        self.ledger.apply(m, e);
-        self.control.apply(m, e);
-        self.sync_history.apply(m, e);
-        self.seq = m.seq;
-    }
-
-    /// [`apply`](Self::apply) for an event the caller gives up (replay): source objects take
-    /// the event's values instead of cloning them. The result is the same.
-    pub fn apply_owned(&mut self, m: &Meta<'_>, e: Event) {
+    /// The fold step: apply one event to every projection. Replay is a fold of this over the
+    /// log. It takes the event, so that the source objects keep its values (a caller that
+    /// keeps the event gives a clone).
+    pub fn apply(&mut self, m: &Meta<'_>, e: Event) {
         // Each projection reads only the event and changes only itself, so the order of
         // the calls does not matter: the one that takes the event goes last.
         self.ledger.apply(m, &e);
         self.control.apply(m, &e);
         self.sync_history.apply(m, &e);
-        self.objects.apply_owned(m, e);
+        self.objects.apply(m, e);
         self.seq = m.seq;
     }
 
@@ -1520,8 +1402,8 @@ mod tests {
     }
 
     #[test]
-    fn a_rename_leaves_the_old_dn_naming_the_object_by_every_fold() {
-        use crate::log::event::{ObjectChanged, ObjectImported, SourceObject, SCHEMA_VERSION};
+    fn a_rename_leaves_the_old_dn_naming_the_object() {
+        use crate::log::event::{ObjectChanged, ObjectImported, SourceObject};
         let m = Meta {
             seq: 1,
             instance: "a",
@@ -1547,38 +1429,25 @@ mod tests {
             members_added: Vec::new(),
             members_removed: Vec::new(),
         };
-        let payload = serde_json::to_string(&changed).unwrap();
         let want = BTreeMap::from([(
             "cn=ann,ou=staff,dc=x".to_string(),
             BTreeSet::from(["g1".to_string()]),
         )]);
-        // Borrowed, owned, and in place from the payload: the same projection.
-        let mut folds = Vec::new();
-        for way in 0..3 {
-            let mut o = SourceObjects::default();
-            o.apply(&m, &imported("CN=Ann,OU=Staff,DC=x"));
-            match way {
-                0 => o.apply(&m, &Event::ObjectChanged(changed.clone())),
-                1 => o.apply_owned(&m, Event::ObjectChanged(changed.clone())),
-                _ => o.apply_changed(
-                    At::from(&m),
-                    ObjectChangedRef::decode(SCHEMA_VERSION, &payload).unwrap(),
-                ),
-            }
-            assert_eq!(o.former_dns, want, "fold {way}");
-            assert_eq!(o.formerly("cn=ANN, ou=Staff,dc=x"), Some("g1"));
-            assert_eq!(o.formerly("CN=Ann B,OU=Staff,DC=x"), None);
-            folds.push(o);
-        }
+        let mut o = SourceObjects::default();
+        o.apply(&m, imported("CN=Ann,OU=Staff,DC=x"));
+        o.apply(&m, Event::ObjectChanged(changed));
+        assert_eq!(o.former_dns, want);
+        assert_eq!(o.formerly("cn=ANN, ou=Staff,dc=x"), Some("g1"));
+        assert_eq!(o.formerly("CN=Ann B,OU=Staff,DC=x"), None);
         // A full import that finds the object under another name records it too; the
         // same name (any spelling) is no rename.
         let mut o = SourceObjects::default();
-        o.apply(&m, &imported("CN=Ann,OU=Staff,DC=x"));
-        o.apply_owned(&m, imported("cn=ann,ou=staff,dc=x"));
+        o.apply(&m, imported("CN=Ann,OU=Staff,DC=x"));
+        o.apply(&m, imported("cn=ann,ou=staff,dc=x"));
         assert!(o.former_dns.is_empty());
-        o.apply_owned(&m, imported("CN=Ann B,OU=Staff,DC=x"));
+        o.apply(&m, imported("CN=Ann B,OU=Staff,DC=x"));
         assert_eq!(o.former_dns, want);
-        o.apply(&m, &imported("CN=Ann C,OU=Staff,DC=x"));
+        o.apply(&m, imported("CN=Ann C,OU=Staff,DC=x"));
         assert_eq!(o.formerly("CN=Ann B,OU=Staff,DC=x"), Some("g1"));
         // Deleted, it names nothing; two live objects once of one name: no guess.
         let mut two = o.clone();
@@ -1588,7 +1457,7 @@ mod tests {
         )]));
         two.apply(
             &m,
-            &Event::ObjectImported(ObjectImported {
+            Event::ObjectImported(ObjectImported {
                 object: SourceObject {
                     anchor: "g2".into(),
                     kind: ObjectKind::User,
@@ -1602,7 +1471,7 @@ mod tests {
         assert_eq!(two.formerly("CN=Ann B,OU=Staff,DC=x"), None);
         o.apply(
             &m,
-            &Event::ObjectDeleted(crate::log::event::ObjectDeleted {
+            Event::ObjectDeleted(crate::log::event::ObjectDeleted {
                 anchor: "g1".into(),
                 evidence: crate::log::event::DeletionEvidence::SyncDelete {
                     phase: "delete".into(),

@@ -17,9 +17,8 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use tokio::task::JoinHandle;
 
-use super::{At, Control, FastMap, Meta, ObjectRecord, SourceObjects, State};
+use super::{Control, FastMap, Meta, ObjectRecord, SourceObjects, State};
 use crate::error::{Error, Result};
-use crate::log::event::ObjectChangedRef;
 use crate::log::hash::{EventRef, FoldRef, Link};
 use crate::log::store::Snapshot;
 use crate::log::{
@@ -267,13 +266,6 @@ struct RawEvent {
 }
 
 impl RawEvent {
-    fn at(&self) -> At {
-        At {
-            seq: self.seq,
-            at_us: self.recorded_at_us,
-        }
-    }
-
     fn meta<'a>(&self, instance: &'a str) -> Meta<'a> {
         Meta {
             seq: self.seq,
@@ -321,8 +313,7 @@ impl RawPage {
     }
 }
 
-/// The event types of one source object: the split fold routes all three by anchor, and
-/// `CHANGED` is decoded borrowing.
+/// The event types of one source object: the split fold routes all three by anchor.
 const CHANGED: &str = "ObjectChanged";
 const IMPORTED: &str = "ObjectImported";
 const DELETED: &str = "ObjectDeleted";
@@ -387,16 +378,8 @@ fn fold_page(state: &mut State, page: &RawPage, until: Until) -> Result<ControlF
             return Ok(ControlFlow::Break(()));
         }
         let (event_type, instance, payload) = page.strs(e);
-        if event_type == CHANGED {
-            // Decoded borrowing its strings, which are copied into the object's own
-            // (`ObjectChanged` concerns no other projection).
-            let c = ObjectChangedRef::decode(e.schema_version, payload)?;
-            state.objects.apply_changed(e.at(), c);
-        } else {
-            let event = Event::decode(event_type, e.schema_version, payload)?;
-            state.apply_owned(&e.meta(instance), event);
-        }
-        state.seq = e.seq;
+        let event = Event::decode(event_type, e.schema_version, payload)?;
+        state.apply(&e.meta(instance), event);
     }
     Ok(ControlFlow::Continue(()))
 }
@@ -559,13 +542,8 @@ fn fold_second_half(
         {
             let (event_type, instance, payload) = page.strs(e);
             // Only events of one source object come here: they concern no other projection.
-            if event_type == CHANGED {
-                let c = ObjectChangedRef::decode(e.schema_version, payload)?;
-                objects.apply_changed(e.at(), c);
-            } else {
-                let event = Event::decode(event_type, e.schema_version, payload)?;
-                objects.apply_owned(&e.meta(instance), event);
-            }
+            let event = Event::decode(event_type, e.schema_version, payload)?;
+            objects.apply(&e.meta(instance), event);
             seq = e.seq;
         }
         page.clear();
@@ -851,7 +829,7 @@ pub fn fold_appended(store: &AnyStore, base: Arc<State>, instance: &str) -> (Kee
                     instance: &instance,
                     recorded_at_us: part.recorded_at_us,
                 };
-                state.apply_owned(&meta, e);
+                state.apply(&meta, e);
             }
         }
         // The refresh after a large import stores a snapshot: it is encoded here, while
@@ -1201,7 +1179,7 @@ pub async fn state_of(store: &AnyStore, anchors: &[String]) -> Result<State> {
             instance: &e.instance,
             recorded_at_us: e.recorded_at_us,
         };
-        state.apply(&m, &event);
+        state.apply(&m, event);
     }
     Ok(state)
 }
@@ -1219,13 +1197,6 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::log::event::{
-        AttrValue, Attrs, ObjectChanged, ObjectImported, ObjectKind, SourceObject,
-    };
-
-    fn text(v: &str) -> AttrValue {
-        AttrValue::Text(v.into())
-    }
 
     /// The page reader finds an object event's anchor without decoding when the payload
     /// is spelled as dirsync writes it, and by decoding otherwise: both split alike.
@@ -1265,86 +1236,5 @@ mod tests {
         let cursor = r#"{"kind":"dirsync","cookie":"x"}"#;
         assert!(!split("CursorAdvanced", cursor).unwrap());
         assert!(split(CHANGED, r#"{"anchor":"unterminated"#).is_err());
-    }
-
-    /// The fold's borrowed `ObjectChanged` gives the state `State::apply_owned` gives.
-    #[test]
-    fn borrowed_change_applies_as_the_owned_one() {
-        let mut base = State::default();
-        let m = Meta {
-            seq: 1,
-            instance: "i",
-            recorded_at_us: 10,
-        };
-        base.apply_owned(
-            &m,
-            Event::ObjectImported(ObjectImported {
-                object: SourceObject {
-                    anchor: "a".into(),
-                    kind: ObjectKind::Group,
-                    dn: "CN=a".into(),
-                    attrs: Attrs::from([
-                        ("cn".into(), vec![text("a")]),
-                        ("mail".into(), vec![text("x"), text("y"), text("z")]),
-                        ("photo".into(), vec![AttrValue::Binary { b64: vec![1, 2] }]),
-                        ("sn".into(), vec![text("s")]),
-                    ]),
-                    members: BTreeSet::from(["m1".into(), "m2".into()]),
-                },
-                returned: false,
-            }),
-        );
-        let changes = [
-            ObjectChanged {
-                anchor: "a".into(),
-                dn: Some("CN=b, a longer name".into()),
-                set: Attrs::from([
-                    ("cn".into(), vec![text("b")]),
-                    (
-                        "mail".into(),
-                        vec![AttrValue::Binary { b64: vec![3] }, text("w")],
-                    ),
-                    ("photo".into(), vec![text("p"), text("q")]),
-                    ("new".into(), vec![text("n")]),
-                    ("sn".into(), vec![]),
-                ]),
-                removed: vec!["sn".into(), "cn".into(), "none".into()],
-                members_added: vec!["m2".into(), "m3".into()],
-                members_removed: vec!["m1".into(), "m9".into()],
-            },
-            ObjectChanged {
-                anchor: "a".into(),
-                set: Attrs::from([("mail".into(), vec![text("1"), text("2"), text("3")])]),
-                ..Default::default()
-            },
-            ObjectChanged {
-                anchor: "unknown".into(),
-                dn: Some("x".into()),
-                set: Attrs::from([("cn".into(), vec![text("b")])]),
-                ..Default::default()
-            },
-        ];
-        for c in changes {
-            let event = Event::ObjectChanged(c);
-            let payload = event.payload();
-            let m = Meta {
-                seq: 2,
-                instance: "j",
-                recorded_at_us: 20,
-            };
-            let mut want = base.clone();
-            want.apply_owned(&m, event);
-            let mut got = base.clone();
-            let c = ObjectChangedRef::decode(1, &payload).unwrap();
-            got.objects.apply_changed(
-                At {
-                    seq: m.seq,
-                    at_us: m.recorded_at_us,
-                },
-                c,
-            );
-            got.seq = m.seq;
-            assert_eq!(got, want, "{payload}");
-        }
     }
 }

@@ -760,7 +760,7 @@ mod tests {
         for (anchor, dn) in objects {
             s.apply(
                 &meta(),
-                &Event::ObjectImported(ObjectImported {
+                Event::ObjectImported(ObjectImported {
                     object: SourceObject {
                         anchor: anchor.to_string(),
                         kind: ObjectKind::User,
@@ -775,7 +775,7 @@ mod tests {
         for a in owned {
             s.apply(
                 &meta(),
-                &Event::ExportApplied(ExportApplied {
+                Event::ExportApplied(ExportApplied {
                     epoch: 1,
                     anchor: a.to_string(),
                     kind: ObjectKind::User,
@@ -873,7 +873,7 @@ mod tests {
                 instance: "i",
                 recorded_at_us: 0,
             },
-            &Event::AnchorsMigrated(AnchorsMigrated {
+            Event::AnchorsMigrated(AnchorsMigrated {
                 from: Some("nsUniqueId".into()),
                 to: "entryUUID".into(),
                 rekeyed: vec![Rekey {
@@ -909,7 +909,7 @@ mod tests {
                 instance: "i",
                 recorded_at_us: 0,
             },
-            &Event::ObjectDeleted(crate::log::event::ObjectDeleted {
+            Event::ObjectDeleted(crate::log::event::ObjectDeleted {
                 anchor: "c".into(),
                 evidence: crate::log::event::DeletionEvidence::AbsentFromFullImport {
                     run_id: "r".into(),

@@ -277,7 +277,7 @@ mod tests {
             instance: "a",
             recorded_at_us: seq as i64 * 1_000_000,
         };
-        s.apply(&m, &e);
+        s.apply(&m, e);
     }
 
     fn held(hash: &str, anchors: &[&str]) -> Event {

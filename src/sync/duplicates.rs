@@ -278,7 +278,7 @@ mod tests {
                 instance: "i",
                 recorded_at_us: at_us,
             };
-            state.apply(&m, &e);
+            state.apply(&m, e);
         };
         let established = |epoch| {
             Event::SyncRelationshipEstablished(SyncRelationshipEstablished {

@@ -772,7 +772,7 @@ pub(crate) fn with_planned(state: &State, imported: &ImportReport, instance: &st
                 instance,
                 recorded_at_us: now,
             },
-            e,
+            e.clone(),
         );
     }
     state

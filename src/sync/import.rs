@@ -165,7 +165,7 @@ fn overlay(current: &SourceObjects, events: &[Event], mut work: SourceObjects) -
             instance: "",
             recorded_at_us: 0,
         };
-        work.apply(&m, e);
+        work.apply(&m, e.clone());
     }
     work
 }
@@ -598,7 +598,7 @@ fn delta_events_judged(
                                 .or_insert_with(|| r.clone());
                         }
                     }
-                    work.apply(&m, e);
+                    work.apply(&m, e.clone());
                 }
                 continue;
             }
@@ -751,7 +751,7 @@ fn delta_events_judged(
                 instance: "",
                 recorded_at_us: 0,
             };
-            work.apply(&m, e);
+            work.apply(&m, e.clone());
         }
     }
     if !scope.member_of().is_empty() {
@@ -826,7 +826,7 @@ mod tests {
                     instance: "i",
                     recorded_at_us: 0,
                 },
-                e,
+                e.clone(),
             );
         }
     }

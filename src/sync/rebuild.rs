@@ -63,7 +63,7 @@ pub fn rebuild_plan(state: &State, opts: &RebuildOptions, now_us: i64) -> Plan {
             instance: &opts.instance,
             recorded_at_us: now_us,
         },
-        &Event::TargetReset(TargetReset {
+        Event::TargetReset(TargetReset {
             reason: opts.reason(),
         }),
     );

@@ -271,7 +271,7 @@ mod tests {
                 instance: "a",
                 recorded_at_us: 0,
             };
-            self.state.apply(&m, &e);
+            self.state.apply(&m, e);
             self
         }
         fn user(self, anchor: &str, mail: &str, title: &str) -> Given {

@@ -430,7 +430,7 @@ pub(crate) async fn import_run(
                             instance: &opts.instance,
                             recorded_at_us: 0,
                         };
-                        objects.apply(&m, e);
+                        objects.apply(&m, e.clone());
                     }
                     (objects, events, left)
                 })

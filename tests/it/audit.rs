@@ -688,7 +688,7 @@ async fn replay_at_every_tenth_seq_equals_the_recorded_projections(backend: Back
                 instance: &e.instance,
                 recorded_at_us: e.recorded_at_us,
             };
-            live.apply(&meta, &e.decode().unwrap());
+            live.apply(&meta, e.decode().unwrap());
             recorded.push(live.clone());
         }
         // What commands do: refresh the stored projections (and the checkpoints).

@@ -605,7 +605,7 @@ fn check_single_writer(events: &[dirsync::log::StoredEvent]) {
                 instance: &e.instance,
                 recorded_at_us: e.recorded_at_us,
             },
-            &ev,
+            ev,
         );
     }
     let twice: Vec<_> = creates.iter().filter(|(_, n)| **n > 1).collect();
