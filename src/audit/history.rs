@@ -876,8 +876,6 @@ mod tests {
 
     #[test]
     fn what_if_lists_references_that_would_name_no_object() {
-        const MANAGER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
-        const EXPR: &str = "has(src.manager) ? src.manager[0] : null";
         let mut l = Log::new();
         let text = |s: &str| vec![AttrValue::Text(s.into())];
         // b1's manager a1 is in ou=p; b2's is nobody the log knows.
@@ -901,17 +899,8 @@ mod tests {
                 }),
             );
         }
-        let mapping = Mapping::compile(
-            crate::config::SourceKind::Openldap,
-            crate::config::TargetKind::Scim,
-            &[crate::plan::mapping::RawRule {
-                key: MANAGER.into(),
-                expr: EXPR.into(),
-                line: 1,
-            }],
-            &[],
-        )
-        .unwrap();
+        let mapping =
+            crate::plan::mapping::testkit::with_manager(crate::config::SourceKind::Openldap);
         // Everything in scope: only b2's manager names no object.
         let all = what_if(&l.state, &Scope::new("dc=t", &[], &[]), &mapping);
         let unresolved = |w: &WhatIf| {

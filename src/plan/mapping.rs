@@ -1351,6 +1351,30 @@ pub fn resolve_group(
     )
 }
 
+/// A mapping with a `manager` reference, for the unit tests of the plan and the audit.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use super::{Mapping, RawRule};
+    use crate::config::{SourceKind, TargetKind};
+
+    pub const MANAGER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
+    pub const EXPR: &str = "has(src.manager) ? src.manager[0] : null";
+
+    /// The default mapping of `source` into SCIM, plus the enterprise `manager` from the
+    /// source's first `manager` value.
+    pub fn with_manager(source: SourceKind) -> Mapping {
+        let rule = RawRule {
+            key: MANAGER.into(),
+            expr: EXPR.into(),
+            line: 1,
+        };
+        match Mapping::compile(source, TargetKind::Scim, &[rule], &[]) {
+            Ok(m) => m,
+            Err(e) => panic!("the manager mapping compiles: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

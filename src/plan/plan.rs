@@ -957,19 +957,8 @@ mod tests {
 
     #[test]
     fn a_reference_naming_no_object_is_left_out_and_reported_one_not_yet_exported_waits() {
-        const MANAGER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
-        const EXPR: &str = "has(src.manager) ? src.manager[0] : null";
-        let mapping = Mapping::compile(
-            SourceKind::Ad,
-            TargetKind::Scim,
-            &[crate::plan::mapping::RawRule {
-                key: MANAGER.into(),
-                expr: EXPR.into(),
-                line: 1,
-            }],
-            &[],
-        )
-        .unwrap();
+        use crate::plan::mapping::testkit::{with_manager, EXPR, MANAGER};
+        let mapping = with_manager(SourceKind::Ad);
         let g = Given::new()
             .user("a1", "ann@t")
             // By DN (spelt otherwise), by anchor, a live user not exported yet, nobody, a
