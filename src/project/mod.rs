@@ -1,7 +1,14 @@
 //! Projections: everything but the log is a fold of the log.
 //!
-//! Each projection has a pure `apply(&mut self, &Meta, &Event)`; [`State`] holds them all and
-//! is what replay rebuilds, snapshots store, and commands read.
+//! Each projection has one pure `apply(&mut self, &Meta, event)`; [`State`] holds them all,
+//! and [`State::apply`] is the fold step: replay folds it over the log, snapshots store its
+//! result, and commands read that. The source objects take the event by value (their values
+//! move in); the small projections read it by reference.
+//!
+//! Reading the state (see [`replay`]): [`replay::refresh`] for the current state,
+//! [`replay::state_at`] for the state as of a point of the log, [`replay::control`] for the
+//! control projections alone (one stored row), [`replay::state_of`] for what the projections
+//! hold of a few objects.
 
 pub mod carry;
 pub mod replay;
