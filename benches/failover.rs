@@ -102,23 +102,17 @@ async fn main() {
     let url = lab::pg_database().await;
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    std::fs::write(dir.join("pw"), samba.password()).expect("pw");
-    std::fs::write(dir.join("token"), scim.token()).expect("token");
-    std::fs::write(
-        dir.join("dirsync.toml"),
-        format!(
-            "[store]\nurl = \"{url}\"\n[source]\nkind = \"ad\"\nurl = \"{}\"\n\
-             bind_dn = \"{}\"\npassword_file = \"pw\"\nbase_dn = \"DC=test,DC=lan\"\n\
-             include = [\"{OU}\"]\n[target]\nkind = \"scim\"\nurl = \"{}\"\n\
-             token_file = \"token\"\n[sync]\ndeletion_threshold = \"5%\"\ninterval = \"30s\"\n\
-             lease = \"5s\"\n[ha]\nheartbeat = \"1s\"\nfailover_after = \"{FAILOVER_AFTER_S}s\"\n",
-            samba.url(),
-            samba.bind_dn(),
-            scim.base_url()
+    common::ad_into_scim(
+        dir,
+        &samba,
+        &scim,
+        OU,
+        &url,
+        &format!(
+            "interval = \"30s\"\nlease = \"5s\"\n[ha]\nheartbeat = \"1s\"\n\
+             failover_after = \"{FAILOVER_AFTER_S}s\"\n"
         ),
-    )
-    .expect("config");
-    dirsync(dir, &["init"]);
+    );
     let all: Vec<String> = {
         let mut v: Vec<String> = (0..users).map(|j| format!("user{j}@test.lan")).collect();
         v.sort();
@@ -139,11 +133,7 @@ async fn main() {
     let killed = Instant::now();
     let _ = a.wait();
     let deleted = users * pct / 100;
-    let mut ldif = String::new();
-    for j in 0..deleted {
-        ldif.push_str(&format!("dn: CN=user{j},{OU}\nchangetype: delete\n\n"));
-    }
-    samba.ldapmodify(&ldif).await;
+    common::delete_ad_users(&samba, OU, deleted).await;
     let mut want: Vec<String> = (deleted..users)
         .map(|j| format!("user{j}@test.lan"))
         .collect();

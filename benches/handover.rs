@@ -23,31 +23,12 @@ async fn main() {
     common::load_ad_users(&samba, OU, users).await;
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    std::fs::write(dir.join("pw"), samba.password()).expect("pw");
-    std::fs::write(dir.join("token"), scim.token()).expect("token");
-    std::fs::write(
-        dir.join("dirsync.toml"),
-        format!(
-            "[store]\nurl = \"sqlite://log.db\"\n[source]\nkind = \"ad\"\nurl = \"{}\"\n\
-             bind_dn = \"{}\"\npassword_file = \"pw\"\nbase_dn = \"DC=test,DC=lan\"\n\
-             include = [\"{OU}\"]\n[target]\nkind = \"scim\"\nurl = \"{}\"\n\
-             token_file = \"token\"\n[sync]\ndeletion_threshold = \"5%\"\n",
-            samba.url(),
-            samba.bind_dn(),
-            scim.base_url()
-        ),
-    )
-    .expect("config");
-    dirsync(dir, &["init"]);
+    common::ad_into_scim(dir, &samba, &scim, OU, "sqlite://log.db", "");
     eprintln!("the old instance's first sync (creates {users} users) ...");
     let t_first = dirsync(dir, &["sync", "--instance", "old"]);
     dirsync(dir, &["instance", "stop", "old"]);
     let deleted = users * pct / 100;
-    let mut ldif = String::new();
-    for j in 0..deleted {
-        ldif.push_str(&format!("dn: CN=user{j},{OU}\nchangetype: delete\n\n"));
-    }
-    samba.ldapmodify(&ldif).await;
+    common::delete_ad_users(&samba, OU, deleted).await;
     eprintln!("handover (new-computer) ...");
     let t_handover = dirsync(
         dir,

@@ -53,3 +53,41 @@ pub async fn load_ad_users(samba: &super::lab::Samba, ou: &str, users: u64) {
         i += 2000;
     }
 }
+
+/// A dirsync directory syncing the OU `ou` of `samba` into `scim`: the password and token
+/// files, `dirsync.toml` with the store at `store_url` (`deletion_threshold = "5%"`, then
+/// `extra`, which goes on in `[sync]`), and `dirsync init`.
+pub fn ad_into_scim(
+    dir: &std::path::Path,
+    samba: &super::lab::Samba,
+    scim: &super::lab::Scim,
+    ou: &str,
+    store_url: &str,
+    extra: &str,
+) {
+    std::fs::write(dir.join("pw"), samba.password()).expect("pw");
+    std::fs::write(dir.join("token"), scim.token()).expect("token");
+    std::fs::write(
+        dir.join("dirsync.toml"),
+        format!(
+            "[store]\nurl = \"{store_url}\"\n[source]\nkind = \"ad\"\nurl = \"{}\"\n\
+             bind_dn = \"{}\"\npassword_file = \"pw\"\nbase_dn = \"DC=test,DC=lan\"\n\
+             include = [\"{ou}\"]\n[target]\nkind = \"scim\"\nurl = \"{}\"\n\
+             token_file = \"token\"\n[sync]\ndeletion_threshold = \"5%\"\n{extra}",
+            samba.url(),
+            samba.bind_dn(),
+            scim.base_url()
+        ),
+    )
+    .expect("config");
+    dirsync(dir, &["init"]);
+}
+
+/// Delete `user0..user{n}` (as [`load_ad_users`] made them) from the OU `ou`.
+pub async fn delete_ad_users(samba: &super::lab::Samba, ou: &str, n: u64) {
+    let mut ldif = String::new();
+    for j in 0..n {
+        ldif.push_str(&format!("dn: CN=user{j},{ou}\nchangetype: delete\n\n"));
+    }
+    samba.ldapmodify(&ldif).await;
+}
