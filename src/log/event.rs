@@ -384,6 +384,21 @@ pub struct ImportCompleted {
     pub left_scope: u64,
 }
 
+impl ImportCompleted {
+    /// The summary of run `run_id` before it has counted anything.
+    pub fn start(run_id: &str, full: bool) -> ImportCompleted {
+        ImportCompleted {
+            run_id: run_id.to_string(),
+            full,
+            seen: 0,
+            added: 0,
+            changed: 0,
+            deleted: 0,
+            left_scope: 0,
+        }
+    }
+}
+
 /// The instance's position in the source's change stream, recorded after the changes it covers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CursorAdvanced {

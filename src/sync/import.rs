@@ -38,15 +38,7 @@ pub fn full_import_events(
     };
     gone.sort();
     let mut events = Vec::with_capacity(seen.len() + gone.len() + 1);
-    let mut summary = ImportCompleted {
-        run_id: run_id.to_string(),
-        full: true,
-        seen: 0,
-        added: 0,
-        changed: 0,
-        deleted: 0,
-        left_scope: 0,
-    };
+    let mut summary = ImportCompleted::start(run_id, true);
     for o in seen {
         let known = current.objects.get(&o.anchor);
         if !scope.contains(&o.dn) {
@@ -450,15 +442,7 @@ pub fn rescope_events(
     }
     if rescope.member_of && !scope.member_of().is_empty() {
         let work = overlay(current, &out, SourceObjects::default());
-        let mut s = ImportCompleted {
-            run_id: String::new(),
-            full: false,
-            seen: 0,
-            added: 0,
-            changed: 0,
-            deleted: 0,
-            left_scope: 0,
-        };
+        let mut s = ImportCompleted::start("", false);
         out.extend(member_of_events(current, &work, scope, &mut s));
         left += s.left_scope;
     }
@@ -515,15 +499,7 @@ fn delta_events_judged(
     // Later changes to the same object see the earlier ones: plan against a working copy.
     let mut work = SourceObjects::default();
     let mut events = Vec::new();
-    let mut s = ImportCompleted {
-        run_id: run_id.to_string(),
-        full: false,
-        seen: 0,
-        added: 0,
-        changed: 0,
-        deleted: 0,
-        left_scope: 0,
-    };
+    let mut s = ImportCompleted::start(run_id, false);
     for c in changes {
         let anchor = match c {
             Change::Upsert { object, .. } => &object.anchor,
