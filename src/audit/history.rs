@@ -339,7 +339,7 @@ pub fn what_if(state: &State, scope: &Scope, mapping: &Mapping) -> WhatIf {
 /// change.
 pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> WhatIf {
     use crate::log::event::ConfigPart;
-    use crate::plan::effective::{dn_widening, filter_change};
+    use crate::plan::effective::{dn_widening, filter_change, not_held};
     use crate::plan::filter::{self, Filter};
     let scope = other.scope;
     let mut cannot: Vec<CannotEvaluate> = Vec::new();
@@ -400,12 +400,7 @@ pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> Wha
                 say(ConfigPart::Exclude, why);
             }
         }
-        let new: Vec<&str> = o
-            .attributes
-            .iter()
-            .filter(|a| !held.contains(a))
-            .map(String::as_str)
-            .collect();
+        let new = not_held(&o.attributes, &held);
         if !new.is_empty() {
             say(
                 ConfigPart::Attributes,

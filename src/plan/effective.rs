@@ -152,6 +152,17 @@ fn extensible(f: &Filter, known: &Filter) -> Option<String> {
 
 /// Why the DN rules of `now` admit objects that those of `old` did not, if they do (one
 /// line each). The base DNs are the same.
+/// The source attributes of `wanted` that the log does not hold (`held`: those the objects
+/// were imported with), in `wanted`'s order: what a new configuration reads that the log
+/// cannot give it.
+pub fn not_held<'a>(wanted: &'a [String], held: &[String]) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .filter(|a| !held.contains(a))
+        .map(String::as_str)
+        .collect()
+}
+
 pub fn dn_widening(old: &EffectiveScope, now: &EffectiveScope) -> Vec<String> {
     let mut why = Vec::new();
     let (oi, ni) = (dn_set(&old.include), dn_set(&now.include));
@@ -253,12 +264,7 @@ pub fn decide(
                 }
             }
             ConfigPart::Attributes => {
-                let new: Vec<&str> = now
-                    .attributes
-                    .iter()
-                    .filter(|a| !held.contains(a))
-                    .map(String::as_str)
-                    .collect();
+                let new = not_held(&now.attributes, held);
                 if !new.is_empty() {
                     full.push(format!(
                         "the mapping reads {}, which the log does not hold",
