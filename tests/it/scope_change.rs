@@ -85,6 +85,14 @@ fn edit_config(lab: &E2e, edit: impl Fn(&str) -> String) -> String {
     old
 }
 
+/// `dirsync.toml` edited by `edit`, then one sync of `a` (no --full): the log's head before
+/// the sync, and the sync's report.
+async fn edit_and_sync(lab: &E2e, edit: impl Fn(&str) -> String) -> (u64, Value) {
+    let head = lab.head().await;
+    edit_config(lab, edit);
+    (head, lab.sync("a", &[]))
+}
+
 /// `replay --what-if FILE --format json` with `dirsync.toml` edited by `edit`.
 fn what_if(lab: &E2e, edit: impl Fn(&str) -> String) -> Value {
     let p = lab.dir.path().join("dirsync.toml");
@@ -157,9 +165,7 @@ async fn a_filter_change_runs_a_full_import_by_itself_and_a_narrower_one_is_eval
     );
     // The next sync imports in full by itself, records why, and the target ends as the new
     // scope says.
-    let head = lab.head().await;
-    edit_config(&lab, |c| with_users(c, other));
-    let v = lab.sync("a", &[]);
+    let (head, v) = edit_and_sync(&lab, |c| with_users(c, other)).await;
     assert_eq!(
         (
             &v["import"]["mode"],
@@ -197,9 +203,7 @@ async fn a_filter_change_runs_a_full_import_by_itself_and_a_narrower_one_is_eval
     assert_eq!(w["cannot_evaluate"], json!([]), "{w}");
     assert_eq!(anchors(&w["leave"]), BTreeSet::from([u[5].clone()]));
     assert_eq!((&w["join"], &w["change"]), (&json!([]), &json!([])));
-    let head = lab.head().await;
-    edit_config(&lab, |c| c.replace(other, narrower));
-    let v = lab.sync("a", &[]);
+    let (head, v) = edit_and_sync(&lab, |c| c.replace(other, narrower)).await;
     assert_eq!(
         (
             &v["import"]["mode"],
@@ -312,9 +316,7 @@ async fn a_mapping_change_updates_every_object_and_a_new_attribute_is_fetched_in
     assert_eq!(w["cannot_evaluate"], json!([]), "{w}");
     assert_eq!(anchors(&w["change"]), u.iter().cloned().collect());
     assert_eq!((&w["leave"], &w["join"]), (&json!([]), &json!([])));
-    let head = lab.head().await;
-    edit_config(&lab, |c| format!("{c}{nick}"));
-    let v = lab.sync("a", &[]);
+    let (head, v) = edit_and_sync(&lab, |c| format!("{c}{nick}")).await;
     assert_eq!(
         (
             &v["import"]["mode"],
@@ -412,9 +414,7 @@ async fn an_added_exclude_and_member_of_take_effect_without_a_full_import() {
     };
     let w = what_if(&lab, exclude);
     assert_eq!(anchors(&w["leave"]), BTreeSet::from([u3.clone()]));
-    let head = lab.head().await;
-    edit_config(&lab, exclude);
-    let v = lab.sync("a", &[]);
+    let (head, v) = edit_and_sync(&lab, exclude).await;
     assert_eq!(
         (
             &v["import"]["mode"],
@@ -435,9 +435,7 @@ async fn an_added_exclude_and_member_of_take_effect_without_a_full_import() {
     let w = what_if(&lab, member_of);
     assert_eq!(w["cannot_evaluate"], json!([]), "{w}");
     assert_eq!(anchors(&w["leave"]), BTreeSet::from([u4.clone()]));
-    let head = lab.head().await;
-    edit_config(&lab, member_of);
-    let v = lab.sync("a", &[]);
+    let (head, v) = edit_and_sync(&lab, member_of).await;
     assert_eq!(
         (&v["import"]["mode"], &v["import"]["config_changed"]),
         (&json!("delta"), &json!(["member_of"])),
@@ -451,11 +449,10 @@ async fn an_added_exclude_and_member_of_take_effect_without_a_full_import() {
     assert_eq!(users, BTreeSet::from([u1.clone(), u2.clone()]));
 
     // member_of taken away again: u4 comes back from the log, without a full import.
-    let head = lab.head().await;
-    edit_config(&lab, |c| {
+    let (head, v) = edit_and_sync(&lab, |c| {
         c.replace(&format!("member_of = [\"{team}\"]\n"), "")
-    });
-    let v = lab.sync("a", &[]);
+    })
+    .await;
     assert_eq!(
         (
             &v["import"]["mode"],
@@ -470,11 +467,10 @@ async fn an_added_exclude_and_member_of_take_effect_without_a_full_import() {
         BTreeSet::from([u4.clone()])
     );
     // Removing the exclude needs what the log never read: a full import, said so.
-    let head = lab.head().await;
-    edit_config(&lab, |c| {
+    let (head, v) = edit_and_sync(&lab, |c| {
         c.replace(&format!("exclude = [\"uid=u3,{PEOPLE}\"]\n"), "")
-    });
-    let v = lab.sync("a", &[]);
+    })
+    .await;
     let why =
         format!("exclude uid=u3,{PEOPLE} was removed: objects under it may not be in the log");
     assert_eq!(
@@ -528,9 +524,7 @@ async fn ad_a_narrower_users_filter_is_evaluated_and_what_if_agrees() {
     let w = what_if(&lab, |c| with_users(c, narrower));
     assert_eq!(w["cannot_evaluate"], json!([]), "{w}");
     assert_eq!(anchors(&w["leave"]), BTreeSet::from([u4.clone()]));
-    let head = lab.head().await;
-    edit_config(&lab, |c| with_users(c, narrower));
-    let v = lab.sync("a", &[]);
+    let (head, v) = edit_and_sync(&lab, |c| with_users(c, narrower)).await;
     assert_eq!(
         (
             &v["import"]["mode"],
@@ -571,14 +565,13 @@ async fn a_base_change_runs_a_full_import_and_what_is_outside_it_leaves_scope() 
             format!("cn=team,{GROUPS}"),
         ),
     ];
-    let head = lab.head().await;
-    edit_config(&lab, |c| {
+    let (head, v) = edit_and_sync(&lab, |c| {
         c.replace(
             "base_dn = \"dc=example,dc=org\"",
             &format!("base_dn = \"{PEOPLE}\""),
         )
-    });
-    let v = lab.sync("a", &[]);
+    })
+    .await;
     let why = format!(
         "the base DN changed from dc=example,dc=org to {PEOPLE}: objects under it may not be in the log"
     );
