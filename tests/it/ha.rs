@@ -13,6 +13,7 @@ use dirsync::project::{replay, State};
 use serde_json::{json, Value};
 
 use crate::common::{bin, dirsync, Run};
+use crate::lab::proc::free_port;
 use crate::lab::{self, ProxyRules, ScimProxy};
 use crate::sync_export::{ldap_user, E2e};
 
@@ -460,15 +461,6 @@ async fn on_sqlite_a_standby_takes_over_from_a_killed_holder() {
     assert_eq!(ha.heartbeat_role("b").await.as_deref(), Some("holder"));
     let verify = ha.cli(&["log", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
-}
-
-/// A port free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// SIGSTOP the holder past failover_after in the middle of an export; a standby takes

@@ -7,18 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{bin, until};
+use crate::lab::proc::free_port;
 use crate::sync_export::E2e;
 
 const PEOPLE: &str = "ou=people,dc=example,dc=org";
-
-/// A port free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn spawn_run(lab: &E2e, listen: &str) -> Child {
     Command::new(bin())
