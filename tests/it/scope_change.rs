@@ -85,6 +85,16 @@ fn edit_config(lab: &E2e, edit: impl Fn(&str) -> String) -> String {
     old
 }
 
+/// A sync report's import mode, the configuration parts it found changed, and its count
+/// `count` (created, updated, deleted, ...).
+fn outcome<'a>(v: &'a Value, count: &str) -> (&'a Value, &'a Value, &'a Value) {
+    (
+        &v["import"]["mode"],
+        &v["import"]["config_changed"],
+        &v[count],
+    )
+}
+
 /// `dirsync.toml` edited by `edit`, then one sync of `a` (no --full): the log's head before
 /// the sync, and the sync's report.
 async fn edit_and_sync(lab: &E2e, edit: impl Fn(&str) -> String) -> (u64, Value) {
@@ -318,11 +328,7 @@ async fn a_mapping_change_updates_every_object_and_a_new_attribute_is_fetched_in
     assert_eq!((&w["leave"], &w["join"]), (&json!([]), &json!([])));
     let (head, v) = edit_and_sync(&lab, |c| format!("{c}{nick}")).await;
     assert_eq!(
-        (
-            &v["import"]["mode"],
-            &v["import"]["config_changed"],
-            &v["updated"]
-        ),
+        outcome(&v, "updated"),
         (&json!("delta"), &json!(["mapping"]), &json!(4)),
         "{v}"
     );
@@ -416,11 +422,7 @@ async fn an_added_exclude_and_member_of_take_effect_without_a_full_import() {
     assert_eq!(anchors(&w["leave"]), BTreeSet::from([u3.clone()]));
     let (head, v) = edit_and_sync(&lab, exclude).await;
     assert_eq!(
-        (
-            &v["import"]["mode"],
-            &v["import"]["config_changed"],
-            &v["deleted"]
-        ),
+        outcome(&v, "deleted"),
         (&json!("delta"), &json!(["exclude"]), &json!(1)),
         "{v}"
     );
@@ -454,11 +456,7 @@ async fn an_added_exclude_and_member_of_take_effect_without_a_full_import() {
     })
     .await;
     assert_eq!(
-        (
-            &v["import"]["mode"],
-            &v["import"]["config_changed"],
-            &v["created"]
-        ),
+        outcome(&v, "created"),
         (&json!("delta"), &json!(["member_of"]), &json!(1)),
         "{v}"
     );
@@ -526,11 +524,7 @@ async fn ad_a_narrower_users_filter_is_evaluated_and_what_if_agrees() {
     assert_eq!(anchors(&w["leave"]), BTreeSet::from([u4.clone()]));
     let (head, v) = edit_and_sync(&lab, |c| with_users(c, narrower)).await;
     assert_eq!(
-        (
-            &v["import"]["mode"],
-            &v["import"]["config_changed"],
-            &v["deleted"]
-        ),
+        outcome(&v, "deleted"),
         (&json!("delta"), &json!(["users"]), &json!(1)),
         "{v}"
     );
