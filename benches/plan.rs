@@ -25,6 +25,7 @@ use dirsync::config::{SourceKind, TargetKind};
 use dirsync::log::event::{
     AttrValue, Attrs, Event, ExportApplied, ExportOp, ObjectImported, ObjectKind, SourceObject,
 };
+use dirsync::plan::focus::{Focus, Whole};
 use dirsync::plan::mapping::{Desired, Mapping, RawRule, Unmappable};
 use dirsync::plan::plan::{plan, plan_with, References, Removal};
 use dirsync::project::{Meta, ObjectRecord, State};
@@ -237,6 +238,7 @@ fn main() {
                         &References::none(),
                         &Removal::delete(),
                         &compiled_in,
+                        &Focus::Whole(Whole::Asked),
                     ))
                 }),
                 (&mut b, &|| count(plan(&s_default, &default, None))),

@@ -550,6 +550,12 @@ pub struct SyncRunCompleted {
     pub held: u64,
     #[serde(default)]
     pub failed: u64,
+    /// An exporting cycle that tried every operation of its plan: the seq of the state its
+    /// plan was made from. Everything the log holds up to there is in the target but what
+    /// the projections still name as pending (failures, held or awaiting deletions), so the
+    /// instance's next cycle plans only what events after it name (`plan::focus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_seq: Option<u64>,
 }
 
 /// A cycle that failed, or never started (fenced, the source or the target unreachable),

@@ -6,6 +6,7 @@
 
 pub mod effective;
 pub mod filter;
+pub mod focus;
 pub mod mapping;
 pub mod matching;
 #[allow(clippy::module_inception)]

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{OnDelete, Threshold};
 use crate::log::event::{DeletionsHeld, DeletionsHoldEnded, Event, ObjectKind};
+use crate::plan::focus::{Focus, Whole};
 use crate::plan::mapping::{resolve_group, Desired, Mapping, Unmappable};
 use crate::project::{LedgerEntry, ObjectRecord, State};
 use crate::target::{Mapped, Op};
@@ -173,6 +174,18 @@ pub fn plan_at(
     only: Option<ObjectKind>,
     removal: &Removal,
 ) -> Plan {
+    plan_focused(state, mapping, only, removal, &Focus::Whole(Whole::Asked))
+}
+
+/// [`plan_at`] of the objects `focus` covers (see [`super::focus`]): the operations of
+/// those objects in the whole plan. The counts of live and owned objects stay whole.
+pub fn plan_focused(
+    state: &State,
+    mapping: &Mapping,
+    only: Option<ObjectKind>,
+    removal: &Removal,
+    focus: &Focus,
+) -> Plan {
     let refs = References::new(state, mapping);
     plan_with(
         state,
@@ -180,6 +193,7 @@ pub fn plan_at(
         &refs,
         removal,
         &|anchor: &str, rec: &ObjectRecord| mapping.map(anchor, rec),
+        focus,
     )
 }
 
@@ -241,6 +255,7 @@ pub fn plan_with(
     refs: &References<'_>,
     removal: &Removal,
     map: &MapFn<'_>,
+    focus: &Focus,
 ) -> Plan {
     let ledger = &state.ledger;
     let mut out = Plan {
@@ -249,11 +264,24 @@ pub fn plan_with(
     };
     let objects = &state.objects.objects;
     let is_live = |anchor: &str| objects.get(anchor).is_some_and(|r| r.live());
+    let of_kind = |rec: &ObjectRecord| only.is_none_or(|k| k == rec.kind);
     // Sorted, so the plan (and what dry-run prints) is the same every time.
-    let mut live: Vec<(&String, &ObjectRecord)> = state.objects.live().collect();
+    let mut live: Vec<(&String, &ObjectRecord)> = match focus {
+        Focus::Whole(_) => state.objects.live().collect(),
+        Focus::Changed(set) => {
+            out.live = state.objects.live().filter(|(_, r)| of_kind(r)).count() as u64;
+            set.iter()
+                .filter_map(|a| objects.get_key_value(a))
+                .filter(|(_, r)| r.live())
+                .map(|(a, r)| (a, &**r))
+                .collect()
+        }
+    };
     sort_by_anchor(&mut live);
-    live.retain(|(_, rec)| only.is_none_or(|k| k == rec.kind));
-    out.live = live.len() as u64;
+    live.retain(|(_, rec)| of_kind(rec));
+    if focus.whole().is_some() {
+        out.live = live.len() as u64;
+    }
     // Mapping and comparing are most of the work, and each object's are its own: on every
     // core. Objects that need nothing are dropped there.
     let unresolved = AtomicUsize::new(0);
@@ -309,7 +337,16 @@ pub fn plan_with(
         }
     }
     let mut deletes: Vec<Op> = Vec::new();
-    for (a, l) in ledger.owned().filter(|(a, _)| !is_live(a)) {
+    let owned_gone: Vec<(&String, &LedgerEntry)> = match focus {
+        Focus::Whole(_) => ledger.owned().filter(|(a, _)| !is_live(a)).collect(),
+        Focus::Changed(set) => set
+            .iter()
+            .filter_map(|a| ledger.entries.get_key_value(a))
+            .filter(|(a, l)| l.deleted.is_none() && !is_live(a))
+            .map(|(a, l)| (a, &**l))
+            .collect(),
+    };
+    for (a, l) in owned_gone {
         let delete = Op::Delete {
             anchor: a.clone(),
             kind: l.kind,

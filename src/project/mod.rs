@@ -663,6 +663,10 @@ pub struct InstanceRecord {
     /// Its last completed import, and whether it was full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_import: Option<(At, bool)>,
+    /// Where its last exporting cycle that tried its whole plan made that plan
+    /// (`SyncRunCompleted::planned_seq`): its next cycle plans what the log names after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_seq: Option<u64>,
 }
 
 /// A failed cycle as the instance projection keeps it.
@@ -722,6 +726,11 @@ impl Instances {
                 rec.running = None;
                 rec.running_mode = None;
                 rec.last_completed = Some((s.run_id.clone(), m.into()));
+                // A cycle that did not try its whole plan (staging, stopped) leaves the
+                // last point where one did: what it left undone is named after that.
+                if s.planned_seq.is_some() {
+                    rec.planned_seq = s.planned_seq;
+                }
             }
             Event::SyncRunFailed(s) => {
                 rec.running = None;

@@ -44,10 +44,11 @@ use crate::log::event::{
 };
 use crate::log::store::{Batch, Expected, StoreLock};
 use crate::log::{AnyStore, NewEvent, Store};
+use crate::plan::focus::{self, Focus, Whole};
 use crate::plan::mapping::Mapping;
 use crate::plan::matching::{swap_case, Index, Match};
 use crate::plan::plan::{
-    guard, guard_event, plan_at, recent_deletions, GuardInput, Plan, Removal, Verdict,
+    guard, guard_event, plan_focused, recent_deletions, GuardInput, Plan, Removal, Verdict,
 };
 use crate::project::replay::{self, REFRESH_THRESHOLD};
 use crate::project::{ExportFailure, Lease, Meta, State};
@@ -166,6 +167,15 @@ pub struct SyncReport {
     /// An idle cycle: it found nothing and appended nothing to the log (`sync::idle`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub idle: bool,
+    /// Objects the cycle planned: every live object and owned entry, or only those the
+    /// log named since the instance's last whole plan (see [`crate::plan::focus`]).
+    pub planned_objects: u64,
+    /// Why the cycle planned every object, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whole_plan: Option<String>,
+    /// Where an exporting cycle that tried every operation of its plan made it.
+    #[serde(skip)]
+    pub planned_seq: Option<u64>,
 }
 
 impl SyncReport {
@@ -628,6 +638,7 @@ fn run_end(report: &SyncReport, hold: Hold, result: &Result<()>) -> Event {
             matched: report.matched,
             held: report.held,
             failed: report.failures,
+            planned_seq: report.planned_seq,
         }),
         Err(e) => Event::SyncRunFailed(SyncRunFailed {
             run_id: report.run_id.clone(),
@@ -973,6 +984,17 @@ struct Cycle<'a> {
     full: bool,
 }
 
+/// Events read at a time when a cycle looks for what changed since its last whole plan.
+const FOCUS_PAGE: u32 = 10_000;
+
+/// What the export finishes besides the plan: a reconcile's listing and duplicates, and
+/// whether the guard holds the deletions.
+struct ExportDone<'a> {
+    listing: Option<&'a Listing>,
+    duplicates: Vec<Duplicate>,
+    hold_deletions: bool,
+}
+
 /// When a cycle must end (`[sync] cycle_timeout` after it began).
 #[derive(Clone, Copy, Debug)]
 struct Deadline {
@@ -1027,7 +1049,17 @@ impl Cycle<'_> {
         saving: Option<replay::Saving>,
         pending: &mut Option<SyncRunStarted>,
     ) -> Result<()> {
-        let whole = self.plan(&state, None);
+        let now = chrono::Utc::now().timestamp_micros();
+        let reconciling =
+            self.fence.is_some() && self.target.is_some() && self.reconcile_due(&state, now);
+        let focus = self.focus(&state, report, reconciling).await?;
+        report.whole_plan = focus.whole().map(Whole::describe);
+        let planned_seq = state.seq;
+        let whole = self.plan(&state, None, &focus);
+        report.planned_objects = match &focus {
+            Focus::Whole(_) => whole.live + whole.owned,
+            Focus::Changed(set) => set.len() as u64,
+        };
         report.awaiting_deletion = whole.awaiting.len() as u64;
         if let Some(saving) = saving {
             saving.finish().await?;
@@ -1040,11 +1072,8 @@ impl Cycle<'_> {
             report.unresolved_references += 1;
             report.problem(&d.anchor, "unresolved_reference", d.detail());
         }
-        let now = chrono::Utc::now().timestamp_micros();
-        let listing = match (self.fence, self.target) {
-            (Some(_), Some(t)) if self.reconcile_due(&state, now) => {
-                Some(self.read_target(t, &state).await?)
-            }
+        let listing = match self.target {
+            Some(t) if reconciling => Some(self.read_target(t, &state).await?),
             _ => None,
         };
         let dups = listing
@@ -1151,19 +1180,99 @@ impl Cycle<'_> {
         match self.fence {
             None => self.print_plan(&state, whole, report).await,
             Some(fence) => {
-                self.export(state, fence, report, listing.as_ref(), dups, holding)
-                    .await
+                let done = ExportDone {
+                    listing: listing.as_ref(),
+                    duplicates: dups,
+                    hold_deletions: holding,
+                };
+                self.export(state, fence, report, done, &focus).await?;
+                // Every operation of the plan was tried (what failed is recorded as such):
+                // the next cycle plans what the log names after this plan.
+                let stopped = self
+                    .stop
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+                if !stopped {
+                    report.planned_seq = Some(self.settled_at(planned_seq).await?);
+                }
+                Ok(())
             }
         }
     }
 
-    /// The plan under `[sync] on_delete`, as of the cycle's clock.
-    fn plan(&self, state: &State, only: Option<ObjectKind>) -> Plan {
+    /// The plan of the objects `focus` covers, under `[sync] on_delete`, as of the cycle's
+    /// clock.
+    fn plan(&self, state: &State, only: Option<ObjectKind>, focus: &Focus) -> Plan {
         let removal = Removal {
             on_delete: self.on_delete,
             now_us: self.now_us,
         };
-        plan_at(state, self.mapping, only, &removal)
+        plan_focused(state, self.mapping, only, &removal, focus)
+    }
+
+    /// Where the next cycle may plan from, once this one tried every operation of the plan
+    /// it made at `planned_seq`: the head, when everything appended since is this cycle's
+    /// own (its exports settle what they name); else `planned_seq`, so that the next cycle
+    /// plans what others appended meanwhile too.
+    async fn settled_at(&self, planned_seq: u64) -> Result<u64> {
+        let mut at = planned_seq;
+        loop {
+            let page = self.store.read(at, FOCUS_PAGE).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                return Ok(at);
+            };
+            let own =
+                page.iter().all(|e| e.instance == self.instance) && focus::named(&page).is_ok();
+            if !own {
+                return Ok(planned_seq);
+            }
+            at = last;
+        }
+    }
+
+    /// What this cycle plans (see [`crate::plan::focus`]): every object, or those the log
+    /// names since the instance's last whole plan (and a dry run's import, not in the log),
+    /// with what reads them and what is pending.
+    async fn focus(&self, state: &State, report: &SyncReport, reconciling: bool) -> Result<Focus> {
+        let facts = focus::Facts {
+            full: self.full,
+            staging: report.mode == "staging",
+            reconcile: reconciling,
+            take_over: self.watch,
+            planned_seq: state
+                .control
+                .instances
+                .instances
+                .get(self.instance)
+                .and_then(|r| r.planned_seq),
+            seq: state.seq,
+            mapping_matches: state
+                .objects
+                .effective
+                .as_ref()
+                .is_some_and(|e| e.event.mapping_fingerprint == self.mapping.fingerprint()),
+        };
+        let mut at = match focus::start(&facts) {
+            Ok(after) => after,
+            Err(why) => return Ok(Focus::Whole(why)),
+        };
+        let mut named = Vec::new();
+        while at < state.seq {
+            let page = self.store.read(at, FOCUS_PAGE).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let within = page.partition_point(|e| e.seq <= state.seq);
+            match focus::named(&page[..within]) {
+                Ok(a) => named.extend(a),
+                Err(why) => return Ok(Focus::Whole(why)),
+            }
+            at = last;
+        }
+        match focus::named_new(&report.import.planned) {
+            Ok(a) => named.extend(a),
+            Err(why) => return Ok(Focus::Whole(why)),
+        }
+        Ok(focus::focus(state, self.mapping, named))
     }
 
     /// Whether this cycle reads the whole target (pure but for the clock's `now`).
@@ -1372,10 +1481,14 @@ impl Cycle<'_> {
         mut state: Arc<State>,
         fence: Fence,
         report: &mut SyncReport,
-        listing: Option<&Listing>,
-        duplicates: Vec<Duplicate>,
-        hold_deletions: bool,
+        done: ExportDone<'_>,
+        focus: &Focus,
     ) -> Result<()> {
+        let ExportDone {
+            listing,
+            duplicates,
+            hold_deletions,
+        } = done;
         let Some(t) = self.target else {
             return Err(Error::Config("no [target] section".into()));
         };
@@ -1397,7 +1510,7 @@ impl Cycle<'_> {
                 break;
             }
             state = replay::advance(self.store, state).await?;
-            let mut p = self.plan(&state, Some(kind));
+            let mut p = self.plan(&state, Some(kind), focus);
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
             if pass >= 2 {
@@ -1513,7 +1626,7 @@ impl Cycle<'_> {
                 }
             }
             // Matched objects now have a ledger state: their differences are updates.
-            let mut updates = self.plan(&state, Some(kind)).updates;
+            let mut updates = self.plan(&state, Some(kind), focus).updates;
             let mut repairing = Repairing::default();
             if let Some(l) = listing.filter(|_| pass < 2) {
                 let (r, s) = self
@@ -1543,7 +1656,7 @@ impl Cycle<'_> {
         // Users gone from the source are set inactive (`on_delete = "disable"`): not
         // deletions, so the guard does not hold them.
         state = replay::advance(self.store, state).await?;
-        let mut disables = self.plan(&state, None).disables;
+        let mut disables = self.plan(&state, None, focus).disables;
         disables.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         let disabling = Repairing {
             disabling: true,
@@ -1557,7 +1670,7 @@ impl Cycle<'_> {
             return Ok(());
         }
         state = replay::advance(self.store, state).await?;
-        let mut deletes = self.plan(&state, None).deletes;
+        let mut deletes = self.plan(&state, None, focus).deletes;
         deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         self.run_ops(deletes, fence, report, &Repairing::default())
             .await?;

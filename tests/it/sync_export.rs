@@ -858,3 +858,64 @@ async fn preflight_checks_reach_bind_and_duplicates() {
     assert_eq!(failed, ["duplicates", "target"], "{checks}");
     assert!(checks.to_string().contains("u1@example.org"));
 }
+
+/// A cycle after one that exported its whole plan plans only what the log named since
+/// (`plan::focus`), and ends where a whole plan would: the target exact, a `--full` cycle
+/// finding nothing more to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_plans_only_what_changed_since_the_last_whole_plan() {
+    let lab = E2e::ldap(40, "500").await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(export_counts(&v), [42, 0, 0, 0, 0, 0, 0], "{v}");
+    assert_eq!(v["whole_plan"], "the cycle reads the whole target", "{v}");
+    assert_eq!(n(&v, "planned_objects"), 42, "{v}");
+
+    // Nothing changed: nothing planned (its own exports settled what they named).
+    let v = lab.sync("a", &[]);
+    assert_eq!(export_counts(&v), [0; 7], "{v}");
+    assert_eq!(v.get("whole_plan"), None, "{v}");
+    assert_eq!(n(&v, "planned_objects"), 0, "{v}");
+
+    // A title, a member added, a user deleted and one created: those objects, the group
+    // that gains a member and the member it gains.
+    let s = lab.slapd();
+    s.ldapmodify(&format!(
+        "dn: uid=u5,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n\
+         dn: cn=team,{GROUPS}\nchangetype: modify\nadd: member\nmember: uid=u41,{PEOPLE}\n\n"
+    ))
+    .await;
+    s.ldapadd(&ldap_user(41)).await;
+    s.ldapdelete(&format!("uid=u7,{PEOPLE}")).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(export_counts(&v), [1, 2, 1, 0, 0, 0, 0], "{v}");
+    assert_eq!(v.get("whole_plan"), None, "{v}");
+    assert_eq!(n(&v, "planned_objects"), 4, "u5, u7, u41 and team: {v}");
+    let users = lab.view.users_by_anchor().await;
+    let groups = lab.view.groups_by_anchor().await;
+    assert_eq!(users.len(), 40);
+    let state = lab.state().await;
+    let a = |uid: &str| -> String {
+        let dn = format!("uid={uid},{PEOPLE}");
+        state
+            .objects
+            .objects
+            .iter()
+            .find(|(_, r)| r.dn.eq_ignore_ascii_case(&dn))
+            .map(|(a, _)| a.clone())
+            .unwrap_or_else(|| panic!("no {dn}"))
+    };
+    assert_eq!(users[&a("u5")]["title"], "Boss");
+    let id = |anchor: &str| users[anchor]["id"].as_str().unwrap().to_string();
+    let team = lab.anchor(&format!("cn=team,{GROUPS}")).await;
+    assert_eq!(
+        member_ids(&groups[&team]),
+        BTreeSet::from([id(&a("u1")), id(&a("u2")), id(&a("u41"))])
+    );
+
+    // A whole plan finds nothing the focused ones missed.
+    let head = lab.head().await;
+    let v = lab.sync("a", &["--full"]);
+    assert_eq!(export_counts(&v), [0; 7], "{v}");
+    assert_eq!(v["whole_plan"], "asked for (--full)", "{v}");
+    assert!(no_exports(&lab.events_after(head).await));
+}
