@@ -556,6 +556,11 @@ pub struct SyncRunCompleted {
     /// instance's next cycle plans only what events after it name (`plan::focus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_seq: Option<u64>,
+    /// A staging cycle: the seq of the state the plan it listed was made from. Its next
+    /// staging cycle lists what changed in the plan since: the operations of what the log
+    /// names after it (`plan::focus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_seq: Option<u64>,
 }
 
 /// A cycle that failed, or never started (fenced, the source or the target unreachable),

@@ -429,6 +429,21 @@ impl ProcessStats {
     }
 }
 
+/// The process's resident memory now and at its peak, in MiB (`VmRSS`, `VmHWM` of
+/// `/proc/self/status`), for the phase lines of a cycle's debug log; zeros where `/proc` is
+/// missing.
+pub fn memory_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (kib("VmRSS:") / 1024, kib("VmHWM:") / 1024)
+}
+
 /// [`ProcessStats`] from the text of `/proc/self/stat`, `/proc/stat` and
 /// `/proc/self/limits` (pure; proc(5)).
 pub fn parse_process(

@@ -15,9 +15,14 @@
 //! Everything else was planned at P or before and its operation succeeded (or it needs none:
 //! unmappable, quarantined until it changes). Any other event after P (a relationship, a
 //! target reset, an anchor migration, a new scope or mapping) may change objects it does not
-//! name: the cycle then plans every object, as does a cycle asked to (`--full`), a staging
-//! cycle (its plans are never exported, so each lists all that waits), a reconcile (it reads
-//! the whole target anyway) and a take-over's watchful cycles. [`Focus`] says which.
+//! name: the cycle then plans every object, as does a cycle asked to (`--full`), a reconcile
+//! (it reads the whole target anyway) and a take-over's watchful cycles. [`Focus`] says
+//! which.
+//!
+//! A staging cycle exports nothing, so its plans are never tried: it lists instead what
+//! changed in the plan since its instance's last staging cycle listed one
+//! (`SyncRunCompleted::listed_seq`). By the same argument, every object outside 1-3 has the
+//! operation it had in that listing; `--full` lists everything that waits.
 
 use std::collections::HashSet;
 
@@ -106,8 +111,6 @@ impl Focus {
 pub enum Whole {
     /// `--full`, or an operator's export.
     Asked,
-    /// A staging cycle: it lists everything that waits.
-    Staging,
     /// The cycle reads the whole target (`[sync] reconcile_target`).
     Reconcile,
     /// After a take-over, while late creates of the old holder are watched for.
@@ -129,7 +132,6 @@ impl Whole {
     pub fn describe(&self) -> String {
         match self {
             Whole::Asked => "asked for (--full)".into(),
-            Whole::Staging => "staging lists everything that waits".into(),
             Whole::Reconcile => "the cycle reads the whole target".into(),
             Whole::TakeOver => "after a take-over".into(),
             Whole::NoPlanYet => "no whole plan tried yet".into(),
@@ -146,10 +148,10 @@ impl Whole {
 pub struct Facts {
     /// `--full`, or an export asked for by hand.
     pub full: bool,
-    pub staging: bool,
     pub reconcile: bool,
     pub take_over: bool,
-    /// The instance's last whole plan (`InstanceRecord::planned_seq`).
+    /// The instance's last whole plan (`InstanceRecord::planned_seq`), or in staging its
+    /// last listing (`InstanceRecord::listed_seq`).
     pub planned_seq: Option<u64>,
     /// The state's seq: the events after `planned_seq` up to it are what changed.
     pub seq: u64,
@@ -162,9 +164,6 @@ pub struct Facts {
 pub fn start(f: &Facts) -> Result<u64, Whole> {
     if f.full {
         return Err(Whole::Asked);
-    }
-    if f.staging {
-        return Err(Whole::Staging);
     }
     if f.reconcile {
         return Err(Whole::Reconcile);
@@ -661,7 +660,6 @@ mod tests {
             start(&x)
         };
         assert_eq!(with(|f| f.full = true), Err(Whole::Asked));
-        assert_eq!(with(|f| f.staging = true), Err(Whole::Staging));
         assert_eq!(with(|f| f.reconcile = true), Err(Whole::Reconcile));
         assert_eq!(with(|f| f.take_over = true), Err(Whole::TakeOver));
         assert_eq!(with(|f| f.mapping_matches = false), Err(Whole::Mapping));

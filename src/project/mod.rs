@@ -667,6 +667,9 @@ pub struct InstanceRecord {
     /// (`SyncRunCompleted::planned_seq`): its next cycle plans what the log names after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_seq: Option<u64>,
+    /// Where its last staging cycle listed its plan from (`SyncRunCompleted::listed_seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_seq: Option<u64>,
 }
 
 /// A failed cycle as the instance projection keeps it.
@@ -730,6 +733,9 @@ impl Instances {
                 // last point where one did: what it left undone is named after that.
                 if s.planned_seq.is_some() {
                     rec.planned_seq = s.planned_seq;
+                }
+                if s.listed_seq.is_some() {
+                    rec.listed_seq = s.listed_seq;
                 }
             }
             Event::SyncRunFailed(s) => {

@@ -176,6 +176,9 @@ pub struct SyncReport {
     /// Where an exporting cycle that tried every operation of its plan made it.
     #[serde(skip)]
     pub planned_seq: Option<u64>,
+    /// Where a staging cycle made the plan it listed.
+    #[serde(skip)]
+    pub listed_seq: Option<u64>,
 }
 
 impl SyncReport {
@@ -423,8 +426,16 @@ async fn sync_cycle(
 ) -> Result<SyncReport> {
     let exporting = !opts.staging && !opts.dry_run;
     let began = Instant::now();
-    let phase =
-        |name: &str| tracing::debug!(phase = name, ms = began.elapsed().as_millis(), "sync");
+    let phase = |name: &str| {
+        let (rss_mib, peak_mib) = crate::ops::metrics::memory_mib();
+        tracing::debug!(
+            phase = name,
+            ms = began.elapsed().as_millis(),
+            rss_mib,
+            peak_mib,
+            "sync"
+        );
+    };
     let checks = async {
         let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
         phase("projections read");
@@ -639,6 +650,7 @@ fn run_end(report: &SyncReport, hold: Hold, result: &Result<()>) -> Event {
             held: report.held,
             failed: report.failures,
             planned_seq: report.planned_seq,
+            listed_seq: report.listed_seq,
         }),
         Err(e) => Event::SyncRunFailed(SyncRunFailed {
             run_id: report.run_id.clone(),
@@ -1173,12 +1185,12 @@ impl Cycle<'_> {
         if holding && (self.hold == Hold::All || self.fence.is_none()) {
             // Nothing is exported this cycle ([sync] hold = "all"), or nothing would be.
             if dry_run || report.mode == "staging" {
-                self.print_plan(&state, whole, report).await?;
+                self.list(&state, whole, report, planned_seq).await?;
             }
             return Ok(());
         }
         match self.fence {
-            None => self.print_plan(&state, whole, report).await,
+            None => self.list(&state, whole, report, planned_seq).await,
             Some(fence) => {
                 let done = ExportDone {
                     listing: listing.as_ref(),
@@ -1209,6 +1221,22 @@ impl Cycle<'_> {
         plan_focused(state, self.mapping, only, &removal, focus)
     }
 
+    /// The plan of a dry run or a staging cycle, printed; a staging cycle records where it
+    /// made the plan it listed, which its next one lists the changes of.
+    async fn list(
+        &self,
+        state: &State,
+        plan: Plan,
+        report: &mut SyncReport,
+        planned_seq: u64,
+    ) -> Result<()> {
+        self.print_plan(state, plan, report).await?;
+        if report.mode == "staging" {
+            report.listed_seq = Some(self.settled_at(planned_seq).await?);
+        }
+        Ok(())
+    }
+
     /// Where the next cycle may plan from, once this one tried every operation of the plan
     /// it made at `planned_seq`: the head, when everything appended since is this cycle's
     /// own (its exports settle what they name); else `planned_seq`, so that the next cycle
@@ -1235,7 +1263,6 @@ impl Cycle<'_> {
     async fn focus(&self, state: &State, report: &SyncReport, reconciling: bool) -> Result<Focus> {
         let facts = focus::Facts {
             full: self.full,
-            staging: report.mode == "staging",
             reconcile: reconciling,
             take_over: self.watch,
             planned_seq: state
@@ -1243,7 +1270,13 @@ impl Cycle<'_> {
                 .instances
                 .instances
                 .get(self.instance)
-                .and_then(|r| r.planned_seq),
+                .and_then(|r| {
+                    if report.mode == "staging" {
+                        r.listed_seq
+                    } else {
+                        r.planned_seq
+                    }
+                }),
             seq: state.seq,
             mapping_matches: state
                 .objects

@@ -321,6 +321,7 @@ async fn every_cycle_leaves_a_trace_and_status_exits_by_health() {
             // The cycle tried its whole plan (its deletions held, awaiting approval): made
             // after its import, after `head`.
             planned_seq: c.planned_seq.filter(|p| *p > head),
+            listed_seq: None,
         }
     );
     assert!(c.planned_seq.is_some(), "{c:?}");

@@ -919,3 +919,49 @@ async fn a_delta_plans_only_what_changed_since_the_last_whole_plan() {
     assert_eq!(v["whole_plan"], "asked for (--full)", "{v}");
     assert!(no_exports(&lab.events_after(head).await));
 }
+
+/// A staging cycle lists what changed in its plan since its instance's last staging
+/// cycle listed one; `--staging --full` lists everything that waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_delta_lists_what_changed_in_the_plan() {
+    let lab = E2e::ldap(10, "500").await;
+    let listed = |v: &Value| -> Vec<(String, String)> {
+        let mut ops: Vec<(String, String)> = v["plan"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .map(|o| {
+                        let s = |k: &str| o[k].as_str().unwrap_or_default().to_string();
+                        (s("op"), s("name"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ops.sort();
+        ops
+    };
+    let v = lab.sync("s", &["--staging"]);
+    assert_eq!(listed(&v).len(), 12, "{v}");
+    assert_eq!(v["whole_plan"], "no whole plan tried yet", "{v}");
+
+    let v = lab.sync("s", &["--staging"]);
+    assert_eq!((listed(&v), n(&v, "planned_objects")), (vec![], 0), "{v}");
+
+    let s = lab.slapd();
+    s.ldapmodify(&format!(
+        "dn: uid=u5,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n\n"
+    ))
+    .await;
+    let v = lab.sync("s", &["--staging"]);
+    assert_eq!(
+        listed(&v),
+        vec![("create".to_string(), "u5@example.org".to_string())],
+        "{v}"
+    );
+    assert_eq!(v.get("whole_plan"), None, "{v}");
+
+    let v = lab.sync("s", &["--staging", "--full"]);
+    assert_eq!(listed(&v).len(), 12, "{v}");
+    assert_eq!(v["whole_plan"], "asked for (--full)", "{v}");
+    assert_eq!(lab.view.count("Users").await, 0, "staging exports nothing");
+}
