@@ -49,30 +49,16 @@ struct Lab {
 impl Lab {
     async fn setup(users: u64, changes: u64) -> Lab {
         let t = Instant::now();
-        let mut slapd = lab::Slapd::start(lab::SlapdOptions {
-            session_log: true,
-            ..Default::default()
-        })
-        .await;
-        slapd.stop().await;
-        let people = slapd.people_dn();
-        let mut ldif = String::with_capacity(users as usize * 200);
-        for j in 0..users {
-            ldif.push_str(&format!(
-                "dn: uid=user{j},{people}\nobjectClass: inetOrgPerson\nuid: user{j}\ncn: User {j}\n\
-                 givenName: User\nsn: N{j}\nmail: user{j}@example.org\ntitle: Clerk\n\n"
-            ));
-        }
-        ldif.push_str(&format!(
-            "dn: cn=team,ou=groups,{}\nobjectClass: groupOfNames\ncn: team\n",
-            slapd.base_dn()
-        ));
+        let people = "ou=people,dc=example,dc=org";
+        let mut team =
+            "dn: cn=team,ou=groups,dc=example,dc=org\nobjectClass: groupOfNames\ncn: team\n"
+                .to_string();
         for j in 0..GROUP_MEMBERS.min(users) {
-            ldif.push_str(&format!("member: uid=user{j},{people}\n"));
+            team.push_str(&format!("member: uid=user{j},{people}\n"));
         }
-        ldif.push('\n');
-        slapd.slapadd(&ldif).await;
-        slapd.restart().await;
+        team.push('\n');
+        let slapd = common::slapd_with_users(users, &team).await;
+        assert_eq!(slapd.people_dn(), people);
         let scim = lab::Scim::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();

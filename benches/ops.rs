@@ -193,22 +193,7 @@ impl Lab {
 
 async fn setup(users: u64, changes: u64, webhook: &str) -> Lab {
     let t = Instant::now();
-    let mut slapd = lab::Slapd::start(lab::SlapdOptions {
-        session_log: true,
-        ..Default::default()
-    })
-    .await;
-    slapd.stop().await;
-    let mut ldif = String::with_capacity(users as usize * 200);
-    for j in 0..users {
-        ldif.push_str(&format!(
-            "dn: uid=user{j},{people}\nobjectClass: inetOrgPerson\nuid: user{j}\ncn: User {j}\n\
-             givenName: User\nsn: N{j}\nmail: user{j}@example.org\ntitle: Clerk\n\n",
-            people = slapd.people_dn()
-        ));
-    }
-    slapd.slapadd(&ldif).await;
-    slapd.restart().await;
+    let slapd = common::slapd_with_users(users, "").await;
     let scim = lab::Scim::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();

@@ -91,3 +91,27 @@ pub async fn delete_ad_users(samba: &super::lab::Samba, ou: &str, n: u64) {
     }
     samba.ldapmodify(&ldif).await;
 }
+
+/// A slapd with its session log, loaded by slapadd with `user0..user{users}` under its
+/// people branch (the attributes dirsync maps, title `Clerk`) and the entries of `extra`
+/// (LDIF), then restarted to serve them.
+pub async fn slapd_with_users(users: u64, extra: &str) -> super::lab::Slapd {
+    let mut slapd = super::lab::Slapd::start(super::lab::SlapdOptions {
+        session_log: true,
+        ..Default::default()
+    })
+    .await;
+    slapd.stop().await;
+    let people = slapd.people_dn();
+    let mut ldif = String::with_capacity(users as usize * 200 + extra.len());
+    for j in 0..users {
+        ldif.push_str(&format!(
+            "dn: uid=user{j},{people}\nobjectClass: inetOrgPerson\nuid: user{j}\ncn: User {j}\n\
+             givenName: User\nsn: N{j}\nmail: user{j}@example.org\ntitle: Clerk\n\n"
+        ));
+    }
+    ldif.push_str(extra);
+    slapd.slapadd(&ldif).await;
+    slapd.restart().await;
+    slapd
+}

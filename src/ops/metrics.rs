@@ -444,6 +444,19 @@ pub fn memory_mib() -> (u64, u64) {
     (kib("VmRSS:") / 1024, kib("VmHWM:") / 1024)
 }
 
+/// The debug line of a phase of `what` (a sync, an import): its name, the milliseconds since
+/// `began`, and the memory then.
+pub fn phase_line(what: &'static str, name: &str, began: std::time::Instant) {
+    let (rss_mib, peak_mib) = memory_mib();
+    tracing::debug!(
+        phase = name,
+        ms = began.elapsed().as_millis(),
+        rss_mib,
+        peak_mib,
+        "{what}"
+    );
+}
+
 /// [`ProcessStats`] from the text of `/proc/self/stat`, `/proc/stat` and
 /// `/proc/self/limits` (pure; proc(5)).
 pub fn parse_process(

@@ -560,15 +560,7 @@ mod tests {
 
         /// One exporting cycle as `sync::export` runs it: its passes, each checked.
         fn cycle(&mut self, focus: &Focus) {
-            for (pass, kind) in [
-                ObjectKind::User,
-                ObjectKind::Group,
-                ObjectKind::Group,
-                ObjectKind::User,
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (pass, kind) in crate::sync::export::PASSES.into_iter().enumerate() {
                 let p = self.checked(Some(kind), focus, &format!("pass {pass}"));
                 let creates = p
                     .new

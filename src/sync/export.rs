@@ -426,16 +426,7 @@ async fn sync_cycle(
 ) -> Result<SyncReport> {
     let exporting = !opts.staging && !opts.dry_run;
     let began = Instant::now();
-    let phase = |name: &str| {
-        let (rss_mib, peak_mib) = crate::ops::metrics::memory_mib();
-        tracing::debug!(
-            phase = name,
-            ms = began.elapsed().as_millis(),
-            rss_mib,
-            peak_mib,
-            "sync"
-        );
-    };
+    let phase = |name: &str| crate::ops::metrics::phase_line("sync", name, began);
     let checks = async {
         let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
         phase("projections read");
@@ -996,6 +987,16 @@ struct Cycle<'a> {
     full: bool,
 }
 
+/// The kinds an export plans and sends, in order: users, groups, groups again (members
+/// created in the first group pass), and, with a reference attribute (`manager`), users
+/// again (references to users created in the first pass).
+pub const PASSES: [ObjectKind; 4] = [
+    ObjectKind::User,
+    ObjectKind::Group,
+    ObjectKind::Group,
+    ObjectKind::User,
+];
+
 /// Events read at a time when a cycle looks for what changed since its last whole plan.
 const FOCUS_PAGE: u32 = 10_000;
 
@@ -1526,19 +1527,9 @@ impl Cycle<'_> {
             return Err(Error::Config("no [target] section".into()));
         };
         let mut skipped = HashSet::new();
-        // Users, groups, groups again (members created in the first group pass), and,
-        // with a reference attribute (`manager`), users again: references to users created
-        // in the first pass.
+        // The last pass only with a reference attribute (see PASSES).
         let references = self.mapping.references().next().is_some();
-        for (pass, kind) in [
-            ObjectKind::User,
-            ObjectKind::Group,
-            ObjectKind::Group,
-            ObjectKind::User,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (pass, kind) in PASSES.into_iter().enumerate() {
             if pass == 3 && !references {
                 break;
             }
