@@ -426,7 +426,7 @@ async fn sync_cycle(
 ) -> Result<SyncReport> {
     let exporting = !opts.staging && !opts.dry_run;
     let began = Instant::now();
-    let phase = |name: &str| crate::ops::metrics::phase_line("sync", name, began);
+    let phase = |name: &str| crate::ops::metrics::phase_line!("sync", name, began);
     let checks = async {
         let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
         phase("projections read");

@@ -365,7 +365,7 @@ pub(crate) async fn import_run(
     let began = std::time::Instant::now();
     // Every read of the source below, fallbacks and retries included, ends by then.
     let deadline = Instant::now() + src_cfg.limits.import_timeout;
-    let phase = |name: &str| crate::ops::metrics::phase_line("import", name, began);
+    let phase = |name: &str| crate::ops::metrics::phase_line!("import", name, began);
     loop {
         tries += 1;
         // Read the version before the state: a write in between makes the append conflict
