@@ -768,7 +768,8 @@ async fn export_log_locked(
             crate::config::SyncConfig::default().cycle_timeout,
         ),
         reconcile_every: None,
-        full: false,
+        // An operator's export plans every object.
+        full: true,
     };
     let result = run.cycle(state, &mut report, None, &mut None).await;
     run_ended(store, &report, opts.hold, &result, None).await?;
@@ -983,7 +984,8 @@ struct Cycle<'a> {
     /// Read the whole target and repair drift when this long has passed since the last
     /// reconcile (None: never; `export_log`).
     reconcile_every: Option<Duration>,
-    /// `sync --full`: reconcile whatever the interval.
+    /// `sync --full` (or an operator's export): plan every object, and reconcile (when the
+    /// cycle reconciles at all) whatever the interval.
     full: bool,
 }
 
