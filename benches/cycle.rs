@@ -18,7 +18,8 @@
 //! baseline, and what the cycle planned (`planned_objects`).
 //!
 //! Usage: `cargo bench --bench cycle -- [--users N] [--changes K] [--runs R] [--compare BIN]`
-//! (defaults 100,000, 100, 5).
+//! (defaults 100,000, 100, 5). With `DIRSYNC_BENCH_HOLD` set, the lab stays up after the
+//! runs, for profiling by hand.
 
 mod common;
 #[path = "../tests/it/lab/mod.rs"]
@@ -298,6 +299,13 @@ async fn main() {
             } else {
                 theirs.push(s);
             }
+        }
+    }
+    if std::env::var_os("DIRSYNC_BENCH_HOLD").is_some() {
+        // For profiling by hand: the lab stays until the bench is killed.
+        eprintln!("holding: the lab in {}", lab.dir.path().display());
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
     let b = median(&base);
