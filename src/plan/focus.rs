@@ -365,6 +365,9 @@ mod tests {
         log: Vec<Event>,
         rng: StdRng,
         mapping: Mapping,
+        /// `[sync] on_delete`: odd seeds disable users first and delete them 40 events
+        /// later (the clock is the log's length).
+        on_delete: crate::config::OnDelete,
         /// The kinds of operation planned, as "create u".
         seen: BTreeSet<String>,
     }
@@ -485,7 +488,11 @@ mod tests {
         }
 
         fn plan(&self, only: Option<ObjectKind>, focus: &Focus) -> Plan {
-            plan_focused(&self.state, &self.mapping, only, &Removal::delete(), focus)
+            let removal = Removal {
+                on_delete: self.on_delete,
+                now_us: self.log.len() as i64,
+            };
+            plan_focused(&self.state, &self.mapping, only, &removal, focus)
         }
 
         /// The plan of `focus`, checked against the whole plan: the same operations.
@@ -504,6 +511,8 @@ mod tests {
             let ops = p.new.iter().map(|(a, _)| ("create", a.as_str()));
             let ops = ops.chain(p.updates.iter().map(|o| ("update", o.anchor())));
             let ops = ops.chain(p.deletes.iter().map(|o| ("delete", o.anchor())));
+            let ops = ops.chain(p.disables.iter().map(|o| ("disable", o.anchor())));
+            let ops = ops.chain(p.awaiting.iter().map(|(a, _)| ("awaiting", a.as_str())));
             for (op, anchor) in ops {
                 self.seen.insert(format!("{op} {}", &anchor[..1]));
             }
@@ -514,6 +523,11 @@ mod tests {
         /// a deletion the guard holds, an object whose last export failed (quarantined, or
         /// waiting out its backoff).
         fn export(&mut self, ops: Vec<Op>) {
+            self.export_as(ops, ExportOp::Update);
+        }
+
+        /// [`Sim::export`], updates recorded as `update_op` (a disable's).
+        fn export_as(&mut self, ops: Vec<Op>, update_op: ExportOp) {
             for op in ops {
                 let anchor = op.anchor().to_string();
                 let may_wait = matches!(op, Op::Delete { .. })
@@ -528,9 +542,7 @@ mod tests {
                         format!("t-{anchor}"),
                         Some(object),
                     ),
-                    Op::Update { target_id, to, .. } => {
-                        (to.kind(), ExportOp::Update, target_id, Some(to))
-                    }
+                    Op::Update { target_id, to, .. } => (to.kind(), update_op, target_id, Some(to)),
                     Op::Delete {
                         kind, target_id, ..
                     } => (kind, ExportOp::Delete, target_id, None),
@@ -569,6 +581,8 @@ mod tests {
                 let ops: Vec<Op> = creates.chain(p.updates).collect();
                 self.export(ops);
             }
+            let p = self.checked(None, focus, "disables");
+            self.export_as(p.disables, ExportOp::Disable);
             let p = self.checked(None, focus, "deletes");
             self.export(p.deletes);
         }
@@ -586,6 +600,13 @@ mod tests {
                 log: Vec::new(),
                 rng: StdRng::seed_from_u64(seed),
                 mapping: with_manager(SourceKind::Ad),
+                on_delete: if seed % 2 == 1 {
+                    crate::config::OnDelete::Disable {
+                        after: std::time::Duration::from_micros(40),
+                    }
+                } else {
+                    crate::config::OnDelete::Delete
+                },
                 seen: Default::default(),
             };
             let mut planned_seq: Option<u64> = None;
@@ -614,10 +635,11 @@ mod tests {
             );
             seen.append(&mut sim.seen);
         }
-        let every: BTreeSet<String> = ["create", "update", "delete"]
+        let mut every: BTreeSet<String> = ["create", "update", "delete"]
             .iter()
             .flat_map(|op| ["u", "g"].map(|k| format!("{op} {k}")))
             .collect();
+        every.extend(["disable u".to_string(), "awaiting u".to_string()]);
         assert_eq!(seen, every, "the simulation plans every kind of operation");
     }
 
