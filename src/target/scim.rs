@@ -58,6 +58,8 @@ pub const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const DEPARTMENT_PATH: &str =
     "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
 
+/// The probe's filter: a userName no directory gives (a user so named would do as well).
+const PROBE_FILTER: &str = "userName eq \"dirsync-probe.invalid\"";
 const SCIM_JSON: &str = "application/scim+json";
 const ACCEPT_JSON: &str = "application/scim+json, application/json";
 /// Resources per page when listing (scim2-server and many providers cap it at 1000).
@@ -563,16 +565,32 @@ impl ScimTarget {
 }
 
 impl Target for ScimTarget {
+    /// The credentials and the endpoint, checked by a list request that names at most one
+    /// user (`userName eq`, a filter every provisioning server indexes): a page of all users,
+    /// even of one, makes some servers count them all (scim2-server took 0.29 s at 100,000
+    /// users, every cycle). A server that cannot filter (400) is asked for that page.
     async fn probe(&self) -> std::result::Result<(), TargetError> {
         let mut url = self.url(&["Users"]);
         url.query_pairs_mut()
-            .append_pair("startIndex", "1")
+            .append_pair("filter", PROBE_FILTER)
             .append_pair("count", "1");
-        let req = Req::new(Method::GET, url, "probe GET /Users".to_string());
-        let reply = self
-            .send(&req, Gate::NONE)
+        let filtered = Req::new(Method::GET, url, "probe GET /Users?filter".to_string());
+        let mut reply = self
+            .send(&filtered, Gate::NONE)
             .await
             .map_err(SendError::into_error)?;
+        let mut req = filtered;
+        if reply.status == StatusCode::BAD_REQUEST {
+            let mut url = self.url(&["Users"]);
+            url.query_pairs_mut()
+                .append_pair("startIndex", "1")
+                .append_pair("count", "1");
+            req = Req::new(Method::GET, url, "probe GET /Users".to_string());
+            reply = self
+                .send(&req, Gate::NONE)
+                .await
+                .map_err(SendError::into_error)?;
+        }
         if !reply.status.is_success() {
             return Err(reply_error(&req.what, &reply));
         }

@@ -76,6 +76,56 @@ async fn a_refused_candidate_filter_does_not_stop_the_export() {
     assert_eq!([count(&v, "created"), count(&v, "updated")], [0, 0], "{v}");
 }
 
+/// The probe that checks the target's credentials each cycle names one user by a filter
+/// (a page of all users made scim2-server count 100,000 of them, 0.29 s a cycle); a server
+/// that refuses the filter (400) is probed by that page instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_filters_and_falls_back_to_a_page_where_filters_are_refused() {
+    let probes = |proxy: &ScimProxy| -> Vec<(String, u16)> {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.method == "GET"
+                    && r.target.contains("count=1")
+                    && !r.target.contains("count=1000")
+            })
+            .map(|r| {
+                (
+                    r.target
+                        .split_once("/Users")
+                        .map_or(String::new(), |(_, q)| q.to_string()),
+                    r.status,
+                )
+            })
+            .collect()
+    };
+    let filtered = (
+        "?filter=userName+eq+%22dirsync-probe.invalid%22&count=1".to_string(),
+        200,
+    );
+    let page = ("?startIndex=1&count=1".to_string(), 200);
+
+    let lab = E2e::ldap(2, "500").await;
+    let proxy = behind_proxy(&lab, ProxyRules::default()).await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(count(&v, "created"), 4, "{v}");
+    assert_eq!(probes(&proxy), vec![filtered.clone()]);
+
+    let lab = E2e::ldap(2, "500").await;
+    let proxy = behind_proxy(
+        &lab,
+        ProxyRules {
+            refuse_filters_containing: vec!["dirsync-probe".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let v = lab.sync("a", &[]);
+    assert_eq!(count(&v, "created"), 4, "{v}");
+    assert_eq!(probes(&proxy), vec![(filtered.0, 400), page]);
+}
+
 /// What the target must hold after a sync of the lab's u1..u`users` and groups team and
 /// crew (members u1, u2), read from scim2-server directly: each user by its anchor with
 /// userName and title, each group with the users' target ids as members.
