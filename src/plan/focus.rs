@@ -29,10 +29,11 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::mapping::Mapping;
-use crate::log::event::{Event, ObjectKind};
+use crate::log::event::{AttrValue, Event, ObjectKind};
 use crate::log::index::Rows;
 use crate::log::StoredEvent;
 use crate::project::State;
+use crate::source::dn::normalise_dn;
 
 pub type AnchorSet = HashSet<String, foldhash::fast::RandomState>;
 
@@ -244,10 +245,7 @@ fn changed(state: &State, mapping: &Mapping, named: Vec<String>) -> Result<Ancho
         let Some(lits) = selected_literals(&rule.expr) else {
             return Err(Whole::Reference(rule.key.clone()));
         };
-        literals.extend(
-            lits.into_iter()
-                .map(|l| crate::source::dn::normalise_dn(&l)),
-        );
+        literals.extend(lits.into_iter().map(|l| normalise_dn(&l)));
         reads.extend(rule.reads.iter().map(String::as_str));
     }
     // The names a reference may give an object of the set by: its anchor, its DN and the
@@ -258,7 +256,7 @@ fn changed(state: &State, mapping: &Mapping, named: Vec<String>) -> Result<Ancho
         let mut names: HashSet<String> = set
             .iter()
             .filter_map(|a| objects.get(a))
-            .map(|r| crate::source::dn::normalise_dn(&r.dn))
+            .map(|r| normalise_dn(&r.dn))
             .collect();
         names.extend(set.iter().cloned());
         for (dn, anchors) in &state.objects.former_dns {
@@ -282,11 +280,10 @@ fn changed(state: &State, mapping: &Mapping, named: Vec<String>) -> Result<Ancho
                     || rec.attrs.iter().any(|(k, vs)| {
                         reads.iter().any(|r| k.as_str().eq_ignore_ascii_case(r))
                             && vs.iter().any(|v| match v {
-                                crate::log::event::AttrValue::Text(t) => {
-                                    names.contains(t.as_str())
-                                        || names.contains(&crate::source::dn::normalise_dn(t))
+                                AttrValue::Text(t) => {
+                                    names.contains(t.as_str()) || names.contains(&normalise_dn(t))
                                 }
-                                crate::log::event::AttrValue::Binary { .. } => false,
+                                AttrValue::Binary { .. } => false,
                             })
                     })
             }
@@ -305,7 +302,7 @@ fn changed(state: &State, mapping: &Mapping, named: Vec<String>) -> Result<Ancho
 fn selected_literals(expr: &str) -> Option<Vec<String>> {
     let mut literals = Vec::new();
     let mut rest = String::new();
-    let mut chars = expr.chars().peekable();
+    let mut chars = expr.chars();
     while let Some(c) = chars.next() {
         if c == '"' || c == '\'' {
             let mut lit = String::new();
