@@ -566,7 +566,8 @@ impl ScimTarget {
 
 impl Target for ScimTarget {
     /// The credentials and the endpoint, checked by a list request that names at most one
-    /// user (`userName eq`, a filter every provisioning server indexes): a page of all users,
+    /// user (`userName eq`, the filter provisioning clients look users up by; Entra's SCIM
+    /// requirements name it): a page of all users,
     /// even of one, makes some servers count them all (scim2-server took 0.29 s at 100,000
     /// users, every cycle). A server that cannot filter (400) is asked for that page.
     async fn probe(&self) -> std::result::Result<(), TargetError> {
