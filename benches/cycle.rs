@@ -25,7 +25,7 @@ mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
 
-use common::arg;
+use common::{arg, load_average, median};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -247,16 +247,6 @@ fn own() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dirsync"))
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn secs(xs: &[f64]) -> String {
     xs.iter()
         .map(|s| format!("{s:.2}"))
@@ -311,9 +301,7 @@ async fn main() {
     let b = median(&base);
     println!(
         "exporting delta cycle, {users} users, {changes} changes, {runs} runs, load {}",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
+        load_average()
     );
     println!(
         "baseline (ldapsearch of the changes + raw PATCHes): median {b:.3} s [{}]",

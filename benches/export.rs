@@ -19,7 +19,7 @@ mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
 
-use common::arg;
+use common::{arg, load_average};
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -202,12 +202,6 @@ async fn scim_total(base: &str, token: &str) -> u64 {
     v["totalResults"].as_u64().expect("totalResults")
 }
 
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 async fn scim(users: u64, rounds: u64) {
     println!("SCIM (scim2-server), {users} users, {CONCURRENCY} in flight");
     println!("round  first    raw s    raw u/s  dirsync s  dirsync u/s  ratio  load(1 5 15)");
@@ -249,13 +243,13 @@ async fn scim(users: u64, rounds: u64) {
             "{round:<6} {:<8} {t_raw:<8.2} {raw_rate:<8.0} {t_ours:<10.2} {our_rate:<12.0} {:<6.3} {}",
             if raw_first { "raw" } else { "dirsync" },
             our_rate / raw_rate,
-            load()
+            load_average()
         );
         println!(
             "{}",
             json!({"bench": "export", "target": "scim", "round": round, "users": users,
                 "raw_s": t_raw, "dirsync_s": t_ours, "raw_per_s": raw_rate,
-                "dirsync_per_s": our_rate, "ratio": our_rate / raw_rate, "load": load()})
+                "dirsync_per_s": our_rate, "ratio": our_rate / raw_rate, "load": load_average()})
         );
         raw_total += t_raw;
         ours_total += t_ours;
@@ -316,7 +310,7 @@ async fn graph(users: u64) {
     let ratio = if minimum > 0.0 { t / minimum } else { f64::NAN };
     println!(
         "{t:<8.2} {minimum:<10.2} {ratio:<6.3} {throttled:<6} {attempts:<15} {batches:<8} {}",
-        load()
+        load_average()
     );
     println!("goal: ratio <= 1.10");
     println!(
@@ -324,7 +318,7 @@ async fn graph(users: u64) {
         json!({"bench": "export", "target": "graph", "users": users, "writes": writes,
             "writes_per_window": GRAPH_WRITES_PER_WINDOW, "window_s": GRAPH_WINDOW.as_secs(),
             "total_s": t, "minimum_s": minimum, "ratio": ratio, "throttled": throttled,
-            "write_attempts": attempts, "batches": batches, "load": load()})
+            "write_attempts": attempts, "batches": batches, "load": load_average()})
     );
 }
 

@@ -17,7 +17,7 @@ mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
 
-use common::arg;
+use common::{arg, load_average, median};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -151,25 +151,8 @@ impl Search {
     }
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn max(xs: &[f64]) -> f64 {
     xs.iter().copied().fold(0.0, f64::max)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// Where the bench's logs go.

@@ -31,7 +31,7 @@ mod common;
 #[path = "../tests/it/lab/mod.rs"]
 mod lab;
 
-use common::arg;
+use common::{arg, load_average, median};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -416,25 +416,6 @@ async fn run_process(lab: &mut Lab, setup: Setup, cycles: u64, got: &Received) -
     }
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 fn secs(v: &[f64]) -> String {
     v.iter()
         .map(|s| format!("{s:.3}"))
@@ -508,7 +489,7 @@ async fn main() {
                 p.setup.name(),
                 median(&c),
                 median(&out),
-                load(),
+                load_average(),
                 secs(&c)
             );
             println!(
@@ -516,7 +497,7 @@ async fn main() {
                 json!({"bench": "ops", "round": round, "setup": p.setup.name(), "users": users,
                     "changes": changes, "cycles_s": c, "outside_s": out,
                     "webhook_deliveries": p.webhook, "hook_runs": p.hooks,
-                    "scrapes_ok": p.scrapes, "scrapes_tried": p.scrape_attempts, "load": load()})
+                    "scrapes_ok": p.scrapes, "scrapes_tried": p.scrape_attempts, "load": load_average()})
             );
             medians.insert(setup.name(), median(&c));
             let e = all.entry(setup.name()).or_default();
@@ -564,6 +545,6 @@ async fn main() {
             "cycles_per_process": cycles, "a_median_s": ca, "b_median_s": cb, "ratio": cb / ca,
             "a_outside_s": oa, "b_outside_s": ob, "round_ratios": per_round,
             "webhook_deliveries": notified.0, "hook_runs": notified.1,
-            "scrapes_ok": notified.2, "load": load()})
+            "scrapes_ok": notified.2, "load": load_average()})
     );
 }

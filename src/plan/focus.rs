@@ -185,29 +185,38 @@ pub fn start(f: &Facts) -> Result<u64, Whole> {
     Ok(p)
 }
 
-/// The anchors the events (those after the last whole plan) name, or why they do not say
-/// all that changed.
-pub fn named(events: &[StoredEvent]) -> Result<Vec<String>, Whole> {
-    let mut rows = Rows::default();
-    for e in events {
-        if !CONFINED.contains(&e.event_type.as_str()) {
-            return Err(Whole::Event(e.event_type.clone()));
-        }
-        rows.add(e.seq, &e.event_type, &e.payload);
-    }
-    Ok(rows.anchors.into_iter().map(|(a, _)| a).collect())
+/// Whether events of this type change the projections of the objects they name only.
+pub fn confined(event_type: &str) -> bool {
+    CONFINED.contains(&event_type)
 }
 
-/// [`named`] of events not in the log (a dry run's import).
-pub fn named_new(events: &[Event]) -> Result<Vec<String>, Whole> {
-    let mut rows = Rows::default();
-    for e in events {
-        if !CONFINED.contains(&e.event_type()) {
+/// The anchors the events after the last whole plan name, gathered one event at a time
+/// (they are read from the log page by page).
+#[derive(Debug, Default)]
+pub struct Named(Rows);
+
+impl Named {
+    /// Add a stored event, or say why it does not tell all it changed.
+    pub fn add(&mut self, e: &StoredEvent) -> Result<(), Whole> {
+        if !confined(&e.event_type) {
+            return Err(Whole::Event(e.event_type.clone()));
+        }
+        self.0.add(e.seq, &e.event_type, &e.payload);
+        Ok(())
+    }
+
+    /// [`Named::add`] of an event not in the log (a dry run's import).
+    pub fn add_new(&mut self, e: &Event) -> Result<(), Whole> {
+        if !confined(e.event_type()) {
             return Err(Whole::Event(e.event_type().to_string()));
         }
-        rows.add_event(0, e);
+        self.0.add_event(0, e);
+        Ok(())
     }
-    Ok(rows.anchors.into_iter().map(|(a, _)| a).collect())
+
+    pub fn anchors(self) -> Vec<String> {
+        self.0.anchors.into_iter().map(|(a, _)| a).collect()
+    }
 }
 
 /// The objects to plan: those `named`, those the projections hold as pending, and those
@@ -615,10 +624,16 @@ mod tests {
                 let seq = sim.log.len() as u64;
                 let focus = match planned_seq {
                     None => Focus::Whole(Whole::NoPlanYet),
-                    Some(p) => match named_new(&sim.log[p as usize..]) {
-                        Ok(named) => focus(&sim.state, &sim.mapping, named),
-                        Err(w) => Focus::Whole(w),
-                    },
+                    Some(p) => {
+                        let mut named = Named::default();
+                        match sim.log[p as usize..]
+                            .iter()
+                            .try_for_each(|e| named.add_new(e))
+                        {
+                            Ok(()) => focus(&sim.state, &sim.mapping, named.anchors()),
+                            Err(w) => Focus::Whole(w),
+                        }
+                    }
                 };
                 if let Focus::Changed(_) = &focus {
                     focused += 1;

@@ -26,6 +26,7 @@
 //! takes it, so nothing is created twice.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -999,9 +1000,6 @@ pub const PASSES: [ObjectKind; 4] = [
     ObjectKind::User,
 ];
 
-/// Events read at a time when a cycle looks for what changed since its last whole plan.
-const FOCUS_PAGE: u32 = 10_000;
-
 /// What the export finishes besides the plan: a reconcile's listing and duplicates, and
 /// whether the guard holds the deletions.
 struct ExportDone<'a> {
@@ -1245,19 +1243,17 @@ impl Cycle<'_> {
     /// own (its exports settle what they name); else `planned_seq`, so that the next cycle
     /// plans what others appended meanwhile too.
     async fn settled_at(&self, planned_seq: u64) -> Result<u64> {
-        let mut at = planned_seq;
-        loop {
-            let page = self.store.read(at, FOCUS_PAGE).await?;
-            let Some(last) = page.last().map(|e| e.seq) else {
-                return Ok(at);
-            };
-            let own =
-                page.iter().all(|e| e.instance == self.instance) && focus::named(&page).is_ok();
+        let (mut last, mut own) = (planned_seq, true);
+        replay::scan(self.store, planned_seq, None, |e| {
+            own = e.instance == self.instance && focus::confined(&e.event_type);
             if !own {
-                return Ok(planned_seq);
+                return Ok(ControlFlow::Break(()));
             }
-            at = last;
-        }
+            last = e.seq;
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(if own { last } else { planned_seq })
     }
 
     /// What this cycle plans (see [`crate::plan::focus`]): every object, or those the log
@@ -1287,28 +1283,34 @@ impl Cycle<'_> {
                 .as_ref()
                 .is_some_and(|e| e.event.mapping_fingerprint == self.mapping.fingerprint()),
         };
-        let mut at = match focus::start(&facts) {
+        let after = match focus::start(&facts) {
             Ok(after) => after,
             Err(why) => return Ok(Focus::Whole(why)),
         };
-        let mut named = Vec::new();
-        while at < state.seq {
-            let page = self.store.read(at, FOCUS_PAGE).await?;
-            let Some(last) = page.last().map(|e| e.seq) else {
-                break;
-            };
-            let within = page.partition_point(|e| e.seq <= state.seq);
-            match focus::named(&page[..within]) {
-                Ok(a) => named.extend(a),
-                Err(why) => return Ok(Focus::Whole(why)),
+        let mut named = focus::Named::default();
+        let mut whole = None;
+        replay::scan(self.store, after, None, |e| {
+            if e.seq > state.seq {
+                return Ok(ControlFlow::Break(()));
             }
-            at = last;
+            match named.add(e) {
+                Ok(()) => Ok(ControlFlow::Continue(())),
+                Err(why) => {
+                    whole = Some(why);
+                    Ok(ControlFlow::Break(()))
+                }
+            }
+        })
+        .await?;
+        // A dry run's import is not in the log.
+        let whole = whole.or_else(|| {
+            let mut planned = report.import.planned.iter();
+            planned.find_map(|e| named.add_new(e).err())
+        });
+        if let Some(why) = whole {
+            return Ok(Focus::Whole(why));
         }
-        match focus::named_new(&report.import.planned) {
-            Ok(a) => named.extend(a),
-            Err(why) => return Ok(Focus::Whole(why)),
-        }
-        Ok(focus::focus(state, self.mapping, named))
+        Ok(focus::focus(state, self.mapping, named.anchors()))
     }
 
     /// Whether this cycle reads the whole target (pure but for the clock's `now`).
