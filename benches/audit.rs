@@ -27,6 +27,7 @@ use dirsync::log::event::{
 use dirsync::log::store::Batch;
 use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
 use dirsync::project::replay::{self, Until};
+use dirsync::project::State;
 use mix::{anchor, mixed, opt, user};
 
 /// PostgreSQL after a bulk load of two million rows: vacuumed, analysed and checkpointed, as
@@ -185,7 +186,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }));
         let append_s = append_all(&store, log).await?;
         let t = Instant::now();
-        let state = replay::refresh(&store, 10_000).await?;
+        let state = replay::current(&store).await?;
         let refresh_s = t.elapsed().as_secs_f64();
         drop(state);
         // Where the command's time goes: reading the stored projections, decoding them.
@@ -243,14 +244,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let append_s = append_all(&store, (0..events).map(|i| mixed(i, i, user, export))).await?;
         let t = Instant::now();
-        replay::refresh(&store, 10_000).await?;
+        replay::current(&store).await?;
         let refresh_s = t.elapsed().as_secs_f64();
         let middle = events / 2;
         let t = Instant::now();
-        let s = replay::state_at(&store, Until::Seq(middle), None).await?;
+        let s = replay::at(&store, Until::Seq(middle), None).await?;
         let state_at_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let from_zero = replay::rebuild(&store, Until::Seq(middle)).await?;
+        let from_zero = replay::fold(&store, State::default(), Until::Seq(middle), None).await?;
         let from_zero_s = t.elapsed().as_secs_f64();
         if s != from_zero {
             return Err("replay from a checkpoint differs from replay from seq 0".into());

@@ -16,6 +16,7 @@ use dirsync::log::event::{Event, ExportApplied, ExportOp, ObjectKind};
 use dirsync::log::store::Batch;
 use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
 use dirsync::project::replay::{self, Until};
+use dirsync::project::State;
 use mix::{anchor, mixed, opt, text, user};
 
 /// Event `i` of the mix: users carry a department too; exports record a state of another
@@ -103,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let (t, c) = (Instant::now(), cpu_secs());
-    let state = replay::rebuild(&store, Until::Head).await?;
+    let state = replay::fold(&store, State::default(), Until::Head, None).await?;
     let (replay_secs, replay_cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
     assert_eq!(state.seq, n);
 

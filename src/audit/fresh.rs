@@ -16,9 +16,6 @@ use crate::project::replay;
 use crate::project::State;
 use crate::sync::export::{sync, SyncOptions};
 
-/// Replay at most this many events past the stored projections before storing them again.
-const SNAPSHOT_EVERY: u64 = 10_000;
-
 /// The staging full import that gathered the evidence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FreshImport {
@@ -49,7 +46,7 @@ pub async fn missed_deletes(
     progress: &ProgressBar,
     now_us: i64,
 ) -> Result<MissedAudit> {
-    let before = replay::refresh(store, SNAPSHOT_EVERY).await?;
+    let before = replay::current(store).await?;
     let cursors = before.control.cursors.clone();
     let (state, fresh) = match fresh_as {
         None => (before, None),
@@ -84,7 +81,7 @@ pub async fn missed_deletes(
                 deleted: r.import.deleted,
                 left_scope: r.import.left_scope,
             };
-            (replay::refresh(store, SNAPSHOT_EVERY).await?, Some(fresh))
+            (replay::current(store).await?, Some(fresh))
         }
     };
     let missed = missed::missed_deletes(&state, &cursors, now_us, cfg.sync.on_delete);

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::log::event::Event;
 use crate::log::store::HistoryQuery;
 use crate::log::{AnyStore, Store, StoredEvent};
-use crate::project::replay::{self, Until, REFRESH_THRESHOLD};
+use crate::project::replay::{self, Until};
 
 use super::report::{Chain, DeletionStage, Fact, Mark, Report};
 
@@ -205,7 +205,7 @@ pub async fn report(
             (store.seq_at_or_before(us).await?, Some(us))
         }
     };
-    let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+    let state = replay::current(store).await?;
     let now = chrono::Utc::now().timestamp_micros();
 
     let mut modes = std::collections::HashMap::new();

@@ -4,7 +4,7 @@ pub(super) async fn anchors(cfg: &Config, c: AnchorsCommand, fmt: Format) -> Res
     let store = open(cfg).await?;
     match c {
         AnchorsCommand::Show => {
-            let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+            let state = projection::current(&store).await?;
             let recorded = state.objects.anchor_attribute.clone();
             let pinned = cfg.source.as_ref().and_then(|s| s.anchor.clone());
             let owned = state.ledger.owned().count();

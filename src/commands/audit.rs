@@ -97,7 +97,7 @@ pub(super) async fn audit_cmd(
                     .map_err(|e| Error::BadInput(format!("--longer-than `{s}`: {e}")))?,
                 None => cfg.sync.interval * 2,
             };
-            let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+            let state = projection::current(&store).await?;
             let min_us = i64::try_from(min.as_micros()).unwrap_or(i64::MAX);
             let report = gaps::gaps(&state, now, min_us);
             let v = output::json_value(&report).map_err(Error::store)?;
@@ -115,7 +115,7 @@ pub(super) async fn audit_cmd(
             })
         }
         AuditCommand::Drift { fail_if_any } => {
-            let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+            let state = projection::current(&store).await?;
             let report = crate::audit::drift::drift(&state, cfg.sync.reconcile_target);
             let v = output::json_value(&report).map_err(Error::store)?;
             if fmt == Format::Table && report.reconciles.is_empty() {

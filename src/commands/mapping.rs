@@ -41,7 +41,7 @@ pub(super) async fn mapping(cfg: &Config, c: MappingCommand, fmt: Format) -> Res
         }
         MappingCommand::Test { dn, anchor } => {
             let store = open(cfg).await?;
-            let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+            let state = projection::current(&store).await?;
             let objects = &state.objects.objects;
             let found = match (&anchor, &dn) {
                 (Some(a), _) => objects.get_key_value(a.as_str()),

@@ -51,9 +51,6 @@ use crate::output::{self, print, table, time};
 use crate::project::replay::{self as projection, Until};
 use crate::project::{Control, State};
 
-/// Replay at most this many events past the stored projections before storing them again.
-const SNAPSHOT_EVERY: u64 = 10_000;
-
 pub async fn execute(cli: Cli) -> Result<Exit> {
     let fmt = cli.format;
     let csv_ok = match &cli.command {

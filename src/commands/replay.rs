@@ -44,7 +44,7 @@ pub(super) async fn replay_cmd(store: &AnyStore, a: ReplayArgs, fmt: Format) -> 
         .map(parse_until)
         .transpose()?
         .unwrap_or(Until::Head);
-    let state = projection::state_at(store, until, Some(&bar)).await;
+    let state = projection::at(store, until, Some(&bar)).await;
     bar.finish_and_clear();
     let state = state?;
     print_state(&state, fmt)?;
@@ -130,8 +130,8 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
             return Err(Error::BadInput("--diff takes two points: A B".into()));
         };
         let (from, to) = (parse_until(from)?, parse_until(to)?);
-        let sa = projection::state_at(&store, from, None).await?;
-        let sb = projection::state_at(&store, to, None).await?;
+        let sa = projection::at(&store, from, None).await?;
+        let sb = projection::at(&store, to, None).await?;
         let d = history::diff(&sa, &sb);
         let v = output::json_value(&d).map_err(Error::store)?;
         if fmt == Format::Table {
@@ -154,7 +154,7 @@ pub(super) async fn history_cmd(cfg: &Config, a: ReplayArgs, fmt: Format) -> Res
         let other = Config::load(path)?;
         let src = other.source()?;
         let scope = src.scope();
-        let state = projection::refresh(&store, SNAPSHOT_EVERY).await?;
+        let state = projection::current(&store).await?;
         let other_scope = src.effective();
         // What the log's objects were imported under: as recorded, else (a log from
         // before such records) as this configuration says.
@@ -226,7 +226,7 @@ pub(super) async fn to_target(
         threshold: cfg.sync.deletion_threshold,
     };
     if dry_run {
-        let state = projection::refresh(store, SNAPSHOT_EVERY).await?;
+        let state = projection::current(store).await?;
         let p = rebuild_plan(&state, &opts, Utc::now().timestamp_micros());
         let mut rows: Vec<Vec<String>> = p
             .new

@@ -149,6 +149,7 @@ async fn copy_batch(
 pub struct PgStore {
     pool: PgPool,
     url: String,
+    pub(crate) memo: super::store::Memo,
 }
 
 /// How long a session may sit idle inside a transaction before the server ends it. No
@@ -174,7 +175,11 @@ impl PgStore {
             .connect_with(opts)
             .await
             .map_err(|e| Error::Store(format!("cannot connect to {shown}: {e}")))?;
-        let store = PgStore { pool, url: shown };
+        let store = PgStore {
+            pool,
+            url: shown,
+            memo: Default::default(),
+        };
         let found = store.schema_version().await?;
         match mode {
             OpenMode::Init => store.migrate(found).await?,

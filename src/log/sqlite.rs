@@ -69,6 +69,7 @@ const SELECT_KEY: &str = "SELECT seq FROM events WHERE idempotency_key = ?1";
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    pub(crate) memo: super::store::Memo,
 }
 
 struct Inner {
@@ -260,6 +261,7 @@ impl SqliteStore {
                 checkpointer: Mutex::new(None),
                 checkpoint_due: AtomicBool::new(false),
             }),
+            memo: Default::default(),
         })
     }
 

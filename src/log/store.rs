@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use super::control::StoredControl;
 use super::hash::{self, Hash, HashInput};
@@ -258,6 +259,30 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// A slot a store handle carries for what the projections remembered of the store (see
+/// `project::replay::current`): it lives and dies with the handle and its clones, so a
+/// process that opens a store once (a command, the service) reads its state once, and two
+/// handles never share one. Type-erased: the log does not know the projections.
+#[derive(Clone, Default)]
+pub struct Memo(Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
+
+impl Memo {
+    /// Take what was remembered, if it is a `T`.
+    pub fn take<T: 'static>(&self) -> Option<T> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take()?.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(_) => None,
+        }
+    }
+
+    /// Remember `t`, in place of what was.
+    pub fn put<T: Send + 'static>(&self, t: T) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(Box::new(t));
+    }
+}
+
 /// The store selected by `[store] url`.
 #[derive(Clone)]
 pub enum AnyStore {
@@ -266,6 +291,14 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
+    /// This handle's [`Memo`].
+    pub fn memo(&self) -> &Memo {
+        match self {
+            AnyStore::Sqlite(s) => &s.memo,
+            AnyStore::Postgres(s) => &s.memo,
+        }
+    }
+
     /// Open `sqlite://PATH` or `postgres://...`.
     pub async fn open(url: &str, mode: OpenMode) -> Result<AnyStore> {
         if let Some(path) = url.strip_prefix("sqlite://") {

@@ -145,7 +145,7 @@ pub async fn handover(
         .await?
         .ok_or_else(|| Error::Refused("another handover is running on this store".into()))?;
     // The runner folds its own copy forward (the sync steps share the remembered one).
-    let mut state = std::sync::Arc::unwrap_or_clone(replay::refresh(store, 10_000).await?);
+    let mut state = std::sync::Arc::unwrap_or_clone(replay::current(store).await?);
     let described: Vec<String> = pb.steps.iter().map(|s| s.describe()).collect();
     let id = match machine::begin(&state.control.handovers, &opts.from, &opts.to, &pb.name) {
         Begin::Refuse(why) => return Err(Error::Refused(why)),
@@ -210,7 +210,7 @@ pub async fn handover(
         return Ok(r);
     }
     loop {
-        state = replay::fold(store, state, Until::Head).await?;
+        state = replay::fold(store, state, Until::Head, None).await?;
         let h = state
             .control
             .handovers
@@ -348,12 +348,12 @@ async fn run_step(
     )
     .await?;
     say(&format!("step {}/{n} {what}: started", i + 1));
-    state = replay::fold(store, state, Until::Head).await?;
+    state = replay::fold(store, state, Until::Head, None).await?;
     let step_seq = state.seq;
     let begun = Instant::now();
     let mut said = None;
     let outcome: Result<serde_json::Value> = loop {
-        state = replay::fold(store, state, Until::Head).await?;
+        state = replay::fold(store, state, Until::Head, None).await?;
         let h = recorded(&state, id)?;
         match machine::ready(&state, h, i, step) {
             Ready::Go => break run_action(cfg, store, &state, h, step, &name, progress).await,
@@ -388,13 +388,13 @@ async fn run_step(
                 Event::HandoverStepCompleted(step_event(id, i, &what, detail)),
             )
             .await?;
-            replay::fold(store, state, Until::Head).await
+            replay::fold(store, state, Until::Head, None).await
         }
         Err(e) => {
             // A sync the step's timeout cut short recorded no end: record it, once no
             // cycle of the instance is running (its lock is free).
             if let Ok(lock) = crate::sync::export::lock_instance(store, &name).await {
-                let state = replay::fold(store, state, Until::Head).await;
+                let state = replay::fold(store, state, Until::Head, None).await;
                 let r = match state {
                     Ok(state) => {
                         abandon_run(

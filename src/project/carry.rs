@@ -122,7 +122,14 @@ pub async fn import(store: &AnyStore, events: &[StoredEvent], file: &Path) -> Re
     let (head, head_hash) = store.head().await?;
     let new = rest(events, head, head_hash, file)?;
     store.append_raw(new).await?;
-    let state = replay::refresh(store, 0).await?;
+    let state = replay::current_tuned(
+        store,
+        replay::Tuning {
+            threshold: 0,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(Imported {
         imported: new.len(),
         already_present: head,

@@ -5,10 +5,10 @@
 //! result, and commands read that. The source objects take the event by value (their values
 //! move in); the small projections read it by reference.
 //!
-//! Reading the state (see [`replay`]): [`replay::refresh`] for the current state,
-//! [`replay::state_at`] for the state as of a point of the log, [`replay::control`] for the
+//! Reading the state (see [`replay`]): [`replay::current`] for the current state,
+//! [`replay::at`] for the state as of a point of the log; [`replay::control`] for the
 //! control projections alone (one stored row), [`replay::state_of`] for what the projections
-//! hold of a few objects.
+//! hold of a few objects. Replay itself is [`replay::fold`].
 
 pub mod carry;
 pub mod replay;

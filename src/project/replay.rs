@@ -1,5 +1,15 @@
 //! Replay: folding the log into [`State`], checking the chain, and stored snapshots.
 //!
+//! Reading the state, four ways, each for one need:
+//! - [`current`]: the state now (from what the store handle read last, or the stored
+//!   snapshot, folded on to the head);
+//! - [`at`]: the state as of a point of the log (from the nearest checkpoint);
+//! - [`control`]: the control projections alone, one stored row (status, instance list);
+//! - [`state_of`]: what the projections hold of a few objects (their events only).
+//!
+//! [`fold`] is replay itself (`apply` folded over the log); [`fold_appended`] folds what an
+//! append writes as it writes it, for the next [`current`].
+//!
 //! Everything reads the log through one pipeline: a reader task fetches pages from the
 //! store while the consumer works through the previous one. Readers turn each event into
 //! what the consumer needs while it is still in the backend's buffers: for a chain check
@@ -318,13 +328,10 @@ const CHANGED: &str = "ObjectChanged";
 const IMPORTED: &str = "ObjectImported";
 const DELETED: &str = "ObjectDeleted";
 
-/// Apply the events after `state.seq` up to `until`.
-pub async fn fold(store: &AnyStore, state: State, until: Until) -> Result<State> {
-    fold_with(store, state, until, None).await
-}
-
-/// [`fold`], reporting progress.
-pub async fn fold_with(
+/// **Replay**: apply the events after `state.seq` up to `until` (from `State::default()`,
+/// the whole log: what `replay --verify` compares the stored projections with), reporting
+/// progress.
+pub async fn fold(
     store: &AnyStore,
     state: State,
     until: Until,
@@ -333,9 +340,9 @@ pub async fn fold_with(
     fold_split_from(store, state, until, progress, SPLIT_FROM).await
 }
 
-/// [`fold_with`], on two threads when at least `split_from` events, and more than the
+/// [`fold`], on two threads when at least `split_from` events, and more than the
 /// objects the state holds, are to be folded (see [`fold_split`]). Tests choose
-/// `split_from`; everything else folds through `fold_with`.
+/// `split_from`; everything else folds through [`fold`].
 #[doc(hidden)]
 pub async fn fold_split_from(
     store: &AnyStore,
@@ -553,11 +560,6 @@ fn fold_second_half(
     Ok((objects, seq))
 }
 
-/// Rebuild every projection from seq 0.
-pub async fn rebuild(store: &AnyStore, until: Until) -> Result<State> {
-    fold(store, State::default(), until).await
-}
-
 /// Verify the whole chain; returns the number of events checked.
 pub async fn verify_chain(store: &AnyStore, progress: Option<&ProgressBar>) -> Result<u64> {
     let mut v = ChainVerifier::default();
@@ -605,6 +607,8 @@ pub async fn verify_chain(store: &AnyStore, progress: Option<&ProgressBar>) -> R
 }
 
 /// The stored snapshot, if it still matches the log (its seq's hash is the one it recorded).
+/// For tests: everything else reads [`current`].
+#[doc(hidden)]
 pub async fn stored(store: &AnyStore) -> Result<Option<State>> {
     stored_named(store, SNAPSHOT).await
 }
@@ -638,13 +642,8 @@ async fn stored_below(store: &AnyStore, name: &str, n: u64) -> Result<Option<Sta
     }
 }
 
-/// The current state: the stored snapshot (or nothing) brought up to the head.
-pub async fn current(store: &AnyStore) -> Result<State> {
-    let base = stored(store).await?.unwrap_or_default();
-    fold(store, base, Until::Head).await
-}
-
-/// Store `state` as the snapshot.
+/// Store `state` as the snapshot. For tests: [`current`] stores it when one is due.
+#[doc(hidden)]
 pub async fn save(store: &AnyStore, state: &State) -> Result<()> {
     save_named(store, SNAPSHOT, state).await
 }
@@ -679,38 +678,60 @@ async fn save_body(store: &AnyStore, name: &str, seq: u64, body: Vec<u8>) -> Res
         .await
 }
 
-/// The current state, saving it as the snapshot when more than `threshold` events were
-/// replayed on top of the stored one. Checkpoints are kept on the way (see
-/// [`CHECKPOINT_EVERY`]).
-///
-/// The state is shared with this process's next refresh of the same store, which folds on
-/// from it instead of decoding the stored snapshot again: it is folded in place when the
-/// caller has let go of it by then (see [`advance`]) and copied only when it has not.
-pub async fn refresh(store: &AnyStore, threshold: u64) -> Result<Arc<State>> {
-    refresh_every(store, threshold, CHECKPOINT_EVERY).await
+/// When [`current`] stores what it read: a snapshot once more than `threshold` events were
+/// folded on top of the stored one, checkpoints on a grid of `every` events. Tests choose
+/// other values through [`current_tuned`] and [`at_every`].
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub threshold: u64,
+    pub every: u64,
 }
 
-/// [`refresh`] with checkpoints on a grid of `every` events (tests use a small one).
-pub async fn refresh_every(store: &AnyStore, threshold: u64, every: u64) -> Result<Arc<State>> {
-    let (state, saving) = refresh_with(store, threshold, every, false).await?;
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            threshold: REFRESH_THRESHOLD,
+            every: CHECKPOINT_EVERY,
+        }
+    }
+}
+
+/// **The current state.** The one way to read it: every command that needs source objects
+/// or ledger entries calls this (those that need less read [`control`] or [`state_of`]).
+///
+/// It starts from what this store handle read last (see [`Memo`](crate::log::store::Memo)) when the
+/// log still holds the event that ended, else from the stored snapshot, and folds on to the
+/// head; it stores a new snapshot when more than [`REFRESH_THRESHOLD`] events were folded
+/// on top of the stored one, and checkpoints on the way (see [`CHECKPOINT_EVERY`]).
+///
+/// The state is shared with the handle's next read, which folds on from it: in place when
+/// the caller has dropped its share by then, by copying it when it has not. So a caller
+/// that reads again after appending drops what it read first (`drop(state); let state =
+/// current(store).await?`).
+pub async fn current(store: &AnyStore) -> Result<Arc<State>> {
+    current_tuned(store, Tuning::default()).await
+}
+
+/// [`current`] with other [`Tuning`]. For tests, and for `log import`, which stores the
+/// snapshot at once (threshold 0).
+#[doc(hidden)]
+pub async fn current_tuned(store: &AnyStore, tuning: Tuning) -> Result<Arc<State>> {
+    let (state, saving) = read_current(store, tuning, false).await?;
     if let Some(saving) = saving {
         saving.finish().await?;
     }
     Ok(state)
 }
 
-/// [`refresh`], storing the snapshot (when one is due) on another thread while the caller
+/// [`current`], storing the snapshot (when one is due) on another thread while the caller
 /// goes on with the state: the caller ends it with [`Saving::finish`] before it gives up the
 /// state or exits. (The sync engine plans beside it.)
-pub async fn refresh_saving_beside(
-    store: &AnyStore,
-    threshold: u64,
-) -> Result<(Arc<State>, Option<Saving>)> {
-    refresh_with(store, threshold, CHECKPOINT_EVERY, true).await
+pub async fn current_saving_beside(store: &AnyStore) -> Result<(Arc<State>, Option<Saving>)> {
+    read_current(store, Tuning::default(), true).await
 }
 
-/// A snapshot due after a refresh: being stored on another thread
-/// ([`refresh_saving_beside`]), or still to store.
+/// A snapshot due after a read of the current state: being stored on another thread
+/// ([`current_saving_beside`]), or still to store.
 #[must_use = "a snapshot being stored must be waited for"]
 pub struct Saving(Job);
 
@@ -732,13 +753,13 @@ impl Saving {
     }
 }
 
-async fn refresh_with(
+async fn read_current(
     store: &AnyStore,
-    threshold: u64,
-    every: u64,
+    tuning: Tuning,
     beside: bool,
 ) -> Result<(Arc<State>, Option<Saving>)> {
-    let (base, had, from, mut encoded) = match cached(store).await? {
+    let Tuning { threshold, every } = tuning;
+    let (base, had, from, mut encoded) = match remembered(store).await? {
         Some(r) => (r.state, true, r.snap_seq, r.encoded),
         None => {
             let base = stored(store).await?;
@@ -782,41 +803,30 @@ async fn save_state(store: &AnyStore, state: &State, encoded: Option<Vec<u8>>) -
     }
 }
 
-/// `state` (returned by [`refresh`]) brought up to the head: it is given up first, so that
-/// the copy this process remembers is folded on in place rather than copied.
-pub async fn advance(store: &AnyStore, state: Arc<State>) -> Result<Arc<State>> {
-    drop(state);
-    refresh(store, REFRESH_THRESHOLD).await
-}
-
-/// Events replayed on top of the stored snapshot before [`advance`] (and the sync engine)
-/// store a new one.
+/// Events folded on top of the stored snapshot before [`current`] stores a new one.
 pub const REFRESH_THRESHOLD: u64 = 10_000;
 
 /// Write-through of an append: its events, as the store hands them over
 /// ([`Store::append_keeping`]), folded into `base` on a thread of their own while the rows
-/// are written. `base` is the state the last [`refresh`] returned, and the events are
-/// appended by `instance`. The fold is the fold of those events without reading them back
-/// and decoding them; [`Folding::finish`] makes it what the next refresh starts from.
-/// When anything else was appended in between, or `base` is no longer the remembered
-/// state, nothing is folded and the next refresh folds from the log.
+/// are written. `base` is the state [`current`] returned, and the events are appended by
+/// `instance`. The fold is the fold of those events without reading them back and decoding
+/// them; [`Folding::finish`] makes it what the next [`current`] starts from. When anything
+/// else was appended in between, or `base` is no longer what the handle remembers, nothing
+/// is folded and the next read folds from the log.
 pub fn fold_appended(store: &AnyStore, base: Arc<State>, instance: &str) -> (Keep, Folding) {
     let (keep, parts) = std::sync::mpsc::channel::<KeptPart>();
-    let (key, instance) = (store.describe(), instance.to_string());
+    let (memo, instance) = (store.memo().clone(), instance.to_string());
     let task = tokio::task::spawn_blocking(move || {
         let mut parts = parts.into_iter().peekable();
-        // Nothing handed over (the append failed before its first part): the remembered
-        // state stays as it is.
+        // Nothing handed over (the append failed before its first part): what the handle
+        // remembers stays as it is.
         let first = parts.peek()?;
         if base.seq + 1 != first.first_seq {
             return None;
         }
-        let snap_seq = {
-            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-            match last.remove(&key) {
-                Some(r) if Arc::ptr_eq(&r.state, &base) => r.snap_seq,
-                _ => return None,
-            }
+        let snap_seq = match memo.take::<Remembered>() {
+            Some(r) if Arc::ptr_eq(&r.state, &base) => r.snap_seq,
+            _ => return None,
         };
         let mut state = Arc::unwrap_or_clone(base);
         for part in parts {
@@ -832,8 +842,8 @@ pub fn fold_appended(store: &AnyStore, base: Arc<State>, instance: &str) -> (Kee
                 state.apply(&meta, e);
             }
         }
-        // The refresh after a large import stores a snapshot: it is encoded here, while
-        // the append still commits. (A failed append throws it away with the fold.)
+        // The read after a large import stores a snapshot: it is encoded here, while the
+        // append still commits. (A failed append throws it away with the fold.)
         let encoded = (state.seq - snap_seq > REFRESH_THRESHOLD)
             .then(|| super::snapshot::encode(&state).ok())
             .flatten();
@@ -859,7 +869,7 @@ pub struct Folding(JoinHandle<Option<Folded>>);
 
 impl Folding {
     /// After the append succeeded with `outcome`: the folded state, remembered for the
-    /// next refresh; None when there was nothing to fold onto (see [`fold_appended`]).
+    /// next [`current`]; None when there was nothing to fold onto (see [`fold_appended`]).
     pub async fn finish(
         self,
         store: &AnyStore,
@@ -885,32 +895,24 @@ impl Folding {
     }
 }
 
-/// What the last [`refresh`] of this process returned for a store.
+/// What the last read of [`current`] through a store handle returned (kept in the handle's
+/// [`Memo`](crate::log::store::Memo)).
 struct Remembered {
     /// The seq of the stored snapshot then.
     snap_seq: u64,
     /// The hash of the state's last event.
     hash: crate::log::Hash,
     state: Arc<State>,
-    /// The state's snapshot, when it was encoded ahead of the refresh that stores it (see
+    /// The state's snapshot, when it was encoded ahead of the read that stores it (see
     /// [`fold_appended`]).
     encoded: Option<Vec<u8>>,
 }
-/// The remembered state of each store (by its description, a handful at most).
-static LAST: std::sync::Mutex<BTreeMap<String, Remembered>> =
-    std::sync::Mutex::new(BTreeMap::new());
-/// Stores remembered at once (a process normally uses one; tests use many).
-const REMEMBERED_STORES: usize = 8;
 
-/// The remembered state of `store`, if the log still holds the event it was built up to
-/// (same seq, same hash: the store was not replaced or rewritten meanwhile). It is taken
-/// out, so that if the caller let go of its share the state can be folded in place.
-async fn cached(store: &AnyStore) -> Result<Option<Remembered>> {
-    let hit = {
-        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        last.remove(&store.describe())
-    };
-    let Some(r) = hit else {
+/// What the handle remembers, if the log still holds the event it was built up to (same
+/// seq, same hash: the store was not replaced or rewritten meanwhile). It is taken out, so
+/// that if the caller let go of its share the state can be folded in place.
+async fn remembered(store: &AnyStore) -> Result<Option<Remembered>> {
+    let Some(r) = store.memo().take::<Remembered>() else {
         return Ok(None);
     };
     if r.state.seq == 0 {
@@ -934,20 +936,12 @@ async fn remember(
     }
     let at = store.read(state.seq - 1, 1).await?;
     if let Some(e) = at.first().filter(|e| e.seq == state.seq) {
-        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        let key = store.describe();
-        if last.len() >= REMEMBERED_STORES && !last.contains_key(&key) {
-            last.clear();
-        }
-        last.insert(
-            key,
-            Remembered {
-                snap_seq,
-                hash: e.hash,
-                state: Arc::clone(state),
-                encoded,
-            },
-        );
+        store.memo().put(Remembered {
+            snap_seq,
+            hash: e.hash,
+            state: Arc::clone(state),
+            encoded,
+        });
     }
     Ok(())
 }
@@ -980,7 +974,7 @@ async fn fold_checkpointed(store: &AnyStore, mut state: State, every: u64) -> Re
     let every = every.max(1);
     loop {
         let next = (state.seq / every + 1) * every;
-        state = fold(store, state, Until::Seq(next)).await?;
+        state = fold(store, state, Until::Seq(next), None).await?;
         if state.seq < next {
             return Ok(state);
         }
@@ -1018,19 +1012,17 @@ pub async fn seq_at_time(store: &AnyStore, t: DateTime<Utc>) -> Result<u64> {
     Ok(last)
 }
 
-/// The state as of `until`, starting from the nearest stored state at or below it (the
-/// stored snapshot or a checkpoint) instead of seq 0. Equal to
-/// `rebuild(store, until)`.
-pub async fn state_at(
-    store: &AnyStore,
-    until: Until,
-    progress: Option<&ProgressBar>,
-) -> Result<State> {
-    state_at_every(store, until, CHECKPOINT_EVERY, progress).await
+/// **The state as of `until`**: the one way to read it at a point of the log. It starts
+/// from the nearest stored state at or below that point (the stored snapshot or a
+/// checkpoint) instead of seq 0, and equals the fold from seq 0 (`fold(store,
+/// State::default(), until)`, what `replay --verify` compares with).
+pub async fn at(store: &AnyStore, until: Until, progress: Option<&ProgressBar>) -> Result<State> {
+    at_every(store, until, CHECKPOINT_EVERY, progress).await
 }
 
-/// [`state_at`] with checkpoints on a grid of `every` events (as [`refresh_every`]).
-pub async fn state_at_every(
+/// [`at`] with checkpoints on a grid of `every` events (tests use a small one).
+#[doc(hidden)]
+pub async fn at_every(
     store: &AnyStore,
     until: Until,
     every: u64,
@@ -1038,7 +1030,7 @@ pub async fn state_at_every(
 ) -> Result<State> {
     let every = every.max(1);
     let n = match until {
-        Until::Head => return fold_with(store, current_base(store).await?, until, progress).await,
+        Until::Head => return fold(store, current_base(store).await?, until, progress).await,
         Until::Seq(n) => n,
         Until::Time(t) => seq_at_time(store, t).await?,
     };
@@ -1052,7 +1044,7 @@ pub async fn state_at_every(
         }
         g -= every;
     }
-    fold_with(store, base, Until::Seq(n), progress).await
+    fold(store, base, Until::Seq(n), progress).await
 }
 
 async fn current_base(store: &AnyStore) -> Result<State> {
@@ -1093,7 +1085,7 @@ pub async fn verify_projections(
     points.sort_by_key(|(seq, _)| *seq);
     let mut at = State::default();
     for (seq, stored_state) in points {
-        at = fold_with(store, at, Until::Seq(seq), progress).await?;
+        at = fold(store, at, Until::Seq(seq), progress).await?;
         if at.seq != seq {
             return Err(Error::ProjectionMismatch(format!(
                 "stored projections are at seq {seq} but the log ends at {}",
@@ -1114,7 +1106,7 @@ pub async fn verify_projections(
             )));
         }
     }
-    let rebuilt = fold_with(store, at, Until::Head, progress).await?;
+    let rebuilt = fold(store, at, Until::Head, progress).await?;
     Ok((rebuilt.seq, compared))
 }
 

@@ -506,7 +506,7 @@ pub async fn migrate(
     }
     let source_version = store.stream_version(stream::SOURCE).await?;
     let target_version = store.stream_version(stream::TARGET).await?;
-    let state = replay::refresh(store, 10_000).await?;
+    let state = replay::current(store).await?;
     let from = state.objects.anchor_attribute.clone();
     let mut client = LdapClient::connect(cfg, &ConnectOptions::default()).await?;
     let read = async {
@@ -589,7 +589,7 @@ pub async fn migrate(
         )
         .await?;
     report.seq = appended.last_seq();
-    replay::refresh(store, 10_000).await?;
+    replay::current(store).await?;
     Ok(report)
 }
 

@@ -51,7 +51,7 @@ use crate::plan::matching::{swap_case, Index, Match};
 use crate::plan::plan::{
     guard, guard_event, plan_focused, recent_deletions, GuardInput, Plan, Removal, Verdict,
 };
-use crate::project::replay::{self, REFRESH_THRESHOLD};
+use crate::project::replay;
 use crate::project::{ExportFailure, Lease, Meta, State};
 use crate::target::{AnyTarget, Mapped, Op, Outcome, RemoteObject, Target, REQUEST_TIMEOUT};
 
@@ -233,7 +233,7 @@ async fn append_fenced(
     {
         Ok(o) => Ok(o.last_seq()),
         Err(Error::Conflict { .. }) => {
-            let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+            let state = replay::current(store).await?;
             Err(Error::Fenced(fenced_message(&state, instance)))
         }
         Err(e) => Err(e),
@@ -252,7 +252,8 @@ async fn acquire(
     for _ in 0..3 {
         // The version first, then the state: a change in between fails the append below.
         let version = store.stream_version(stream::RELATIONSHIP).await?;
-        state = replay::advance(store, state).await?;
+        drop(state);
+        state = replay::current(store).await?;
         let rel = &state.control.relationship;
         if rel.held_by(instance) && rel.epoch > 0 {
             let epoch = rel.epoch;
@@ -279,7 +280,8 @@ async fn acquire(
         match store.append(batch).await {
             Ok(_) => {
                 // Leases claimed before our epoch are in the log now: wait out another's.
-                state = replay::advance(store, state).await?;
+                drop(state);
+                state = replay::current(store).await?;
                 wait_for_lease(&state, instance, progress).await;
                 return Ok((
                     Fence {
@@ -429,7 +431,7 @@ async fn sync_cycle(
     let began = Instant::now();
     let phase = |name: &str| crate::ops::metrics::phase_line!("sync", name, began);
     let checks = async {
-        let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+        let state = replay::current(store).await?;
         phase("projections read");
         // A stopped instance's service (`dirsync run`) idles, but a sync asked for by hand
         // (or by a handover step, as the documented "force synchronization") still runs:
@@ -539,7 +541,7 @@ async fn sync_cycle(
             pending = None;
         }
         // The snapshot of the imported state is stored while the plan is made.
-        let (state, saving) = replay::refresh_saving_beside(store, REFRESH_THRESHOLD).await?;
+        let (state, saving) = replay::current_saving_beside(store).await?;
         let state = if opts.dry_run {
             Arc::new(with_planned(&state, &imported, &opts.instance))
         } else {
@@ -675,7 +677,7 @@ async fn run_ended(
         .collect();
     events.push(on(end));
     store.append(Batch::new(events)).await?;
-    replay::refresh(store, REFRESH_THRESHOLD).await?;
+    replay::current(store).await?;
     Ok(())
 }
 
@@ -717,7 +719,7 @@ async fn export_log_locked(
 ) -> Result<SyncReport> {
     // A rebuild refused before it starts (fenced, the target unreachable) writes nothing:
     // it is an operator's one-off, not a cycle of the instance.
-    let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+    let state = replay::current(store).await?;
     target.probe().await?;
     let (fence, mut state) =
         acquire(store, state, &opts.instance, opts.take_over, progress).await?;
@@ -735,7 +737,8 @@ async fn export_log_locked(
             fence,
         )
         .await?;
-        state = replay::advance(store, state).await?;
+        drop(state);
+        state = replay::current(store).await?;
     }
     let mut report = SyncReport {
         run_id: uuid::Uuid::new_v4().to_string(),
@@ -1537,7 +1540,8 @@ impl Cycle<'_> {
             if pass == 3 && !references {
                 break;
             }
-            state = replay::advance(self.store, state).await?;
+            drop(state);
+            state = replay::current(self.store).await?;
             let mut p = self.plan(&state, Some(kind), focus);
             p.new
                 .retain(|(a, _)| !self.skip_quarantined(&state, a, &mut skipped, report));
@@ -1650,7 +1654,8 @@ impl Cycle<'_> {
                 if !taken.is_empty() {
                     // Matches write nothing to the target but are exports all the same.
                     self.append_fenced(taken, fence).await?;
-                    state = replay::advance(self.store, state).await?;
+                    drop(state);
+                    state = replay::current(self.store).await?;
                 }
             }
             // Matched objects now have a ledger state: their differences are updates.
@@ -1683,7 +1688,8 @@ impl Cycle<'_> {
         }
         // Users gone from the source are set inactive (`on_delete = "disable"`): not
         // deletions, so the guard does not hold them.
-        state = replay::advance(self.store, state).await?;
+        drop(state);
+        state = replay::current(self.store).await?;
         let mut disables = self.plan(&state, None, focus).disables;
         disables.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         let disabling = Repairing {
@@ -1697,7 +1703,8 @@ impl Cycle<'_> {
             // cycle reads again.
             return Ok(());
         }
-        state = replay::advance(self.store, state).await?;
+        drop(state);
+        state = replay::current(self.store).await?;
         let mut deletes = self.plan(&state, None, focus).deletes;
         deletes.retain(|op| !self.skip_quarantined(&state, op.anchor(), &mut skipped, report));
         self.run_ops(deletes, fence, report, &Repairing::default())
@@ -1781,7 +1788,8 @@ impl Cycle<'_> {
             found.recreated += r.adopt.len() as u64;
         }
         self.append_fenced(taken, fence).await?;
-        let state = replay::advance(self.store, state).await?;
+        drop(state);
+        let state = replay::current(self.store).await?;
         Ok((r, state))
     }
 

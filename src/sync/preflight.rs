@@ -531,7 +531,7 @@ async fn source_checks(
         dry_run: true,
         pending_start: None,
     };
-    let state = match replay::refresh(store, 10_000).await {
+    let state = match replay::current(store).await {
         Ok(s) => s,
         Err(e) => return vec![check("source read", Err(e.to_string()))],
     };

@@ -15,7 +15,7 @@ use crate::log::event::{Event, ObjectKind, TargetReset};
 use crate::log::AnyStore;
 use crate::plan::mapping::Mapping;
 use crate::plan::plan::{plan, Plan};
-use crate::project::replay::{self, REFRESH_THRESHOLD};
+use crate::project::replay;
 use crate::project::{Meta, State};
 use crate::target::{AnyTarget, RemoteObject, Target};
 
@@ -82,7 +82,7 @@ pub async fn rebuild(
     target.probe().await?;
     let mut remote = target.list(ObjectKind::User).await?;
     remote.extend(target.list(ObjectKind::Group).await?);
-    let state = replay::refresh(store, REFRESH_THRESHOLD).await?;
+    let state = replay::current(store).await?;
     let foreign = foreign_objects(&remote, &state);
     if !foreign.is_empty() {
         let names: Vec<&str> = foreign.iter().take(5).map(|r| r.name.as_str()).collect();

@@ -282,7 +282,7 @@ pub async fn import(
     let src_cfg = cfg.source()?.clone();
     let scope = src_cfg.scope();
     let checks = async {
-        let state = replay::refresh(store, 10_000).await?;
+        let state = replay::current(store).await?;
         refuse_retired(&state, &opts.instance)?;
         // Reach and bind before recording the start (a wrong password or an unreachable
         // server records only the failed run); an import that would re-key the objects is
@@ -343,7 +343,7 @@ pub async fn import(
                 end,
             )]))
             .await?;
-        replay::refresh(store, 10_000).await?;
+        replay::current(store).await?;
     }
     result
 }
@@ -371,7 +371,7 @@ pub(crate) async fn import_run(
         // Read the version before the state: a write in between makes the append conflict
         // (and re-plan), never slip through.
         let version = store.stream_version(stream::SOURCE).await?;
-        let state = replay::refresh(store, 10_000).await?;
+        let state = replay::current(store).await?;
         // The attribute to record with a first import: as checked before the run (each
         // check is a connection and a few searches), and again after a conflicting append.
         let Checked {

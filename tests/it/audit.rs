@@ -692,12 +692,20 @@ async fn replay_at_every_tenth_seq_equals_the_recorded_projections(backend: Back
             recorded.push(live.clone());
         }
         // What commands do: refresh the stored projections (and the checkpoints).
-        let stored = replay::refresh_every(&f.store, 25, GRID).await.unwrap();
+        let stored = replay::current_tuned(
+            &f.store,
+            replay::Tuning {
+                threshold: 25,
+                every: GRID,
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(*stored, live, "stored projections at seq {}", live.seq);
     }
     let head = live.seq;
     for n in (0..=head).step_by(10) {
-        let at = replay::state_at_every(&f.store, Until::Seq(n), GRID, None)
+        let at = replay::at_every(&f.store, Until::Seq(n), GRID, None)
             .await
             .unwrap();
         assert_eq!(
@@ -717,7 +725,7 @@ async fn replay_at_every_tenth_seq_equals_the_recorded_projections(backend: Back
             .last()
             .unwrap()
             .seq;
-        let at = replay::state_at_every(&f.store, Until::Time(t), GRID, None)
+        let at = replay::at_every(&f.store, Until::Time(t), GRID, None)
             .await
             .unwrap();
         assert_eq!(at, recorded[last as usize], "time of seq {}", e.seq);

@@ -356,9 +356,11 @@ impl Lab {
     }
 
     async fn state(&self) -> State {
-        dirsync::project::replay::current(&self.store().await)
-            .await
-            .unwrap()
+        std::sync::Arc::unwrap_or_clone(
+            dirsync::project::replay::current(&self.store().await)
+                .await
+                .unwrap(),
+        )
     }
 }
 

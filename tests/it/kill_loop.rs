@@ -69,7 +69,7 @@ pub fn sync(dir: &Path, extra: &[&str]) -> serde_json::Value {
 pub async fn state(dir: &Path) -> State {
     let url = format!("sqlite://{}", dir.join("log.db").display());
     let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
-    replay::current(&store).await.unwrap()
+    std::sync::Arc::unwrap_or_clone(replay::current(&store).await.unwrap())
 }
 
 /// `log verify` and `replay --verify` both pass on the store in `dir`.

@@ -217,7 +217,9 @@ async fn replay_equals_the_projections_kept_along_the_way(b: Backend) {
         let n = rng.gen_range(1..40);
         let batch: Vec<NewEvent> = (0..n).map(|_| random_event(&mut rng)).collect();
         f.store.append(Batch::new(batch)).await.unwrap();
-        live = replay::fold(&f.store, live, Until::Head).await.unwrap();
+        live = replay::fold(&f.store, live, Until::Head, None)
+            .await
+            .unwrap();
         if rng.gen_bool(0.1) {
             replay::save(&f.store, &live).await.unwrap();
         }
@@ -226,12 +228,14 @@ async fn replay_equals_the_projections_kept_along_the_way(b: Backend) {
         }
     }
     replay::save(&f.store, &live).await.unwrap();
-    let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    let rebuilt = replay::fold(&f.store, State::default(), Until::Head, None)
+        .await
+        .unwrap();
     assert_eq!(rebuilt.differences(&live), Vec::<String>::new());
     assert_eq!(rebuilt, live);
     assert!(!live.objects.objects.is_empty() && !live.ledger.entries.is_empty());
     for snap in &at_tenths {
-        let then = replay::rebuild(&f.store, Until::Seq(snap.seq))
+        let then = replay::fold(&f.store, State::default(), Until::Seq(snap.seq), None)
             .await
             .unwrap();
         assert_eq!(&then, snap, "state at seq {}", snap.seq);
@@ -281,7 +285,9 @@ async fn appends_written_through_equal_the_log(b: Backend) {
         .unwrap();
     let mut applied = 0;
     for round in 0..40 {
-        let base = replay::refresh(&f.store, u64::MAX).await.unwrap();
+        let base = replay::current_tuned(&f.store, never_stored())
+            .await
+            .unwrap();
         let inst = ["old", "new"][rng.gen_range(0..2)];
         // Every tenth batch is large enough to be prepared and handed over in parts.
         let n = if round % 10 == 9 {
@@ -305,7 +311,9 @@ async fn appends_written_through_equal_the_log(b: Backend) {
         // Another test may have pushed this store out of the process's memory meanwhile.
         if let Some(through) = through {
             applied += 1;
-            let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
+            let rebuilt = replay::fold(&f.store, State::default(), Until::Head, None)
+                .await
+                .unwrap();
             assert_eq!(rebuilt.differences(&through), Vec::<String>::new());
             assert_eq!(*through, rebuilt);
         }
@@ -313,7 +321,9 @@ async fn appends_written_through_equal_the_log(b: Backend) {
     assert!(applied > 20, "written through {applied} times of 40");
     // A batch past the refresh threshold: its snapshot is encoded while the append commits,
     // and the refresh after it stores that one. It must be the fold of the log.
-    let base = replay::refresh(&f.store, u64::MAX).await.unwrap();
+    let base = replay::current_tuned(&f.store, never_stored())
+        .await
+        .unwrap();
     let batch: Vec<NewEvent> = (0..replay::REFRESH_THRESHOLD + 500)
         .map(|_| {
             let e = random_event(&mut rng);
@@ -327,16 +337,20 @@ async fn appends_written_through_equal_the_log(b: Backend) {
         .await
         .unwrap();
     folding.finish(&f.store, &out).await.unwrap();
-    let refreshed = replay::refresh(&f.store, replay::REFRESH_THRESHOLD)
+    let refreshed = replay::current(&f.store).await.unwrap();
+    let rebuilt = replay::fold(&f.store, State::default(), Until::Head, None)
         .await
         .unwrap();
-    let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
     let stored = replay::stored(&f.store).await.unwrap().expect("a snapshot");
     assert_eq!(stored.seq, out.last_seq());
     assert_eq!(stored.differences(&rebuilt), Vec::<String>::new());
     assert_eq!(*refreshed, rebuilt);
     // Not the state before the append: nothing is written through.
-    let stale = std::sync::Arc::new(replay::rebuild(&f.store, Until::Seq(1)).await.unwrap());
+    let stale = std::sync::Arc::new(
+        replay::fold(&f.store, State::default(), Until::Seq(1), None)
+            .await
+            .unwrap(),
+    );
     let (keep, folding) = replay::fold_appended(&f.store, stale, "old");
     let e = random_event(&mut rng);
     let out = f
@@ -350,7 +364,9 @@ async fn appends_written_through_equal_the_log(b: Backend) {
     assert!(folding.finish(&f.store, &out).await.unwrap().is_none());
     // A refused append hands nothing over: what the next refresh starts from is still the
     // fold of the log.
-    let base = replay::refresh(&f.store, u64::MAX).await.unwrap();
+    let base = replay::current_tuned(&f.store, never_stored())
+        .await
+        .unwrap();
     let (keep, folding) = replay::fold_appended(&f.store, base, "old");
     let e = random_event(&mut rng);
     let refused = f
@@ -366,8 +382,12 @@ async fn appends_written_through_equal_the_log(b: Backend) {
         "{refused:?}"
     );
     folding.abandon().await;
-    let now = replay::refresh(&f.store, u64::MAX).await.unwrap();
-    let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    let now = replay::current_tuned(&f.store, never_stored())
+        .await
+        .unwrap();
+    let rebuilt = replay::fold(&f.store, State::default(), Until::Head, None)
+        .await
+        .unwrap();
     assert_eq!(*now, rebuilt);
 }
 
@@ -380,7 +400,9 @@ async fn stored_control_equals_the_fold(b: Backend) {
     let f = Fresh::new(b).await;
     let check = |store: dirsync::log::AnyStore, what: String| async move {
         let stored = store.control().await.unwrap();
-        let rebuilt = replay::rebuild(&store, Until::Head).await.unwrap();
+        let rebuilt = replay::fold(&store, State::default(), Until::Head, None)
+            .await
+            .unwrap();
         assert_eq!(stored.seq, rebuilt.seq, "{what}");
         assert_eq!(stored.control, rebuilt.control, "{what}");
     };
@@ -397,7 +419,9 @@ async fn stored_control_equals_the_fold(b: Backend) {
         f.store.append(Batch::new(batch)).await.unwrap();
         check(f.store.clone(), format!("round {round}")).await;
     }
-    let rebuilt = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    let rebuilt = replay::fold(&f.store, State::default(), Until::Head, None)
+        .await
+        .unwrap();
     // The sequence reached every control projection.
     let c = &rebuilt.control;
     assert!(
@@ -485,7 +509,9 @@ async fn instance_list_and_status_read_no_object_event(b: Backend) {
         let batch: Vec<NewEvent> = (0..20).map(|_| random_event(&mut rng)).collect();
         f.store.append(Batch::new(batch)).await.unwrap();
     }
-    let before = replay::rebuild(&f.store, Until::Head).await.unwrap();
+    let before = replay::fold(&f.store, State::default(), Until::Head, None)
+        .await
+        .unwrap();
     let want =
         dirsync::output::json_value(&dirsync::sync::instance::list(&before.control)).unwrap();
     let status_before = f.cli(&["status", "--format", "json"]);
@@ -564,4 +590,12 @@ async fn until_a_time_and_bad_until_values() {
     assert_eq!(s["seq"], 5);
     let run = f.cli(&["replay", "--until", "yesterday-ish"]);
     assert_eq!(run.code, 2, "{run:?}");
+}
+
+/// Reads of the current state that never store a snapshot.
+fn never_stored() -> replay::Tuning {
+    replay::Tuning {
+        threshold: u64::MAX,
+        ..Default::default()
+    }
 }

@@ -65,7 +65,7 @@ async fn store(dir: &Path) -> AnyStore {
 }
 
 async fn state(dir: &Path) -> State {
-    replay::current(&store(dir).await).await.unwrap()
+    std::sync::Arc::unwrap_or_clone(replay::current(&store(dir).await).await.unwrap())
 }
 
 /// The record whose DN starts with `rdn,` (any state), and its anchor.

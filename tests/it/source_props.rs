@@ -393,7 +393,7 @@ fn sync(dir: &Path, extra: &[&str]) -> Value {
 async fn state(dir: &Path) -> State {
     let url = format!("sqlite://{}", dir.join("log.db").display());
     let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
-    replay::current(&store).await.unwrap()
+    std::sync::Arc::unwrap_or_clone(replay::current(&store).await.unwrap())
 }
 
 type Live = BTreeMap<String, (ObjectKind, String, Attrs, BTreeSet<String>)>;

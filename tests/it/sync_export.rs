@@ -258,7 +258,7 @@ impl E2e {
     }
 
     pub async fn state(&self) -> State {
-        replay::current(&self.store().await).await.unwrap()
+        std::sync::Arc::unwrap_or_clone(replay::current(&self.store().await).await.unwrap())
     }
 
     pub async fn head(&self) -> u64 {

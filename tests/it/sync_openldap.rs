@@ -77,7 +77,7 @@ impl Lab {
     }
 
     async fn state(&self) -> State {
-        replay::current(&self.store().await).await.unwrap()
+        std::sync::Arc::unwrap_or_clone(replay::current(&self.store().await).await.unwrap())
     }
 
     async fn head(&self) -> u64 {
