@@ -144,7 +144,8 @@ pub async fn handover(
         .try_lock("handover")
         .await?
         .ok_or_else(|| Error::Refused("another handover is running on this store".into()))?;
-    // The runner folds its own copy forward (the sync steps share the remembered one).
+    // The runner folds its own copy forward (the sync steps share the one the store handle
+    // remembers).
     let mut state = std::sync::Arc::unwrap_or_clone(replay::current(store).await?);
     let described: Vec<String> = pb.steps.iter().map(|s| s.describe()).collect();
     let id = match machine::begin(&state.control.handovers, &opts.from, &opts.to, &pb.name) {
