@@ -30,7 +30,7 @@ pub(crate) const OBJECT_EVENTS: [&str; 3] = ["ObjectImported", "ObjectChanged", 
 
 /// The layout and meaning of the body this build writes. A build whose fold or fields
 /// differ writes another; a row of another is folded again from the log, never trusted.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The stored row: the control projections as of `seq`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

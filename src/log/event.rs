@@ -461,6 +461,11 @@ pub struct ExportBatchStarted {
     pub epoch: u64,
     pub ops: u64,
     pub lease_until: DateTime<Utc>,
+    /// The anchors the chunk creates (None in claims recorded before they were kept): a
+    /// create that gets no answer may still land later, and the holder then looks for
+    /// copies of these anchors rather than listing the whole target (`sync::duplicates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates: Option<Vec<String>>,
 }
 
 /// The requests of a claimed chunk are all answered (or abandoned) and their outcomes are

@@ -534,6 +534,16 @@ pub struct Relationship {
     /// while after it (`sync::duplicates`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncertain: Option<At>,
+    /// Anchors whose creation was sent and may still be in flight: claimed more often than
+    /// answered (applied, or refused by the target itself), for [`WATCH`] after the last
+    /// claim. A duplicate by anchor can only be a copy of one of these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub creates_in_doubt: BTreeMap<String, InDoubt>,
+    /// Since when the creates in doubt are not all known: a claim recorded without its
+    /// creates (by an older version), or more in doubt at once than [`IN_DOUBT_CAP`]. For
+    /// [`WATCH`] after it, looking for duplicates reads the whole target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doubt_unknown: Option<At>,
     /// Every reconcile of the whole target, oldest first (one per `[sync]
     /// reconcile_target` interval, or per `sync --full`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -548,6 +558,24 @@ pub struct Relationship {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// How long after a write that may land unrecorded (a take-over, a create without an
+/// answer) the holder looks for duplicates by anchor in every cycle. Longer than Linux's
+/// default TCP retransmission limit (`tcp_retries2` = 15, about 924 s), after which a
+/// connection still carrying an old holder's request is given up by the kernel.
+pub const WATCH: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
+/// Creates in doubt the relationship keeps by anchor; past it, only that some are
+/// ([`Relationship::doubt_unknown`]).
+pub const IN_DOUBT_CAP: usize = 10_000;
+
+/// A create in doubt: claimed `claims` times more than it was answered, the last time at
+/// `at_us`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InDoubt {
+    pub claims: u32,
+    pub at_us: i64,
 }
 
 /// One reconcile of the whole target, as recorded.
@@ -573,6 +601,7 @@ impl Relationship {
                 if self.lease.is_some() {
                     self.uncertain = Some(m.into());
                 }
+                self.claim_creates(m, b);
                 self.lease = Some(Lease {
                     batch_id: b.batch_id.clone(),
                     instance: m.instance.to_string(),
@@ -603,7 +632,45 @@ impl Relationship {
             {
                 self.uncertain = Some(m.into());
             }
+            // Answered: that request is not in flight any more.
+            Event::ExportFailed(f) if f.op == ExportOp::Create => self.answered(&f.anchor),
+            Event::ExportApplied(x) if x.op == ExportOp::Create => self.answered(&x.anchor),
             _ => {}
+        }
+    }
+
+    /// A claim: its creates are in doubt until answered; those claimed more than [`WATCH`]
+    /// before it are let go.
+    fn claim_creates(&mut self, m: &Meta<'_>, b: &crate::log::event::ExportBatchStarted) {
+        let horizon = m.recorded_at_us.saturating_sub(WATCH.as_micros() as i64);
+        self.creates_in_doubt.retain(|_, d| d.at_us >= horizon);
+        match &b.creates {
+            None if b.ops > 0 => self.doubt_unknown = Some(m.into()),
+            None => {}
+            Some(anchors) => {
+                for a in anchors {
+                    let d = self.creates_in_doubt.entry(a.clone()).or_insert(InDoubt {
+                        claims: 0,
+                        at_us: 0,
+                    });
+                    d.claims += 1;
+                    d.at_us = m.recorded_at_us;
+                }
+            }
+        }
+        if self.creates_in_doubt.len() > IN_DOUBT_CAP {
+            self.creates_in_doubt.clear();
+            self.doubt_unknown = Some(m.into());
+        }
+    }
+
+    /// A create of `anchor` was answered.
+    fn answered(&mut self, anchor: &str) {
+        if let Some(d) = self.creates_in_doubt.get_mut(anchor) {
+            d.claims -= 1;
+            if d.claims == 0 {
+                self.creates_in_doubt.remove(anchor);
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use crate::log::event::{AttrValue, Attrs, ObjectKind, Values};
 use crate::target::{Mapped, MappedGroup, MappedUser};
 
 /// Format and version: a different layout is a different magic.
-const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x0a";
+const MAGIC: &[u8; 8] = b"DSNAP\x00\x00\x0b";
 
 /// Entries per chunk of a map section: enough that a chunk is worth a thread's time, few
 /// enough that a 100,000-object directory keeps two cores busy.

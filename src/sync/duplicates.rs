@@ -8,35 +8,65 @@
 //! take-over, or the same one in its next cycle) created the same object. Then two target
 //! objects carry one anchor. For [`WATCH`] after such an uncertain moment
 //! (`Relationship::uncertain`: a take-over, a lease left open, a create that failed
-//! ambiguously), and in the cycle that takes over, every cycle lists the target and
-//! removes such duplicates before it creates anything: the object the ledger knows is
-//! kept (for an anchor not owned yet, the oldest, which matching then takes), the others
-//! are deleted and each deletion is recorded (`TargetDuplicateRemoved`).
+//! ambiguously), and in the cycle that takes over, every cycle looks for such duplicates
+//! and removes them before it creates anything: the object the ledger knows is kept (for
+//! an anchor not owned yet, the oldest, which matching then takes), the others are deleted
+//! and each deletion is recorded (`TargetDuplicateRemoved`).
+//!
+//! Only a create can make a duplicate, and every claim records the anchors it creates: a
+//! cycle that watches looks up the anchors whose creates may still be in flight
+//! (`Relationship::creates_in_doubt`), a request each, instead of listing a target of a
+//! million objects every cycle for twenty minutes. It lists the whole target in the cycle
+//! that takes over, and while the creates in doubt are not all known (claims recorded by
+//! an older version, or too many in doubt at once).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use crate::log::event::ObjectKind;
 use crate::project::State;
 use crate::target::{Mapped, RemoteObject};
 
-/// How long after a take-over (or another write that may land unrecorded) the holder looks
-/// for duplicates in every cycle. Longer than Linux's default TCP retransmission limit
-/// (`tcp_retries2` = 15, about 924 s), after which a connection still carrying an old
-/// holder's request is given up by the kernel.
-pub const WATCH: Duration = Duration::from_secs(20 * 60);
+pub use crate::project::WATCH;
 
-/// Whether this cycle looks for duplicates (pure): the cycle that takes the relationship
-/// over, and every cycle less than [`WATCH`] after the target may have been sent a write
-/// that was not recorded (`Relationship::uncertain`).
-pub fn watching(state: &State, took_over: bool, now_us: i64) -> bool {
-    took_over
-        || state
-            .control
-            .relationship
-            .uncertain
-            .as_ref()
-            .is_some_and(|at| now_us.saturating_sub(at.at_us) < WATCH.as_micros() as i64)
+/// How a cycle looks for duplicates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// It does not.
+    Off,
+    /// It looks up the objects carrying these anchors (sorted), whose creates may still
+    /// be in flight.
+    Anchors(Vec<String>),
+    /// It lists the whole target.
+    Whole,
+}
+
+/// Whether and how this cycle looks for duplicates (pure): the cycle that takes the
+/// relationship over lists the whole target; every cycle less than [`WATCH`] after the
+/// target may have been sent a write that was not recorded (`Relationship::uncertain`)
+/// looks up the creates in doubt, or lists the whole target while they are not all known.
+pub fn watching(state: &State, took_over: bool, now_us: i64) -> Watch {
+    let r = &state.control.relationship;
+    let recent =
+        |at: &crate::project::At| now_us.saturating_sub(at.at_us) < WATCH.as_micros() as i64;
+    if took_over
+        || r.doubt_unknown.as_ref().is_some_and(recent) && r.uncertain.as_ref().is_some_and(recent)
+    {
+        return Watch::Whole;
+    }
+    if !r.uncertain.as_ref().is_some_and(recent) {
+        return Watch::Off;
+    }
+    let anchors: Vec<String> = r
+        .creates_in_doubt
+        .iter()
+        .filter(|(_, d)| now_us.saturating_sub(d.at_us) < WATCH.as_micros() as i64)
+        .map(|(a, _)| a.clone())
+        .collect();
+    if anchors.is_empty() {
+        Watch::Off
+    } else {
+        Watch::Anchors(anchors)
+    }
 }
 
 /// Target objects carrying one of our anchors besides the one kept.
@@ -264,11 +294,12 @@ mod tests {
     #[test]
     fn watching_in_the_take_over_and_for_a_while_after_an_uncertain_write() {
         use crate::log::event::{
-            Event, ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp,
+            Event, ExportApplied, ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp,
             SyncRelationshipEstablished,
         };
         use crate::project::Meta;
         let min = 60_000_000;
+        let watch = WATCH.as_micros() as i64;
         let mut state = State::default();
         let mut seq = 0;
         let mut apply = |state: &mut State, at_us: i64, e: Event| {
@@ -286,12 +317,13 @@ mod tests {
                 epoch,
             })
         };
-        let claim = |id: &str| {
+        let claim = |id: &str, creates: Option<&[&str]>| {
             Event::ExportBatchStarted(ExportBatchStarted {
                 batch_id: id.into(),
                 epoch: 1,
                 ops: 1,
                 lease_until: chrono::DateTime::UNIX_EPOCH,
+                creates: creates.map(|c| c.iter().map(|a| a.to_string()).collect()),
             })
         };
         let done = |id: &str| {
@@ -301,45 +333,97 @@ mod tests {
                 failed: 0,
             })
         };
-        let failed = |op, status| {
+        let failed = |anchor: &str, op, status| {
             Event::ExportFailed(ExportFailed {
                 epoch: 1,
-                anchor: "a".into(),
+                anchor: anchor.into(),
                 op,
                 status,
                 error: "x".into(),
             })
         };
-        assert!(!watching(&state, false, 0));
-        assert!(watching(&state, true, 0), "the cycle that takes over");
-        // The first relationship, claims completed, creates refused: nothing uncertain.
-        apply(&mut state, min, established(1));
-        apply(&mut state, min, claim("b1"));
-        apply(&mut state, min, done("b1"));
-        apply(&mut state, min, failed(ExportOp::Create, Some(409)));
-        apply(&mut state, min, failed(ExportOp::Update, None));
-        assert_eq!(state.control.relationship.uncertain, None);
-        // A create without an answer.
-        apply(&mut state, 2 * min, failed(ExportOp::Create, None));
-        assert!(watching(&state, false, 3 * min));
-        assert!(!watching(&state, false, 2 * min + WATCH.as_micros() as i64));
-        // A 5xx; a claim after one never completed (a crash); a take-over.
-        apply(&mut state, 100 * min, failed(ExportOp::Create, Some(502)));
+        let created = |anchor: &str| {
+            Event::ExportApplied(ExportApplied {
+                epoch: 1,
+                anchor: anchor.into(),
+                kind: ObjectKind::User,
+                op: ExportOp::Create,
+                target_id: format!("id-{anchor}"),
+                state: None,
+                etag: None,
+            })
+        };
+        let anchors = |a: &[&str]| Watch::Anchors(a.iter().map(|a| a.to_string()).collect());
+        assert_eq!(watching(&state, false, 0), Watch::Off);
         assert_eq!(
-            state.control.relationship.uncertain.as_ref().unwrap().at_us,
-            100 * min
+            watching(&state, true, 0),
+            Watch::Whole,
+            "the cycle that takes over"
         );
-        apply(&mut state, 200 * min, claim("b2"));
-        apply(&mut state, 201 * min, claim("b3"));
+        // The first relationship; creates answered (applied, refused): nothing in doubt, nor
+        // uncertain.
+        apply(&mut state, min, established(1));
+        apply(&mut state, min, claim("b1", Some(&["a", "b", "c"])));
+        apply(&mut state, min, created("a"));
+        apply(&mut state, min, failed("b", ExportOp::Create, Some(409)));
+        apply(&mut state, min, created("c"));
+        apply(&mut state, min, failed("d", ExportOp::Update, None));
+        apply(&mut state, min, done("b1"));
+        let r = &state.control.relationship;
+        assert_eq!((&r.uncertain, r.creates_in_doubt.len()), (&None, 0));
+        // A create without an answer: it alone is looked up, for WATCH.
+        apply(&mut state, 2 * min, claim("b2", Some(&["e", "f"])));
+        apply(&mut state, 2 * min, failed("e", ExportOp::Create, None));
+        apply(&mut state, 2 * min, created("f"));
+        apply(&mut state, 2 * min, done("b2"));
+        assert_eq!(watching(&state, false, 3 * min), anchors(&["e"]));
+        assert_eq!(watching(&state, false, 2 * min + watch), Watch::Off);
+        // Sent again and created: the first request may still land, so it stays in doubt.
+        apply(&mut state, 3 * min, claim("b3", Some(&["e"])));
+        apply(&mut state, 3 * min, created("e"));
+        apply(&mut state, 3 * min, done("b3"));
+        assert_eq!(watching(&state, false, 4 * min), anchors(&["e"]));
+        // A 5xx; a claim after one never completed (a crash): its creates are in doubt,
+        // with the 5xx's.
+        apply(&mut state, 100 * min, claim("b4", Some(&["g"])));
+        apply(
+            &mut state,
+            100 * min,
+            failed("g", ExportOp::Create, Some(502)),
+        );
+        apply(&mut state, 100 * min, done("b4"));
+        apply(&mut state, 200 * min, claim("b5", Some(&["h"])));
+        apply(&mut state, 201 * min, claim("b6", Some(&[])));
         assert_eq!(
             state.control.relationship.uncertain.as_ref().unwrap().at_us,
             201 * min
         );
+        // Those claimed more than WATCH before the last claim are let go.
+        assert_eq!(watching(&state, false, 202 * min), anchors(&["h"]));
+        // A take-over: the old holder's creates in doubt are looked up.
+        apply(&mut state, 300 * min, claim("b7", Some(&["j"])));
         apply(&mut state, 300 * min, established(2));
         assert_eq!(
             state.control.relationship.uncertain.as_ref().unwrap().at_us,
             300 * min
         );
-        assert!(watching(&state, false, 301 * min));
+        assert_eq!(watching(&state, false, 301 * min), anchors(&["j"]));
+        apply(&mut state, 302 * min, done("b7"));
+        // A claim recorded without its creates (an older version): the whole target, while
+        // something is uncertain.
+        apply(&mut state, 400 * min, claim("b8", None));
+        assert_eq!(watching(&state, false, 401 * min), Watch::Off);
+        apply(&mut state, 401 * min, failed("k", ExportOp::Create, None));
+        assert_eq!(watching(&state, false, 402 * min), Watch::Whole);
+        assert_eq!(watching(&state, false, 400 * min + watch), Watch::Off);
+        // More in doubt at once than the cap: the whole target too.
+        let many: Vec<String> = (0..=crate::project::IN_DOUBT_CAP)
+            .map(|i| format!("m{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        apply(&mut state, 500 * min, claim("b9", Some(&many)));
+        apply(&mut state, 500 * min, failed("m0", ExportOp::Create, None));
+        assert!(state.control.relationship.creates_in_doubt.is_empty());
+        assert_eq!(watching(&state, false, 501 * min), Watch::Whole);
     }
 }

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::duplicates::Watch;
 use super::reconcile::{self, Duplicate, Listing};
 use super::run::{import_run, open_and_check, refuse_retired, ImportOptions, ImportReport};
 use crate::config::{Config, Hold};
@@ -510,7 +511,11 @@ async fn sync_cycle(
         stop: opts.stop.as_deref(),
         retry_quarantined: opts.full,
         lease: cfg.sync.lease,
-        watch: exporting && super::duplicates::watching(&state, opts.take_over, now_us),
+        watch: if exporting {
+            super::duplicates::watching(&state, opts.take_over, now_us)
+        } else {
+            Watch::Off
+        },
         deadline: Deadline::after(began, cfg.sync.cycle_timeout),
         reconcile_every: Some(cfg.sync.reconcile_target),
         full: opts.full,
@@ -842,6 +847,35 @@ fn how_to_look_up<'a>(new: &[(String, Mapped)], state: &'a State, kind: ObjectKi
         .unwrap_or(LookUp::List)
 }
 
+/// The target's objects of `kind` carrying one of `anchors`, each looked up (an anchor the
+/// projections know as the other kind is skipped), and false: not a whole listing. A target
+/// that cannot be asked by one of the anchors is listed whole instead (true).
+async fn carrying(
+    t: &AnyTarget,
+    kind: ObjectKind,
+    state: &State,
+    anchors: &[String],
+) -> std::result::Result<(Vec<RemoteObject>, bool), crate::target::TargetError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for a in anchors {
+        let known = state
+            .ledger
+            .entries
+            .get(a)
+            .map(|l| l.kind)
+            .or_else(|| state.objects.objects.get(a).map(|r| r.kind));
+        if known.is_some_and(|k| k != kind) {
+            continue;
+        }
+        let Some(found) = t.carrying(kind, a).await? else {
+            return t.list(kind).await.map(|r| (r, true));
+        };
+        out.extend(found.into_iter().filter(|r| seen.insert(r.id.clone())));
+    }
+    Ok((out, false))
+}
+
 /// The last failure of `anchor` when that makes it quarantined (pure): at least
 /// [`QUARANTINE_AFTER`] exports of it failed in a row (a matching conflict is never sent
 /// and does not count) and its source object has not changed (nor been deleted) since the
@@ -980,9 +1014,9 @@ struct Cycle<'a> {
     retry_quarantined: bool,
     /// The export lease of each claim (`[sync] lease`).
     lease: Duration,
-    /// List the target and remove duplicates by anchor before creating (after a take-over,
-    /// `sync::duplicates`).
-    watch: bool,
+    /// Look for duplicates by anchor and remove them before creating (after a take-over or
+    /// a create without an answer, `sync::duplicates`).
+    watch: Watch,
     /// `[sync] cycle_timeout` from the cycle's start: no request starts after it.
     deadline: Deadline,
     /// Read the whole target and repair drift when this long has passed since the last
@@ -1145,7 +1179,7 @@ impl Cycle<'_> {
                 exporting: self.fence.is_some(),
                 plan_empty: whole.is_empty(),
                 reconcile: listing.is_some(),
-                watch: self.watch,
+                watch: self.watch != Watch::Off,
                 guard_event: guard_e.is_some(),
                 holding,
             });
@@ -1266,7 +1300,9 @@ impl Cycle<'_> {
         let facts = focus::Facts {
             full: self.full,
             reconcile: reconciling,
-            take_over: self.watch,
+            // The cycle that takes over (the log's relationship event makes the next
+            // cycles' plans whole too, until one is tried).
+            take_over: self.watch == Watch::Whole,
             planned_seq: state
                 .control
                 .instances
@@ -1563,7 +1599,7 @@ impl Cycle<'_> {
             // After a take-over or a write that may land unrecorded: the listing, without the
             // duplicates it removed (a reconcile's whole listing serves instead when there is
             // one: its own duplicate rules apply).
-            let listed = if self.watch && pass < 2 && listing.is_none() {
+            let listed = if self.watch != Watch::Off && pass < 2 && listing.is_none() {
                 self.remove_duplicates(t, kind, &state, &p.new, fence, report)
                     .await?
             } else {
@@ -1825,7 +1861,8 @@ impl Cycle<'_> {
     /// Claim a chunk of `ops` operations under `fence`: record `ExportBatchStarted` with its
     /// lease, and return the batch id and the deadline its requests must end by (the
     /// lease's end less the margin).
-    async fn claim(&self, fence: Fence, ops: usize) -> Result<(String, Instant)> {
+    /// Claim the sending of `ops` under a lease, recording the anchors they create.
+    async fn claim(&self, fence: Fence, ops: &[Op]) -> Result<(String, Instant)> {
         let deadline = Instant::now() + self.lease - lease_margin(self.lease);
         let lease_until = chrono::Utc::now()
             + chrono::Duration::from_std(self.lease).unwrap_or_else(|_| chrono::Duration::zero());
@@ -1837,8 +1874,14 @@ impl Cycle<'_> {
                 Event::ExportBatchStarted(ExportBatchStarted {
                     batch_id: batch_id.clone(),
                     epoch: fence.epoch,
-                    ops: ops as u64,
+                    ops: ops.len() as u64,
                     lease_until,
+                    creates: Some(
+                        ops.iter()
+                            .filter(|op| matches!(op, Op::Create { .. }))
+                            .map(|op| op.anchor().to_string())
+                            .collect(),
+                    ),
                 }),
             )],
             fence,
@@ -1851,11 +1894,13 @@ impl Cycle<'_> {
         append_fenced(self.store, self.instance, events, fence).await
     }
 
-    /// After a take-over or an unrecorded write (`sync::duplicates`): list the target's
-    /// objects of `kind`, delete the duplicates by anchor of objects we own (under a claim,
-    /// each recorded as `TargetDuplicateRemoved`), and return the listing without them, for
-    /// matching. `None` when the listing failed (not for lack of rights): the cycle goes on
-    /// without it and the next one looks again.
+    /// After a take-over or an unrecorded write (`sync::duplicates`): read the target's
+    /// objects of `kind` that could be duplicates (the whole target, or the objects
+    /// carrying the anchors in doubt), delete the duplicates by anchor of objects we own
+    /// (under a claim, each recorded as `TargetDuplicateRemoved`), and return a whole
+    /// listing without them, for matching. `None` when nothing was listed whole, or the
+    /// reading failed (not for lack of rights): the cycle goes on without it and the next
+    /// one looks again.
     async fn remove_duplicates(
         &self,
         t: &AnyTarget,
@@ -1865,16 +1910,29 @@ impl Cycle<'_> {
         fence: Fence,
         report: &mut SyncReport,
     ) -> Result<Option<Vec<RemoteObject>>> {
-        self.progress.set_message(format!(
-            "listing target {}s for duplicates by anchor",
-            kind.as_str()
-        ));
-        let mut remote = match t.list(kind).await {
+        let read = match &self.watch {
+            Watch::Off => return Ok(None),
+            Watch::Anchors(anchors) => {
+                self.progress.set_message(format!(
+                    "looking up target {}s whose creation may still be in flight",
+                    kind.as_str()
+                ));
+                carrying(t, kind, state, anchors).await
+            }
+            Watch::Whole => {
+                self.progress.set_message(format!(
+                    "listing target {}s for duplicates by anchor",
+                    kind.as_str()
+                ));
+                t.list(kind).await.map(|r| (r, true))
+            }
+        };
+        let (mut remote, whole) = match read {
             Ok(r) => r,
             Err(e) if e.fatal => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(
-                    "target: listing its {}s to look for duplicates failed ({e}); looked for next cycle",
+                    "target: reading its {}s to look for duplicates failed ({e}); looked for next cycle",
                     kind.as_str()
                 );
                 return Ok(None);
@@ -1897,11 +1955,11 @@ impl Cycle<'_> {
             })
             .collect();
         if ops.is_empty() {
-            return Ok(Some(remote));
+            return Ok(whole.then_some(remote));
         }
         for chunk in ops.chunks(CHUNK) {
-            let (batch_id, deadline) = self.claim(fence, chunk.len()).await?;
             let deletes: Vec<Op> = chunk.iter().map(|(op, _)| op.clone()).collect();
+            let (batch_id, deadline) = self.claim(fence, &deletes).await?;
             let outcomes = t.apply(&deletes, deadline).await;
             let mut events = Vec::new();
             let (mut applied, mut failed) = (0, 0);
@@ -1960,7 +2018,7 @@ impl Cycle<'_> {
             ));
             self.store.append(Batch::new(events)).await?;
         }
-        Ok(Some(remote))
+        Ok(whole.then_some(remote))
     }
 
     /// Send `ops` chunk by chunk, each under a claim, recording every outcome.
@@ -2001,7 +2059,7 @@ impl Cycle<'_> {
             let chunk: Vec<Op> = queue.drain(..n).collect();
             // The lease bounds every request of the chunk (fencing); the cycle's deadline
             // only stops new chunks (checked above), so answers in flight are recorded.
-            let (batch_id, deadline) = self.claim(fence, n).await?;
+            let (batch_id, deadline) = self.claim(fence, &chunk).await?;
             let outcomes = t.apply(&chunk, deadline).await;
             // A fatal error (a 401, the target down) stops the cycle: requests that got no
             // answer are then not the objects' failures and wait for the next cycle.

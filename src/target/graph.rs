@@ -804,6 +804,39 @@ impl Target for GraphTarget {
         }
     }
 
+    /// Users by `onPremisesImmutableId` (an anchor that is no GUID has no immutable ID to
+    /// ask by: None), groups by the attribute that carries their anchor.
+    async fn carrying(
+        &self,
+        kind: ObjectKind,
+        anchor: &str,
+    ) -> Result<Option<Vec<RemoteObject>>, TargetError> {
+        match kind {
+            ObjectKind::User => {
+                let Some(id) = immutable_id(anchor) else {
+                    return Ok(None);
+                };
+                let f = format!("onPremisesImmutableId eq {}", odata_string(&id));
+                self.inner
+                    .read_all(self.inner.users_url(Some(&f)))
+                    .await?
+                    .iter()
+                    .map(|v| {
+                        remote_user(v).map_err(|m| TargetError::new(None, format!("a user: {m}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
+            }
+            ObjectKind::Group => {
+                let f = format!("{} eq {}", self.inner.anchor_attr, odata_string(anchor));
+                self.inner
+                    .read_groups(self.inner.groups_url(Some(&f)))
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
     /// Graph documents its `$filter` string comparisons (`eq` on userPrincipalName, mail,
     /// displayName) as case-insensitive: nothing to ask.
     async fn eq_ignores_case(&self, _id: &str, _known: &Mapped) -> Result<bool, TargetError> {

@@ -304,6 +304,13 @@ pub trait Target {
         anchor: &str,
         object: &Mapped,
     ) -> Result<Vec<RemoteObject>, TargetError>;
+    /// The objects of `kind` carrying `anchor` (a filter on the target's copy of it, all of
+    /// them: looking for duplicates). None when the target cannot be asked by that anchor.
+    async fn carrying(
+        &self,
+        kind: ObjectKind,
+        anchor: &str,
+    ) -> Result<Option<Vec<RemoteObject>>, TargetError>;
     /// Whether the target's `eq` filters compare names case-insensitively, as RFC 7643
     /// says for userName, displayName and emails.value (`caseExact: false`): asked by
     /// looking up `known`, the object `id` holds, by its name (and e-mail) spelt in the
@@ -358,6 +365,16 @@ impl Target for AnyTarget {
         match self {
             AnyTarget::Scim(t) => t.list(kind).await,
             AnyTarget::Graph(t) => t.list(kind).await,
+        }
+    }
+    async fn carrying(
+        &self,
+        kind: ObjectKind,
+        anchor: &str,
+    ) -> Result<Option<Vec<RemoteObject>>, TargetError> {
+        match self {
+            AnyTarget::Scim(t) => t.carrying(kind, anchor).await,
+            AnyTarget::Graph(t) => t.carrying(kind, anchor).await,
         }
     }
     async fn candidates(

@@ -614,6 +614,15 @@ impl Target for ScimTarget {
             .await
     }
 
+    async fn carrying(
+        &self,
+        kind: ObjectKind,
+        anchor: &str,
+    ) -> std::result::Result<Option<Vec<RemoteObject>>, TargetError> {
+        let filter = anchor_terms(anchor).join(" or ");
+        self.query(kind, Some(&filter)).await.map(Some)
+    }
+
     async fn eq_ignores_case(
         &self,
         id: &str,
@@ -1222,12 +1231,7 @@ pub fn filter_string(s: &str) -> String {
 /// The filter for [`Target::candidates`]: users by externalId, or userName / an e-mail
 /// equal to the object's userName or e-mail; groups by externalId or displayName.
 pub fn candidates_filter(anchor: &str, object: &Mapped) -> String {
-    let mut terms = vec![format!("externalId eq {}", filter_string(anchor))];
-    // externalId is caseExact: also find an anchor some other tool wrote in upper case.
-    let upper = anchor.to_ascii_uppercase();
-    if upper != anchor {
-        terms.push(format!("externalId eq {}", filter_string(&upper)));
-    }
+    let mut terms = anchor_terms(anchor);
     match object {
         Mapped::User(u) => {
             let mut names = vec![u.user_name.as_str()];
@@ -1246,6 +1250,17 @@ pub fn candidates_filter(anchor: &str, object: &Mapped) -> String {
         }
     }
     terms.join(" or ")
+}
+
+/// The terms of a filter for the objects carrying `anchor` (joined by `or`).
+fn anchor_terms(anchor: &str) -> Vec<String> {
+    let mut terms = vec![format!("externalId eq {}", filter_string(anchor))];
+    // externalId is caseExact: also find an anchor some other tool wrote in upper case.
+    let upper = anchor.to_ascii_uppercase();
+    if upper != anchor {
+        terms.push(format!("externalId eq {}", filter_string(&upper)));
+    }
+    terms
 }
 
 /// The filters that find `known` by its name (users: also its e-mail) spelt in the other

@@ -366,8 +366,25 @@ async fn late_creates_of_the_same_holder_are_removed_too() {
         lab.view.count("Groups").await == 4
     })
     .await;
+    // The cycle that finds them asks for the two anchors whose creates were in doubt,
+    // and lists neither users nor groups whole.
+    let before = proxy.requests().len();
     let v = lab.sync("a", &[]);
     assert_eq!(count(&v, "duplicates_removed"), 2, "{v}");
+    let reads: Vec<String> = proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.target.clone())
+        .collect();
+    assert!(
+        reads.iter().all(|t| t.contains("filter=")),
+        "only lookups: {reads:?}"
+    );
+    assert_eq!(
+        reads.iter().filter(|t| t.contains("externalId")).count(),
+        2,
+        "one lookup per anchor in doubt: {reads:?}"
+    );
     let owned: BTreeSet<String> = lab
         .state()
         .await
