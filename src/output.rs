@@ -556,6 +556,7 @@ mod time_tests {
             epoch: 2,
             until_us: a.at_us + 60_000_000,
             from_us: a.at_us,
+            unanswered: Vec::new(),
         };
         #[derive(serde::Serialize)]
         struct Stored {

@@ -515,6 +515,11 @@ pub struct Lease {
     /// lease's length is `until_us - from_us`.
     #[serde(default)]
     pub from_us: i64,
+    /// The chunk's creates whose outcome is not recorded yet. Any left when the claim is
+    /// completed got no answer that was recorded (a cycle that stopped as the target went
+    /// down records none for requests in flight): they may still land.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<String>,
 }
 
 /// Who may export: the holder of the current epoch.
@@ -608,6 +613,7 @@ impl Relationship {
                     epoch: b.epoch,
                     until_us: b.lease_until.timestamp_micros(),
                     from_us: m.recorded_at_us,
+                    unanswered: b.creates.clone().unwrap_or_default(),
                 });
             }
             Event::FailoverStarted(f) => {
@@ -625,16 +631,24 @@ impl Relationship {
                     .as_ref()
                     .is_some_and(|l| l.batch_id == b.batch_id) =>
             {
-                self.lease = None;
+                let unanswered = self.lease.take().is_some_and(|l| !l.unanswered.is_empty());
+                if unanswered {
+                    self.uncertain = Some(m.into());
+                }
             }
-            Event::ExportFailed(f)
-                if f.op == ExportOp::Create && f.status.is_none_or(|s| s >= 500) =>
-            {
-                self.uncertain = Some(m.into());
+            // No answer, or a 5xx: the create may have been applied, or still be.
+            Event::ExportFailed(f) if f.op == ExportOp::Create => {
+                self.recorded(&f.anchor);
+                if f.status.is_none_or(|s| s >= 500) {
+                    self.uncertain = Some(m.into());
+                } else {
+                    self.answered(&f.anchor);
+                }
             }
-            // Answered: that request is not in flight any more.
-            Event::ExportFailed(f) if f.op == ExportOp::Create => self.answered(&f.anchor),
-            Event::ExportApplied(x) if x.op == ExportOp::Create => self.answered(&x.anchor),
+            Event::ExportApplied(x) if x.op == ExportOp::Create => {
+                self.recorded(&x.anchor);
+                self.answered(&x.anchor);
+            }
             _ => {}
         }
     }
@@ -661,6 +675,13 @@ impl Relationship {
         if self.creates_in_doubt.len() > IN_DOUBT_CAP {
             self.creates_in_doubt.clear();
             self.doubt_unknown = Some(m.into());
+        }
+    }
+
+    /// The outcome of the claimed create of `anchor` was recorded.
+    fn recorded(&mut self, anchor: &str) {
+        if let Some(l) = self.lease.as_mut() {
+            l.unanswered.retain(|a| a != anchor);
         }
     }
 

@@ -400,6 +400,18 @@ mod tests {
         );
         // Those claimed more than WATCH before the last claim are let go.
         assert_eq!(watching(&state, false, 202 * min), anchors(&["h"]));
+        // A claim completed with a create whose outcome was never recorded (a cycle that
+        // stopped as the target went down): in doubt, and uncertain.
+        apply(&mut state, 201 * min, done("b6"));
+        apply(&mut state, 250 * min, claim("b6b", Some(&["p", "q"])));
+        apply(&mut state, 250 * min, created("p"));
+        assert_eq!(watching(&state, false, 250 * min), Watch::Off);
+        apply(&mut state, 250 * min, done("b6b"));
+        assert_eq!(
+            state.control.relationship.uncertain.as_ref().unwrap().at_us,
+            250 * min
+        );
+        assert_eq!(watching(&state, false, 251 * min), anchors(&["q"]));
         // A take-over: the old holder's creates in doubt are looked up.
         apply(&mut state, 300 * min, claim("b7", Some(&["j"])));
         apply(&mut state, 300 * min, established(2));

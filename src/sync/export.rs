@@ -2319,6 +2319,7 @@ mod tests {
             epoch: 1,
             until_us,
             from_us,
+            unanswered: Vec::new(),
         };
         // A 30 s lease claimed at 100 s: its requests end by 130 s, or (a sender that did
         // not cut its timeouts) 30 s later: the new holder waits until 160 s.

@@ -490,7 +490,7 @@ async fn stored_control_equals_the_fold(b: Backend) {
     let run = f.cli(&["replay", "--verify"]);
     assert_eq!(run.code, 0, "{run:?}");
     f.raw_sql(
-        "UPDATE control SET body = '{\"format\": 1, \"tombstone_lifetime_days\": 99}' WHERE id = 1",
+        "UPDATE control SET body = '{\"format\": 2, \"tombstone_lifetime_days\": 99}' WHERE id = 1",
     )
     .await;
     let run = f.cli(&["replay", "--verify"]);
