@@ -17,8 +17,16 @@
 //! Each timed sync must have updated exactly K users. Reports medians, ratios to the
 //! baseline, and what the cycle planned (`planned_objects`).
 //!
-//! Usage: `cargo bench --bench cycle -- [--users N] [--changes K] [--runs R] [--compare BIN]`
-//! (defaults 100,000, 100, 5). With `DIRSYNC_BENCH_HOLD` set, the lab stays up after the
+//! With `--in-doubt`, every round is a cycle that looks for duplicates (`sync::duplicates`):
+//! before the rounds, the log is given a claim of one create that got no answer (appended
+//! through the library, as an export that timed out records it), so for the next 20 minutes
+//! each cycle looks up that anchor (or, a build that cannot, lists the whole target). A build
+//! from before claims recorded their creates, run with `--compare`, makes every later cycle
+//! of both list the whole target (its claims leave the doubt unknown, as designed for a
+//! fleet of mixed versions): only the rounds before its first are ours alone.
+//!
+//! Usage: `cargo bench --bench cycle -- [--users N] [--changes K] [--runs R] [--compare BIN]
+//! [--in-doubt]` (defaults 100,000, 100, 5). With `DIRSYNC_BENCH_HOLD` set, the lab stays up after the
 //! runs, for profiling by hand.
 
 mod common;
@@ -127,6 +135,47 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// A create of one user recorded as sent and never answered, by this instance under
+    /// its epoch: the target is uncertain for the next 20 minutes.
+    async fn create_in_doubt(&self) {
+        use dirsync::log::event::{
+            stream, Event, ExportBatchCompleted, ExportBatchStarted, ExportFailed, ExportOp,
+        };
+        use dirsync::log::store::Batch;
+        use dirsync::log::{AnyStore, NewEvent, OpenMode, Store};
+        let url = format!("sqlite://{}", self.dir.path().join("log.db").display());
+        let store = AnyStore::open(&url, OpenMode::Existing).await.unwrap();
+        let (_, control) = dirsync::project::replay::control(&store).await.unwrap();
+        let epoch = control.relationship.epoch;
+        let anchor = "00000000-0000-4000-8000-00000000d0b7".to_string();
+        let event = |e| NewEvent::new(stream::TARGET, INSTANCE, e);
+        let batch_id = "in-doubt".to_string();
+        store
+            .append(Batch::new(vec![
+                event(Event::ExportBatchStarted(ExportBatchStarted {
+                    batch_id: batch_id.clone(),
+                    epoch,
+                    ops: 1,
+                    lease_until: chrono::Utc::now(),
+                    creates: Some(vec![anchor.clone()]),
+                })),
+                event(Event::ExportFailed(ExportFailed {
+                    epoch,
+                    anchor,
+                    op: ExportOp::Create,
+                    status: None,
+                    error: "timed out (injected by the bench)".into(),
+                })),
+                event(Event::ExportBatchCompleted(ExportBatchCompleted {
+                    batch_id,
+                    applied: 0,
+                    failed: 1,
+                })),
+            ]))
+            .await
+            .unwrap();
     }
 
     /// The title of this round's changes.
@@ -265,7 +314,11 @@ async fn main() {
         .position(|a| a == "--compare")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
+    let in_doubt = args.iter().any(|a| a == "--in-doubt");
     let mut lab = Lab::setup(users, changes).await;
+    if in_doubt {
+        lab.create_in_doubt().await;
+    }
     let (mut base, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     let mut planned = Vec::new();
     for run in 0..runs {
@@ -300,7 +353,12 @@ async fn main() {
     }
     let b = median(&base);
     println!(
-        "exporting delta cycle, {users} users, {changes} changes, {runs} runs, load {}",
+        "exporting delta cycle{}, {users} users, {changes} changes, {runs} runs, load {}",
+        if in_doubt {
+            " looking for duplicates (a create in doubt)"
+        } else {
+            ""
+        },
         load_average()
     );
     println!(

@@ -1596,9 +1596,9 @@ impl Cycle<'_> {
             let mut creates = Vec::new();
             self.deadline
                 .check(p.new.len() + p.updates.len() + p.deletes.len())?;
-            // After a take-over or a write that may land unrecorded: the listing, without the
-            // duplicates it removed (a reconcile's whole listing serves instead when there is
-            // one: its own duplicate rules apply).
+            // After a take-over or a write that may land unrecorded: duplicates removed, and
+            // the listing without them when the target was listed whole (a reconcile's whole
+            // listing serves instead when there is one: its own duplicate rules apply).
             let listed = if self.watch != Watch::Off && pass < 2 && listing.is_none() {
                 self.remove_duplicates(t, kind, &state, &p.new, fence, report)
                     .await?
@@ -1858,10 +1858,9 @@ impl Cycle<'_> {
         true
     }
 
-    /// Claim a chunk of `ops` operations under `fence`: record `ExportBatchStarted` with its
-    /// lease, and return the batch id and the deadline its requests must end by (the
-    /// lease's end less the margin).
-    /// Claim the sending of `ops` under a lease, recording the anchors they create.
+    /// Claim a chunk of `ops` under `fence`: record `ExportBatchStarted` with its lease and
+    /// the anchors it creates, and return the batch id and the deadline its requests must
+    /// end by (the lease's end less the margin).
     async fn claim(&self, fence: Fence, ops: &[Op]) -> Result<(String, Instant)> {
         let deadline = Instant::now() + self.lease - lease_margin(self.lease);
         let lease_until = chrono::Utc::now()
