@@ -46,8 +46,8 @@ pub enum Watch {
 /// looks up the creates in doubt, or lists the whole target while they are not all known.
 pub fn watching(state: &State, took_over: bool, now_us: i64) -> Watch {
     let r = &state.control.relationship;
-    let recent =
-        |at: &crate::project::At| now_us.saturating_sub(at.at_us) < WATCH.as_micros() as i64;
+    let within = |at_us: i64| now_us.saturating_sub(at_us) < WATCH.as_micros() as i64;
+    let recent = |at: &crate::project::At| within(at.at_us);
     if took_over
         || r.doubt_unknown.as_ref().is_some_and(recent) && r.uncertain.as_ref().is_some_and(recent)
     {
@@ -59,7 +59,7 @@ pub fn watching(state: &State, took_over: bool, now_us: i64) -> Watch {
     let anchors: Vec<String> = r
         .creates_in_doubt
         .iter()
-        .filter(|(_, d)| now_us.saturating_sub(d.at_us) < WATCH.as_micros() as i64)
+        .filter(|(_, d)| within(d.at_us))
         .map(|(a, _)| a.clone())
         .collect();
     if anchors.is_empty() {

@@ -535,6 +535,14 @@ impl Inner {
         self.url(&format!("/groups?{}", query_encode(&q)))
     }
 
+    async fn read_users(&self, url: String) -> Result<Vec<RemoteObject>, TargetError> {
+        self.read_all(url)
+            .await?
+            .iter()
+            .map(|v| remote_user(v).map_err(|m| TargetError::new(None, format!("a user: {m}"))))
+            .collect()
+    }
+
     async fn read_groups(&self, url: String) -> Result<Vec<RemoteObject>, TargetError> {
         let mut out = Vec::new();
         for v in self.read_all(url).await? {
@@ -771,13 +779,7 @@ impl Target for GraphTarget {
 
     async fn list(&self, kind: ObjectKind) -> Result<Vec<RemoteObject>, TargetError> {
         match kind {
-            ObjectKind::User => self
-                .inner
-                .read_all(self.inner.users_url(None))
-                .await?
-                .iter()
-                .map(|v| remote_user(v).map_err(|m| TargetError::new(None, format!("a user: {m}"))))
-                .collect(),
+            ObjectKind::User => self.inner.read_users(self.inner.users_url(None)).await,
             ObjectKind::Group => self.inner.read_groups(self.inner.groups_url(None)).await,
         }
     }
@@ -788,13 +790,10 @@ impl Target for GraphTarget {
         object: &Mapped,
     ) -> Result<Vec<RemoteObject>, TargetError> {
         match object {
-            Mapped::User(u) => self
-                .inner
-                .read_all(self.inner.users_url(Some(&user_filter(anchor, u))))
-                .await?
-                .iter()
-                .map(|v| remote_user(v).map_err(|m| TargetError::new(None, format!("a user: {m}"))))
-                .collect(),
+            Mapped::User(u) => {
+                let f = user_filter(anchor, u);
+                self.inner.read_users(self.inner.users_url(Some(&f))).await
+            }
             Mapped::Group(g) => {
                 let f = group_filter(&self.inner.anchor_attr, anchor, &g.display_name);
                 self.inner
@@ -818,13 +817,8 @@ impl Target for GraphTarget {
                 };
                 let f = format!("onPremisesImmutableId eq {}", odata_string(&id));
                 self.inner
-                    .read_all(self.inner.users_url(Some(&f)))
-                    .await?
-                    .iter()
-                    .map(|v| {
-                        remote_user(v).map_err(|m| TargetError::new(None, format!("a user: {m}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                    .read_users(self.inner.users_url(Some(&f)))
+                    .await
                     .map(Some)
             }
             ObjectKind::Group => {
