@@ -209,13 +209,7 @@ pub struct SourceConfig {
 impl SourceConfig {
     /// The effective scope, as `EffectiveConfigRecorded` records it.
     pub fn effective(&self) -> crate::log::event::EffectiveScope {
-        let mut attributes: Vec<String> = crate::source::kept_for(self.kind)
-            .iter()
-            .map(|a| a.to_string())
-            .chain(self.mapped.iter().map(|a| a.to_ascii_lowercase()))
-            .collect();
-        attributes.sort();
-        attributes.dedup();
+        let attributes = crate::source::kept(self);
         crate::log::event::EffectiveScope {
             base_dn: self.base_dn.clone(),
             users: self.users.clone(),

@@ -193,7 +193,7 @@ pub fn diff(a: &State, b: &State) -> Diff {
             (None, Some(r)) => out.objects.added.push(item(r, vec![])),
             (Some(r), None) => out.objects.deleted.push(item(
                 r,
-                deletion_detail(rb.and_then(|r| r.deletion.as_ref())),
+                deletion_detail(rb.and_then(|r| r.deletion.as_deref())),
             )),
             (Some(x), Some(y)) if x != y => {
                 let d = object_changes(x, y);
@@ -467,11 +467,11 @@ pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> Wha
         match out {
             Some(why) => {
                 if r.live() {
-                    r.deletion = Some(Deletion {
+                    r.deletion = Some(Box::new(Deletion {
                         evidence: DeletionEvidence::LeftScope { dn: dn.clone() },
                         at: r.last_changed,
                         instance: "what-if".into(),
-                    });
+                    }));
                     why_out.insert(anchor.clone(), why);
                 }
             }
@@ -525,13 +525,13 @@ pub fn what_if_under(state: &State, other: &Other<'_>, mapping: &Mapping) -> Wha
             if r.kind != ObjectKind::User || !r.live() || members.contains(anchor) {
                 continue;
             }
-            r.deletion = Some(Deletion {
+            r.deletion = Some(Box::new(Deletion {
                 evidence: DeletionEvidence::NotMember {
                     groups: scope.member_of().to_vec(),
                 },
                 at: r.last_changed,
                 instance: "what-if".into(),
-            });
+            }));
             came_back.remove(anchor);
             why_out.insert(anchor.clone(), format!("not a member of {groups}"));
         }

@@ -903,6 +903,8 @@ macro_rules! events {
     };
 }
 
+// A payload much larger than the others is boxed (`EffectiveConfigRecorded`): the largest
+// sets the size of every event, and a full import holds a million of them.
 events! {
     ObjectImported(ObjectImported),
     ObjectChanged(ObjectChanged),
@@ -934,7 +936,7 @@ events! {
     TargetReset(TargetReset),
     AnchorRecorded(AnchorRecorded),
     AnchorsMigrated(AnchorsMigrated),
-    EffectiveConfigRecorded(EffectiveConfigRecorded),
+    EffectiveConfigRecorded(Box<EffectiveConfigRecorded>),
     TargetReconciled(TargetReconciled),
     DuplicateRemoved(DuplicateRemoved),
     NotificationDelivered(NotificationDelivered),

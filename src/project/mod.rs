@@ -68,8 +68,9 @@ pub struct ObjectRecord {
     pub members: BTreeSet<String>,
     pub first_seen: At,
     pub last_changed: At,
+    /// Boxed: most records are live, and a million of them would each carry the room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion: Option<Deletion>,
+    pub deletion: Option<Box<Deletion>>,
 }
 
 impl ObjectRecord {
@@ -224,11 +225,11 @@ impl SourceObjects {
             }
             Event::ObjectDeleted(d) => {
                 if let Some(r) = self.objects.get_mut(&d.anchor) {
-                    r.deletion = Some(Deletion {
+                    r.deletion = Some(Box::new(Deletion {
                         evidence: d.evidence,
                         at: m.into(),
                         instance: m.instance.to_string(),
-                    });
+                    }));
                 }
             }
             other => self.apply_other(m, &other),
@@ -262,7 +263,7 @@ impl SourceObjects {
                 self.effective = Some(EffectiveRecord {
                     at: m.into(),
                     instance: m.instance.to_string(),
-                    event: c.clone(),
+                    event: (**c).clone(),
                 });
             }
             Event::AnchorsMigrated(a) => {

@@ -313,7 +313,7 @@ impl Writer {
             evidence,
             at,
             instance,
-        }) = deletion
+        }) = deletion.as_deref()
         {
             // Rare (deleted objects only) and a nested enum: JSON.
             self.bytes(&serde_json::to_vec(evidence)?);
@@ -581,7 +581,7 @@ impl<'a> Reader<'a> {
             members: members.into_iter().collect(),
             first_seen,
             last_changed,
-            deletion,
+            deletion: deletion.map(Box::new),
         })
     }
 
@@ -720,11 +720,11 @@ mod tests {
                 members: BTreeSet::new(),
                 first_seen: at(1, 1_700_000_000_000_000),
                 last_changed: at(9, i64::MIN),
-                deletion: Some(Deletion {
+                deletion: Some(Box::new(Deletion {
                     evidence: DeletionEvidence::LeftScope { dn: "CN=y".into() },
                     at: at(10, i64::MAX),
                     instance: "old".into(),
-                }),
+                })),
             }),
         );
         s.objects.objects.insert(

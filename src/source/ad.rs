@@ -949,10 +949,6 @@ impl super::Source for AdSource {
         super::DIRSYNC_CURSOR
     }
 
-    fn kept_attributes(&self) -> &'static [&'static str] {
-        AD_ATTRIBUTES
-    }
-
     fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {
         Box::pin(async move { self.source_info().await.map(Some) })
     }

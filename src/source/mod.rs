@@ -55,10 +55,6 @@ pub trait Source: Send {
     /// The kind of cursor this source records ([`cursor_kind`] of its kind).
     fn cursor_kind(&self) -> &'static str;
 
-    /// The attributes the importer keeps of what this source reads: what the mapping reads
-    /// and a few that identify an object to people, the same for full and delta imports.
-    fn kept_attributes(&self) -> &'static [&'static str];
-
     /// Facts about the source to record (AD's tombstone lifetime), if it has any.
     fn info(&mut self) -> SourceFuture<'_, Option<SourceInfoRecorded>>;
 
@@ -81,9 +77,7 @@ pub trait Source: Send {
     fn close(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
-/// The cursor kind a source of `kind` records ([`ALWAYS_FULL_CURSOR`]: none).
-/// The attributes imports keep for a source of `kind` besides what the mapping reads: what
-/// [`Source::kept_attributes`] gives once connected.
+/// The attributes imports keep for a source of `kind` besides what the mapping reads.
 pub fn kept_for(kind: SourceKind) -> &'static [&'static str] {
     match kind {
         SourceKind::Ad => ad::AD_ATTRIBUTES,
@@ -91,6 +85,21 @@ pub fn kept_for(kind: SourceKind) -> &'static [&'static str] {
     }
 }
 
+/// The attributes an import keeps of what `cfg`'s source reads, lower case: the kind's own
+/// list (what identifies an object to people) and what the mapping reads, the same for
+/// full and delta imports.
+pub fn kept(cfg: &SourceConfig) -> Vec<String> {
+    let mut keep: Vec<String> = kept_for(cfg.kind)
+        .iter()
+        .map(|a| a.to_string())
+        .chain(cfg.mapped.iter().map(|a| a.to_ascii_lowercase()))
+        .collect();
+    keep.sort();
+    keep.dedup();
+    keep
+}
+
+/// The cursor kind a source of `kind` records ([`ALWAYS_FULL_CURSOR`]: none).
 pub fn cursor_kind(kind: SourceKind) -> &'static str {
     match kind {
         SourceKind::Ad => DIRSYNC_CURSOR,

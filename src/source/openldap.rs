@@ -56,8 +56,11 @@ use super::ldap::{
 use super::result::result_name;
 use crate::config::{SourceConfig, SourceKind};
 use crate::error::{Error, Result};
+use smallvec::SmallVec;
+
 use crate::log::event::{
-    AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject, Values,
+    AttrName, AttrValue, Attrs, DeletionEvidence, ObjectKind, SourceInfoRecorded, SourceObject,
+    Values,
 };
 
 /// RFC 4533 Sync Request control.
@@ -206,6 +209,9 @@ pub struct OpenLdapSource {
     /// The anchor attributes, in order: the pinned one (`[source] anchor`) alone, else the
     /// flavour's.
     anchors: Vec<String>,
+    /// The attributes an import keeps ([`super::kept`]), dropped from the rest as entries
+    /// are read: each record is then built at its final size.
+    keep: Vec<String>,
 }
 
 impl OpenLdapSource {
@@ -234,6 +240,7 @@ impl OpenLdapSource {
             opts,
             flavour,
             anchors,
+            keep: super::kept(cfg),
         })
     }
 
@@ -278,6 +285,7 @@ impl OpenLdapSource {
         let mut raw_members: Vec<(usize, Vec<String>)> = Vec::new();
         let base = self.cfg.base_dn.clone();
         let anchors = self.anchors.clone();
+        let keep = &self.keep;
         for (kind, filter) in [
             (ObjectKind::User, self.cfg.users.clone()),
             (ObjectKind::Group, self.cfg.groups.clone()),
@@ -298,7 +306,7 @@ impl OpenLdapSource {
                 if kind == ObjectKind::Group {
                     raw_members.push((idx, member_dns(entry)));
                 }
-                let attrs = to_attrs(&entry.attrs);
+                let attrs = to_attrs(&entry.attrs, keep);
                 objects.push(SourceObject {
                     anchor,
                     kind,
@@ -620,7 +628,7 @@ impl OpenLdapSource {
                     anchor: uuid,
                     kind,
                     dn: entry.dn.to_string(),
-                    attrs: to_attrs(&entry.attrs),
+                    attrs: to_attrs(&entry.attrs, &self.keep),
                     members,
                 },
                 whole: true,
@@ -782,10 +790,6 @@ impl super::Source for OpenLdapSource {
         super::RFC4533_CURSOR
     }
 
-    fn kept_attributes(&self) -> &'static [&'static str] {
-        LDAP_ATTRIBUTES
-    }
-
     /// No tombstone lifetime or USN: nothing to record.
     fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {
         Box::pin(async { Ok(None) })
@@ -846,10 +850,6 @@ impl GenericLdapSource {
 impl super::Source for GenericLdapSource {
     fn cursor_kind(&self) -> &'static str {
         super::ALWAYS_FULL_CURSOR
-    }
-
-    fn kept_attributes(&self) -> &'static [&'static str] {
-        LDAP_ATTRIBUTES
     }
 
     fn info(&mut self) -> super::SourceFuture<'_, Option<SourceInfoRecorded>> {
@@ -1074,14 +1074,20 @@ fn kind_from_classes(entry: &EntryRef<'_>) -> ObjectKind {
 
 /// Server attributes to `Attrs`: lower-case names, secrets and member values left out,
 /// binary attributes (and values that are not UTF-8) as bytes.
-fn to_attrs(raw: &[AttrRef<'_>]) -> Attrs {
-    // Room for every attribute at once: growing the list step by step moved it twice.
-    let mut out = Attrs::with_capacity(raw.len());
-    for a in raw {
-        let name = a.lower_name();
-        if DROPPED_ATTRS.contains(&name.as_str()) {
-            continue;
-        }
+/// The attributes of `raw` that `keep` names (lower case), never a password or a member
+/// list.
+fn to_attrs(raw: &[AttrRef<'_>], keep: &[String]) -> Attrs {
+    // The list is allocated once, at the size it keeps: one that grew step by step moved
+    // twice, and one sized for every attribute read carried the room of those dropped.
+    let names: SmallVec<[(usize, AttrName); 16]> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i, a.lower_name()))
+        .filter(|(_, n)| !DROPPED_ATTRS.contains(&n.as_str()) && keep.iter().any(|k| k == n))
+        .collect();
+    let mut out = Attrs::with_capacity(names.len());
+    for (i, name) in names {
+        let a = &raw[i];
         // `jpegPhoto;binary` and the like.
         let base = name.split(';').next().unwrap_or(&name);
         let binary = BINARY_ATTRS.contains(&base) || name.contains(";binary");
@@ -1454,11 +1460,17 @@ mod tests {
             member_dns(&e),
             vec!["uid=a,dc=x", "uid=b,dc=x", "uid=c,dc=x"]
         );
-        let a = to_attrs(&e.attrs);
+        let keep: Vec<String> = ["cn", "jpegphoto", "member", "userpassword", "uniquemember"]
+            .map(String::from)
+            .into();
+        let a = to_attrs(&e.attrs, &keep);
         assert_eq!(a["cn"], vec![AttrValue::Text("g".into())]);
         assert!(matches!(a["jpegphoto"][0], AttrValue::Binary { .. }));
         assert!(!a.contains_key("userpassword") && !a.contains_key("member"));
         assert!(!a.contains_key("uniquemember"));
+        // What the import does not keep is not read into the record at all.
+        assert!(!a.contains_key("objectclass"));
+        assert_eq!(a.len(), 2);
         assert_eq!(kind_from_classes(&e), ObjectKind::Group);
         assert_eq!(entry_anchor(&e, Flavour::Generic), None);
     }

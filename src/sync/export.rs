@@ -2393,11 +2393,12 @@ mod tests {
         assert!(quarantined(&s, "a").is_none());
         s.ledger.failures.get_mut("a").unwrap().at = at(6);
         assert!(quarantined(&s, "a").is_some());
-        s.objects.objects.get_mut("a").unwrap().deletion = Some(crate::project::Deletion {
-            evidence: crate::log::event::DeletionEvidence::SyncDelete { phase: "x".into() },
-            at: at(8),
-            instance: "i".into(),
-        });
+        s.objects.objects.get_mut("a").unwrap().deletion =
+            Some(Box::new(crate::project::Deletion {
+                evidence: crate::log::event::DeletionEvidence::SyncDelete { phase: "x".into() },
+                at: at(8),
+                instance: "i".into(),
+            }));
         assert!(quarantined(&s, "a").is_none());
     }
 

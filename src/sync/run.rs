@@ -80,12 +80,13 @@ pub struct ImportReport {
     pub cursor_seq: u64,
 }
 
-fn keep_attributes(o: &mut SourceObject, keep: &[&str]) {
-    o.attrs.retain(|k, _| keep.contains(&k.as_str()));
+fn keep_attributes(o: &mut SourceObject, keep: &[String]) {
+    o.attrs.retain(|k, _| keep.iter().any(|a| a == k));
 }
 
-/// Drop every attribute but the source's kept ones ([`source::Source::kept_attributes`]).
-fn keep_in_read(read: &mut Read, keep: &[&str]) {
+/// Drop every attribute but the kept ones ([`source::kept`]). An LDAP source keeps only
+/// those as it reads; this holds every source to the list.
+fn keep_in_read(read: &mut Read, keep: &[String]) {
     match read {
         Read::Full { objects, .. } => objects.iter_mut().for_each(|o| keep_attributes(o, keep)),
         Read::Delta { changes, .. } => {
@@ -152,9 +153,7 @@ async fn read_source(
                 None => src.full().await,
             };
             let kind = src.cursor_kind();
-            // The kind's own list, and what the mapping reads.
-            let mut keep = src.kept_attributes().to_vec();
-            keep.extend(cfg.mapped.iter().map(String::as_str));
+            let keep = source::kept(cfg);
             src.close().await;
             let mut read = read?;
             keep_in_read(&mut read, &keep);
@@ -622,7 +621,7 @@ pub(crate) async fn import_run(
             batch.push(NewEvent::new(
                 stream::SOURCE,
                 inst.clone(),
-                Event::EffectiveConfigRecorded(record),
+                Event::EffectiveConfigRecorded(Box::new(record)),
             ));
         }
         if let Some(reason) = invalidated {

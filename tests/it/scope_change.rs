@@ -41,7 +41,7 @@ async fn records_after(lab: &E2e, seq: u64) -> Vec<EffectiveConfigRecorded> {
         .await
         .into_iter()
         .filter_map(|e| match e {
-            Event::EffectiveConfigRecorded(r) => Some(r),
+            Event::EffectiveConfigRecorded(r) => Some(*r),
             _ => None,
         })
         .collect()
