@@ -1,5 +1,6 @@
 //! PostgreSQL backend: appends serialise on the `log_head` row (`SELECT ... FOR UPDATE`),
-//! rows go in with one `INSERT ... SELECT FROM UNNEST(...)` per chunk.
+//! a small batch's rows go in with `INSERT ... SELECT FROM UNNEST(...)`, a large one's with
+//! binary `COPY`, a group of events at a time, each followed by their history index rows.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -74,10 +75,47 @@ async fn copy_finish(mut copy: sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>
     }
 }
 
+/// Events per `COPY` of a large batch. Each `COPY` is followed by the history index rows
+/// of its events: the rows of a million-event import are held a group at a time, not all
+/// at once (they were 400 MB of the import's peak).
+const COPY_GROUP: u64 = 50_000;
+
+/// A prepared part of a batch: its `COPY` rows, what it wrote, its history index rows and
+/// its `event_type_blocks` rows.
+type PreparedPart = (Vec<u8>, Written, index::Rows, Vec<(String, i64)>);
+
+/// Parts gathered for one `COPY`: the rows (after the header), how many events, and their
+/// index rows.
+struct CopyGroup {
+    data: Vec<u8>,
+    events: u64,
+    index: index::Rows,
+    types: Vec<(String, i64)>,
+}
+
+impl CopyGroup {
+    /// `COPY` the events, then insert their index rows.
+    async fn write(self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        let mut copy = conn.copy_in_raw(COPY_EVENTS).await?;
+        if let Err(e) = copy.send(self.data).await {
+            let _ = copy.abort("dirsync: the append failed").await;
+            return Err(e.into());
+        }
+        copy_finish(copy).await?;
+        let mut ready = self.index.ready();
+        let mut types = self.types;
+        types.sort_unstable();
+        types.dedup();
+        ready.types = types;
+        PgStore::insert_index(conn, &ready).await
+    }
+}
+
 /// Prepare a large batch chunk by chunk on a blocking thread while the chunks already
-/// prepared stream to the server in one binary `COPY`. The rows are exactly those one
-/// `prepare` of the whole batch gives (see the SQLite backend's `insert_pipelined`).
-/// Returns what was written and the streams' new versions.
+/// prepared go to the server, [`COPY_GROUP`] events per binary `COPY`, each followed by
+/// its index rows. The rows are exactly those one `prepare` of the whole batch gives (see
+/// the SQLite backend's `insert_pipelined`). Returns what was written and the streams' new
+/// versions.
 async fn copy_batch(
     conn: &mut sqlx::PgConnection,
     head: (u64, Hash),
@@ -87,61 +125,68 @@ async fn copy_batch(
     now_us: i64,
     keep: Option<Keep>,
 ) -> Result<(Written, (HashMap<String, u64>, StoredControl))> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Vec<u8>, Written)>>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<PreparedPart>>(2);
     let preparer = tokio::task::spawn_blocking(move || {
         // A short first part lets the COPY start sooner.
         let mut parts = store::Parts::new(head, versions, batch, now_us, keep, control);
-        let mut index = index::Rows::default();
-        let mut types = index::Ready::default();
         for rows in parts.by_ref() {
             let msg = rows.and_then(|(rows, part_index)| {
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                     return Err(Error::Store("an append prepared no rows".into()));
                 };
-                index.extend(part_index);
+                let mut types = index::Ready::default();
                 types.add_types(&rows);
                 let mut buf = Vec::with_capacity(rows.len() * 512);
                 for r in &rows {
                     copy_row(&mut buf, r);
                 }
-                Ok((buf, (first.seq, last.seq, last.hash)))
+                Ok((
+                    buf,
+                    (first.seq, last.seq, last.hash),
+                    part_index,
+                    types.types,
+                ))
             });
             let failed = msg.is_err();
             if tx.blocking_send(msg).is_err() || failed {
                 break;
             }
         }
-        let mut ready = index.ready();
-        ready.types = types.types;
-        (parts.finish(), ready)
+        parts.finish()
     });
-    // A conflict comes with the first chunk: see it before the COPY starts.
-    let (first_buf, mut written) = match rx.recv().await {
-        Some(msg) => msg?,
-        None => return Err(Error::Store("preparing the append failed".into())),
-    };
-    let mut buf = Vec::with_capacity(first_buf.len() + 19);
-    copy_header(&mut buf);
-    buf.extend_from_slice(&first_buf);
-    let mut copy = conn.copy_in_raw(COPY_EVENTS).await?;
-    let mut sent = copy.send(buf).await.map(|_| ()).map_err(Error::from);
-    while sent.is_ok() {
-        let Some(msg) = rx.recv().await else { break };
-        sent = match msg {
-            Ok((buf, w)) => {
-                written = (written.0, w.1, w.2);
-                copy.send(buf).await.map(|_| ()).map_err(Error::from)
-            }
-            Err(e) => Err(e),
-        };
+    // A conflict comes with the first part: it is returned before anything is sent.
+    let mut written: Option<Written> = None;
+    let mut group: Option<CopyGroup> = None;
+    loop {
+        let msg = rx.recv().await.transpose()?;
+        let ended = msg.is_none();
+        if let Some((buf, w, rows, types)) = msg {
+            written = Some(written.map_or(w, |first| (first.0, w.1, w.2)));
+            let g = group.get_or_insert_with(|| {
+                let mut data = Vec::with_capacity(buf.len() + 19);
+                copy_header(&mut data);
+                CopyGroup {
+                    data,
+                    events: 0,
+                    index: index::Rows::default(),
+                    types: Vec::new(),
+                }
+            });
+            g.data.extend_from_slice(&buf);
+            g.events += w.1 + 1 - w.0;
+            g.index.extend(rows);
+            g.types.extend(types);
+        }
+        let full = group.as_ref().is_some_and(|g| g.events >= COPY_GROUP);
+        if let Some(g) = group.take_if(|_| full || ended) {
+            g.write(conn).await?;
+        }
+        if ended {
+            break;
+        }
     }
-    if let Err(e) = sent {
-        let _ = copy.abort("dirsync: the append failed").await;
-        return Err(e);
-    }
-    copy_finish(copy).await?;
-    let (versions, index) = preparer.await.map_err(Error::store)?;
-    PgStore::insert_index(conn, &index).await?;
+    let versions = preparer.await.map_err(Error::store)?;
+    let written = written.ok_or_else(|| Error::Store("preparing the append failed".into()))?;
     Ok((written, versions))
 }
 

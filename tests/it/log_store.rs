@@ -201,6 +201,64 @@ async fn large_batches_keep_the_chain_expectations_and_keys(b: Backend) {
     assert_eq!(evs[1].stream_version, 3001);
 }
 
+/// A batch of the size of a large import: PostgreSQL writes it in several `COPY`s, each
+/// followed by its history index rows; SQLite in its pipelined parts. Every object is
+/// found by its key, the first, one at a group's edge and the last alike.
+async fn an_import_sized_batch_is_indexed_throughout(b: Backend) {
+    use dirsync::log::event::{AttrValue, Attrs, ObjectImported, ObjectKind, SourceObject};
+    let f = Fresh::new(b).await;
+    let n = 120_001;
+    let object = |i: usize| {
+        let mut attrs = Attrs::new();
+        attrs.insert(
+            "mail",
+            vec![AttrValue::Text(format!("u{i}@example.org").into())],
+        );
+        NewEvent::new(
+            stream::SOURCE,
+            "a",
+            Event::ObjectImported(ObjectImported {
+                object: SourceObject {
+                    anchor: format!("anchor-{i}"),
+                    kind: ObjectKind::User,
+                    dn: format!("uid=u{i},dc=example,dc=org"),
+                    attrs,
+                    members: Default::default(),
+                },
+                returned: false,
+            }),
+        )
+    };
+    let out = f
+        .store
+        .append(Batch::new((0..n).map(object).collect()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, AppendOutcome::Appended { first_seq: 1, last_seq, .. } if last_seq == n as u64),
+        "{out:?}"
+    );
+    assert_eq!(
+        replay::verify_chain(&f.store, None).await.unwrap(),
+        n as u64
+    );
+    f.config();
+    for i in [0, 49_999, 50_000, 100_000, n - 1] {
+        let run = f.cli(&[
+            "object",
+            "show",
+            &format!("U{i}@Example.org"),
+            "--format",
+            "json",
+        ]);
+        assert_eq!(run.code, 0, "{i}: {run:?}");
+        assert!(
+            run.stdout.contains(&format!("\"anchor-{i}\"")),
+            "{i}: {run:?}"
+        );
+    }
+}
+
 async fn concurrent_writers_keep_one_chain(b: Backend) {
     let f = Fresh::new(b).await;
     let mut tasks = Vec::new();
@@ -461,6 +519,7 @@ both_backends!(
     stale_expectation_is_a_conflict_and_writes_nothing,
     retried_append_with_the_same_key_writes_once,
     large_batches_keep_the_chain_expectations_and_keys,
+    an_import_sized_batch_is_indexed_throughout,
     concurrent_writers_keep_one_chain,
     concurrent_processes_keep_one_chain,
     commands_on_one_instance_at_once_all_land,
